@@ -1,0 +1,237 @@
+//! The commit pipeline: group commit of the steps of all entities, one batch at a time.
+//!
+//! Entities [`submit`](Committer::submit) steps without waiting. One committer task takes
+//! *everything* queued the moment the store is free, writes it as one [`Batch`] (one
+//! transaction, one fsync), then tells each entity which of its steps are durable, so it can
+//! release the replies it holds. A lone step is committed at once; under load, every step
+//! that arrived during a commit joins the next one. There is no timer anywhere.
+//!
+//! **Architecture Invariant:** a reply leaves only after [`Owner::durable`] covered its
+//! step. A failed batch fails every step in it and, through the incarnation check, every
+//! later step of the same entities that was computed from the lost state.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+use perennial_storage::{Batch, DeadLetter, DeadLetterWrite, StateWrite, Store};
+use perennial_types::{EntityKey, Epoch, ShardId};
+use tokio::sync::Notify;
+
+/// What a step writes.
+pub(crate) enum Write {
+    /// The entity's new state, as JSON.
+    State(Arc<str>),
+    /// A message set aside; the state does not change.
+    DeadLetter(Box<DeadLetter>),
+}
+
+/// One step of one entity, on its way to storage.
+pub(crate) struct Step {
+    /// The entity, told when the step is durable or lost.
+    pub(crate) owner: Arc<dyn Owner>,
+    /// The entity's incarnation when it computed the step; a stale one is dropped.
+    pub(crate) incarnation: u32,
+    /// The entity's version after this step.
+    pub(crate) seq: u64,
+    pub(crate) write: Write,
+}
+
+/// Why a batch did not make a step durable.
+#[derive(Debug, Clone)]
+pub(crate) enum Failure {
+    /// The store failed the whole batch.
+    Storage(perennial_storage::Error),
+    /// The entity's shard has a newer epoch: another writer owns it now.
+    Fenced,
+}
+
+/// An entity as the commit pipeline sees it.
+pub(crate) trait Owner: Send + Sync {
+    fn key(&self) -> EntityKey;
+    fn shard(&self) -> ShardId;
+    fn epoch(&self) -> Epoch;
+    /// The entity's current incarnation. It changes when a batch with its steps fails.
+    fn incarnation(&self) -> u32;
+    /// Steps of `incarnation` up to version `seq` are durable.
+    fn durable(&self, incarnation: u32, seq: u64);
+    /// Steps of `incarnation` were lost.
+    fn failed(&self, incarnation: u32, failure: Failure);
+}
+
+/// The queue between the entities and the committer task, with the pipeline's counters.
+#[derive(Default)]
+pub(crate) struct Committer {
+    queue: Mutex<Vec<Step>>,
+    /// Wakes the committer when the queue goes from empty to not empty, or on close.
+    wake: Notify,
+    closed: AtomicBool,
+    commits: AtomicU64,
+    committed_steps: AtomicU64,
+    largest_batch: AtomicU64,
+}
+
+impl std::fmt::Debug for Committer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Committer")
+            .field("queued", &self.queue.lock().len())
+            .field("commits", &self.commits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counters of the commit pipeline.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Batches committed.
+    pub commits: u64,
+    /// Steps those batches carried (before coalescing several steps of one entity).
+    pub steps: u64,
+    /// The most steps one batch carried.
+    pub largest_batch: u64,
+}
+
+impl Committer {
+    /// Queues a step for the next batch.
+    pub(crate) fn submit(&self, step: Step) {
+        let mut queue = self.queue.lock();
+        let was_empty = queue.is_empty();
+        queue.push(step);
+        drop(queue);
+        if was_empty {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Asks the committer task to stop once the queue is empty.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn stats(&self) -> CommitStats {
+        CommitStats {
+            commits: self.commits.load(Ordering::Relaxed),
+            steps: self.committed_steps.load(Ordering::Relaxed),
+            largest_batch: self.largest_batch.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The committer task: commits batches until closed and drained.
+    pub(crate) async fn run(self: Arc<Self>, store: Arc<dyn Store>) {
+        let mut spare = Vec::new();
+        loop {
+            let steps = std::mem::replace(&mut *self.queue.lock(), spare);
+            if steps.is_empty() {
+                spare = steps;
+                if self.closed.load(Ordering::SeqCst) {
+                    return;
+                }
+                self.wake.notified().await;
+                continue;
+            }
+            spare = self.commit(&*store, steps).await;
+        }
+    }
+
+    /// Commits one batch and reports the outcome to every owner in it. Returns the emptied
+    /// vector so its allocation is reused.
+    async fn commit(&self, store: &dyn Store, mut steps: Vec<Step>) -> Vec<Step> {
+        let count = steps.len() as u64;
+        let mut batch = Batch::default();
+        let mut owners = Owners::default();
+        for step in steps.drain(..) {
+            if step.incarnation != step.owner.incarnation() {
+                // Computed from state that a failed batch took back; its reply was failed.
+                continue;
+            }
+            owners.add(step, &mut batch);
+        }
+        if owners.entries.is_empty() {
+            return steps;
+        }
+        let result = store.commit(batch).await;
+        match result {
+            Ok(outcome) => {
+                self.commits.fetch_add(1, Ordering::Relaxed);
+                self.committed_steps.fetch_add(count, Ordering::Relaxed);
+                self.largest_batch.fetch_max(count, Ordering::Relaxed);
+                for e in owners.entries {
+                    if outcome.fenced.contains(&e.owner.shard()) {
+                        e.owner.failed(e.incarnation, Failure::Fenced);
+                    } else {
+                        e.owner.durable(e.incarnation, e.seq);
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, steps = count, "a batch failed to commit; its steps are discarded");
+                for e in owners.entries {
+                    e.owner
+                        .failed(e.incarnation, Failure::Storage(error.clone()));
+                }
+            }
+        }
+        steps
+    }
+}
+
+/// The owners of one batch, each once, with what the batch writes for them.
+#[derive(Default)]
+struct Owners {
+    entries: Vec<OwnerEntry>,
+    /// Index into `entries` by the owner's address.
+    by_owner: hashbrown::HashMap<usize, usize>,
+}
+
+struct OwnerEntry {
+    owner: Arc<dyn Owner>,
+    incarnation: u32,
+    /// The highest version of this owner in the batch.
+    seq: u64,
+    /// Where this owner's state write sits in the batch, if it has one.
+    state: Option<usize>,
+}
+
+impl Owners {
+    /// Adds a step, keeping only the latest state of each owner: a later state of the same
+    /// entity replaces the earlier one in the batch (both would be written in one transaction).
+    fn add(&mut self, step: Step, batch: &mut Batch) {
+        let address = Arc::as_ptr(&step.owner).cast::<()>() as usize;
+        let index = *self.by_owner.entry(address).or_insert_with(|| {
+            self.entries.push(OwnerEntry {
+                owner: Arc::clone(&step.owner),
+                incarnation: step.incarnation,
+                seq: step.seq,
+                state: None,
+            });
+            self.entries.len() - 1
+        });
+        let entry = &mut self.entries[index];
+        entry.seq = entry.seq.max(step.seq);
+        match step.write {
+            Write::State(state) => match entry.state {
+                Some(i) if batch.states[i].version <= step.seq => {
+                    batch.states[i].state = state;
+                    batch.states[i].version = step.seq;
+                }
+                Some(_) => {}
+                None => {
+                    entry.state = Some(batch.states.len());
+                    batch.states.push(StateWrite {
+                        key: entry.owner.key(),
+                        shard: entry.owner.shard(),
+                        epoch: entry.owner.epoch(),
+                        state,
+                        version: step.seq,
+                    });
+                }
+            },
+            Write::DeadLetter(letter) => batch.dead_letters.push(DeadLetterWrite {
+                shard: entry.owner.shard(),
+                epoch: entry.owner.epoch(),
+                letter: *letter,
+            }),
+        }
+    }
+}

@@ -1,0 +1,726 @@
+//! One resident entity: its mailbox, its run loop, and how its steps reach storage.
+//!
+//! An entity is a [`Cell`] in the registry. A message is pushed into the cell's mailbox; if no
+//! task is running the cell, one is spawned. The task loads the state if needed, then handles
+//! queued messages one at a time. Each successful step of a `Snapshot` kind is encoded and
+//! submitted to the commit pipeline, and its reply is **held** in the cell until the pipeline
+//! reports the step durable (output gating): the entity goes on to its next message without
+//! waiting for the fsync, but no reply leaves early.
+//!
+//! A step that returns `Err` or panics is rolled back to the state after the previous step.
+//! If a batch fails, the cell's incarnation changes: every held reply fails, every queued
+//! step of the old incarnation is dropped by the pipeline, and the state is reloaded from
+//! storage before the next message.
+
+use std::any::Any;
+use std::collections::VecDeque;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
+use perennial_storage::DeadLetter;
+use perennial_types::{EntityId, EntityKey, Epoch, ShardId, shard_of};
+use tokio::sync::oneshot;
+
+use crate::commit::{Failure, Owner, Step, Write};
+use crate::kind::{KindRt, Mode};
+use crate::registry::{Key, Passivated, Resident};
+use crate::{CallError, Ctx, Overload, Process};
+
+/// What a call finally gets.
+pub(crate) type Reply<K> = Result<<K as Process>::Reply, CallError<<K as Process>::Error>>;
+type ReplyTo<K> = oneshot::Sender<Reply<K>>;
+
+/// A message waiting in a mailbox, with where its reply goes.
+struct Envelope<K: Process> {
+    msg: K::Msg,
+    reply: ReplyTo<K>,
+}
+
+/// A reply waiting for the step at `seq` (and all before it) to be durable.
+struct Held<K: Process> {
+    seq: u64,
+    reply: ReplyTo<K>,
+    result: Reply<K>,
+}
+
+/// Where the entity's state is.
+enum Slot<K> {
+    /// Not in memory: the next run loads it from storage.
+    Unloaded,
+    /// In memory, between runs.
+    Ready(K),
+    /// Taken by the running task.
+    Busy,
+}
+
+/// How often one message has failed in a row at this entity.
+struct Attempts {
+    digest: u64,
+    count: u32,
+}
+
+/// At most this many distinct failing messages are tracked per entity.
+const TRACKED_FAILURES: usize = 8;
+
+struct Inner<K: Process> {
+    state: Slot<K>,
+    /// Whether a task is running this cell (or about to).
+    scheduled: bool,
+    mailbox: VecDeque<Envelope<K>>,
+    /// Replies waiting for durability, in step order.
+    held: VecDeque<Held<K>>,
+    /// The version of the latest step, durable or not.
+    seq: u64,
+    /// The version known to be durable.
+    durable: u64,
+    /// `Snapshot` kinds: the state after step `seq`, to roll back to.
+    last_json: Option<Arc<str>>,
+    /// Why the steps of the previous incarnation were lost, for replies computed from them.
+    lost: Option<Failure>,
+    /// Consecutive failures of messages, to dead-letter one that keeps failing.
+    failures: Vec<Attempts>,
+    /// The bytes this entity is accounted for in the registry.
+    bytes: usize,
+}
+
+/// One resident entity.
+pub(crate) struct Cell<K: Process> {
+    kind: Arc<KindRt<K>>,
+    id: EntityId,
+    shard: ShardId,
+    /// Changes when a batch with this entity's steps fails; see the module docs.
+    incarnation: AtomicU32,
+    /// When the entity may be passivated, in milliseconds of the runtime's clock.
+    deadline: AtomicU64,
+    inner: Mutex<Inner<K>>,
+}
+
+/// Sends a message to an entity and waits for its reply.
+pub(crate) async fn call<K: Process>(
+    kind: &Arc<KindRt<K>>,
+    id: &EntityId,
+    msg: K::Msg,
+) -> Reply<K> {
+    let _permit = kind.core.admit()?;
+    let (reply, answer) = oneshot::channel();
+    deliver(kind, id, Envelope { msg, reply })?;
+    // The sender is dropped without an answer only if the runtime itself is torn down.
+    answer.await.unwrap_or(Err(CallError::ShuttingDown))
+}
+
+/// Pushes a message into the entity's mailbox, activating the entity if it is not resident.
+fn deliver<K: Process>(
+    kind: &Arc<KindRt<K>>,
+    id: &EntityId,
+    envelope: Envelope<K>,
+) -> Result<(), CallError<K::Error>> {
+    let key = Key {
+        kind: kind.index,
+        id: id.clone(),
+    };
+    let capacity = kind.core.config.mailbox_capacity;
+    let make = || -> Arc<dyn Resident> {
+        kind.counters.resident.fetch_add(1, Ordering::Relaxed);
+        Arc::new(Cell::new(Arc::clone(kind), id.clone()))
+    };
+    let to_run = kind.core.registry.with_entry(&key, make, |entry| {
+        let any: &dyn Any = &**entry;
+        let Some(cell) = any.downcast_ref::<Cell<K>>() else {
+            return Err(CallError::UnknownKind(K::KIND.to_owned()));
+        };
+        let mut inner = cell.inner.lock();
+        if inner.mailbox.len() >= capacity {
+            return Err(CallError::Overloaded {
+                scope: Overload::Entity(cell.key()),
+            });
+        }
+        inner.mailbox.push_back(envelope);
+        if inner.scheduled {
+            return Ok(None);
+        }
+        inner.scheduled = true;
+        drop(inner);
+        let entry: Arc<dyn Resident> = Arc::clone(entry);
+        let any: Arc<dyn Any + Send + Sync> = entry;
+        Ok(any.downcast::<Cell<K>>().ok())
+    })?;
+    if let Some(cell) = to_run {
+        tokio::spawn(run(cell));
+    }
+    Ok(())
+}
+
+/// The task that runs a cell until its mailbox is empty.
+async fn run<K: Process>(cell: Arc<Cell<K>>) {
+    loop {
+        let unloaded = matches!(cell.inner.lock().state, Slot::Unloaded);
+        if unloaded && !cell.activate().await {
+            return;
+        }
+        let (mut state, messages, incarnation) = {
+            let mut inner = cell.inner.lock();
+            if inner.mailbox.is_empty() {
+                inner.scheduled = false;
+                return;
+            }
+            match std::mem::replace(&mut inner.state, Slot::Busy) {
+                Slot::Ready(state) => (
+                    state,
+                    std::mem::take(&mut inner.mailbox),
+                    cell.incarnation.load(Ordering::SeqCst),
+                ),
+                other => {
+                    // Unloaded by a failed batch since the check above: load again.
+                    inner.state = other;
+                    continue;
+                }
+            }
+        };
+        let mut messages = messages.into_iter();
+        let mut intact = true;
+        for envelope in messages.by_ref() {
+            if !cell.step(&mut state, envelope, incarnation) {
+                intact = false;
+                break;
+            }
+        }
+        let timeout = if intact {
+            guard(|| state.idle_timeout()).ok()
+        } else {
+            None
+        };
+        let mut inner = cell.inner.lock();
+        for envelope in messages.rev() {
+            inner.mailbox.push_front(envelope);
+        }
+        if intact && cell.incarnation.load(Ordering::SeqCst) == incarnation {
+            inner.state = Slot::Ready(state);
+            cell.set_deadline(timeout);
+        } else {
+            inner.state = Slot::Unloaded;
+        }
+    }
+}
+
+impl<K: Process> Cell<K> {
+    fn new(kind: Arc<KindRt<K>>, id: EntityId) -> Self {
+        let shard = shard_of(K::KIND, id.as_str());
+        let cell = Self {
+            kind,
+            id,
+            shard,
+            incarnation: AtomicU32::new(0),
+            deadline: AtomicU64::new(u64::MAX),
+            inner: Mutex::new(Inner {
+                state: Slot::Unloaded,
+                scheduled: false,
+                mailbox: VecDeque::new(),
+                held: VecDeque::new(),
+                seq: 0,
+                durable: 0,
+                last_json: None,
+                lost: None,
+                failures: Vec::new(),
+                bytes: 0,
+            }),
+        };
+        cell.set_deadline(None);
+        cell
+    }
+
+    fn key(&self) -> EntityKey {
+        EntityKey::new(Arc::clone(&self.kind.name), self.id.clone())
+    }
+
+    fn set_deadline(&self, timeout: Option<Duration>) {
+        let timeout = timeout.unwrap_or(Duration::from_secs(300));
+        let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let deadline = self.kind.core.now_ms().saturating_add(ms);
+        self.deadline.store(deadline, Ordering::Relaxed);
+    }
+
+    /// A brand-new state: [`Default`], then [`Process::init`].
+    fn fresh(&self) -> Result<K, CallError> {
+        let mut state = K::default();
+        let mut ctx = Ctx::new(&self.id, SystemTime::now());
+        guard(|| state.init(&mut ctx)).map_err(|message| self.panicked_error(message))?;
+        Ok(state)
+    }
+
+    fn panicked_error(&self, message: String) -> CallError {
+        CallError::Panicked {
+            key: self.key(),
+            message,
+        }
+    }
+
+    /// Loads or creates the state. On failure, fails every queued message, leaves the registry
+    /// and returns false; the next message starts a new activation.
+    async fn activate(self: &Arc<Self>) -> bool {
+        match self.load().await {
+            Ok((state, json, version)) => {
+                let mut inner = self.inner.lock();
+                let bytes = json
+                    .as_ref()
+                    .map_or(std::mem::size_of::<K>(), |json| json.len());
+                self.kind.core.registry.account(inner.bytes, bytes);
+                inner.bytes = bytes;
+                inner.state = Slot::Ready(state);
+                inner.seq = version;
+                inner.durable = version;
+                inner.last_json = json;
+                inner.lost = None;
+                self.kind
+                    .counters
+                    .activations
+                    .fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(error) => {
+                tracing::warn!(kind = K::KIND, id = %self.id, %error, "activation failed");
+                let key = Key {
+                    kind: self.kind.index,
+                    id: self.id.clone(),
+                };
+                let entry: Arc<dyn Resident> = Arc::clone(self) as Arc<dyn Resident>;
+                self.kind.core.registry.remove_exact(&key, &entry, || {
+                    let mut inner = self.inner.lock();
+                    inner.scheduled = false;
+                    for envelope in inner.mailbox.drain(..) {
+                        let _ = envelope.reply.send(Err(error.clone().widen()));
+                    }
+                    self.kind.core.registry.account(inner.bytes, 0);
+                    inner.bytes = 0;
+                });
+                self.kind.counters.resident.fetch_sub(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    async fn load(&self) -> Result<(K, Option<Arc<str>>, u64), CallError> {
+        let (mut state, json, version) = match &self.kind.mode {
+            Mode::Ephemeral { .. } => (self.fresh()?, None, 0),
+            Mode::Snapshot { decode, .. } => match self.kind.core.store.load(&self.key()).await {
+                Ok(None) => (self.fresh()?, None, 0),
+                Ok(Some(record)) => {
+                    let state = guard(|| decode(&record.state))
+                        .map_err(|panic| format!("the decoder panicked: {panic}"))
+                        .and_then(|decoded| decoded.map_err(|e| e.to_string()))
+                        .map_err(|detail| CallError::CorruptState {
+                            key: self.key(),
+                            detail,
+                        })?;
+                    (state, Some(Arc::from(record.state)), record.version)
+                }
+                Err(source) => {
+                    return Err(CallError::Storage {
+                        key: self.key(),
+                        source,
+                    });
+                }
+            },
+        };
+        let mut ctx = Ctx::new(&self.id, SystemTime::now());
+        guard(|| state.on_activate(&mut ctx)).map_err(|message| self.panicked_error(message))?;
+        Ok((state, json, version))
+    }
+
+    /// Handles one message. Returns false if the state in hand is no longer valid (a batch
+    /// failed, or a rollback was impossible) and must be reloaded.
+    fn step(self: &Arc<Self>, state: &mut K, envelope: Envelope<K>, incarnation: u32) -> bool {
+        let Envelope { msg, reply } = envelope;
+        // Kept to dead-letter the message if it keeps failing: the handler consumes it.
+        let message_json = serde_json::to_string(&msg);
+        let backup = match &self.kind.mode {
+            Mode::Ephemeral { clone } => Some(clone(state)),
+            Mode::Snapshot { .. } => None,
+        };
+        let mut ctx = Ctx::new(&self.id, SystemTime::now());
+        match guard(|| state.handle(msg, &mut ctx)) {
+            Ok(Ok(value)) => self.keep(state, reply, value, &message_json, incarnation),
+            Ok(Err(rejection)) => {
+                self.clear_failures(&message_json);
+                if !self.rollback(state, backup, incarnation) {
+                    return self.respond_lost(reply);
+                }
+                self.respond_gated(reply, Err(CallError::Rejected(rejection)), incarnation)
+            }
+            Err(panic) => self.panicked(state, backup, reply, panic, message_json, incarnation),
+        }
+    }
+
+    /// Keeps the step: encodes the state and submits it, holding the reply until durable.
+    fn keep(
+        self: &Arc<Self>,
+        state: &mut K,
+        reply: ReplyTo<K>,
+        value: K::Reply,
+        message_json: &serde_json::Result<String>,
+        incarnation: u32,
+    ) -> bool {
+        let json = match &self.kind.mode {
+            Mode::Snapshot { encode, .. } => {
+                match guard(|| encode(state)).map_err(|p| format!("the encoder panicked: {p}")) {
+                    Ok(Ok(json)) => Some(Arc::<str>::from(json)),
+                    Ok(Err(e)) => {
+                        return self.unencodable(state, reply, e.to_string(), incarnation);
+                    }
+                    Err(detail) => return self.unencodable(state, reply, detail, incarnation),
+                }
+            }
+            Mode::Ephemeral { .. } => None,
+        };
+        let mut inner = self.inner.lock();
+        if self.incarnation.load(Ordering::SeqCst) != incarnation {
+            drop(inner);
+            return self.respond_lost(reply);
+        }
+        if let Ok(message) = message_json {
+            forget_failure(&mut inner.failures, digest(message));
+        }
+        let Some(json) = json else {
+            // Ephemeral: nothing to make durable, but never overtake a held reply.
+            if inner.held.is_empty() {
+                drop(inner);
+                let _ = reply.send(Ok(value));
+            } else {
+                let seq = inner.seq;
+                inner.held.push_back(Held {
+                    seq,
+                    reply,
+                    result: Ok(value),
+                });
+            }
+            return true;
+        };
+        inner.seq += 1;
+        let seq = inner.seq;
+        self.kind.core.registry.account(inner.bytes, json.len());
+        inner.bytes = json.len();
+        inner.last_json = Some(Arc::clone(&json));
+        inner.held.push_back(Held {
+            seq,
+            reply,
+            result: Ok(value),
+        });
+        drop(inner);
+        self.kind.core.committer.submit(Step {
+            owner: Arc::clone(self) as Arc<dyn Owner>,
+            incarnation,
+            seq,
+            write: Write::State(json),
+        });
+        true
+    }
+
+    /// The message ran to completion, so it no longer counts as failing.
+    fn clear_failures(&self, message_json: &serde_json::Result<String>) {
+        if let Ok(message) = message_json {
+            forget_failure(&mut self.inner.lock().failures, digest(message));
+        }
+    }
+
+    fn unencodable(
+        self: &Arc<Self>,
+        state: &mut K,
+        reply: ReplyTo<K>,
+        detail: String,
+        incarnation: u32,
+    ) -> bool {
+        tracing::error!(kind = K::KIND, id = %self.id, %detail, "the new state cannot be encoded; the step is discarded");
+        if !self.rollback(state, None, incarnation) {
+            return self.respond_lost(reply);
+        }
+        let error = CallError::Unencodable {
+            key: self.key(),
+            detail,
+        };
+        self.respond_gated(reply, Err(error), incarnation)
+    }
+
+    /// Handles a panic: rolls back, counts it, and dead-letters a message that keeps failing.
+    fn panicked(
+        self: &Arc<Self>,
+        state: &mut K,
+        backup: Option<K>,
+        reply: ReplyTo<K>,
+        message: String,
+        message_json: serde_json::Result<String>,
+        incarnation: u32,
+    ) -> bool {
+        self.kind.counters.restarts.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(kind = K::KIND, id = %self.id, panic = %message,
+            "handler panicked; the entity goes on from its previous state");
+        if !self.rollback(state, backup, incarnation) {
+            return self.respond_lost(reply);
+        }
+        let max = self.kind.core.config.max_attempts;
+        let message_json =
+            message_json.unwrap_or_else(|e| format!("<the message cannot be encoded: {e}>"));
+        let mut inner = self.inner.lock();
+        if self.incarnation.load(Ordering::SeqCst) != incarnation {
+            drop(inner);
+            return self.respond_lost(reply);
+        }
+        let attempts = record_failure(&mut inner.failures, digest(&message_json));
+        if attempts < max {
+            drop(inner);
+            let error = CallError::Panicked {
+                key: self.key(),
+                message,
+            };
+            return self.respond_gated(reply, Err(error), incarnation);
+        }
+        forget_failure(&mut inner.failures, digest(&message_json));
+        let seq = inner.seq;
+        let key = self.key();
+        inner.held.push_back(Held {
+            seq,
+            reply,
+            result: Err(CallError::DeadLettered {
+                key: key.clone(),
+                attempts,
+                message: message.clone(),
+            }),
+        });
+        drop(inner);
+        tracing::warn!(kind = K::KIND, id = %self.id, attempts, "message set aside as a dead letter");
+        self.kind
+            .counters
+            .dead_letters
+            .fetch_add(1, Ordering::Relaxed);
+        let letter = DeadLetter {
+            key,
+            message: message_json,
+            error: message,
+            attempts,
+            at_ms: unix_ms(),
+        };
+        self.kind.core.committer.submit(Step {
+            owner: Arc::clone(self) as Arc<dyn Owner>,
+            incarnation,
+            seq,
+            write: Write::DeadLetter(Box::new(letter)),
+        });
+        true
+    }
+
+    /// Restores the state from before the failed step. Returns false if that is impossible;
+    /// the entity's pending steps are then abandoned so it can reload from storage.
+    fn rollback(&self, state: &mut K, backup: Option<K>, incarnation: u32) -> bool {
+        if let Some(backup) = backup {
+            *state = backup;
+            return true;
+        }
+        let Mode::Snapshot { decode, .. } = &self.kind.mode else {
+            return true;
+        };
+        let json = self.inner.lock().last_json.clone();
+        let restored = match json {
+            Some(json) => guard(|| decode(&json))
+                .map_err(|p| format!("the decoder panicked: {p}"))
+                .and_then(|r| r.map_err(|e| e.to_string())),
+            None => self.fresh().map_err(|e| e.to_string()),
+        };
+        match restored {
+            Ok(previous) => {
+                *state = previous;
+                true
+            }
+            Err(detail) => {
+                tracing::error!(kind = K::KIND, id = %self.id, %detail,
+                    "cannot restore the previous state; reloading from storage");
+                self.failed(
+                    incarnation,
+                    Failure::Storage(perennial_storage::Error::Corrupt(format!(
+                        "the state of {} does not decode after encoding: {detail}",
+                        self.key()
+                    ))),
+                );
+                false
+            }
+        }
+    }
+
+    /// Answers now if nothing is held, or after the latest step is durable.
+    fn respond_gated(&self, reply: ReplyTo<K>, result: Reply<K>, incarnation: u32) -> bool {
+        let mut inner = self.inner.lock();
+        if self.incarnation.load(Ordering::SeqCst) != incarnation {
+            drop(inner);
+            return self.respond_lost(reply);
+        }
+        if inner.held.is_empty() && inner.seq == inner.durable {
+            drop(inner);
+            let _ = reply.send(result);
+        } else {
+            let seq = inner.seq;
+            inner.held.push_back(Held { seq, reply, result });
+        }
+        true
+    }
+
+    /// Fails a reply whose step was computed from state a failed batch took back.
+    fn respond_lost(&self, reply: ReplyTo<K>) -> bool {
+        let lost = self.inner.lock().lost.clone();
+        let failure = lost.unwrap_or(Failure::Storage(perennial_storage::Error::Backend(
+            "the entity's pending steps were lost".into(),
+        )));
+        let _ = reply.send(Err(self.failure_error(failure).widen()));
+        false
+    }
+
+    fn failure_error(&self, failure: Failure) -> CallError {
+        match failure {
+            Failure::Storage(source) => CallError::Storage {
+                key: self.key(),
+                source,
+            },
+            Failure::Fenced => CallError::Fenced {
+                key: self.key(),
+                shard: self.shard,
+            },
+        }
+    }
+}
+
+impl<K: Process> Owner for Cell<K> {
+    fn key(&self) -> EntityKey {
+        Cell::key(self)
+    }
+
+    fn shard(&self) -> ShardId {
+        self.shard
+    }
+
+    fn epoch(&self) -> Epoch {
+        self.kind.core.epoch
+    }
+
+    fn incarnation(&self) -> u32 {
+        self.incarnation.load(Ordering::SeqCst)
+    }
+
+    fn durable(&self, incarnation: u32, seq: u64) {
+        let mut inner = self.inner.lock();
+        if self.incarnation.load(Ordering::SeqCst) != incarnation {
+            return;
+        }
+        inner.durable = inner.durable.max(seq);
+        while let Some(held) = inner.held.pop_front() {
+            if held.seq > inner.durable {
+                inner.held.push_front(held);
+                break;
+            }
+            let _ = held.reply.send(held.result);
+        }
+    }
+
+    fn failed(&self, incarnation: u32, failure: Failure) {
+        let mut inner = self.inner.lock();
+        if self.incarnation.load(Ordering::SeqCst) != incarnation {
+            return;
+        }
+        let error = self.failure_error(failure.clone());
+        if let Mode::Snapshot { .. } = self.kind.mode {
+            // The in-memory state includes lost steps: start a new incarnation from storage.
+            self.incarnation.fetch_add(1, Ordering::SeqCst);
+            if matches!(inner.state, Slot::Ready(_)) {
+                inner.state = Slot::Unloaded;
+            }
+            inner.seq = inner.durable;
+            inner.last_json = None;
+            inner.lost = Some(failure);
+        }
+        for held in inner.held.drain(..) {
+            let _ = held.reply.send(Err(error.clone().widen()));
+        }
+    }
+}
+
+impl<K: Process> Resident for Cell<K> {
+    fn deadline_ms(&self) -> u64 {
+        self.deadline.load(Ordering::Relaxed)
+    }
+
+    fn try_passivate(&self, now_ms: u64, force: bool) -> Option<Passivated> {
+        if !force && self.deadline_ms() > now_ms {
+            return None;
+        }
+        let mut inner = self.inner.lock();
+        let busy = inner.scheduled
+            || !inner.mailbox.is_empty()
+            || !inner.held.is_empty()
+            || inner.seq != inner.durable;
+        if busy {
+            return None;
+        }
+        let state = match std::mem::replace(&mut inner.state, Slot::Unloaded) {
+            Slot::Ready(state) => Some(state),
+            Slot::Unloaded | Slot::Busy => None,
+        };
+        let bytes = std::mem::take(&mut inner.bytes);
+        drop(inner);
+        let kind = Arc::clone(&self.kind);
+        let id = self.id.clone();
+        Some(Passivated {
+            bytes,
+            hook: Box::new(move || {
+                if let Some(mut state) = state {
+                    let mut ctx = Ctx::new(&id, SystemTime::now());
+                    if let Err(panic) = guard(|| state.on_passivate(&mut ctx)) {
+                        tracing::error!(kind = K::KIND, %id, %panic, "on_passivate panicked");
+                    }
+                }
+                kind.counters.passivations.fetch_add(1, Ordering::Relaxed);
+                kind.counters.resident.fetch_sub(1, Ordering::Relaxed);
+            }),
+        })
+    }
+}
+
+/// Runs user code, turning a panic into its message.
+fn guard<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
+        if let Some(s) = payload.downcast_ref::<&str>() {
+            (*s).to_owned()
+        } else if let Some(s) = payload.downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "a panic without a message".to_owned()
+        }
+    })
+}
+
+fn digest(message: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    message.hash(&mut h);
+    h.finish()
+}
+
+/// Counts one more failure of the message with `digest`; returns the count.
+fn record_failure(failures: &mut Vec<Attempts>, digest: u64) -> u32 {
+    if let Some(a) = failures.iter_mut().find(|a| a.digest == digest) {
+        a.count += 1;
+        return a.count;
+    }
+    if failures.len() >= TRACKED_FAILURES {
+        failures.remove(0);
+    }
+    failures.push(Attempts { digest, count: 1 });
+    1
+}
+
+fn forget_failure(failures: &mut Vec<Attempts>, digest: u64) {
+    failures.retain(|a| a.digest != digest);
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

@@ -1,0 +1,203 @@
+//! What a call or a start can fail with.
+
+use std::convert::Infallible;
+use std::fmt;
+
+use perennial_types::{EntityKey, InvalidId, ShardId};
+
+use crate::Rejection;
+
+/// Why a call to an entity did not produce a reply.
+///
+/// `E` is the kind's own [`Rejection`] type ([`Process::Error`](crate::Process::Error)).
+/// Every variant but [`Rejected`](CallError::Rejected) comes from the runtime.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError<E = Infallible> {
+    /// The handler refused the message; nothing changed.
+    #[error("{0}")]
+    Rejected(E),
+    /// The handler panicked; nothing changed and the entity goes on from its previous state.
+    #[error("the handler of {key} panicked: {message}")]
+    Panicked {
+        /// The entity.
+        key: EntityKey,
+        /// The panic's message.
+        message: String,
+    },
+    /// The message panicked too many times and was set aside as a dead letter.
+    #[error(
+        "the message to {key} failed {attempts} times and was set aside as a dead letter: {message}"
+    )]
+    DeadLettered {
+        /// The entity.
+        key: EntityKey,
+        /// How many times it failed.
+        attempts: u32,
+        /// The last panic's message.
+        message: String,
+    },
+    /// Too much work is queued; retry later.
+    #[error("{scope} is overloaded; retry later")]
+    Overloaded {
+        /// What is overloaded: one entity's mailbox, or the whole node.
+        scope: Overload,
+    },
+    /// Storage failed, so the step was not made durable and its effects were discarded.
+    #[error("storage failed for {key}: {source}")]
+    Storage {
+        /// The entity.
+        key: EntityKey,
+        /// What the store reported.
+        source: perennial_storage::Error,
+    },
+    /// The entity's stored state cannot be decoded. The stored bytes are left untouched.
+    #[error("the stored state of {key} cannot be decoded ({detail}); it was left untouched")]
+    CorruptState {
+        /// The entity.
+        key: EntityKey,
+        /// What the decoder reported.
+        detail: String,
+    },
+    /// The new state could not be encoded, so the step was discarded.
+    #[error("the new state of {key} cannot be encoded: {detail}")]
+    Unencodable {
+        /// The entity.
+        key: EntityKey,
+        /// What the encoder reported.
+        detail: String,
+    },
+    /// This node no longer owns the entity's shard; another writer took it over.
+    #[error("this node no longer owns {shard} of {key}; the step was discarded")]
+    Fenced {
+        /// The entity.
+        key: EntityKey,
+        /// Its shard.
+        shard: ShardId,
+    },
+    /// The runtime is shutting down and takes no new messages.
+    #[error("the runtime is shutting down")]
+    ShuttingDown,
+    /// No kind of that name (or type) is registered with the runtime.
+    #[error("no kind named {0:?} is registered")]
+    UnknownKind(String),
+    /// The message could not be decoded for the kind (JSON calls only).
+    #[error("the message is not a valid {kind} message: {detail}")]
+    BadMessage {
+        /// The kind.
+        kind: String,
+        /// What the decoder reported.
+        detail: String,
+    },
+    /// The id is not a valid entity id.
+    #[error(transparent)]
+    InvalidId(#[from] InvalidId),
+}
+
+impl CallError {
+    /// This runtime error (never a rejection) as a `CallError` of any rejection type.
+    pub(crate) fn widen<F>(self) -> CallError<F> {
+        self.map_rejection(|never: Infallible| match never {})
+    }
+}
+
+/// What an [`CallError::Overloaded`] refers to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Overload {
+    /// One entity's mailbox is full.
+    Entity(EntityKey),
+    /// The node has as many calls in flight as it accepts.
+    Node,
+}
+
+impl fmt::Display for Overload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Entity(key) => write!(f, "the mailbox of {key}"),
+            Self::Node => f.write_str("this node"),
+        }
+    }
+}
+
+impl<E> CallError<E> {
+    /// Changes the rejection type, keeping every runtime error as it is.
+    pub fn map_rejection<F>(self, f: impl FnOnce(E) -> F) -> CallError<F> {
+        match self {
+            Self::Rejected(e) => CallError::Rejected(f(e)),
+            Self::Panicked { key, message } => CallError::Panicked { key, message },
+            Self::DeadLettered {
+                key,
+                attempts,
+                message,
+            } => CallError::DeadLettered {
+                key,
+                attempts,
+                message,
+            },
+            Self::Overloaded { scope } => CallError::Overloaded { scope },
+            Self::Storage { key, source } => CallError::Storage { key, source },
+            Self::CorruptState { key, detail } => CallError::CorruptState { key, detail },
+            Self::Unencodable { key, detail } => CallError::Unencodable { key, detail },
+            Self::Fenced { key, shard } => CallError::Fenced { key, shard },
+            Self::ShuttingDown => CallError::ShuttingDown,
+            Self::UnknownKind(kind) => CallError::UnknownKind(kind),
+            Self::BadMessage { kind, detail } => CallError::BadMessage { kind, detail },
+            Self::InvalidId(e) => CallError::InvalidId(e),
+        }
+    }
+
+    /// A stable, machine-readable name for the error, such as `"overloaded"`; for a
+    /// rejection, the kind's own code.
+    pub fn code(&self) -> &str
+    where
+        E: Rejection,
+    {
+        match self {
+            Self::Rejected(e) => e.code(),
+            Self::Panicked { .. } => "handler_panicked",
+            Self::DeadLettered { .. } => "dead_lettered",
+            Self::Overloaded { .. } => "overloaded",
+            Self::Storage { .. } => "storage_failed",
+            Self::CorruptState { .. } => "corrupt_state",
+            Self::Unencodable { .. } => "unencodable_state",
+            Self::Fenced { .. } => "fenced",
+            Self::ShuttingDown => "shutting_down",
+            Self::UnknownKind(_) => "unknown_kind",
+            Self::BadMessage { .. } => "bad_message",
+            Self::InvalidId(_) => "invalid_id",
+        }
+    }
+}
+
+/// A refusal carried as JSON: what [`Runtime::call_json`](crate::Runtime::call_json)
+/// returns in [`CallError::Rejected`], where the kind's own error type is not known.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct JsonRejection {
+    /// The kind's error code.
+    pub code: String,
+    /// The kind's error message.
+    pub message: String,
+}
+
+impl Rejection for JsonRejection {
+    fn code(&self) -> &str {
+        &self.code
+    }
+}
+
+/// Why the runtime could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// No store was given to the builder.
+    #[error("no store: give the builder one with `.store(...)`")]
+    NoStore,
+    /// Two kinds were registered with the same name.
+    #[error("two kinds are named {0:?}; kind names must be unique")]
+    DuplicateKind(&'static str),
+    /// The store could not be claimed.
+    #[error("cannot claim the store: {0}")]
+    Storage(#[from] perennial_storage::Error),
+}

@@ -1,0 +1,93 @@
+//! The Perennial runtime: persistent processes that are started on demand, handle one message
+//! at a time, and keep their state durable before any reply leaves.
+//!
+//! # A tour
+//!
+//! A kind of entity is a type that implements [`Process`]: its state is the type itself, and
+//! [`Process::handle`] turns one message into a reply. A [`Runtime`] hosts the kinds it was
+//! built with; [`Runtime::get`] gives a cheap [`Handle`] to one entity, and
+//! [`Handle::call`] sends it a message:
+//!
+//! ```
+//! use perennial_core::{Ctx, Process, Runtime};
+//! use perennial_storage::MemoryStore;
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Default, Serialize, Deserialize)]
+//! struct Counter {
+//!     value: i64,
+//! }
+//!
+//! impl Process for Counter {
+//!     const KIND: &'static str = "counter";
+//!     type Msg = i64;
+//!     type Reply = i64;
+//!     type Error = std::convert::Infallible;
+//!
+//!     fn handle(&mut self, add: i64, _ctx: &mut Ctx<'_, Self>) -> Result<i64, Self::Error> {
+//!         self.value += add;
+//!         Ok(self.value)
+//!     }
+//! }
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let rt = Runtime::builder()
+//!     .store(MemoryStore::new())
+//!     .register::<Counter>()
+//!     .start()
+//!     .await?;
+//! let c1 = rt.get::<Counter>("c1");
+//! c1.call(40).await?;
+//! assert_eq!(c1.call(2).await?, 42);
+//! rt.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! What happens underneath:
+//! - **Activation on demand.** The first message to an entity loads its state from the
+//!   [`Store`](perennial_storage::Store), or creates it from [`Default`] and [`Process::init`].
+//!   Lookup-or-create is atomic: concurrent first messages make one activation.
+//! - **Durable before acknowledged.** After each step the new state (JSON) goes to the commit
+//!   pipeline; the reply is held until the batch holding the step is durable. Batches are
+//!   grouped across all entities: one transaction and one fsync per batch.
+//! - **Transactional steps.** A handler that returns `Err` or panics changes nothing; the
+//!   entity goes on from its previous state. A message that panics
+//!   [`max_attempts`](Builder::max_attempts) times in a row becomes a dead letter.
+//! - **Passivation.** Idle entities leave memory after their
+//!   [`idle_timeout`](Process::idle_timeout), and the least recently used ones leave when the
+//!   node is over its [`max_resident`](Builder::max_resident) or
+//!   [`max_resident_bytes`](Builder::max_resident_bytes) limits. A message racing a
+//!   passivation simply activates the entity again.
+//!
+//! **Architecture Invariant:** this crate knows nothing about HTTP, SQL or other nodes; it
+//! writes with the shard epoch the store gave it.
+//!
+//! # Layout
+//! - `process`: the [`Process`] and [`Rejection`] traits, [`Persistence`].
+//! - `ctx`: [`Ctx`] and the portable [`Rng`].
+//! - `runtime`: [`Runtime`], [`Builder`], [`Handle`], [`Stats`].
+//! - `entity`: one resident entity, its mailbox and run loop.
+//! - `registry`: the table of resident entities, LRU order, passivation.
+//! - `commit`: the group-commit pipeline.
+//! - `kind`: per-kind bookkeeping and calls by kind name.
+//! - `error`: [`CallError`] and [`StartError`].
+
+mod commit;
+mod ctx;
+mod entity;
+mod error;
+mod kind;
+mod process;
+mod registry;
+mod runtime;
+
+pub use commit::CommitStats;
+pub use ctx::{Ctx, Rng};
+pub use error::{CallError, JsonRejection, Overload, StartError};
+pub use kind::KindStats;
+pub use process::{Persistence, Process, Rejection};
+pub use runtime::{Builder, Handle, Runtime, Stats};
+
+pub use perennial_types::{EntityId, EntityKey};

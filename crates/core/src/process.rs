@@ -1,0 +1,126 @@
+//! The [`Process`] trait: what a user writes to define a kind of entity.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::Ctx;
+
+/// A kind of persistent process: its state is `Self`, it handles [`Msg`](Process::Msg)s one
+/// at a time, and it answers each with a [`Reply`](Process::Reply) or a
+/// [`Error`](Process::Error).
+///
+/// Each entity of the kind is addressed by an id. It is activated when its first message
+/// arrives: from its stored state, or from [`Default`] followed by [`init`](Process::init) if
+/// it never existed. After each step the runtime makes the new state durable before it
+/// releases the reply.
+///
+/// Handlers are **transactional**: when [`handle`](Process::handle) returns `Err` or panics,
+/// every change it made to `self` is discarded and the entity continues from the state it had
+/// before the message.
+///
+/// ```
+/// use perennial_core::{Ctx, Process};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Default, Serialize, Deserialize)]
+/// struct Counter {
+///     value: i64,
+/// }
+///
+/// #[derive(Serialize, Deserialize)]
+/// #[serde(rename_all = "snake_case")]
+/// enum CounterMsg {
+///     Add(i64),
+///     Get,
+/// }
+///
+/// impl Process for Counter {
+///     const KIND: &'static str = "counter";
+///     type Msg = CounterMsg;
+///     type Reply = i64;
+///     type Error = std::convert::Infallible;
+///
+///     fn handle(&mut self, msg: CounterMsg, _ctx: &mut Ctx<'_, Self>) -> Result<i64, Self::Error> {
+///         if let CounterMsg::Add(n) = msg {
+///             self.value += n;
+///         }
+///         Ok(self.value)
+///     }
+/// }
+/// ```
+pub trait Process: Default + Send + 'static {
+    /// The kind's name: it addresses the kind in URLs and names it in storage, so it must not
+    /// change once entities are stored.
+    const KIND: &'static str;
+
+    /// The messages the kind handles.
+    type Msg: Serialize + DeserializeOwned + Send + 'static;
+
+    /// What a successful step answers.
+    type Reply: Serialize + DeserializeOwned + Send + 'static;
+
+    /// What a refused message answers. Returning it rolls the step back.
+    type Error: Rejection;
+
+    /// Handles one message. Runs to completion before the entity's next message starts.
+    ///
+    /// Randomness, time and ids must come from `ctx`, never from the outside world.
+    fn handle(
+        &mut self,
+        msg: Self::Msg,
+        ctx: &mut Ctx<'_, Self>,
+    ) -> Result<Self::Reply, Self::Error>;
+
+    /// Runs once, when the entity is created: after [`Default`], before its first message.
+    /// What it does to `self` becomes durable with that first message's step.
+    fn init(&mut self, ctx: &mut Ctx<'_, Self>) {
+        let _ = ctx;
+    }
+
+    /// Runs each time the entity is activated (after `init` for a new entity), before any
+    /// message. Use it to rebuild derived, in-memory data; it is not a step of its own.
+    fn on_activate(&mut self, ctx: &mut Ctx<'_, Self>) {
+        let _ = ctx;
+    }
+
+    /// Runs when the entity is passivated, right before its state is dropped. All its steps
+    /// are durable by then; changes made here are not stored.
+    fn on_passivate(&mut self, ctx: &mut Ctx<'_, Self>) {
+        let _ = ctx;
+    }
+
+    /// How long the entity may stay idle in memory before it is passivated. It is asked
+    /// after each run of messages, so it may depend on the state.
+    fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(300)
+    }
+}
+
+/// An error a handler returns to refuse a message. See [`Process::Error`].
+///
+/// The [`code`](Rejection::code) is a short, stable, `snake_case` name that clients can
+/// match on (the HTTP gateway sends it as `error.code`); the `Display` text explains it
+/// to a person.
+pub trait Rejection: std::error::Error + Send + Sync + 'static {
+    /// A stable, machine-readable name for this error, such as `"not_your_turn"`.
+    fn code(&self) -> &str;
+}
+
+impl Rejection for std::convert::Infallible {
+    fn code(&self) -> &str {
+        match *self {}
+    }
+}
+
+/// How a kind keeps its state. Chosen when the kind is registered with the runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Persistence {
+    /// The state (serde) is written after each step, before the reply leaves.
+    Snapshot,
+    /// The state lives in memory only. A panic restores the state from before the message,
+    /// but a restart or a passivation loses it.
+    Ephemeral,
+}

@@ -1,0 +1,335 @@
+//! The registry of resident entities: lookup-or-create, least-recently-used order, and
+//! passivation by idleness or by memory limits.
+//!
+//! The table is split into [`SHARDS`] independently locked parts. Lookup-or-create runs under
+//! one part's lock, and so does removal, so a message is pushed into a mailbox either before
+//! the entity is passivated (which then waits, as the entity is no longer idle) or after it is
+//! gone (and a new activation is created). This is what makes "a message racing passivation is
+//! never lost" hold without retries.
+//!
+//! **Architecture Invariant:** at most one live activation per entity per node. Lock order is
+//! registry part, then entity.
+
+use std::any::Any;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
+use perennial_types::EntityId;
+use slab::Slab;
+
+/// How many independently locked parts the table has.
+const SHARDS: usize = 64;
+/// Marks the end of an LRU list.
+const NIL: usize = usize::MAX;
+/// How many entities an over-limit insert tries to evict from its own part at once.
+const EVICT_PER_INSERT: usize = 4;
+
+/// An entity's key in the registry: its kind's index and its id.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Key {
+    pub(crate) kind: u16,
+    pub(crate) id: EntityId,
+}
+
+/// A resident entity, as the registry sees it.
+pub(crate) trait Resident: Any + Send + Sync {
+    /// The entity's idle deadline, in milliseconds of the runtime's clock.
+    fn deadline_ms(&self) -> u64;
+    /// Passivates the entity if it is idle with every step durable and, unless `force`, its
+    /// deadline has passed. Called under the registry's lock; the returned hook runs the
+    /// kind's `on_passivate` and must be called after the lock is released.
+    fn try_passivate(&self, now_ms: u64, force: bool) -> Option<Passivated>;
+}
+
+/// What passivating one entity left to do, outside the registry's lock.
+pub(crate) struct Passivated {
+    /// The bytes the entity was accounted for.
+    pub(crate) bytes: usize,
+    /// Runs `on_passivate` and drops the state.
+    pub(crate) hook: Box<dyn FnOnce() + Send>,
+}
+
+/// Limits on what stays resident.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) max_entities: usize,
+    pub(crate) max_bytes: usize,
+}
+
+pub(crate) struct Registry {
+    parts: Box<[Mutex<Part>]>,
+    hasher: hashbrown::DefaultHashBuilder,
+    resident: AtomicUsize,
+    bytes: AtomicUsize,
+    limits: Limits,
+    /// Where the next round-robin eviction starts.
+    cursor: AtomicUsize,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("resident", &self.resident)
+            .field("bytes", &self.bytes)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One part of the table: a map to slots, and the slots in least-recently-used order.
+#[derive(Default)]
+struct Part {
+    index: hashbrown::HashMap<Key, usize>,
+    nodes: Slab<Node>,
+    /// The most recently used slot.
+    head: Option<usize>,
+    /// The least recently used slot.
+    tail: Option<usize>,
+}
+
+struct Node {
+    key: Key,
+    entry: Arc<dyn Resident>,
+    prev: usize,
+    next: usize,
+}
+
+impl Registry {
+    pub(crate) fn new(limits: Limits) -> Self {
+        Self {
+            parts: (0..SHARDS).map(|_| Mutex::new(Part::default())).collect(),
+            hasher: hashbrown::DefaultHashBuilder::default(),
+            resident: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
+            limits,
+            cursor: AtomicUsize::new(0),
+        }
+    }
+
+    fn part_of(&self, key: &Key) -> usize {
+        (self.hasher.hash_one(key) as usize) % SHARDS
+    }
+
+    /// Finds the entity or creates it with `make`, marks it most recently used, and runs `f`
+    /// on it, all under the part's lock. Then, if the node is over its limits, evicts a few
+    /// idle entities of the same part and runs their hooks.
+    pub(crate) fn with_entry<R>(
+        &self,
+        key: &Key,
+        make: impl FnOnce() -> Arc<dyn Resident>,
+        f: impl FnOnce(&Arc<dyn Resident>) -> R,
+    ) -> R {
+        let p = self.part_of(key);
+        let mut part = self.parts[p].lock();
+        let (slot, created) = match part.index.get(key) {
+            Some(&slot) => (slot, false),
+            None => {
+                let slot = part.nodes.insert(Node {
+                    key: key.clone(),
+                    entry: make(),
+                    prev: NIL,
+                    next: NIL,
+                });
+                part.index.insert(key.clone(), slot);
+                part.push_front(slot);
+                self.resident.fetch_add(1, Ordering::Relaxed);
+                (slot, true)
+            }
+        };
+        if !created {
+            part.unlink(slot);
+            part.push_front(slot);
+        }
+        let result = f(&part.nodes[slot].entry);
+        let mut evicted = Vec::new();
+        if created && self.over_limits() {
+            self.evict_from(&mut part, EVICT_PER_INSERT, &mut evicted);
+        }
+        drop(part);
+        let short = EVICT_PER_INSERT.saturating_sub(evicted.len());
+        run_hooks(evicted);
+        if created && short > 0 && self.over_limits() {
+            // This part had too little to give: take from the others, one lock at a time.
+            self.evict_round_robin(short);
+        }
+        result
+    }
+
+    /// Evicts up to `max` idle entities from the parts after the cursor, while over limits.
+    fn evict_round_robin(&self, max: usize) {
+        let mut evicted = 0;
+        for _ in 0..SHARDS {
+            if evicted >= max || !self.over_limits() {
+                break;
+            }
+            let p = self.cursor.fetch_add(1, Ordering::Relaxed) % SHARDS;
+            let mut hooks = Vec::new();
+            self.evict_from(&mut self.parts[p].lock(), max - evicted, &mut hooks);
+            evicted += hooks.len();
+            run_hooks(hooks);
+        }
+    }
+
+    /// Removes `entry` if it is still the one registered under `key`, and runs `then` on it
+    /// under the part's lock.
+    pub(crate) fn remove_exact(&self, key: &Key, entry: &Arc<dyn Resident>, then: impl FnOnce()) {
+        let mut part = self.parts[self.part_of(key)].lock();
+        if let Some(&slot) = part.index.get(key)
+            && Arc::ptr_eq(&part.nodes[slot].entry, entry)
+        {
+            part.remove(slot);
+            self.resident.fetch_sub(1, Ordering::Relaxed);
+        }
+        then();
+    }
+
+    /// Adds (or with a negative delta, removes) resident bytes.
+    pub(crate) fn account(&self, old: usize, new: usize) {
+        if new >= old {
+            self.bytes.fetch_add(new - old, Ordering::Relaxed);
+        } else {
+            self.bytes.fetch_sub(old - new, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn resident(&self) -> usize {
+        self.resident.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn resident_bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    fn over_limits(&self) -> bool {
+        self.resident() > self.limits.max_entities || self.resident_bytes() > self.limits.max_bytes
+    }
+
+    /// Passivates every idle entity whose deadline has passed, then evicts least recently
+    /// used idle entities while the node is over its limits. Returns how many it passivated.
+    pub(crate) fn sweep(&self, now_ms: u64) -> usize {
+        let mut passivated = 0;
+        for part in self.parts.iter() {
+            let mut hooks = Vec::new();
+            {
+                let mut part = part.lock();
+                let due: Vec<usize> = part
+                    .nodes
+                    .iter()
+                    .filter(|(_, n)| n.entry.deadline_ms() <= now_ms)
+                    .map(|(slot, _)| slot)
+                    .collect();
+                for slot in due {
+                    if let Some(p) = part.nodes[slot].entry.try_passivate(now_ms, false) {
+                        part.remove(slot);
+                        self.forget(&p);
+                        hooks.push(p);
+                    }
+                }
+            }
+            passivated += hooks.len();
+            run_hooks(hooks);
+        }
+        // Round-robin over the parts, least recently used first in each, until under the
+        // limits or nothing more can go.
+        while self.over_limits() {
+            let mut progress = false;
+            for part in self.parts.iter() {
+                let mut hooks = Vec::new();
+                self.evict_from(&mut part.lock(), 16, &mut hooks);
+                progress |= !hooks.is_empty();
+                passivated += hooks.len();
+                run_hooks(hooks);
+                if !self.over_limits() {
+                    break;
+                }
+            }
+            if !progress {
+                break;
+            }
+        }
+        passivated
+    }
+
+    /// Passivates every idle entity now, whatever its deadline. Returns how many remain.
+    pub(crate) fn passivate_all(&self) -> usize {
+        for part in self.parts.iter() {
+            let mut hooks = Vec::new();
+            {
+                let mut part = part.lock();
+                let slots: Vec<usize> = part.nodes.iter().map(|(slot, _)| slot).collect();
+                for slot in slots {
+                    if let Some(p) = part.nodes[slot].entry.try_passivate(u64::MAX, true) {
+                        part.remove(slot);
+                        self.forget(&p);
+                        hooks.push(p);
+                    }
+                }
+            }
+            run_hooks(hooks);
+        }
+        self.resident()
+    }
+
+    /// Evicts up to `max` idle entities from the cold end of one part, while over limits.
+    fn evict_from(&self, part: &mut Part, max: usize, hooks: &mut Vec<Passivated>) {
+        let mut slot = part.tail.unwrap_or(NIL);
+        let mut looked = 0;
+        while slot != NIL && hooks.len() < max && looked < max * 4 && self.over_limits() {
+            let prev = part.nodes[slot].prev;
+            if let Some(p) = part.nodes[slot].entry.try_passivate(u64::MAX, true) {
+                part.remove(slot);
+                self.forget(&p);
+                hooks.push(p);
+            }
+            looked += 1;
+            slot = prev;
+        }
+    }
+
+    fn forget(&self, p: &Passivated) {
+        self.resident.fetch_sub(1, Ordering::Relaxed);
+        self.bytes.fetch_sub(p.bytes, Ordering::Relaxed);
+    }
+}
+
+fn run_hooks(hooks: Vec<Passivated>) {
+    for p in hooks {
+        (p.hook)();
+    }
+}
+
+impl Part {
+    fn push_front(&mut self, slot: usize) {
+        let old = self.head.unwrap_or(NIL);
+        self.nodes[slot].prev = NIL;
+        self.nodes[slot].next = old;
+        if old != NIL {
+            self.nodes[old].prev = slot;
+        } else {
+            self.tail = Some(slot);
+        }
+        self.head = Some(slot);
+    }
+
+    fn unlink(&mut self, slot: usize) {
+        let (prev, next) = (self.nodes[slot].prev, self.nodes[slot].next);
+        if prev != NIL {
+            self.nodes[prev].next = next;
+        } else {
+            self.head = (next != NIL).then_some(next);
+        }
+        if next != NIL {
+            self.nodes[next].prev = prev;
+        } else {
+            self.tail = (prev != NIL).then_some(prev);
+        }
+    }
+
+    fn remove(&mut self, slot: usize) {
+        self.unlink(slot);
+        let node = self.nodes.remove(slot);
+        self.index.remove(&node.key);
+    }
+}

@@ -1,0 +1,537 @@
+//! [`Runtime`], its [`Builder`], and [`Handle`]: the library's entry points.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use perennial_storage::{Store, StoredDeadLetter};
+use perennial_types::{EntityId, Epoch, SHARDS, ShardId};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::commit::{CommitStats, Committer};
+use crate::entity;
+use crate::kind::{Counters, DynKind, KindRt, KindStats, Mode};
+use crate::registry::{Limits, Registry};
+use crate::{CallError, JsonRejection, Overload, Process, StartError};
+
+/// Tuning shared by every kind.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) mailbox_capacity: usize,
+    pub(crate) max_inflight: usize,
+    pub(crate) max_attempts: u32,
+    pub(crate) passivation_interval: Duration,
+}
+
+/// What every entity of every kind shares: storage, the commit pipeline, the registry.
+pub(crate) struct Core {
+    pub(crate) store: Arc<dyn Store>,
+    /// The epoch this node holds for every shard.
+    pub(crate) epoch: Epoch,
+    pub(crate) config: Config,
+    pub(crate) registry: Registry,
+    pub(crate) committer: Arc<Committer>,
+    /// Calls accepted and not yet answered.
+    inflight: AtomicUsize,
+    closing: AtomicBool,
+    /// Notified when the last in-flight call is answered during shutdown.
+    drained: Notify,
+    started: Instant,
+}
+
+impl fmt::Debug for Core {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Core")
+            .field("epoch", &self.epoch)
+            .field("inflight", &self.inflight)
+            .field("registry", &self.registry)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counts one accepted call until it is answered (or its caller gives up).
+pub(crate) struct Permit<'a>(&'a Core);
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if self.0.inflight.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.0.closing.load(Ordering::SeqCst)
+        {
+            self.0.drained.notify_waiters();
+        }
+    }
+}
+
+impl Core {
+    /// Accepts one call, unless the runtime is closing or has too many calls in flight.
+    pub(crate) fn admit<E>(&self) -> Result<Permit<'_>, CallError<E>> {
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(CallError::ShuttingDown);
+        }
+        let before = self.inflight.fetch_add(1, Ordering::SeqCst);
+        let permit = Permit(self);
+        // Checked again after counting, so shutdown either sees this call or it sees shutdown.
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(CallError::ShuttingDown);
+        }
+        if before >= self.config.max_inflight {
+            return Err(CallError::Overloaded {
+                scope: Overload::Node,
+            });
+        }
+        Ok(permit)
+    }
+
+    /// Milliseconds since the runtime started: the clock of idle deadlines.
+    pub(crate) fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+type Registration = Box<dyn FnOnce(&Arc<Core>, u16) -> RegisteredKind + Send>;
+
+struct RegisteredKind {
+    name: &'static str,
+    type_id: TypeId,
+    typed: Arc<dyn Any + Send + Sync>,
+    dynamic: Arc<dyn DynKind>,
+}
+
+/// Configures and starts a [`Runtime`].
+///
+/// ```
+/// # use perennial_core::{Ctx, Process, Runtime};
+/// # use perennial_storage::MemoryStore;
+/// # #[derive(Default, serde::Serialize, serde::Deserialize)]
+/// # struct Counter { value: i64 }
+/// # impl Process for Counter {
+/// #     const KIND: &'static str = "counter";
+/// #     type Msg = i64;
+/// #     type Reply = i64;
+/// #     type Error = std::convert::Infallible;
+/// #     fn handle(&mut self, n: i64, _: &mut Ctx<'_, Self>) -> Result<i64, Self::Error> {
+/// #         self.value += n;
+/// #         Ok(self.value)
+/// #     }
+/// # }
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let rt = Runtime::builder()
+///     .store(MemoryStore::new())
+///     .register::<Counter>()
+///     .max_resident(100_000)
+///     .start()
+///     .await?;
+/// assert_eq!(rt.get::<Counter>("c1").call(5).await?, 5);
+/// rt.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
+#[must_use = "a builder does nothing until `start` is called"]
+pub struct Builder {
+    store: Option<Arc<dyn Store>>,
+    registrations: Vec<Registration>,
+    config: Config,
+    limits: Limits,
+    node: String,
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("store", &self.store)
+            .field("kinds", &self.registrations.len())
+            .field("config", &self.config)
+            .field("limits", &self.limits)
+            .field("node", &self.node)
+            .finish()
+    }
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self {
+            store: None,
+            registrations: Vec::new(),
+            config: Config {
+                mailbox_capacity: 1024,
+                max_inflight: 100_000,
+                max_attempts: 3,
+                passivation_interval: Duration::from_secs(1),
+            },
+            limits: Limits {
+                max_entities: 1_000_000,
+                max_bytes: 1 << 30,
+            },
+            node: "node".to_owned(),
+        }
+    }
+}
+
+impl Builder {
+    /// The store that holds the entities' state. Required.
+    pub fn store(mut self, store: impl Store) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// The store, already shared.
+    pub fn shared_store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Registers a kind whose state is written after each step (`Persistence::Snapshot`).
+    pub fn register<K>(self) -> Self
+    where
+        K: Process + Serialize + DeserializeOwned,
+    {
+        self.add::<K>(Mode::Snapshot {
+            encode: |state| serde_json::to_string(state),
+            decode: |json| serde_json::from_str(json),
+        })
+    }
+
+    /// Registers a kind whose state lives in memory only (`Persistence::Ephemeral`): a
+    /// panicking step is rolled back from a copy taken before it, but a restart or a
+    /// passivation loses the state.
+    pub fn register_ephemeral<K>(self) -> Self
+    where
+        K: Process + Clone,
+    {
+        self.add::<K>(Mode::Ephemeral { clone: K::clone })
+    }
+
+    fn add<K: Process>(mut self, mode: Mode<K>) -> Self {
+        self.registrations
+            .push(Box::new(move |core: &Arc<Core>, index: u16| {
+                let kind = Arc::new(KindRt::<K> {
+                    name: Arc::from(K::KIND),
+                    index,
+                    mode,
+                    counters: Counters::default(),
+                    core: Arc::clone(core),
+                });
+                RegisteredKind {
+                    name: K::KIND,
+                    type_id: TypeId::of::<K>(),
+                    typed: Arc::clone(&kind) as Arc<dyn Any + Send + Sync>,
+                    dynamic: kind,
+                }
+            }));
+        self
+    }
+
+    /// At most this many entities stay resident; beyond it, idle ones are passivated,
+    /// least recently used first. Default: 1,000,000.
+    pub fn max_resident(mut self, entities: usize) -> Self {
+        self.limits.max_entities = entities;
+        self
+    }
+
+    /// At most this many bytes of state (the size of each entity's last committed state)
+    /// stay resident; beyond it, idle entities are passivated. Default: 1 GiB.
+    pub fn max_resident_bytes(mut self, bytes: usize) -> Self {
+        self.limits.max_bytes = bytes;
+        self
+    }
+
+    /// At most this many messages wait in one entity's mailbox; more are refused with
+    /// [`CallError::Overloaded`]. Default: 1024.
+    pub fn mailbox_capacity(mut self, messages: usize) -> Self {
+        self.config.mailbox_capacity = messages.max(1);
+        self
+    }
+
+    /// At most this many calls are in flight in the node; more are refused with
+    /// [`CallError::Overloaded`]. Default: 100,000.
+    pub fn max_inflight(mut self, calls: usize) -> Self {
+        self.config.max_inflight = calls.max(1);
+        self
+    }
+
+    /// After this many consecutive panics of the same message at an entity, the message is
+    /// set aside as a dead letter. Default: 3.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.config.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// How often idle entities are looked for. Default: one second.
+    pub fn passivation_interval(mut self, interval: Duration) -> Self {
+        self.config.passivation_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The name this node claims the store's shards under. Default: `"node"`.
+    pub fn node_name(mut self, name: impl Into<String>) -> Self {
+        self.node = name.into();
+        self
+    }
+
+    /// Claims every shard of the store with a new epoch (fencing out any earlier writer) and
+    /// starts the runtime's tasks. Must be called inside a Tokio runtime.
+    pub async fn start(self) -> Result<Runtime, StartError> {
+        let store = self.store.ok_or(StartError::NoStore)?;
+        let mut names = std::collections::HashSet::new();
+        let shards: Vec<ShardId> = (0..SHARDS).map(ShardId).collect();
+        let epoch = store.claim(&self.node, &shards).await?;
+        let committer = Arc::new(Committer::default());
+        let core = Arc::new(Core {
+            store: Arc::clone(&store),
+            epoch,
+            config: self.config,
+            registry: Registry::new(self.limits),
+            committer: Arc::clone(&committer),
+            inflight: AtomicUsize::new(0),
+            closing: AtomicBool::new(false),
+            drained: Notify::new(),
+            started: Instant::now(),
+        });
+        let mut by_name = HashMap::new();
+        let mut by_type = HashMap::new();
+        for (index, register) in self.registrations.into_iter().enumerate() {
+            let index = u16::try_from(index).unwrap_or(u16::MAX);
+            let kind = register(&core, index);
+            if !names.insert(kind.name) {
+                return Err(StartError::DuplicateKind(kind.name));
+            }
+            by_name.insert(kind.name, kind.dynamic);
+            by_type.insert(kind.type_id, kind.typed);
+        }
+        let committer_task = tokio::spawn(committer.run(store));
+        let sweeper_task = tokio::spawn(sweep(Arc::clone(&core)));
+        tracing::info!(node = %self.node, %epoch, kinds = by_name.len(), "runtime started");
+        Ok(Runtime {
+            shared: Arc::new(Shared {
+                core,
+                by_name,
+                by_type,
+                tasks: Mutex::new(Some((committer_task, sweeper_task))),
+            }),
+        })
+    }
+}
+
+/// Passivates idle entities every `passivation_interval` until the runtime closes.
+async fn sweep(core: Arc<Core>) {
+    let mut tick = tokio::time::interval(core.config.passivation_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if core.closing.load(Ordering::SeqCst) {
+            return;
+        }
+        core.registry.sweep(core.now_ms());
+    }
+}
+
+struct Shared {
+    core: Arc<Core>,
+    by_name: HashMap<&'static str, Arc<dyn DynKind>>,
+    by_type: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
+    /// The committer and sweeper tasks, taken by `shutdown`.
+    tasks: Mutex<Option<(JoinHandle<()>, JoinHandle<()>)>>,
+}
+
+/// A running Perennial node: it hosts the registered kinds' entities.
+///
+/// Cloning is cheap; clones share the node. Call [`shutdown`](Runtime::shutdown) to stop it
+/// cleanly.
+#[derive(Clone)]
+pub struct Runtime {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runtime")
+            .field("kinds", &self.kinds())
+            .field("core", &self.shared.core)
+            .finish()
+    }
+}
+
+/// A snapshot of the runtime's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Each registered kind's counters, sorted by name.
+    pub kinds: Vec<KindStats>,
+    /// Entities resident now.
+    pub resident: usize,
+    /// Bytes of resident state (each entity's last committed state).
+    pub resident_bytes: usize,
+    /// Calls accepted and not yet answered.
+    pub inflight: usize,
+    /// The commit pipeline's counters.
+    pub commit: CommitStats,
+}
+
+impl Runtime {
+    /// A builder for a runtime.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// A handle to the entity `id` of kind `K`. Cheap: nothing is activated until a message
+    /// is sent. An invalid id or an unregistered kind is reported by the handle's calls.
+    pub fn get<K: Process>(&self, id: impl AsRef<str>) -> Handle<K> {
+        let kind = self
+            .shared
+            .by_type
+            .get(&TypeId::of::<K>())
+            .and_then(|k| Arc::clone(k).downcast::<KindRt<K>>().ok());
+        let target = match (kind, EntityId::new(id.as_ref())) {
+            (Some(kind), Ok(id)) => Ok((kind, id)),
+            (None, _) => Err(CallError::UnknownKind(K::KIND.to_owned())),
+            (_, Err(e)) => Err(CallError::InvalidId(e)),
+        };
+        Handle { target }
+    }
+
+    /// Sends a JSON message to the entity `id` of the kind named `kind`; returns the JSON reply.
+    ///
+    /// For callers that know kinds by name only, such as the HTTP gateway.
+    pub async fn call_json(
+        &self,
+        kind: &str,
+        id: &str,
+        msg: &[u8],
+    ) -> Result<String, CallError<JsonRejection>> {
+        let Some(dynamic) = self.shared.by_name.get(kind) else {
+            return Err(CallError::UnknownKind(kind.to_owned()));
+        };
+        let id = EntityId::new(id)?;
+        Arc::clone(dynamic).call_json(id, msg).await
+    }
+
+    /// The names of the registered kinds, sorted.
+    pub fn kinds(&self) -> Vec<&'static str> {
+        let mut names: Vec<_> = self.shared.by_name.keys().copied().collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// The epoch this node holds for the store's shards.
+    pub fn epoch(&self) -> Epoch {
+        self.shared.core.epoch
+    }
+
+    /// The runtime's counters.
+    pub fn stats(&self) -> Stats {
+        let core = &self.shared.core;
+        let mut kinds: Vec<KindStats> = self.shared.by_name.values().map(|k| k.stats()).collect();
+        kinds.sort_by(|a, b| a.kind.cmp(&b.kind));
+        Stats {
+            kinds,
+            resident: core.registry.resident(),
+            resident_bytes: core.registry.resident_bytes(),
+            inflight: core.inflight.load(Ordering::SeqCst),
+            commit: core.committer.stats(),
+        }
+    }
+
+    /// The dead letters in the store, oldest first, of one kind or of all.
+    pub async fn dead_letters(
+        &self,
+        kind: Option<&str>,
+    ) -> Result<Vec<StoredDeadLetter>, perennial_storage::Error> {
+        self.shared.core.store.dead_letters(kind).await
+    }
+
+    /// Passivates every idle entity now; returns how many entities stay resident.
+    pub fn passivate_idle(&self) -> usize {
+        self.shared.core.registry.passivate_all()
+    }
+
+    /// Stops the runtime: refuses new calls, waits until every accepted call is answered
+    /// (so every acknowledged step is durable), passivates all entities and stops the
+    /// committer. The store stays open; close it afterwards if the node owns it.
+    pub async fn shutdown(&self) {
+        let core = &self.shared.core;
+        core.closing.store(true, Ordering::SeqCst);
+        loop {
+            let drained = core.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if core.inflight.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            drained.await;
+        }
+        // Entities whose callers gave up may still be finishing a step: give them a moment.
+        let give_up = Instant::now() + Duration::from_secs(10);
+        while core.registry.passivate_all() > 0 && Instant::now() < give_up {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        core.committer.close();
+        let tasks = self.shared.tasks.lock().take();
+        if let Some((committer, sweeper)) = tasks {
+            sweeper.abort();
+            let _ = committer.await;
+        }
+        tracing::info!("runtime stopped");
+    }
+}
+
+/// A handle's kind and entity id, borrowed.
+type Target<'a, K> = (&'a Arc<KindRt<K>>, &'a EntityId);
+
+/// A cheap, cloneable address of one entity of kind `K`. See [`Runtime::get`].
+pub struct Handle<K: Process> {
+    target: Result<(Arc<KindRt<K>>, EntityId), CallError>,
+}
+
+impl<K: Process> Clone for Handle<K> {
+    fn clone(&self) -> Self {
+        Self {
+            target: self.target.clone(),
+        }
+    }
+}
+
+impl<K: Process> fmt::Debug for Handle<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Handle");
+        d.field("kind", &K::KIND);
+        match &self.target {
+            Ok((_, id)) => d.field("id", id),
+            Err(e) => d.field("error", e),
+        };
+        d.finish()
+    }
+}
+
+impl<K: Process> Handle<K> {
+    /// The entity's id, if it is valid.
+    pub fn id(&self) -> Option<&EntityId> {
+        self.target.as_ref().ok().map(|(_, id)| id)
+    }
+
+    /// Sends `msg` and waits for the reply, which leaves the entity only once the step that
+    /// produced it is durable.
+    pub async fn call(&self, msg: K::Msg) -> Result<K::Reply, CallError<K::Error>> {
+        let (kind, id) = self.target()?;
+        entity::call(kind, id, msg).await
+    }
+
+    /// Sends `msg` and waits until the step it caused is durable, without the reply.
+    pub async fn send(&self, msg: K::Msg) -> Result<(), CallError<K::Error>> {
+        self.call(msg).await.map(drop)
+    }
+
+    fn target(&self) -> Result<Target<'_, K>, CallError<K::Error>> {
+        match &self.target {
+            Ok((kind, id)) => Ok((kind, id)),
+            Err(e) => Err(e.clone().widen()),
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! On-demand activation: lookup-or-create is atomic, state comes from storage, bad input is typed.
+
+use perennial_core::{CallError, Runtime};
+use perennial_storage::{MemoryStore, Store};
+use perennial_types::{EntityId, EntityKey};
+
+use crate::kinds::{Counter, Op, runtime};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_messages_make_one_activation() {
+    let (rt, _store) = runtime().await;
+    let calls: Vec<_> = (0..1000)
+        .map(|_| {
+            let h = rt.get::<Counter>("hot");
+            tokio::spawn(async move { h.call(Op::Add(1)).await })
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for c in calls {
+        replies.push(c.await.unwrap().unwrap());
+    }
+    replies.sort_unstable();
+    // Each call saw a distinct value: they ran one at a time on one state.
+    assert_eq!(replies, (1..=1000).collect::<Vec<i64>>());
+    let stats = rt.stats();
+    let counter = stats.kinds.iter().find(|k| k.kind == "counter").unwrap();
+    assert_eq!(counter.activations, 1);
+    assert_eq!(counter.resident, 1);
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_is_loaded_from_storage_after_a_restart() {
+    let store = MemoryStore::new();
+    let rt = Runtime::builder()
+        .store(store.clone())
+        .register::<Counter>()
+        .start()
+        .await
+        .unwrap();
+    rt.get::<Counter>("c").call(Op::Add(41)).await.unwrap();
+    rt.shutdown().await;
+    let rt = Runtime::builder()
+        .store(store.clone())
+        .register::<Counter>()
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(rt.get::<Counter>("c").call(Op::Add(1)).await.unwrap(), 42);
+    rt.shutdown().await;
+    let key = EntityKey::new("counter", EntityId::new("c").unwrap());
+    let record = store.load(&key).await.unwrap().unwrap();
+    assert_eq!(record.state, r#"{"value":42}"#);
+    assert_eq!(record.version, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_stored_state_is_a_typed_error_and_is_left_untouched() {
+    let store = MemoryStore::new();
+    let key = EntityKey::new("counter", EntityId::new("broken").unwrap());
+    store.put_raw(key.clone(), r#"{"value":"not a number"}"#, 7);
+    let rt = Runtime::builder()
+        .store(store.clone())
+        .register::<Counter>()
+        .start()
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        match rt.get::<Counter>("broken").call(Op::Add(1)).await {
+            Err(CallError::CorruptState { key: k, detail }) => {
+                assert_eq!(k, key);
+                assert!(detail.contains("invalid type"), "{detail}");
+            }
+            other => panic!("expected CorruptState, got {other:?}"),
+        }
+    }
+    // Other entities are unaffected, and the bad bytes are still there, unchanged.
+    assert_eq!(rt.get::<Counter>("fine").call(Op::Add(1)).await.unwrap(), 1);
+    rt.shutdown().await;
+    let record = store.load(&key).await.unwrap().unwrap();
+    assert_eq!(
+        (record.state.as_str(), record.version),
+        (r#"{"value":"not a number"}"#, 7)
+    );
+}
+
+#[tokio::test]
+async fn invalid_ids_and_unknown_kinds_are_typed_errors() {
+    let (rt, _store) = runtime().await;
+    let long = "x".repeat(300);
+    assert!(matches!(
+        rt.get::<Counter>(&long).call(Op::Get).await,
+        Err(CallError::InvalidId(_))
+    ));
+    assert!(matches!(
+        rt.get::<Counter>("").call(Op::Get).await,
+        Err(CallError::InvalidId(_))
+    ));
+    let bare = Runtime::builder()
+        .store(MemoryStore::new())
+        .start()
+        .await
+        .unwrap();
+    assert!(matches!(
+        bare.get::<Counter>("c").call(Op::Get).await,
+        Err(CallError::UnknownKind(k)) if k == "counter"
+    ));
+    rt.shutdown().await;
+    bare.shutdown().await;
+}
+
+#[tokio::test]
+async fn json_calls_decode_dispatch_and_encode() {
+    let (rt, _store) = runtime().await;
+    assert_eq!(
+        rt.call_json("counter", "j", br#"{"add": 5}"#)
+            .await
+            .unwrap(),
+        "5"
+    );
+    assert_eq!(
+        rt.call_json("counter", "j", br#""get""#).await.unwrap(),
+        "5"
+    );
+    match rt.call_json("counter", "j", br#"{"ad": 5}"#).await {
+        Err(e @ CallError::BadMessage { .. }) => assert_eq!(e.code(), "bad_message"),
+        other => panic!("expected BadMessage, got {other:?}"),
+    }
+    match rt.call_json("counter", "j", b"{not json").await {
+        Err(CallError::BadMessage { .. }) => {}
+        other => panic!("expected BadMessage, got {other:?}"),
+    }
+    match rt.call_json("nope", "j", b"1").await {
+        Err(e @ CallError::UnknownKind(_)) => assert_eq!(e.code(), "unknown_kind"),
+        other => panic!("expected UnknownKind, got {other:?}"),
+    }
+    match rt
+        .call_json("counter", "j", br#"{"add_then_reject": 5}"#)
+        .await
+    {
+        Err(e @ CallError::Rejected(_)) => {
+            assert_eq!(e.code(), "refused");
+            assert_eq!(e.to_string(), "refused on purpose");
+        }
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+    assert_eq!(
+        rt.call_json("counter", "j", br#""get""#).await.unwrap(),
+        "5"
+    );
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_builder_without_a_store_or_with_duplicate_kinds_does_not_start() {
+    assert!(matches!(
+        Runtime::builder().start().await,
+        Err(perennial_core::StartError::NoStore)
+    ));
+    let twice = Runtime::builder()
+        .store(MemoryStore::new())
+        .register::<Counter>()
+        .register::<Counter>()
+        .start()
+        .await;
+    assert!(matches!(
+        twice,
+        Err(perennial_core::StartError::DuplicateKind("counter"))
+    ));
+}

@@ -1,0 +1,8 @@
+//! The runtime's integration tests: one binary, a module per area of the contract.
+
+mod activation;
+mod durability;
+mod kinds;
+mod limits;
+mod passivation;
+mod supervision;

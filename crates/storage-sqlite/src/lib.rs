@@ -1,0 +1,37 @@
+//! Perennial's embedded store: one SQLite file per data directory.
+//!
+//! The file is `DIR/perennial.db`, in WAL mode with `synchronous=FULL` (checked at open: a
+//! store that would acknowledge writes it has not flushed refuses to start). Entity state is
+//! JSON text, so `sqlite3 DIR/perennial.db "select json_extract(state, '$.value') from
+//! entities"` reads any entity without Perennial's types. The schema is in [`schema`].
+//!
+//! # Threads
+//! - one **writer** owns the write connection and commits one batch per transaction, so a
+//!   batch costs one WAL fsync however many entities it carries;
+//! - a few **readers** serve loads from their own read-only connections (WAL readers never
+//!   wait for the writer);
+//! - one **checkpointer** copies the WAL into the database in the background, so checkpoints
+//!   and their fsyncs stay off the commit path.
+//!
+//! ```
+//! use perennial_storage::Store;
+//! use perennial_storage_sqlite::SqliteStore;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), perennial_storage::Error> {
+//! let dir = tempfile::tempdir().unwrap();
+//! let store = SqliteStore::open(dir.path())?;
+//! let key = perennial_types::EntityKey::new("counter", "c1".parse().unwrap());
+//! assert_eq!(store.load(&key).await?, None);
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod schema;
+
+mod errors;
+mod reader;
+mod store;
+mod writer;
+
+pub use store::{Options, SqliteStore};

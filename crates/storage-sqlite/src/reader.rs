@@ -1,0 +1,108 @@
+//! The reader threads: loads served from read-only connections, beside the writer.
+
+use std::thread;
+
+use crossbeam_channel::{Receiver, Sender};
+use perennial_storage::{DeadLetter, Error, Record, StoredDeadLetter};
+use perennial_types::{EntityId, EntityKey};
+use rusqlite::{Connection, OptionalExtension};
+use tokio::sync::oneshot;
+
+use crate::errors::{from_sql, map_err};
+
+/// A request to any reader thread.
+#[derive(Debug)]
+pub(crate) enum ReadCmd {
+    Load {
+        key: EntityKey,
+        reply: oneshot::Sender<Result<Option<Record>, Error>>,
+    },
+    DeadLetters {
+        kind: Option<String>,
+        reply: oneshot::Sender<Result<Vec<StoredDeadLetter>, Error>>,
+    },
+}
+
+/// Starts one thread per connection, all serving the returned channel.
+pub(crate) fn spawn(conns: Vec<Connection>) -> Result<Sender<ReadCmd>, Error> {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    for (i, conn) in conns.into_iter().enumerate() {
+        let rx = rx.clone();
+        thread::Builder::new()
+            .name(format!("perennial-sqlite-reader-{i}"))
+            .spawn(move || serve(&conn, &rx))
+            .map_err(|e| Error::Io(format!("cannot start a reader thread: {e}")))?;
+    }
+    Ok(tx)
+}
+
+fn serve(conn: &Connection, rx: &Receiver<ReadCmd>) {
+    while let Ok(cmd) = rx.recv() {
+        match cmd {
+            ReadCmd::Load { key, reply } => {
+                let _ = reply.send(load(conn, &key));
+            }
+            ReadCmd::DeadLetters { kind, reply } => {
+                let _ = reply.send(dead_letters(conn, kind.as_deref()));
+            }
+        }
+    }
+}
+
+fn load(conn: &Connection, key: &EntityKey) -> Result<Option<Record>, Error> {
+    let mut stmt = conn
+        .prepare_cached("SELECT state, version FROM entities WHERE kind = ?1 AND id = ?2")
+        .map_err(map_err)?;
+    let row = stmt
+        .query_row((&*key.kind, key.id.as_str()), |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+        })
+        .optional()
+        .map_err(map_err)?;
+    let Some((state, version)) = row else {
+        return Ok(None);
+    };
+    let version = from_sql(version, "entity version")?;
+    Ok(Some(Record { state, version }))
+}
+
+fn dead_letters(conn: &Connection, kind: Option<&str>) -> Result<Vec<StoredDeadLetter>, Error> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT seq, kind, id, message, error, attempts, at FROM dead_letters
+             WHERE ?1 IS NULL OR kind = ?1 ORDER BY seq",
+        )
+        .map_err(map_err)?;
+    let rows = stmt
+        .query_map([kind], |row| {
+            let kind: String = row.get(1)?;
+            let id: String = row.get(2)?;
+            Ok((
+                row.get::<_, i64>(0)?,
+                kind,
+                id,
+                row.get::<_, String>(3)?,
+                row.get::<_, String>(4)?,
+                row.get::<_, u32>(5)?,
+                row.get::<_, i64>(6)?,
+            ))
+        })
+        .map_err(map_err)?;
+    let mut letters = Vec::new();
+    for row in rows {
+        let (seq, kind, id, message, error, attempts, at_ms) = row.map_err(map_err)?;
+        let id = EntityId::new(&id)
+            .map_err(|e| Error::Corrupt(format!("dead letter {seq} has an invalid id: {e}")))?;
+        letters.push(StoredDeadLetter {
+            seq: from_sql(seq, "dead letter number")?,
+            letter: DeadLetter {
+                key: EntityKey::new(kind, id),
+                message,
+                error,
+                attempts,
+                at_ms,
+            },
+        });
+    }
+    Ok(letters)
+}

@@ -1,0 +1,142 @@
+//! The SQLite schema, its version, and the durability settings every connection checks.
+//!
+//! ```sql
+//! -- One row per entity: its last committed state as JSON text.
+//! CREATE TABLE entities (
+//!     kind       TEXT    NOT NULL,  -- the kind's name, e.g. 'table'
+//!     id         TEXT    NOT NULL,  -- the entity id
+//!     shard      INTEGER NOT NULL,  -- shard_of(kind, id)
+//!     version    INTEGER NOT NULL,  -- steps committed so far
+//!     updated_at INTEGER NOT NULL,  -- milliseconds since the Unix epoch
+//!     state      TEXT    NOT NULL,  -- the state, JSON
+//!     PRIMARY KEY (kind, id)
+//! ) WITHOUT ROWID;
+//! -- One row per shard: the epoch that fences stale writers.
+//! CREATE TABLE shards (shard INTEGER PRIMARY KEY, epoch INTEGER NOT NULL,
+//!                      owner TEXT, claimed_at INTEGER);
+//! -- Messages set aside after repeated failures.
+//! CREATE TABLE dead_letters (seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL,
+//!     id TEXT NOT NULL, message TEXT NOT NULL, error TEXT NOT NULL,
+//!     attempts INTEGER NOT NULL, at INTEGER NOT NULL);
+//! CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+//! ```
+//!
+//! `PRAGMA user_version` holds [`FORMAT_VERSION`]; a file from a newer version is refused.
+
+use perennial_storage::Error;
+use perennial_types::SHARDS;
+use rusqlite::Connection;
+
+use crate::errors::map_err;
+
+/// The newest on-disk format this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+const CREATE_V1: &str = "
+CREATE TABLE entities (
+    kind       TEXT    NOT NULL,
+    id         TEXT    NOT NULL,
+    shard      INTEGER NOT NULL,
+    version    INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    state      TEXT    NOT NULL,
+    PRIMARY KEY (kind, id)
+) WITHOUT ROWID;
+CREATE TABLE shards (
+    shard      INTEGER PRIMARY KEY,
+    epoch      INTEGER NOT NULL,
+    owner      TEXT,
+    claimed_at INTEGER
+);
+CREATE TABLE dead_letters (
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind     TEXT    NOT NULL,
+    id       TEXT    NOT NULL,
+    message  TEXT    NOT NULL,
+    error    TEXT    NOT NULL,
+    attempts INTEGER NOT NULL,
+    at       INTEGER NOT NULL
+);
+CREATE INDEX dead_letters_by_kind ON dead_letters (kind, seq);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+";
+
+/// Sets the durability pragmas on a connection and checks that SQLite took them.
+///
+/// WAL with `synchronous=FULL` fsyncs the WAL at every commit. `NORMAL` would fsync only at
+/// checkpoints, which acknowledges commits that a power loss can take back.
+pub(crate) fn set_durable(conn: &Connection) -> Result<(), Error> {
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(map_err)?;
+    conn.execute_batch("PRAGMA synchronous = FULL")
+        .map_err(map_err)?;
+    check_durable(conn, &mode)
+}
+
+/// Checks that a connection commits durably; see [`set_durable`].
+pub(crate) fn check_durable(conn: &Connection, journal_mode: &str) -> Result<(), Error> {
+    if !journal_mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::NotDurable {
+            setting: "PRAGMA journal_mode",
+            actual: journal_mode.to_owned(),
+            expected: "wal",
+        });
+    }
+    let sync: i64 = conn
+        .query_row("PRAGMA synchronous", [], |r| r.get(0))
+        .map_err(map_err)?;
+    if sync < 2 {
+        return Err(Error::NotDurable {
+            setting: "PRAGMA synchronous",
+            actual: sync.to_string(),
+            expected: "2 (FULL) or 3 (EXTRA)",
+        });
+    }
+    Ok(())
+}
+
+/// Creates the schema in an empty file, or checks the format of an existing one.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), Error> {
+    let version: u32 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(map_err)?;
+    if version > FORMAT_VERSION {
+        return Err(Error::TooNew {
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    if version == 0 {
+        let tx = conn.transaction().map_err(map_err)?;
+        tx.execute_batch(CREATE_V1).map_err(map_err)?;
+        {
+            let mut insert = tx
+                .prepare("INSERT INTO shards (shard, epoch) VALUES (?1, 0)")
+                .map_err(map_err)?;
+            for shard in 0..SHARDS {
+                insert.execute([shard]).map_err(map_err)?;
+            }
+        }
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('shards', ?1)",
+            [SHARDS.to_string()],
+        )
+        .map_err(map_err)?;
+        tx.pragma_update(None, "user_version", FORMAT_VERSION)
+            .map_err(map_err)?;
+        tx.commit().map_err(map_err)?;
+        return Ok(());
+    }
+    let shards: String = conn
+        .query_row("SELECT value FROM meta WHERE key = 'shards'", [], |r| {
+            r.get(0)
+        })
+        .map_err(map_err)?;
+    if shards != SHARDS.to_string() {
+        return Err(Error::Corrupt(format!(
+            "the data has {shards} shards, this build uses {SHARDS}"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,238 @@
+//! [`SqliteStore`]: opening a data directory and routing calls to the store's threads.
+
+use std::fs::{File, TryLockError};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+use perennial_storage::{Batch, CommitOutcome, Error, Record, Store, StoredDeadLetter};
+use perennial_types::{EntityKey, Epoch, ShardId};
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::oneshot;
+
+use crate::errors::map_err;
+use crate::reader::{self, ReadCmd};
+use crate::schema;
+use crate::writer::{self, WriteCmd};
+
+/// The name of the database file inside the data directory.
+const DB_FILE: &str = "perennial.db";
+/// The name of the lock file that keeps a second process out of the data directory.
+const LOCK_FILE: &str = "perennial.lock";
+
+/// Tuning for a [`SqliteStore`]. The defaults suit a node with a few GiB of memory.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Options {
+    /// How many threads serve loads, each with its own read-only connection.
+    pub readers: usize,
+    /// SQLite's page cache per connection, in MiB. The hot entities should fit.
+    pub cache_mib: u32,
+    /// How much of the file SQLite may memory-map for reads, in MiB.
+    pub mmap_mib: u32,
+    /// How often the background checkpointer copies the WAL into the database.
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            readers: 2,
+            cache_mib: 64,
+            mmap_mib: 256,
+            checkpoint_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Perennial's embedded [`Store`] on SQLite. See the [crate documentation](crate).
+///
+/// Cloning is cheap; clones share the same threads and file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    path: PathBuf,
+    writer: Sender<WriteCmd>,
+    readers: Sender<ReadCmd>,
+    closed: AtomicBool,
+    /// Held open for the store's life: the exclusive lock on the data directory.
+    _lock: File,
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the store in the data directory `dir`, with default [`Options`].
+    ///
+    /// Fails with [`Error::Locked`] if another process has the directory open, with
+    /// [`Error::NotDurable`] if SQLite will not commit durably, and with [`Error::TooNew`] if a
+    /// newer Perennial wrote the data.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, Error> {
+        Self::open_with(dir, Options::default())
+    }
+
+    /// Opens (or creates) the store in `dir` with the given options.
+    pub fn open_with(dir: impl AsRef<Path>, options: Options) -> Result<Self, Error> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::Io(format!(
+                "cannot create data directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let lock = lock_dir(dir)?;
+        let path = dir.join(DB_FILE);
+
+        let mut conn = Connection::open(&path).map_err(map_err)?;
+        tune(&conn, &options)?;
+        schema::set_durable(&conn)?;
+        // Checkpoints run on their own thread; see `writer::checkpointer`.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(map_err)?;
+        schema::migrate(&mut conn)?;
+
+        let checkpoint_conn = Connection::open(&path).map_err(map_err)?;
+        tune(&checkpoint_conn, &options)?;
+        schema::set_durable(&checkpoint_conn)?;
+
+        let mut read_conns = Vec::with_capacity(options.readers.max(1));
+        for _ in 0..options.readers.max(1) {
+            let conn = Connection::open_with_flags(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(map_err)?;
+            tune(&conn, &options)?;
+            read_conns.push(conn);
+        }
+
+        let writer = writer::spawn(conn, checkpoint_conn, options.checkpoint_interval)?;
+        let readers = reader::spawn(read_conns)?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                path,
+                writer,
+                readers,
+                closed: AtomicBool::new(false),
+                _lock: lock,
+            }),
+        })
+    }
+
+    /// The path of the SQLite database file.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// The writer connection's `(journal_mode, synchronous)` settings, as SQLite reports them.
+    ///
+    /// For tests and diagnostics: a durable store reports `("wal", 2)`.
+    pub async fn durability_settings(&self) -> Result<(String, i64), Error> {
+        self.write(|reply| WriteCmd::Settings { reply }).await
+    }
+
+    async fn write<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, Error>>) -> WriteCmd,
+    ) -> Result<T, Error> {
+        self.check_open()?;
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .writer
+            .send(make(tx))
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    async fn read<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, Error>>) -> ReadCmd,
+    ) -> Result<T, Error> {
+        self.check_open()?;
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .readers
+            .send(make(tx))
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    fn check_open(&self) -> Result<(), Error> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Takes the exclusive lock on the data directory, or says who holds it.
+fn lock_dir(dir: &Path) -> Result<File, Error> {
+    let lock_path = dir.join(LOCK_FILE);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| Error::Io(format!("cannot open {}: {e}", lock_path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(Error::Locked {
+            path: dir.to_path_buf(),
+        }),
+        Err(TryLockError::Error(e)) => Err(Error::Io(format!(
+            "cannot lock {}: {e}",
+            lock_path.display()
+        ))),
+    }
+}
+
+/// Sets the per-connection tuning: page cache, memory map, busy timeout.
+fn tune(conn: &Connection, options: &Options) -> Result<(), Error> {
+    let cache_kib = i64::from(options.cache_mib) * 1024;
+    conn.pragma_update(None, "cache_size", -cache_kib)
+        .map_err(map_err)?;
+    conn.pragma_update(None, "mmap_size", i64::from(options.mmap_mib) << 20)
+        .map_err(map_err)?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(map_err)?;
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn claim(&self, owner: &str, shards: &[ShardId]) -> Result<Epoch, Error> {
+        let owner = owner.to_owned();
+        let shards = shards.to_vec();
+        self.write(|reply| WriteCmd::Claim {
+            owner,
+            shards,
+            reply,
+        })
+        .await
+    }
+
+    async fn load(&self, key: &EntityKey) -> Result<Option<Record>, Error> {
+        let key = key.clone();
+        self.read(|reply| ReadCmd::Load { key, reply }).await
+    }
+
+    async fn commit(&self, batch: Batch) -> Result<CommitOutcome, Error> {
+        self.write(|reply| WriteCmd::Commit { batch, reply }).await
+    }
+
+    async fn dead_letters(&self, kind: Option<&str>) -> Result<Vec<StoredDeadLetter>, Error> {
+        let kind = kind.map(str::to_owned);
+        self.read(|reply| ReadCmd::DeadLetters { kind, reply })
+            .await
+    }
+
+    async fn close(&self) -> Result<(), Error> {
+        let result = self.write(|reply| WriteCmd::Close { reply }).await;
+        self.shared.closed.store(true, Ordering::Release);
+        result
+    }
+}

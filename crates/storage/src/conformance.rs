@@ -1,0 +1,253 @@
+//! The conformance suite: the behaviour every [`Store`] must show, run against each backend.
+//!
+//! A backend's tests call [`store_conformance!`](crate::store_conformance) with an async block
+//! that makes a fresh, empty store (and anything that must live as long as it, such as a
+//! temporary directory). The macro expands to one `#[tokio::test]` per case, so a failure
+//! names the case.
+
+use std::sync::Arc;
+
+use perennial_types::{EntityId, EntityKey, Epoch, SHARDS, ShardId, shard_of};
+
+use crate::{Batch, DeadLetter, DeadLetterWrite, StateWrite, Store};
+
+/// Expands to one test per conformance case, each on a fresh store from `$make`.
+///
+/// `$make` is an async block returning `(store, guard)`; the guard is dropped after the case.
+#[macro_export]
+macro_rules! store_conformance {
+    ($make:expr) => {
+        $crate::store_conformance!(@cases $make;
+            missing_entity_loads_as_none,
+            committed_state_loads_back_exactly,
+            later_commit_overwrites,
+            claims_increase_epochs,
+            stale_epoch_is_fenced_and_others_land,
+            unclaimed_or_future_epoch_is_fenced,
+            dead_letters_are_kept_in_order,
+            dead_letters_are_fenced,
+            large_state_round_trips,
+            concurrent_commits_all_land,
+            empty_batch_commits,
+        );
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let (store, _guard) = $make.await;
+                $crate::conformance::$case(&store).await;
+            }
+        )*
+    };
+}
+
+fn key(kind: &str, id: &str) -> EntityKey {
+    EntityKey::new(kind, EntityId::new(id).unwrap())
+}
+
+fn write(key: &EntityKey, epoch: Epoch, state: &str, version: u64) -> StateWrite {
+    StateWrite {
+        shard: shard_of(&key.kind, key.id.as_str()),
+        key: key.clone(),
+        epoch,
+        state: Arc::from(state),
+        version,
+    }
+}
+
+fn all_shards() -> Vec<ShardId> {
+    (0..SHARDS).map(ShardId).collect()
+}
+
+async fn claim_all(store: &dyn Store) -> Epoch {
+    store.claim("conformance", &all_shards()).await.unwrap()
+}
+
+async fn commit_states(store: &dyn Store, states: Vec<StateWrite>) -> crate::CommitOutcome {
+    let batch = Batch {
+        states,
+        dead_letters: Vec::new(),
+    };
+    store.commit(batch).await.unwrap()
+}
+
+/// An entity never written loads as `None`.
+pub async fn missing_entity_loads_as_none(store: &dyn Store) {
+    assert_eq!(store.load(&key("counter", "nobody")).await.unwrap(), None);
+}
+
+/// A committed state loads back byte for byte, with its version.
+pub async fn committed_state_loads_back_exactly(store: &dyn Store) {
+    let epoch = claim_all(store).await;
+    let k = key("table", "tâble-42 ♠");
+    let state = r#"{"pot":120,"board":["As","Td"],"name":"Zoë","nested":{"a":[1,2.5,null]}}"#;
+    let outcome = commit_states(store, vec![write(&k, epoch, state, 7)]).await;
+    assert!(outcome.fenced.is_empty());
+    let record = store.load(&k).await.unwrap().expect("state was committed");
+    assert_eq!(record.state, state);
+    assert_eq!(record.version, 7);
+    // Another kind with the same id is another entity.
+    assert_eq!(
+        store.load(&key("counter", "tâble-42 ♠")).await.unwrap(),
+        None
+    );
+}
+
+/// A later commit replaces the state of the same entity.
+pub async fn later_commit_overwrites(store: &dyn Store) {
+    let epoch = claim_all(store).await;
+    let k = key("counter", "c1");
+    commit_states(store, vec![write(&k, epoch, r#"{"value":1}"#, 1)]).await;
+    commit_states(store, vec![write(&k, epoch, r#"{"value":2}"#, 2)]).await;
+    let record = store.load(&k).await.unwrap().unwrap();
+    assert_eq!(
+        (record.state.as_str(), record.version),
+        (r#"{"value":2}"#, 2)
+    );
+}
+
+/// Each claim gives an epoch greater than every earlier epoch of those shards.
+pub async fn claims_increase_epochs(store: &dyn Store) {
+    let a = store.claim("a", &[ShardId(1), ShardId(2)]).await.unwrap();
+    let b = store.claim("b", &[ShardId(2)]).await.unwrap();
+    let c = store.claim("c", &[ShardId(1), ShardId(3)]).await.unwrap();
+    assert!(a.0 >= 1);
+    assert!(b > a);
+    assert!(c > a, "shard 1 was at {a}, the new claim gave {c}");
+}
+
+/// A write naming an old epoch is refused and reported; writes to other shards land.
+pub async fn stale_epoch_is_fenced_and_others_land(store: &dyn Store) {
+    let old = claim_all(store).await;
+    let stale_key = key("counter", "stale");
+    let stale_shard = shard_of("counter", "stale");
+    let new = store.claim("usurper", &[stale_shard]).await.unwrap();
+    // Find an entity in another shard, still held at the old epoch.
+    let other = (0..)
+        .map(|i| key("counter", &format!("other-{i}")))
+        .find(|k| shard_of(&k.kind, k.id.as_str()) != stale_shard)
+        .unwrap();
+    let outcome = commit_states(
+        store,
+        vec![
+            write(&stale_key, old, r#"{"value":666}"#, 1),
+            write(&other, old, r#"{"value":1}"#, 1),
+        ],
+    )
+    .await;
+    assert_eq!(outcome.fenced, vec![stale_shard]);
+    assert_eq!(store.load(&stale_key).await.unwrap(), None);
+    assert!(store.load(&other).await.unwrap().is_some());
+    // The new owner writes fine.
+    let outcome = commit_states(store, vec![write(&stale_key, new, r#"{"value":1}"#, 1)]).await;
+    assert!(outcome.fenced.is_empty());
+    assert_eq!(store.load(&stale_key).await.unwrap().unwrap().version, 1);
+}
+
+/// A write to a shard nobody claimed, or naming an epoch not yet given, is refused.
+pub async fn unclaimed_or_future_epoch_is_fenced(store: &dyn Store) {
+    let k = key("counter", "c");
+    let shard = shard_of("counter", "c");
+    let outcome = commit_states(store, vec![write(&k, Epoch(1), "{}", 1)]).await;
+    assert_eq!(outcome.fenced, vec![shard]);
+    let epoch = store.claim("n", &[shard]).await.unwrap();
+    let ahead = Epoch(epoch.0 + 1);
+    let outcome = commit_states(store, vec![write(&k, ahead, "{}", 1)]).await;
+    assert_eq!(outcome.fenced, vec![shard]);
+    assert_eq!(store.load(&k).await.unwrap(), None);
+}
+
+fn letter(k: &EntityKey, n: u32) -> DeadLetter {
+    DeadLetter {
+        key: k.clone(),
+        message: format!(r#"{{"boom":{n}}}"#),
+        error: format!("panicked at 'boom {n}'"),
+        attempts: 3,
+        at_ms: 1_700_000_000_000 + i64::from(n),
+    }
+}
+
+/// Dead letters are kept, listed oldest first, and filtered by kind.
+pub async fn dead_letters_are_kept_in_order(store: &dyn Store) {
+    let epoch = claim_all(store).await;
+    let a = key("counter", "a");
+    let t = key("table", "t");
+    let letters = [letter(&a, 1), letter(&t, 2), letter(&a, 3)];
+    for l in &letters {
+        let batch = Batch {
+            states: Vec::new(),
+            dead_letters: vec![DeadLetterWrite {
+                shard: shard_of(&l.key.kind, l.key.id.as_str()),
+                epoch,
+                letter: l.clone(),
+            }],
+        };
+        assert!(store.commit(batch).await.unwrap().fenced.is_empty());
+    }
+    let all = store.dead_letters(None).await.unwrap();
+    assert_eq!(
+        all.iter().map(|d| &d.letter).collect::<Vec<_>>(),
+        letters.iter().collect::<Vec<_>>()
+    );
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
+    let counters = store.dead_letters(Some("counter")).await.unwrap();
+    assert_eq!(counters.len(), 2);
+    assert_eq!(counters[1].letter, letters[2]);
+}
+
+/// Dead letters obey the same fencing as states.
+pub async fn dead_letters_are_fenced(store: &dyn Store) {
+    let old = claim_all(store).await;
+    let k = key("counter", "a");
+    let shard = shard_of("counter", "a");
+    store.claim("usurper", &[shard]).await.unwrap();
+    let batch = Batch {
+        states: Vec::new(),
+        dead_letters: vec![DeadLetterWrite {
+            shard,
+            epoch: old,
+            letter: letter(&k, 1),
+        }],
+    };
+    assert_eq!(store.commit(batch).await.unwrap().fenced, vec![shard]);
+    assert!(store.dead_letters(None).await.unwrap().is_empty());
+}
+
+/// A state of one mebibyte round-trips.
+pub async fn large_state_round_trips(store: &dyn Store) {
+    let epoch = claim_all(store).await;
+    let k = key("blob", "big");
+    let state = format!(r#"{{"data":"{}"}}"#, "x".repeat(1 << 20));
+    commit_states(store, vec![write(&k, epoch, &state, 1)]).await;
+    assert_eq!(store.load(&k).await.unwrap().unwrap().state, state);
+}
+
+/// Commits from many tasks at once all land.
+pub async fn concurrent_commits_all_land(store: &dyn Store) {
+    let epoch = claim_all(store).await;
+    let writers = (0..16).map(|w| async move {
+        for i in 0..25u64 {
+            let k = key("counter", &format!("w{w}-{i}"));
+            let state = format!(r#"{{"value":{i}}}"#);
+            commit_states(store, vec![write(&k, epoch, &state, i + 1)]).await;
+        }
+    });
+    futures::future::join_all(writers).await;
+    for w in 0..16 {
+        for i in 0..25u64 {
+            let record = store
+                .load(&key("counter", &format!("w{w}-{i}")))
+                .await
+                .unwrap();
+            assert_eq!(record.map(|r| r.version), Some(i + 1));
+        }
+    }
+}
+
+/// An empty batch is a valid commit.
+pub async fn empty_batch_commits(store: &dyn Store) {
+    claim_all(store).await;
+    let outcome = store.commit(Batch::default()).await.unwrap();
+    assert!(outcome.fenced.is_empty());
+}

@@ -1,0 +1,143 @@
+//! A store wrapper that injects failures and holds commits, for tests of the layers above.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
+use perennial_types::{EntityKey, Epoch, ShardId};
+
+use crate::{Batch, CommitOutcome, Error, Record, Store, StoredDeadLetter};
+
+/// Wraps a [`Store`] and lets a test fail or hold its commits, and count what reached it.
+///
+/// Clones share their controls, so a test keeps one clone and gives another to the runtime.
+#[derive(Debug, Clone)]
+pub struct FaultyStore<S> {
+    inner: S,
+    controls: Arc<Controls>,
+}
+
+#[derive(Debug, Default)]
+struct Controls {
+    /// How many of the next commits fail with [`Error::Io`].
+    fail_commits: AtomicUsize,
+    /// How many of the next loads fail with [`Error::Io`].
+    fail_loads: AtomicUsize,
+    /// While set, commits wait here until [`FaultyStore::release_commits`].
+    hold: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
+    commits: AtomicU64,
+    committed_states: AtomicU64,
+    loads: AtomicU64,
+    largest_batch: AtomicU64,
+}
+
+impl<S: Store> FaultyStore<S> {
+    /// Wraps `inner`, injecting nothing until told to.
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            controls: Arc::default(),
+        }
+    }
+
+    /// The wrapped store.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    /// Makes the next `n` commits fail with an I/O error, writing nothing.
+    pub fn fail_next_commits(&self, n: usize) {
+        self.controls.fail_commits.store(n, Ordering::SeqCst);
+    }
+
+    /// Makes the next `n` loads fail with an I/O error.
+    pub fn fail_next_loads(&self, n: usize) {
+        self.controls.fail_loads.store(n, Ordering::SeqCst);
+    }
+
+    /// Holds every commit that starts from now on until [`release_commits`](Self::release_commits).
+    pub fn hold_commits(&self) {
+        let mut hold = self.controls.hold.lock();
+        if hold.is_none() {
+            *hold = Some(Arc::new(tokio::sync::Semaphore::new(0)));
+        }
+    }
+
+    /// Lets held commits, and all later ones, through.
+    pub fn release_commits(&self) {
+        if let Some(gate) = self.controls.hold.lock().take() {
+            gate.close();
+        }
+    }
+
+    /// How many commits reached the wrapped store.
+    pub fn commits(&self) -> u64 {
+        self.controls.commits.load(Ordering::SeqCst)
+    }
+
+    /// How many state writes those commits carried in all.
+    pub fn committed_states(&self) -> u64 {
+        self.controls.committed_states.load(Ordering::SeqCst)
+    }
+
+    /// The most state writes one commit carried.
+    pub fn largest_batch(&self) -> u64 {
+        self.controls.largest_batch.load(Ordering::SeqCst)
+    }
+
+    /// How many loads reached the wrapped store.
+    pub fn loads(&self) -> u64 {
+        self.controls.loads.load(Ordering::SeqCst)
+    }
+}
+
+/// Takes one from a countdown, returning whether it was above zero.
+fn take_one(counter: &AtomicUsize) -> bool {
+    counter
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+}
+
+#[async_trait::async_trait]
+impl<S: Store> Store for FaultyStore<S> {
+    async fn claim(&self, owner: &str, shards: &[ShardId]) -> Result<Epoch, Error> {
+        self.inner.claim(owner, shards).await
+    }
+
+    async fn load(&self, key: &EntityKey) -> Result<Option<Record>, Error> {
+        if take_one(&self.controls.fail_loads) {
+            return Err(Error::Io("injected load failure".into()));
+        }
+        self.controls.loads.fetch_add(1, Ordering::SeqCst);
+        self.inner.load(key).await
+    }
+
+    async fn commit(&self, batch: Batch) -> Result<CommitOutcome, Error> {
+        let gate = self.controls.hold.lock().clone();
+        if let Some(gate) = gate {
+            // A closed semaphore is the "released" signal; acquiring never succeeds otherwise.
+            let _ = gate.acquire().await;
+        }
+        if take_one(&self.controls.fail_commits) {
+            return Err(Error::Io("injected commit failure".into()));
+        }
+        let states = batch.states.len() as u64;
+        let outcome = self.inner.commit(batch).await?;
+        self.controls.commits.fetch_add(1, Ordering::SeqCst);
+        self.controls
+            .committed_states
+            .fetch_add(states, Ordering::SeqCst);
+        self.controls
+            .largest_batch
+            .fetch_max(states, Ordering::SeqCst);
+        Ok(outcome)
+    }
+
+    async fn dead_letters(&self, kind: Option<&str>) -> Result<Vec<StoredDeadLetter>, Error> {
+        self.inner.dead_letters(kind).await
+    }
+
+    async fn close(&self) -> Result<(), Error> {
+        self.inner.close().await
+    }
+}

@@ -1,0 +1,34 @@
+//! The storage layer's contract: what every backend (memory, SQLite, later PostgreSQL) provides.
+//!
+//! A [`Store`] holds the ground truth of a Perennial node: each entity's last committed state
+//! (as JSON text, so generic tools can read it), the shard epochs that fence stale writers, and
+//! the dead letters. The runtime's commit pipeline hands a store one [`Batch`] at a time; the
+//! store makes the whole batch durable in one transaction before it returns.
+//!
+//! **API Boundary.** **Architecture Invariant:** every backend passes the same conformance
+//! suite ([`conformance`], behind the `test-util` feature); a write is accepted only when it
+//! names its shard's current epoch.
+//!
+//! # Layout
+//! - [`Store`]: the trait, with [`Batch`], [`Record`] and [`CommitOutcome`].
+//! - [`Error`]: what can go wrong, as one enum every backend maps its failures into.
+//! - [`MemoryStore`]: a store in memory, for tests and for kinds that need no disk.
+//! - `conformance`, `FaultyStore` (feature `test-util`): the shared test suite and a store
+//!   wrapper that injects failures and delays.
+
+mod error;
+mod memory;
+mod model;
+
+#[cfg(feature = "test-util")]
+pub mod conformance;
+#[cfg(feature = "test-util")]
+mod faulty;
+
+pub use error::Error;
+#[cfg(feature = "test-util")]
+pub use faulty::FaultyStore;
+pub use memory::MemoryStore;
+pub use model::{
+    Batch, CommitOutcome, DeadLetter, DeadLetterWrite, Record, StateWrite, Store, StoredDeadLetter,
+};

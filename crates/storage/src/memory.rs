@@ -1,0 +1,169 @@
+//! A store that keeps everything in memory: for tests, and as the reference the other
+//! backends are compared with in the conformance suite.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use perennial_types::{EntityKey, Epoch, SHARDS, ShardId};
+
+use crate::{
+    Batch, CommitOutcome, DeadLetterWrite, Error, Record, StateWrite, Store, StoredDeadLetter,
+};
+
+/// A [`Store`] in memory. Nothing survives the process; "durable" means "committed".
+///
+/// ```
+/// use perennial_storage::{MemoryStore, Store};
+/// use perennial_types::ShardId;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let store = MemoryStore::new();
+/// let first = store.claim("node-1", &[ShardId(0)]).await.unwrap();
+/// let second = store.claim("node-2", &[ShardId(0)]).await.unwrap();
+/// assert!(second > first);
+/// # }
+/// ```
+#[derive(Debug, Default, Clone)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Each entity's last committed record, by (kind, id).
+    entities: BTreeMap<EntityKey, Record>,
+    /// The current epoch of each shard; 0 means never claimed.
+    epochs: Vec<u64>,
+    dead_letters: Vec<StoredDeadLetter>,
+    closed: bool,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Self {
+            entities: BTreeMap::new(),
+            epochs: vec![0; SHARDS as usize],
+            dead_letters: Vec::new(),
+            closed: false,
+        }
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Overwrites an entity's stored state with arbitrary text, bypassing fencing.
+    ///
+    /// For tests that need corrupt or hand-made state.
+    pub fn put_raw(&self, key: EntityKey, state: &str, version: u64) {
+        self.inner.lock().entities.insert(
+            key,
+            Record {
+                state: state.to_owned(),
+                version,
+            },
+        );
+    }
+}
+
+impl Inner {
+    fn check_open(&self) -> Result<(), Error> {
+        if self.closed {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn is_current(&self, shard: ShardId, epoch: Epoch) -> bool {
+        let current = self.epochs.get(shard.0 as usize).copied().unwrap_or(0);
+        current != 0 && current == epoch.0
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for MemoryStore {
+    async fn claim(&self, _owner: &str, shards: &[ShardId]) -> Result<Epoch, Error> {
+        let mut inner = self.inner.lock();
+        inner.check_open()?;
+        if let Some(bad) = shards.iter().find(|s| s.0 >= SHARDS) {
+            return Err(Error::Backend(format!("{bad} does not exist")));
+        }
+        let next = shards
+            .iter()
+            .map(|s| inner.epochs[s.0 as usize])
+            .max()
+            .unwrap_or(0)
+            + 1;
+        for shard in shards {
+            inner.epochs[shard.0 as usize] = next;
+        }
+        Ok(Epoch(next))
+    }
+
+    async fn load(&self, key: &EntityKey) -> Result<Option<Record>, Error> {
+        let inner = self.inner.lock();
+        inner.check_open()?;
+        Ok(inner.entities.get(key).cloned())
+    }
+
+    async fn commit(&self, batch: Batch) -> Result<CommitOutcome, Error> {
+        let mut inner = self.inner.lock();
+        inner.check_open()?;
+        let mut outcome = CommitOutcome::default();
+        let mut fence = |shard: ShardId, epoch: Epoch, inner: &Inner| {
+            let ok = inner.is_current(shard, epoch);
+            if !ok && !outcome.fenced.contains(&shard) {
+                outcome.fenced.push(shard);
+            }
+            ok
+        };
+        for StateWrite {
+            key,
+            shard,
+            epoch,
+            state,
+            version,
+        } in batch.states
+        {
+            if fence(shard, epoch, &inner) {
+                let state = state.to_string();
+                inner.entities.insert(key, Record { state, version });
+            }
+        }
+        for DeadLetterWrite {
+            shard,
+            epoch,
+            letter,
+        } in batch.dead_letters
+        {
+            if fence(shard, epoch, &inner) {
+                let seq = inner.dead_letters.len() as u64 + 1;
+                inner.dead_letters.push(StoredDeadLetter { seq, letter });
+            }
+        }
+        outcome.fenced.sort();
+        Ok(outcome)
+    }
+
+    async fn dead_letters(&self, kind: Option<&str>) -> Result<Vec<StoredDeadLetter>, Error> {
+        let inner = self.inner.lock();
+        inner.check_open()?;
+        Ok(inner
+            .dead_letters
+            .iter()
+            .filter(|d| kind.is_none_or(|k| &*d.letter.key.kind == k))
+            .cloned()
+            .collect())
+    }
+
+    async fn close(&self) -> Result<(), Error> {
+        self.inner.lock().closed = true;
+        Ok(())
+    }
+}
