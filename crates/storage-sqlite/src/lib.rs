@@ -3,15 +3,18 @@
 //! The file is `DIR/perennial.db`, in WAL mode with `synchronous=FULL` (checked at open: a
 //! store that would acknowledge writes it has not flushed refuses to start). Entity state is
 //! JSON text, so `sqlite3 DIR/perennial.db "select json_extract(state, '$.value') from
-//! entities"` reads any entity without Perennial's types. The schema is in [`schema`].
+//! entity_state"` reads any entity without Perennial's types. The schema, and why commits
+//! append to a log that is folded into the `entities` table later, is in [`schema`].
 //!
 //! # Threads
 //! - one **writer** owns the write connection and commits one batch per transaction, so a
-//!   batch costs one WAL fsync however many entities it carries;
+//!   batch costs one WAL fsync however many entities it carries; the same transaction folds
+//!   older states from the log into `entities`;
 //! - a few **readers** serve loads from their own read-only connections (WAL readers never
-//!   wait for the writer);
-//! - one **checkpointer** copies the WAL into the database in the background, so checkpoints
-//!   and their fsyncs stay off the commit path.
+//!   wait for the writer), or from memory for states not folded yet.
+//!
+//! The writer also checkpoints the WAL itself, every few hundred commits, so the WAL file is
+//! reused from its start instead of growing.
 //!
 //! ```
 //! use perennial_storage::Store;
@@ -30,6 +33,7 @@
 pub mod schema;
 
 mod errors;
+mod pending;
 mod reader;
 mod store;
 mod writer;

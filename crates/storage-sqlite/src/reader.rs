@@ -1,14 +1,17 @@
 //! The reader threads: loads served from read-only connections, beside the writer.
 
+use std::sync::Arc;
 use std::thread;
 
 use crossbeam_channel::{Receiver, Sender};
+use parking_lot::Mutex;
 use perennial_storage::{DeadLetter, Error, Record, StoredDeadLetter};
 use perennial_types::{EntityId, EntityKey};
 use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
 use crate::errors::{from_sql, map_err};
+use crate::pending::Pending;
 
 /// A request to any reader thread.
 #[derive(Debug)]
@@ -24,23 +27,27 @@ pub(crate) enum ReadCmd {
 }
 
 /// Starts one thread per connection, all serving the returned channel.
-pub(crate) fn spawn(conns: Vec<Connection>) -> Result<Sender<ReadCmd>, Error> {
+pub(crate) fn spawn(
+    conns: Vec<Connection>,
+    pending: Arc<Mutex<Pending>>,
+) -> Result<Sender<ReadCmd>, Error> {
     let (tx, rx) = crossbeam_channel::unbounded();
     for (i, conn) in conns.into_iter().enumerate() {
         let rx = rx.clone();
+        let pending = Arc::clone(&pending);
         thread::Builder::new()
             .name(format!("perennial-sqlite-reader-{i}"))
-            .spawn(move || serve(&conn, &rx))
+            .spawn(move || serve(&conn, &pending, &rx))
             .map_err(|e| Error::Io(format!("cannot start a reader thread: {e}")))?;
     }
     Ok(tx)
 }
 
-fn serve(conn: &Connection, rx: &Receiver<ReadCmd>) {
+fn serve(conn: &Connection, pending: &Mutex<Pending>, rx: &Receiver<ReadCmd>) {
     while let Ok(cmd) = rx.recv() {
         match cmd {
             ReadCmd::Load { key, reply } => {
-                let _ = reply.send(load(conn, &key));
+                let _ = reply.send(load(conn, pending, &key));
             }
             ReadCmd::DeadLetters { kind, reply } => {
                 let _ = reply.send(dead_letters(conn, kind.as_deref()));
@@ -49,7 +56,19 @@ fn serve(conn: &Connection, rx: &Receiver<ReadCmd>) {
     }
 }
 
-fn load(conn: &Connection, key: &EntityKey) -> Result<Option<Record>, Error> {
+/// An entity's latest committed state: from the pending states if it is not folded yet
+/// (the writer publishes them only after their commit), else from `entities`.
+fn load(
+    conn: &Connection,
+    pending: &Mutex<Pending>,
+    key: &EntityKey,
+) -> Result<Option<Record>, Error> {
+    if let Some(p) = pending.lock().get(key) {
+        return Ok(Some(Record {
+            state: p.state.to_string(),
+            version: p.version,
+        }));
+    }
     let mut stmt = conn
         .prepare_cached("SELECT state, version FROM entities WHERE kind = ?1 AND id = ?2")
         .map_err(map_err)?;

@@ -7,12 +7,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
+use parking_lot::Mutex;
 use perennial_storage::{Batch, CommitOutcome, Error, Record, Store, StoredDeadLetter};
-use perennial_types::{EntityKey, Epoch, ShardId};
+use perennial_types::{EntityId, EntityKey, Epoch, ShardId};
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
-use crate::errors::map_err;
+use crate::errors::{from_sql, map_err};
+use crate::pending::{Pending, PendingState};
 use crate::reader::{self, ReadCmd};
 use crate::schema;
 use crate::writer::{self, WriteCmd};
@@ -32,8 +34,6 @@ pub struct Options {
     pub cache_mib: u32,
     /// How much of the file SQLite may memory-map for reads, in MiB.
     pub mmap_mib: u32,
-    /// How often the background checkpointer copies the WAL into the database.
-    pub checkpoint_interval: Duration,
 }
 
 impl Default for Options {
@@ -42,7 +42,6 @@ impl Default for Options {
             readers: 2,
             cache_mib: 64,
             mmap_mib: 256,
-            checkpoint_interval: Duration::from_millis(500),
         }
     }
 }
@@ -61,8 +60,8 @@ struct Shared {
     writer: Sender<WriteCmd>,
     readers: Sender<ReadCmd>,
     closed: AtomicBool,
-    /// Held open for the store's life: the exclusive lock on the data directory.
-    _lock: File,
+    /// The exclusive lock on the data directory, held until the store is closed or dropped.
+    lock: Mutex<Option<File>>,
 }
 
 impl SqliteStore {
@@ -90,14 +89,13 @@ impl SqliteStore {
         let mut conn = Connection::open(&path).map_err(map_err)?;
         tune(&conn, &options)?;
         schema::set_durable(&conn)?;
-        // Checkpoints run on their own thread; see `writer::checkpointer`.
+        // The writer checkpoints on its own schedule; see `Writer::maybe_checkpoint`.
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(map_err)?;
+        // After a burst, a reset WAL is cut back to this size.
+        conn.pragma_update(None, "journal_size_limit", 64 << 20)
+            .map_err(map_err)?;
         schema::migrate(&mut conn)?;
-
-        let checkpoint_conn = Connection::open(&path).map_err(map_err)?;
-        tune(&checkpoint_conn, &options)?;
-        schema::set_durable(&checkpoint_conn)?;
 
         let mut read_conns = Vec::with_capacity(options.readers.max(1));
         for _ in 0..options.readers.max(1) {
@@ -110,15 +108,16 @@ impl SqliteStore {
             read_conns.push(conn);
         }
 
-        let writer = writer::spawn(conn, checkpoint_conn, options.checkpoint_interval)?;
-        let readers = reader::spawn(read_conns)?;
+        let pending = Arc::new(Mutex::new(load_log(&conn)?));
+        let writer = writer::spawn(conn, Arc::clone(&pending))?;
+        let readers = reader::spawn(read_conns, pending)?;
         Ok(Self {
             shared: Arc::new(Shared {
                 path,
                 writer,
                 readers,
                 closed: AtomicBool::new(false),
-                _lock: lock,
+                lock: Mutex::new(Some(lock)),
             }),
         })
     }
@@ -191,6 +190,34 @@ fn lock_dir(dir: &Path) -> Result<File, Error> {
     }
 }
 
+/// Reads the states the log holds beyond `entities` (after a crash, or any stop without
+/// [`Store::close`]), so they are served and folded like any other pending state.
+fn load_log(conn: &Connection) -> Result<Pending, Error> {
+    let mut pending = Pending::default();
+    let mut stmt = conn
+        .prepare(
+            "SELECT seq, kind, id, shard, version, updated_at, state FROM state_log ORDER BY seq",
+        )
+        .map_err(map_err)?;
+    let mut rows = stmt.query([]).map_err(map_err)?;
+    while let Some(row) = rows.next().map_err(map_err)? {
+        let seq: i64 = row.get(0).map_err(map_err)?;
+        let kind: String = row.get(1).map_err(map_err)?;
+        let id: String = row.get(2).map_err(map_err)?;
+        let id = EntityId::new(&id)
+            .map_err(|e| Error::Corrupt(format!("state_log row {seq} has an invalid id: {e}")))?;
+        let state = PendingState {
+            seq,
+            shard: ShardId(row.get(3).map_err(map_err)?),
+            version: from_sql(row.get(4).map_err(map_err)?, "entity version")?,
+            updated_at: row.get(5).map_err(map_err)?,
+            state: Arc::from(row.get::<_, String>(6).map_err(map_err)?),
+        };
+        pending.insert(EntityKey::new(kind, id), state);
+    }
+    Ok(pending)
+}
+
 /// Sets the per-connection tuning: page cache, memory map, busy timeout.
 fn tune(conn: &Connection, options: &Options) -> Result<(), Error> {
     let cache_kib = i64::from(options.cache_mib) * 1024;
@@ -230,9 +257,12 @@ impl Store for SqliteStore {
             .await
     }
 
+    /// Folds the log, truncates the WAL, stops the threads and releases the data directory.
     async fn close(&self) -> Result<(), Error> {
         let result = self.write(|reply| WriteCmd::Close { reply }).await;
         self.shared.closed.store(true, Ordering::Release);
+        // Dropping the file releases the lock: another store may open the directory now.
+        self.shared.lock.lock().take();
         result
     }
 }

@@ -1,15 +1,27 @@
-//! The writer thread (one transaction and one WAL fsync per batch) and the checkpointer.
+//! The writer thread: one transaction and one WAL fsync per batch, and the checkpoints.
+//!
+//! A commit appends each state to `state_log`, then, in the same transaction, folds a slice of
+//! older pending states into `entities` (in key order, so the slice touches few pages) and
+//! deletes the log rows no entity needs any more (a contiguous range at the log's start).
+//! See [`crate::pending`] and [`crate::schema`].
 
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use parking_lot::Mutex;
 use perennial_storage::{Batch, CommitOutcome, Error};
-use perennial_types::{Epoch, SHARDS, ShardId};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use perennial_types::{EntityKey, Epoch, SHARDS, ShardId};
+use rusqlite::types::{ToSqlOutput, Value, ValueRef};
+use rusqlite::{
+    Connection, OptionalExtension, Transaction, TransactionBehavior, params, params_from_iter,
+};
 use tokio::sync::oneshot;
 
 use crate::errors::{from_sql, map_err, to_sql};
+use crate::pending::{Pending, PendingState};
 
 /// A request to the writer thread. Each carries the channel its answer goes back on.
 #[derive(Debug)]
@@ -31,41 +43,62 @@ pub(crate) enum WriteCmd {
     },
 }
 
-/// How many commits pass between nudges to the checkpointer.
-const COMMITS_PER_NUDGE: u32 = 64;
+/// How many commits may pass between checkpoints.
+const COMMITS_PER_CHECKPOINT: u32 = 256;
+/// How long a commit may wait for the next checkpoint.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// How long the writer waits for work before folding on its own.
+const IDLE_FOLD_AFTER: Duration = Duration::from_millis(50);
+/// How many pending states an idle fold (or a close) folds per transaction.
+const IDLE_FOLD_SLICE: usize = 8192;
+/// The fewest pending states a commit folds, so a trickle of commits still drains the log.
+const MIN_FOLD_SLICE: usize = 16;
+/// Beyond this many pending states, commits fold faster than they append.
+const MAX_PENDING: usize = 100_000;
 
-const UPSERT: &str = "
-INSERT INTO entities (kind, id, shard, version, updated_at, state)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-ON CONFLICT (kind, id) DO UPDATE SET
-    shard = excluded.shard,
-    version = excluded.version,
-    updated_at = excluded.updated_at,
-    state = excluded.state";
+/// Appends states to the log, with the sequence numbers the writer hands out.
+const APPEND: Rows = Rows {
+    head: "INSERT INTO state_log (seq, kind, id, shard, version, updated_at, state)",
+    width: 7,
+    tail: "",
+};
+
+/// Folds states into `entities`.
+const FOLD: Rows = Rows {
+    head: "INSERT INTO entities (kind, id, shard, version, updated_at, state)",
+    width: 6,
+    tail: " ON CONFLICT (kind, id) DO UPDATE SET
+        shard = excluded.shard,
+        version = excluded.version,
+        updated_at = excluded.updated_at,
+        state = excluded.state",
+};
 
 const INSERT_DEAD_LETTER: &str = "
 INSERT INTO dead_letters (kind, id, message, error, attempts, at)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 
-/// Starts the writer and checkpointer threads; returns the writer's request channel.
+/// Starts the writer thread; returns its request channel.
 pub(crate) fn spawn(
     conn: Connection,
-    checkpoint_conn: Connection,
-    interval: Duration,
+    pending: Arc<Mutex<Pending>>,
 ) -> Result<Sender<WriteCmd>, Error> {
+    let next_seq: i64 = conn
+        .query_row("SELECT coalesce(max(seq), 0) + 1 FROM state_log", [], |r| {
+            r.get(0)
+        })
+        .map_err(map_err)?;
     let (tx, rx) = crossbeam_channel::unbounded();
-    let (nudge_tx, nudge_rx) = crossbeam_channel::bounded(1);
-    thread::Builder::new()
-        .name("perennial-sqlite-checkpoint".into())
-        .spawn(move || checkpointer(&checkpoint_conn, &nudge_rx, interval))
-        .map_err(|e| Error::Io(format!("cannot start the checkpoint thread: {e}")))?;
     thread::Builder::new()
         .name("perennial-sqlite-writer".into())
         .spawn(move || {
             let mut writer = Writer {
                 conn,
-                nudge: nudge_tx,
-                since_nudge: 0,
+                pending,
+                commits_since_checkpoint: 0,
+                last_checkpoint: Instant::now(),
+                deleted_below: 0,
+                next_seq,
             };
             writer.run(&rx);
         })
@@ -75,14 +108,45 @@ pub(crate) fn spawn(
 
 struct Writer {
     conn: Connection,
-    /// Wakes the checkpointer after a run of commits; a full channel means it is awake already.
-    nudge: Sender<()>,
-    since_nudge: u32,
+    /// States in the log but not yet in `entities`; shared with the readers.
+    pending: Arc<Mutex<Pending>>,
+    /// Commits since the last checkpoint.
+    commits_since_checkpoint: u32,
+    last_checkpoint: Instant,
+    /// Every `state_log` row below this one is known deleted.
+    deleted_below: i64,
+    /// The sequence number the next appended state gets. Never reused, even when the log is
+    /// empty, so sequence numbers order every state ever appended.
+    next_seq: i64,
+}
+
+/// What a transaction folded and appended, to publish once it committed.
+#[derive(Default)]
+struct Changes {
+    /// The next sequence number once this transaction committed.
+    next_seq: Option<i64>,
+    appended: Vec<(EntityKey, PendingState)>,
+    folded: Vec<(EntityKey, PendingState)>,
+    deleted_below: Option<i64>,
 }
 
 impl Writer {
     fn run(&mut self, rx: &Receiver<WriteCmd>) {
-        while let Ok(cmd) = rx.recv() {
+        loop {
+            let cmd = match rx.recv_timeout(IDLE_FOLD_AFTER) {
+                Ok(cmd) => cmd,
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.pending.lock().len() > 0 {
+                        match self.fold_only(IDLE_FOLD_SLICE) {
+                            Ok(()) => self.commits_since_checkpoint += 1,
+                            Err(e) => tracing::warn!(error = %e, "idle fold failed; will retry"),
+                        }
+                    }
+                    self.maybe_checkpoint();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
             match cmd {
                 WriteCmd::Commit { batch, reply } => {
                     let result = self.commit(&batch);
@@ -90,13 +154,8 @@ impl Writer {
                         tracing::error!(error = %e, "commit failed");
                     }
                     let _ = reply.send(result);
-                    self.since_nudge += 1;
-                    if self.since_nudge >= COMMITS_PER_NUDGE {
-                        self.since_nudge = 0;
-                        if let Err(TrySendError::Disconnected(())) = self.nudge.try_send(()) {
-                            tracing::warn!("the checkpoint thread stopped");
-                        }
-                    }
+                    self.commits_since_checkpoint += 1;
+                    self.maybe_checkpoint();
                 }
                 WriteCmd::Claim {
                     owner,
@@ -109,15 +168,32 @@ impl Writer {
                     let _ = reply.send(self.settings());
                 }
                 WriteCmd::Close { reply } => {
-                    let result = self
-                        .conn
-                        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
-                        .map_err(map_err);
-                    let _ = reply.send(result);
+                    let _ = reply.send(self.close());
                     return;
                 }
             }
         }
+    }
+
+    /// Copies the WAL into the database file every few hundred commits.
+    ///
+    /// The writer checkpoints itself, between commits: no frame is appended meanwhile, so the
+    /// checkpoint completes, and the next transaction starts the WAL over from its beginning,
+    /// overwriting the file instead of growing it (an overwrite flushes cheaper than an append
+    /// that changes the file's size). A checkpointer beside a busy writer never catches up,
+    /// and the WAL then grows without bound.
+    fn maybe_checkpoint(&mut self) {
+        let due = self.commits_since_checkpoint >= COMMITS_PER_CHECKPOINT
+            || (self.commits_since_checkpoint > 0
+                && self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY);
+        if !due {
+            return;
+        }
+        if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
+            tracing::warn!(error = %e, "checkpoint failed; will retry");
+        }
+        self.commits_since_checkpoint = 0;
+        self.last_checkpoint = Instant::now();
     }
 
     /// Writes one batch in one immediate transaction, refusing writes with a stale epoch.
@@ -128,22 +204,43 @@ impl Writer {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(map_err)?;
         let mut fence = Fence::default();
-        {
-            let mut upsert = tx.prepare_cached(UPSERT).map_err(map_err)?;
-            for w in &batch.states {
-                if fence.allows(&tx, w.shard, w.epoch)? {
-                    upsert
-                        .execute(params![
-                            &*w.key.kind,
-                            w.key.id.as_str(),
-                            w.shard.0,
-                            to_sql(w.version),
-                            now,
-                            &*w.state
-                        ])
-                        .map_err(map_err)?;
-                }
+        let mut changes = Changes::default();
+        let mut seq = self.next_seq;
+        for w in &batch.states {
+            if !fence.allows(&tx, w.shard, w.epoch)? {
+                continue;
             }
+            changes.appended.push((
+                w.key.clone(),
+                PendingState {
+                    seq,
+                    shard: w.shard,
+                    version: w.version,
+                    updated_at: now,
+                    state: Arc::clone(&w.state),
+                },
+            ));
+            seq += 1;
+        }
+        changes.next_seq = Some(seq);
+        let values: Vec<ToSqlOutput<'_>> = changes
+            .appended
+            .iter()
+            .flat_map(|(key, s)| {
+                [
+                    int(s.seq),
+                    text(&key.kind),
+                    text(key.id.as_str()),
+                    int(i64::from(s.shard.0)),
+                    int(to_sql(s.version)),
+                    int(s.updated_at),
+                    text(&s.state),
+                ]
+            })
+            .collect();
+        APPEND.run(&tx, &values)?;
+        drop(values);
+        {
             let mut insert = tx.prepare_cached(INSERT_DEAD_LETTER).map_err(map_err)?;
             for d in &batch.dead_letters {
                 if fence.allows(&tx, d.shard, d.epoch)? {
@@ -161,10 +258,55 @@ impl Writer {
                 }
             }
         }
+        let budget = fold_budget(changes.appended.len(), self.pending.lock().len());
+        fold_into(&tx, &self.pending, self.deleted_below, budget, &mut changes)?;
         tx.commit().map_err(map_err)?;
+        self.publish(changes);
         let mut fenced = fence.fenced;
         fenced.sort();
         Ok(CommitOutcome { fenced })
+    }
+
+    /// Makes a committed transaction's changes visible to the readers and the next fold.
+    fn publish(&mut self, changes: Changes) {
+        let mut pending = self.pending.lock();
+        for (key, state) in changes.appended {
+            pending.insert(key, state);
+        }
+        for (key, state) in &changes.folded {
+            pending.folded(key, state.seq);
+        }
+        if let Some(below) = changes.deleted_below {
+            self.deleted_below = below.min(self.next_seq);
+        }
+        if let Some(next) = changes.next_seq {
+            self.next_seq = next;
+        }
+    }
+
+    /// Folds up to `budget` pending states in a transaction of their own.
+    fn fold_only(&mut self, budget: usize) -> Result<(), Error> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(map_err)?;
+        let mut changes = Changes::default();
+        fold_into(&tx, &self.pending, self.deleted_below, budget, &mut changes)?;
+        tx.commit().map_err(map_err)?;
+        self.publish(changes);
+        Ok(())
+    }
+
+    /// Folds everything, empties the log and truncates the WAL: a closed store's `entities`
+    /// table is exact.
+    fn close(&mut self) -> Result<(), Error> {
+        while self.pending.lock().len() > 0 {
+            self.fold_only(IDLE_FOLD_SLICE)?;
+        }
+        self.fold_only(0)?;
+        self.conn
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .map_err(map_err)
     }
 
     /// Gives `shards` one new epoch above all of theirs.
@@ -216,6 +358,122 @@ impl Writer {
     }
 }
 
+/// How many pending states a commit that appended `appended` folds, with `pending` pending.
+///
+/// Folding half as many states as were appended lets about half of the hot entities stay
+/// pending, so the slice a commit folds (in key order) lands on few, neighbouring pages.
+/// Folding as many as were appended would fold each state right after its commit, on pages
+/// as scattered as its keys, and the log would save nothing. Past [`MAX_PENDING`], commits fold
+/// twice what they append, so memory and the log stay bounded.
+fn fold_budget(appended: usize, pending: usize) -> usize {
+    if pending > MAX_PENDING {
+        appended * 2 + MIN_FOLD_SLICE
+    } else {
+        appended / 2 + MIN_FOLD_SLICE
+    }
+}
+
+/// Folds a slice of pending states into `entities` and deletes the log rows no longer needed,
+/// inside `tx`. The pending set itself changes only once the transaction committed
+/// ([`Writer::publish`]).
+fn fold_into(
+    tx: &Transaction<'_>,
+    pending: &Mutex<Pending>,
+    deleted_below: i64,
+    budget: usize,
+    changes: &mut Changes,
+) -> Result<(), Error> {
+    let rewritten: HashSet<&EntityKey> = changes.appended.iter().map(|(k, _)| k).collect();
+    let (slice, watermark) = {
+        let mut pending = pending.lock();
+        let slice = pending.next_slice(budget, &rewritten);
+        let first_new = changes.appended.first().map(|(_, s)| s.seq);
+        let watermark = pending.low_watermark(&slice, &rewritten, first_new);
+        (slice, watermark)
+    };
+    let values: Vec<ToSqlOutput<'_>> = slice
+        .iter()
+        .flat_map(|(key, s)| {
+            [
+                text(&key.kind),
+                text(key.id.as_str()),
+                int(i64::from(s.shard.0)),
+                int(to_sql(s.version)),
+                int(s.updated_at),
+                text(&s.state),
+            ]
+        })
+        .collect();
+    FOLD.run(tx, &values)?;
+    drop(values);
+    match watermark {
+        Some(below) if below > deleted_below => {
+            tx.prepare_cached("DELETE FROM state_log WHERE seq < ?1")
+                .map_err(map_err)?
+                .execute([below])
+                .map_err(map_err)?;
+            changes.deleted_below = Some(below);
+        }
+        Some(_) => {}
+        None => {
+            // Nothing pending at all: the whole log is folded.
+            tx.execute("DELETE FROM state_log", []).map_err(map_err)?;
+            changes.deleted_below = Some(i64::MAX);
+        }
+    }
+    changes.folded = slice;
+    Ok(())
+}
+
+/// An `INSERT` of many rows per statement: binding and stepping one statement per row
+/// costs more than the row itself.
+struct Rows {
+    head: &'static str,
+    width: usize,
+    tail: &'static str,
+}
+
+impl Rows {
+    /// Rows per statement: full chunks first, then smaller ones for the rest.
+    const CHUNKS: [usize; 3] = [32, 8, 1];
+
+    fn sql(&self, rows: usize) -> String {
+        let row = format!("({})", vec!["?"; self.width].join(", "));
+        format!(
+            "{} VALUES {}{}",
+            self.head,
+            vec![row; rows].join(", "),
+            self.tail
+        )
+    }
+
+    /// Inserts `values`, `width` per row.
+    fn run(&self, tx: &Transaction<'_>, values: &[ToSqlOutput<'_>]) -> Result<(), Error> {
+        let mut rest = values;
+        for rows in Self::CHUNKS {
+            let n = rows * self.width;
+            if rest.len() < n {
+                continue;
+            }
+            let mut stmt = tx.prepare_cached(&self.sql(rows)).map_err(map_err)?;
+            while rest.len() >= n {
+                stmt.execute(params_from_iter(&rest[..n]))
+                    .map_err(map_err)?;
+                rest = &rest[n..];
+            }
+        }
+        Ok(())
+    }
+}
+
+fn text(s: &str) -> ToSqlOutput<'_> {
+    ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes()))
+}
+
+fn int(i: i64) -> ToSqlOutput<'static> {
+    ToSqlOutput::Owned(Value::Integer(i))
+}
+
 /// The fence check of one batch: each shard's epoch is read once, inside the transaction.
 struct Fence {
     /// The current epoch of each shard the batch touched so far.
@@ -235,7 +493,7 @@ impl Default for Fence {
 impl Fence {
     fn allows(
         &mut self,
-        tx: &rusqlite::Transaction<'_>,
+        tx: &Transaction<'_>,
         shard: ShardId,
         epoch: Epoch,
     ) -> Result<bool, Error> {
@@ -265,25 +523,8 @@ impl Fence {
     }
 }
 
-/// Copies the WAL into the database in the background, so the writer never checkpoints.
-///
-/// A passive checkpoint runs beside the writer without blocking it. Once a checkpoint has
-/// copied every frame, the writer's next transaction starts the WAL over from its beginning,
-/// reusing the file's space.
-fn checkpointer(conn: &Connection, nudges: &Receiver<()>, interval: Duration) {
-    loop {
-        match nudges.recv_timeout(interval) {
-            Ok(()) | Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return,
-        }
-        if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
-            tracing::warn!(error = %e, "background checkpoint failed; will retry");
-        }
-    }
-}
-
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

@@ -6,7 +6,7 @@
 //! store makes the whole batch durable in one transaction before it returns.
 //!
 //! **API Boundary.** **Architecture Invariant:** every backend passes the same conformance
-//! suite ([`conformance`], behind the `test-util` feature); a write is accepted only when it
+//! suite (`conformance`, behind the `test-util` feature); a write is accepted only when it
 //! names its shard's current epoch.
 //!
 //! # Layout

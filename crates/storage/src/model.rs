@@ -12,7 +12,7 @@ use crate::Error;
 pub struct Record {
     /// The state as JSON text.
     pub state: String,
-    /// How many steps have been committed for this entity.
+    /// The entity's version: how many of its steps changed its state.
     pub version: u64,
 }
 
@@ -27,7 +27,7 @@ pub struct StateWrite {
     pub epoch: Epoch,
     /// The state as JSON text.
     pub state: Arc<str>,
-    /// How many steps this entity has committed, this write included.
+    /// The entity's version after this write (see [`Record::version`]).
     pub version: u64,
 }
 
