@@ -80,7 +80,8 @@ struct Inner<K: Process> {
     /// `Snapshot` kinds: the state after step `seq`, to roll back to.
     last_json: Option<Arc<str>>,
     /// Why the steps of the previous incarnation were lost, for replies computed from them.
-    lost: Option<Failure>,
+    /// Boxed: it is almost always empty, and every resident entity carries the field.
+    lost: Option<Box<Failure>>,
     /// Consecutive failures of messages, to dead-letter one that keeps failing.
     failures: Vec<Attempts>,
     /// The bytes this entity is accounted for in the registry.
@@ -383,8 +384,11 @@ impl<K: Process> Cell<K> {
         if let Ok(message) = message_json {
             forget_failure(&mut inner.failures, digest(message));
         }
+        // Nothing to make durable (an ephemeral kind, or a step that left the state as it
+        // was): answer now, unless an earlier reply is still held, which this one must not
+        // overtake.
+        let json = json.filter(|json| inner.last_json.as_deref() != Some(&**json));
         let Some(json) = json else {
-            // Ephemeral: nothing to make durable, but never overtake a held reply.
             if inner.held.is_empty() {
                 drop(inner);
                 let _ = reply.send(Ok(value));
@@ -566,7 +570,7 @@ impl<K: Process> Cell<K> {
 
     /// Fails a reply whose step was computed from state a failed batch took back.
     fn respond_lost(&self, reply: ReplyTo<K>) -> bool {
-        let lost = self.inner.lock().lost.clone();
+        let lost = self.inner.lock().lost.as_deref().cloned();
         let failure = lost.unwrap_or(Failure::Storage(perennial_storage::Error::Backend(
             "the entity's pending steps were lost".into(),
         )));
@@ -618,6 +622,11 @@ impl<K: Process> Owner for Cell<K> {
             }
             let _ = held.reply.send(held.result);
         }
+        if inner.held.is_empty() {
+            // Free the queue's buffer: most entities are idle most of the time, and an empty
+            // queue would otherwise keep room for several replies, per entity, forever.
+            inner.held = VecDeque::new();
+        }
     }
 
     fn failed(&self, incarnation: u32, failure: Failure) {
@@ -634,7 +643,7 @@ impl<K: Process> Owner for Cell<K> {
             }
             inner.seq = inner.durable;
             inner.last_json = None;
-            inner.lost = Some(failure);
+            inner.lost = Some(Box::new(failure));
         }
         for held in inner.held.drain(..) {
             let _ = held.reply.send(Err(error.clone().widen()));
@@ -643,6 +652,13 @@ impl<K: Process> Owner for Cell<K> {
 }
 
 impl<K: Process> Resident for Cell<K> {
+    fn key(&self) -> Key {
+        Key {
+            kind: self.kind.index,
+            id: self.id.clone(),
+        }
+    }
+
     fn deadline_ms(&self) -> u64 {
         self.deadline.load(Ordering::Relaxed)
     }

@@ -13,8 +13,9 @@ use crate::Ctx;
 ///
 /// Each entity of the kind is addressed by an id. It is activated when its first message
 /// arrives: from its stored state, or from [`Default`] followed by [`init`](Process::init) if
-/// it never existed. After each step the runtime makes the new state durable before it
-/// releases the reply.
+/// it never existed. After each step that changed the state, the runtime makes the new state
+/// durable before it releases the reply (a step that changed nothing writes nothing, but its
+/// reply still waits for the durability of the steps before it).
 ///
 /// Handlers are **transactional**: when [`handle`](Process::handle) returns `Err` or panics,
 /// every change it made to `self` is discarded and the entity continues from the state it had

@@ -22,7 +22,7 @@ use slab::Slab;
 /// How many independently locked parts the table has.
 const SHARDS: usize = 64;
 /// Marks the end of an LRU list.
-const NIL: usize = usize::MAX;
+const NIL: u32 = u32::MAX;
 /// How many entities an over-limit insert tries to evict from its own part at once.
 const EVICT_PER_INSERT: usize = 4;
 
@@ -35,6 +35,8 @@ pub(crate) struct Key {
 
 /// A resident entity, as the registry sees it.
 pub(crate) trait Resident: Any + Send + Sync {
+    /// The entity's key in the registry.
+    fn key(&self) -> Key;
     /// The entity's idle deadline, in milliseconds of the runtime's clock.
     fn deadline_ms(&self) -> u64;
     /// Passivates the entity if it is idle with every step durable and, unless `force`, its
@@ -81,19 +83,19 @@ impl std::fmt::Debug for Registry {
 /// One part of the table: a map to slots, and the slots in least-recently-used order.
 #[derive(Default)]
 struct Part {
-    index: hashbrown::HashMap<Key, usize>,
+    index: hashbrown::HashMap<Key, u32>,
     nodes: Slab<Node>,
     /// The most recently used slot.
-    head: Option<usize>,
+    head: Option<u32>,
     /// The least recently used slot.
-    tail: Option<usize>,
+    tail: Option<u32>,
 }
 
+/// A resident entity and its neighbours in LRU order. Small on purpose: one per entity.
 struct Node {
-    key: Key,
     entry: Arc<dyn Resident>,
-    prev: usize,
-    next: usize,
+    prev: u32,
+    next: u32,
 }
 
 impl Registry {
@@ -127,11 +129,12 @@ impl Registry {
             Some(&slot) => (slot, false),
             None => {
                 let slot = part.nodes.insert(Node {
-                    key: key.clone(),
                     entry: make(),
                     prev: NIL,
                     next: NIL,
                 });
+                // Slots index a slab of at most `u32::MAX` entities per part.
+                let slot = u32::try_from(slot).unwrap_or(NIL);
                 part.index.insert(key.clone(), slot);
                 part.push_front(slot);
                 self.resident.fetch_add(1, Ordering::Relaxed);
@@ -142,7 +145,7 @@ impl Registry {
             part.unlink(slot);
             part.push_front(slot);
         }
-        let result = f(&part.nodes[slot].entry);
+        let result = f(&part.nodes[slot as usize].entry);
         let mut evicted = Vec::new();
         if created && self.over_limits() {
             self.evict_from(&mut part, EVICT_PER_INSERT, &mut evicted);
@@ -177,7 +180,7 @@ impl Registry {
     pub(crate) fn remove_exact(&self, key: &Key, entry: &Arc<dyn Resident>, then: impl FnOnce()) {
         let mut part = self.parts[self.part_of(key)].lock();
         if let Some(&slot) = part.index.get(key)
-            && Arc::ptr_eq(&part.nodes[slot].entry, entry)
+            && Arc::ptr_eq(&part.nodes[slot as usize].entry, entry)
         {
             part.remove(slot);
             self.resident.fetch_sub(1, Ordering::Relaxed);
@@ -214,14 +217,14 @@ impl Registry {
             let mut hooks = Vec::new();
             {
                 let mut part = part.lock();
-                let due: Vec<usize> = part
+                let due: Vec<u32> = part
                     .nodes
                     .iter()
                     .filter(|(_, n)| n.entry.deadline_ms() <= now_ms)
-                    .map(|(slot, _)| slot)
+                    .map(|(slot, _)| slot as u32)
                     .collect();
                 for slot in due {
-                    if let Some(p) = part.nodes[slot].entry.try_passivate(now_ms, false) {
+                    if let Some(p) = part.nodes[slot as usize].entry.try_passivate(now_ms, false) {
                         part.remove(slot);
                         self.forget(&p);
                         hooks.push(p);
@@ -258,9 +261,12 @@ impl Registry {
             let mut hooks = Vec::new();
             {
                 let mut part = part.lock();
-                let slots: Vec<usize> = part.nodes.iter().map(|(slot, _)| slot).collect();
+                let slots: Vec<u32> = part.nodes.iter().map(|(slot, _)| slot as u32).collect();
                 for slot in slots {
-                    if let Some(p) = part.nodes[slot].entry.try_passivate(u64::MAX, true) {
+                    if let Some(p) = part.nodes[slot as usize]
+                        .entry
+                        .try_passivate(u64::MAX, true)
+                    {
                         part.remove(slot);
                         self.forget(&p);
                         hooks.push(p);
@@ -277,8 +283,11 @@ impl Registry {
         let mut slot = part.tail.unwrap_or(NIL);
         let mut looked = 0;
         while slot != NIL && hooks.len() < max && looked < max * 4 && self.over_limits() {
-            let prev = part.nodes[slot].prev;
-            if let Some(p) = part.nodes[slot].entry.try_passivate(u64::MAX, true) {
+            let prev = part.nodes[slot as usize].prev;
+            if let Some(p) = part.nodes[slot as usize]
+                .entry
+                .try_passivate(u64::MAX, true)
+            {
                 part.remove(slot);
                 self.forget(&p);
                 hooks.push(p);
@@ -301,35 +310,38 @@ fn run_hooks(hooks: Vec<Passivated>) {
 }
 
 impl Part {
-    fn push_front(&mut self, slot: usize) {
+    fn push_front(&mut self, slot: u32) {
         let old = self.head.unwrap_or(NIL);
-        self.nodes[slot].prev = NIL;
-        self.nodes[slot].next = old;
+        self.nodes[slot as usize].prev = NIL;
+        self.nodes[slot as usize].next = old;
         if old != NIL {
-            self.nodes[old].prev = slot;
+            self.nodes[old as usize].prev = slot;
         } else {
             self.tail = Some(slot);
         }
         self.head = Some(slot);
     }
 
-    fn unlink(&mut self, slot: usize) {
-        let (prev, next) = (self.nodes[slot].prev, self.nodes[slot].next);
+    fn unlink(&mut self, slot: u32) {
+        let (prev, next) = (
+            self.nodes[slot as usize].prev,
+            self.nodes[slot as usize].next,
+        );
         if prev != NIL {
-            self.nodes[prev].next = next;
+            self.nodes[prev as usize].next = next;
         } else {
             self.head = (next != NIL).then_some(next);
         }
         if next != NIL {
-            self.nodes[next].prev = prev;
+            self.nodes[next as usize].prev = prev;
         } else {
             self.tail = (prev != NIL).then_some(prev);
         }
     }
 
-    fn remove(&mut self, slot: usize) {
+    fn remove(&mut self, slot: u32) {
         self.unlink(slot);
-        let node = self.nodes.remove(slot);
-        self.index.remove(&node.key);
+        let node = self.nodes.remove(slot as usize);
+        self.index.remove(&node.entry.key());
     }
 }
