@@ -1,0 +1,174 @@
+//! The workloads behind `perennial bench`, each measured in the same run as its baseline.
+//!
+//! - [`durable`]: durable calls to many counters from many concurrent callers, through the
+//!   runtime on SQLite; then the same workload the "database approach" way (a stateless
+//!   handler, one SQLite transaction per call, the same durability settings).
+//! - [`ephemeral`]: the same calls to an in-memory kind: the runtime's own overhead.
+//! - [`resident`]: memory per idle resident entity, from the process's resident set size.
+//! - [`activation`]: activations per second of entities stored on disk.
+//!
+//! Each workload returns a [`Report`]; [`Report::to_json`] gives one JSON object per line so
+//! scripts can compare runs.
+
+mod load;
+mod workloads;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use workloads::{activation, durable, ephemeral, resident};
+
+/// What to run, and how big.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How long each timed workload runs.
+    pub duration: Duration,
+    /// How many distinct counters the calls spread over.
+    pub entities: usize,
+    /// How many callers call concurrently.
+    pub callers: usize,
+    /// How many entities the memory workload makes resident.
+    pub resident_entities: usize,
+    /// Where the workloads keep their data; a fresh temporary directory if `None`.
+    pub dir: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            duration: Duration::from_secs(10),
+            entities: 10_000,
+            callers: 256,
+            resident_entities: 1_000_000,
+            dir: None,
+        }
+    }
+}
+
+/// The result of one workload.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "workload", rename_all = "snake_case")]
+pub enum Report {
+    /// Durable calls through the runtime, and the database approach in the same run.
+    Durable {
+        /// Distinct entities called.
+        entities: usize,
+        /// Concurrent callers.
+        callers: usize,
+        /// Durable calls per second through the runtime.
+        calls_per_sec: f64,
+        /// Median latency of a call, in microseconds.
+        p50_us: u64,
+        /// 99th percentile latency, in microseconds.
+        p99_us: u64,
+        /// Commits (fsyncs) per second.
+        commits_per_sec: f64,
+        /// Average steps per commit.
+        steps_per_commit: f64,
+        /// Calls per second the database approach managed in this run.
+        baseline_calls_per_sec: f64,
+        /// The database approach's median latency, in microseconds.
+        baseline_p50_us: u64,
+        /// The database approach's 99th percentile latency, in microseconds.
+        baseline_p99_us: u64,
+        /// `calls_per_sec / baseline_calls_per_sec`.
+        ratio: f64,
+    },
+    /// Calls to an in-memory kind.
+    Ephemeral {
+        /// Distinct entities called.
+        entities: usize,
+        /// Concurrent callers.
+        callers: usize,
+        /// Calls per second.
+        calls_per_sec: f64,
+        /// Median latency, in microseconds.
+        p50_us: u64,
+        /// 99th percentile latency, in microseconds.
+        p99_us: u64,
+    },
+    /// Memory held per idle resident entity.
+    Resident {
+        /// Entities made resident.
+        entities: usize,
+        /// Entities still resident when measured.
+        resident: usize,
+        /// Growth of the resident set size, divided by the entities.
+        bytes_per_entity: f64,
+        /// Resident set size before, in bytes.
+        rss_before: u64,
+        /// Resident set size after, in bytes.
+        rss_after: u64,
+    },
+    /// Entities activated from storage.
+    Activation {
+        /// Entities activated.
+        entities: usize,
+        /// Activations per second.
+        activations_per_sec: f64,
+        /// Median latency of the activating call, in microseconds.
+        p50_us: u64,
+        /// 99th percentile latency, in microseconds.
+        p99_us: u64,
+    },
+}
+
+impl Report {
+    /// The report as one line of JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| format!(r#"{{"error":"{e}"}}"#))
+    }
+
+    /// The report as a few lines for a person.
+    pub fn to_text(&self) -> String {
+        match self {
+            Self::Durable {
+                entities,
+                callers,
+                calls_per_sec,
+                p50_us,
+                p99_us,
+                commits_per_sec,
+                steps_per_commit,
+                baseline_calls_per_sec,
+                baseline_p50_us,
+                baseline_p99_us,
+                ratio,
+            } => format!(
+                "durable     {calls_per_sec:>10.0} calls/s  p50 {p50_us} µs  p99 {p99_us} µs  ({entities} entities, {callers} callers; {commits_per_sec:.0} commits/s, {steps_per_commit:.1} steps/commit)\n\
+                 database    {baseline_calls_per_sec:>10.0} calls/s  p50 {baseline_p50_us} µs  p99 {baseline_p99_us} µs  (one SQLite transaction per call)\n\
+                 ratio       {ratio:>10.1}×"
+            ),
+            Self::Ephemeral {
+                entities,
+                callers,
+                calls_per_sec,
+                p50_us,
+                p99_us,
+            } => format!(
+                "ephemeral   {calls_per_sec:>10.0} calls/s  p50 {p50_us} µs  p99 {p99_us} µs  ({entities} entities, {callers} callers, in memory)"
+            ),
+            Self::Resident {
+                entities,
+                resident,
+                bytes_per_entity,
+                rss_before,
+                rss_after,
+            } => format!(
+                "resident    {bytes_per_entity:>10.0} bytes per idle entity  ({resident} of {entities} resident; RSS {} → {} MiB)",
+                rss_before >> 20,
+                rss_after >> 20
+            ),
+            Self::Activation {
+                entities,
+                activations_per_sec,
+                p50_us,
+                p99_us,
+            } => format!(
+                "activation  {activations_per_sec:>10.0} activations/s  p50 {p50_us} µs  p99 {p99_us} µs  ({entities} entities from SQLite)"
+            ),
+        }
+    }
+}

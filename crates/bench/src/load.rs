@@ -1,0 +1,141 @@
+//! The load generator: concurrent callers for a fixed time, with latency histograms.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+/// What a timed run measured.
+pub(crate) struct Measured {
+    pub(crate) calls: u64,
+    pub(crate) elapsed: Duration,
+    pub(crate) latency: Histogram<u64>,
+}
+
+impl Measured {
+    pub(crate) fn per_sec(&self) -> f64 {
+        self.calls as f64 / self.elapsed.as_secs_f64()
+    }
+
+    pub(crate) fn p50_us(&self) -> u64 {
+        self.latency.value_at_quantile(0.50)
+    }
+
+    pub(crate) fn p99_us(&self) -> u64 {
+        self.latency.value_at_quantile(0.99)
+    }
+}
+
+/// A histogram of 1 µs to 60 s, with three significant digits.
+fn histogram() -> anyhow::Result<Histogram<u64>> {
+    Ok(Histogram::new_with_bounds(1, 60_000_000, 3)?)
+}
+
+/// A small, fast, seedable generator for picking entities; not for anything else.
+pub(crate) struct Pick(u64);
+
+impl Pick {
+    pub(crate) fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub(crate) fn below(&mut self, n: usize) -> usize {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let x = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        ((u128::from(x) * n as u128) >> 64) as usize
+    }
+}
+
+/// Runs `callers` concurrent loops of `call(caller, pick)` for `duration`.
+pub(crate) async fn timed<F, Fut>(
+    callers: usize,
+    duration: Duration,
+    call: F,
+) -> anyhow::Result<Measured>
+where
+    F: Fn(usize, &mut Pick) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    let call = Arc::new(call);
+    let started = Instant::now();
+    let deadline = started + duration;
+    let tasks: Vec<_> = (0..callers)
+        .map(|caller| {
+            let call = Arc::clone(&call);
+            tokio::spawn(async move {
+                let mut pick = Pick::new(caller as u64 + 1);
+                let mut latency = histogram()?;
+                let mut calls = 0u64;
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    call(caller, &mut pick).await?;
+                    let us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    latency.saturating_record(us.max(1));
+                    calls += 1;
+                }
+                anyhow::Ok((calls, latency))
+            })
+        })
+        .collect();
+    let mut measured = Measured {
+        calls: 0,
+        elapsed: Duration::ZERO,
+        latency: histogram()?,
+    };
+    for task in tasks {
+        let (calls, latency) = task.await??;
+        measured.calls += calls;
+        measured.latency.add(latency)?;
+    }
+    measured.elapsed = started.elapsed();
+    Ok(measured)
+}
+
+/// Runs `call(i)` for every `i` in `0..n`, `callers` at a time; measures the whole.
+pub(crate) async fn each<F, Fut>(n: usize, callers: usize, call: F) -> anyhow::Result<Measured>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    let call = Arc::new(call);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..callers)
+        .map(|_| {
+            let call = Arc::clone(&call);
+            let next = Arc::clone(&next);
+            tokio::spawn(async move {
+                let mut latency = histogram()?;
+                let mut calls = 0u64;
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    let t = Instant::now();
+                    call(i).await?;
+                    let us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    latency.saturating_record(us.max(1));
+                    calls += 1;
+                }
+                anyhow::Ok((calls, latency))
+            })
+        })
+        .collect();
+    let mut measured = Measured {
+        calls: 0,
+        elapsed: Duration::ZERO,
+        latency: histogram()?,
+    };
+    for task in tasks {
+        let (calls, latency) = task.await??;
+        measured.calls += calls;
+        measured.latency.add(latency)?;
+    }
+    measured.elapsed = started.elapsed();
+    Ok(measured)
+}

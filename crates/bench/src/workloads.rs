@@ -1,0 +1,300 @@
+//! The four workloads. Each sets up its own runtime and data, measures, and cleans up.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use perennial_core::{Handle, Runtime};
+use perennial_demo::Counter;
+use perennial_demo::counter::CounterMsg;
+use perennial_storage::Store;
+use perennial_storage_sqlite::SqliteStore;
+use tokio::sync::oneshot;
+
+use crate::load::{each, timed};
+use crate::{Options, Report};
+
+/// A directory for one workload's data, removed afterwards unless the user named it.
+struct Scratch {
+    path: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+fn scratch(options: &Options, name: &str) -> anyhow::Result<Scratch> {
+    match &options.dir {
+        Some(dir) => {
+            let path = dir.join(name);
+            if path.exists() {
+                std::fs::remove_dir_all(&path)
+                    .with_context(|| format!("cannot clear {}", path.display()))?;
+            }
+            Ok(Scratch { path, _temp: None })
+        }
+        None => {
+            let temp = tempfile::Builder::new()
+                .prefix(&format!("perennial-bench-{name}-"))
+                .tempdir()?;
+            Ok(Scratch {
+                path: temp.path().to_path_buf(),
+                _temp: Some(temp),
+            })
+        }
+    }
+}
+
+/// Adds one to a counter, durably.
+async fn add_one(counter: Handle<Counter>) -> anyhow::Result<()> {
+    counter
+        .send(CounterMsg::Add(1))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn handles(rt: &Runtime, n: usize) -> Arc<Vec<Handle<Counter>>> {
+    Arc::new((0..n).map(|i| rt.get::<Counter>(format!("c{i}"))).collect())
+}
+
+/// Durable calls through the runtime on SQLite, then the database approach, in one run.
+pub async fn durable(options: &Options) -> anyhow::Result<Report> {
+    let dir = scratch(options, "durable")?;
+    let store = SqliteStore::open(dir.path.join("runtime"))?;
+    let rt = Runtime::builder()
+        .store(store.clone())
+        .register::<Counter>()
+        .start()
+        .await?;
+    let counters = handles(&rt, options.entities);
+    // Create every entity first, so the timed part measures steady state.
+    let warm = Arc::clone(&counters);
+    each(options.entities, options.callers, move |i| {
+        let h = warm[i].clone();
+        add_one(h)
+    })
+    .await?;
+    let before = rt.stats().commit;
+    let n = options.entities;
+    let calls = Arc::clone(&counters);
+    let measured = timed(options.callers, options.duration, move |_, pick| {
+        let h = calls[pick.below(n)].clone();
+        add_one(h)
+    })
+    .await?;
+    let after = rt.stats().commit;
+    rt.shutdown().await;
+    store.close().await?;
+
+    let baseline = database_approach(&dir.path.join("baseline"), options).await?;
+    let commits = (after.commits - before.commits) as f64;
+    let steps = (after.steps - before.steps) as f64;
+    Ok(Report::Durable {
+        entities: options.entities,
+        callers: options.callers,
+        calls_per_sec: measured.per_sec(),
+        p50_us: measured.p50_us(),
+        p99_us: measured.p99_us(),
+        commits_per_sec: commits / measured.elapsed.as_secs_f64(),
+        steps_per_commit: if commits > 0.0 { steps / commits } else { 0.0 },
+        baseline_calls_per_sec: baseline.per_sec(),
+        baseline_p50_us: baseline.p50_us(),
+        baseline_p99_us: baseline.p99_us(),
+        ratio: measured.per_sec() / baseline.per_sec(),
+    })
+}
+
+/// The same workload without the runtime: each call is one SQLite transaction that reads the
+/// counter, adds one and writes it back, with the runtime's durability settings (WAL,
+/// `synchronous=FULL`). One connection serves the calls in turn: SQLite has one writer at a
+/// time, and a single connection spares it busy-waiting, so this is the baseline's best case.
+async fn database_approach(dir: &Path, options: &Options) -> anyhow::Result<crate::load::Measured> {
+    std::fs::create_dir_all(dir)?;
+    let conn = rusqlite::Connection::open(dir.join("baseline.db"))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    anyhow::ensure!(mode == "wal", "the baseline database is not in WAL mode");
+    conn.execute_batch(
+        "PRAGMA synchronous = FULL;
+         CREATE TABLE counters (id TEXT PRIMARY KEY, state TEXT NOT NULL) WITHOUT ROWID;",
+    )?;
+    {
+        let tx = conn.unchecked_transaction()?;
+        let mut insert = tx.prepare("INSERT INTO counters (id, state) VALUES (?1, ?2)")?;
+        for i in 0..options.entities {
+            insert.execute((format!("c{i}"), r#"{"value":1}"#))?;
+        }
+        drop(insert);
+        tx.commit()?;
+    }
+    let (jobs, queue) = std::sync::mpsc::channel::<(usize, oneshot::Sender<anyhow::Result<()>>)>();
+    let worker = std::thread::spawn(move || {
+        while let Ok((i, reply)) = queue.recv() {
+            let _ = reply.send(one_transaction(&conn, i));
+        }
+    });
+    let n = options.entities;
+    let measured = timed(options.callers, options.duration, move |_, pick| {
+        let i = pick.below(n);
+        let (tx, rx) = oneshot::channel();
+        let sent = jobs.send((i, tx));
+        async move {
+            sent.map_err(|_| anyhow::anyhow!("the baseline worker stopped"))?;
+            rx.await?
+        }
+    })
+    .await?;
+    worker
+        .join()
+        .map_err(|_| anyhow::anyhow!("the baseline worker panicked"))?;
+    Ok(measured)
+}
+
+fn one_transaction(conn: &rusqlite::Connection, i: usize) -> anyhow::Result<()> {
+    let id = format!("c{i}");
+    let tx = conn.unchecked_transaction()?;
+    let state: String = tx
+        .prepare_cached("SELECT state FROM counters WHERE id = ?1")?
+        .query_row([&id], |r| r.get(0))?;
+    let mut counter: Counter = serde_json::from_str(&state)?;
+    counter.value += 1;
+    tx.prepare_cached("UPDATE counters SET state = ?2 WHERE id = ?1")?
+        .execute((&id, serde_json::to_string(&counter)?))?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Calls to an in-memory (`Ephemeral`) counter: the runtime's own cost per call.
+pub async fn ephemeral(options: &Options) -> anyhow::Result<Report> {
+    let rt = Runtime::builder()
+        .store(perennial_storage::MemoryStore::new())
+        .register_ephemeral::<Counter>()
+        .start()
+        .await?;
+    let counters = handles(&rt, options.entities);
+    let n = options.entities;
+    let measured = timed(options.callers, options.duration, move |_, pick| {
+        let h = counters[pick.below(n)].clone();
+        add_one(h)
+    })
+    .await?;
+    rt.shutdown().await;
+    Ok(Report::Ephemeral {
+        entities: options.entities,
+        callers: options.callers,
+        calls_per_sec: measured.per_sec(),
+        p50_us: measured.p50_us(),
+        p99_us: measured.p99_us(),
+    })
+}
+
+/// Seconds the memory workload waits, once its calls are answered, before it measures: the
+/// last batches commit, tasks end, and the store folds its log.
+const SETTLE: u64 = 5;
+
+/// Makes `resident_entities` counters resident and idle, and measures the growth of the
+/// process's resident set. SQLite's page cache is kept small (2 MiB per connection) so the
+/// figure is the entities' cost, not the cache's.
+pub async fn resident(options: &Options) -> anyhow::Result<Report> {
+    let dir = scratch(options, "resident")?;
+    let rt = Runtime::builder()
+        .store(small_cache_store(&dir.path)?)
+        .register::<Counter>()
+        .max_resident(options.resident_entities + 1)
+        .max_resident_bytes(usize::MAX)
+        .start()
+        .await?;
+    let rss_before = rss_bytes()?;
+    let activate = rt.clone();
+    each(options.resident_entities, options.callers, move |i| {
+        let h = activate.get::<Counter>(format!("r{i}"));
+        add_one(h)
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(SETTLE)).await;
+    let rss_after = rss_bytes()?;
+    let resident = rt.stats().resident;
+    rt.shutdown().await;
+    Ok(Report::Resident {
+        entities: options.resident_entities,
+        resident,
+        bytes_per_entity: rss_after.saturating_sub(rss_before) as f64 / resident.max(1) as f64,
+        rss_before,
+        rss_after,
+    })
+}
+
+/// Stores `entities` counters, restarts the runtime, and activates each of them from SQLite.
+pub async fn activation(options: &Options) -> anyhow::Result<Report> {
+    let dir = scratch(options, "activation")?;
+    let n = options.resident_entities.min(200_000).max(options.entities);
+    let store = small_cache_store(&dir.path)?;
+    let rt = Runtime::builder()
+        .store(store.clone())
+        .register::<Counter>()
+        .start()
+        .await?;
+    let create = rt.clone();
+    each(n, options.callers, move |i| {
+        let h = create.get::<Counter>(format!("a{i}"));
+        add_one(h)
+    })
+    .await?;
+    rt.shutdown().await;
+    // A fresh runtime and a reopened store: nothing is resident or pending in memory,
+    // every state comes from the SQLite file.
+    store.close().await?;
+    drop(store);
+    let store = small_cache_store(&dir.path)?;
+    let rt = Runtime::builder()
+        .store(store.clone())
+        .register::<Counter>()
+        .start()
+        .await?;
+    let read = rt.clone();
+    let measured = each(n, options.callers, move |i| {
+        let h = read.get::<Counter>(format!("a{i}"));
+        async move {
+            let reply = h
+                .call(CounterMsg::Get)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            anyhow::ensure!(reply.value == 1, "a{i} came back as {}", reply.value);
+            Ok(())
+        }
+    })
+    .await?;
+    let activations = rt.stats().kinds.iter().map(|k| k.activations).sum::<u64>();
+    anyhow::ensure!(
+        activations as usize >= n,
+        "only {activations} of {n} activations happened"
+    );
+    rt.shutdown().await;
+    store.close().await?;
+    Ok(Report::Activation {
+        entities: n,
+        activations_per_sec: measured.per_sec(),
+        p50_us: measured.p50_us(),
+        p99_us: measured.p99_us(),
+    })
+}
+
+fn small_cache_store(dir: &Path) -> anyhow::Result<SqliteStore> {
+    let mut options = perennial_storage_sqlite::Options::default();
+    options.cache_mib = 2;
+    options.mmap_mib = 0;
+    Ok(SqliteStore::open_with(dir, options)?)
+}
+
+/// The process's resident set size, from `/proc/self/status`.
+fn rss_bytes() -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")
+        .context("measuring memory needs /proc/self/status (Linux)")?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS line in /proc/self/status")?;
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .context("malformed VmRSS line")?
+        .parse()?;
+    Ok(kib * 1024)
+}

@@ -1,0 +1,152 @@
+//! The one mapping from errors to HTTP responses.
+//!
+//! Runtime errors keep their stable code. Messages for `4xx` say what was wrong with the
+//! request; messages for `5xx` say what happened without internal detail (panic text, storage
+//! errors and paths are logged, not sent).
+
+use axum::Json;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use perennial_core::{CallError, JsonRejection};
+use serde::Serialize;
+
+/// An error on its way to becoming a response.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: String,
+    message: String,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Detail<'a>,
+}
+
+#[derive(Serialize)]
+struct Detail<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl ApiError {
+    /// An error with a status, a stable code and a message for the client.
+    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code: code.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// The response status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The stable error code.
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+
+    pub(crate) fn from_path(rejection: PathRejection) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_path", rejection.body_text())
+    }
+
+    pub(crate) fn from_body(rejection: BytesRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                "the message is larger than this gateway accepts",
+            )
+        } else {
+            Self::new(StatusCode::BAD_REQUEST, "bad_body", rejection.body_text())
+        }
+    }
+}
+
+impl From<CallError<JsonRejection>> for ApiError {
+    fn from(error: CallError<JsonRejection>) -> Self {
+        let code = error.code().to_owned();
+        let (status, message) = match &error {
+            CallError::Rejected(r) => (StatusCode::BAD_REQUEST, r.message.clone()),
+            CallError::BadMessage { .. } | CallError::InvalidId(_) => {
+                (StatusCode::BAD_REQUEST, error.to_string())
+            }
+            CallError::UnknownKind(_) => (StatusCode::NOT_FOUND, error.to_string()),
+            CallError::Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, error.to_string()),
+            CallError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, error.to_string()),
+            CallError::Panicked { key, .. } => {
+                tracing::warn!(%error, "call failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("the handler of {key} panicked; nothing changed"),
+                )
+            }
+            CallError::DeadLettered { key, attempts, .. } => {
+                tracing::warn!(%error, "call failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!(
+                        "the message to {key} failed {attempts} times and was set aside as a dead letter"
+                    ),
+                )
+            }
+            CallError::CorruptState { key, .. } => {
+                tracing::error!(%error, "call failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("the stored state of {key} cannot be decoded; it was left untouched"),
+                )
+            }
+            CallError::Unencodable { key, .. } => {
+                tracing::error!(%error, "call failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("the new state of {key} cannot be encoded; nothing changed"),
+                )
+            }
+            CallError::Storage { key, .. } | CallError::Fenced { key, .. } => {
+                tracing::error!(%error, "call failed");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "storage did not accept the step for {key}; nothing changed, retry later"
+                    ),
+                )
+            }
+            _ => {
+                tracing::error!(%error, "call failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the call failed".to_owned(),
+                )
+            }
+        };
+        Self {
+            status,
+            code,
+            message,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Body {
+            error: Detail {
+                code: &self.code,
+                message: &self.message,
+            },
+        };
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

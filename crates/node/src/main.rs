@@ -1,0 +1,222 @@
+//! The `perennial` binary: `perennial serve` hosts the demo kinds over HTTP on the embedded
+//! store; `perennial bench` measures the runtime. Glue only: see the library crates.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use perennial_core::Runtime;
+use perennial_demo::{Counter, PokerTable};
+use perennial_storage::Store;
+use perennial_storage_sqlite::SqliteStore;
+
+// mimalloc: measured faster and leaner than the system allocator for the runtime's many
+// small, short-lived allocations (see docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Persistent processes: entities started on demand, durable before any reply.
+#[derive(Debug, Parser)]
+#[command(name = "perennial", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the demo kinds (`counter`, `table`) over HTTP, with state in a data directory.
+    Serve {
+        /// The data directory (created if missing).
+        #[arg(long, default_value = "./perennial-data")]
+        data: PathBuf,
+        /// The address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// The most entities kept resident.
+        #[arg(long, default_value_t = 1_000_000)]
+        max_resident: usize,
+        /// The most bytes of entity state kept resident.
+        #[arg(long, default_value_t = 1 << 30)]
+        max_resident_bytes: usize,
+        /// The largest request body accepted, in bytes.
+        #[arg(long, default_value_t = 1 << 20)]
+        max_body_bytes: usize,
+    },
+    /// Measure durable calls against the database approach, memory per entity and
+    /// activations per second. Not a test: run it on a quiet machine.
+    Bench {
+        /// Print one JSON object per workload and line.
+        #[arg(long)]
+        json: bool,
+        /// Seconds each timed workload runs.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Distinct entities the calls spread over.
+        #[arg(long, default_value_t = 10_000)]
+        entities: usize,
+        /// Concurrent callers.
+        #[arg(long, default_value_t = 256)]
+        callers: usize,
+        /// Entities made resident by the memory workload.
+        #[arg(long, default_value_t = 1_000_000)]
+        resident_entities: usize,
+        /// The workloads to run, comma-separated. The memory workload runs first by default, so
+        /// memory freed by the others cannot make its figure look smaller.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "resident,activation,durable,ephemeral"
+        )]
+        only: Vec<Workload>,
+        /// Where to keep the benchmark's data (default: a temporary directory).
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Workload {
+    Durable,
+    Ephemeral,
+    Resident,
+    Activation,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Serve {
+                data,
+                listen,
+                max_resident,
+                max_resident_bytes,
+                max_body_bytes,
+            } => {
+                let mut gateway = perennial_gateway::Options::default();
+                gateway.max_body_bytes = max_body_bytes;
+                serve(data, listen, max_resident, max_resident_bytes, gateway).await
+            }
+            Command::Bench {
+                json,
+                seconds,
+                entities,
+                callers,
+                resident_entities,
+                only,
+                data,
+            } => {
+                let options = perennial_bench::Options {
+                    duration: Duration::from_secs(seconds),
+                    entities,
+                    callers,
+                    resident_entities,
+                    dir: data,
+                };
+                bench(&options, &only, json).await
+            }
+        }
+    })
+}
+
+async fn serve(
+    data: PathBuf,
+    listen: SocketAddr,
+    max_resident: usize,
+    max_resident_bytes: usize,
+    gateway: perennial_gateway::Options,
+) -> anyhow::Result<()> {
+    let store = SqliteStore::open(&data)
+        .with_context(|| format!("cannot open the data directory {}", data.display()))?;
+    let rt = Runtime::builder()
+        .store(store.clone())
+        .register::<Counter>()
+        .register::<PokerTable>()
+        .max_resident(max_resident)
+        .max_resident_bytes(max_resident_bytes)
+        .start()
+        .await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    // Scripts and tests wait for this line.
+    println!(
+        "perennial listening on http://{addr} (data: {})",
+        data.display()
+    );
+    tracing::info!(%addr, kinds = ?rt.kinds(), "serving");
+    perennial_gateway::serve(listener, rt.clone(), gateway, stop_signal()).await?;
+    tracing::info!("draining in-flight calls");
+    rt.shutdown().await;
+    store.close().await?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn stop_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+async fn bench(
+    options: &perennial_bench::Options,
+    only: &[Workload],
+    json: bool,
+) -> anyhow::Result<()> {
+    if !json {
+        println!(
+            "perennial bench: {} cores, {} s per timed workload",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            options.duration.as_secs()
+        );
+    }
+    for workload in only {
+        let report = match workload {
+            Workload::Durable => perennial_bench::durable(options).await?,
+            Workload::Ephemeral => perennial_bench::ephemeral(options).await?,
+            Workload::Resident => perennial_bench::resident(options).await?,
+            Workload::Activation => perennial_bench::activation(options).await?,
+        };
+        if json {
+            println!("{}", report.to_json());
+        } else {
+            println!("{}", report.to_text());
+        }
+    }
+    Ok(())
+}

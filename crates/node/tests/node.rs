@@ -1,0 +1,121 @@
+//! Starting the binary on a data directory, and a small HTTP client for it.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// A running `perennial serve`.
+pub(crate) struct Node {
+    pub(crate) child: Child,
+    pub(crate) addr: SocketAddr,
+}
+
+impl Node {
+    /// Starts the binary on `data` with a free loopback port, and waits until it listens.
+    pub(crate) fn start(data: &Path) -> Node {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_perennial"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the perennial binary starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let started = Instant::now();
+        let addr = loop {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the node did not start listening"
+            );
+            let line = lines
+                .next()
+                .expect("the node exited before listening")
+                .expect("stdout is readable");
+            if let Some(rest) = line.strip_prefix("perennial listening on http://") {
+                let addr = rest.split_whitespace().next().unwrap_or_default();
+                break addr.parse().expect("a socket address");
+            }
+        };
+        Node { child, addr }
+    }
+
+    /// Kills the process with SIGKILL and reaps it.
+    pub(crate) fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL delivered");
+        self.child.wait().expect("the node is reaped");
+    }
+
+    pub(crate) fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(i32::MAX))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // Never leave a child behind, whatever the test did.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP/1.1 client for the node.
+#[derive(Clone)]
+pub(crate) struct Http {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Http {
+    pub(crate) fn new() -> Http {
+        Http {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    /// POSTs `body` to `path`; returns the status and the body as JSON, or an error if the
+    /// connection failed (as it does when the node is killed).
+    pub(crate) async fn post(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        body: &str,
+    ) -> Result<(u16, serde_json::Value), String> {
+        let request = hyper::Request::post(format!("http://{addr}{path}"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .map_err(|e| e.to_string())?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        let value = serde_json::from_slice(&bytes).map_err(|e| format!("{e}: {bytes:?}"))?;
+        Ok((status, value))
+    }
+
+    /// The value of counter `id`.
+    pub(crate) async fn counter(&self, addr: SocketAddr, id: &str) -> i64 {
+        let (status, body) = self
+            .post(addr, &format!("/v1/counter/{id}"), r#""get""#)
+            .await
+            .expect("the node answers");
+        assert_eq!(status, 200, "{body}");
+        body["value"].as_i64().expect("a counter value")
+    }
+}

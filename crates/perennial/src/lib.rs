@@ -1,0 +1,50 @@
+//! Persistent processes for Rust: the one crate an application depends on.
+//!
+//! It re-exports the runtime ([`perennial_core`]) and the stores: [`SqliteStore`] for a node
+//! with its data on local disk, [`MemoryStore`] for tests.
+//!
+//! ```
+//! use perennial::{Ctx, Process, Runtime, SqliteStore};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Default, Serialize, Deserialize)]
+//! struct Cart {
+//!     items: Vec<String>,
+//! }
+//!
+//! impl Process for Cart {
+//!     const KIND: &'static str = "cart";
+//!     type Msg = String;
+//!     type Reply = usize;
+//!     type Error = std::convert::Infallible;
+//!
+//!     fn handle(&mut self, item: String, _ctx: &mut Ctx<'_, Self>) -> Result<usize, Self::Error> {
+//!         self.items.push(item);
+//!         Ok(self.items.len())
+//!     }
+//! }
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! let rt = Runtime::builder()
+//!     .store(SqliteStore::open(dir.path())?)
+//!     .register::<Cart>()
+//!     .start()
+//!     .await?;
+//! // Durable on disk before `call` returns.
+//! assert_eq!(rt.get::<Cart>("user-7").call("tea".into()).await?, 1);
+//! rt.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+pub use perennial_core::*;
+pub use perennial_storage::{MemoryStore, Store};
+pub use perennial_storage_sqlite::SqliteStore;
+
+/// The storage layer: the [`Store`] trait, its errors and records.
+pub mod storage {
+    pub use perennial_storage::*;
+    pub use perennial_storage_sqlite::Options as SqliteOptions;
+}
