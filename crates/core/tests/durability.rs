@@ -6,7 +6,7 @@ use perennial_core::{CallError, Runtime};
 use perennial_storage::{MemoryStore, Store};
 use perennial_types::{EntityId, EntityKey};
 
-use crate::kinds::{Counter, Op, runtime};
+use crate::kinds::{Counter, Op, runtime, until};
 
 async fn stored_value(store: &impl Store, id: &str) -> Option<String> {
     let key = EntityKey::new("counter", EntityId::new(id).unwrap());
@@ -56,14 +56,14 @@ async fn many_steps_share_one_commit() {
         let h = rt.get::<Counter>("blocker");
         async move { h.call(Op::Add(1)).await }
     });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    until("the blocker is in flight", || rt.stats().inflight == 1).await;
     let calls: Vec<_> = (0..500)
         .map(|i| {
             let h = rt.get::<Counter>(format!("e{i}"));
             tokio::spawn(async move { h.call(Op::Add(1)).await })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until("all 501 calls are in flight", || rt.stats().inflight == 501).await;
     store.release_commits();
     blocker.await.unwrap().unwrap();
     for c in calls {

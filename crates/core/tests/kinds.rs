@@ -43,6 +43,21 @@ impl Rejection for Refused {
     }
 }
 
+/// How many `Sleep` messages have started, so tests can wait for a busy entity.
+pub(crate) static SLEEPERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Waits (at most ten seconds) until `done` holds.
+pub(crate) async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 fn apply(value: &mut i64, op: Op) -> Result<i64, Refused> {
     match op {
         Op::Add(n) => *value += n,
@@ -55,7 +70,10 @@ fn apply(value: &mut i64, op: Op) -> Result<i64, Refused> {
             *value += n;
             return Err(Refused);
         }
-        Op::Sleep(ms) => std::thread::sleep(Duration::from_millis(ms)),
+        Op::Sleep(ms) => {
+            SLEEPERS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(ms));
+        }
     }
     Ok(*value)
 }

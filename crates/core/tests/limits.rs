@@ -1,10 +1,8 @@
 //! Memory bounds and overload: resident caps (count and bytes) and bounded mailboxes.
 
-use std::time::Duration;
-
 use perennial_core::{CallError, Overload};
 
-use crate::kinds::{Counter, Op, builder};
+use crate::kinds::{Counter, Op, SLEEPERS, builder, until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_resident_count_stays_under_its_cap() {
@@ -62,11 +60,15 @@ async fn a_full_mailbox_refuses_with_overloaded() {
     let rt = builder.mailbox_capacity(4).start().await.unwrap();
     let h = rt.get::<Counter>("busy");
     // The first message keeps the entity busy while the others queue.
+    let sleeping = SLEEPERS.load(std::sync::atomic::Ordering::SeqCst);
     let sleeper = tokio::spawn({
         let h = h.clone();
-        async move { h.call(Op::Sleep(300)).await }
+        async move { h.call(Op::Sleep(600)).await }
     });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    until("the entity is busy", || {
+        SLEEPERS.load(std::sync::atomic::Ordering::SeqCst) > sleeping
+    })
+    .await;
     let calls: Vec<_> = (0..20)
         .map(|_| {
             let h = h.clone();
@@ -105,7 +107,7 @@ async fn too_many_calls_in_flight_refuse_with_overloaded() {
             tokio::spawn(async move { h.call(Op::Add(1)).await })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    until("eight calls are in flight", || rt.stats().inflight == 8).await;
     match rt.get::<Counter>("one-too-many").call(Op::Add(1)).await {
         Err(
             e @ CallError::Overloaded {

@@ -269,7 +269,14 @@ async fn overload_is_503_with_retry_after() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    while rt.stats().inflight < 4 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the four calls never got in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     let request = Request::post("/v1/counter/late")
         .body(Body::from(r#""get""#))
         .unwrap();
