@@ -1,10 +1,12 @@
 //! The commit pipeline: group commit of the steps of all entities, one batch at a time.
 //!
-//! Entities [`submit`](Committer::submit) steps without waiting. One committer task takes
+//! Entities [`submit`](Committer::submit) steps without waiting. One committer thread takes
 //! *everything* queued the moment the store is free, writes it as one [`Batch`] (one
-//! transaction, one fsync), then tells each entity which of its steps are durable, so it can
-//! release the replies it holds. A lone step is committed at once; under load, every step
-//! that arrived during a commit joins the next one. There is no timer anywhere.
+//! transaction, one fsync, run by [`Store::commit`] on this very thread), then tells each
+//! entity which of its steps are durable, so it can release the replies it holds, and goes
+//! straight back to the queue. A lone step is committed at once; under load, every step that
+//! arrived during a commit joins the next one. There is no timer anywhere, and no hand-off
+//! between threads on the way to the disk.
 //!
 //! **Architecture Invariant:** a reply leaves only after [`Owner::durable`] covered its
 //! step. A failed batch fails every step in it and, through the incarnation check, every
@@ -13,10 +15,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use perennial_storage::{Batch, DeadLetter, DeadLetterWrite, StateWrite, Store};
 use perennial_types::{EntityKey, Epoch, ShardId};
-use tokio::sync::Notify;
 
 /// What a step writes.
 pub(crate) enum Write {
@@ -64,7 +65,7 @@ pub(crate) trait Owner: Send + Sync {
 pub(crate) struct Committer {
     queue: Mutex<Vec<Step>>,
     /// Wakes the committer when the queue goes from empty to not empty, or on close.
-    wake: Notify,
+    wake: Condvar,
     closed: AtomicBool,
     commits: AtomicU64,
     committed_steps: AtomicU64,
@@ -103,8 +104,11 @@ impl Committer {
         }
     }
 
-    /// Asks the committer task to stop once the queue is empty.
+    /// Asks the committer to stop once the queue is empty.
     pub(crate) fn close(&self) {
+        // Under the queue's lock, so the committer cannot miss the wake-up between its check
+        // of `closed` and its wait.
+        let _queue = self.queue.lock();
         self.closed.store(true, Ordering::SeqCst);
         self.wake.notify_one();
     }
@@ -117,26 +121,27 @@ impl Committer {
         }
     }
 
-    /// The committer task: commits batches until closed and drained.
-    pub(crate) async fn run(self: Arc<Self>, store: Arc<dyn Store>) {
+    /// The committer thread's loop: commits batches until closed and drained.
+    pub(crate) fn run(&self, store: &dyn Store) {
         let mut spare = Vec::new();
         loop {
-            let steps = std::mem::replace(&mut *self.queue.lock(), spare);
-            if steps.is_empty() {
-                spare = steps;
-                if self.closed.load(Ordering::SeqCst) {
-                    return;
+            let steps = {
+                let mut queue = self.queue.lock();
+                while queue.is_empty() {
+                    if self.closed.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    self.wake.wait(&mut queue);
                 }
-                self.wake.notified().await;
-                continue;
-            }
-            spare = self.commit(&*store, steps).await;
+                std::mem::replace(&mut *queue, spare)
+            };
+            spare = self.commit(store, steps);
         }
     }
 
     /// Commits one batch and reports the outcome to every owner in it. Returns the emptied
     /// vector so its allocation is reused.
-    async fn commit(&self, store: &dyn Store, mut steps: Vec<Step>) -> Vec<Step> {
+    fn commit(&self, store: &dyn Store, mut steps: Vec<Step>) -> Vec<Step> {
         let count = steps.len() as u64;
         let mut batch = Batch::default();
         let mut owners = Owners::default();
@@ -150,7 +155,7 @@ impl Committer {
         if owners.entries.is_empty() {
             return steps;
         }
-        let result = store.commit(batch).await;
+        let result = store.commit(batch);
         match result {
             Ok(outcome) => {
                 self.commits.fetch_add(1, Ordering::Relaxed);

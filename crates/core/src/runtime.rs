@@ -306,7 +306,7 @@ impl Builder {
             by_name.insert(kind.name, kind.dynamic);
             by_type.insert(kind.type_id, kind.typed);
         }
-        let committer_task = tokio::spawn(committer.run(store));
+        let committer_thread = spawn_committer(committer, store)?;
         let sweeper_task = tokio::spawn(sweep(Arc::clone(&core)));
         tracing::info!(node = %self.node, %epoch, kinds = by_name.len(), "runtime started");
         Ok(Runtime {
@@ -314,10 +314,30 @@ impl Builder {
                 core,
                 by_name,
                 by_type,
-                tasks: Mutex::new(Some((committer_task, sweeper_task))),
+                tasks: Mutex::new(Some((committer_thread, sweeper_task))),
             }),
         })
     }
+}
+
+/// Starts the committer's thread; the receiver completes when the thread has stopped.
+fn spawn_committer(
+    committer: Arc<Committer>,
+    store: Arc<dyn Store>,
+) -> Result<tokio::sync::oneshot::Receiver<()>, StartError> {
+    let (stopped, on_stop) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("perennial-committer".into())
+        .spawn(move || {
+            committer.run(&*store);
+            let _ = stopped.send(());
+        })
+        .map_err(|e| {
+            StartError::Storage(perennial_storage::Error::Io(format!(
+                "cannot start the committer thread: {e}"
+            )))
+        })?;
+    Ok(on_stop)
 }
 
 /// Passivates idle entities every `passivation_interval` until the runtime closes.
@@ -337,8 +357,8 @@ struct Shared {
     core: Arc<Core>,
     by_name: HashMap<&'static str, Arc<dyn DynKind>>,
     by_type: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
-    /// The committer and sweeper tasks, taken by `shutdown`.
-    tasks: Mutex<Option<(JoinHandle<()>, JoinHandle<()>)>>,
+    /// Completes when the committer thread stopped; and the sweeper task. Taken by `shutdown`.
+    tasks: Mutex<Option<(tokio::sync::oneshot::Receiver<()>, JoinHandle<()>)>>,
 }
 
 /// A running Perennial node: it hosts the registered kinds' entities.

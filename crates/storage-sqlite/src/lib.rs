@@ -6,15 +6,14 @@
 //! entity_state"` reads any entity without Perennial's types. The schema, and why commits
 //! append to a log that is folded into the `entities` table later, is in [`schema`].
 //!
-//! # Threads
-//! - one **writer** owns the write connection and commits one batch per transaction, so a
-//!   batch costs one WAL fsync however many entities it carries; the same transaction folds
-//!   older states from the log into `entities`;
-//! - a few **readers** serve loads from their own read-only connections (WAL readers never
-//!   wait for the writer), or from memory for states not folded yet.
-//!
-//! The writer also checkpoints the WAL itself, every few hundred commits, so the WAL file is
-//! reused from its start instead of growing.
+//! # Connections and threads
+//! - The **writer** (the write connection, behind a mutex) commits one batch per transaction
+//!   on the caller's thread, so a batch costs one WAL fsync however many entities it carries;
+//!   the same transaction folds older states from the log into `entities`. It checkpoints the
+//!   WAL itself every few hundred commits, so the WAL file is reused instead of growing.
+//! - A few **reader** threads serve loads from their own read-only connections (WAL readers
+//!   never wait for the writer), or from memory for states not folded yet.
+//! - A **maintenance** thread folds and checkpoints when no commit has come for a while.
 //!
 //! ```
 //! use perennial_storage::Store;

@@ -7,10 +7,10 @@
 //!
 //! Shared by the writer (which changes it only after a commit succeeded) and the readers.
 
-use std::collections::{BTreeMap, HashSet};
-use std::ops::Bound;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
+use hashbrown::HashMap;
 use perennial_types::{EntityKey, ShardId};
 
 /// The latest committed state of an entity that is still only in the log.
@@ -26,90 +26,133 @@ pub(crate) struct PendingState {
 
 #[derive(Debug, Default)]
 pub(crate) struct Pending {
-    by_key: BTreeMap<EntityKey, PendingState>,
-    /// The same entries by log row: the smallest is the oldest row still needed.
-    by_seq: BTreeMap<i64, EntityKey>,
-    /// The last key folded: the next fold continues after it.
-    cursor: Option<EntityKey>,
+    /// The latest state of each entity not folded yet.
+    states: HashMap<EntityKey, PendingState>,
+    /// Every appended state's row and key, in row order. An entry is stale once its entity was
+    /// folded or written again; stale entries are dropped when they reach the front.
+    appended: VecDeque<(i64, EntityKey)>,
+    /// The keys the current fold sweep has yet to visit, sorted so that the smallest is last.
+    /// When it runs out, the next sweep starts from a sorted snapshot of `states`.
+    sweep: Vec<EntityKey>,
 }
 
 impl Pending {
     pub(crate) fn get(&self, key: &EntityKey) -> Option<&PendingState> {
-        self.by_key.get(key)
+        self.states.get(key)
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.by_key.len()
+        self.states.len()
     }
 
     /// Records a committed state, replacing the entity's older one.
     pub(crate) fn insert(&mut self, key: EntityKey, state: PendingState) {
-        self.by_seq.insert(state.seq, key.clone());
-        if let Some(old) = self.by_key.insert(key, state) {
-            self.by_seq.remove(&old.seq);
-        }
+        self.appended.push_back((state.seq, key.clone()));
+        self.states.insert(key, state);
     }
 
     /// Forgets an entity whose state at `seq` was folded, unless a newer state replaced it.
     pub(crate) fn folded(&mut self, key: &EntityKey, seq: i64) {
-        if self.by_key.get(key).is_some_and(|p| p.seq == seq) {
-            self.by_key.remove(key);
-            self.by_seq.remove(&seq);
+        if self.states.get(key).is_some_and(|p| p.seq == seq) {
+            self.states.remove(key);
         }
     }
 
-    /// Up to `budget` entries to fold next, in key order after the cursor (wrapping around),
-    /// skipping the keys in `skip`. Moves the cursor past them.
+    /// Up to `budget` entries to fold next, in key order (continuing the current sweep, and
+    /// starting a new one when it is done), skipping the keys in `skip`.
     pub(crate) fn next_slice(
         &mut self,
         budget: usize,
         skip: &HashSet<&EntityKey>,
     ) -> Vec<(EntityKey, PendingState)> {
-        let mut slice = Vec::with_capacity(budget.min(self.by_key.len()));
-        // The keys after the cursor, then the keys up to it: each key once.
-        let keys: Box<dyn Iterator<Item = (&EntityKey, &PendingState)>> = match &self.cursor {
-            Some(cursor) => Box::new(
-                self.by_key
-                    .range((Bound::Excluded(cursor), Bound::Unbounded))
-                    .chain(
-                        self.by_key
-                            .range((Bound::Unbounded, Bound::Included(cursor))),
-                    ),
-            ),
-            None => Box::new(self.by_key.iter()),
-        };
-        for (key, state) in keys {
-            if slice.len() >= budget {
-                break;
+        let mut slice = Vec::with_capacity(budget.min(self.states.len()));
+        let mut restarted = false;
+        while slice.len() < budget {
+            let Some(key) = self.sweep.pop() else {
+                if restarted || self.states.is_empty() {
+                    break;
+                }
+                // A new sweep over everything pending now, smallest key last.
+                self.sweep = self.states.keys().cloned().collect();
+                self.sweep.sort_unstable_by(|a, b| b.cmp(a));
+                restarted = true;
+                continue;
+            };
+            if skip.contains(&key) {
+                continue;
             }
-            if !skip.contains(key) {
-                slice.push((key.clone(), state.clone()));
+            if let Some(state) = self.states.get(&key) {
+                slice.push((key, state.clone()));
             }
-        }
-        if let Some((last, _)) = slice.last() {
-            self.cursor = Some(last.clone());
         }
         slice
     }
 
-    /// The oldest log row that will still be needed once `folded` entries are folded and the
-    /// entries of `rewritten` keys are replaced by rows from `first_new` on. Every row before
-    /// it can be deleted.
-    pub(crate) fn low_watermark(
-        &self,
-        folded: &[(EntityKey, PendingState)],
-        rewritten: &HashSet<&EntityKey>,
-        first_new: Option<i64>,
-    ) -> Option<i64> {
-        let gone: HashSet<i64> = folded.iter().map(|(_, s)| s.seq).collect();
-        let oldest_kept = self
-            .by_seq
-            .iter()
-            .find(|(seq, key)| !gone.contains(seq) && !rewritten.contains(key))
-            .map(|(seq, _)| *seq);
-        match (oldest_kept, first_new) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+    /// The oldest log row still needed: every row before it can be deleted. `None` when no
+    /// row is needed.
+    pub(crate) fn low_watermark(&mut self) -> Option<i64> {
+        while let Some((seq, key)) = self.appended.front() {
+            if self.states.get(key).is_some_and(|s| s.seq == *seq) {
+                return Some(*seq);
+            }
+            self.appended.pop_front();
         }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use perennial_types::EntityId;
+
+    use super::*;
+
+    fn key(id: &str) -> EntityKey {
+        EntityKey::new("k", EntityId::new(id).unwrap())
+    }
+
+    fn state(seq: i64) -> PendingState {
+        PendingState {
+            seq,
+            shard: ShardId(0),
+            version: 1,
+            updated_at: 0,
+            state: Arc::from("{}"),
+        }
+    }
+
+    #[test]
+    fn slices_sweep_in_key_order_and_skip_what_they_are_told() {
+        let mut p = Pending::default();
+        for (i, id) in ["d", "a", "c", "b", "e"].iter().enumerate() {
+            p.insert(key(id), state(i as i64 + 1));
+        }
+        let skip_b = key("b");
+        let skip: HashSet<&EntityKey> = [&skip_b].into_iter().collect();
+        let ids = |s: Vec<(EntityKey, PendingState)>| -> Vec<String> {
+            s.into_iter().map(|(k, _)| k.id.to_string()).collect()
+        };
+        assert_eq!(ids(p.next_slice(2, &skip)), ["a", "c"]);
+        assert_eq!(ids(p.next_slice(2, &HashSet::new())), ["d", "e"]);
+        // The sweep is done: the next one starts over, and `b` was never folded.
+        assert_eq!(ids(p.next_slice(1, &HashSet::new())), ["a"]);
+    }
+
+    #[test]
+    fn the_watermark_is_the_oldest_row_still_needed() {
+        let mut p = Pending::default();
+        p.insert(key("a"), state(1));
+        p.insert(key("b"), state(2));
+        p.insert(key("a"), state(3));
+        // Row 1 is superseded by row 3; row 2 is still needed.
+        assert_eq!(p.low_watermark(), Some(2));
+        p.folded(&key("b"), 2);
+        assert_eq!(p.low_watermark(), Some(3));
+        // Folding an older state of `a` does not forget the newer one.
+        p.folded(&key("a"), 1);
+        assert_eq!(p.low_watermark(), Some(3));
+        p.folded(&key("a"), 3);
+        assert_eq!(p.low_watermark(), None);
+        assert_eq!(p.len(), 0);
     }
 }

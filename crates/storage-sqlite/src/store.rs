@@ -17,7 +17,7 @@ use crate::errors::{from_sql, map_err};
 use crate::pending::{Pending, PendingState};
 use crate::reader::{self, ReadCmd};
 use crate::schema;
-use crate::writer::{self, WriteCmd};
+use crate::writer::{self, Writer};
 
 /// The name of the database file inside the data directory.
 const DB_FILE: &str = "perennial.db";
@@ -54,14 +54,25 @@ pub struct SqliteStore {
     shared: Arc<Shared>,
 }
 
-#[derive(Debug)]
 struct Shared {
     path: PathBuf,
-    writer: Sender<WriteCmd>,
+    /// The write connection. Commits lock it on the caller's thread.
+    writer: Arc<Mutex<Writer>>,
     readers: Sender<ReadCmd>,
+    /// Dropped with the store, which stops the maintenance thread.
+    _maintenance: Sender<()>,
     closed: AtomicBool,
     /// The exclusive lock on the data directory, held until the store is closed or dropped.
     lock: Mutex<Option<File>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .field("closed", &self.closed)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SqliteStore {
@@ -109,13 +120,15 @@ impl SqliteStore {
         }
 
         let pending = Arc::new(Mutex::new(load_log(&conn)?));
-        let writer = writer::spawn(conn, Arc::clone(&pending))?;
+        let writer = Arc::new(Mutex::new(Writer::new(conn, Arc::clone(&pending))?));
+        let maintenance = writer::spawn_maintenance(Arc::clone(&writer))?;
         let readers = reader::spawn(read_conns, pending)?;
         Ok(Self {
             shared: Arc::new(Shared {
                 path,
                 writer,
                 readers,
+                _maintenance: maintenance,
                 closed: AtomicBool::new(false),
                 lock: Mutex::new(Some(lock)),
             }),
@@ -131,20 +144,19 @@ impl SqliteStore {
     ///
     /// For tests and diagnostics: a durable store reports `("wal", 2)`.
     pub async fn durability_settings(&self) -> Result<(String, i64), Error> {
-        self.write(|reply| WriteCmd::Settings { reply }).await
+        self.with_writer(|w| w.settings()).await
     }
 
-    async fn write<T>(
+    /// Runs `f` on the writer on a thread that may block, off the async runtime.
+    async fn with_writer<T: Send + 'static>(
         &self,
-        make: impl FnOnce(oneshot::Sender<Result<T, Error>>) -> WriteCmd,
+        f: impl FnOnce(&mut Writer) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {
         self.check_open()?;
-        let (tx, rx) = oneshot::channel();
-        self.shared
-            .writer
-            .send(make(tx))
-            .map_err(|_| Error::Closed)?;
-        rx.await.map_err(|_| Error::Closed)?
+        let writer = Arc::clone(&self.shared.writer);
+        tokio::task::spawn_blocking(move || f(&mut writer.lock()))
+            .await
+            .map_err(|e| Error::Backend(format!("the writer task failed: {e}")))?
     }
 
     async fn read<T>(
@@ -234,12 +246,7 @@ impl Store for SqliteStore {
     async fn claim(&self, owner: &str, shards: &[ShardId]) -> Result<Epoch, Error> {
         let owner = owner.to_owned();
         let shards = shards.to_vec();
-        self.write(|reply| WriteCmd::Claim {
-            owner,
-            shards,
-            reply,
-        })
-        .await
+        self.with_writer(move |w| w.claim(&owner, &shards)).await
     }
 
     async fn load(&self, key: &EntityKey) -> Result<Option<Record>, Error> {
@@ -247,8 +254,9 @@ impl Store for SqliteStore {
         self.read(|reply| ReadCmd::Load { key, reply }).await
     }
 
-    async fn commit(&self, batch: Batch) -> Result<CommitOutcome, Error> {
-        self.write(|reply| WriteCmd::Commit { batch, reply }).await
+    fn commit(&self, batch: Batch) -> Result<CommitOutcome, Error> {
+        self.check_open()?;
+        self.shared.writer.lock().commit(&batch)
     }
 
     async fn dead_letters(&self, kind: Option<&str>) -> Result<Vec<StoredDeadLetter>, Error> {
@@ -259,7 +267,7 @@ impl Store for SqliteStore {
 
     /// Folds the log, truncates the WAL, stops the threads and releases the data directory.
     async fn close(&self) -> Result<(), Error> {
-        let result = self.write(|reply| WriteCmd::Close { reply }).await;
+        let result = self.with_writer(Writer::close).await;
         self.shared.closed.store(true, Ordering::Release);
         // Dropping the file releases the lock: another store may open the directory now.
         self.shared.lock.lock().take();

@@ -1,16 +1,20 @@
-//! The writer thread: one transaction and one WAL fsync per batch, and the checkpoints.
+//! The writer: the write connection, one transaction and one WAL fsync per batch.
 //!
 //! A commit appends each state to `state_log`, then, in the same transaction, folds a slice of
 //! older pending states into `entities` (in key order, so the slice touches few pages) and
 //! deletes the log rows no entity needs any more (a contiguous range at the log's start).
 //! See [`crate::pending`] and [`crate::schema`].
+//!
+//! The writer has no thread of its own: it sits behind a mutex and commits on the caller's
+//! thread (the runtime's committer), so nothing hands a batch from thread to thread. A small
+//! maintenance thread folds and checkpoints when no commit has come for a while.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 use perennial_storage::{Batch, CommitOutcome, Error};
 use perennial_types::{EntityKey, Epoch, SHARDS, ShardId};
@@ -18,30 +22,9 @@ use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{
     Connection, OptionalExtension, Transaction, TransactionBehavior, params, params_from_iter,
 };
-use tokio::sync::oneshot;
 
 use crate::errors::{from_sql, map_err, to_sql};
 use crate::pending::{Pending, PendingState};
-
-/// A request to the writer thread. Each carries the channel its answer goes back on.
-#[derive(Debug)]
-pub(crate) enum WriteCmd {
-    Commit {
-        batch: Batch,
-        reply: oneshot::Sender<Result<CommitOutcome, Error>>,
-    },
-    Claim {
-        owner: String,
-        shards: Vec<ShardId>,
-        reply: oneshot::Sender<Result<Epoch, Error>>,
-    },
-    Settings {
-        reply: oneshot::Sender<Result<(String, i64), Error>>,
-    },
-    Close {
-        reply: oneshot::Sender<Result<(), Error>>,
-    },
-}
 
 /// How many commits may pass between checkpoints.
 const COMMITS_PER_CHECKPOINT: u32 = 256;
@@ -57,56 +40,51 @@ const MIN_FOLD_SLICE: usize = 16;
 const MAX_PENDING: usize = 100_000;
 
 /// Appends states to the log, with the sequence numbers the writer hands out.
-const APPEND: Rows = Rows {
-    head: "INSERT INTO state_log (seq, kind, id, shard, version, updated_at, state)",
-    width: 7,
-    tail: "",
-};
+static APPEND: LazyLock<Rows> = LazyLock::new(|| {
+    Rows::new(
+        "INSERT INTO state_log (seq, kind, id, shard, version, updated_at, state)",
+        7,
+        "",
+    )
+});
 
 /// Folds states into `entities`.
-const FOLD: Rows = Rows {
-    head: "INSERT INTO entities (kind, id, shard, version, updated_at, state)",
-    width: 6,
-    tail: " ON CONFLICT (kind, id) DO UPDATE SET
-        shard = excluded.shard,
-        version = excluded.version,
-        updated_at = excluded.updated_at,
-        state = excluded.state",
-};
+static FOLD: LazyLock<Rows> = LazyLock::new(|| {
+    Rows::new(
+        "INSERT INTO entities (kind, id, shard, version, updated_at, state)",
+        6,
+        " ON CONFLICT (kind, id) DO UPDATE SET
+            shard = excluded.shard,
+            version = excluded.version,
+            updated_at = excluded.updated_at,
+            state = excluded.state",
+    )
+});
 
 const INSERT_DEAD_LETTER: &str = "
 INSERT INTO dead_letters (kind, id, message, error, attempts, at)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 
-/// Starts the writer thread; returns its request channel.
-pub(crate) fn spawn(
-    conn: Connection,
-    pending: Arc<Mutex<Pending>>,
-) -> Result<Sender<WriteCmd>, Error> {
-    let next_seq: i64 = conn
-        .query_row("SELECT coalesce(max(seq), 0) + 1 FROM state_log", [], |r| {
-            r.get(0)
-        })
-        .map_err(map_err)?;
-    let (tx, rx) = crossbeam_channel::unbounded();
+/// Starts the maintenance thread for `writer`. The thread stops when the returned sender is
+/// dropped (with the store).
+pub(crate) fn spawn_maintenance(writer: Arc<Mutex<Writer>>) -> Result<Sender<()>, Error> {
+    let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
     thread::Builder::new()
-        .name("perennial-sqlite-writer".into())
+        .name("perennial-sqlite-maintenance".into())
         .spawn(move || {
-            let mut writer = Writer {
-                conn,
-                pending,
-                commits_since_checkpoint: 0,
-                last_checkpoint: Instant::now(),
-                deleted_below: 0,
-                next_seq,
-            };
-            writer.run(&rx);
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(IDLE_FOLD_AFTER) {
+                // A busy writer needs no help: commits fold and checkpoint as they go.
+                if let Some(mut writer) = writer.try_lock() {
+                    writer.idle();
+                }
+            }
         })
-        .map_err(|e| Error::Io(format!("cannot start the writer thread: {e}")))?;
-    Ok(tx)
+        .map_err(|e| Error::Io(format!("cannot start the maintenance thread: {e}")))?;
+    Ok(stop)
 }
 
-struct Writer {
+/// The write connection and what the writer tracks between transactions.
+pub(crate) struct Writer {
     conn: Connection,
     /// States in the log but not yet in `entities`; shared with the readers.
     pending: Arc<Mutex<Pending>>,
@@ -118,6 +96,10 @@ struct Writer {
     /// The sequence number the next appended state gets. Never reused, even when the log is
     /// empty, so sequence numbers order every state ever appended.
     next_seq: i64,
+    /// When the last commit finished: the maintenance thread waits for a quiet moment.
+    last_commit: Instant,
+    /// Set by [`close`](Writer::close); later calls fail with [`Error::Closed`].
+    closed: bool,
 }
 
 /// What a transaction folded and appended, to publish once it committed.
@@ -131,48 +113,45 @@ struct Changes {
 }
 
 impl Writer {
-    fn run(&mut self, rx: &Receiver<WriteCmd>) {
-        loop {
-            let cmd = match rx.recv_timeout(IDLE_FOLD_AFTER) {
-                Ok(cmd) => cmd,
-                Err(RecvTimeoutError::Timeout) => {
-                    if self.pending.lock().len() > 0 {
-                        match self.fold_only(IDLE_FOLD_SLICE) {
-                            Ok(()) => self.commits_since_checkpoint += 1,
-                            Err(e) => tracing::warn!(error = %e, "idle fold failed; will retry"),
-                        }
-                    }
-                    self.maybe_checkpoint();
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => return,
-            };
-            match cmd {
-                WriteCmd::Commit { batch, reply } => {
-                    let result = self.commit(&batch);
-                    if let Err(e) = &result {
-                        tracing::error!(error = %e, "commit failed");
-                    }
-                    let _ = reply.send(result);
-                    self.commits_since_checkpoint += 1;
-                    self.maybe_checkpoint();
-                }
-                WriteCmd::Claim {
-                    owner,
-                    shards,
-                    reply,
-                } => {
-                    let _ = reply.send(self.claim(&owner, &shards));
-                }
-                WriteCmd::Settings { reply } => {
-                    let _ = reply.send(self.settings());
-                }
-                WriteCmd::Close { reply } => {
-                    let _ = reply.send(self.close());
-                    return;
-                }
+    /// A writer on `conn`, whose unfolded states are `pending`.
+    pub(crate) fn new(conn: Connection, pending: Arc<Mutex<Pending>>) -> Result<Self, Error> {
+        let next_seq: i64 = conn
+            .query_row("SELECT coalesce(max(seq), 0) + 1 FROM state_log", [], |r| {
+                r.get(0)
+            })
+            .map_err(map_err)?;
+        Ok(Self {
+            conn,
+            pending,
+            commits_since_checkpoint: 0,
+            last_checkpoint: Instant::now(),
+            deleted_below: 0,
+            next_seq,
+            last_commit: Instant::now(),
+            closed: false,
+        })
+    }
+
+    fn check_open(&self) -> Result<(), Error> {
+        if self.closed {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Folds a slice and checkpoints if the store has been quiet for a while.
+    fn idle(&mut self) {
+        if self.closed || self.last_commit.elapsed() < IDLE_FOLD_AFTER {
+            return;
+        }
+        if self.pending.lock().len() > 0 {
+            match self.fold_only(IDLE_FOLD_SLICE) {
+                Ok(()) => self.commits_since_checkpoint += 1,
+                Err(e) => tracing::warn!(error = %e, "idle fold failed; will retry"),
             }
         }
+        self.maybe_checkpoint();
     }
 
     /// Copies the WAL into the database file every few hundred commits.
@@ -197,13 +176,25 @@ impl Writer {
     }
 
     /// Writes one batch in one immediate transaction, refusing writes with a stale epoch.
-    fn commit(&mut self, batch: &Batch) -> Result<CommitOutcome, Error> {
+    pub(crate) fn commit(&mut self, batch: &Batch) -> Result<CommitOutcome, Error> {
+        self.check_open()?;
+        let result = self.write_batch(batch);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "commit failed");
+        }
+        self.last_commit = Instant::now();
+        self.commits_since_checkpoint += 1;
+        self.maybe_checkpoint();
+        result
+    }
+
+    fn write_batch(&mut self, batch: &Batch) -> Result<CommitOutcome, Error> {
         let now = now_ms();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(map_err)?;
-        let mut fence = Fence::default();
+        let mut fence = Fence::new(&tx, batch.states.len() + batch.dead_letters.len())?;
         let mut changes = Changes::default();
         let mut seq = self.next_seq;
         for w in &batch.states {
@@ -298,8 +289,10 @@ impl Writer {
     }
 
     /// Folds everything, empties the log and truncates the WAL: a closed store's `entities`
-    /// table is exact.
-    fn close(&mut self) -> Result<(), Error> {
+    /// table is exact. Later calls fail with [`Error::Closed`].
+    pub(crate) fn close(&mut self) -> Result<(), Error> {
+        self.check_open()?;
+        self.closed = true;
         while self.pending.lock().len() > 0 {
             self.fold_only(IDLE_FOLD_SLICE)?;
         }
@@ -310,7 +303,8 @@ impl Writer {
     }
 
     /// Gives `shards` one new epoch above all of theirs.
-    fn claim(&mut self, owner: &str, shards: &[ShardId]) -> Result<Epoch, Error> {
+    pub(crate) fn claim(&mut self, owner: &str, shards: &[ShardId]) -> Result<Epoch, Error> {
+        self.check_open()?;
         if let Some(bad) = shards.iter().find(|s| s.0 >= SHARDS) {
             return Err(Error::Backend(format!("{bad} does not exist")));
         }
@@ -345,7 +339,8 @@ impl Writer {
         Ok(Epoch(next))
     }
 
-    fn settings(&self) -> Result<(String, i64), Error> {
+    /// The write connection's `(journal_mode, synchronous)`.
+    pub(crate) fn settings(&self) -> Result<(String, i64), Error> {
         let mode: String = self
             .conn
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
@@ -360,16 +355,17 @@ impl Writer {
 
 /// How many pending states a commit that appended `appended` folds, with `pending` pending.
 ///
-/// Folding half as many states as were appended lets about half of the hot entities stay
-/// pending, so the slice a commit folds (in key order) lands on few, neighbouring pages.
-/// Folding as many as were appended would fold each state right after its commit, on pages
-/// as scattered as its keys, and the log would save nothing. Past [`MAX_PENDING`], commits fold
-/// twice what they append, so memory and the log stay bounded.
+/// Folding a quarter as many states as were appended lets most of the hot entities stay
+/// pending, so the slice a commit folds (in key order) lands on few, neighbouring pages, and
+/// an entity written several times between two folds is folded once. Folding as many as were
+/// appended would fold each state right after its commit, on pages as scattered as its keys,
+/// and the log would save nothing. Past [`MAX_PENDING`], commits fold twice what they append,
+/// so memory and the log stay bounded.
 fn fold_budget(appended: usize, pending: usize) -> usize {
     if pending > MAX_PENDING {
         appended * 2 + MIN_FOLD_SLICE
     } else {
-        appended / 2 + MIN_FOLD_SLICE
+        appended / 4 + MIN_FOLD_SLICE
     }
 }
 
@@ -384,12 +380,17 @@ fn fold_into(
     changes: &mut Changes,
 ) -> Result<(), Error> {
     let rewritten: HashSet<&EntityKey> = changes.appended.iter().map(|(k, _)| k).collect();
+    // The watermark is taken before this transaction's own changes: it may keep a few rows
+    // this transaction makes obsolete, which the next one deletes.
     let (slice, watermark) = {
         let mut pending = pending.lock();
-        let slice = pending.next_slice(budget, &rewritten);
-        let first_new = changes.appended.first().map(|(_, s)| s.seq);
-        let watermark = pending.low_watermark(&slice, &rewritten, first_new);
-        (slice, watermark)
+        let watermark = pending.low_watermark();
+        (pending.next_slice(budget, &rewritten), watermark)
+    };
+    let first_new = changes.appended.first().map(|(_, s)| s.seq);
+    let watermark = match (watermark, first_new) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     };
     let values: Vec<ToSqlOutput<'_>> = slice
         .iter()
@@ -428,34 +429,35 @@ fn fold_into(
 /// An `INSERT` of many rows per statement: binding and stepping one statement per row
 /// costs more than the row itself.
 struct Rows {
-    head: &'static str,
     width: usize,
-    tail: &'static str,
+    /// The statement for each of [`Rows::CHUNKS`] rows.
+    sql: [String; 3],
 }
 
 impl Rows {
     /// Rows per statement: full chunks first, then smaller ones for the rest.
     const CHUNKS: [usize; 3] = [32, 8, 1];
 
-    fn sql(&self, rows: usize) -> String {
-        let row = format!("({})", vec!["?"; self.width].join(", "));
-        format!(
-            "{} VALUES {}{}",
-            self.head,
-            vec![row; rows].join(", "),
-            self.tail
-        )
+    fn new(head: &str, width: usize, tail: &str) -> Self {
+        let row = format!("({})", vec!["?"; width].join(", "));
+        let sql = Self::CHUNKS.map(|rows| {
+            format!(
+                "{head} VALUES {}{tail}",
+                vec![row.as_str(); rows].join(", ")
+            )
+        });
+        Self { width, sql }
     }
 
     /// Inserts `values`, `width` per row.
     fn run(&self, tx: &Transaction<'_>, values: &[ToSqlOutput<'_>]) -> Result<(), Error> {
         let mut rest = values;
-        for rows in Self::CHUNKS {
+        for (rows, sql) in Self::CHUNKS.into_iter().zip(&self.sql) {
             let n = rows * self.width;
             if rest.len() < n {
                 continue;
             }
-            let mut stmt = tx.prepare_cached(&self.sql(rows)).map_err(map_err)?;
+            let mut stmt = tx.prepare_cached(sql).map_err(map_err)?;
             while rest.len() >= n {
                 stmt.execute(params_from_iter(&rest[..n]))
                     .map_err(map_err)?;
@@ -481,16 +483,33 @@ struct Fence {
     fenced: Vec<ShardId>,
 }
 
-impl Default for Fence {
-    fn default() -> Self {
-        Self {
-            epochs: vec![None; SHARDS as usize],
-            fenced: Vec::new(),
-        }
-    }
-}
+/// From this many writes on, a batch reads every shard's epoch in one scan rather than one
+/// shard at a time: the scan costs about as much as this many lookups.
+const SCAN_EPOCHS_FROM: usize = 32;
 
 impl Fence {
+    /// A fence for a batch of `writes` writes.
+    fn new(tx: &Transaction<'_>, writes: usize) -> Result<Self, Error> {
+        let mut epochs = vec![None; SHARDS as usize];
+        if writes >= SCAN_EPOCHS_FROM {
+            let mut stmt = tx
+                .prepare_cached("SELECT shard, epoch FROM shards")
+                .map_err(map_err)?;
+            let mut rows = stmt.query([]).map_err(map_err)?;
+            while let Some(row) = rows.next().map_err(map_err)? {
+                let shard: u32 = row.get(0).map_err(map_err)?;
+                let epoch = from_sql(row.get(1).map_err(map_err)?, "shard epoch")?;
+                if let Some(slot) = epochs.get_mut(shard as usize) {
+                    *slot = Some(epoch);
+                }
+            }
+        }
+        Ok(Self {
+            epochs,
+            fenced: Vec::new(),
+        })
+    }
+
     fn allows(
         &mut self,
         tx: &Transaction<'_>,

@@ -44,7 +44,7 @@ async fn state_survives_reopen_and_is_plain_json_in_sqlite() {
             }],
             dead_letters: Vec::new(),
         };
-        store.commit(batch).await.unwrap();
+        store.commit(batch).unwrap();
         store.close().await.unwrap();
     }
     // Any SQLite client reads the state with its JSON functions.
@@ -108,7 +108,7 @@ async fn data_from_a_newer_version_is_refused_untouched() {
         }],
         dead_letters: Vec::new(),
     };
-    store.commit(batch).await.unwrap();
+    store.commit(batch).unwrap();
     store.close().await.unwrap();
     rusqlite_read(dir.path())
         .pragma_update(None, "user_version", 99)
@@ -213,7 +213,6 @@ async fn the_log_and_its_fold_match_a_model_across_crashes() {
                     states,
                     dead_letters: Vec::new(),
                 })
-                .await
                 .unwrap();
             assert!(outcome.fenced.is_empty());
         }

@@ -64,12 +64,12 @@ async fn claim_all(store: &dyn Store) -> Epoch {
     store.claim("conformance", &all_shards()).await.unwrap()
 }
 
-async fn commit_states(store: &dyn Store, states: Vec<StateWrite>) -> crate::CommitOutcome {
+fn commit_states(store: &dyn Store, states: Vec<StateWrite>) -> crate::CommitOutcome {
     let batch = Batch {
         states,
         dead_letters: Vec::new(),
     };
-    store.commit(batch).await.unwrap()
+    store.commit(batch).unwrap()
 }
 
 /// An entity never written loads as `None`.
@@ -82,7 +82,7 @@ pub async fn committed_state_loads_back_exactly(store: &dyn Store) {
     let epoch = claim_all(store).await;
     let k = key("table", "tâble-42 ♠");
     let state = r#"{"pot":120,"board":["As","Td"],"name":"Zoë","nested":{"a":[1,2.5,null]}}"#;
-    let outcome = commit_states(store, vec![write(&k, epoch, state, 7)]).await;
+    let outcome = commit_states(store, vec![write(&k, epoch, state, 7)]);
     assert!(outcome.fenced.is_empty());
     let record = store.load(&k).await.unwrap().expect("state was committed");
     assert_eq!(record.state, state);
@@ -98,8 +98,8 @@ pub async fn committed_state_loads_back_exactly(store: &dyn Store) {
 pub async fn later_commit_overwrites(store: &dyn Store) {
     let epoch = claim_all(store).await;
     let k = key("counter", "c1");
-    commit_states(store, vec![write(&k, epoch, r#"{"value":1}"#, 1)]).await;
-    commit_states(store, vec![write(&k, epoch, r#"{"value":2}"#, 2)]).await;
+    commit_states(store, vec![write(&k, epoch, r#"{"value":1}"#, 1)]);
+    commit_states(store, vec![write(&k, epoch, r#"{"value":2}"#, 2)]);
     let record = store.load(&k).await.unwrap().unwrap();
     assert_eq!(
         (record.state.as_str(), record.version),
@@ -134,13 +134,12 @@ pub async fn stale_epoch_is_fenced_and_others_land(store: &dyn Store) {
             write(&stale_key, old, r#"{"value":666}"#, 1),
             write(&other, old, r#"{"value":1}"#, 1),
         ],
-    )
-    .await;
+    );
     assert_eq!(outcome.fenced, vec![stale_shard]);
     assert_eq!(store.load(&stale_key).await.unwrap(), None);
     assert!(store.load(&other).await.unwrap().is_some());
     // The new owner writes fine.
-    let outcome = commit_states(store, vec![write(&stale_key, new, r#"{"value":1}"#, 1)]).await;
+    let outcome = commit_states(store, vec![write(&stale_key, new, r#"{"value":1}"#, 1)]);
     assert!(outcome.fenced.is_empty());
     assert_eq!(store.load(&stale_key).await.unwrap().unwrap().version, 1);
 }
@@ -149,11 +148,11 @@ pub async fn stale_epoch_is_fenced_and_others_land(store: &dyn Store) {
 pub async fn unclaimed_or_future_epoch_is_fenced(store: &dyn Store) {
     let k = key("counter", "c");
     let shard = shard_of("counter", "c");
-    let outcome = commit_states(store, vec![write(&k, Epoch(1), "{}", 1)]).await;
+    let outcome = commit_states(store, vec![write(&k, Epoch(1), "{}", 1)]);
     assert_eq!(outcome.fenced, vec![shard]);
     let epoch = store.claim("n", &[shard]).await.unwrap();
     let ahead = Epoch(epoch.0 + 1);
-    let outcome = commit_states(store, vec![write(&k, ahead, "{}", 1)]).await;
+    let outcome = commit_states(store, vec![write(&k, ahead, "{}", 1)]);
     assert_eq!(outcome.fenced, vec![shard]);
     assert_eq!(store.load(&k).await.unwrap(), None);
 }
@@ -183,7 +182,7 @@ pub async fn dead_letters_are_kept_in_order(store: &dyn Store) {
                 letter: l.clone(),
             }],
         };
-        assert!(store.commit(batch).await.unwrap().fenced.is_empty());
+        assert!(store.commit(batch).unwrap().fenced.is_empty());
     }
     let all = store.dead_letters(None).await.unwrap();
     assert_eq!(
@@ -210,7 +209,7 @@ pub async fn dead_letters_are_fenced(store: &dyn Store) {
             letter: letter(&k, 1),
         }],
     };
-    assert_eq!(store.commit(batch).await.unwrap().fenced, vec![shard]);
+    assert_eq!(store.commit(batch).unwrap().fenced, vec![shard]);
     assert!(store.dead_letters(None).await.unwrap().is_empty());
 }
 
@@ -219,21 +218,24 @@ pub async fn large_state_round_trips(store: &dyn Store) {
     let epoch = claim_all(store).await;
     let k = key("blob", "big");
     let state = format!(r#"{{"data":"{}"}}"#, "x".repeat(1 << 20));
-    commit_states(store, vec![write(&k, epoch, &state, 1)]).await;
+    commit_states(store, vec![write(&k, epoch, &state, 1)]);
     assert_eq!(store.load(&k).await.unwrap().unwrap().state, state);
 }
 
-/// Commits from many tasks at once all land.
+/// Commits from many threads at once all land.
 pub async fn concurrent_commits_all_land(store: &dyn Store) {
     let epoch = claim_all(store).await;
-    let writers = (0..16).map(|w| async move {
-        for i in 0..25u64 {
-            let k = key("counter", &format!("w{w}-{i}"));
-            let state = format!(r#"{{"value":{i}}}"#);
-            commit_states(store, vec![write(&k, epoch, &state, i + 1)]).await;
+    std::thread::scope(|scope| {
+        for w in 0..16 {
+            scope.spawn(move || {
+                for i in 0..25u64 {
+                    let k = key("counter", &format!("w{w}-{i}"));
+                    let state = format!(r#"{{"value":{i}}}"#);
+                    commit_states(store, vec![write(&k, epoch, &state, i + 1)]);
+                }
+            });
         }
     });
-    futures::future::join_all(writers).await;
     for w in 0..16 {
         for i in 0..25u64 {
             let record = store
@@ -248,6 +250,6 @@ pub async fn concurrent_commits_all_land(store: &dyn Store) {
 /// An empty batch is a valid commit.
 pub async fn empty_batch_commits(store: &dyn Store) {
     claim_all(store).await;
-    let outcome = store.commit(Batch::default()).await.unwrap();
+    let outcome = store.commit(Batch::default()).unwrap();
     assert!(outcome.fenced.is_empty());
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use perennial_types::{EntityKey, Epoch, ShardId};
 
 use crate::{Batch, CommitOutcome, Error, Record, Store, StoredDeadLetter};
@@ -23,8 +23,9 @@ struct Controls {
     fail_commits: AtomicUsize,
     /// How many of the next loads fail with [`Error::Io`].
     fail_loads: AtomicUsize,
-    /// While set, commits wait here until [`FaultyStore::release_commits`].
-    hold: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
+    /// While true, commits wait on `released` until [`FaultyStore::release_commits`].
+    hold: Mutex<bool>,
+    released: Condvar,
     commits: AtomicU64,
     committed_states: AtomicU64,
     loads: AtomicU64,
@@ -57,17 +58,13 @@ impl<S: Store> FaultyStore<S> {
 
     /// Holds every commit that starts from now on until [`release_commits`](Self::release_commits).
     pub fn hold_commits(&self) {
-        let mut hold = self.controls.hold.lock();
-        if hold.is_none() {
-            *hold = Some(Arc::new(tokio::sync::Semaphore::new(0)));
-        }
+        *self.controls.hold.lock() = true;
     }
 
     /// Lets held commits, and all later ones, through.
     pub fn release_commits(&self) {
-        if let Some(gate) = self.controls.hold.lock().take() {
-            gate.close();
-        }
+        *self.controls.hold.lock() = false;
+        self.controls.released.notify_all();
     }
 
     /// How many commits reached the wrapped store.
@@ -112,17 +109,18 @@ impl<S: Store> Store for FaultyStore<S> {
         self.inner.load(key).await
     }
 
-    async fn commit(&self, batch: Batch) -> Result<CommitOutcome, Error> {
-        let gate = self.controls.hold.lock().clone();
-        if let Some(gate) = gate {
-            // A closed semaphore is the "released" signal; acquiring never succeeds otherwise.
-            let _ = gate.acquire().await;
+    fn commit(&self, batch: Batch) -> Result<CommitOutcome, Error> {
+        {
+            let mut held = self.controls.hold.lock();
+            while *held {
+                self.controls.released.wait(&mut held);
+            }
         }
         if take_one(&self.controls.fail_commits) {
             return Err(Error::Io("injected commit failure".into()));
         }
         let states = batch.states.len() as u64;
-        let outcome = self.inner.commit(batch).await?;
+        let outcome = self.inner.commit(batch)?;
         self.controls.commits.fetch_add(1, Ordering::SeqCst);
         self.controls
             .committed_states

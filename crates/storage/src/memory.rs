@@ -112,7 +112,7 @@ impl Store for MemoryStore {
         Ok(inner.entities.get(key).cloned())
     }
 
-    async fn commit(&self, batch: Batch) -> Result<CommitOutcome, Error> {
+    fn commit(&self, batch: Batch) -> Result<CommitOutcome, Error> {
         let mut inner = self.inner.lock();
         inner.check_open()?;
         let mut outcome = CommitOutcome::default();

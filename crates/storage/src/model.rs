@@ -97,6 +97,11 @@ pub struct CommitOutcome {
 /// Implementations must make [`commit`](Store::commit) atomic and durable: when it returns
 /// `Ok`, every write of the batch except those of fenced shards survives a crash of the
 /// process and of the machine; when it returns `Err`, none of them is visible.
+///
+/// `commit` is a blocking call, unlike the others: it runs the transaction on the calling
+/// thread and returns once the batch is durable. The runtime calls it from its own committer
+/// thread, which takes the next batch the moment the call returns; a hop to another thread
+/// in between would leave the disk idle.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + Debug + 'static {
     /// Claims `shards` for `owner`: gives each of them one new epoch, greater than any epoch
@@ -106,8 +111,8 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// Reads an entity's last committed state, or `None` if it was never written.
     async fn load(&self, key: &EntityKey) -> Result<Option<Record>, Error>;
 
-    /// Writes a batch in one durable transaction.
-    async fn commit(&self, batch: Batch) -> Result<CommitOutcome, Error>;
+    /// Writes a batch in one durable transaction, on the calling thread (it blocks).
+    fn commit(&self, batch: Batch) -> Result<CommitOutcome, Error>;
 
     /// Lists dead letters, oldest first, of one kind or of all kinds.
     async fn dead_letters(&self, kind: Option<&str>) -> Result<Vec<StoredDeadLetter>, Error>;
@@ -126,8 +131,8 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     async fn load(&self, key: &EntityKey) -> Result<Option<Record>, Error> {
         (**self).load(key).await
     }
-    async fn commit(&self, batch: Batch) -> Result<CommitOutcome, Error> {
-        (**self).commit(batch).await
+    fn commit(&self, batch: Batch) -> Result<CommitOutcome, Error> {
+        (**self).commit(batch)
     }
     async fn dead_letters(&self, kind: Option<&str>) -> Result<Vec<StoredDeadLetter>, Error> {
         (**self).dead_letters(kind).await
