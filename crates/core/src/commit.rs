@@ -60,7 +60,7 @@ pub(crate) trait Owner: Send + Sync {
     fn failed(&self, incarnation: u32, failure: Failure);
 }
 
-/// The queue between the entities and the committer task, with the pipeline's counters.
+/// The queue between the entities and the committer thread, with the pipeline's counters.
 #[derive(Default)]
 pub(crate) struct Committer {
     queue: Mutex<Vec<Step>>,

@@ -1,5 +1,7 @@
 //! The real `perennial` binary, as a child process: crash safety under kill -9, clean
-//! shutdown on SIGTERM, and refusal to share a data directory.
+//! shutdown on SIGTERM, refusal to share a data directory, and fsyncs counted at the system
+//! call level.
 
+mod fsync;
 mod node;
 mod serve;

@@ -21,7 +21,13 @@ pub(crate) struct Node {
 impl Node {
     /// Starts the binary on `data` with a free loopback port, and waits until it listens.
     pub(crate) fn start(data: &Path) -> Node {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_perennial"))
+        Self::start_under(Command::new(env!("CARGO_BIN_EXE_perennial")), data)
+    }
+
+    /// Like [`start`](Self::start), but through `command` (such as `strace ... perennial`),
+    /// which is given the `serve` arguments.
+    pub(crate) fn start_under(mut command: Command, data: &Path) -> Node {
+        let mut child = command
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
             .env("RUST_LOG", "warn")
