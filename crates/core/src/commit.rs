@@ -64,6 +64,8 @@ pub(crate) trait Owner: Send + Sync {
 #[derive(Default)]
 pub(crate) struct Committer {
     queue: Mutex<Vec<Step>>,
+    /// Replies of committed batches still being released by the runtime's workers.
+    releases: Arc<Releases>,
     /// Wakes the committer when the queue goes from empty to not empty, or on close.
     wake: Condvar,
     closed: AtomicBool,
@@ -78,6 +80,49 @@ impl std::fmt::Debug for Committer {
             .field("queued", &self.queue.lock().len())
             .field("commits", &self.commits)
             .finish_non_exhaustive()
+    }
+}
+
+/// Releases of committed batches, done by the runtime's workers so that the committer can go
+/// back to the disk at once: releasing a batch's replies wakes hundreds of callers.
+///
+/// **Invariant:** an entity is told its steps failed only after every earlier release has
+/// run. Otherwise a failure could overtake the release of an earlier, durable step of the
+/// same entity and fail its reply: the caller would see an error for a step that is applied.
+#[derive(Default)]
+struct Releases {
+    /// How many releases are spawned and not finished.
+    outstanding: Mutex<usize>,
+    done: Condvar,
+}
+
+impl Releases {
+    /// Releases the held replies of `durable` steps on the runtime's workers.
+    fn spawn(
+        self: &Arc<Self>,
+        runtime: &tokio::runtime::Handle,
+        durable: Vec<(Arc<dyn Owner>, u32, u64)>,
+    ) {
+        *self.outstanding.lock() += 1;
+        let releases = Arc::clone(self);
+        runtime.spawn(async move {
+            for (owner, incarnation, seq) in durable {
+                owner.durable(incarnation, seq);
+            }
+            let mut outstanding = releases.outstanding.lock();
+            *outstanding -= 1;
+            if *outstanding == 0 {
+                releases.done.notify_all();
+            }
+        });
+    }
+
+    /// Waits until every spawned release has run.
+    fn wait_all(&self) {
+        let mut outstanding = self.outstanding.lock();
+        while *outstanding > 0 {
+            self.done.wait(&mut outstanding);
+        }
     }
 }
 
@@ -122,7 +167,7 @@ impl Committer {
     }
 
     /// The committer thread's loop: commits batches until closed and drained.
-    pub(crate) fn run(&self, store: &dyn Store) {
+    pub(crate) fn run(&self, store: &dyn Store, releaser: &tokio::runtime::Handle) {
         let mut spare = Vec::new();
         loop {
             let steps = {
@@ -135,13 +180,18 @@ impl Committer {
                 }
                 std::mem::replace(&mut *queue, spare)
             };
-            spare = self.commit(store, steps);
+            spare = self.commit(store, releaser, steps);
         }
     }
 
     /// Commits one batch and reports the outcome to every owner in it. Returns the emptied
     /// vector so its allocation is reused.
-    fn commit(&self, store: &dyn Store, mut steps: Vec<Step>) -> Vec<Step> {
+    fn commit(
+        &self,
+        store: &dyn Store,
+        releaser: &tokio::runtime::Handle,
+        mut steps: Vec<Step>,
+    ) -> Vec<Step> {
         let count = steps.len() as u64;
         let mut batch = Batch::default();
         let mut owners = Owners::default();
@@ -161,16 +211,22 @@ impl Committer {
                 self.commits.fetch_add(1, Ordering::Relaxed);
                 self.committed_steps.fetch_add(count, Ordering::Relaxed);
                 self.largest_batch.fetch_max(count, Ordering::Relaxed);
+                if !outcome.fenced.is_empty() {
+                    self.releases.wait_all();
+                }
+                let mut durable = Vec::with_capacity(owners.entries.len());
                 for e in owners.entries {
                     if outcome.fenced.contains(&e.owner.shard()) {
                         e.owner.failed(e.incarnation, Failure::Fenced);
                     } else {
-                        e.owner.durable(e.incarnation, e.seq);
+                        durable.push((e.owner, e.incarnation, e.seq));
                     }
                 }
+                self.releases.spawn(releaser, durable);
             }
             Err(error) => {
                 tracing::error!(%error, steps = count, "a batch failed to commit; its steps are discarded");
+                self.releases.wait_all();
                 for e in owners.entries {
                     e.owner
                         .failed(e.incarnation, Failure::Storage(error.clone()));

@@ -326,10 +326,11 @@ fn spawn_committer(
     store: Arc<dyn Store>,
 ) -> Result<tokio::sync::oneshot::Receiver<()>, StartError> {
     let (stopped, on_stop) = tokio::sync::oneshot::channel();
+    let releaser = tokio::runtime::Handle::current();
     std::thread::Builder::new()
         .name("perennial-committer".into())
         .spawn(move || {
-            committer.run(&*store);
+            committer.run(&*store, &releaser);
             let _ = stopped.send(());
         })
         .map_err(|e| {

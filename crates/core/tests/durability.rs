@@ -199,3 +199,54 @@ async fn shutdown_answers_every_accepted_call_then_refuses_new_ones() {
         Err(CallError::ShuttingDown)
     ));
 }
+
+/// Under load with failing commits, an error reply never hides an applied step and an `Ok`
+/// reply never hides a lost one: each counter ends at exactly its number of `Ok` adds.
+/// (Replies of committed batches are released off the committer thread; a failure must not
+/// overtake the release of an earlier, durable step of the same entity.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_failing_commits_every_ok_is_applied_and_every_error_is_not() {
+    let (rt, store) = runtime().await;
+    store.fail_every(7);
+    let entities = 4;
+    let callers: Vec<_> = (0..32)
+        .map(|c| {
+            let h = rt.get::<Counter>(format!("hot{}", c % entities));
+            tokio::spawn(async move {
+                let mut ok = 0i64;
+                for _ in 0..150 {
+                    match h.call(Op::Add(1)).await {
+                        Ok(_) => ok += 1,
+                        Err(CallError::Storage { .. }) => {}
+                        Err(e) => panic!("unexpected {e}"),
+                    }
+                }
+                (c % entities, ok)
+            })
+        })
+        .collect();
+    let mut ok = vec![0i64; entities];
+    for c in callers {
+        let (e, n) = c.await.unwrap();
+        ok[e] += n;
+    }
+    store.fail_every(0);
+    for (e, expected) in ok.iter().enumerate() {
+        let value = rt
+            .get::<Counter>(format!("hot{e}"))
+            .call(Op::Get)
+            .await
+            .unwrap();
+        assert_eq!(
+            value, *expected,
+            "hot{e}: {value} applied, {expected} acknowledged"
+        );
+    }
+    let failed = store.commits();
+    assert!(
+        ok.iter().sum::<i64>() < 32 * 150,
+        "no call failed: the failures never hit"
+    );
+    assert!(failed > 10);
+    rt.shutdown().await;
+}

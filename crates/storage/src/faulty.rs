@@ -21,6 +21,10 @@ pub struct FaultyStore<S> {
 struct Controls {
     /// How many of the next commits fail with [`Error::Io`].
     fail_commits: AtomicUsize,
+    /// If not zero, every commit whose number is a multiple of it fails.
+    fail_every: AtomicUsize,
+    /// Commits attempted, failed ones included.
+    attempts: AtomicUsize,
     /// How many of the next loads fail with [`Error::Io`].
     fail_loads: AtomicUsize,
     /// While true, commits wait on `released` until [`FaultyStore::release_commits`].
@@ -49,6 +53,11 @@ impl<S: Store> FaultyStore<S> {
     /// Makes the next `n` commits fail with an I/O error, writing nothing.
     pub fn fail_next_commits(&self, n: usize) {
         self.controls.fail_commits.store(n, Ordering::SeqCst);
+    }
+
+    /// Makes every `n`th commit from now on fail with an I/O error (0 stops it).
+    pub fn fail_every(&self, n: usize) {
+        self.controls.fail_every.store(n, Ordering::SeqCst);
     }
 
     /// Makes the next `n` loads fail with an I/O error.
@@ -116,7 +125,9 @@ impl<S: Store> Store for FaultyStore<S> {
                 self.controls.released.wait(&mut held);
             }
         }
-        if take_one(&self.controls.fail_commits) {
+        let attempt = self.controls.attempts.fetch_add(1, Ordering::SeqCst) + 1;
+        let every = self.controls.fail_every.load(Ordering::SeqCst);
+        if take_one(&self.controls.fail_commits) || (every > 0 && attempt.is_multiple_of(every)) {
             return Err(Error::Io("injected commit failure".into()));
         }
         let states = batch.states.len() as u64;
