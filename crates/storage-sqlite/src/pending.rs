@@ -7,7 +7,8 @@
 //!
 //! Shared by the writer (which changes it only after a commit succeeded) and the readers.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::ops::Bound;
 use std::sync::Arc;
 
 use hashbrown::HashMap;
@@ -31,9 +32,11 @@ pub(crate) struct Pending {
     /// Every appended state's row and key, in row order. An entry is stale once its entity was
     /// folded or written again; stale entries are dropped when they reach the front.
     appended: VecDeque<(i64, EntityKey)>,
-    /// The keys the current fold sweep has yet to visit, sorted so that the smallest is last.
-    /// When it runs out, the next sweep starts from a sorted snapshot of `states`.
-    sweep: Vec<EntityKey>,
+    /// The keys of `states`, in order: the fold sweeps through them. Kept up to date as keys
+    /// come and go (not on every append), so a sweep never has to sort.
+    order: BTreeSet<EntityKey>,
+    /// The last key folded: the sweep continues after it.
+    cursor: Option<EntityKey>,
 }
 
 impl Pending {
@@ -48,42 +51,54 @@ impl Pending {
     /// Records a committed state, replacing the entity's older one.
     pub(crate) fn insert(&mut self, key: EntityKey, state: PendingState) {
         self.appended.push_back((state.seq, key.clone()));
-        self.states.insert(key, state);
+        if self.states.insert(key.clone(), state).is_none() {
+            self.order.insert(key);
+        }
     }
 
     /// Forgets an entity whose state at `seq` was folded, unless a newer state replaced it.
     pub(crate) fn folded(&mut self, key: &EntityKey, seq: i64) {
         if self.states.get(key).is_some_and(|p| p.seq == seq) {
             self.states.remove(key);
+            self.order.remove(key);
         }
     }
 
-    /// Up to `budget` entries to fold next, in key order (continuing the current sweep, and
-    /// starting a new one when it is done), skipping the keys in `skip`.
+    /// Up to `budget` entries to fold next, in key order after the last key folded (wrapping
+    /// around), skipping the keys in `skip`.
     pub(crate) fn next_slice(
         &mut self,
         budget: usize,
         skip: &HashSet<&EntityKey>,
     ) -> Vec<(EntityKey, PendingState)> {
         let mut slice = Vec::with_capacity(budget.min(self.states.len()));
-        let mut restarted = false;
-        while slice.len() < budget {
-            let Some(key) = self.sweep.pop() else {
-                if restarted || self.states.is_empty() {
-                    break;
-                }
-                // A new sweep over everything pending now, smallest key last.
-                self.sweep = self.states.keys().cloned().collect();
-                self.sweep.sort_unstable_by(|a, b| b.cmp(a));
-                restarted = true;
-                continue;
-            };
-            if skip.contains(&key) {
+        // The keys after the cursor, then the keys up to it: each key at most once.
+        let keys: Box<dyn Iterator<Item = &EntityKey>> = match &self.cursor {
+            Some(cursor) => Box::new(
+                self.order
+                    .range((Bound::Excluded(cursor), Bound::Unbounded))
+                    .chain(
+                        self.order
+                            .range((Bound::Unbounded, Bound::Included(cursor))),
+                    ),
+            ),
+            None => Box::new(self.order.iter()),
+        };
+        let mut last = None;
+        for key in keys {
+            if slice.len() >= budget {
+                break;
+            }
+            last = Some(key);
+            if skip.contains(key) {
                 continue;
             }
-            if let Some(state) = self.states.get(&key) {
-                slice.push((key, state.clone()));
+            if let Some(state) = self.states.get(key) {
+                slice.push((key.clone(), state.clone()));
             }
+        }
+        if let Some(last) = last {
+            self.cursor = Some(last.clone());
         }
         slice
     }
@@ -134,8 +149,8 @@ mod tests {
         };
         assert_eq!(ids(p.next_slice(2, &skip)), ["a", "c"]);
         assert_eq!(ids(p.next_slice(2, &HashSet::new())), ["d", "e"]);
-        // The sweep is done: the next one starts over, and `b` was never folded.
-        assert_eq!(ids(p.next_slice(1, &HashSet::new())), ["a"]);
+        // The sweep wraps around; `b`, skipped before, is folded now.
+        assert_eq!(ids(p.next_slice(2, &HashSet::new())), ["a", "b"]);
     }
 
     #[test]

@@ -121,7 +121,10 @@ impl SqliteStore {
 
         let pending = Arc::new(Mutex::new(load_log(&conn)?));
         let writer = Arc::new(Mutex::new(Writer::new(conn, Arc::clone(&pending))?));
-        let maintenance = writer::spawn_maintenance(Arc::clone(&writer))?;
+        let checkpointer = Connection::open(&path).map_err(map_err)?;
+        tune(&checkpointer, &options)?;
+        schema::set_durable(&checkpointer)?;
+        let maintenance = writer::spawn_maintenance(Arc::clone(&writer), checkpointer)?;
         let readers = reader::spawn(read_conns, pending)?;
         Ok(Self {
             shared: Arc::new(Shared {

@@ -30,8 +30,10 @@ use crate::pending::{Pending, PendingState};
 const COMMITS_PER_CHECKPOINT: u32 = 256;
 /// How long a commit may wait for the next checkpoint.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
-/// How long the writer waits for work before folding on its own.
+/// How long the store must be quiet before the maintenance thread folds on its own.
 const IDLE_FOLD_AFTER: Duration = Duration::from_millis(50);
+/// How often the maintenance thread copies the WAL into the database in the background.
+const BACKGROUND_CHECKPOINT_EVERY: Duration = Duration::from_millis(25);
 /// How many pending states an idle fold (or a close) folds per transaction.
 const IDLE_FOLD_SLICE: usize = 8192;
 /// The fewest pending states a commit folds, so a trickle of commits still drains the log.
@@ -67,15 +69,32 @@ VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 
 /// Starts the maintenance thread for `writer`. The thread stops when the returned sender is
 /// dropped (with the store).
-pub(crate) fn spawn_maintenance(writer: Arc<Mutex<Writer>>) -> Result<Sender<()>, Error> {
+///
+/// Every [`BACKGROUND_CHECKPOINT_EVERY`], it also copies the WAL into the database file on its
+/// own connection (`checkpointer`). A passive checkpoint runs beside the writer without
+/// blocking it, so when the writer checkpoints itself (see [`Writer::maybe_checkpoint`])
+/// little is left to copy and its pause is short.
+pub(crate) fn spawn_maintenance(
+    writer: Arc<Mutex<Writer>>,
+    checkpointer: Connection,
+) -> Result<Sender<()>, Error> {
     let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
     thread::Builder::new()
         .name("perennial-sqlite-maintenance".into())
         .spawn(move || {
-            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(IDLE_FOLD_AFTER) {
-                // A busy writer needs no help: commits fold and checkpoint as they go.
-                if let Some(mut writer) = writer.try_lock() {
-                    writer.idle();
+            let mut last_idle_check = Instant::now();
+            while let Err(RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(BACKGROUND_CHECKPOINT_EVERY)
+            {
+                if let Err(e) = checkpointer.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
+                    tracing::warn!(error = %e, "background checkpoint failed; will retry");
+                }
+                if last_idle_check.elapsed() >= IDLE_FOLD_AFTER {
+                    last_idle_check = Instant::now();
+                    // A busy writer needs no help: commits fold and checkpoint as they go.
+                    if let Some(mut writer) = writer.try_lock() {
+                        writer.idle();
+                    }
                 }
             }
         })
@@ -154,13 +173,14 @@ impl Writer {
         self.maybe_checkpoint();
     }
 
-    /// Copies the WAL into the database file every few hundred commits.
+    /// Checkpoints the WAL every few hundred commits.
     ///
     /// The writer checkpoints itself, between commits: no frame is appended meanwhile, so the
     /// checkpoint completes, and the next transaction starts the WAL over from its beginning,
     /// overwriting the file instead of growing it (an overwrite flushes cheaper than an append
-    /// that changes the file's size). A checkpointer beside a busy writer never catches up,
-    /// and the WAL then grows without bound.
+    /// that changes the file's size). A checkpointer beside a busy writer never catches up on
+    /// its own, and the WAL then grows without bound; but it does copy most frames in the
+    /// background (see [`spawn_maintenance`]), so this checkpoint only copies the last few.
     fn maybe_checkpoint(&mut self) {
         let due = self.commits_since_checkpoint >= COMMITS_PER_CHECKPOINT
             || (self.commits_since_checkpoint > 0
