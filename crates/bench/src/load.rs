@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -60,39 +61,11 @@ where
     F: Fn(usize, &mut Pick) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send,
 {
-    let call = Arc::new(call);
-    let started = Instant::now();
-    let deadline = started + duration;
-    let tasks: Vec<_> = (0..callers)
-        .map(|caller| {
-            let call = Arc::clone(&call);
-            tokio::spawn(async move {
-                let mut pick = Pick::new(caller as u64 + 1);
-                let mut latency = histogram()?;
-                let mut calls = 0u64;
-                while Instant::now() < deadline {
-                    let t = Instant::now();
-                    call(caller, &mut pick).await?;
-                    let us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
-                    latency.saturating_record(us.max(1));
-                    calls += 1;
-                }
-                anyhow::Ok((calls, latency))
-            })
-        })
-        .collect();
-    let mut measured = Measured {
-        calls: 0,
-        elapsed: Duration::ZERO,
-        latency: histogram()?,
-    };
-    for task in tasks {
-        let (calls, latency) = task.await??;
-        measured.calls += calls;
-        measured.latency.add(latency)?;
-    }
-    measured.elapsed = started.elapsed();
-    Ok(measured)
+    let deadline = Instant::now() + duration;
+    run(callers, move |caller, pick| {
+        (Instant::now() < deadline).then(|| call(caller, pick))
+    })
+    .await
 }
 
 /// Runs `call(i)` for every `i` in `0..n`, `callers` at a time; measures the whole.
@@ -101,23 +74,32 @@ where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send,
 {
-    let call = Arc::new(call);
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let next = AtomicUsize::new(0);
+    run(callers, move |_, _| {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        (i < n).then(|| call(i))
+    })
+    .await
+}
+
+/// Runs `callers` concurrent loops, each timing the calls `next` gives it until it gives none.
+async fn run<F, Fut>(callers: usize, next: F) -> anyhow::Result<Measured>
+where
+    F: Fn(usize, &mut Pick) -> Option<Fut> + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    let next = Arc::new(next);
     let started = Instant::now();
     let tasks: Vec<_> = (0..callers)
-        .map(|_| {
-            let call = Arc::clone(&call);
+        .map(|caller| {
             let next = Arc::clone(&next);
             tokio::spawn(async move {
+                let mut pick = Pick::new(caller as u64 + 1);
                 let mut latency = histogram()?;
                 let mut calls = 0u64;
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if i >= n {
-                        break;
-                    }
+                while let Some(call) = next(caller, &mut pick) {
                     let t = Instant::now();
-                    call(i).await?;
+                    call.await?;
                     let us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
                     latency.saturating_record(us.max(1));
                     calls += 1;

@@ -226,11 +226,7 @@ pub async fn activation(options: &Options) -> anyhow::Result<Report> {
     let dir = scratch(options, "activation")?;
     let n = options.resident_entities.min(200_000).max(options.entities);
     let store = small_cache_store(&dir.path)?;
-    let rt = Runtime::builder()
-        .store(store.clone())
-        .register::<Counter>()
-        .start()
-        .await?;
+    let rt = counters(&store).await?;
     let create = rt.clone();
     each(n, options.callers, move |i| {
         let h = create.get::<Counter>(format!("a{i}"));
@@ -243,11 +239,7 @@ pub async fn activation(options: &Options) -> anyhow::Result<Report> {
     store.close().await?;
     drop(store);
     let store = small_cache_store(&dir.path)?;
-    let rt = Runtime::builder()
-        .store(store.clone())
-        .register::<Counter>()
-        .start()
-        .await?;
+    let rt = counters(&store).await?;
     let read = rt.clone();
     let measured = each(n, options.callers, move |i| {
         let h = read.get::<Counter>(format!("a{i}"));
@@ -274,6 +266,15 @@ pub async fn activation(options: &Options) -> anyhow::Result<Report> {
         p50_us: measured.p50_us(),
         p99_us: measured.p99_us(),
     })
+}
+
+/// A runtime hosting counters on `store`.
+async fn counters(store: &SqliteStore) -> anyhow::Result<Runtime> {
+    Ok(Runtime::builder()
+        .store(store.clone())
+        .register::<Counter>()
+        .start()
+        .await?)
 }
 
 fn small_cache_store(dir: &Path) -> anyhow::Result<SqliteStore> {

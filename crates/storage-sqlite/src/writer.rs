@@ -237,17 +237,7 @@ impl Writer {
         let values: Vec<ToSqlOutput<'_>> = changes
             .appended
             .iter()
-            .flat_map(|(key, s)| {
-                [
-                    int(s.seq),
-                    text(&key.kind),
-                    text(key.id.as_str()),
-                    int(i64::from(s.shard.0)),
-                    int(to_sql(s.version)),
-                    int(s.updated_at),
-                    text(&s.state),
-                ]
-            })
+            .flat_map(|(key, s)| std::iter::once(int(s.seq)).chain(state_columns(key, s)))
             .collect();
         APPEND.run(&tx, &values)?;
         drop(values);
@@ -414,16 +404,7 @@ fn fold_into(
     };
     let values: Vec<ToSqlOutput<'_>> = slice
         .iter()
-        .flat_map(|(key, s)| {
-            [
-                text(&key.kind),
-                text(key.id.as_str()),
-                int(i64::from(s.shard.0)),
-                int(to_sql(s.version)),
-                int(s.updated_at),
-                text(&s.state),
-            ]
-        })
+        .flat_map(|(key, s)| state_columns(key, s))
         .collect();
     FOLD.run(tx, &values)?;
     drop(values);
@@ -486,6 +467,19 @@ impl Rows {
         }
         Ok(())
     }
+}
+
+/// The columns `entities` and `state_log` share, for one state, in their order: kind, id,
+/// shard, version, updated_at, state.
+fn state_columns<'a>(key: &'a EntityKey, s: &'a PendingState) -> [ToSqlOutput<'a>; 6] {
+    [
+        text(&key.kind),
+        text(key.id.as_str()),
+        int(i64::from(s.shard.0)),
+        int(to_sql(s.version)),
+        int(s.updated_at),
+        text(&s.state),
+    ]
 }
 
 fn text(s: &str) -> ToSqlOutput<'_> {
