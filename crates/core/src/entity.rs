@@ -150,41 +150,82 @@ fn deliver<K: Process>(
         Ok(any.downcast::<Cell<K>>().ok())
     })?;
     if let Some(cell) = to_run {
-        tokio::spawn(run(cell));
+        run_here_or_spawn(cell);
     }
     Ok(())
 }
 
+/// What one round of a cell's run loop found.
+enum Round {
+    /// The mailbox is empty: the cell is idle again.
+    Idle,
+    /// It handled the messages it found; more may have arrived meanwhile.
+    Handled,
+    /// The state must be loaded first (an await, so only a spawned task may do it).
+    NeedsLoad,
+}
+
+/// How many rounds a caller runs on its own task before it hands the cell to a spawned one.
+const INLINE_ROUNDS: usize = 4;
+
 /// The task that runs a cell until its mailbox is empty.
 async fn run<K: Process>(cell: Arc<Cell<K>>) {
     loop {
-        let unloaded = matches!(cell.inner.lock().state, Slot::Unloaded);
-        if unloaded && !cell.activate().await {
-            return;
+        match cell.round() {
+            Round::Idle => return,
+            Round::Handled => {}
+            Round::NeedsLoad => {
+                if !cell.activate().await {
+                    return;
+                }
+            }
         }
+    }
+}
+
+/// Runs a resident cell's messages on the calling task, without spawning one, when that needs
+/// no await; otherwise (the state must be loaded, or messages keep coming) spawns the task.
+///
+/// Only the synchronous part runs here, because a caller's future may be dropped at any await:
+/// a run interrupted while loading would leave the cell scheduled with nobody to run it.
+fn run_here_or_spawn<K: Process>(cell: Arc<Cell<K>>) {
+    for _ in 0..INLINE_ROUNDS {
+        match cell.round() {
+            Round::Idle => return,
+            Round::Handled => {}
+            Round::NeedsLoad => break,
+        }
+    }
+    tokio::spawn(run(cell));
+}
+
+impl<K: Process> Cell<K> {
+    /// One round of the run loop: takes the state and every queued message, handles them in
+    /// order, and puts the state back. Never awaits.
+    fn round(self: &Arc<Self>) -> Round {
         let (mut state, messages, incarnation) = {
-            let mut inner = cell.inner.lock();
+            let mut inner = self.inner.lock();
             if inner.mailbox.is_empty() {
                 inner.scheduled = false;
-                return;
+                return Round::Idle;
             }
             match std::mem::replace(&mut inner.state, Slot::Busy) {
                 Slot::Ready(state) => (
                     state,
                     std::mem::take(&mut inner.mailbox),
-                    cell.incarnation.load(Ordering::SeqCst),
+                    self.incarnation.load(Ordering::SeqCst),
                 ),
                 other => {
-                    // Unloaded by a failed batch since the check above: load again.
+                    // Never loaded, or unloaded by a failed batch.
                     inner.state = other;
-                    continue;
+                    return Round::NeedsLoad;
                 }
             }
         };
         let mut messages = messages.into_iter();
         let mut intact = true;
         for envelope in messages.by_ref() {
-            if !cell.step(&mut state, envelope, incarnation) {
+            if !self.step(&mut state, envelope, incarnation) {
                 intact = false;
                 break;
             }
@@ -194,20 +235,19 @@ async fn run<K: Process>(cell: Arc<Cell<K>>) {
         } else {
             None
         };
-        let mut inner = cell.inner.lock();
+        let mut inner = self.inner.lock();
         for envelope in messages.rev() {
             inner.mailbox.push_front(envelope);
         }
-        if intact && cell.incarnation.load(Ordering::SeqCst) == incarnation {
+        if intact && self.incarnation.load(Ordering::SeqCst) == incarnation {
             inner.state = Slot::Ready(state);
-            cell.set_deadline(timeout);
+            self.set_deadline(timeout);
         } else {
             inner.state = Slot::Unloaded;
         }
+        Round::Handled
     }
-}
 
-impl<K: Process> Cell<K> {
     fn new(kind: Arc<KindRt<K>>, id: EntityId) -> Self {
         let shard = shard_of(K::KIND, id.as_str());
         let cell = Self {
