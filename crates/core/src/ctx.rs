@@ -163,20 +163,17 @@ impl TryRng for Rng {
 mod tests {
     use super::*;
 
-    /// The generator is a replay format: these values must never change.
+    /// The generator is a replay format: these values must never change, whatever the
+    /// versions of the crates behind it. (Recorded from ChaCha8 with this crate's `below` and
+    /// `shuffle` when they were written.)
     #[test]
     fn rng_output_is_pinned() {
         let mut rng = Rng::from_seed([1; 32]);
-        let first: Vec<u64> = (0..3).map(|_| rng.below(1000)).collect();
-        let mut again = Rng::from_seed([1; 32]);
-        let second: Vec<u64> = (0..3).map(|_| again.below(1000)).collect();
-        assert_eq!(first, second);
+        let draws: Vec<u64> = (0..4).map(|_| rng.below(1000)).collect();
+        assert_eq!(draws, [45, 20, 188, 997]);
         let mut deck: Vec<u8> = (0..10).collect();
         Rng::from_seed([2; 32]).shuffle(&mut deck);
-        let mut sorted = deck.clone();
-        sorted.sort_unstable();
-        assert_eq!(sorted, (0..10).collect::<Vec<_>>());
-        assert_ne!(deck, sorted, "a shuffle of ten cards left them in order");
+        assert_eq!(deck, [5, 1, 6, 7, 2, 3, 4, 9, 8, 0]);
     }
 
     #[test]

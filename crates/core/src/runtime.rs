@@ -365,7 +365,8 @@ struct Shared {
 /// A running Perennial node: it hosts the registered kinds' entities.
 ///
 /// Cloning is cheap; clones share the node. Call [`shutdown`](Runtime::shutdown) to stop it
-/// cleanly.
+/// cleanly. Dropping the last clone without it stops the committer and the sweeper once the
+/// steps already submitted are committed, but does not wait for them.
 #[derive(Clone)]
 pub struct Runtime {
     shared: Arc<Shared>,
@@ -377,6 +378,17 @@ impl fmt::Debug for Runtime {
             .field("kinds", &self.kinds())
             .field("core", &self.shared.core)
             .finish()
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Without a shutdown, nothing else would ever stop the committer thread.
+        self.core.closing.store(true, Ordering::SeqCst);
+        self.core.committer.close();
+        if let Some((_, sweeper)) = self.tasks.lock().take() {
+            sweeper.abort();
+        }
     }
 }
 

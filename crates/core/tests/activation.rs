@@ -168,3 +168,27 @@ async fn a_builder_without_a_store_or_with_duplicate_kinds_does_not_start() {
         Err(perennial_core::StartError::DuplicateKind("counter"))
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_outliving_its_dropped_runtime_refuses_calls() {
+    let store = MemoryStore::new();
+    let rt = Runtime::builder()
+        .store(store.clone())
+        .register::<Counter>()
+        .start()
+        .await
+        .unwrap();
+    let h = rt.get::<Counter>("orphan");
+    assert_eq!(h.call(Op::Add(1)).await.unwrap(), 1);
+    drop(rt);
+    assert!(matches!(
+        h.call(Op::Add(1)).await,
+        Err(CallError::ShuttingDown)
+    ));
+    // The acknowledged step is in the store.
+    let key = EntityKey::new("counter", EntityId::new("orphan").unwrap());
+    assert_eq!(
+        store.load(&key).await.unwrap().unwrap().state,
+        r#"{"value":1}"#
+    );
+}
