@@ -13,11 +13,12 @@
 //! later step of the same entities that was computed from the lost state.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::{Condvar, Mutex};
 use perennial_storage::{Batch, DeadLetter, DeadLetterWrite, StateWrite, Store};
 use perennial_types::{EntityKey, Epoch, ShardId};
+use tokio::sync::Notify;
 
 /// What a step writes.
 pub(crate) enum Write {
@@ -64,6 +65,9 @@ pub(crate) trait Owner: Send + Sync {
 #[derive(Default)]
 pub(crate) struct Committer {
     queue: Mutex<Vec<Step>>,
+    /// Calls admitted and not answered, shared with the runtime: the committer stops only
+    /// once there are none, so no admitted call's step arrives after it is gone.
+    inflight: Arc<AtomicUsize>,
     /// Replies of committed batches still being released by the runtime's workers.
     releases: Arc<Releases>,
     /// Wakes the committer when the queue goes from empty to not empty, or on close.
@@ -94,6 +98,23 @@ struct Releases {
     /// How many releases are spawned and not finished.
     outstanding: Mutex<usize>,
     done: Condvar,
+    /// Notified whenever steps are settled, for activations that wait for their entity's.
+    settled: Notify,
+}
+
+/// Counts a release as finished when dropped: after it ran, or if the runtime dropped it.
+struct Finished(Arc<Releases>);
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        let mut outstanding = self.0.outstanding.lock();
+        *outstanding -= 1;
+        if *outstanding == 0 {
+            self.0.done.notify_all();
+        }
+        drop(outstanding);
+        self.0.settled.notify_waiters();
+    }
 }
 
 impl Releases {
@@ -104,15 +125,13 @@ impl Releases {
         durable: Vec<(Arc<dyn Owner>, u32, u64)>,
     ) {
         *self.outstanding.lock() += 1;
-        let releases = Arc::clone(self);
+        // Made before the task and moved into it, so it counts down even if the task never
+        // runs (the runtime shutting down) or its work panics.
+        let finished = Finished(Arc::clone(self));
         runtime.spawn(async move {
+            let _finished = finished;
             for (owner, incarnation, seq) in durable {
                 owner.durable(incarnation, seq);
-            }
-            let mut outstanding = releases.outstanding.lock();
-            *outstanding -= 1;
-            if *outstanding == 0 {
-                releases.done.notify_all();
             }
         });
     }
@@ -149,7 +168,26 @@ impl Committer {
         }
     }
 
-    /// Asks the committer to stop once the queue is empty.
+    /// A committer that stops only once `inflight` is zero (see [`Committer::close`]).
+    pub(crate) fn new(inflight: Arc<AtomicUsize>) -> Self {
+        Self {
+            inflight,
+            ..Self::default()
+        }
+    }
+
+    /// Notified each time steps are settled (durable or failed).
+    pub(crate) fn settled(&self) -> &Notify {
+        &self.releases.settled
+    }
+
+    /// Wakes the committer to look at its exit condition again.
+    pub(crate) fn wake(&self) {
+        let _queue = self.queue.lock();
+        self.wake.notify_one();
+    }
+
+    /// Asks the committer to stop once the queue is empty and no call is in flight.
     pub(crate) fn close(&self) {
         // Under the queue's lock, so the committer cannot miss the wake-up between its check
         // of `closed` and its wait.
@@ -173,7 +211,9 @@ impl Committer {
             let steps = {
                 let mut queue = self.queue.lock();
                 while queue.is_empty() {
-                    if self.closed.load(Ordering::SeqCst) {
+                    if self.closed.load(Ordering::SeqCst)
+                        && self.inflight.load(Ordering::SeqCst) == 0
+                    {
                         return;
                     }
                     self.wake.wait(&mut queue);
@@ -222,6 +262,9 @@ impl Committer {
                         durable.push((e.owner, e.incarnation, e.seq));
                     }
                 }
+                if !outcome.fenced.is_empty() {
+                    self.releases.settled.notify_waiters();
+                }
                 self.releases.spawn(releaser, durable);
             }
             Err(error) => {
@@ -231,6 +274,7 @@ impl Committer {
                     e.owner
                         .failed(e.incarnation, Failure::Storage(error.clone()));
                 }
+                self.releases.settled.notify_waiters();
             }
         }
         steps

@@ -196,7 +196,8 @@ fn run_here_or_spawn<K: Process>(cell: Arc<Cell<K>>) {
             Round::NeedsLoad => break,
         }
     }
-    tokio::spawn(run(cell));
+    let runtime = cell.kind.core.runtime.clone();
+    runtime.spawn(run(cell));
 }
 
 impl<K: Process> Cell<K> {
@@ -286,7 +287,7 @@ impl<K: Process> Cell<K> {
 
     /// A brand-new state: [`Default`], then [`Process::init`].
     fn fresh(&self) -> Result<K, CallError> {
-        let mut state = K::default();
+        let mut state = guard(K::default).map_err(|message| self.panicked_error(message))?;
         let mut ctx = Ctx::new(&self.id, SystemTime::now());
         guard(|| state.init(&mut ctx)).map_err(|message| self.panicked_error(message))?;
         Ok(state)
@@ -301,7 +302,12 @@ impl<K: Process> Cell<K> {
 
     /// Loads or creates the state. On failure, fails every queued message, leaves the registry
     /// and returns false; the next message starts a new activation.
+    ///
+    /// It first waits until none of the entity's steps is in flight, so that storage holds
+    /// everything they wrote (this matters when a state was abandoned after an impossible
+    /// rollback, while its earlier steps were still being committed).
     async fn activate(self: &Arc<Self>) -> bool {
+        self.settled().await;
         match self.load().await {
             Ok((state, json, version)) => {
                 let mut inner = self.inner.lock();
@@ -343,6 +349,22 @@ impl<K: Process> Cell<K> {
         }
     }
 
+    /// Waits until every step of the entity is durable or failed.
+    async fn settled(&self) {
+        loop {
+            let notified = self.kind.core.committer.settled().notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let inner = self.inner.lock();
+                if inner.held.is_empty() && inner.seq == inner.durable {
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+
     async fn load(&self) -> Result<(K, Option<Arc<str>>, u64), CallError> {
         let (mut state, json, version) = match &self.kind.mode {
             Mode::Ephemeral { .. } => (self.fresh()?, None, 0),
@@ -376,9 +398,20 @@ impl<K: Process> Cell<K> {
     fn step(self: &Arc<Self>, state: &mut K, envelope: Envelope<K>, incarnation: u32) -> bool {
         let Envelope { msg, reply } = envelope;
         // Kept to dead-letter the message if it keeps failing: the handler consumes it.
-        let message_json = serde_json::to_string(&msg);
+        let message_json = guard(|| serde_json::to_string(&msg))
+            .map_err(|panic| format!("encoding the message panicked: {panic}"))
+            .and_then(|encoded| encoded.map_err(|e| e.to_string()));
         let backup = match &self.kind.mode {
-            Mode::Ephemeral { clone } => Some(clone(state)),
+            Mode::Ephemeral { clone } => match guard(|| clone(state)) {
+                Ok(backup) => Some(backup),
+                Err(panic) => {
+                    // The message was not handled, and the state is as it was.
+                    self.kind.counters.restarts.fetch_add(1, Ordering::Relaxed);
+                    let error = self.panicked_error(format!("copying the state panicked: {panic}"));
+                    let _ = reply.send(Err(error.widen()));
+                    return true;
+                }
+            },
             Mode::Snapshot { .. } => None,
         };
         let mut ctx = Ctx::new(&self.id, SystemTime::now());
@@ -386,8 +419,9 @@ impl<K: Process> Cell<K> {
             Ok(Ok(value)) => self.keep(state, reply, value, &message_json, incarnation),
             Ok(Err(rejection)) => {
                 self.clear_failures(&message_json);
-                if !self.rollback(state, backup, incarnation) {
-                    return self.respond_lost(reply);
+                if let Err(error) = self.rollback(state, backup) {
+                    let _ = reply.send(Err(error.widen()));
+                    return false;
                 }
                 self.respond_gated(reply, Err(CallError::Rejected(rejection)), incarnation)
             }
@@ -401,20 +435,22 @@ impl<K: Process> Cell<K> {
         state: &mut K,
         reply: ReplyTo<K>,
         value: K::Reply,
-        message_json: &serde_json::Result<String>,
+        message_json: &Result<String, String>,
         incarnation: u32,
     ) -> bool {
-        let json = match &self.kind.mode {
-            Mode::Snapshot { encode, .. } => {
-                match guard(|| encode(state)).map_err(|p| format!("the encoder panicked: {p}")) {
-                    Ok(Ok(json)) => Some(Arc::<str>::from(json)),
-                    Ok(Err(e)) => {
-                        return self.unencodable(state, reply, e.to_string(), incarnation);
-                    }
-                    Err(detail) => return self.unencodable(state, reply, detail, incarnation),
-                }
+        let Mode::Snapshot { encode, .. } = &self.kind.mode else {
+            // Ephemeral: nothing to make durable, so the reply leaves at once.
+            self.clear_failures(message_json);
+            let _ = reply.send(Ok(value));
+            return true;
+        };
+        let json = match guard(|| encode(state)) {
+            Ok(Ok(json)) => Arc::<str>::from(json),
+            Ok(Err(e)) => return self.unencodable(state, reply, e.to_string(), incarnation),
+            Err(panic) => {
+                let detail = format!("the encoder panicked: {panic}");
+                return self.unencodable(state, reply, detail, incarnation);
             }
-            Mode::Ephemeral { .. } => None,
         };
         let mut inner = self.inner.lock();
         if self.incarnation.load(Ordering::SeqCst) != incarnation {
@@ -424,12 +460,10 @@ impl<K: Process> Cell<K> {
         if let Ok(message) = message_json {
             forget_failure(&mut inner.failures, digest(message));
         }
-        // Nothing to make durable (an ephemeral kind, or a step that left the state as it
-        // was): answer now, unless an earlier reply is still held, which this one must not
-        // overtake.
-        let json = json.filter(|json| inner.last_json.as_deref() != Some(&**json));
-        let Some(json) = json else {
-            if inner.held.is_empty() {
+        if inner.last_json.as_deref() == Some(&*json) {
+            // The step changed nothing, so nothing is written; but its reply must not overtake
+            // a held one.
+            if inner.held.is_empty() && inner.seq == inner.durable {
                 drop(inner);
                 let _ = reply.send(Ok(value));
             } else {
@@ -441,7 +475,7 @@ impl<K: Process> Cell<K> {
                 });
             }
             return true;
-        };
+        }
         inner.seq += 1;
         let seq = inner.seq;
         self.kind.core.registry.account(inner.bytes, json.len());
@@ -463,7 +497,7 @@ impl<K: Process> Cell<K> {
     }
 
     /// The message ran to completion, so it no longer counts as failing.
-    fn clear_failures(&self, message_json: &serde_json::Result<String>) {
+    fn clear_failures(&self, message_json: &Result<String, String>) {
         if let Ok(message) = message_json {
             forget_failure(&mut self.inner.lock().failures, digest(message));
         }
@@ -477,8 +511,9 @@ impl<K: Process> Cell<K> {
         incarnation: u32,
     ) -> bool {
         tracing::error!(kind = K::KIND, id = %self.id, %detail, "the new state cannot be encoded; the step is discarded");
-        if !self.rollback(state, None, incarnation) {
-            return self.respond_lost(reply);
+        if let Err(error) = self.rollback(state, None) {
+            let _ = reply.send(Err(error.widen()));
+            return false;
         }
         let error = CallError::Unencodable {
             key: self.key(),
@@ -494,14 +529,15 @@ impl<K: Process> Cell<K> {
         backup: Option<K>,
         reply: ReplyTo<K>,
         message: String,
-        message_json: serde_json::Result<String>,
+        message_json: Result<String, String>,
         incarnation: u32,
     ) -> bool {
         self.kind.counters.restarts.fetch_add(1, Ordering::Relaxed);
         tracing::error!(kind = K::KIND, id = %self.id, panic = %message,
             "handler panicked; the entity goes on from its previous state");
-        if !self.rollback(state, backup, incarnation) {
-            return self.respond_lost(reply);
+        if let Err(error) = self.rollback(state, backup) {
+            let _ = reply.send(Err(error.widen()));
+            return false;
         }
         let max = self.kind.core.config.max_attempts;
         let message_json =
@@ -521,6 +557,9 @@ impl<K: Process> Cell<K> {
             return self.respond_gated(reply, Err(error), incarnation);
         }
         forget_failure(&mut inner.failures, digest(&message_json));
+        // The dead letter is a write of its own, with a version of its own: its reply waits
+        // for exactly the batch that holds it, and the entity cannot be passivated before.
+        inner.seq += 1;
         let seq = inner.seq;
         let key = self.key();
         inner.held.push_back(Held {
@@ -554,15 +593,19 @@ impl<K: Process> Cell<K> {
         true
     }
 
-    /// Restores the state from before the failed step. Returns false if that is impossible;
-    /// the entity's pending steps are then abandoned so it can reload from storage.
-    fn rollback(&self, state: &mut K, backup: Option<K>, incarnation: u32) -> bool {
+    /// Restores the state from before the failed step.
+    ///
+    /// That is impossible only if the last state's JSON does not decode (its type does not
+    /// round-trip through `serde_json`, such as an `f64` holding NaN). The state in hand is
+    /// then abandoned: the caller gets the error, and the entity reloads from storage once its
+    /// steps in flight are settled. Nothing else is failed: those steps are fine.
+    fn rollback(&self, state: &mut K, backup: Option<K>) -> Result<(), CallError> {
         if let Some(backup) = backup {
             *state = backup;
-            return true;
+            return Ok(());
         }
         let Mode::Snapshot { decode, .. } = &self.kind.mode else {
-            return true;
+            return Ok(());
         };
         let json = self.inner.lock().last_json.clone();
         let restored = match json {
@@ -574,25 +617,29 @@ impl<K: Process> Cell<K> {
         match restored {
             Ok(previous) => {
                 *state = previous;
-                true
+                Ok(())
             }
             Err(detail) => {
                 tracing::error!(kind = K::KIND, id = %self.id, %detail,
                     "cannot restore the previous state; reloading from storage");
-                self.failed(
-                    incarnation,
-                    Failure::Storage(perennial_storage::Error::Corrupt(format!(
-                        "the state of {} does not decode after encoding: {detail}",
-                        self.key()
-                    ))),
-                );
-                false
+                Err(CallError::CorruptState {
+                    key: self.key(),
+                    detail: format!(
+                        "the last state does not decode after encoding; its type must \
+                         round-trip through serde_json: {detail}"
+                    ),
+                })
             }
         }
     }
 
-    /// Answers now if nothing is held, or after the latest step is durable.
+    /// Answers now if nothing is held, or after the latest step is durable. (Replies of
+    /// ephemeral kinds depend on nothing durable and always leave at once.)
     fn respond_gated(&self, reply: ReplyTo<K>, result: Reply<K>, incarnation: u32) -> bool {
+        if let Mode::Ephemeral { .. } = self.kind.mode {
+            let _ = reply.send(result);
+            return true;
+        }
         let mut inner = self.inner.lock();
         if self.incarnation.load(Ordering::SeqCst) != incarnation {
             drop(inner);

@@ -43,7 +43,9 @@ pub enum CallError<E = Infallible> {
         /// What is overloaded: one entity's mailbox, or the whole node.
         scope: Overload,
     },
-    /// Storage failed, so the step was not made durable and its effects were discarded.
+    /// Storage failed, so the step was not made durable and the entity went back to what
+    /// storage holds. If the failure came during the commit itself (a failed fsync), storage
+    /// may nevertheless hold the step: the outcome is unknown, not "nothing changed".
     #[error("storage failed for {key}: {source}")]
     Storage {
         /// The entity.
@@ -62,6 +64,15 @@ pub enum CallError<E = Infallible> {
     /// The new state could not be encoded, so the step was discarded.
     #[error("the new state of {key} cannot be encoded: {detail}")]
     Unencodable {
+        /// The entity.
+        key: EntityKey,
+        /// What the encoder reported.
+        detail: String,
+    },
+    /// The step was applied and is durable, but its reply could not be encoded as JSON
+    /// (calls by kind name only). Retrying would apply the message again.
+    #[error("the step for {key} was applied, but its reply cannot be encoded: {detail}")]
+    UnencodableReply {
         /// The entity.
         key: EntityKey,
         /// What the encoder reported.
@@ -139,6 +150,7 @@ impl<E> CallError<E> {
             Self::Storage { key, source } => CallError::Storage { key, source },
             Self::CorruptState { key, detail } => CallError::CorruptState { key, detail },
             Self::Unencodable { key, detail } => CallError::Unencodable { key, detail },
+            Self::UnencodableReply { key, detail } => CallError::UnencodableReply { key, detail },
             Self::Fenced { key, shard } => CallError::Fenced { key, shard },
             Self::ShuttingDown => CallError::ShuttingDown,
             Self::UnknownKind(kind) => CallError::UnknownKind(kind),
@@ -158,9 +170,14 @@ impl<E> CallError<E> {
             Self::Panicked { .. } => "handler_panicked",
             Self::DeadLettered { .. } => "dead_lettered",
             Self::Overloaded { .. } => "overloaded",
+            Self::Storage {
+                source: perennial_storage::Error::Corrupt(_),
+                ..
+            } => "storage_corrupt",
             Self::Storage { .. } => "storage_failed",
             Self::CorruptState { .. } => "corrupt_state",
             Self::Unencodable { .. } => "unencodable_state",
+            Self::UnencodableReply { .. } => "unencodable_reply",
             Self::Fenced { .. } => "fenced",
             Self::ShuttingDown => "shutting_down",
             Self::UnknownKind(_) => "unknown_kind",

@@ -108,9 +108,9 @@ impl<K: Process> DynKind for KindRt<K> {
                     message: r.to_string(),
                 })
             })?;
-            serde_json::to_string(&reply).map_err(|e| CallError::Unencodable {
+            serde_json::to_string(&reply).map_err(|e| CallError::UnencodableReply {
                 key: perennial_types::EntityKey::new(self.name.clone(), id),
-                detail: format!("the reply: {e}"),
+                detail: e.to_string(),
             })
         })
     }

@@ -21,6 +21,11 @@ use crate::Ctx;
 /// every change it made to `self` is discarded and the entity continues from the state it had
 /// before the message.
 ///
+/// The state must round-trip through `serde_json` (what it writes, it must read back): the
+/// runtime stores it as JSON and rolls back by decoding it. A state that does not (an `f64`
+/// holding NaN, say) is reported as `corrupt_state` the next time it is needed, and its
+/// stored bytes are left as they are.
+///
 /// ```
 /// use perennial_core::{Ctx, Process};
 /// use serde::{Deserialize, Serialize};

@@ -38,8 +38,11 @@ pub(crate) struct Core {
     pub(crate) config: Config,
     pub(crate) registry: Registry,
     pub(crate) committer: Arc<Committer>,
-    /// Calls accepted and not yet answered.
-    inflight: AtomicUsize,
+    /// The async runtime the node runs on: entity tasks are spawned here, whatever thread
+    /// delivers their message.
+    pub(crate) runtime: tokio::runtime::Handle,
+    /// Calls accepted and not yet answered (shared with the committer).
+    inflight: Arc<AtomicUsize>,
     closing: AtomicBool,
     /// Notified when the last in-flight call is answered during shutdown.
     drained: Notify,
@@ -65,6 +68,8 @@ impl Drop for Permit<'_> {
             && self.0.closing.load(Ordering::SeqCst)
         {
             self.0.drained.notify_waiters();
+            // A closed committer waits for the last call before it stops.
+            self.0.committer.wake();
         }
     }
 }
@@ -283,14 +288,16 @@ impl Builder {
         let mut names = std::collections::HashSet::new();
         let shards: Vec<ShardId> = (0..SHARDS).map(ShardId).collect();
         let epoch = store.claim(&self.node, &shards).await?;
-        let committer = Arc::new(Committer::default());
+        let inflight = Arc::new(AtomicUsize::new(0));
+        let committer = Arc::new(Committer::new(Arc::clone(&inflight)));
         let core = Arc::new(Core {
             store: Arc::clone(&store),
             epoch,
             config: self.config,
             registry: Registry::new(self.limits),
             committer: Arc::clone(&committer),
-            inflight: AtomicUsize::new(0),
+            runtime: tokio::runtime::Handle::current(),
+            inflight,
             closing: AtomicBool::new(false),
             drained: Notify::new(),
             started: Instant::now(),
@@ -327,6 +334,7 @@ fn spawn_committer(
 ) -> Result<tokio::sync::oneshot::Receiver<()>, StartError> {
     let (stopped, on_stop) = tokio::sync::oneshot::channel();
     let releaser = tokio::runtime::Handle::current();
+    // `start` runs inside the runtime, so `current` cannot fail here.
     std::thread::Builder::new()
         .name("perennial-committer".into())
         .spawn(move || {

@@ -148,3 +148,103 @@ pub(crate) async fn runtime() -> (Runtime, FaultyStore<MemoryStore>) {
     let (builder, store) = builder();
     (builder.start().await.unwrap(), store)
 }
+
+/// A kind whose state can hold a NaN, which `serde_json` writes as `null` and cannot read back:
+/// a state type that does not round-trip.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Fragile {
+    pub(crate) x: f64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum FragileOp {
+    /// Sets `x`; NaN makes the state impossible to decode.
+    Set(f64),
+    /// Refuses, which needs a rollback.
+    Refuse,
+}
+
+impl Process for Fragile {
+    const KIND: &'static str = "fragile";
+    type Msg = FragileOp;
+    type Reply = ();
+    type Error = Refused;
+
+    fn handle(&mut self, op: FragileOp, _ctx: &mut Ctx<'_, Self>) -> Result<(), Refused> {
+        match op {
+            FragileOp::Set(x) => {
+                self.x = x;
+                Ok(())
+            }
+            FragileOp::Refuse => Err(Refused),
+        }
+    }
+}
+
+/// A kind whose reply cannot be encoded as JSON (a map with non-string keys).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Awkward {
+    pub(crate) calls: u32,
+}
+
+impl Process for Awkward {
+    const KIND: &'static str = "awkward";
+    type Msg = ();
+    type Reply = std::collections::HashMap<(u8, u8), u8>;
+    type Error = std::convert::Infallible;
+
+    fn handle(&mut self, _: (), _ctx: &mut Ctx<'_, Self>) -> Result<Self::Reply, Self::Error> {
+        self.calls += 1;
+        Ok([((1, 2), 3)].into_iter().collect())
+    }
+}
+
+/// A kind whose `Default` panics: it can never be created.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Unbuildable;
+
+impl Default for Unbuildable {
+    fn default() -> Self {
+        panic!("Default refuses");
+    }
+}
+
+impl Process for Unbuildable {
+    const KIND: &'static str = "unbuildable";
+    type Msg = ();
+    type Reply = ();
+    type Error = std::convert::Infallible;
+
+    fn handle(&mut self, _: (), _ctx: &mut Ctx<'_, Self>) -> Result<(), Self::Error> {
+        Ok(())
+    }
+}
+
+/// A message whose `Serialize` panics (the runtime encodes messages to dead-letter them).
+#[derive(Debug, Deserialize)]
+pub(crate) struct Shy;
+
+impl Serialize for Shy {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        panic!("Shy will not be encoded");
+    }
+}
+
+/// A counter that takes `Shy` messages.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct ShyCounter {
+    pub(crate) value: i64,
+}
+
+impl Process for ShyCounter {
+    const KIND: &'static str = "shy";
+    type Msg = Shy;
+    type Reply = i64;
+    type Error = std::convert::Infallible;
+
+    fn handle(&mut self, _: Shy, _ctx: &mut Ctx<'_, Self>) -> Result<i64, Self::Error> {
+        self.value += 1;
+        Ok(self.value)
+    }
+}

@@ -2,6 +2,7 @@
 
 mod activation;
 mod durability;
+mod edges;
 mod kinds;
 mod limits;
 mod passivation;

@@ -108,13 +108,36 @@ impl From<CallError<JsonRejection>> for ApiError {
                     format!("the new state of {key} cannot be encoded; nothing changed"),
                 )
             }
-            CallError::Storage { key, .. } | CallError::Fenced { key, .. } => {
+            CallError::UnencodableReply { key, .. } => {
+                tracing::error!(%error, "call failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!(
+                        "the step for {key} was applied, but its reply cannot be encoded as JSON; do not retry"
+                    ),
+                )
+            }
+            CallError::Storage { key, .. } if code == "storage_corrupt" => {
+                tracing::error!(%error, "call failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("stored data for {key} is corrupt"),
+                )
+            }
+            CallError::Storage { key, .. } => {
                 tracing::error!(%error, "call failed");
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!(
-                        "storage did not accept the step for {key}; nothing changed, retry later"
+                        "the step for {key} could not be made durable and may not have been applied; retry later"
                     ),
+                )
+            }
+            CallError::Fenced { key, .. } => {
+                tracing::error!(%error, "call failed");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("this node no longer owns {key}; nothing changed, retry later"),
                 )
             }
             _ => {

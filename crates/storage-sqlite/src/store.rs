@@ -59,11 +59,31 @@ struct Shared {
     /// The write connection. Commits lock it on the caller's thread.
     writer: Arc<Mutex<Writer>>,
     readers: Sender<ReadCmd>,
-    /// Dropped with the store, which stops the maintenance thread.
-    _maintenance: Sender<()>,
+    /// The maintenance thread: dropping the sender stops it. Stopped and joined before the
+    /// directory lock is released, so it never writes beside a store opened after this one.
+    maintenance: Mutex<Option<(Sender<()>, std::thread::JoinHandle<()>)>>,
     closed: AtomicBool,
     /// The exclusive lock on the data directory, held until the store is closed or dropped.
     lock: Mutex<Option<File>>,
+}
+
+impl Shared {
+    /// Stops the maintenance thread and waits until it has.
+    fn stop_maintenance(&self) {
+        if let Some((stop, thread)) = self.maintenance.lock().take() {
+            drop(stop);
+            if thread.join().is_err() {
+                tracing::error!("the maintenance thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Before the fields are dropped, and with them the directory lock.
+        self.stop_maintenance();
+    }
 }
 
 impl std::fmt::Debug for Shared {
@@ -131,7 +151,7 @@ impl SqliteStore {
                 path,
                 writer,
                 readers,
-                _maintenance: maintenance,
+                maintenance: Mutex::new(Some(maintenance)),
                 closed: AtomicBool::new(false),
                 lock: Mutex::new(Some(lock)),
             }),
@@ -272,6 +292,10 @@ impl Store for SqliteStore {
     async fn close(&self) -> Result<(), Error> {
         let result = self.with_writer(Writer::close).await;
         self.shared.closed.store(true, Ordering::Release);
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || shared.stop_maintenance())
+            .await
+            .map_err(|e| Error::Backend(format!("stopping the maintenance thread failed: {e}")))?;
         // Dropping the file releases the lock: another store may open the directory now.
         self.shared.lock.lock().take();
         result

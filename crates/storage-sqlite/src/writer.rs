@@ -68,7 +68,7 @@ INSERT INTO dead_letters (kind, id, message, error, attempts, at)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 
 /// Starts the maintenance thread for `writer`. The thread stops when the returned sender is
-/// dropped (with the store).
+/// dropped; join it before another store may open the directory.
 ///
 /// Every [`BACKGROUND_CHECKPOINT_EVERY`], it also copies the WAL into the database file on its
 /// own connection (`checkpointer`). A passive checkpoint runs beside the writer without
@@ -77,9 +77,9 @@ VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 pub(crate) fn spawn_maintenance(
     writer: Arc<Mutex<Writer>>,
     checkpointer: Connection,
-) -> Result<Sender<()>, Error> {
+) -> Result<(Sender<()>, thread::JoinHandle<()>), Error> {
     let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
-    thread::Builder::new()
+    let thread = thread::Builder::new()
         .name("perennial-sqlite-maintenance".into())
         .spawn(move || {
             let mut last_idle_check = Instant::now();
@@ -99,7 +99,7 @@ pub(crate) fn spawn_maintenance(
             }
         })
         .map_err(|e| Error::Io(format!("cannot start the maintenance thread: {e}")))?;
-    Ok(stop)
+    Ok((stop, thread))
 }
 
 /// The write connection and what the writer tracks between transactions.

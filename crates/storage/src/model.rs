@@ -12,7 +12,7 @@ use crate::Error;
 pub struct Record {
     /// The state as JSON text.
     pub state: String,
-    /// The entity's version: how many of its steps changed its state.
+    /// The entity's version: it grows with every change of its state (not always by one).
     pub version: u64,
 }
 
