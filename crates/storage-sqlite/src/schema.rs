@@ -14,9 +14,12 @@
 //!     state      TEXT    NOT NULL,  -- the state, JSON
 //!     PRIMARY KEY (kind, id)
 //! ) WITHOUT ROWID;
-//! -- States committed since: appended by each commit, folded into `entities` a slice at a
-//! -- time (in key order) by later commits, then deleted. Same columns, plus:
-//! CREATE TABLE state_log (seq INTEGER PRIMARY KEY, kind, id, shard, version, updated_at, state);
+//! -- States committed since: one row per commit, its states as a JSON array of
+//! -- {"kind", "id", "shard", "version", "state"} (the state as a JSON string); folded into
+//! -- `entities` a slice at a time (in key order) by later commits, then deleted.
+//! CREATE TABLE state_log (seq INTEGER PRIMARY KEY, at INTEGER NOT NULL, states TEXT NOT NULL);
+//! -- The log's states, one row each (`pos` orders the states of one commit).
+//! CREATE VIEW logged_states AS ...;  -- seq, pos, kind, id, shard, version, updated_at, state
 //! -- One row per shard: the epoch that fences stale writers.
 //! CREATE TABLE shards (shard INTEGER PRIMARY KEY, epoch INTEGER NOT NULL,
 //!                      owner TEXT, claimed_at INTEGER);
@@ -29,9 +32,10 @@
 //!
 //! Why two tables: a commit that updated each entity's row in place would rewrite one
 //! random page per entity, so a commit of a few hundred steps would write megabytes. The log
-//! grows at its end, and the fold rewrites neighbouring keys together. `entity_state` merges
-//! the two, so it always shows the latest committed state; a cleanly stopped store has an
-//! empty log, and then `entities` alone is exact.
+//! grows at its end, one row per commit (one insert, however many states), and the fold
+//! rewrites neighbouring keys together. `entity_state` merges the two, so it always shows the
+//! latest committed state; a cleanly stopped store has an empty log, and then `entities`
+//! alone is exact.
 //!
 //! ```sh
 //! sqlite3 data/perennial.db \
@@ -61,19 +65,23 @@ CREATE TABLE entities (
 ) WITHOUT ROWID;
 CREATE TABLE state_log (
     seq        INTEGER PRIMARY KEY,
-    kind       TEXT    NOT NULL,
-    id         TEXT    NOT NULL,
-    shard      INTEGER NOT NULL,
-    version    INTEGER NOT NULL,
-    updated_at INTEGER NOT NULL,
-    state      TEXT    NOT NULL
+    at         INTEGER NOT NULL,
+    states     TEXT    NOT NULL
 );
+CREATE VIEW logged_states AS
+    SELECT l.seq AS seq, CAST(j.key AS INTEGER) AS pos,
+           j.value ->> '$.kind' AS kind, j.value ->> '$.id' AS id,
+           j.value ->> '$.shard' AS shard, j.value ->> '$.version' AS version,
+           l.at AS updated_at, j.value ->> '$.state' AS state
+      FROM state_log AS l, json_each(l.states) AS j;
 CREATE VIEW entity_state AS
-    SELECT kind, id, shard, version, updated_at, state FROM state_log
-     WHERE seq IN (SELECT max(seq) FROM state_log GROUP BY kind, id)
+    SELECT kind, id, shard, version, updated_at, state FROM (
+        SELECT *, row_number() OVER (PARTITION BY kind, id ORDER BY seq DESC, pos DESC) AS latest
+          FROM logged_states)
+     WHERE latest = 1
     UNION ALL
     SELECT kind, id, shard, version, updated_at, state FROM entities
-     WHERE (kind, id) NOT IN (SELECT kind, id FROM state_log);
+     WHERE (kind, id) NOT IN (SELECT kind, id FROM logged_states);
 CREATE TABLE shards (
     shard      INTEGER PRIMARY KEY,
     epoch      INTEGER NOT NULL,

@@ -13,11 +13,11 @@ use perennial_types::{EntityId, EntityKey, Epoch, ShardId};
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
-use crate::errors::{from_sql, map_err};
+use crate::errors::map_err;
 use crate::pending::{Pending, PendingState};
 use crate::reader::{self, ReadCmd};
 use crate::schema;
-use crate::writer::{self, Writer};
+use crate::writer::{self, LoggedState, Writer};
 
 /// The name of the database file inside the data directory.
 const DB_FILE: &str = "perennial.db";
@@ -230,25 +230,28 @@ fn lock_dir(dir: &Path) -> Result<File, Error> {
 fn load_log(conn: &Connection) -> Result<Pending, Error> {
     let mut pending = Pending::default();
     let mut stmt = conn
-        .prepare(
-            "SELECT seq, kind, id, shard, version, updated_at, state FROM state_log ORDER BY seq",
-        )
+        .prepare("SELECT seq, at, states FROM state_log ORDER BY seq")
         .map_err(map_err)?;
     let mut rows = stmt.query([]).map_err(map_err)?;
     while let Some(row) = rows.next().map_err(map_err)? {
         let seq: i64 = row.get(0).map_err(map_err)?;
-        let kind: String = row.get(1).map_err(map_err)?;
-        let id: String = row.get(2).map_err(map_err)?;
-        let id = EntityId::new(&id)
-            .map_err(|e| Error::Corrupt(format!("state_log row {seq} has an invalid id: {e}")))?;
-        let state = PendingState {
-            seq,
-            shard: ShardId(row.get(3).map_err(map_err)?),
-            version: from_sql(row.get(4).map_err(map_err)?, "entity version")?,
-            updated_at: row.get(5).map_err(map_err)?,
-            state: Arc::from(row.get::<_, String>(6).map_err(map_err)?),
-        };
-        pending.insert(EntityKey::new(kind, id), state);
+        let at: i64 = row.get(1).map_err(map_err)?;
+        let states: String = row.get(2).map_err(map_err)?;
+        let states: Vec<LoggedState<String>> = serde_json::from_str(&states)
+            .map_err(|e| Error::Corrupt(format!("state_log row {seq} does not decode: {e}")))?;
+        for logged in states {
+            let id = EntityId::new(&logged.id).map_err(|e| {
+                Error::Corrupt(format!("state_log row {seq} has an invalid id: {e}"))
+            })?;
+            let state = PendingState {
+                seq,
+                shard: ShardId(logged.shard),
+                version: logged.version,
+                updated_at: at,
+                state: Arc::from(logged.state),
+            };
+            pending.insert(EntityKey::new(logged.kind, id), state);
+        }
     }
     Ok(pending)
 }

@@ -41,14 +41,8 @@ const MIN_FOLD_SLICE: usize = 16;
 /// Beyond this many pending states, commits fold faster than they append.
 const MAX_PENDING: usize = 100_000;
 
-/// Appends states to the log, with the sequence numbers the writer hands out.
-static APPEND: LazyLock<Rows> = LazyLock::new(|| {
-    Rows::new(
-        "INSERT INTO state_log (seq, kind, id, shard, version, updated_at, state)",
-        7,
-        "",
-    )
-});
+/// Appends one commit's states to the log, as one row.
+const APPEND: &str = "INSERT INTO state_log (seq, at, states) VALUES (?1, ?2, ?3)";
 
 /// Folds states into `entities`.
 static FOLD: LazyLock<Rows> = LazyLock::new(|| {
@@ -216,11 +210,20 @@ impl Writer {
             .map_err(map_err)?;
         let mut fence = Fence::new(&tx, batch.states.len() + batch.dead_letters.len())?;
         let mut changes = Changes::default();
-        let mut seq = self.next_seq;
+        // One log row for the whole commit: one insert, however many states.
+        let seq = self.next_seq;
+        let mut logged = Vec::with_capacity(batch.states.len());
         for w in &batch.states {
             if !fence.allows(&tx, w.shard, w.epoch)? {
                 continue;
             }
+            logged.push(LoggedState::<&str> {
+                kind: &w.key.kind,
+                id: w.key.id.as_str(),
+                shard: w.shard.0,
+                version: w.version,
+                state: &w.state,
+            });
             changes.appended.push((
                 w.key.clone(),
                 PendingState {
@@ -231,16 +234,17 @@ impl Writer {
                     state: Arc::clone(&w.state),
                 },
             ));
-            seq += 1;
         }
-        changes.next_seq = Some(seq);
-        let values: Vec<ToSqlOutput<'_>> = changes
-            .appended
-            .iter()
-            .flat_map(|(key, s)| std::iter::once(int(s.seq)).chain(state_columns(key, s)))
-            .collect();
-        APPEND.run(&tx, &values)?;
-        drop(values);
+        if !logged.is_empty() {
+            let states = serde_json::to_string(&logged)
+                .map_err(|e| Error::Backend(format!("cannot encode the log row: {e}")))?;
+            tx.prepare_cached(APPEND)
+                .map_err(map_err)?
+                .execute(params![seq, now, states])
+                .map_err(map_err)?;
+            changes.next_seq = Some(seq + 1);
+        }
+        drop(logged);
         {
             let mut insert = tx.prepare_cached(INSERT_DEAD_LETTER).map_err(map_err)?;
             for d in &batch.dead_letters {
@@ -427,6 +431,17 @@ fn fold_into(
     Ok(())
 }
 
+/// One state in a `state_log` row's JSON array.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct LoggedState<S> {
+    pub(crate) kind: S,
+    pub(crate) id: S,
+    pub(crate) shard: u32,
+    pub(crate) version: u64,
+    /// The state's JSON, as a JSON string: it comes back byte for byte.
+    pub(crate) state: S,
+}
+
 /// An `INSERT` of many rows per statement: binding and stepping one statement per row
 /// costs more than the row itself.
 struct Rows {
@@ -469,8 +484,8 @@ impl Rows {
     }
 }
 
-/// The columns `entities` and `state_log` share, for one state, in their order: kind, id,
-/// shard, version, updated_at, state.
+/// The columns of `entities` for one state, in their order: kind, id, shard, version,
+/// updated_at, state.
 fn state_columns<'a>(key: &'a EntityKey, s: &'a PendingState) -> [ToSqlOutput<'a>; 6] {
     [
         text(&key.kind),
