@@ -19,9 +19,7 @@ use parking_lot::Mutex;
 use perennial_storage::{Batch, CommitOutcome, Error};
 use perennial_types::{EntityKey, Epoch, SHARDS, ShardId};
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
-use rusqlite::{
-    Connection, OptionalExtension, Transaction, TransactionBehavior, params, params_from_iter,
-};
+use rusqlite::{Connection, Transaction, TransactionBehavior, params, params_from_iter};
 
 use crate::errors::{from_sql, map_err, to_sql};
 use crate::pending::{Pending, PendingState};
@@ -111,6 +109,8 @@ pub(crate) struct Writer {
     next_seq: i64,
     /// When the last commit finished: the maintenance thread waits for a quiet moment.
     last_commit: Instant,
+    /// The shards' epochs, read again only when they may have changed.
+    epochs: Epochs,
     /// Set by [`close`](Writer::close); later calls fail with [`Error::Closed`].
     closed: bool,
 }
@@ -141,6 +141,7 @@ impl Writer {
             deleted_below: 0,
             next_seq,
             last_commit: Instant::now(),
+            epochs: Epochs::default(),
             closed: false,
         })
     }
@@ -208,13 +209,16 @@ impl Writer {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(map_err)?;
-        let mut fence = Fence::new(&tx, batch.states.len() + batch.dead_letters.len())?;
+        let mut fence = Fence {
+            epochs: self.epochs.current(&tx)?,
+            fenced: Vec::new(),
+        };
         let mut changes = Changes::default();
         // One log row for the whole commit: one insert, however many states.
         let seq = self.next_seq;
         let mut logged = Vec::with_capacity(batch.states.len());
         for w in &batch.states {
-            if !fence.allows(&tx, w.shard, w.epoch)? {
+            if !fence.allows(w.shard, w.epoch)? {
                 continue;
             }
             logged.push(LoggedState::<&str> {
@@ -248,7 +252,7 @@ impl Writer {
         {
             let mut insert = tx.prepare_cached(INSERT_DEAD_LETTER).map_err(map_err)?;
             for d in &batch.dead_letters {
-                if fence.allows(&tx, d.shard, d.epoch)? {
+                if fence.allows(d.shard, d.epoch)? {
                     let l = &d.letter;
                     insert
                         .execute(params![
@@ -266,8 +270,8 @@ impl Writer {
         let budget = fold_budget(changes.appended.len(), self.pending.lock().len());
         fold_into(&tx, &self.pending, self.deleted_below, budget, &mut changes)?;
         tx.commit().map_err(map_err)?;
-        self.publish(changes);
         let mut fenced = fence.fenced;
+        self.publish(changes);
         fenced.sort();
         Ok(CommitOutcome { fenced })
     }
@@ -350,6 +354,8 @@ impl Writer {
             }
         }
         tx.commit().map_err(map_err)?;
+        // This connection's own commits do not change `data_version`.
+        self.epochs.clear();
         Ok(Epoch(next))
     }
 
@@ -505,22 +511,26 @@ fn int(i: i64) -> ToSqlOutput<'static> {
     ToSqlOutput::Owned(Value::Integer(i))
 }
 
-/// The fence check of one batch: each shard's epoch is read once, inside the transaction.
-struct Fence {
-    /// The current epoch of each shard the batch touched so far.
-    epochs: Vec<Option<u64>>,
-    fenced: Vec<ShardId>,
+/// The shards' epochs as this writer last read them, inside a transaction.
+///
+/// Epochs change only when shards are claimed. A claim by this writer clears the cache; a
+/// change by any other connection (another process, an operator's `sqlite3`) changes
+/// `PRAGMA data_version`, which every commit reads inside its transaction. So each fence check
+/// still sees the epochs as of its own transaction, without reading 1024 rows each time.
+#[derive(Default)]
+struct Epochs {
+    /// `(data_version, epoch of each shard)` when last read.
+    cached: Option<(i64, Vec<u64>)>,
 }
 
-/// From this many writes on, a batch reads every shard's epoch in one scan rather than one
-/// shard at a time: the scan costs about as much as this many lookups.
-const SCAN_EPOCHS_FROM: usize = 32;
-
-impl Fence {
-    /// A fence for a batch of `writes` writes.
-    fn new(tx: &Transaction<'_>, writes: usize) -> Result<Self, Error> {
-        let mut epochs = vec![None; SHARDS as usize];
-        if writes >= SCAN_EPOCHS_FROM {
+impl Epochs {
+    /// The current epochs, read in `tx`.
+    fn current(&mut self, tx: &Transaction<'_>) -> Result<&[u64], Error> {
+        let version: i64 = tx
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .map_err(map_err)?;
+        if self.cached.as_ref().is_none_or(|(v, _)| *v != version) {
+            let mut epochs = vec![0; SHARDS as usize];
             let mut stmt = tx
                 .prepare_cached("SELECT shard, epoch FROM shards")
                 .map_err(map_err)?;
@@ -529,39 +539,32 @@ impl Fence {
                 let shard: u32 = row.get(0).map_err(map_err)?;
                 let epoch = from_sql(row.get(1).map_err(map_err)?, "shard epoch")?;
                 if let Some(slot) = epochs.get_mut(shard as usize) {
-                    *slot = Some(epoch);
+                    *slot = epoch;
                 }
             }
+            self.cached = Some((version, epochs));
         }
-        Ok(Self {
-            epochs,
-            fenced: Vec::new(),
-        })
+        Ok(self.cached.as_ref().map_or(&[], |(_, e)| e.as_slice()))
     }
 
-    fn allows(
-        &mut self,
-        tx: &Transaction<'_>,
-        shard: ShardId,
-        epoch: Epoch,
-    ) -> Result<bool, Error> {
-        let Some(slot) = self.epochs.get_mut(shard.0 as usize) else {
+    /// Forgets the epochs: this writer just changed them.
+    fn clear(&mut self) {
+        self.cached = None;
+    }
+}
+
+/// The fence check of one batch, against the epochs of its own transaction.
+struct Fence<'a> {
+    epochs: &'a [u64],
+    fenced: Vec<ShardId>,
+}
+
+impl Fence<'_> {
+    /// Whether a write naming `epoch` for `shard` may land: only if that is the shard's
+    /// current epoch, and the shard has been claimed (epoch 0 never is).
+    fn allows(&mut self, shard: ShardId, epoch: Epoch) -> Result<bool, Error> {
+        let Some(&current) = self.epochs.get(shard.0 as usize) else {
             return Err(Error::Backend(format!("{shard} does not exist")));
-        };
-        let current = match *slot {
-            Some(current) => current,
-            None => {
-                let current: i64 = tx
-                    .prepare_cached("SELECT epoch FROM shards WHERE shard = ?1")
-                    .map_err(map_err)?
-                    .query_row([shard.0], |r| r.get(0))
-                    .optional()
-                    .map_err(map_err)?
-                    .unwrap_or(0);
-                let current = from_sql(current, "shard epoch")?;
-                *slot = Some(current);
-                current
-            }
         };
         let ok = current != 0 && current == epoch.0;
         if !ok && !self.fenced.contains(&shard) {

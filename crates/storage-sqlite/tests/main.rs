@@ -264,3 +264,45 @@ async fn the_log_and_its_fold_match_a_model_across_crashes() {
     // 400 entities, at most 80 states a batch: the fold keeps the log near the hot set.
     assert!(largest_log <= 1_000, "the log grew to {largest_log} rows");
 }
+
+/// The writer keeps the shards' epochs between commits, but a change made by any other
+/// connection (another process, an operator's `sqlite3`) is seen by the next commit.
+#[tokio::test]
+async fn an_epoch_changed_by_another_connection_fences_the_next_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let epoch = store.claim("n1", &all_shards()).await.unwrap();
+    let write = |id: &str| StateWrite {
+        key: counter(id),
+        shard: shard_of("counter", id),
+        epoch,
+        state: r#"{"value":1}"#.into(),
+        version: 1,
+    };
+    let commit = |w: StateWrite| {
+        store
+            .commit(Batch {
+                states: vec![w],
+                dead_letters: Vec::new(),
+            })
+            .unwrap()
+    };
+    assert!(commit(write("a")).fenced.is_empty());
+    let shard = shard_of("counter", "a");
+    let other = rusqlite_read(dir.path());
+    other
+        .busy_timeout(std::time::Duration::from_secs(5))
+        .unwrap();
+    other
+        .execute(
+            "UPDATE shards SET epoch = epoch + 1 WHERE shard = ?1",
+            [shard.0],
+        )
+        .unwrap();
+    assert_eq!(commit(write("a")).fenced, vec![shard]);
+    let elsewhere = (0..)
+        .map(|i| format!("b{i}"))
+        .find(|id| shard_of("counter", id) != shard)
+        .unwrap();
+    assert!(commit(write(&elsewhere)).fenced.is_empty());
+}
