@@ -4,7 +4,7 @@ use perennial_core::{CallError, Runtime};
 use perennial_storage::{MemoryStore, Store};
 use perennial_types::{EntityId, EntityKey};
 
-use crate::kinds::{Counter, Op, runtime};
+use crate::kinds::{Counter, Op, counters, runtime};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_first_messages_make_one_activation() {
@@ -32,20 +32,10 @@ async fn concurrent_first_messages_make_one_activation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_is_loaded_from_storage_after_a_restart() {
     let store = MemoryStore::new();
-    let rt = Runtime::builder()
-        .store(store.clone())
-        .register::<Counter>()
-        .start()
-        .await
-        .unwrap();
+    let rt = counters(&store).await;
     rt.get::<Counter>("c").call(Op::Add(41)).await.unwrap();
     rt.shutdown().await;
-    let rt = Runtime::builder()
-        .store(store.clone())
-        .register::<Counter>()
-        .start()
-        .await
-        .unwrap();
+    let rt = counters(&store).await;
     assert_eq!(rt.get::<Counter>("c").call(Op::Add(1)).await.unwrap(), 42);
     rt.shutdown().await;
     let key = EntityKey::new("counter", EntityId::new("c").unwrap());
@@ -59,12 +49,7 @@ async fn corrupt_stored_state_is_a_typed_error_and_is_left_untouched() {
     let store = MemoryStore::new();
     let key = EntityKey::new("counter", EntityId::new("broken").unwrap());
     store.put_raw(key.clone(), r#"{"value":"not a number"}"#, 7);
-    let rt = Runtime::builder()
-        .store(store.clone())
-        .register::<Counter>()
-        .start()
-        .await
-        .unwrap();
+    let rt = counters(&store).await;
     for _ in 0..3 {
         match rt.get::<Counter>("broken").call(Op::Add(1)).await {
             Err(CallError::CorruptState { key: k, detail }) => {
@@ -172,12 +157,7 @@ async fn a_builder_without_a_store_or_with_duplicate_kinds_does_not_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handle_outliving_its_dropped_runtime_refuses_calls() {
     let store = MemoryStore::new();
-    let rt = Runtime::builder()
-        .store(store.clone())
-        .register::<Counter>()
-        .start()
-        .await
-        .unwrap();
+    let rt = counters(&store).await;
     let h = rt.get::<Counter>("orphan");
     assert_eq!(h.call(Op::Add(1)).await.unwrap(), 1);
     drop(rt);

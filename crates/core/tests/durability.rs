@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
-use perennial_core::{CallError, Runtime};
+use perennial_core::CallError;
 use perennial_storage::{MemoryStore, Store};
 use perennial_types::{EntityId, EntityKey};
 
-use crate::kinds::{Counter, Op, runtime, until};
+use crate::kinds::{Counter, Op, counters, runtime, until};
 
 async fn stored_value(store: &impl Store, id: &str) -> Option<String> {
     let key = EntityKey::new("counter", EntityId::new(id).unwrap());
@@ -134,19 +134,9 @@ async fn later_steps_computed_from_a_lost_step_are_discarded_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_runtime_on_the_same_store_fences_the_first() {
     let store = MemoryStore::new();
-    let first = Runtime::builder()
-        .store(store.clone())
-        .register::<Counter>()
-        .start()
-        .await
-        .unwrap();
+    let first = counters(&store).await;
     first.get::<Counter>("z").call(Op::Add(1)).await.unwrap();
-    let second = Runtime::builder()
-        .store(store.clone())
-        .register::<Counter>()
-        .start()
-        .await
-        .unwrap();
+    let second = counters(&store).await;
     assert!(second.epoch() > first.epoch());
     match first.get::<Counter>("z").call(Op::Add(1)).await {
         Err(e @ CallError::Fenced { .. }) => assert_eq!(e.code(), "fenced"),

@@ -143,6 +143,16 @@ pub(crate) fn builder() -> (Builder, FaultyStore<MemoryStore>) {
     (builder, store)
 }
 
+/// A runtime hosting only `Counter`, over `store`.
+pub(crate) async fn counters(store: &MemoryStore) -> Runtime {
+    Runtime::builder()
+        .store(store.clone())
+        .register::<Counter>()
+        .start()
+        .await
+        .unwrap()
+}
+
 /// A started runtime over a fresh memory store.
 pub(crate) async fn runtime() -> (Runtime, FaultyStore<MemoryStore>) {
     let (builder, store) = builder();
