@@ -187,12 +187,6 @@ impl Builder {
         self
     }
 
-    /// The store, already shared.
-    pub fn shared_store(mut self, store: Arc<dyn Store>) -> Self {
-        self.store = Some(store);
-        self
-    }
-
     /// Registers a kind whose state is written after each step (`Persistence::Snapshot`).
     pub fn register<K>(self) -> Self
     where

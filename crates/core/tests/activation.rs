@@ -172,3 +172,23 @@ async fn a_handle_outliving_its_dropped_runtime_refuses_calls() {
         r#"{"value":1}"#
     );
 }
+
+/// A load that fails (an I/O error) fails the calls waiting for it, and leaves nothing
+/// behind: the next call loads again, and succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_load_fails_its_callers_and_the_next_call_loads_again() {
+    let (rt, store) = runtime().await;
+    rt.get::<Counter>("l").call(Op::Add(5)).await.unwrap();
+    rt.shutdown().await;
+    let (builder, _) = crate::kinds::builder();
+    let rt = builder.store(store.clone()).start().await.unwrap();
+    store.fail_next_loads(1);
+    match rt.get::<Counter>("l").call(Op::Get).await {
+        Err(e @ CallError::Storage { .. }) => assert_eq!(e.code(), "storage_failed"),
+        other => panic!("expected a storage error, got {other:?}"),
+    }
+    let loads = store.loads();
+    assert_eq!(rt.get::<Counter>("l").call(Op::Get).await.unwrap(), 5);
+    assert_eq!(store.loads(), loads + 1, "the second call loaded again");
+    rt.shutdown().await;
+}
