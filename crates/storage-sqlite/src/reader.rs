@@ -5,7 +5,7 @@ use std::thread;
 
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
-use perennial_storage::{DeadLetter, Error, Record, StoredDeadLetter};
+use perennial_storage::{DeadLetter, Error, JournalEntry, Record, StoredDeadLetter};
 use perennial_types::{EntityId, EntityKey};
 use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::oneshot;
@@ -23,6 +23,12 @@ pub(crate) enum ReadCmd {
     DeadLetters {
         kind: Option<String>,
         reply: oneshot::Sender<Result<Vec<StoredDeadLetter>, Error>>,
+    },
+    Journal {
+        key: EntityKey,
+        after: u64,
+        limit: usize,
+        reply: oneshot::Sender<Result<Vec<JournalEntry>, Error>>,
     },
 }
 
@@ -51,6 +57,14 @@ fn serve(conn: &Connection, pending: &Mutex<Pending>, rx: &Receiver<ReadCmd>) {
             }
             ReadCmd::DeadLetters { kind, reply } => {
                 let _ = reply.send(dead_letters(conn, kind.as_deref()));
+            }
+            ReadCmd::Journal {
+                key,
+                after,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(journal(conn, &key, after, limit));
             }
         }
     }
@@ -124,4 +138,36 @@ fn dead_letters(conn: &Connection, kind: Option<&str>) -> Result<Vec<StoredDeadL
         });
     }
     Ok(letters)
+}
+
+/// Up to `limit` journal entries of `key` after step `after`. Journal rows are written in the
+/// commit's own transaction (they are never pending), so the table alone is exact.
+fn journal(
+    conn: &Connection,
+    key: &EntityKey,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<JournalEntry>, Error> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT step, at, entry FROM journal
+             WHERE kind = ?1 AND id = ?2 AND step > ?3 ORDER BY step LIMIT ?4",
+        )
+        .map_err(map_err)?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let after = i64::try_from(after).unwrap_or(i64::MAX);
+    let mut rows = stmt
+        .query(rusqlite::params![&*key.kind, key.id.as_str(), after, limit])
+        .map_err(map_err)?;
+    let mut entries = Vec::new();
+    while let Some(row) = rows.next().map_err(map_err)? {
+        let step: i64 = row.get(0).map_err(map_err)?;
+        let entry: String = row.get(2).map_err(map_err)?;
+        entries.push(JournalEntry {
+            step: from_sql(step, "journal step")?,
+            at_us: row.get(1).map_err(map_err)?,
+            entry: Arc::from(entry),
+        });
+    }
+    Ok(entries)
 }

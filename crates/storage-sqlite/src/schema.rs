@@ -28,6 +28,19 @@
 //!     id TEXT NOT NULL, message TEXT NOT NULL, error TEXT NOT NULL,
 //!     attempts INTEGER NOT NULL, at INTEGER NOT NULL);
 //! CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+//! -- Since format 2: the journals of `Journal` kinds, one row per step. `entry` is a JSON
+//! -- object: {"msg": the message, "seed": the step's random seed (hex) if it used one,
+//! -- "init": {"at_us", "seed"} on a first step, "reply": a digest of the reply}.
+//! -- For these kinds, `entities` holds the latest snapshot (if the state is serializable),
+//! -- whose `version` is the step it covers.
+//! CREATE TABLE journal (
+//!     kind  TEXT    NOT NULL,
+//!     id    TEXT    NOT NULL,
+//!     step  INTEGER NOT NULL,  -- 1, 2, 3, ... per entity
+//!     at    INTEGER NOT NULL,  -- microseconds since the Unix epoch: the step's ctx.now()
+//!     entry TEXT    NOT NULL,
+//!     PRIMARY KEY (kind, id, step)
+//! ) WITHOUT ROWID;
 //! ```
 //!
 //! Why two tables: a commit that updated each entity's row in place would rewrite one
@@ -40,6 +53,8 @@
 //! ```sh
 //! sqlite3 data/perennial.db \
 //!   "SELECT id, json_extract(state, '$.value') FROM entity_state WHERE kind = 'counter'"
+//! sqlite3 data/perennial.db \
+//!   "SELECT step, entry ->> '$.msg' FROM journal WHERE kind = 'table' AND id = 't1' ORDER BY step"
 //! ```
 //!
 //! `PRAGMA user_version` holds [`FORMAT_VERSION`]; a file from a newer version is refused.
@@ -51,7 +66,7 @@ use rusqlite::Connection;
 use crate::errors::map_err;
 
 /// The newest on-disk format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 const CREATE_V1: &str = "
 CREATE TABLE entities (
@@ -101,6 +116,18 @@ CREATE INDEX dead_letters_by_kind ON dead_letters (kind, seq);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 ";
 
+/// From format 1 to 2: journals.
+const UPGRADE_TO_V2: &str = "
+CREATE TABLE journal (
+    kind  TEXT    NOT NULL,
+    id    TEXT    NOT NULL,
+    step  INTEGER NOT NULL,
+    at    INTEGER NOT NULL,
+    entry TEXT    NOT NULL,
+    PRIMARY KEY (kind, id, step)
+) WITHOUT ROWID;
+";
+
 /// Sets the durability pragmas on a connection and checks that SQLite took them.
 ///
 /// WAL with `synchronous=FULL` fsyncs the WAL at every commit. `NORMAL` would fsync only at
@@ -136,7 +163,8 @@ pub(crate) fn check_durable(conn: &Connection, journal_mode: &str) -> Result<(),
     Ok(())
 }
 
-/// Creates the schema in an empty file, or checks the format of an existing one.
+/// Creates the schema in an empty file, or upgrades an older one, step by step, each step in
+/// its own transaction; then checks the format.
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), Error> {
     let version: u32 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -163,10 +191,14 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), Error> {
             [SHARDS.to_string()],
         )
         .map_err(map_err)?;
-        tx.pragma_update(None, "user_version", FORMAT_VERSION)
-            .map_err(map_err)?;
+        tx.pragma_update(None, "user_version", 1).map_err(map_err)?;
         tx.commit().map_err(map_err)?;
-        return Ok(());
+    }
+    if version < 2 {
+        let tx = conn.transaction().map_err(map_err)?;
+        tx.execute_batch(UPGRADE_TO_V2).map_err(map_err)?;
+        tx.pragma_update(None, "user_version", 2).map_err(map_err)?;
+        tx.commit().map_err(map_err)?;
     }
     let shards: String = conn
         .query_row("SELECT value FROM meta WHERE key = 'shards'", [], |r| {

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 use parking_lot::Mutex;
-use perennial_storage::{Batch, CommitOutcome, Error, Record, Store, StoredDeadLetter};
+use perennial_storage::{
+    Batch, CommitOutcome, Error, JournalEntry, Record, Store, StoredDeadLetter,
+};
 use perennial_types::{EntityId, EntityKey, Epoch, ShardId};
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
@@ -278,6 +280,22 @@ impl Store for SqliteStore {
     async fn load(&self, key: &EntityKey) -> Result<Option<Record>, Error> {
         let key = key.clone();
         self.read(|reply| ReadCmd::Load { key, reply }).await
+    }
+
+    async fn journal(
+        &self,
+        key: &EntityKey,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<JournalEntry>, Error> {
+        let key = key.clone();
+        self.read(|reply| ReadCmd::Journal {
+            key,
+            after,
+            limit,
+            reply,
+        })
+        .await
     }
 
     fn commit(&self, batch: Batch) -> Result<CommitOutcome, Error> {

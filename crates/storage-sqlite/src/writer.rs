@@ -55,6 +55,13 @@ static FOLD: LazyLock<Rows> = LazyLock::new(|| {
     )
 });
 
+/// Appends journal entries.
+static JOURNAL: LazyLock<Rows> = LazyLock::new(|| {
+    Rows::new("INSERT INTO journal (kind, id, step, at, entry)", 5, "")
+});
+
+const TRIM_JOURNAL: &str = "DELETE FROM journal WHERE kind = ?1 AND id = ?2 AND step <= ?3";
+
 const INSERT_DEAD_LETTER: &str = "
 INSERT INTO dead_letters (kind, id, message, error, attempts, at)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
@@ -263,6 +270,29 @@ impl Writer {
                             l.attempts,
                             l.at_ms
                         ])
+                        .map_err(map_err)?;
+                }
+            }
+        }
+        let mut entries = Vec::with_capacity(batch.journal.len() * 5);
+        for j in &batch.journal {
+            if fence.allows(j.shard, j.epoch)? {
+                entries.extend([
+                    text(&j.key.kind),
+                    text(j.key.id.as_str()),
+                    int(to_sql(j.entry.step)),
+                    int(j.entry.at_us),
+                    text(&j.entry.entry),
+                ]);
+            }
+        }
+        JOURNAL.run(&tx, &entries)?;
+        drop(entries);
+        if !batch.trims.is_empty() {
+            let mut trim = tx.prepare_cached(TRIM_JOURNAL).map_err(map_err)?;
+            for t in &batch.trims {
+                if fence.allows(t.shard, t.epoch)? {
+                    trim.execute(params![&*t.key.kind, t.key.id.as_str(), to_sql(t.through)])
                         .map_err(map_err)?;
                 }
             }

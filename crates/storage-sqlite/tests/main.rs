@@ -42,7 +42,7 @@ async fn state_survives_reopen_and_is_plain_json_in_sqlite() {
                 state: r#"{"value":41}"#.into(),
                 version: 3,
             }],
-            dead_letters: Vec::new(),
+            ..Batch::default()
         };
         store.commit(batch).unwrap();
         store.close().await.unwrap();
@@ -106,7 +106,7 @@ async fn data_from_a_newer_version_is_refused_untouched() {
             state: r#"{"value":7}"#.into(),
             version: 1,
         }],
-        dead_letters: Vec::new(),
+        ..Batch::default()
     };
     store.commit(batch).unwrap();
     store.close().await.unwrap();
@@ -123,6 +123,37 @@ async fn data_from_a_newer_version_is_refused_untouched() {
     assert_eq!(contents(dir.path()), before);
 }
 
+/// A directory written by format 1 (before journals) is upgraded in place, its data kept.
+#[tokio::test]
+async fn format_1_data_is_upgraded() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let epoch = store.claim("n1", &all_shards()).await.unwrap();
+    let batch = Batch {
+        states: vec![StateWrite {
+            key: counter("c1"),
+            shard: shard_of("counter", "c1"),
+            epoch,
+            state: r#"{"value":7}"#.into(),
+            version: 1,
+        }],
+        ..Batch::default()
+    };
+    store.commit(batch).unwrap();
+    store.close().await.unwrap();
+    // Make it a format 1 file again: no journal table.
+    let conn = rusqlite_read(dir.path());
+    conn.execute_batch("DROP TABLE journal; PRAGMA user_version = 1")
+        .unwrap();
+    drop(conn);
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let record = store.load(&counter("c1")).await.unwrap().unwrap();
+    assert_eq!(record.state, r#"{"value":7}"#);
+    assert!(store.journal(&counter("c1"), 0, 10).await.unwrap().is_empty());
+    store.close().await.unwrap();
+    assert!(contents(dir.path()).starts_with("user_version=2\n"));
+}
+
 /// The format version and every row of the data tables, as text.
 fn contents(dir: &std::path::Path) -> String {
     let conn = rusqlite_read(dir);
@@ -130,7 +161,7 @@ fn contents(dir: &std::path::Path) -> String {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
     let mut out = format!("user_version={version}\n");
-    for table in ["entities", "state_log", "shards", "dead_letters"] {
+    for table in ["entities", "state_log", "shards", "dead_letters", "journal"] {
         let sql = format!("SELECT * FROM {table} ORDER BY 1, 2");
         let mut stmt = conn.prepare(&sql).unwrap();
         let columns = stmt.column_count();
@@ -211,7 +242,7 @@ async fn the_log_and_its_fold_match_a_model_across_crashes() {
             let outcome = store
                 .commit(Batch {
                     states,
-                    dead_letters: Vec::new(),
+                    ..Batch::default()
                 })
                 .unwrap();
             assert!(outcome.fenced.is_empty());
@@ -283,7 +314,7 @@ async fn an_epoch_changed_by_another_connection_fences_the_next_commit() {
         store
             .commit(Batch {
                 states: vec![w],
-                dead_letters: Vec::new(),
+                ..Batch::default()
             })
             .unwrap()
     };

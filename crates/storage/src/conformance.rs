@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use perennial_types::{EntityId, EntityKey, Epoch, SHARDS, ShardId, shard_of};
 
-use crate::{Batch, DeadLetter, DeadLetterWrite, StateWrite, Store};
+use crate::{
+    Batch, DeadLetter, DeadLetterWrite, JournalEntry, JournalTrim, JournalWrite, StateWrite, Store,
+};
 
 /// Expands to one test per conformance case, each on a fresh store from `$make`.
 ///
@@ -29,6 +31,10 @@ macro_rules! store_conformance {
             large_state_round_trips,
             concurrent_commits_all_land,
             empty_batch_commits,
+            journal_reads_back_in_step_order,
+            journal_is_fenced,
+            journal_trim_deletes_through_step,
+            journal_and_snapshot_commit_together,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -67,7 +73,7 @@ async fn claim_all(store: &dyn Store) -> Epoch {
 fn commit_states(store: &dyn Store, states: Vec<StateWrite>) -> crate::CommitOutcome {
     let batch = Batch {
         states,
-        dead_letters: Vec::new(),
+        ..Batch::default()
     };
     store.commit(batch).unwrap()
 }
@@ -181,6 +187,7 @@ pub async fn dead_letters_are_kept_in_order(store: &dyn Store) {
                 epoch,
                 letter: l.clone(),
             }],
+            ..Batch::default()
         };
         assert!(store.commit(batch).unwrap().fenced.is_empty());
     }
@@ -208,6 +215,7 @@ pub async fn dead_letters_are_fenced(store: &dyn Store) {
             epoch: old,
             letter: letter(&k, 1),
         }],
+        ..Batch::default()
     };
     assert_eq!(store.commit(batch).unwrap().fenced, vec![shard]);
     assert!(store.dead_letters(None).await.unwrap().is_empty());
@@ -252,4 +260,126 @@ pub async fn empty_batch_commits(store: &dyn Store) {
     claim_all(store).await;
     let outcome = store.commit(Batch::default()).unwrap();
     assert!(outcome.fenced.is_empty());
+}
+
+fn entry(key: &EntityKey, epoch: Epoch, step: u64) -> JournalWrite {
+    JournalWrite {
+        shard: shard_of(&key.kind, key.id.as_str()),
+        key: key.clone(),
+        epoch,
+        entry: JournalEntry {
+            step,
+            at_us: 1_700_000_000_000_000 + step as i64,
+            entry: Arc::from(format!(r#"{{"msg":{{"add":{step}}},"reply":"00ff"}}"#)),
+        },
+    }
+}
+
+fn trim(key: &EntityKey, epoch: Epoch, through: u64) -> JournalTrim {
+    JournalTrim {
+        shard: shard_of(&key.kind, key.id.as_str()),
+        key: key.clone(),
+        epoch,
+        through,
+    }
+}
+
+fn commit_journal(store: &dyn Store, journal: Vec<JournalWrite>, trims: Vec<JournalTrim>) {
+    let batch = Batch {
+        journal,
+        trims,
+        ..Batch::default()
+    };
+    let outcome = store.commit(batch).unwrap();
+    assert!(outcome.fenced.is_empty(), "{outcome:?}");
+}
+
+/// Journal entries come back exactly, in step order, paged by `after` and `limit`, and only
+/// the entity's own.
+pub async fn journal_reads_back_in_step_order(store: &dyn Store) {
+    let epoch = claim_all(store).await;
+    let a = key("table", "a");
+    let b = key("table", "b");
+    assert!(store.journal(&a, 0, 100).await.unwrap().is_empty());
+    // Two commits, the second with steps of two entities interleaved.
+    commit_journal(store, (1..=3).map(|s| entry(&a, epoch, s)).collect(), vec![]);
+    commit_journal(
+        store,
+        vec![entry(&b, epoch, 1), entry(&a, epoch, 4), entry(&a, epoch, 5)],
+        vec![],
+    );
+    let all = store.journal(&a, 0, 100).await.unwrap();
+    let steps: Vec<u64> = all.iter().map(|e| e.step).collect();
+    assert_eq!(steps, [1, 2, 3, 4, 5]);
+    assert_eq!(all[2], entry(&a, epoch, 3).entry);
+    let page = store.journal(&a, 2, 2).await.unwrap();
+    let steps: Vec<u64> = page.iter().map(|e| e.step).collect();
+    assert_eq!(steps, [3, 4]);
+    assert_eq!(store.journal(&b, 0, 100).await.unwrap().len(), 1);
+    assert!(store.journal(&a, 5, 100).await.unwrap().is_empty());
+}
+
+/// Journal entries and trims with a stale epoch are refused like states.
+pub async fn journal_is_fenced(store: &dyn Store) {
+    let old = claim_all(store).await;
+    let k = key("table", "fenced");
+    commit_journal(store, vec![entry(&k, old, 1)], vec![]);
+    let new = claim_all(store).await;
+    let outcome = store
+        .commit(Batch {
+            journal: vec![entry(&k, old, 2)],
+            trims: vec![trim(&k, old, 1)],
+            ..Batch::default()
+        })
+        .unwrap();
+    assert_eq!(outcome.fenced, [shard_of(&k.kind, k.id.as_str())]);
+    let steps: Vec<u64> = store
+        .journal(&k, 0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.step)
+        .collect();
+    assert_eq!(steps, [1], "a fenced writer appended or trimmed");
+    commit_journal(store, vec![entry(&k, new, 2)], vec![]);
+    assert_eq!(store.journal(&k, 0, 10).await.unwrap().len(), 2);
+}
+
+/// A trim deletes the entity's entries up to and including its step, and nothing else.
+pub async fn journal_trim_deletes_through_step(store: &dyn Store) {
+    let epoch = claim_all(store).await;
+    let a = key("table", "trim-a");
+    let b = key("table", "trim-b");
+    let mut writes: Vec<JournalWrite> = (1..=6).map(|s| entry(&a, epoch, s)).collect();
+    writes.extend((1..=6).map(|s| entry(&b, epoch, s)));
+    commit_journal(store, writes, vec![]);
+    // Appends and the trim in one batch: the trim applies after the appends.
+    commit_journal(store, vec![entry(&a, epoch, 7)], vec![trim(&a, epoch, 4)]);
+    let steps: Vec<u64> = store
+        .journal(&a, 0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.step)
+        .collect();
+    assert_eq!(steps, [5, 6, 7]);
+    assert_eq!(store.journal(&b, 0, 100).await.unwrap().len(), 6);
+}
+
+/// A snapshot (a state write) and the journal entries of the same steps land together.
+pub async fn journal_and_snapshot_commit_together(store: &dyn Store) {
+    let epoch = claim_all(store).await;
+    let k = key("table", "snap");
+    let outcome = store
+        .commit(Batch {
+            states: vec![write(&k, epoch, r#"{"hands":3}"#, 3)],
+            journal: (1..=3).map(|s| entry(&k, epoch, s)).collect(),
+            trims: vec![trim(&k, epoch, 3)],
+            ..Batch::default()
+        })
+        .unwrap();
+    assert!(outcome.fenced.is_empty());
+    let record = store.load(&k).await.unwrap().unwrap();
+    assert_eq!((record.state.as_str(), record.version), (r#"{"hands":3}"#, 3));
+    assert!(store.journal(&k, 0, 100).await.unwrap().is_empty());
 }

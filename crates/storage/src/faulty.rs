@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use parking_lot::{Condvar, Mutex};
 use perennial_types::{EntityKey, Epoch, ShardId};
 
-use crate::{Batch, CommitOutcome, Error, Record, Store, StoredDeadLetter};
+use crate::{Batch, CommitOutcome, Error, JournalEntry, Record, Store, StoredDeadLetter};
 
 /// Wraps a [`Store`] and lets a test fail or hold its commits, and count what reached it.
 ///
@@ -116,6 +116,18 @@ impl<S: Store> Store for FaultyStore<S> {
         }
         self.controls.loads.fetch_add(1, Ordering::SeqCst);
         self.inner.load(key).await
+    }
+
+    async fn journal(
+        &self,
+        key: &EntityKey,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<JournalEntry>, Error> {
+        if take_one(&self.controls.fail_loads) {
+            return Err(Error::Io("injected journal read failure".into()));
+        }
+        self.inner.journal(key, after, limit).await
     }
 
     fn commit(&self, batch: Batch) -> Result<CommitOutcome, Error> {

@@ -1,7 +1,7 @@
 //! The storage layer's contract: what every backend (memory, SQLite, later PostgreSQL) provides.
 //!
 //! A [`Store`] holds the ground truth of a Perennial node: each entity's last committed state
-//! (as JSON text, so generic tools can read it), the shard epochs that fence stale writers, and
+//! (as JSON text, so generic tools can read it), the journals of `Journal` kinds, the shard epochs that fence stale writers, and
 //! the dead letters. The runtime's commit pipeline hands a store one [`Batch`] at a time; the
 //! store makes the whole batch durable in one transaction before it returns.
 //!
@@ -30,5 +30,6 @@ pub use error::Error;
 pub use faulty::FaultyStore;
 pub use memory::MemoryStore;
 pub use model::{
-    Batch, CommitOutcome, DeadLetter, DeadLetterWrite, Record, StateWrite, Store, StoredDeadLetter,
+    Batch, CommitOutcome, DeadLetter, DeadLetterWrite, JournalEntry, JournalTrim, JournalWrite,
+    Record, StateWrite, Store, StoredDeadLetter,
 };

@@ -8,7 +8,8 @@ use parking_lot::Mutex;
 use perennial_types::{EntityKey, Epoch, SHARDS, ShardId};
 
 use crate::{
-    Batch, CommitOutcome, DeadLetterWrite, Error, Record, StateWrite, Store, StoredDeadLetter,
+    Batch, CommitOutcome, DeadLetterWrite, Error, JournalEntry, JournalTrim, JournalWrite, Record,
+    StateWrite, Store, StoredDeadLetter,
 };
 
 /// A [`Store`] in memory. Nothing survives the process; "durable" means "committed".
@@ -34,6 +35,8 @@ pub struct MemoryStore {
 struct Inner {
     /// Each entity's last committed record, by (kind, id).
     entities: BTreeMap<EntityKey, Record>,
+    /// Each journal's entries, by entity, then by step.
+    journals: BTreeMap<EntityKey, BTreeMap<u64, JournalEntry>>,
     /// The current epoch of each shard; 0 means never claimed.
     epochs: Vec<u64>,
     dead_letters: Vec<StoredDeadLetter>,
@@ -44,6 +47,7 @@ impl Default for Inner {
     fn default() -> Self {
         Self {
             entities: BTreeMap::new(),
+            journals: BTreeMap::new(),
             epochs: vec![0; SHARDS as usize],
             dead_letters: Vec::new(),
             closed: false,
@@ -147,8 +151,54 @@ impl Store for MemoryStore {
                 inner.dead_letters.push(StoredDeadLetter { seq, letter });
             }
         }
+        for JournalWrite {
+            key,
+            shard,
+            epoch,
+            entry,
+        } in batch.journal
+        {
+            if fence(shard, epoch, &inner) {
+                inner
+                    .journals
+                    .entry(key)
+                    .or_default()
+                    .insert(entry.step, entry);
+            }
+        }
+        for JournalTrim {
+            key,
+            shard,
+            epoch,
+            through,
+        } in batch.trims
+        {
+            if fence(shard, epoch, &inner) {
+                if let Some(journal) = inner.journals.get_mut(&key) {
+                    *journal = journal.split_off(&through.saturating_add(1));
+                }
+            }
+        }
         outcome.fenced.sort();
         Ok(outcome)
+    }
+
+    async fn journal(
+        &self,
+        key: &EntityKey,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<JournalEntry>, Error> {
+        let inner = self.inner.lock();
+        inner.check_open()?;
+        let Some(journal) = inner.journals.get(key) else {
+            return Ok(Vec::new());
+        };
+        Ok(journal
+            .range(after.saturating_add(1)..)
+            .take(limit)
+            .map(|(_, e)| e.clone())
+            .collect())
     }
 
     async fn dead_letters(&self, kind: Option<&str>) -> Result<Vec<StoredDeadLetter>, Error> {

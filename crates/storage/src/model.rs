@@ -66,7 +66,47 @@ pub struct StoredDeadLetter {
     pub letter: DeadLetter,
 }
 
-/// Everything one commit writes: states and dead letters of many entities.
+/// One step of a `Journal` kind, as stored: what the step was handed, so that replaying it
+/// through the same handler gives the same state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalEntry {
+    /// The entity's step number: 1 for its first step, then one more for each step kept.
+    pub step: u64,
+    /// When the step ran, in microseconds since the Unix epoch (the handler's `ctx.now()`).
+    pub at_us: i64,
+    /// The step's inputs as one JSON object: the message, the random seed if the step used
+    /// one, and a digest of its reply. Stores keep it as text and never look inside.
+    pub entry: Arc<str>,
+}
+
+/// A journal entry written by a batch, fenced like a state write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalWrite {
+    /// Which entity.
+    pub key: EntityKey,
+    /// The entity's shard.
+    pub shard: ShardId,
+    /// The epoch the writer holds for `shard`.
+    pub epoch: Epoch,
+    /// The entry. A store refuses nothing here: steps are unique per entity by construction.
+    pub entry: JournalEntry,
+}
+
+/// Deletes an entity's journal entries up to and including step `through`, written by a batch
+/// (after a snapshot made them unnecessary). Fenced like a state write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalTrim {
+    /// Which entity.
+    pub key: EntityKey,
+    /// The entity's shard.
+    pub shard: ShardId,
+    /// The epoch the writer holds for `shard`.
+    pub epoch: Epoch,
+    /// The last step deleted.
+    pub through: u64,
+}
+
+/// Everything one commit writes: states, journal entries and dead letters of many entities.
 ///
 /// A store writes a batch in one transaction with one durable flush.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -75,12 +115,19 @@ pub struct Batch {
     pub states: Vec<StateWrite>,
     /// Dead letters to keep.
     pub dead_letters: Vec<DeadLetterWrite>,
+    /// Journal entries to append.
+    pub journal: Vec<JournalWrite>,
+    /// Journal entries to delete, applied after this batch's appends.
+    pub trims: Vec<JournalTrim>,
 }
 
 impl Batch {
     /// Whether the batch writes nothing.
     pub fn is_empty(&self) -> bool {
-        self.states.is_empty() && self.dead_letters.is_empty()
+        self.states.is_empty()
+            && self.dead_letters.is_empty()
+            && self.journal.is_empty()
+            && self.trims.is_empty()
     }
 }
 
@@ -92,7 +139,7 @@ pub struct CommitOutcome {
     pub fenced: Vec<ShardId>,
 }
 
-/// A durable home for entity state.
+/// A durable home for entity state and journals.
 ///
 /// Implementations must make [`commit`](Store::commit) atomic and durable: when it returns
 /// `Ok`, every write of the batch except those of fenced shards survives a crash of the
@@ -110,6 +157,15 @@ pub trait Store: Send + Sync + Debug + 'static {
 
     /// Reads an entity's last committed state, or `None` if it was never written.
     async fn load(&self, key: &EntityKey) -> Result<Option<Record>, Error>;
+
+    /// Reads up to `limit` of an entity's journal entries with a step above `after`, in step
+    /// order.
+    async fn journal(
+        &self,
+        key: &EntityKey,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<JournalEntry>, Error>;
 
     /// Writes a batch in one durable transaction, on the calling thread (it blocks).
     fn commit(&self, batch: Batch) -> Result<CommitOutcome, Error>;
@@ -130,6 +186,14 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     async fn load(&self, key: &EntityKey) -> Result<Option<Record>, Error> {
         (**self).load(key).await
+    }
+    async fn journal(
+        &self,
+        key: &EntityKey,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<JournalEntry>, Error> {
+        (**self).journal(key, after, limit).await
     }
     fn commit(&self, batch: Batch) -> Result<CommitOutcome, Error> {
         (**self).commit(batch)
