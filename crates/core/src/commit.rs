@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::{Condvar, Mutex};
-use perennial_storage::{Batch, DeadLetter, DeadLetterWrite, StateWrite, Store};
+use perennial_storage::{
+    Batch, DeadLetter, DeadLetterWrite, JournalEntry, JournalTrim, JournalWrite, StateWrite, Store,
+};
 use perennial_types::{EntityKey, Epoch, ShardId};
 use tokio::sync::Notify;
 
@@ -26,6 +28,17 @@ pub(crate) enum Write {
     State(Arc<str>),
     /// A message set aside; the state does not change.
     DeadLetter(Box<DeadLetter>),
+    /// A step of a `Journal` kind.
+    Journal(Box<JournalStep>),
+}
+
+/// What a step of a `Journal` kind writes.
+pub(crate) struct JournalStep {
+    pub(crate) entry: JournalEntry,
+    /// A snapshot of the state after this step, when one is due.
+    pub(crate) snapshot: Option<Arc<str>>,
+    /// The last journal step the snapshot makes unnecessary, if the policy deletes any.
+    pub(crate) trim: Option<u64>,
 }
 
 /// One step of one entity, on its way to storage.
@@ -315,28 +328,59 @@ impl Owners {
         let entry = &mut self.entries[index];
         entry.seq = entry.seq.max(step.seq);
         match step.write {
-            Write::State(state) => match entry.state {
-                Some(i) if batch.states[i].version <= step.seq => {
-                    batch.states[i].state = state;
-                    batch.states[i].version = step.seq;
-                }
-                Some(_) => {}
-                None => {
-                    entry.state = Some(batch.states.len());
-                    batch.states.push(StateWrite {
-                        key: entry.owner.key(),
-                        shard: entry.owner.shard(),
-                        epoch: entry.owner.epoch(),
-                        state,
-                        version: step.seq,
-                    });
-                }
-            },
+            Write::State(state) => entry.set_state(batch, state, step.seq),
             Write::DeadLetter(letter) => batch.dead_letters.push(DeadLetterWrite {
                 shard: entry.owner.shard(),
                 epoch: entry.owner.epoch(),
                 letter: *letter,
             }),
+            Write::Journal(journal) => {
+                let JournalStep {
+                    entry: journaled,
+                    snapshot,
+                    trim,
+                } = *journal;
+                batch.journal.push(JournalWrite {
+                    key: entry.owner.key(),
+                    shard: entry.owner.shard(),
+                    epoch: entry.owner.epoch(),
+                    entry: journaled,
+                });
+                if let Some(snapshot) = snapshot {
+                    entry.set_state(batch, snapshot, step.seq);
+                }
+                if let Some(through) = trim {
+                    batch.trims.push(JournalTrim {
+                        key: entry.owner.key(),
+                        shard: entry.owner.shard(),
+                        epoch: entry.owner.epoch(),
+                        through,
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl OwnerEntry {
+    /// Writes the owner's state at version `seq`, replacing an older one in the batch.
+    fn set_state(&mut self, batch: &mut Batch, state: Arc<str>, seq: u64) {
+        match self.state {
+            Some(i) if batch.states[i].version <= seq => {
+                batch.states[i].state = state;
+                batch.states[i].version = seq;
+            }
+            Some(_) => {}
+            None => {
+                self.state = Some(batch.states.len());
+                batch.states.push(StateWrite {
+                    key: self.owner.key(),
+                    shard: self.owner.shard(),
+                    epoch: self.owner.epoch(),
+                    state,
+                    version: seq,
+                });
+            }
         }
     }
 }

@@ -7,7 +7,13 @@
 //! reports the step durable (output gating): the entity goes on to its next message without
 //! waiting for the fsync, but no reply leaves early.
 //!
-//! A step that returns `Err` or panics is rolled back to the state after the previous step.
+//! A successful step of a `Journal` kind submits its journal entry instead (see
+//! [`crate::journal`]), with a snapshot every few steps if the kind takes them; its reply is
+//! held the same way.
+//!
+//! A step that returns `Err` or panics is rolled back to the state after the previous step:
+//! from a copy (`Ephemeral`), by decoding the last state (`Snapshot`), or by replaying the
+//! journal once the steps in flight are durable (`Journal`).
 //! If a batch fails, the cell's incarnation changes: every held reply fails, every queued
 //! step of the old incarnation is dropped by the pipeline, and the state is reloaded from
 //! storage before the next message.
@@ -20,12 +26,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use perennial_storage::{JournalEntry, Record};
+
 use parking_lot::Mutex;
 use perennial_storage::DeadLetter;
 use perennial_types::{EntityId, EntityKey, Epoch, ShardId, shard_of};
 use tokio::sync::oneshot;
 
-use crate::commit::{Failure, Owner, Step, Write};
+use crate::commit::{Failure, JournalStep, Owner, Step, Write};
+use crate::ctx::now_us;
+use crate::journal::{self, InitRecord};
 use crate::kind::{KindRt, Mode};
 use crate::registry::{Key, Passivated, Resident};
 use crate::{CallError, Ctx, Overload, Process};
@@ -79,6 +89,10 @@ struct Inner<K: Process> {
     durable: u64,
     /// `Snapshot` kinds: the state after step `seq`, to roll back to.
     last_json: Option<Arc<str>>,
+    /// `Journal` kinds: the step the latest snapshot covers.
+    snapshot_step: u64,
+    /// `Journal` kinds: what `init` was handed, until the first step records it.
+    init: Option<Box<InitRecord>>,
     /// Why the steps of the previous incarnation were lost, for replies computed from them.
     /// Boxed: it is almost always empty, and every resident entity carries the field.
     lost: Option<Box<Failure>>,
@@ -265,6 +279,8 @@ impl<K: Process> Cell<K> {
                 seq: 0,
                 durable: 0,
                 last_json: None,
+                snapshot_step: 0,
+                init: None,
                 lost: None,
                 failures: Vec::new(),
                 bytes: 0,
@@ -285,12 +301,14 @@ impl<K: Process> Cell<K> {
         self.deadline.store(deadline, Ordering::Relaxed);
     }
 
-    /// A brand-new state: [`Default`], then [`Process::init`].
-    fn fresh(&self) -> Result<K, CallError> {
+    /// A brand-new state: [`Default`], then [`Process::init`], with what `init` was handed.
+    fn fresh(&self) -> Result<(K, InitRecord), CallError> {
         let mut state = guard(K::default).map_err(|message| self.panicked_error(message))?;
-        let mut ctx = Ctx::new(&self.id, SystemTime::now());
+        let at_us = now_us();
+        let mut ctx = Ctx::at(&self.id, at_us);
         guard(|| state.init(&mut ctx)).map_err(|message| self.panicked_error(message))?;
-        Ok(state)
+        let seed = ctx.drawn_seed();
+        Ok((state, InitRecord { at_us, seed }))
     }
 
     fn panicked_error(&self, message: String) -> CallError {
@@ -309,17 +327,16 @@ impl<K: Process> Cell<K> {
     async fn activate(self: &Arc<Self>) -> bool {
         self.settled().await;
         match self.load().await {
-            Ok((state, json, version)) => {
+            Ok(loaded) => {
                 let mut inner = self.inner.lock();
-                let bytes = json
-                    .as_ref()
-                    .map_or(std::mem::size_of::<K>(), |json| json.len());
-                self.kind.core.registry.account(inner.bytes, bytes);
-                inner.bytes = bytes;
-                inner.state = Slot::Ready(state);
-                inner.seq = version;
-                inner.durable = version;
-                inner.last_json = json;
+                self.kind.core.registry.account(inner.bytes, loaded.bytes);
+                inner.bytes = loaded.bytes;
+                inner.state = Slot::Ready(loaded.state);
+                inner.seq = loaded.version;
+                inner.durable = loaded.version;
+                inner.last_json = loaded.json;
+                inner.snapshot_step = loaded.snapshot_step;
+                inner.init = loaded.init.map(Box::new);
                 inner.lost = None;
                 self.kind
                     .counters
@@ -365,21 +382,12 @@ impl<K: Process> Cell<K> {
         }
     }
 
-    async fn load(&self) -> Result<(K, Option<Arc<str>>, u64), CallError> {
-        let (mut state, json, version) = match &self.kind.mode {
-            Mode::Ephemeral { .. } => (self.fresh()?, None, 0),
+    async fn load(&self) -> Result<Loaded<K>, CallError> {
+        let mut loaded = match &self.kind.mode {
+            Mode::Ephemeral { .. } => self.fresh_loaded()?,
             Mode::Snapshot { decode, .. } => match self.kind.core.store.load(&self.key()).await {
-                Ok(None) => (self.fresh()?, None, 0),
-                Ok(Some(record)) => {
-                    let state = guard(|| decode(&record.state))
-                        .map_err(|panic| format!("the decoder panicked: {panic}"))
-                        .and_then(|decoded| decoded.map_err(|e| e.to_string()))
-                        .map_err(|detail| CallError::CorruptState {
-                            key: self.key(),
-                            detail,
-                        })?;
-                    (state, Some(Arc::from(record.state)), record.version)
-                }
+                Ok(None) => self.fresh_loaded()?,
+                Ok(Some(record)) => self.decoded(*decode, record)?,
                 Err(source) => {
                     return Err(CallError::Storage {
                         key: self.key(),
@@ -387,10 +395,67 @@ impl<K: Process> Cell<K> {
                     });
                 }
             },
+            Mode::Journal { snapshots } => {
+                let key = self.key();
+                let store = &*self.kind.core.store;
+                let codec = snapshots.as_ref();
+                let rebuilt = journal::rebuild(store, &key, &self.id, codec, u64::MAX).await?;
+                match rebuilt.state {
+                    None => self.fresh_loaded()?,
+                    Some(state) => Loaded {
+                        state,
+                        json: None,
+                        version: rebuilt.step,
+                        snapshot_step: rebuilt.snapshot.map_or(0, |(step, _)| step),
+                        bytes: rebuilt
+                            .snapshot
+                            .map_or(std::mem::size_of::<K>(), |(_, len)| len),
+                        init: None,
+                    },
+                }
+            }
         };
-        let mut ctx = Ctx::new(&self.id, SystemTime::now());
-        guard(|| state.on_activate(&mut ctx)).map_err(|message| self.panicked_error(message))?;
-        Ok((state, json, version))
+        let mut ctx = Ctx::new(&self.id);
+        guard(|| loaded.state.on_activate(&mut ctx))
+            .map_err(|message| self.panicked_error(message))?;
+        Ok(loaded)
+    }
+
+    /// A new entity's first state, as an activation returns it.
+    fn fresh_loaded(&self) -> Result<Loaded<K>, CallError> {
+        let (state, init) = self.fresh()?;
+        let journaled = matches!(self.kind.mode, Mode::Journal { .. });
+        Ok(Loaded {
+            state,
+            json: None,
+            version: 0,
+            snapshot_step: 0,
+            bytes: std::mem::size_of::<K>(),
+            init: journaled.then_some(init),
+        })
+    }
+
+    /// A `Snapshot` kind's stored state, decoded.
+    fn decoded(
+        &self,
+        decode: fn(&str) -> serde_json::Result<K>,
+        record: Record,
+    ) -> Result<Loaded<K>, CallError> {
+        let state = guard(|| decode(&record.state))
+            .map_err(|panic| format!("the decoder panicked: {panic}"))
+            .and_then(|decoded| decoded.map_err(|e| e.to_string()))
+            .map_err(|detail| CallError::CorruptState {
+                key: self.key(),
+                detail,
+            })?;
+        Ok(Loaded {
+            state,
+            bytes: record.state.len(),
+            json: Some(Arc::from(record.state)),
+            version: record.version,
+            snapshot_step: 0,
+            init: None,
+        })
     }
 
     /// Handles one message. Returns false if the state in hand is no longer valid (a batch
@@ -412,21 +477,131 @@ impl<K: Process> Cell<K> {
                     return true;
                 }
             },
-            Mode::Snapshot { .. } => None,
+            Mode::Snapshot { .. } | Mode::Journal { .. } => None,
         };
-        let mut ctx = Ctx::new(&self.id, SystemTime::now());
+        let read_only = matches!(self.kind.mode, Mode::Journal { .. })
+            && guard(|| K::is_read_only(&msg)).unwrap_or(false);
+        let at_us = now_us();
+        let mut ctx = Ctx::at(&self.id, at_us);
         match guard(|| state.handle(msg, &mut ctx)) {
+            Ok(Ok(value)) if matches!(self.kind.mode, Mode::Journal { .. }) => {
+                let seed = ctx.drawn_seed();
+                if read_only {
+                    self.clear_failures(&message_json);
+                    return self.respond_gated(reply, Ok(value), incarnation);
+                }
+                self.journal(state, reply, value, &message_json, (at_us, seed), incarnation)
+            }
             Ok(Ok(value)) => self.keep(state, reply, value, &message_json, incarnation),
             Ok(Err(rejection)) => {
                 self.clear_failures(&message_json);
-                if let Err(error) = self.rollback(state, backup) {
-                    let _ = reply.send(Err(error.widen()));
-                    return false;
+                match self.rollback(state, backup) {
+                    Ok(intact) => {
+                        let rejected = Err(CallError::Rejected(rejection));
+                        self.respond_gated(reply, rejected, incarnation) && intact
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error.widen()));
+                        false
+                    }
                 }
-                self.respond_gated(reply, Err(CallError::Rejected(rejection)), incarnation)
             }
             Err(panic) => self.panicked(state, backup, reply, panic, message_json, incarnation),
         }
+    }
+
+    /// Keeps a step of a `Journal` kind: submits its journal entry (and a snapshot when one
+    /// is due), holding the reply until durable.
+    fn journal(
+        self: &Arc<Self>,
+        state: &mut K,
+        reply: ReplyTo<K>,
+        value: K::Reply,
+        message_json: &Result<String, String>,
+        (at_us, seed): (i64, Option<[u8; 32]>),
+        incarnation: u32,
+    ) -> bool {
+        let Mode::Journal { snapshots } = &self.kind.mode else {
+            return false;
+        };
+        let message = match message_json {
+            Ok(message) => message,
+            Err(detail) => {
+                // Without the message, the step cannot be replayed: undo it by replaying.
+                let detail = format!("the message cannot be journaled: {detail}");
+                tracing::error!(kind = K::KIND, id = %self.id, %detail, "the step is discarded");
+                let error = CallError::Unencodable {
+                    key: self.key(),
+                    detail,
+                };
+                self.respond_gated(reply, Err(error), incarnation);
+                return false;
+            }
+        };
+        let digest = journal::reply_digest(&value);
+        let due = {
+            let inner = self.inner.lock();
+            snapshots
+                .as_ref()
+                .filter(|codec| inner.seq + 1 - inner.snapshot_step >= codec.policy.every)
+        };
+        let snapshot = due.and_then(|codec| match guard(|| (codec.encode)(state)) {
+            Ok(Ok(json)) => Some((Arc::<str>::from(json), codec.policy)),
+            Ok(Err(e)) => {
+                tracing::warn!(kind = K::KIND, id = %self.id, error = %e,
+                    "the state cannot be encoded for a snapshot; the journal keeps every step");
+                None
+            }
+            Err(panic) => {
+                tracing::warn!(kind = K::KIND, id = %self.id, %panic,
+                    "encoding a snapshot panicked; the journal keeps every step");
+                None
+            }
+        });
+        let mut inner = self.inner.lock();
+        if self.incarnation.load(Ordering::SeqCst) != incarnation {
+            drop(inner);
+            return self.respond_lost(reply);
+        }
+        forget_failure(&mut inner.failures, digest_of(message));
+        inner.seq += 1;
+        let seq = inner.seq;
+        let init = if seq == 1 {
+            inner.init.take().map(|init| *init)
+        } else {
+            None
+        };
+        let entry = JournalEntry {
+            step: seq,
+            at_us,
+            entry: Arc::from(journal::encode_entry(message, seed, init, digest)),
+        };
+        let (snapshot, trim) = match snapshot {
+            Some((json, policy)) => {
+                inner.snapshot_step = seq;
+                self.kind.core.registry.account(inner.bytes, json.len());
+                inner.bytes = json.len();
+                (Some(json), policy.trim_through(seq))
+            }
+            None => (None, None),
+        };
+        inner.held.push_back(Held {
+            seq,
+            reply,
+            result: Ok(value),
+        });
+        drop(inner);
+        self.kind.core.committer.submit(Step {
+            owner: Arc::clone(self) as Arc<dyn Owner>,
+            incarnation,
+            seq,
+            write: Write::Journal(Box::new(JournalStep {
+                entry,
+                snapshot,
+                trim,
+            })),
+        });
+        true
     }
 
     /// Keeps the step: encodes the state and submits it, holding the reply until durable.
@@ -458,7 +633,7 @@ impl<K: Process> Cell<K> {
             return self.respond_lost(reply);
         }
         if let Ok(message) = message_json {
-            forget_failure(&mut inner.failures, digest(message));
+            forget_failure(&mut inner.failures, digest_of(message));
         }
         if inner.last_json.as_deref() == Some(&*json) {
             // The step changed nothing, so nothing is written; but its reply must not overtake
@@ -499,7 +674,7 @@ impl<K: Process> Cell<K> {
     /// The message ran to completion, so it no longer counts as failing.
     fn clear_failures(&self, message_json: &Result<String, String>) {
         if let Ok(message) = message_json {
-            forget_failure(&mut self.inner.lock().failures, digest(message));
+            forget_failure(&mut self.inner.lock().failures, digest_of(message));
         }
     }
 
@@ -511,15 +686,18 @@ impl<K: Process> Cell<K> {
         incarnation: u32,
     ) -> bool {
         tracing::error!(kind = K::KIND, id = %self.id, %detail, "the new state cannot be encoded; the step is discarded");
-        if let Err(error) = self.rollback(state, None) {
-            let _ = reply.send(Err(error.widen()));
-            return false;
-        }
+        let intact = match self.rollback(state, None) {
+            Ok(intact) => intact,
+            Err(error) => {
+                let _ = reply.send(Err(error.widen()));
+                return false;
+            }
+        };
         let error = CallError::Unencodable {
             key: self.key(),
             detail,
         };
-        self.respond_gated(reply, Err(error), incarnation)
+        self.respond_gated(reply, Err(error), incarnation) && intact
     }
 
     /// Handles a panic: rolls back, counts it, and dead-letters a message that keeps failing.
@@ -535,10 +713,13 @@ impl<K: Process> Cell<K> {
         self.kind.counters.restarts.fetch_add(1, Ordering::Relaxed);
         tracing::error!(kind = K::KIND, id = %self.id, panic = %message,
             "handler panicked; the entity goes on from its previous state");
-        if let Err(error) = self.rollback(state, backup) {
-            let _ = reply.send(Err(error.widen()));
-            return false;
-        }
+        let intact = match self.rollback(state, backup) {
+            Ok(intact) => intact,
+            Err(error) => {
+                let _ = reply.send(Err(error.widen()));
+                return false;
+            }
+        };
         let max = self.kind.core.config.max_attempts;
         let message_json =
             message_json.unwrap_or_else(|e| format!("<the message cannot be encoded: {e}>"));
@@ -547,16 +728,16 @@ impl<K: Process> Cell<K> {
             drop(inner);
             return self.respond_lost(reply);
         }
-        let attempts = record_failure(&mut inner.failures, digest(&message_json));
+        let attempts = record_failure(&mut inner.failures, digest_of(&message_json));
         if attempts < max {
             drop(inner);
             let error = CallError::Panicked {
                 key: self.key(),
                 message,
             };
-            return self.respond_gated(reply, Err(error), incarnation);
+            return self.respond_gated(reply, Err(error), incarnation) && intact;
         }
-        forget_failure(&mut inner.failures, digest(&message_json));
+        forget_failure(&mut inner.failures, digest_of(&message_json));
         // The dead letter is a write of its own, with a version of its own: its reply waits
         // for exactly the batch that holds it, and the entity cannot be passivated before.
         inner.seq += 1;
@@ -590,34 +771,39 @@ impl<K: Process> Cell<K> {
             seq,
             write: Write::DeadLetter(Box::new(letter)),
         });
-        true
+        intact
     }
 
-    /// Restores the state from before the failed step.
+    /// Restores the state from before the failed step. Returns whether the state in hand is
+    /// that state; if not (`Journal` kinds), the entity rebuilds it by replay once its steps
+    /// in flight are durable.
     ///
-    /// That is impossible only if the last state's JSON does not decode (its type does not
-    /// round-trip through `serde_json`, such as an `f64` holding NaN). The state in hand is
-    /// then abandoned: the caller gets the error, and the entity reloads from storage once its
-    /// steps in flight are settled. Nothing else is failed: those steps are fine.
-    fn rollback(&self, state: &mut K, backup: Option<K>) -> Result<(), CallError> {
+    /// A `Snapshot` kind's rollback is impossible only if the last state's JSON does not
+    /// decode (its type does not round-trip through `serde_json`, such as an `f64` holding
+    /// NaN). The state in hand is then abandoned: the caller gets the error, and the entity
+    /// reloads from storage once its steps in flight are settled. Nothing else is failed:
+    /// those steps are fine.
+    fn rollback(&self, state: &mut K, backup: Option<K>) -> Result<bool, CallError> {
         if let Some(backup) = backup {
             *state = backup;
-            return Ok(());
+            return Ok(true);
         }
-        let Mode::Snapshot { decode, .. } = &self.kind.mode else {
-            return Ok(());
+        let decode = match &self.kind.mode {
+            Mode::Snapshot { decode, .. } => decode,
+            Mode::Journal { .. } => return Ok(false),
+            Mode::Ephemeral { .. } => return Ok(true),
         };
         let json = self.inner.lock().last_json.clone();
         let restored = match json {
             Some(json) => guard(|| decode(&json))
                 .map_err(|p| format!("the decoder panicked: {p}"))
                 .and_then(|r| r.map_err(|e| e.to_string())),
-            None => self.fresh().map_err(|e| e.to_string()),
+            None => self.fresh().map(|(state, _)| state).map_err(|e| e.to_string()),
         };
         match restored {
             Ok(previous) => {
                 *state = previous;
-                Ok(())
+                Ok(true)
             }
             Err(detail) => {
                 tracing::error!(kind = K::KIND, id = %self.id, %detail,
@@ -636,7 +822,7 @@ impl<K: Process> Cell<K> {
     /// Answers now if nothing is held, or after the latest step is durable. (Replies of
     /// ephemeral kinds depend on nothing durable and always leave at once.)
     fn respond_gated(&self, reply: ReplyTo<K>, result: Reply<K>, incarnation: u32) -> bool {
-        if let Mode::Ephemeral { .. } = self.kind.mode {
+        if !self.kind.is_durable() {
             let _ = reply.send(result);
             return true;
         }
@@ -722,7 +908,7 @@ impl<K: Process> Owner for Cell<K> {
             return;
         }
         let error = self.failure_error(failure.clone());
-        if let Mode::Snapshot { .. } = self.kind.mode {
+        if self.kind.is_durable() {
             // The in-memory state includes lost steps: start a new incarnation from storage.
             self.incarnation.fetch_add(1, Ordering::SeqCst);
             if matches!(inner.state, Slot::Ready(_)) {
@@ -730,6 +916,7 @@ impl<K: Process> Owner for Cell<K> {
             }
             inner.seq = inner.durable;
             inner.last_json = None;
+            inner.init = None;
             inner.lost = Some(Box::new(failure));
         }
         for held in inner.held.drain(..) {
@@ -774,7 +961,7 @@ impl<K: Process> Resident for Cell<K> {
             bytes,
             hook: Box::new(move || {
                 if let Some(mut state) = state {
-                    let mut ctx = Ctx::new(&id, SystemTime::now());
+                    let mut ctx = Ctx::new(&id);
                     if let Err(panic) = guard(|| state.on_passivate(&mut ctx)) {
                         tracing::error!(kind = K::KIND, %id, %panic, "on_passivate panicked");
                     }
@@ -786,8 +973,21 @@ impl<K: Process> Resident for Cell<K> {
     }
 }
 
+/// A state loaded or created by an activation, with what the cell tracks about it.
+struct Loaded<K> {
+    state: K,
+    /// `Snapshot` kinds: the state's JSON, to roll back to.
+    json: Option<Arc<str>>,
+    version: u64,
+    /// `Journal` kinds: the step the latest snapshot covers.
+    snapshot_step: u64,
+    bytes: usize,
+    /// `Journal` kinds, new entity: what `init` was handed, for the first step to record.
+    init: Option<InitRecord>,
+}
+
 /// Runs user code, turning a panic into its message.
-fn guard<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+pub(crate) fn guard<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
         if let Some(s) = payload.downcast_ref::<&str>() {
             (*s).to_owned()
@@ -799,7 +999,7 @@ fn guard<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     })
 }
 
-fn digest(message: &str) -> u64 {
+fn digest_of(message: &str) -> u64 {
     let mut h = DefaultHasher::new();
     message.hash(&mut h);
     h.finish()

@@ -61,6 +61,26 @@ pub enum CallError<E = Infallible> {
         /// What the decoder reported.
         detail: String,
     },
+    /// Replaying the entity's journal did not do what the live steps did: the kind's code
+    /// changed in a way that breaks replay, or a handler used time, randomness or data from
+    /// outside its `ctx`. The entity is not activated, and its journal is left untouched.
+    #[error("replaying the journal of {key} diverged at step {step}: {detail}")]
+    ReplayDiverged {
+        /// The entity.
+        key: EntityKey,
+        /// The step whose replay differed.
+        step: u64,
+        /// What differed.
+        detail: String,
+    },
+    /// The history or past state asked for is not stored.
+    #[error("no such history of {key}: {detail}")]
+    NoHistory {
+        /// The entity.
+        key: EntityKey,
+        /// What is missing, and why.
+        detail: String,
+    },
     /// The new state could not be encoded, so the step was discarded.
     #[error("the new state of {key} cannot be encoded: {detail}")]
     Unencodable {
@@ -149,6 +169,10 @@ impl<E> CallError<E> {
             Self::Overloaded { scope } => CallError::Overloaded { scope },
             Self::Storage { key, source } => CallError::Storage { key, source },
             Self::CorruptState { key, detail } => CallError::CorruptState { key, detail },
+            Self::ReplayDiverged { key, step, detail } => {
+                CallError::ReplayDiverged { key, step, detail }
+            }
+            Self::NoHistory { key, detail } => CallError::NoHistory { key, detail },
             Self::Unencodable { key, detail } => CallError::Unencodable { key, detail },
             Self::UnencodableReply { key, detail } => CallError::UnencodableReply { key, detail },
             Self::Fenced { key, shard } => CallError::Fenced { key, shard },
@@ -176,6 +200,8 @@ impl<E> CallError<E> {
             } => "storage_corrupt",
             Self::Storage { .. } => "storage_failed",
             Self::CorruptState { .. } => "corrupt_state",
+            Self::ReplayDiverged { .. } => "replay_diverged",
+            Self::NoHistory { .. } => "no_history",
             Self::Unencodable { .. } => "unencodable_state",
             Self::UnencodableReply { .. } => "unencodable_reply",
             Self::Fenced { .. } => "fenced",

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use perennial_types::EntityId;
 
+use crate::journal::{self, SnapshotCodec};
 use crate::runtime::Core;
 use crate::{CallError, JsonRejection, Persistence, Process, Rejection};
 
@@ -17,6 +18,10 @@ pub(crate) enum Mode<K> {
     Snapshot {
         encode: fn(&K) -> serde_json::Result<String>,
         decode: fn(&str) -> serde_json::Result<K>,
+    },
+    /// Inputs journaled at each step, the state rebuilt by replay; snapshots if serializable.
+    Journal {
+        snapshots: Option<SnapshotCodec<K>>,
     },
     /// In memory only; a copy taken before each step restores it after a failed step.
     Ephemeral { clone: fn(&K) -> K },
@@ -45,8 +50,14 @@ impl<K: Process> KindRt<K> {
     pub(crate) fn persistence(&self) -> Persistence {
         match self.mode {
             Mode::Snapshot { .. } => Persistence::Snapshot,
+            Mode::Journal { .. } => Persistence::Journal,
             Mode::Ephemeral { .. } => Persistence::Ephemeral,
         }
+    }
+
+    /// Whether the kind's steps must be durable before their replies leave.
+    pub(crate) fn is_durable(&self) -> bool {
+        !matches!(self.mode, Mode::Ephemeral { .. })
     }
 }
 
@@ -89,6 +100,15 @@ pub(crate) trait DynKind: Send + Sync {
     ) -> Pin<Box<dyn Future<Output = Result<String, CallError<JsonRejection>>> + Send + 'a>>;
 
     fn stats(&self) -> KindStats;
+
+    fn persistence(&self) -> Persistence;
+
+    /// The entity's state as of `step`, as JSON, from storage.
+    fn state_at(
+        self: Arc<Self>,
+        id: EntityId,
+        step: u64,
+    ) -> Pin<Box<dyn Future<Output = Result<String, CallError>> + Send>>;
 }
 
 impl<K: Process> DynKind for KindRt<K> {
@@ -112,6 +132,74 @@ impl<K: Process> DynKind for KindRt<K> {
                 key: perennial_types::EntityKey::new(self.name.clone(), id),
                 detail: e.to_string(),
             })
+        })
+    }
+
+    fn persistence(&self) -> Persistence {
+        KindRt::persistence(self)
+    }
+
+    fn state_at(
+        self: Arc<Self>,
+        id: EntityId,
+        step: u64,
+    ) -> Pin<Box<dyn Future<Output = Result<String, CallError>> + Send>> {
+        Box::pin(async move {
+            let key = perennial_types::EntityKey::new(self.name.clone(), id.clone());
+            let no_history = |detail: String| CallError::NoHistory {
+                key: key.clone(),
+                detail,
+            };
+            let store = &*self.core.store;
+            let storage = |source| CallError::Storage {
+                key: key.clone(),
+                source,
+            };
+            if step == 0 {
+                return Err(no_history("steps are numbered from 1".into()));
+            }
+            match &self.mode {
+                Mode::Journal {
+                    snapshots: Some(codec),
+                } => {
+                    let rebuilt = journal::rebuild(store, &key, &id, Some(codec), step).await?;
+                    let Some(state) = rebuilt.state else {
+                        return Err(no_history("the entity has no steps".into()));
+                    };
+                    if rebuilt.step < step {
+                        let later = store.journal(&key, rebuilt.step, 1).await.map_err(storage)?;
+                        if later.is_empty() {
+                            return Err(no_history(format!(
+                                "the entity has reached step {} only",
+                                rebuilt.step
+                            )));
+                        }
+                    }
+                    (codec.encode)(&state).map_err(|e| CallError::Unencodable {
+                        key: key.clone(),
+                        detail: e.to_string(),
+                    })
+                }
+                Mode::Journal { snapshots: None } => Err(no_history(format!(
+                    "the state of kind {:?} is not serializable, so past states cannot be \
+                     shown; its history (the journal) can",
+                    K::KIND
+                ))),
+                Mode::Snapshot { .. } => match store.load(&key).await.map_err(storage)? {
+                    Some(record) if record.version == step => Ok(record.state),
+                    Some(record) => Err(no_history(format!(
+                        "kind {:?} keeps only its latest state (step {}); register it as a \
+                         Journal kind to keep history",
+                        K::KIND,
+                        record.version
+                    ))),
+                    None => Err(no_history("the entity has no steps".into())),
+                },
+                Mode::Ephemeral { .. } => Err(no_history(format!(
+                    "kind {:?} is ephemeral: nothing of it is stored",
+                    K::KIND
+                ))),
+            }
         })
     }
 

@@ -55,6 +55,10 @@
 //! - **Transactional steps.** A handler that returns `Err` or panics changes nothing; the
 //!   entity goes on from its previous state. A message that panics
 //!   [`max_attempts`](Builder::max_attempts) times in a row becomes a dead letter.
+//! - **Three ways to keep state.** [`Builder::register`] writes the state (JSON) after each
+//!   step; [`Builder::register_journal`] journals each step's inputs instead and rebuilds
+//!   the state by replay, so the state needs no serde and a step costs the same however big
+//!   the state is; [`Builder::register_ephemeral`] keeps it in memory only.
 //! - **Passivation.** Idle entities leave memory after their
 //!   [`idle_timeout`](Process::idle_timeout), and the least recently used ones leave when the
 //!   node is over its [`max_resident`](Builder::max_resident) or
@@ -71,6 +75,7 @@
 //! - `entity`: one resident entity, its mailbox and run loop.
 //! - `registry`: the table of resident entities, LRU order, passivation.
 //! - `commit`: the group-commit pipeline.
+//! - `journal`: `Journal` kinds' entries, snapshots and replay; [`Snapshots`], [`HistoryEntry`].
 //! - `kind`: per-kind bookkeeping and calls by kind name.
 //! - `error`: [`CallError`] and [`StartError`].
 
@@ -78,6 +83,7 @@ mod commit;
 mod ctx;
 mod entity;
 mod error;
+mod journal;
 mod kind;
 mod process;
 mod registry;
@@ -86,6 +92,7 @@ mod runtime;
 pub use commit::CommitStats;
 pub use ctx::{Ctx, Rng};
 pub use error::{CallError, JsonRejection, Overload, StartError};
+pub use journal::{HistoryEntry, Snapshots};
 pub use kind::KindStats;
 pub use process::{Persistence, Process, Rejection};
 pub use runtime::{Builder, Handle, Runtime, Stats};

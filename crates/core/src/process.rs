@@ -19,10 +19,13 @@ use crate::Ctx;
 ///
 /// Handlers are **transactional**: when [`handle`](Process::handle) returns `Err` or panics,
 /// every change it made to `self` is discarded and the entity continues from the state it had
-/// before the message.
+/// before the message. (A `Journal` kind gets that state back by replaying its journal,
+/// which costs a replay from its latest snapshot: such kinds should refuse a message before
+/// they change anything.)
 ///
-/// The state must round-trip through `serde_json` (what it writes, it must read back): the
-/// runtime stores it as JSON and rolls back by decoding it. A state that does not (an `f64`
+/// How the state is kept is chosen at registration (see [`Persistence`]). For `Snapshot`
+/// kinds, the state must round-trip through `serde_json` (what it writes, it must read back):
+/// the runtime stores it as JSON and rolls back by decoding it. A state that does not (an `f64`
 /// holding NaN, say) is reported as `corrupt_state` the next time it is needed, and its
 /// stored bytes are left as they are.
 ///
@@ -79,6 +82,15 @@ pub trait Process: Default + Send + 'static {
         ctx: &mut Ctx<'_, Self>,
     ) -> Result<Self::Reply, Self::Error>;
 
+    /// Whether handling `msg` leaves the state as it is, for `Journal` kinds: such a message
+    /// is not journaled (its reply still waits for the steps before it to be durable). A
+    /// message that does change the state must answer `false`, the default, or the change is
+    /// lost at the next activation. Other kinds ignore it.
+    fn is_read_only(msg: &Self::Msg) -> bool {
+        let _ = msg;
+        false
+    }
+
     /// Runs once, when the entity is created: after [`Default`], before its first message.
     /// What it does to `self` becomes durable with that first message's step.
     fn init(&mut self, ctx: &mut Ctx<'_, Self>) {
@@ -126,6 +138,10 @@ impl Rejection for std::convert::Infallible {
 pub enum Persistence {
     /// The state (serde) is written after each step, before the reply leaves.
     Snapshot,
+    /// The inputs of each step (the message, and the time and randomness `ctx` handed out)
+    /// are journaled before the reply leaves; activation rebuilds the state by replaying
+    /// them. The state needs no serde, and snapshots cut replay when it has.
+    Journal,
     /// The state lives in memory only. A panic restores the state from before the message,
     /// but a restart or a passivation loses it.
     Ephemeral,

@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::commit::{CommitStats, Committer};
 use crate::entity;
+use crate::journal::{HistoryEntry, SnapshotCodec, Snapshots};
 use crate::kind::{Counters, DynKind, KindRt, KindStats, Mode};
 use crate::registry::{Limits, Registry};
 use crate::{CallError, JsonRejection, Overload, Process, StartError};
@@ -195,6 +196,73 @@ impl Builder {
         self.add::<K>(Mode::Snapshot {
             encode: |state| serde_json::to_string(state),
             decode: |json| serde_json::from_str(json),
+        })
+    }
+
+    /// Registers a kind whose steps are journaled (`Persistence::Journal`): the state needs
+    /// no serde at all (it may hold closures, `Rc`, trait objects), and activation rebuilds
+    /// it by replaying the whole journal through [`Process::handle`].
+    ///
+    /// ```
+    /// use perennial_core::{Ctx, Process, Runtime};
+    /// use perennial_storage::MemoryStore;
+    ///
+    /// /// Keeps a scoring rule, a closure chosen by the first message.
+    /// #[derive(Default)]
+    /// struct Scorer {
+    ///     rule: Option<Box<dyn Fn(u32) -> u32 + Send>>,
+    /// }
+    ///
+    /// impl Process for Scorer {
+    ///     const KIND: &'static str = "scorer";
+    ///     type Msg = u32;
+    ///     type Reply = u32;
+    ///     type Error = std::convert::Infallible;
+    ///
+    ///     fn handle(&mut self, n: u32, _ctx: &mut Ctx<'_, Self>) -> Result<u32, Self::Error> {
+    ///         let rule = self.rule.get_or_insert_with(|| Box::new(move |x| x * n));
+    ///         Ok(rule(10))
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = MemoryStore::new();
+    /// let rt = Runtime::builder()
+    ///     .store(store.clone())
+    ///     .register_journal::<Scorer>()
+    ///     .start()
+    ///     .await?;
+    /// assert_eq!(rt.get::<Scorer>("s1").call(3).await?, 30);
+    /// rt.shutdown().await;
+    ///
+    /// // A new runtime on the same store rebuilds the closure by replaying the journal.
+    /// let rt = Runtime::builder()
+    ///     .store(store)
+    ///     .register_journal::<Scorer>()
+    ///     .start()
+    ///     .await?;
+    /// assert_eq!(rt.get::<Scorer>("s1").call(5).await?, 30);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn register_journal<K: Process>(self) -> Self {
+        self.add::<K>(Mode::Journal { snapshots: None })
+    }
+
+    /// Registers a `Journal` kind whose state is serializable, so that a snapshot every
+    /// few steps (see [`Snapshots`]) cuts replay: activation replays only the steps after the
+    /// latest snapshot, and past states can be computed ([`Runtime::state_at`]).
+    pub fn register_journal_with_snapshots<K>(self, snapshots: Snapshots) -> Self
+    where
+        K: Process + Serialize + DeserializeOwned,
+    {
+        self.add::<K>(Mode::Journal {
+            snapshots: Some(SnapshotCodec {
+                policy: snapshots,
+                encode: |state| serde_json::to_string(state),
+                decode: |json| serde_json::from_str(json),
+            }),
         })
     }
 
@@ -480,6 +548,94 @@ impl Runtime {
         kind: Option<&str>,
     ) -> Result<Vec<StoredDeadLetter>, perennial_storage::Error> {
         self.shared.core.store.dead_letters(kind).await
+    }
+
+    /// How the kind named `kind` keeps its state, if it is registered.
+    pub fn persistence(&self, kind: &str) -> Option<crate::Persistence> {
+        self.shared.by_name.get(kind).map(|k| k.persistence())
+    }
+
+    /// Up to `limit` steps of a `Journal` entity's durable history, after step `after`, in
+    /// step order. Steps a snapshot made unnecessary are deleted unless the kind's
+    /// [`Snapshots`] policy keeps them.
+    ///
+    /// ```
+    /// # use perennial_core::{Ctx, Process, Runtime};
+    /// # use perennial_storage::MemoryStore;
+    /// # #[derive(Default)]
+    /// # struct Tally(u32);
+    /// # impl Process for Tally {
+    /// #     const KIND: &'static str = "tally";
+    /// #     type Msg = u32;
+    /// #     type Reply = u32;
+    /// #     type Error = std::convert::Infallible;
+    /// #     fn handle(&mut self, n: u32, _: &mut Ctx<'_, Self>) -> Result<u32, Self::Error> {
+    /// #         self.0 += n;
+    /// #         Ok(self.0)
+    /// #     }
+    /// # }
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rt = Runtime::builder()
+    ///     .store(MemoryStore::new())
+    ///     .register_journal::<Tally>()
+    ///     .start()
+    ///     .await?;
+    /// rt.get::<Tally>("t").call(5).await?;
+    /// rt.get::<Tally>("t").call(7).await?;
+    /// let history = rt.history("tally", "t", 0, 100).await?;
+    /// assert_eq!(history[1].step, 2);
+    /// assert_eq!(history[1].message, 7);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn history(
+        &self,
+        kind: &str,
+        id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, CallError> {
+        let Some(dynamic) = self.shared.by_name.get(kind) else {
+            return Err(CallError::UnknownKind(kind.to_owned()));
+        };
+        let key = perennial_types::EntityKey::new(kind, EntityId::new(id)?);
+        if dynamic.persistence() != crate::Persistence::Journal {
+            return Err(CallError::NoHistory {
+                key,
+                detail: format!("kind {kind:?} is not a Journal kind: it keeps no history"),
+            });
+        }
+        let entries = self
+            .shared
+            .core
+            .store
+            .journal(&key, after, limit)
+            .await
+            .map_err(|source| CallError::Storage {
+                key: key.clone(),
+                source,
+            })?;
+        entries
+            .iter()
+            .map(|e| {
+                HistoryEntry::from_stored(e).map_err(|detail| CallError::CorruptState {
+                    key: key.clone(),
+                    detail: format!("journal entry {}: {detail}", e.step),
+                })
+            })
+            .collect()
+    }
+
+    /// The durable state of an entity as of step `step`, as JSON: for `Journal` kinds with
+    /// snapshots, by replay from the latest snapshot at or before `step` (or from the first
+    /// step, if the journal still holds it); for `Snapshot` kinds, only at their latest step.
+    pub async fn state_at(&self, kind: &str, id: &str, step: u64) -> Result<String, CallError> {
+        let Some(dynamic) = self.shared.by_name.get(kind) else {
+            return Err(CallError::UnknownKind(kind.to_owned()));
+        };
+        let id = EntityId::new(id)?;
+        Arc::clone(dynamic).state_at(id, step).await
     }
 
     /// Passivates every idle entity now; returns how many entities stay resident.

@@ -3,6 +3,7 @@
 mod activation;
 mod durability;
 mod edges;
+mod journal;
 mod kinds;
 mod limits;
 mod passivation;

@@ -133,6 +133,17 @@ impl From<CallError<JsonRejection>> for ApiError {
                     ),
                 )
             }
+            CallError::ReplayDiverged { key, step, .. } => {
+                tracing::error!(%error, "call failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!(
+                        "{key} cannot be activated: replaying its journal diverged at step {step} \
+                         (see the node's log); its journal was left untouched"
+                    ),
+                )
+            }
+            CallError::NoHistory { .. } => (StatusCode::NOT_FOUND, error.to_string()),
             CallError::Fenced { key, .. } => {
                 tracing::error!(%error, "call failed");
                 (

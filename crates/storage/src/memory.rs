@@ -173,10 +173,10 @@ impl Store for MemoryStore {
             through,
         } in batch.trims
         {
-            if fence(shard, epoch, &inner) {
-                if let Some(journal) = inner.journals.get_mut(&key) {
-                    *journal = journal.split_off(&through.saturating_add(1));
-                }
+            if fence(shard, epoch, &inner)
+                && let Some(journal) = inner.journals.get_mut(&key)
+            {
+                *journal = journal.split_off(&through.saturating_add(1));
             }
         }
         outcome.fenced.sort();

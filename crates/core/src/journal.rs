@@ -1,0 +1,397 @@
+//! `Journal` persistence: what a step records, and how replay rebuilds a state from it.
+//!
+//! Each kept step of a `Journal` kind is one [`JournalEntry`]: the message, the time and the
+//! random seed its [`Ctx`] handed out, and a digest of its reply, as one JSON object (so a
+//! generic tool can read it). The entity's first step also records what `init` was handed.
+//! Activation rebuilds the state by running the entries through the same handler, after the
+//! latest snapshot if the kind takes them, and compares each reply's digest with the
+//! recorded one: a difference means the code or the handler's inputs changed, and the entity
+//! is not activated ([`CallError::ReplayDiverged`]).
+
+use std::io;
+
+use perennial_storage::JournalEntry;
+use perennial_types::{EntityId, EntityKey};
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::entity::guard;
+use crate::{CallError, Ctx, Process};
+
+/// When a `Journal` kind whose state is serializable writes snapshots, and how much journal
+/// it keeps behind them. See
+/// [`register_journal_with_snapshots`](crate::Builder::register_journal_with_snapshots).
+///
+/// ```
+/// use perennial_core::Snapshots;
+///
+/// // A snapshot every 1,000 steps; the last 10,000 steps stay readable as history.
+/// let policy = Snapshots::every(1_000).keep_history(10_000);
+/// # let _ = policy;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snapshots {
+    pub(crate) every: u64,
+    /// How many steps of journal stay behind the latest snapshot; `None` keeps them all.
+    pub(crate) keep: Option<u64>,
+}
+
+impl Snapshots {
+    /// A snapshot every `steps` steps (at least 1), written in the same batch as the step.
+    /// Activation then replays at most that many entries. Journal entries the snapshot covers
+    /// are deleted, unless [`keep_history`](Self::keep_history) says otherwise.
+    pub fn every(steps: u64) -> Self {
+        Self {
+            every: steps.max(1),
+            keep: Some(0),
+        }
+    }
+
+    /// Keeps the last `steps` steps before each snapshot in the journal, to serve history
+    /// and time travel over them.
+    pub fn keep_history(mut self, steps: u64) -> Self {
+        self.keep = Some(steps);
+        self
+    }
+
+    /// Keeps every journal entry: the whole history stays readable, and storage grows with
+    /// every step.
+    pub fn keep_all_history(mut self) -> Self {
+        self.keep = None;
+        self
+    }
+
+    /// The last step a snapshot at `step` lets the journal delete, if any.
+    pub(crate) fn trim_through(&self, step: u64) -> Option<u64> {
+        let through = step.checked_sub(self.keep?)?;
+        (through > 0).then_some(through)
+    }
+}
+
+/// One step of an entity's journal, as [`Runtime::history`](crate::Runtime::history) shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct HistoryEntry {
+    /// The step's number: 1 for the entity's first step.
+    pub step: u64,
+    /// When the step ran (its `ctx.now()`), in microseconds since the Unix epoch.
+    pub at_us: i64,
+    /// The message.
+    pub message: serde_json::Value,
+    /// The rest of what was recorded: `reply` (a digest of the reply), and `seed` and `init`
+    /// when the step drew randomness or created the entity.
+    pub recorded: serde_json::Value,
+}
+
+impl HistoryEntry {
+    /// A stored entry, as history.
+    pub(crate) fn from_stored(entry: &JournalEntry) -> Result<Self, String> {
+        let mut recorded: serde_json::Value =
+            serde_json::from_str(&entry.entry).map_err(|e| e.to_string())?;
+        let message = recorded
+            .as_object_mut()
+            .and_then(|o| o.remove("msg"))
+            .ok_or_else(|| "the entry has no message".to_owned())?;
+        Ok(Self {
+            step: entry.step,
+            at_us: entry.at_us,
+            message,
+            recorded,
+        })
+    }
+}
+
+/// What `init` was handed when the entity was created: recorded with its first step.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct InitRecord {
+    pub(crate) at_us: i64,
+    pub(crate) seed: Option<[u8; 32]>,
+}
+
+/// The JSON of one step's entry. `message` is the message's JSON.
+pub(crate) fn encode_entry(
+    message: &str,
+    seed: Option<[u8; 32]>,
+    init: Option<InitRecord>,
+    reply: u64,
+) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(message.len() + 160);
+    out.push_str("{\"msg\":");
+    out.push_str(message);
+    let _ = write!(out, ",\"reply\":\"{reply:016x}\"");
+    if let Some(seed) = seed {
+        out.push_str(",\"seed\":\"");
+        push_hex(&mut out, &seed);
+        out.push('"');
+    }
+    if let Some(init) = init {
+        let _ = write!(out, ",\"init\":{{\"at_us\":{}", init.at_us);
+        if let Some(seed) = init.seed {
+            out.push_str(",\"seed\":\"");
+            push_hex(&mut out, &seed);
+            out.push('"');
+        }
+        out.push('}');
+    }
+    out.push('}');
+    out
+}
+
+/// One entry as replay reads it. Hex fields are borrowed from the entry's text.
+#[derive(Deserialize)]
+struct Entry<'a, M> {
+    msg: M,
+    #[serde(borrow)]
+    reply: &'a str,
+    #[serde(borrow, default)]
+    seed: Option<&'a str>,
+    #[serde(borrow, default)]
+    init: Option<Init<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Init<'a> {
+    at_us: i64,
+    #[serde(borrow, default)]
+    seed: Option<&'a str>,
+}
+
+/// A stable 64-bit digest of a reply's JSON (xxh3), computed without building the text.
+pub(crate) fn reply_digest<T: Serialize>(reply: &T) -> u64 {
+    struct Hashing<'a>(&'a mut Xxh3);
+    impl io::Write for Hashing<'_> {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.update(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut hasher = Xxh3::new();
+    // A reply that fails to encode fails the same way on replay: its digest is still stable.
+    let _ = serde_json::to_writer(Hashing(&mut hasher), reply);
+    hasher.digest()
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 15)] as char);
+    }
+}
+
+fn parse_seed(hex: &str) -> Option<[u8; 32]> {
+    let bytes = hex.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut seed = [0u8; 32];
+    for (i, pair) in bytes.chunks_exact(2).enumerate() {
+        let text = std::str::from_utf8(pair).ok()?;
+        seed[i] = u8::from_str_radix(text, 16).ok()?;
+    }
+    Some(seed)
+}
+
+/// How to read and write a kind's snapshots, with its policy.
+pub(crate) struct SnapshotCodec<K> {
+    pub(crate) policy: Snapshots,
+    pub(crate) encode: fn(&K) -> serde_json::Result<String>,
+    pub(crate) decode: fn(&str) -> serde_json::Result<K>,
+}
+
+/// A state rebuilt from storage.
+pub(crate) struct Rebuilt<K> {
+    /// `None` if the entity has neither a snapshot nor a journal: it never existed.
+    pub(crate) state: Option<K>,
+    /// The last step applied (0 if none).
+    pub(crate) step: u64,
+    /// The step the snapshot that replay started from covers, and its length in bytes.
+    pub(crate) snapshot: Option<(u64, usize)>,
+    /// Journal entries replayed.
+    pub(crate) replayed: u64,
+}
+
+/// How many entries replay reads from the store at a time.
+const PAGE: usize = 4096;
+
+/// Rebuilds an entity's state as of step `upto` (`u64::MAX`: its latest step) from its
+/// latest snapshot at or before `upto` (if `codec` is given) and the journal after it.
+pub(crate) async fn rebuild<K: Process>(
+    store: &dyn perennial_storage::Store,
+    key: &EntityKey,
+    id: &EntityId,
+    codec: Option<&SnapshotCodec<K>>,
+    upto: u64,
+) -> Result<Rebuilt<K>, CallError> {
+    let storage = |source| CallError::Storage {
+        key: key.clone(),
+        source,
+    };
+    let mut rebuilt = Rebuilt {
+        state: None,
+        step: 0,
+        snapshot: None,
+        replayed: 0,
+    };
+    let snapshot = match codec {
+        Some(codec) => store.load(key).await.map_err(storage)?.map(|r| (codec, r)),
+        None => None,
+    };
+    if let Some((codec, record)) = snapshot
+        && record.version <= upto
+    {
+        let state = guard(|| (codec.decode)(&record.state))
+            .map_err(|panic| format!("the decoder panicked: {panic}"))
+            .and_then(|decoded| decoded.map_err(|e| e.to_string()))
+            .map_err(|detail| CallError::CorruptState {
+                key: key.clone(),
+                detail: format!("snapshot at step {}: {detail}", record.version),
+            })?;
+        rebuilt.state = Some(state);
+        rebuilt.step = record.version;
+        rebuilt.snapshot = Some((record.version, record.state.len()));
+    }
+    let mut after = rebuilt.step;
+    'pages: loop {
+        let page = store.journal(key, after, PAGE).await.map_err(storage)?;
+        let full = page.len() == PAGE;
+        for entry in &page {
+            if entry.step > upto {
+                break 'pages;
+            }
+            apply(&mut rebuilt, key, id, entry)?;
+            after = entry.step;
+        }
+        if !full {
+            break;
+        }
+        // A long replay shares the worker with the other entities' calls.
+        tokio::task::yield_now().await;
+    }
+    Ok(rebuilt)
+}
+
+/// Replays one entry onto the state, checking that it does what it did live.
+fn apply<K: Process>(
+    rebuilt: &mut Rebuilt<K>,
+    key: &EntityKey,
+    id: &EntityId,
+    entry: &JournalEntry,
+) -> Result<(), CallError> {
+    let step = entry.step;
+    let diverged = |detail: String| CallError::ReplayDiverged {
+        key: key.clone(),
+        step,
+        detail,
+    };
+    let parsed: Entry<'_, K::Msg> = serde_json::from_str(&entry.entry)
+        .map_err(|e| diverged(format!("the journaled message no longer decodes: {e}")))?;
+    let seed = match parsed.seed {
+        Some(hex) => Some(parse_seed(hex).ok_or_else(|| diverged("a bad seed".into()))?),
+        None => None,
+    };
+    let recorded = u64::from_str_radix(parsed.reply, 16)
+        .map_err(|_| diverged("a bad reply digest".into()))?;
+    let state = match &mut rebuilt.state {
+        Some(state) => state,
+        None => {
+            let Some(init) = parsed.init else {
+                return Err(CallError::NoHistory {
+                    key: key.clone(),
+                    detail: format!(
+                        "the journal starts at step {step} and no snapshot covers the steps \
+                         before it"
+                    ),
+                });
+            };
+            let init_seed = match init.seed {
+                Some(hex) => Some(parse_seed(hex).ok_or_else(|| diverged("a bad seed".into()))?),
+                None => None,
+            };
+            let mut state = guard(K::default)
+                .map_err(|panic| diverged(format!("Default::default panicked: {panic}")))?;
+            let mut ctx = Ctx::replay(id, init.at_us, init_seed);
+            guard(|| state.init(&mut ctx))
+                .map_err(|panic| diverged(format!("init panicked on replay: {panic}")))?;
+            if ctx.strayed() {
+                return Err(diverged(
+                    "init used ctx.rng() on replay but not when it ran live".into(),
+                ));
+            }
+            rebuilt.state.insert(state)
+        }
+    };
+    let mut ctx = Ctx::replay(id, entry.at_us, seed);
+    let msg = parsed.msg;
+    let result = guard(|| state.handle(msg, &mut ctx));
+    if ctx.strayed() {
+        return Err(diverged(
+            "the handler used ctx.rng() on replay but not when it ran live: it depends on \
+             something outside the state, the message and ctx"
+                .into(),
+        ));
+    }
+    match result {
+        Err(panic) => Err(diverged(format!(
+            "the handler panicked on replay, but succeeded live: {panic}"
+        ))),
+        Ok(Err(rejection)) => Err(diverged(format!(
+            "the handler refused the message on replay ({}: {rejection}), but accepted it live",
+            crate::Rejection::code(&rejection)
+        ))),
+        Ok(Ok(reply)) => {
+            let digest = reply_digest(&reply);
+            if digest != recorded {
+                return Err(diverged(format!(
+                    "the reply differs from the one recorded live (digest {digest:016x}, \
+                     recorded {recorded:016x}): the handler changed, or it used time, \
+                     randomness or state from outside ctx"
+                )));
+            }
+            rebuilt.step = step;
+            rebuilt.replayed += 1;
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_are_json_with_the_recorded_inputs() {
+        let init = InitRecord {
+            at_us: 5,
+            seed: None,
+        };
+        let json = encode_entry(r#"{"add":2}"#, Some([0xab; 32]), Some(init), 0x1f);
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(value["msg"]["add"], 2);
+        assert_eq!(value["reply"], "000000000000001f");
+        assert_eq!(value["seed"], "ab".repeat(32));
+        assert_eq!(value["init"]["at_us"], 5);
+        let parsed: Entry<'_, serde_json::Value> = serde_json::from_str(&json).unwrap();
+        assert_eq!(parse_seed(parsed.seed.unwrap()), Some([0xab; 32]));
+    }
+
+    /// Digests are stored: they must not change between versions of the crates behind them.
+    #[test]
+    fn reply_digest_is_pinned() {
+        assert_eq!(reply_digest(&serde_json::json!({"value": 7})), PINNED_DIGEST);
+    }
+
+    const PINNED_DIGEST: u64 = 11_118_498_187_653_837_131;
+
+    #[test]
+    fn trims_follow_the_policy() {
+        assert_eq!(Snapshots::every(10).trim_through(30), Some(30));
+        assert_eq!(Snapshots::every(10).keep_history(25).trim_through(30), Some(5));
+        assert_eq!(Snapshots::every(10).keep_history(30).trim_through(30), None);
+        assert_eq!(Snapshots::every(10).keep_all_history().trim_through(30), None);
+    }
+}
