@@ -490,7 +490,14 @@ impl<K: Process> Cell<K> {
                     self.clear_failures(&message_json);
                     return self.respond_gated(reply, Ok(value), incarnation);
                 }
-                self.journal(state, reply, value, &message_json, (at_us, seed), incarnation)
+                self.journal(
+                    state,
+                    reply,
+                    value,
+                    &message_json,
+                    (at_us, seed),
+                    incarnation,
+                )
             }
             Ok(Ok(value)) => self.keep(state, reply, value, &message_json, incarnation),
             Ok(Err(rejection)) => {
@@ -798,7 +805,10 @@ impl<K: Process> Cell<K> {
             Some(json) => guard(|| decode(&json))
                 .map_err(|p| format!("the decoder panicked: {p}"))
                 .and_then(|r| r.map_err(|e| e.to_string())),
-            None => self.fresh().map(|(state, _)| state).map_err(|e| e.to_string()),
+            None => self
+                .fresh()
+                .map(|(state, _)| state)
+                .map_err(|e| e.to_string()),
         };
         match restored {
             Ok(previous) => {

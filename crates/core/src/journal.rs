@@ -294,8 +294,8 @@ fn apply<K: Process>(
         Some(hex) => Some(parse_seed(hex).ok_or_else(|| diverged("a bad seed".into()))?),
         None => None,
     };
-    let recorded = u64::from_str_radix(parsed.reply, 16)
-        .map_err(|_| diverged("a bad reply digest".into()))?;
+    let recorded =
+        u64::from_str_radix(parsed.reply, 16).map_err(|_| diverged("a bad reply digest".into()))?;
     let state = match &mut rebuilt.state {
         Some(state) => state,
         None => {
@@ -382,7 +382,10 @@ mod tests {
     /// Digests are stored: they must not change between versions of the crates behind them.
     #[test]
     fn reply_digest_is_pinned() {
-        assert_eq!(reply_digest(&serde_json::json!({"value": 7})), PINNED_DIGEST);
+        assert_eq!(
+            reply_digest(&serde_json::json!({"value": 7})),
+            PINNED_DIGEST
+        );
     }
 
     const PINNED_DIGEST: u64 = 11_118_498_187_653_837_131;
@@ -390,8 +393,14 @@ mod tests {
     #[test]
     fn trims_follow_the_policy() {
         assert_eq!(Snapshots::every(10).trim_through(30), Some(30));
-        assert_eq!(Snapshots::every(10).keep_history(25).trim_through(30), Some(5));
+        assert_eq!(
+            Snapshots::every(10).keep_history(25).trim_through(30),
+            Some(5)
+        );
         assert_eq!(Snapshots::every(10).keep_history(30).trim_through(30), None);
-        assert_eq!(Snapshots::every(10).keep_all_history().trim_through(30), None);
+        assert_eq!(
+            Snapshots::every(10).keep_all_history().trim_through(30),
+            None
+        );
     }
 }

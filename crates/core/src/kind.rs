@@ -20,9 +20,7 @@ pub(crate) enum Mode<K> {
         decode: fn(&str) -> serde_json::Result<K>,
     },
     /// Inputs journaled at each step, the state rebuilt by replay; snapshots if serializable.
-    Journal {
-        snapshots: Option<SnapshotCodec<K>>,
-    },
+    Journal { snapshots: Option<SnapshotCodec<K>> },
     /// In memory only; a copy taken before each step restores it after a failed step.
     Ephemeral { clone: fn(&K) -> K },
 }
@@ -167,7 +165,10 @@ impl<K: Process> DynKind for KindRt<K> {
                         return Err(no_history("the entity has no steps".into()));
                     };
                     if rebuilt.step < step {
-                        let later = store.journal(&key, rebuilt.step, 1).await.map_err(storage)?;
+                        let later = store
+                            .journal(&key, rebuilt.step, 1)
+                            .await
+                            .map_err(storage)?;
                         if later.is_empty() {
                             return Err(no_history(format!(
                                 "the entity has reached step {} only",

@@ -229,7 +229,11 @@ async fn snapshots_trim_the_journal_by_policy() {
         rt.shutdown().await;
         let rt = ledgers(store.clone(), Some(policy)).await;
         assert_eq!(
-            rt.get::<Ledger>("l").call(LedgerOp::Get).await.unwrap().total,
+            rt.get::<Ledger>("l")
+                .call(LedgerOp::Get)
+                .await
+                .unwrap()
+                .total,
             78
         );
         // Time travel before the trimmed part fails clearly, after it works.
@@ -341,7 +345,10 @@ async fn the_determinism_guard_fires_on_a_nondeterministic_kind() {
     rt.shutdown().await;
     let mut after = store.journal(&key, 0, 100).await.unwrap();
     after.truncate(before.len());
-    assert_eq!(after, before, "a divergent replay must not touch the journal");
+    assert_eq!(
+        after, before,
+        "a divergent replay must not touch the journal"
+    );
 }
 
 /// A state with a closure behind a trait object: no serde, and still durable.

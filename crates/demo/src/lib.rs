@@ -2,13 +2,32 @@
 //!
 //! # Layout
 //! - [`counter`]: kind `counter`, an `i64` that messages add to.
-//! - [`table`]: kind `table`, a no-limit Texas hold'em table as a persistent process.
+//! - [`table`]: kind `table`, a no-limit Texas hold'em table as a persistent process
+//!   (`Journal`, with snapshots: its shuffles replay identically).
+//! - [`house`]: kind `house`, a betting house whose payout rule is a closure (`Journal`,
+//!   no serde in its state).
 //! - [`poker`]: the pure hold'em engine behind `table` (cards, hand ranking, betting, pots),
 //!   with no knowledge of the runtime.
 
 pub mod counter;
+pub mod house;
 pub mod poker;
 pub mod table;
 
 pub use counter::Counter;
+pub use house::House;
 pub use table::PokerTable;
+
+use perennial_core::{Builder, Snapshots};
+
+/// Registers every demo kind, each with the persistence it is meant to show: `counter` as
+/// `Snapshot`, `table` as `Journal` with a snapshot every [`table::SNAPSHOT_EVERY`] steps,
+/// `house` as `Journal` without snapshots.
+pub fn register(builder: Builder) -> Builder {
+    builder
+        .register::<Counter>()
+        .register_journal_with_snapshots::<PokerTable>(
+            Snapshots::every(table::SNAPSHOT_EVERY).keep_history(table::HISTORY_STEPS),
+        )
+        .register_journal::<House>()
+}

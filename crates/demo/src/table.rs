@@ -14,11 +14,20 @@
 //!
 //! Every message answers with the table's [`TableView`]; an illegal action answers with a
 //! [`TableError`] (code such as `not_your_turn`) and changes nothing.
+//!
+//! The table is a `Journal` kind: each action is journaled, with the seed of the shuffle it
+//! drew, and a restart replays them (from the latest snapshot) to the same cards. The journal
+//! doubles as the table's hand history.
 
 use perennial_core::{Ctx, Process, Rejection};
 use serde::{Deserialize, Serialize};
 
 use crate::poker::{Action, Table, TableError, TableView};
+
+/// A `table` writes a snapshot every this many steps: activation replays fewer.
+pub const SNAPSHOT_EVERY: u64 = 64;
+/// How many steps of a table's journal stay readable as history behind its snapshot.
+pub const HISTORY_STEPS: u64 = 10_000;
 
 /// The state of a `table` entity: one hold'em table.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +88,10 @@ impl Process for PokerTable {
         }
         Ok(table.view())
     }
+
+    fn is_read_only(msg: &TableMsg) -> bool {
+        matches!(msg, TableMsg::View)
+    }
 }
 
 #[cfg(test)]
@@ -118,9 +131,7 @@ mod tests {
     async fn a_hand_played_through_the_runtime_survives_a_restart() {
         let store = MemoryStore::new();
         let start = || async {
-            Runtime::builder()
-                .store(store.clone())
-                .register::<PokerTable>()
+            crate::register(Runtime::builder().store(store.clone()))
                 .start()
                 .await
                 .unwrap()

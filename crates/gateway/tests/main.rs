@@ -7,7 +7,6 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use perennial_core::{Ctx, Process, Rejection, Runtime};
-use perennial_demo::{Counter, PokerTable};
 use perennial_gateway::{Options, app};
 use perennial_storage::{FaultyStore, MemoryStore};
 use serde::{Deserialize, Serialize};
@@ -50,10 +49,7 @@ impl Process for Fragile {
 
 async fn gateway() -> (Router, Runtime, FaultyStore<MemoryStore>) {
     let store = FaultyStore::new(MemoryStore::new());
-    let rt = Runtime::builder()
-        .store(store.clone())
-        .register::<Counter>()
-        .register::<PokerTable>()
+    let rt = perennial_demo::register(Runtime::builder().store(store.clone()))
         .register::<Fragile>()
         .max_inflight(4)
         .start()

@@ -8,7 +8,6 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use perennial_core::Runtime;
-use perennial_demo::{Counter, PokerTable};
 use perennial_storage::Store;
 use perennial_storage_sqlite::SqliteStore;
 
@@ -27,7 +26,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve the demo kinds (`counter`, `table`) over HTTP, with state in a data directory.
+    /// Serve the demo kinds (`counter`, `table`, `house`) over HTTP, with state in a data directory.
     Serve {
         /// The data directory (created if missing).
         #[arg(long, default_value = "./perennial-data")]
@@ -142,10 +141,7 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let store = SqliteStore::open(&data)
         .with_context(|| format!("cannot open the data directory {}", data.display()))?;
-    let rt = Runtime::builder()
-        .store(store.clone())
-        .register::<Counter>()
-        .register::<PokerTable>()
+    let rt = perennial_demo::register(Runtime::builder().store(store.clone()))
         .max_resident(max_resident)
         .max_resident_bytes(max_resident_bytes)
         .start()

@@ -3,5 +3,6 @@
 //! call level.
 
 mod fsync;
+mod journal;
 mod node;
 mod serve;

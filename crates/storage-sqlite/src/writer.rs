@@ -56,9 +56,8 @@ static FOLD: LazyLock<Rows> = LazyLock::new(|| {
 });
 
 /// Appends journal entries.
-static JOURNAL: LazyLock<Rows> = LazyLock::new(|| {
-    Rows::new("INSERT INTO journal (kind, id, step, at, entry)", 5, "")
-});
+static JOURNAL: LazyLock<Rows> =
+    LazyLock::new(|| Rows::new("INSERT INTO journal (kind, id, step, at, entry)", 5, ""));
 
 const TRIM_JOURNAL: &str = "DELETE FROM journal WHERE kind = ?1 AND id = ?2 AND step <= ?3";
 

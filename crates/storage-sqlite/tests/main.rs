@@ -149,7 +149,13 @@ async fn format_1_data_is_upgraded() {
     let store = SqliteStore::open(dir.path()).unwrap();
     let record = store.load(&counter("c1")).await.unwrap().unwrap();
     assert_eq!(record.state, r#"{"value":7}"#);
-    assert!(store.journal(&counter("c1"), 0, 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .journal(&counter("c1"), 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     store.close().await.unwrap();
     assert!(contents(dir.path()).starts_with("user_version=2\n"));
 }

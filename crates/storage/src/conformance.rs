@@ -302,10 +302,18 @@ pub async fn journal_reads_back_in_step_order(store: &dyn Store) {
     let b = key("table", "b");
     assert!(store.journal(&a, 0, 100).await.unwrap().is_empty());
     // Two commits, the second with steps of two entities interleaved.
-    commit_journal(store, (1..=3).map(|s| entry(&a, epoch, s)).collect(), vec![]);
     commit_journal(
         store,
-        vec![entry(&b, epoch, 1), entry(&a, epoch, 4), entry(&a, epoch, 5)],
+        (1..=3).map(|s| entry(&a, epoch, s)).collect(),
+        vec![],
+    );
+    commit_journal(
+        store,
+        vec![
+            entry(&b, epoch, 1),
+            entry(&a, epoch, 4),
+            entry(&a, epoch, 5),
+        ],
         vec![],
     );
     let all = store.journal(&a, 0, 100).await.unwrap();
@@ -380,6 +388,9 @@ pub async fn journal_and_snapshot_commit_together(store: &dyn Store) {
         .unwrap();
     assert!(outcome.fenced.is_empty());
     let record = store.load(&k).await.unwrap().unwrap();
-    assert_eq!((record.state.as_str(), record.version), (r#"{"hands":3}"#, 3));
+    assert_eq!(
+        (record.state.as_str(), record.version),
+        (r#"{"hands":3}"#, 3)
+    );
     assert!(store.journal(&k, 0, 100).await.unwrap().is_empty());
 }
