@@ -122,8 +122,11 @@ async fn tables_lose_no_acknowledged_action_and_deal_the_same_cards_after_kill_9
     let node = Node::start(dir.path());
     let mut steps_after_snapshot = 0;
     for (t, seen) in seen.iter().enumerate() {
-        let seen = seen.lock();
-        let Some(last) = seen.last.clone() else {
+        let (last, pending) = {
+            let seen = seen.lock();
+            (seen.last.clone(), seen.pending)
+        };
+        let Some(last) = last else {
             continue;
         };
         let view = post(&http, &node, &format!("/v1/table/t{t}"), r#""view""#).await;
@@ -132,7 +135,7 @@ async fn tables_lose_no_acknowledged_action_and_deal_the_same_cards_after_kill_9
         }
         // Only the request in flight may have been applied on top of the acknowledged view.
         let hand = last["hand"].as_u64().unwrap();
-        match seen.pending {
+        match pending {
             Some("start_hand") => {
                 assert_eq!(
                     view["hand"].as_u64(),
