@@ -101,11 +101,11 @@ pub(crate) trait DynKind: Send + Sync {
 
     fn persistence(&self) -> Persistence;
 
-    /// The entity's state as of `step`, as JSON, from storage.
+    /// The entity's state as of `step` (its latest, if `None`), as JSON, from storage.
     fn state_at(
         self: Arc<Self>,
         id: EntityId,
-        step: u64,
+        step: Option<u64>,
     ) -> Pin<Box<dyn Future<Output = Result<String, CallError>> + Send>>;
 }
 
@@ -140,7 +140,7 @@ impl<K: Process> DynKind for KindRt<K> {
     fn state_at(
         self: Arc<Self>,
         id: EntityId,
-        step: u64,
+        step: Option<u64>,
     ) -> Pin<Box<dyn Future<Output = Result<String, CallError>> + Send>> {
         Box::pin(async move {
             let key = perennial_types::EntityKey::new(self.name.clone(), id.clone());
@@ -153,18 +153,19 @@ impl<K: Process> DynKind for KindRt<K> {
                 key: key.clone(),
                 source,
             };
-            if step == 0 {
+            if step == Some(0) {
                 return Err(no_history("steps are numbered from 1".into()));
             }
+            let upto = step.unwrap_or(u64::MAX);
             match &self.mode {
                 Mode::Journal {
                     snapshots: Some(codec),
                 } => {
-                    let rebuilt = journal::rebuild(store, &key, &id, Some(codec), step).await?;
+                    let rebuilt = journal::rebuild(store, &key, &id, Some(codec), upto).await?;
                     let Some(state) = rebuilt.state else {
                         return Err(no_history("the entity has no steps".into()));
                     };
-                    if rebuilt.step < step {
+                    if rebuilt.step < upto && step.is_some() {
                         let later = store
                             .journal(&key, rebuilt.step, 1)
                             .await
@@ -182,12 +183,14 @@ impl<K: Process> DynKind for KindRt<K> {
                     })
                 }
                 Mode::Journal { snapshots: None } => Err(no_history(format!(
-                    "the state of kind {:?} is not serializable, so past states cannot be \
-                     shown; its history (the journal) can",
+                    "the state of kind {:?} is not serializable, so it cannot be shown as \
+                     JSON; its history (the journal) can",
                     K::KIND
                 ))),
                 Mode::Snapshot { .. } => match store.load(&key).await.map_err(storage)? {
-                    Some(record) if record.version == step => Ok(record.state),
+                    Some(record) if step.is_none_or(|step| step == record.version) => {
+                        Ok(record.state)
+                    }
                     Some(record) => Err(no_history(format!(
                         "kind {:?} keeps only its latest state (step {}); register it as a \
                          Journal kind to keep history",

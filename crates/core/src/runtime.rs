@@ -346,10 +346,23 @@ impl Builder {
     /// Claims every shard of the store with a new epoch (fencing out any earlier writer) and
     /// starts the runtime's tasks. Must be called inside a Tokio runtime.
     pub async fn start(self) -> Result<Runtime, StartError> {
-        let store = self.store.ok_or(StartError::NoStore)?;
-        let mut names = std::collections::HashSet::new();
+        let store = self.store.clone().ok_or(StartError::NoStore)?;
         let shards: Vec<ShardId> = (0..SHARDS).map(ShardId).collect();
         let epoch = store.claim(&self.node, &shards).await?;
+        self.launch(store, epoch)
+    }
+
+    /// Starts a runtime that reads the store and never writes to it: it claims no shard, so
+    /// a running node keeps its shards, and any step this runtime computed would be fenced.
+    /// For tools that read history and past states ([`Runtime::state_at`]) with the kinds'
+    /// own code.
+    pub async fn start_read_only(self) -> Result<Runtime, StartError> {
+        let store = self.store.clone().ok_or(StartError::NoStore)?;
+        self.launch(store, Epoch(0))
+    }
+
+    fn launch(self, store: Arc<dyn Store>, epoch: Epoch) -> Result<Runtime, StartError> {
+        let mut names = std::collections::HashSet::new();
         let inflight = Arc::new(AtomicUsize::new(0));
         let committer = Arc::new(Committer::new(Arc::clone(&inflight)));
         let core = Arc::new(Core {
@@ -631,6 +644,22 @@ impl Runtime {
     /// snapshots, by replay from the latest snapshot at or before `step` (or from the first
     /// step, if the journal still holds it); for `Snapshot` kinds, only at their latest step.
     pub async fn state_at(&self, kind: &str, id: &str, step: u64) -> Result<String, CallError> {
+        self.stored_state(kind, id, Some(step)).await
+    }
+
+    /// The latest durable state of an entity, as JSON, with the step it is at: for `Journal`
+    /// kinds with snapshots, by replaying the journal after the latest snapshot. Nothing is
+    /// activated.
+    pub async fn durable_state(&self, kind: &str, id: &str) -> Result<String, CallError> {
+        self.stored_state(kind, id, None).await
+    }
+
+    async fn stored_state(
+        &self,
+        kind: &str,
+        id: &str,
+        step: Option<u64>,
+    ) -> Result<String, CallError> {
         let Some(dynamic) = self.shared.by_name.get(kind) else {
             return Err(CallError::UnknownKind(kind.to_owned()));
         };

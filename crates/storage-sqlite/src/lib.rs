@@ -15,6 +15,9 @@
 //!   never wait for the writer), or from memory for states not folded yet.
 //! - A **maintenance** thread folds and checkpoints when no commit has come for a while.
 //!
+//! [`Inspector`] reads a data directory without writing (for `perennial inspect`), beside a
+//! running node or on a stopped one.
+//!
 //! ```
 //! use perennial_storage::Store;
 //! use perennial_storage_sqlite::SqliteStore;
@@ -32,9 +35,11 @@
 pub mod schema;
 
 mod errors;
+mod inspect;
 mod pending;
 mod reader;
 mod store;
 mod writer;
 
+pub use inspect::{EntitySummary, Inspector, KindSummary, StoredState};
 pub use store::{Options, SqliteStore};

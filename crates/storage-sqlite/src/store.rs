@@ -22,7 +22,7 @@ use crate::schema;
 use crate::writer::{self, LoggedState, Writer};
 
 /// The name of the database file inside the data directory.
-const DB_FILE: &str = "perennial.db";
+pub(crate) const DB_FILE: &str = "perennial.db";
 /// The name of the lock file that keeps a second process out of the data directory.
 const LOCK_FILE: &str = "perennial.lock";
 

@@ -1,0 +1,260 @@
+//! `perennial inspect`: kinds, entities, states and histories of a data directory, as tables
+//! or JSON. Listing, stored states and histories need no types (they are JSON); replaying a
+//! `Journal` entity to its latest or a past step uses the demo kinds' code, on a read-only
+//! runtime, and needs the node stopped.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, bail};
+use perennial_core::Runtime;
+use perennial_storage::{Error as StoreError, Store};
+
+use perennial_storage_sqlite::{Inspector, SqliteStore};
+use serde_json::{Value, json};
+
+/// What to show.
+#[derive(Debug)]
+pub(crate) struct Query {
+    pub(crate) kind: Option<String>,
+    pub(crate) id: Option<String>,
+    pub(crate) history: bool,
+    pub(crate) at: Option<u64>,
+    pub(crate) after: u64,
+    pub(crate) limit: usize,
+    pub(crate) json: bool,
+}
+
+pub(crate) async fn run(data: &Path, q: Query) -> anyhow::Result<()> {
+    let inspector = Inspector::open(data)
+        .with_context(|| format!("cannot read the data directory {}", data.display()))?;
+    let out = match (&q.kind, &q.id) {
+        (None, _) => kinds(&inspector, q.json)?,
+        (Some(kind), None) => entities(&inspector, kind, &q)?,
+        (Some(kind), Some(id)) if q.history => history(&inspector, kind, id, &q)?,
+        (Some(kind), Some(id)) => state(data, &inspector, kind, id, &q).await?,
+    };
+    println!("{out}");
+    Ok(())
+}
+
+fn kinds(inspector: &Inspector, as_json: bool) -> anyhow::Result<String> {
+    let kinds = inspector.kinds()?;
+    if as_json {
+        return Ok(serde_json::to_string_pretty(&kinds)?);
+    }
+    let rows = kinds
+        .iter()
+        .map(|k| {
+            vec![
+                k.kind.clone(),
+                k.entities.to_string(),
+                k.journal_entries.to_string(),
+            ]
+        })
+        .collect();
+    Ok(table(&["KIND", "ENTITIES", "JOURNAL ENTRIES"], rows))
+}
+
+fn entities(inspector: &Inspector, kind: &str, q: &Query) -> anyhow::Result<String> {
+    let entities = inspector.entities(kind, None, q.limit)?;
+    if q.json {
+        return Ok(serde_json::to_string_pretty(&entities)?);
+    }
+    let rows = entities
+        .iter()
+        .map(|e| {
+            vec![
+                e.id.clone(),
+                e.state_version.to_string(),
+                e.last_step.to_string(),
+                time_ms(e.updated_at_ms),
+            ]
+        })
+        .collect();
+    Ok(table(&["ID", "STATE AT", "LAST STEP", "UPDATED"], rows))
+}
+
+fn history(inspector: &Inspector, kind: &str, id: &str, q: &Query) -> anyhow::Result<String> {
+    let entries = inspector.history(kind, id, q.after, q.limit)?;
+    let mut parsed = Vec::with_capacity(entries.len());
+    for e in &entries {
+        let mut entry: Value = serde_json::from_str(&e.entry)
+            .with_context(|| format!("journal entry {} of {kind}/{id} is not JSON", e.step))?;
+        let message = entry
+            .as_object_mut()
+            .and_then(|o| o.remove("msg"))
+            .unwrap_or(Value::Null);
+        parsed.push((e.step, e.at_us, message, entry));
+    }
+    if q.json {
+        let list: Vec<Value> = parsed
+            .into_iter()
+            .map(|(step, at_us, message, recorded)| {
+                json!({"step": step, "at_us": at_us, "message": message, "recorded": recorded})
+            })
+            .collect();
+        return Ok(serde_json::to_string_pretty(&list)?);
+    }
+    let rows = parsed
+        .into_iter()
+        .map(|(step, at_us, message, recorded)| {
+            let random = if recorded.get("seed").is_some() {
+                "yes"
+            } else {
+                ""
+            };
+            vec![
+                step.to_string(),
+                time_us(at_us),
+                message.to_string(),
+                random.to_owned(),
+            ]
+        })
+        .collect();
+    Ok(table(&["STEP", "AT", "MESSAGE", "RANDOM"], rows))
+}
+
+async fn state(
+    data: &Path,
+    inspector: &Inspector,
+    kind: &str,
+    id: &str,
+    q: &Query,
+) -> anyhow::Result<String> {
+    let stored = inspector.state(kind, id)?;
+    let last_step = inspector
+        .history(
+            kind,
+            id,
+            stored.as_ref().map_or(0, |s| s.version),
+            usize::MAX,
+        )?
+        .last()
+        .map(|e| e.step);
+    // The stored state is exact when no journal step follows it and no past step is asked.
+    let exact = q.at.is_none() && last_step.is_none();
+    let (state, step, note) = if exact {
+        let Some(s) = stored else {
+            bail!("{kind}/{id} has no stored state and no journal");
+        };
+        (s.state, s.version, None)
+    } else {
+        match replay(data, kind, id, q.at).await {
+            Ok(state) => (state, q.at.or(last_step).unwrap_or(0), None),
+            Err(Replay::Locked) if q.at.is_none() => {
+                let Some(s) = stored else {
+                    bail!(
+                        "{kind}/{id} has only a journal, and the node is running: stop it to \
+                         replay the journal here"
+                    );
+                };
+                let note = format!(
+                    "this is the snapshot at step {}; steps {}..={} are in the journal \
+                     (`--history`), and replaying them needs the node stopped",
+                    s.version,
+                    s.version + 1,
+                    last_step.unwrap_or(s.version)
+                );
+                (s.state, s.version, Some(note))
+            }
+            Err(Replay::Locked) => {
+                bail!("the node is running: stop it to replay {kind}/{id} to a past step")
+            }
+            Err(Replay::Failed(e)) => return Err(e),
+        }
+    };
+    let state: Value = serde_json::from_str(&state)
+        .with_context(|| format!("the state of {kind}/{id} is not JSON"))?;
+    if q.json {
+        return Ok(serde_json::to_string_pretty(
+            &json!({"kind": kind, "id": id, "step": step, "state": state, "note": note}),
+        )?);
+    }
+    let mut out = format!(
+        "{kind}/{id} at step {step}\n{}",
+        serde_json::to_string_pretty(&state)?
+    );
+    if let Some(note) = note {
+        out.push_str("\n\nnote: ");
+        out.push_str(&note);
+    }
+    Ok(out)
+}
+
+enum Replay {
+    /// Another process (a running node) holds the directory.
+    Locked,
+    Failed(anyhow::Error),
+}
+
+/// Replays an entity to step `at` (its latest, if `None`) with the demo kinds' code, on a
+/// runtime that claims nothing and writes nothing.
+async fn replay(data: &Path, kind: &str, id: &str, at: Option<u64>) -> Result<String, Replay> {
+    let store = match SqliteStore::open(data) {
+        Ok(store) => store,
+        Err(StoreError::Locked { .. }) => return Err(Replay::Locked),
+        Err(e) => return Err(Replay::Failed(e.into())),
+    };
+    let result = async {
+        let rt = perennial_demo::register(Runtime::builder().store(store.clone()))
+            .start_read_only()
+            .await?;
+        if rt.persistence(kind).is_none() {
+            bail!(
+                "this binary does not know kind {kind:?}, so it cannot replay its journal; \
+                 its stored state and history need no code (drop `--at`, or add `--history`)"
+            );
+        }
+        let state = match at {
+            Some(step) => rt.state_at(kind, id, step).await,
+            None => rt.durable_state(kind, id).await,
+        };
+        rt.shutdown().await;
+        Ok(state?)
+    }
+    .await;
+    let closed = store.close().await;
+    let state = result.map_err(Replay::Failed)?;
+    closed.map_err(|e| Replay::Failed(e.into()))?;
+    Ok(state)
+}
+
+fn time_ms(ms: i64) -> String {
+    time_us(ms.saturating_mul(1000))
+}
+
+fn time_us(us: i64) -> String {
+    if us <= 0 {
+        return "-".to_owned();
+    }
+    let at = SystemTime::UNIX_EPOCH + Duration::from_micros(us.unsigned_abs());
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+/// A plain text table: columns padded to their widest cell.
+fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        padded.join("  ").trim_end().to_owned()
+    };
+    let mut out = vec![line(headers.to_vec())];
+    out.extend(
+        rows.iter()
+            .map(|r| line(r.iter().map(String::as_str).collect())),
+    );
+    if rows.is_empty() {
+        out.push("(none)".to_owned());
+    }
+    out.join("\n")
+}
