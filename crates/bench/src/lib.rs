@@ -6,6 +6,8 @@
 //! - [`ephemeral`]: the same calls to an in-memory kind: the runtime's own overhead.
 //! - [`resident`]: memory per idle resident entity, from the process's resident set size.
 //! - [`activation`]: activations per second of entities stored on disk.
+//! - [`journal`]: `Journal` kinds: replay speed, activation time by journal length with and
+//!   without snapshots, and the cost of a step by state size in both persistence modes.
 //!
 //! Each workload returns a [`Report`]; [`Report::to_json`] gives one JSON object per line so
 //! scripts can compare runs.
@@ -18,7 +20,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use workloads::{activation, durable, ephemeral, resident};
+pub use workloads::{activation, durable, ephemeral, journal, resident};
 
 /// What to run, and how big.
 #[derive(Debug, Clone)]
@@ -102,6 +104,15 @@ pub enum Report {
         /// Resident set size after, in bytes.
         rss_after: u64,
     },
+    /// `Journal` kinds.
+    Journal {
+        /// Journal entries replayed per second, activating an entity with 100,000 of them.
+        replay_entries_per_sec: f64,
+        /// Activation times by journal length, with and without snapshots.
+        activations: Vec<JournalActivation>,
+        /// Step costs by state size and mode.
+        steps: Vec<StepCost>,
+    },
     /// Entities activated from storage.
     Activation {
         /// Entities activated.
@@ -113,6 +124,32 @@ pub enum Report {
         /// 99th percentile latency, in microseconds.
         p99_us: u64,
     },
+}
+
+/// How long one activation of a `Journal` entity took.
+#[derive(Debug, Clone, Serialize)]
+pub struct JournalActivation {
+    /// Steps in the entity's journal.
+    pub entries: usize,
+    /// Whether the kind writes snapshots.
+    pub snapshots: bool,
+    /// Entries replayed (after the latest snapshot).
+    pub replayed: usize,
+    /// The median time of the activating call, in microseconds.
+    pub micros: u64,
+}
+
+/// What a tiny step costs on a state of a given size.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepCost {
+    /// The state's size, in bytes.
+    pub state_bytes: usize,
+    /// `snapshot` or `journal`.
+    pub mode: &'static str,
+    /// Median latency of one call (one at a time), in microseconds.
+    pub p50_us: u64,
+    /// Mean latency, in microseconds.
+    pub mean_us: u64,
 }
 
 impl Report {
@@ -161,6 +198,30 @@ impl Report {
                 rss_before >> 20,
                 rss_after >> 20
             ),
+            Self::Journal {
+                replay_entries_per_sec,
+                activations,
+                steps,
+            } => {
+                let mut out = format!("replay      {replay_entries_per_sec:>10.0} entries/s");
+                for a in activations {
+                    let mode = if a.snapshots { "with" } else { "without" };
+                    out.push_str(&format!(
+                        "\nactivate    {:>10} µs  journal of {} entries, {mode} snapshots ({} replayed)",
+                        a.micros, a.entries, a.replayed
+                    ));
+                }
+                for s in steps {
+                    out.push_str(&format!(
+                        "\nstep        {:>10} µs  p50 (mean {} µs), {} state of {} KiB",
+                        s.p50_us,
+                        s.mean_us,
+                        s.mode,
+                        s.state_bytes >> 10
+                    ));
+                }
+                out
+            }
             Self::Activation {
                 entities,
                 activations_per_sec,

@@ -1,19 +1,20 @@
-//! The four workloads. Each sets up its own runtime and data, measures, and cleans up.
+//! The workloads. Each sets up its own runtime and data, measures, and cleans up.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use perennial_core::{Handle, Runtime};
+use perennial_core::{Handle, Runtime, Snapshots};
 use perennial_demo::Counter;
+use perennial_demo::cache::{Cache, CacheMsg};
 use perennial_demo::counter::CounterMsg;
 use perennial_storage::Store;
 use perennial_storage_sqlite::SqliteStore;
 use tokio::sync::oneshot;
 
 use crate::load::{each, timed};
-use crate::{Options, Report};
+use crate::{JournalActivation, Options, Report, StepCost};
 
 /// A directory for one workload's data, removed afterwards unless the user named it.
 struct Scratch {
@@ -266,6 +267,148 @@ pub async fn activation(options: &Options) -> anyhow::Result<Report> {
         p50_us: measured.p50_us(),
         p99_us: measured.p99_us(),
     })
+}
+
+/// Journal lengths whose activation time the journal workload measures.
+const JOURNAL_LENGTHS: [usize; 3] = [10, 1_000, 100_000];
+/// With snapshots, the journal workload writes one every this many steps.
+const JOURNAL_SNAPSHOT_EVERY: u64 = 64;
+/// How many times each activation is timed (the median is reported).
+const ACTIVATION_RUNS: usize = 5;
+
+/// `Journal` kinds: activation time for journals of 10, 1,000 and 100,000 entries, with and
+/// without snapshots (hence replay speed), and the cost of a tiny step on a state of 1 KiB,
+/// 1 MiB and 10 MiB in `Snapshot` and `Journal` modes.
+pub async fn journal(options: &Options) -> anyhow::Result<Report> {
+    let dir = scratch(options, "journal")?;
+    let mut activations = Vec::new();
+    for snapshots in [false, true] {
+        let path = dir.path.join(if snapshots { "snapshots" } else { "plain" });
+        let store = SqliteStore::open(&path)?;
+        let rt = journal_counters(&store, snapshots).await?;
+        for n in JOURNAL_LENGTHS {
+            let h = rt.get::<Counter>(format!("j{n}"));
+            // Many sends in flight at once, so the steps share commits.
+            each(n, options.callers, move |_| add_one(h.clone())).await?;
+        }
+        rt.shutdown().await;
+        store.close().await?;
+        drop(store);
+        let store = SqliteStore::open(&path)?;
+        let rt = journal_counters(&store, snapshots).await?;
+        for n in JOURNAL_LENGTHS {
+            let h = rt.get::<Counter>(format!("j{n}"));
+            let mut runs = Vec::with_capacity(ACTIVATION_RUNS);
+            for _ in 0..ACTIVATION_RUNS {
+                passivate_all(&rt).await?;
+                let started = std::time::Instant::now();
+                let reply = h
+                    .call(CounterMsg::Get)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                runs.push(started.elapsed());
+                anyhow::ensure!(reply.value == n as i64, "j{n} replayed to {}", reply.value);
+            }
+            runs.sort();
+            let median = runs[runs.len() / 2];
+            let replayed = if snapshots {
+                n % JOURNAL_SNAPSHOT_EVERY as usize
+            } else {
+                n
+            };
+            activations.push(JournalActivation {
+                entries: n,
+                snapshots,
+                replayed,
+                micros: median.as_micros() as u64,
+            });
+        }
+        rt.shutdown().await;
+        store.close().await?;
+    }
+    let longest = activations
+        .iter()
+        .find(|a| !a.snapshots && a.entries == 100_000)
+        .context("the longest journal was not measured")?;
+    let replay_entries_per_sec = longest.entries as f64 / (longest.micros.max(1) as f64 / 1e6);
+    let mut steps = Vec::new();
+    for (bytes, count) in [(1usize << 10, 200), (1 << 20, 100), (10 << 20, 30)] {
+        for journal in [false, true] {
+            let path = dir.path.join(format!("cache-{bytes}-{journal}"));
+            steps.push(step_cost(&path, bytes, count, journal).await?);
+        }
+    }
+    Ok(Report::Journal {
+        replay_entries_per_sec,
+        activations,
+        steps,
+    })
+}
+
+/// Times `count` tiny steps, one at a time, on a cache of `bytes` bytes.
+async fn step_cost(
+    path: &Path,
+    bytes: usize,
+    count: usize,
+    journal: bool,
+) -> anyhow::Result<StepCost> {
+    let store = SqliteStore::open(path)?;
+    let builder = Runtime::builder().store(store.clone());
+    let builder = if journal {
+        builder.register_journal::<Cache>()
+    } else {
+        builder.register::<Cache>()
+    };
+    let rt = builder.start().await?;
+    let cache = rt.get::<Cache>("hot");
+    let value_bytes = 1000.min(bytes);
+    let fill = CacheMsg::Fill {
+        entries: u32::try_from(bytes / value_bytes)?,
+        value_bytes: u32::try_from(value_bytes)?,
+    };
+    cache.call(fill).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut times = Vec::with_capacity(count);
+    for i in 0..count {
+        let put = CacheMsg::Put {
+            key: "hot".into(),
+            value: i.to_string(),
+        };
+        let started = std::time::Instant::now();
+        cache.call(put).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        times.push(started.elapsed());
+    }
+    rt.shutdown().await;
+    store.close().await?;
+    times.sort();
+    Ok(StepCost {
+        state_bytes: bytes,
+        mode: if journal { "journal" } else { "snapshot" },
+        p50_us: times[times.len() / 2].as_micros() as u64,
+        mean_us: (times.iter().sum::<Duration>() / count as u32).as_micros() as u64,
+    })
+}
+
+/// Passivates every entity; an entity whose last call just returned may still be finishing
+/// its run, so this tries again for a moment.
+async fn passivate_all(rt: &Runtime) -> anyhow::Result<()> {
+    for _ in 0..1000 {
+        if rt.passivate_idle() == 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    anyhow::bail!("an entity stayed resident")
+}
+
+/// A runtime hosting counters as a `Journal` kind on `store`.
+async fn journal_counters(store: &SqliteStore, snapshots: bool) -> anyhow::Result<Runtime> {
+    let builder = Runtime::builder().store(store.clone());
+    let builder = if snapshots {
+        builder.register_journal_with_snapshots::<Counter>(Snapshots::every(JOURNAL_SNAPSHOT_EVERY))
+    } else {
+        builder.register_journal::<Counter>()
+    };
+    Ok(builder.start().await?)
 }
 
 /// A runtime hosting counters on `store`.

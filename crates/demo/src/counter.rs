@@ -69,6 +69,10 @@ impl Process for Counter {
         }
         Ok(CounterReply { value: self.value })
     }
+
+    fn is_read_only(msg: &CounterMsg) -> bool {
+        matches!(msg, CounterMsg::Get)
+    }
 }
 
 #[cfg(test)]

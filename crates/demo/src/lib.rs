@@ -4,16 +4,20 @@
 //! - [`counter`]: kind `counter`, an `i64` that messages add to.
 //! - [`table`]: kind `table`, a no-limit Texas hold'em table as a persistent process
 //!   (`Journal`, with snapshots: its shuffles replay identically).
+//! - [`cache`]: kind `cache`, a hot cache of megabytes updated by tiny messages (`Journal`:
+//!   a step costs the same however big it is).
 //! - [`house`]: kind `house`, a betting house whose payout rule is a closure (`Journal`,
 //!   no serde in its state).
 //! - [`poker`]: the pure hold'em engine behind `table` (cards, hand ranking, betting, pots),
 //!   with no knowledge of the runtime.
 
+pub mod cache;
 pub mod counter;
 pub mod house;
 pub mod poker;
 pub mod table;
 
+pub use cache::Cache;
 pub use counter::Counter;
 pub use house::House;
 pub use table::PokerTable;
@@ -22,7 +26,8 @@ use perennial_core::{Builder, Snapshots};
 
 /// Registers every demo kind, each with the persistence it is meant to show: `counter` as
 /// `Snapshot`, `table` as `Journal` with a snapshot every [`table::SNAPSHOT_EVERY`] steps,
-/// `house` as `Journal` without snapshots.
+/// `house` as `Journal` without snapshots, `cache` as `Journal` with a snapshot every
+/// [`cache::SNAPSHOT_EVERY`] steps.
 pub fn register(builder: Builder) -> Builder {
     builder
         .register::<Counter>()
@@ -30,4 +35,5 @@ pub fn register(builder: Builder) -> Builder {
             Snapshots::every(table::SNAPSHOT_EVERY).keep_history(table::HISTORY_STEPS),
         )
         .register_journal::<House>()
+        .register_journal_with_snapshots::<Cache>(Snapshots::every(cache::SNAPSHOT_EVERY))
 }

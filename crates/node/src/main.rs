@@ -70,7 +70,7 @@ enum Command {
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "resident,activation,durable,ephemeral"
+            default_value = "resident,activation,durable,ephemeral,journal"
         )]
         only: Vec<Workload>,
         /// Where to keep the benchmark's data (default: a temporary directory).
@@ -108,6 +108,7 @@ enum Command {
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum Workload {
+    Journal,
     Durable,
     Ephemeral,
     Resident,
@@ -263,6 +264,7 @@ async fn bench(
             Workload::Ephemeral => perennial_bench::ephemeral(options).await?,
             Workload::Resident => perennial_bench::resident(options).await?,
             Workload::Activation => perennial_bench::activation(options).await?,
+            Workload::Journal => perennial_bench::journal(options).await?,
         };
         if json {
             println!("{}", report.to_json());
