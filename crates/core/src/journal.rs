@@ -8,12 +8,10 @@
 //! recorded one: a difference means the code or the handler's inputs changed, and the entity
 //! is not activated ([`CallError::ReplayDiverged`]).
 
-use std::io;
-
 use perennial_storage::JournalEntry;
 use perennial_types::{EntityId, EntityKey};
 use serde::{Deserialize, Serialize};
-use xxhash_rust::xxh3::Xxh3;
+use xxhash_rust::xxh3::xxh3_64;
 
 use crate::entity::guard;
 use crate::{CallError, Ctx, Process};
@@ -157,22 +155,27 @@ struct Init<'a> {
     seed: Option<&'a str>,
 }
 
-/// A stable 64-bit digest of a reply's JSON (xxh3), computed without building the text.
+/// A stable 64-bit digest of a reply's JSON (xxh3 of the text), encoded into a buffer this
+/// thread reuses: replay computes one per entry, and one allocation each would show.
 pub(crate) fn reply_digest<T: Serialize>(reply: &T) -> u64 {
-    struct Hashing<'a>(&'a mut Xxh3);
-    impl io::Write for Hashing<'_> {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.update(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
+    thread_local! {
+        static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    let mut hasher = Xxh3::new();
-    // A reply that fails to encode fails the same way on replay: its digest is still stable.
-    let _ = serde_json::to_writer(Hashing(&mut hasher), reply);
-    hasher.digest()
+    BUFFER.with(|buffer| {
+        let Ok(mut buffer) = buffer.try_borrow_mut() else {
+            // Only a reply whose `Serialize` computes another digest gets here.
+            return xxh3_64(&serde_json::to_vec(reply).unwrap_or_default());
+        };
+        buffer.clear();
+        // A reply that fails to encode fails the same way on replay: its digest is stable.
+        let _ = serde_json::to_writer(&mut *buffer, reply);
+        let digest = xxh3_64(&buffer);
+        if buffer.capacity() > 1 << 20 {
+            // Do not keep a huge reply's buffer for the life of the thread.
+            *buffer = Vec::new();
+        }
+        digest
+    })
 }
 
 fn push_hex(out: &mut String, bytes: &[u8]) {

@@ -162,7 +162,12 @@ fn journal(
     let mut entries = Vec::new();
     while let Some(row) = rows.next().map_err(map_err)? {
         let step: i64 = row.get(0).map_err(map_err)?;
-        let entry: String = row.get(2).map_err(map_err)?;
+        // Borrowed from SQLite's row, copied once into the entry.
+        let entry = row
+            .get_ref(2)
+            .map_err(map_err)?
+            .as_str()
+            .map_err(|e| Error::Corrupt(format!("journal step {step} is not text: {e}")))?;
         entries.push(JournalEntry {
             step: from_sql(step, "journal step")?,
             at_us: row.get(1).map_err(map_err)?,
