@@ -592,22 +592,12 @@ impl<K: Process> Cell<K> {
             }
             None => (None, None),
         };
-        inner.held.push_back(Held {
-            seq,
-            reply,
-            result: Ok(value),
-        });
-        drop(inner);
-        self.kind.core.committer.submit(Step {
-            owner: Arc::clone(self) as Arc<dyn Owner>,
-            incarnation,
-            seq,
-            write: Write::Journal(Box::new(JournalStep {
-                entry,
-                snapshot,
-                trim,
-            })),
-        });
+        let write = Write::Journal(Box::new(JournalStep {
+            entry,
+            snapshot,
+            trim,
+        }));
+        self.hold_and_submit(inner, seq, reply, Ok(value), write, incarnation);
         true
     }
 
@@ -663,19 +653,36 @@ impl<K: Process> Cell<K> {
         self.kind.core.registry.account(inner.bytes, json.len());
         inner.bytes = json.len();
         inner.last_json = Some(Arc::clone(&json));
-        inner.held.push_back(Held {
+        self.hold_and_submit(
+            inner,
             seq,
             reply,
-            result: Ok(value),
-        });
+            Ok(value),
+            Write::State(json),
+            incarnation,
+        );
+        true
+    }
+
+    /// Holds the reply of step `seq` until it is durable, and sends the step's write to the
+    /// commit pipeline.
+    fn hold_and_submit(
+        self: &Arc<Self>,
+        mut inner: parking_lot::MutexGuard<'_, Inner<K>>,
+        seq: u64,
+        reply: ReplyTo<K>,
+        result: Reply<K>,
+        write: Write,
+        incarnation: u32,
+    ) {
+        inner.held.push_back(Held { seq, reply, result });
         drop(inner);
         self.kind.core.committer.submit(Step {
             owner: Arc::clone(self) as Arc<dyn Owner>,
             incarnation,
             seq,
-            write: Write::State(json),
+            write,
         });
-        true
     }
 
     /// The message ran to completion, so it no longer counts as failing.
