@@ -82,14 +82,14 @@ pub struct HistoryEntry {
 }
 
 impl HistoryEntry {
-    /// A stored entry, as history.
-    pub(crate) fn from_stored(entry: &JournalEntry) -> Result<Self, String> {
-        let mut recorded: serde_json::Value =
-            serde_json::from_str(&entry.entry).map_err(|e| e.to_string())?;
+    /// A stored journal entry, as history. Fails if the entry is not a JSON object with a
+    /// message, which this runtime never writes.
+    pub fn from_journal(entry: &JournalEntry) -> Result<Self, serde_json::Error> {
+        let mut recorded: serde_json::Value = serde_json::from_str(&entry.entry)?;
         let message = recorded
             .as_object_mut()
             .and_then(|o| o.remove("msg"))
-            .ok_or_else(|| "the entry has no message".to_owned())?;
+            .ok_or_else(|| serde::de::Error::missing_field("msg"))?;
         Ok(Self {
             step: entry.step,
             at_us: entry.at_us,
@@ -214,8 +214,6 @@ pub(crate) struct Rebuilt<K> {
     pub(crate) step: u64,
     /// The step the snapshot that replay started from covers, and its length in bytes.
     pub(crate) snapshot: Option<(u64, usize)>,
-    /// Journal entries replayed.
-    pub(crate) replayed: u64,
 }
 
 /// How many entries replay reads from the store at a time.
@@ -238,7 +236,6 @@ pub(crate) async fn rebuild<K: Process>(
         state: None,
         step: 0,
         snapshot: None,
-        replayed: 0,
     };
     let snapshot = match codec {
         Some(codec) => store.load(key).await.map_err(storage)?.map(|r| (codec, r)),
@@ -356,7 +353,6 @@ fn apply<K: Process>(
                 )));
             }
             rebuilt.step = step;
-            rebuilt.replayed += 1;
             Ok(())
         }
     }

@@ -632,9 +632,9 @@ impl Runtime {
         entries
             .iter()
             .map(|e| {
-                HistoryEntry::from_stored(e).map_err(|detail| CallError::CorruptState {
+                HistoryEntry::from_journal(e).map_err(|error| CallError::CorruptState {
                     key: key.clone(),
-                    detail: format!("journal entry {}: {detail}", e.step),
+                    detail: format!("journal entry {}: {error}", e.step),
                 })
             })
             .collect()

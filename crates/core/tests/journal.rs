@@ -90,6 +90,16 @@ async fn ledgers(store: impl Store, snapshots: Option<Snapshots>) -> Runtime {
     builder.max_attempts(2).start().await.unwrap()
 }
 
+/// A runtime hosting `K` as a `Journal` kind without snapshots.
+async fn journaled<K: Process>(store: impl Store) -> Runtime {
+    Runtime::builder()
+        .store(store)
+        .register_journal::<K>()
+        .start()
+        .await
+        .unwrap()
+}
+
 fn op_strategy() -> impl Strategy<Value = LedgerOp> {
     prop_oneof![
         4 => (-1000i64..1000).prop_map(LedgerOp::Add),
@@ -301,14 +311,7 @@ impl Process for Wobbly {
 #[tokio::test]
 async fn the_determinism_guard_fires_on_a_nondeterministic_kind() {
     let store = MemoryStore::new();
-    let start = || async {
-        Runtime::builder()
-            .store(store.clone())
-            .register_journal::<Wobbly>()
-            .start()
-            .await
-            .unwrap()
-    };
+    let start = || journaled::<Wobbly>(store.clone());
     let rt = start().await;
     for msg in ["a", "b", "outside", "c"] {
         rt.get::<Wobbly>("w").call(msg.to_owned()).await.unwrap();
@@ -404,14 +407,7 @@ impl Process for Pricing {
 #[tokio::test]
 async fn a_closure_in_the_state_survives_a_restart() {
     let store = FaultyStore::new(MemoryStore::new());
-    let start = || async {
-        Runtime::builder()
-            .store(store.clone())
-            .register_journal::<Pricing>()
-            .start()
-            .await
-            .unwrap()
-    };
+    let start = || journaled::<Pricing>(store.clone());
     let rt = start().await;
     let flat = rt.get::<Pricing>("flat");
     let pct = rt.get::<Pricing>("pct");

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
-use perennial_core::Runtime;
+use perennial_core::{HistoryEntry, Runtime};
 use perennial_storage::{Error as StoreError, Store};
 
 use perennial_storage_sqlite::{Inspector, SqliteStore};
@@ -77,37 +77,28 @@ fn entities(inspector: &Inspector, kind: &str, q: &Query) -> anyhow::Result<Stri
 
 fn history(inspector: &Inspector, kind: &str, id: &str, q: &Query) -> anyhow::Result<String> {
     let entries = inspector.history(kind, id, q.after, q.limit)?;
-    let mut parsed = Vec::with_capacity(entries.len());
-    for e in &entries {
-        let mut entry: Value = serde_json::from_str(&e.entry)
-            .with_context(|| format!("journal entry {} of {kind}/{id} is not JSON", e.step))?;
-        let message = entry
-            .as_object_mut()
-            .and_then(|o| o.remove("msg"))
-            .unwrap_or(Value::Null);
-        parsed.push((e.step, e.at_us, message, entry));
-    }
+    let history = entries
+        .iter()
+        .map(|e| {
+            HistoryEntry::from_journal(e)
+                .with_context(|| format!("journal entry {} of {kind}/{id} is unreadable", e.step))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     if q.json {
-        let list: Vec<Value> = parsed
-            .into_iter()
-            .map(|(step, at_us, message, recorded)| {
-                json!({"step": step, "at_us": at_us, "message": message, "recorded": recorded})
-            })
-            .collect();
-        return Ok(serde_json::to_string_pretty(&list)?);
+        return Ok(serde_json::to_string_pretty(&history)?);
     }
-    let rows = parsed
-        .into_iter()
-        .map(|(step, at_us, message, recorded)| {
-            let random = if recorded.get("seed").is_some() {
+    let rows = history
+        .iter()
+        .map(|h| {
+            let random = if h.recorded.get("seed").is_some() {
                 "yes"
             } else {
                 ""
             };
             vec![
-                step.to_string(),
-                time_us(at_us),
-                message.to_string(),
+                h.step.to_string(),
+                time_us(h.at_us),
+                h.message.to_string(),
                 random.to_owned(),
             ]
         })

@@ -96,20 +96,7 @@ async fn a_file_that_is_not_a_database_is_a_clear_error() {
 #[tokio::test]
 async fn data_from_a_newer_version_is_refused_untouched() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).unwrap();
-    let epoch = store.claim("n1", &all_shards()).await.unwrap();
-    let batch = Batch {
-        states: vec![StateWrite {
-            key: counter("c1"),
-            shard: shard_of("counter", "c1"),
-            epoch,
-            state: r#"{"value":7}"#.into(),
-            version: 1,
-        }],
-        ..Batch::default()
-    };
-    store.commit(batch).unwrap();
-    store.close().await.unwrap();
+    store_counter_and_close(dir.path(), r#"{"value":7}"#).await;
     rusqlite_read(dir.path())
         .pragma_update(None, "user_version", 99)
         .unwrap();
@@ -123,24 +110,29 @@ async fn data_from_a_newer_version_is_refused_untouched() {
     assert_eq!(contents(dir.path()), before);
 }
 
-/// A directory written by format 1 (before journals) is upgraded in place, its data kept.
-#[tokio::test]
-async fn format_1_data_is_upgraded() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).unwrap();
+/// Opens a store in `dir`, commits counter `c1` with `state`, and closes it.
+async fn store_counter_and_close(dir: &std::path::Path, state: &str) {
+    let store = SqliteStore::open(dir).unwrap();
     let epoch = store.claim("n1", &all_shards()).await.unwrap();
     let batch = Batch {
         states: vec![StateWrite {
             key: counter("c1"),
             shard: shard_of("counter", "c1"),
             epoch,
-            state: r#"{"value":7}"#.into(),
+            state: state.into(),
             version: 1,
         }],
         ..Batch::default()
     };
     store.commit(batch).unwrap();
     store.close().await.unwrap();
+}
+
+/// A directory written by format 1 (before journals) is upgraded in place, its data kept.
+#[tokio::test]
+async fn format_1_data_is_upgraded() {
+    let dir = tempfile::tempdir().unwrap();
+    store_counter_and_close(dir.path(), r#"{"value":7}"#).await;
     // Make it a format 1 file again: no journal table.
     let conn = rusqlite_read(dir.path());
     conn.execute_batch("DROP TABLE journal; PRAGMA user_version = 1")
