@@ -5,7 +5,10 @@ use std::thread;
 
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
-use perennial_storage::{DeadLetter, Error, JournalEntry, Record, StoredDeadLetter};
+use perennial_storage::{
+    DeadLetter, Error, JournalEntry, Pending as PendingRow, PendingClass, Record, StoredDeadLetter,
+    StoredReply,
+};
 use perennial_types::{EntityId, EntityKey};
 use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::oneshot;
@@ -29,6 +32,16 @@ pub(crate) enum ReadCmd {
         after: u64,
         limit: usize,
         reply: oneshot::Sender<Result<Vec<JournalEntry>, Error>>,
+    },
+    Due {
+        before_ms: i64,
+        limit: usize,
+        reply: oneshot::Sender<Result<Vec<PendingRow>, Error>>,
+    },
+    Reply {
+        key: EntityKey,
+        idempotency_key: String,
+        reply: oneshot::Sender<Result<Option<StoredReply>, Error>>,
     },
 }
 
@@ -65,6 +78,20 @@ fn serve(conn: &Connection, pending: &Mutex<Pending>, rx: &Receiver<ReadCmd>) {
                 reply,
             } => {
                 let _ = reply.send(journal(conn, &key, after, limit));
+            }
+            ReadCmd::Due {
+                before_ms,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(due(conn, before_ms, limit));
+            }
+            ReadCmd::Reply {
+                key,
+                idempotency_key,
+                reply,
+            } => {
+                let _ = reply.send(stored_reply(conn, &key, &idempotency_key));
             }
         }
     }
@@ -175,4 +202,68 @@ fn journal(
         });
     }
     Ok(entries)
+}
+
+/// Up to `limit` pending rows due at or before `before_ms`, the earliest first.
+fn due(conn: &Connection, before_ms: i64, limit: usize) -> Result<Vec<PendingRow>, Error> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT kind, id, seq, due, class, target_kind, target_id, body FROM pending
+             WHERE due <= ?1 ORDER BY due LIMIT ?2",
+        )
+        .map_err(map_err)?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut rows = stmt
+        .query(rusqlite::params![before_ms, limit])
+        .map_err(map_err)?;
+    let mut due = Vec::new();
+    while let Some(row) = rows.next().map_err(map_err)? {
+        let entity = |kind: usize, id: usize| -> Result<EntityKey, Error> {
+            let kind: String = row.get(kind).map_err(map_err)?;
+            let id: String = row.get(id).map_err(map_err)?;
+            let id = EntityId::new(&id)
+                .map_err(|e| Error::Corrupt(format!("a pending row has an invalid id: {e}")))?;
+            Ok(EntityKey::new(kind, id))
+        };
+        let owner = entity(0, 1)?;
+        let seq: i64 = row.get(2).map_err(map_err)?;
+        let class: i64 = row.get(4).map_err(map_err)?;
+        let class = PendingClass::from_code(class).ok_or_else(|| {
+            Error::Corrupt(format!(
+                "pending row {owner}#{seq} has an unknown class {class}"
+            ))
+        })?;
+        let body: String = row.get(7).map_err(map_err)?;
+        due.push(PendingRow {
+            seq: from_sql(seq, "pending number")?,
+            due_ms: row.get(3).map_err(map_err)?,
+            class,
+            target: entity(5, 6)?,
+            body: Arc::from(body),
+            owner,
+        });
+    }
+    Ok(due)
+}
+
+/// The reply kept for an idempotency key, if any.
+fn stored_reply(
+    conn: &Connection,
+    key: &EntityKey,
+    idempotency_key: &str,
+) -> Result<Option<StoredReply>, Error> {
+    let mut stmt = conn
+        .prepare_cached("SELECT reply, at FROM replies WHERE kind = ?1 AND id = ?2 AND key = ?3")
+        .map_err(map_err)?;
+    stmt.query_row(
+        rusqlite::params![&*key.kind, key.id.as_str(), idempotency_key],
+        |row| {
+            Ok(StoredReply {
+                reply: row.get(0)?,
+                at_ms: row.get(1)?,
+            })
+        },
+    )
+    .optional()
+    .map_err(map_err)
 }

@@ -41,6 +41,29 @@
 //!     entry TEXT    NOT NULL,
 //!     PRIMARY KEY (kind, id, step)
 //! ) WITHOUT ROWID;
+//! -- Since format 3: timers, messages between entities (the outbox) and effects, from the
+//! -- step that created them until the step that applies them (which deletes the row in its
+//! -- own transaction, so each is applied exactly once).
+//! CREATE TABLE pending (
+//!     kind        TEXT    NOT NULL,  -- the owner: the entity whose step created the row
+//!     id          TEXT    NOT NULL,
+//!     seq         INTEGER NOT NULL,  -- unique per owner: (step << 20) + n
+//!     due         INTEGER NOT NULL,  -- milliseconds since the Unix epoch
+//!     class       INTEGER NOT NULL,  -- 0 timer, 1 message, 2 effect
+//!     target_kind TEXT    NOT NULL,  -- who gets the message (the owner, for timers, effects)
+//!     target_id   TEXT    NOT NULL,
+//!     body        TEXT    NOT NULL,  -- the message (JSON), or the effect {"effect", "input"}
+//!     PRIMARY KEY (kind, id, seq)
+//! ) WITHOUT ROWID;
+//! CREATE INDEX pending_by_due ON pending (due);
+//! -- The first reply to each call made with an idempotency key, until it expires.
+//! CREATE TABLE replies (
+//!     kind TEXT NOT NULL, id TEXT NOT NULL, key TEXT NOT NULL,
+//!     at   INTEGER NOT NULL,  -- when the call was applied, ms since the Unix epoch
+//!     reply TEXT NOT NULL,    -- the reply's JSON, byte for byte
+//!     PRIMARY KEY (kind, id, key)
+//! ) WITHOUT ROWID;
+//! CREATE INDEX replies_by_age ON replies (at);
 //! ```
 //!
 //! Why two tables: a commit that updated each entity's row in place would rewrite one
@@ -66,7 +89,7 @@ use rusqlite::Connection;
 use crate::errors::map_err;
 
 /// The newest on-disk format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 const CREATE_V1: &str = "
 CREATE TABLE entities (
@@ -126,6 +149,31 @@ CREATE TABLE journal (
     entry TEXT    NOT NULL,
     PRIMARY KEY (kind, id, step)
 ) WITHOUT ROWID;
+";
+
+/// From format 2 to 3: pending timers, messages and effects; replies for idempotency keys.
+const UPGRADE_TO_V3: &str = "
+CREATE TABLE pending (
+    kind        TEXT    NOT NULL,
+    id          TEXT    NOT NULL,
+    seq         INTEGER NOT NULL,
+    due         INTEGER NOT NULL,
+    class       INTEGER NOT NULL,
+    target_kind TEXT    NOT NULL,
+    target_id   TEXT    NOT NULL,
+    body        TEXT    NOT NULL,
+    PRIMARY KEY (kind, id, seq)
+) WITHOUT ROWID;
+CREATE INDEX pending_by_due ON pending (due);
+CREATE TABLE replies (
+    kind  TEXT    NOT NULL,
+    id    TEXT    NOT NULL,
+    key   TEXT    NOT NULL,
+    at    INTEGER NOT NULL,
+    reply TEXT    NOT NULL,
+    PRIMARY KEY (kind, id, key)
+) WITHOUT ROWID;
+CREATE INDEX replies_by_age ON replies (at);
 ";
 
 /// Sets the durability pragmas on a connection and checks that SQLite took them.
@@ -198,6 +246,12 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), Error> {
         let tx = conn.transaction().map_err(map_err)?;
         tx.execute_batch(UPGRADE_TO_V2).map_err(map_err)?;
         tx.pragma_update(None, "user_version", 2).map_err(map_err)?;
+        tx.commit().map_err(map_err)?;
+    }
+    if version < 3 {
+        let tx = conn.transaction().map_err(map_err)?;
+        tx.execute_batch(UPGRADE_TO_V3).map_err(map_err)?;
+        tx.pragma_update(None, "user_version", 3).map_err(map_err)?;
         tx.commit().map_err(map_err)?;
     }
     let shards: String = conn

@@ -9,7 +9,8 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 use perennial_storage::{
-    Batch, CommitOutcome, Error, JournalEntry, Record, Store, StoredDeadLetter,
+    Batch, CommitOutcome, Error, JournalEntry, Pending as PendingRow, Record, Store,
+    StoredDeadLetter, StoredReply,
 };
 use perennial_types::{EntityId, EntityKey, Epoch, ShardId};
 use rusqlite::{Connection, OpenFlags};
@@ -301,6 +302,30 @@ impl Store for SqliteStore {
     fn commit(&self, batch: Batch) -> Result<CommitOutcome, Error> {
         self.check_open()?;
         self.shared.writer.lock().commit(&batch)
+    }
+
+    async fn due(&self, before_ms: i64, limit: usize) -> Result<Vec<PendingRow>, Error> {
+        self.read(|reply| ReadCmd::Due {
+            before_ms,
+            limit,
+            reply,
+        })
+        .await
+    }
+
+    async fn reply(
+        &self,
+        key: &EntityKey,
+        idempotency_key: &str,
+    ) -> Result<Option<StoredReply>, Error> {
+        let key = key.clone();
+        let idempotency_key = idempotency_key.to_owned();
+        self.read(|reply| ReadCmd::Reply {
+            key,
+            idempotency_key,
+            reply,
+        })
+        .await
     }
 
     async fn dead_letters(&self, kind: Option<&str>) -> Result<Vec<StoredDeadLetter>, Error> {

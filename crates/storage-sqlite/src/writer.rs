@@ -61,6 +61,25 @@ static JOURNAL: LazyLock<Rows> =
 
 const TRIM_JOURNAL: &str = "DELETE FROM journal WHERE kind = ?1 AND id = ?2 AND step <= ?3";
 
+/// Inserts pending rows (a row written again replaces itself).
+static PENDING: LazyLock<Rows> = LazyLock::new(|| {
+    Rows::new(
+        "INSERT OR REPLACE INTO pending (kind, id, seq, due, class, target_kind, target_id, body)",
+        8,
+        "",
+    )
+});
+
+const DELETE_PENDING: &str = "DELETE FROM pending WHERE kind = ?1 AND id = ?2 AND seq = ?3";
+
+const INSERT_REPLY: &str = "
+INSERT OR REPLACE INTO replies (kind, id, key, at, reply) VALUES (?1, ?2, ?3, ?4, ?5)";
+
+/// Deletes the oldest replies before a time, at most a limit of them.
+const EXPIRE_REPLIES: &str = "
+DELETE FROM replies WHERE (kind, id, key) IN
+    (SELECT kind, id, key FROM replies WHERE at < ?1 ORDER BY at LIMIT ?2)";
+
 const INSERT_DEAD_LETTER: &str = "
 INSERT INTO dead_letters (kind, id, message, error, attempts, at)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
@@ -296,6 +315,7 @@ impl Writer {
                 }
             }
         }
+        write_pending(&tx, batch, &mut fence)?;
         let budget = fold_budget(changes.appended.len(), self.pending.lock().len());
         fold_into(&tx, &self.pending, self.deleted_below, budget, &mut changes)?;
         tx.commit().map_err(map_err)?;
@@ -475,6 +495,62 @@ pub(crate) struct LoggedState<S> {
     pub(crate) version: u64,
     /// The state's JSON, as a JSON string: it comes back byte for byte.
     pub(crate) state: S,
+}
+
+/// Writes a batch's pending rows, their deletions, its kept replies and their expiry.
+fn write_pending(tx: &Transaction<'_>, batch: &Batch, fence: &mut Fence) -> Result<(), Error> {
+    let mut rows = Vec::with_capacity(batch.pending.len() * 8);
+    for w in &batch.pending {
+        if fence.allows(w.shard, w.epoch)? {
+            let p = &w.pending;
+            rows.extend([
+                text(&p.owner.kind),
+                text(p.owner.id.as_str()),
+                int(to_sql(p.seq)),
+                int(p.due_ms),
+                int(p.class.code()),
+                text(&p.target.kind),
+                text(p.target.id.as_str()),
+                text(&p.body),
+            ]);
+        }
+    }
+    PENDING.run(tx, &rows)?;
+    drop(rows);
+    if !batch.done.is_empty() {
+        let mut delete = tx.prepare_cached(DELETE_PENDING).map_err(map_err)?;
+        for d in &batch.done {
+            if fence.allows(d.shard, d.epoch)? {
+                delete
+                    .execute(params![&*d.owner.kind, d.owner.id.as_str(), to_sql(d.seq)])
+                    .map_err(map_err)?;
+            }
+        }
+    }
+    if !batch.replies.is_empty() {
+        let mut insert = tx.prepare_cached(INSERT_REPLY).map_err(map_err)?;
+        for r in &batch.replies {
+            if fence.allows(r.shard, r.epoch)? {
+                insert
+                    .execute(params![
+                        &*r.key.kind,
+                        r.key.id.as_str(),
+                        r.idempotency_key,
+                        r.reply.at_ms,
+                        r.reply.reply
+                    ])
+                    .map_err(map_err)?;
+            }
+        }
+    }
+    if let Some(expire) = batch.expire_replies {
+        let limit = i64::try_from(expire.limit).unwrap_or(i64::MAX);
+        tx.prepare_cached(EXPIRE_REPLIES)
+            .map_err(map_err)?
+            .execute(params![expire.before_ms, limit])
+            .map_err(map_err)?;
+    }
+    Ok(())
 }
 
 /// An `INSERT` of many rows per statement: binding and stepping one statement per row

@@ -128,15 +128,17 @@ async fn store_counter_and_close(dir: &std::path::Path, state: &str) {
     store.close().await.unwrap();
 }
 
-/// A directory written by format 1 (before journals) is upgraded in place, its data kept.
+/// A directory written by format 1 (before journals, timers and replies) is upgraded in place, its data kept.
 #[tokio::test]
 async fn format_1_data_is_upgraded() {
     let dir = tempfile::tempdir().unwrap();
     store_counter_and_close(dir.path(), r#"{"value":7}"#).await;
     // Make it a format 1 file again: no journal table.
     let conn = rusqlite_read(dir.path());
-    conn.execute_batch("DROP TABLE journal; PRAGMA user_version = 1")
-        .unwrap();
+    conn.execute_batch(
+        "DROP TABLE journal; DROP TABLE pending; DROP TABLE replies; PRAGMA user_version = 1",
+    )
+    .unwrap();
     drop(conn);
     let store = SqliteStore::open(dir.path()).unwrap();
     let record = store.load(&counter("c1")).await.unwrap().unwrap();
@@ -148,8 +150,9 @@ async fn format_1_data_is_upgraded() {
             .unwrap()
             .is_empty()
     );
+    assert!(store.due(i64::MAX, 10).await.unwrap().is_empty());
     store.close().await.unwrap();
-    assert!(contents(dir.path()).starts_with("user_version=2\n"));
+    assert!(contents(dir.path()).starts_with("user_version=3\n"));
 }
 
 /// The format version and every row of the data tables, as text.
@@ -159,7 +162,15 @@ fn contents(dir: &std::path::Path) -> String {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
     let mut out = format!("user_version={version}\n");
-    for table in ["entities", "state_log", "shards", "dead_letters", "journal"] {
+    for table in [
+        "entities",
+        "state_log",
+        "shards",
+        "dead_letters",
+        "journal",
+        "pending",
+        "replies",
+    ] {
         let sql = format!("SELECT * FROM {table} ORDER BY 1, 2");
         let mut stmt = conn.prepare(&sql).unwrap();
         let columns = stmt.column_count();

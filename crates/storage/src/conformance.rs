@@ -10,7 +10,8 @@ use std::sync::Arc;
 use perennial_types::{EntityId, EntityKey, Epoch, SHARDS, ShardId, shard_of};
 
 use crate::{
-    Batch, DeadLetter, DeadLetterWrite, JournalEntry, JournalTrim, JournalWrite, StateWrite, Store,
+    Batch, DeadLetter, DeadLetterWrite, ExpireReplies, JournalEntry, JournalTrim, JournalWrite,
+    Pending, PendingClass, PendingDone, PendingWrite, ReplyWrite, StateWrite, Store, StoredReply,
 };
 
 /// Expands to one test per conformance case, each on a fresh store from `$make`.
@@ -35,6 +36,11 @@ macro_rules! store_conformance {
             journal_is_fenced,
             journal_trim_deletes_through_step,
             journal_and_snapshot_commit_together,
+            pending_rows_read_back_by_due_time,
+            pending_rows_are_deleted_by_done,
+            pending_rows_are_fenced,
+            replies_read_back_and_expire_oldest_first,
+            replies_are_fenced,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -393,4 +399,177 @@ pub async fn journal_and_snapshot_commit_together(store: &dyn Store) {
         (r#"{"hands":3}"#, 3)
     );
     assert!(store.journal(&k, 0, 100).await.unwrap().is_empty());
+}
+
+fn pending(owner: &EntityKey, seq: u64, due_ms: i64, class: PendingClass) -> Pending {
+    Pending {
+        owner: owner.clone(),
+        seq,
+        due_ms,
+        class,
+        target: key("target", "t1"),
+        body: Arc::from(format!("{{\"n\":{seq}}}")),
+    }
+}
+
+fn pending_write(p: Pending, epoch: Epoch) -> PendingWrite {
+    PendingWrite {
+        shard: shard_of(&p.owner.kind, p.owner.id.as_str()),
+        epoch,
+        pending: p,
+    }
+}
+
+/// Pending rows come back earliest first, only up to the time asked, and at most `limit`.
+pub async fn pending_rows_read_back_by_due_time(store: &dyn Store) {
+    let epoch = claim_all(store).await;
+    let a = key("timer", "a");
+    let b = key("timer", "b");
+    let rows = vec![
+        pending(&a, 1, 3_000, PendingClass::Timer),
+        pending(&b, 7, 1_000, PendingClass::Message),
+        pending(&a, 2, 2_000, PendingClass::Effect),
+        pending(&b, 8, 9_000, PendingClass::Timer),
+    ];
+    let batch = Batch {
+        pending: rows
+            .iter()
+            .cloned()
+            .map(|p| pending_write(p, epoch))
+            .collect(),
+        ..Batch::default()
+    };
+    assert!(store.commit(batch).unwrap().fenced.is_empty());
+    let due = store.due(3_000, 100).await.unwrap();
+    assert_eq!(due, vec![rows[1].clone(), rows[2].clone(), rows[0].clone()]);
+    assert_eq!(store.due(3_000, 2).await.unwrap().len(), 2);
+    assert!(store.due(999, 100).await.unwrap().is_empty());
+    assert_eq!(store.due(i64::MAX, 100).await.unwrap().len(), 4);
+}
+
+/// A `done` deletes exactly its row, in the same batch as other writes, even one inserted by
+/// the same batch.
+pub async fn pending_rows_are_deleted_by_done(store: &dyn Store) {
+    let epoch = claim_all(store).await;
+    let a = key("timer", "a");
+    let first = pending(&a, 1, 10, PendingClass::Timer);
+    let second = pending(&a, 2, 20, PendingClass::Timer);
+    let batch = Batch {
+        pending: vec![
+            pending_write(first.clone(), epoch),
+            pending_write(second.clone(), epoch),
+        ],
+        ..Batch::default()
+    };
+    store.commit(batch).unwrap();
+    let target = key("target", "t1");
+    let done = |seq| PendingDone {
+        shard: shard_of(&target.kind, target.id.as_str()),
+        epoch,
+        owner: a.clone(),
+        seq,
+    };
+    let third = pending(&a, 3, 30, PendingClass::Timer);
+    let batch = Batch {
+        states: vec![write(&target, epoch, "{}", 1)],
+        pending: vec![pending_write(third.clone(), epoch)],
+        done: vec![done(1), done(3), done(99)],
+        ..Batch::default()
+    };
+    assert!(store.commit(batch).unwrap().fenced.is_empty());
+    assert_eq!(store.due(i64::MAX, 10).await.unwrap(), vec![second]);
+    assert!(store.load(&target).await.unwrap().is_some());
+}
+
+/// Inserts and deletes of pending rows are refused with a stale epoch, and nothing else is.
+pub async fn pending_rows_are_fenced(store: &dyn Store) {
+    let old = claim_all(store).await;
+    let new = claim_all(store).await;
+    let a = key("timer", "a");
+    let kept = pending(&a, 1, 10, PendingClass::Timer);
+    store
+        .commit(Batch {
+            pending: vec![pending_write(kept.clone(), new)],
+            ..Batch::default()
+        })
+        .unwrap();
+    let outcome = store
+        .commit(Batch {
+            pending: vec![pending_write(pending(&a, 2, 5, PendingClass::Timer), old)],
+            done: vec![PendingDone {
+                shard: shard_of(&a.kind, a.id.as_str()),
+                epoch: old,
+                owner: a.clone(),
+                seq: 1,
+            }],
+            ..Batch::default()
+        })
+        .unwrap();
+    assert_eq!(outcome.fenced, vec![shard_of(&a.kind, a.id.as_str())]);
+    assert_eq!(store.due(i64::MAX, 10).await.unwrap(), vec![kept]);
+}
+
+fn reply_write(key: &EntityKey, epoch: Epoch, idem: &str, reply: &str, at_ms: i64) -> ReplyWrite {
+    ReplyWrite {
+        key: key.clone(),
+        shard: shard_of(&key.kind, key.id.as_str()),
+        epoch,
+        idempotency_key: idem.to_owned(),
+        reply: StoredReply {
+            reply: reply.to_owned(),
+            at_ms,
+        },
+    }
+}
+
+/// A kept reply reads back byte for byte; expiry deletes the oldest first, at most `limit`.
+pub async fn replies_read_back_and_expire_oldest_first(store: &dyn Store) {
+    let epoch = claim_all(store).await;
+    let a = key("counter", "a");
+    let b = key("counter", "b");
+    let batch = Batch {
+        replies: vec![
+            reply_write(&a, epoch, "k1", "{\"value\": 1 }", 100),
+            reply_write(&a, epoch, "k2", "2", 300),
+            reply_write(&b, epoch, "k1", "\"b\"", 200),
+        ],
+        ..Batch::default()
+    };
+    store.commit(batch).unwrap();
+    let got = store.reply(&a, "k1").await.unwrap().unwrap();
+    assert_eq!(got.reply, "{\"value\": 1 }");
+    assert_eq!(got.at_ms, 100);
+    assert_eq!(store.reply(&b, "k1").await.unwrap().unwrap().reply, "\"b\"");
+    assert!(store.reply(&b, "k2").await.unwrap().is_none());
+    let expire = |before_ms, limit| Batch {
+        expire_replies: Some(ExpireReplies { before_ms, limit }),
+        ..Batch::default()
+    };
+    store.commit(expire(1_000, 1)).unwrap();
+    assert!(
+        store.reply(&a, "k1").await.unwrap().is_none(),
+        "oldest first"
+    );
+    assert!(store.reply(&b, "k1").await.unwrap().is_some());
+    store.commit(expire(250, 10)).unwrap();
+    assert!(store.reply(&b, "k1").await.unwrap().is_none());
+    assert!(
+        store.reply(&a, "k2").await.unwrap().is_some(),
+        "newer than the cut"
+    );
+}
+
+/// A reply written with a stale epoch is not kept.
+pub async fn replies_are_fenced(store: &dyn Store) {
+    let old = claim_all(store).await;
+    let _new = claim_all(store).await;
+    let a = key("counter", "a");
+    let outcome = store
+        .commit(Batch {
+            replies: vec![reply_write(&a, old, "k", "1", 1)],
+            ..Batch::default()
+        })
+        .unwrap();
+    assert_eq!(outcome.fenced.len(), 1);
+    assert!(store.reply(&a, "k").await.unwrap().is_none());
 }

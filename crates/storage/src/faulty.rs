@@ -6,7 +6,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use parking_lot::{Condvar, Mutex};
 use perennial_types::{EntityKey, Epoch, ShardId};
 
-use crate::{Batch, CommitOutcome, Error, JournalEntry, Record, Store, StoredDeadLetter};
+use crate::{
+    Batch, CommitOutcome, Error, JournalEntry, Pending, Record, Store, StoredDeadLetter,
+    StoredReply,
+};
 
 /// Wraps a [`Store`] and lets a test fail or hold its commits, and count what reached it.
 ///
@@ -156,6 +159,21 @@ impl<S: Store> Store for FaultyStore<S> {
 
     async fn dead_letters(&self, kind: Option<&str>) -> Result<Vec<StoredDeadLetter>, Error> {
         self.inner.dead_letters(kind).await
+    }
+
+    async fn due(&self, before_ms: i64, limit: usize) -> Result<Vec<Pending>, Error> {
+        self.inner.due(before_ms, limit).await
+    }
+
+    async fn reply(
+        &self,
+        key: &EntityKey,
+        idempotency_key: &str,
+    ) -> Result<Option<StoredReply>, Error> {
+        if take_one(&self.controls.fail_loads) {
+            return Err(Error::Io("injected reply read failure".into()));
+        }
+        self.inner.reply(key, idempotency_key).await
     }
 
     async fn close(&self) -> Result<(), Error> {

@@ -1,7 +1,8 @@
 //! The storage layer's contract: what every backend (memory, SQLite, later PostgreSQL) provides.
 //!
 //! A [`Store`] holds the ground truth of a Perennial node: each entity's last committed state
-//! (as JSON text, so generic tools can read it), the journals of `Journal` kinds, the shard epochs that fence stale writers, and
+//! (as JSON text, so generic tools can read it), the journals of `Journal` kinds, pending timers, messages and effects, the replies kept
+//! for idempotency keys, the shard epochs that fence stale writers, and
 //! the dead letters. The runtime's commit pipeline hands a store one [`Batch`] at a time; the
 //! store makes the whole batch durable in one transaction before it returns.
 //!
@@ -30,6 +31,7 @@ pub use error::Error;
 pub use faulty::FaultyStore;
 pub use memory::MemoryStore;
 pub use model::{
-    Batch, CommitOutcome, DeadLetter, DeadLetterWrite, JournalEntry, JournalTrim, JournalWrite,
-    Record, StateWrite, Store, StoredDeadLetter,
+    Batch, CommitOutcome, DeadLetter, DeadLetterWrite, ExpireReplies, JournalEntry, JournalTrim,
+    JournalWrite, Pending, PendingClass, PendingDone, PendingWrite, Record, ReplyWrite, StateWrite,
+    Store, StoredDeadLetter, StoredReply,
 };

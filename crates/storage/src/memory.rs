@@ -1,15 +1,16 @@
 //! A store that keeps everything in memory: for tests, and as the reference the other
 //! backends are compared with in the conformance suite.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 use perennial_types::{EntityKey, Epoch, SHARDS, ShardId};
 
 use crate::{
-    Batch, CommitOutcome, DeadLetterWrite, Error, JournalEntry, JournalTrim, JournalWrite, Record,
-    StateWrite, Store, StoredDeadLetter,
+    Batch, CommitOutcome, DeadLetterWrite, Error, JournalEntry, JournalTrim, JournalWrite, Pending,
+    PendingDone, PendingWrite, Record, ReplyWrite, StateWrite, Store, StoredDeadLetter,
+    StoredReply,
 };
 
 /// A [`Store`] in memory. Nothing survives the process; "durable" means "committed".
@@ -40,6 +41,12 @@ struct Inner {
     /// The current epoch of each shard; 0 means never claimed.
     epochs: Vec<u64>,
     dead_letters: Vec<StoredDeadLetter>,
+    /// Pending timers, messages and effects, by owner and number.
+    pending: BTreeMap<(EntityKey, u64), Pending>,
+    /// The same rows, in the order they are due.
+    due: BTreeSet<(i64, EntityKey, u64)>,
+    /// Replies kept for idempotency keys, by entity and key.
+    replies: BTreeMap<(EntityKey, String), StoredReply>,
     closed: bool,
 }
 
@@ -50,6 +57,9 @@ impl Default for Inner {
             journals: BTreeMap::new(),
             epochs: vec![0; SHARDS as usize],
             dead_letters: Vec::new(),
+            pending: BTreeMap::new(),
+            due: BTreeSet::new(),
+            replies: BTreeMap::new(),
             closed: false,
         }
     }
@@ -179,8 +189,86 @@ impl Store for MemoryStore {
                 *journal = journal.split_off(&through.saturating_add(1));
             }
         }
+        for PendingWrite {
+            shard,
+            epoch,
+            pending,
+        } in batch.pending
+        {
+            if fence(shard, epoch, &inner) {
+                let key = (pending.owner.clone(), pending.seq);
+                if let Some(old) = inner.pending.insert(key, pending.clone()) {
+                    inner.due.remove(&(old.due_ms, old.owner, old.seq));
+                }
+                inner
+                    .due
+                    .insert((pending.due_ms, pending.owner, pending.seq));
+            }
+        }
+        for PendingDone {
+            shard,
+            epoch,
+            owner,
+            seq,
+        } in batch.done
+        {
+            if fence(shard, epoch, &inner)
+                && let Some(old) = inner.pending.remove(&(owner, seq))
+            {
+                inner.due.remove(&(old.due_ms, old.owner, old.seq));
+            }
+        }
+        for ReplyWrite {
+            key,
+            shard,
+            epoch,
+            idempotency_key,
+            reply,
+        } in batch.replies
+        {
+            if fence(shard, epoch, &inner) {
+                inner.replies.insert((key, idempotency_key), reply);
+            }
+        }
+        if let Some(expire) = batch.expire_replies {
+            let mut old: Vec<_> = inner
+                .replies
+                .iter()
+                .filter(|(_, r)| r.at_ms < expire.before_ms)
+                .map(|(k, r)| (r.at_ms, k.clone()))
+                .collect();
+            old.sort();
+            for (_, key) in old.into_iter().take(expire.limit) {
+                inner.replies.remove(&key);
+            }
+        }
         outcome.fenced.sort();
         Ok(outcome)
+    }
+
+    async fn due(&self, before_ms: i64, limit: usize) -> Result<Vec<Pending>, Error> {
+        let inner = self.inner.lock();
+        inner.check_open()?;
+        Ok(inner
+            .due
+            .iter()
+            .take_while(|(due, _, _)| *due <= before_ms)
+            .take(limit)
+            .filter_map(|(_, owner, seq)| inner.pending.get(&(owner.clone(), *seq)).cloned())
+            .collect())
+    }
+
+    async fn reply(
+        &self,
+        key: &EntityKey,
+        idempotency_key: &str,
+    ) -> Result<Option<StoredReply>, Error> {
+        let inner = self.inner.lock();
+        inner.check_open()?;
+        Ok(inner
+            .replies
+            .get(&(key.clone(), idempotency_key.to_owned()))
+            .cloned())
     }
 
     async fn journal(

@@ -106,6 +106,117 @@ pub struct JournalTrim {
     pub through: u64,
 }
 
+/// What a [`Pending`] row holds: when it is due, what is done with its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PendingClass {
+    /// A timer: the body is a message for the owner itself, delivered at `due_ms`.
+    Timer,
+    /// A message sent to another entity (the target), delivered as soon as possible.
+    Message,
+    /// An effect: the body describes work to run outside the owner's handler; its result
+    /// comes back to the owner as a message.
+    Effect,
+}
+
+impl PendingClass {
+    /// The class's number in storage.
+    pub fn code(self) -> i64 {
+        match self {
+            Self::Timer => 0,
+            Self::Message => 1,
+            Self::Effect => 2,
+        }
+    }
+
+    /// The class with storage number `code`.
+    pub fn from_code(code: i64) -> Option<Self> {
+        match code {
+            0 => Some(Self::Timer),
+            1 => Some(Self::Message),
+            2 => Some(Self::Effect),
+            _ => None,
+        }
+    }
+}
+
+/// Work that an entity's step left to be done after it committed: a timer, a message to
+/// another entity (its outbox), or an effect. The row is deleted in the same transaction as
+/// the step that applies it, so it is applied exactly once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    /// The entity whose step created it.
+    pub owner: EntityKey,
+    /// Its number, unique per owner and growing with the owner's steps.
+    pub seq: u64,
+    /// When it is due, in milliseconds since the Unix epoch.
+    pub due_ms: i64,
+    /// What it is.
+    pub class: PendingClass,
+    /// The entity its message is for: the owner itself for timers and effects.
+    pub target: EntityKey,
+    /// A message (JSON) for timers and messages; the effect's description (JSON) for effects.
+    pub body: Arc<str>,
+}
+
+/// A pending row written by a batch, fenced by its owner's shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingWrite {
+    /// The owner's shard.
+    pub shard: ShardId,
+    /// The epoch the writer holds for `shard`.
+    pub epoch: Epoch,
+    /// The row.
+    pub pending: Pending,
+}
+
+/// Deletes a pending row: it was applied (by a step of its target) or cancelled (by a step of
+/// its owner). Fenced by the shard of the entity whose step deletes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingDone {
+    /// The shard of the entity whose step deletes the row.
+    pub shard: ShardId,
+    /// The epoch the writer holds for `shard`.
+    pub epoch: Epoch,
+    /// The row's owner.
+    pub owner: EntityKey,
+    /// The row's number.
+    pub seq: u64,
+}
+
+/// The first reply to a call made with an idempotency key, kept so that a retry gets it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredReply {
+    /// The reply, as JSON text.
+    pub reply: String,
+    /// When the call was applied, in milliseconds since the Unix epoch.
+    pub at_ms: i64,
+}
+
+/// A reply to keep for an idempotency key, written by the batch of the step that made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyWrite {
+    /// The entity called.
+    pub key: EntityKey,
+    /// The entity's shard.
+    pub shard: ShardId,
+    /// The epoch the writer holds for `shard`.
+    pub epoch: Epoch,
+    /// The caller's idempotency key.
+    pub idempotency_key: String,
+    /// The reply.
+    pub reply: StoredReply,
+}
+
+/// Deletes at most `limit` kept replies applied before `before_ms` (the oldest first), so
+/// that idempotency keys cost bounded storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpireReplies {
+    /// Replies applied before this time (milliseconds since the Unix epoch) are deleted.
+    pub before_ms: i64,
+    /// At most this many are deleted by one batch.
+    pub limit: usize,
+}
+
 /// Everything one commit writes: states, journal entries and dead letters of many entities.
 ///
 /// A store writes a batch in one transaction with one durable flush.
@@ -119,6 +230,14 @@ pub struct Batch {
     pub journal: Vec<JournalWrite>,
     /// Journal entries to delete, applied after this batch's appends.
     pub trims: Vec<JournalTrim>,
+    /// Timers, messages and effects to keep until they are applied.
+    pub pending: Vec<PendingWrite>,
+    /// Pending rows to delete, applied after this batch's inserts.
+    pub done: Vec<PendingDone>,
+    /// Replies to keep for idempotency keys.
+    pub replies: Vec<ReplyWrite>,
+    /// Old replies to delete.
+    pub expire_replies: Option<ExpireReplies>,
 }
 
 impl Batch {
@@ -128,6 +247,10 @@ impl Batch {
             && self.dead_letters.is_empty()
             && self.journal.is_empty()
             && self.trims.is_empty()
+            && self.pending.is_empty()
+            && self.done.is_empty()
+            && self.replies.is_empty()
+            && self.expire_replies.is_none()
     }
 }
 
@@ -170,6 +293,16 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// Writes a batch in one durable transaction, on the calling thread (it blocks).
     fn commit(&self, batch: Batch) -> Result<CommitOutcome, Error>;
 
+    /// Reads up to `limit` pending rows due at or before `before_ms`, the earliest first.
+    async fn due(&self, before_ms: i64, limit: usize) -> Result<Vec<Pending>, Error>;
+
+    /// Reads the reply kept for an idempotency key of an entity, if any.
+    async fn reply(
+        &self,
+        key: &EntityKey,
+        idempotency_key: &str,
+    ) -> Result<Option<StoredReply>, Error>;
+
     /// Lists dead letters, oldest first, of one kind or of all kinds.
     async fn dead_letters(&self, kind: Option<&str>) -> Result<Vec<StoredDeadLetter>, Error>;
 
@@ -197,6 +330,16 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     fn commit(&self, batch: Batch) -> Result<CommitOutcome, Error> {
         (**self).commit(batch)
+    }
+    async fn due(&self, before_ms: i64, limit: usize) -> Result<Vec<Pending>, Error> {
+        (**self).due(before_ms, limit).await
+    }
+    async fn reply(
+        &self,
+        key: &EntityKey,
+        idempotency_key: &str,
+    ) -> Result<Option<StoredReply>, Error> {
+        (**self).reply(key, idempotency_key).await
     }
     async fn dead_letters(&self, kind: Option<&str>) -> Result<Vec<StoredDeadLetter>, Error> {
         (**self).dead_letters(kind).await
