@@ -425,7 +425,7 @@ pub async fn pending_rows_read_back_by_due_time(store: &dyn Store) {
     let epoch = claim_all(store).await;
     let a = key("timer", "a");
     let b = key("timer", "b");
-    let rows = vec![
+    let rows = [
         pending(&a, 1, 3_000, PendingClass::Timer),
         pending(&b, 7, 1_000, PendingClass::Message),
         pending(&a, 2, 2_000, PendingClass::Effect),
