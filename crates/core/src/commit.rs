@@ -17,10 +17,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::{Condvar, Mutex};
 use perennial_storage::{
-    Batch, DeadLetter, DeadLetterWrite, JournalEntry, JournalTrim, JournalWrite, StateWrite, Store,
+    Batch, DeadLetter, DeadLetterWrite, JournalEntry, JournalTrim, JournalWrite, Pending,
+    PendingDone, PendingWrite, ReplyWrite, StateWrite, Store, StoredReply,
 };
 use perennial_types::{EntityKey, Epoch, ShardId};
 use tokio::sync::Notify;
+
+use crate::dispatch::{Dispatch, RowId};
 
 /// What a step writes.
 pub(crate) enum Write {
@@ -30,6 +33,8 @@ pub(crate) enum Write {
     DeadLetter(Box<DeadLetter>),
     /// A step of a `Journal` kind.
     Journal(Box<JournalStep>),
+    /// Nothing but the step's extras (an `Ephemeral` kind's kept reply or applied row).
+    Nothing,
 }
 
 /// What a step of a `Journal` kind writes.
@@ -41,6 +46,23 @@ pub(crate) struct JournalStep {
     pub(crate) trim: Option<u64>,
 }
 
+/// What a step writes besides its state or journal entry; rare, so boxed.
+#[derive(Debug, Default)]
+pub(crate) struct Extras {
+    /// Timers, messages and effects the step created (owned by its entity).
+    pub(crate) rows: Vec<Pending>,
+    /// Pending rows the step deletes: the one it applied, the timers it cancelled.
+    pub(crate) done: Vec<RowId>,
+    /// The reply to keep for the call's idempotency key.
+    pub(crate) reply: Option<(String, StoredReply)>,
+}
+
+impl Extras {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.rows.is_empty() && self.done.is_empty() && self.reply.is_none()
+    }
+}
+
 /// One step of one entity, on its way to storage.
 pub(crate) struct Step {
     /// The entity, told when the step is durable or lost.
@@ -50,6 +72,7 @@ pub(crate) struct Step {
     /// The entity's version after this step.
     pub(crate) seq: u64,
     pub(crate) write: Write,
+    pub(crate) extras: Option<Box<Extras>>,
 }
 
 /// Why a batch did not make a step durable.
@@ -75,9 +98,13 @@ pub(crate) trait Owner: Send + Sync {
 }
 
 /// The queue between the entities and the committer thread, with the pipeline's counters.
-#[derive(Default)]
 pub(crate) struct Committer {
     queue: Mutex<Vec<Step>>,
+    /// Writes that belong to no step (deleting refused messages, expiring replies), for the
+    /// next batch. Taken under `queue`'s lock, like the steps.
+    chores: Mutex<Batch>,
+    /// Told which pending rows each batch created and deleted.
+    dispatch: Arc<Dispatch>,
     /// Calls admitted and not answered, shared with the runtime: the committer stops only
     /// once there are none, so no admitted call's step arrives after it is gone.
     inflight: Arc<AtomicUsize>,
@@ -181,11 +208,27 @@ impl Committer {
         }
     }
 
+    /// Adds writes of no step to the next batch. Their failure is only logged: a chore must
+    /// be safe to lose (the work it finishes is found again and redone).
+    pub(crate) fn chore(&self, add: impl FnOnce(&mut Batch)) {
+        let _queue = self.queue.lock();
+        add(&mut self.chores.lock());
+        self.wake.notify_one();
+    }
+
     /// A committer that stops only once `inflight` is zero (see [`Committer::close`]).
-    pub(crate) fn new(inflight: Arc<AtomicUsize>) -> Self {
+    pub(crate) fn new(inflight: Arc<AtomicUsize>, dispatch: Arc<Dispatch>) -> Self {
         Self {
+            queue: Mutex::default(),
+            chores: Mutex::default(),
+            dispatch,
             inflight,
-            ..Self::default()
+            releases: Arc::default(),
+            wake: Condvar::new(),
+            closed: AtomicBool::new(false),
+            commits: AtomicU64::new(0),
+            committed_steps: AtomicU64::new(0),
+            largest_batch: AtomicU64::new(0),
         }
     }
 
@@ -221,9 +264,13 @@ impl Committer {
     pub(crate) fn run(&self, store: &dyn Store, releaser: &tokio::runtime::Handle) {
         let mut spare = Vec::new();
         loop {
-            let steps = {
+            let (steps, chores) = {
                 let mut queue = self.queue.lock();
-                while queue.is_empty() {
+                loop {
+                    let chores = std::mem::take(&mut *self.chores.lock());
+                    if !queue.is_empty() || !chores.is_empty() {
+                        break (std::mem::replace(&mut *queue, spare), chores);
+                    }
                     if self.closed.load(Ordering::SeqCst)
                         && self.inflight.load(Ordering::SeqCst) == 0
                     {
@@ -231,9 +278,8 @@ impl Committer {
                     }
                     self.wake.wait(&mut queue);
                 }
-                std::mem::replace(&mut *queue, spare)
             };
-            spare = self.commit(store, releaser, steps);
+            spare = self.commit(store, releaser, steps, chores);
         }
     }
 
@@ -244,9 +290,11 @@ impl Committer {
         store: &dyn Store,
         releaser: &tokio::runtime::Handle,
         mut steps: Vec<Step>,
+        chores: Batch,
     ) -> Vec<Step> {
         let count = steps.len() as u64;
-        let mut batch = Batch::default();
+        let mut batch = chores;
+        let chores = !batch.is_empty();
         let mut owners = Owners::default();
         for step in steps.drain(..) {
             if step.incarnation != step.owner.incarnation() {
@@ -255,12 +303,32 @@ impl Committer {
             }
             owners.add(step, &mut batch);
         }
-        if owners.entries.is_empty() {
+        if owners.entries.is_empty() && !chores {
             return steps;
         }
+        // What the dispatcher must learn once the batch is durable (rows are rare).
+        let created: Vec<(ShardId, Pending)> = batch
+            .pending
+            .iter()
+            .map(|w| (w.shard, w.pending.clone()))
+            .collect();
+        let deleted: Vec<(ShardId, RowId)> = batch
+            .done
+            .iter()
+            .map(|d| (d.shard, RowId::new(d.owner.clone(), d.seq)))
+            .collect();
         let result = store.commit(batch);
         match result {
             Ok(outcome) => {
+                if !created.is_empty() || !deleted.is_empty() {
+                    // Before the replies are released: an entity whose step cancelled a
+                    // timer may be passivated once released, and the timer must be gone.
+                    let kept = |shard: &ShardId| !outcome.fenced.contains(shard);
+                    self.dispatch.committed(
+                        created.into_iter().filter(|(s, _)| kept(s)).map(|(_, p)| p),
+                        deleted.into_iter().filter(|(s, _)| kept(s)).map(|(_, r)| r),
+                    );
+                }
                 self.commits.fetch_add(1, Ordering::Relaxed);
                 self.committed_steps.fetch_add(count, Ordering::Relaxed);
                 self.largest_batch.fetch_max(count, Ordering::Relaxed);
@@ -279,6 +347,9 @@ impl Committer {
                     self.releases.settled.notify_waiters();
                 }
                 self.releases.spawn(releaser, durable);
+            }
+            Err(error) if owners.entries.is_empty() => {
+                tracing::warn!(%error, "a batch of chores failed to commit; they will be redone");
             }
             Err(error) => {
                 tracing::error!(%error, steps = count, "a batch failed to commit; its steps are discarded");
@@ -327,7 +398,11 @@ impl Owners {
         });
         let entry = &mut self.entries[index];
         entry.seq = entry.seq.max(step.seq);
+        if let Some(extras) = step.extras {
+            entry.add_extras(batch, *extras);
+        }
         match step.write {
+            Write::Nothing => {}
             Write::State(state) => entry.set_state(batch, state, step.seq),
             Write::DeadLetter(letter) => batch.dead_letters.push(DeadLetterWrite {
                 shard: entry.owner.shard(),
@@ -363,6 +438,35 @@ impl Owners {
 }
 
 impl OwnerEntry {
+    /// Writes a step's timers, messages, effects, deletions and kept reply.
+    fn add_extras(&self, batch: &mut Batch, extras: Extras) {
+        let (shard, epoch) = (self.owner.shard(), self.owner.epoch());
+        batch
+            .pending
+            .extend(extras.rows.into_iter().map(|pending| PendingWrite {
+                shard,
+                epoch,
+                pending,
+            }));
+        batch
+            .done
+            .extend(extras.done.into_iter().map(|row| PendingDone {
+                shard,
+                epoch,
+                owner: row.owner,
+                seq: row.seq,
+            }));
+        if let Some((idempotency_key, reply)) = extras.reply {
+            batch.replies.push(ReplyWrite {
+                key: self.owner.key(),
+                shard,
+                epoch,
+                idempotency_key,
+                reply,
+            });
+        }
+    }
+
     /// Writes the owner's state at version `seq`, replacing an older one in the batch.
     fn set_state(&mut self, batch: &mut Batch, state: Arc<str>, seq: u64) {
         match self.state {

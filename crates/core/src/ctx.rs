@@ -2,13 +2,15 @@
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
+use perennial_storage::PendingClass;
 use perennial_types::EntityId;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{SeedableRng, TryRng};
 
 use crate::Process;
+use crate::effect::{Effect, EffectId, TimerId};
 
 /// The context of one step: the entity's id, the time the step started, randomness and ids.
 ///
@@ -21,8 +23,44 @@ pub struct Ctx<'a, K: Process> {
     now: SystemTime,
     rng: Option<Rng>,
     seed: Seed,
+    /// The number this step gets if it is kept: it names the timers and effects it creates.
+    step: u64,
+    work: Work,
     _kind: PhantomData<fn() -> K>,
 }
+
+/// What a step asked for beyond its state change: timers, messages, effects, cancellations.
+/// It is kept (in the step's own commit) only if the step is.
+#[derive(Debug, Default)]
+pub(crate) struct Work {
+    pub(crate) rows: Vec<NewRow>,
+    /// Numbers of the entity's own timers to cancel.
+    pub(crate) cancels: Vec<u64>,
+    /// Why the step cannot be kept (an invalid request); it then fails like a panic.
+    pub(crate) invalid: Option<String>,
+}
+
+impl Work {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.rows.is_empty() && self.cancels.is_empty() && self.invalid.is_none()
+    }
+}
+
+/// A timer, message or effect created by a step, before it has an owner.
+#[derive(Debug)]
+pub(crate) struct NewRow {
+    pub(crate) seq: u64,
+    pub(crate) due_ms: i64,
+    pub(crate) class: PendingClass,
+    /// The target (for messages): its kind and id. `None`: the entity itself.
+    pub(crate) target: Option<(&'static str, EntityId)>,
+    /// Effects: the effect's name, checked against the registered effects at commit.
+    pub(crate) effect: Option<&'static str>,
+    pub(crate) body: String,
+}
+
+/// How many timers, messages and effects one step may create (they are numbered within it).
+const ROWS_PER_STEP: u64 = 1 << 20;
 
 /// Where a step's random seed comes from.
 #[derive(Debug, Clone, Copy)]
@@ -50,19 +88,35 @@ impl<'a, K: Process> Ctx<'a, K> {
             now: time_of(at_us),
             rng: None,
             seed: Seed::Live(None),
+            step: 0,
+            work: Work::default(),
             _kind: PhantomData,
         }
     }
 
-    /// The context of a replayed step: the time and seed the live step was handed.
-    pub(crate) fn replay(id: &'a EntityId, at_us: i64, seed: Option<[u8; 32]>) -> Self {
+    /// The context of live step number `step`.
+    pub(crate) fn step(id: &'a EntityId, at_us: i64, step: u64) -> Self {
+        Self {
+            step,
+            ..Self::at(id, at_us)
+        }
+    }
+
+    /// The context of replayed step `step`: the time and seed the live step was handed.
+    pub(crate) fn replay(id: &'a EntityId, at_us: i64, seed: Option<[u8; 32]>, step: u64) -> Self {
         Self {
             seed: Seed::Replay {
                 recorded: seed,
                 strayed: false,
             },
+            step,
             ..Self::at(id, at_us)
         }
+    }
+
+    /// What the step asked for beyond its state change.
+    pub(crate) fn take_work(&mut self) -> Work {
+        std::mem::take(&mut self.work)
     }
 
     /// The seed this live step drew, if it asked for randomness.
@@ -123,6 +177,167 @@ impl<'a, K: Process> Ctx<'a, K> {
     pub fn new_id(&mut self) -> String {
         self.rng().uuid()
     }
+
+    /// Schedules `msg` to be handled by this entity after `delay`, and returns the timer's id
+    /// (to [`cancel`](Self::cancel) it).
+    ///
+    /// The timer is durable: it is stored in the same commit as this step (and not at all if
+    /// the step fails), it fires even if the entity was passivated or the node restarted in
+    /// the meantime, and its message is applied exactly once. Ids are numbered by step, so a
+    /// replayed step of a `Journal` kind gets the same ids again.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use perennial_core::{Ctx, Process, TimerId};
+    /// # use serde::{Deserialize, Serialize};
+    /// #[derive(Default, Serialize, Deserialize)]
+    /// struct Turn {
+    ///     timer: Option<TimerId>,
+    ///     folded: bool,
+    /// }
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// enum TurnMsg {
+    ///     Start,
+    ///     Act,
+    ///     TimedOut,
+    /// }
+    ///
+    /// impl Process for Turn {
+    ///     const KIND: &'static str = "turn";
+    ///     type Msg = TurnMsg;
+    ///     type Reply = bool;
+    ///     type Error = std::convert::Infallible;
+    ///
+    ///     fn handle(&mut self, msg: TurnMsg, ctx: &mut Ctx<'_, Self>) -> Result<bool, Self::Error> {
+    ///         match msg {
+    ///             TurnMsg::Start => {
+    ///                 self.timer = Some(ctx.schedule(Duration::from_secs(30), TurnMsg::TimedOut));
+    ///             }
+    ///             TurnMsg::Act => {
+    ///                 if let Some(timer) = self.timer.take() {
+    ///                     ctx.cancel(timer);
+    ///                 }
+    ///             }
+    ///             TurnMsg::TimedOut => self.folded = true,
+    ///         }
+    ///         Ok(self.folded)
+    ///     }
+    /// }
+    /// ```
+    pub fn schedule(&mut self, delay: Duration, msg: K::Msg) -> TimerId {
+        let at = self.now.checked_add(delay).unwrap_or(self.now);
+        self.schedule_at(at, msg)
+    }
+
+    /// Schedules `msg` to be handled by this entity at `at` (at once, if `at` is past). See
+    /// [`schedule`](Self::schedule).
+    pub fn schedule_at(&mut self, at: SystemTime, msg: K::Msg) -> TimerId {
+        let due_ms = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let body = self.encode(&msg, "a timer's message");
+        TimerId(self.push(due_ms, PendingClass::Timer, None, None, body))
+    }
+
+    /// Cancels one of this entity's timers, in the same commit as this step. A timer that
+    /// already fired, or an unknown id, is ignored.
+    pub fn cancel(&mut self, timer: TimerId) {
+        self.work.cancels.push(timer.0);
+    }
+
+    /// Sends `msg` to the entity `id` of kind `T`, exactly once: the message is stored in
+    /// this step's commit (and not at all if the step fails), delivered after it, retried
+    /// until the target has durably applied it, and applied once whatever crashes. Messages
+    /// from one entity to another are applied in the order they were sent. The target's
+    /// reply is not returned; it answers, if it wants to, by sending a message back.
+    ///
+    /// An invalid id or a kind not registered with the runtime fails the step, like a panic.
+    pub fn send<T: Process>(&mut self, id: impl AsRef<str>, msg: T::Msg) {
+        let target = match EntityId::new(id.as_ref()) {
+            Ok(target) => target,
+            Err(e) => {
+                self.invalid(format!("ctx.send to {}: {e}", T::KIND));
+                return;
+            }
+        };
+        let body = self.encode(&msg, "a sent message");
+        let due_ms = self.now_ms();
+        self.push(
+            due_ms,
+            PendingClass::Message,
+            Some((T::KIND, target)),
+            None,
+            body,
+        );
+    }
+
+    /// Starts `effect` once this step is durable: slow or external work (an HTTP call, a
+    /// sleep) that runs outside the handler, whose result comes back to this entity as a
+    /// message. Returns the effect's id, which stays the same if the effect runs again.
+    ///
+    /// Effects run **at least once**: the effect is stored with this step, and one that a
+    /// crash interrupted is started again after the restart. Pass
+    /// [`EffectId`]'s text to an external API as its idempotency key to make the whole
+    /// exactly-once. The effect's type must be registered with
+    /// [`Builder::register_effect`](crate::Builder::register_effect).
+    pub fn effect<E: Effect<Kind = K>>(&mut self, effect: E) -> EffectId {
+        let input = self.encode(&effect, "an effect");
+        let body = format!(
+            "{{\"effect\":{},\"input\":{input}}}",
+            serde_json::Value::from(E::NAME)
+        );
+        let due_ms = self.now_ms();
+        let seq = self.push(due_ms, PendingClass::Effect, None, Some(E::NAME), body);
+        EffectId::new(
+            perennial_types::EntityKey::new(K::KIND, self.id.clone()),
+            seq,
+        )
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    }
+
+    fn encode<T: serde::Serialize>(&mut self, value: &T, what: &str) -> String {
+        serde_json::to_string(value).unwrap_or_else(|e| {
+            self.invalid(format!("{what} cannot be encoded as JSON: {e}"));
+            String::new()
+        })
+    }
+
+    fn invalid(&mut self, detail: String) {
+        self.work.invalid.get_or_insert(detail);
+    }
+
+    /// Adds a row, numbered after this step's earlier ones; returns its number.
+    fn push(
+        &mut self,
+        due_ms: i64,
+        class: PendingClass,
+        target: Option<(&'static str, EntityId)>,
+        effect: Option<&'static str>,
+        body: String,
+    ) -> u64 {
+        let n = self.work.rows.len() as u64;
+        if n >= ROWS_PER_STEP {
+            self.invalid(format!(
+                "one step may create at most {ROWS_PER_STEP} timers, messages and effects"
+            ));
+        }
+        let seq = self.step.saturating_mul(ROWS_PER_STEP).saturating_add(n);
+        self.work.rows.push(NewRow {
+            seq,
+            due_ms,
+            class,
+            target,
+            effect,
+            body,
+        });
+        seq
+    }
 }
 
 /// Now, in microseconds since the Unix epoch (what a step's time is recorded as).
@@ -130,6 +345,11 @@ pub(crate) fn now_us() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// Now, in milliseconds since the Unix epoch (the clock of timers).
+pub(crate) fn now_ms() -> i64 {
+    now_us() / 1000
 }
 
 /// The time `us` microseconds after the Unix epoch (before it, if negative).

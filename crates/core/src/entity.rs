@@ -26,15 +26,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use perennial_storage::{JournalEntry, Record};
+use std::collections::HashMap;
+
+use perennial_storage::{JournalEntry, Pending, Record, StoredReply};
 
 use parking_lot::Mutex;
 use perennial_storage::DeadLetter;
 use perennial_types::{EntityId, EntityKey, Epoch, ShardId, shard_of};
 use tokio::sync::oneshot;
 
-use crate::commit::{Failure, JournalStep, Owner, Step, Write};
-use crate::ctx::now_us;
+use crate::commit::{Extras, Failure, JournalStep, Owner, Step, Write};
+use crate::ctx::{Work, now_us};
+use crate::dispatch::{Delivery, RowId};
 use crate::journal::{self, InitRecord};
 use crate::kind::{KindRt, Mode};
 use crate::registry::{Key, Passivated, Resident};
@@ -42,19 +45,121 @@ use crate::{CallError, Ctx, Overload, Process};
 
 /// What a call finally gets.
 pub(crate) type Reply<K> = Result<<K as Process>::Reply, CallError<<K as Process>::Error>>;
-type ReplyTo<K> = oneshot::Sender<Reply<K>>;
+
+/// A successful step's answer: the handler's reply, or the reply kept for an idempotency key.
+pub(crate) enum Answer<K: Process> {
+    Value(K::Reply),
+    /// The JSON of the reply to the first call with the same idempotency key.
+    Kept(Arc<str>),
+}
+
+type Outcome<K> = Result<Answer<K>, CallError<<K as Process>::Error>>;
+
+/// Where a message's outcome goes.
+pub(crate) enum ReplyTo<K: Process> {
+    /// A typed caller.
+    Caller(oneshot::Sender<Reply<K>>),
+    /// A caller by kind name: the reply as JSON (for a retried idempotent call, the kept
+    /// bytes themselves).
+    Json(oneshot::Sender<Result<Arc<str>, CallError<K::Error>>>),
+    /// The dispatcher, delivering a timer, a message from another entity or an effect's result.
+    Row(oneshot::Sender<Delivery>),
+}
+
+impl<K: Process> ReplyTo<K> {
+    /// Tells the dispatcher its row needs nothing more (a cancelled timer).
+    fn send_skipped(self) {
+        if let Self::Row(to) = self {
+            let _ = to.send(Delivery::Skipped);
+        }
+    }
+
+    /// Sends the outcome; `key` names the entity in errors made here.
+    fn send(self, outcome: Outcome<K>, key: impl FnOnce() -> EntityKey) {
+        match self {
+            Self::Caller(to) => {
+                let reply = outcome.and_then(|answer| match answer {
+                    Answer::Value(value) => Ok(value),
+                    Answer::Kept(json) => {
+                        serde_json::from_str(&json).map_err(|e| CallError::CorruptState {
+                            key: key(),
+                            detail: format!(
+                                "the reply kept for the idempotency key no longer decodes: {e}"
+                            ),
+                        })
+                    }
+                });
+                let _ = to.send(reply);
+            }
+            Self::Json(to) => {
+                let reply =
+                    outcome.and_then(|answer| match answer {
+                        Answer::Value(value) => serde_json::to_string(&value)
+                            .map(Arc::from)
+                            .map_err(|e| CallError::UnencodableReply {
+                                key: key(),
+                                detail: e.to_string(),
+                            }),
+                        Answer::Kept(json) => Ok(json),
+                    });
+                let _ = to.send(reply);
+            }
+            Self::Row(to) => {
+                let delivery = match outcome {
+                    Ok(_) | Err(CallError::DeadLettered { .. }) => Delivery::Applied,
+                    Err(CallError::Rejected(e)) => {
+                        Delivery::Refused(format!("{}: {e}", crate::Rejection::code(&e)))
+                    }
+                    Err(e) => Delivery::Retry(e.to_string()),
+                };
+                let _ = to.send(delivery);
+            }
+        }
+    }
+}
+
+/// How a message came to the entity.
+pub(crate) enum Via {
+    /// A call.
+    Call,
+    /// A call with an idempotency key; `checked` once storage was asked for a kept reply.
+    Idempotent { key: Box<str>, checked: bool },
+    /// A pending row: a timer, a message from another entity, an effect's result. The step
+    /// that applies it deletes it.
+    Row(Box<RowId>),
+}
+
+/// The longest idempotency key accepted, in bytes.
+pub(crate) const MAX_IDEMPOTENCY_KEY: usize = 256;
+
+impl Via {
+    /// A call with idempotency key `key`, which must be 1 to 256 bytes.
+    pub(crate) fn idempotent(key: &str) -> Result<Self, CallError> {
+        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+            return Err(CallError::InvalidIdempotencyKey(format!(
+                "an idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY} bytes, not {}",
+                key.len()
+            )));
+        }
+        Ok(Self::Idempotent {
+            key: Box::from(key),
+            checked: false,
+        })
+    }
+}
 
 /// A message waiting in a mailbox, with where its reply goes.
 struct Envelope<K: Process> {
     msg: K::Msg,
     reply: ReplyTo<K>,
+    via: Via,
 }
 
 /// A reply waiting for the step at `seq` (and all before it) to be durable.
 struct Held<K: Process> {
     seq: u64,
     reply: ReplyTo<K>,
-    result: Reply<K>,
+    result: Outcome<K>,
 }
 
 /// Where the entity's state is.
@@ -100,7 +205,16 @@ struct Inner<K: Process> {
     failures: Vec<Attempts>,
     /// The bytes this entity is accounted for in the registry.
     bytes: usize,
+    /// Replies kept for idempotency keys, known to this activation (a cache of storage).
+    replies: HashMap<Box<str>, Arc<str>>,
+    /// Timers cancelled by steps not yet durable: `(step, timer)`. Once durable, the
+    /// dispatcher knows them.
+    cancelled: Vec<(u64, u64)>,
 }
+
+/// At most this many kept replies are cached per entity; beyond, the cache is emptied (a
+/// miss asks storage, once the entity's steps are durable).
+const CACHED_REPLIES: usize = 256;
 
 /// One resident entity.
 pub(crate) struct Cell<K: Process> {
@@ -119,12 +233,53 @@ pub(crate) async fn call<K: Process>(
     kind: &Arc<KindRt<K>>,
     id: &EntityId,
     msg: K::Msg,
+    via: Via,
 ) -> Reply<K> {
     let _permit = kind.core.admit()?;
     let (reply, answer) = oneshot::channel();
-    deliver(kind, id, Envelope { msg, reply })?;
+    let reply = ReplyTo::Caller(reply);
+    deliver(kind, id, Envelope { msg, reply, via })?;
     // The sender is dropped without an answer only if the runtime itself is torn down.
     answer.await.unwrap_or(Err(CallError::ShuttingDown))
+}
+
+/// Sends a message to an entity and waits for its reply as JSON.
+pub(crate) async fn call_json<K: Process>(
+    kind: &Arc<KindRt<K>>,
+    id: &EntityId,
+    msg: K::Msg,
+    via: Via,
+) -> Result<Arc<str>, CallError<K::Error>> {
+    let _permit = kind.core.admit()?;
+    let (reply, answer) = oneshot::channel();
+    let reply = ReplyTo::Json(reply);
+    deliver(kind, id, Envelope { msg, reply, via })?;
+    answer.await.unwrap_or(Err(CallError::ShuttingDown))
+}
+
+/// Delivers a pending row's message to its target and waits until it is applied (durably).
+pub(crate) async fn deliver_row<K: Process>(
+    kind: &Arc<KindRt<K>>,
+    id: &EntityId,
+    msg: K::Msg,
+    row: RowId,
+) -> Delivery {
+    let _permit = match kind.core.admit::<K::Error>() {
+        Ok(permit) => permit,
+        Err(e) => return Delivery::Retry(e.to_string()),
+    };
+    let (reply, answer) = oneshot::channel();
+    let envelope = Envelope {
+        msg,
+        reply: ReplyTo::Row(reply),
+        via: Via::Row(Box::new(row)),
+    };
+    if let Err(e) = deliver(kind, id, envelope) {
+        return Delivery::Retry(e.to_string());
+    }
+    answer
+        .await
+        .unwrap_or_else(|_| Delivery::Retry("the runtime stopped".into()))
 }
 
 /// Pushes a message into the entity's mailbox, activating the entity if it is not resident.
@@ -177,6 +332,8 @@ enum Round {
     Handled,
     /// The state must be loaded first (an await, so only a spawned task may do it).
     NeedsLoad,
+    /// Storage must be asked for the reply kept for this idempotency key first.
+    NeedsReply(Box<str>),
 }
 
 /// How many rounds a caller runs on its own task before it hands the cell to a spawned one.
@@ -193,6 +350,7 @@ async fn run<K: Process>(cell: Arc<Cell<K>>) {
                     return;
                 }
             }
+            Round::NeedsReply(key) => cell.look_up_reply(key).await,
         }
     }
 }
@@ -207,7 +365,7 @@ fn run_here_or_spawn<K: Process>(cell: Arc<Cell<K>>) {
         match cell.round() {
             Round::Idle => return,
             Round::Handled => {}
-            Round::NeedsLoad => break,
+            Round::NeedsLoad | Round::NeedsReply(_) => break,
         }
     }
     let runtime = cell.kind.core.runtime.clone();
@@ -237,9 +395,13 @@ impl<K: Process> Cell<K> {
                 }
             }
         };
-        let mut messages = messages.into_iter();
+        let mut messages = messages.into_iter().peekable();
         let mut intact = true;
-        for envelope in messages.by_ref() {
+        let mut look_up = None;
+        while let Some(envelope) = messages.next_if(|e| {
+            look_up = self.needs_reply(e);
+            look_up.is_none()
+        }) {
             if !self.step(&mut state, envelope, incarnation) {
                 intact = false;
                 break;
@@ -260,7 +422,68 @@ impl<K: Process> Cell<K> {
         } else {
             inner.state = Slot::Unloaded;
         }
-        Round::Handled
+        match look_up {
+            Some(key) if intact => Round::NeedsReply(key),
+            _ => Round::Handled,
+        }
+    }
+
+    /// The idempotency key of an envelope whose kept reply must be looked up in storage
+    /// before it is handled: neither this activation knows it nor storage was asked.
+    fn needs_reply(&self, envelope: &Envelope<K>) -> Option<Box<str>> {
+        match &envelope.via {
+            Via::Idempotent {
+                key,
+                checked: false,
+            } if !self.inner.lock().replies.contains_key(key) => Some(key.clone()),
+            _ => None,
+        }
+    }
+
+    /// Asks storage for the reply kept for `key`, once every step of the entity is durable
+    /// (so storage holds every reply this entity kept), and records the answer.
+    async fn look_up_reply(&self, key: Box<str>) {
+        self.settled().await;
+        let found = self.kind.core.store.reply(&self.key(), &key).await;
+        let mut inner = self.inner.lock();
+        match found {
+            Ok(kept) => {
+                if let Some(kept) = kept {
+                    Self::cache_reply(&mut inner, key.clone(), Arc::from(kept.reply));
+                }
+                for envelope in &mut inner.mailbox {
+                    if let Via::Idempotent { key: k, checked } = &mut envelope.via
+                        && *k == key
+                    {
+                        *checked = true;
+                    }
+                }
+            }
+            Err(source) => {
+                // Fail the calls with this key: they cannot know whether they were applied.
+                let error = CallError::Storage {
+                    key: self.key(),
+                    source,
+                };
+                let (failed, kept): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut inner.mailbox)
+                    .into_iter()
+                    .partition(|e| matches!(&e.via, Via::Idempotent { key: k, .. } if *k == key));
+                inner.mailbox = kept;
+                drop(inner);
+                for envelope in failed {
+                    envelope
+                        .reply
+                        .send(Err(error.clone().widen()), || self.key());
+                }
+            }
+        }
+    }
+
+    fn cache_reply(inner: &mut Inner<K>, key: Box<str>, reply: Arc<str>) {
+        if inner.replies.len() >= CACHED_REPLIES {
+            inner.replies.clear();
+        }
+        inner.replies.insert(key, reply);
     }
 
     fn new(kind: Arc<KindRt<K>>, id: EntityId) -> Self {
@@ -284,6 +507,8 @@ impl<K: Process> Cell<K> {
                 lost: None,
                 failures: Vec::new(),
                 bytes: 0,
+                replies: HashMap::new(),
+                cancelled: Vec::new(),
             }),
         };
         cell.set_deadline(None);
@@ -307,6 +532,11 @@ impl<K: Process> Cell<K> {
         let at_us = now_us();
         let mut ctx = Ctx::at(&self.id, at_us);
         guard(|| state.init(&mut ctx)).map_err(|message| self.panicked_error(message))?;
+        if !ctx.take_work().is_empty() {
+            tracing::warn!(kind = K::KIND, id = %self.id,
+                "init asked for timers, messages or effects; they are ignored (start them \
+                 from a step)");
+        }
         let seed = ctx.drawn_seed();
         Ok((state, InitRecord { at_us, seed }))
     }
@@ -355,7 +585,9 @@ impl<K: Process> Cell<K> {
                     let mut inner = self.inner.lock();
                     inner.scheduled = false;
                     for envelope in inner.mailbox.drain(..) {
-                        let _ = envelope.reply.send(Err(error.clone().widen()));
+                        envelope
+                            .reply
+                            .send(Err(error.clone().widen()), || self.key());
                     }
                     self.kind.core.registry.account(inner.bytes, 0);
                     inner.bytes = 0;
@@ -461,7 +693,16 @@ impl<K: Process> Cell<K> {
     /// Handles one message. Returns false if the state in hand is no longer valid (a batch
     /// failed, or a rollback was impossible) and must be reloaded.
     fn step(self: &Arc<Self>, state: &mut K, envelope: Envelope<K>, incarnation: u32) -> bool {
-        let Envelope { msg, reply } = envelope;
+        let Envelope { msg, reply, via } = envelope;
+        if let Some(answered) = self.answered_before(&via) {
+            return match answered {
+                Some(kept) => self.respond_outcome(reply, Ok(Answer::Kept(kept)), incarnation),
+                None => {
+                    reply.send_skipped();
+                    true
+                }
+            };
+        }
         // Kept to dead-letter the message if it keeps failing: the handler consumes it.
         let message_json = guard(|| serde_json::to_string(&msg))
             .map_err(|panic| format!("encoding the message panicked: {panic}"))
@@ -473,7 +714,7 @@ impl<K: Process> Cell<K> {
                     // The message was not handled, and the state is as it was.
                     self.kind.counters.restarts.fetch_add(1, Ordering::Relaxed);
                     let error = self.panicked_error(format!("copying the state panicked: {panic}"));
-                    let _ = reply.send(Err(error.widen()));
+                    reply.send(Err(error.widen()), || self.key());
                     return true;
                 }
             },
@@ -482,25 +723,35 @@ impl<K: Process> Cell<K> {
         let read_only = matches!(self.kind.mode, Mode::Journal { .. })
             && guard(|| K::is_read_only(&msg)).unwrap_or(false);
         let at_us = now_us();
-        let mut ctx = Ctx::at(&self.id, at_us);
-        match guard(|| state.handle(msg, &mut ctx)) {
-            Ok(Ok(value)) if matches!(self.kind.mode, Mode::Journal { .. }) => {
-                let seed = ctx.drawn_seed();
-                if read_only {
+        let next = self.inner.lock().seq + 1;
+        let mut ctx = Ctx::step(&self.id, at_us, next);
+        let result = guard(|| state.handle(msg, &mut ctx));
+        let work = ctx.take_work();
+        let seed = ctx.drawn_seed();
+        let result = match (result, self.extras(work, &via)) {
+            (Ok(Ok(value)), Ok(extras)) => Ok((value, extras)),
+            (Ok(Err(rejection)), _) => Err(Ok(rejection)),
+            (Err(panic), _) | (Ok(Ok(_)), Err(panic)) => Err(Err(panic)),
+        };
+        match result {
+            Ok((value, extras)) if matches!(self.kind.mode, Mode::Journal { .. }) => {
+                if read_only && extras.is_none() {
                     self.clear_failures(&message_json);
                     return self.respond_gated(reply, Ok(value), incarnation);
                 }
                 self.journal(
                     state,
                     reply,
-                    value,
+                    (value, extras),
                     &message_json,
                     (at_us, seed),
                     incarnation,
                 )
             }
-            Ok(Ok(value)) => self.keep(state, reply, value, &message_json, incarnation),
-            Ok(Err(rejection)) => {
+            Ok((value, extras)) => {
+                self.keep(state, reply, (value, extras), &message_json, incarnation)
+            }
+            Err(Ok(rejection)) => {
                 self.clear_failures(&message_json);
                 match self.rollback(state, backup) {
                     Ok(intact) => {
@@ -508,12 +759,142 @@ impl<K: Process> Cell<K> {
                         self.respond_gated(reply, rejected, incarnation) && intact
                     }
                     Err(error) => {
-                        let _ = reply.send(Err(error.widen()));
+                        reply.send(Err(error.widen()), || self.key());
                         false
                     }
                 }
             }
-            Err(panic) => self.panicked(state, backup, reply, panic, message_json, incarnation),
+            Err(Err(panic)) => {
+                let row = match via {
+                    Via::Row(row) => Some(row),
+                    Via::Call | Via::Idempotent { .. } => None,
+                };
+                let failure = Failed {
+                    message: panic,
+                    message_json,
+                    row,
+                };
+                self.panicked(state, backup, reply, failure, incarnation)
+            }
+        }
+    }
+
+    /// Whether the message was answered before: `Some(Some(reply))` for an idempotency key
+    /// whose reply is kept, `Some(None)` for a timer cancelled since it was sent.
+    fn answered_before(&self, via: &Via) -> Option<Option<Arc<str>>> {
+        match via {
+            Via::Call => None,
+            Via::Idempotent { key, .. } => self.inner.lock().replies.get(key).cloned().map(Some),
+            Via::Row(row) => {
+                let own = row.owner.kind == self.kind.name && row.owner.id == self.id;
+                let cancelled = own
+                    && (self
+                        .inner
+                        .lock()
+                        .cancelled
+                        .iter()
+                        .any(|(_, t)| *t == row.seq)
+                        || self.kind.core.dispatch.is_cancelled(row));
+                cancelled.then_some(None)
+            }
+        }
+    }
+
+    /// What a successful step writes besides its state: its timers, messages and effects,
+    /// the row it applied, the timers it cancelled. `Err` if the step asked for something
+    /// invalid; it then fails like a panic.
+    fn extras(&self, work: Work, via: &Via) -> Result<Option<Box<Extras>>, String> {
+        if let Some(detail) = work.invalid {
+            return Err(format!("the step is invalid: {detail}"));
+        }
+        let core = &self.kind.core;
+        if !work.rows.is_empty() && matches!(self.kind.mode, Mode::Ephemeral { .. }) {
+            return Err(format!(
+                "kind {:?} is ephemeral: its timers, messages and effects would outlive its \
+                 state; register it with `register` or `register_journal` to use them",
+                K::KIND
+            ));
+        }
+        let owner = self.key();
+        let mut extras = Extras::default();
+        for row in work.rows {
+            if let Some((kind, _)) = &row.target
+                && !core.kind_names.contains(kind)
+            {
+                return Err(format!(
+                    "the step is invalid: ctx.send to kind {kind:?}, which is not registered"
+                ));
+            }
+            if let Some(name) = row.effect
+                && !core.effects.contains_key(&(K::KIND, name))
+            {
+                return Err(format!(
+                    "the step is invalid: effect {name:?} is not registered; add \
+                     .register_effect::<…>() to the runtime's builder"
+                ));
+            }
+            let target = match row.target {
+                Some((kind, id)) => EntityKey::new(kind, id),
+                None => owner.clone(),
+            };
+            extras.rows.push(Pending {
+                owner: owner.clone(),
+                seq: row.seq,
+                due_ms: row.due_ms,
+                class: row.class,
+                target,
+                body: Arc::from(row.body),
+            });
+        }
+        extras.done.extend(
+            work.cancels
+                .iter()
+                .map(|&seq| RowId::new(owner.clone(), seq)),
+        );
+        match via {
+            Via::Row(row) => extras.done.push((**row).clone()),
+            Via::Idempotent { key, .. } => {
+                // Filled in once the reply is encoded (see `keep_reply`).
+                extras.reply = Some((
+                    key.to_string(),
+                    StoredReply {
+                        reply: String::new(),
+                        at_ms: unix_ms(),
+                    },
+                ));
+            }
+            Via::Call => {}
+        }
+        if !work.cancels.is_empty() {
+            let mut inner = self.inner.lock();
+            let step = inner.seq + 1;
+            inner
+                .cancelled
+                .extend(work.cancels.iter().map(|&timer| (step, timer)));
+        }
+        Ok((!extras.is_empty()).then(|| Box::new(extras)))
+    }
+
+    /// Encodes the reply to keep for an idempotent call, and caches it. `None` (nothing to
+    /// keep) if the step has no idempotency key or the reply cannot be encoded.
+    fn keep_reply(&self, extras: &mut Option<Box<Extras>>, value: &K::Reply) {
+        let Some(extras) = extras else {
+            return;
+        };
+        let Some((key, kept)) = &mut extras.reply else {
+            return;
+        };
+        match serde_json::to_string(value) {
+            Ok(json) => {
+                let json: Arc<str> = Arc::from(json);
+                kept.reply = json.to_string();
+                Self::cache_reply(&mut self.inner.lock(), Box::from(key.as_str()), json);
+            }
+            Err(e) => {
+                tracing::warn!(kind = K::KIND, id = %self.id, error = %e,
+                    "the reply cannot be encoded, so it is not kept for its idempotency key");
+                extras.reply = None;
+            }
         }
     }
 
@@ -523,7 +904,7 @@ impl<K: Process> Cell<K> {
         self: &Arc<Self>,
         state: &mut K,
         reply: ReplyTo<K>,
-        value: K::Reply,
+        (value, mut extras): (K::Reply, Option<Box<Extras>>),
         message_json: &Result<String, String>,
         (at_us, seed): (i64, Option<[u8; 32]>),
         incarnation: u32,
@@ -546,6 +927,7 @@ impl<K: Process> Cell<K> {
             }
         };
         let digest = journal::reply_digest(&value);
+        self.keep_reply(&mut extras, &value);
         let due = {
             let inner = self.inner.lock();
             snapshots
@@ -573,11 +955,9 @@ impl<K: Process> Cell<K> {
         forget_failure(&mut inner.failures, digest_of(message));
         inner.seq += 1;
         let seq = inner.seq;
-        let init = if seq == 1 {
-            inner.init.take().map(|init| *init)
-        } else {
-            None
-        };
+        // A new entity's first journaled step records what `init` was handed (its number may
+        // be above 1 if a dead letter took a number before it).
+        let init = inner.init.take().map(|init| *init);
         let entry = JournalEntry {
             step: seq,
             at_us,
@@ -597,7 +977,7 @@ impl<K: Process> Cell<K> {
             snapshot,
             trim,
         }));
-        self.hold_and_submit(inner, seq, reply, Ok(value), write, incarnation);
+        self.hold_and_submit(inner, seq, (reply, Ok(value)), (write, extras), incarnation);
         true
     }
 
@@ -606,14 +986,28 @@ impl<K: Process> Cell<K> {
         self: &Arc<Self>,
         state: &mut K,
         reply: ReplyTo<K>,
-        value: K::Reply,
+        (value, mut extras): (K::Reply, Option<Box<Extras>>),
         message_json: &Result<String, String>,
         incarnation: u32,
     ) -> bool {
+        self.keep_reply(&mut extras, &value);
         let Mode::Snapshot { encode, .. } = &self.kind.mode else {
-            // Ephemeral: nothing to make durable, so the reply leaves at once.
+            // Ephemeral: nothing to make durable, so the reply leaves at once, unless the
+            // step made timers, messages or effects: they are durable even here.
             self.clear_failures(message_json);
-            let _ = reply.send(Ok(value));
+            if extras.is_none() {
+                reply.send(Ok(Answer::Value(value)), || self.key());
+                return true;
+            }
+            let mut inner = self.inner.lock();
+            if self.incarnation.load(Ordering::SeqCst) != incarnation {
+                drop(inner);
+                return self.respond_lost(reply);
+            }
+            inner.seq += 1;
+            let seq = inner.seq;
+            let step = (Write::Nothing, extras);
+            self.hold_and_submit(inner, seq, (reply, Ok(value)), step, incarnation);
             return true;
         };
         let json = match guard(|| encode(state)) {
@@ -632,18 +1026,18 @@ impl<K: Process> Cell<K> {
         if let Ok(message) = message_json {
             forget_failure(&mut inner.failures, digest_of(message));
         }
-        if inner.last_json.as_deref() == Some(&*json) {
+        if extras.is_none() && inner.last_json.as_deref() == Some(&*json) {
             // The step changed nothing, so nothing is written; but its reply must not overtake
             // a held one.
             if inner.held.is_empty() && inner.seq == inner.durable {
                 drop(inner);
-                let _ = reply.send(Ok(value));
+                reply.send(Ok(Answer::Value(value)), || self.key());
             } else {
                 let seq = inner.seq;
                 inner.held.push_back(Held {
                     seq,
                     reply,
-                    result: Ok(value),
+                    result: Ok(Answer::Value(value)),
                 });
             }
             return true;
@@ -653,14 +1047,8 @@ impl<K: Process> Cell<K> {
         self.kind.core.registry.account(inner.bytes, json.len());
         inner.bytes = json.len();
         inner.last_json = Some(Arc::clone(&json));
-        self.hold_and_submit(
-            inner,
-            seq,
-            reply,
-            Ok(value),
-            Write::State(json),
-            incarnation,
-        );
+        let step = (Write::State(json), extras);
+        self.hold_and_submit(inner, seq, (reply, Ok(value)), step, incarnation);
         true
     }
 
@@ -670,11 +1058,11 @@ impl<K: Process> Cell<K> {
         self: &Arc<Self>,
         mut inner: parking_lot::MutexGuard<'_, Inner<K>>,
         seq: u64,
-        reply: ReplyTo<K>,
-        result: Reply<K>,
-        write: Write,
+        (reply, result): (ReplyTo<K>, Reply<K>),
+        (write, extras): (Write, Option<Box<Extras>>),
         incarnation: u32,
     ) {
+        let result = result.map(Answer::Value);
         inner.held.push_back(Held { seq, reply, result });
         drop(inner);
         self.kind.core.committer.submit(Step {
@@ -682,6 +1070,7 @@ impl<K: Process> Cell<K> {
             incarnation,
             seq,
             write,
+            extras,
         });
     }
 
@@ -703,7 +1092,7 @@ impl<K: Process> Cell<K> {
         let intact = match self.rollback(state, None) {
             Ok(intact) => intact,
             Err(error) => {
-                let _ = reply.send(Err(error.widen()));
+                reply.send(Err(error.widen()), || self.key());
                 return false;
             }
         };
@@ -720,17 +1109,21 @@ impl<K: Process> Cell<K> {
         state: &mut K,
         backup: Option<K>,
         reply: ReplyTo<K>,
-        message: String,
-        message_json: Result<String, String>,
+        failed: Failed,
         incarnation: u32,
     ) -> bool {
+        let Failed {
+            message,
+            message_json,
+            row,
+        } = failed;
         self.kind.counters.restarts.fetch_add(1, Ordering::Relaxed);
         tracing::error!(kind = K::KIND, id = %self.id, panic = %message,
             "handler panicked; the entity goes on from its previous state");
         let intact = match self.rollback(state, backup) {
             Ok(intact) => intact,
             Err(error) => {
-                let _ = reply.send(Err(error.widen()));
+                reply.send(Err(error.widen()), || self.key());
                 return false;
             }
         };
@@ -779,11 +1172,19 @@ impl<K: Process> Cell<K> {
             attempts,
             at_ms: unix_ms(),
         };
+        // A timer or message that keeps failing is done with: its row goes with the letter.
+        let extras = row.map(|row| {
+            Box::new(Extras {
+                done: vec![*row],
+                ..Extras::default()
+            })
+        });
         self.kind.core.committer.submit(Step {
             owner: Arc::clone(self) as Arc<dyn Owner>,
             incarnation,
             seq,
             write: Write::DeadLetter(Box::new(letter)),
+            extras,
         });
         intact
     }
@@ -839,18 +1240,24 @@ impl<K: Process> Cell<K> {
     /// Answers now if nothing is held, or after the latest step is durable. (Replies of
     /// ephemeral kinds depend on nothing durable and always leave at once.)
     fn respond_gated(&self, reply: ReplyTo<K>, result: Reply<K>, incarnation: u32) -> bool {
-        if !self.kind.is_durable() {
-            let _ = reply.send(result);
+        self.respond_outcome(reply, result.map(Answer::Value), incarnation)
+    }
+
+    /// [`respond_gated`](Self::respond_gated), for any answer.
+    fn respond_outcome(&self, reply: ReplyTo<K>, result: Outcome<K>, incarnation: u32) -> bool {
+        let mut inner = self.inner.lock();
+        if !self.kind.is_durable() && inner.held.is_empty() {
+            drop(inner);
+            reply.send(result, || self.key());
             return true;
         }
-        let mut inner = self.inner.lock();
         if self.incarnation.load(Ordering::SeqCst) != incarnation {
             drop(inner);
             return self.respond_lost(reply);
         }
         if inner.held.is_empty() && inner.seq == inner.durable {
             drop(inner);
-            let _ = reply.send(result);
+            reply.send(result, || self.key());
         } else {
             let seq = inner.seq;
             inner.held.push_back(Held { seq, reply, result });
@@ -864,7 +1271,7 @@ impl<K: Process> Cell<K> {
         let failure = lost.unwrap_or(Failure::Storage(perennial_storage::Error::Backend(
             "the entity's pending steps were lost".into(),
         )));
-        let _ = reply.send(Err(self.failure_error(failure).widen()));
+        reply.send(Err(self.failure_error(failure).widen()), || self.key());
         false
     }
 
@@ -905,12 +1312,14 @@ impl<K: Process> Owner for Cell<K> {
             return;
         }
         inner.durable = inner.durable.max(seq);
+        let durable = inner.durable;
+        inner.cancelled.retain(|(step, _)| *step > durable);
         while let Some(held) = inner.held.pop_front() {
             if held.seq > inner.durable {
                 inner.held.push_front(held);
                 break;
             }
-            let _ = held.reply.send(held.result);
+            held.reply.send(held.result, || self.key());
         }
         if inner.held.is_empty() {
             // Free the queue's buffer: most entities are idle most of the time, and an empty
@@ -935,9 +1344,12 @@ impl<K: Process> Owner for Cell<K> {
             inner.last_json = None;
             inner.init = None;
             inner.lost = Some(Box::new(failure));
+            // Replies kept by lost steps were never stored; cancels may not have happened.
+            inner.replies.clear();
+            inner.cancelled.clear();
         }
         for held in inner.held.drain(..) {
-            let _ = held.reply.send(Err(error.clone().widen()));
+            held.reply.send(Err(error.clone().widen()), || self.key());
         }
     }
 }
@@ -988,6 +1400,16 @@ impl<K: Process> Resident for Cell<K> {
             }),
         })
     }
+}
+
+/// A step that panicked (or asked for something invalid).
+struct Failed {
+    /// The panic's message.
+    message: String,
+    /// The message, to dead-letter it if it keeps failing.
+    message_json: Result<String, String>,
+    /// The pending row it came from, deleted with its dead letter.
+    row: Option<Box<RowId>>,
 }
 
 /// A state loaded or created by an activation, with what the cell tracks about it.

@@ -106,6 +106,9 @@ pub enum CallError<E = Infallible> {
         /// Its shard.
         shard: ShardId,
     },
+    /// The idempotency key is empty or too long.
+    #[error("invalid idempotency key: {0}")]
+    InvalidIdempotencyKey(String),
     /// The runtime is shutting down and takes no new messages.
     #[error("the runtime is shutting down")]
     ShuttingDown,
@@ -176,6 +179,7 @@ impl<E> CallError<E> {
             Self::Unencodable { key, detail } => CallError::Unencodable { key, detail },
             Self::UnencodableReply { key, detail } => CallError::UnencodableReply { key, detail },
             Self::Fenced { key, shard } => CallError::Fenced { key, shard },
+            Self::InvalidIdempotencyKey(detail) => CallError::InvalidIdempotencyKey(detail),
             Self::ShuttingDown => CallError::ShuttingDown,
             Self::UnknownKind(kind) => CallError::UnknownKind(kind),
             Self::BadMessage { kind, detail } => CallError::BadMessage { kind, detail },
@@ -205,6 +209,7 @@ impl<E> CallError<E> {
             Self::Unencodable { .. } => "unencodable_state",
             Self::UnencodableReply { .. } => "unencodable_reply",
             Self::Fenced { .. } => "fenced",
+            Self::InvalidIdempotencyKey(_) => "invalid_idempotency_key",
             Self::ShuttingDown => "shutting_down",
             Self::UnknownKind(_) => "unknown_kind",
             Self::BadMessage { .. } => "bad_message",

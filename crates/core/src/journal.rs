@@ -314,7 +314,7 @@ fn apply<K: Process>(
             };
             let mut state = guard(K::default)
                 .map_err(|panic| diverged(format!("Default::default panicked: {panic}")))?;
-            let mut ctx = Ctx::replay(id, init.at_us, init_seed);
+            let mut ctx = Ctx::replay(id, init.at_us, init_seed, 0);
             guard(|| state.init(&mut ctx))
                 .map_err(|panic| diverged(format!("init panicked on replay: {panic}")))?;
             if ctx.strayed() {
@@ -325,7 +325,7 @@ fn apply<K: Process>(
             rebuilt.state.insert(state)
         }
     };
-    let mut ctx = Ctx::replay(id, entry.at_us, seed);
+    let mut ctx = Ctx::replay(id, entry.at_us, seed, step);
     let msg = parsed.msg;
     let result = guard(|| state.handle(msg, &mut ctx));
     if ctx.strayed() {

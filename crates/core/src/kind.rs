@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use perennial_types::EntityId;
 
+use crate::dispatch::{Delivery, RowId};
+use crate::effect::BoxFuture;
 use crate::journal::{self, SnapshotCodec};
 use crate::runtime::Core;
 use crate::{CallError, JsonRejection, Persistence, Process, Rejection};
@@ -89,13 +91,24 @@ pub struct KindStats {
     pub resident: u64,
 }
 
+/// A call by kind name, in flight: completes with the reply's JSON.
+pub(crate) type JsonCall<'a> =
+    Pin<Box<dyn Future<Output = Result<Arc<str>, CallError<JsonRejection>>> + Send + 'a>>;
+
 /// A kind seen without its types: for calls by kind name with JSON messages.
 pub(crate) trait DynKind: Send + Sync {
+    /// Calls the entity with a JSON message; with an idempotency key, a retry gets the
+    /// first call's reply, byte for byte.
     fn call_json<'a>(
         self: Arc<Self>,
         id: EntityId,
         msg: &'a [u8],
-    ) -> Pin<Box<dyn Future<Output = Result<String, CallError<JsonRejection>>> + Send + 'a>>;
+        idempotency_key: Option<&'a str>,
+    ) -> JsonCall<'a>;
+
+    /// Delivers a pending row's message (JSON) to the entity; completes once it is applied
+    /// durably, refused, or failed.
+    fn deliver(self: Arc<Self>, id: EntityId, msg: Arc<str>, row: RowId) -> BoxFuture<Delivery>;
 
     fn stats(&self) -> KindStats;
 
@@ -114,22 +127,40 @@ impl<K: Process> DynKind for KindRt<K> {
         self: Arc<Self>,
         id: EntityId,
         msg: &'a [u8],
-    ) -> Pin<Box<dyn Future<Output = Result<String, CallError<JsonRejection>>> + Send + 'a>> {
+        idempotency_key: Option<&'a str>,
+    ) -> Pin<Box<dyn Future<Output = Result<Arc<str>, CallError<JsonRejection>>> + Send + 'a>> {
         Box::pin(async move {
             let msg: K::Msg = serde_json::from_slice(msg).map_err(|e| CallError::BadMessage {
                 kind: K::KIND.to_owned(),
                 detail: e.to_string(),
             })?;
-            let reply = crate::entity::call(&self, &id, msg).await.map_err(|e| {
-                e.map_rejection(|r| JsonRejection {
-                    code: r.code().to_owned(),
-                    message: r.to_string(),
+            let via = match idempotency_key {
+                Some(key) => crate::entity::Via::idempotent(key).map_err(CallError::widen)?,
+                None => crate::entity::Via::Call,
+            };
+            crate::entity::call_json(&self, &id, msg, via)
+                .await
+                .map_err(|e| {
+                    e.map_rejection(|r| JsonRejection {
+                        code: r.code().to_owned(),
+                        message: r.to_string(),
+                    })
                 })
-            })?;
-            serde_json::to_string(&reply).map_err(|e| CallError::UnencodableReply {
-                key: perennial_types::EntityKey::new(self.name.clone(), id),
-                detail: e.to_string(),
-            })
+        })
+    }
+
+    fn deliver(self: Arc<Self>, id: EntityId, msg: Arc<str>, row: RowId) -> BoxFuture<Delivery> {
+        Box::pin(async move {
+            let msg: K::Msg = match serde_json::from_str(&msg) {
+                Ok(msg) => msg,
+                Err(e) => {
+                    return Delivery::Poison(format!(
+                        "the message is not a valid {} message any more: {e}",
+                        K::KIND
+                    ));
+                }
+            };
+            crate::entity::deliver_row(&self, &id, msg, row).await
         })
     }
 

@@ -81,6 +81,8 @@
 
 mod commit;
 mod ctx;
+mod dispatch;
+mod effect;
 mod entity;
 mod error;
 mod journal;
@@ -91,6 +93,7 @@ mod runtime;
 
 pub use commit::CommitStats;
 pub use ctx::{Ctx, Rng};
+pub use effect::{Effect, EffectId, TimerId};
 pub use error::{CallError, JsonRejection, Overload, StartError};
 pub use journal::{HistoryEntry, Snapshots};
 pub use kind::KindStats;

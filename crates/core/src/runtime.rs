@@ -16,6 +16,8 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::commit::{CommitStats, Committer};
+use crate::dispatch::{self, Dispatch, Kinds};
+use crate::effect::{Effect, EffectRunner};
 use crate::entity;
 use crate::journal::{HistoryEntry, SnapshotCodec, Snapshots};
 use crate::kind::{Counters, DynKind, KindRt, KindStats, Mode};
@@ -29,6 +31,10 @@ pub(crate) struct Config {
     pub(crate) max_inflight: usize,
     pub(crate) max_attempts: u32,
     pub(crate) passivation_interval: Duration,
+    /// How long replies to idempotent calls are kept.
+    pub(crate) reply_window: Duration,
+    /// How often replies older than `reply_window` are deleted.
+    pub(crate) reply_expiry_interval: Duration,
 }
 
 /// What every entity of every kind shares: storage, the commit pipeline, the registry.
@@ -39,12 +45,20 @@ pub(crate) struct Core {
     pub(crate) config: Config,
     pub(crate) registry: Registry,
     pub(crate) committer: Arc<Committer>,
+    /// Pending timers, messages and effects due soon.
+    pub(crate) dispatch: Arc<Dispatch>,
+    /// The registered effects, by kind and effect name.
+    pub(crate) effects: HashMap<(&'static str, &'static str), EffectRunner>,
+    /// The registered kinds' names, to check the targets of `ctx.send`.
+    pub(crate) kind_names: std::collections::HashSet<&'static str>,
     /// The async runtime the node runs on: entity tasks are spawned here, whatever thread
     /// delivers their message.
     pub(crate) runtime: tokio::runtime::Handle,
     /// Calls accepted and not yet answered (shared with the committer).
     inflight: Arc<AtomicUsize>,
     closing: AtomicBool,
+    /// Notified when the runtime starts closing.
+    closing_now: Notify,
     /// Notified when the last in-flight call is answered during shutdown.
     drained: Notify,
     started: Instant,
@@ -95,13 +109,40 @@ impl Core {
         Ok(permit)
     }
 
+    /// Whether the runtime is closing.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
+    }
+
+    /// Starts closing: refuses new calls and stops the background tasks.
+    fn close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        self.closing_now.notify_waiters();
+    }
+
+    /// Completes once the runtime is closing.
+    pub(crate) async fn closed(&self) {
+        loop {
+            let notified = self.closing_now.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_closing() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// Milliseconds since the runtime started: the clock of idle deadlines.
     pub(crate) fn now_ms(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 }
 
-type Registration = Box<dyn FnOnce(&Arc<Core>, u16) -> RegisteredKind + Send>;
+type Registration = (
+    &'static str,
+    Box<dyn FnOnce(&Arc<Core>, u16) -> RegisteredKind + Send>,
+);
 
 struct RegisteredKind {
     name: &'static str,
@@ -144,6 +185,7 @@ struct RegisteredKind {
 pub struct Builder {
     store: Option<Arc<dyn Store>>,
     registrations: Vec<Registration>,
+    effects: HashMap<(&'static str, &'static str), EffectRunner>,
     config: Config,
     limits: Limits,
     node: String,
@@ -154,6 +196,7 @@ impl fmt::Debug for Builder {
         f.debug_struct("Builder")
             .field("store", &self.store)
             .field("kinds", &self.registrations.len())
+            .field("effects", &self.effects.len())
             .field("config", &self.config)
             .field("limits", &self.limits)
             .field("node", &self.node)
@@ -166,11 +209,14 @@ impl Default for Builder {
         Self {
             store: None,
             registrations: Vec::new(),
+            effects: HashMap::new(),
             config: Config {
                 mailbox_capacity: 1024,
                 max_inflight: 100_000,
                 max_attempts: 3,
                 passivation_interval: Duration::from_secs(1),
+                reply_window: Duration::from_secs(24 * 60 * 60),
+                reply_expiry_interval: Duration::from_secs(60),
             },
             limits: Limits {
                 max_entities: 1_000_000,
@@ -276,9 +322,29 @@ impl Builder {
         self.add::<K>(Mode::Ephemeral { clone: K::clone })
     }
 
+    /// Registers an effect type (see [`Effect`]), so that the entities of its kind can start
+    /// it with [`Ctx::effect`](crate::Ctx::effect), and so that one a crash interrupted runs
+    /// again after the restart. A step that starts an unregistered effect fails like a panic.
+    pub fn register_effect<E: Effect>(mut self) -> Self {
+        self.effects
+            .insert((E::Kind::KIND, E::NAME), crate::effect::runner::<E>);
+        self
+    }
+
+    /// How long the reply to a call with an idempotency key is kept, so that a retry gets it
+    /// again instead of applying the message twice ([`Handle::call_idempotent`]). Older
+    /// replies are deleted in the background. Default: 24 hours.
+    pub fn idempotency_window(mut self, window: Duration) -> Self {
+        self.config.reply_window = window;
+        self.config.reply_expiry_interval =
+            (window / 10).clamp(Duration::from_millis(10), Duration::from_secs(60));
+        self
+    }
+
     fn add<K: Process>(mut self, mode: Mode<K>) -> Self {
-        self.registrations
-            .push(Box::new(move |core: &Arc<Core>, index: u16| {
+        self.registrations.push((
+            K::KIND,
+            Box::new(move |core: &Arc<Core>, index: u16| {
                 let kind = Arc::new(KindRt::<K> {
                     name: Arc::from(K::KIND),
                     index,
@@ -292,7 +358,8 @@ impl Builder {
                     typed: Arc::clone(&kind) as Arc<dyn Any + Send + Sync>,
                     dynamic: kind,
                 }
-            }));
+            }),
+        ));
         self
     }
 
@@ -364,22 +431,28 @@ impl Builder {
     fn launch(self, store: Arc<dyn Store>, epoch: Epoch) -> Result<Runtime, StartError> {
         let mut names = std::collections::HashSet::new();
         let inflight = Arc::new(AtomicUsize::new(0));
-        let committer = Arc::new(Committer::new(Arc::clone(&inflight)));
+        let dispatch = Arc::new(Dispatch::default());
+        let committer = Arc::new(Committer::new(Arc::clone(&inflight), Arc::clone(&dispatch)));
+        let kind_names = self.registrations.iter().map(|(name, _)| *name).collect();
         let core = Arc::new(Core {
             store: Arc::clone(&store),
             epoch,
             config: self.config,
             registry: Registry::new(self.limits),
             committer: Arc::clone(&committer),
+            dispatch,
+            effects: self.effects,
+            kind_names,
             runtime: tokio::runtime::Handle::current(),
             inflight,
             closing: AtomicBool::new(false),
+            closing_now: Notify::new(),
             drained: Notify::new(),
             started: Instant::now(),
         });
         let mut by_name = HashMap::new();
         let mut by_type = HashMap::new();
-        for (index, register) in self.registrations.into_iter().enumerate() {
+        for (index, (_, register)) in self.registrations.into_iter().enumerate() {
             let index = u16::try_from(index).unwrap_or(u16::MAX);
             let kind = register(&core, index);
             if !names.insert(kind.name) {
@@ -390,13 +463,22 @@ impl Builder {
         }
         let committer_thread = spawn_committer(committer, store)?;
         let sweeper_task = tokio::spawn(sweep(Arc::clone(&core)));
+        // A read-only runtime owns no shard: another node delivers its timers.
+        let dispatcher_task = (epoch != Epoch(0)).then(|| {
+            let kinds: Arc<Kinds> = Arc::new(by_name.clone());
+            tokio::spawn(dispatch::run(Arc::clone(&core), kinds))
+        });
         tracing::info!(node = %self.node, %epoch, kinds = by_name.len(), "runtime started");
         Ok(Runtime {
             shared: Arc::new(Shared {
                 core,
                 by_name,
                 by_type,
-                tasks: Mutex::new(Some((committer_thread, sweeper_task))),
+                tasks: Mutex::new(Some(Tasks {
+                    committer: committer_thread,
+                    sweeper: sweeper_task,
+                    dispatcher: dispatcher_task,
+                })),
             }),
         })
     }
@@ -441,8 +523,24 @@ struct Shared {
     core: Arc<Core>,
     by_name: HashMap<&'static str, Arc<dyn DynKind>>,
     by_type: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
-    /// Completes when the committer thread stopped; and the sweeper task. Taken by `shutdown`.
-    tasks: Mutex<Option<(tokio::sync::oneshot::Receiver<()>, JoinHandle<()>)>>,
+    /// The runtime's background work. Taken by `shutdown`.
+    tasks: Mutex<Option<Tasks>>,
+}
+
+struct Tasks {
+    /// Completes when the committer thread stopped.
+    committer: tokio::sync::oneshot::Receiver<()>,
+    sweeper: JoinHandle<()>,
+    dispatcher: Option<JoinHandle<()>>,
+}
+
+impl Tasks {
+    fn abort(&self) {
+        self.sweeper.abort();
+        if let Some(dispatcher) = &self.dispatcher {
+            dispatcher.abort();
+        }
+    }
 }
 
 /// A running Perennial node: it hosts the registered kinds' entities.
@@ -467,10 +565,10 @@ impl fmt::Debug for Runtime {
 impl Drop for Shared {
     fn drop(&mut self) {
         // Without a shutdown, nothing else would ever stop the committer thread.
-        self.core.closing.store(true, Ordering::SeqCst);
+        self.core.close();
         self.core.committer.close();
-        if let Some((_, sweeper)) = self.tasks.lock().take() {
-            sweeper.abort();
+        if let Some(tasks) = self.tasks.lock().take() {
+            tasks.abort();
         }
     }
 }
@@ -489,6 +587,11 @@ pub struct Stats {
     pub inflight: usize,
     /// The commit pipeline's counters.
     pub commit: CommitStats,
+    /// Pending timers, messages and effects held in memory (those due soon; the rest wait in
+    /// storage).
+    pub pending_in_memory: usize,
+    /// Timers, messages and effects fired (applied, refused or dead-lettered) since the start.
+    pub pending_fired: u64,
 }
 
 impl Runtime {
@@ -522,11 +625,28 @@ impl Runtime {
         id: &str,
         msg: &[u8],
     ) -> Result<String, CallError<JsonRejection>> {
+        self.call_json_idempotent(kind, id, None, msg)
+            .await
+            .map(|reply| reply.to_string())
+    }
+
+    /// [`call_json`](Self::call_json) with an optional idempotency key (see
+    /// [`Handle::call_idempotent`]): a retry with the same key gets the first reply, byte for
+    /// byte.
+    pub async fn call_json_idempotent(
+        &self,
+        kind: &str,
+        id: &str,
+        idempotency_key: Option<&str>,
+        msg: &[u8],
+    ) -> Result<Arc<str>, CallError<JsonRejection>> {
         let Some(dynamic) = self.shared.by_name.get(kind) else {
             return Err(CallError::UnknownKind(kind.to_owned()));
         };
         let id = EntityId::new(id)?;
-        Arc::clone(dynamic).call_json(id, msg).await
+        Arc::clone(dynamic)
+            .call_json(id, msg, idempotency_key)
+            .await
     }
 
     /// The names of the registered kinds, sorted.
@@ -545,6 +665,7 @@ impl Runtime {
     pub fn stats(&self) -> Stats {
         let core = &self.shared.core;
         let mut kinds: Vec<KindStats> = self.shared.by_name.values().map(|k| k.stats()).collect();
+        let (pending_in_memory, pending_fired) = core.dispatch.stats();
         kinds.sort_by(|a, b| a.kind.cmp(&b.kind));
         Stats {
             kinds,
@@ -552,6 +673,8 @@ impl Runtime {
             resident_bytes: core.registry.resident_bytes(),
             inflight: core.inflight.load(Ordering::SeqCst),
             commit: core.committer.stats(),
+            pending_in_memory,
+            pending_fired,
         }
     }
 
@@ -677,7 +800,7 @@ impl Runtime {
     /// committer. The store stays open; close it afterwards if the node owns it.
     pub async fn shutdown(&self) {
         let core = &self.shared.core;
-        core.closing.store(true, Ordering::SeqCst);
+        core.close();
         loop {
             let drained = core.drained.notified();
             tokio::pin!(drained);
@@ -694,9 +817,9 @@ impl Runtime {
         }
         core.committer.close();
         let tasks = self.shared.tasks.lock().take();
-        if let Some((committer, sweeper)) = tasks {
-            sweeper.abort();
-            let _ = committer.await;
+        if let Some(tasks) = tasks {
+            tasks.abort();
+            let _ = tasks.committer.await;
         }
         tracing::info!("runtime stopped");
     }
@@ -740,7 +863,51 @@ impl<K: Process> Handle<K> {
     /// produced it is durable.
     pub async fn call(&self, msg: K::Msg) -> Result<K::Reply, CallError<K::Error>> {
         let (kind, id) = self.target()?;
-        entity::call(kind, id, msg).await
+        entity::call(kind, id, msg, entity::Via::Call).await
+    }
+
+    /// Sends `msg` with an idempotency key: the first call with `key` is applied and its reply
+    /// kept; a retry with the same key (after a timeout, a lost connection, a crash of the
+    /// node between the commit and the reply) gets that reply again, without applying the
+    /// message a second time. Keys are per entity, 1 to 256 bytes, and kept for the
+    /// runtime's [`idempotency_window`](Builder::idempotency_window).
+    ///
+    /// Only applied calls are remembered: a call the handler refused (or that failed) was not
+    /// applied, so a retry runs again.
+    ///
+    /// ```
+    /// # use perennial_core::{Ctx, Process, Runtime};
+    /// # use perennial_storage::MemoryStore;
+    /// # #[derive(Default, serde::Serialize, serde::Deserialize)]
+    /// # struct Counter { value: i64 }
+    /// # impl Process for Counter {
+    /// #     const KIND: &'static str = "counter";
+    /// #     type Msg = i64;
+    /// #     type Reply = i64;
+    /// #     type Error = std::convert::Infallible;
+    /// #     fn handle(&mut self, n: i64, _: &mut Ctx<'_, Self>) -> Result<i64, Self::Error> {
+    /// #         self.value += n;
+    /// #         Ok(self.value)
+    /// #     }
+    /// # }
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rt = Runtime::builder().store(MemoryStore::new()).register::<Counter>().start().await?;
+    /// let c = rt.get::<Counter>("c1");
+    /// assert_eq!(c.call_idempotent("payment-17", 5).await?, 5);
+    /// assert_eq!(c.call_idempotent("payment-17", 5).await?, 5, "not applied twice");
+    /// assert_eq!(c.call(1).await?, 6);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn call_idempotent(
+        &self,
+        key: impl AsRef<str>,
+        msg: K::Msg,
+    ) -> Result<K::Reply, CallError<K::Error>> {
+        let (kind, id) = self.target()?;
+        let via = entity::Via::idempotent(key.as_ref()).map_err(CallError::widen)?;
+        entity::call(kind, id, msg, via).await
     }
 
     /// Sends `msg` and waits until the step it caused is durable, without the reply.

@@ -8,3 +8,4 @@ mod kinds;
 mod limits;
 mod passivation;
 mod supervision;
+mod timers;

@@ -72,9 +72,9 @@ impl From<CallError<JsonRejection>> for ApiError {
         let code = error.code().to_owned();
         let (status, message) = match &error {
             CallError::Rejected(r) => (StatusCode::BAD_REQUEST, r.message.clone()),
-            CallError::BadMessage { .. } | CallError::InvalidId(_) => {
-                (StatusCode::BAD_REQUEST, error.to_string())
-            }
+            CallError::BadMessage { .. }
+            | CallError::InvalidId(_)
+            | CallError::InvalidIdempotencyKey(_) => (StatusCode::BAD_REQUEST, error.to_string()),
             CallError::UnknownKind(_) => (StatusCode::NOT_FOUND, error.to_string()),
             CallError::Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, error.to_string()),
             CallError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, error.to_string()),
