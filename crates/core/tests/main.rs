@@ -3,9 +3,12 @@
 mod activation;
 mod durability;
 mod edges;
+mod effects;
+mod idempotency;
 mod journal;
 mod kinds;
 mod limits;
+mod messages;
 mod passivation;
 mod supervision;
 mod timers;
