@@ -117,7 +117,7 @@ async fn an_effects_result_comes_back_as_a_message() {
         .unwrap();
     let id = id.unwrap();
     assert!(id.starts_with("job/j1/e"), "{id}");
-    assert_eq!(results(&rt, "j1", 1).await, [id.clone()]);
+    assert_eq!(results(&rt, "j1", 1).await, std::slice::from_ref(&id));
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(runs_of(&id), 1);
     assert_eq!(results(&rt, "j1", 1).await.len(), 1, "applied once");
@@ -145,7 +145,7 @@ async fn an_interrupted_effect_runs_again_with_the_same_id_after_a_restart() {
     drop(rt);
     assert_eq!(store.due(i64::MAX, 10).await.unwrap().len(), 1);
     let rt = jobs(&store).await;
-    assert_eq!(results(&rt, "j2", 1).await, [id.clone()]);
+    assert_eq!(results(&rt, "j2", 1).await, std::slice::from_ref(&id));
     assert!(runs_of(&id) >= 2, "started again, with the same id");
     assert!(store.due(i64::MAX, 10).await.unwrap().is_empty());
 }
