@@ -6,7 +6,10 @@
 //!
 //! # Routes
 //! - `POST /v1/{kind}/{id}`: the body is a JSON message for entity `id` of kind `kind`; the
-//!   answer is `200` with the JSON reply, sent only once the step is durable.
+//!   answer is `200` with the JSON reply, sent only once the step is durable. With an
+//!   `Idempotency-Key` header (1 to 256 bytes), a retry with the same key gets the first
+//!   reply, byte for byte, and the message is not applied again (see
+//!   [`perennial_core::Handle::call_idempotent`]).
 //! - `GET /healthz`: `200 {"status":"ok"}` while the node serves.
 //!
 //! Errors are `{"error": {"code": "...", "message": "..."}}` with `400` (a malformed or
@@ -31,7 +34,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use perennial_core::Runtime;
@@ -77,15 +80,29 @@ pub async fn serve(
         .await
 }
 
+/// The header that makes a call idempotent.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
 async fn call(
     State(rt): State<Runtime>,
     path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let Path((kind, id)) = path.map_err(ApiError::from_path)?;
     let body = body.map_err(ApiError::from_body)?;
-    let reply = rt.call_json(&kind, &id, &body).await?;
-    Ok(([(header::CONTENT_TYPE, "application/json")], reply).into_response())
+    let key = match headers.get(IDEMPOTENCY_KEY) {
+        None => None,
+        Some(value) => Some(value.to_str().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_idempotency_key",
+                "the Idempotency-Key header must be visible ASCII",
+            )
+        })?),
+    };
+    let reply = rt.call_json_idempotent(&kind, &id, key, &body).await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], reply.to_string()).into_response())
 }
 
 async fn healthz() -> impl IntoResponse {

@@ -295,3 +295,31 @@ async fn healthz_answers() {
     );
     rt.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_idempotency_key_makes_a_retry_return_the_first_reply() {
+    let (app, rt, _) = gateway().await;
+    let call = |key: &'static str, add: i64| {
+        let app = app.clone();
+        async move {
+            let request = Request::builder()
+                .method(Method::POST)
+                .uri("/v1/counter/pay")
+                .header("Idempotency-Key", key)
+                .body(Body::from(json!({ "add": add }).to_string()))
+                .unwrap();
+            let response = app.oneshot(request).await.unwrap();
+            let status = response.status();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8(bytes.to_vec()).unwrap())
+        }
+    };
+    let first = call("k-1", 5).await;
+    assert_eq!(first, (StatusCode::OK, r#"{"value":5}"#.to_owned()));
+    assert_eq!(call("k-1", 5).await, first, "byte for byte, not applied again");
+    assert_eq!(call("k-2", 5).await.1, r#"{"value":10}"#);
+    let (status, body) = call("", 1).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("invalid_idempotency_key"), "{body}");
+    rt.shutdown().await;
+}
