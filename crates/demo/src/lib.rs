@@ -6,6 +6,8 @@
 //!   (`Journal`, with snapshots: its shuffles replay identically).
 //! - [`cache`]: kind `cache`, a hot cache of megabytes updated by tiny messages (`Journal`:
 //!   a step costs the same however big it is).
+//! - [`queue`]: kind `queue`, a per-key job queue that runs at most N jobs at once, each as
+//!   an effect (`Snapshot`).
 //! - [`house`]: kind `house`, a betting house whose payout rule is a closure (`Journal`,
 //!   no serde in its state).
 //! - [`poker`]: the pure hold'em engine behind `table` (cards, hand ranking, betting, pots),
@@ -15,11 +17,13 @@ pub mod cache;
 pub mod counter;
 pub mod house;
 pub mod poker;
+pub mod queue;
 pub mod table;
 
 pub use cache::Cache;
 pub use counter::Counter;
 pub use house::House;
+pub use queue::Queue;
 pub use table::PokerTable;
 
 use perennial_core::{Builder, Snapshots};
@@ -27,10 +31,12 @@ use perennial_core::{Builder, Snapshots};
 /// Registers every demo kind, each with the persistence it is meant to show: `counter` as
 /// `Snapshot`, `table` as `Journal` with a snapshot every [`table::SNAPSHOT_EVERY`] steps,
 /// `house` as `Journal` without snapshots, `cache` as `Journal` with a snapshot every
-/// [`cache::SNAPSHOT_EVERY`] steps.
+/// [`cache::SNAPSHOT_EVERY`] steps, `queue` as `Snapshot` with its effect [`queue::Work`].
 pub fn register(builder: Builder) -> Builder {
     builder
         .register::<Counter>()
+        .register::<Queue>()
+        .register_effect::<queue::Work>()
         .register_journal_with_snapshots::<PokerTable>(
             Snapshots::every(table::SNAPSHOT_EVERY).keep_history(table::HISTORY_STEPS),
         )

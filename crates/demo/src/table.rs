@@ -11,6 +11,10 @@
 //! - `{"act": {"player": "alice", "action": "fold" | "check" | "call" | {"raise": 40}}}`
 //!   (a raise names the total bet for the street: "raise to")
 //! - `"view"`
+//! - `{"configure": {"turn_timeout_ms": 30000}}`: how long the player to act has (default
+//!   30 s). When it runs out, a durable timer checks for them if checking is free, else
+//!   folds them, even if the node restarted in between. The view's `turn_deadline_ms` says
+//!   when. (`{"turn_timeout": {"turn": N}}` is the timer's own message.)
 //!
 //! Every message answers with the table's [`TableView`]; an illegal action answers with a
 //! [`TableError`] (code such as `not_your_turn`) and changes nothing.
@@ -19,7 +23,9 @@
 //! drew, and a restart replays them (from the latest snapshot) to the same cards. The journal
 //! doubles as the table's hand history.
 
-use perennial_core::{Ctx, Process, Rejection};
+use std::time::{Duration, SystemTime};
+
+use perennial_core::{Ctx, Process, Rejection, TimerId};
 use serde::{Deserialize, Serialize};
 
 use crate::poker::{Action, Table, TableError, TableView};
@@ -29,10 +35,43 @@ pub const SNAPSHOT_EVERY: u64 = 64;
 /// How many steps of a table's journal stay readable as history behind its snapshot.
 pub const HISTORY_STEPS: u64 = 10_000;
 
-/// The state of a `table` entity: one hold'em table.
+/// How long the player to act has, unless the table is configured otherwise.
+pub const DEFAULT_TURN_TIMEOUT_MS: u64 = 30_000;
+
+/// The state of a `table` entity: one hold'em table and its turn clock.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct PokerTable(pub Table);
+pub struct PokerTable {
+    /// The game.
+    #[serde(flatten)]
+    pub table: Table,
+    /// The turn timer.
+    #[serde(default)]
+    pub clock: TurnClock,
+}
+
+/// The timer that acts for a player who takes too long.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TurnClock {
+    /// How long each turn lasts.
+    pub timeout_ms: u64,
+    /// Counts the turns timed so far; a timer names the turn it was set for.
+    pub turn: u64,
+    /// The running timer, if a player is to act.
+    pub timer: Option<TimerId>,
+    /// When the running timer fires, in milliseconds since the Unix epoch.
+    pub deadline_ms: Option<i64>,
+}
+
+impl Default for TurnClock {
+    fn default() -> Self {
+        Self {
+            timeout_ms: DEFAULT_TURN_TIMEOUT_MS,
+            turn: 0,
+            timer: None,
+            deadline_ms: None,
+        }
+    }
+}
 
 /// A message to a table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +100,16 @@ pub enum TableMsg {
     },
     /// Reads the table.
     View,
+    /// Sets the table's options.
+    Configure {
+        /// How long the player to act has, in milliseconds.
+        turn_timeout_ms: u64,
+    },
+    /// The turn timer ran out (sent by the table's own timer).
+    TurnTimeout {
+        /// The turn it was set for; a timer of an earlier turn does nothing.
+        turn: u64,
+    },
 }
 
 impl Rejection for TableError {
@@ -76,21 +125,100 @@ impl Process for PokerTable {
     type Error = TableError;
 
     fn handle(&mut self, msg: TableMsg, ctx: &mut Ctx<'_, Self>) -> Result<TableView, TableError> {
-        let table = &mut self.0;
-        match msg {
-            TableMsg::Join { player, chips } => table.join(&player, chips)?,
+        let before = self.turn_owner();
+        let table = &mut self.table;
+        // Whether the turn passed on (even back to the same player, on a new street).
+        let moved = match msg {
+            TableMsg::Join { player, chips } => {
+                table.join(&player, chips)?;
+                false
+            }
             TableMsg::Leave { player } => {
                 table.leave(&player)?;
+                false
             }
-            TableMsg::StartHand => table.start_hand(ctx.rng())?,
-            TableMsg::Act { player, action } => table.act(&player, action)?,
-            TableMsg::View => {}
+            TableMsg::StartHand => {
+                table.start_hand(ctx.rng())?;
+                true
+            }
+            TableMsg::Act { player, action } => {
+                table.act(&player, action)?;
+                true
+            }
+            TableMsg::View => false,
+            TableMsg::Configure { turn_timeout_ms } => {
+                if !(1..=86_400_000).contains(&turn_timeout_ms) {
+                    return Err(TableError::InvalidTurnTimeout);
+                }
+                self.clock.timeout_ms = turn_timeout_ms;
+                false
+            }
+            TableMsg::TurnTimeout { turn } => self.time_out(turn)?,
+        };
+        if moved || self.turn_owner() != before {
+            self.rearm(ctx);
         }
-        Ok(table.view())
+        Ok(self.view())
     }
 
     fn is_read_only(msg: &TableMsg) -> bool {
         matches!(msg, TableMsg::View)
+    }
+}
+
+impl PokerTable {
+    /// The table's view, with the turn's deadline.
+    pub fn view(&self) -> TableView {
+        let mut view = self.table.view();
+        view.turn_deadline_ms = self.clock.deadline_ms;
+        view
+    }
+
+    /// Who is to act in which hand, if anyone.
+    fn turn_owner(&self) -> Option<(u64, String)> {
+        let player = self.table.to_act()?;
+        Some((self.table.hand_number(), player.to_owned()))
+    }
+
+    /// Stops the running turn timer and, if someone is to act, starts one for them.
+    fn rearm(&mut self, ctx: &mut Ctx<'_, Self>) {
+        if let Some(timer) = self.clock.timer.take() {
+            ctx.cancel(timer);
+        }
+        self.clock.deadline_ms = None;
+        if self.table.to_act().is_none() {
+            return;
+        }
+        self.clock.turn += 1;
+        let timeout = Duration::from_millis(self.clock.timeout_ms);
+        let fire = TableMsg::TurnTimeout {
+            turn: self.clock.turn,
+        };
+        self.clock.timer = Some(ctx.schedule(timeout, fire));
+        let deadline = ctx.now() + timeout;
+        self.clock.deadline_ms = deadline
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .ok()
+            .and_then(|d| i64::try_from(d.as_millis()).ok());
+    }
+
+    /// The timer of `turn` ran out: the player to act checks if that is free, else folds.
+    /// Returns whether the turn moved on (a stale timer changes nothing).
+    fn time_out(&mut self, turn: u64) -> Result<bool, TableError> {
+        if turn != self.clock.turn {
+            return Ok(false);
+        }
+        self.clock.timer = None;
+        let Some(legal) = self.table.legal_actions() else {
+            return Ok(false);
+        };
+        let action = if legal.can_check {
+            Action::Check
+        } else {
+            Action::Fold
+        };
+        self.table.act(&legal.player, action)?;
+        Ok(true)
     }
 }
 
@@ -165,6 +293,65 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(again, dealt);
+        rt.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_turn_timer_folds_a_slow_player_even_across_a_restart() {
+        let store = MemoryStore::new();
+        let start = || async {
+            crate::register(Runtime::builder().store(store.clone()))
+                .start()
+                .await
+                .unwrap()
+        };
+        let rt = start().await;
+        let t = rt.get::<PokerTable>("slow");
+        let configure = TableMsg::Configure {
+            turn_timeout_ms: 300,
+        };
+        t.call(configure).await.unwrap();
+        for player in ["alice", "bob"] {
+            let msg = TableMsg::Join {
+                player: player.into(),
+                chips: 1000,
+            };
+            t.call(msg).await.unwrap();
+        }
+        let dealt = t.call(TableMsg::StartHand).await.unwrap();
+        let slow = dealt.to_act.clone().unwrap();
+        assert!(dealt.turn_deadline_ms.is_some());
+        // The node stops before the timer fires; the next one folds the slow player.
+        rt.shutdown().await;
+        drop(rt);
+        let rt = start().await;
+        let t = rt.get::<PokerTable>("slow");
+        let mut view = t.call(TableMsg::View).await.unwrap();
+        for _ in 0..300 {
+            if view.hand == 1 && view.to_act.is_none() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            view = t.call(TableMsg::View).await.unwrap();
+        }
+        // Heads-up, the first to act faces the big blind: no free check, so a fold.
+        let result = view.last_result.expect("the hand ended");
+        assert_eq!(result.ended_on, crate::poker::Street::Preflop, "{result:?}");
+        let winners: Vec<&str> = result
+            .pots
+            .iter()
+            .flat_map(|p| p.winners.iter().map(|w| w.player.as_str()))
+            .collect();
+        assert!(
+            !winners.contains(&slow.as_str()),
+            "{slow} folded: {result:?}"
+        );
+        assert_eq!(view.turn_deadline_ms, None, "no one to act, no timer");
+        assert!(
+            t.call(TableMsg::Configure { turn_timeout_ms: 0 })
+                .await
+                .is_err()
+        );
         rt.shutdown().await;
     }
 }

@@ -102,7 +102,11 @@ async fn call(
         })?),
     };
     let reply = rt.call_json_idempotent(&kind, &id, key, &body).await?;
-    Ok(([(header::CONTENT_TYPE, "application/json")], reply.to_string()).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        reply.to_string(),
+    )
+        .into_response())
 }
 
 async fn healthz() -> impl IntoResponse {

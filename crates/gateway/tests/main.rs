@@ -316,7 +316,11 @@ async fn an_idempotency_key_makes_a_retry_return_the_first_reply() {
     };
     let first = call("k-1", 5).await;
     assert_eq!(first, (StatusCode::OK, r#"{"value":5}"#.to_owned()));
-    assert_eq!(call("k-1", 5).await, first, "byte for byte, not applied again");
+    assert_eq!(
+        call("k-1", 5).await,
+        first,
+        "byte for byte, not applied again"
+    );
     assert_eq!(call("k-2", 5).await.1, r#"{"value":10}"#);
     let (status, body) = call("", 1).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");

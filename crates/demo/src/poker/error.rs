@@ -72,6 +72,9 @@ pub enum TableError {
         /// The largest total bet the player can make this street (their all-in).
         max_raise_to: u64,
     },
+    /// The turn timeout is outside 1 ms to 24 hours.
+    #[error("the turn timeout must be 1 to 86,400,000 milliseconds")]
+    InvalidTurnTimeout,
 }
 
 impl TableError {
@@ -93,6 +96,7 @@ impl TableError {
             TableError::RaiseTooSmall { .. } => "raise_too_small",
             TableError::RaiseNotAllowed => "raise_not_allowed",
             TableError::InsufficientChips { .. } => "insufficient_chips",
+            TableError::InvalidTurnTimeout => "invalid_turn_timeout",
         }
     }
 }
@@ -119,6 +123,7 @@ mod tests {
             TableError::RaiseTooSmall { min_raise_to: 20 },
             TableError::RaiseNotAllowed,
             TableError::InsufficientChips { max_raise_to: 100 },
+            TableError::InvalidTurnTimeout,
         ];
         for error in errors {
             let json = serde_json::to_value(&error).unwrap();

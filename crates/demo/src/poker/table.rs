@@ -579,6 +579,7 @@ impl Table {
             min_raise_to: hand.map_or(0, |hand| hand.current_bet.saturating_add(hand.min_raise)),
             legal_actions: self.legal_actions(),
             last_result: self.last_result.clone(),
+            turn_deadline_ms: None,
         }
     }
 

@@ -38,6 +38,10 @@ pub struct TableView {
     pub legal_actions: Option<LegalActions>,
     /// The outcome of the most recently finished hand.
     pub last_result: Option<HandResult>,
+    /// When the player to act runs out of time (milliseconds since the Unix epoch), if a turn
+    /// timer runs: set by the `table` process, not by the engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn_deadline_ms: Option<i64>,
 }
 
 /// One occupied seat.
