@@ -1,6 +1,9 @@
 //! Kind `counter`: a number that messages add to. The smallest useful persistent process.
 //!
-//! Messages, as JSON: `{"add": 5}` and `"get"`; both answer `{"value": N}`.
+//! Messages, as JSON: `{"add": 5}`, `"get"`, and `{"transfer": {"to": "c2", "amount": 5}}`,
+//! which takes the amount from this counter and adds it to counter `c2` by a message sent
+//! exactly once (`ctx.send`): whatever crashes, the sum of all counters stays the same. All
+//! answer `{"value": N}`.
 
 use perennial_core::{Ctx, Process, Rejection};
 use serde::{Deserialize, Serialize};
@@ -20,6 +23,13 @@ pub enum CounterMsg {
     Add(i64),
     /// Reads the value.
     Get,
+    /// Moves an amount from this counter to another, exactly once.
+    Transfer {
+        /// The counter that receives the amount.
+        to: String,
+        /// How much.
+        amount: i64,
+    },
 }
 
 /// A counter's answer: its value after the message.
@@ -40,12 +50,21 @@ pub enum CounterError {
         /// The amount refused.
         add: i64,
     },
+    /// The transfer's target is not a valid counter id.
+    #[error("cannot transfer to {to:?}: {reason}")]
+    BadTarget {
+        /// The id given.
+        to: String,
+        /// Why it is not valid.
+        reason: String,
+    },
 }
 
 impl Rejection for CounterError {
     fn code(&self) -> &str {
         match self {
             Self::Overflow { .. } => "overflow",
+            Self::BadTarget { .. } => "bad_target",
         }
     }
 }
@@ -59,19 +78,37 @@ impl Process for Counter {
     fn handle(
         &mut self,
         msg: CounterMsg,
-        _ctx: &mut Ctx<'_, Self>,
+        ctx: &mut Ctx<'_, Self>,
     ) -> Result<CounterReply, CounterError> {
-        if let CounterMsg::Add(add) = msg {
-            self.value = self.value.checked_add(add).ok_or(CounterError::Overflow {
-                value: self.value,
-                add,
-            })?;
+        match msg {
+            CounterMsg::Add(add) => self.add(add)?,
+            CounterMsg::Get => {}
+            CounterMsg::Transfer { to, amount } => {
+                if let Err(e) = perennial_core::EntityId::new(&to) {
+                    return Err(CounterError::BadTarget {
+                        to,
+                        reason: e.to_string(),
+                    });
+                }
+                self.add(amount.checked_neg().unwrap_or(i64::MAX))?;
+                ctx.send::<Counter>(to, CounterMsg::Add(amount));
+            }
         }
         Ok(CounterReply { value: self.value })
     }
 
     fn is_read_only(msg: &CounterMsg) -> bool {
         matches!(msg, CounterMsg::Get)
+    }
+}
+
+impl Counter {
+    fn add(&mut self, add: i64) -> Result<(), CounterError> {
+        self.value = self.value.checked_add(add).ok_or(CounterError::Overflow {
+            value: self.value,
+            add,
+        })?;
+        Ok(())
     }
 }
 

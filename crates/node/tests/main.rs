@@ -5,4 +5,5 @@
 mod fsync;
 mod journal;
 mod node;
+mod pending;
 mod serve;

@@ -95,8 +95,23 @@ impl Http {
         path: &str,
         body: &str,
     ) -> Result<(u16, serde_json::Value), String> {
-        let request = hyper::Request::post(format!("http://{addr}{path}"))
-            .header("content-type", "application/json")
+        self.post_with_key(addr, path, None, body).await
+    }
+
+    /// [`post`](Self::post) with an optional `Idempotency-Key` header.
+    pub(crate) async fn post_with_key(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        key: Option<&str>,
+        body: &str,
+    ) -> Result<(u16, serde_json::Value), String> {
+        let mut request = hyper::Request::post(format!("http://{addr}{path}"))
+            .header("content-type", "application/json");
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        let request = request
             .body(Full::new(Bytes::from(body.to_owned())))
             .map_err(|e| e.to_string())?;
         let response = self
