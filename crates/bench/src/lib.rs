@@ -8,11 +8,15 @@
 //! - [`activation`]: activations per second of entities stored on disk.
 //! - [`journal`]: `Journal` kinds: replay speed, activation time by journal length with and
 //!   without snapshots, and the cost of a step by state size in both persistence modes.
+//! - [`pending`]: durable timers scheduled and fired per second, memory with a million
+//!   timers pending, and exactly-once messages between entities per second against plain
+//!   durable calls.
 //!
 //! Each workload returns a [`Report`]; [`Report::to_json`] gives one JSON object per line so
 //! scripts can compare runs.
 
 mod load;
+mod pending;
 mod workloads;
 
 use std::path::PathBuf;
@@ -20,6 +24,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use pending::pending;
 pub use workloads::{activation, durable, ephemeral, journal, resident};
 
 /// What to run, and how big.
@@ -112,6 +117,25 @@ pub enum Report {
         activations: Vec<JournalActivation>,
         /// Step costs by state size and mode.
         steps: Vec<StepCost>,
+    },
+    /// Durable timers and messages between entities.
+    Pending {
+        /// Timers scheduled per second, one per call.
+        timers_scheduled_per_sec: f64,
+        /// Timers fired per second, when 100,000 are due at once.
+        timers_fired_per_sec: f64,
+        /// Timers left pending (an hour away) for the memory figure.
+        pending_timers: usize,
+        /// How many of them the node held in memory.
+        pending_in_memory: usize,
+        /// Resident set size before they were scheduled, in bytes.
+        rss_before: u64,
+        /// Resident set size with them pending, their entities passivated.
+        rss_pending: u64,
+        /// Messages between entities applied per second (exactly once).
+        messages_per_sec: f64,
+        /// Plain durable calls per second, in the same run.
+        baseline_calls_per_sec: f64,
     },
     /// Entities activated from storage.
     Activation {
@@ -222,6 +246,22 @@ impl Report {
                 }
                 out
             }
+            Self::Pending {
+                timers_scheduled_per_sec,
+                timers_fired_per_sec,
+                pending_timers,
+                pending_in_memory,
+                rss_before,
+                rss_pending,
+                messages_per_sec,
+                baseline_calls_per_sec,
+            } => format!(
+                "timers      {timers_scheduled_per_sec:>10.0} scheduled/s  {timers_fired_per_sec:.0} fired/s
+                 pending     {pending_timers:>10} timers stored, {pending_in_memory} in memory; RSS {} → {} MiB
+                 messages    {messages_per_sec:>10.0} applied/s exactly once  (plain durable calls: {baseline_calls_per_sec:.0}/s)",
+                rss_before >> 20,
+                rss_pending >> 20
+            ),
             Self::Activation {
                 entities,
                 activations_per_sec,

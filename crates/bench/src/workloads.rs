@@ -17,12 +17,12 @@ use crate::load::{each, timed};
 use crate::{JournalActivation, Options, Report, StepCost};
 
 /// A directory for one workload's data, removed afterwards unless the user named it.
-struct Scratch {
-    path: PathBuf,
+pub(crate) struct Scratch {
+    pub(crate) path: PathBuf,
     _temp: Option<tempfile::TempDir>,
 }
 
-fn scratch(options: &Options, name: &str) -> anyhow::Result<Scratch> {
+pub(crate) fn scratch(options: &Options, name: &str) -> anyhow::Result<Scratch> {
     match &options.dir {
         Some(dir) => {
             let path = dir.join(name);
@@ -420,7 +420,7 @@ async fn counters(store: &SqliteStore) -> anyhow::Result<Runtime> {
         .await?)
 }
 
-fn small_cache_store(dir: &Path) -> anyhow::Result<SqliteStore> {
+pub(crate) fn small_cache_store(dir: &Path) -> anyhow::Result<SqliteStore> {
     let mut options = perennial_storage_sqlite::Options::default();
     options.cache_mib = 2;
     options.mmap_mib = 0;
@@ -428,7 +428,7 @@ fn small_cache_store(dir: &Path) -> anyhow::Result<SqliteStore> {
 }
 
 /// The process's resident set size, from `/proc/self/status`.
-fn rss_bytes() -> anyhow::Result<u64> {
+pub(crate) fn rss_bytes() -> anyhow::Result<u64> {
     let status = std::fs::read_to_string("/proc/self/status")
         .context("measuring memory needs /proc/self/status (Linux)")?;
     let line = status

@@ -70,7 +70,7 @@ enum Command {
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "resident,activation,durable,ephemeral,journal"
+            default_value = "resident,activation,durable,ephemeral,journal,pending"
         )]
         only: Vec<Workload>,
         /// Where to keep the benchmark's data (default: a temporary directory).
@@ -113,6 +113,7 @@ enum Workload {
     Ephemeral,
     Resident,
     Activation,
+    Pending,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -265,6 +266,7 @@ async fn bench(
             Workload::Resident => perennial_bench::resident(options).await?,
             Workload::Activation => perennial_bench::activation(options).await?,
             Workload::Journal => perennial_bench::journal(options).await?,
+            Workload::Pending => perennial_bench::pending(options).await?,
         };
         if json {
             println!("{}", report.to_json());
