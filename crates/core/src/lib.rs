@@ -59,6 +59,11 @@
 //!   step; [`Builder::register_journal`] journals each step's inputs instead and rebuilds
 //!   the state by replay, so the state needs no serde and a step costs the same however big
 //!   the state is; [`Builder::register_ephemeral`] keeps it in memory only.
+//! - **Timers, messages, effects.** A handler may [`schedule`](Ctx::schedule) a durable
+//!   timer, [`send`](Ctx::send) a message to another entity (exactly once), or start an
+//!   [`Effect`] (slow work whose result comes back as a message); all are stored with the
+//!   step, and applied once whatever crashes. [`Handle::call_idempotent`] makes a caller's
+//!   retry return the first reply instead of applying the message twice.
 //! - **Passivation.** Idle entities leave memory after their
 //!   [`idle_timeout`](Process::idle_timeout), and the least recently used ones leave when the
 //!   node is over its [`max_resident`](Builder::max_resident) or
@@ -75,6 +80,8 @@
 //! - `entity`: one resident entity, its mailbox and run loop.
 //! - `registry`: the table of resident entities, LRU order, passivation.
 //! - `commit`: the group-commit pipeline.
+//! - `dispatch`: fires due timers, delivers messages between entities, runs effects.
+//! - `effect`: [`Effect`], [`EffectId`], [`TimerId`].
 //! - `journal`: `Journal` kinds' entries, snapshots and replay; [`Snapshots`], [`HistoryEntry`].
 //! - `kind`: per-kind bookkeeping and calls by kind name.
 //! - `error`: [`CallError`] and [`StartError`].
