@@ -205,8 +205,9 @@ impl State {
         if let Some(row) = self.rows.remove(id) {
             self.waiting.remove(&(row.due_ms, id.clone()));
         } else {
-            for lane in self.lanes.values_mut() {
-                if lane.rows.remove(&id.seq).is_some() {
+            // A message: in the lane of its owner and (unknown here) target.
+            for ((owner, _), lane) in &mut self.lanes {
+                if *owner == id.owner && lane.rows.remove(&id.seq).is_some() {
                     break;
                 }
             }
@@ -316,7 +317,10 @@ async fn scan(core: &Core) -> Duration {
     let room = {
         let mut state = core.dispatch.state.lock();
         state.finished_during_scan = Some(HashSet::new());
-        MAX_IN_MEMORY.saturating_sub(state.waiting.len() + state.lanes.len())
+        // Rows committed while the scan reads may be missing from its result: from now on,
+        // those due before the new horizon are taken as they commit.
+        state.horizon_ms = state.horizon_ms.max(horizon);
+        MAX_IN_MEMORY.saturating_sub(state.known.len())
     };
     let result = core.store.due(horizon, room.max(1)).await;
     let mut state = core.dispatch.state.lock();

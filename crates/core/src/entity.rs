@@ -205,11 +205,35 @@ struct Inner<K: Process> {
     failures: Vec<Attempts>,
     /// The bytes this entity is accounted for in the registry.
     bytes: usize,
+    /// What only entities that use idempotency keys or cancel timers need; boxed, since
+    /// every resident entity carries the field.
+    keys: Option<Box<Keys>>,
+}
+
+/// An entity's kept replies and pending cancels.
+#[derive(Default)]
+struct Keys {
     /// Replies kept for idempotency keys, known to this activation (a cache of storage).
     replies: HashMap<Box<str>, Arc<str>>,
     /// Timers cancelled by steps not yet durable: `(step, timer)`. Once durable, the
     /// dispatcher knows them.
     cancelled: Vec<(u64, u64)>,
+}
+
+impl<K: Process> Inner<K> {
+    fn keys(&mut self) -> &mut Keys {
+        self.keys.get_or_insert_with(Box::default)
+    }
+
+    fn kept_reply(&self, key: &str) -> Option<Arc<str>> {
+        self.keys.as_ref()?.replies.get(key).cloned()
+    }
+
+    fn is_cancelled(&self, timer: u64) -> bool {
+        self.keys
+            .as_ref()
+            .is_some_and(|k| k.cancelled.iter().any(|(_, t)| *t == timer))
+    }
 }
 
 /// At most this many kept replies are cached per entity; beyond, the cache is emptied (a
@@ -435,7 +459,7 @@ impl<K: Process> Cell<K> {
             Via::Idempotent {
                 key,
                 checked: false,
-            } if !self.inner.lock().replies.contains_key(key) => Some(key.clone()),
+            } if self.inner.lock().kept_reply(key).is_none() => Some(key.clone()),
             _ => None,
         }
     }
@@ -480,10 +504,11 @@ impl<K: Process> Cell<K> {
     }
 
     fn cache_reply(inner: &mut Inner<K>, key: Box<str>, reply: Arc<str>) {
-        if inner.replies.len() >= CACHED_REPLIES {
-            inner.replies.clear();
+        let replies = &mut inner.keys().replies;
+        if replies.len() >= CACHED_REPLIES {
+            replies.clear();
         }
-        inner.replies.insert(key, reply);
+        replies.insert(key, reply);
     }
 
     fn new(kind: Arc<KindRt<K>>, id: EntityId) -> Self {
@@ -507,8 +532,7 @@ impl<K: Process> Cell<K> {
                 lost: None,
                 failures: Vec::new(),
                 bytes: 0,
-                replies: HashMap::new(),
-                cancelled: Vec::new(),
+                keys: None,
             }),
         };
         cell.set_deadline(None);
@@ -784,16 +808,11 @@ impl<K: Process> Cell<K> {
     fn answered_before(&self, via: &Via) -> Option<Option<Arc<str>>> {
         match via {
             Via::Call => None,
-            Via::Idempotent { key, .. } => self.inner.lock().replies.get(key).cloned().map(Some),
+            Via::Idempotent { key, .. } => self.inner.lock().kept_reply(key).map(Some),
             Via::Row(row) => {
                 let own = row.owner.kind == self.kind.name && row.owner.id == self.id;
                 let cancelled = own
-                    && (self
-                        .inner
-                        .lock()
-                        .cancelled
-                        .iter()
-                        .any(|(_, t)| *t == row.seq)
+                    && (self.inner.lock().is_cancelled(row.seq)
                         || self.kind.core.dispatch.is_cancelled(row));
                 cancelled.then_some(None)
             }
@@ -869,6 +888,7 @@ impl<K: Process> Cell<K> {
             let mut inner = self.inner.lock();
             let step = inner.seq + 1;
             inner
+                .keys()
                 .cancelled
                 .extend(work.cancels.iter().map(|&timer| (step, timer)));
         }
@@ -1313,7 +1333,9 @@ impl<K: Process> Owner for Cell<K> {
         }
         inner.durable = inner.durable.max(seq);
         let durable = inner.durable;
-        inner.cancelled.retain(|(step, _)| *step > durable);
+        if let Some(keys) = &mut inner.keys {
+            keys.cancelled.retain(|(step, _)| *step > durable);
+        }
         while let Some(held) = inner.held.pop_front() {
             if held.seq > inner.durable {
                 inner.held.push_front(held);
@@ -1345,8 +1367,7 @@ impl<K: Process> Owner for Cell<K> {
             inner.init = None;
             inner.lost = Some(Box::new(failure));
             // Replies kept by lost steps were never stored; cancels may not have happened.
-            inner.replies.clear();
-            inner.cancelled.clear();
+            inner.keys = None;
         }
         for held in inner.held.drain(..) {
             held.reply.send(Err(error.clone().widen()), || self.key());
