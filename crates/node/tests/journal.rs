@@ -7,16 +7,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use serde_json::Value;
 
-use crate::node::{Http, Node};
-
-async fn post(http: &Http, node: &Node, path: &str, body: &str) -> Value {
-    let (status, value) = http
-        .post(node.addr, path, body)
-        .await
-        .expect("the node answers");
-    assert_eq!(status, 200, "{path} {body}: {value}");
-    value
-}
+use crate::node::{Http, Node, post};
 
 /// A house whose rule is a closure keeps paying by it after kill -9; a coin-flipping house
 /// keeps the results its journaled randomness gave.

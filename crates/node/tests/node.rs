@@ -140,3 +140,13 @@ impl Http {
         body["value"].as_i64().expect("a counter value")
     }
 }
+
+/// POSTs `body` to `path` on `node` and returns the reply, which must be `200`.
+pub(crate) async fn post(http: &Http, node: &Node, path: &str, body: &str) -> serde_json::Value {
+    let (status, value) = http
+        .post(node.addr, path, body)
+        .await
+        .expect("the node answers");
+    assert_eq!(status, 200, "{path} {body}: {value}");
+    value
+}

@@ -5,16 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::node::{Http, Node};
-
-async fn post(http: &Http, node: &Node, path: &str, body: &str) -> Value {
-    let (status, value) = http
-        .post(node.addr, path, body)
-        .await
-        .expect("the node answers");
-    assert_eq!(status, 200, "{path} {body}: {value}");
-    value
-}
+use crate::node::{Http, Node, post};
 
 /// Polls `path` with `body` until `done` holds of the answer (at most 30 s).
 async fn wait_for(
