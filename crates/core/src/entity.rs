@@ -24,7 +24,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use std::collections::HashMap;
 
@@ -61,7 +61,7 @@ pub(crate) enum ReplyTo<K: Process> {
     Caller(oneshot::Sender<Reply<K>>),
     /// A caller by kind name: the reply as JSON (for a retried idempotent call, the kept
     /// bytes themselves).
-    Json(oneshot::Sender<Result<Arc<str>, CallError<K::Error>>>),
+    Json(oneshot::Sender<Result<String, CallError<K::Error>>>),
     /// The dispatcher, delivering a timer, a message from another entity or an effect's result.
     Row(oneshot::Sender<Delivery>),
 }
@@ -92,16 +92,15 @@ impl<K: Process> ReplyTo<K> {
                 let _ = to.send(reply);
             }
             Self::Json(to) => {
-                let reply =
-                    outcome.and_then(|answer| match answer {
-                        Answer::Value(value) => serde_json::to_string(&value)
-                            .map(Arc::from)
-                            .map_err(|e| CallError::UnencodableReply {
-                                key: key(),
-                                detail: e.to_string(),
-                            }),
-                        Answer::Kept(json) => Ok(json),
-                    });
+                let reply = outcome.and_then(|answer| match answer {
+                    Answer::Value(value) => {
+                        serde_json::to_string(&value).map_err(|e| CallError::UnencodableReply {
+                            key: key(),
+                            detail: e.to_string(),
+                        })
+                    }
+                    Answer::Kept(json) => Ok(json.to_string()),
+                });
                 let _ = to.send(reply);
             }
             Self::Row(to) => {
@@ -273,7 +272,7 @@ pub(crate) async fn call_json<K: Process>(
     id: &EntityId,
     msg: K::Msg,
     via: Via,
-) -> Result<Arc<str>, CallError<K::Error>> {
+) -> Result<String, CallError<K::Error>> {
     let _permit = kind.core.admit()?;
     let (reply, answer) = oneshot::channel();
     let reply = ReplyTo::Json(reply);
@@ -826,6 +825,9 @@ impl<K: Process> Cell<K> {
         if let Some(detail) = work.invalid {
             return Err(format!("the step is invalid: {detail}"));
         }
+        if work.is_empty() && matches!(via, Via::Call) {
+            return Ok(None);
+        }
         let core = &self.kind.core;
         if !work.rows.is_empty() && matches!(self.kind.mode, Mode::Ephemeral { .. }) {
             return Err(format!(
@@ -878,7 +880,7 @@ impl<K: Process> Cell<K> {
                     key.to_string(),
                     StoredReply {
                         reply: String::new(),
-                        at_ms: unix_ms(),
+                        at_ms: crate::ctx::now_ms(),
                     },
                 ));
             }
@@ -1190,7 +1192,7 @@ impl<K: Process> Cell<K> {
             message: message_json,
             error: message,
             attempts,
-            at_ms: unix_ms(),
+            at_ms: crate::ctx::now_ms(),
         };
         // A timer or message that keeps failing is done with: its row goes with the letter.
         let extras = row.map(|row| {
@@ -1480,10 +1482,4 @@ fn record_failure(failures: &mut Vec<Attempts>, digest: u64) -> u32 {
 
 fn forget_failure(failures: &mut Vec<Attempts>, digest: u64) {
     failures.retain(|a| a.digest != digest);
-}
-
-fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

@@ -93,7 +93,7 @@ pub struct KindStats {
 
 /// A call by kind name, in flight: completes with the reply's JSON.
 pub(crate) type JsonCall<'a> =
-    Pin<Box<dyn Future<Output = Result<Arc<str>, CallError<JsonRejection>>> + Send + 'a>>;
+    Pin<Box<dyn Future<Output = Result<String, CallError<JsonRejection>>> + Send + 'a>>;
 
 /// A kind seen without its types: for calls by kind name with JSON messages.
 pub(crate) trait DynKind: Send + Sync {
@@ -128,7 +128,7 @@ impl<K: Process> DynKind for KindRt<K> {
         id: EntityId,
         msg: &'a [u8],
         idempotency_key: Option<&'a str>,
-    ) -> Pin<Box<dyn Future<Output = Result<Arc<str>, CallError<JsonRejection>>> + Send + 'a>> {
+    ) -> JsonCall<'a> {
         Box::pin(async move {
             let msg: K::Msg = serde_json::from_slice(msg).map_err(|e| CallError::BadMessage {
                 kind: K::KIND.to_owned(),

@@ -625,9 +625,7 @@ impl Runtime {
         id: &str,
         msg: &[u8],
     ) -> Result<String, CallError<JsonRejection>> {
-        self.call_json_idempotent(kind, id, None, msg)
-            .await
-            .map(|reply| reply.to_string())
+        self.call_json_idempotent(kind, id, None, msg).await
     }
 
     /// [`call_json`](Self::call_json) with an optional idempotency key (see
@@ -639,7 +637,7 @@ impl Runtime {
         id: &str,
         idempotency_key: Option<&str>,
         msg: &[u8],
-    ) -> Result<Arc<str>, CallError<JsonRejection>> {
+    ) -> Result<String, CallError<JsonRejection>> {
         let Some(dynamic) = self.shared.by_name.get(kind) else {
             return Err(CallError::UnknownKind(kind.to_owned()));
         };

@@ -48,7 +48,7 @@ async fn a_retry_after_a_restart_gets_the_first_reply() {
         .call_json_idempotent("counter", "c", Some("k"), br#"{"add":3}"#)
         .await
         .unwrap();
-    assert_eq!(&*json, "3");
+    assert_eq!(json, "3");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
