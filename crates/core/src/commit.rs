@@ -24,6 +24,7 @@ use perennial_types::{EntityKey, Epoch, ShardId};
 use tokio::sync::Notify;
 
 use crate::dispatch::{Dispatch, RowId};
+use crate::failpoint::failpoint;
 
 /// What a step writes.
 pub(crate) enum Write {
@@ -317,9 +318,21 @@ impl Committer {
             .iter()
             .map(|d| (d.shard, RowId::new(d.owner.clone(), d.seq)))
             .collect();
+        let kept_replies = !batch.replies.is_empty();
+        failpoint!("commit.before");
         let result = store.commit(batch);
         match result {
             Ok(outcome) => {
+                failpoint!("commit.after");
+                if !created.is_empty() {
+                    failpoint!("commit.rows_written");
+                }
+                if !deleted.is_empty() {
+                    failpoint!("commit.rows_applied");
+                }
+                if kept_replies {
+                    failpoint!("commit.reply_kept");
+                }
                 if !created.is_empty() || !deleted.is_empty() {
                     // Before the replies are released: an entity whose step cancelled a
                     // timer may be passivated once released, and the timer must be gone.

@@ -27,6 +27,7 @@ use perennial_types::{EntityKey, shard_of};
 use tokio::sync::Notify;
 
 use crate::effect::{EffectBody, EffectId};
+use crate::failpoint::failpoint;
 use crate::kind::DynKind;
 use crate::runtime::Core;
 
@@ -378,10 +379,14 @@ async fn deliver(core: Arc<Core>, kinds: Arc<Kinds>, row: Pending) {
     let mut body = Arc::clone(&row.body);
     if row.class == PendingClass::Effect {
         match run_effect(&core, &row).await {
-            Ok(msg) => body = Arc::from(msg),
+            Ok(msg) => {
+                failpoint!("effect.finished");
+                body = Arc::from(msg);
+            }
             Err(outcome) => return settle(&core, &row, outcome),
         }
     }
+    failpoint!("dispatch.deliver");
     loop {
         let Some(kind) = kinds.get(&*row.target.kind) else {
             let detail = format!("kind {:?} is not registered", row.target.kind);

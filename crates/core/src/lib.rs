@@ -85,6 +85,7 @@
 //! - `journal`: `Journal` kinds' entries, snapshots and replay; [`Snapshots`], [`HistoryEntry`].
 //! - `kind`: per-kind bookkeeping and calls by kind name.
 //! - `error`: [`CallError`] and [`StartError`].
+//! - `failpoint`: named crash points for tests (feature `failpoints`).
 
 mod commit;
 mod ctx;
@@ -92,6 +93,7 @@ mod dispatch;
 mod effect;
 mod entity;
 mod error;
+pub mod failpoint;
 mod journal;
 mod kind;
 mod process;

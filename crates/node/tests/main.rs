@@ -2,6 +2,7 @@
 //! shutdown on SIGTERM, refusal to share a data directory, and fsyncs counted at the system
 //! call level.
 
+mod crash_points;
 mod fsync;
 mod journal;
 mod node;
