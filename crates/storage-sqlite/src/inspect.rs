@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use perennial_storage::{Error, JournalEntry};
+use perennial_storage::{EntitySummary, Error, JournalEntry};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::errors::{from_sql, map_err};
@@ -36,21 +36,6 @@ pub struct KindSummary {
     pub entities: u64,
     /// Journal entries of all its entities (0 for kinds that are not `Journal` kinds).
     pub journal_entries: u64,
-}
-
-/// One entity, as stored.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[non_exhaustive]
-pub struct EntitySummary {
-    /// The entity's id.
-    pub id: String,
-    /// The step (or version) its stored state is at: for a `Journal` kind, the step of its
-    /// latest snapshot (0 if none).
-    pub state_version: u64,
-    /// The latest step in its journal (0 if none).
-    pub last_step: u64,
-    /// When it last changed, in milliseconds since the Unix epoch.
-    pub updated_at_ms: i64,
 }
 
 /// An entity's stored state.
@@ -141,45 +126,7 @@ impl Inspector {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<EntitySummary>, Error> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "WITH ids AS (
-                     SELECT id FROM entity_state WHERE kind = ?1
-                     UNION SELECT DISTINCT id FROM journal WHERE kind = ?1)
-                 SELECT ids.id, coalesce(s.version, 0), coalesce(s.updated_at, 0),
-                        coalesce((SELECT max(step) FROM journal AS j
-                                   WHERE j.kind = ?1 AND j.id = ids.id), 0),
-                        coalesce((SELECT max(at) FROM journal AS j
-                                   WHERE j.kind = ?1 AND j.id = ids.id), 0)
-                   FROM ids LEFT JOIN entity_state AS s ON s.kind = ?1 AND s.id = ids.id
-                  WHERE ?2 IS NULL OR ids.id > ?2
-                  ORDER BY ids.id LIMIT ?3",
-            )
-            .map_err(map_err)?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = stmt
-            .query_map(params![kind, after, limit], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, i64>(4)?,
-                ))
-            })
-            .map_err(map_err)?;
-        let mut entities = Vec::new();
-        for row in rows {
-            let (id, version, updated_at_ms, last_step, last_step_us) = row.map_err(map_err)?;
-            entities.push(EntitySummary {
-                id,
-                state_version: from_sql(version, "entity version")?,
-                last_step: from_sql(last_step, "journal step")?,
-                updated_at_ms: updated_at_ms.max(last_step_us / 1000),
-            });
-        }
-        Ok(entities)
+        crate::reader::entities(&self.conn, kind, after, limit)
     }
 
     /// An entity's stored state: for a `Journal` kind, its latest snapshot.

@@ -41,5 +41,6 @@ mod reader;
 mod store;
 mod writer;
 
-pub use inspect::{EntitySummary, Inspector, KindSummary, StoredState};
+pub use inspect::{Inspector, KindSummary, StoredState};
+pub use perennial_storage::EntitySummary;
 pub use store::{Options, SqliteStore};

@@ -6,8 +6,8 @@ use std::thread;
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 use perennial_storage::{
-    DeadLetter, Error, JournalEntry, Pending as PendingRow, PendingClass, Record, StoredDeadLetter,
-    StoredReply,
+    DeadLetter, EntitySummary, Error, JournalEntry, Pending as PendingRow, PendingClass, Record,
+    StoredDeadLetter, StoredReply,
 };
 use perennial_types::{EntityId, EntityKey};
 use rusqlite::{Connection, OptionalExtension};
@@ -42,6 +42,12 @@ pub(crate) enum ReadCmd {
         key: EntityKey,
         idempotency_key: String,
         reply: oneshot::Sender<Result<Option<StoredReply>, Error>>,
+    },
+    Entities {
+        kind: String,
+        after: Option<String>,
+        limit: usize,
+        reply: oneshot::Sender<Result<Vec<EntitySummary>, Error>>,
     },
 }
 
@@ -92,6 +98,14 @@ fn serve(conn: &Connection, pending: &Mutex<Pending>, rx: &Receiver<ReadCmd>) {
                 reply,
             } => {
                 let _ = reply.send(stored_reply(conn, &key, &idempotency_key));
+            }
+            ReadCmd::Entities {
+                kind,
+                after,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(entities(conn, &kind, after.as_deref(), limit));
             }
         }
     }
@@ -266,4 +280,52 @@ fn stored_reply(
     )
     .optional()
     .map_err(map_err)
+}
+
+/// Up to `limit` stored entities of `kind` (with a state or a journal) with an id after
+/// `after`, by id. For `perennial inspect` and the admin API.
+pub(crate) fn entities(
+    conn: &Connection,
+    kind: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<EntitySummary>, Error> {
+    let mut stmt = conn
+        .prepare_cached(
+            "WITH ids AS (
+                 SELECT id FROM entity_state WHERE kind = ?1 AND (?2 IS NULL OR id > ?2)
+                 UNION SELECT DISTINCT id FROM journal WHERE kind = ?1 AND (?2 IS NULL OR id > ?2)
+                 ORDER BY id LIMIT ?3)
+             SELECT ids.id, coalesce(s.version, 0), coalesce(s.updated_at, 0),
+                    coalesce((SELECT max(step) FROM journal AS j
+                               WHERE j.kind = ?1 AND j.id = ids.id), 0),
+                    coalesce((SELECT max(at) FROM journal AS j
+                               WHERE j.kind = ?1 AND j.id = ids.id), 0)
+               FROM ids LEFT JOIN entity_state AS s ON s.kind = ?1 AND s.id = ids.id
+              ORDER BY ids.id",
+        )
+        .map_err(map_err)?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = stmt
+        .query_map(rusqlite::params![kind, after, limit], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
+        })
+        .map_err(map_err)?;
+    let mut entities = Vec::new();
+    for row in rows {
+        let (id, version, updated_at_ms, last_step, last_step_us) = row.map_err(map_err)?;
+        entities.push(EntitySummary::new(
+            id,
+            from_sql(version, "entity version")?,
+            from_sql(last_step, "journal step")?,
+            updated_at_ms.max(last_step_us / 1000),
+        ));
+    }
+    Ok(entities)
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 use perennial_storage::{
-    Batch, CommitOutcome, Error, JournalEntry, Pending as PendingRow, Record, Store,
+    Batch, CommitOutcome, EntitySummary, Error, JournalEntry, Pending as PendingRow, Record, Store,
     StoredDeadLetter, StoredReply,
 };
 use perennial_types::{EntityId, EntityKey, Epoch, ShardId};
@@ -332,6 +332,22 @@ impl Store for SqliteStore {
         let kind = kind.map(str::to_owned);
         self.read(|reply| ReadCmd::DeadLetters { kind, reply })
             .await
+    }
+
+    async fn entities(
+        &self,
+        kind: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<EntitySummary>, Error> {
+        let (kind, after) = (kind.to_owned(), after.map(str::to_owned));
+        self.read(|reply| ReadCmd::Entities {
+            kind,
+            after,
+            limit,
+            reply,
+        })
+        .await
     }
 
     /// Folds the log, truncates the WAL, stops the threads and releases the data directory.

@@ -80,6 +80,8 @@ const EXPIRE_REPLIES: &str = "
 DELETE FROM replies WHERE (kind, id, key) IN
     (SELECT kind, id, key FROM replies WHERE at < ?1 ORDER BY at LIMIT ?2)";
 
+const DELETE_DEAD_LETTER: &str = "DELETE FROM dead_letters WHERE seq = ?1";
+
 const INSERT_DEAD_LETTER: &str = "
 INSERT INTO dead_letters (kind, id, message, error, attempts, at)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
@@ -289,6 +291,14 @@ impl Writer {
                             l.at_ms
                         ])
                         .map_err(map_err)?;
+                }
+            }
+        }
+        if !batch.letters_done.is_empty() {
+            let mut delete = tx.prepare_cached(DELETE_DEAD_LETTER).map_err(map_err)?;
+            for d in &batch.letters_done {
+                if fence.allows(d.shard, d.epoch)? {
+                    delete.execute([to_sql(d.seq)]).map_err(map_err)?;
                 }
             }
         }

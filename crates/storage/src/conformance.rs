@@ -10,8 +10,9 @@ use std::sync::Arc;
 use perennial_types::{EntityId, EntityKey, Epoch, SHARDS, ShardId, shard_of};
 
 use crate::{
-    Batch, DeadLetter, DeadLetterWrite, ExpireReplies, JournalEntry, JournalTrim, JournalWrite,
-    Pending, PendingClass, PendingDone, PendingWrite, ReplyWrite, StateWrite, Store, StoredReply,
+    Batch, DeadLetter, DeadLetterDone, DeadLetterWrite, ExpireReplies, JournalEntry, JournalTrim,
+    JournalWrite, Pending, PendingClass, PendingDone, PendingWrite, ReplyWrite, StateWrite, Store,
+    StoredReply,
 };
 
 /// Expands to one test per conformance case, each on a fresh store from `$make`.
@@ -41,6 +42,8 @@ macro_rules! store_conformance {
             pending_rows_are_fenced,
             replies_read_back_and_expire_oldest_first,
             replies_are_fenced,
+            entities_are_listed_in_id_order_and_paged,
+            dead_letters_done_are_deleted_and_fenced,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -572,4 +575,113 @@ pub async fn replies_are_fenced(store: &dyn Store) {
         .unwrap();
     assert_eq!(outcome.fenced.len(), 1);
     assert!(store.reply(&a, "k").await.unwrap().is_none());
+}
+
+/// Stored entities of a kind (with a state, a journal or both) are listed once each, in id
+/// order, paged by `after` and `limit`, with their versions, last steps and times.
+pub async fn entities_are_listed_in_id_order_and_paged(store: &dyn Store) {
+    let epoch = claim_all(store).await;
+    assert!(
+        store
+            .entities("counter", None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    commit_states(
+        store,
+        ["c", "a", "b"]
+            .iter()
+            .map(|id| write(&key("counter", id), epoch, "{}", 3))
+            .chain([write(&key("table", "x"), epoch, "{}", 1)])
+            .collect(),
+    );
+    // A journal-only entity, and one with a snapshot and a journal.
+    let j = key("counter", "j");
+    commit_journal(
+        store,
+        vec![entry(&j, epoch, 1), entry(&j, epoch, 2)],
+        vec![],
+    );
+    commit_journal(store, vec![entry(&key("counter", "b"), epoch, 4)], vec![]);
+
+    let all = store.entities("counter", None, 10).await.unwrap();
+    let ids: Vec<&str> = all.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["a", "b", "c", "j"]);
+    assert_eq!((all[0].state_version, all[0].last_step), (3, 0));
+    assert_eq!((all[1].state_version, all[1].last_step), (3, 4));
+    assert_eq!((all[3].state_version, all[3].last_step), (0, 2));
+    // When a state was written; for a journal-only entity, a store may give the last step's
+    // own time instead.
+    assert!(
+        all[..3].iter().all(|e| e.updated_at_ms >= before - 1000),
+        "{all:?}"
+    );
+    assert!(all[3].updated_at_ms > 0, "{all:?}");
+    let page = store.entities("counter", Some("a"), 2).await.unwrap();
+    let ids: Vec<&str> = page.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["b", "c"]);
+    assert!(
+        store
+            .entities("counter", Some("j"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.entities("table", None, 10).await.unwrap().len(), 1);
+}
+
+/// A done dead letter is deleted, others stay with their numbers; a stale epoch is refused.
+pub async fn dead_letters_done_are_deleted_and_fenced(store: &dyn Store) {
+    let old = claim_all(store).await;
+    let k = key("counter", "a");
+    let shard = shard_of("counter", "a");
+    let batch = Batch {
+        dead_letters: (1..=3)
+            .map(|n| DeadLetterWrite {
+                shard,
+                epoch: old,
+                letter: letter(&k, n),
+            })
+            .collect(),
+        ..Batch::default()
+    };
+    store.commit(batch).unwrap();
+    let letters = store.dead_letters(None).await.unwrap();
+    let done = |epoch, seq| Batch {
+        letters_done: vec![DeadLetterDone { shard, epoch, seq }],
+        ..Batch::default()
+    };
+    assert!(
+        store
+            .commit(done(old, letters[1].seq))
+            .unwrap()
+            .fenced
+            .is_empty()
+    );
+    let left = store.dead_letters(None).await.unwrap();
+    assert_eq!(left, [letters[0].clone(), letters[2].clone()]);
+    // A new letter gets a number above every earlier one, deleted or not.
+    let new = claim_all(store).await;
+    let batch = Batch {
+        dead_letters: vec![DeadLetterWrite {
+            shard,
+            epoch: new,
+            letter: letter(&k, 4),
+        }],
+        ..Batch::default()
+    };
+    store.commit(batch).unwrap();
+    let after = store.dead_letters(None).await.unwrap();
+    assert!(after[2].seq > letters[2].seq, "{after:?}");
+    // The old epoch can no longer delete.
+    assert_eq!(
+        store.commit(done(old, letters[0].seq)).unwrap().fenced,
+        vec![shard]
+    );
+    assert_eq!(store.dead_letters(None).await.unwrap().len(), 3);
 }

@@ -7,8 +7,8 @@ use parking_lot::{Condvar, Mutex};
 use perennial_types::{EntityKey, Epoch, ShardId};
 
 use crate::{
-    Batch, CommitOutcome, Error, JournalEntry, Pending, Record, Store, StoredDeadLetter,
-    StoredReply,
+    Batch, CommitOutcome, EntitySummary, Error, JournalEntry, Pending, Record, Store,
+    StoredDeadLetter, StoredReply,
 };
 
 /// Wraps a [`Store`] and lets a test fail or hold its commits, and count what reached it.
@@ -159,6 +159,15 @@ impl<S: Store> Store for FaultyStore<S> {
 
     async fn dead_letters(&self, kind: Option<&str>) -> Result<Vec<StoredDeadLetter>, Error> {
         self.inner.dead_letters(kind).await
+    }
+
+    async fn entities(
+        &self,
+        kind: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<EntitySummary>, Error> {
+        self.inner.entities(kind, after, limit).await
     }
 
     async fn due(&self, before_ms: i64, limit: usize) -> Result<Vec<Pending>, Error> {

@@ -31,7 +31,7 @@ pub use error::Error;
 pub use faulty::FaultyStore;
 pub use memory::MemoryStore;
 pub use model::{
-    Batch, CommitOutcome, DeadLetter, DeadLetterWrite, ExpireReplies, JournalEntry, JournalTrim,
-    JournalWrite, Pending, PendingClass, PendingDone, PendingWrite, Record, ReplyWrite, StateWrite,
-    Store, StoredDeadLetter, StoredReply,
+    Batch, CommitOutcome, DeadLetter, DeadLetterDone, DeadLetterWrite, EntitySummary,
+    ExpireReplies, JournalEntry, JournalTrim, JournalWrite, Pending, PendingClass, PendingDone,
+    PendingWrite, Record, ReplyWrite, StateWrite, Store, StoredDeadLetter, StoredReply,
 };

@@ -8,9 +8,9 @@ use parking_lot::Mutex;
 use perennial_types::{EntityKey, Epoch, SHARDS, ShardId};
 
 use crate::{
-    Batch, CommitOutcome, DeadLetterWrite, Error, JournalEntry, JournalTrim, JournalWrite, Pending,
-    PendingDone, PendingWrite, Record, ReplyWrite, StateWrite, Store, StoredDeadLetter,
-    StoredReply,
+    Batch, CommitOutcome, DeadLetterDone, DeadLetterWrite, EntitySummary, Error, JournalEntry,
+    JournalTrim, JournalWrite, Pending, PendingDone, PendingWrite, Record, ReplyWrite, StateWrite,
+    Store, StoredDeadLetter, StoredReply,
 };
 
 /// A [`Store`] in memory. Nothing survives the process; "durable" means "committed".
@@ -40,7 +40,11 @@ struct Inner {
     journals: BTreeMap<EntityKey, BTreeMap<u64, JournalEntry>>,
     /// The current epoch of each shard; 0 means never claimed.
     epochs: Vec<u64>,
-    dead_letters: Vec<StoredDeadLetter>,
+    dead_letters: BTreeMap<u64, StoredDeadLetter>,
+    /// The number of the last dead letter written.
+    last_letter: u64,
+    /// When each entity's last step committed, in milliseconds since the Unix epoch.
+    updated_ms: BTreeMap<EntityKey, i64>,
     /// Pending timers, messages and effects, by owner and number.
     pending: BTreeMap<(EntityKey, u64), Pending>,
     /// The same rows, in the order they are due.
@@ -56,7 +60,9 @@ impl Default for Inner {
             entities: BTreeMap::new(),
             journals: BTreeMap::new(),
             epochs: vec![0; SHARDS as usize],
-            dead_letters: Vec::new(),
+            dead_letters: BTreeMap::new(),
+            last_letter: 0,
+            updated_ms: BTreeMap::new(),
             pending: BTreeMap::new(),
             due: BTreeSet::new(),
             replies: BTreeMap::new(),
@@ -130,6 +136,9 @@ impl Store for MemoryStore {
         let mut inner = self.inner.lock();
         inner.check_open()?;
         let mut outcome = CommitOutcome::default();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         let mut fence = |shard: ShardId, epoch: Epoch, inner: &Inner| {
             let ok = inner.is_current(shard, epoch);
             if !ok && !outcome.fenced.contains(&shard) {
@@ -147,6 +156,7 @@ impl Store for MemoryStore {
         {
             if fence(shard, epoch, &inner) {
                 let state = state.to_string();
+                inner.updated_ms.insert(key.clone(), now_ms);
                 inner.entities.insert(key, Record { state, version });
             }
         }
@@ -157,8 +167,16 @@ impl Store for MemoryStore {
         } in batch.dead_letters
         {
             if fence(shard, epoch, &inner) {
-                let seq = inner.dead_letters.len() as u64 + 1;
-                inner.dead_letters.push(StoredDeadLetter { seq, letter });
+                inner.last_letter += 1;
+                let seq = inner.last_letter;
+                inner
+                    .dead_letters
+                    .insert(seq, StoredDeadLetter { seq, letter });
+            }
+        }
+        for DeadLetterDone { shard, epoch, seq } in batch.letters_done {
+            if fence(shard, epoch, &inner) {
+                inner.dead_letters.remove(&seq);
             }
         }
         for JournalWrite {
@@ -169,6 +187,7 @@ impl Store for MemoryStore {
         } in batch.journal
         {
             if fence(shard, epoch, &inner) {
+                inner.updated_ms.insert(key.clone(), now_ms);
                 inner
                     .journals
                     .entry(key)
@@ -294,9 +313,37 @@ impl Store for MemoryStore {
         inner.check_open()?;
         Ok(inner
             .dead_letters
-            .iter()
+            .values()
             .filter(|d| kind.is_none_or(|k| &*d.letter.key.kind == k))
             .cloned()
+            .collect())
+    }
+
+    async fn entities(
+        &self,
+        kind: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<EntitySummary>, Error> {
+        let inner = self.inner.lock();
+        inner.check_open()?;
+        // Every entity with a state or a journal, in id order.
+        let of_kind = |k: &&EntityKey| &*k.kind == kind && after.is_none_or(|a| k.id.as_str() > a);
+        let mut ids: BTreeSet<&EntityKey> = inner.entities.keys().filter(of_kind).collect();
+        ids.extend(inner.journals.keys().filter(of_kind));
+        Ok(ids
+            .into_iter()
+            .take(limit)
+            .map(|key| {
+                let version = inner.entities.get(key).map_or(0, |r| r.version);
+                let last_step = inner
+                    .journals
+                    .get(key)
+                    .and_then(|j| j.keys().next_back().copied())
+                    .unwrap_or(0);
+                let updated = inner.updated_ms.get(key).copied().unwrap_or(0);
+                EntitySummary::new(key.id.as_str().to_owned(), version, last_step, updated)
+            })
             .collect())
     }
 

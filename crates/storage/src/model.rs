@@ -66,6 +66,45 @@ pub struct StoredDeadLetter {
     pub letter: DeadLetter,
 }
 
+/// A dead letter to delete: discarded by an operator, or applied by a retry in the same
+/// batch. Fenced like a state write of its entity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterDone {
+    /// The shard of the letter's entity.
+    pub shard: ShardId,
+    /// The epoch the writer holds for `shard`.
+    pub epoch: Epoch,
+    /// The letter's number ([`StoredDeadLetter::seq`]).
+    pub seq: u64,
+}
+
+/// One stored entity, as listed: what an operator sees without loading its state.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct EntitySummary {
+    /// The entity's id.
+    pub id: String,
+    /// The version of its stored state: for a `Journal` kind, the step of its latest
+    /// snapshot (0 if none).
+    pub state_version: u64,
+    /// The latest step in its journal (0 if none).
+    pub last_step: u64,
+    /// When its last step committed, in milliseconds since the Unix epoch.
+    pub updated_at_ms: i64,
+}
+
+impl EntitySummary {
+    /// A summary of entity `id`.
+    pub fn new(id: String, state_version: u64, last_step: u64, updated_at_ms: i64) -> Self {
+        Self {
+            id,
+            state_version,
+            last_step,
+            updated_at_ms,
+        }
+    }
+}
+
 /// One step of a `Journal` kind, as stored: what the step was handed, so that replaying it
 /// through the same handler gives the same state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,6 +265,8 @@ pub struct Batch {
     pub states: Vec<StateWrite>,
     /// Dead letters to keep.
     pub dead_letters: Vec<DeadLetterWrite>,
+    /// Dead letters to delete.
+    pub letters_done: Vec<DeadLetterDone>,
     /// Journal entries to append.
     pub journal: Vec<JournalWrite>,
     /// Journal entries to delete, applied after this batch's appends.
@@ -245,6 +286,7 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.states.is_empty()
             && self.dead_letters.is_empty()
+            && self.letters_done.is_empty()
             && self.journal.is_empty()
             && self.trims.is_empty()
             && self.pending.is_empty()
@@ -306,6 +348,15 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// Lists dead letters, oldest first, of one kind or of all kinds.
     async fn dead_letters(&self, kind: Option<&str>) -> Result<Vec<StoredDeadLetter>, Error>;
 
+    /// Lists up to `limit` stored entities of `kind` (with a state or a journal) whose id is
+    /// after `after` (from the first, if `None`), in id order.
+    async fn entities(
+        &self,
+        kind: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<EntitySummary>, Error>;
+
     /// Flushes and releases what the store holds. Later calls fail with [`Error::Closed`].
     async fn close(&self) -> Result<(), Error> {
         Ok(())
@@ -343,6 +394,14 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     async fn dead_letters(&self, kind: Option<&str>) -> Result<Vec<StoredDeadLetter>, Error> {
         (**self).dead_letters(kind).await
+    }
+    async fn entities(
+        &self,
+        kind: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<EntitySummary>, Error> {
+        (**self).entities(kind, after, limit).await
     }
     async fn close(&self) -> Result<(), Error> {
         (**self).close().await
