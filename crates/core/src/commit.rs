@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::{Condvar, Mutex};
 use perennial_storage::{
-    Batch, DeadLetter, DeadLetterWrite, JournalEntry, JournalTrim, JournalWrite, Pending,
-    PendingDone, PendingWrite, ReplyWrite, StateWrite, Store, StoredReply,
+    Batch, DeadLetter, DeadLetterDone, DeadLetterWrite, JournalEntry, JournalTrim, JournalWrite,
+    Pending, PendingDone, PendingWrite, ReplyWrite, StateWrite, Store, StoredReply,
 };
 use perennial_types::{EntityKey, Epoch, ShardId};
 use tokio::sync::Notify;
@@ -56,11 +56,16 @@ pub(crate) struct Extras {
     pub(crate) done: Vec<RowId>,
     /// The reply to keep for the call's idempotency key.
     pub(crate) reply: Option<(String, StoredReply)>,
+    /// The dead letter the step applied (a retry), deleted with it.
+    pub(crate) letter: Option<u64>,
 }
 
 impl Extras {
     pub(crate) fn is_empty(&self) -> bool {
-        self.rows.is_empty() && self.done.is_empty() && self.reply.is_none()
+        self.rows.is_empty()
+            && self.done.is_empty()
+            && self.reply.is_none()
+            && self.letter.is_none()
     }
 }
 
@@ -469,6 +474,11 @@ impl OwnerEntry {
                 owner: row.owner,
                 seq: row.seq,
             }));
+        if let Some(seq) = extras.letter {
+            batch
+                .letters_done
+                .push(DeadLetterDone { shard, epoch, seq });
+        }
         if let Some((idempotency_key, reply)) = extras.reply {
             batch.replies.push(ReplyWrite {
                 key: self.owner.key(),

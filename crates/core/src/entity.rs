@@ -126,6 +126,9 @@ pub(crate) enum Via {
     /// A pending row: a timer, a message from another entity, an effect's result. The step
     /// that applies it deletes it.
     Row(Box<RowId>),
+    /// A dead letter retried by an operator, by its number. The step that applies it deletes
+    /// the letter.
+    Letter(u64),
 }
 
 /// The longest idempotency key accepted, in bytes.
@@ -788,14 +791,16 @@ impl<K: Process> Cell<K> {
                 }
             }
             Err(Err(panic)) => {
-                let row = match via {
-                    Via::Row(row) => Some(row),
-                    Via::Call | Via::Idempotent { .. } => None,
+                let (row, letter) = match via {
+                    Via::Row(row) => (Some(row), None),
+                    Via::Letter(seq) => (None, Some(seq)),
+                    Via::Call | Via::Idempotent { .. } => (None, None),
                 };
                 let failure = Failed {
                     message: panic,
                     message_json,
                     row,
+                    letter,
                 };
                 self.panicked(state, backup, reply, failure, incarnation)
             }
@@ -806,7 +811,7 @@ impl<K: Process> Cell<K> {
     /// whose reply is kept, `Some(None)` for a timer cancelled since it was sent.
     fn answered_before(&self, via: &Via) -> Option<Option<Arc<str>>> {
         match via {
-            Via::Call => None,
+            Via::Call | Via::Letter(_) => None,
             Via::Idempotent { key, .. } => self.inner.lock().kept_reply(key).map(Some),
             Via::Row(row) => {
                 let own = row.owner.kind == self.kind.name && row.owner.id == self.id;
@@ -874,6 +879,7 @@ impl<K: Process> Cell<K> {
         );
         match via {
             Via::Row(row) => extras.done.push((**row).clone()),
+            Via::Letter(seq) => extras.letter = Some(*seq),
             Via::Idempotent { key, .. } => {
                 // Filled in once the reply is encoded (see `keep_reply`).
                 extras.reply = Some((
@@ -1138,6 +1144,7 @@ impl<K: Process> Cell<K> {
             message,
             message_json,
             row,
+            letter: retried,
         } = failed;
         self.kind.counters.restarts.fetch_add(1, Ordering::Relaxed);
         tracing::error!(kind = K::KIND, id = %self.id, panic = %message,
@@ -1195,12 +1202,13 @@ impl<K: Process> Cell<K> {
             at_ms: crate::ctx::now_ms(),
         };
         // A timer or message that keeps failing is done with: its row goes with the letter.
-        let extras = row.map(|row| {
-            Box::new(Extras {
-                done: vec![*row],
-                ..Extras::default()
-            })
-        });
+        // So does the letter it came from, if it was a retried dead letter.
+        let extras = Extras {
+            done: row.map(|row| vec![*row]).unwrap_or_default(),
+            letter: retried,
+            ..Extras::default()
+        };
+        let extras = (!extras.is_empty()).then(|| Box::new(extras));
         self.kind.core.committer.submit(Step {
             owner: Arc::clone(self) as Arc<dyn Owner>,
             incarnation,
@@ -1433,6 +1441,8 @@ struct Failed {
     message_json: Result<String, String>,
     /// The pending row it came from, deleted with its dead letter.
     row: Option<Box<RowId>>,
+    /// The dead letter it was a retry of, deleted with the new one.
+    letter: Option<u64>,
 }
 
 /// A state loaded or created by an activation, with what the cell tracks about it.

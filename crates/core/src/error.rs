@@ -126,6 +126,16 @@ pub enum CallError<E = Infallible> {
     /// The id is not a valid entity id.
     #[error(transparent)]
     InvalidId(#[from] InvalidId),
+    /// Storage failed for an operation that is not about one entity (listing a kind's
+    /// entities, reading dead letters).
+    #[error("storage failed: {0}")]
+    Store(perennial_storage::Error),
+    /// No dead letter has this number: it was retried or discarded, or never existed.
+    #[error("no dead letter numbered {0}; list them to see which are stored")]
+    NoSuchLetter(u64),
+    /// The dead letter is being retried or discarded by another request right now.
+    #[error("dead letter {0} is being retried or discarded right now; list it again in a moment")]
+    LetterBusy(u64),
 }
 
 impl CallError {
@@ -184,6 +194,9 @@ impl<E> CallError<E> {
             Self::UnknownKind(kind) => CallError::UnknownKind(kind),
             Self::BadMessage { kind, detail } => CallError::BadMessage { kind, detail },
             Self::InvalidId(e) => CallError::InvalidId(e),
+            Self::Store(e) => CallError::Store(e),
+            Self::NoSuchLetter(seq) => CallError::NoSuchLetter(seq),
+            Self::LetterBusy(seq) => CallError::LetterBusy(seq),
         }
     }
 
@@ -201,8 +214,9 @@ impl<E> CallError<E> {
             Self::Storage {
                 source: perennial_storage::Error::Corrupt(_),
                 ..
-            } => "storage_corrupt",
-            Self::Storage { .. } => "storage_failed",
+            }
+            | Self::Store(perennial_storage::Error::Corrupt(_)) => "storage_corrupt",
+            Self::Storage { .. } | Self::Store(_) => "storage_failed",
             Self::CorruptState { .. } => "corrupt_state",
             Self::ReplayDiverged { .. } => "replay_diverged",
             Self::NoHistory { .. } => "no_history",
@@ -214,6 +228,8 @@ impl<E> CallError<E> {
             Self::UnknownKind(_) => "unknown_kind",
             Self::BadMessage { .. } => "bad_message",
             Self::InvalidId(_) => "invalid_id",
+            Self::NoSuchLetter(_) => "no_such_letter",
+            Self::LetterBusy(_) => "letter_busy",
         }
     }
 }

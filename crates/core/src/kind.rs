@@ -10,6 +10,7 @@ use perennial_types::EntityId;
 
 use crate::dispatch::{Delivery, RowId};
 use crate::effect::BoxFuture;
+use crate::entity::Via;
 use crate::journal::{self, SnapshotCodec};
 use crate::runtime::Core;
 use crate::{CallError, JsonRejection, Persistence, Process, Rejection};
@@ -97,14 +98,12 @@ pub(crate) type JsonCall<'a> =
 
 /// A kind seen without its types: for calls by kind name with JSON messages.
 pub(crate) trait DynKind: Send + Sync {
-    /// Calls the entity with a JSON message; with an idempotency key, a retry gets the
-    /// first call's reply, byte for byte.
-    fn call_json<'a>(
-        self: Arc<Self>,
-        id: EntityId,
-        msg: &'a [u8],
-        idempotency_key: Option<&'a str>,
-    ) -> JsonCall<'a>;
+    /// Calls the entity with a JSON message, which came `via` a plain call, an idempotency
+    /// key or a retried dead letter.
+    fn call_json<'a>(self: Arc<Self>, id: EntityId, msg: &'a [u8], via: Via) -> JsonCall<'a>;
+
+    /// The kind's index in the registry's keys.
+    fn index(&self) -> u16;
 
     /// Delivers a pending row's message (JSON) to the entity; completes once it is applied
     /// durably, refused, or failed.
@@ -123,21 +122,12 @@ pub(crate) trait DynKind: Send + Sync {
 }
 
 impl<K: Process> DynKind for KindRt<K> {
-    fn call_json<'a>(
-        self: Arc<Self>,
-        id: EntityId,
-        msg: &'a [u8],
-        idempotency_key: Option<&'a str>,
-    ) -> JsonCall<'a> {
+    fn call_json<'a>(self: Arc<Self>, id: EntityId, msg: &'a [u8], via: Via) -> JsonCall<'a> {
         Box::pin(async move {
             let msg: K::Msg = serde_json::from_slice(msg).map_err(|e| CallError::BadMessage {
                 kind: K::KIND.to_owned(),
                 detail: e.to_string(),
             })?;
-            let via = match idempotency_key {
-                Some(key) => crate::entity::Via::idempotent(key).map_err(CallError::widen)?,
-                None => crate::entity::Via::Call,
-            };
             crate::entity::call_json(&self, &id, msg, via)
                 .await
                 .map_err(|e| {
@@ -166,6 +156,10 @@ impl<K: Process> DynKind for KindRt<K> {
 
     fn persistence(&self) -> Persistence {
         KindRt::persistence(self)
+    }
+
+    fn index(&self) -> u16 {
+        self.index
     }
 
     fn state_at(

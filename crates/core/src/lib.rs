@@ -75,6 +75,7 @@
 //!
 //! # Layout
 //! - `process`: the [`Process`] and [`Rejection`] traits, [`Persistence`].
+//! - `admin`: what operators do: list entities, passivate now, retry or discard dead letters.
 //! - `ctx`: [`Ctx`] and the portable [`Rng`].
 //! - `runtime`: [`Runtime`], [`Builder`], [`Handle`], [`Stats`].
 //! - `entity`: one resident entity, its mailbox and run loop.
@@ -87,6 +88,7 @@
 //! - `error`: [`CallError`] and [`StartError`].
 //! - `failpoint`: named crash points for tests (feature `failpoints`).
 
+mod admin;
 mod commit;
 mod ctx;
 mod dispatch;
@@ -100,6 +102,7 @@ mod process;
 mod registry;
 mod runtime;
 
+pub use admin::{EntityInfo, Passivation};
 pub use commit::CommitStats;
 pub use ctx::{Ctx, Rng};
 pub use effect::{Effect, EffectId, TimerId};

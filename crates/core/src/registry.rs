@@ -257,11 +257,64 @@ impl Registry {
 
     /// Passivates every idle entity now, whatever its deadline. Returns how many remain.
     pub(crate) fn passivate_all(&self) -> usize {
+        self.passivate_where(|_| true);
+        self.resident()
+    }
+
+    /// Whether the entity is resident.
+    pub(crate) fn contains(&self, key: &Key) -> bool {
+        self.parts[self.part_of(key)].lock().index.contains_key(key)
+    }
+
+    /// The ids of the resident entities of kind `kind`, in no order.
+    pub(crate) fn ids_of(&self, kind: u16) -> Vec<EntityId> {
+        let mut ids = Vec::new();
+        for part in self.parts.iter() {
+            let part = part.lock();
+            ids.extend(
+                part.index
+                    .keys()
+                    .filter(|k| k.kind == kind)
+                    .map(|k| k.id.clone()),
+            );
+        }
+        ids
+    }
+
+    /// Passivates one entity now, if it is idle with every step durable: `None` if it is not
+    /// resident, `Some(false)` if it is busy.
+    pub(crate) fn passivate(&self, key: &Key) -> Option<bool> {
+        let passivated = {
+            let mut part = self.parts[self.part_of(key)].lock();
+            let slot = *part.index.get(key)?;
+            let passivated = part.nodes[slot as usize]
+                .entry
+                .try_passivate(u64::MAX, true);
+            if let Some(p) = &passivated {
+                part.remove(slot);
+                self.forget(p);
+            }
+            passivated
+        };
+        let done = passivated.is_some();
+        run_hooks(passivated.into_iter().collect());
+        Some(done)
+    }
+
+    /// Passivates every idle entity that `which` selects, whatever its deadline. Returns how
+    /// many it passivated and how many of those selected stay (busy).
+    pub(crate) fn passivate_where(&self, which: impl Fn(&Key) -> bool) -> (usize, usize) {
+        let (mut passivated, mut busy) = (0, 0);
         for part in self.parts.iter() {
             let mut hooks = Vec::new();
             {
                 let mut part = part.lock();
-                let slots: Vec<u32> = part.nodes.iter().map(|(slot, _)| slot as u32).collect();
+                let slots: Vec<u32> = part
+                    .nodes
+                    .iter()
+                    .filter(|(_, n)| which(&n.entry.key()))
+                    .map(|(slot, _)| slot as u32)
+                    .collect();
                 for slot in slots {
                     if let Some(p) = part.nodes[slot as usize]
                         .entry
@@ -270,12 +323,15 @@ impl Registry {
                         part.remove(slot);
                         self.forget(&p);
                         hooks.push(p);
+                    } else {
+                        busy += 1;
                     }
                 }
             }
+            passivated += hooks.len();
             run_hooks(hooks);
         }
-        self.resident()
+        (passivated, busy)
     }
 
     /// Evicts up to `max` idle entities from the cold end of one part, while over limits.

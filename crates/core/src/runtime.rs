@@ -62,6 +62,8 @@ pub(crate) struct Core {
     /// Notified when the last in-flight call is answered during shutdown.
     drained: Notify,
     started: Instant,
+    /// Dead letters being retried or discarded now (see `admin`).
+    pub(crate) letters_in_hand: Mutex<std::collections::HashSet<u64>>,
 }
 
 impl fmt::Debug for Core {
@@ -449,6 +451,7 @@ impl Builder {
             closing_now: Notify::new(),
             drained: Notify::new(),
             started: Instant::now(),
+            letters_in_hand: Mutex::default(),
         });
         let mut by_name = HashMap::new();
         let mut by_type = HashMap::new();
@@ -519,9 +522,9 @@ async fn sweep(core: Arc<Core>) {
     }
 }
 
-struct Shared {
-    core: Arc<Core>,
-    by_name: HashMap<&'static str, Arc<dyn DynKind>>,
+pub(crate) struct Shared {
+    pub(crate) core: Arc<Core>,
+    pub(crate) by_name: HashMap<&'static str, Arc<dyn DynKind>>,
     by_type: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
     /// The runtime's background work. Taken by `shutdown`.
     tasks: Mutex<Option<Tasks>>,
@@ -550,7 +553,7 @@ impl Tasks {
 /// steps already submitted are committed, but does not wait for them.
 #[derive(Clone)]
 pub struct Runtime {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl fmt::Debug for Runtime {
@@ -642,9 +645,11 @@ impl Runtime {
             return Err(CallError::UnknownKind(kind.to_owned()));
         };
         let id = EntityId::new(id)?;
-        Arc::clone(dynamic)
-            .call_json(id, msg, idempotency_key)
-            .await
+        let via = match idempotency_key {
+            Some(key) => entity::Via::idempotent(key).map_err(CallError::widen)?,
+            None => entity::Via::Call,
+        };
+        Arc::clone(dynamic).call_json(id, msg, via).await
     }
 
     /// The names of the registered kinds, sorted.

@@ -1,6 +1,7 @@
 //! The runtime's integration tests: one binary, a module per area of the contract.
 
 mod activation;
+mod admin;
 mod durability;
 mod edges;
 mod effects;

@@ -1,0 +1,245 @@
+//! What an operator does to a running runtime: list a kind's entities, passivate entities
+//! now, and retry or discard dead letters.
+
+use std::sync::Arc;
+
+use perennial_storage::{Batch, DeadLetterDone, StoredDeadLetter};
+use perennial_types::{EntityId, shard_of};
+
+use crate::entity::Via;
+use crate::registry::Key;
+use crate::{CallError, JsonRejection, Persistence, Runtime};
+
+/// One entity of a kind, as an operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct EntityInfo {
+    /// The entity's id.
+    pub id: String,
+    /// Whether it is in memory on this node now.
+    pub resident: bool,
+    /// The version of its stored state (for a `Journal` kind, the step of its latest
+    /// snapshot); 0 if nothing is stored.
+    pub state_version: u64,
+    /// Its latest journal step (`Journal` kinds), else 0.
+    pub last_step: u64,
+    /// When its last step committed, in milliseconds since the Unix epoch; `None` if nothing
+    /// is stored (an `Ephemeral` entity).
+    pub updated_at_ms: Option<i64>,
+}
+
+/// What [`Runtime::passivate`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Passivation {
+    /// The entity left memory; its next message activates it again.
+    Passivated,
+    /// The entity is handling a message or waiting for a commit; it stays.
+    Busy,
+    /// The entity was not in memory.
+    NotResident,
+}
+
+impl Runtime {
+    /// Up to `limit` entities of `kind` whose id is after `after` (from the first, if
+    /// `None`), in id order: those stored, with whether each is resident; for an `Ephemeral`
+    /// kind, those resident.
+    ///
+    /// ```
+    /// # use perennial_core::{Ctx, Process, Runtime};
+    /// # use perennial_storage::MemoryStore;
+    /// # #[derive(Default, serde::Serialize, serde::Deserialize)]
+    /// # struct Counter(i64);
+    /// # impl Process for Counter {
+    /// #     const KIND: &'static str = "counter";
+    /// #     type Msg = i64;
+    /// #     type Reply = i64;
+    /// #     type Error = std::convert::Infallible;
+    /// #     fn handle(&mut self, n: i64, _: &mut Ctx<'_, Self>) -> Result<i64, Self::Error> {
+    /// #         self.0 += n;
+    /// #         Ok(self.0)
+    /// #     }
+    /// # }
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rt = Runtime::builder().store(MemoryStore::new()).register::<Counter>().start().await?;
+    /// for id in ["b", "a", "c"] {
+    ///     rt.get::<Counter>(id).call(1).await?;
+    /// }
+    /// let page = rt.entities("counter", Some("a"), 10).await?;
+    /// let ids: Vec<&str> = page.iter().map(|e| e.id.as_str()).collect();
+    /// assert_eq!(ids, ["b", "c"]);
+    /// assert!(page[0].resident);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn entities(
+        &self,
+        kind: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<EntityInfo>, CallError> {
+        let dynamic = self.kind(kind)?;
+        let core = &self.shared.core;
+        let resident = |id: &EntityId| {
+            core.registry.contains(&Key {
+                kind: dynamic.index(),
+                id: id.clone(),
+            })
+        };
+        if dynamic.persistence() == Persistence::Ephemeral {
+            let mut ids = core.registry.ids_of(dynamic.index());
+            ids.retain(|id| after.is_none_or(|a| id.as_str() > a));
+            ids.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+            ids.truncate(limit);
+            return Ok(ids
+                .into_iter()
+                .map(|id| EntityInfo {
+                    id: id.as_str().to_owned(),
+                    resident: true,
+                    state_version: 0,
+                    last_step: 0,
+                    updated_at_ms: None,
+                })
+                .collect());
+        }
+        let stored = core
+            .store
+            .entities(kind, after, limit)
+            .await
+            .map_err(CallError::Store)?;
+        Ok(stored
+            .into_iter()
+            .map(|e| EntityInfo {
+                resident: EntityId::new(&e.id).is_ok_and(|id| resident(&id)),
+                id: e.id,
+                state_version: e.state_version,
+                last_step: e.last_step,
+                updated_at_ms: Some(e.updated_at_ms),
+            })
+            .collect())
+    }
+
+    /// Passivates one entity now, if it is idle: its state is already durable, so it only
+    /// leaves memory (its kind's `on_passivate` runs).
+    pub fn passivate(&self, kind: &str, id: &str) -> Result<Passivation, CallError> {
+        let dynamic = self.kind(kind)?;
+        let key = Key {
+            kind: dynamic.index(),
+            id: EntityId::new(id)?,
+        };
+        Ok(match self.shared.core.registry.passivate(&key) {
+            None => Passivation::NotResident,
+            Some(true) => Passivation::Passivated,
+            Some(false) => Passivation::Busy,
+        })
+    }
+
+    /// Passivates every idle entity of `kind` now. Returns how many left memory and how many
+    /// stay because they are busy.
+    pub fn passivate_kind(&self, kind: &str) -> Result<(usize, usize), CallError> {
+        let index = self.kind(kind)?.index();
+        Ok(self
+            .shared
+            .core
+            .registry
+            .passivate_where(|key| key.kind == index))
+    }
+
+    /// The dead letter numbered `seq`, if it is stored.
+    pub async fn dead_letter(
+        &self,
+        seq: u64,
+    ) -> Result<Option<StoredDeadLetter>, perennial_storage::Error> {
+        // Dead letters are few (each is a message that failed several times): a scan is fine.
+        let letters = self.shared.core.store.dead_letters(None).await?;
+        Ok(letters.into_iter().find(|l| l.seq == seq))
+    }
+
+    /// Sends dead letter `seq`'s message to its entity again. If the step applies it, the
+    /// letter is deleted in the same transaction, so a letter is applied at most once by
+    /// retries; if it fails again, it is refused (the letter stays) or set aside again (the
+    /// new letter replaces the old). Returns the reply's JSON.
+    ///
+    /// # Errors
+    /// [`CallError::NoSuchLetter`] if no letter has that number (it was retried or discarded),
+    /// or the call's own error.
+    pub async fn retry_dead_letter(&self, seq: u64) -> Result<String, CallError<JsonRejection>> {
+        let _retrying = Retrying::claim(self, seq)?;
+        let letter = self
+            .dead_letter(seq)
+            .await
+            .map_err(CallError::Store)?
+            .ok_or(CallError::NoSuchLetter(seq))?
+            .letter;
+        let dynamic = self.kind(&letter.key.kind).map_err(CallError::widen)?;
+        Arc::clone(dynamic)
+            .call_json(
+                letter.key.id.clone(),
+                letter.message.as_bytes(),
+                Via::Letter(seq),
+            )
+            .await
+    }
+
+    /// Deletes dead letter `seq` without applying it. Returns whether it was stored.
+    pub async fn discard_dead_letter(&self, seq: u64) -> Result<bool, CallError> {
+        let _retrying = Retrying::claim(self, seq)?;
+        let core = &self.shared.core;
+        let storage = CallError::Store;
+        let Some(letter) = self.dead_letter(seq).await.map_err(storage)? else {
+            return Ok(false);
+        };
+        let key = &letter.letter.key;
+        let done = DeadLetterDone {
+            shard: shard_of(&key.kind, key.id.as_str()),
+            epoch: core.epoch,
+            seq,
+        };
+        let batch = Batch {
+            letters_done: vec![done],
+            ..Batch::default()
+        };
+        let store = Arc::clone(&core.store);
+        let outcome = tokio::task::spawn_blocking(move || store.commit(batch))
+            .await
+            .map_err(|e| storage(perennial_storage::Error::Backend(e.to_string())))?
+            .map_err(storage)?;
+        if let Some(&shard) = outcome.fenced.first() {
+            return Err(CallError::Fenced {
+                key: key.clone(),
+                shard,
+            });
+        }
+        Ok(true)
+    }
+
+    fn kind(&self, kind: &str) -> Result<&Arc<dyn crate::kind::DynKind>, CallError> {
+        self.shared
+            .by_name
+            .get(kind)
+            .ok_or_else(|| CallError::UnknownKind(kind.to_owned()))
+    }
+}
+
+/// A dead letter being retried or discarded: two at once would apply it twice.
+struct Retrying<'a> {
+    rt: &'a Runtime,
+    seq: u64,
+}
+
+impl<'a> Retrying<'a> {
+    fn claim<E>(rt: &'a Runtime, seq: u64) -> Result<Self, CallError<E>> {
+        if rt.shared.core.letters_in_hand.lock().insert(seq) {
+            Ok(Self { rt, seq })
+        } else {
+            Err(CallError::LetterBusy(seq))
+        }
+    }
+}
+
+impl Drop for Retrying<'_> {
+    fn drop(&mut self) {
+        self.rt.shared.core.letters_in_hand.lock().remove(&self.seq);
+    }
+}

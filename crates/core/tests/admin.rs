@@ -1,0 +1,184 @@
+//! What operators do: list a kind's entities, passivate now, retry or discard dead letters.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use perennial_core::{CallError, Ctx, Passivation, Process};
+use serde::{Deserialize, Serialize};
+
+use crate::kinds::{Counter, Op, SLEEPERS, Scratch, builder, runtime, until};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entities_are_listed_by_id_with_their_residency() {
+    let (rt, _store) = runtime().await;
+    for id in ["c", "a", "b", "d"] {
+        rt.get::<Counter>(id).call(Op::Add(1)).await.unwrap();
+    }
+    rt.get::<Counter>("b").call(Op::Add(1)).await.unwrap();
+    assert_eq!(
+        rt.passivate("counter", "a").unwrap(),
+        Passivation::Passivated
+    );
+
+    let all = rt.entities("counter", None, 10).await.unwrap();
+    let ids: Vec<(&str, bool)> = all.iter().map(|e| (e.id.as_str(), e.resident)).collect();
+    assert_eq!(ids, [("a", false), ("b", true), ("c", true), ("d", true)]);
+    assert_eq!(all[1].state_version, 2);
+    assert!(all[1].updated_at_ms.is_some_and(|t| t > 0));
+    let page = rt.entities("counter", Some("b"), 1).await.unwrap();
+    assert_eq!(page[0].id, "c");
+    assert!(
+        rt.entities("counter", Some("d"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // An ephemeral kind stores nothing: its resident entities are listed.
+    rt.get::<Scratch>("s2").call(Op::Add(1)).await.unwrap();
+    rt.get::<Scratch>("s1").call(Op::Add(1)).await.unwrap();
+    let scratch = rt.entities("scratch", None, 10).await.unwrap();
+    let ids: Vec<&str> = scratch.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["s1", "s2"]);
+    assert!(
+        scratch
+            .iter()
+            .all(|e| e.resident && e.updated_at_ms.is_none())
+    );
+
+    assert!(matches!(
+        rt.entities("nope", None, 10).await,
+        Err(CallError::UnknownKind(_))
+    ));
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passivation_now_spares_busy_entities_and_loses_nothing() {
+    let (rt, _store) = runtime().await;
+    for id in ["x", "y", "z"] {
+        rt.get::<Counter>(id).call(Op::Add(5)).await.unwrap();
+    }
+    assert_eq!(
+        rt.passivate("counter", "nobody").unwrap(),
+        Passivation::NotResident
+    );
+    // A busy entity stays.
+    let started = SLEEPERS.load(Ordering::SeqCst);
+    let busy = rt.get::<Counter>("z");
+    let sleeping = tokio::spawn(async move { busy.call(Op::Sleep(300)).await });
+    until("z is busy", || SLEEPERS.load(Ordering::SeqCst) > started).await;
+    assert_eq!(rt.passivate("counter", "z").unwrap(), Passivation::Busy);
+    assert_eq!(rt.passivate_kind("counter").unwrap(), (2, 1));
+    sleeping.await.unwrap().unwrap();
+    let resident: Vec<bool> = rt
+        .entities("counter", None, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.resident)
+        .collect();
+    assert_eq!(resident, [false, false, true]);
+    // Their next messages activate them again, from their stored state.
+    assert_eq!(rt.get::<Counter>("x").call(Op::Get).await.unwrap(), 5);
+    rt.shutdown().await;
+}
+
+/// Switches that make `Flaky` panic, one per test.
+static BROKEN: [AtomicBool; 2] = [AtomicBool::new(false), AtomicBool::new(false)];
+
+/// A kind whose messages panic while their switch is on: a bug, then its fix.
+#[derive(Default, Serialize, Deserialize)]
+struct Flaky {
+    total: i64,
+}
+
+impl Process for Flaky {
+    const KIND: &'static str = "flaky";
+    type Msg = (usize, i64);
+    type Reply = i64;
+    type Error = std::convert::Infallible;
+
+    fn handle(
+        &mut self,
+        (switch, n): (usize, i64),
+        _: &mut Ctx<'_, Self>,
+    ) -> Result<i64, Self::Error> {
+        self.total += n;
+        assert!(!BROKEN[switch].load(Ordering::SeqCst), "broken for now");
+        Ok(self.total)
+    }
+}
+
+/// Sends `(switch, n)` to `flaky/f` until it is set aside; returns the letter's number.
+async fn dead_letter(rt: &perennial_core::Runtime, switch: usize, n: i64) -> u64 {
+    BROKEN[switch].store(true, Ordering::SeqCst);
+    let h = rt.get::<Flaky>("f");
+    loop {
+        match h.call((switch, n)).await {
+            Err(CallError::DeadLettered { .. }) => break,
+            Err(CallError::Panicked { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    let letters = rt.dead_letters(Some("flaky")).await.unwrap();
+    letters.last().unwrap().seq
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_dead_letter_is_applied_once_and_deleted_with_its_step() {
+    let (builder, _store) = builder();
+    let rt = builder
+        .register::<Flaky>()
+        .max_attempts(2)
+        .start()
+        .await
+        .unwrap();
+    let seq = dead_letter(&rt, 0, 7).await;
+    let letter = rt.dead_letter(seq).await.unwrap().unwrap();
+    assert_eq!(letter.letter.message, "[0,7]");
+    assert!(letter.letter.error.contains("broken for now"), "{letter:?}");
+
+    // Still broken: the retry is set aside again, and the new letter replaces the old.
+    let retried = rt.retry_dead_letter(seq).await;
+    assert!(
+        matches!(retried, Err(CallError::Panicked { .. })),
+        "{retried:?}"
+    );
+    let retried = rt.retry_dead_letter(seq).await;
+    assert!(
+        matches!(retried, Err(CallError::DeadLettered { .. })),
+        "{retried:?}"
+    );
+    let letters = rt.dead_letters(Some("flaky")).await.unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let seq = letters[0].seq;
+
+    // Fixed: the retry applies it once, and the letter is gone.
+    BROKEN[0].store(false, Ordering::SeqCst);
+    assert_eq!(rt.retry_dead_letter(seq).await.unwrap(), "7");
+    assert!(rt.dead_letters(None).await.unwrap().is_empty());
+    assert!(matches!(
+        rt.retry_dead_letter(seq).await,
+        Err(CallError::NoSuchLetter(s)) if s == seq
+    ));
+    assert_eq!(rt.get::<Flaky>("f").call((0, 0)).await.unwrap(), 7);
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_discarded_dead_letter_is_gone_without_being_applied() {
+    let (builder, _store) = builder();
+    let rt = builder
+        .register::<Flaky>()
+        .max_attempts(2)
+        .start()
+        .await
+        .unwrap();
+    let seq = dead_letter(&rt, 1, 5).await;
+    BROKEN[1].store(false, Ordering::SeqCst);
+    assert!(rt.discard_dead_letter(seq).await.unwrap());
+    assert!(!rt.discard_dead_letter(seq).await.unwrap());
+    assert!(rt.dead_letter(seq).await.unwrap().is_none());
+    assert_eq!(rt.get::<Flaky>("f").call((1, 0)).await.unwrap(), 0);
+    rt.shutdown().await;
+}
