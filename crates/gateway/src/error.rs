@@ -67,6 +67,12 @@ impl ApiError {
     }
 }
 
+impl From<CallError> for ApiError {
+    fn from(error: CallError) -> Self {
+        Self::from(error.map_rejection(|never| -> JsonRejection { match never {} }))
+    }
+}
+
 impl From<CallError<JsonRejection>> for ApiError {
     fn from(error: CallError<JsonRejection>) -> Self {
         let code = error.code().to_owned();
@@ -143,7 +149,17 @@ impl From<CallError<JsonRejection>> for ApiError {
                     ),
                 )
             }
-            CallError::NoHistory { .. } => (StatusCode::NOT_FOUND, error.to_string()),
+            CallError::NoHistory { .. } | CallError::NoSuchLetter(_) => {
+                (StatusCode::NOT_FOUND, error.to_string())
+            }
+            CallError::LetterBusy(_) => (StatusCode::CONFLICT, error.to_string()),
+            CallError::Store(_) => {
+                tracing::error!(%error, "admin request failed");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage is unavailable; retry later".to_owned(),
+                )
+            }
             CallError::Fenced { key, .. } => {
                 tracing::error!(%error, "call failed");
                 (

@@ -10,12 +10,25 @@
 //!   `Idempotency-Key` header (1 to 256 bytes), a retry with the same key gets the first
 //!   reply, byte for byte, and the message is not applied again (see
 //!   [`perennial_core::Handle::call_idempotent`]).
-//! - `GET /healthz`: `200 {"status":"ok"}` while the node serves.
+//! - `GET /healthz`: `200 {"status":"ok"}` while the node serves; it needs no token.
+//! - `/v1/admin/…`: the admin API (module `admin`): list a kind's entities, an entity's
+//!   state, history and past states, passivate now, list, show, retry and discard dead
+//!   letters. The kind name `admin` is therefore reserved.
+//!
+//! # Security
+//! Calls need [`Options::client`], the admin API [`Options::admin`]: each is open, a bearer
+//! token (`Authorization: Bearer <token>`, compared in constant time), or closed. The admin
+//! API is closed unless given a token. A path and query over [`Options::max_uri_bytes`] get
+//! `414`, too many or too large headers `431`, a request not done within
+//! [`Options::request_timeout`] `504 timeout` (a call may still be applied: retry it with
+//! the same `Idempotency-Key` to learn its outcome).
 //!
 //! Errors are `{"error": {"code": "...", "message": "..."}}` with `400` (a malformed or
-//! refused message, an invalid id), `404` (an unknown kind or route), `405`, `413` (a body
-//! over [`Options::max_body_bytes`]), `500` (a handler panic, undecodable stored state) or
-//! `503` (overloaded, storage unavailable, shutting down).
+//! refused message, an invalid id), `401` (no or wrong token), `403` (closed routes), `404`
+//! (an unknown kind, route or dead letter), `405`, `409` (a dead letter retried twice at
+//! once), `413` (a body over [`Options::max_body_bytes`]), `414`, `431`, `500` (a handler
+//! panic, undecodable stored state), `503` (overloaded, storage unavailable, shutting down)
+//! or `504`.
 //!
 //! ```
 //! # use perennial_core::Runtime;
@@ -26,44 +39,87 @@
 //! # }
 //! ```
 
+mod admin;
 pub mod error;
+mod guard;
 
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use perennial_core::Runtime;
 
 use crate::error::ApiError;
+pub use crate::guard::Access;
 
-/// Limits of the gateway.
+/// What the gateway lets in, and its limits.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Options {
+    /// Who may call entities (`/v1/{kind}/{id}`). Default: [`Access::Open`].
+    pub client: Access,
+    /// Who may use the admin API (`/v1/admin/…`). Default: [`Access::Closed`].
+    pub admin: Access,
     /// The largest request body accepted; larger ones get `413`. Default: 1 MiB.
     pub max_body_bytes: usize,
+    /// The longest path and query accepted; longer ones get `414`. Default: 4 KiB.
+    pub max_uri_bytes: usize,
+    /// The most headers accepted; more get `431`. Default: 64.
+    pub max_headers: usize,
+    /// The most bytes of headers (names and values) accepted; more get `431`. Default: 16 KiB.
+    pub max_header_bytes: usize,
+    /// How long a request may take before it gets `504 timeout`. Default: 30 s.
+    pub request_timeout: Duration,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Self {
+            client: Access::Open,
+            admin: Access::Closed,
             max_body_bytes: 1 << 20,
+            max_uri_bytes: 4 << 10,
+            max_headers: 64,
+            max_header_bytes: 16 << 10,
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
 
 /// The gateway's routes over `rt`.
 pub fn app(rt: Runtime, options: &Options) -> Router {
-    Router::new()
+    let client = Router::new()
         .route("/v1/{kind}/{id}", post(call).fallback(method_not_allowed))
+        .route_layer(from_fn_with_state(
+            Arc::new(options.client.clone()),
+            guard::authorize,
+        ));
+    let admin = admin::routes().route_layer(from_fn_with_state(
+        Arc::new(options.admin.clone()),
+        guard::authorize,
+    ));
+    let limits = guard::Limits {
+        max_uri_bytes: options.max_uri_bytes,
+        max_headers: options.max_headers,
+        max_header_bytes: options.max_header_bytes,
+        timeout: options.request_timeout,
+    };
+    Router::new()
+        .merge(client)
+        .merge(admin)
         .route("/healthz", get(healthz).fallback(method_not_allowed))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(options.max_body_bytes))
+        .layer(from_fn_with_state(limits, guard::limit))
         .with_state(rt)
 }
 

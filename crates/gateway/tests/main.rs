@@ -1,5 +1,8 @@
 //! The gateway, driven in memory with `oneshot`: every status code the API documents.
 
+mod admin;
+mod guard;
+
 use std::time::Duration;
 
 use axum::Router;
@@ -43,19 +46,27 @@ impl Process for Fragile {
         if msg == "panic" {
             panic!("secret internal detail");
         }
+        if msg == "slow" {
+            std::thread::sleep(Duration::from_millis(400));
+        }
         Ok(msg)
     }
 }
 
 async fn gateway() -> (Router, Runtime, FaultyStore<MemoryStore>) {
+    gateway_with(Options::default()).await
+}
+
+/// A gateway over the demo kinds and `Fragile`, with `options` (a 4 KiB body limit).
+async fn gateway_with(mut options: Options) -> (Router, Runtime, FaultyStore<MemoryStore>) {
     let store = FaultyStore::new(MemoryStore::new());
     let rt = perennial_demo::register(Runtime::builder().store(store.clone()))
         .register::<Fragile>()
         .max_inflight(4)
+        .max_attempts(2)
         .start()
         .await
         .unwrap();
-    let mut options = Options::default();
     options.max_body_bytes = 4096;
     (app(rt.clone(), &options), rt, store)
 }

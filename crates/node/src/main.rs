@@ -27,26 +27,45 @@ struct Cli {
     command: Command,
 }
 
+/// How `perennial serve` runs.
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// The data directory (created if missing).
+    #[arg(long, default_value = "./perennial-data")]
+    data: PathBuf,
+    /// The address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// The token clients must send (`Authorization: Bearer …`) to call entities. Required
+    /// to listen on an address other than loopback, unless `--insecure`.
+    #[arg(long, env = "PERENNIAL_CLIENT_TOKEN", hide_env_values = true)]
+    client_token: Option<String>,
+    /// The token the admin API (`/v1/admin/…`) requires; without one, it is disabled.
+    #[arg(long, env = "PERENNIAL_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Listen on a non-loopback address without a client token: anyone who reaches the
+    /// port can call every entity.
+    #[arg(long)]
+    insecure: bool,
+    /// The most entities kept resident.
+    #[arg(long, default_value_t = 1_000_000)]
+    max_resident: usize,
+    /// The most bytes of entity state kept resident.
+    #[arg(long, default_value_t = 1 << 30)]
+    max_resident_bytes: usize,
+    /// The largest request body accepted, in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_body_bytes: usize,
+    /// How long a request may take before it is answered `504 timeout`.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    request_timeout: Duration,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve the demo kinds (`counter`, `table`, `house`) over HTTP, with state in a data directory.
-    Serve {
-        /// The data directory (created if missing).
-        #[arg(long, default_value = "./perennial-data")]
-        data: PathBuf,
-        /// The address to listen on.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: SocketAddr,
-        /// The most entities kept resident.
-        #[arg(long, default_value_t = 1_000_000)]
-        max_resident: usize,
-        /// The most bytes of entity state kept resident.
-        #[arg(long, default_value_t = 1 << 30)]
-        max_resident_bytes: usize,
-        /// The largest request body accepted, in bytes.
-        #[arg(long, default_value_t = 1 << 20)]
-        max_body_bytes: usize,
-    },
+    /// Serve the demo kinds (`counter`, `table`, `house`, `cache`, `queue`) over HTTP, with
+    /// state in a data directory.
+    Serve(ServeArgs),
     /// Measure durable calls against the database approach, memory per entity and
     /// activations per second. Not a test: run it on a quiet machine.
     Bench {
@@ -137,17 +156,7 @@ fn main() -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         match cli.command {
-            Command::Serve {
-                data,
-                listen,
-                max_resident,
-                max_resident_bytes,
-                max_body_bytes,
-            } => {
-                let mut gateway = perennial_gateway::Options::default();
-                gateway.max_body_bytes = max_body_bytes;
-                serve(data, listen, max_resident, max_resident_bytes, gateway).await
-            }
+            Command::Serve(args) => serve(args).await,
             Command::Bench {
                 json,
                 seconds,
@@ -191,13 +200,50 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-async fn serve(
-    data: PathBuf,
-    listen: SocketAddr,
-    max_resident: usize,
-    max_resident_bytes: usize,
-    gateway: perennial_gateway::Options,
-) -> anyhow::Result<()> {
+/// The gateway's options from the command line: who may call, who may administer.
+fn gateway_options(args: &ServeArgs) -> anyhow::Result<perennial_gateway::Options> {
+    use perennial_gateway::Access;
+    let token = |flag: &str, token: &Option<String>| -> anyhow::Result<Option<String>> {
+        match token.as_deref() {
+            Some(t) if t.len() < 16 => anyhow::bail!(
+                "the {flag} is {} characters; use at least 16 (for example `openssl rand -hex 16`)",
+                t.len()
+            ),
+            t => Ok(t.map(str::to_owned)),
+        }
+    };
+    let mut options = perennial_gateway::Options::default();
+    options.client = match token("client token", &args.client_token)? {
+        Some(t) => Access::Token(t),
+        None if args.listen.ip().is_loopback() || args.insecure => Access::Open,
+        None => anyhow::bail!(
+            "refusing to listen on {} without a client token: anyone who reaches it could \
+             call every entity. Set --client-token (or PERENNIAL_CLIENT_TOKEN), or pass \
+             --insecure if that is what you want",
+            args.listen
+        ),
+    };
+    if options.client == Access::Open && !args.listen.ip().is_loopback() {
+        tracing::warn!(listen = %args.listen, "--insecure: calls need no token");
+    }
+    options.admin = match token("admin token", &args.admin_token)? {
+        Some(t) => Access::Token(t),
+        None => Access::Closed,
+    };
+    options.max_body_bytes = args.max_body_bytes;
+    options.request_timeout = args.request_timeout;
+    Ok(options)
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let gateway = gateway_options(&args)?;
+    let ServeArgs {
+        data,
+        listen,
+        max_resident,
+        max_resident_bytes,
+        ..
+    } = args;
     let store = SqliteStore::open(&data)
         .with_context(|| format!("cannot open the data directory {}", data.display()))?;
     let rt = perennial_demo::register(Runtime::builder().store(store.clone()))

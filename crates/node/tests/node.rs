@@ -106,10 +106,25 @@ impl Http {
         key: Option<&str>,
         body: &str,
     ) -> Result<(u16, serde_json::Value), String> {
-        let mut request = hyper::Request::post(format!("http://{addr}{path}"))
+        let headers: Vec<(&str, &str)> = key.map(|k| ("idempotency-key", k)).into_iter().collect();
+        self.send(addr, "POST", path, &headers, body).await
+    }
+
+    /// Sends any request with extra `headers`; returns the status and the body as JSON.
+    pub(crate) async fn send(
+        &self,
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Result<(u16, serde_json::Value), String> {
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"))
             .header("content-type", "application/json");
-        if let Some(key) = key {
-            request = request.header("idempotency-key", key);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         let request = request
             .body(Full::new(Bytes::from(body.to_owned())))

@@ -1,5 +1,6 @@
 //! Crash safety and lifecycle of `perennial serve`.
 
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -186,4 +187,77 @@ async fn a_second_node_on_the_same_directory_is_refused() {
     assert!(!second.status.success());
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(stderr.contains("in use by another process"), "{stderr}");
+}
+
+const CLIENT_TOKEN: &str = "client-token-0123456789";
+const ADMIN_TOKEN: &str = "admin-token-0123456789";
+
+/// The real binary with tokens from the environment: calls and the admin API each need
+/// their own token, and the admin API lists and shows what the calls stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_guard_calls_and_the_admin_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_perennial"));
+    command
+        .env("PERENNIAL_CLIENT_TOKEN", CLIENT_TOKEN)
+        .env("PERENNIAL_ADMIN_TOKEN", ADMIN_TOKEN);
+    let node = Node::start_under(command, dir.path());
+    let http = Http::new();
+    let client = format!("Bearer {CLIENT_TOKEN}");
+    let admin = format!("Bearer {ADMIN_TOKEN}");
+    let call = |auth: Option<String>, path: &'static str, body: &'static str| {
+        let http = http.clone();
+        let addr = node.addr;
+        async move {
+            let headers: Vec<(&str, &str)> = auth
+                .as_deref()
+                .map(|a| ("authorization", a))
+                .into_iter()
+                .collect();
+            let method = if path.starts_with("/v1/admin") && body.is_empty() {
+                "GET"
+            } else {
+                "POST"
+            };
+            http.send(addr, method, path, &headers, body).await.unwrap()
+        }
+    };
+    let (status, body) = call(None, "/v1/counter/c", r#"{"add": 1}"#).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    let (status, body) = call(Some(client.clone()), "/v1/counter/c", r#"{"add": 1}"#).await;
+    assert_eq!((status, body), (200, serde_json::json!({"value": 1})));
+    let (status, _) = call(Some(client.clone()), "/v1/admin/kinds", "").await;
+    assert_eq!(status, 401);
+    let (status, page) = call(Some(admin.clone()), "/v1/admin/kinds/counter/entities", "").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["entities"][0]["id"], "c");
+    assert_eq!(page["entities"][0]["state_version"], 1);
+    let (status, state) = call(Some(admin), "/v1/admin/entities/counter/c", "").await;
+    assert_eq!(
+        (status, &state["state"]),
+        (200, &serde_json::json!({"value": 1}))
+    );
+}
+
+/// Listening beyond loopback without a client token is refused, with what to do instead.
+#[test]
+fn a_public_address_without_a_client_token_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_perennial"))
+        .args(["serve", "--listen", "0.0.0.0:0", "--data"])
+        .arg(dir.path())
+        .env_remove("PERENNIAL_CLIENT_TOKEN")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("refusing to listen on 0.0.0.0:0 without a client token"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--insecure"), "{stderr}");
 }

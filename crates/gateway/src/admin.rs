@@ -1,0 +1,236 @@
+//! The admin API, under `/v1/admin`: what operators do to a running node. Every route needs
+//! the admin token (see [`Options::admin`](crate::Options::admin)).
+//!
+//! - `GET  /v1/admin/kinds`: the registered kinds with their counters.
+//! - `GET  /v1/admin/kinds/{kind}/entities?after=ID&limit=N`: a page of the kind's entities
+//!   (at most 1,000, default 100) in id order, with `resident`, `state_version`, `last_step`
+//!   and `updated_at_ms`; `next` is the `after` of the next page, or `null` at the end.
+//! - `POST /v1/admin/kinds/{kind}/passivate`: passivates every idle entity of the kind now.
+//! - `GET  /v1/admin/entities/{kind}/{id}`: the entity's latest durable state.
+//! - `GET  /v1/admin/entities/{kind}/{id}/history?after=STEP&limit=N`: its journal.
+//! - `GET  /v1/admin/entities/{kind}/{id}/at/{step}`: its state as of a step.
+//! - `POST /v1/admin/entities/{kind}/{id}/passivate`: passivates it now, if idle.
+//! - `GET  /v1/admin/dead-letters?kind=K`: the dead letters, oldest first.
+//! - `GET  /v1/admin/dead-letters/{seq}`: one, with its message, panic text and attempts.
+//! - `POST /v1/admin/dead-letters/{seq}/retry`: applies its message again; the reply is
+//!   `{"reply": …}`, and the letter is deleted by the step that applies it.
+//! - `POST /v1/admin/dead-letters/{seq}/discard`: deletes it unapplied.
+
+use std::convert::Infallible;
+
+use axum::Router;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use perennial_core::{CallError, Runtime};
+use perennial_storage::StoredDeadLetter;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::error::ApiError;
+
+/// The most entities one page lists.
+const MAX_PAGE: usize = 1000;
+
+pub(crate) fn routes() -> Router<Runtime> {
+    Router::new()
+        .route("/v1/admin/kinds", get(kinds))
+        .route("/v1/admin/kinds/{kind}/entities", get(entities))
+        .route("/v1/admin/kinds/{kind}/passivate", post(passivate_kind))
+        .route("/v1/admin/entities/{kind}/{id}", get(state))
+        .route("/v1/admin/entities/{kind}/{id}/history", get(history))
+        .route("/v1/admin/entities/{kind}/{id}/at/{step}", get(state_at))
+        .route("/v1/admin/entities/{kind}/{id}/passivate", post(passivate))
+        .route("/v1/admin/dead-letters", get(dead_letters))
+        .route("/v1/admin/dead-letters/{seq}", get(dead_letter))
+        .route("/v1/admin/dead-letters/{seq}/retry", post(retry))
+        .route("/v1/admin/dead-letters/{seq}/discard", post(discard))
+}
+
+fn json_response(value: &impl Serialize) -> Response {
+    axum::Json(value).into_response()
+}
+
+/// JSON text as a value; text that is not JSON (which the runtime never stores) as a string.
+fn embedded(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
+}
+
+async fn kinds(State(rt): State<Runtime>) -> Response {
+    let stats = rt.stats();
+    let kinds: Vec<Value> = stats
+        .kinds
+        .iter()
+        .map(|k| {
+            json!({
+                "kind": k.kind,
+                "persistence": k.persistence.map(|p| format!("{p:?}").to_lowercase()),
+                "resident": k.resident,
+                "activations": k.activations,
+                "passivations": k.passivations,
+                "restarts": k.restarts,
+                "dead_letters": k.dead_letters,
+            })
+        })
+        .collect();
+    json_response(&json!({ "kinds": kinds }))
+}
+
+#[derive(Deserialize)]
+struct Page {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn entities(
+    State(rt): State<Runtime>,
+    kind: Result<Path<String>, PathRejection>,
+    page: Result<Query<Page>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Path(kind) = kind.map_err(ApiError::from_path)?;
+    let Query(page) = page.map_err(ApiError::from_query)?;
+    let limit = page.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+    let entities = rt.entities(&kind, page.after.as_deref(), limit).await?;
+    let next = (entities.len() == limit)
+        .then(|| entities.last().map(|e| e.id.clone()))
+        .flatten();
+    Ok(json_response(
+        &json!({ "kind": kind, "entities": entities, "next": next }),
+    ))
+}
+
+async fn passivate_kind(
+    State(rt): State<Runtime>,
+    kind: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(kind) = kind.map_err(ApiError::from_path)?;
+    let (passivated, busy) = rt.passivate_kind(&kind)?;
+    Ok(json_response(
+        &json!({ "passivated": passivated, "busy": busy }),
+    ))
+}
+
+async fn state(
+    State(rt): State<Runtime>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((kind, id)) = path.map_err(ApiError::from_path)?;
+    let state = rt.durable_state(&kind, &id).await?;
+    Ok(json_response(
+        &json!({ "kind": kind, "id": id, "state": embedded(&state) }),
+    ))
+}
+
+#[derive(Deserialize)]
+struct Steps {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn history(
+    State(rt): State<Runtime>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    steps: Result<Query<Steps>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Path((kind, id)) = path.map_err(ApiError::from_path)?;
+    let Query(steps) = steps.map_err(ApiError::from_query)?;
+    let limit = steps.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+    let history = rt
+        .history(&kind, &id, steps.after.unwrap_or(0), limit)
+        .await?;
+    Ok(json_response(
+        &json!({ "kind": kind, "id": id, "history": history }),
+    ))
+}
+
+async fn state_at(
+    State(rt): State<Runtime>,
+    path: Result<Path<(String, String, u64)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((kind, id, step)) = path.map_err(ApiError::from_path)?;
+    let state = rt.state_at(&kind, &id, step).await?;
+    Ok(json_response(
+        &json!({ "kind": kind, "id": id, "step": step, "state": embedded(&state) }),
+    ))
+}
+
+async fn passivate(
+    State(rt): State<Runtime>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((kind, id)) = path.map_err(ApiError::from_path)?;
+    let outcome = rt.passivate(&kind, &id)?;
+    Ok(json_response(&json!({ "outcome": outcome })))
+}
+
+#[derive(Deserialize)]
+struct LetterFilter {
+    kind: Option<String>,
+}
+
+fn letter_json(l: &StoredDeadLetter) -> Value {
+    json!({
+        "seq": l.seq,
+        "kind": &*l.letter.key.kind,
+        "id": l.letter.key.id.as_str(),
+        "message": embedded(&l.letter.message),
+        "error": l.letter.error,
+        "attempts": l.letter.attempts,
+        "at_ms": l.letter.at_ms,
+    })
+}
+
+async fn dead_letters(
+    State(rt): State<Runtime>,
+    filter: Result<Query<LetterFilter>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(filter) = filter.map_err(ApiError::from_query)?;
+    let letters = rt
+        .dead_letters(filter.kind.as_deref())
+        .await
+        .map_err(|e| ApiError::from(CallError::<Infallible>::Store(e)))?;
+    let letters: Vec<Value> = letters.iter().map(letter_json).collect();
+    Ok(json_response(&json!({ "dead_letters": letters })))
+}
+
+async fn dead_letter(
+    State(rt): State<Runtime>,
+    seq: Result<Path<u64>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(seq) = seq.map_err(ApiError::from_path)?;
+    let letter = rt
+        .dead_letter(seq)
+        .await
+        .map_err(|e| ApiError::from(CallError::<Infallible>::Store(e)))?
+        .ok_or_else(|| ApiError::from(CallError::<Infallible>::NoSuchLetter(seq)))?;
+    Ok(json_response(&letter_json(&letter)))
+}
+
+async fn retry(
+    State(rt): State<Runtime>,
+    seq: Result<Path<u64>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(seq) = seq.map_err(ApiError::from_path)?;
+    let reply = rt.retry_dead_letter(seq).await?;
+    Ok(json_response(&json!({ "reply": embedded(&reply) })))
+}
+
+async fn discard(
+    State(rt): State<Runtime>,
+    seq: Result<Path<u64>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(seq) = seq.map_err(ApiError::from_path)?;
+    if rt.discard_dead_letter(seq).await? {
+        Ok(json_response(&json!({ "discarded": seq })))
+    } else {
+        Err(CallError::<Infallible>::NoSuchLetter(seq).into())
+    }
+}
+
+impl ApiError {
+    pub(crate) fn from_query(rejection: QueryRejection) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_query", rejection.body_text())
+    }
+}

@@ -1,0 +1,205 @@
+//! The admin API, in memory: listing, state and history, passivation, dead letters.
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, StatusCode};
+use perennial_gateway::{Access, Options};
+use serde_json::{Value, json};
+
+use super::{code, gateway_with, post, send};
+
+async fn admin() -> (Router, perennial_core::Runtime) {
+    let mut options = Options::default();
+    options.admin = Access::Open;
+    let (app, rt, _) = gateway_with(options).await;
+    (app, rt)
+}
+
+async fn get(app: &Router, uri: &str) -> (StatusCode, Value) {
+    send(app, Method::GET, uri, Body::empty()).await
+}
+
+async fn post_empty(app: &Router, uri: &str) -> (StatusCode, Value) {
+    send(app, Method::POST, uri, Body::empty()).await
+}
+
+#[tokio::test]
+async fn entities_are_listed_in_pages_with_their_residency() {
+    let (app, rt) = admin().await;
+    for id in ["c3", "c1", "c2"] {
+        post(&app, &format!("/v1/counter/{id}"), json!({"add": 2})).await;
+    }
+    let (status, kinds) = get(&app, "/v1/admin/kinds").await;
+    assert_eq!(status, StatusCode::OK);
+    let counter = kinds["kinds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kind"] == "counter")
+        .unwrap();
+    assert_eq!(
+        (
+            counter["resident"].as_u64(),
+            counter["persistence"].as_str()
+        ),
+        (Some(3), Some("snapshot"))
+    );
+
+    let (status, page) = get(&app, "/v1/admin/kinds/counter/entities?limit=2").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let ids: Vec<&str> = page["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["c1", "c2"]);
+    assert_eq!(page["next"], "c2");
+    assert_eq!(page["entities"][0]["resident"], true);
+    let (_, last) = get(&app, "/v1/admin/kinds/counter/entities?limit=2&after=c2").await;
+    assert_eq!(last["entities"].as_array().unwrap().len(), 1);
+    assert_eq!(last["next"], Value::Null);
+
+    let (status, body) = get(&app, "/v1/admin/kinds/nope/entities").await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::NOT_FOUND, "unknown_kind")
+    );
+    let (status, body) = get(&app, "/v1/admin/kinds/counter/entities?limit=x").await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_REQUEST, "bad_query")
+    );
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_entitys_state_history_and_past_are_shown() {
+    let (app, rt) = admin().await;
+    post(&app, "/v1/counter/c", json!({"add": 4})).await;
+    let (status, state) = get(&app, "/v1/admin/entities/counter/c").await;
+    assert_eq!(status, StatusCode::OK, "{state}");
+    assert_eq!(state["state"], json!({"value": 4}));
+
+    // `table` is a Journal kind: it has a history and past states.
+    for player in ["alice", "bob"] {
+        post(
+            &app,
+            "/v1/table/t",
+            json!({"join": {"player": player, "chips": 100}}),
+        )
+        .await;
+    }
+    let (status, history) = get(&app, "/v1/admin/entities/table/t/history").await;
+    assert_eq!(status, StatusCode::OK, "{history}");
+    let steps = history["history"].as_array().unwrap();
+    assert_eq!(steps.len(), 2);
+    assert_eq!(
+        steps[1]["message"],
+        json!({"join": {"player": "bob", "chips": 100}})
+    );
+    let (status, past) = get(&app, "/v1/admin/entities/table/t/at/1").await;
+    assert_eq!(status, StatusCode::OK, "{past}");
+    let seated = |state: &Value| {
+        let seats = state["seats"].as_array().unwrap();
+        seats.iter().filter(|s| !s.is_null()).count()
+    };
+    assert_eq!(seated(&past["state"]), 1, "{past}");
+    let (_, now) = get(&app, "/v1/admin/entities/table/t").await;
+    assert_eq!(seated(&now["state"]), 2, "{now}");
+
+    let (status, body) = get(&app, "/v1/admin/entities/counter/c/history").await;
+    assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "no_history"));
+    let (status, body) = get(&app, "/v1/admin/entities/table/t/at/zero").await;
+    assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, "bad_path"));
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn entities_are_passivated_on_request() {
+    let (app, rt) = admin().await;
+    for id in ["a", "b"] {
+        post(&app, &format!("/v1/counter/{id}"), json!({"add": 1})).await;
+    }
+    let (status, body) = post_empty(&app, "/v1/admin/entities/counter/a/passivate").await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, json!({"outcome": "passivated"}))
+    );
+    let (_, body) = post_empty(&app, "/v1/admin/entities/counter/a/passivate").await;
+    assert_eq!(body, json!({"outcome": "not_resident"}));
+    let (_, body) = post_empty(&app, "/v1/admin/kinds/counter/passivate").await;
+    assert_eq!(body, json!({"passivated": 1, "busy": 0}));
+    let (_, page) = get(&app, "/v1/admin/kinds/counter/entities").await;
+    assert!(
+        page["entities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["resident"] == false)
+    );
+    // Nothing was lost.
+    assert_eq!(
+        post(&app, "/v1/counter/b", json!("get")).await.1,
+        json!({"value": 1})
+    );
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed_shown_retried_and_discarded() {
+    let (app, rt) = admin().await;
+    // `fragile` panics on "panic"; two attempts set it aside.
+    post(&app, "/v1/fragile/f", json!("panic")).await;
+    let (status, body) = post(&app, "/v1/fragile/f", json!("panic")).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::INTERNAL_SERVER_ERROR, "dead_lettered")
+    );
+
+    let (status, list) = get(&app, "/v1/admin/dead-letters?kind=fragile").await;
+    assert_eq!(status, StatusCode::OK);
+    let letters = list["dead_letters"].as_array().unwrap();
+    assert_eq!(letters.len(), 1);
+    let seq = letters[0]["seq"].as_u64().unwrap();
+    let (status, letter) = get(&app, &format!("/v1/admin/dead-letters/{seq}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (letter["kind"].as_str(), letter["id"].as_str()),
+        (Some("fragile"), Some("f"))
+    );
+    assert_eq!(letter["message"], "panic");
+    assert_eq!(letter["attempts"], 2);
+    // The operator sees the panic text; callers never do.
+    assert!(
+        letter["error"]
+            .as_str()
+            .unwrap()
+            .contains("secret internal detail")
+    );
+
+    // Still panics: the retry fails and the letter stays (replaced after two attempts).
+    let (status, body) = post_empty(&app, &format!("/v1/admin/dead-letters/{seq}/retry")).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::INTERNAL_SERVER_ERROR, "handler_panicked")
+    );
+    let (_, list) = get(&app, "/v1/admin/dead-letters").await;
+    assert_eq!(list["dead_letters"].as_array().unwrap().len(), 1);
+
+    let (status, body) = post_empty(&app, &format!("/v1/admin/dead-letters/{seq}/discard")).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"discarded": seq})));
+    let (status, body) = post_empty(&app, &format!("/v1/admin/dead-letters/{seq}/discard")).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::NOT_FOUND, "no_such_letter")
+    );
+    let (status, body) = post_empty(&app, &format!("/v1/admin/dead-letters/{seq}/retry")).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::NOT_FOUND, "no_such_letter")
+    );
+    let (status, body) = get(&app, "/v1/admin/dead-letters/x").await;
+    assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, "bad_path"));
+    rt.shutdown().await;
+}
