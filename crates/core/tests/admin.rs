@@ -109,8 +109,16 @@ impl Process for Flaky {
     }
 }
 
-/// Sends `(switch, n)` to `flaky/f` until it is set aside; returns the letter's number.
-async fn dead_letter(rt: &perennial_core::Runtime, switch: usize, n: i64) -> u64 {
+/// A runtime where `(switch, n)`, sent to `flaky/f` while broken, was set aside; returns it
+/// with the letter's number.
+async fn with_dead_letter(switch: usize, n: i64) -> (perennial_core::Runtime, u64) {
+    let (builder, _store) = builder();
+    let rt = builder
+        .register::<Flaky>()
+        .max_attempts(2)
+        .start()
+        .await
+        .unwrap();
     BROKEN[switch].store(true, Ordering::SeqCst);
     let h = rt.get::<Flaky>("f");
     loop {
@@ -121,19 +129,13 @@ async fn dead_letter(rt: &perennial_core::Runtime, switch: usize, n: i64) -> u64
         }
     }
     let letters = rt.dead_letters(Some("flaky")).await.unwrap();
-    letters.last().unwrap().seq
+    let seq = letters.last().unwrap().seq;
+    (rt, seq)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_dead_letter_is_applied_once_and_deleted_with_its_step() {
-    let (builder, _store) = builder();
-    let rt = builder
-        .register::<Flaky>()
-        .max_attempts(2)
-        .start()
-        .await
-        .unwrap();
-    let seq = dead_letter(&rt, 0, 7).await;
+    let (rt, seq) = with_dead_letter(0, 7).await;
     let letter = rt.dead_letter(seq).await.unwrap().unwrap();
     assert_eq!(letter.letter.message, "[0,7]");
     assert!(letter.letter.error.contains("broken for now"), "{letter:?}");
@@ -167,14 +169,7 @@ async fn a_retried_dead_letter_is_applied_once_and_deleted_with_its_step() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_discarded_dead_letter_is_gone_without_being_applied() {
-    let (builder, _store) = builder();
-    let rt = builder
-        .register::<Flaky>()
-        .max_attempts(2)
-        .start()
-        .await
-        .unwrap();
-    let seq = dead_letter(&rt, 1, 5).await;
+    let (rt, seq) = with_dead_letter(1, 5).await;
     BROKEN[1].store(false, Ordering::SeqCst);
     assert!(rt.discard_dead_letter(seq).await.unwrap());
     assert!(!rt.discard_dead_letter(seq).await.unwrap());
