@@ -132,8 +132,10 @@ impl Rejection for std::convert::Infallible {
     }
 }
 
-/// How a kind keeps its state. Chosen when the kind is registered with the runtime.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a kind keeps its state. Chosen when the kind is registered with the runtime. Its JSON
+/// is its name in lower case (`"snapshot"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Persistence {
     /// The state (serde) is written after each step, before the reply leaves.

@@ -66,7 +66,7 @@ async fn kinds(State(rt): State<Runtime>) -> Response {
         .map(|k| {
             json!({
                 "kind": k.kind,
-                "persistence": k.persistence.map(|p| format!("{p:?}").to_lowercase()),
+                "persistence": k.persistence,
                 "resident": k.resident,
                 "activations": k.activations,
                 "passivations": k.passivations,

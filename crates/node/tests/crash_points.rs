@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::node::{Http, Node, post};
+use crate::node::{Http, Node, post, wait_for};
 
 const COUNTERS: usize = 8;
 const CALLERS: usize = 8;
@@ -158,13 +158,10 @@ async fn crash_at(point: &str, hit: u32) {
         "{point}: counters after {} transfers",
         transfers.len()
     );
-    let queue = loop {
-        let status = post(&http, &node, "/v1/queue/q", r#""status""#).await;
-        if status["done"] == JOBS || Instant::now() > deadline {
-            break status;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let queue = wait_for(&http, &node, "/v1/queue/q", r#""status""#, |s| {
+        s["done"] == JOBS
+    })
+    .await;
     assert_eq!(queue["done"], JOBS, "{point}: {queue}");
     assert_eq!(queue["running"], 0, "{point}: {queue}");
     let history = post(&http, &node, "/v1/queue/q", r#""history""#).await;

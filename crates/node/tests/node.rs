@@ -165,3 +165,22 @@ pub(crate) async fn post(http: &Http, node: &Node, path: &str, body: &str) -> se
     assert_eq!(status, 200, "{path} {body}: {value}");
     value
 }
+
+/// Polls `path` with `body` until `done` holds of the answer (at most 30 s).
+pub(crate) async fn wait_for(
+    http: &Http,
+    node: &Node,
+    path: &str,
+    body: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let value = post(http, node, path, body).await;
+        if done(&value) {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{path}: still {value}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

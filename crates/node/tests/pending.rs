@@ -3,28 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
-use crate::node::{Http, Node, post};
-
-/// Polls `path` with `body` until `done` holds of the answer (at most 30 s).
-async fn wait_for(
-    http: &Http,
-    node: &Node,
-    path: &str,
-    body: &str,
-    done: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let value = post(http, node, path, body).await;
-        if done(&value) {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{path}: still {value}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use crate::node::{Http, Node, post, wait_for};
 
 /// Transfers between counters are messages sent exactly once: with kill -9 in the middle of
 /// hundreds of them, the sum of all counters after the restart is what it was.
