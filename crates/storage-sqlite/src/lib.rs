@@ -37,6 +37,7 @@ pub mod schema;
 mod errors;
 mod inspect;
 mod pending;
+mod query;
 mod reader;
 mod store;
 mod writer;

@@ -44,6 +44,15 @@ impl Pending {
         self.states.get(key)
     }
 
+    /// The ids and states of `kind`'s entities not folded yet.
+    pub(crate) fn of_kind(&self, kind: &str) -> Vec<(String, PendingState)> {
+        self.states
+            .iter()
+            .filter(|(key, _)| &*key.kind == kind)
+            .map(|(key, state)| (key.id.as_str().to_owned(), state.clone()))
+            .collect()
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.states.len()
     }

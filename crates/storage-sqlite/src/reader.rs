@@ -6,8 +6,8 @@ use std::thread;
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 use perennial_storage::{
-    DeadLetter, EntitySummary, Error, JournalEntry, Pending as PendingRow, PendingClass, Record,
-    StoredDeadLetter, StoredReply,
+    DeadLetter, EntityState, EntitySummary, Error, Filter, JournalEntry, Path,
+    Pending as PendingRow, PendingClass, Record, StoredDeadLetter, StoredReply,
 };
 use perennial_types::{EntityId, EntityKey};
 use rusqlite::{Connection, OptionalExtension};
@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 
 use crate::errors::{from_sql, map_err};
 use crate::pending::Pending;
+use crate::query;
 
 /// A request to any reader thread.
 #[derive(Debug)]
@@ -48,6 +49,17 @@ pub(crate) enum ReadCmd {
         after: Option<String>,
         limit: usize,
         reply: oneshot::Sender<Result<Vec<EntitySummary>, Error>>,
+    },
+    Query {
+        kind: String,
+        filter: Filter,
+        after: Option<String>,
+        limit: usize,
+        reply: oneshot::Sender<Result<Vec<EntityState>, Error>>,
+    },
+    Indexes {
+        kind: String,
+        reply: oneshot::Sender<Result<Vec<Path>, Error>>,
     },
 }
 
@@ -106,6 +118,19 @@ fn serve(conn: &Connection, pending: &Mutex<Pending>, rx: &Receiver<ReadCmd>) {
                 reply,
             } => {
                 let _ = reply.send(entities(conn, &kind, after.as_deref(), limit));
+            }
+            ReadCmd::Query {
+                kind,
+                filter,
+                after,
+                limit,
+                reply,
+            } => {
+                let found = query::query(conn, pending, &kind, &filter, after.as_deref(), limit);
+                let _ = reply.send(found);
+            }
+            ReadCmd::Indexes { kind, reply } => {
+                let _ = reply.send(query::indexes(conn, &kind));
             }
         }
     }

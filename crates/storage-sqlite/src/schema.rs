@@ -64,6 +64,10 @@
 //!     PRIMARY KEY (kind, id, key)
 //! ) WITHOUT ROWID;
 //! CREATE INDEX replies_by_age ON replies (at);
+//! -- Since format 4: the indexes made by `Store::create_index`, one per kind and path; index
+//! -- `n` is `state_index_<n>` ON entities (json_extract(state, <path>), id) WHERE kind = <kind>.
+//! CREATE TABLE state_indexes (n INTEGER PRIMARY KEY, kind TEXT NOT NULL, path TEXT NOT NULL,
+//!                             UNIQUE (kind, path));
 //! ```
 //!
 //! Why two tables: a commit that updated each entity's row in place would rewrite one
@@ -89,7 +93,7 @@ use rusqlite::Connection;
 use crate::errors::map_err;
 
 /// The newest on-disk format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
 const CREATE_V1: &str = "
 CREATE TABLE entities (
@@ -176,6 +180,16 @@ CREATE TABLE replies (
 CREATE INDEX replies_by_age ON replies (at);
 ";
 
+/// From format 3 to 4: indexes of entity state by a path (see `query.rs`).
+const UPGRADE_TO_V4: &str = "
+CREATE TABLE state_indexes (
+    n    INTEGER PRIMARY KEY,
+    kind TEXT    NOT NULL,
+    path TEXT    NOT NULL,
+    UNIQUE (kind, path)
+);
+";
+
 /// Sets the durability pragmas on a connection and checks that SQLite took them.
 ///
 /// WAL with `synchronous=FULL` fsyncs the WAL at every commit. `NORMAL` would fsync only at
@@ -252,6 +266,12 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), Error> {
         let tx = conn.transaction().map_err(map_err)?;
         tx.execute_batch(UPGRADE_TO_V3).map_err(map_err)?;
         tx.pragma_update(None, "user_version", 3).map_err(map_err)?;
+        tx.commit().map_err(map_err)?;
+    }
+    if version < 4 {
+        let tx = conn.transaction().map_err(map_err)?;
+        tx.execute_batch(UPGRADE_TO_V4).map_err(map_err)?;
+        tx.pragma_update(None, "user_version", 4).map_err(map_err)?;
         tx.commit().map_err(map_err)?;
     }
     let shards: String = conn

@@ -9,8 +9,8 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 use perennial_storage::{
-    Batch, CommitOutcome, EntitySummary, Error, JournalEntry, Pending as PendingRow, Record, Store,
-    StoredDeadLetter, StoredReply,
+    Batch, CommitOutcome, EntityState, EntitySummary, Error, Filter, JournalEntry,
+    Pending as PendingRow, Record, Store, StoredDeadLetter, StoredReply,
 };
 use perennial_types::{EntityId, EntityKey, Epoch, ShardId};
 use rusqlite::{Connection, OpenFlags};
@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 
 use crate::errors::map_err;
 use crate::pending::{Pending, PendingState};
+use crate::query;
 use crate::reader::{self, ReadCmd};
 use crate::schema;
 use crate::writer::{self, LoggedState, Writer};
@@ -348,6 +349,41 @@ impl Store for SqliteStore {
             reply,
         })
         .await
+    }
+
+    async fn query(
+        &self,
+        kind: &str,
+        filter: &Filter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<EntityState>, Error> {
+        let (kind, filter, after) = (kind.to_owned(), filter.clone(), after.map(str::to_owned));
+        self.read(|reply| ReadCmd::Query {
+            kind,
+            filter,
+            after,
+            limit,
+            reply,
+        })
+        .await
+    }
+
+    async fn create_index(&self, kind: &str, path: &perennial_storage::Path) -> Result<(), Error> {
+        let (kind, path) = (kind.to_owned(), path.clone());
+        self.with_writer(move |w| query::create_index(w.conn_mut(), &kind, &path))
+            .await
+    }
+
+    async fn drop_index(&self, kind: &str, path: &perennial_storage::Path) -> Result<bool, Error> {
+        let (kind, path) = (kind.to_owned(), path.clone());
+        self.with_writer(move |w| query::drop_index(w.conn_mut(), &kind, &path))
+            .await
+    }
+
+    async fn indexes(&self, kind: &str) -> Result<Vec<perennial_storage::Path>, Error> {
+        let kind = kind.to_owned();
+        self.read(|reply| ReadCmd::Indexes { kind, reply }).await
     }
 
     /// Folds the log, truncates the WAL, stops the threads and releases the data directory.

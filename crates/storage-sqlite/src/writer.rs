@@ -418,6 +418,11 @@ impl Writer {
         Ok(Epoch(next))
     }
 
+    /// The write connection, for schema changes such as indexes (never inside a commit).
+    pub(crate) fn conn_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
     /// The write connection's `(journal_mode, synchronous)`.
     pub(crate) fn settings(&self) -> Result<(String, i64), Error> {
         let mode: String = self

@@ -4,6 +4,8 @@ use perennial_storage::{Batch, Error, StateWrite, Store};
 use perennial_storage_sqlite::SqliteStore;
 use perennial_types::{EntityId, EntityKey, SHARDS, ShardId, shard_of};
 
+mod query;
+
 perennial_storage::store_conformance!(async {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path()).unwrap();
@@ -128,7 +130,7 @@ async fn store_counter_and_close(dir: &std::path::Path, state: &str) {
     store.close().await.unwrap();
 }
 
-/// A directory written by format 1 (before journals, timers and replies) is upgraded in place, its data kept.
+/// A directory written by format 1 (before journals, timers, replies and state indexes) is upgraded in place, its data kept.
 #[tokio::test]
 async fn format_1_data_is_upgraded() {
     let dir = tempfile::tempdir().unwrap();
@@ -136,7 +138,8 @@ async fn format_1_data_is_upgraded() {
     // Make it a format 1 file again: no journal table.
     let conn = rusqlite_read(dir.path());
     conn.execute_batch(
-        "DROP TABLE journal; DROP TABLE pending; DROP TABLE replies; PRAGMA user_version = 1",
+        "DROP TABLE journal; DROP TABLE pending; DROP TABLE replies; DROP TABLE state_indexes;
+         PRAGMA user_version = 1",
     )
     .unwrap();
     drop(conn);
@@ -151,8 +154,9 @@ async fn format_1_data_is_upgraded() {
             .is_empty()
     );
     assert!(store.due(i64::MAX, 10).await.unwrap().is_empty());
+    assert!(store.indexes("counter").await.unwrap().is_empty());
     store.close().await.unwrap();
-    assert!(contents(dir.path()).starts_with("user_version=3\n"));
+    assert!(contents(dir.path()).starts_with("user_version=4\n"));
 }
 
 /// The format version and every row of the data tables, as text.

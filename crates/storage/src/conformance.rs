@@ -10,9 +10,9 @@ use std::sync::Arc;
 use perennial_types::{EntityId, EntityKey, Epoch, SHARDS, ShardId, shard_of};
 
 use crate::{
-    Batch, DeadLetter, DeadLetterDone, DeadLetterWrite, ExpireReplies, JournalEntry, JournalTrim,
-    JournalWrite, Pending, PendingClass, PendingDone, PendingWrite, ReplyWrite, StateWrite, Store,
-    StoredReply,
+    Batch, DeadLetter, DeadLetterDone, DeadLetterWrite, ExpireReplies, Filter, JournalEntry,
+    JournalTrim, JournalWrite, Path, Pending, PendingClass, PendingDone, PendingWrite, ReplyWrite,
+    StateWrite, Store, StoredReply,
 };
 
 /// Expands to one test per conformance case, each on a fresh store from `$make`.
@@ -44,6 +44,9 @@ macro_rules! store_conformance {
             replies_are_fenced,
             entities_are_listed_in_id_order_and_paged,
             dead_letters_done_are_deleted_and_fenced,
+            queries_agree_with_the_filter_on_every_state,
+            queries_see_the_latest_state_and_page_by_id,
+            indexes_are_made_once_listed_and_dropped,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -684,4 +687,209 @@ pub async fn dead_letters_done_are_deleted_and_fenced(store: &dyn Store) {
         vec![shard]
     );
     assert_eq!(store.dead_letters(None).await.unwrap().len(), 3);
+}
+
+/// States of every shape the filter language reaches into, for the query cases.
+const QUERIED_STATES: &[(&str, &str)] = &[
+    (
+        "a",
+        r#"{"pot": 150, "phase": "flop", "open": true, "players": [{"name": "alice", "chips": 900}, {"name": "bob", "chips": 10}]}"#,
+    ),
+    (
+        "b",
+        r#"{"pot": 100, "phase": "showdown", "open": false, "players": [{"name": "bob", "chips": 5}]}"#,
+    ),
+    ("c", r#"{"pot": "150", "phase": null, "players": []}"#),
+    (
+        "d",
+        r#"{"pot": 99.5, "players": {"name": "alice"}, "tags": ["vip", "new"]}"#,
+    ),
+    (
+        "e",
+        r#"{"owner": "user-7", "odd key": {"x": 1}, "tags": ["new"], "pot": -3}"#,
+    ),
+    (
+        "f",
+        r#"{"owner": "user-8", "seats": [[{"n": 1}], [{"n": 2}, {"n": 3}]], "pot": 1e3}"#,
+    ),
+    ("g", r#"7"#),
+    ("h", r#""a string state""#),
+    (
+        "i",
+        r#"{"name": "it's", "players": [{"name": ["alice"]}, "alice", 3]}"#,
+    ),
+    ("j", r#"{}"#),
+];
+
+const QUERIES: &[&str] = &[
+    "pot > 100",
+    "pot >= 100",
+    "pot < 100",
+    "pot = 150",
+    "pot != 150",
+    "pot = '150'",
+    "not (pot > 100)",
+    "phase = 'showdown'",
+    "phase = null",
+    "phase != null",
+    "open = true",
+    "open != true",
+    "players[*].name = 'alice'",
+    "state.players[*].name = 'alice'",
+    "players[0].chips > 100",
+    "players[*].chips < 10 or tags[*] = 'vip'",
+    "players[*] = 'alice'",
+    "not players[*].name = 'bob'",
+    "tags[*] = 'new' and not owner = 'user-7'",
+    "[\"odd key\"].x = 1",
+    "seats[*][*].n = 3",
+    "seats[1][0].n = 2",
+    "state = 7",
+    "$ > 5",
+    "state = 'a string state'",
+    "name = 'it''s'",
+    "owner > 'user-7'",
+    "owner >= 'user-7' and owner < 'user-8'",
+    "not (not (pot = 100) and phase = 'flop')",
+    "missing = null or not missing != null",
+];
+
+/// Every query finds exactly the stored states of its kind that [`Filter::matches`], in id
+/// order, before and after the paths it compares are indexed.
+pub async fn queries_agree_with_the_filter_on_every_state(store: &dyn Store) {
+    let epoch = claim_all(store).await;
+    let mut writes: Vec<StateWrite> = QUERIED_STATES
+        .iter()
+        .map(|(id, state)| write(&key("table", id), epoch, state, 1))
+        .collect();
+    // Another kind with the same states is never found.
+    writes.extend(
+        QUERIED_STATES
+            .iter()
+            .map(|(id, state)| write(&key("other", id), epoch, state, 1)),
+    );
+    commit_states(store, writes);
+    for indexed in [false, true] {
+        if indexed {
+            for path in [
+                "pot",
+                "phase",
+                "owner",
+                "players[0].chips",
+                "state",
+                "[\"odd key\"].x",
+            ] {
+                store
+                    .create_index("table", &Path::parse(path).unwrap())
+                    .await
+                    .unwrap();
+            }
+        }
+        for text in QUERIES {
+            let filter = Filter::parse(text).unwrap();
+            let expected: Vec<&str> = QUERIED_STATES
+                .iter()
+                .filter(|(_, state)| filter.matches(&serde_json::from_str(state).unwrap()))
+                .map(|(id, _)| *id)
+                .collect();
+            let found = store.query("table", &filter, None, 100).await.unwrap();
+            let ids: Vec<&str> = found.iter().map(|e| e.id.as_str()).collect();
+            assert_eq!(ids, expected, "`{text}` (indexed: {indexed})");
+        }
+    }
+    // The states come back as stored, with their versions.
+    let found = store
+        .query(
+            "table",
+            &Filter::parse("owner = 'user-7'").unwrap(),
+            None,
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].state, QUERIED_STATES[4].1);
+    assert_eq!(found[0].version, 1);
+    assert!(found[0].updated_at_ms > 0);
+}
+
+/// A query sees each entity's latest committed state only, and pages by id.
+pub async fn queries_see_the_latest_state_and_page_by_id(store: &dyn Store) {
+    let epoch = claim_all(store).await;
+    let state = |n: u64| format!(r#"{{"n": {n}, "even": {}}}"#, n.is_multiple_of(2));
+    // Many commits, so that a store that folds states into a table later has some of them
+    // folded and some not.
+    for round in 0..20u64 {
+        let writes = (0..50u64)
+            .filter(|n| round == 0 || n % 5 == round % 5)
+            .map(|n| {
+                write(
+                    &key("t", &format!("e{n:03}")),
+                    epoch,
+                    &state(n + round * 100),
+                    round + 1,
+                )
+            })
+            .collect();
+        commit_states(store, writes);
+    }
+    let expected_n = |n: u64| n + (0..20).rev().find(|r| *r == 0 || n % 5 == r % 5).unwrap() * 100;
+    let even = Filter::parse("even = true").unwrap();
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.query("t", &even, after.as_deref(), 7).await.unwrap();
+        assert!(page.len() <= 7);
+        if page.is_empty() {
+            break;
+        }
+        after = Some(page.last().unwrap().id.clone());
+        seen.extend(page);
+    }
+    let expected: Vec<String> = (0..50u64)
+        .filter(|n| expected_n(*n).is_multiple_of(2))
+        .map(|n| format!("e{n:03}"))
+        .collect();
+    let ids: Vec<String> = seen.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(ids, expected);
+    for e in &seen {
+        let n: u64 = e.id[1..].parse().unwrap();
+        assert_eq!(e.state, state(expected_n(n)), "{}", e.id);
+    }
+    // A state written over no longer matches what it used to.
+    let old = Filter::parse("n < 100").unwrap();
+    let ids: Vec<String> = store
+        .query("t", &old, None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert!(ids.is_empty(), "{ids:?}");
+    assert!(store.query("t", &even, None, 0).await.unwrap().is_empty());
+}
+
+/// An index by a path is made once however often it is asked for, listed by its kind only,
+/// and dropped once; a path with `[*]` cannot be indexed.
+pub async fn indexes_are_made_once_listed_and_dropped(store: &dyn Store) {
+    let owner = Path::parse("owner").unwrap();
+    let seat = Path::parse("seats[0].player").unwrap();
+    assert!(store.indexes("t").await.unwrap().is_empty());
+    store.create_index("t", &owner).await.unwrap();
+    store.create_index("t", &owner).await.unwrap();
+    store.create_index("t", &seat).await.unwrap();
+    store.create_index("u", &owner).await.unwrap();
+    assert_eq!(
+        store.indexes("t").await.unwrap(),
+        [owner.clone(), seat.clone()]
+    );
+    let each = Path::parse("players[*].name").unwrap();
+    assert!(matches!(
+        store.create_index("t", &each).await,
+        Err(crate::Error::Invalid(_))
+    ));
+    assert!(store.drop_index("t", &owner).await.unwrap());
+    assert!(!store.drop_index("t", &owner).await.unwrap());
+    assert_eq!(store.indexes("t").await.unwrap(), [seat]);
+    assert_eq!(store.indexes("u").await.unwrap(), [owner]);
 }

@@ -50,6 +50,9 @@ pub enum Error {
     /// The store was closed.
     #[error("the store is closed")]
     Closed,
+    /// The request cannot be done as asked (for example an index by a path with `[*]`).
+    #[error("{0}")]
+    Invalid(String),
     /// Any other failure of the backend.
     #[error("storage failed: {0}")]
     Backend(String),

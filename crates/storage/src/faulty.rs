@@ -7,8 +7,8 @@ use parking_lot::{Condvar, Mutex};
 use perennial_types::{EntityKey, Epoch, ShardId};
 
 use crate::{
-    Batch, CommitOutcome, EntitySummary, Error, JournalEntry, Pending, Record, Store,
-    StoredDeadLetter, StoredReply,
+    Batch, CommitOutcome, EntityState, EntitySummary, Error, Filter, JournalEntry, Path, Pending,
+    Record, Store, StoredDeadLetter, StoredReply,
 };
 
 /// Wraps a [`Store`] and lets a test fail or hold its commits, and count what reached it.
@@ -172,6 +172,28 @@ impl<S: Store> Store for FaultyStore<S> {
 
     async fn due(&self, before_ms: i64, limit: usize) -> Result<Vec<Pending>, Error> {
         self.inner.due(before_ms, limit).await
+    }
+
+    async fn query(
+        &self,
+        kind: &str,
+        filter: &Filter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<EntityState>, Error> {
+        self.inner.query(kind, filter, after, limit).await
+    }
+
+    async fn create_index(&self, kind: &str, path: &Path) -> Result<(), Error> {
+        self.inner.create_index(kind, path).await
+    }
+
+    async fn drop_index(&self, kind: &str, path: &Path) -> Result<bool, Error> {
+        self.inner.drop_index(kind, path).await
+    }
+
+    async fn indexes(&self, kind: &str) -> Result<Vec<Path>, Error> {
+        self.inner.indexes(kind).await
     }
 
     async fn reply(

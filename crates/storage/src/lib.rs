@@ -12,12 +12,15 @@
 //!
 //! # Layout
 //! - [`Store`]: the trait, with [`Batch`], [`Record`] and [`CommitOutcome`].
+//! - [`Filter`] and [`Path`] (module [`filter`]): filters over entity state, which
+//!   [`Store::query`] answers, and the paths a store can index.
 //! - [`Error`]: what can go wrong, as one enum every backend maps its failures into.
 //! - [`MemoryStore`]: a store in memory, for tests and for kinds that need no disk.
 //! - `conformance`, `FaultyStore` (feature `test-util`): the shared test suite and a store
 //!   wrapper that injects failures and delays.
 
 mod error;
+pub mod filter;
 mod memory;
 mod model;
 
@@ -29,9 +32,10 @@ mod faulty;
 pub use error::Error;
 #[cfg(feature = "test-util")]
 pub use faulty::FaultyStore;
+pub use filter::{Filter, FilterError, Path};
 pub use memory::MemoryStore;
 pub use model::{
-    Batch, CommitOutcome, DeadLetter, DeadLetterDone, DeadLetterWrite, EntitySummary,
+    Batch, CommitOutcome, DeadLetter, DeadLetterDone, DeadLetterWrite, EntityState, EntitySummary,
     ExpireReplies, JournalEntry, JournalTrim, JournalWrite, Pending, PendingClass, PendingDone,
     PendingWrite, Record, ReplyWrite, StateWrite, Store, StoredDeadLetter, StoredReply,
 };

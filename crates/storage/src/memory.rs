@@ -8,9 +8,9 @@ use parking_lot::Mutex;
 use perennial_types::{EntityKey, Epoch, SHARDS, ShardId};
 
 use crate::{
-    Batch, CommitOutcome, DeadLetterDone, DeadLetterWrite, EntitySummary, Error, JournalEntry,
-    JournalTrim, JournalWrite, Pending, PendingDone, PendingWrite, Record, ReplyWrite, StateWrite,
-    Store, StoredDeadLetter, StoredReply,
+    Batch, CommitOutcome, DeadLetterDone, DeadLetterWrite, EntityState, EntitySummary, Error,
+    Filter, JournalEntry, JournalTrim, JournalWrite, Path, Pending, PendingDone, PendingWrite,
+    Record, ReplyWrite, StateWrite, Store, StoredDeadLetter, StoredReply,
 };
 
 /// A [`Store`] in memory. Nothing survives the process; "durable" means "committed".
@@ -51,6 +51,9 @@ struct Inner {
     due: BTreeSet<(i64, EntityKey, u64)>,
     /// Replies kept for idempotency keys, by entity and key.
     replies: BTreeMap<(EntityKey, String), StoredReply>,
+    /// The paths each kind is indexed by. Queries scan here anyway; the list is kept so that
+    /// the memory store answers like the others.
+    indexes: BTreeMap<String, BTreeSet<Path>>,
     closed: bool,
 }
 
@@ -66,6 +69,7 @@ impl Default for Inner {
             pending: BTreeMap::new(),
             due: BTreeSet::new(),
             replies: BTreeMap::new(),
+            indexes: BTreeMap::new(),
             closed: false,
         }
     }
@@ -345,6 +349,73 @@ impl Store for MemoryStore {
                 EntitySummary::new(key.id.as_str().to_owned(), version, last_step, updated)
             })
             .collect())
+    }
+
+    async fn query(
+        &self,
+        kind: &str,
+        filter: &Filter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<EntityState>, Error> {
+        let inner = self.inner.lock();
+        inner.check_open()?;
+        let mut found = Vec::new();
+        let of_kind = inner
+            .entities
+            .iter()
+            .filter(|(k, _)| &*k.kind == kind && after.is_none_or(|a| k.id.as_str() > a));
+        for (key, record) in of_kind {
+            if found.len() == limit {
+                break;
+            }
+            let state: serde_json::Value = serde_json::from_str(&record.state)
+                .map_err(|e| Error::Corrupt(format!("the state of {key} is not JSON: {e}")))?;
+            if filter.matches(&state) {
+                found.push(EntityState::new(
+                    key.id.as_str().to_owned(),
+                    record.state.clone(),
+                    record.version,
+                    inner.updated_ms.get(key).copied().unwrap_or(0),
+                ));
+            }
+        }
+        Ok(found)
+    }
+
+    async fn create_index(&self, kind: &str, path: &Path) -> Result<(), Error> {
+        let mut inner = self.inner.lock();
+        inner.check_open()?;
+        if !path.is_single() {
+            return Err(Error::Invalid(format!(
+                "`{path}` cannot be indexed: an index is by one value, and `[*]` stands for many"
+            )));
+        }
+        inner
+            .indexes
+            .entry(kind.to_owned())
+            .or_default()
+            .insert(path.clone());
+        Ok(())
+    }
+
+    async fn drop_index(&self, kind: &str, path: &Path) -> Result<bool, Error> {
+        let mut inner = self.inner.lock();
+        inner.check_open()?;
+        Ok(inner
+            .indexes
+            .get_mut(kind)
+            .is_some_and(|paths| paths.remove(path)))
+    }
+
+    async fn indexes(&self, kind: &str) -> Result<Vec<Path>, Error> {
+        let inner = self.inner.lock();
+        inner.check_open()?;
+        Ok(inner
+            .indexes
+            .get(kind)
+            .map(|paths| paths.iter().cloned().collect())
+            .unwrap_or_default())
     }
 
     async fn close(&self) -> Result<(), Error> {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use perennial_types::{EntityKey, Epoch, ShardId};
 
-use crate::Error;
+use crate::{Error, Filter, Path};
 
 /// An entity's last committed state, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +100,32 @@ impl EntitySummary {
             id,
             state_version,
             last_step,
+            updated_at_ms,
+        }
+    }
+}
+
+/// One stored entity's state, as a query finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EntityState {
+    /// The entity's id.
+    pub id: String,
+    /// Its stored state as JSON text: for a `Journal` kind, its latest snapshot.
+    pub state: String,
+    /// The state's version ([`Record::version`]).
+    pub version: u64,
+    /// When the state was committed, in milliseconds since the Unix epoch.
+    pub updated_at_ms: i64,
+}
+
+impl EntityState {
+    /// The state of entity `id`.
+    pub fn new(id: String, state: String, version: u64, updated_at_ms: i64) -> Self {
+        Self {
+            id,
+            state,
+            version,
             updated_at_ms,
         }
     }
@@ -357,6 +383,28 @@ pub trait Store: Send + Sync + Debug + 'static {
         limit: usize,
     ) -> Result<Vec<EntitySummary>, Error>;
 
+    /// Finds up to `limit` stored entities of `kind` whose state matches `filter` and whose
+    /// id is after `after`, in id order. What it finds is committed state (for a `Journal`
+    /// kind, its latest snapshot), never a state whose commit is still under way.
+    async fn query(
+        &self,
+        kind: &str,
+        filter: &Filter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<EntityState>, Error>;
+
+    /// Indexes the states of `kind` by the value at `path` (a path without `[*]`), so that
+    /// queries comparing it are answered without reading every state. Indexing a path again
+    /// does nothing. It may take a while on a large kind, and commits wait meanwhile.
+    async fn create_index(&self, kind: &str, path: &Path) -> Result<(), Error>;
+
+    /// Drops the index of `kind` by `path`; returns whether there was one.
+    async fn drop_index(&self, kind: &str, path: &Path) -> Result<bool, Error>;
+
+    /// The paths `kind` is indexed by, in order.
+    async fn indexes(&self, kind: &str) -> Result<Vec<Path>, Error>;
+
     /// Flushes and releases what the store holds. Later calls fail with [`Error::Closed`].
     async fn close(&self) -> Result<(), Error> {
         Ok(())
@@ -402,6 +450,24 @@ impl<S: Store + ?Sized> Store for Arc<S> {
         limit: usize,
     ) -> Result<Vec<EntitySummary>, Error> {
         (**self).entities(kind, after, limit).await
+    }
+    async fn query(
+        &self,
+        kind: &str,
+        filter: &Filter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<EntityState>, Error> {
+        (**self).query(kind, filter, after, limit).await
+    }
+    async fn create_index(&self, kind: &str, path: &Path) -> Result<(), Error> {
+        (**self).create_index(kind, path).await
+    }
+    async fn drop_index(&self, kind: &str, path: &Path) -> Result<bool, Error> {
+        (**self).drop_index(kind, path).await
+    }
+    async fn indexes(&self, kind: &str) -> Result<Vec<Path>, Error> {
+        (**self).indexes(kind).await
     }
     async fn close(&self) -> Result<(), Error> {
         (**self).close().await
