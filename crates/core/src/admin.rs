@@ -1,10 +1,13 @@
-//! What an operator does to a running runtime: list a kind's entities, passivate entities
-//! now, and retry or discard dead letters.
+//! What an operator does to a running runtime: list a kind's entities and query them by
+//! state, index a kind by a path, passivate entities now, pause and resume an entity, and
+//! retry or discard dead letters.
 
 use std::sync::Arc;
 
-use perennial_storage::{Batch, DeadLetterDone, StoredDeadLetter};
-use perennial_types::{EntityId, shard_of};
+use perennial_storage::{
+    Batch, DeadLetterDone, EntityState, Filter, Path, PauseWrite, StoredDeadLetter,
+};
+use perennial_types::{EntityId, EntityKey, shard_of};
 
 use crate::entity::Via;
 use crate::registry::Key;
@@ -18,6 +21,8 @@ pub struct EntityInfo {
     pub id: String,
     /// Whether it is in memory on this node now.
     pub resident: bool,
+    /// Whether an operator paused it ([`Runtime::pause`]).
+    pub paused: bool,
     /// The version of its stored state (for a `Journal` kind, the step of its latest
     /// snapshot); 0 if nothing is stored.
     pub state_version: u64,
@@ -95,6 +100,7 @@ impl Runtime {
             return Ok(ids
                 .into_iter()
                 .map(|id| EntityInfo {
+                    paused: core.pauses.is_paused(kind, &id),
                     id: id.as_str().to_owned(),
                     resident: true,
                     state_version: 0,
@@ -112,12 +118,160 @@ impl Runtime {
             .into_iter()
             .map(|e| EntityInfo {
                 resident: EntityId::new(&e.id).is_ok_and(|id| resident(&id)),
+                paused: EntityId::new(&e.id).is_ok_and(|id| core.pauses.is_paused(kind, &id)),
                 id: e.id,
                 state_version: e.state_version,
                 last_step: e.last_step,
                 updated_at_ms: Some(e.updated_at_ms),
             })
             .collect())
+    }
+
+    /// Up to `limit` stored entities of `kind` whose id is after `after` and whose state
+    /// matches `filter`, in id order, with their states as stored: acknowledged state only
+    /// (for a `Journal` kind, its latest snapshot). See [`Filter`] for the language, and
+    /// [`Runtime::create_index`] to answer a filter without reading every state.
+    ///
+    /// ```
+    /// # use perennial_core::{Ctx, Process, Runtime};
+    /// # use perennial_storage::MemoryStore;
+    /// # #[derive(Default, serde::Serialize, serde::Deserialize)]
+    /// # struct Counter { value: i64 }
+    /// # impl Process for Counter {
+    /// #     const KIND: &'static str = "counter";
+    /// #     type Msg = i64;
+    /// #     type Reply = i64;
+    /// #     type Error = std::convert::Infallible;
+    /// #     fn handle(&mut self, n: i64, _: &mut Ctx<'_, Self>) -> Result<i64, Self::Error> {
+    /// #         self.value += n;
+    /// #         Ok(self.value)
+    /// #     }
+    /// # }
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rt = Runtime::builder().store(MemoryStore::new()).register::<Counter>().start().await?;
+    /// for (id, n) in [("a", 5), ("b", 500), ("c", 50)] {
+    ///     rt.get::<Counter>(id).call(n).await?;
+    /// }
+    /// let big = rt.query("counter", &"value >= 50".parse()?, None, 10).await?;
+    /// let ids: Vec<&str> = big.iter().map(|e| e.id.as_str()).collect();
+    /// assert_eq!(ids, ["b", "c"]);
+    /// assert_eq!(big[0].state, r#"{"value":500}"#);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn query(
+        &self,
+        kind: &str,
+        filter: &Filter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<EntityState>, CallError> {
+        self.stored_kind(kind)?;
+        let store = &self.shared.core.store;
+        store
+            .query(kind, filter, after, limit)
+            .await
+            .map_err(CallError::Store)
+    }
+
+    /// Indexes the stored states of `kind` by the value at `path` (which has no `[*]`), so
+    /// that [`query`](Runtime::query) answers a filter comparing it without reading every
+    /// state. Building the index of a large kind takes a while (on SQLite, about a second per
+    /// million entities), and commits wait meanwhile. Indexing a path again does nothing.
+    pub async fn create_index(&self, kind: &str, path: &Path) -> Result<(), CallError> {
+        self.stored_kind(kind)?;
+        if !path.is_single() {
+            return Err(CallError::NotIndexable(path.to_string()));
+        }
+        let store = &self.shared.core.store;
+        store
+            .create_index(kind, path)
+            .await
+            .map_err(CallError::Store)
+    }
+
+    /// Drops the index of `kind` by `path`; returns whether there was one.
+    pub async fn drop_index(&self, kind: &str, path: &Path) -> Result<bool, CallError> {
+        self.stored_kind(kind)?;
+        let store = &self.shared.core.store;
+        store.drop_index(kind, path).await.map_err(CallError::Store)
+    }
+
+    /// The paths `kind` is indexed by.
+    pub async fn indexes(&self, kind: &str) -> Result<Vec<Path>, CallError> {
+        self.stored_kind(kind)?;
+        let store = &self.shared.core.store;
+        store.indexes(kind).await.map_err(CallError::Store)
+    }
+
+    /// Pauses an entity, durably: from now on its calls fail with [`CallError::Paused`],
+    /// and its timers, messages from other entities and effect results wait in storage.
+    /// A message it is handling finishes. Returns whether it was not paused already.
+    pub async fn pause(&self, kind: &str, id: &str) -> Result<bool, CallError> {
+        self.kind(kind)?;
+        let key = EntityKey::new(kind, EntityId::new(id)?);
+        let pauses = &self.shared.core.pauses;
+        if !pauses.insert(key.clone()) {
+            return Ok(false);
+        }
+        if let Err(e) = self.commit_pause(&key, true).await {
+            pauses.remove(&key);
+            return Err(e);
+        }
+        Ok(true)
+    }
+
+    /// Resumes a paused entity, durably: calls are accepted again, and what waited is
+    /// delivered in its usual order. Returns whether it was paused.
+    pub async fn resume(&self, kind: &str, id: &str) -> Result<bool, CallError> {
+        self.kind(kind)?;
+        let key = EntityKey::new(kind, EntityId::new(id)?);
+        let pauses = &self.shared.core.pauses;
+        if !pauses.is_paused(&key.kind, &key.id) {
+            return Ok(false);
+        }
+        self.commit_pause(&key, false).await?;
+        Ok(pauses.remove(&key))
+    }
+
+    /// The paused entities, in key order.
+    pub fn paused(&self) -> Vec<EntityKey> {
+        self.shared.core.pauses.list()
+    }
+
+    async fn commit_pause(&self, key: &EntityKey, paused: bool) -> Result<(), CallError> {
+        let pause = PauseWrite {
+            key: key.clone(),
+            shard: shard_of(&key.kind, key.id.as_str()),
+            epoch: self.shared.core.epoch,
+            paused,
+        };
+        self.commit_now(
+            key,
+            Batch {
+                pauses: vec![pause],
+                ..Batch::default()
+            },
+        )
+        .await
+    }
+
+    /// Commits an operator's batch about `key` now, beside the commit pipeline.
+    async fn commit_now(&self, key: &EntityKey, batch: Batch) -> Result<(), CallError> {
+        let storage = CallError::Store;
+        let store = Arc::clone(&self.shared.core.store);
+        let outcome = tokio::task::spawn_blocking(move || store.commit(batch))
+            .await
+            .map_err(|e| storage(perennial_storage::Error::Backend(e.to_string())))?
+            .map_err(storage)?;
+        if let Some(&shard) = outcome.fenced.first() {
+            return Err(CallError::Fenced {
+                key: key.clone(),
+                shard,
+            });
+        }
+        Ok(())
     }
 
     /// Passivates one entity now, if it is idle: its state is already durable, so it only
@@ -200,18 +354,17 @@ impl Runtime {
             letters_done: vec![done],
             ..Batch::default()
         };
-        let store = Arc::clone(&core.store);
-        let outcome = tokio::task::spawn_blocking(move || store.commit(batch))
-            .await
-            .map_err(|e| storage(perennial_storage::Error::Backend(e.to_string())))?
-            .map_err(storage)?;
-        if let Some(&shard) = outcome.fenced.first() {
-            return Err(CallError::Fenced {
-                key: key.clone(),
-                shard,
-            });
-        }
+        self.commit_now(key, batch).await?;
         Ok(true)
+    }
+
+    /// The kind named `kind`, if it keeps its state in storage.
+    fn stored_kind(&self, kind: &str) -> Result<&Arc<dyn crate::kind::DynKind>, CallError> {
+        let dynamic = self.kind(kind)?;
+        if dynamic.persistence() == Persistence::Ephemeral {
+            return Err(CallError::NotStored(kind.to_owned()));
+        }
+        Ok(dynamic)
     }
 
     fn kind(&self, kind: &str) -> Result<&Arc<dyn crate::kind::DynKind>, CallError> {

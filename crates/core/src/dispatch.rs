@@ -388,6 +388,8 @@ async fn deliver(core: Arc<Core>, kinds: Arc<Kinds>, row: Pending) {
     }
     failpoint!("dispatch.deliver");
     loop {
+        // A paused target gets nothing; the row waits, in memory and in storage.
+        core.pauses.held(&row.target, || core.is_closing()).await;
         let Some(kind) = kinds.get(&*row.target.kind) else {
             let detail = format!("kind {:?} is not registered", row.target.kind);
             return settle(&core, &row, Delivery::Poison(detail));

@@ -314,6 +314,9 @@ fn deliver<K: Process>(
     id: &EntityId,
     envelope: Envelope<K>,
 ) -> Result<(), CallError<K::Error>> {
+    if kind.core.pauses.is_paused(K::KIND, id) {
+        return Err(CallError::Paused(EntityKey::new(K::KIND, id.clone())));
+    }
     let key = Key {
         kind: kind.index,
         id: id.clone(),

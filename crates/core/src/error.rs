@@ -136,6 +136,19 @@ pub enum CallError<E = Infallible> {
     /// The dead letter is being retried or discarded by another request right now.
     #[error("dead letter {0} is being retried or discarded right now; list it again in a moment")]
     LetterBusy(u64),
+    /// An operator paused the entity: its calls are refused until it is resumed (its timers
+    /// and messages from other entities wait instead).
+    #[error("{0} is paused by an operator; calls are refused until it is resumed")]
+    Paused(EntityKey),
+    /// The kind keeps no state in storage (`Ephemeral`), so there is nothing to query or
+    /// index.
+    #[error("kind {0:?} is ephemeral: it stores no state to query or index")]
+    NotStored(String),
+    /// A path with `[*]` was given to index.
+    #[error(
+        "`{0}` cannot be indexed: an index is by one value per entity, and `[*]` stands for many"
+    )]
+    NotIndexable(String),
 }
 
 impl CallError {
@@ -197,6 +210,9 @@ impl<E> CallError<E> {
             Self::Store(e) => CallError::Store(e),
             Self::NoSuchLetter(seq) => CallError::NoSuchLetter(seq),
             Self::LetterBusy(seq) => CallError::LetterBusy(seq),
+            Self::Paused(key) => CallError::Paused(key),
+            Self::NotStored(kind) => CallError::NotStored(kind),
+            Self::NotIndexable(path) => CallError::NotIndexable(path),
         }
     }
 
@@ -230,6 +246,9 @@ impl<E> CallError<E> {
             Self::InvalidId(_) => "invalid_id",
             Self::NoSuchLetter(_) => "no_such_letter",
             Self::LetterBusy(_) => "letter_busy",
+            Self::Paused(_) => "paused",
+            Self::NotStored(_) => "not_stored",
+            Self::NotIndexable(_) => "not_indexable",
         }
     }
 }

@@ -98,6 +98,7 @@ mod error;
 pub mod failpoint;
 mod journal;
 mod kind;
+mod pause;
 mod process;
 mod registry;
 mod runtime;

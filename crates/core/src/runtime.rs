@@ -64,6 +64,8 @@ pub(crate) struct Core {
     started: Instant,
     /// Dead letters being retried or discarded now (see `admin`).
     pub(crate) letters_in_hand: Mutex<std::collections::HashSet<u64>>,
+    /// Entities paused by an operator.
+    pub(crate) pauses: crate::pause::Pauses,
 }
 
 impl fmt::Debug for Core {
@@ -418,7 +420,8 @@ impl Builder {
         let store = self.store.clone().ok_or(StartError::NoStore)?;
         let shards: Vec<ShardId> = (0..SHARDS).map(ShardId).collect();
         let epoch = store.claim(&self.node, &shards).await?;
-        self.launch(store, epoch)
+        let paused = store.paused().await?;
+        self.launch(store, epoch, paused)
     }
 
     /// Starts a runtime that reads the store and never writes to it: it claims no shard, so
@@ -427,10 +430,16 @@ impl Builder {
     /// own code.
     pub async fn start_read_only(self) -> Result<Runtime, StartError> {
         let store = self.store.clone().ok_or(StartError::NoStore)?;
-        self.launch(store, Epoch(0))
+        let paused = store.paused().await?;
+        self.launch(store, Epoch(0), paused)
     }
 
-    fn launch(self, store: Arc<dyn Store>, epoch: Epoch) -> Result<Runtime, StartError> {
+    fn launch(
+        self,
+        store: Arc<dyn Store>,
+        epoch: Epoch,
+        paused: Vec<perennial_types::EntityKey>,
+    ) -> Result<Runtime, StartError> {
         let mut names = std::collections::HashSet::new();
         let inflight = Arc::new(AtomicUsize::new(0));
         let dispatch = Arc::new(Dispatch::default());
@@ -452,6 +461,7 @@ impl Builder {
             drained: Notify::new(),
             started: Instant::now(),
             letters_in_hand: Mutex::default(),
+            pauses: crate::pause::Pauses::new(paused),
         });
         let mut by_name = HashMap::new();
         let mut by_type = HashMap::new();

@@ -177,3 +177,146 @@ async fn a_discarded_dead_letter_is_gone_without_being_applied() {
     assert_eq!(rt.get::<Flaky>("f").call((1, 0)).await.unwrap(), 0);
     rt.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_entity_refuses_calls_holds_messages_and_drains_them_in_order_on_resume() {
+    use crate::messages::{Inbox, InboxMsg, Sender, SenderMsg};
+    use perennial_storage::{FaultyStore, MemoryStore, Store};
+    use perennial_types::{EntityId, EntityKey};
+
+    let store = FaultyStore::new(MemoryStore::new());
+    let start = || async {
+        perennial_core::Runtime::builder()
+            .store(store.clone())
+            .register::<Sender>()
+            .register::<Inbox>()
+            .start()
+            .await
+            .unwrap()
+    };
+    let send = |n| SenderMsg::Send {
+        to: "box".into(),
+        n,
+    };
+    let inbox_key = EntityKey::new("inbox", EntityId::new("box").unwrap());
+    let rt = start().await;
+    rt.get::<Sender>("s").call(send(1)).await.unwrap();
+    let inbox = rt.get::<Inbox>("box");
+    let got = || async { inbox.call(InboxMsg::Get).await.unwrap() };
+    assert_eq!(
+        eventually("the first message arrives", got, |g| g.len() == 1).await,
+        [1]
+    );
+
+    assert!(rt.pause("inbox", "box").await.unwrap());
+    assert!(!rt.pause("inbox", "box").await.unwrap());
+    assert!(matches!(
+        inbox.call(InboxMsg::Get).await,
+        Err(CallError::Paused(key)) if key == inbox_key
+    ));
+    for n in 2..=4 {
+        rt.get::<Sender>("s").call(send(n)).await.unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        store.due(i64::MAX, 10).await.unwrap().len(),
+        3,
+        "the messages wait"
+    );
+    let listed = rt.entities("inbox", None, 10).await.unwrap();
+    assert!(listed[0].paused);
+
+    // The pause is stored: a restarted node keeps it.
+    rt.shutdown().await;
+    let rt = start().await;
+    assert_eq!(rt.paused(), std::slice::from_ref(&inbox_key));
+    let inbox = rt.get::<Inbox>("box");
+    assert!(matches!(
+        inbox.call(InboxMsg::Get).await,
+        Err(CallError::Paused(_))
+    ));
+
+    assert!(rt.resume("inbox", "box").await.unwrap());
+    assert!(!rt.resume("inbox", "box").await.unwrap());
+    let got = || async { inbox.call(InboxMsg::Get).await.unwrap() };
+    let all = eventually("the held messages arrive", got, |g| g.len() == 4).await;
+    assert_eq!(all, [1, 2, 3, 4]);
+    let sender = rt.get::<Sender>("s");
+    let receipts = || async { sender.call(SenderMsg::Get).await.unwrap() };
+    let all = eventually("the receipts arrive", receipts, |r| r.len() == 4).await;
+    assert_eq!(all, [1, 2, 3, 4]);
+    assert!(rt.paused().is_empty());
+    assert!(matches!(
+        rt.pause("nope", "x").await,
+        Err(CallError::UnknownKind(_))
+    ));
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entities_are_queried_by_state_and_indexed_by_path() {
+    use perennial_storage::{Filter, Path};
+
+    let (rt, _store) = runtime().await;
+    for (id, n) in [("a", 5), ("b", 500), ("c", 50), ("d", -1)] {
+        rt.get::<Counter>(id).call(Op::Add(n)).await.unwrap();
+    }
+    let filter: Filter = "value >= 50".parse().unwrap();
+    let ids = |found: Vec<perennial_storage::EntityState>| -> Vec<String> {
+        found.into_iter().map(|e| e.id).collect()
+    };
+    assert_eq!(
+        ids(rt.query("counter", &filter, None, 10).await.unwrap()),
+        ["b", "c"]
+    );
+    assert_eq!(
+        ids(rt.query("counter", &filter, Some("b"), 10).await.unwrap()),
+        ["c"]
+    );
+    let value = Path::parse("value").unwrap();
+    rt.create_index("counter", &value).await.unwrap();
+    assert_eq!(
+        rt.indexes("counter").await.unwrap(),
+        std::slice::from_ref(&value)
+    );
+    assert_eq!(
+        ids(rt.query("counter", &filter, None, 1).await.unwrap()),
+        ["b"]
+    );
+    assert!(rt.drop_index("counter", &value).await.unwrap());
+
+    let each = Path::parse("items[*].name").unwrap();
+    assert!(matches!(
+        rt.create_index("counter", &each).await,
+        Err(CallError::NotIndexable(p)) if p == "items[*].name"
+    ));
+    assert!(matches!(
+        rt.query("scratch", &filter, None, 10).await,
+        Err(CallError::NotStored(_))
+    ));
+    assert!(matches!(
+        rt.query("nope", &filter, None, 10).await,
+        Err(CallError::UnknownKind(_))
+    ));
+    rt.shutdown().await;
+}
+
+/// Calls `get` until `done` holds for its answer (at most ten seconds), and returns it.
+async fn eventually<T, F: std::future::Future<Output = T>>(
+    what: &str,
+    get: impl Fn() -> F,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    let started = std::time::Instant::now();
+    loop {
+        let answer = get().await;
+        if done(&answer) {
+            return answer;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}

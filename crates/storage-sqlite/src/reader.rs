@@ -61,6 +61,9 @@ pub(crate) enum ReadCmd {
         kind: String,
         reply: oneshot::Sender<Result<Vec<Path>, Error>>,
     },
+    Paused {
+        reply: oneshot::Sender<Result<Vec<EntityKey>, Error>>,
+    },
 }
 
 /// Starts one thread per connection, all serving the returned channel.
@@ -132,6 +135,9 @@ fn serve(conn: &Connection, pending: &Mutex<Pending>, rx: &Receiver<ReadCmd>) {
             ReadCmd::Indexes { kind, reply } => {
                 let _ = reply.send(query::indexes(conn, &kind));
             }
+            ReadCmd::Paused { reply } => {
+                let _ = reply.send(paused(conn));
+            }
         }
     }
 }
@@ -163,6 +169,25 @@ fn load(
     };
     let version = from_sql(version, "entity version")?;
     Ok(Some(Record { state, version }))
+}
+
+/// The paused entities, in key order.
+fn paused(conn: &Connection) -> Result<Vec<EntityKey>, Error> {
+    let mut stmt = conn
+        .prepare_cached("SELECT kind, id FROM paused ORDER BY kind, id")
+        .map_err(map_err)?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .map_err(map_err)?;
+    let mut keys = Vec::new();
+    for row in rows {
+        let (kind, id) = row.map_err(map_err)?;
+        let id = EntityId::new(&id).map_err(|e| {
+            Error::Corrupt(format!("a paused entity of {kind} has an invalid id: {e}"))
+        })?;
+        keys.push(EntityKey::new(kind, id));
+    }
+    Ok(keys)
 }
 
 fn dead_letters(conn: &Connection, kind: Option<&str>) -> Result<Vec<StoredDeadLetter>, Error> {

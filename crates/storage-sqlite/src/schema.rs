@@ -68,6 +68,9 @@
 //! -- `n` is `state_index_<n>` ON entities (json_extract(state, <path>), id) WHERE kind = <kind>.
 //! CREATE TABLE state_indexes (n INTEGER PRIMARY KEY, kind TEXT NOT NULL, path TEXT NOT NULL,
 //!                             UNIQUE (kind, path));
+//! -- Since format 4: entities paused by an operator (`at`: when, ms since the Unix epoch).
+//! CREATE TABLE paused (kind TEXT NOT NULL, id TEXT NOT NULL, at INTEGER NOT NULL,
+//!                      PRIMARY KEY (kind, id)) WITHOUT ROWID;
 //! ```
 //!
 //! Why two tables: a commit that updated each entity's row in place would rewrite one
@@ -180,7 +183,7 @@ CREATE TABLE replies (
 CREATE INDEX replies_by_age ON replies (at);
 ";
 
-/// From format 3 to 4: indexes of entity state by a path (see `query.rs`).
+/// From format 3 to 4: indexes of entity state by a path (see `query.rs`); paused entities.
 const UPGRADE_TO_V4: &str = "
 CREATE TABLE state_indexes (
     n    INTEGER PRIMARY KEY,
@@ -188,6 +191,12 @@ CREATE TABLE state_indexes (
     path TEXT    NOT NULL,
     UNIQUE (kind, path)
 );
+CREATE TABLE paused (
+    kind TEXT    NOT NULL,
+    id   TEXT    NOT NULL,
+    at   INTEGER NOT NULL,
+    PRIMARY KEY (kind, id)
+) WITHOUT ROWID;
 ";
 
 /// Sets the durability pragmas on a connection and checks that SQLite took them.

@@ -351,6 +351,10 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn paused(&self) -> Result<Vec<EntityKey>, Error> {
+        self.read(|reply| ReadCmd::Paused { reply }).await
+    }
+
     async fn query(
         &self,
         kind: &str,

@@ -82,6 +82,9 @@ DELETE FROM replies WHERE (kind, id, key) IN
 
 const DELETE_DEAD_LETTER: &str = "DELETE FROM dead_letters WHERE seq = ?1";
 
+const PAUSE: &str = "INSERT OR IGNORE INTO paused (kind, id, at) VALUES (?1, ?2, ?3)";
+const RESUME: &str = "DELETE FROM paused WHERE kind = ?1 AND id = ?2";
+
 const INSERT_DEAD_LETTER: &str = "
 INSERT INTO dead_letters (kind, id, message, error, attempts, at)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
@@ -300,6 +303,21 @@ impl Writer {
                 if fence.allows(d.shard, d.epoch)? {
                     delete.execute([to_sql(d.seq)]).map_err(map_err)?;
                 }
+            }
+        }
+        for p in &batch.pauses {
+            if fence.allows(p.shard, p.epoch)? {
+                let (kind, id) = (&*p.key.kind, p.key.id.as_str());
+                if p.paused {
+                    tx.prepare_cached(PAUSE)
+                        .map_err(map_err)?
+                        .execute(params![kind, id, now])
+                } else {
+                    tx.prepare_cached(RESUME)
+                        .map_err(map_err)?
+                        .execute(params![kind, id])
+                }
+                .map_err(map_err)?;
             }
         }
         let mut entries = Vec::with_capacity(batch.journal.len() * 5);

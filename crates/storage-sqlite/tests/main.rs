@@ -138,7 +138,7 @@ async fn format_1_data_is_upgraded() {
     // Make it a format 1 file again: no journal table.
     let conn = rusqlite_read(dir.path());
     conn.execute_batch(
-        "DROP TABLE journal; DROP TABLE pending; DROP TABLE replies; DROP TABLE state_indexes;
+        "DROP TABLE journal; DROP TABLE pending; DROP TABLE replies; DROP TABLE state_indexes; DROP TABLE paused;
          PRAGMA user_version = 1",
     )
     .unwrap();

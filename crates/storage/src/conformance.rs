@@ -11,8 +11,8 @@ use perennial_types::{EntityId, EntityKey, Epoch, SHARDS, ShardId, shard_of};
 
 use crate::{
     Batch, DeadLetter, DeadLetterDone, DeadLetterWrite, ExpireReplies, Filter, JournalEntry,
-    JournalTrim, JournalWrite, Path, Pending, PendingClass, PendingDone, PendingWrite, ReplyWrite,
-    StateWrite, Store, StoredReply,
+    JournalTrim, JournalWrite, Path, PauseWrite, Pending, PendingClass, PendingDone, PendingWrite,
+    ReplyWrite, StateWrite, Store, StoredReply,
 };
 
 /// Expands to one test per conformance case, each on a fresh store from `$make`.
@@ -47,6 +47,7 @@ macro_rules! store_conformance {
             queries_agree_with_the_filter_on_every_state,
             queries_see_the_latest_state_and_page_by_id,
             indexes_are_made_once_listed_and_dropped,
+            pauses_are_kept_until_resumed_and_fenced,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -892,4 +893,40 @@ pub async fn indexes_are_made_once_listed_and_dropped(store: &dyn Store) {
     assert!(!store.drop_index("t", &owner).await.unwrap());
     assert_eq!(store.indexes("t").await.unwrap(), [seat]);
     assert_eq!(store.indexes("u").await.unwrap(), [owner]);
+}
+
+/// A paused entity stays paused until a batch resumes it; pausing twice is pausing once; a
+/// stale epoch can neither pause nor resume.
+pub async fn pauses_are_kept_until_resumed_and_fenced(store: &dyn Store) {
+    let old = claim_all(store).await;
+    let pause = |k: &EntityKey, epoch, paused| Batch {
+        pauses: vec![PauseWrite {
+            key: k.clone(),
+            shard: shard_of(&k.kind, k.id.as_str()),
+            epoch,
+            paused,
+        }],
+        ..Batch::default()
+    };
+    let (a, b) = (key("t", "a"), key("counter", "b"));
+    assert!(store.paused().await.unwrap().is_empty());
+    store.commit(pause(&a, old, true)).unwrap();
+    store.commit(pause(&a, old, true)).unwrap();
+    store.commit(pause(&b, old, true)).unwrap();
+    assert_eq!(store.paused().await.unwrap(), [b.clone(), a.clone()]);
+    store.commit(pause(&b, old, false)).unwrap();
+    assert_eq!(store.paused().await.unwrap(), std::slice::from_ref(&a));
+    let new = claim_all(store).await;
+    let outcome = store.commit(pause(&a, old, false)).unwrap();
+    assert_eq!(outcome.fenced, [shard_of("t", "a")]);
+    assert!(
+        !store
+            .commit(pause(&b, old, true))
+            .unwrap()
+            .fenced
+            .is_empty()
+    );
+    assert_eq!(store.paused().await.unwrap(), std::slice::from_ref(&a));
+    store.commit(pause(&a, new, false)).unwrap();
+    assert!(store.paused().await.unwrap().is_empty());
 }

@@ -174,6 +174,10 @@ impl<S: Store> Store for FaultyStore<S> {
         self.inner.due(before_ms, limit).await
     }
 
+    async fn paused(&self) -> Result<Vec<EntityKey>, Error> {
+        self.inner.paused().await
+    }
+
     async fn query(
         &self,
         kind: &str,

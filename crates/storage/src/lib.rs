@@ -36,6 +36,7 @@ pub use filter::{Filter, FilterError, Path};
 pub use memory::MemoryStore;
 pub use model::{
     Batch, CommitOutcome, DeadLetter, DeadLetterDone, DeadLetterWrite, EntityState, EntitySummary,
-    ExpireReplies, JournalEntry, JournalTrim, JournalWrite, Pending, PendingClass, PendingDone,
-    PendingWrite, Record, ReplyWrite, StateWrite, Store, StoredDeadLetter, StoredReply,
+    ExpireReplies, JournalEntry, JournalTrim, JournalWrite, PauseWrite, Pending, PendingClass,
+    PendingDone, PendingWrite, Record, ReplyWrite, StateWrite, Store, StoredDeadLetter,
+    StoredReply,
 };

@@ -9,8 +9,8 @@ use perennial_types::{EntityKey, Epoch, SHARDS, ShardId};
 
 use crate::{
     Batch, CommitOutcome, DeadLetterDone, DeadLetterWrite, EntityState, EntitySummary, Error,
-    Filter, JournalEntry, JournalTrim, JournalWrite, Path, Pending, PendingDone, PendingWrite,
-    Record, ReplyWrite, StateWrite, Store, StoredDeadLetter, StoredReply,
+    Filter, JournalEntry, JournalTrim, JournalWrite, Path, PauseWrite, Pending, PendingDone,
+    PendingWrite, Record, ReplyWrite, StateWrite, Store, StoredDeadLetter, StoredReply,
 };
 
 /// A [`Store`] in memory. Nothing survives the process; "durable" means "committed".
@@ -54,6 +54,8 @@ struct Inner {
     /// The paths each kind is indexed by. Queries scan here anyway; the list is kept so that
     /// the memory store answers like the others.
     indexes: BTreeMap<String, BTreeSet<Path>>,
+    /// Entities paused by an operator.
+    paused: BTreeSet<EntityKey>,
     closed: bool,
 }
 
@@ -70,6 +72,7 @@ impl Default for Inner {
             due: BTreeSet::new(),
             replies: BTreeMap::new(),
             indexes: BTreeMap::new(),
+            paused: BTreeSet::new(),
             closed: false,
         }
     }
@@ -181,6 +184,21 @@ impl Store for MemoryStore {
         for DeadLetterDone { shard, epoch, seq } in batch.letters_done {
             if fence(shard, epoch, &inner) {
                 inner.dead_letters.remove(&seq);
+            }
+        }
+        for PauseWrite {
+            key,
+            shard,
+            epoch,
+            paused,
+        } in batch.pauses
+        {
+            if fence(shard, epoch, &inner) {
+                if paused {
+                    inner.paused.insert(key);
+                } else {
+                    inner.paused.remove(&key);
+                }
             }
         }
         for JournalWrite {
@@ -349,6 +367,12 @@ impl Store for MemoryStore {
                 EntitySummary::new(key.id.as_str().to_owned(), version, last_step, updated)
             })
             .collect())
+    }
+
+    async fn paused(&self) -> Result<Vec<EntityKey>, Error> {
+        let inner = self.inner.lock();
+        inner.check_open()?;
+        Ok(inner.paused.iter().cloned().collect())
     }
 
     async fn query(

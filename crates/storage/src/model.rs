@@ -78,6 +78,20 @@ pub struct DeadLetterDone {
     pub seq: u64,
 }
 
+/// An entity paused or resumed by an operator, fenced like a state write. While paused, the
+/// runtime refuses its calls and holds its timers and messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PauseWrite {
+    /// Which entity.
+    pub key: EntityKey,
+    /// The entity's shard.
+    pub shard: ShardId,
+    /// The epoch the writer holds for `shard`.
+    pub epoch: Epoch,
+    /// Paused (`true`) or resumed (`false`).
+    pub paused: bool,
+}
+
 /// One stored entity, as listed: what an operator sees without loading its state.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
@@ -305,6 +319,8 @@ pub struct Batch {
     pub replies: Vec<ReplyWrite>,
     /// Old replies to delete.
     pub expire_replies: Option<ExpireReplies>,
+    /// Entities paused or resumed.
+    pub pauses: Vec<PauseWrite>,
 }
 
 impl Batch {
@@ -319,6 +335,7 @@ impl Batch {
             && self.done.is_empty()
             && self.replies.is_empty()
             && self.expire_replies.is_none()
+            && self.pauses.is_empty()
     }
 }
 
@@ -382,6 +399,9 @@ pub trait Store: Send + Sync + Debug + 'static {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<EntitySummary>, Error>;
+
+    /// The entities paused now, in key order.
+    async fn paused(&self) -> Result<Vec<EntityKey>, Error>;
 
     /// Finds up to `limit` stored entities of `kind` whose state matches `filter` and whose
     /// id is after `after`, in id order. What it finds is committed state (for a `Journal`
@@ -450,6 +470,9 @@ impl<S: Store + ?Sized> Store for Arc<S> {
         limit: usize,
     ) -> Result<Vec<EntitySummary>, Error> {
         (**self).entities(kind, after, limit).await
+    }
+    async fn paused(&self) -> Result<Vec<EntityKey>, Error> {
+        (**self).paused().await
     }
     async fn query(
         &self,
