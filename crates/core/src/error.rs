@@ -232,6 +232,7 @@ impl<E> CallError<E> {
                 ..
             }
             | Self::Store(perennial_storage::Error::Corrupt(_)) => "storage_corrupt",
+            Self::Store(perennial_storage::Error::Invalid(_)) => "invalid_request",
             Self::Storage { .. } | Self::Store(_) => "storage_failed",
             Self::CorruptState { .. } => "corrupt_state",
             Self::ReplayDiverged { .. } => "replay_diverged",

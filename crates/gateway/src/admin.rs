@@ -5,11 +5,24 @@
 //! - `GET  /v1/admin/kinds/{kind}/entities?after=ID&limit=N`: a page of the kind's entities
 //!   (at most 1,000, default 100) in id order, with `resident`, `state_version`, `last_step`
 //!   and `updated_at_ms`; `next` is the `after` of the next page, or `null` at the end.
+//! - `GET  /v1/admin/kinds/{kind}/query?filter=F&after=ID&limit=N`: a page of the kind's
+//!   stored entities whose state matches the filter (`pot > 100`,
+//!   `players[*].name = 'alice'`; see [`perennial_storage::filter`]), with their states.
+//! - `GET  /v1/admin/kinds/{kind}/indexes`: the paths the kind's states are indexed by.
+//! - `POST /v1/admin/kinds/{kind}/indexes` with `{"path": "owner"}`: indexes them by a path
+//!   (`201`); queries comparing that path no longer read every state.
+//! - `DELETE /v1/admin/kinds/{kind}/indexes?path=P`: drops an index.
 //! - `POST /v1/admin/kinds/{kind}/passivate`: passivates every idle entity of the kind now.
 //! - `GET  /v1/admin/entities/{kind}/{id}`: the entity's latest durable state.
 //! - `GET  /v1/admin/entities/{kind}/{id}/history?after=STEP&limit=N`: its journal.
 //! - `GET  /v1/admin/entities/{kind}/{id}/at/{step}`: its state as of a step.
 //! - `POST /v1/admin/entities/{kind}/{id}/passivate`: passivates it now, if idle.
+//! - `POST /v1/admin/entities/{kind}/{id}/pause`: pauses it, durably: its calls get `409
+//!   paused` (they are refused, not queued: the caller decides when to retry), while its
+//!   timers and messages from other entities wait in storage.
+//! - `POST /v1/admin/entities/{kind}/{id}/resume`: resumes it; what waited is delivered in
+//!   order. Both answer `{"paused": …, "changed": …}`.
+//! - `GET  /v1/admin/paused`: the paused entities.
 //! - `GET  /v1/admin/dead-letters?kind=K`: the dead letters, oldest first.
 //! - `GET  /v1/admin/dead-letters/{seq}`: one, with its message, panic text and attempts.
 //! - `POST /v1/admin/dead-letters/{seq}/retry`: applies its message again; the reply is
@@ -25,7 +38,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use perennial_core::{CallError, Runtime};
-use perennial_storage::StoredDeadLetter;
+use perennial_storage::{EntityState, StoredDeadLetter};
+use perennial_storage::{Filter, Path as StatePath};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -38,11 +52,19 @@ pub(crate) fn routes() -> Router<Runtime> {
     Router::new()
         .route("/v1/admin/kinds", get(kinds))
         .route("/v1/admin/kinds/{kind}/entities", get(entities))
+        .route("/v1/admin/kinds/{kind}/query", get(query))
+        .route(
+            "/v1/admin/kinds/{kind}/indexes",
+            get(indexes).post(create_index).delete(drop_index),
+        )
         .route("/v1/admin/kinds/{kind}/passivate", post(passivate_kind))
         .route("/v1/admin/entities/{kind}/{id}", get(state))
         .route("/v1/admin/entities/{kind}/{id}/history", get(history))
         .route("/v1/admin/entities/{kind}/{id}/at/{step}", get(state_at))
         .route("/v1/admin/entities/{kind}/{id}/passivate", post(passivate))
+        .route("/v1/admin/entities/{kind}/{id}/pause", post(pause))
+        .route("/v1/admin/entities/{kind}/{id}/resume", post(resume))
+        .route("/v1/admin/paused", get(paused))
         .route("/v1/admin/dead-letters", get(dead_letters))
         .route("/v1/admin/dead-letters/{seq}", get(dead_letter))
         .route("/v1/admin/dead-letters/{seq}/retry", post(retry))
@@ -99,6 +121,142 @@ async fn entities(
     Ok(json_response(
         &json!({ "kind": kind, "entities": entities, "next": next }),
     ))
+}
+
+#[derive(Deserialize)]
+struct QueryParams {
+    filter: String,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn query(
+    State(rt): State<Runtime>,
+    kind: Result<Path<String>, PathRejection>,
+    params: Result<Query<QueryParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Path(kind) = kind.map_err(ApiError::from_path)?;
+    let Query(params) = params.map_err(ApiError::from_query)?;
+    let filter = Filter::parse(&params.filter)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_filter", e.to_string()))?;
+    let limit = params.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+    let found = rt
+        .query(&kind, &filter, params.after.as_deref(), limit)
+        .await?;
+    let next = (found.len() == limit)
+        .then(|| found.last().map(|e| e.id.clone()))
+        .flatten();
+    let entities: Vec<Value> = found.iter().map(state_json).collect();
+    Ok(json_response(
+        &json!({ "kind": kind, "entities": entities, "next": next }),
+    ))
+}
+
+fn state_json(e: &EntityState) -> Value {
+    json!({
+        "id": e.id,
+        "state": embedded(&e.state),
+        "version": e.version,
+        "updated_at_ms": e.updated_at_ms,
+    })
+}
+
+fn parse_path(text: &str) -> Result<StatePath, ApiError> {
+    StatePath::parse(text)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_path", e.to_string()))
+}
+
+async fn indexes(
+    State(rt): State<Runtime>,
+    kind: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(kind) = kind.map_err(ApiError::from_path)?;
+    let paths: Vec<String> = rt
+        .indexes(&kind)
+        .await?
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    Ok(json_response(&json!({ "kind": kind, "indexes": paths })))
+}
+
+#[derive(Deserialize)]
+struct IndexPath {
+    path: String,
+}
+
+async fn create_index(
+    State(rt): State<Runtime>,
+    kind: Result<Path<String>, PathRejection>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    let Path(kind) = kind.map_err(ApiError::from_path)?;
+    // Like calls, any content type: `curl -d` sends a form type.
+    let body = body.map_err(ApiError::from_body)?;
+    let body: IndexPath = serde_json::from_slice(&body).map_err(|e| {
+        let expected = r#"the body must be {"path": "…"}"#;
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+            format!("{expected}: {e}"),
+        )
+    })?;
+    let path = parse_path(&body.path)?;
+    rt.create_index(&kind, &path).await?;
+    let created = json!({ "kind": kind, "path": path.to_string() });
+    Ok((StatusCode::CREATED, axum::Json(created)).into_response())
+}
+
+async fn drop_index(
+    State(rt): State<Runtime>,
+    kind: Result<Path<String>, PathRejection>,
+    params: Result<Query<IndexPath>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Path(kind) = kind.map_err(ApiError::from_path)?;
+    let Query(params) = params.map_err(ApiError::from_query)?;
+    let path = parse_path(&params.path)?;
+    if rt.drop_index(&kind, &path).await? {
+        Ok(json_response(
+            &json!({ "kind": kind, "dropped": path.to_string() }),
+        ))
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_such_index",
+            format!("{kind} has no index by `{path}`; list them with GET …/indexes"),
+        ))
+    }
+}
+
+async fn pause(
+    State(rt): State<Runtime>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((kind, id)) = path.map_err(ApiError::from_path)?;
+    let changed = rt.pause(&kind, &id).await?;
+    Ok(json_response(
+        &json!({ "paused": true, "changed": changed }),
+    ))
+}
+
+async fn resume(
+    State(rt): State<Runtime>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((kind, id)) = path.map_err(ApiError::from_path)?;
+    let changed = rt.resume(&kind, &id).await?;
+    Ok(json_response(
+        &json!({ "paused": false, "changed": changed }),
+    ))
+}
+
+async fn paused(State(rt): State<Runtime>) -> Response {
+    let paused: Vec<Value> = rt
+        .paused()
+        .iter()
+        .map(|k| json!({ "kind": &*k.kind, "id": k.id.as_str() }))
+        .collect();
+    json_response(&json!({ "paused": paused }))
 }
 
 async fn passivate_kind(

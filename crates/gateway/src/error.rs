@@ -152,7 +152,14 @@ impl From<CallError<JsonRejection>> for ApiError {
             CallError::NoHistory { .. } | CallError::NoSuchLetter(_) => {
                 (StatusCode::NOT_FOUND, error.to_string())
             }
-            CallError::LetterBusy(_) => (StatusCode::CONFLICT, error.to_string()),
+            CallError::LetterBusy(_) | CallError::Paused(_) => {
+                (StatusCode::CONFLICT, error.to_string())
+            }
+            CallError::NotStored(_)
+            | CallError::NotIndexable(_)
+            | CallError::Store(perennial_storage::Error::Invalid(_)) => {
+                (StatusCode::BAD_REQUEST, error.to_string())
+            }
             CallError::Store(_) => {
                 tracing::error!(%error, "admin request failed");
                 (

@@ -12,7 +12,8 @@
 //!   [`perennial_core::Handle::call_idempotent`]).
 //! - `GET /healthz`: `200 {"status":"ok"}` while the node serves; it needs no token.
 //! - `/v1/admin/…`: the admin API (module `admin`): list a kind's entities, an entity's
-//!   state, history and past states, passivate now, list, show, retry and discard dead
+//!   state, history and past states, query a kind's entities by state and index it by a
+//!   path, passivate now, pause and resume an entity, list, show, retry and discard dead
 //!   letters. The kind name `admin` is therefore reserved.
 //!
 //! # Security
@@ -24,9 +25,9 @@
 //! the same `Idempotency-Key` to learn its outcome).
 //!
 //! Errors are `{"error": {"code": "...", "message": "..."}}` with `400` (a malformed or
-//! refused message, an invalid id), `401` (no or wrong token), `403` (closed routes), `404`
-//! (an unknown kind, route or dead letter), `405`, `409` (a dead letter retried twice at
-//! once), `413` (a body over [`Options::max_body_bytes`]), `414`, `431`, `500` (a handler
+//! refused message, an invalid id or filter), `401` (no or wrong token), `403` (closed
+//! routes), `404` (an unknown kind, route, dead letter or index), `405`, `409` (`paused`: the
+//! entity is paused; or a dead letter retried twice at once), `413` (a body over [`Options::max_body_bytes`]), `414`, `431`, `500` (a handler
 //! panic, undecodable stored state), `503` (overloaded, storage unavailable, shutting down)
 //! or `504`.
 //!

@@ -203,3 +203,140 @@ async fn dead_letters_are_listed_shown_retried_and_discarded() {
     assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, "bad_path"));
     rt.shutdown().await;
 }
+
+fn ids(page: &Value) -> Vec<&str> {
+    page["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn entities_are_queried_by_state_with_and_without_an_index() {
+    let (app, rt) = admin().await;
+    for (id, n) in [("a", 5), ("b", 500), ("c", 150), ("d", 150)] {
+        post(&app, &format!("/v1/counter/{id}"), json!({"add": n})).await;
+    }
+    let (status, page) = get(
+        &app,
+        "/v1/admin/kinds/counter/query?filter=value%20%3E%20100",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(ids(&page), ["b", "c", "d"]);
+    assert_eq!(page["entities"][0]["state"], json!({"value": 500}));
+    assert_eq!(page["entities"][0]["version"], 1);
+    let (_, page) = get(
+        &app,
+        "/v1/admin/kinds/counter/query?filter=value=150&limit=1",
+    )
+    .await;
+    assert_eq!((ids(&page), &page["next"]), (vec!["c"], &json!("c")));
+    let (_, page) = get(
+        &app,
+        "/v1/admin/kinds/counter/query?filter=value=150&after=c",
+    )
+    .await;
+    assert_eq!((ids(&page), &page["next"]), (vec!["d"], &Value::Null));
+
+    let (status, body) = send(
+        &app,
+        Method::POST,
+        "/v1/admin/kinds/counter/indexes",
+        Body::from(r#"{"path": "value"}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (_, list) = get(&app, "/v1/admin/kinds/counter/indexes").await;
+    assert_eq!(list["indexes"], json!(["value"]));
+    let (_, page) = get(&app, "/v1/admin/kinds/counter/query?filter=value%20=%20150").await;
+    assert_eq!(ids(&page), ["c", "d"]);
+    let uri = "/v1/admin/kinds/counter/indexes?path=value";
+    let (status, _) = send(&app, Method::DELETE, uri, Body::empty()).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = send(&app, Method::DELETE, uri, Body::empty()).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::NOT_FOUND, "no_such_index")
+    );
+
+    for (uri, status_code, error) in [
+        (
+            "/v1/admin/kinds/counter/query?filter=value%20%3E",
+            400,
+            "bad_filter",
+        ),
+        ("/v1/admin/kinds/counter/query", 400, "bad_query"),
+        ("/v1/admin/kinds/nope/query?filter=a=1", 404, "unknown_kind"),
+        ("/v1/admin/kinds/counter/indexes?path=a[", 400, "bad_path"),
+    ] {
+        let method = if uri.contains("indexes") {
+            Method::DELETE
+        } else {
+            Method::GET
+        };
+        let (status, body) = send(&app, method, uri, Body::empty()).await;
+        assert_eq!(
+            (status.as_u16(), code(&body)),
+            (status_code, error),
+            "{uri}: {body}"
+        );
+    }
+    let (status, body) = send(
+        &app,
+        Method::POST,
+        "/v1/admin/kinds/counter/indexes",
+        Body::from(r#"{"path": "items[*].name"}"#),
+    )
+    .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_REQUEST, "not_indexable")
+    );
+    let (status, body) = send(
+        &app,
+        Method::POST,
+        "/v1/admin/kinds/counter/indexes",
+        Body::from("not json"),
+    )
+    .await;
+    assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, "bad_body"));
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_paused_entity_answers_409_until_it_is_resumed() {
+    let (app, rt) = admin().await;
+    post(&app, "/v1/counter/p", json!({"add": 1})).await;
+    let (status, body) = post_empty(&app, "/v1/admin/entities/counter/p/pause").await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, json!({"paused": true, "changed": true}))
+    );
+    let (_, body) = post_empty(&app, "/v1/admin/entities/counter/p/pause").await;
+    assert_eq!(body, json!({"paused": true, "changed": false}));
+    let (status, body) = post(&app, "/v1/counter/p", json!({"add": 1})).await;
+    assert_eq!((status, code(&body)), (StatusCode::CONFLICT, "paused"));
+    // Other entities are not affected.
+    assert_eq!(
+        post(&app, "/v1/counter/q", json!({"add": 1})).await.0,
+        StatusCode::OK
+    );
+    let (_, list) = get(&app, "/v1/admin/paused").await;
+    assert_eq!(list, json!({"paused": [{"kind": "counter", "id": "p"}]}));
+    let (_, page) = get(&app, "/v1/admin/kinds/counter/entities").await;
+    assert_eq!(page["entities"][0]["paused"], true);
+
+    let (_, body) = post_empty(&app, "/v1/admin/entities/counter/p/resume").await;
+    assert_eq!(body, json!({"paused": false, "changed": true}));
+    let (status, body) = post(&app, "/v1/counter/p", json!({"add": 1})).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"value": 2})));
+    let (status, body) = post_empty(&app, "/v1/admin/entities/nope/p/pause").await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::NOT_FOUND, "unknown_kind")
+    );
+    rt.shutdown().await;
+}
