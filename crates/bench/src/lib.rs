@@ -11,12 +11,15 @@
 //! - [`pending`]: durable timers scheduled and fired per second, memory with a million
 //!   timers pending, and exactly-once messages between entities per second against plain
 //!   durable calls.
+//! - [`query`]: a million stored entities queried by state, without an index (a scan, the
+//!   baseline) and with an index by the compared path.
 //!
 //! Each workload returns a [`Report`]; [`Report::to_json`] gives one JSON object per line so
 //! scripts can compare runs.
 
 mod load;
 mod pending;
+mod query;
 mod workloads;
 
 use std::path::PathBuf;
@@ -25,6 +28,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use pending::pending;
+pub use query::query;
 pub use workloads::{activation, durable, ephemeral, journal, resident};
 
 /// What to run, and how big.
@@ -136,6 +140,25 @@ pub enum Report {
         messages_per_sec: f64,
         /// Plain durable calls per second, in the same run.
         baseline_calls_per_sec: f64,
+    },
+    /// Entities found by state among a million stored.
+    Query {
+        /// Entities stored.
+        entities: usize,
+        /// Entities each query finds.
+        matches: usize,
+        /// Seconds taken to store them (batches of 10,000 states, then a clean close).
+        stored_secs: f64,
+        /// Seconds taken to build the index.
+        index_secs: f64,
+        /// Median time of an equality query without an index, in microseconds.
+        scan_p50_us: u64,
+        /// Median time of the same query with the index, in microseconds.
+        indexed_p50_us: u64,
+        /// The slowest indexed query, in microseconds.
+        indexed_max_us: u64,
+        /// `scan_p50_us / indexed_p50_us`.
+        speedup: f64,
     },
     /// Entities activated from storage.
     Activation {
@@ -261,6 +284,18 @@ impl Report {
                  messages    {messages_per_sec:>10.0} applied/s exactly once  (plain durable calls: {baseline_calls_per_sec:.0}/s)",
                 rss_before >> 20,
                 rss_pending >> 20
+            ),
+            Self::Query {
+                entities,
+                matches,
+                stored_secs,
+                index_secs,
+                scan_p50_us,
+                indexed_p50_us,
+                indexed_max_us,
+                speedup,
+            } => format!(
+                "query       {indexed_p50_us:>10} µs p50 indexed (max {indexed_max_us} µs)  {scan_p50_us} µs without index  ({speedup:.0}×; {matches} of {entities} entities match; stored in {stored_secs:.1} s, indexed in {index_secs:.1} s)"
             ),
             Self::Activation {
                 entities,

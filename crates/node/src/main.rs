@@ -89,7 +89,7 @@ enum Command {
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "resident,activation,durable,ephemeral,journal,pending"
+            default_value = "resident,activation,durable,ephemeral,journal,pending,query"
         )]
         only: Vec<Workload>,
         /// Where to keep the benchmark's data (default: a temporary directory).
@@ -133,6 +133,7 @@ enum Workload {
     Resident,
     Activation,
     Pending,
+    Query,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -314,6 +315,7 @@ async fn bench(
             Workload::Activation => perennial_bench::activation(options).await?,
             Workload::Journal => perennial_bench::journal(options).await?,
             Workload::Pending => perennial_bench::pending(options).await?,
+            Workload::Query => perennial_bench::query(options).await?,
         };
         if json {
             println!("{}", report.to_json());

@@ -1,0 +1,118 @@
+//! The `query` workload: finding entities by their state among a million stored ones, with
+//! and without an index by the compared path.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use perennial_storage::{Batch, Filter, Path, StateWrite, Store};
+use perennial_types::{EntityId, EntityKey, SHARDS, ShardId, shard_of};
+
+use crate::workloads::scratch;
+use crate::{Options, Report};
+
+/// Entities stored.
+const ENTITIES: usize = 1_000_000;
+/// States per commit while storing them.
+const BATCH: usize = 10_000;
+/// Distinct owners: each owns `ENTITIES / OWNERS` entities.
+const OWNERS: usize = 100_000;
+/// Indexed queries timed.
+const INDEXED_QUERIES: usize = 200;
+/// Unindexed queries timed (each reads every state).
+const SCANS: usize = 3;
+
+/// Stores [`ENTITIES`] entities of kind `cart` with states `{"owner": "user-N", "items": […],
+/// "total": N}`, then times `owner = 'user-N'` without an index (the baseline), builds an
+/// index by `owner`, and times the same filter with it.
+pub async fn query(options: &Options) -> anyhow::Result<Report> {
+    let dir = scratch(options, "query")?;
+    let store = perennial_storage_sqlite::SqliteStore::open(&dir.path)?;
+    let shards: Vec<ShardId> = (0..SHARDS).map(ShardId).collect();
+    let epoch = store.claim("bench", &shards).await?;
+    let started = Instant::now();
+    for chunk in (0..ENTITIES).collect::<Vec<_>>().chunks(BATCH) {
+        let states = chunk
+            .iter()
+            .map(|&n| {
+                let id = format!("cart-{n:07}");
+                let state = format!(
+                    r#"{{"owner":"user-{}","items":[{{"sku":"sku-{}","qty":1}}],"total":{}}}"#,
+                    n % OWNERS,
+                    n % 977,
+                    n % 10_000
+                );
+                Ok(StateWrite {
+                    shard: shard_of("cart", &id),
+                    key: EntityKey::new("cart", EntityId::new(&id)?),
+                    epoch,
+                    state: Arc::from(state),
+                    version: 1,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || {
+            store.commit(Batch {
+                states,
+                ..Batch::default()
+            })
+        })
+        .await??;
+    }
+    // A clean close folds every state into the table, as on a node that ran a while.
+    store.close().await?;
+    let stored_secs = started.elapsed().as_secs_f64();
+    let store = perennial_storage_sqlite::SqliteStore::open(&dir.path)?;
+
+    let filter = |n: usize| Filter::parse(&format!("owner = 'user-{}'", n * 7919 % OWNERS));
+    let mut scans = Vec::with_capacity(SCANS);
+    for n in 0..SCANS {
+        scans.push(timed(&store, &filter(n)?, ENTITIES / OWNERS).await?);
+    }
+    let started = Instant::now();
+    store.create_index("cart", &Path::parse("owner")?).await?;
+    let index_secs = started.elapsed().as_secs_f64();
+    let mut indexed = Vec::with_capacity(INDEXED_QUERIES);
+    for n in 0..INDEXED_QUERIES {
+        indexed.push(timed(&store, &filter(n)?, ENTITIES / OWNERS).await?);
+    }
+    store.close().await?;
+    let scan_us = median(&mut scans);
+    let indexed_us = median(&mut indexed);
+    Ok(Report::Query {
+        entities: ENTITIES,
+        matches: ENTITIES / OWNERS,
+        stored_secs,
+        index_secs,
+        scan_p50_us: scan_us,
+        indexed_p50_us: indexed_us,
+        indexed_max_us: indexed.iter().copied().max().unwrap_or(0),
+        speedup: scan_us as f64 / indexed_us.max(1) as f64,
+    })
+}
+
+/// Runs one query and checks it found what it should; returns its time in microseconds.
+async fn timed(
+    store: &perennial_storage_sqlite::SqliteStore,
+    filter: &Filter,
+    expected: usize,
+) -> anyhow::Result<u64> {
+    let started = Instant::now();
+    let found = store.query("cart", filter, None, 1000).await?;
+    let took = started.elapsed();
+    anyhow::ensure!(
+        found.len() == expected,
+        "{filter:?} found {} entities, not {expected}",
+        found.len()
+    );
+    Ok(micros(took))
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn median(samples: &mut [u64]) -> u64 {
+    samples.sort_unstable();
+    samples.get(samples.len() / 2).copied().unwrap_or(0)
+}
