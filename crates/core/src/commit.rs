@@ -25,6 +25,7 @@ use tokio::sync::Notify;
 
 use crate::dispatch::{Dispatch, RowId};
 use crate::failpoint::failpoint;
+use crate::histogram::{BATCH_BOUNDS, Histogram, Recorder, SECONDS_BOUNDS};
 
 /// What a step writes.
 pub(crate) enum Write {
@@ -122,6 +123,8 @@ pub(crate) struct Committer {
     commits: AtomicU64,
     committed_steps: AtomicU64,
     largest_batch: AtomicU64,
+    batch_steps: Recorder,
+    durable_seconds: Recorder,
 }
 
 impl std::fmt::Debug for Committer {
@@ -192,7 +195,8 @@ impl Releases {
 }
 
 /// Counters of the commit pipeline.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct CommitStats {
     /// Batches committed.
     pub commits: u64,
@@ -200,6 +204,10 @@ pub struct CommitStats {
     pub steps: u64,
     /// The most steps one batch carried.
     pub largest_batch: u64,
+    /// Steps per committed batch.
+    pub batch_steps: Histogram,
+    /// Seconds each commit took to be durable (the store's transaction and its fsync).
+    pub durable_seconds: Histogram,
 }
 
 impl Committer {
@@ -235,6 +243,8 @@ impl Committer {
             commits: AtomicU64::new(0),
             committed_steps: AtomicU64::new(0),
             largest_batch: AtomicU64::new(0),
+            batch_steps: Recorder::new(BATCH_BOUNDS, 1.0),
+            durable_seconds: Recorder::new(SECONDS_BOUNDS, 1e9),
         }
     }
 
@@ -263,6 +273,8 @@ impl Committer {
             commits: self.commits.load(Ordering::Relaxed),
             steps: self.committed_steps.load(Ordering::Relaxed),
             largest_batch: self.largest_batch.load(Ordering::Relaxed),
+            batch_steps: self.batch_steps.snapshot(),
+            durable_seconds: self.durable_seconds.snapshot(),
         }
     }
 
@@ -325,7 +337,12 @@ impl Committer {
             .collect();
         let kept_replies = !batch.replies.is_empty();
         failpoint!("commit.before");
+        let started = std::time::Instant::now();
         let result = store.commit(batch);
+        if result.is_ok() {
+            self.durable_seconds.record(started.elapsed().as_secs_f64());
+            self.batch_steps.record(count as f64);
+        }
         match result {
             Ok(outcome) => {
                 failpoint!("commit.after");

@@ -723,6 +723,8 @@ impl<K: Process> Cell<K> {
     /// failed, or a rollback was impossible) and must be reloaded.
     fn step(self: &Arc<Self>, state: &mut K, envelope: Envelope<K>, incarnation: u32) -> bool {
         let Envelope { msg, reply, via } = envelope;
+        // Off by default; `RUST_LOG=perennial_core=debug` shows one span per step.
+        let _span = tracing::debug_span!("step", kind = K::KIND, id = %self.id).entered();
         if let Some(answered) = self.answered_before(&via) {
             return match answered {
                 Some(kept) => self.respond_outcome(reply, Ok(Answer::Kept(kept)), incarnation),

@@ -587,7 +587,7 @@ impl Drop for Shared {
 }
 
 /// A snapshot of the runtime's counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Stats {
     /// Each registered kind's counters, sorted by name.

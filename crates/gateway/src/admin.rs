@@ -48,7 +48,7 @@ use crate::error::ApiError;
 /// The most entities one page lists.
 const MAX_PAGE: usize = 1000;
 
-pub(crate) fn routes() -> Router<Runtime> {
+pub(crate) fn routes() -> Router<crate::AppState> {
     Router::new()
         .route("/v1/admin/kinds", get(kinds))
         .route("/v1/admin/kinds/{kind}/entities", get(entities))

@@ -43,6 +43,7 @@
 mod admin;
 pub mod error;
 mod guard;
+mod metrics;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -51,7 +52,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, FromRef, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
@@ -69,6 +70,8 @@ pub struct Options {
     pub client: Access,
     /// Who may use the admin API (`/v1/admin/…`). Default: [`Access::Closed`].
     pub admin: Access,
+    /// Who may read `/metrics`. Default: [`Access::Open`].
+    pub metrics: Access,
     /// The largest request body accepted; larger ones get `413`. Default: 1 MiB.
     pub max_body_bytes: usize,
     /// The longest path and query accepted; longer ones get `414`. Default: 4 KiB.
@@ -86,6 +89,7 @@ impl Default for Options {
         Self {
             client: Access::Open,
             admin: Access::Closed,
+            metrics: Access::Open,
             max_body_bytes: 1 << 20,
             max_uri_bytes: 4 << 10,
             max_headers: 64,
@@ -95,8 +99,34 @@ impl Default for Options {
     }
 }
 
+/// What every route can reach: the runtime, and the metrics the gateway records.
+#[derive(Debug, Clone)]
+pub(crate) struct AppState {
+    rt: Runtime,
+    metrics: Arc<metrics::Metrics>,
+}
+
+impl FromRef<AppState> for Runtime {
+    fn from_ref(state: &AppState) -> Self {
+        state.rt.clone()
+    }
+}
+
 /// The gateway's routes over `rt`.
 pub fn app(rt: Runtime, options: &Options) -> Router {
+    let state = AppState {
+        metrics: metrics::Metrics::shared(rt.clone()),
+        rt,
+    };
+    let metrics = Router::new()
+        .route(
+            "/metrics",
+            get(metrics::metrics).fallback(method_not_allowed),
+        )
+        .route_layer(from_fn_with_state(
+            Arc::new(options.metrics.clone()),
+            guard::authorize,
+        ));
     let client = Router::new()
         .route("/v1/{kind}/{id}", post(call).fallback(method_not_allowed))
         .route_layer(from_fn_with_state(
@@ -116,12 +146,13 @@ pub fn app(rt: Runtime, options: &Options) -> Router {
     Router::new()
         .merge(client)
         .merge(admin)
+        .merge(metrics)
         .route("/healthz", get(healthz).fallback(method_not_allowed))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(options.max_body_bytes))
         .layer(from_fn_with_state(limits, guard::limit))
-        .with_state(rt)
+        .with_state(state)
 }
 
 /// Serves the gateway on `listener` until `shutdown` completes, then lets in-flight
@@ -141,12 +172,35 @@ pub async fn serve(
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 async fn call(
-    State(rt): State<Runtime>,
+    State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let Path((kind, id)) = path.map_err(ApiError::from_path)?;
+    let started = std::time::Instant::now();
+    let span = tracing::debug_span!("call", %kind, %id);
+    let result =
+        tracing::Instrument::instrument(call_entity(&state.rt, &kind, &id, &headers, body), span)
+            .await;
+    // Only registered kinds name a series: unknown names from clients would grow it forever.
+    let label = if state.rt.persistence(&kind).is_some() {
+        kind.as_str()
+    } else {
+        "unknown"
+    };
+    let outcome = result.as_ref().map_or_else(ApiError::code, |_| "ok");
+    state.metrics.call(label, outcome, started.elapsed());
+    result
+}
+
+async fn call_entity(
+    rt: &Runtime,
+    kind: &str,
+    id: &str,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let body = body.map_err(ApiError::from_body)?;
     let key = match headers.get(IDEMPOTENCY_KEY) {
         None => None,
@@ -158,7 +212,7 @@ async fn call(
             )
         })?),
     };
-    let reply = rt.call_json_idempotent(&kind, &id, key, &body).await?;
+    let reply = rt.call_json_idempotent(kind, id, key, &body).await?;
     Ok((
         [(header::CONTENT_TYPE, "application/json")],
         reply.to_string(),

@@ -2,6 +2,7 @@
 
 mod admin;
 mod guard;
+mod metrics;
 
 use std::time::Duration;
 
