@@ -235,6 +235,16 @@ impl Runtime {
         Ok(pauses.remove(&key))
     }
 
+    /// Watches the entity `id` of the kind named `kind`: each change of its state, once
+    /// durable. See [`Handle::watch`](crate::Handle::watch).
+    pub fn watch(&self, kind: &str, id: &str) -> Result<crate::Watch, CallError> {
+        if !self.kind(kind)?.watchable() {
+            return Err(CallError::NotWatchable(kind.to_owned()));
+        }
+        let key = EntityKey::new(kind, EntityId::new(id)?);
+        Ok(crate::Watch::new(self.shared.core.watchers.subscribe(key)))
+    }
+
     /// The paused entities, in key order.
     pub fn paused(&self) -> Vec<EntityKey> {
         self.shared.core.pauses.list()

@@ -26,6 +26,7 @@ use tokio::sync::Notify;
 use crate::dispatch::{Dispatch, RowId};
 use crate::failpoint::failpoint;
 use crate::histogram::{BATCH_BOUNDS, Histogram, Recorder, SECONDS_BOUNDS};
+use crate::watch::{StateChange, Watchers};
 
 /// What a step writes.
 pub(crate) enum Write {
@@ -59,6 +60,9 @@ pub(crate) struct Extras {
     pub(crate) reply: Option<(String, StoredReply)>,
     /// The dead letter the step applied (a retry), deleted with it.
     pub(crate) letter: Option<u64>,
+    /// The state after the step, for its watchers, when the step writes no state (`Journal`
+    /// kinds).
+    pub(crate) watched: Option<Arc<str>>,
 }
 
 impl Extras {
@@ -66,6 +70,7 @@ impl Extras {
         self.rows.is_empty()
             && self.done.is_empty()
             && self.reply.is_none()
+            && self.watched.is_none()
             && self.letter.is_none()
     }
 }
@@ -125,6 +130,8 @@ pub(crate) struct Committer {
     largest_batch: AtomicU64,
     batch_steps: Recorder,
     durable_seconds: Recorder,
+    /// Told of each watched entity's new state once it is durable.
+    watchers: Arc<Watchers>,
 }
 
 impl std::fmt::Debug for Committer {
@@ -231,8 +238,13 @@ impl Committer {
     }
 
     /// A committer that stops only once `inflight` is zero (see [`Committer::close`]).
-    pub(crate) fn new(inflight: Arc<AtomicUsize>, dispatch: Arc<Dispatch>) -> Self {
+    pub(crate) fn new(
+        inflight: Arc<AtomicUsize>,
+        dispatch: Arc<Dispatch>,
+        watchers: Arc<Watchers>,
+    ) -> Self {
         Self {
+            watchers,
             queue: Mutex::default(),
             chores: Mutex::default(),
             dispatch,
@@ -313,7 +325,10 @@ impl Committer {
         let count = steps.len() as u64;
         let mut batch = chores;
         let chores = !batch.is_empty();
-        let mut owners = Owners::default();
+        let mut owners = Owners {
+            watchers: self.watchers.any().then(|| Arc::clone(&self.watchers)),
+            ..Owners::default()
+        };
         for step in steps.drain(..) {
             if step.incarnation != step.owner.incarnation() {
                 // Computed from state that a failed batch took back; its reply was failed.
@@ -375,6 +390,10 @@ impl Committer {
                     if outcome.fenced.contains(&e.owner.shard()) {
                         e.owner.failed(e.incarnation, Failure::Fenced);
                     } else {
+                        if let Some((version, state)) = e.watched {
+                            let change = StateChange { version, state };
+                            self.watchers.publish(&e.owner.key(), change);
+                        }
                         durable.push((e.owner, e.incarnation, e.seq));
                     }
                 }
@@ -406,6 +425,8 @@ struct Owners {
     entries: Vec<OwnerEntry>,
     /// Index into `entries` by the owner's address.
     by_owner: hashbrown::HashMap<usize, usize>,
+    /// The watchers, if any entity is watched: only then are states kept for them.
+    watchers: Option<Arc<Watchers>>,
 }
 
 struct OwnerEntry {
@@ -415,6 +436,10 @@ struct OwnerEntry {
     seq: u64,
     /// Where this owner's state write sits in the batch, if it has one.
     state: Option<usize>,
+    /// Whether the owner is watched.
+    watching: bool,
+    /// The owner's latest state in the batch and its version, if it is watched.
+    watched: Option<(u64, Arc<str>)>,
 }
 
 impl Owners {
@@ -422,23 +447,38 @@ impl Owners {
     /// entity replaces the earlier one in the batch (both would be written in one transaction).
     fn add(&mut self, step: Step, batch: &mut Batch) {
         let address = Arc::as_ptr(&step.owner).cast::<()>() as usize;
+        let watchers = &self.watchers;
         let index = *self.by_owner.entry(address).or_insert_with(|| {
+            let watching = watchers
+                .as_ref()
+                .is_some_and(|w| w.is_watched(&step.owner.key()));
             self.entries.push(OwnerEntry {
                 owner: Arc::clone(&step.owner),
                 incarnation: step.incarnation,
                 seq: step.seq,
                 state: None,
+                watching,
+                watched: None,
             });
             self.entries.len() - 1
         });
         let entry = &mut self.entries[index];
         entry.seq = entry.seq.max(step.seq);
-        if let Some(extras) = step.extras {
+        let watched = entry.watching;
+        if let Some(mut extras) = step.extras {
+            if let Some(state) = extras.watched.take().filter(|_| watched) {
+                entry.watch(step.seq, state);
+            }
             entry.add_extras(batch, *extras);
         }
         match step.write {
             Write::Nothing => {}
-            Write::State(state) => entry.set_state(batch, state, step.seq),
+            Write::State(state) => {
+                if watched {
+                    entry.watch(step.seq, Arc::clone(&state));
+                }
+                entry.set_state(batch, state, step.seq);
+            }
             Write::DeadLetter(letter) => batch.dead_letters.push(DeadLetterWrite {
                 shard: entry.owner.shard(),
                 epoch: entry.owner.epoch(),
@@ -504,6 +544,13 @@ impl OwnerEntry {
                 idempotency_key,
                 reply,
             });
+        }
+    }
+
+    /// Keeps the owner's state at version `seq` for its watchers, unless a later one is kept.
+    fn watch(&mut self, seq: u64, state: Arc<str>) {
+        if self.watched.as_ref().is_none_or(|(kept, _)| *kept <= seq) {
+            self.watched = Some((seq, state));
         }
     }
 

@@ -980,6 +980,19 @@ impl<K: Process> Cell<K> {
                 None
             }
         });
+        // A watched entity's watchers get its new state once the step is durable.
+        let core = &self.kind.core;
+        if core.watchers.any() && core.watchers.is_watched(&self.key()) {
+            let watched = match (&snapshot, snapshots) {
+                (Some((json, _)), _) => Some(Arc::clone(json)),
+                (None, Some(codec)) => guard(|| (codec.encode)(state))
+                    .ok()
+                    .and_then(Result::ok)
+                    .map(Arc::<str>::from),
+                (None, None) => None,
+            };
+            extras.get_or_insert_with(Box::default).watched = watched;
+        }
         let mut inner = self.inner.lock();
         if self.incarnation.load(Ordering::SeqCst) != incarnation {
             drop(inner);

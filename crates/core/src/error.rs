@@ -144,6 +144,12 @@ pub enum CallError<E = Infallible> {
     /// index.
     #[error("kind {0:?} is ephemeral: it stores no state to query or index")]
     NotStored(String),
+    /// The kind's states cannot be watched: it stores none (`Ephemeral`), or they are not
+    /// serializable (`Journal` without snapshots).
+    #[error(
+        "the states of kind {0:?} cannot be watched: it keeps no JSON state (ephemeral, or a journal kind without snapshots)"
+    )]
+    NotWatchable(String),
     /// A path with `[*]` was given to index.
     #[error(
         "`{0}` cannot be indexed: an index is by one value per entity, and `[*]` stands for many"
@@ -213,6 +219,7 @@ impl<E> CallError<E> {
             Self::Paused(key) => CallError::Paused(key),
             Self::NotStored(kind) => CallError::NotStored(kind),
             Self::NotIndexable(path) => CallError::NotIndexable(path),
+            Self::NotWatchable(kind) => CallError::NotWatchable(kind),
         }
     }
 
@@ -250,6 +257,7 @@ impl<E> CallError<E> {
             Self::Paused(_) => "paused",
             Self::NotStored(_) => "not_stored",
             Self::NotIndexable(_) => "not_indexable",
+            Self::NotWatchable(_) => "not_watchable",
         }
     }
 }

@@ -113,6 +113,10 @@ pub(crate) trait DynKind: Send + Sync {
 
     fn persistence(&self) -> Persistence;
 
+    /// Whether its committed states can be watched as JSON: `Snapshot` kinds, and `Journal`
+    /// kinds with snapshots.
+    fn watchable(&self) -> bool;
+
     /// The entity's state as of `step` (its latest, if `None`), as JSON, from storage.
     fn state_at(
         self: Arc<Self>,
@@ -160,6 +164,13 @@ impl<K: Process> DynKind for KindRt<K> {
 
     fn index(&self) -> u16 {
         self.index
+    }
+
+    fn watchable(&self) -> bool {
+        matches!(
+            self.mode,
+            Mode::Snapshot { .. } | Mode::Journal { snapshots: Some(_) }
+        )
     }
 
     fn state_at(

@@ -103,6 +103,7 @@ mod pause;
 mod process;
 mod registry;
 mod runtime;
+mod watch;
 
 pub use admin::{EntityInfo, Passivation};
 pub use commit::CommitStats;
@@ -114,5 +115,6 @@ pub use journal::{HistoryEntry, Snapshots};
 pub use kind::KindStats;
 pub use process::{Persistence, Process, Rejection};
 pub use runtime::{Builder, Handle, Runtime, Stats};
+pub use watch::{StateChange, Watch};
 
 pub use perennial_types::{EntityId, EntityKey};

@@ -66,6 +66,8 @@ pub(crate) struct Core {
     pub(crate) letters_in_hand: Mutex<std::collections::HashSet<u64>>,
     /// Entities paused by an operator.
     pub(crate) pauses: crate::pause::Pauses,
+    /// Watched entities, told of each committed change.
+    pub(crate) watchers: Arc<crate::watch::Watchers>,
 }
 
 impl fmt::Debug for Core {
@@ -443,7 +445,12 @@ impl Builder {
         let mut names = std::collections::HashSet::new();
         let inflight = Arc::new(AtomicUsize::new(0));
         let dispatch = Arc::new(Dispatch::default());
-        let committer = Arc::new(Committer::new(Arc::clone(&inflight), Arc::clone(&dispatch)));
+        let watchers = Arc::new(crate::watch::Watchers::default());
+        let committer = Arc::new(Committer::new(
+            Arc::clone(&inflight),
+            Arc::clone(&dispatch),
+            Arc::clone(&watchers),
+        ));
         let kind_names = self.registrations.iter().map(|(name, _)| *name).collect();
         let core = Arc::new(Core {
             store: Arc::clone(&store),
@@ -462,6 +469,7 @@ impl Builder {
             started: Instant::now(),
             letters_in_hand: Mutex::default(),
             pauses: crate::pause::Pauses::new(paused),
+            watchers,
         });
         let mut by_name = HashMap::new();
         let mut by_type = HashMap::new();
@@ -867,6 +875,45 @@ impl<K: Process> fmt::Debug for Handle<K> {
 }
 
 impl<K: Process> Handle<K> {
+    /// Watches the entity: [`Watch::next`](crate::Watch::next) gives each change of its
+    /// state (as JSON, with its version) once the step that made it is durable, never
+    /// before. Steps that leave the state as it was give none.
+    ///
+    /// ```
+    /// # use perennial_core::{Ctx, Process, Runtime};
+    /// # use perennial_storage::MemoryStore;
+    /// # #[derive(Default, serde::Serialize, serde::Deserialize)]
+    /// # struct Counter { value: i64 }
+    /// # impl Process for Counter {
+    /// #     const KIND: &'static str = "counter";
+    /// #     type Msg = i64;
+    /// #     type Reply = i64;
+    /// #     type Error = std::convert::Infallible;
+    /// #     fn handle(&mut self, n: i64, _: &mut Ctx<'_, Self>) -> Result<i64, Self::Error> {
+    /// #         self.value += n;
+    /// #         Ok(self.value)
+    /// #     }
+    /// # }
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rt = Runtime::builder().store(MemoryStore::new()).register::<Counter>().start().await?;
+    /// let counter = rt.get::<Counter>("c1");
+    /// let mut changes = counter.watch()?;
+    /// counter.call(5).await?;
+    /// let change = changes.next().await.unwrap();
+    /// assert_eq!(&*change.state, r#"{"value":5}"#);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn watch(&self) -> Result<crate::Watch, CallError> {
+        let (kind, id) = self.target.as_ref().map_err(Clone::clone)?;
+        if !DynKind::watchable(&**kind) {
+            return Err(CallError::NotWatchable(K::KIND.to_owned()));
+        }
+        let key = perennial_types::EntityKey::new(K::KIND, id.clone());
+        Ok(crate::Watch::new(kind.core.watchers.subscribe(key)))
+    }
+
     /// The entity's id, if it is valid.
     pub fn id(&self) -> Option<&EntityId> {
         self.target.as_ref().ok().map(|(_, id)| id)

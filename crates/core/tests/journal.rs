@@ -81,7 +81,7 @@ impl Process for Ledger {
     }
 }
 
-async fn ledgers(store: impl Store, snapshots: Option<Snapshots>) -> Runtime {
+pub(crate) async fn ledgers(store: impl Store, snapshots: Option<Snapshots>) -> Runtime {
     let builder = Runtime::builder().store(store);
     let builder = match snapshots {
         Some(policy) => builder.register_journal_with_snapshots::<Ledger>(policy),

@@ -13,3 +13,4 @@ mod messages;
 mod passivation;
 mod supervision;
 mod timers;
+mod watch;

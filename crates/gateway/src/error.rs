@@ -157,6 +157,7 @@ impl From<CallError<JsonRejection>> for ApiError {
             }
             CallError::NotStored(_)
             | CallError::NotIndexable(_)
+            | CallError::NotWatchable(_)
             | CallError::Store(perennial_storage::Error::Invalid(_)) => {
                 (StatusCode::BAD_REQUEST, error.to_string())
             }

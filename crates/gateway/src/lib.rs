@@ -44,6 +44,7 @@ mod admin;
 pub mod error;
 mod guard;
 mod metrics;
+mod watch;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -129,6 +130,10 @@ pub fn app(rt: Runtime, options: &Options) -> Router {
         ));
     let client = Router::new()
         .route("/v1/{kind}/{id}", post(call).fallback(method_not_allowed))
+        .route(
+            "/v1/{kind}/{id}/watch",
+            get(watch::watch).fallback(method_not_allowed),
+        )
         .route_layer(from_fn_with_state(
             Arc::new(options.client.clone()),
             guard::authorize,

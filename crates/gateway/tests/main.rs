@@ -3,6 +3,7 @@
 mod admin;
 mod guard;
 mod metrics;
+mod watch;
 
 use std::time::Duration;
 

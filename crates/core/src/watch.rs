@@ -1,0 +1,95 @@
+//! Watching an entity: each change of its state, once the step that made it is durable
+//! (never before), for [`Handle::watch`](crate::Handle::watch) and the gateway's `watch`
+//! stream.
+//!
+//! The committer publishes a watched entity's new state right after the batch holding it
+//! committed. Entities nobody watches cost one atomic load per batch entry.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
+use perennial_types::EntityKey;
+use tokio::sync::broadcast;
+
+/// How many changes a slow watcher may fall behind before it skips to newer ones.
+const BACKLOG: usize = 64;
+
+/// One committed change of an entity's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StateChange {
+    /// The entity's version (its step) after the change.
+    pub version: u64,
+    /// The new state, as JSON.
+    pub state: Arc<str>,
+}
+
+/// The watched entities of a runtime and their channels.
+#[derive(Debug, Default)]
+pub(crate) struct Watchers {
+    /// How many entities have a channel: none is the common case.
+    count: AtomicUsize,
+    channels: Mutex<HashMap<EntityKey, broadcast::Sender<StateChange>>>,
+}
+
+impl Watchers {
+    /// Whether anything may watch an entity now (cheap; [`is_watched`](Self::is_watched)
+    /// says which).
+    pub(crate) fn any(&self) -> bool {
+        self.count.load(Ordering::Acquire) > 0
+    }
+
+    pub(crate) fn is_watched(&self, key: &EntityKey) -> bool {
+        self.any() && self.channels.lock().contains_key(key)
+    }
+
+    pub(crate) fn subscribe(&self, key: EntityKey) -> broadcast::Receiver<StateChange> {
+        let mut channels = self.channels.lock();
+        channels.retain(|_, tx| tx.receiver_count() > 0);
+        let rx = channels
+            .entry(key)
+            .or_insert_with(|| broadcast::channel(BACKLOG).0)
+            .subscribe();
+        self.count.store(channels.len(), Ordering::Release);
+        rx
+    }
+
+    /// Sends a committed change to the entity's watchers; forgets the channel once no one
+    /// listens.
+    pub(crate) fn publish(&self, key: &EntityKey, change: StateChange) {
+        let mut channels = self.channels.lock();
+        if let Some(tx) = channels.get(key)
+            && tx.send(change).is_err()
+        {
+            channels.remove(key);
+            self.count.store(channels.len(), Ordering::Release);
+        }
+    }
+}
+
+/// A stream of an entity's committed state changes; see [`Handle::watch`](crate::Handle::watch).
+#[derive(Debug)]
+pub struct Watch {
+    rx: broadcast::Receiver<StateChange>,
+}
+
+impl Watch {
+    pub(crate) fn new(rx: broadcast::Receiver<StateChange>) -> Self {
+        Self { rx }
+    }
+
+    /// The next committed change, or `None` once the runtime is gone. A watcher that falls
+    /// more than 64 changes behind skips to the oldest change still kept: states are whole,
+    /// so the latest one is always right.
+    pub async fn next(&mut self) -> Option<StateChange> {
+        loop {
+            match self.rx.recv().await {
+                Ok(change) => return Some(change),
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}
