@@ -3,6 +3,7 @@
 mod admin;
 mod guard;
 mod metrics;
+mod openapi;
 mod watch;
 
 use std::time::Duration;
