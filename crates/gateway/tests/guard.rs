@@ -161,7 +161,7 @@ async fn a_request_past_its_deadline_is_504() {
 }
 
 /// Statuses the gateway may answer random input with.
-const EXPECTED: [u16; 9] = [200, 400, 401, 403, 404, 405, 413, 414, 500];
+const EXPECTED: [u16; 11] = [200, 201, 400, 401, 403, 404, 405, 409, 413, 414, 500];
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
@@ -175,6 +175,7 @@ proptest! {
         body in prop::collection::vec(any::<u8>(), 0..256),
         json_body in any::<bool>(),
         value in (any::<i64>(), "[a-z_]{0,8}"),
+        filter in "\\PC{0,40}",
     ) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async {
@@ -187,7 +188,11 @@ proptest! {
             } else {
                 body
             };
-            for uri in [uri.clone(), format!("/v1/counter{uri}"), format!("/v1/admin{uri}")] {
+            // Random filters and paths, percent-encoded, at the query and index routes.
+            let encoded: String = filter.bytes().map(|b| format!("%{b:02X}")).collect();
+            let query = format!("/v1/admin/kinds/counter/query?filter={encoded}");
+            let index = format!("/v1/admin/kinds/counter/indexes?path={encoded}");
+            for uri in [uri.clone(), format!("/v1/counter{uri}"), format!("/v1/admin{uri}"), query, index] {
                 let Ok(request) = Request::builder().method(method.clone()).uri(&uri).body(Body::from(body.clone())) else {
                     continue; // not a URI at all: the HTTP layer refuses it before the gateway
                 };
