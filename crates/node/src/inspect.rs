@@ -4,7 +4,6 @@
 //! runtime, and needs the node stopped.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
 use perennial_core::{HistoryEntry, Runtime};
@@ -12,6 +11,8 @@ use perennial_storage::{Error as StoreError, Store};
 
 use perennial_storage_sqlite::{Inspector, SqliteStore};
 use serde_json::{Value, json};
+
+use crate::output::{self, table, time_ms, time_us};
 
 /// What to show.
 #[derive(Debug)]
@@ -34,7 +35,7 @@ pub(crate) async fn run(data: &Path, q: Query) -> anyhow::Result<()> {
         (Some(kind), Some(id)) if q.history => history(&inspector, kind, id, &q)?,
         (Some(kind), Some(id)) => state(data, &inspector, kind, id, &q).await?,
     };
-    println!("{out}");
+    output::answer(&out);
     Ok(())
 }
 
@@ -209,43 +210,4 @@ async fn replay(data: &Path, kind: &str, id: &str, at: Option<u64>) -> Result<St
     let state = result.map_err(Replay::Failed)?;
     closed.map_err(|e| Replay::Failed(e.into()))?;
     Ok(state)
-}
-
-fn time_ms(ms: i64) -> String {
-    time_us(ms.saturating_mul(1000))
-}
-
-fn time_us(us: i64) -> String {
-    if us <= 0 {
-        return "-".to_owned();
-    }
-    let at = SystemTime::UNIX_EPOCH + Duration::from_micros(us.unsigned_abs());
-    humantime::format_rfc3339_millis(at).to_string()
-}
-
-/// A plain text table: columns padded to their widest cell.
-fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        padded.join("  ").trim_end().to_owned()
-    };
-    let mut out = vec![line(headers.to_vec())];
-    out.extend(
-        rows.iter()
-            .map(|r| line(r.iter().map(String::as_str).collect())),
-    );
-    if rows.is_empty() {
-        out.push("(none)".to_owned());
-    }
-    out.join("\n")
 }

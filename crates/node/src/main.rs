@@ -1,12 +1,20 @@
 //! The `perennial` binary: `perennial serve` hosts the demo kinds over HTTP on the embedded
-//! store; `perennial bench` measures the runtime; `perennial inspect` shows what a data
-//! directory holds. Glue only: see the library crates.
+//! store; `call`, `entities`, `state`, `dead-letters` and `passivate` are an operator's
+//! client for a running node (`remote`, over `client`); `perennial inspect` shows what a
+//! data directory holds; `perennial bench` measures the runtime. Glue only: see the library
+//! crates.
+//!
+//! Answers go to stdout (`output`), errors and hints to stderr.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
+mod client;
 mod inspect;
+mod output;
+mod remote;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -63,10 +71,29 @@ struct ServeArgs {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve the demo kinds (`counter`, `table`, `house`, `cache`, `queue`) over HTTP, with
-    /// state in a data directory.
+    /// Serve the demo kinds (`counter`, `table`, `house`, `cache`, `queue`) over HTTP.
+    ///
+    /// The state is kept in a data directory.
     Serve(ServeArgs),
-    /// Measure durable calls against the database approach, memory per entity and
+    /// Call an entity on a running node: `perennial call counter/c1 '{"add": 1}'`.
+    ///
+    /// Prints the reply. The node is --node (or PERENNIAL_NODE); its client token, if it
+    /// needs one, --token (or PERENNIAL_CLIENT_TOKEN).
+    Call(remote::CallArgs),
+    /// List a kind's entities on a running node, in id order (admin API).
+    ///
+    /// The admin API needs the node's admin token: --token (or PERENNIAL_ADMIN_TOKEN).
+    Entities(remote::EntitiesArgs),
+    /// Show an entity's state, history, or past state on a running node (admin API).
+    State(remote::StateArgs),
+    /// List a running node's dead letters, or show, retry or discard one (admin API).
+    #[command(name = "dead-letters")]
+    DeadLetters(remote::DeadLettersArgs),
+    /// Passivate a kind's idle entities, or one entity, on a running node now (admin API).
+    Passivate(remote::PassivateArgs),
+    /// Measure durable calls against the database approach, memory and activations.
+    ///
+    /// Durable calls per second against the database approach, memory per entity and
     /// activations per second. Not a test: run it on a quiet machine.
     Bench {
         /// Print one JSON object per workload and line.
@@ -96,9 +123,11 @@ enum Command {
         #[arg(long)]
         data: Option<PathBuf>,
     },
-    /// Show what a data directory holds: its kinds, a kind's entities, an entity's state,
-    /// its history, or its state at a past step. Works beside a running node, except for
-    /// replays (`--at`, or a `Journal` entity's latest state), which need it stopped.
+    /// Show what a data directory holds, without a node: kinds, entities, states, histories.
+    ///
+    /// Its kinds, a kind's entities, an entity's state, its history, or its state at a past
+    /// step. Works beside a running node, except for replays (`--at`, or a `Journal`
+    /// entity's latest state), which need it stopped.
     Inspect {
         /// The data directory.
         #[arg(long, default_value = "./perennial-data")]
@@ -135,12 +164,12 @@ enum Workload {
     Pending,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     // A tool's output is its answer: it logs only what went wrong.
     let default_level = match cli.command {
-        Command::Inspect { .. } => "warn",
-        _ => "info",
+        Command::Serve(_) | Command::Bench { .. } => "info",
+        _ => "warn",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -148,35 +177,55 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(anstream::AutoStream::choice(&std::io::stderr()) != anstream::ColorChoice::Never)
         .init();
-    perennial_core::failpoint::setup().map_err(anyhow::Error::msg)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async {
-        match cli.command {
-            Command::Serve(args) => serve(args).await,
-            Command::Bench {
-                json,
-                seconds,
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            output::error(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(args) => block_on(serve(args)),
+        // The client subcommands are blocking HTTP calls: no async runtime.
+        Command::Call(args) => remote::call(args),
+        Command::Entities(args) => remote::entities(args),
+        Command::State(args) => remote::state(args),
+        Command::DeadLetters(args) => remote::dead_letters(args),
+        Command::Passivate(args) => remote::passivate(args),
+        Command::Bench {
+            json,
+            seconds,
+            entities,
+            callers,
+            resident_entities,
+            only,
+            data,
+        } => {
+            let options = perennial_bench::Options {
+                duration: Duration::from_secs(seconds),
                 entities,
                 callers,
                 resident_entities,
-                only,
-                data,
-            } => {
-                let options = perennial_bench::Options {
-                    duration: Duration::from_secs(seconds),
-                    entities,
-                    callers,
-                    resident_entities,
-                    dir: data,
-                };
-                bench(&options, &only, json).await
-            }
-            Command::Inspect {
-                data,
+                dir: data,
+            };
+            block_on(async move { bench(&options, &only, json).await })
+        }
+        Command::Inspect {
+            data,
+            kind,
+            id,
+            history,
+            at,
+            after,
+            limit,
+            json,
+        } => {
+            let query = inspect::Query {
                 kind,
                 id,
                 history,
@@ -184,20 +233,20 @@ fn main() -> anyhow::Result<()> {
                 after,
                 limit,
                 json,
-            } => {
-                let query = inspect::Query {
-                    kind,
-                    id,
-                    history,
-                    at,
-                    after,
-                    limit,
-                    json,
-                };
-                inspect::run(&data, query).await
-            }
+            };
+            block_on(async move { inspect::run(&data, query).await })
         }
-    })
+    }
+}
+
+/// Runs `work` on a multi-threaded async runtime, with the crash points of a test build.
+fn block_on(work: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    perennial_core::failpoint::setup().map_err(anyhow::Error::msg)?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(work)
 }
 
 /// The gateway's options from the command line: who may call, who may administer.
