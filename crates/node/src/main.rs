@@ -1,17 +1,17 @@
 //! The `perennial` binary: `perennial serve` hosts the demo kinds over HTTP on the embedded
-//! store; `call`, `entities`, `state`, `dead-letters` and `passivate` are an operator's
-//! client for a running node (`remote`, over `client`); `perennial inspect` shows what a
-//! data directory holds; `perennial bench` measures the runtime. Glue only: see the library
-//! crates.
+//! store, configured by flags, `PERENNIAL_*` variables and `perennial.toml` (`config`);
+//! `call`, `entities`, `state`, `dead-letters` and `passivate` are an operator's client for a
+//! running node (`remote`, over `client`); `perennial inspect` shows what a data directory
+//! holds; `perennial bench` measures the runtime. Glue only: see the library crates.
 //!
 //! Answers go to stdout (`output`), errors and hints to stderr.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 mod client;
+mod config;
 mod inspect;
 mod output;
 mod remote;
@@ -21,6 +21,8 @@ use clap::{Parser, Subcommand};
 use perennial_core::Runtime;
 use perennial_storage::Store;
 use perennial_storage_sqlite::SqliteStore;
+
+use crate::config::{Config, ServeArgs};
 
 // mimalloc: measured faster and leaner than the system allocator for the runtime's many
 // small, short-lived allocations (see docs/benchmarks.md).
@@ -35,45 +37,12 @@ struct Cli {
     command: Command,
 }
 
-/// How `perennial serve` runs.
-#[derive(Debug, clap::Args)]
-struct ServeArgs {
-    /// The data directory (created if missing).
-    #[arg(long, default_value = "./perennial-data")]
-    data: PathBuf,
-    /// The address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
-    /// The token clients must send (`Authorization: Bearer …`) to call entities. Required
-    /// to listen on an address other than loopback, unless `--insecure`.
-    #[arg(long, env = "PERENNIAL_CLIENT_TOKEN", hide_env_values = true)]
-    client_token: Option<String>,
-    /// The token the admin API (`/v1/admin/…`) requires; without one, it is disabled.
-    #[arg(long, env = "PERENNIAL_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: Option<String>,
-    /// Listen on a non-loopback address without a client token: anyone who reaches the
-    /// port can call every entity.
-    #[arg(long)]
-    insecure: bool,
-    /// The most entities kept resident.
-    #[arg(long, default_value_t = 1_000_000)]
-    max_resident: usize,
-    /// The most bytes of entity state kept resident.
-    #[arg(long, default_value_t = 1 << 30)]
-    max_resident_bytes: usize,
-    /// The largest request body accepted, in bytes.
-    #[arg(long, default_value_t = 1 << 20)]
-    max_body_bytes: usize,
-    /// How long a request may take before it is answered `504 timeout`.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    request_timeout: Duration,
-}
-
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the demo kinds (`counter`, `table`, `house`, `cache`, `queue`) over HTTP.
     ///
-    /// The state is kept in a data directory.
+    /// The state is kept in a data directory. Each setting comes from the first of: a flag,
+    /// its PERENNIAL_* variable, the configuration file (perennial.toml), the default.
     Serve(ServeArgs),
     /// Call an entity on a running node: `perennial call counter/c1 '{"add": 1}'`.
     ///
@@ -165,7 +134,14 @@ enum Workload {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| {
+        if let Some(variable) = bad_variable(&e) {
+            let _ = e.print();
+            anstream::eprintln!("note: the value comes from {variable}");
+            std::process::exit(e.exit_code());
+        }
+        e.exit()
+    });
     // A tool's output is its answer: it logs only what went wrong.
     let default_level = match cli.command {
         Command::Serve(_) | Command::Bench { .. } => "info",
@@ -190,7 +166,14 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve(args) => block_on(serve(args)),
+        Command::Serve(args) => {
+            let (config, file) = Config::load(&args)?;
+            if args.print_config {
+                output::answer(config.to_toml(file.as_deref())?.trim_end());
+                return Ok(());
+            }
+            block_on(serve(config))
+        }
         // The client subcommands are blocking HTTP calls: no async runtime.
         Command::Call(args) => remote::call(args),
         Command::Entities(args) => remote::entities(args),
@@ -239,6 +222,29 @@ fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
+/// The environment variable a bad value came from, if it came from one: clap's message
+/// names only the flag.
+fn bad_variable(error: &clap::Error) -> Option<String> {
+    use clap::CommandFactory;
+    use clap::error::{ContextKind, ContextValue};
+    let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let long = arg.strip_prefix("--")?.split([' ', '=', '[']).next()?;
+    let given =
+        std::env::args().any(|a| a == format!("--{long}") || a.starts_with(&format!("--{long}=")));
+    let mut command = Cli::command();
+    command.build();
+    let variable = command
+        .get_subcommands()
+        .flat_map(clap::Command::get_arguments)
+        .find(|a| a.get_long() == Some(long))?
+        .get_env()?
+        .to_str()?
+        .to_owned();
+    (!given && std::env::var_os(&variable).is_some()).then_some(variable)
+}
+
 /// Runs `work` on a multi-threaded async runtime, with the crash points of a test build.
 fn block_on(work: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
     perennial_core::failpoint::setup().map_err(anyhow::Error::msg)?;
@@ -249,11 +255,11 @@ fn block_on(work: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()
         .block_on(work)
 }
 
-/// The gateway's options from the command line: who may call, who may administer.
-fn gateway_options(args: &ServeArgs) -> anyhow::Result<perennial_gateway::Options> {
+/// The gateway's options from the configuration: who may call, who may administer.
+fn gateway_options(args: &Config) -> anyhow::Result<perennial_gateway::Options> {
     use perennial_gateway::Access;
-    let token = |flag: &str, token: &Option<String>| -> anyhow::Result<Option<String>> {
-        match token.as_deref() {
+    let token = |flag: &str, token: &Option<config::Secret>| -> anyhow::Result<Option<String>> {
+        match token.as_ref().map(config::Secret::expose) {
             Some(t) if t.len() < 16 => anyhow::bail!(
                 "the {flag} is {} characters; use at least 16 (for example `openssl rand -hex 16`)",
                 t.len()
@@ -284,9 +290,9 @@ fn gateway_options(args: &ServeArgs) -> anyhow::Result<perennial_gateway::Option
     Ok(options)
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(args: Config) -> anyhow::Result<()> {
     let gateway = gateway_options(&args)?;
-    let ServeArgs {
+    let Config {
         data,
         listen,
         max_resident,
