@@ -4,6 +4,7 @@
 //! runtime, and needs the node stopped.
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use perennial_core::{HistoryEntry, Runtime};
@@ -13,6 +14,7 @@ use perennial_storage_sqlite::{Inspector, SqliteStore};
 use serde_json::{Value, json};
 
 use crate::output::{self, table, time_ms, time_us};
+use crate::progress::Delayed;
 
 /// What to show.
 #[derive(Debug)]
@@ -27,6 +29,12 @@ pub(crate) struct Query {
 }
 
 pub(crate) async fn run(data: &Path, q: Query) -> anyhow::Result<()> {
+    // Counting or listing a large kind, or a long replay, can take a while: say so if it does.
+    let spinner = Delayed::new(
+        format!("reading {}", data.display()),
+        Duration::from_millis(300),
+        !q.json,
+    );
     let inspector = Inspector::open(data)
         .with_context(|| format!("cannot read the data directory {}", data.display()))?;
     let out = match (&q.kind, &q.id) {
@@ -35,6 +43,7 @@ pub(crate) async fn run(data: &Path, q: Query) -> anyhow::Result<()> {
         (Some(kind), Some(id)) if q.history => history(&inspector, kind, id, &q)?,
         (Some(kind), Some(id)) => state(data, &inspector, kind, id, &q).await?,
     };
+    drop(spinner);
     output::answer(&out);
     Ok(())
 }

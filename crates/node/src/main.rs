@@ -4,7 +4,7 @@
 //! running node (`remote`, over `client`); `perennial inspect` shows what a data directory
 //! holds; `perennial bench` measures the runtime. Glue only: see the library crates.
 //!
-//! Answers go to stdout (`output`), errors and hints to stderr.
+//! Answers go to stdout (`output`), errors, hints and spinners (`progress`) to stderr.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,6 +14,7 @@ mod client;
 mod config;
 mod inspect;
 mod output;
+mod progress;
 mod remote;
 
 use anyhow::Context;
@@ -152,7 +153,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(|| progress::LogWriter)
         .with_ansi(anstream::AutoStream::choice(&std::io::stderr()) != anstream::ColorChoice::Never)
         .init();
     match run(cli.command) {
@@ -362,14 +363,18 @@ async fn bench(
         );
     }
     for workload in only {
+        let name = format!("{workload:?}").to_lowercase();
+        let bar = progress::spinner(name, !json);
         let report = match workload {
-            Workload::Durable => perennial_bench::durable(options).await?,
-            Workload::Ephemeral => perennial_bench::ephemeral(options).await?,
-            Workload::Resident => perennial_bench::resident(options).await?,
-            Workload::Activation => perennial_bench::activation(options).await?,
-            Workload::Journal => perennial_bench::journal(options).await?,
-            Workload::Pending => perennial_bench::pending(options).await?,
+            Workload::Durable => perennial_bench::durable(options).await,
+            Workload::Ephemeral => perennial_bench::ephemeral(options).await,
+            Workload::Resident => perennial_bench::resident(options).await,
+            Workload::Activation => perennial_bench::activation(options).await,
+            Workload::Journal => perennial_bench::journal(options).await,
+            Workload::Pending => perennial_bench::pending(options).await,
         };
+        bar.finish_and_clear();
+        let report = report?;
         if json {
             println!("{}", report.to_json());
         } else {
