@@ -4,7 +4,7 @@
 //! runtime, and needs the node stopped.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use perennial_core::{HistoryEntry, Runtime};
@@ -12,6 +12,9 @@ use perennial_storage::{Error as StoreError, Store};
 
 use perennial_storage_sqlite::{Inspector, SqliteStore};
 use serde_json::{Value, json};
+
+use crate::output::{self, table, time_ms, time_us};
+use crate::progress::Delayed;
 
 /// What to show.
 #[derive(Debug)]
@@ -26,6 +29,12 @@ pub(crate) struct Query {
 }
 
 pub(crate) async fn run(data: &Path, q: Query) -> anyhow::Result<()> {
+    // Counting or listing a large kind, or a long replay, can take a while: say so if it does.
+    let spinner = Delayed::new(
+        format!("reading {}", data.display()),
+        Duration::from_millis(300),
+        !q.json,
+    );
     let inspector = Inspector::open(data)
         .with_context(|| format!("cannot read the data directory {}", data.display()))?;
     let out = match (&q.kind, &q.id) {
@@ -34,7 +43,8 @@ pub(crate) async fn run(data: &Path, q: Query) -> anyhow::Result<()> {
         (Some(kind), Some(id)) if q.history => history(&inspector, kind, id, &q)?,
         (Some(kind), Some(id)) => state(data, &inspector, kind, id, &q).await?,
     };
-    println!("{out}");
+    drop(spinner);
+    output::answer(&out);
     Ok(())
 }
 
@@ -209,43 +219,4 @@ async fn replay(data: &Path, kind: &str, id: &str, at: Option<u64>) -> Result<St
     let state = result.map_err(Replay::Failed)?;
     closed.map_err(|e| Replay::Failed(e.into()))?;
     Ok(state)
-}
-
-fn time_ms(ms: i64) -> String {
-    time_us(ms.saturating_mul(1000))
-}
-
-fn time_us(us: i64) -> String {
-    if us <= 0 {
-        return "-".to_owned();
-    }
-    let at = SystemTime::UNIX_EPOCH + Duration::from_micros(us.unsigned_abs());
-    humantime::format_rfc3339_millis(at).to_string()
-}
-
-/// A plain text table: columns padded to their widest cell.
-fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        padded.join("  ").trim_end().to_owned()
-    };
-    let mut out = vec![line(headers.to_vec())];
-    out.extend(
-        rows.iter()
-            .map(|r| line(r.iter().map(String::as_str).collect())),
-    );
-    if rows.is_empty() {
-        out.push("(none)".to_owned());
-    }
-    out.join("\n")
 }

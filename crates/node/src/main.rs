@@ -1,18 +1,29 @@
 //! The `perennial` binary: `perennial serve` hosts the demo kinds over HTTP on the embedded
-//! store; `perennial bench` measures the runtime; `perennial inspect` shows what a data
-//! directory holds. Glue only: see the library crates.
+//! store, configured by flags, `PERENNIAL_*` variables and `perennial.toml` (`config`);
+//! `call`, `entities`, `state`, `dead-letters` and `passivate` are an operator's client for a
+//! running node (`remote`, over `client`); `perennial inspect` shows what a data directory
+//! holds; `perennial bench` measures the runtime. Glue only: see the library crates.
+//!
+//! Answers go to stdout (`output`), errors, hints and spinners (`progress`) to stderr.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
+mod client;
+mod config;
 mod inspect;
+mod output;
+mod progress;
+mod remote;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use perennial_core::Runtime;
 use perennial_storage::Store;
 use perennial_storage_sqlite::SqliteStore;
+
+use crate::config::{Config, ServeArgs};
 
 // mimalloc: measured faster and leaner than the system allocator for the runtime's many
 // small, short-lived allocations (see docs/benchmarks.md).
@@ -27,46 +38,32 @@ struct Cli {
     command: Command,
 }
 
-/// How `perennial serve` runs.
-#[derive(Debug, clap::Args)]
-struct ServeArgs {
-    /// The data directory (created if missing).
-    #[arg(long, default_value = "./perennial-data")]
-    data: PathBuf,
-    /// The address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
-    /// The token clients must send (`Authorization: Bearer …`) to call entities. Required
-    /// to listen on an address other than loopback, unless `--insecure`.
-    #[arg(long, env = "PERENNIAL_CLIENT_TOKEN", hide_env_values = true)]
-    client_token: Option<String>,
-    /// The token the admin API (`/v1/admin/…`) requires; without one, it is disabled.
-    #[arg(long, env = "PERENNIAL_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: Option<String>,
-    /// Listen on a non-loopback address without a client token: anyone who reaches the
-    /// port can call every entity.
-    #[arg(long)]
-    insecure: bool,
-    /// The most entities kept resident.
-    #[arg(long, default_value_t = 1_000_000)]
-    max_resident: usize,
-    /// The most bytes of entity state kept resident.
-    #[arg(long, default_value_t = 1 << 30)]
-    max_resident_bytes: usize,
-    /// The largest request body accepted, in bytes.
-    #[arg(long, default_value_t = 1 << 20)]
-    max_body_bytes: usize,
-    /// How long a request may take before it is answered `504 timeout`.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    request_timeout: Duration,
-}
-
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve the demo kinds (`counter`, `table`, `house`, `cache`, `queue`) over HTTP, with
-    /// state in a data directory.
+    /// Serve the demo kinds (`counter`, `table`, `house`, `cache`, `queue`) over HTTP.
+    ///
+    /// The state is kept in a data directory. Each setting comes from the first of: a flag,
+    /// its PERENNIAL_* variable, the configuration file (perennial.toml), the default.
     Serve(ServeArgs),
-    /// Measure durable calls against the database approach, memory per entity and
+    /// Call an entity on a running node: `perennial call counter/c1 '{"add": 1}'`.
+    ///
+    /// Prints the reply. The node is --node (or PERENNIAL_NODE); its client token, if it
+    /// needs one, --token (or PERENNIAL_CLIENT_TOKEN).
+    Call(remote::CallArgs),
+    /// List a kind's entities on a running node, in id order (admin API).
+    ///
+    /// The admin API needs the node's admin token: --token (or PERENNIAL_ADMIN_TOKEN).
+    Entities(remote::EntitiesArgs),
+    /// Show an entity's state, history, or past state on a running node (admin API).
+    State(remote::StateArgs),
+    /// List a running node's dead letters, or show, retry or discard one (admin API).
+    #[command(name = "dead-letters")]
+    DeadLetters(remote::DeadLettersArgs),
+    /// Passivate a kind's idle entities, or one entity, on a running node now (admin API).
+    Passivate(remote::PassivateArgs),
+    /// Measure durable calls against the database approach, memory and activations.
+    ///
+    /// Durable calls per second against the database approach, memory per entity and
     /// activations per second. Not a test: run it on a quiet machine.
     Bench {
         /// Print one JSON object per workload and line.
@@ -96,9 +93,11 @@ enum Command {
         #[arg(long)]
         data: Option<PathBuf>,
     },
-    /// Show what a data directory holds: its kinds, a kind's entities, an entity's state,
-    /// its history, or its state at a past step. Works beside a running node, except for
-    /// replays (`--at`, or a `Journal` entity's latest state), which need it stopped.
+    /// Show what a data directory holds, without a node: kinds, entities, states, histories.
+    ///
+    /// Its kinds, a kind's entities, an entity's state, its history, or its state at a past
+    /// step. Works beside a running node, except for replays (`--at`, or a `Journal`
+    /// entity's latest state), which need it stopped.
     Inspect {
         /// The data directory.
         #[arg(long, default_value = "./perennial-data")]
@@ -136,48 +135,82 @@ enum Workload {
     Query,
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> ExitCode {
+    let cli = Cli::try_parse().unwrap_or_else(|e| {
+        if let Some(variable) = bad_variable(&e) {
+            let _ = e.print();
+            anstream::eprintln!("note: the value comes from {variable}");
+            std::process::exit(e.exit_code());
+        }
+        e.exit()
+    });
     // A tool's output is its answer: it logs only what went wrong.
     let default_level = match cli.command {
-        Command::Inspect { .. } => "warn",
-        _ => "info",
+        Command::Serve(_) | Command::Bench { .. } => "info",
+        _ => "warn",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(|| progress::LogWriter)
+        .with_ansi(anstream::AutoStream::choice(&std::io::stderr()) != anstream::ColorChoice::Never)
         .init();
-    perennial_core::failpoint::setup().map_err(anyhow::Error::msg)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async {
-        match cli.command {
-            Command::Serve(args) => serve(args).await,
-            Command::Bench {
-                json,
-                seconds,
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            output::error(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(args) => {
+            let (config, file) = Config::load(&args)?;
+            if args.print_config {
+                output::answer(config.to_toml(file.as_deref())?.trim_end());
+                return Ok(());
+            }
+            block_on(serve(config))
+        }
+        // The client subcommands are blocking HTTP calls: no async runtime.
+        Command::Call(args) => remote::call(args),
+        Command::Entities(args) => remote::entities(args),
+        Command::State(args) => remote::state(args),
+        Command::DeadLetters(args) => remote::dead_letters(args),
+        Command::Passivate(args) => remote::passivate(args),
+        Command::Bench {
+            json,
+            seconds,
+            entities,
+            callers,
+            resident_entities,
+            only,
+            data,
+        } => {
+            let options = perennial_bench::Options {
+                duration: Duration::from_secs(seconds),
                 entities,
                 callers,
                 resident_entities,
-                only,
-                data,
-            } => {
-                let options = perennial_bench::Options {
-                    duration: Duration::from_secs(seconds),
-                    entities,
-                    callers,
-                    resident_entities,
-                    dir: data,
-                };
-                bench(&options, &only, json).await
-            }
-            Command::Inspect {
-                data,
+                dir: data,
+            };
+            block_on(async move { bench(&options, &only, json).await })
+        }
+        Command::Inspect {
+            data,
+            kind,
+            id,
+            history,
+            at,
+            after,
+            limit,
+            json,
+        } => {
+            let query = inspect::Query {
                 kind,
                 id,
                 history,
@@ -185,27 +218,50 @@ fn main() -> anyhow::Result<()> {
                 after,
                 limit,
                 json,
-            } => {
-                let query = inspect::Query {
-                    kind,
-                    id,
-                    history,
-                    at,
-                    after,
-                    limit,
-                    json,
-                };
-                inspect::run(&data, query).await
-            }
+            };
+            block_on(async move { inspect::run(&data, query).await })
         }
-    })
+    }
 }
 
-/// The gateway's options from the command line: who may call, who may administer.
-fn gateway_options(args: &ServeArgs) -> anyhow::Result<perennial_gateway::Options> {
+/// The environment variable a bad value came from, if it came from one: clap's message
+/// names only the flag.
+fn bad_variable(error: &clap::Error) -> Option<String> {
+    use clap::CommandFactory;
+    use clap::error::{ContextKind, ContextValue};
+    let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let long = arg.strip_prefix("--")?.split([' ', '=', '[']).next()?;
+    let given =
+        std::env::args().any(|a| a == format!("--{long}") || a.starts_with(&format!("--{long}=")));
+    let mut command = Cli::command();
+    command.build();
+    let variable = command
+        .get_subcommands()
+        .flat_map(clap::Command::get_arguments)
+        .find(|a| a.get_long() == Some(long))?
+        .get_env()?
+        .to_str()?
+        .to_owned();
+    (!given && std::env::var_os(&variable).is_some()).then_some(variable)
+}
+
+/// Runs `work` on a multi-threaded async runtime, with the crash points of a test build.
+fn block_on(work: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    perennial_core::failpoint::setup().map_err(anyhow::Error::msg)?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(work)
+}
+
+/// The gateway's options from the configuration: who may call, who may administer.
+fn gateway_options(args: &Config) -> anyhow::Result<perennial_gateway::Options> {
     use perennial_gateway::Access;
-    let token = |flag: &str, token: &Option<String>| -> anyhow::Result<Option<String>> {
-        match token.as_deref() {
+    let token = |flag: &str, token: &Option<config::Secret>| -> anyhow::Result<Option<String>> {
+        match token.as_ref().map(config::Secret::expose) {
             Some(t) if t.len() < 16 => anyhow::bail!(
                 "the {flag} is {} characters; use at least 16 (for example `openssl rand -hex 16`)",
                 t.len()
@@ -236,9 +292,9 @@ fn gateway_options(args: &ServeArgs) -> anyhow::Result<perennial_gateway::Option
     Ok(options)
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(args: Config) -> anyhow::Result<()> {
     let gateway = gateway_options(&args)?;
-    let ServeArgs {
+    let Config {
         data,
         listen,
         max_resident,
@@ -308,15 +364,19 @@ async fn bench(
         );
     }
     for workload in only {
+        let name = format!("{workload:?}").to_lowercase();
+        let bar = progress::spinner(name, !json);
         let report = match workload {
-            Workload::Durable => perennial_bench::durable(options).await?,
-            Workload::Ephemeral => perennial_bench::ephemeral(options).await?,
-            Workload::Resident => perennial_bench::resident(options).await?,
-            Workload::Activation => perennial_bench::activation(options).await?,
-            Workload::Journal => perennial_bench::journal(options).await?,
-            Workload::Pending => perennial_bench::pending(options).await?,
-            Workload::Query => perennial_bench::query(options).await?,
+            Workload::Durable => perennial_bench::durable(options).await,
+            Workload::Ephemeral => perennial_bench::ephemeral(options).await,
+            Workload::Resident => perennial_bench::resident(options).await,
+            Workload::Activation => perennial_bench::activation(options).await,
+            Workload::Journal => perennial_bench::journal(options).await,
+            Workload::Pending => perennial_bench::pending(options).await,
+            Workload::Query => perennial_bench::query(options).await,
         };
+        bar.finish_and_clear();
+        let report = report?;
         if json {
             println!("{}", report.to_json());
         } else {

@@ -1,7 +1,9 @@
 //! The real `perennial` binary, as a child process: crash safety under kill -9, clean
-//! shutdown on SIGTERM, refusal to share a data directory, and fsyncs counted at the system
-//! call level.
+//! shutdown on SIGTERM, refusal to share a data directory, fsyncs counted at the system
+//! call level, the operator's client subcommands, and the configuration.
 
+mod cli;
+mod config;
 mod crash_points;
 mod fsync;
 mod journal;

@@ -1,4 +1,5 @@
-//! Starting the binary on a data directory, and a small HTTP client for it.
+//! Starting the binary on a data directory, running its client subcommands, and a small
+//! HTTP client for it.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -21,15 +22,21 @@ pub(crate) struct Node {
 impl Node {
     /// Starts the binary on `data` with a free loopback port, and waits until it listens.
     pub(crate) fn start(data: &Path) -> Node {
-        Self::start_under(Command::new(env!("CARGO_BIN_EXE_perennial")), data)
+        Self::start_under(perennial(), data)
     }
 
     /// Like [`start`](Self::start), but through `command` (such as `strace ... perennial`),
     /// which is given the `serve` arguments.
     pub(crate) fn start_under(mut command: Command, data: &Path) -> Node {
-        let mut child = command
+        command
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(data)
+            .arg(data);
+        Self::spawn(command)
+    }
+
+    /// Runs `command` (a `perennial serve` with its arguments) and waits until it listens.
+    pub(crate) fn spawn(mut command: Command) -> Node {
+        let mut child = command
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -64,6 +71,26 @@ impl Node {
     pub(crate) fn pid(&self) -> nix::unistd::Pid {
         nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(i32::MAX))
     }
+}
+
+impl Node {
+    /// The node's URL, for `--node`.
+    pub(crate) fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// The binary, run as a command with none of the `PERENNIAL_*` variables of the environment
+/// the tests run in, so that only what a test sets counts.
+pub(crate) fn perennial() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_perennial"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("PERENNIAL_") {
+            command.env_remove(name);
+        }
+    }
+    command.env("RUST_LOG", "warn");
+    command
 }
 
 impl Drop for Node {

@@ -1,0 +1,241 @@
+//! `perennial serve`'s configuration, in layers. Each key comes from the first layer that sets
+//! it: a flag (`--max-resident`), then an environment variable (`PERENNIAL_MAX_RESIDENT`),
+//! then the TOML file (`max_resident = …` in `perennial.toml`), then the default.
+//! `docs/configuration.md` lists every key.
+//!
+//! [`Settings`] is one layer, every key optional, declared once: clap fills one from flags and
+//! the environment (a flag wins over its variable), serde fills another from the file, and
+//! [`Config::load`] takes each key from the first that has it.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+/// The file read when neither `--config` nor `PERENNIAL_CONFIG` names one, if it exists.
+const DEFAULT_FILE: &str = "perennial.toml";
+
+/// How `perennial serve` runs.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ServeArgs {
+    /// The configuration file (TOML; see docs/configuration.md) [default: ./perennial.toml, if
+    /// it exists]
+    #[arg(long, env = "PERENNIAL_CONFIG", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// Print the effective configuration as TOML (tokens shown as "<set>") and exit.
+    #[arg(long)]
+    pub(crate) print_config: bool,
+    #[command(flatten)]
+    pub(crate) settings: Settings,
+}
+
+/// One layer of the configuration: every key, each optional. The file's keys are these
+/// fields' names.
+#[derive(Debug, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Settings {
+    /// The data directory (created if missing) [default: ./perennial-data]
+    #[arg(long, env = "PERENNIAL_DATA", value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// The address to listen on [default: 127.0.0.1:8080]
+    #[arg(long, env = "PERENNIAL_LISTEN", value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// The token clients must send (`Authorization: Bearer …`) to call entities. Required
+    /// to listen on an address other than loopback, unless `--insecure`.
+    #[arg(
+        long,
+        env = "PERENNIAL_CLIENT_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    client_token: Option<Secret>,
+    /// The token the admin API (`/v1/admin/…`) requires; without one, it is disabled.
+    #[arg(
+        long,
+        env = "PERENNIAL_ADMIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    admin_token: Option<Secret>,
+    /// Listen on a non-loopback address without a client token: anyone who reaches the
+    /// port can call every entity [default: false]
+    #[arg(
+        long,
+        env = "PERENNIAL_INSECURE",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        value_name = "BOOL"
+    )]
+    insecure: Option<bool>,
+    /// The most entities kept resident [default: 1000000]
+    #[arg(long, env = "PERENNIAL_MAX_RESIDENT", value_name = "N")]
+    max_resident: Option<usize>,
+    /// The most bytes of entity state kept resident [default: 1073741824]
+    #[arg(long, env = "PERENNIAL_MAX_RESIDENT_BYTES", value_name = "BYTES")]
+    max_resident_bytes: Option<usize>,
+    /// The largest request body accepted, in bytes [default: 1048576]
+    #[arg(long, env = "PERENNIAL_MAX_BODY_BYTES", value_name = "BYTES")]
+    max_body_bytes: Option<usize>,
+    /// How long a request may take before it is answered `504 timeout` [default: 30s]
+    #[arg(
+        long,
+        env = "PERENNIAL_REQUEST_TIMEOUT",
+        value_parser = humantime::parse_duration,
+        value_name = "DURATION"
+    )]
+    #[serde(default, deserialize_with = "duration")]
+    request_timeout: Option<Duration>,
+}
+
+/// The configuration `perennial serve` runs with.
+#[derive(Debug, Serialize)]
+pub(crate) struct Config {
+    pub(crate) data: PathBuf,
+    pub(crate) listen: SocketAddr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) client_token: Option<Secret>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) admin_token: Option<Secret>,
+    pub(crate) insecure: bool,
+    pub(crate) max_resident: usize,
+    pub(crate) max_resident_bytes: usize,
+    pub(crate) max_body_bytes: usize,
+    #[serde(serialize_with = "write_duration")]
+    pub(crate) request_timeout: Duration,
+}
+
+impl Config {
+    /// The configuration from the flags and environment in `args`, the file they name (or
+    /// `./perennial.toml`, if it exists) and the defaults; and the file read, if any.
+    pub(crate) fn load(args: &ServeArgs) -> anyhow::Result<(Config, Option<PathBuf>)> {
+        let file = match &args.config {
+            Some(path) => Some(path.clone()),
+            None => Path::new(DEFAULT_FILE)
+                .is_file()
+                .then(|| PathBuf::from(DEFAULT_FILE)),
+        };
+        let from_file = match &file {
+            Some(path) => read(path)?,
+            None => Settings::default(),
+        };
+        let flags = &args.settings;
+        let config = Config {
+            data: (flags.data.clone().or(from_file.data))
+                .unwrap_or_else(|| PathBuf::from("./perennial-data")),
+            listen: (flags.listen.or(from_file.listen))
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            client_token: flags.client_token.clone().or(from_file.client_token),
+            admin_token: flags.admin_token.clone().or(from_file.admin_token),
+            insecure: (flags.insecure.or(from_file.insecure)).unwrap_or(false),
+            max_resident: (flags.max_resident.or(from_file.max_resident)).unwrap_or(1_000_000),
+            max_resident_bytes: (flags.max_resident_bytes.or(from_file.max_resident_bytes))
+                .unwrap_or(1 << 30),
+            max_body_bytes: (flags.max_body_bytes.or(from_file.max_body_bytes)).unwrap_or(1 << 20),
+            request_timeout: (flags.request_timeout.or(from_file.request_timeout))
+                .unwrap_or(Duration::from_secs(30)),
+        };
+        Ok((config, file))
+    }
+
+    /// The configuration as TOML, tokens redacted, after a comment naming the file read.
+    pub(crate) fn to_toml(&self, file: Option<&Path>) -> anyhow::Result<String> {
+        let source = file.map_or_else(|| "none".to_owned(), |f| f.display().to_string());
+        let body = toml::to_string(self).context("cannot print the configuration as TOML")?;
+        Ok(format!(
+            "# The effective configuration of `perennial serve`: each key from the first of\n\
+             # flags, PERENNIAL_* environment variables, the file, the defaults.\n\
+             # file: {source}\n{body}"
+        ))
+    }
+}
+
+/// Reads a configuration file. Relative paths in it are relative to its directory.
+fn read(path: &Path) -> anyhow::Result<Settings> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the configuration file {}", path.display()))?;
+    let mut settings: Settings = toml::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {}",
+            path.display(),
+            describe(&text, e.message(), e.span())
+        )
+    })?;
+    if let (Some(data), Some(dir)) = (&mut settings.data, path.parent())
+        && data.is_relative()
+    {
+        *data = dir.join(&*data);
+    }
+    Ok(settings)
+}
+
+/// A TOML error as "line N: `key`: message": the line and key found from the error's span
+/// (serde's messages about a value do not name its key).
+fn describe(text: &str, message: &str, span: Option<std::ops::Range<usize>>) -> String {
+    let message = message
+        .trim_end()
+        .replacen("unknown field", "unknown key", 1);
+    let message = message.as_str();
+    let Some(start) = span.map(|s| s.start).filter(|&s| s <= text.len()) else {
+        return message.to_owned();
+    };
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_no = text[..start].matches('\n').count() + 1;
+    let line = text[line_start..].lines().next().unwrap_or_default();
+    let key = line
+        .split_once('=')
+        .map(|(key, _)| key.trim().trim_matches('"'))
+        .filter(|key| !key.is_empty() && !message.contains(&format!("`{key}`")));
+    match key {
+        Some(key) => format!("line {line_no}: `{key}`: {message}"),
+        None => format!("line {line_no}: {message}"),
+    }
+}
+
+/// A token: its value is never printed (`Debug` and the printed configuration show `<set>`).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct Secret(String);
+
+impl Secret {
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<set>")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<set>")
+    }
+}
+
+/// A duration in the file: a string such as `"30s"` or `"1m 30s"`.
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map(Some).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not a duration ({e}); write one such as \"30s\" or \"1m 30s\""
+        ))
+    })
+}
+
+fn write_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}

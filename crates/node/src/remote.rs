@@ -1,0 +1,460 @@
+//! The subcommands that talk to a running node over HTTP: `call` (the client routes) and
+//! `entities`, `state`, `dead-letters`, `passivate` (the admin API). Each is a route of the
+//! gateway ([`crate::client`]) and a way to print its answer ([`crate::output`]); with
+//! `--json`, the node's answer is printed as it came, on one line.
+
+use std::io::Read;
+
+use anyhow::Context;
+use serde_json::Value;
+
+use crate::client::{Client, Role, encode};
+use crate::output;
+
+/// How to reach the node for the admin API.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Admin {
+    /// The node's URL.
+    #[arg(
+        long,
+        env = "PERENNIAL_NODE",
+        default_value = "http://127.0.0.1:8080",
+        value_name = "URL",
+        global = true
+    )]
+    node: String,
+    /// The node's admin token (the one it was started with: --admin-token).
+    #[arg(
+        long,
+        env = "PERENNIAL_ADMIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN",
+        global = true
+    )]
+    token: Option<String>,
+    /// Print the node's answer as JSON on one line, and nothing else, on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+impl Admin {
+    fn client(&self) -> Result<Client, crate::client::Error> {
+        Client::new(&self.node, self.token.clone(), Role::Admin)
+    }
+}
+
+/// How to reach the node for calls.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Caller {
+    /// The node's URL.
+    #[arg(
+        long,
+        env = "PERENNIAL_NODE",
+        default_value = "http://127.0.0.1:8080",
+        value_name = "URL"
+    )]
+    node: String,
+    /// The node's client token (needed when it was started with --client-token).
+    #[arg(
+        long,
+        env = "PERENNIAL_CLIENT_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    token: Option<String>,
+    /// Print the reply as the node sent it (one line of JSON), and nothing else, on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// An entity named on the command line as `KIND/ID`; the id may contain `/`.
+#[derive(Debug, Clone)]
+pub(crate) struct Entity {
+    kind: String,
+    id: String,
+}
+
+impl Entity {
+    fn path(&self) -> String {
+        format!("{}/{}", encode(&self.kind), encode(&self.id))
+    }
+}
+
+impl std::fmt::Display for Entity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.kind, self.id)
+    }
+}
+
+impl std::str::FromStr for Entity {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once('/') {
+            Some((kind, id)) if !kind.is_empty() && !id.is_empty() => Ok(Entity {
+                kind: kind.to_owned(),
+                id: id.to_owned(),
+            }),
+            _ => Err(format!("{s:?} is not KIND/ID, such as counter/c1")),
+        }
+    }
+}
+
+/// `perennial call`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct CallArgs {
+    /// The entity, as KIND/ID (`counter/c1`).
+    #[arg(value_name = "KIND/ID")]
+    entity: Entity,
+    /// The message, as JSON (`'{"add": 1}'`, `'"get"'`); `-` reads it from stdin.
+    #[arg(value_name = "JSON", allow_hyphen_values = true)]
+    message: String,
+    /// An idempotency key: a retry with the same key gets the first reply, and the message
+    /// is applied once.
+    #[arg(long, value_name = "KEY")]
+    idempotency_key: Option<String>,
+    #[command(flatten)]
+    node: Caller,
+}
+
+pub(crate) fn call(args: CallArgs) -> anyhow::Result<()> {
+    let message = if args.message == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read the message from stdin")?;
+        text
+    } else {
+        args.message
+    };
+    if let Err(e) = serde_json::from_str::<Value>(&message) {
+        anyhow::bail!(
+            "the message is not JSON ({e}); quote it for the shell, and quote a string \
+             message twice: perennial call {} '\"get\"'",
+            args.entity
+        );
+    }
+    let client = Client::new(&args.node.node, args.node.token, Role::Client)?;
+    let headers: Vec<(&str, &str)> = args
+        .idempotency_key
+        .iter()
+        .map(|key| (perennial_gateway::IDEMPOTENCY_KEY, key.as_str()))
+        .collect();
+    let path = format!("/v1/{}", args.entity.path());
+    let reply = client.post_text(&path, &message, &headers)?;
+    if args.node.json {
+        output::answer(reply.trim_end());
+    } else {
+        output::pretty(&serde_json::from_str(&reply)?);
+    }
+    Ok(())
+}
+
+/// `perennial entities`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct EntitiesArgs {
+    /// The kind.
+    kind: String,
+    /// Start after this id (the last of the previous page).
+    #[arg(long, value_name = "ID")]
+    after: Option<String>,
+    /// The most entities listed (the node lists at most 1000 at a time).
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    limit: usize,
+    #[command(flatten)]
+    node: Admin,
+}
+
+pub(crate) fn entities(args: EntitiesArgs) -> anyhow::Result<()> {
+    let path = format!(
+        "/v1/admin/kinds/{}/entities?{}limit={}",
+        encode(&args.kind),
+        args.after
+            .as_deref()
+            .map_or_else(String::new, |a| format!("after={}&", encode(a))),
+        args.limit
+    );
+    let page = args.node.client()?.get(&path)?;
+    if args.node.json {
+        output::json(&page);
+        return Ok(());
+    }
+    let rows = items(&page, "entities")
+        .iter()
+        .map(|e| {
+            vec![
+                output::cell(&e["id"], 60),
+                if e["resident"] == true { "yes" } else { "no" }.to_owned(),
+                output::cell(&e["state_version"], 20),
+                output::cell(&e["last_step"], 20),
+                output::ago_ms(e["updated_at_ms"].as_i64()),
+            ]
+        })
+        .collect();
+    output::answer(&output::table(
+        &[
+            "ID",
+            "RESIDENT",
+            "STATE VERSION",
+            "LAST STEP",
+            "LAST ACTIVITY",
+        ],
+        rows,
+    ));
+    if let Some(next) = page["next"].as_str() {
+        output::note(&format!(
+            "there may be more: perennial entities {} --after '{next}'",
+            args.kind
+        ));
+    }
+    Ok(())
+}
+
+/// `perennial state`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct StateArgs {
+    /// The entity, as KIND/ID.
+    #[arg(value_name = "KIND/ID")]
+    entity: Entity,
+    /// Show its history (its journal: `Journal` kinds) instead of its state.
+    #[arg(long, conflicts_with = "at")]
+    history: bool,
+    /// Show its state as of this step, by replaying its journal (`Journal` kinds).
+    #[arg(long, value_name = "STEP")]
+    at: Option<u64>,
+    /// With --history: start after this step.
+    #[arg(long, requires = "history", value_name = "STEP")]
+    after: Option<u64>,
+    /// With --history: the most steps shown.
+    #[arg(long, requires = "history", default_value_t = 100, value_name = "N")]
+    limit: usize,
+    #[command(flatten)]
+    node: Admin,
+}
+
+pub(crate) fn state(args: StateArgs) -> anyhow::Result<()> {
+    let client = args.node.client()?;
+    let entity = &args.entity;
+    let base = format!("/v1/admin/entities/{}", entity.path());
+    let answer = if args.history {
+        client.get(&format!(
+            "{base}/history?after={}&limit={}",
+            args.after.unwrap_or(0),
+            args.limit
+        ))?
+    } else if let Some(step) = args.at {
+        client.get(&format!("{base}/at/{step}"))?
+    } else {
+        client.get(&base)?
+    };
+    if args.node.json {
+        output::json(&answer);
+        return Ok(());
+    }
+    if !args.history {
+        let step = args.at.map(|s| format!(" at step {s}")).unwrap_or_default();
+        output::answer(&format!("{entity}{step}"));
+        output::pretty(&answer["state"]);
+        return Ok(());
+    }
+    let history = items(&answer, "history");
+    let rows = history
+        .iter()
+        .map(|h| {
+            vec![
+                output::cell(&h["step"], 20),
+                output::time_us(h["at_us"].as_i64().unwrap_or(0)),
+                output::cell(&h["message"], 80),
+                if h["recorded"].get("seed").is_some() {
+                    "yes"
+                } else {
+                    ""
+                }
+                .to_owned(),
+            ]
+        })
+        .collect();
+    output::answer(&output::table(&["STEP", "AT", "MESSAGE", "RANDOM"], rows));
+    if history.len() == args.limit
+        && let Some(last) = history.last()
+    {
+        output::note(&format!(
+            "there may be more: perennial state {entity} --history --after {}",
+            last["step"]
+        ));
+    }
+    Ok(())
+}
+
+/// `perennial dead-letters`: without an action, the list.
+#[derive(Debug, clap::Args)]
+pub(crate) struct DeadLettersArgs {
+    #[command(subcommand)]
+    action: Option<LetterAction>,
+    /// List only the dead letters of this kind.
+    #[arg(long, value_name = "KIND")]
+    kind: Option<String>,
+    #[command(flatten)]
+    node: Admin,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum LetterAction {
+    /// Show one dead letter: its entity, message, error and attempts.
+    Show {
+        /// The letter's number (SEQ in the list).
+        seq: u64,
+    },
+    /// Apply the letter's message again; the step that applies it deletes the letter. Prints
+    /// the reply.
+    Retry {
+        /// The letter's number (SEQ in the list).
+        seq: u64,
+    },
+    /// Delete the letter without applying its message.
+    Discard {
+        /// The letter's number (SEQ in the list).
+        seq: u64,
+    },
+}
+
+pub(crate) fn dead_letters(args: DeadLettersArgs) -> anyhow::Result<()> {
+    let client = args.node.client()?;
+    let json = args.node.json;
+    let Some(action) = args.action else {
+        let path = match &args.kind {
+            Some(kind) => format!("/v1/admin/dead-letters?kind={}", encode(kind)),
+            None => "/v1/admin/dead-letters".to_owned(),
+        };
+        let list = client.get(&path)?;
+        if json {
+            output::json(&list);
+            return Ok(());
+        }
+        let rows = items(&list, "dead_letters")
+            .iter()
+            .map(|l| {
+                vec![
+                    output::cell(&l["seq"], 20),
+                    format!(
+                        "{}/{}",
+                        output::cell(&l["kind"], 30),
+                        output::cell(&l["id"], 40)
+                    ),
+                    output::cell(&l["attempts"], 10),
+                    output::ago_ms(l["at_ms"].as_i64()),
+                    output::cell(&l["error"], 50),
+                    output::cell(&l["message"], 40),
+                ]
+            })
+            .collect();
+        output::answer(&output::table(
+            &["SEQ", "ENTITY", "ATTEMPTS", "SET ASIDE", "ERROR", "MESSAGE"],
+            rows,
+        ));
+        return Ok(());
+    };
+    anyhow::ensure!(
+        args.kind.is_none(),
+        "--kind filters the list; `show`, `retry` and `discard` take a letter's number only"
+    );
+    match action {
+        LetterAction::Show { seq } => {
+            let letter = client.get(&format!("/v1/admin/dead-letters/{seq}"))?;
+            if json {
+                output::json(&letter);
+                return Ok(());
+            }
+            let field = |name: &str, value: String| format!("{name:<10} {value}");
+            let lines = [
+                field("seq", output::cell(&letter["seq"], 20)),
+                field(
+                    "entity",
+                    format!(
+                        "{}/{}",
+                        output::cell(&letter["kind"], 256),
+                        output::cell(&letter["id"], 256)
+                    ),
+                ),
+                field("attempts", output::cell(&letter["attempts"], 20)),
+                field(
+                    "set aside",
+                    format!(
+                        "{} ({})",
+                        output::time_ms(letter["at_ms"].as_i64().unwrap_or(0)),
+                        output::ago_ms(letter["at_ms"].as_i64())
+                    ),
+                ),
+                field("error", letter["error"].as_str().unwrap_or("-").to_owned()),
+                "message".to_owned(),
+            ];
+            output::answer(&lines.join("\n"));
+            output::pretty(&letter["message"]);
+        }
+        LetterAction::Retry { seq } => {
+            let answer = client.post(&format!("/v1/admin/dead-letters/{seq}/retry"), "")?;
+            if json {
+                output::json(&answer);
+                return Ok(());
+            }
+            output::answer(&format!("dead letter {seq} applied; the reply:"));
+            output::pretty(&answer["reply"]);
+        }
+        LetterAction::Discard { seq } => {
+            let answer = client.post(&format!("/v1/admin/dead-letters/{seq}/discard"), "")?;
+            if json {
+                output::json(&answer);
+                return Ok(());
+            }
+            output::answer(&format!("dead letter {seq} discarded"));
+        }
+    }
+    Ok(())
+}
+
+/// `perennial passivate`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct PassivateArgs {
+    /// A kind (every idle entity of it), or one entity as KIND/ID.
+    #[arg(value_name = "KIND[/ID]")]
+    target: String,
+    #[command(flatten)]
+    node: Admin,
+}
+
+pub(crate) fn passivate(args: PassivateArgs) -> anyhow::Result<()> {
+    let client = args.node.client()?;
+    let entity = args.target.parse::<Entity>().ok();
+    let path = match &entity {
+        Some(entity) => format!("/v1/admin/entities/{}/passivate", entity.path()),
+        None => format!(
+            "/v1/admin/kinds/{}/passivate",
+            encode(args.target.trim_end_matches('/'))
+        ),
+    };
+    let answer = client.post(&path, "")?;
+    if args.node.json {
+        output::json(&answer);
+        return Ok(());
+    }
+    let text = match &entity {
+        Some(entity) => match answer["outcome"].as_str() {
+            Some("passivated") => format!("{entity}: passivated (its next message activates it)"),
+            Some("busy") => format!(
+                "{entity}: busy (handling a message or waiting for a commit); it stays in memory"
+            ),
+            Some("not_resident") => format!("{entity}: was not in memory"),
+            _ => format!("{entity}: {}", answer["outcome"]),
+        },
+        None => format!(
+            "{}: {} passivated, {} busy (they stay in memory)",
+            args.target, answer["passivated"], answer["busy"]
+        ),
+    };
+    output::answer(&text);
+    Ok(())
+}
+
+/// The array `key` of an answer (empty if it has none).
+fn items<'a>(answer: &'a Value, key: &str) -> &'a [Value] {
+    answer[key].as_array().map_or(&[], Vec::as_slice)
+}
