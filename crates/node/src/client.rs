@@ -86,13 +86,19 @@ impl Client {
 
     /// GETs `path` (which starts with `/`) and returns the JSON answer.
     pub(crate) fn get(&self, path: &str) -> Result<Value, Error> {
-        let text = self.send(path, None, &[])?;
+        let text = self.send(path, Verb::Get, &[])?;
         self.parse(&text, 200)
     }
 
     /// POSTs `body` to `path` and returns the JSON answer.
     pub(crate) fn post(&self, path: &str, body: &str) -> Result<Value, Error> {
-        let text = self.send(path, Some(body), &[])?;
+        let text = self.send(path, Verb::Post(body), &[])?;
+        self.parse(&text, 200)
+    }
+
+    /// DELETEs `path` and returns the JSON answer.
+    pub(crate) fn delete(&self, path: &str) -> Result<Value, Error> {
+        let text = self.send(path, Verb::Delete, &[])?;
         self.parse(&text, 200)
     }
 
@@ -104,23 +110,21 @@ impl Client {
         body: &str,
         headers: &[(&str, &str)],
     ) -> Result<String, Error> {
-        let text = self.send(path, Some(body), headers)?;
+        let text = self.send(path, Verb::Post(body), headers)?;
         self.parse(&text, 200)?;
         Ok(text)
     }
 
-    /// Sends a GET (no body) or a POST; returns the body of a `2xx` answer, or the error.
-    fn send(
-        &self,
-        path: &str,
-        body: Option<&str>,
-        headers: &[(&str, &str)],
-    ) -> Result<String, Error> {
+    /// Sends a request; returns the body of a `2xx` answer, or the error.
+    fn send(&self, path: &str, verb: Verb<'_>, headers: &[(&str, &str)]) -> Result<String, Error> {
         let url = format!("{}{path}", self.node);
         let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
-        let answer = match body {
-            None => {
-                let mut request = self.agent.get(&url);
+        let answer = match verb {
+            Verb::Get | Verb::Delete => {
+                let mut request = match verb {
+                    Verb::Delete => self.agent.delete(&url),
+                    _ => self.agent.get(&url),
+                };
                 if let Some(auth) = &auth {
                     request = request.header("authorization", auth);
                 }
@@ -129,7 +133,7 @@ impl Client {
                 }
                 request.call()
             }
-            Some(body) => {
+            Verb::Post(body) => {
                 let mut request = self.agent.post(&url);
                 if let Some(auth) = &auth {
                     request = request.header("authorization", auth);
@@ -360,3 +364,11 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+/// An HTTP method, with the body it sends.
+#[derive(Clone, Copy)]
+enum Verb<'a> {
+    Get,
+    Post(&'a str),
+    Delete,
+}

@@ -1,7 +1,7 @@
 //! The `perennial` binary: `perennial serve` hosts the demo kinds over HTTP on the embedded
 //! store, configured by flags, `PERENNIAL_*` variables and `perennial.toml` (`config`);
-//! `call`, `entities`, `state`, `dead-letters` and `passivate` are an operator's client for a
-//! running node (`remote`, over `client`); `perennial inspect` shows what a data directory
+//! `call`, `entities`, `query`, `index`, `state`, `pause`, `resume`, `dead-letters` and
+//! `passivate` are an operator's client for a running node (`remote`, over `client`); `perennial inspect` shows what a data directory
 //! holds; `perennial bench` measures the runtime. Glue only: see the library crates.
 //!
 //! Answers go to stdout (`output`), errors, hints and spinners (`progress`) to stderr.
@@ -54,6 +54,17 @@ enum Command {
     ///
     /// The admin API needs the node's admin token: --token (or PERENNIAL_ADMIN_TOKEN).
     Entities(remote::EntitiesArgs),
+    /// Find a kind's stored entities by their state on a running node (admin API):
+    /// `perennial query counter 'value > 100'`.
+    Query(remote::QueryArgs),
+    /// List, make or drop the indexes that answer queries on a running node (admin API):
+    /// `perennial index cart owner`.
+    Index(remote::IndexArgs),
+    /// Pause an entity on a running node: its calls are refused, its timers and messages
+    /// wait (admin API).
+    Pause(remote::PauseArgs),
+    /// Resume a paused entity on a running node; what waited is delivered (admin API).
+    Resume(remote::PauseArgs),
     /// Show an entity's state, history, or past state on a running node (admin API).
     State(remote::StateArgs),
     /// List a running node's dead letters, or show, retry or discard one (admin API).
@@ -179,6 +190,10 @@ fn run(command: Command) -> anyhow::Result<()> {
         // The client subcommands are blocking HTTP calls: no async runtime.
         Command::Call(args) => remote::call(args),
         Command::Entities(args) => remote::entities(args),
+        Command::Query(args) => remote::query(args),
+        Command::Index(args) => remote::index(args),
+        Command::Pause(args) => remote::pause(args, true),
+        Command::Resume(args) => remote::pause(args, false),
         Command::State(args) => remote::state(args),
         Command::DeadLetters(args) => remote::dead_letters(args),
         Command::Passivate(args) => remote::passivate(args),
@@ -286,6 +301,11 @@ fn gateway_options(args: &Config) -> anyhow::Result<perennial_gateway::Options> 
     options.admin = match token("admin token", &args.admin_token)? {
         Some(t) => Access::Token(t),
         None => Access::Closed,
+    };
+    // Metrics are for operators: the admin token if there is one; else as open as calls.
+    options.metrics = match &options.admin {
+        Access::Token(t) => Access::Token(t.clone()),
+        _ => options.client.clone(),
     };
     options.max_body_bytes = args.max_body_bytes;
     options.request_timeout = args.request_timeout;

@@ -1,5 +1,6 @@
 //! The subcommands that talk to a running node over HTTP: `call` (the client routes) and
-//! `entities`, `state`, `dead-letters`, `passivate` (the admin API). Each is a route of the
+//! `entities`, `query`, `index`, `state`, `pause`, `resume`, `dead-letters`, `passivate`
+//! (the admin API). Each is a route of the
 //! gateway ([`crate::client`]) and a way to print its answer ([`crate::output`]); with
 //! `--json`, the node's answer is printed as it came, on one line.
 
@@ -206,6 +207,136 @@ pub(crate) fn entities(args: EntitiesArgs) -> anyhow::Result<()> {
             args.kind
         ));
     }
+    Ok(())
+}
+
+/// `perennial query`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct QueryArgs {
+    /// The kind.
+    kind: String,
+    /// The filter over the state: `value > 100`, `seats[*].player = 'alice'` (quote it for
+    /// the shell).
+    filter: String,
+    /// Start after this id (the last of the previous page).
+    #[arg(long, value_name = "ID")]
+    after: Option<String>,
+    /// The most entities listed (the node lists at most 1000 at a time).
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    limit: usize,
+    #[command(flatten)]
+    node: Admin,
+}
+
+pub(crate) fn query(args: QueryArgs) -> anyhow::Result<()> {
+    let path = format!(
+        "/v1/admin/kinds/{}/query?filter={}&{}limit={}",
+        encode(&args.kind),
+        encode(&args.filter),
+        args.after
+            .as_deref()
+            .map_or_else(String::new, |a| format!("after={}&", encode(a))),
+        args.limit
+    );
+    let page = args.node.client()?.get(&path)?;
+    if args.node.json {
+        output::json(&page);
+        return Ok(());
+    }
+    let rows = items(&page, "entities")
+        .iter()
+        .map(|e| {
+            vec![
+                output::cell(&e["id"], 40),
+                output::cell(&e["version"], 12),
+                output::cell(&e["state"], 100),
+            ]
+        })
+        .collect();
+    output::answer(&output::table(&["ID", "VERSION", "STATE"], rows));
+    if let Some(next) = page["next"].as_str() {
+        output::note(&format!(
+            "there may be more: perennial query {} {:?} --after '{next}'",
+            args.kind, args.filter
+        ));
+    }
+    Ok(())
+}
+
+/// `perennial index`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct IndexArgs {
+    /// The kind.
+    kind: String,
+    /// The path to index (`owner`, `seats[0].player`); without one, list the kind's indexes.
+    path: Option<String>,
+    /// Drop the index by the path instead.
+    #[arg(long, requires = "path")]
+    drop: bool,
+    #[command(flatten)]
+    node: Admin,
+}
+
+pub(crate) fn index(args: IndexArgs) -> anyhow::Result<()> {
+    let client = args.node.client()?;
+    let indexes = format!("/v1/admin/kinds/{}/indexes", encode(&args.kind));
+    let answer = match (&args.path, args.drop) {
+        (None, _) => client.get(&indexes)?,
+        (Some(path), false) => {
+            client.post(&indexes, &serde_json::json!({ "path": path }).to_string())?
+        }
+        (Some(path), true) => client.delete(&format!("{indexes}?path={}", encode(path)))?,
+    };
+    if args.node.json {
+        output::json(&answer);
+        return Ok(());
+    }
+    let text = match (&args.path, args.drop) {
+        (None, _) => {
+            let paths: Vec<String> = items(&answer, "indexes")
+                .iter()
+                .map(|p| output::cell(p, 200))
+                .collect();
+            if paths.is_empty() {
+                format!("{}: no indexes", args.kind)
+            } else {
+                paths.join("\n")
+            }
+        }
+        (Some(path), false) => format!("{}: indexed by {path}", args.kind),
+        (Some(path), true) => format!("{}: index by {path} dropped", args.kind),
+    };
+    output::answer(&text);
+    Ok(())
+}
+
+/// `perennial pause` and `perennial resume`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct PauseArgs {
+    /// The entity, as KIND/ID.
+    #[arg(value_name = "KIND/ID")]
+    entity: Entity,
+    #[command(flatten)]
+    node: Admin,
+}
+
+/// Pauses (`pause` true) or resumes an entity.
+pub(crate) fn pause(args: PauseArgs, pause: bool) -> anyhow::Result<()> {
+    let verb = if pause { "pause" } else { "resume" };
+    let path = format!("/v1/admin/entities/{}/{verb}", args.entity.path());
+    let answer = args.node.client()?.post(&path, "")?;
+    if args.node.json {
+        output::json(&answer);
+        return Ok(());
+    }
+    let changed = answer["changed"] == true;
+    let text = match (pause, changed) {
+        (true, true) => "paused: its calls get 409 paused; its timers and messages wait",
+        (true, false) => "was paused already",
+        (false, true) => "resumed: what waited is delivered in order",
+        (false, false) => "was not paused",
+    };
+    output::answer(&format!("{}: {text}", args.entity));
     Ok(())
 }
 

@@ -1,5 +1,5 @@
-//! The operator's client subcommands (`call`, `entities`, `state`, `dead-letters`,
-//! `passivate`) against the real binary serving on a loopback port: their tables, their
+//! The operator's client subcommands (`call`, `entities`, `query`, `index`, `state`,
+//! `pause`, `resume`, `dead-letters`, `passivate`) against the real binary serving on a loopback port: their tables, their
 //! `--json` (which must parse, and be all of stdout), and their errors, each with a hint and
 //! a non-zero exit.
 
@@ -276,6 +276,56 @@ fn state_shows_the_state_the_history_and_a_past_step() {
 }
 
 /// `passivate` takes a kind or one entity; `entities` then shows them not resident.
+/// `query` finds entities by state (a table, or the node's JSON), `index` makes, lists and
+/// drops an index, and `pause` / `resume` stop and restart an entity's calls.
+#[test]
+fn query_index_pause_and_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = admin_node(dir.path());
+    for (id, n) in [("a", "5"), ("b", "500"), ("c", "150")] {
+        call(
+            &node,
+            &[&format!("counter/{id}"), &format!(r#"{{"add": {n}}}"#)],
+        );
+    }
+    let found = admin_json(&node, &["query", "counter", "value > 100"]);
+    let ids: Vec<&str> = found["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["b", "c"]);
+    let table = admin(&node, &["query", "counter", "value > 100", "--limit", "1"]);
+    assert!(
+        table.contains("ID") && table.contains(r#"{"value":500}"#),
+        "{table}"
+    );
+    assert!(!table.contains(r#"{"value":150}"#), "{table}");
+
+    assert!(admin(&node, &["index", "counter", "value"]).contains("indexed by value"));
+    assert_eq!(
+        admin_json(&node, &["index", "counter"])["indexes"],
+        json!(["value"])
+    );
+    assert!(admin(&node, &["index", "counter", "value", "--drop"]).contains("dropped"));
+    assert!(admin(&node, &["index", "counter"]).contains("no indexes"));
+
+    assert!(admin(&node, &["pause", "counter/b"]).contains("paused"));
+    let out = run(&node.url(), &[], &["call", "counter/b", r#"{"add": 1}"#]);
+    assert!(failed(&out).contains("paused"));
+    assert_eq!(admin_json(&node, &["pause", "counter/b"])["changed"], false);
+    assert!(admin(&node, &["resume", "counter/b"]).contains("resumed"));
+    assert!(call(&node, &["counter/b", r#"{"add": 1}"#]).contains("501"));
+
+    let out = run(
+        &node.url(),
+        &[("PERENNIAL_ADMIN_TOKEN", ADMIN_TOKEN)],
+        &["query", "counter", "value >"],
+    );
+    assert!(failed(&out).contains("bad_filter"));
+}
+
 #[test]
 fn passivate_a_kind_or_one_entity() {
     let dir = tempfile::tempdir().unwrap();

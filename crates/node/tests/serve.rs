@@ -235,11 +235,19 @@ async fn tokens_guard_calls_and_the_admin_api() {
     assert_eq!(status, 200, "{page}");
     assert_eq!(page["entities"][0]["id"], "c");
     assert_eq!(page["entities"][0]["state_version"], 1);
-    let (status, state) = call(Some(admin), "/v1/admin/entities/counter/c", "").await;
+    let (status, state) = call(Some(admin.clone()), "/v1/admin/entities/counter/c", "").await;
     assert_eq!(
         (status, &state["state"]),
         (200, &serde_json::json!({"value": 1}))
     );
+    // Metrics take the admin token when the node has one.
+    let headers = [("authorization", client.as_str())];
+    let refused = http.send(node.addr, "GET", "/metrics", &headers, "").await;
+    assert_eq!(refused.unwrap().0, 401);
+    let headers = [("authorization", admin.as_str())];
+    let scraped = http.send(node.addr, "GET", "/metrics", &headers, "").await;
+    let text = scraped.expect_err("metrics are text, not JSON");
+    assert!(text.contains("perennial_commits_total"), "{text}");
 }
 
 /// Listening beyond loopback without a client token is refused, with what to do instead.
