@@ -21,7 +21,7 @@ const INDEXED_QUERIES: usize = 200;
 /// Unindexed queries timed (each reads every state).
 const SCANS: usize = 3;
 
-/// Stores [`ENTITIES`] entities of kind `cart` with states `{"owner": "user-N", "items": […],
+/// Stores a million entities of kind `cart` with states `{"owner": "user-N", "items": […],
 /// "total": N}`, then times `owner = 'user-N'` without an index (the baseline), builds an
 /// index by `owner`, and times the same filter with it.
 pub async fn query(options: &Options) -> anyhow::Result<Report> {
