@@ -150,29 +150,43 @@ pub(crate) fn call(args: CallArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `perennial entities`.
+/// Which page of a listing.
 #[derive(Debug, clap::Args)]
-pub(crate) struct EntitiesArgs {
-    /// The kind.
-    kind: String,
+pub(crate) struct Page {
     /// Start after this id (the last of the previous page).
     #[arg(long, value_name = "ID")]
     after: Option<String>,
     /// The most entities listed (the node lists at most 1000 at a time).
     #[arg(long, default_value_t = 100, value_name = "N")]
     limit: usize,
+}
+
+impl Page {
+    /// The page as query parameters: `after=…&limit=…`.
+    fn query(&self) -> String {
+        match &self.after {
+            Some(after) => format!("after={}&limit={}", encode(after), self.limit),
+            None => format!("limit={}", self.limit),
+        }
+    }
+}
+
+/// `perennial entities`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct EntitiesArgs {
+    /// The kind.
+    kind: String,
+    #[command(flatten)]
+    page: Page,
     #[command(flatten)]
     node: Admin,
 }
 
 pub(crate) fn entities(args: EntitiesArgs) -> anyhow::Result<()> {
     let path = format!(
-        "/v1/admin/kinds/{}/entities?{}limit={}",
+        "/v1/admin/kinds/{}/entities?{}",
         encode(&args.kind),
-        args.after
-            .as_deref()
-            .map_or_else(String::new, |a| format!("after={}&", encode(a))),
-        args.limit
+        args.page.query()
     );
     let page = args.node.client()?.get(&path)?;
     if args.node.json {
@@ -218,25 +232,18 @@ pub(crate) struct QueryArgs {
     /// The filter over the state: `value > 100`, `seats[*].player = 'alice'` (quote it for
     /// the shell).
     filter: String,
-    /// Start after this id (the last of the previous page).
-    #[arg(long, value_name = "ID")]
-    after: Option<String>,
-    /// The most entities listed (the node lists at most 1000 at a time).
-    #[arg(long, default_value_t = 100, value_name = "N")]
-    limit: usize,
+    #[command(flatten)]
+    page: Page,
     #[command(flatten)]
     node: Admin,
 }
 
 pub(crate) fn query(args: QueryArgs) -> anyhow::Result<()> {
     let path = format!(
-        "/v1/admin/kinds/{}/query?filter={}&{}limit={}",
+        "/v1/admin/kinds/{}/query?filter={}&{}",
         encode(&args.kind),
         encode(&args.filter),
-        args.after
-            .as_deref()
-            .map_or_else(String::new, |a| format!("after={}&", encode(a))),
-        args.limit
+        args.page.query()
     );
     let page = args.node.client()?.get(&path)?;
     if args.node.json {
