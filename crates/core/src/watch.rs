@@ -41,8 +41,21 @@ impl Watchers {
         self.count.load(Ordering::Acquire) > 0
     }
 
+    /// Whether someone watches `key`; forgets its channel once no one does.
     pub(crate) fn is_watched(&self, key: &EntityKey) -> bool {
-        self.any() && self.channels.lock().contains_key(key)
+        if !self.any() {
+            return false;
+        }
+        let mut channels = self.channels.lock();
+        match channels.get(key) {
+            Some(tx) if tx.receiver_count() > 0 => true,
+            Some(_) => {
+                channels.remove(key);
+                self.count.store(channels.len(), Ordering::Release);
+                false
+            }
+            None => false,
+        }
     }
 
     pub(crate) fn subscribe(&self, key: EntityKey) -> broadcast::Receiver<StateChange> {
