@@ -207,7 +207,7 @@ impl Runtime {
 
     /// Pauses an entity, durably: from now on its calls fail with [`CallError::Paused`],
     /// and its timers, messages from other entities and effect results wait in storage.
-    /// A message it is handling finishes. Returns whether it was not paused already.
+    /// Messages it accepted before the pause still run. Returns whether it was not paused already.
     pub async fn pause(&self, kind: &str, id: &str) -> Result<bool, CallError> {
         self.kind(kind)?;
         let key = EntityKey::new(kind, EntityId::new(id)?);
