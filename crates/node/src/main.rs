@@ -16,6 +16,8 @@ mod inspect;
 mod output;
 mod progress;
 mod remote;
+#[cfg(feature = "otel")]
+mod telemetry;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -155,25 +157,68 @@ fn main() -> ExitCode {
         }
         e.exit()
     });
-    // A tool's output is its answer: it logs only what went wrong.
-    let default_level = match cli.command {
-        Command::Serve(_) | Command::Bench { .. } => "info",
-        _ => "warn",
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
-        )
-        .with_writer(|| progress::LogWriter)
-        .with_ansi(anstream::AutoStream::choice(&std::io::stderr()) != anstream::ColorChoice::Never)
-        .init();
+    let _logging = install_logging(&cli.command);
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             output::error(&e);
             ExitCode::FAILURE
         }
+    }
+}
+
+/// What logging keeps until the process ends.
+struct Logging {
+    /// The span exporter of `serve`, if it exports: dropping it flushes the last spans.
+    #[cfg(feature = "otel")]
+    _exporter: Option<telemetry::Exporter>,
+}
+
+/// Logs to stderr, filtered by `RUST_LOG`; with the `otel` feature, `serve` also exports its
+/// spans (`telemetry`), through the same filter.
+fn install_logging(command: &Command) -> Logging {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // A tool's output is its answer: it logs only what went wrong.
+    let default_level = match command {
+        Command::Serve(_) | Command::Bench { .. } => "info",
+        _ => "warn",
+    };
+    // One filter for the whole subscriber: what is logged and what is exported agree.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let log = tracing_subscriber::fmt::layer()
+        .with_writer(|| progress::LogWriter)
+        .with_ansi(
+            anstream::AutoStream::choice(&std::io::stderr()) != anstream::ColorChoice::Never,
+        );
+    #[cfg(feature = "otel")]
+    {
+        let export = match command {
+            Command::Serve(_) => telemetry::layer(),
+            _ => Ok(None),
+        };
+        let (otel, exporter, error) = match export {
+            Ok(Some((layer, exporter))) => (Some(layer), Some(exporter), None),
+            Ok(None) => (None, None, None),
+            Err(e) => (None, None, Some(e)),
+        };
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(log)
+            .with(otel)
+            .init();
+        if let Some(e) = error {
+            tracing::warn!("spans are not exported: {e:#}");
+        }
+        Logging {
+            _exporter: exporter,
+        }
+    }
+    #[cfg(not(feature = "otel"))]
+    {
+        tracing_subscriber::registry().with(filter).with(log).init();
+        Logging {}
     }
 }
 

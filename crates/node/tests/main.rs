@@ -8,5 +8,7 @@ mod crash_points;
 mod fsync;
 mod journal;
 mod node;
+#[cfg(feature = "otel")]
+mod otel;
 mod pending;
 mod serve;

@@ -35,9 +35,12 @@ impl Node {
     }
 
     /// Runs `command` (a `perennial serve` with its arguments) and waits until it listens.
+    /// It logs warnings only, unless the command sets `RUST_LOG` itself.
     pub(crate) fn spawn(mut command: Command) -> Node {
+        if !command.get_envs().any(|(name, _)| name == "RUST_LOG") {
+            command.env("RUST_LOG", "warn");
+        }
         let mut child = command
-            .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
