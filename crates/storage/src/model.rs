@@ -10,7 +10,8 @@ use crate::{Error, Filter, Path};
 /// An entity's last committed state, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
-    /// The state as JSON text.
+    /// The state as JSON text: the value written, though a store that keeps a parsed JSON
+    /// type (PostgreSQL's `jsonb`) may give back other spaces and key order.
     pub state: String,
     /// The entity's version: it grows with every change of its state (not always by one).
     pub version: u64,

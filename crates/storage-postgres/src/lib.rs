@@ -1,0 +1,423 @@
+//! Perennial's store on PostgreSQL, for nodes that share one database (cluster mode).
+//!
+//! State is `jsonb`, so `psql` reads and queries it (`SELECT id, state->'pot' FROM
+//! perennial.entities WHERE kind = 'table'`); the tables are described in [`schema`]. The
+//! store creates its schema (default `perennial`) and tables on first connect, and refuses a
+//! server that would acknowledge commits it has not flushed (`fsync` or `synchronous_commit`
+//! off).
+//!
+//! # Connections
+//! - The **writer** connection commits one batch per transaction (group commit: each kind of
+//!   row is one statement over arrays), and claims shards. Every write is fenced under a lock
+//!   on its shard's row; see the `writer` module.
+//! - A few **reader** connections serve loads and listings; `tokio-postgres` pipelines the
+//!   queries of many tasks on each.
+//!
+//! [`Store::commit`] blocks its thread while the transaction runs on the async runtime the
+//! store was connected on; the runtime's committer thread is where it is meant to run.
+//!
+//! ```no_run
+//! use perennial_storage_postgres::PostgresStore;
+//!
+//! # async fn example() -> Result<(), perennial_storage::Error> {
+//! let store = PostgresStore::connect("host=127.0.0.1 user=postgres dbname=test").await?;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod schema;
+
+mod errors;
+mod query;
+mod writer;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use perennial_storage::{
+    Batch, CommitOutcome, DeadLetter, EntityState, EntitySummary, Error, Filter, JournalEntry,
+    Path, Pending, PendingClass, Record, Store, StoredDeadLetter, StoredReply,
+};
+use perennial_types::{EntityId, EntityKey, Epoch, ShardId};
+use tokio_postgres::{Client, NoTls};
+
+use crate::errors::{from_sql, map_err, to_sql};
+
+/// Tuning for a [`PostgresStore`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Options {
+    /// The schema that holds the store's tables (created if missing). Default: `perennial`.
+    pub schema: String,
+    /// How many connections serve reads. Default: 2.
+    pub readers: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            schema: "perennial".to_owned(),
+            readers: 2,
+        }
+    }
+}
+
+/// Perennial's [`Store`] on PostgreSQL. See the [crate documentation](crate).
+///
+/// Cloning is cheap; clones share the connections.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    schema: String,
+    writer: tokio::sync::Mutex<Client>,
+    readers: Vec<Client>,
+    next_reader: AtomicUsize,
+    /// The runtime the connections run on: `commit` blocks on it.
+    runtime: tokio::runtime::Handle,
+    closed: AtomicBool,
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` (`postgres://user@host/db` or `host=… user=…
+    /// dbname=…`) with default [`Options`]; creates the schema and tables if missing.
+    ///
+    /// Fails with [`Error::NotDurable`] if the server does not flush commits, with
+    /// [`Error::TooNew`] if a newer Perennial made the tables, and with [`Error::Io`] if the
+    /// server cannot be reached. Must be called inside a Tokio runtime, which then runs the
+    /// connections.
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        Self::connect_with(url, Options::default()).await
+    }
+
+    /// Connects with the given options.
+    pub async fn connect_with(url: &str, options: Options) -> Result<Self, Error> {
+        let config: tokio_postgres::Config = url.parse().map_err(|e| {
+            Error::Backend(format!("cannot read the PostgreSQL address {url:?}: {e}"))
+        })?;
+        let mut writer = open(&config, &options.schema).await?;
+        schema::check_durable(&writer).await?;
+        schema::migrate(&mut writer, &options.schema).await?;
+        let mut readers = Vec::with_capacity(options.readers.max(1));
+        for _ in 0..options.readers.max(1) {
+            readers.push(open(&config, &options.schema).await?);
+        }
+        Ok(Self {
+            shared: Arc::new(Shared {
+                schema: options.schema,
+                writer: tokio::sync::Mutex::new(writer),
+                readers,
+                next_reader: AtomicUsize::new(0),
+                runtime: tokio::runtime::Handle::current(),
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// The schema that holds the store's tables.
+    pub fn schema(&self) -> &str {
+        &self.shared.schema
+    }
+
+    fn reader(&self) -> Result<&Client, Error> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        let readers = &self.shared.readers;
+        let n = self.shared.next_reader.fetch_add(1, Ordering::Relaxed);
+        Ok(&readers[n % readers.len()])
+    }
+
+    fn check_open(&self) -> Result<(), Error> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Opens one connection, runs it on the current runtime, and points it at `schema`.
+async fn open(config: &tokio_postgres::Config, schema: &str) -> Result<Client, Error> {
+    let (client, connection) = config.connect(NoTls).await.map_err(|e| {
+        Error::Io(format!(
+            "cannot connect to PostgreSQL: {}",
+            errors_detail(&e)
+        ))
+    })?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::error!(error = %e, "a PostgreSQL connection failed");
+        }
+    });
+    client
+        .batch_execute(&format!(
+            "SET search_path TO {}; SET idle_in_transaction_session_timeout = '30s'",
+            schema::ident(schema)
+        ))
+        .await
+        .map_err(map_err)?;
+    Ok(client)
+}
+
+fn errors_detail(e: &tokio_postgres::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(source) => format!("{e}: {source}"),
+        None => e.to_string(),
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn entity_key(kind: String, id: &str, what: &str) -> Result<EntityKey, Error> {
+    let id =
+        EntityId::new(id).map_err(|e| Error::Corrupt(format!("{what} has an invalid id: {e}")))?;
+    Ok(EntityKey::new(kind, id))
+}
+
+#[async_trait::async_trait]
+impl Store for PostgresStore {
+    async fn claim(&self, owner: &str, shards: &[ShardId]) -> Result<Epoch, Error> {
+        self.check_open()?;
+        let mut writer = self.shared.writer.lock().await;
+        writer::claim(&mut writer, owner, shards).await
+    }
+
+    async fn load(&self, key: &EntityKey) -> Result<Option<Record>, Error> {
+        let row = self
+            .reader()?
+            .query_opt(
+                "SELECT state::text, version FROM entities WHERE kind = $1 AND id = $2",
+                &[&&*key.kind, &key.id.as_str()],
+            )
+            .await
+            .map_err(map_err)?;
+        row.map(|r| {
+            Ok(Record {
+                state: r.get(0),
+                version: from_sql(r.get(1), "entity version")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn journal(
+        &self,
+        key: &EntityKey,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<JournalEntry>, Error> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .reader()?
+            .query(
+                "SELECT step, at, entry FROM journal
+                  WHERE kind = $1 AND id = $2 AND step > $3 ORDER BY step LIMIT $4",
+                &[&&*key.kind, &key.id.as_str(), &to_sql(after), &limit],
+            )
+            .await
+            .map_err(map_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(JournalEntry {
+                    step: from_sql(r.get(0), "journal step")?,
+                    at_us: r.get(1),
+                    entry: Arc::from(r.get::<_, String>(2)),
+                })
+            })
+            .collect()
+    }
+
+    fn commit(&self, batch: Batch) -> Result<CommitOutcome, Error> {
+        self.check_open()?;
+        let run = || {
+            self.shared.runtime.block_on(async {
+                let mut writer = self.shared.writer.lock().await;
+                writer::commit(&mut writer, &batch).await
+            })
+        };
+        // On a worker thread of a multi-threaded runtime (a test calling `commit` from a
+        // task), tell the runtime this thread blocks; elsewhere (the committer thread, a
+        // blocking task) block on the runtime directly.
+        match tokio::runtime::Handle::try_current() {
+            Ok(current)
+                if current.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread =>
+            {
+                tokio::task::block_in_place(run)
+            }
+            _ => run(),
+        }
+    }
+
+    async fn due(&self, before_ms: i64, limit: usize) -> Result<Vec<Pending>, Error> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .reader()?
+            .query(
+                "SELECT kind, id, seq, due, class, target_kind, target_id, body FROM pending
+                  WHERE due <= $1 ORDER BY due LIMIT $2",
+                &[&before_ms, &limit],
+            )
+            .await
+            .map_err(map_err)?;
+        rows.iter()
+            .map(|r| {
+                let owner = entity_key(r.get(0), r.get(1), "a pending row")?;
+                let seq = from_sql(r.get(2), "pending number")?;
+                let class: i16 = r.get(4);
+                let class = PendingClass::from_code(i64::from(class)).ok_or_else(|| {
+                    Error::Corrupt(format!(
+                        "pending row {owner}#{seq} has an unknown class {class}"
+                    ))
+                })?;
+                Ok(Pending {
+                    seq,
+                    due_ms: r.get(3),
+                    class,
+                    target: entity_key(r.get(5), r.get(6), "a pending row")?,
+                    body: Arc::from(r.get::<_, String>(7)),
+                    owner,
+                })
+            })
+            .collect()
+    }
+
+    async fn reply(
+        &self,
+        key: &EntityKey,
+        idempotency_key: &str,
+    ) -> Result<Option<StoredReply>, Error> {
+        let row = self
+            .reader()?
+            .query_opt(
+                "SELECT reply, at FROM replies WHERE kind = $1 AND id = $2 AND key = $3",
+                &[&&*key.kind, &key.id.as_str(), &idempotency_key],
+            )
+            .await
+            .map_err(map_err)?;
+        Ok(row.map(|r| StoredReply {
+            reply: r.get(0),
+            at_ms: r.get(1),
+        }))
+    }
+
+    async fn dead_letters(&self, kind: Option<&str>) -> Result<Vec<StoredDeadLetter>, Error> {
+        let rows = self
+            .reader()?
+            .query(
+                "SELECT seq, kind, id, message, error, attempts, at FROM dead_letters
+                  WHERE $1::text IS NULL OR kind = $1 ORDER BY seq",
+                &[&kind],
+            )
+            .await
+            .map_err(map_err)?;
+        rows.iter()
+            .map(|r| {
+                let seq = from_sql(r.get(0), "dead letter number")?;
+                let attempts: i32 = r.get(5);
+                Ok(StoredDeadLetter {
+                    seq,
+                    letter: DeadLetter {
+                        key: entity_key(r.get(1), r.get(2), &format!("dead letter {seq}"))?,
+                        message: r.get(3),
+                        error: r.get(4),
+                        attempts: u32::try_from(attempts).unwrap_or(0),
+                        at_ms: r.get(6),
+                    },
+                })
+            })
+            .collect()
+    }
+
+    async fn entities(
+        &self,
+        kind: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<EntitySummary>, Error> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .reader()?
+            .query(
+                "WITH ids AS (
+                     SELECT id FROM entities WHERE kind = $1 AND id > $2
+                     UNION SELECT DISTINCT id FROM journal WHERE kind = $1 AND id > $2
+                     ORDER BY id LIMIT $3)
+                 SELECT ids.id, coalesce(s.version, 0), coalesce(s.updated_at, 0),
+                        coalesce(j.step, 0), coalesce(j.at, 0)
+                   FROM ids
+                   LEFT JOIN entities AS s ON s.kind = $1 AND s.id = ids.id
+                   LEFT JOIN LATERAL (SELECT step, at FROM journal
+                                       WHERE kind = $1 AND id = ids.id
+                                       ORDER BY step DESC LIMIT 1) AS j ON true
+                  ORDER BY ids.id",
+                &[&kind, &after.unwrap_or(""), &limit],
+            )
+            .await
+            .map_err(map_err)?;
+        rows.iter()
+            .map(|r| {
+                let updated_ms: i64 = r.get(2);
+                let last_step_us: i64 = r.get(4);
+                Ok(EntitySummary::new(
+                    r.get(0),
+                    from_sql(r.get(1), "entity version")?,
+                    from_sql(r.get(3), "journal step")?,
+                    updated_ms.max(last_step_us / 1000),
+                ))
+            })
+            .collect()
+    }
+
+    async fn paused(&self) -> Result<Vec<EntityKey>, Error> {
+        let rows = self
+            .reader()?
+            .query("SELECT kind, id FROM paused ORDER BY kind, id", &[])
+            .await
+            .map_err(map_err)?;
+        rows.iter()
+            .map(|r| entity_key(r.get(0), r.get(1), "a paused entity"))
+            .collect()
+    }
+
+    async fn query(
+        &self,
+        kind: &str,
+        filter: &Filter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<EntityState>, Error> {
+        query::query(self.reader()?, kind, filter, after, limit).await
+    }
+
+    async fn create_index(&self, kind: &str, path: &Path) -> Result<(), Error> {
+        self.check_open()?;
+        let mut writer = self.shared.writer.lock().await;
+        query::create_index(&mut writer, kind, path).await
+    }
+
+    async fn drop_index(&self, kind: &str, path: &Path) -> Result<bool, Error> {
+        self.check_open()?;
+        let mut writer = self.shared.writer.lock().await;
+        query::drop_index(&mut writer, kind, path).await
+    }
+
+    async fn indexes(&self, kind: &str) -> Result<Vec<Path>, Error> {
+        query::indexes(self.reader()?, kind).await
+    }
+
+    async fn close(&self) -> Result<(), Error> {
+        // Waits for a commit in progress; later calls fail.
+        let _writer = self.shared.writer.lock().await;
+        self.shared.closed.store(true, Ordering::Release);
+        Ok(())
+    }
+}
