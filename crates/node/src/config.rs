@@ -40,6 +40,13 @@ pub(crate) struct Settings {
     /// The data directory (created if missing) [default: ./perennial-data]
     #[arg(long, env = "PERENNIAL_DATA", value_name = "DIR")]
     data: Option<PathBuf>,
+    /// Keep state in PostgreSQL instead of the data directory: a `postgres://…` URL or
+    /// `host=… user=… dbname=…` [default: the embedded store in --data]
+    #[arg(long, env = "PERENNIAL_STORE", value_name = "URL")]
+    store: Option<StoreUrl>,
+    /// The PostgreSQL schema that holds the tables (created if missing) [default: perennial]
+    #[arg(long, env = "PERENNIAL_STORE_SCHEMA", value_name = "NAME")]
+    store_schema: Option<String>,
     /// The address to listen on [default: 127.0.0.1:8080]
     #[arg(long, env = "PERENNIAL_LISTEN", value_name = "ADDR")]
     listen: Option<SocketAddr>,
@@ -96,6 +103,9 @@ pub(crate) struct Settings {
 #[derive(Debug, Serialize)]
 pub(crate) struct Config {
     pub(crate) data: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) store: Option<StoreUrl>,
+    pub(crate) store_schema: String,
     pub(crate) listen: SocketAddr,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) client_token: Option<Secret>,
@@ -127,6 +137,9 @@ impl Config {
         let config = Config {
             data: (flags.data.clone().or(from_file.data))
                 .unwrap_or_else(|| PathBuf::from("./perennial-data")),
+            store: flags.store.clone().or(from_file.store),
+            store_schema: (flags.store_schema.clone().or(from_file.store_schema))
+                .unwrap_or_else(|| "perennial".to_owned()),
             listen: (flags.listen.or(from_file.listen))
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
             client_token: flags.client_token.clone().or(from_file.client_token),
@@ -223,6 +236,59 @@ impl fmt::Debug for Secret {
 impl Serialize for Secret {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str("<set>")
+    }
+}
+
+/// The address of a PostgreSQL store; printed with its password hidden.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct StoreUrl(String);
+
+impl StoreUrl {
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The address with any password replaced by `<set>`.
+    pub(crate) fn redacted(&self) -> String {
+        let text = &self.0;
+        if let Some(rest) = text.split_once("://").map(|(_, rest)| rest)
+            && let Some((userinfo, _)) = rest.split_once('@')
+            && let Some((user, _)) = userinfo.split_once(':')
+        {
+            let scheme_len = text.len() - rest.len();
+            return format!(
+                "{}{user}:<set>@{}",
+                &text[..scheme_len],
+                &rest[userinfo.len() + 1..]
+            );
+        }
+        text.split(' ')
+            .map(|part| match part.split_once('=') {
+                Some(("password", _)) => "password=<set>".to_owned(),
+                _ => part.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+impl std::str::FromStr for StoreUrl {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl Serialize for StoreUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.redacted())
     }
 }
 

@@ -8,6 +8,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 mod client;
@@ -361,14 +362,35 @@ async fn serve(args: Config) -> anyhow::Result<()> {
     let gateway = gateway_options(&args)?;
     let Config {
         data,
+        store,
+        store_schema,
         listen,
         max_resident,
         max_resident_bytes,
         ..
     } = args;
-    let store = SqliteStore::open(&data)
-        .with_context(|| format!("cannot open the data directory {}", data.display()))?;
-    let rt = perennial_demo::register(Runtime::builder().store(store.clone()))
+    let (store, place): (Arc<dyn Store>, String) = match &store {
+        None => {
+            let store = SqliteStore::open(&data)
+                .with_context(|| format!("cannot open the data directory {}", data.display()))?;
+            (Arc::new(store), format!("data: {}", data.display()))
+        }
+        Some(url) => {
+            let mut options = perennial_storage_postgres::Options::default();
+            options.schema = store_schema.clone();
+            let store =
+                perennial_storage_postgres::PostgresStore::connect_with(url.expose(), options)
+                    .await
+                    .with_context(|| {
+                        format!("cannot use the PostgreSQL store {}", url.redacted())
+                    })?;
+            (
+                Arc::new(store),
+                format!("store: PostgreSQL, schema {store_schema}"),
+            )
+        }
+    };
+    let rt = perennial_demo::register(Runtime::builder().store(Arc::clone(&store)))
         .max_resident(max_resident)
         .max_resident_bytes(max_resident_bytes)
         .start()
@@ -378,10 +400,7 @@ async fn serve(args: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     // Scripts and tests wait for this line.
-    println!(
-        "perennial listening on http://{addr} (data: {})",
-        data.display()
-    );
+    println!("perennial listening on http://{addr} ({place})");
     tracing::info!(%addr, kinds = ?rt.kinds(), "serving");
     perennial_gateway::serve(listener, rt.clone(), gateway, stop_signal()).await?;
     tracing::info!("draining in-flight calls");

@@ -71,6 +71,7 @@ fn print_config_shows_the_defaults() {
     let config = print_config(cwd.path(), &[], &[]);
     let expected: toml::Table = r#"
         data = "./perennial-data"
+        store_schema = "perennial"
         listen = "127.0.0.1:8080"
         insecure = false
         max_resident = 1000000
@@ -257,4 +258,27 @@ fn a_node_serves_as_its_file_says() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A PostgreSQL store's password never shows, in a URL or in key=value form.
+#[test]
+fn a_store_password_is_redacted() {
+    let cwd = tempfile::tempdir().unwrap();
+    for (given, shown) in [
+        (
+            "postgres://app:s3cret@db.internal:5432/perennial",
+            "postgres://app:<set>@db.internal:5432/perennial",
+        ),
+        (
+            "host=db.internal user=app password=s3cret dbname=perennial",
+            "host=db.internal user=app password=<set> dbname=perennial",
+        ),
+        (
+            "postgres://app@db.internal/perennial",
+            "postgres://app@db.internal/perennial",
+        ),
+    ] {
+        let config = print_config(cwd.path(), &[], &["--store", given]);
+        assert_eq!(config["store"].as_str(), Some(shown));
+    }
 }

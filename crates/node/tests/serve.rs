@@ -50,6 +50,34 @@ async fn load(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_nothing_acknowledged_and_applies_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
+    kill_9_cycles("SQLite", || Node::start(dir.path())).await;
+}
+
+/// The same on the PostgreSQL store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_on_postgres_loses_nothing_acknowledged_and_applies_nothing_twice() {
+    let Some(schema) = perennial_storage_postgres::test_util::schema().await else {
+        return;
+    };
+    let url = perennial_storage_postgres::test_util::url();
+    let start = || {
+        let mut command = crate::node::perennial();
+        command.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            &url,
+            "--store-schema",
+        ]);
+        command.arg(schema.name());
+        Node::spawn(command)
+    };
+    kill_9_cycles("PostgreSQL", start).await;
+}
+
+/// Eight cycles of load and kill -9 on the nodes `start` gives, each on the same store.
+async fn kill_9_cycles(store: &str, start: impl Fn() -> Node) {
     let http = Http::new();
     let tallies: Vec<Arc<Tally>> = (0..CLIENTS).map(|_| Arc::default()).collect();
     // The range each counter must lie in: [acknowledged, acknowledged + in doubt].
@@ -59,7 +87,7 @@ async fn kill_9_under_load_loses_nothing_acknowledged_and_applies_nothing_twice(
     let mut total_in_doubt = 0;
     let cycles = 8;
     for cycle in 0..cycles {
-        let node = Node::start(dir.path());
+        let node = start();
         let addr = node.addr;
         for (c, (lo, hi)) in low.iter_mut().zip(high.iter_mut()).enumerate() {
             let value = http.counter(addr, &format!("k{c}")).await;
@@ -96,7 +124,7 @@ async fn kill_9_under_load_loses_nothing_acknowledged_and_applies_nothing_twice(
             total_in_doubt += in_doubt;
         }
     }
-    let node = Node::start(dir.path());
+    let node = start();
     for c in 0..CLIENTS {
         let value = http.counter(node.addr, &format!("k{c}")).await;
         assert!(
@@ -116,7 +144,7 @@ async fn kill_9_under_load_loses_nothing_acknowledged_and_applies_nothing_twice(
         "no kill ever interrupted a call in flight"
     );
     eprintln!(
-        "kill -9 x{cycles}: {total_acked} acknowledged adds, {total_in_doubt} in flight at a kill, 0 lost, 0 doubled"
+        "{store}: kill -9 x{cycles}: {total_acked} acknowledged adds, {total_in_doubt} in flight at a kill, 0 lost, 0 doubled"
     );
 }
 

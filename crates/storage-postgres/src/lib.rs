@@ -29,6 +29,8 @@ pub mod schema;
 
 mod errors;
 mod query;
+#[cfg(feature = "test-util")]
+pub mod test_util;
 mod writer;
 
 use std::sync::Arc;

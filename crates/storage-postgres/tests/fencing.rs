@@ -4,24 +4,22 @@
 //! `FOR SHARE` lock on the shard's row from its check to its `COMMIT`; the claim's
 //! `FOR UPDATE` waits for it. A failpoint holds a commit between its check and its writes.
 
-#[path = "server.rs"]
-mod server;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use perennial_storage::{Batch, StateWrite, Store};
+use perennial_storage_postgres::test_util;
 use perennial_types::{EntityId, EntityKey, shard_of};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_waits_for_a_batch_that_checked_the_old_epoch() {
-    let Some((store, schema)) = server::store().await else {
+    let Some((store, schema)) = test_util::store().await else {
         return;
     };
     // Another node on the same tables, with its own connections.
     let mut options = perennial_storage_postgres::Options::default();
-    options.schema = schema.0.clone();
-    let other = perennial_storage_postgres::PostgresStore::connect_with(&server::url(), options)
+    options.schema = schema.name().to_owned();
+    let other = perennial_storage_postgres::PostgresStore::connect_with(&test_util::url(), options)
         .await
         .unwrap();
     let key = EntityKey::new("t", EntityId::new("x").unwrap());
