@@ -11,6 +11,8 @@
 //! - [`pending`]: durable timers scheduled and fired per second, memory with a million
 //!   timers pending, and exactly-once messages between entities per second against plain
 //!   durable calls.
+//! - [`postgres`]: the durable workload on the PostgreSQL store, against one PostgreSQL
+//!   transaction per call on the same server.
 //! - [`query`]: a million stored entities queried by state, without an index (a scan, the
 //!   baseline) and with an index by the compared path.
 //!
@@ -19,6 +21,7 @@
 
 mod load;
 mod pending;
+mod postgres;
 mod query;
 mod workloads;
 
@@ -28,6 +31,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use pending::pending;
+pub use postgres::postgres;
 pub use query::query;
 pub use workloads::{activation, durable, ephemeral, journal, resident};
 
@@ -44,6 +48,9 @@ pub struct Options {
     pub resident_entities: usize,
     /// Where the workloads keep their data; a fresh temporary directory if `None`.
     pub dir: Option<PathBuf>,
+    /// The PostgreSQL server of the `postgres` workload (default: 127.0.0.1:5432, user
+    /// `postgres`, database `test`).
+    pub postgres: Option<String>,
 }
 
 impl Default for Options {
@@ -54,6 +61,7 @@ impl Default for Options {
             callers: 256,
             resident_entities: 1_000_000,
             dir: None,
+            postgres: None,
         }
     }
 }
@@ -64,6 +72,8 @@ impl Default for Options {
 pub enum Report {
     /// Durable calls through the runtime, and the database approach in the same run.
     Durable {
+        /// The store: `sqlite` or `postgres`.
+        store: &'static str,
         /// Distinct entities called.
         entities: usize,
         /// Concurrent callers.
@@ -209,6 +219,7 @@ impl Report {
     pub fn to_text(&self) -> String {
         match self {
             Self::Durable {
+                store,
                 entities,
                 callers,
                 calls_per_sec,
@@ -221,8 +232,8 @@ impl Report {
                 baseline_p99_us,
                 ratio,
             } => format!(
-                "durable     {calls_per_sec:>10.0} calls/s  p50 {p50_us} µs  p99 {p99_us} µs  ({entities} entities, {callers} callers; {commits_per_sec:.0} commits/s, {steps_per_commit:.1} steps/commit)\n\
-                 database    {baseline_calls_per_sec:>10.0} calls/s  p50 {baseline_p50_us} µs  p99 {baseline_p99_us} µs  (one SQLite transaction per call)\n\
+                "durable     {calls_per_sec:>10.0} calls/s  p50 {p50_us} µs  p99 {p99_us} µs  ({store}; {entities} entities, {callers} callers; {commits_per_sec:.0} commits/s, {steps_per_commit:.1} steps/commit)\n\
+                 database    {baseline_calls_per_sec:>10.0} calls/s  p50 {baseline_p50_us} µs  p99 {baseline_p99_us} µs  (one {store} transaction per call)\n\
                  ratio       {ratio:>10.1}×"
             ),
             Self::Ephemeral {

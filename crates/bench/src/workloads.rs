@@ -60,8 +60,50 @@ fn handles(rt: &Runtime, n: usize) -> Arc<Vec<Handle<Counter>>> {
 pub async fn durable(options: &Options) -> anyhow::Result<Report> {
     let dir = scratch(options, "durable")?;
     let store = SqliteStore::open(dir.path.join("runtime"))?;
+    let runtime = durable_calls(Arc::new(store), options).await?;
+    let baseline = database_approach(&dir.path.join("baseline"), options).await?;
+    Ok(runtime.report("sqlite", options, &baseline))
+}
+
+/// What the runtime did in a durable workload.
+pub(crate) struct DurableRun {
+    measured: crate::load::Measured,
+    commits_per_sec: f64,
+    steps_per_commit: f64,
+}
+
+impl DurableRun {
+    pub(crate) fn report(
+        &self,
+        store: &'static str,
+        options: &Options,
+        baseline: &crate::load::Measured,
+    ) -> Report {
+        Report::Durable {
+            store,
+            entities: options.entities,
+            callers: options.callers,
+            calls_per_sec: self.measured.per_sec(),
+            p50_us: self.measured.p50_us(),
+            p99_us: self.measured.p99_us(),
+            commits_per_sec: self.commits_per_sec,
+            steps_per_commit: self.steps_per_commit,
+            baseline_calls_per_sec: baseline.per_sec(),
+            baseline_p50_us: baseline.p50_us(),
+            baseline_p99_us: baseline.p99_us(),
+            ratio: self.measured.per_sec() / baseline.per_sec(),
+        }
+    }
+}
+
+/// Durable `add` calls from many callers to many counters through the runtime on `store`;
+/// closes the store.
+pub(crate) async fn durable_calls(
+    store: Arc<dyn perennial_storage::Store>,
+    options: &Options,
+) -> anyhow::Result<DurableRun> {
     let rt = Runtime::builder()
-        .store(store.clone())
+        .store(Arc::clone(&store))
         .register::<Counter>()
         .start()
         .await?;
@@ -84,22 +126,12 @@ pub async fn durable(options: &Options) -> anyhow::Result<Report> {
     let after = rt.stats().commit;
     rt.shutdown().await;
     store.close().await?;
-
-    let baseline = database_approach(&dir.path.join("baseline"), options).await?;
     let commits = (after.commits - before.commits) as f64;
     let steps = (after.steps - before.steps) as f64;
-    Ok(Report::Durable {
-        entities: options.entities,
-        callers: options.callers,
-        calls_per_sec: measured.per_sec(),
-        p50_us: measured.p50_us(),
-        p99_us: measured.p99_us(),
+    Ok(DurableRun {
         commits_per_sec: commits / measured.elapsed.as_secs_f64(),
         steps_per_commit: if commits > 0.0 { steps / commits } else { 0.0 },
-        baseline_calls_per_sec: baseline.per_sec(),
-        baseline_p50_us: baseline.p50_us(),
-        baseline_p99_us: baseline.p99_us(),
-        ratio: measured.per_sec() / baseline.per_sec(),
+        measured,
     })
 }
 

@@ -106,6 +106,10 @@ enum Command {
         /// Where to keep the benchmark's data (default: a temporary directory).
         #[arg(long)]
         data: Option<PathBuf>,
+        /// The PostgreSQL server of the `postgres` workload, which works in a schema of its
+        /// own and drops it (default: 127.0.0.1:5432, user postgres, database test).
+        #[arg(long, value_name = "URL")]
+        postgres: Option<String>,
     },
     /// Show what a data directory holds, without a node: kinds, entities, states, histories.
     ///
@@ -147,6 +151,7 @@ enum Workload {
     Activation,
     Pending,
     Query,
+    Postgres,
 }
 
 fn main() -> ExitCode {
@@ -251,6 +256,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             resident_entities,
             only,
             data,
+            postgres,
         } => {
             let options = perennial_bench::Options {
                 duration: Duration::from_secs(seconds),
@@ -258,6 +264,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 callers,
                 resident_entities,
                 dir: data,
+                postgres,
             };
             block_on(async move { bench(&options, &only, json).await })
         }
@@ -458,6 +465,7 @@ async fn bench(
             Workload::Journal => perennial_bench::journal(options).await,
             Workload::Pending => perennial_bench::pending(options).await,
             Workload::Query => perennial_bench::query(options).await,
+            Workload::Postgres => perennial_bench::postgres(options).await,
         };
         bar.finish_and_clear();
         let report = report?;

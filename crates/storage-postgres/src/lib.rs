@@ -75,7 +75,7 @@ pub struct PostgresStore {
 #[derive(Debug)]
 struct Shared {
     schema: String,
-    writer: tokio::sync::Mutex<Client>,
+    writer: tokio::sync::Mutex<writer::Writer>,
     readers: Vec<Client>,
     next_reader: AtomicUsize,
     /// The runtime the connections run on: `commit` blocks on it.
@@ -110,7 +110,7 @@ impl PostgresStore {
         Ok(Self {
             shared: Arc::new(Shared {
                 schema: options.schema,
-                writer: tokio::sync::Mutex::new(writer),
+                writer: tokio::sync::Mutex::new(writer::Writer::new(writer)),
                 readers,
                 next_reader: AtomicUsize::new(0),
                 runtime: tokio::runtime::Handle::current(),
@@ -190,7 +190,7 @@ impl Store for PostgresStore {
     async fn claim(&self, owner: &str, shards: &[ShardId]) -> Result<Epoch, Error> {
         self.check_open()?;
         let mut writer = self.shared.writer.lock().await;
-        writer::claim(&mut writer, owner, shards).await
+        writer::claim(&mut writer.client, owner, shards).await
     }
 
     async fn load(&self, key: &EntityKey) -> Result<Option<Record>, Error> {
@@ -403,13 +403,13 @@ impl Store for PostgresStore {
     async fn create_index(&self, kind: &str, path: &Path) -> Result<(), Error> {
         self.check_open()?;
         let mut writer = self.shared.writer.lock().await;
-        query::create_index(&mut writer, kind, path).await
+        query::create_index(&mut writer.client, kind, path).await
     }
 
     async fn drop_index(&self, kind: &str, path: &Path) -> Result<bool, Error> {
         self.check_open()?;
         let mut writer = self.shared.writer.lock().await;
-        query::drop_index(&mut writer, kind, path).await
+        query::drop_index(&mut writer.client, kind, path).await
     }
 
     async fn indexes(&self, kind: &str) -> Result<Vec<Path>, Error> {

@@ -14,7 +14,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use perennial_storage::{Batch, CommitOutcome, Error};
 use perennial_types::{Epoch, SHARDS, ShardId};
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Statement, Transaction};
 
 use crate::errors::{map_err, to_sql};
 
@@ -61,6 +61,11 @@ const EXPIRE_REPLIES: &str = "
 DELETE FROM replies WHERE (kind, id, key) IN
     (SELECT kind, id, key FROM replies WHERE at < $1 ORDER BY at LIMIT $2)";
 
+const DELETE_DEAD_LETTERS: &str = "DELETE FROM dead_letters WHERE seq = ANY($1)";
+
+const LOCK_EPOCHS: &str =
+    "SELECT shard, epoch FROM shards WHERE shard = ANY($1) ORDER BY shard FOR SHARE";
+
 const PAUSE: &str = "
 INSERT INTO paused (kind, id, at) SELECT k, i, $3 FROM unnest($1::text[], $2::text[]) AS t(k, i)
 ON CONFLICT DO NOTHING";
@@ -68,6 +73,37 @@ ON CONFLICT DO NOTHING";
 const RESUME: &str = "
 DELETE FROM paused AS p USING unnest($1::text[], $2::text[]) AS t(k, i)
  WHERE p.kind = t.k AND p.id = t.i";
+
+/// The write connection, with the statements it prepared (each is parsed and planned once
+/// per connection, not once per batch).
+#[derive(Debug)]
+pub(crate) struct Writer {
+    pub(crate) client: Client,
+    prepared: HashMap<&'static str, Statement>,
+}
+
+impl Writer {
+    pub(crate) fn new(client: Client) -> Self {
+        Self {
+            client,
+            prepared: HashMap::new(),
+        }
+    }
+}
+
+/// The statement for `sql`, prepared on first use.
+async fn prepared(
+    cache: &mut HashMap<&'static str, Statement>,
+    tx: &Transaction<'_>,
+    sql: &'static str,
+) -> Result<Statement, Error> {
+    if let Some(statement) = cache.get(sql) {
+        return Ok(statement.clone());
+    }
+    let statement = tx.prepare(sql).await.map_err(map_err)?;
+    cache.insert(sql, statement.clone());
+    Ok(statement)
+}
 
 /// The epochs a batch holds locks on, and the shards whose writes it refused.
 struct Fence {
@@ -88,14 +124,18 @@ impl Fence {
 }
 
 /// Writes `batch` in one transaction; see the module docs.
-pub(crate) async fn commit(client: &mut Client, batch: &Batch) -> Result<CommitOutcome, Error> {
+pub(crate) async fn commit(writer: &mut Writer, batch: &Batch) -> Result<CommitOutcome, Error> {
     if batch.is_empty() {
         return Ok(CommitOutcome::default());
     }
     let now = crate::now_ms();
+    let Writer {
+        client,
+        prepared: cache,
+    } = writer;
     let tx = client.transaction().await.map_err(map_err)?;
     let mut fence = Fence {
-        epochs: lock_epochs(&tx, batch).await?,
+        epochs: lock_epochs(&tx, cache, batch).await?,
         fenced: BTreeSet::new(),
     };
     // The epochs are checked and locked; nothing is written yet.
@@ -118,7 +158,7 @@ pub(crate) async fn commit(client: &mut Client, batch: &Batch) -> Result<CommitO
         let versions: Vec<i64> = states.iter().map(|w| to_sql(w.version)).collect();
         let texts: Vec<&str> = states.iter().map(|w| &*w.state).collect();
         tx.execute(
-            UPSERT_STATES,
+            &prepared(cache, &tx, UPSERT_STATES).await?,
             &[&kinds, &ids, &shards, &versions, &texts, &now],
         )
         .await
@@ -142,7 +182,7 @@ pub(crate) async fn commit(client: &mut Client, batch: &Batch) -> Result<CommitO
             .collect();
         let at: Vec<i64> = letters.iter().map(|l| l.at_ms).collect();
         tx.execute(
-            INSERT_DEAD_LETTERS,
+            &prepared(cache, &tx, INSERT_DEAD_LETTERS).await?,
             &[&kinds, &ids, &messages, &errors, &attempts, &at],
         )
         .await
@@ -156,7 +196,7 @@ pub(crate) async fn commit(client: &mut Client, batch: &Batch) -> Result<CommitO
         .collect();
     if !done_letters.is_empty() {
         tx.execute(
-            "DELETE FROM dead_letters WHERE seq = ANY($1)",
+            &prepared(cache, &tx, DELETE_DEAD_LETTERS).await?,
             &[&done_letters],
         )
         .await
@@ -176,9 +216,11 @@ pub(crate) async fn commit(client: &mut Client, batch: &Batch) -> Result<CommitO
         let kinds: Vec<&str> = keys.iter().map(|k| &*k.kind).collect();
         let ids: Vec<&str> = keys.iter().map(|k| k.id.as_str()).collect();
         if paused {
-            tx.execute(PAUSE, &[&kinds, &ids, &now]).await
+            tx.execute(&prepared(cache, &tx, PAUSE).await?, &[&kinds, &ids, &now])
+                .await
         } else {
-            tx.execute(RESUME, &[&kinds, &ids]).await
+            tx.execute(&prepared(cache, &tx, RESUME).await?, &[&kinds, &ids])
+                .await
         }
         .map_err(map_err)?;
     }
@@ -194,9 +236,12 @@ pub(crate) async fn commit(client: &mut Client, batch: &Batch) -> Result<CommitO
         let steps: Vec<i64> = journal.iter().map(|j| to_sql(j.entry.step)).collect();
         let at: Vec<i64> = journal.iter().map(|j| j.entry.at_us).collect();
         let entries: Vec<&str> = journal.iter().map(|j| &*j.entry.entry).collect();
-        tx.execute(INSERT_JOURNAL, &[&kinds, &ids, &steps, &at, &entries])
-            .await
-            .map_err(map_err)?;
+        tx.execute(
+            &prepared(cache, &tx, INSERT_JOURNAL).await?,
+            &[&kinds, &ids, &steps, &at, &entries],
+        )
+        .await
+        .map_err(map_err)?;
     }
     let trims: Vec<_> = batch
         .trims
@@ -207,9 +252,12 @@ pub(crate) async fn commit(client: &mut Client, batch: &Batch) -> Result<CommitO
         let kinds: Vec<&str> = trims.iter().map(|t| &*t.key.kind).collect();
         let ids: Vec<&str> = trims.iter().map(|t| t.key.id.as_str()).collect();
         let through: Vec<i64> = trims.iter().map(|t| to_sql(t.through)).collect();
-        tx.execute(TRIM_JOURNAL, &[&kinds, &ids, &through])
-            .await
-            .map_err(map_err)?;
+        tx.execute(
+            &prepared(cache, &tx, TRIM_JOURNAL).await?,
+            &[&kinds, &ids, &through],
+        )
+        .await
+        .map_err(map_err)?;
     }
 
     let pending: Vec<_> = batch
@@ -231,7 +279,7 @@ pub(crate) async fn commit(client: &mut Client, batch: &Batch) -> Result<CommitO
         let target_ids: Vec<&str> = pending.iter().map(|p| p.target.id.as_str()).collect();
         let bodies: Vec<&str> = pending.iter().map(|p| &*p.body).collect();
         tx.execute(
-            UPSERT_PENDING,
+            &prepared(cache, &tx, UPSERT_PENDING).await?,
             &[
                 &kinds,
                 &ids,
@@ -255,9 +303,12 @@ pub(crate) async fn commit(client: &mut Client, batch: &Batch) -> Result<CommitO
         let kinds: Vec<&str> = done.iter().map(|d| &*d.owner.kind).collect();
         let ids: Vec<&str> = done.iter().map(|d| d.owner.id.as_str()).collect();
         let seqs: Vec<i64> = done.iter().map(|d| to_sql(d.seq)).collect();
-        tx.execute(DELETE_PENDING, &[&kinds, &ids, &seqs])
-            .await
-            .map_err(map_err)?;
+        tx.execute(
+            &prepared(cache, &tx, DELETE_PENDING).await?,
+            &[&kinds, &ids, &seqs],
+        )
+        .await
+        .map_err(map_err)?;
     }
 
     let mut replies: Vec<_> = batch
@@ -275,15 +326,21 @@ pub(crate) async fn commit(client: &mut Client, batch: &Batch) -> Result<CommitO
         let keys: Vec<&str> = replies.iter().map(|r| r.idempotency_key.as_str()).collect();
         let at: Vec<i64> = replies.iter().map(|r| r.reply.at_ms).collect();
         let texts: Vec<&str> = replies.iter().map(|r| r.reply.reply.as_str()).collect();
-        tx.execute(UPSERT_REPLIES, &[&kinds, &ids, &keys, &at, &texts])
-            .await
-            .map_err(map_err)?;
+        tx.execute(
+            &prepared(cache, &tx, UPSERT_REPLIES).await?,
+            &[&kinds, &ids, &keys, &at, &texts],
+        )
+        .await
+        .map_err(map_err)?;
     }
     if let Some(expire) = &batch.expire_replies {
         let limit = i64::try_from(expire.limit).unwrap_or(i64::MAX);
-        tx.execute(EXPIRE_REPLIES, &[&expire.before_ms, &limit])
-            .await
-            .map_err(map_err)?;
+        tx.execute(
+            &prepared(cache, &tx, EXPIRE_REPLIES).await?,
+            &[&expire.before_ms, &limit],
+        )
+        .await
+        .map_err(map_err)?;
     }
     tx.commit().await.map_err(map_err)?;
     Ok(CommitOutcome {
@@ -294,7 +351,8 @@ pub(crate) async fn commit(client: &mut Client, batch: &Batch) -> Result<CommitO
 /// Locks (`FOR SHARE`) the `shards` rows of every shard `batch` writes to, in shard order, and
 /// returns their epochs.
 async fn lock_epochs(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &Transaction<'_>,
+    cache: &mut HashMap<&'static str, Statement>,
     batch: &Batch,
 ) -> Result<HashMap<u32, u64>, Error> {
     let named = batch
@@ -312,10 +370,7 @@ async fn lock_epochs(
     let shards: BTreeSet<i32> = named.filter(|s| s.0 < SHARDS).map(shard_sql).collect();
     let shards: Vec<i32> = shards.into_iter().collect();
     let rows = tx
-        .query(
-            "SELECT shard, epoch FROM shards WHERE shard = ANY($1) ORDER BY shard FOR SHARE",
-            &[&shards],
-        )
+        .query(&prepared(cache, tx, LOCK_EPOCHS).await?, &[&shards])
         .await
         .map_err(map_err)?;
     Ok(rows
