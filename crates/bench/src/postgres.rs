@@ -15,7 +15,7 @@ const BASELINE_CONNECTIONS: usize = 16;
 
 /// Durable `add` calls through the runtime on PostgreSQL (in a schema of its own, dropped
 /// afterwards), then the same calls as one PostgreSQL transaction each, on
-/// [`BASELINE_CONNECTIONS`] connections (PostgreSQL groups the flushes of concurrent commits
+/// 16 connections (PostgreSQL groups the flushes of concurrent commits
 /// itself, so this is the baseline's good case).
 pub async fn postgres(options: &Options) -> anyhow::Result<Report> {
     let url = options
