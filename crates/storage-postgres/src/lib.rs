@@ -13,6 +13,8 @@
 //! - A few **reader** connections serve loads and listings; `tokio-postgres` pipelines the
 //!   queries of many tasks on each.
 //!
+//! The [`cluster`] module keeps membership and shard leases in the same database.
+//!
 //! [`Store::commit`] blocks its thread while the transaction runs on the async runtime the
 //! store was connected on; the runtime's committer thread is where it is meant to run.
 //!
@@ -25,6 +27,7 @@
 //! # }
 //! ```
 
+pub mod cluster;
 pub mod schema;
 
 mod errors;
@@ -43,6 +46,7 @@ use perennial_storage::{
 use perennial_types::{EntityId, EntityKey, Epoch, ShardId};
 use tokio_postgres::{Client, NoTls};
 
+pub use crate::cluster::{Lease, Member};
 use crate::errors::{from_sql, map_err, to_sql};
 
 /// Tuning for a [`PostgresStore`].

@@ -28,6 +28,12 @@
 //! CREATE TABLE paused (kind text, id text, at bigint, PRIMARY KEY (kind, id));
 //! CREATE TABLE state_indexes (n serial PRIMARY KEY, kind text, path text, UNIQUE (kind, path));
 //! CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL);  -- 'format', 'shards'
+//! -- Since format 2: the cluster. A shard's lease is its row in `shards`: `owner` holds it
+//! -- until `expires_at` (ms, by the database's clock; NULL: never leased), and a new owner
+//! -- gets a new epoch. Nodes heartbeat into `members`.
+//! ALTER TABLE shards ADD COLUMN expires_at bigint;
+//! CREATE TABLE members (node text PRIMARY KEY, address text NOT NULL, joined_at bigint NOT NULL,
+//!                       heartbeat_at bigint NOT NULL);
 //! ```
 //!
 //! Unlike SQLite, PostgreSQL updates rows in place cheaply enough for one upsert statement per
@@ -39,7 +45,7 @@ use perennial_types::SHARDS;
 use crate::errors::map_err;
 
 /// The newest format this build reads and writes (`meta.format`).
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Format 1, created in one transaction.
 const CREATE_V1: &str = "
@@ -113,6 +119,21 @@ CREATE TABLE state_indexes (
 CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL);
 ";
 
+/// From format 1 to 2: shard leases and membership (see the module docs).
+const UPGRADE_TO_V2: &str = "
+ALTER TABLE shards ADD COLUMN expires_at bigint;
+CREATE TABLE members (
+    node         text   PRIMARY KEY,
+    address      text   NOT NULL,
+    joined_at    bigint NOT NULL,
+    heartbeat_at bigint NOT NULL
+);
+";
+
+/// The database's clock, in milliseconds since the Unix epoch: leases and heartbeats are
+/// judged by it, never by a node's clock.
+pub(crate) const NOW_MS: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+
 /// Checks that the server commits durably: `fsync` on, and `synchronous_commit` not `off`.
 pub(crate) async fn check_durable(client: &tokio_postgres::Client) -> Result<(), Error> {
     for (setting, bad, expected) in [
@@ -170,8 +191,8 @@ pub(crate) async fn migrate(
         .await
         .map_err(map_err)?;
         tx.execute(
-            "INSERT INTO meta (key, value) VALUES ('format', $1), ('shards', $2)",
-            &[&FORMAT_VERSION.to_string(), &SHARDS.to_string()],
+            "INSERT INTO meta (key, value) VALUES ('format', '1'), ('shards', $1)",
+            &[&SHARDS.to_string()],
         )
         .await
         .map_err(map_err)?;
@@ -189,6 +210,18 @@ pub(crate) async fn migrate(
             found: format,
             supported: FORMAT_VERSION,
         });
+    }
+    // Upgrades, each step in order, in this transaction.
+    if format < 2 {
+        tx.batch_execute(UPGRADE_TO_V2).await.map_err(map_err)?;
+    }
+    if format < FORMAT_VERSION {
+        tx.execute(
+            "UPDATE meta SET value = $1 WHERE key = 'format'",
+            &[&FORMAT_VERSION.to_string()],
+        )
+        .await
+        .map_err(map_err)?;
     }
     let shards: String = tx
         .query_one("SELECT value FROM meta WHERE key = 'shards'", &[])

@@ -386,7 +386,9 @@ async fn lock_epochs(
         .collect())
 }
 
-/// Gives `shards` one new epoch, above any they had, for `owner`; see the module docs.
+/// Gives `shards` one new epoch, above any they had, for `owner`; see the module docs. This
+/// takes the shards outright, with no lease (one node on the database); nodes of a cluster
+/// use [`PostgresStore::acquire`](crate::PostgresStore::acquire), which may take them back.
 pub(crate) async fn claim(
     client: &mut Client,
     owner: &str,

@@ -3,6 +3,8 @@
 //! database `test`). Without a reachable server the cases pass after saying so on stderr,
 //! unless `PERENNIAL_REQUIRE_POSTGRES=1` (CI sets it), which makes them fail instead.
 
+mod cluster;
+
 use perennial_storage_postgres::test_util;
 
 perennial_storage::store_conformance!(optional test_util::store());

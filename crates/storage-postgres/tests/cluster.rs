@@ -1,0 +1,161 @@
+//! Membership and shard leases, judged by the database's clock.
+
+use std::time::Duration;
+
+use perennial_storage::{Batch, StateWrite, Store};
+use perennial_storage_postgres::test_util;
+use perennial_types::{EntityId, EntityKey, ShardId, shard_of};
+
+fn shards(range: std::ops::Range<u32>) -> Vec<ShardId> {
+    range.map(ShardId).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_heartbeat_and_go_stale() {
+    let Some((store, schema)) = test_util::store().await else {
+        return;
+    };
+    store.heartbeat("a", "127.0.0.1:7001").await.unwrap();
+    store.heartbeat("b", "127.0.0.1:7002").await.unwrap();
+    let live = store.members(Duration::from_secs(10)).await.unwrap();
+    let names: Vec<&str> = live.iter().map(|m| m.node.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(live[1].address, "127.0.0.1:7002");
+    assert!(
+        live.iter()
+            .all(|m| (0..10_000).contains(&m.heartbeat_age_ms))
+    );
+
+    // b's heartbeat is a minute old: it is no longer a live member.
+    let (sql, connection) = tokio_postgres::connect(&test_util::url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    sql.batch_execute(&format!(
+        "UPDATE \"{}\".members SET heartbeat_at = heartbeat_at - 60000 WHERE node = 'b'",
+        schema.name()
+    ))
+    .await
+    .unwrap();
+    let live = store.members(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(live.len(), 1);
+    store.leave("a").await.unwrap();
+    assert!(
+        store
+            .members(Duration::from_secs(10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_is_renewed_by_its_owner_and_taken_with_a_new_epoch_once_expired() {
+    let Some((store, _schema)) = test_util::store().await else {
+        return;
+    };
+    let long = Duration::from_secs(30);
+    let a = store.acquire("a", &shards(0..4), long).await.unwrap();
+    assert_eq!(a.len(), 4);
+    assert!(a.iter().all(|l| l.taken));
+    // b gets nothing that a holds, and the free shards it asks for.
+    let b = store.acquire("b", &shards(2..6), long).await.unwrap();
+    let taken: Vec<u32> = b.iter().map(|l| l.shard.0).collect();
+    assert_eq!(taken, [4, 5]);
+    // a renews: same epochs, not taken again.
+    let renewed = store.acquire("a", &shards(0..4), long).await.unwrap();
+    assert_eq!(
+        renewed
+            .iter()
+            .map(|l| (l.shard, l.epoch))
+            .collect::<Vec<_>>(),
+        a.iter().map(|l| (l.shard, l.epoch)).collect::<Vec<_>>()
+    );
+    assert!(renewed.iter().all(|l| !l.taken));
+
+    // a's lease of shard 0 runs out: b takes it with a newer epoch, and a's writes there are
+    // refused from then on.
+    store
+        .acquire("a", &shards(0..1), Duration::from_millis(50))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let took = store.acquire("b", &shards(0..1), long).await.unwrap();
+    assert_eq!(took.len(), 1);
+    assert!(took[0].taken && took[0].epoch > a[0].epoch);
+    assert!(
+        store
+            .acquire("a", &shards(0..1), long)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let id = (0..)
+        .map(|n| format!("e{n}"))
+        .find(|id| shard_of("t", id) == ShardId(0))
+        .unwrap();
+    let stale = Batch {
+        states: vec![StateWrite {
+            key: EntityKey::new("t", EntityId::new(&id).unwrap()),
+            shard: ShardId(0),
+            epoch: a[0].epoch,
+            state: "{}".into(),
+            version: 1,
+        }],
+        ..Batch::default()
+    };
+    assert_eq!(store.commit(stale).unwrap().fenced, [ShardId(0)]);
+
+    // A release hands a shard over at once.
+    store.release("a", &shards(1..2)).await.unwrap();
+    let handed = store.acquire("b", &shards(1..2), long).await.unwrap();
+    assert!(handed[0].taken && handed[0].epoch > a[1].epoch);
+    // Leaving releases everything a node holds.
+    store.leave("b").await.unwrap();
+    let all = store.acquire("c", &shards(0..6), long).await.unwrap();
+    let held: Vec<u32> = all.iter().map(|l| l.shard.0).collect();
+    assert_eq!(held, [0, 1, 4, 5], "a still holds 2 and 3");
+}
+
+/// Tables made by format 1 (before leases and membership) are upgraded in place when a node
+/// connects, their data kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn format_1_tables_are_upgraded() {
+    let Some((store, schema)) = test_util::store().await else {
+        return;
+    };
+    let epoch = store.claim("n", &shards(3..4)).await.unwrap();
+    drop(store);
+    let (sql, connection) = tokio_postgres::connect(&test_util::url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    sql.batch_execute(&format!(
+        "SET search_path TO \"{}\";
+         ALTER TABLE shards DROP COLUMN expires_at; DROP TABLE members;
+         UPDATE meta SET value = '1' WHERE key = 'format';",
+        schema.name()
+    ))
+    .await
+    .unwrap();
+    let mut options = perennial_storage_postgres::Options::default();
+    options.schema = schema.name().to_owned();
+    let store = perennial_storage_postgres::PostgresStore::connect_with(&test_util::url(), options)
+        .await
+        .unwrap();
+    let format: String = sql
+        .query_one("SELECT value FROM meta WHERE key = 'format'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        format,
+        perennial_storage_postgres::schema::FORMAT_VERSION.to_string()
+    );
+    // The epoch survived, and leases work.
+    let lease = store
+        .acquire("m", &shards(3..4), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(lease[0].epoch > epoch);
+}
