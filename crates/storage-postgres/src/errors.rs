@@ -22,8 +22,8 @@ pub(crate) fn map_err(err: tokio_postgres::Error) -> Error {
     }
 }
 
-/// The error with the server's message, which `Display` leaves out.
-fn with_detail(err: &tokio_postgres::Error) -> String {
+/// The error with the server's message or its cause, which `Display` leaves out.
+pub(crate) fn with_detail(err: &tokio_postgres::Error) -> String {
     match err.as_db_error() {
         Some(db) => format!("{err}: {}", db.message()),
         None => {

@@ -151,7 +151,7 @@ async fn open(config: &tokio_postgres::Config, schema: &str) -> Result<Client, E
     let (client, connection) = config.connect(NoTls).await.map_err(|e| {
         Error::Io(format!(
             "cannot connect to PostgreSQL: {}",
-            errors_detail(&e)
+            errors::with_detail(&e)
         ))
     })?;
     tokio::spawn(async move {
@@ -167,13 +167,6 @@ async fn open(config: &tokio_postgres::Config, schema: &str) -> Result<Client, E
         .await
         .map_err(map_err)?;
     Ok(client)
-}
-
-fn errors_detail(e: &tokio_postgres::Error) -> String {
-    match std::error::Error::source(e) {
-        Some(source) => format!("{e}: {source}"),
-        None => e.to_string(),
-    }
 }
 
 /// Milliseconds since the Unix epoch.

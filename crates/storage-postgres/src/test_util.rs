@@ -75,7 +75,7 @@ pub async fn schema() -> Option<Schema> {
             drop(connection);
             Some(Schema(fresh_schema()))
         }
-        Err(e) => unreachable_server(&e.to_string()),
+        Err(e) => unreachable_server(&crate::errors::with_detail(&e)),
     }
 }
 
