@@ -141,8 +141,11 @@ async fn each_acknowledged_call_waits_for_a_wal_fsync_and_concurrent_calls_share
         "{sequential} acknowledged calls, one at a time, but only {per_sequential} WAL fsyncs: \
          replies left before their commit was durable"
     );
+    // Without group commit each call takes its own fsync (256 or more). Under strace, on two
+    // cores shared with other tests, the calls arrive spread out and batches are small (74
+    // fsyncs were seen once), so the bound leaves room for that and still catches its absence.
     assert!(
-        per_concurrent < concurrent / 4,
+        per_concurrent < concurrent / 2,
         "{concurrent} concurrent calls took {per_concurrent} WAL fsyncs: no group commit"
     );
 }
