@@ -183,43 +183,46 @@ pub(crate) struct EntitiesArgs {
 }
 
 pub(crate) fn entities(args: EntitiesArgs) -> anyhow::Result<()> {
-    let path = format!(
-        "/v1/admin/kinds/{}/entities?{}",
-        encode(&args.kind),
-        args.page.query()
-    );
-    let page = args.node.client()?.get(&path)?;
-    if args.node.json {
-        output::json(&page);
+    let path = format!("/v1/admin/kinds/{}/entities?", encode(&args.kind));
+    let again = format!("perennial entities {}", args.kind);
+    let columns = [
+        "ID",
+        "RESIDENT",
+        "STATE VERSION",
+        "LAST STEP",
+        "LAST ACTIVITY",
+    ];
+    listing(&args.node, &args.page, &path, &again, &columns, |e| {
+        vec![
+            output::cell(&e["id"], 60),
+            if e["resident"] == true { "yes" } else { "no" }.to_owned(),
+            output::cell(&e["state_version"], 20),
+            output::cell(&e["last_step"], 20),
+            output::ago_ms(e["updated_at_ms"].as_i64()),
+        ]
+    })
+}
+
+/// Prints a page of entities from `path` (which ends where the page's parameters go): the
+/// node's JSON with `--json`, else a table of `row`s under `columns` and, when there may be
+/// more, the command (`again`) that shows the next page.
+fn listing(
+    node: &Admin,
+    page: &Page,
+    path: &str,
+    again: &str,
+    columns: &[&str],
+    row: impl Fn(&Value) -> Vec<String>,
+) -> anyhow::Result<()> {
+    let answer = node.client()?.get(&format!("{path}{}", page.query()))?;
+    if node.json {
+        output::json(&answer);
         return Ok(());
     }
-    let rows = items(&page, "entities")
-        .iter()
-        .map(|e| {
-            vec![
-                output::cell(&e["id"], 60),
-                if e["resident"] == true { "yes" } else { "no" }.to_owned(),
-                output::cell(&e["state_version"], 20),
-                output::cell(&e["last_step"], 20),
-                output::ago_ms(e["updated_at_ms"].as_i64()),
-            ]
-        })
-        .collect();
-    output::answer(&output::table(
-        &[
-            "ID",
-            "RESIDENT",
-            "STATE VERSION",
-            "LAST STEP",
-            "LAST ACTIVITY",
-        ],
-        rows,
-    ));
-    if let Some(next) = page["next"].as_str() {
-        output::note(&format!(
-            "there may be more: perennial entities {} --after '{next}'",
-            args.kind
-        ));
+    let rows = items(&answer, "entities").iter().map(row).collect();
+    output::answer(&output::table(columns, rows));
+    if let Some(next) = answer["next"].as_str() {
+        output::note(&format!("there may be more: {again} --after '{next}'"));
     }
     Ok(())
 }
@@ -240,34 +243,25 @@ pub(crate) struct QueryArgs {
 
 pub(crate) fn query(args: QueryArgs) -> anyhow::Result<()> {
     let path = format!(
-        "/v1/admin/kinds/{}/query?filter={}&{}",
+        "/v1/admin/kinds/{}/query?filter={}&",
         encode(&args.kind),
-        encode(&args.filter),
-        args.page.query()
+        encode(&args.filter)
     );
-    let page = args.node.client()?.get(&path)?;
-    if args.node.json {
-        output::json(&page);
-        return Ok(());
-    }
-    let rows = items(&page, "entities")
-        .iter()
-        .map(|e| {
+    let again = format!("perennial query {} {:?}", args.kind, args.filter);
+    listing(
+        &args.node,
+        &args.page,
+        &path,
+        &again,
+        &["ID", "VERSION", "STATE"],
+        |e| {
             vec![
                 output::cell(&e["id"], 40),
                 output::cell(&e["version"], 12),
                 output::cell(&e["state"], 100),
             ]
-        })
-        .collect();
-    output::answer(&output::table(&["ID", "VERSION", "STATE"], rows));
-    if let Some(next) = page["next"].as_str() {
-        output::note(&format!(
-            "there may be more: perennial query {} {:?} --after '{next}'",
-            args.kind, args.filter
-        ));
-    }
-    Ok(())
+        },
+    )
 }
 
 /// `perennial index`.

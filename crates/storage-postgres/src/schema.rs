@@ -197,11 +197,7 @@ pub(crate) async fn migrate(
         .await
         .map_err(map_err)?;
     }
-    let format: String = tx
-        .query_one("SELECT value FROM meta WHERE key = 'format'", &[])
-        .await
-        .map_err(map_err)?
-        .get(0);
+    let format = meta(&tx, "format").await?;
     let format: u32 = format
         .parse()
         .map_err(|_| Error::Corrupt(format!("meta.format is {format:?}, not a number")))?;
@@ -223,17 +219,23 @@ pub(crate) async fn migrate(
         .await
         .map_err(map_err)?;
     }
-    let shards: String = tx
-        .query_one("SELECT value FROM meta WHERE key = 'shards'", &[])
-        .await
-        .map_err(map_err)?
-        .get(0);
+    let shards = meta(&tx, "shards").await?;
     if shards != SHARDS.to_string() {
         return Err(Error::Corrupt(format!(
             "the data has {shards} shards, this build uses {SHARDS}"
         )));
     }
     tx.commit().await.map_err(map_err)
+}
+
+/// The value of `key` in `meta`.
+async fn meta(tx: &tokio_postgres::Transaction<'_>, key: &str) -> Result<String, Error> {
+    let row = tx
+        .query_opt("SELECT value FROM meta WHERE key = $1", &[&key])
+        .await
+        .map_err(map_err)?;
+    row.map(|r| r.get(0))
+        .ok_or_else(|| Error::Corrupt(format!("the meta table has no {key:?}")))
 }
 
 /// `name` as an SQL identifier, quoted.
