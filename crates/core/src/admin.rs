@@ -7,7 +7,7 @@ use std::sync::Arc;
 use perennial_storage::{
     Batch, DeadLetterDone, EntityState, Filter, Path, PauseWrite, StoredDeadLetter,
 };
-use perennial_types::{EntityId, EntityKey, shard_of};
+use perennial_types::{EntityId, EntityKey, Epoch, ShardId, shard_of};
 
 use crate::entity::Via;
 use crate::registry::Key;
@@ -251,10 +251,11 @@ impl Runtime {
     }
 
     async fn commit_pause(&self, key: &EntityKey, paused: bool) -> Result<(), CallError> {
+        let (shard, epoch) = self.served(key)?;
         let pause = PauseWrite {
             key: key.clone(),
-            shard: shard_of(&key.kind, key.id.as_str()),
-            epoch: self.shared.core.epoch,
+            shard,
+            epoch,
             paused,
         };
         self.commit_now(
@@ -265,6 +266,15 @@ impl Runtime {
             },
         )
         .await
+    }
+
+    /// The shard of `key` and its epoch, if this node serves it.
+    fn served(&self, key: &EntityKey) -> Result<(ShardId, Epoch), CallError> {
+        let shard = shard_of(&key.kind, key.id.as_str());
+        let epoch = self.shared.core.shards.epoch(shard);
+        epoch
+            .map(|epoch| (shard, epoch))
+            .ok_or(CallError::NotOwner { shard })
     }
 
     /// Commits an operator's batch about `key` now, beside the commit pipeline.
@@ -307,7 +317,7 @@ impl Runtime {
             .shared
             .core
             .registry
-            .passivate_where(|key| key.kind == index))
+            .passivate_where(|entry| entry.key().kind == index))
     }
 
     /// The dead letter numbered `seq`, if it is stored.
@@ -349,17 +359,13 @@ impl Runtime {
     /// Deletes dead letter `seq` without applying it. Returns whether it was stored.
     pub async fn discard_dead_letter(&self, seq: u64) -> Result<bool, CallError> {
         let _retrying = Retrying::claim(self, seq)?;
-        let core = &self.shared.core;
         let storage = CallError::Store;
         let Some(letter) = self.dead_letter(seq).await.map_err(storage)? else {
             return Ok(false);
         };
         let key = &letter.letter.key;
-        let done = DeadLetterDone {
-            shard: shard_of(&key.kind, key.id.as_str()),
-            epoch: core.epoch,
-            seq,
-        };
+        let (shard, epoch) = self.served(key)?;
+        let done = DeadLetterDone { shard, epoch, seq };
         let batch = Batch {
             letters_done: vec![done],
             ..Batch::default()

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use perennial_storage::{DeadLetter, DeadLetterWrite, Pending, PendingClass, PendingDone};
-use perennial_types::{EntityKey, shard_of};
+use perennial_types::{EntityKey, ShardId, shard_of};
 use tokio::sync::Notify;
 
 use crate::effect::{EffectBody, EffectId};
@@ -157,6 +157,25 @@ impl Dispatch {
             .get(row)
             .copied()
             .unwrap_or(false)
+    }
+
+    /// Drops the rows owned by entities of `shards` (handed off: their new owner delivers
+    /// them). Rows in flight finish as they do.
+    pub(crate) fn forget_shards(&self, shards: &HashSet<ShardId>) {
+        let mut state = self.state.lock();
+        let owned = |key: &EntityKey| shards.contains(&shard_of(&key.kind, key.id.as_str()));
+        let gone: Vec<RowId> = state
+            .known
+            .iter()
+            .filter(|id| owned(&id.owner) && !state.inflight.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in &gone {
+            state.forget(id);
+        }
+        state
+            .lanes
+            .retain(|(owner, _), lane| lane.busy || !lane.rows.is_empty() || !owned(owner));
     }
 
     /// How many rows are in memory, and how many rows have fired since the start.
@@ -306,6 +325,8 @@ pub(crate) async fn run(core: Arc<Core>, kinds: Arc<Kinds>) {
         let notified = dispatch.wake.notified();
         tokio::select! {
             () = notified => {}
+            // Shards granted: their rows are in storage only.
+            () = core.shards.granted.notified() => next_scan = tokio::time::Instant::now(),
             () = tokio::time::sleep_until(until) => {}
             () = core.closed() => return,
         }
@@ -337,7 +358,11 @@ async fn scan(core: &Core) -> Duration {
     let mut last_due = None;
     for row in rows {
         last_due = Some(row.due_ms);
-        if !finished.contains(&RowId::of(&row)) {
+        // In a cluster, other nodes deliver the rows of the shards they own.
+        let ours = core
+            .shards
+            .epoch(shard_of(&row.owner.kind, row.owner.id.as_str()));
+        if ours.is_some() && !finished.contains(&RowId::of(&row)) {
             state.add(row);
         }
     }
@@ -387,9 +412,14 @@ async fn deliver(core: Arc<Core>, kinds: Arc<Kinds>, row: Pending) {
         }
     }
     failpoint!("dispatch.deliver");
+    let owner_shard = shard_of(&row.owner.kind, row.owner.id.as_str());
     loop {
         // A paused target gets nothing; the row waits, in memory and in storage.
         core.pauses.held(&row.target, || core.is_closing()).await;
+        if core.shards.epoch(owner_shard).is_none() {
+            // Handed off, or the lease lapsed: the shard's owner delivers the row now.
+            return settle(&core, &row, Delivery::Skipped);
+        }
         let Some(kind) = kinds.get(&*row.target.kind) else {
             let detail = format!("kind {:?} is not registered", row.target.kind);
             return settle(&core, &row, Delivery::Poison(detail));
@@ -469,8 +499,12 @@ fn settle(core: &Core, row: &Pending, outcome: Delivery) {
                 tracing::info!(owner = %row.owner, seq = row.seq, target = %row.target, %detail,
                     "the target refused a timer or message; it is dropped");
             }
-            let shard = shard_of(&row.target.kind, row.target.id.as_str());
-            let epoch = core.epoch;
+            // Written under the row owner's shard: this node serves it (it delivers the row).
+            let shard = shard_of(&row.owner.kind, row.owner.id.as_str());
+            let Some(epoch) = core.shards.epoch(shard) else {
+                core.dispatch.state.lock().finish(row);
+                return;
+            };
             let letter = poison.then(|| DeadLetterWrite {
                 shard,
                 epoch,

@@ -247,6 +247,9 @@ pub(crate) struct Cell<K: Process> {
     kind: Arc<KindRt<K>>,
     id: EntityId,
     shard: ShardId,
+    /// The epoch of the shard when the entity was activated: its writes name it, so a node
+    /// that lost the shard since has them fenced.
+    epoch: AtomicU64,
     /// Changes when a batch with this entity's steps fails; see the module docs.
     incarnation: AtomicU32,
     /// When the entity may be passivated, in milliseconds of the runtime's clock.
@@ -314,6 +317,10 @@ fn deliver<K: Process>(
     id: &EntityId,
     envelope: Envelope<K>,
 ) -> Result<(), CallError<K::Error>> {
+    let shard = shard_of(K::KIND, id.as_str());
+    let Some(epoch) = kind.core.shards.epoch(shard) else {
+        return Err(CallError::NotOwner { shard });
+    };
     if kind.core.pauses.is_paused(K::KIND, id) {
         return Err(CallError::Paused(EntityKey::new(K::KIND, id.clone())));
     }
@@ -324,7 +331,7 @@ fn deliver<K: Process>(
     let capacity = kind.core.config.mailbox_capacity;
     let make = || -> Arc<dyn Resident> {
         kind.counters.resident.fetch_add(1, Ordering::Relaxed);
-        Arc::new(Cell::new(Arc::clone(kind), id.clone()))
+        Arc::new(Cell::new(Arc::clone(kind), id.clone(), shard, epoch))
     };
     let to_run = kind.core.registry.with_entry(&key, make, |entry| {
         let any: &dyn Any = &**entry;
@@ -516,12 +523,12 @@ impl<K: Process> Cell<K> {
         replies.insert(key, reply);
     }
 
-    fn new(kind: Arc<KindRt<K>>, id: EntityId) -> Self {
-        let shard = shard_of(K::KIND, id.as_str());
+    fn new(kind: Arc<KindRt<K>>, id: EntityId, shard: ShardId, epoch: Epoch) -> Self {
         let cell = Self {
             kind,
             id,
             shard,
+            epoch: AtomicU64::new(epoch.0),
             incarnation: AtomicU32::new(0),
             deadline: AtomicU64::new(u64::MAX),
             inner: Mutex::new(Inner {
@@ -585,7 +592,17 @@ impl<K: Process> Cell<K> {
     /// rollback, while its earlier steps were still being committed).
     async fn activate(self: &Arc<Self>) -> bool {
         self.settled().await;
-        match self.load().await {
+        // Loaded under the shard's epoch of now: if this node lost the shard and took it
+        // back since the cell was made, another node may have written in between, and the
+        // state is read again under the new epoch.
+        let loaded = match self.kind.core.shards.epoch(self.shard) {
+            Some(epoch) => {
+                self.epoch.store(epoch.0, Ordering::SeqCst);
+                self.load().await
+            }
+            None => Err(CallError::NotOwner { shard: self.shard }),
+        };
+        match loaded {
             Ok(loaded) => {
                 let mut inner = self.inner.lock();
                 self.kind.core.registry.account(inner.bytes, loaded.bytes);
@@ -1347,7 +1364,7 @@ impl<K: Process> Owner for Cell<K> {
     }
 
     fn epoch(&self) -> Epoch {
-        self.kind.core.epoch
+        Epoch(self.epoch.load(Ordering::SeqCst))
     }
 
     fn incarnation(&self) -> u32 {
@@ -1409,6 +1426,10 @@ impl<K: Process> Resident for Cell<K> {
             kind: self.kind.index,
             id: self.id.clone(),
         }
+    }
+
+    fn shard(&self) -> ShardId {
+        self.shard
     }
 
     fn deadline_ms(&self) -> u64 {

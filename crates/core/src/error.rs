@@ -106,6 +106,14 @@ pub enum CallError<E = Infallible> {
         /// Its shard.
         shard: ShardId,
     },
+    /// This node does not serve the entity's shard now (in a cluster, another node owns it,
+    /// or this node's lease on it lapsed). Nothing was done; the cluster's router sends the
+    /// call to the owner.
+    #[error("this node does not serve {shard} now; the call was not run")]
+    NotOwner {
+        /// The shard.
+        shard: ShardId,
+    },
     /// The idempotency key is empty or too long.
     #[error("invalid idempotency key: {0}")]
     InvalidIdempotencyKey(String),
@@ -208,6 +216,7 @@ impl<E> CallError<E> {
             Self::Unencodable { key, detail } => CallError::Unencodable { key, detail },
             Self::UnencodableReply { key, detail } => CallError::UnencodableReply { key, detail },
             Self::Fenced { key, shard } => CallError::Fenced { key, shard },
+            Self::NotOwner { shard } => CallError::NotOwner { shard },
             Self::InvalidIdempotencyKey(detail) => CallError::InvalidIdempotencyKey(detail),
             Self::ShuttingDown => CallError::ShuttingDown,
             Self::UnknownKind(kind) => CallError::UnknownKind(kind),
@@ -247,6 +256,7 @@ impl<E> CallError<E> {
             Self::Unencodable { .. } => "unencodable_state",
             Self::UnencodableReply { .. } => "unencodable_reply",
             Self::Fenced { .. } => "fenced",
+            Self::NotOwner { .. } => "not_owner",
             Self::InvalidIdempotencyKey(_) => "invalid_idempotency_key",
             Self::ShuttingDown => "shutting_down",
             Self::UnknownKind(_) => "unknown_kind",

@@ -103,6 +103,7 @@ mod pause;
 mod process;
 mod registry;
 mod runtime;
+mod shards;
 mod watch;
 
 pub use admin::{EntityInfo, Passivation};

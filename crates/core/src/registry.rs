@@ -37,6 +37,8 @@ pub(crate) struct Key {
 pub(crate) trait Resident: Any + Send + Sync {
     /// The entity's key in the registry.
     fn key(&self) -> Key;
+    /// The entity's shard.
+    fn shard(&self) -> perennial_types::ShardId;
     /// The entity's idle deadline, in milliseconds of the runtime's clock.
     fn deadline_ms(&self) -> u64;
     /// Passivates the entity if it is idle with every step durable and, unless `force`, its
@@ -257,7 +259,7 @@ impl Registry {
 
     /// Passivates every idle entity now, whatever its deadline. Returns how many remain.
     pub(crate) fn passivate_all(&self) -> usize {
-        self.passivate_where(|_| true);
+        self.passivate_where(|_: &dyn Resident| true);
         self.resident()
     }
 
@@ -303,7 +305,7 @@ impl Registry {
 
     /// Passivates every idle entity that `which` selects, whatever its deadline. Returns how
     /// many it passivated and how many of those selected stay (busy).
-    pub(crate) fn passivate_where(&self, which: impl Fn(&Key) -> bool) -> (usize, usize) {
+    pub(crate) fn passivate_where(&self, which: impl Fn(&dyn Resident) -> bool) -> (usize, usize) {
         let (mut passivated, mut busy) = (0, 0);
         for part in self.parts.iter() {
             let mut hooks = Vec::new();
@@ -312,7 +314,7 @@ impl Registry {
                 let slots: Vec<u32> = part
                     .nodes
                     .iter()
-                    .filter(|(_, n)| which(&n.entry.key()))
+                    .filter(|(_, n)| which(&*n.entry))
                     .map(|(slot, _)| slot as u32)
                     .collect();
                 for slot in slots {

@@ -40,8 +40,8 @@ pub(crate) struct Config {
 /// What every entity of every kind shares: storage, the commit pipeline, the registry.
 pub(crate) struct Core {
     pub(crate) store: Arc<dyn Store>,
-    /// The epoch this node holds for every shard.
-    pub(crate) epoch: Epoch,
+    /// The shards this node serves, and their epochs.
+    pub(crate) shards: crate::shards::Shards,
     pub(crate) config: Config,
     pub(crate) registry: Registry,
     pub(crate) committer: Arc<Committer>,
@@ -73,7 +73,7 @@ pub(crate) struct Core {
 impl fmt::Debug for Core {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Core")
-            .field("epoch", &self.epoch)
+            .field("shards", &self.shards)
             .field("inflight", &self.inflight)
             .field("registry", &self.registry)
             .finish_non_exhaustive()
@@ -417,13 +417,23 @@ impl Builder {
     }
 
     /// Claims every shard of the store with a new epoch (fencing out any earlier writer) and
-    /// starts the runtime's tasks. Must be called inside a Tokio runtime.
+    /// starts the runtime's tasks, serving every shard for as long as it runs. Must be called
+    /// inside a Tokio runtime.
     pub async fn start(self) -> Result<Runtime, StartError> {
         let store = self.store.clone().ok_or(StartError::NoStore)?;
         let shards: Vec<ShardId> = (0..SHARDS).map(ShardId).collect();
         let epoch = store.claim(&self.node, &shards).await?;
         let paused = store.paused().await?;
-        self.launch(store, epoch, paused)
+        self.launch(store, Some(crate::shards::Shards::all(epoch)), paused)
+    }
+
+    /// Starts the runtime's tasks serving no shard: a cluster's lease manager grants shards
+    /// as it acquires their leases ([`Runtime::serve`]) and takes them back
+    /// ([`Runtime::hand_off`]). Until then, calls fail with [`CallError::NotOwner`].
+    pub async fn start_unclaimed(self) -> Result<Runtime, StartError> {
+        let store = self.store.clone().ok_or(StartError::NoStore)?;
+        let paused = store.paused().await?;
+        self.launch(store, Some(crate::shards::Shards::none()), paused)
     }
 
     /// Starts a runtime that reads the store and never writes to it: it claims no shard, so
@@ -433,15 +443,18 @@ impl Builder {
     pub async fn start_read_only(self) -> Result<Runtime, StartError> {
         let store = self.store.clone().ok_or(StartError::NoStore)?;
         let paused = store.paused().await?;
-        self.launch(store, Epoch(0), paused)
+        self.launch(store, None, paused)
     }
 
+    /// Starts the tasks; `shards` is `None` for a read-only runtime.
     fn launch(
         self,
         store: Arc<dyn Store>,
-        epoch: Epoch,
+        shards: Option<crate::shards::Shards>,
         paused: Vec<perennial_types::EntityKey>,
     ) -> Result<Runtime, StartError> {
+        let writes = shards.is_some();
+        let shards = shards.unwrap_or_else(crate::shards::Shards::none);
         let mut names = std::collections::HashSet::new();
         let inflight = Arc::new(AtomicUsize::new(0));
         let dispatch = Arc::new(Dispatch::default());
@@ -454,7 +467,7 @@ impl Builder {
         let kind_names = self.registrations.iter().map(|(name, _)| *name).collect();
         let core = Arc::new(Core {
             store: Arc::clone(&store),
-            epoch,
+            shards,
             config: self.config,
             registry: Registry::new(self.limits),
             committer: Arc::clone(&committer),
@@ -485,11 +498,11 @@ impl Builder {
         let committer_thread = spawn_committer(committer, store)?;
         let sweeper_task = tokio::spawn(sweep(Arc::clone(&core)));
         // A read-only runtime owns no shard: another node delivers its timers.
-        let dispatcher_task = (epoch != Epoch(0)).then(|| {
+        let dispatcher_task = writes.then(|| {
             let kinds: Arc<Kinds> = Arc::new(by_name.clone());
             tokio::spawn(dispatch::run(Arc::clone(&core), kinds))
         });
-        tracing::info!(node = %self.node, %epoch, kinds = by_name.len(), "runtime started");
+        tracing::info!(node = %self.node, kinds = by_name.len(), "runtime started");
         Ok(Runtime {
             shared: Arc::new(Shared {
                 core,
@@ -677,9 +690,48 @@ impl Runtime {
         names
     }
 
-    /// The epoch this node holds for the store's shards.
-    pub fn epoch(&self) -> Epoch {
-        self.shared.core.epoch
+    /// The epoch this node serves `shard` under now; `None` if it does not serve it.
+    pub fn epoch_of(&self, shard: ShardId) -> Option<Epoch> {
+        self.shared.core.shards.epoch(shard)
+    }
+
+    /// The shards this node serves now, with their epochs, in shard order.
+    pub fn served_shards(&self) -> Vec<(ShardId, Epoch)> {
+        self.shared.core.shards.served()
+    }
+
+    /// Serves `grants` (shards and the epochs their leases gave) from now on, and every
+    /// served shard until `until`, a time on this process's monotonic clock that the caller
+    /// sets short of the leases' expiry. Called by a cluster's lease manager each time it
+    /// acquires or renews leases; a runtime started with [`Builder::start`] serves every
+    /// shard already.
+    pub fn serve(&self, grants: &[(ShardId, Epoch)], until: Instant) {
+        self.shared.core.shards.grant(grants, until);
+    }
+
+    /// Hands `shards` off: stops taking calls for them ([`CallError::NotOwner`]), lets their
+    /// resident entities finish the messages they accepted, passivates them once their
+    /// steps are durable, and drops their pending rows from memory. Returns how many
+    /// entities were still busy after `patience`; their later writes are fenced once the
+    /// caller releases the leases.
+    pub async fn hand_off(&self, shards: &[ShardId], patience: Duration) -> usize {
+        let core = &self.shared.core;
+        core.shards.revoke(shards);
+        let set: std::collections::HashSet<ShardId> = shards.iter().copied().collect();
+        core.dispatch.forget_shards(&set);
+        let give_up = tokio::time::Instant::now() + patience;
+        loop {
+            let (_, busy) = core
+                .registry
+                .passivate_where(|entry| set.contains(&entry.shard()));
+            if busy == 0 || tokio::time::Instant::now() >= give_up {
+                if busy > 0 {
+                    tracing::warn!(busy, "handing shards off with entities still busy");
+                }
+                return busy;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// The runtime's counters.

@@ -11,6 +11,7 @@ mod kinds;
 mod limits;
 mod messages;
 mod passivation;
+mod shards;
 mod supervision;
 mod timers;
 mod watch;

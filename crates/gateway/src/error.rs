@@ -168,6 +168,10 @@ impl From<CallError<JsonRejection>> for ApiError {
                     "storage is unavailable; retry later".to_owned(),
                 )
             }
+            CallError::NotOwner { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{error}; retry, or call a node that serves it"),
+            ),
             CallError::Fenced { key, .. } => {
                 tracing::error!(%error, "call failed");
                 (

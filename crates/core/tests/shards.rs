@@ -1,0 +1,139 @@
+//! Serving shards as a cluster's lease manager grants them: calls for shards not served are
+//! refused without running, a lapsed time stops service, a handoff passivates the shard's
+//! entities and leaves its timers to the next owner.
+
+use std::time::{Duration, Instant};
+
+use perennial_core::{CallError, Runtime};
+use perennial_storage::{MemoryStore, Store};
+use perennial_types::{ShardId, shard_of};
+
+use crate::kinds::{Counter, Op, until};
+use crate::timers::{Alarm, AlarmMsg};
+
+fn shard(kind: &str, id: &str) -> ShardId {
+    shard_of(kind, id)
+}
+
+async fn unclaimed(store: &MemoryStore) -> Runtime {
+    Runtime::builder()
+        .store(store.clone())
+        .register::<Counter>()
+        .register::<Alarm>()
+        .start_unclaimed()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn calls_run_only_for_served_shards_and_only_while_their_time_lasts() {
+    let store = MemoryStore::new();
+    let rt = unclaimed(&store).await;
+    let c1 = shard("counter", "c1");
+    let refused = rt.get::<Counter>("c1").call(Op::Add(1)).await;
+    assert!(
+        matches!(refused, Err(CallError::NotOwner { shard }) if shard == c1),
+        "{refused:?}"
+    );
+
+    let epoch = store.claim("a", &[c1]).await.unwrap();
+    rt.serve(&[(c1, epoch)], Instant::now() + Duration::from_millis(300));
+    assert_eq!(rt.epoch_of(c1), Some(epoch));
+    assert_eq!(rt.served_shards(), vec![(c1, epoch)]);
+    assert_eq!(rt.get::<Counter>("c1").call(Op::Add(2)).await.unwrap(), 2);
+
+    // Not renewed in time: the node stops serving the shard, even with the entity resident.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let lapsed = rt.get::<Counter>("c1").call(Op::Add(1)).await;
+    assert!(
+        matches!(lapsed, Err(CallError::NotOwner { .. })),
+        "{lapsed:?}"
+    );
+    assert!(rt.served_shards().is_empty());
+
+    // Renewed: served again, from the state it had.
+    rt.serve(&[], Instant::now() + Duration::from_secs(30));
+    assert_eq!(rt.get::<Counter>("c1").call(Op::Add(1)).await.unwrap(), 3);
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_node_that_lost_its_shard_to_a_newer_epoch_reloads_before_it_writes() {
+    let store = MemoryStore::new();
+    let a = unclaimed(&store).await;
+    let c1 = shard("counter", "c1");
+    let first = store.claim("a", &[c1]).await.unwrap();
+    a.serve(&[(c1, first)], Instant::now() + Duration::from_secs(30));
+    assert_eq!(a.get::<Counter>("c1").call(Op::Add(1)).await.unwrap(), 1);
+
+    // Another node takes the shard (a's lease lapsed) and writes.
+    let b = unclaimed(&store).await;
+    let second = store.claim("b", &[c1]).await.unwrap();
+    b.serve(&[(c1, second)], Instant::now() + Duration::from_secs(30));
+    assert_eq!(b.get::<Counter>("c1").call(Op::Add(10)).await.unwrap(), 11);
+    b.hand_off(&[c1], Duration::from_secs(5)).await;
+
+    // a still holds the entity in memory under the old epoch: its write is fenced, not lost
+    // over b's, and the next call reads b's state under the epoch a serves now.
+    let fenced = a.get::<Counter>("c1").call(Op::Add(100)).await;
+    assert!(
+        matches!(fenced, Err(CallError::Fenced { .. })),
+        "{fenced:?}"
+    );
+    let third = store.claim("a", &[c1]).await.unwrap();
+    a.serve(&[(c1, third)], Instant::now() + Duration::from_secs(30));
+    assert_eq!(
+        a.get::<Counter>("c1").call(Op::Add(100)).await.unwrap(),
+        111
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_handoff_passivates_the_shards_entities_and_its_timers_move_with_it() {
+    let store = MemoryStore::new();
+    let a = unclaimed(&store).await;
+    let s = shard("alarm", "a1");
+    let epoch = store.claim("a", &[s]).await.unwrap();
+    a.serve(&[(s, epoch)], Instant::now() + Duration::from_secs(30));
+    let set = AlarmMsg::Set {
+        name: "later".into(),
+        ms: 400,
+    };
+    a.get::<Alarm>("a1").call(set).await.unwrap();
+    assert_eq!(a.stats().resident, 1);
+
+    let busy = a.hand_off(&[s], Duration::from_secs(5)).await;
+    assert_eq!(busy, 0);
+    assert_eq!(a.stats().resident, 0, "the shard's entities left memory");
+    assert!(a.served_shards().is_empty());
+    let refused = a.get::<Alarm>("a1").call(AlarmMsg::Get).await;
+    assert!(
+        matches!(refused, Err(CallError::NotOwner { .. })),
+        "{refused:?}"
+    );
+
+    // The next owner finds the timer in storage and fires it; a fires nothing.
+    let b = unclaimed(&store).await;
+    let next = store.claim("b", &[s]).await.unwrap();
+    b.serve(&[(s, next)], Instant::now() + Duration::from_secs(30));
+    let fired = || async {
+        b.get::<Alarm>("a1")
+            .call(AlarmMsg::Get)
+            .await
+            .unwrap()
+            .contains(&"later".to_owned())
+    };
+    let start = Instant::now();
+    while !fired().await {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the timer never fired at b"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    until("a stays out", || a.stats().resident == 0).await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
