@@ -128,6 +128,8 @@ pub(crate) struct Committer {
     commits: AtomicU64,
     committed_steps: AtomicU64,
     largest_batch: AtomicU64,
+    /// Entities whose writes were fenced.
+    fenced: AtomicU64,
     batch_steps: Recorder,
     durable_seconds: Recorder,
     /// Told of each watched entity's new state once it is durable.
@@ -211,6 +213,10 @@ pub struct CommitStats {
     pub steps: u64,
     /// The most steps one batch carried.
     pub largest_batch: u64,
+    /// Entities whose writes in a batch were refused because their shard had a newer
+    /// epoch (another node owns it now); their steps were discarded and their callers got
+    /// [`CallError::Fenced`](crate::CallError::Fenced).
+    pub fenced: u64,
     /// Steps per committed batch.
     pub batch_steps: Histogram,
     /// Seconds each commit took to be durable (the store's transaction and its fsync).
@@ -255,6 +261,7 @@ impl Committer {
             commits: AtomicU64::new(0),
             committed_steps: AtomicU64::new(0),
             largest_batch: AtomicU64::new(0),
+            fenced: AtomicU64::new(0),
             batch_steps: Recorder::new(BATCH_BOUNDS, 1.0),
             durable_seconds: Recorder::new(SECONDS_BOUNDS, 1e9),
         }
@@ -285,6 +292,7 @@ impl Committer {
             commits: self.commits.load(Ordering::Relaxed),
             steps: self.committed_steps.load(Ordering::Relaxed),
             largest_batch: self.largest_batch.load(Ordering::Relaxed),
+            fenced: self.fenced.load(Ordering::Relaxed),
             batch_steps: self.batch_steps.snapshot(),
             durable_seconds: self.durable_seconds.snapshot(),
         }
@@ -388,6 +396,9 @@ impl Committer {
                 let mut durable = Vec::with_capacity(owners.entries.len());
                 for e in owners.entries {
                     if outcome.fenced.contains(&e.owner.shard()) {
+                        self.fenced.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(entity = %e.owner.key(), shard = %e.owner.shard(),
+                            "a write was refused: another node owns the shard now");
                         e.owner.failed(e.incarnation, Failure::Fenced);
                     } else {
                         if let Some((version, state)) = e.watched {

@@ -50,6 +50,17 @@ impl ApiError {
         &self.code
     }
 
+    /// The response's body: `{"error": {"code": …, "message": …}}`.
+    pub(crate) fn body(&self) -> Vec<u8> {
+        let body = Body {
+            error: Detail {
+                code: &self.code,
+                message: &self.message,
+            },
+        };
+        serde_json::to_vec(&body).unwrap_or_default()
+    }
+
     pub(crate) fn from_path(rejection: PathRejection) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_path", rejection.body_text())
     }

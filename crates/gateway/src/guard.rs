@@ -75,7 +75,7 @@ pub(crate) async fn authorize(
 }
 
 /// Compares in time that does not depend on where the bytes differ.
-fn same(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -41,7 +41,9 @@
 //! ```
 
 mod admin;
+mod cluster;
 pub mod error;
+mod forward;
 mod guard;
 mod metrics;
 mod watch;
@@ -60,6 +62,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use perennial_core::Runtime;
 
+pub use crate::cluster::Clustering;
 use crate::error::ApiError;
 pub use crate::guard::Access;
 
@@ -83,6 +86,9 @@ pub struct Options {
     pub max_header_bytes: usize,
     /// How long a request may take before it gets `504 timeout`. Default: 30 s.
     pub request_timeout: Duration,
+    /// In a cluster: calls for shards other nodes serve are forwarded to them, and the
+    /// internal route takes theirs. Default: `None` (one node serves every shard).
+    pub cluster: Option<Clustering>,
 }
 
 impl Default for Options {
@@ -96,6 +102,7 @@ impl Default for Options {
             max_headers: 64,
             max_header_bytes: 16 << 10,
             request_timeout: Duration::from_secs(30),
+            cluster: None,
         }
     }
 }
@@ -105,6 +112,8 @@ impl Default for Options {
 pub(crate) struct AppState {
     rt: Runtime,
     metrics: Arc<metrics::Metrics>,
+    /// In a cluster, where calls go.
+    router: Option<cluster::Router>,
 }
 
 impl FromRef<AppState> for Runtime {
@@ -118,7 +127,17 @@ pub fn app(rt: Runtime, options: &Options) -> Router {
     let state = AppState {
         metrics: metrics::Metrics::shared(rt.clone()),
         rt,
+        router: options.cluster.as_ref().map(cluster::Router::new),
     };
+    // Authenticated by the cluster secret, not by client tokens; batches are larger.
+    let internal = Router::new()
+        .route(
+            forward::PATH,
+            post(cluster::internal).fallback(method_not_allowed),
+        )
+        .layer(DefaultBodyLimit::max(
+            forward::MAX_BATCH_BYTES * 2 + options.max_body_bytes,
+        ));
     let metrics = Router::new()
         .route(
             "/metrics",
@@ -152,6 +171,7 @@ pub fn app(rt: Runtime, options: &Options) -> Router {
         .merge(client)
         .merge(admin)
         .merge(metrics)
+        .merge(internal)
         .route("/healthz", get(healthz).fallback(method_not_allowed))
         .route("/openapi.json", get(openapi).fallback(method_not_allowed))
         .fallback(not_found)
@@ -187,7 +207,7 @@ async fn call(
     let started = std::time::Instant::now();
     let span = tracing::debug_span!("call", %kind, %id);
     let result =
-        tracing::Instrument::instrument(call_entity(&state.rt, &kind, &id, &headers, body), span)
+        tracing::Instrument::instrument(call_entity(&state, &kind, &id, &headers, body), span)
             .await;
     // Only registered kinds name a series: unknown names from clients would grow it forever.
     let label = if state.rt.persistence(&kind).is_some() {
@@ -201,7 +221,7 @@ async fn call(
 }
 
 async fn call_entity(
-    rt: &Runtime,
+    state: &AppState,
     kind: &str,
     id: &str,
     headers: &HeaderMap,
@@ -218,7 +238,10 @@ async fn call_entity(
             )
         })?),
     };
-    let reply = rt.call_json_idempotent(kind, id, key, &body).await?;
+    if let Some(router) = &state.router {
+        return router.call(&state.rt, kind, id, key, &body).await;
+    }
+    let reply = state.rt.call_json_idempotent(kind, id, key, &body).await?;
     Ok((
         [(header::CONTENT_TYPE, "application/json")],
         reply.to_string(),

@@ -97,6 +97,32 @@ pub(crate) struct Settings {
     )]
     #[serde(default, deserialize_with = "duration")]
     request_timeout: Option<Duration>,
+    /// Join a cluster under this name (unique, stable across restarts): the node serves the
+    /// shards it leases and forwards other calls. Needs --store and --cluster-secret
+    /// [default: no cluster; the node serves every shard]
+    #[arg(long, env = "PERENNIAL_NODE_ID", value_name = "NAME")]
+    node_id: Option<String>,
+    /// Where the other nodes reach this one (`host:port`) [default: the --listen address]
+    #[arg(long, env = "PERENNIAL_ADVERTISE", value_name = "ADDR")]
+    advertise: Option<String>,
+    /// The secret every node of the cluster shares; calls between nodes carry it
+    #[arg(
+        long,
+        env = "PERENNIAL_CLUSTER_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    cluster_secret: Option<Secret>,
+    /// How long a node's shard leases last without renewal: a node that dies holds its
+    /// shards this long [default: 5s]
+    #[arg(
+        long,
+        env = "PERENNIAL_LEASE",
+        value_parser = humantime::parse_duration,
+        value_name = "DURATION"
+    )]
+    #[serde(default, deserialize_with = "duration")]
+    lease: Option<Duration>,
 }
 
 /// The configuration `perennial serve` runs with.
@@ -117,6 +143,14 @@ pub(crate) struct Config {
     pub(crate) max_body_bytes: usize,
     #[serde(serialize_with = "write_duration")]
     pub(crate) request_timeout: Duration,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) node_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) advertise: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cluster_secret: Option<Secret>,
+    #[serde(serialize_with = "write_duration")]
+    pub(crate) lease: Duration,
 }
 
 impl Config {
@@ -151,6 +185,10 @@ impl Config {
             max_body_bytes: (flags.max_body_bytes.or(from_file.max_body_bytes)).unwrap_or(1 << 20),
             request_timeout: (flags.request_timeout.or(from_file.request_timeout))
                 .unwrap_or(Duration::from_secs(30)),
+            node_id: flags.node_id.clone().or(from_file.node_id),
+            advertise: flags.advertise.clone().or(from_file.advertise),
+            cluster_secret: flags.cluster_secret.clone().or(from_file.cluster_secret),
+            lease: (flags.lease.or(from_file.lease)).unwrap_or(Duration::from_secs(5)),
         };
         Ok((config, file))
     }

@@ -374,8 +374,25 @@ async fn serve(args: Config) -> anyhow::Result<()> {
         listen,
         max_resident,
         max_resident_bytes,
+        node_id,
+        advertise,
+        cluster_secret,
+        lease,
         ..
     } = args;
+    let mut gateway = gateway;
+    let cluster = match (&node_id, &store, &cluster_secret) {
+        (None, ..) => None,
+        (Some(_), None, _) => anyhow::bail!(
+            "a cluster keeps its state in PostgreSQL: give --store postgres://… with --node-id"
+        ),
+        (Some(_), _, None) => anyhow::bail!(
+            "the nodes of a cluster authenticate each other: give every node the same \
+             --cluster-secret (or PERENNIAL_CLUSTER_SECRET)"
+        ),
+        (Some(node), Some(_), Some(secret)) => Some((node.clone(), secret.clone())),
+    };
+    let mut postgres = None;
     let (store, place): (Arc<dyn Store>, String) = match &store {
         None => {
             let store = SqliteStore::open(&data)
@@ -391,25 +408,55 @@ async fn serve(args: Config) -> anyhow::Result<()> {
                     .with_context(|| {
                         format!("cannot use the PostgreSQL store {}", url.redacted())
                     })?;
+            postgres = Some(store.clone());
             (
                 Arc::new(store),
                 format!("store: PostgreSQL, schema {store_schema}"),
             )
         }
     };
-    let rt = perennial_demo::register(Runtime::builder().store(Arc::clone(&store)))
+    let builder = perennial_demo::register(Runtime::builder().store(Arc::clone(&store)))
         .max_resident(max_resident)
-        .max_resident_bytes(max_resident_bytes)
-        .start()
-        .await?;
+        .max_resident_bytes(max_resident_bytes);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
+    let (rt, cluster) = match (cluster, postgres) {
+        (Some((node, secret)), Some(postgres)) => {
+            let rt = builder.node_name(node.clone()).start_unclaimed().await?;
+            let advertise = advertise.unwrap_or_else(|| addr.to_string());
+            let options = perennial_cluster::Options::new(node.clone(), advertise).lease(lease);
+            let cluster = perennial_cluster::Cluster::join(postgres, rt.clone(), options)
+                .await
+                .with_context(|| format!("node {node} cannot join the cluster"))?;
+            gateway.cluster = Some(perennial_gateway::Clustering::new(
+                cluster.clone(),
+                secret.expose(),
+            ));
+            (rt, Some(cluster))
+        }
+        _ => (builder.start().await?, None),
+    };
+    let place = match &cluster {
+        Some(cluster) => format!("{place}, cluster node {}", cluster.node()),
+        None => place,
+    };
     // Scripts and tests wait for this line.
     println!("perennial listening on http://{addr} ({place})");
     tracing::info!(%addr, kinds = ?rt.kinds(), "serving");
-    perennial_gateway::serve(listener, rt.clone(), gateway, stop_signal()).await?;
+    // A cluster node hands its shards off while it still answers, so calls forwarded to it
+    // meanwhile learn at once that it no longer serves them.
+    let shutdown = async move {
+        stop_signal().await;
+        if let Some(cluster) = cluster {
+            tracing::info!("handing shards off to the other nodes");
+            if let Err(error) = cluster.leave().await {
+                tracing::warn!(%error, "cannot leave the cluster gracefully; its leases will expire");
+            }
+        }
+    };
+    perennial_gateway::serve(listener, rt.clone(), gateway, shutdown).await?;
     tracing::info!("draining in-flight calls");
     rt.shutdown().await;
     store.close().await?;

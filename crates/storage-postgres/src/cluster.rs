@@ -156,6 +156,23 @@ impl PostgresStore {
         Ok(leases)
     }
 
+    /// The unexpired leases, by the database's clock: each leased shard and its owner, in
+    /// shard order. Nodes route calls by it.
+    pub async fn owners(&self) -> Result<Vec<(ShardId, String)>, Error> {
+        let sql = format!(
+            "SELECT shard, owner FROM shards
+              WHERE owner IS NOT NULL AND expires_at > {NOW_MS} ORDER BY shard"
+        );
+        let rows = self.reader()?.query(&sql, &[]).await.map_err(map_err)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let shard: i32 = r.get(0);
+                (ShardId(u32::try_from(shard).unwrap_or(u32::MAX)), r.get(1))
+            })
+            .collect())
+    }
+
     /// Gives up `node`'s leases of `shards` now, so another node may take them at once (a
     /// graceful handoff, after the shards' entities were passivated and their writes flushed).
     pub async fn release(&self, node: &str, shards: &[ShardId]) -> Result<(), Error> {

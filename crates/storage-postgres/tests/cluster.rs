@@ -115,6 +115,17 @@ async fn a_lease_is_renewed_by_its_owner_and_taken_with_a_new_epoch_once_expired
     let all = store.acquire("c", &shards(0..6), long).await.unwrap();
     let held: Vec<u32> = all.iter().map(|l| l.shard.0).collect();
     assert_eq!(held, [0, 1, 4, 5], "a still holds 2 and 3");
+    // Routing reads who holds what.
+    let owners = store.owners().await.unwrap();
+    let owner = |n: u32| {
+        owners
+            .iter()
+            .find(|(s, _)| s.0 == n)
+            .map(|(_, o)| o.as_str())
+    };
+    assert_eq!(owner(2), Some("a"));
+    assert_eq!(owner(5), Some("c"));
+    assert_eq!(owner(6), None, "never leased");
 }
 
 /// Tables made by format 1 (before leases and membership) are upgraded in place when a node

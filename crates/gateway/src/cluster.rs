@@ -1,0 +1,232 @@
+//! Calls in a cluster: any node takes any call, runs it if it serves the entity's shard, and
+//! otherwise forwards it to the node that does ([`forward`](crate::forward)).
+//!
+//! A node that answers that it does not serve the shard (it handed it off, or its lease
+//! lapsed) ran nothing, so the call is sent again after the routing table is refreshed, until
+//! the request's deadline: the caller sees one answer, as if there were one node. A call
+//! whose request may have reached its owner before the connection broke is sent again only
+//! if it carries an `Idempotency-Key` (then the owner answers a repeat with the first reply);
+//! without one, the caller gets `502 outcome_unknown` rather than risk applying it twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use perennial_cluster::{Cluster, Route};
+use perennial_core::{CallError, EntityId, Runtime};
+use perennial_types::shard_of;
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::forward::{self, Answer, Call, Failure, Forwarder};
+
+/// How a node's gateway takes part in a cluster.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Clustering {
+    /// The node's membership: who serves which shard.
+    pub cluster: Cluster,
+    /// The secret every node of the cluster shares; the internal route refuses requests
+    /// without it.
+    pub secret: String,
+}
+
+impl Clustering {
+    /// A gateway in `cluster`, talking to the other nodes with `secret`.
+    pub fn new(cluster: Cluster, secret: impl Into<String>) -> Self {
+        Self {
+            cluster,
+            secret: secret.into(),
+        }
+    }
+}
+
+/// The routing side of the gateway.
+#[derive(Debug, Clone)]
+pub(crate) struct Router {
+    cluster: Cluster,
+    forwarder: Forwarder,
+    secret: Arc<str>,
+}
+
+impl Router {
+    pub(crate) fn new(clustering: &Clustering) -> Self {
+        Self {
+            cluster: clustering.cluster.clone(),
+            forwarder: Forwarder::new(&clustering.secret),
+            secret: Arc::from(clustering.secret.as_str()),
+        }
+    }
+
+    /// Runs or forwards one call until an answer (the guard's deadline bounds the retries).
+    pub(crate) async fn call(
+        &self,
+        rt: &Runtime,
+        kind: &str,
+        id: &str,
+        idempotency_key: Option<&str>,
+        body: &Bytes,
+    ) -> Result<Response, ApiError> {
+        // What the node can judge alone is judged here, not forwarded.
+        if rt.persistence(kind).is_none() {
+            return Err(
+                CallError::<perennial_core::JsonRejection>::UnknownKind(kind.to_owned()).into(),
+            );
+        }
+        EntityId::new(id).map_err(CallError::<perennial_core::JsonRejection>::from)?;
+        let shard = shard_of(kind, id);
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            match self.cluster.route(shard) {
+                Route::Local => match rt
+                    .call_json_idempotent(kind, id, idempotency_key, body)
+                    .await
+                {
+                    Err(CallError::NotOwner { .. } | CallError::Fenced { .. }) => {}
+                    result => return Ok(json_response(result.map_err(ApiError::from)?)),
+                },
+                Route::Remote { address, .. } => {
+                    let call = Call {
+                        kind: kind.to_owned(),
+                        id: id.to_owned(),
+                        idempotency_key: idempotency_key.map(str::to_owned),
+                        body: body.to_vec(),
+                    };
+                    match self.forwarder.call(&address, call).await {
+                        Ok(answer) if !answer.not_served => return Ok(answered(answer)),
+                        Ok(_) => {}
+                        Err(Failure::Unsent(detail)) => {
+                            tracing::debug!(%address, %detail, "cannot reach a node; rerouting");
+                        }
+                        Err(Failure::Unknown(_)) if idempotency_key.is_some() => {}
+                        Err(Failure::Unknown(detail)) => {
+                            tracing::warn!(%kind, %id, %address, %detail,
+                                "a forwarded call's outcome is unknown");
+                            return Err(ApiError::new(
+                                StatusCode::BAD_GATEWAY,
+                                "outcome_unknown",
+                                "the node that serves this entity stopped answering; the call \
+                                 may have been applied. Send calls with an Idempotency-Key to \
+                                 have them retried safely",
+                            ));
+                        }
+                    }
+                }
+                Route::Unknown => {}
+            }
+            // Not served where we thought: learn the new owner, then try again.
+            self.cluster.refresh(Duration::from_millis(500)).await;
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(100));
+        }
+    }
+}
+
+fn json_response(reply: String) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], reply).into_response()
+}
+
+/// The owner's answer, as the client's response.
+fn answered(answer: Answer) -> Response {
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut response = (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        answer.body,
+    )
+        .into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+/// `POST /internal/v1/calls`: runs a batch of calls forwarded by another node, here only.
+pub(crate) async fn internal(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(router) = &state.router else {
+        return ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route").into_response();
+    };
+    let given = headers
+        .get(forward::SECRET_HEADER)
+        .map(HeaderValue::as_bytes)
+        .unwrap_or_default();
+    if !crate::guard::same(given, router.secret.as_bytes()) {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the cluster secret is missing or wrong",
+        )
+        .into_response();
+    }
+    let content_type = headers.get(header::CONTENT_TYPE).map(HeaderValue::as_bytes);
+    if content_type != Some(forward::CONTENT_TYPE.as_bytes()) {
+        return ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_version",
+            format!("this node speaks {}", forward::CONTENT_TYPE),
+        )
+        .into_response();
+    }
+    let batch: forward::Batch = match postcard::from_bytes(&body) {
+        Ok(batch) => batch,
+        Err(e) => {
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_batch",
+                format!("the batch cannot be decoded: {e}"),
+            )
+            .into_response();
+        }
+    };
+    let rt = &state.rt;
+    let answers: Vec<Answer> =
+        futures::future::join_all(batch.calls.into_iter().map(|call| async move {
+            let result = rt
+                .call_json_idempotent(
+                    &call.kind,
+                    &call.id,
+                    call.idempotency_key.as_deref(),
+                    &call.body,
+                )
+                .await;
+            match result {
+                Ok(reply) => Answer {
+                    status: 200,
+                    body: reply.into_bytes(),
+                    not_served: false,
+                },
+                Err(error) => {
+                    let not_served =
+                        matches!(error, CallError::NotOwner { .. } | CallError::Fenced { .. });
+                    let error = ApiError::from(error);
+                    Answer {
+                        status: error.status().as_u16(),
+                        body: error.body(),
+                        not_served,
+                    }
+                }
+            }
+        }))
+        .await;
+    match postcard::to_allocvec(&answers) {
+        Ok(bytes) => ([(header::CONTENT_TYPE, forward::CONTENT_TYPE)], bytes).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode forwarded answers");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the answers cannot be encoded",
+            )
+            .into_response()
+        }
+    }
+}

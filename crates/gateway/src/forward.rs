@@ -1,0 +1,214 @@
+//! Calls between nodes: a call for a shard another node serves goes to that node's internal
+//! route, batched with the other calls bound there.
+//!
+//! - **Transport.** HTTP/2 without TLS (prior knowledge), one connection per peer that
+//!   multiplexes requests. Nodes talk over the cluster's private network; the cluster secret
+//!   authenticates them.
+//! - **Encoding.** A request is a [`Batch`] of calls and its answer a list of [`Answer`]s in
+//!   the same order, both in postcard (a compact binary serde format); the message and the
+//!   reply stay the JSON bytes the client sent and the owner produced. The content type names
+//!   the version ([`CONTENT_TYPE`]); a node refuses a version it does not know.
+//! - **Batching.** Each peer has one queue. Up to [`IN_FLIGHT`] requests go to a peer at
+//!   once; calls that arrive while they are all in flight wait and leave together, up to
+//!   [`MAX_BATCH`] per request. A loaded node thus sends few large requests, an idle one
+//!   sends each call at once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+/// The internal route's path.
+pub(crate) const PATH: &str = "/internal/v1/calls";
+/// The content type of a batch and of its answers, with the wire format's version.
+pub(crate) const CONTENT_TYPE: &str = "application/x-perennial-calls.v1";
+/// The header that carries the cluster secret.
+pub(crate) const SECRET_HEADER: &str = "x-perennial-cluster-secret";
+/// Requests in flight to one peer at most.
+const IN_FLIGHT: usize = 4;
+/// Calls in one request at most.
+const MAX_BATCH: usize = 512;
+/// Bytes of messages in one request at most (one call over it goes alone).
+pub(crate) const MAX_BATCH_BYTES: usize = 8 << 20;
+
+/// One call carried to its owner.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Call {
+    pub(crate) kind: String,
+    pub(crate) id: String,
+    pub(crate) idempotency_key: Option<String>,
+    /// The message, as the client sent it.
+    pub(crate) body: Vec<u8>,
+}
+
+/// Calls for one node.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Batch {
+    pub(crate) calls: Vec<Call>,
+}
+
+/// What the owner answered to one call: the response its gateway would have sent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    /// The body (JSON).
+    pub(crate) body: Vec<u8>,
+    /// The node does not serve the call's shard (or lost it during the step): nothing was
+    /// applied, so the caller may send it again after refreshing its routes.
+    pub(crate) not_served: bool,
+}
+
+/// Why a call could not be forwarded.
+#[derive(Debug, Clone)]
+pub(crate) enum Failure {
+    /// The request never reached the peer (no connection): nothing was applied.
+    Unsent(String),
+    /// The request may have reached the peer: the call may have been applied.
+    Unknown(String),
+}
+
+type Waiter = oneshot::Sender<Result<Answer, Failure>>;
+/// Each peer's queue, by address.
+type Queues = HashMap<Arc<str>, mpsc::UnboundedSender<(Call, Waiter)>>;
+
+/// The forwarding side of every peer of this node.
+#[derive(Debug, Clone)]
+pub(crate) struct Forwarder {
+    client: Client<HttpConnector, Full<Bytes>>,
+    secret: Arc<str>,
+    peers: Arc<Mutex<Queues>>,
+}
+
+impl Forwarder {
+    pub(crate) fn new(secret: &str) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build(connector);
+        Self {
+            client,
+            secret: Arc::from(secret),
+            peers: Arc::default(),
+        }
+    }
+
+    /// Sends `call` to the node at `address` and waits for its answer.
+    pub(crate) async fn call(&self, address: &Arc<str>, call: Call) -> Result<Answer, Failure> {
+        let (tx, rx) = oneshot::channel();
+        let queue = {
+            let mut peers = self.peers.lock();
+            let queue = peers.entry(Arc::clone(address)).or_insert_with(|| {
+                let (queue, calls) = mpsc::unbounded_channel();
+                tokio::spawn(pump(self.clone(), format!("http://{address}{PATH}"), calls));
+                queue
+            });
+            queue.clone()
+        };
+        queue
+            .send((call, tx))
+            .map_err(|_| Failure::Unsent("the forwarding queue is closed".into()))?;
+        rx.await
+            .unwrap_or_else(|_| Err(Failure::Unknown("the forwarding task stopped".into())))
+    }
+
+    /// Sends one batch; answers its waiters.
+    async fn send(&self, uri: &str, calls: Vec<(Call, Waiter)>) {
+        let (calls, waiters): (Vec<Call>, Vec<Waiter>) = calls.into_iter().unzip();
+        let result = self.request(uri, Batch { calls }).await;
+        match result {
+            Ok(answers) if answers.len() == waiters.len() => {
+                for (waiter, answer) in waiters.into_iter().zip(answers) {
+                    let _ = waiter.send(Ok(answer));
+                }
+            }
+            Ok(answers) => {
+                let failure = Failure::Unknown(format!(
+                    "the peer answered {} calls of {}",
+                    answers.len(),
+                    waiters.len()
+                ));
+                for waiter in waiters {
+                    let _ = waiter.send(Err(failure.clone()));
+                }
+            }
+            Err(failure) => {
+                for waiter in waiters {
+                    let _ = waiter.send(Err(failure.clone()));
+                }
+            }
+        }
+    }
+
+    async fn request(&self, uri: &str, batch: Batch) -> Result<Vec<Answer>, Failure> {
+        let body = postcard::to_allocvec(&batch)
+            .map_err(|e| Failure::Unsent(format!("cannot encode the batch: {e}")))?;
+        let request = hyper::Request::post(uri)
+            .header(hyper::header::CONTENT_TYPE, CONTENT_TYPE)
+            .header(SECRET_HEADER, &*self.secret)
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| Failure::Unsent(format!("cannot build the request: {e}")))?;
+        let response = self.client.request(request).await.map_err(|e| {
+            if e.is_connect() {
+                Failure::Unsent(format!("cannot connect: {e}"))
+            } else {
+                Failure::Unknown(format!("the request failed: {e}"))
+            }
+        })?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| Failure::Unknown(format!("the answer was cut: {e}")))?
+            .to_bytes();
+        if !status.is_success() {
+            // Refused as a whole (wrong secret, unknown version): nothing ran.
+            return Err(Failure::Unsent(format!(
+                "the peer refused the batch with {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            )));
+        }
+        postcard::from_bytes(&bytes)
+            .map_err(|e| Failure::Unknown(format!("cannot decode the answers: {e}")))
+    }
+}
+
+/// Drains one peer's queue into batches, at most [`IN_FLIGHT`] at a time.
+async fn pump(
+    forwarder: Forwarder,
+    uri: String,
+    mut calls: mpsc::UnboundedReceiver<(Call, Waiter)>,
+) {
+    let uri: Arc<str> = Arc::from(uri);
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    while let Some(first) = calls.recv().await {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let mut bytes = first.0.body.len();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+            match calls.try_recv() {
+                Ok(call) => {
+                    bytes += call.0.body.len();
+                    batch.push(call);
+                }
+                Err(_) => break,
+            }
+        }
+        let forwarder = forwarder.clone();
+        let uri = Arc::clone(&uri);
+        tokio::spawn(async move {
+            let _slot = slot;
+            forwarder.send(&uri, batch).await;
+        });
+    }
+}
