@@ -148,7 +148,12 @@ impl Collector for RuntimeCollector {
             };
             ConstGauge::new(k.resident as i64).encode(family.encode_family(&labels)?)?;
         }
-        let gauges: [(&str, &str, i64); 4] = [
+        let gauges: [(&str, &str, i64); 5] = [
+            (
+                "served_shards",
+                "Shards this node serves now (all of them, outside a cluster)",
+                self.rt.served_shards().len() as i64,
+            ),
             (
                 "resident_bytes",
                 "Bytes of resident entity state",
@@ -178,13 +183,18 @@ impl Collector for RuntimeCollector {
                 MetricType::Gauge,
             )?)?;
         }
-        let counters: [(&str, &str, u64); 3] = [
+        let counters: [(&str, &str, u64); 4] = [
             (
                 "commits",
                 "Batches committed (one fsync each)",
                 stats.commit.commits,
             ),
             ("committed_steps", "Steps made durable", stats.commit.steps),
+            (
+                "fenced_writes",
+                "Entities whose writes were refused because another node owns their shard now",
+                stats.commit.fenced,
+            ),
             (
                 "pending_fired",
                 "Timers, messages and effects applied, refused or dead-lettered",

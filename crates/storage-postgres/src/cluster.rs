@@ -54,7 +54,8 @@ impl PostgresStore {
              ON CONFLICT (node) DO UPDATE SET address = excluded.address,
                                               heartbeat_at = excluded.heartbeat_at"
         );
-        self.reader()?
+        self.reader()
+            .await?
             .execute(&sql, &[&node, &address])
             .await
             .map_err(map_err)?;
@@ -68,7 +69,8 @@ impl PostgresStore {
               WHERE heartbeat_at >= {NOW_MS} - $1 ORDER BY node"
         );
         let rows = self
-            .reader()?
+            .reader()
+            .await?
             .query(&sql, &[&millis(ttl)])
             .await
             .map_err(map_err)?;
@@ -84,7 +86,7 @@ impl PostgresStore {
 
     /// Leaves the cluster: forgets the member and releases every shard it leases.
     pub async fn leave(&self, node: &str) -> Result<(), Error> {
-        let mut writer = self.shared.writer.lock().await;
+        let mut writer = self.writer().await?;
         let tx = writer.client.transaction().await.map_err(map_err)?;
         tx.execute(
             "UPDATE shards SET owner = NULL, expires_at = NULL WHERE owner = $1",
@@ -118,7 +120,7 @@ impl PostgresStore {
         let sql = format!(
             "WITH current AS (
                  SELECT shard, epoch, owner, expires_at FROM shards
-                  WHERE shard = ANY($1) ORDER BY shard FOR UPDATE),
+                  WHERE shard = ANY($1) ORDER BY shard FOR UPDATE SKIP LOCKED),
              decided AS (
                  SELECT shard,
                         CASE WHEN owner = $2 AND expires_at > {NOW_MS} THEN epoch
@@ -134,7 +136,7 @@ impl PostgresStore {
               WHERE s.shard = d.shard
           RETURNING s.shard, s.epoch, d.taken"
         );
-        let writer = self.shared.writer.lock().await;
+        let writer = self.writer().await?;
         let rows = writer
             .client
             .query(&sql, &[&shards, &node, &millis(ttl)])
@@ -163,7 +165,12 @@ impl PostgresStore {
             "SELECT shard, owner FROM shards
               WHERE owner IS NOT NULL AND expires_at > {NOW_MS} ORDER BY shard"
         );
-        let rows = self.reader()?.query(&sql, &[]).await.map_err(map_err)?;
+        let rows = self
+            .reader()
+            .await?
+            .query(&sql, &[])
+            .await
+            .map_err(map_err)?;
         Ok(rows
             .iter()
             .map(|r| {
@@ -180,7 +187,7 @@ impl PostgresStore {
             .iter()
             .map(|s| i32::try_from(s.0).unwrap_or(i32::MAX))
             .collect();
-        let writer = self.shared.writer.lock().await;
+        let writer = self.writer().await?;
         writer
             .client
             .execute(

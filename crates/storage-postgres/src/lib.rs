@@ -79,8 +79,11 @@ pub struct PostgresStore {
 #[derive(Debug)]
 struct Shared {
     schema: String,
+    /// Where to connect again when a connection is lost.
+    config: tokio_postgres::Config,
     writer: tokio::sync::Mutex<writer::Writer>,
-    readers: Vec<Client>,
+    /// Replaced by a new connection when one is found closed.
+    readers: Vec<parking_lot::Mutex<Arc<Client>>>,
     next_reader: AtomicUsize,
     /// The runtime the connections run on: `commit` blocks on it.
     runtime: tokio::runtime::Handle,
@@ -109,10 +112,13 @@ impl PostgresStore {
         schema::migrate(&mut writer, &options.schema).await?;
         let mut readers = Vec::with_capacity(options.readers.max(1));
         for _ in 0..options.readers.max(1) {
-            readers.push(open(&config, &options.schema).await?);
+            readers.push(parking_lot::Mutex::new(Arc::new(
+                open(&config, &options.schema).await?,
+            )));
         }
         Ok(Self {
             shared: Arc::new(Shared {
+                config,
                 schema: options.schema,
                 writer: tokio::sync::Mutex::new(writer::Writer::new(writer)),
                 readers,
@@ -128,13 +134,34 @@ impl PostgresStore {
         &self.shared.schema
     }
 
-    fn reader(&self) -> Result<&Client, Error> {
-        if self.shared.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed);
-        }
+    /// A read connection, in turn; one found closed (the server restarted, or ended the
+    /// session) is replaced by a new one.
+    async fn reader(&self) -> Result<Arc<Client>, Error> {
+        self.check_open()?;
         let readers = &self.shared.readers;
         let n = self.shared.next_reader.fetch_add(1, Ordering::Relaxed);
-        Ok(&readers[n % readers.len()])
+        let slot = &readers[n % readers.len()];
+        let client = Arc::clone(&slot.lock());
+        if !client.is_closed() {
+            return Ok(client);
+        }
+        let fresh = Arc::new(open(&self.shared.config, &self.shared.schema).await?);
+        tracing::warn!("a PostgreSQL read connection was lost; connected again");
+        *slot.lock() = Arc::clone(&fresh);
+        Ok(fresh)
+    }
+
+    /// The write connection, locked; connected again first if it was lost. The statements
+    /// it had prepared are prepared again on the new connection.
+    async fn writer(&self) -> Result<tokio::sync::MutexGuard<'_, writer::Writer>, Error> {
+        self.check_open()?;
+        let mut writer = self.shared.writer.lock().await;
+        if writer.client.is_closed() {
+            let client = open(&self.shared.config, &self.shared.schema).await?;
+            tracing::warn!("the PostgreSQL write connection was lost; connected again");
+            *writer = writer::Writer::new(client);
+        }
+        Ok(writer)
     }
 
     fn check_open(&self) -> Result<(), Error> {
@@ -161,8 +188,12 @@ async fn open(config: &tokio_postgres::Config, schema: &str) -> Result<Client, E
     });
     client
         .batch_execute(&format!(
-            "SET search_path TO {}; SET idle_in_transaction_session_timeout = '30s'",
-            schema::ident(schema)
+            // A transaction left open by a stalled node (SIGSTOP) would hold its shard
+            // rows locked, so no other node could take them: the server ends it instead.
+            "SET search_path TO {}; SET idle_in_transaction_session_timeout = '2s';
+             SET application_name = 'perennial/{}'",
+            schema::ident(schema),
+            schema.replace('\'', "''")
         ))
         .await
         .map_err(map_err)?;
@@ -186,13 +217,14 @@ fn entity_key(kind: String, id: &str, what: &str) -> Result<EntityKey, Error> {
 impl Store for PostgresStore {
     async fn claim(&self, owner: &str, shards: &[ShardId]) -> Result<Epoch, Error> {
         self.check_open()?;
-        let mut writer = self.shared.writer.lock().await;
+        let mut writer = self.writer().await?;
         writer::claim(&mut writer.client, owner, shards).await
     }
 
     async fn load(&self, key: &EntityKey) -> Result<Option<Record>, Error> {
         let row = self
-            .reader()?
+            .reader()
+            .await?
             .query_opt(
                 "SELECT state::text, version FROM entities WHERE kind = $1 AND id = $2",
                 &[&&*key.kind, &key.id.as_str()],
@@ -216,7 +248,8 @@ impl Store for PostgresStore {
     ) -> Result<Vec<JournalEntry>, Error> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self
-            .reader()?
+            .reader()
+            .await?
             .query(
                 "SELECT step, at, entry FROM journal
                   WHERE kind = $1 AND id = $2 AND step > $3 ORDER BY step LIMIT $4",
@@ -239,7 +272,7 @@ impl Store for PostgresStore {
         self.check_open()?;
         let run = || {
             self.shared.runtime.block_on(async {
-                let mut writer = self.shared.writer.lock().await;
+                let mut writer = self.writer().await?;
                 writer::commit(&mut writer, &batch).await
             })
         };
@@ -259,7 +292,8 @@ impl Store for PostgresStore {
     async fn due(&self, before_ms: i64, limit: usize) -> Result<Vec<Pending>, Error> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self
-            .reader()?
+            .reader()
+            .await?
             .query(
                 "SELECT kind, id, seq, due, class, target_kind, target_id, body FROM pending
                   WHERE due <= $1 ORDER BY due LIMIT $2",
@@ -295,7 +329,8 @@ impl Store for PostgresStore {
         idempotency_key: &str,
     ) -> Result<Option<StoredReply>, Error> {
         let row = self
-            .reader()?
+            .reader()
+            .await?
             .query_opt(
                 "SELECT reply, at FROM replies WHERE kind = $1 AND id = $2 AND key = $3",
                 &[&&*key.kind, &key.id.as_str(), &idempotency_key],
@@ -310,7 +345,8 @@ impl Store for PostgresStore {
 
     async fn dead_letters(&self, kind: Option<&str>) -> Result<Vec<StoredDeadLetter>, Error> {
         let rows = self
-            .reader()?
+            .reader()
+            .await?
             .query(
                 "SELECT seq, kind, id, message, error, attempts, at FROM dead_letters
                   WHERE $1::text IS NULL OR kind = $1 ORDER BY seq",
@@ -344,7 +380,8 @@ impl Store for PostgresStore {
     ) -> Result<Vec<EntitySummary>, Error> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self
-            .reader()?
+            .reader()
+            .await?
             .query(
                 "WITH ids AS (
                      SELECT id FROM entities WHERE kind = $1 AND id > $2
@@ -378,7 +415,8 @@ impl Store for PostgresStore {
 
     async fn paused(&self) -> Result<Vec<EntityKey>, Error> {
         let rows = self
-            .reader()?
+            .reader()
+            .await?
             .query("SELECT kind, id FROM paused ORDER BY kind, id", &[])
             .await
             .map_err(map_err)?;
@@ -394,28 +432,28 @@ impl Store for PostgresStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<EntityState>, Error> {
-        query::query(self.reader()?, kind, filter, after, limit).await
+        query::query(&*self.reader().await?, kind, filter, after, limit).await
     }
 
     async fn create_index(&self, kind: &str, path: &Path) -> Result<(), Error> {
         self.check_open()?;
-        let mut writer = self.shared.writer.lock().await;
+        let mut writer = self.writer().await?;
         query::create_index(&mut writer.client, kind, path).await
     }
 
     async fn drop_index(&self, kind: &str, path: &Path) -> Result<bool, Error> {
         self.check_open()?;
-        let mut writer = self.shared.writer.lock().await;
+        let mut writer = self.writer().await?;
         query::drop_index(&mut writer.client, kind, path).await
     }
 
     async fn indexes(&self, kind: &str) -> Result<Vec<Path>, Error> {
-        query::indexes(self.reader()?, kind).await
+        query::indexes(&*self.reader().await?, kind).await
     }
 
     async fn close(&self) -> Result<(), Error> {
         // Waits for a commit in progress; later calls fail.
-        let _writer = self.shared.writer.lock().await;
+        let _writer = self.writer().await?;
         self.shared.closed.store(true, Ordering::Release);
         Ok(())
     }

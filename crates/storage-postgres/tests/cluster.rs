@@ -170,3 +170,49 @@ async fn format_1_tables_are_upgraded() {
         .unwrap();
     assert!(lease[0].epoch > epoch);
 }
+
+/// A connection the server ends (a restart, an administrator, an idle-transaction timeout)
+/// is replaced: the next reads and commits work again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_connections_are_replaced() {
+    let Some((store, schema)) = test_util::store().await else {
+        return;
+    };
+    let epoch = store.claim("n", &shards(0..1024)).await.unwrap();
+    let key = EntityKey::new("counter", EntityId::new("c1").unwrap());
+    let write = |version: u64| Batch {
+        states: vec![StateWrite {
+            key: key.clone(),
+            shard: shard_of("counter", "c1"),
+            epoch,
+            state: format!("{{\"value\":{version}}}").into(),
+            version,
+        }],
+        ..Batch::default()
+    };
+    store.commit(write(1)).unwrap();
+    let (sql, connection) = tokio_postgres::connect(&test_util::url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let ended = sql
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+              WHERE application_name = $1",
+            &[&format!("perennial/{}", schema.name())],
+        )
+        .await
+        .unwrap();
+    assert!(
+        ended.get::<_, i64>(0) >= 2,
+        "the writer and a reader were ended"
+    );
+    // The client learns of the closed socket as soon as its connection task reads it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..3 {
+        // Every reader in turn.
+        assert!(store.load(&key).await.unwrap().is_some());
+    }
+    store.commit(write(2)).unwrap();
+    assert_eq!(store.load(&key).await.unwrap().unwrap().version, 2);
+}
