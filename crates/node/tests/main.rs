@@ -3,6 +3,7 @@
 //! call level, the operator's client subcommands, and the configuration.
 
 mod cli;
+mod cluster;
 mod config;
 mod crash_points;
 mod fsync;

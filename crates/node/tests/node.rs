@@ -175,6 +175,30 @@ impl Http {
         Ok((status, value))
     }
 
+    /// GETs `path`; returns the status and the body as text.
+    pub(crate) async fn get_text(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+    ) -> Result<(u16, String), String> {
+        let request = hyper::Request::get(format!("http://{addr}{path}"))
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
     /// The value of counter `id`.
     pub(crate) async fn counter(&self, addr: SocketAddr, id: &str) -> i64 {
         let (status, body) = self

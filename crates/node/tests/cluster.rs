@@ -1,0 +1,472 @@
+//! Cluster mode: several `perennial serve` processes on one PostgreSQL schema. A local
+//! cluster runner (spawn, kill -9, SIGSTOP and SIGCONT, SIGTERM, restart) and the tests:
+//! calls on any node reach the owner, kill -9 under load, a node stopped past its lease, a
+//! graceful leave and join.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use parking_lot::{Mutex, RwLock};
+use perennial_storage_postgres::test_util::{self, Schema};
+use perennial_types::{SHARDS, ShardId, shard_of};
+
+use crate::node::{Http, Node, perennial};
+
+const SECRET: &str = "test-cluster-secret";
+
+/// N nodes named `n1`, `n2`, … on one schema of the machine's PostgreSQL.
+pub(crate) struct LocalCluster {
+    /// Node `n{i+1}` at index `i`; `None` once it was stopped or killed. Declared first, so
+    /// the nodes are killed before the schema is dropped.
+    nodes: Vec<Option<Node>>,
+    url: String,
+    schema: Schema,
+    lease: Duration,
+}
+
+impl LocalCluster {
+    /// Starts `n` nodes with leases of `lease`; `None` (after a loud skip) without PostgreSQL.
+    pub(crate) async fn start(n: usize, lease: Duration) -> Option<LocalCluster> {
+        let schema = test_util::schema().await?;
+        let mut cluster = LocalCluster {
+            url: test_util::url(),
+            schema,
+            lease,
+            nodes: Vec::new(),
+        };
+        for i in 0..n {
+            let node = cluster.spawn(i);
+            cluster.nodes.push(Some(node));
+        }
+        Some(cluster)
+    }
+
+    fn spawn(&self, i: usize) -> Node {
+        let mut command = perennial();
+        command.args(["serve", "--listen", "127.0.0.1:0", "--store", &self.url]);
+        command.args(["--store-schema", self.schema.name()]);
+        command.args(["--node-id", &format!("n{}", i + 1)]);
+        command.args(["--cluster-secret", SECRET]);
+        command.args(["--lease", &format!("{}ms", self.lease.as_millis())]);
+        Node::spawn(command)
+    }
+
+    /// Starts node `i` again (or for the first time, past the last one).
+    pub(crate) fn restart(&mut self, i: usize) {
+        let node = self.spawn(i);
+        if i >= self.nodes.len() {
+            self.nodes.resize_with(i + 1, || None);
+        }
+        self.nodes[i] = Some(node);
+    }
+
+    pub(crate) fn addr(&self, i: usize) -> SocketAddr {
+        self.nodes[i].as_ref().expect("the node runs").addr
+    }
+
+    /// The addresses of the running nodes.
+    pub(crate) fn addrs(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().flatten().map(|n| n.addr).collect()
+    }
+
+    pub(crate) fn kill9(&mut self, i: usize) {
+        self.nodes[i].take().expect("the node runs").kill9();
+    }
+
+    /// SIGTERM, and waits (at most 30 s) for the node to exit.
+    pub(crate) fn stop(&mut self, i: usize) {
+        let mut node = self.nodes[i].take().expect("the node runs");
+        kill(node.pid(), Signal::SIGTERM).expect("SIGTERM delivered");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while node.child.try_wait().expect("the node is reaped").is_none() {
+            assert!(Instant::now() < deadline, "n{} did not stop", i + 1);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub(crate) fn pause(&self, i: usize) {
+        let node = self.nodes[i].as_ref().expect("the node runs");
+        kill(node.pid(), Signal::SIGSTOP).expect("SIGSTOP delivered");
+    }
+
+    pub(crate) fn resume(&self, i: usize) {
+        let node = self.nodes[i].as_ref().expect("the node runs");
+        kill(node.pid(), Signal::SIGCONT).expect("SIGCONT delivered");
+    }
+
+    /// A value from node `i`'s `/metrics` (0 if absent).
+    pub(crate) async fn metric(&self, http: &Http, i: usize, name: &str) -> f64 {
+        let (status, text) = http
+            .get_text(self.addr(i), "/metrics")
+            .await
+            .expect("the node answers");
+        assert_eq!(status, 200, "{text}");
+        text.lines()
+            .find_map(|line| {
+                let (metric, value) = line.split_once(' ')?;
+                (metric == name).then(|| value.parse().ok())?
+            })
+            .unwrap_or(0.0)
+    }
+
+    /// Waits (at most 30 s) until every running node serves some shards and together they
+    /// serve all of them.
+    pub(crate) async fn settled(&self, http: &Http) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut served = Vec::new();
+            for (i, node) in self.nodes.iter().enumerate() {
+                if node.is_some() {
+                    served.push(self.metric(http, i, "perennial_served_shards").await);
+                }
+            }
+            let total: f64 = served.iter().sum();
+            if served.iter().all(|&s| s > 0.0) && total == f64::from(SHARDS) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "shards served: {served:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Who holds each leased shard, from the database.
+    pub(crate) async fn owners(&self) -> HashMap<ShardId, String> {
+        let mut options = perennial_storage_postgres::Options::default();
+        options.schema = self.schema.name().to_owned();
+        let store = perennial_storage_postgres::PostgresStore::connect_with(&self.url, options)
+            .await
+            .expect("the store connects");
+        store.owners().await.expect("owners").into_iter().collect()
+    }
+}
+
+/// One client's tally: adds acknowledged, and how long after the mark the first was.
+#[derive(Default)]
+struct Tally {
+    acked: AtomicU64,
+    first_after_mark: Mutex<Option<Duration>>,
+}
+
+/// Clients that each add 1 to their own counter, one call at a time, each with its own
+/// idempotency key, sent again with the same key (to another node, in turn) until it is
+/// acknowledged: every add is applied exactly once, whatever fails.
+struct Load {
+    http: Http,
+    live: Arc<RwLock<Vec<SocketAddr>>>,
+    stop: Arc<AtomicBool>,
+    tallies: Vec<Arc<Tally>>,
+    /// Acknowledgements after this are recorded as "first after the mark".
+    mark: Arc<Mutex<Option<Instant>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Calls answered with an error or not at all, then retried.
+    retries: Arc<AtomicU64>,
+}
+
+impl Load {
+    fn start(http: &Http, live: Vec<SocketAddr>, clients: usize, retry: bool) -> Load {
+        let mut load = Load {
+            http: http.clone(),
+            live: Arc::new(RwLock::new(live)),
+            stop: Arc::default(),
+            tallies: (0..clients).map(|_| Arc::default()).collect(),
+            mark: Arc::default(),
+            tasks: Vec::new(),
+            retries: Arc::default(),
+        };
+        for c in 0..clients {
+            let client = Client {
+                c,
+                http: load.http.clone(),
+                live: Arc::clone(&load.live),
+                stop: Arc::clone(&load.stop),
+                tally: Arc::clone(&load.tallies[c]),
+                mark: Arc::clone(&load.mark),
+                retries: Arc::clone(&load.retries),
+                retry,
+            };
+            load.tasks.push(tokio::spawn(client.run()));
+        }
+        load
+    }
+
+    fn set_live(&self, live: Vec<SocketAddr>) {
+        *self.live.write() = live;
+    }
+
+    /// From now on, each client records when its first add is acknowledged.
+    fn mark(&self) {
+        *self.mark.lock() = Some(Instant::now());
+    }
+
+    /// Stops the clients; returns each counter's acknowledged adds.
+    async fn finish(self) -> (Vec<u64>, Vec<Option<Duration>>, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.expect("a client panicked");
+        }
+        let acked = self
+            .tallies
+            .iter()
+            .map(|t| t.acked.load(Ordering::Relaxed))
+            .collect();
+        let firsts = self
+            .tallies
+            .iter()
+            .map(|t| *t.first_after_mark.lock())
+            .collect();
+        (acked, firsts, self.retries.load(Ordering::Relaxed))
+    }
+}
+
+struct Client {
+    c: usize,
+    http: Http,
+    live: Arc<RwLock<Vec<SocketAddr>>>,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+    mark: Arc<Mutex<Option<Instant>>>,
+    retries: Arc<AtomicU64>,
+    /// Whether a failed call may be sent again; if not, any failure fails the test.
+    retry: bool,
+}
+
+impl Client {
+    async fn run(self) {
+        let path = format!("/v1/counter/q{}", self.c);
+        let mut n = 0u64;
+        while !self.stop.load(Ordering::Relaxed) {
+            let key = format!("q{}-{n}", self.c);
+            let give_up = Instant::now() + Duration::from_secs(60);
+            let mut attempt = self.c;
+            loop {
+                let addr = {
+                    let live = self.live.read();
+                    live[attempt % live.len()]
+                };
+                let call = self
+                    .http
+                    .post_with_key(addr, &path, Some(&key), r#"{"add": 1}"#);
+                match tokio::time::timeout(Duration::from_secs(5), call).await {
+                    Ok(Ok((200, _))) => break,
+                    Ok(Ok((status, body))) if !self.retry => {
+                        panic!("client {}: {status} {body} (no call may fail here)", self.c)
+                    }
+                    Ok(Ok((status, body))) if status < 500 => {
+                        panic!("client {}: {status} {body}", self.c)
+                    }
+                    outcome => {
+                        assert!(
+                            self.retry || outcome.is_err(),
+                            "client {}: {outcome:?} (no call may fail here)",
+                            self.c
+                        );
+                        self.retries.fetch_add(1, Ordering::Relaxed);
+                        assert!(
+                            Instant::now() < give_up,
+                            "client {}: add {key} never acknowledged",
+                            self.c
+                        );
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+            self.tally.acked.fetch_add(1, Ordering::Relaxed);
+            let mark = *self.mark.lock();
+            if let Some(mark) = mark {
+                let mut first = self.tally.first_after_mark.lock();
+                if first.is_none() {
+                    *first = Some(Instant::now().duration_since(mark));
+                }
+            }
+            n += 1;
+        }
+    }
+}
+
+/// Every counter holds exactly its acknowledged adds: none lost, none applied twice.
+async fn check_counters(http: &Http, addr: SocketAddr, acked: &[u64]) {
+    for (c, &acked) in acked.iter().enumerate() {
+        let value = http.counter(addr, &format!("q{c}")).await;
+        assert_eq!(
+            value,
+            i64::try_from(acked).unwrap(),
+            "counter q{c}: {acked} adds acknowledged, value {value}"
+        );
+    }
+}
+
+/// Calls sent to any node reach the one owner of each entity: counters called on every node
+/// in turn count every call once, and each node serves about a third of the shards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_on_every_node_reach_the_owner() {
+    let Some(cluster) = LocalCluster::start(3, Duration::from_secs(2)).await else {
+        return;
+    };
+    let http = Http::new();
+    cluster.settled(&http).await;
+    for round in 1..=3_i64 {
+        for c in 0..30 {
+            let addr = cluster.addr(usize::try_from((c + round) % 3).unwrap());
+            let (status, body) = http
+                .post(addr, &format!("/v1/counter/r{c}"), r#"{"add": 1}"#)
+                .await
+                .unwrap();
+            assert_eq!(
+                (status, body["value"].as_i64()),
+                (200, Some(round)),
+                "{body}"
+            );
+        }
+    }
+    let owners = cluster.owners().await;
+    assert_eq!(owners.len(), SHARDS as usize, "every shard is leased");
+    for node in ["n1", "n2", "n3"] {
+        let held = owners.values().filter(|o| *o == node).count();
+        assert!(held > 200, "{node} holds {held} shards");
+    }
+    // Errors are the owner's, whatever node took the call.
+    let (status, body) = http
+        .post(cluster.addr(0), "/v1/counter/r1", r#"{"add": "x"}"#)
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_message"))
+    );
+    // The internal route wants the cluster secret.
+    let (status, _) = http
+        .send(cluster.addr(0), "POST", "/internal/v1/calls", &[], "")
+        .await
+        .unwrap();
+    assert_eq!(status, 401);
+}
+
+/// kill -9 of a node under load: its leases expire, the others take its shards, the clients'
+/// calls (sent again with their idempotency keys) all succeed, and no acknowledged add is lost
+/// or applied twice. Prints how long the killed node's entities were unavailable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_a_node_under_load_loses_nothing() {
+    let lease = Duration::from_secs(2);
+    let Some(mut cluster) = LocalCluster::start(3, lease).await else {
+        return;
+    };
+    let http = Http::new();
+    cluster.settled(&http).await;
+    let clients = 24;
+    let load = Load::start(&http, cluster.addrs(), clients, true);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let owners = cluster.owners().await;
+    let victims: Vec<usize> = (0..clients)
+        .filter(|c| {
+            owners
+                .get(&shard_of("counter", &format!("q{c}")))
+                .map(String::as_str)
+                == Some("n2")
+        })
+        .collect();
+    assert!(!victims.is_empty(), "no counter lives on n2");
+    cluster.kill9(1);
+    load.mark();
+    load.set_live(cluster.addrs());
+    tokio::time::sleep(lease + Duration::from_secs(4)).await;
+    let (acked, firsts, retries) = load.finish().await;
+    check_counters(&http, cluster.addr(0), &acked).await;
+    let back: Vec<Duration> = victims
+        .iter()
+        .map(|&c| firsts[c].unwrap_or_else(|| panic!("q{c} never answered after the kill")))
+        .collect();
+    let worst = back.iter().max().copied().unwrap_or_default();
+    println!(
+        "kill -9 of n2 (lease {lease:?}): {} adds acknowledged, {retries} calls sent again, \
+         {} counters of n2 all answered again after {worst:?}",
+        acked.iter().sum::<u64>(),
+        victims.len()
+    );
+    assert!(
+        acked.iter().all(|&a| a > 0),
+        "every client made progress: {acked:?}"
+    );
+}
+
+/// A node stopped (SIGSTOP) past its lease: the others take its shards; when it resumes, the
+/// steps it had computed are refused by the fence (counted: the test fails if none were
+/// attempted), it stops serving, and it rejoins. No acknowledged add is lost or doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_past_its_lease_finds_its_writes_refused_and_rejoins() {
+    let lease = Duration::from_millis(1500);
+    let Some(cluster) = LocalCluster::start(2, lease).await else {
+        return;
+    };
+    let http = Http::new();
+    cluster.settled(&http).await;
+    let clients = 32;
+    // The clients call n1 only, so that n1 has steps in flight when it stops.
+    let load = Load::start(&http, vec![cluster.addr(0)], clients, true);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    cluster.pause(0);
+    load.set_live(vec![cluster.addr(1)]);
+    // n1's lease expires and n2 takes its shards (its stuck transaction, if any, is ended by
+    // the server after 2 s).
+    tokio::time::sleep(lease + Duration::from_secs(3)).await;
+    cluster.resume(0);
+    load.set_live(cluster.addrs());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    load.mark();
+    let refused = cluster
+        .metric(&http, 0, "perennial_fenced_writes_total")
+        .await;
+    // n1 rejoins: n2 hands its shards back.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.metric(&http, 0, "perennial_served_shards").await == 0.0 {
+        assert!(Instant::now() < deadline, "n1 never served shards again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.settled(&http).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (acked, _, retries) = load.finish().await;
+    check_counters(&http, cluster.addr(1), &acked).await;
+    println!(
+        "SIGSTOP of n1 past its lease: {refused} writes refused after SIGCONT, {} adds \
+         acknowledged, {retries} calls sent again",
+        acked.iter().sum::<u64>()
+    );
+    assert!(
+        refused > 0.0,
+        "n1 attempted no write after it lost its shards"
+    );
+}
+
+/// A node leaves gracefully (SIGTERM) and another joins, under load: no call fails (they
+/// are sent without retries, to a node that stays), the shards move by handoff, and every
+/// add is counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_leave_and_join_fail_no_call() {
+    let Some(mut cluster) = LocalCluster::start(3, Duration::from_secs(2)).await else {
+        return;
+    };
+    let http = Http::new();
+    cluster.settled(&http).await;
+    let load = Load::start(&http, vec![cluster.addr(0)], 16, false);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    cluster.stop(2);
+    cluster.settled(&http).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.restart(3);
+    cluster.settled(&http).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (acked, _, retries) = load.finish().await;
+    assert_eq!(retries, 0, "a call failed");
+    check_counters(&http, cluster.addr(3), &acked).await;
+    let owners = cluster.owners().await;
+    assert!(owners.values().all(|o| o != "n3"), "n3 left");
+    assert!(owners.values().any(|o| o == "n4"), "n4 joined");
+    println!(
+        "graceful leave of n3 and join of n4: {} adds acknowledged, none failed",
+        acked.iter().sum::<u64>()
+    );
+}
