@@ -56,22 +56,7 @@ impl RowId {
     }
 }
 
-/// How a delivery ended.
-#[derive(Debug)]
-pub(crate) enum Delivery {
-    /// The step that applied the row is durable; it deleted the row.
-    Applied,
-    /// The row was cancelled before it was applied: nothing to do.
-    Skipped,
-    /// The handler refused the message. Refusing changes nothing, so the row is deleted.
-    Refused(String),
-    /// It did not happen (storage failed, the entity is overloaded, the handler panicked
-    /// fewer times than the dead-letter limit): try again later.
-    Retry(String),
-    /// It can never be applied (the message no longer decodes, the kind is gone): the row
-    /// becomes a dead letter.
-    Poison(String),
-}
+pub(crate) use crate::courier::Delivery;
 
 /// A messages lane: the rows from one entity to another, applied one at a time, in order.
 type Pair = (EntityKey, EntityKey);
@@ -424,9 +409,32 @@ async fn deliver(core: Arc<Core>, kinds: Arc<Kinds>, row: Pending) {
             let detail = format!("kind {:?} is not registered", row.target.kind);
             return settle(&core, &row, Delivery::Poison(detail));
         };
-        let outcome = Arc::clone(kind)
-            .deliver(row.target.id.clone(), Arc::clone(&body), RowId::of(&row))
+        let mut outcome = Arc::clone(kind)
+            .deliver(
+                row.target.id.clone(),
+                Arc::clone(&body),
+                RowId::of(&row),
+                false,
+            )
             .await;
+        if outcome == Delivery::NotServed {
+            // Another node serves the target: the cluster's courier carries the row there.
+            outcome = match core.courier.get() {
+                Some(courier) => {
+                    let parcel = crate::courier::Parcel::new(
+                        row.owner.clone(),
+                        row.seq,
+                        row.target.clone(),
+                        Arc::clone(&body),
+                    );
+                    match courier.carry(parcel).await {
+                        Delivery::NotServed => Delivery::Retry("the target moved".into()),
+                        outcome => outcome,
+                    }
+                }
+                None => Delivery::Retry("no node serves the target's shard now".into()),
+            };
+        }
         match outcome {
             Delivery::Retry(detail) => {
                 if core.is_closing() {
@@ -488,7 +496,7 @@ fn settle(core: &Core, row: &Pending, outcome: Delivery) {
         Delivery::Applied => {
             core.dispatch.fired.fetch_add(1, Ordering::Relaxed);
         }
-        Delivery::Skipped | Delivery::Retry(_) => {}
+        Delivery::Skipped | Delivery::Retry(_) | Delivery::NotServed => {}
         Delivery::Refused(detail) | Delivery::Poison(detail) => {
             core.dispatch.fired.fetch_add(1, Ordering::Relaxed);
             let poison = matches!(outcome, Delivery::Poison(_));

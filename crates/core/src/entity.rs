@@ -109,6 +109,8 @@ impl<K: Process> ReplyTo<K> {
                     Err(CallError::Rejected(e)) => {
                         Delivery::Refused(format!("{}: {e}", crate::Rejection::code(&e)))
                     }
+                    // Not applied here (activation found the shard gone): another node will.
+                    Err(CallError::NotOwner { .. }) => Delivery::NotServed,
                     Err(e) => Delivery::Retry(e.to_string()),
                 };
                 let _ = to.send(delivery);
@@ -122,7 +124,14 @@ pub(crate) enum Via {
     /// A call.
     Call,
     /// A call with an idempotency key; `checked` once storage was asked for a kept reply.
-    Idempotent { key: Box<str>, checked: bool },
+    /// With a `row`: a pending row carried from another node, applied under a key made
+    /// from its id (so it is applied once however often it is carried), and deleted by the
+    /// step that applies it.
+    Idempotent {
+        key: Box<str>,
+        checked: bool,
+        row: Option<Box<RowId>>,
+    },
     /// A pending row: a timer, a message from another entity, an effect's result. The step
     /// that applies it deletes it.
     Row(Box<RowId>),
@@ -146,7 +155,17 @@ impl Via {
         Ok(Self::Idempotent {
             key: Box::from(key),
             checked: false,
+            row: None,
         })
+    }
+
+    /// A pending row carried from another node (see `courier`).
+    pub(crate) fn carried(row: RowId) -> Self {
+        Self::Idempotent {
+            key: Box::from(crate::courier::row_key(&row.owner, row.seq)),
+            checked: false,
+            row: Some(Box::new(row)),
+        }
     }
 }
 
@@ -292,19 +311,27 @@ pub(crate) async fn deliver_row<K: Process>(
     id: &EntityId,
     msg: K::Msg,
     row: RowId,
+    carried: bool,
 ) -> Delivery {
     let _permit = match kind.core.admit::<K::Error>() {
         Ok(permit) => permit,
         Err(e) => return Delivery::Retry(e.to_string()),
     };
     let (reply, answer) = oneshot::channel();
+    let via = if carried {
+        Via::carried(row)
+    } else {
+        Via::Row(Box::new(row))
+    };
     let envelope = Envelope {
         msg,
         reply: ReplyTo::Row(reply),
-        via: Via::Row(Box::new(row)),
+        via,
     };
-    if let Err(e) = deliver(kind, id, envelope) {
-        return Delivery::Retry(e.to_string());
+    match deliver(kind, id, envelope) {
+        Ok(()) => {}
+        Err(CallError::NotOwner { .. }) => return Delivery::NotServed,
+        Err(e) => return Delivery::Retry(e.to_string()),
     }
     answer
         .await
@@ -471,6 +498,7 @@ impl<K: Process> Cell<K> {
             Via::Idempotent {
                 key,
                 checked: false,
+                ..
             } if self.inner.lock().kept_reply(key).is_none() => Some(key.clone()),
             _ => None,
         }
@@ -488,7 +516,9 @@ impl<K: Process> Cell<K> {
                     Self::cache_reply(&mut inner, key.clone(), Arc::from(kept.reply));
                 }
                 for envelope in &mut inner.mailbox {
-                    if let Via::Idempotent { key: k, checked } = &mut envelope.via
+                    if let Via::Idempotent {
+                        key: k, checked, ..
+                    } = &mut envelope.via
                         && *k == key
                     {
                         *checked = true;
@@ -814,9 +844,9 @@ impl<K: Process> Cell<K> {
             }
             Err(Err(panic)) => {
                 let (row, letter) = match via {
-                    Via::Row(row) => (Some(row), None),
+                    Via::Row(row) | Via::Idempotent { row: Some(row), .. } => (Some(row), None),
                     Via::Letter(seq) => (None, Some(seq)),
-                    Via::Call | Via::Idempotent { .. } => (None, None),
+                    Via::Call | Via::Idempotent { row: None, .. } => (None, None),
                 };
                 let failure = Failed {
                     message: panic,
@@ -902,7 +932,10 @@ impl<K: Process> Cell<K> {
         match via {
             Via::Row(row) => extras.done.push((**row).clone()),
             Via::Letter(seq) => extras.letter = Some(*seq),
-            Via::Idempotent { key, .. } => {
+            Via::Idempotent { key, row, .. } => {
+                if let Some(row) = row {
+                    extras.done.push((**row).clone());
+                }
                 // Filled in once the reply is encoded (see `keep_reply`).
                 extras.reply = Some((
                     key.to_string(),

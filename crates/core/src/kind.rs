@@ -107,7 +107,14 @@ pub(crate) trait DynKind: Send + Sync {
 
     /// Delivers a pending row's message (JSON) to the entity; completes once it is applied
     /// durably, refused, or failed.
-    fn deliver(self: Arc<Self>, id: EntityId, msg: Arc<str>, row: RowId) -> BoxFuture<Delivery>;
+    /// Applies a pending row's message; `carried` if it came from another node.
+    fn deliver(
+        self: Arc<Self>,
+        id: EntityId,
+        msg: Arc<str>,
+        row: RowId,
+        carried: bool,
+    ) -> BoxFuture<Delivery>;
 
     fn stats(&self) -> KindStats;
 
@@ -143,7 +150,13 @@ impl<K: Process> DynKind for KindRt<K> {
         })
     }
 
-    fn deliver(self: Arc<Self>, id: EntityId, msg: Arc<str>, row: RowId) -> BoxFuture<Delivery> {
+    fn deliver(
+        self: Arc<Self>,
+        id: EntityId,
+        msg: Arc<str>,
+        row: RowId,
+        carried: bool,
+    ) -> BoxFuture<Delivery> {
         Box::pin(async move {
             let msg: K::Msg = match serde_json::from_str(&msg) {
                 Ok(msg) => msg,
@@ -154,7 +167,7 @@ impl<K: Process> DynKind for KindRt<K> {
                     ));
                 }
             };
-            crate::entity::deliver_row(&self, &id, msg, row).await
+            crate::entity::deliver_row(&self, &id, msg, row, carried).await
         })
     }
 

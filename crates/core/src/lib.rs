@@ -90,6 +90,7 @@
 
 mod admin;
 mod commit;
+mod courier;
 mod ctx;
 mod dispatch;
 mod effect;
@@ -108,6 +109,7 @@ mod watch;
 
 pub use admin::{EntityInfo, Passivation};
 pub use commit::CommitStats;
+pub use courier::{Courier, Delivery, Parcel};
 pub use ctx::{Ctx, Rng};
 pub use effect::{Effect, EffectId, TimerId};
 pub use error::{CallError, JsonRejection, Overload, StartError};

@@ -68,6 +68,8 @@ pub(crate) struct Core {
     pub(crate) pauses: crate::pause::Pauses,
     /// Watched entities, told of each committed change.
     pub(crate) watchers: Arc<crate::watch::Watchers>,
+    /// Carries message rows to the nodes that serve their targets (in a cluster).
+    pub(crate) courier: std::sync::OnceLock<Arc<dyn crate::Courier>>,
 }
 
 impl fmt::Debug for Core {
@@ -483,6 +485,7 @@ impl Builder {
             letters_in_hand: Mutex::default(),
             pauses: crate::pause::Pauses::new(paused),
             watchers,
+            courier: std::sync::OnceLock::new(),
         });
         let mut by_name = HashMap::new();
         let mut by_type = HashMap::new();
@@ -707,6 +710,28 @@ impl Runtime {
     /// shard already.
     pub fn serve(&self, grants: &[(ShardId, Epoch)], until: Instant) {
         self.shared.core.shards.grant(grants, until);
+    }
+
+    /// Sets the courier that carries messages between entities to the nodes that serve
+    /// their targets, when this node does not (a cluster sets it once, at start). Returns
+    /// `false` if one was set already.
+    pub fn set_courier(&self, courier: Arc<dyn crate::Courier>) -> bool {
+        self.shared.core.courier.set(courier).is_ok()
+    }
+
+    /// Applies a message row another node carried here ([`Courier`](crate::Courier)): once,
+    /// however often the same row is carried, and deleting the row in the same transaction.
+    /// [`Delivery::NotServed`](crate::Delivery::NotServed) if this node does not serve the
+    /// target's shard.
+    pub async fn deliver(&self, parcel: crate::Parcel) -> crate::Delivery {
+        let Some(kind) = self.shared.by_name.get(&*parcel.target.kind) else {
+            let detail = format!("kind {:?} is not registered", parcel.target.kind);
+            return crate::Delivery::Poison(detail);
+        };
+        let row = crate::dispatch::RowId::new(parcel.owner, parcel.seq);
+        Arc::clone(kind)
+            .deliver(parcel.target.id, parcel.body, row, true)
+            .await
     }
 
     /// Hands `shards` off: stops taking calls for them ([`CallError::NotOwner`]), lets their

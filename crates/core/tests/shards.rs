@@ -2,13 +2,18 @@
 //! refused without running, a lapsed time stops service, a handoff passivates the shard's
 //! entities and leaves its timers to the next owner.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use perennial_core::{CallError, Runtime};
+use perennial_core::{CallError, Courier, Delivery, Parcel, Runtime};
 use perennial_storage::{MemoryStore, Store};
 use perennial_types::{ShardId, shard_of};
 
 use crate::kinds::{Counter, Op, until};
+use crate::messages::{Inbox, InboxMsg, Sender, SenderMsg};
 use crate::timers::{Alarm, AlarmMsg};
 
 fn shard(kind: &str, id: &str) -> ShardId {
@@ -134,6 +139,89 @@ async fn a_handoff_passivates_the_shards_entities_and_its_timers_move_with_it() 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     until("a stays out", || a.stats().resident == 0).await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Carries parcels to another runtime, each twice (as a courier does when an answer is lost
+/// and it carries the row again), and counts them.
+struct Twice {
+    to: Runtime,
+    carried: Arc<AtomicUsize>,
+}
+
+impl Courier for Twice {
+    fn carry(&self, parcel: Parcel) -> Pin<Box<dyn Future<Output = Delivery> + Send>> {
+        let to = self.to.clone();
+        let carried = Arc::clone(&self.carried);
+        Box::pin(async move {
+            carried.fetch_add(1, Ordering::SeqCst);
+            let first = to.deliver(parcel.clone()).await;
+            let again = to.deliver(parcel).await;
+            assert_eq!(first, again, "a row carried again gets the same answer");
+            again
+        })
+    }
+}
+
+/// Messages between entities on two nodes: the sender's node hands a message for an entity
+/// it does not serve to its courier; the receiving node applies it once, however often it
+/// is carried, and deletes the row in the same step; the receipt travels back the same way.
+#[tokio::test]
+async fn messages_to_entities_on_another_node_are_carried_and_applied_once() {
+    let store = MemoryStore::new();
+    let start = || async {
+        Runtime::builder()
+            .store(store.clone())
+            .register::<Sender>()
+            .register::<Inbox>()
+            .start_unclaimed()
+            .await
+            .unwrap()
+    };
+    let (a, b) = (start().await, start().await);
+    let (s, i) = (shard("sender", "s1"), shard("inbox", "i1"));
+    assert_ne!(s, i);
+    let long = Instant::now() + Duration::from_secs(60);
+    a.serve(&[(s, store.claim("a", &[s]).await.unwrap())], long);
+    b.serve(&[(i, store.claim("b", &[i]).await.unwrap())], long);
+    let (to_b, to_a) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    assert!(a.set_courier(Arc::new(Twice {
+        to: b.clone(),
+        carried: Arc::clone(&to_b),
+    })));
+    b.set_courier(Arc::new(Twice {
+        to: a.clone(),
+        carried: Arc::clone(&to_a),
+    }));
+    for n in 1..=3 {
+        let send = SenderMsg::Send { to: "i1".into(), n };
+        a.get::<Sender>("s1").call(send).await.unwrap();
+    }
+    let start_at = Instant::now();
+    loop {
+        let receipts = a.get::<Sender>("s1").call(SenderMsg::Get).await.unwrap();
+        if receipts.len() == 3 {
+            assert_eq!(receipts, [1, 2, 3]);
+            break;
+        }
+        assert!(
+            start_at.elapsed() < Duration::from_secs(10),
+            "receipts: {receipts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got = b.get::<Inbox>("i1").call(InboxMsg::Get).await.unwrap();
+    assert_eq!(got, [1, 2, 3], "each message applied once, in order");
+    assert!(to_b.load(Ordering::SeqCst) >= 3 && to_a.load(Ordering::SeqCst) >= 3);
+    let start_at = Instant::now();
+    while !store.due(i64::MAX, usize::MAX).await.unwrap().is_empty() {
+        assert!(
+            start_at.elapsed() < Duration::from_secs(10),
+            "rows are left"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     a.shutdown().await;
     b.shutdown().await;
 }

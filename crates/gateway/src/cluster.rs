@@ -8,6 +8,8 @@
 //! if it carries an `Idempotency-Key` (then the owner answers a repeat with the first reply);
 //! without one, the caller gets `502 outcome_unknown` rather than risk applying it twice.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,12 +18,12 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use perennial_cluster::{Cluster, Route};
-use perennial_core::{CallError, EntityId, Runtime};
+use perennial_core::{CallError, Courier, Delivery, EntityId, EntityKey, Parcel, Runtime};
 use perennial_types::shard_of;
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::forward::{self, Answer, Call, Failure, Forwarder};
+use crate::forward::{self, Answer, Call, Delivered, Failure, Forwarder};
 
 /// How a node's gateway takes part in a cluster.
 #[derive(Debug, Clone)]
@@ -89,15 +91,22 @@ impl Router {
                     result => return Ok(json_response(result.map_err(ApiError::from)?)),
                 },
                 Route::Remote { address, .. } => {
-                    let call = Call {
+                    let call = Call::Call {
                         kind: kind.to_owned(),
                         id: id.to_owned(),
                         idempotency_key: idempotency_key.map(str::to_owned),
                         body: body.to_vec(),
                     };
                     match self.forwarder.call(&address, call).await {
-                        Ok(answer) if !answer.not_served => return Ok(answered(answer)),
-                        Ok(_) => {}
+                        Ok(Answer::Response { status, body }) => return Ok(answered(status, body)),
+                        Ok(Answer::NotServed) => {}
+                        Ok(Answer::Delivered(_)) => {
+                            return Err(ApiError::new(
+                                StatusCode::BAD_GATEWAY,
+                                "bad_answer",
+                                "the node that serves this entity answered something else",
+                            ));
+                        }
                         Err(Failure::Unsent(detail)) => {
                             tracing::debug!(%address, %detail, "cannot reach a node; rerouting");
                         }
@@ -130,14 +139,9 @@ fn json_response(reply: String) -> Response {
 }
 
 /// The owner's answer, as the client's response.
-fn answered(answer: Answer) -> Response {
-    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut response = (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        answer.body,
-    )
-        .into_response();
+fn answered(status: u16, body: Vec<u8>) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut response = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
     if status == StatusCode::SERVICE_UNAVAILABLE {
         response
             .headers_mut()
@@ -189,34 +193,7 @@ pub(crate) async fn internal(
     };
     let rt = &state.rt;
     let answers: Vec<Answer> =
-        futures::future::join_all(batch.calls.into_iter().map(|call| async move {
-            let result = rt
-                .call_json_idempotent(
-                    &call.kind,
-                    &call.id,
-                    call.idempotency_key.as_deref(),
-                    &call.body,
-                )
-                .await;
-            match result {
-                Ok(reply) => Answer {
-                    status: 200,
-                    body: reply.into_bytes(),
-                    not_served: false,
-                },
-                Err(error) => {
-                    let not_served =
-                        matches!(error, CallError::NotOwner { .. } | CallError::Fenced { .. });
-                    let error = ApiError::from(error);
-                    Answer {
-                        status: error.status().as_u16(),
-                        body: error.body(),
-                        not_served,
-                    }
-                }
-            }
-        }))
-        .await;
+        futures::future::join_all(batch.calls.into_iter().map(|call| run_here(rt, call))).await;
     match postcard::to_allocvec(&answers) {
         Ok(bytes) => ([(header::CONTENT_TYPE, forward::CONTENT_TYPE)], bytes).into_response(),
         Err(e) => {
@@ -228,5 +205,125 @@ pub(crate) async fn internal(
             )
             .into_response()
         }
+    }
+}
+
+/// Runs one call a peer forwarded, on this node only.
+async fn run_here(rt: &Runtime, call: Call) -> Answer {
+    match call {
+        Call::Call {
+            kind,
+            id,
+            idempotency_key,
+            body,
+        } => {
+            let result = rt
+                .call_json_idempotent(&kind, &id, idempotency_key.as_deref(), &body)
+                .await;
+            match result {
+                Ok(reply) => Answer::Response {
+                    status: 200,
+                    body: reply.into_bytes(),
+                },
+                Err(CallError::NotOwner { .. } | CallError::Fenced { .. }) => Answer::NotServed,
+                Err(error) => {
+                    let error = ApiError::from(error);
+                    Answer::Response {
+                        status: error.status().as_u16(),
+                        body: error.body(),
+                    }
+                }
+            }
+        }
+        Call::Deliver {
+            owner_kind,
+            owner_id,
+            seq,
+            kind,
+            id,
+            body,
+        } => {
+            let key =
+                |kind: String, id: String| EntityId::new(&id).map(|id| EntityKey::new(kind, id));
+            let (Ok(owner), Ok(target)) = (key(owner_kind, owner_id), key(kind, id)) else {
+                return Answer::Delivered(Delivered::Poison("an invalid entity id".into()));
+            };
+            let parcel = Parcel::new(owner, seq, target, Arc::from(body));
+            match rt.deliver(parcel).await {
+                Delivery::NotServed => Answer::NotServed,
+                delivery => Answer::Delivered(Delivered::from(delivery)),
+            }
+        }
+    }
+}
+
+impl From<Delivery> for Delivered {
+    fn from(delivery: Delivery) -> Self {
+        match delivery {
+            Delivery::Applied => Self::Applied,
+            Delivery::Skipped => Self::Skipped,
+            Delivery::Refused(detail) => Self::Refused(detail),
+            Delivery::Poison(detail) => Self::Poison(detail),
+            other => Self::Retry(format!("{other:?}")),
+        }
+    }
+}
+
+impl From<Delivered> for Delivery {
+    fn from(delivered: Delivered) -> Self {
+        match delivered {
+            Delivered::Applied => Self::Applied,
+            Delivered::Skipped => Self::Skipped,
+            Delivered::Refused(detail) => Self::Refused(detail),
+            Delivered::Retry(detail) => Self::Retry(detail),
+            Delivered::Poison(detail) => Self::Poison(detail),
+        }
+    }
+}
+
+/// Carries message rows between entities to the nodes that serve their targets.
+#[derive(Debug)]
+pub(crate) struct ClusterCourier {
+    pub(crate) router: Router,
+    pub(crate) rt: Runtime,
+}
+
+impl Courier for ClusterCourier {
+    fn carry(&self, parcel: Parcel) -> Pin<Box<dyn Future<Output = Delivery> + Send>> {
+        let router = self.router.clone();
+        let rt = self.rt.clone();
+        Box::pin(async move {
+            let shard = shard_of(&parcel.target.kind, parcel.target.id.as_str());
+            let delivery = match router.cluster.route(shard) {
+                // It moved here since the dispatcher looked.
+                Route::Local => rt.deliver(parcel).await,
+                Route::Remote { address, .. } => {
+                    let call = Call::Deliver {
+                        owner_kind: parcel.owner.kind.to_string(),
+                        owner_id: parcel.owner.id.to_string(),
+                        seq: parcel.seq,
+                        kind: parcel.target.kind.to_string(),
+                        id: parcel.target.id.to_string(),
+                        body: parcel.body.to_string(),
+                    };
+                    // Carrying a row again is safe: the receiver applies it once.
+                    match router.forwarder.call(&address, call).await {
+                        Ok(Answer::Delivered(delivered)) => Delivery::from(delivered),
+                        Ok(Answer::NotServed) => Delivery::NotServed,
+                        Ok(Answer::Response { status, .. }) => {
+                            Delivery::Retry(format!("the node answered {status}"))
+                        }
+                        Err(Failure::Unsent(detail) | Failure::Unknown(detail)) => {
+                            Delivery::Retry(detail)
+                        }
+                    }
+                }
+                Route::Unknown => Delivery::NotServed,
+            };
+            if delivery == Delivery::NotServed {
+                router.cluster.refresh(Duration::from_millis(500)).await;
+            }
+            delivery
+        })
     }
 }

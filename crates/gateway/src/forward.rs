@@ -38,14 +38,36 @@ const MAX_BATCH: usize = 512;
 /// Bytes of messages in one request at most (one call over it goes alone).
 pub(crate) const MAX_BATCH_BYTES: usize = 8 << 20;
 
-/// One call carried to its owner.
+/// What one node asks another to run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct Call {
-    pub(crate) kind: String,
-    pub(crate) id: String,
-    pub(crate) idempotency_key: Option<String>,
-    /// The message, as the client sent it.
-    pub(crate) body: Vec<u8>,
+pub(crate) enum Call {
+    /// A client's call to an entity.
+    Call {
+        kind: String,
+        id: String,
+        idempotency_key: Option<String>,
+        /// The message, as the client sent it.
+        body: Vec<u8>,
+    },
+    /// A message row of an entity of the sending node, for an entity of the receiving one.
+    Deliver {
+        owner_kind: String,
+        owner_id: String,
+        seq: u64,
+        kind: String,
+        id: String,
+        /// The message, as JSON.
+        body: String,
+    },
+}
+
+impl Call {
+    fn len(&self) -> usize {
+        match self {
+            Call::Call { body, .. } => body.len(),
+            Call::Deliver { body, .. } => body.len(),
+        }
+    }
 }
 
 /// Calls for one node.
@@ -54,15 +76,27 @@ pub(crate) struct Batch {
     pub(crate) calls: Vec<Call>,
 }
 
-/// What the owner answered to one call: the response its gateway would have sent.
+/// What the receiving node answered to one [`Call`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct Answer {
-    pub(crate) status: u16,
-    /// The body (JSON).
-    pub(crate) body: Vec<u8>,
-    /// The node does not serve the call's shard (or lost it during the step): nothing was
+pub(crate) enum Answer {
+    /// The response its gateway would have sent for a client's call: a status and a JSON
+    /// body.
+    Response { status: u16, body: Vec<u8> },
+    /// The node does not serve the entity's shard (or lost it during the step): nothing was
     /// applied, so the caller may send it again after refreshing its routes.
-    pub(crate) not_served: bool,
+    NotServed,
+    /// How a delivered row ended.
+    Delivered(Delivered),
+}
+
+/// A [`perennial_core::Delivery`] on the wire.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum Delivered {
+    Applied,
+    Skipped,
+    Refused(String),
+    Retry(String),
+    Poison(String),
 }
 
 /// Why a call could not be forwarded.
@@ -193,12 +227,12 @@ async fn pump(
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
-        let mut bytes = first.0.body.len();
+        let mut bytes = first.0.len();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
             match calls.try_recv() {
                 Ok(call) => {
-                    bytes += call.0.body.len();
+                    bytes += call.0.len();
                     batch.push(call);
                 }
                 Err(_) => break,

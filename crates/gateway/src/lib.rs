@@ -129,6 +129,14 @@ pub fn app(rt: Runtime, options: &Options) -> Router {
         rt,
         router: options.cluster.as_ref().map(cluster::Router::new),
     };
+    if let Some(router) = &state.router {
+        // Messages between entities on different nodes go through the same routes.
+        let courier = cluster::ClusterCourier {
+            router: router.clone(),
+            rt: state.rt.clone(),
+        };
+        state.rt.set_courier(Arc::new(courier));
+    }
     // Authenticated by the cluster secret, not by client tokens; batches are larger.
     let internal = Router::new()
         .route(

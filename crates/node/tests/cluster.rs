@@ -346,6 +346,68 @@ async fn calls_on_every_node_reach_the_owner() {
     assert_eq!(status, 401);
 }
 
+/// Transfers between counters that live on different nodes: the message row of the sender's
+/// node is carried to the target's node and applied there once; no row is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_between_entities_on_different_nodes_arrive_once() {
+    let Some(cluster) = LocalCluster::start(3, Duration::from_secs(2)).await else {
+        return;
+    };
+    let http = Http::new();
+    cluster.settled(&http).await;
+    let n = 12_i64;
+    for c in 0..n {
+        let addr = cluster.addr(usize::try_from(c % 3).unwrap());
+        crate::node::post_to(&http, addr, &format!("/v1/counter/t{c}"), r#"{"add": 100}"#).await;
+    }
+    let owners = cluster.owners().await;
+    let node_of = |c: i64| owners[&shard_of("counter", &format!("t{c}"))].clone();
+    assert!(
+        (0..n).any(|c| node_of(c) != node_of((c + 1) % n)),
+        "some transfer crosses nodes"
+    );
+    for c in 0..n {
+        let body = format!(
+            r#"{{"transfer": {{"to": "t{}", "amount": {}}}}}"#,
+            (c + 1) % n,
+            c + 1
+        );
+        let addr = cluster.addr(usize::try_from((c + 1) % 3).unwrap());
+        crate::node::post_to(&http, addr, &format!("/v1/counter/t{c}"), &body).await;
+    }
+    // Counter c gave c + 1 and received c (from c - 1; t0 received n from t(n-1)).
+    let expected = |c: i64| 100 - (c + 1) + if c == 0 { n } else { c };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for c in 0..n {
+        loop {
+            let value = http.counter(cluster.addr(0), &format!("t{c}")).await;
+            if value == expected(c) {
+                break;
+            }
+            // Receipts only add, so a value over the expected one means one arrived twice.
+            assert!(
+                value < expected(c),
+                "t{c} = {value}: a transfer arrived twice"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "t{c} = {value}, expected {}",
+                expected(c)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let mut options = perennial_storage_postgres::Options::default();
+    options.schema = cluster.schema.name().to_owned();
+    let store = perennial_storage_postgres::PostgresStore::connect_with(&cluster.url, options)
+        .await
+        .unwrap();
+    let left = perennial_storage::Store::due(&store, i64::MAX, 100)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "rows left: {left:?}");
+}
+
 /// kill -9 of a node under load: its leases expire, the others take its shards, the clients'
 /// calls (sent again with their idempotency keys) all succeed, and no acknowledged add is lost
 /// or applied twice. Prints how long the killed node's entities were unavailable.

@@ -78,6 +78,7 @@ fn print_config_shows_the_defaults() {
         max_resident_bytes = 1073741824
         max_body_bytes = 1048576
         request_timeout = "30s"
+        lease = "5s"
     "#
     .parse()
     .unwrap();
@@ -160,13 +161,15 @@ fn tokens_are_redacted() {
     )
     .unwrap();
     let env = [("PERENNIAL_CLIENT_TOKEN", "client-secret-from-a-variable")];
-    let out = serve(cwd.path(), &env, &["--print-config"]);
+    let flags = ["--print-config", "--cluster-secret", "cluster-secret-from-a-flag"];
+    let out = serve(cwd.path(), &env, &flags);
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(out.status.success());
     assert!(!stdout.contains("secret"), "{stdout}");
     let config: toml::Table = stdout.parse().unwrap();
     assert_eq!(config["admin_token"].as_str(), Some("<set>"));
     assert_eq!(config["client_token"].as_str(), Some("<set>"));
+    assert_eq!(config["cluster_secret"].as_str(), Some("<set>"));
 }
 
 /// An unknown key, a value of the wrong type, a duration that is not one, and a file that

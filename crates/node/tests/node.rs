@@ -212,10 +212,17 @@ impl Http {
 
 /// POSTs `body` to `path` on `node` and returns the reply, which must be `200`.
 pub(crate) async fn post(http: &Http, node: &Node, path: &str, body: &str) -> serde_json::Value {
-    let (status, value) = http
-        .post(node.addr, path, body)
-        .await
-        .expect("the node answers");
+    post_to(http, node.addr, path, body).await
+}
+
+/// POSTs `body` to `path` at `addr` and returns the reply, which must be `200`.
+pub(crate) async fn post_to(
+    http: &Http,
+    addr: SocketAddr,
+    path: &str,
+    body: &str,
+) -> serde_json::Value {
+    let (status, value) = http.post(addr, path, body).await.expect("the node answers");
     assert_eq!(status, 200, "{path} {body}: {value}");
     value
 }

@@ -1,0 +1,85 @@
+//! Messages between entities on different nodes.
+//!
+//! A message an entity sends (`ctx.send`) is a pending row of the sender, delivered by the
+//! dispatcher of the node that serves the sender's shard. When another node serves the
+//! target, the dispatcher hands the row to the [`Courier`] the cluster layer set
+//! ([`Runtime::set_courier`](crate::Runtime::set_courier)), which carries it to that node;
+//! there, [`Runtime::deliver`](crate::Runtime::deliver) applies it.
+//!
+//! Carried rows are applied exactly once however often they are carried: the receiving step
+//! deletes the row and keeps its reply under a key made from the row's id, in one
+//! transaction, so a row carried again (its answer was lost, the sender's node restarted)
+//! finds the kept reply and is not applied again.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use perennial_types::EntityKey;
+
+/// How the delivery of a pending row ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Delivery {
+    /// The step that applied the row is durable; it deleted the row.
+    Applied,
+    /// The row was cancelled before it was applied: nothing to do.
+    Skipped,
+    /// The handler refused the message. Refusing changes nothing, so the row is deleted.
+    Refused(String),
+    /// It did not happen (storage failed, the entity is overloaded, the handler panicked
+    /// fewer times than the dead-letter limit): try again later.
+    Retry(String),
+    /// It can never be applied (the message no longer decodes, the kind is gone): the row
+    /// becomes a dead letter.
+    Poison(String),
+    /// This node does not serve the target's shard: nothing happened; another node must
+    /// apply it.
+    NotServed,
+}
+
+/// A message row on its way to the node that serves its target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Parcel {
+    /// The entity that sent it (the row's owner).
+    pub owner: EntityKey,
+    /// The row's number among its owner's rows.
+    pub seq: u64,
+    /// The entity it is for.
+    pub target: EntityKey,
+    /// The message, as JSON.
+    pub body: Arc<str>,
+}
+
+impl Parcel {
+    /// A parcel of row `seq` of `owner`, for `target`.
+    pub fn new(owner: EntityKey, seq: u64, target: EntityKey, body: Arc<str>) -> Self {
+        Self {
+            owner,
+            seq,
+            target,
+            body,
+        }
+    }
+}
+
+/// Carries message rows to the nodes that serve their targets; a cluster layer implements it.
+///
+/// `carry` returns what the receiving node's [`Runtime::deliver`](crate::Runtime::deliver)
+/// answered, or [`Delivery::Retry`] if it could not reach it; the dispatcher retries with a
+/// backoff until the row is applied, refused or poison.
+pub trait Courier: Send + Sync + 'static {
+    /// Carries `parcel` to the node that serves its target and applies it there.
+    fn carry(&self, parcel: Parcel) -> Pin<Box<dyn Future<Output = Delivery> + Send>>;
+}
+
+/// The idempotency key a carried row is applied under: fixed length whatever the owner's id.
+pub(crate) fn row_key(owner: &EntityKey, seq: u64) -> String {
+    let mut bytes = Vec::with_capacity(owner.kind.len() + 1 + owner.id.as_str().len());
+    bytes.extend_from_slice(owner.kind.as_bytes());
+    bytes.push(0);
+    bytes.extend_from_slice(owner.id.as_str().as_bytes());
+    let digest = xxhash_rust::xxh3::xxh3_128(&bytes);
+    format!("row:{digest:032x}:{seq}")
+}
