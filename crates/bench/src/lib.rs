@@ -13,12 +13,16 @@
 //!   durable calls.
 //! - [`postgres`]: the durable workload on the PostgreSQL store, against one PostgreSQL
 //!   transaction per call on the same server.
+//! - [`cluster`]: durable calls over HTTP through 1 and 3 nodes (processes) sharing
+//!   PostgreSQL, against one PostgreSQL transaction per call; and the time a node's entities
+//!   take to answer again after it is killed with SIGKILL.
 //! - [`query`]: a million stored entities queried by state, without an index (a scan, the
 //!   baseline) and with an index by the compared path.
 //!
 //! Each workload returns a [`Report`]; [`Report::to_json`] gives one JSON object per line so
 //! scripts can compare runs.
 
+mod cluster;
 mod load;
 mod pending;
 mod postgres;
@@ -30,6 +34,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use cluster::{ClusterRun, cluster};
 pub use pending::pending;
 pub use postgres::postgres;
 pub use query::query;
@@ -169,6 +174,29 @@ pub enum Report {
         indexed_max_us: u64,
         /// `scan_p50_us / indexed_p50_us`.
         speedup: f64,
+    },
+    /// Durable calls through clusters of nodes sharing PostgreSQL, and failover.
+    Cluster {
+        /// Distinct entities called.
+        entities: usize,
+        /// Concurrent callers (HTTP connections).
+        callers: usize,
+        /// One run per cluster size.
+        runs: Vec<ClusterRun>,
+        /// Calls per second of the database approach as a service in this run: an HTTP
+        /// server whose handler runs one PostgreSQL transaction per call, called the same way.
+        baseline_calls_per_sec: f64,
+        /// Its median latency, in microseconds.
+        baseline_p50_us: u64,
+        /// Its 99th percentile latency, in microseconds.
+        baseline_p99_us: u64,
+        /// The same transactions sent straight to PostgreSQL, without HTTP.
+        direct_calls_per_sec: f64,
+        /// The nodes' lease.
+        lease_ms: u64,
+        /// Per trial: from the kill -9 of a node until all of 32 of its entities answered
+        /// again through another node, in milliseconds.
+        failover_ms: Vec<u64>,
     },
     /// Entities activated from storage.
     Activation {
@@ -316,6 +344,42 @@ impl Report {
             } => format!(
                 "activation  {activations_per_sec:>10.0} activations/s  p50 {p50_us} µs  p99 {p99_us} µs  ({entities} entities from SQLite)"
             ),
+            Self::Cluster {
+                entities,
+                callers,
+                runs,
+                baseline_calls_per_sec,
+                baseline_p50_us,
+                baseline_p99_us,
+                direct_calls_per_sec,
+                lease_ms,
+                failover_ms,
+            } => {
+                let mut lines: Vec<String> = runs
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "cluster     {:>10.0} calls/s  p50 {} µs  p99 {} µs  ({} node{}, HTTP; {entities} entities, {callers} callers)  {:.1}× the database",
+                            r.calls_per_sec,
+                            r.p50_us,
+                            r.p99_us,
+                            r.nodes,
+                            if r.nodes == 1 { "" } else { "s" },
+                            r.ratio
+                        )
+                    })
+                    .collect();
+                lines.push(format!(
+                    "database    {baseline_calls_per_sec:>10.0} calls/s  p50 {baseline_p50_us} µs  p99 {baseline_p99_us} µs  (HTTP service, one PostgreSQL transaction per call)"
+                ));
+                lines.push(format!(
+                    "database    {direct_calls_per_sec:>10.0} calls/s  (the same transactions without HTTP)"
+                ));
+                lines.push(format!(
+                    "failover    {failover_ms:?} ms after kill -9, lease {lease_ms} ms"
+                ));
+                lines.join("\n")
+            }
         }
     }
 }

@@ -18,10 +18,7 @@ const BASELINE_CONNECTIONS: usize = 16;
 /// 16 connections (PostgreSQL groups the flushes of concurrent commits
 /// itself, so this is the baseline's good case).
 pub async fn postgres(options: &Options) -> anyhow::Result<Report> {
-    let url = options
-        .postgres
-        .clone()
-        .unwrap_or_else(|| "host=127.0.0.1 port=5432 user=postgres dbname=test".to_owned());
+    let url = server_url(options);
     let schema = format!("perennial_bench_{}", std::process::id());
     let mut store_options = perennial_storage_postgres::Options::default();
     store_options.schema = schema.clone();
@@ -36,7 +33,16 @@ pub async fn postgres(options: &Options) -> anyhow::Result<Report> {
     Ok(run?.report("postgres", options, &baseline?))
 }
 
-async fn database_approach(
+/// The server the PostgreSQL workloads use.
+pub(crate) fn server_url(options: &Options) -> String {
+    options
+        .postgres
+        .clone()
+        .unwrap_or_else(|| "host=127.0.0.1 port=5432 user=postgres dbname=test".to_owned())
+}
+
+/// The database approach: one PostgreSQL transaction per call, in `schema` (created).
+pub(crate) async fn database_approach(
     url: &str,
     schema: &str,
     options: &Options,
@@ -46,7 +52,9 @@ async fn database_approach(
         let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
         tokio::spawn(connection);
         client
-            .batch_execute(&format!("SET search_path TO \"{schema}\""))
+            .batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS \"{schema}\"; SET search_path TO \"{schema}\""
+            ))
             .await?;
         clients.push(client);
     }

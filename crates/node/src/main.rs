@@ -152,6 +152,7 @@ enum Workload {
     Pending,
     Query,
     Postgres,
+    Cluster,
 }
 
 fn main() -> ExitCode {
@@ -513,6 +514,7 @@ async fn bench(
             Workload::Pending => perennial_bench::pending(options).await,
             Workload::Query => perennial_bench::query(options).await,
             Workload::Postgres => perennial_bench::postgres(options).await,
+            Workload::Cluster => perennial_bench::cluster(options).await,
         };
         bar.finish_and_clear();
         let report = report?;

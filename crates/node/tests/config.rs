@@ -161,7 +161,11 @@ fn tokens_are_redacted() {
     )
     .unwrap();
     let env = [("PERENNIAL_CLIENT_TOKEN", "client-secret-from-a-variable")];
-    let flags = ["--print-config", "--cluster-secret", "cluster-secret-from-a-flag"];
+    let flags = [
+        "--print-config",
+        "--cluster-secret",
+        "cluster-secret-from-a-flag",
+    ];
     let out = serve(cwd.path(), &env, &flags);
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(out.status.success());
