@@ -302,11 +302,17 @@ impl Inner {
             tracing::warn!(node, shards = lost.len(), "leases were lost to other nodes");
             self.runtime.hand_off(&lost, Duration::ZERO).await;
         }
-        self.runtime.serve(&grants, until);
         let taken = leases.iter().filter(|l| l.taken).count();
         if taken > 0 {
             tracing::info!(node, taken, held = now_held.len(), "took shards");
+            // Another node may have paused or resumed their entities: read the pauses
+            // before serving them.
+            if let Err(error) = self.runtime.reload_pauses().await {
+                tracing::warn!(node, %error, "cannot read the paused entities");
+            }
         }
+        self.runtime.serve(&grants, until);
+
         *self.held.lock() = now_held;
 
         let owners = self.store.owners().await?;

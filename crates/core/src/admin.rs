@@ -242,6 +242,11 @@ impl Runtime {
             return Err(CallError::NotWatchable(kind.to_owned()));
         }
         let key = EntityKey::new(kind, EntityId::new(id)?);
+        let shard = shard_of(kind, id);
+        if self.shared.core.shards.epoch(shard).is_none() {
+            // Another node commits its changes.
+            return Err(CallError::NotOwner { shard });
+        }
         Ok(crate::Watch::new(self.shared.core.watchers.subscribe(key)))
     }
 

@@ -60,6 +60,20 @@ impl Pauses {
         was
     }
 
+    /// Replaces the paused entities with those storage holds (in a cluster, another node
+    /// may have paused or resumed entities of the shards this node just took).
+    pub(crate) fn replace(&self, stored: Vec<EntityKey>) {
+        let mut keys = self.keys.lock();
+        let stored: HashSet<EntityKey> = stored.into_iter().collect();
+        let resumed = keys.iter().any(|k| !stored.contains(k));
+        *keys = stored;
+        self.count.store(keys.len(), Ordering::Release);
+        drop(keys);
+        if resumed {
+            self.resumed.notify_waiters();
+        }
+    }
+
     /// The paused entities, in key order.
     pub(crate) fn list(&self) -> Vec<EntityKey> {
         let mut keys: Vec<EntityKey> = self.keys.lock().iter().cloned().collect();

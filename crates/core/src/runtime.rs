@@ -712,6 +712,15 @@ impl Runtime {
         self.shared.core.shards.grant(grants, until);
     }
 
+    /// Reads the paused entities from storage again. A cluster's lease manager calls it when
+    /// the node takes shards, since another node may have paused or resumed their entities.
+    pub async fn reload_pauses(&self) -> Result<(), CallError> {
+        let core = &self.shared.core;
+        let stored = core.store.paused().await.map_err(CallError::Store)?;
+        core.pauses.replace(stored);
+        Ok(())
+    }
+
     /// Sets the courier that carries messages between entities to the nodes that serve
     /// their targets, when this node does not (a cluster sets it once, at start). Returns
     /// `false` if one was set already.
@@ -750,6 +759,7 @@ impl Runtime {
                 .registry
                 .passivate_where(|entry| set.contains(&entry.shard()));
             if busy == 0 || tokio::time::Instant::now() >= give_up {
+                core.watchers.close_shards(&set);
                 if busy > 0 {
                     tracing::warn!(busy, "handing shards off with entities still busy");
                 }

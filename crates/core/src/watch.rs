@@ -69,6 +69,19 @@ impl Watchers {
         rx
     }
 
+    /// Ends the watches of the entities of `shards` (handed off: the new owner publishes
+    /// their changes; watchers reconnect to it).
+    pub(crate) fn close_shards(
+        &self,
+        shards: &std::collections::HashSet<perennial_types::ShardId>,
+    ) {
+        let mut channels = self.channels.lock();
+        channels.retain(|key, _| {
+            !shards.contains(&perennial_types::shard_of(&key.kind, key.id.as_str()))
+        });
+        self.count.store(channels.len(), Ordering::Release);
+    }
+
     /// Sends a committed change to the entity's watchers; forgets the channel once no one
     /// listens.
     pub(crate) fn publish(&self, key: &EntityKey, change: StateChange) {

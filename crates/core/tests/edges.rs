@@ -71,6 +71,8 @@ async fn a_dead_letter_reply_waits_for_its_own_batch() {
         let h = h.clone();
         async move { h.call(Op::Add(1)).await }
     });
+    // The add's batch alone is attempt 1: the dead letter must not join it.
+    until("the add's batch is held", || store.held() == 1).await;
     let panics: Vec<_> = (0..3)
         .map(|_| {
             let h = h.clone();

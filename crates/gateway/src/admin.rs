@@ -28,6 +28,8 @@
 //! - `POST /v1/admin/dead-letters/{seq}/retry`: applies its message again; the reply is
 //!   `{"reply": …}`, and the letter is deleted by the step that applies it.
 //! - `POST /v1/admin/dead-letters/{seq}/discard`: deletes it unapplied.
+//! - `GET  /v1/admin/cluster`: this node's name, the shards it serves, and the live members
+//!   with how many shards each holds (outside a cluster: no name, no members, every shard).
 
 use std::convert::Infallible;
 
@@ -69,6 +71,25 @@ pub(crate) fn routes() -> Router<crate::AppState> {
         .route("/v1/admin/dead-letters/{seq}", get(dead_letter))
         .route("/v1/admin/dead-letters/{seq}/retry", post(retry))
         .route("/v1/admin/dead-letters/{seq}/discard", post(discard))
+        .route("/v1/admin/cluster", get(cluster))
+}
+
+async fn cluster(State(state): State<crate::AppState>) -> Response {
+    let served = state.rt.served_shards().len();
+    let Some(router) = &state.router else {
+        return json_response(&json!({"node": null, "served_shards": served, "members": []}));
+    };
+    let members: Vec<Value> = router
+        .cluster()
+        .members()
+        .into_iter()
+        .map(|m| json!({"node": m.node, "address": m.address, "shards": m.shards}))
+        .collect();
+    json_response(&json!({
+        "node": router.cluster().node(),
+        "served_shards": served,
+        "members": members,
+    }))
 }
 
 fn json_response(value: &impl Serialize) -> Response {

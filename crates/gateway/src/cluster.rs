@@ -63,6 +63,19 @@ impl Router {
         }
     }
 
+    /// The node's membership.
+    pub(crate) fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    /// The address of the node that owns `kind`/`id`, if another node does.
+    pub(crate) fn owner_elsewhere(&self, kind: &str, id: &str) -> Option<Arc<str>> {
+        match self.cluster.route(shard_of(kind, id)) {
+            Route::Remote { address, .. } => Some(address),
+            Route::Local | Route::Unknown => None,
+        }
+    }
+
     /// Runs or forwards one call until an answer (the guard's deadline bounds the retries).
     pub(crate) async fn call(
         &self,

@@ -6,25 +6,60 @@
 //! entity's version. A client that falls far behind skips to newer states: each event is a
 //! whole state, so the last one received is always the entity's state. A comment is sent
 //! every 15 seconds to keep proxies from closing the stream.
+//!
+//! In a cluster, a node that does not own the entity answers `307` to the owner's watch
+//! route; the stream ends when the entity's shard moves to another node, and the client
+//! (an `EventSource` does so by itself) connects again.
 
 use std::convert::Infallible;
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Redirect, Response};
 use futures::Stream;
-use perennial_core::{CallError, Runtime};
+use perennial_core::CallError;
 
+use crate::AppState;
 use crate::error::ApiError;
 
 pub(crate) async fn watch(
-    State(rt): State<Runtime>,
+    State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+) -> Result<Response, ApiError> {
     let Path((kind, id)) = path.map_err(ApiError::from_path)?;
+    if let Some(router) = &state.router
+        && let Some(address) = router.owner_elsewhere(&kind, &id)
+    {
+        let id = perennial_core::EntityId::new(&id)
+            .map_err(CallError::<std::convert::Infallible>::from)?;
+        let target = format!("http://{address}/v1/{kind}/{}/watch", encode(id.as_str()));
+        return Ok(Redirect::temporary(&target).into_response());
+    }
+    Ok(stream(&state.rt, &kind, &id).await?.into_response())
+}
+
+/// Percent-encodes what a path segment cannot hold as it is.
+fn encode(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for byte in segment.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+async fn stream(
+    rt: &perennial_core::Runtime,
+    kind: &str,
+    id: &str,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>> + use<>>, ApiError> {
     // Subscribed before the current state is read, so no change falls in between.
-    let changes = rt.watch(&kind, &id)?;
-    let current = match rt.durable_state(&kind, &id).await {
+    let changes = rt.watch(kind, id)?;
+    let current = match rt.durable_state(kind, id).await {
         Ok(state) => Some(Event::default().event("state").data(state)),
         Err(CallError::NoHistory { .. }) => None,
         Err(e) => return Err(e.into()),

@@ -75,6 +75,8 @@ enum Command {
     DeadLetters(remote::DeadLettersArgs),
     /// Passivate a kind's idle entities, or one entity, on a running node now (admin API).
     Passivate(remote::PassivateArgs),
+    /// Show a cluster's live nodes and how many shards each holds (admin API).
+    Cluster(remote::ClusterArgs),
     /// Measure durable calls against the database approach, memory and activations.
     ///
     /// Durable calls per second against the database approach, memory per entity and
@@ -249,6 +251,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::State(args) => remote::state(args),
         Command::DeadLetters(args) => remote::dead_letters(args),
         Command::Passivate(args) => remote::passivate(args),
+        Command::Cluster(args) => remote::cluster(args),
         Command::Bench {
             json,
             seconds,

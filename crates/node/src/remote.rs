@@ -1,6 +1,6 @@
 //! The subcommands that talk to a running node over HTTP: `call` (the client routes) and
-//! `entities`, `query`, `index`, `state`, `pause`, `resume`, `dead-letters`, `passivate`
-//! (the admin API). Each is a route of the
+//! `entities`, `query`, `index`, `state`, `pause`, `resume`, `dead-letters`, `passivate`,
+//! `cluster` (the admin API). Each is a route of the
 //! gateway ([`crate::client`]) and a way to print its answer ([`crate::output`]); with
 //! `--json`, the node's answer is printed as it came, on one line.
 
@@ -589,4 +589,43 @@ pub(crate) fn passivate(args: PassivateArgs) -> anyhow::Result<()> {
 /// The array `key` of an answer (empty if it has none).
 fn items<'a>(answer: &'a Value, key: &str) -> &'a [Value] {
     answer[key].as_array().map_or(&[], Vec::as_slice)
+}
+
+/// `perennial cluster`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ClusterArgs {
+    #[command(flatten)]
+    node: Admin,
+}
+
+pub(crate) fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
+    let answer = args.node.client()?.get("/v1/admin/cluster")?;
+    if args.node.json {
+        output::json(&answer);
+        return Ok(());
+    }
+    let Some(node) = answer["node"].as_str() else {
+        output::answer(&format!(
+            "not in a cluster: this node serves all {} shards",
+            answer["served_shards"]
+        ));
+        return Ok(());
+    };
+    let rows = answer["members"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|m| {
+            let name = m["node"].as_str().unwrap_or_default();
+            let marker = if name == node { " (this node)" } else { "" };
+            vec![
+                format!("{name}{marker}"),
+                output::cell(&m["address"], 40),
+                output::cell(&m["shards"], 10),
+            ]
+        })
+        .collect();
+    output::answer(&output::table(&["node", "address", "shards"], rows));
+    Ok(())
 }

@@ -17,6 +17,7 @@ use perennial_types::{SHARDS, ShardId, shard_of};
 use crate::node::{Http, Node, perennial};
 
 const SECRET: &str = "test-cluster-secret";
+const ADMIN: &str = "test-admin-token-0123456789";
 
 /// N nodes named `n1`, `n2`, … on one schema of the machine's PostgreSQL.
 pub(crate) struct LocalCluster {
@@ -52,6 +53,7 @@ impl LocalCluster {
         command.args(["--node-id", &format!("n{}", i + 1)]);
         command.args(["--cluster-secret", SECRET]);
         command.args(["--lease", &format!("{}ms", self.lease.as_millis())]);
+        command.env("PERENNIAL_ADMIN_TOKEN", ADMIN);
         Node::spawn(command)
     }
 
@@ -101,7 +103,11 @@ impl LocalCluster {
     /// A value from node `i`'s `/metrics` (0 if absent).
     pub(crate) async fn metric(&self, http: &Http, i: usize, name: &str) -> f64 {
         let (status, text) = http
-            .get_text(self.addr(i), "/metrics")
+            .get_text(
+                self.addr(i),
+                "/metrics",
+                &[("authorization", &format!("Bearer {ADMIN}"))],
+            )
             .await
             .expect("the node answers");
         assert_eq!(status, 200, "{text}");
@@ -329,6 +335,56 @@ async fn calls_on_every_node_reach_the_owner() {
         let held = owners.values().filter(|o| *o == node).count();
         assert!(held > 200, "{node} holds {held} shards");
     }
+    // Each node shows the members and their shards to operators.
+    let bearer = format!("Bearer {ADMIN}");
+    let (status, view) = http
+        .send(
+            cluster.addr(1),
+            "GET",
+            "/v1/admin/cluster",
+            &[("authorization", &bearer)],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["node"], "n2");
+    let members = view["members"].as_array().unwrap();
+    let names: Vec<&str> = members.iter().filter_map(|m| m["node"].as_str()).collect();
+    assert_eq!(names, ["n1", "n2", "n3"]);
+    let total: u64 = members.iter().filter_map(|m| m["shards"].as_u64()).sum();
+    assert_eq!(total, u64::from(SHARDS));
+    assert_eq!(view["served_shards"], members[1]["shards"]);
+    let url = format!("http://{}", cluster.addr(2));
+    let out = tokio::task::spawn_blocking(move || {
+        perennial()
+            .args(["cluster", "--node", &url, "--token", ADMIN])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    assert!(
+        table.contains("n3 (this node)") && table.contains("n1"),
+        "{table}"
+    );
+    // A watch asked of another node is sent to the owner's.
+    let (c, owner) = (0..30)
+        .map(|c| (c, &owners[&shard_of("counter", &format!("r{c}"))]))
+        .find(|(_, owner)| *owner != "n1")
+        .expect("a counter n1 does not own");
+    let (status, location) = http
+        .location(cluster.addr(0), &format!("/v1/counter/r{c}/watch"))
+        .await
+        .unwrap();
+    let owner_addr = cluster.addr(owner[1..].parse::<usize>().unwrap() - 1);
+    assert_eq!(status, 307);
+    assert_eq!(
+        location.as_deref(),
+        Some(format!("http://{owner_addr}/v1/counter/r{c}/watch").as_str())
+    );
     // Errors are the owner's, whatever node took the call.
     let (status, body) = http
         .post(cluster.addr(0), "/v1/counter/r1", r#"{"add": "x"}"#)

@@ -175,13 +175,18 @@ impl Http {
         Ok((status, value))
     }
 
-    /// GETs `path`; returns the status and the body as text.
+    /// GETs `path` with `headers`; returns the status and the body as text.
     pub(crate) async fn get_text(
         &self,
         addr: SocketAddr,
         path: &str,
+        headers: &[(&str, &str)],
     ) -> Result<(u16, String), String> {
-        let request = hyper::Request::get(format!("http://{addr}{path}"))
+        let mut request = hyper::Request::get(format!("http://{addr}{path}"));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request
             .body(Full::new(Bytes::new()))
             .map_err(|e| e.to_string())?;
         let response = self
@@ -197,6 +202,28 @@ impl Http {
             .map_err(|e| e.to_string())?
             .to_bytes();
         Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
+    /// GETs `path` and returns the status and the `Location` header, without reading on.
+    pub(crate) async fn location(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+    ) -> Result<(u16, Option<String>), String> {
+        let request = hyper::Request::get(format!("http://{addr}{path}"))
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let location = response
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Ok((response.status().as_u16(), location))
     }
 
     /// The value of counter `id`.

@@ -33,6 +33,8 @@ struct Controls {
     /// While true, commits wait on `released` until [`FaultyStore::release_commits`].
     hold: Mutex<bool>,
     released: Condvar,
+    /// Commits waiting on the hold now.
+    waiting: AtomicUsize,
     commits: AtomicU64,
     committed_states: AtomicU64,
     loads: AtomicU64,
@@ -77,6 +79,11 @@ impl<S: Store> FaultyStore<S> {
     pub fn release_commits(&self) {
         *self.controls.hold.lock() = false;
         self.controls.released.notify_all();
+    }
+
+    /// How many commits wait on [`hold_commits`](Self::hold_commits) now.
+    pub fn held(&self) -> usize {
+        self.controls.waiting.load(Ordering::SeqCst)
     }
 
     /// How many commits reached the wrapped store.
@@ -136,8 +143,12 @@ impl<S: Store> Store for FaultyStore<S> {
     fn commit(&self, batch: Batch) -> Result<CommitOutcome, Error> {
         {
             let mut held = self.controls.hold.lock();
-            while *held {
-                self.controls.released.wait(&mut held);
+            if *held {
+                self.controls.waiting.fetch_add(1, Ordering::SeqCst);
+                while *held {
+                    self.controls.released.wait(&mut held);
+                }
+                self.controls.waiting.fetch_sub(1, Ordering::SeqCst);
             }
         }
         let attempt = self.controls.attempts.fetch_add(1, Ordering::SeqCst) + 1;
