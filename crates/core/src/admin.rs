@@ -211,6 +211,8 @@ impl Runtime {
     pub async fn pause(&self, kind: &str, id: &str) -> Result<bool, CallError> {
         self.kind(kind)?;
         let key = EntityKey::new(kind, EntityId::new(id)?);
+        // Only the node that serves the entity knows whether it is paused now.
+        self.served(&key)?;
         let pauses = &self.shared.core.pauses;
         if !pauses.insert(key.clone()) {
             return Ok(false);
@@ -227,6 +229,7 @@ impl Runtime {
     pub async fn resume(&self, kind: &str, id: &str) -> Result<bool, CallError> {
         self.kind(kind)?;
         let key = EntityKey::new(kind, EntityId::new(id)?);
+        self.served(&key)?;
         let pauses = &self.shared.core.pauses;
         if !pauses.is_paused(&key.kind, &key.id) {
             return Ok(false);
@@ -307,6 +310,8 @@ impl Runtime {
             kind: dynamic.index(),
             id: EntityId::new(id)?,
         };
+        // Resident only where it is served.
+        self.served(&EntityKey::new(kind, key.id.clone()))?;
         Ok(match self.shared.core.registry.passivate(&key) {
             None => Passivation::NotResident,
             Some(true) => Passivation::Passivated,

@@ -42,10 +42,14 @@ use axum::routing::{get, post};
 use perennial_core::{CallError, Runtime};
 use perennial_storage::{EntityState, StoredDeadLetter};
 use perennial_storage::{Filter, Path as StatePath};
+use perennial_types::{ShardId, shard_of};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::AppState;
+use crate::cluster::Here;
 use crate::error::ApiError;
+use crate::forward::Request;
 
 /// The most entities one page lists.
 const MAX_PAGE: usize = 1000;
@@ -250,25 +254,19 @@ async fn drop_index(
 }
 
 async fn pause(
-    State(rt): State<Runtime>,
+    State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((kind, id)) = path.map_err(ApiError::from_path)?;
-    let changed = rt.pause(&kind, &id).await?;
-    Ok(json_response(
-        &json!({ "paused": true, "changed": changed }),
-    ))
+    AdminOp::Pause { kind, id }.run_where_served(&state).await
 }
 
 async fn resume(
-    State(rt): State<Runtime>,
+    State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((kind, id)) = path.map_err(ApiError::from_path)?;
-    let changed = rt.resume(&kind, &id).await?;
-    Ok(json_response(
-        &json!({ "paused": false, "changed": changed }),
-    ))
+    AdminOp::Resume { kind, id }.run_where_served(&state).await
 }
 
 async fn paused(State(rt): State<Runtime>) -> Response {
@@ -336,12 +334,13 @@ async fn state_at(
 }
 
 async fn passivate(
-    State(rt): State<Runtime>,
+    State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((kind, id)) = path.map_err(ApiError::from_path)?;
-    let outcome = rt.passivate(&kind, &id)?;
-    Ok(json_response(&json!({ "outcome": outcome })))
+    AdminOp::Passivate { kind, id }
+        .run_where_served(&state)
+        .await
 }
 
 #[derive(Deserialize)]
@@ -388,23 +387,123 @@ async fn dead_letter(
 }
 
 async fn retry(
-    State(rt): State<Runtime>,
+    State(state): State<AppState>,
     seq: Result<Path<u64>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(seq) = seq.map_err(ApiError::from_path)?;
-    let reply = rt.retry_dead_letter(seq).await?;
-    Ok(json_response(&json!({ "reply": embedded(&reply) })))
+    AdminOp::Retry { seq }.run_where_served(&state).await
 }
 
 async fn discard(
-    State(rt): State<Runtime>,
+    State(state): State<AppState>,
     seq: Result<Path<u64>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(seq) = seq.map_err(ApiError::from_path)?;
-    if rt.discard_dead_letter(seq).await? {
-        Ok(json_response(&json!({ "discarded": seq })))
-    } else {
-        Err(CallError::<Infallible>::NoSuchLetter(seq).into())
+    AdminOp::Discard { seq }.run_where_served(&state).await
+}
+
+/// An operator's request that only the node serving the entity can carry out; in a cluster,
+/// another node forwards it there.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum AdminOp {
+    Pause {
+        kind: String,
+        id: String,
+    },
+    Resume {
+        kind: String,
+        id: String,
+    },
+    Passivate {
+        kind: String,
+        id: String,
+    },
+    /// Retry dead letter `seq`: its entity's node applies it.
+    Retry {
+        seq: u64,
+    },
+    Discard {
+        seq: u64,
+    },
+}
+
+impl AdminOp {
+    /// Runs it here, or on the node that serves its entity.
+    async fn run_where_served(self, state: &AppState) -> Result<Response, ApiError> {
+        let rt = &state.rt;
+        let Some(router) = &state.router else {
+            return match self.run(rt).await {
+                Here::Answer(answer) => answer,
+                Here::NotServed => Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not_owner",
+                    "this node does not serve the entity now; retry",
+                )),
+            };
+        };
+        let shard = self.shard(rt).await?;
+        // Applying a dead letter again could apply it twice; the others may be repeated.
+        let safe_to_repeat = !matches!(self, Self::Retry { .. });
+        router
+            .route(
+                shard,
+                safe_to_repeat,
+                || self.run(rt),
+                || Request::Admin(self.clone()),
+            )
+            .await
+    }
+
+    /// The shard of the entity it is about.
+    async fn shard(&self, rt: &Runtime) -> Result<ShardId, ApiError> {
+        match self {
+            Self::Pause { kind, id } | Self::Resume { kind, id } | Self::Passivate { kind, id } => {
+                Ok(shard_of(kind, id))
+            }
+            Self::Retry { seq } | Self::Discard { seq } => {
+                let letter = rt
+                    .dead_letter(*seq)
+                    .await
+                    .map_err(|e| ApiError::from(CallError::<Infallible>::Store(e)))?
+                    .ok_or_else(|| ApiError::from(CallError::<Infallible>::NoSuchLetter(*seq)))?;
+                let key = &letter.letter.key;
+                Ok(shard_of(&key.kind, key.id.as_str()))
+            }
+        }
+    }
+
+    /// Runs it on this node.
+    pub(crate) async fn run(&self, rt: &Runtime) -> Here {
+        let result = match self {
+            Self::Pause { kind, id } => rt
+                .pause(kind, id)
+                .await
+                .map(|changed| json!({ "paused": true, "changed": changed })),
+            Self::Resume { kind, id } => rt
+                .resume(kind, id)
+                .await
+                .map(|changed| json!({ "paused": false, "changed": changed })),
+            Self::Passivate { kind, id } => rt
+                .passivate(kind, id)
+                .map(|outcome| json!({ "outcome": outcome })),
+            Self::Retry { seq } => match rt.retry_dead_letter(*seq).await {
+                Ok(reply) => Ok(json!({ "reply": embedded(&reply) })),
+                Err(CallError::NotOwner { .. } | CallError::Fenced { .. }) => {
+                    return Here::NotServed;
+                }
+                Err(e) => return Here::Answer(Err(e.into())),
+            },
+            Self::Discard { seq } => match rt.discard_dead_letter(*seq).await {
+                Ok(true) => Ok(json!({ "discarded": seq })),
+                Ok(false) => Err(CallError::NoSuchLetter(*seq)),
+                Err(e) => Err(e),
+            },
+        };
+        match result {
+            Ok(value) => Here::Answer(Ok(json_response(&value))),
+            Err(CallError::NotOwner { .. } | CallError::Fenced { .. }) => Here::NotServed,
+            Err(e) => Here::Answer(Err(e.into())),
+        }
     }
 }
 

@@ -19,11 +19,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use perennial_cluster::{Cluster, Route};
 use perennial_core::{CallError, Courier, Delivery, EntityId, EntityKey, Parcel, Runtime};
-use perennial_types::shard_of;
+use perennial_types::{ShardId, shard_of};
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::forward::{self, Answer, Call, Delivered, Failure, Forwarder};
+use crate::forward::{self, Answer, Delivered, Failure, Forwarder, Request};
 
 /// How a node's gateway takes part in a cluster.
 #[derive(Debug, Clone)]
@@ -92,51 +92,74 @@ impl Router {
             );
         }
         EntityId::new(id).map_err(CallError::<perennial_core::JsonRejection>::from)?;
-        let shard = shard_of(kind, id);
+        let here = || async move {
+            match rt
+                .call_json_idempotent(kind, id, idempotency_key, body)
+                .await
+            {
+                Err(CallError::NotOwner { .. } | CallError::Fenced { .. }) => Here::NotServed,
+                result => Here::Answer(result.map(json_response).map_err(ApiError::from)),
+            }
+        };
+        let there = || Request::Call {
+            kind: kind.to_owned(),
+            id: id.to_owned(),
+            idempotency_key: idempotency_key.map(str::to_owned),
+            body: body.to_vec(),
+        };
+        self.route(shard_of(kind, id), idempotency_key.is_some(), here, there)
+            .await
+    }
+
+    /// Runs a request for `shard` here if this node serves it, else on the node that does,
+    /// until one answers (the guard's deadline bounds the retries). A request whose outcome
+    /// is unknown (the connection broke after it was sent) is sent again only if
+    /// `safe_to_repeat`.
+    pub(crate) async fn route<H, F>(
+        &self,
+        shard: ShardId,
+        safe_to_repeat: bool,
+        here: H,
+        there: impl Fn() -> Request,
+    ) -> Result<Response, ApiError>
+    where
+        H: Fn() -> F,
+        F: Future<Output = Here>,
+    {
         let mut backoff = Duration::from_millis(5);
         loop {
             match self.cluster.route(shard) {
-                Route::Local => match rt
-                    .call_json_idempotent(kind, id, idempotency_key, body)
-                    .await
-                {
-                    Err(CallError::NotOwner { .. } | CallError::Fenced { .. }) => {}
-                    result => return Ok(json_response(result.map_err(ApiError::from)?)),
+                Route::Local => match here().await {
+                    Here::Answer(answer) => return answer,
+                    Here::NotServed => {}
                 },
-                Route::Remote { address, .. } => {
-                    let call = Call::Call {
-                        kind: kind.to_owned(),
-                        id: id.to_owned(),
-                        idempotency_key: idempotency_key.map(str::to_owned),
-                        body: body.to_vec(),
-                    };
-                    match self.forwarder.call(&address, call).await {
-                        Ok(Answer::Response { status, body }) => return Ok(answered(status, body)),
-                        Ok(Answer::NotServed) => {}
-                        Ok(Answer::Delivered(_)) => {
-                            return Err(ApiError::new(
-                                StatusCode::BAD_GATEWAY,
-                                "bad_answer",
-                                "the node that serves this entity answered something else",
-                            ));
-                        }
-                        Err(Failure::Unsent(detail)) => {
-                            tracing::debug!(%address, %detail, "cannot reach a node; rerouting");
-                        }
-                        Err(Failure::Unknown(_)) if idempotency_key.is_some() => {}
-                        Err(Failure::Unknown(detail)) => {
-                            tracing::warn!(%kind, %id, %address, %detail,
-                                "a forwarded call's outcome is unknown");
-                            return Err(ApiError::new(
-                                StatusCode::BAD_GATEWAY,
-                                "outcome_unknown",
-                                "the node that serves this entity stopped answering; the call \
-                                 may have been applied. Send calls with an Idempotency-Key to \
-                                 have them retried safely",
-                            ));
-                        }
+                Route::Remote { address, .. } => match self.forwarder.call(&address, there()).await
+                {
+                    Ok(Answer::Response { status, body }) => return Ok(answered(status, body)),
+                    Ok(Answer::NotServed) => {}
+                    Ok(Answer::Delivered(_)) => {
+                        return Err(ApiError::new(
+                            StatusCode::BAD_GATEWAY,
+                            "bad_answer",
+                            "the node that serves this entity answered something else",
+                        ));
                     }
-                }
+                    Err(Failure::Unsent(detail)) => {
+                        tracing::debug!(%address, %detail, "cannot reach a node; rerouting");
+                    }
+                    Err(Failure::Unknown(_)) if safe_to_repeat => {}
+                    Err(Failure::Unknown(detail)) => {
+                        tracing::warn!(%shard, %address, %detail,
+                            "a forwarded request's outcome is unknown");
+                        return Err(ApiError::new(
+                            StatusCode::BAD_GATEWAY,
+                            "outcome_unknown",
+                            "the node that serves this entity stopped answering; the request \
+                             may have been applied. Send calls with an Idempotency-Key to have \
+                             them retried safely",
+                        ));
+                    }
+                },
                 Route::Unknown => {}
             }
             // Not served where we thought: learn the new owner, then try again.
@@ -145,6 +168,15 @@ impl Router {
             backoff = (backoff * 2).min(Duration::from_millis(100));
         }
     }
+}
+
+/// What running a request on this node gave.
+pub(crate) enum Here {
+    /// The answer.
+    Answer(Result<Response, ApiError>),
+    /// This node does not serve the entity's shard (or lost it during the step): nothing was
+    /// applied.
+    NotServed,
 }
 
 fn json_response(reply: String) -> Response {
@@ -222,9 +254,9 @@ pub(crate) async fn internal(
 }
 
 /// Runs one call a peer forwarded, on this node only.
-async fn run_here(rt: &Runtime, call: Call) -> Answer {
+async fn run_here(rt: &Runtime, call: Request) -> Answer {
     match call {
-        Call::Call {
+        Request::Call {
             kind,
             id,
             idempotency_key,
@@ -248,7 +280,22 @@ async fn run_here(rt: &Runtime, call: Call) -> Answer {
                 }
             }
         }
-        Call::Deliver {
+        Request::Admin(op) => match op.run(rt).await {
+            Here::NotServed => Answer::NotServed,
+            Here::Answer(Ok(response)) => {
+                let status = response.status().as_u16();
+                let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+                    .await
+                    .map(|b| b.to_vec())
+                    .unwrap_or_default();
+                Answer::Response { status, body }
+            }
+            Here::Answer(Err(error)) => Answer::Response {
+                status: error.status().as_u16(),
+                body: error.body(),
+            },
+        },
+        Request::Deliver {
             owner_kind,
             owner_id,
             seq,
@@ -311,7 +358,7 @@ impl Courier for ClusterCourier {
                 // It moved here since the dispatcher looked.
                 Route::Local => rt.deliver(parcel).await,
                 Route::Remote { address, .. } => {
-                    let call = Call::Deliver {
+                    let call = Request::Deliver {
                         owner_kind: parcel.owner.kind.to_string(),
                         owner_id: parcel.owner.id.to_string(),
                         seq: parcel.seq,

@@ -40,7 +40,7 @@ pub(crate) const MAX_BATCH_BYTES: usize = 8 << 20;
 
 /// What one node asks another to run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) enum Call {
+pub(crate) enum Request {
     /// A client's call to an entity.
     Call {
         kind: String,
@@ -49,6 +49,8 @@ pub(crate) enum Call {
         /// The message, as the client sent it.
         body: Vec<u8>,
     },
+    /// An operator's request about an entity the receiving node serves.
+    Admin(crate::admin::AdminOp),
     /// A message row of an entity of the sending node, for an entity of the receiving one.
     Deliver {
         owner_kind: String,
@@ -61,11 +63,12 @@ pub(crate) enum Call {
     },
 }
 
-impl Call {
+impl Request {
     fn len(&self) -> usize {
         match self {
-            Call::Call { body, .. } => body.len(),
-            Call::Deliver { body, .. } => body.len(),
+            Request::Call { body, .. } => body.len(),
+            Request::Deliver { body, .. } => body.len(),
+            Request::Admin(_) => 0,
         }
     }
 }
@@ -73,10 +76,10 @@ impl Call {
 /// Calls for one node.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Batch {
-    pub(crate) calls: Vec<Call>,
+    pub(crate) calls: Vec<Request>,
 }
 
-/// What the receiving node answered to one [`Call`].
+/// What the receiving node answered to one [`Request`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum Answer {
     /// The response its gateway would have sent for a client's call: a status and a JSON
@@ -110,7 +113,7 @@ pub(crate) enum Failure {
 
 type Waiter = oneshot::Sender<Result<Answer, Failure>>;
 /// Each peer's queue, by address.
-type Queues = HashMap<Arc<str>, mpsc::UnboundedSender<(Call, Waiter)>>;
+type Queues = HashMap<Arc<str>, mpsc::UnboundedSender<(Request, Waiter)>>;
 
 /// The forwarding side of every peer of this node.
 #[derive(Debug, Clone)]
@@ -135,7 +138,7 @@ impl Forwarder {
     }
 
     /// Sends `call` to the node at `address` and waits for its answer.
-    pub(crate) async fn call(&self, address: &Arc<str>, call: Call) -> Result<Answer, Failure> {
+    pub(crate) async fn call(&self, address: &Arc<str>, call: Request) -> Result<Answer, Failure> {
         let (tx, rx) = oneshot::channel();
         let queue = {
             let mut peers = self.peers.lock();
@@ -154,8 +157,8 @@ impl Forwarder {
     }
 
     /// Sends one batch; answers its waiters.
-    async fn send(&self, uri: &str, calls: Vec<(Call, Waiter)>) {
-        let (calls, waiters): (Vec<Call>, Vec<Waiter>) = calls.into_iter().unzip();
+    async fn send(&self, uri: &str, calls: Vec<(Request, Waiter)>) {
+        let (calls, waiters): (Vec<Request>, Vec<Waiter>) = calls.into_iter().unzip();
         let result = self.request(uri, Batch { calls }).await;
         match result {
             Ok(answers) if answers.len() == waiters.len() => {
@@ -219,7 +222,7 @@ impl Forwarder {
 async fn pump(
     forwarder: Forwarder,
     uri: String,
-    mut calls: mpsc::UnboundedReceiver<(Call, Waiter)>,
+    mut calls: mpsc::UnboundedReceiver<(Request, Waiter)>,
 ) {
     let uri: Arc<str> = Arc::from(uri);
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));

@@ -370,6 +370,60 @@ async fn calls_on_every_node_reach_the_owner() {
         table.contains("n3 (this node)") && table.contains("n1"),
         "{table}"
     );
+    // Operators may ask any node to pause, resume or passivate an entity: the owner does it.
+    let (p, p_owner) = (0..30)
+        .map(|c| (c, &owners[&shard_of("counter", &format!("r{c}"))]))
+        .find(|(_, owner)| *owner != "n1")
+        .expect("a counter n1 does not own");
+    let others: Vec<usize> = (0..3)
+        .filter(|&i| format!("n{}", i + 1) != *p_owner)
+        .collect();
+    let admin = |i: usize, action: &'static str| {
+        let (http, bearer) = (http.clone(), bearer.clone());
+        let addr = cluster.addr(i);
+        async move {
+            let path = format!("/v1/admin/entities/counter/r{p}/{action}");
+            http.send(addr, "POST", &path, &[("authorization", &bearer)], "")
+                .await
+                .unwrap()
+        }
+    };
+    let (status, body) = admin(others[0], "pause").await;
+    assert_eq!(
+        (status, &body),
+        (200, &serde_json::json!({"paused": true, "changed": true}))
+    );
+    let (status, body) = http
+        .post(
+            cluster.addr(others[1]),
+            &format!("/v1/counter/r{p}"),
+            r#"{"add": 1}"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("paused"))
+    );
+    let (status, body) = admin(others[1], "resume").await;
+    assert_eq!(
+        (status, &body),
+        (200, &serde_json::json!({"paused": false, "changed": true}))
+    );
+    crate::node::post_to(
+        &http,
+        cluster.addr(others[0]),
+        &format!("/v1/counter/r{p}"),
+        r#"{"add": 1}"#,
+    )
+    .await;
+    // It is resident on its owner only: `not_resident` would mean another node answered.
+    let (status, body) = admin(others[0], "passivate").await;
+    let outcome = body["outcome"].as_str();
+    assert!(
+        status == 200 && matches!(outcome, Some("passivated" | "busy")),
+        "{body}"
+    );
     // A watch asked of another node is sent to the owner's.
     let (c, owner) = (0..30)
         .map(|c| (c, &owners[&shard_of("counter", &format!("r{c}"))]))
