@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use perennial_storage::{DeadLetter, DeadLetterWrite, Pending, PendingClass, PendingDone};
-use perennial_types::{EntityKey, ShardId, shard_of};
+use perennial_types::{EntityKey, Epoch, ShardId, shard_of};
 use tokio::sync::Notify;
 
 use crate::effect::{EffectBody, EffectId};
@@ -300,7 +300,15 @@ pub(crate) async fn run(core: Arc<Core>, kinds: Arc<Kinds>) {
         }
         let (due, next_due) = dispatch.state.lock().take_due(crate::ctx::now_ms());
         for row in due {
-            tokio::spawn(deliver(Arc::clone(&core), Arc::clone(&kinds), row));
+            // Delivered under the epoch its owner's shard has now: if the shard is lost and
+            // taken again meanwhile, another node may have applied the row in between.
+            let shard = shard_of(&row.owner.kind, row.owner.id.as_str());
+            match core.shards.epoch(shard) {
+                Some(epoch) => {
+                    tokio::spawn(deliver(Arc::clone(&core), Arc::clone(&kinds), row, epoch));
+                }
+                None => dispatch.state.lock().finish(&row),
+            }
         }
         let mut until = next_scan.min(next_expiry);
         if let Some(at) = next_due {
@@ -383,7 +391,7 @@ fn millis(d: Duration) -> i64 {
 }
 
 /// Delivers one row, retrying until it is applied, refused or poison, or the runtime closes.
-async fn deliver(core: Arc<Core>, kinds: Arc<Kinds>, row: Pending) {
+async fn deliver(core: Arc<Core>, kinds: Arc<Kinds>, row: Pending, epoch: Epoch) {
     let mut backoff = RETRY_FIRST;
     // An effect's work runs once per delivery task; only its result's delivery is retried.
     let mut body = Arc::clone(&row.body);
@@ -401,8 +409,10 @@ async fn deliver(core: Arc<Core>, kinds: Arc<Kinds>, row: Pending) {
     loop {
         // A paused target gets nothing; the row waits, in memory and in storage.
         core.pauses.held(&row.target, || core.is_closing()).await;
-        if core.shards.epoch(owner_shard).is_none() {
-            // Handed off, or the lease lapsed: the shard's owner delivers the row now.
+        if core.shards.epoch(owner_shard) != Some(epoch) {
+            // Handed off, or the lease lapsed (and perhaps taken again, with a new epoch): the
+            // row may have been applied elsewhere meanwhile. Whoever serves the shard now
+            // reads it from storage, if it is still there.
             return settle(&core, &row, Delivery::Skipped);
         }
         let Some(kind) = kinds.get(&*row.target.kind) else {

@@ -709,7 +709,14 @@ impl Runtime {
     /// acquires or renews leases; a runtime started with [`Builder::start`] serves every
     /// shard already.
     pub fn serve(&self, grants: &[(ShardId, Epoch)], until: Instant) {
-        self.shared.core.shards.grant(grants, until);
+        let core = &self.shared.core;
+        // Rows of a shard served under another epoch before may have been applied by another
+        // node since: forget them; the scan that follows the grant reads what is stored.
+        let changed = core.shards.changed(grants);
+        if !changed.is_empty() {
+            core.dispatch.forget_shards(&changed.into_iter().collect());
+        }
+        core.shards.grant(grants, until);
     }
 
     /// Reads the paused entities from storage again. A cluster's lease manager calls it when

@@ -72,6 +72,20 @@ impl Shards {
         u64::try_from(at.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX - 1)
     }
 
+    /// The shards among `grants` this node does not serve now under the granted epoch: new
+    /// to it, or taken again after another node may have written to them.
+    pub(crate) fn changed(&self, grants: &[(ShardId, Epoch)]) -> Vec<ShardId> {
+        grants
+            .iter()
+            .filter(|(shard, epoch)| {
+                self.epochs
+                    .get(shard.0 as usize)
+                    .is_some_and(|slot| slot.load(Ordering::SeqCst) != epoch.0)
+            })
+            .map(|(shard, _)| *shard)
+            .collect()
+    }
+
     /// Serves `grants` from now on, and every served shard until `until`.
     pub(crate) fn grant(&self, grants: &[(ShardId, Epoch)], until: Instant) {
         let mut new = false;

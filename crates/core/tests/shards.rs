@@ -225,3 +225,41 @@ async fn messages_to_entities_on_another_node_are_carried_and_applied_once() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A node that lost a shard and takes it back forgets the shard's rows it held in memory:
+/// another node may have applied or cancelled them meanwhile, and what is stored decides.
+#[tokio::test]
+async fn rows_held_across_a_lost_shard_are_read_again_from_storage() {
+    let store = MemoryStore::new();
+    let a = unclaimed(&store).await;
+    let s = shard("alarm", "a1");
+    let first = store.claim("a", &[s]).await.unwrap();
+    a.serve(&[(s, first)], Instant::now() + Duration::from_secs(30));
+    let set = AlarmMsg::Set {
+        name: "later".into(),
+        ms: 1500,
+    };
+    a.get::<Alarm>("a1").call(set).await.unwrap();
+    // a's lease lapses (no handoff: a stalled node), so a keeps the timer in memory.
+    a.serve(&[], Instant::now());
+    assert!(a.served_shards().is_empty());
+
+    // b takes the shard and cancels the timer.
+    let b = unclaimed(&store).await;
+    let second = store.claim("b", &[s]).await.unwrap();
+    b.serve(&[(s, second)], Instant::now() + Duration::from_secs(30));
+    let cancel = AlarmMsg::Cancel {
+        name: "later".into(),
+    };
+    b.get::<Alarm>("a1").call(cancel).await.unwrap();
+    b.hand_off(&[s], Duration::from_secs(5)).await;
+
+    // a takes it back before the timer is due: the cancelled timer must not fire.
+    let third = store.claim("a", &[s]).await.unwrap();
+    a.serve(&[(s, third)], Instant::now() + Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let fired = a.get::<Alarm>("a1").call(AlarmMsg::Get).await.unwrap();
+    assert!(fired.is_empty(), "a cancelled timer fired: {fired:?}");
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -10,6 +10,8 @@
 //!   an effect (`Snapshot`).
 //! - [`house`]: kind `house`, a betting house whose payout rule is a closure (`Journal`,
 //!   no serde in its state).
+//! - [`probe`]: kind `probe`, an append-only list of tokens whose every reply is the whole
+//!   list: what the reliability suite's histories are about (`Snapshot`).
 //! - [`poker`]: the pure hold'em engine behind `table` (cards, hand ranking, betting, pots),
 //!   with no knowledge of the runtime.
 
@@ -17,12 +19,14 @@ pub mod cache;
 pub mod counter;
 pub mod house;
 pub mod poker;
+pub mod probe;
 pub mod queue;
 pub mod table;
 
 pub use cache::Cache;
 pub use counter::Counter;
 pub use house::House;
+pub use probe::Probe;
 pub use queue::Queue;
 pub use table::PokerTable;
 
@@ -30,11 +34,12 @@ use perennial_core::{Builder, Snapshots};
 
 /// Registers every demo kind, each with the persistence it is meant to show: `counter` as
 /// `Snapshot`, `table` as `Journal` with a snapshot every [`table::SNAPSHOT_EVERY`] steps,
-/// `house` as `Journal` without snapshots, `cache` as `Journal` with a snapshot every
+/// `probe` as `Snapshot`, `house` as `Journal` without snapshots, `cache` as `Journal` with a snapshot every
 /// [`cache::SNAPSHOT_EVERY`] steps, `queue` as `Snapshot` with its effect [`queue::Work`].
 pub fn register(builder: Builder) -> Builder {
     builder
         .register::<Counter>()
+        .register::<Probe>()
         .register::<Queue>()
         .register_effect::<queue::Work>()
         .register_journal_with_snapshots::<PokerTable>(

@@ -1,0 +1,186 @@
+//! Histories: what clients asked of probes and what they got, as events in JSONL with
+//! Jepsen's field names (`type`, `f`, `value`, `process`, `time`, `index`).
+
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+/// Whether an event starts an operation or tells how it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Type {
+    /// The client sent it.
+    Invoke,
+    /// It was acknowledged: it happened, and `value` is the list it returned.
+    Ok,
+    /// It definitely did not happen (the node refused it before running it).
+    Fail,
+    /// Its outcome is unknown (the connection broke, the node died, a timeout).
+    Info,
+}
+
+/// What an operation does to a probe (the messages of `perennial_demo::probe`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    /// Appends `token`.
+    Append,
+    /// Appends `token` and sends it to `to`.
+    Forward,
+    /// Appends `token` when a timer fires.
+    Schedule,
+    /// Reads the list.
+    Read,
+}
+
+/// One event of a history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Its place in the history.
+    pub index: u64,
+    /// Nanoseconds since the history began.
+    pub time: u64,
+    /// The client.
+    pub process: u64,
+    /// Invoke, ok, fail or info.
+    #[serde(rename = "type")]
+    pub kind: Type,
+    /// The operation.
+    pub f: Op,
+    /// The probe.
+    pub entity: String,
+    /// The token it appends (none for reads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Where a forward sends its token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// The idempotency key the call carried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// For a completion: the index of its invocation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invoke: Option<u64>,
+    /// For `ok`: the list the probe returned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Vec<String>>,
+}
+
+/// What a client is about to do, for [`Recorder::invoke`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    /// The client.
+    pub process: u64,
+    /// The operation.
+    pub f: Op,
+    /// The probe.
+    pub entity: String,
+    /// The token (none for reads).
+    pub token: Option<String>,
+    /// The forward's target.
+    pub to: Option<String>,
+    /// The idempotency key.
+    pub key: Option<String>,
+}
+
+/// Records a history from many clients at once.
+#[derive(Debug)]
+pub struct Recorder {
+    started: Instant,
+    events: Mutex<Vec<Event>>,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Recorder {
+    /// An empty history, whose clock starts now.
+    pub fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            events: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn push(&self, make: impl FnOnce(u64, u64) -> Event) -> u64 {
+        let mut events = self.events.lock();
+        let index = events.len() as u64;
+        let time = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        events.push(make(index, time));
+        index
+    }
+
+    /// Records that a client sends `what`; returns the invocation's index, for its completion.
+    pub fn invoke(&self, what: Invocation) -> u64 {
+        self.push(|index, time| Event {
+            index,
+            time,
+            process: what.process,
+            kind: Type::Invoke,
+            f: what.f,
+            entity: what.entity,
+            token: what.token,
+            to: what.to,
+            key: what.key,
+            invoke: None,
+            value: None,
+        })
+    }
+
+    /// Records how invocation `invoke` ended; `value` is the returned list for `ok`.
+    pub fn complete(&self, invoke: u64, kind: Type, value: Option<Vec<String>>) {
+        let mut events = self.events.lock();
+        let Some(call) = usize::try_from(invoke)
+            .ok()
+            .and_then(|i| events.get(i))
+            .cloned()
+        else {
+            return;
+        };
+        let index = events.len() as u64;
+        let time = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        events.push(Event {
+            index,
+            time,
+            kind,
+            invoke: Some(invoke),
+            value,
+            ..call
+        });
+    }
+
+    /// The events so far.
+    pub fn events(&self) -> Vec<Event> {
+        self.events.lock().clone()
+    }
+
+    /// The history as JSONL: one event per line.
+    pub fn to_jsonl(&self) -> String {
+        to_jsonl(&self.events.lock())
+    }
+}
+
+/// Events as JSONL.
+pub fn to_jsonl(events: &[Event]) -> String {
+    let mut out = String::new();
+    for event in events {
+        if let Ok(line) = serde_json::to_string(event) {
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Reads a JSONL history; the error names the line that does not parse.
+pub fn from_jsonl(text: &str) -> Result<Vec<Event>, String> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(n, line)| serde_json::from_str(line).map_err(|e| format!("line {}: {e}", n + 1)))
+        .collect()
+}
