@@ -419,12 +419,15 @@ async fn deliver(core: Arc<Core>, kinds: Arc<Kinds>, row: Pending, epoch: Epoch)
             let detail = format!("kind {:?} is not registered", row.target.kind);
             return settle(&core, &row, Delivery::Poison(detail));
         };
+        // In a cluster, a node that lost the owner's shard may still be delivering the row
+        // while the new owner delivers it too: every delivery then keeps its reply under a
+        // key made from the row's id, so whichever comes second is not applied again.
         let mut outcome = Arc::clone(kind)
             .deliver(
                 row.target.id.clone(),
                 Arc::clone(&body),
                 RowId::of(&row),
-                false,
+                core.shards.shared,
             )
             .await;
         if outcome == Delivery::NotServed {

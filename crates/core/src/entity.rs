@@ -124,9 +124,9 @@ pub(crate) enum Via {
     /// A call.
     Call,
     /// A call with an idempotency key; `checked` once storage was asked for a kept reply.
-    /// With a `row`: a pending row carried from another node, applied under a key made
-    /// from its id (so it is applied once however often it is carried), and deleted by the
-    /// step that applies it.
+    /// With a `row`: a pending row applied under a key made from its id (carried from
+    /// another node, or delivered in a cluster, where another node may deliver it too), so it
+    /// is applied once however often it is delivered, and deleted by the step that applies it.
     Idempotent {
         key: Box<str>,
         checked: bool,
@@ -159,8 +159,9 @@ impl Via {
         })
     }
 
-    /// A pending row carried from another node (see `courier`).
-    pub(crate) fn carried(row: RowId) -> Self {
+    /// A pending row applied under a key made from its id: carried from another node (see
+    /// `courier`), or delivered in a cluster, where another node may deliver it too.
+    pub(crate) fn keyed_row(row: RowId) -> Self {
         Self::Idempotent {
             key: Box::from(crate::courier::row_key(&row.owner, row.seq)),
             checked: false,
@@ -311,15 +312,15 @@ pub(crate) async fn deliver_row<K: Process>(
     id: &EntityId,
     msg: K::Msg,
     row: RowId,
-    carried: bool,
+    keyed: bool,
 ) -> Delivery {
     let _permit = match kind.core.admit::<K::Error>() {
         Ok(permit) => permit,
         Err(e) => return Delivery::Retry(e.to_string()),
     };
     let (reply, answer) = oneshot::channel();
-    let via = if carried {
-        Via::carried(row)
+    let via = if keyed {
+        Via::keyed_row(row)
     } else {
         Via::Row(Box::new(row))
     };
@@ -864,15 +865,21 @@ impl<K: Process> Cell<K> {
     fn answered_before(&self, via: &Via) -> Option<Option<Arc<str>>> {
         match via {
             Via::Call | Via::Letter(_) => None,
-            Via::Idempotent { key, .. } => self.inner.lock().kept_reply(key).map(Some),
-            Via::Row(row) => {
-                let own = row.owner.kind == self.kind.name && row.owner.id == self.id;
-                let cancelled = own
-                    && (self.inner.lock().is_cancelled(row.seq)
-                        || self.kind.core.dispatch.is_cancelled(row));
-                cancelled.then_some(None)
+            Via::Idempotent { key, row, .. } => {
+                if row.as_ref().is_some_and(|row| self.is_cancelled(row)) {
+                    return Some(None);
+                }
+                self.inner.lock().kept_reply(key).map(Some)
             }
+            Via::Row(row) => self.is_cancelled(row).then_some(None),
         }
+    }
+
+    /// Whether `row` is one of this entity's own timers, cancelled since it was sent.
+    fn is_cancelled(&self, row: &RowId) -> bool {
+        let own = row.owner.kind == self.kind.name && row.owner.id == self.id;
+        own && (self.inner.lock().is_cancelled(row.seq)
+            || self.kind.core.dispatch.is_cancelled(row))
     }
 
     /// What a successful step writes besides its state: its timers, messages and effects,

@@ -107,13 +107,14 @@ pub(crate) trait DynKind: Send + Sync {
 
     /// Delivers a pending row's message (JSON) to the entity; completes once it is applied
     /// durably, refused, or failed.
-    /// Applies a pending row's message; `carried` if it came from another node.
+    /// Applies a pending row's message; `keyed`: under an idempotency key made from the row's
+    /// id (in a cluster, where another node may deliver the same row), so it applies once.
     fn deliver(
         self: Arc<Self>,
         id: EntityId,
         msg: Arc<str>,
         row: RowId,
-        carried: bool,
+        keyed: bool,
     ) -> BoxFuture<Delivery>;
 
     fn stats(&self) -> KindStats;
@@ -155,7 +156,7 @@ impl<K: Process> DynKind for KindRt<K> {
         id: EntityId,
         msg: Arc<str>,
         row: RowId,
-        carried: bool,
+        keyed: bool,
     ) -> BoxFuture<Delivery> {
         Box::pin(async move {
             let msg: K::Msg = match serde_json::from_str(&msg) {
@@ -167,7 +168,7 @@ impl<K: Process> DynKind for KindRt<K> {
                     ));
                 }
             };
-            crate::entity::deliver_row(&self, &id, msg, row, carried).await
+            crate::entity::deliver_row(&self, &id, msg, row, keyed).await
         })
     }
 

@@ -26,6 +26,9 @@ pub(crate) struct Shards {
     origin: Instant,
     /// Notified when shards are granted, so the dispatcher looks for their pending rows.
     pub(crate) granted: Notify,
+    /// Whether shards come and go (a cluster): another node may then deliver a row this one
+    /// delivers too.
+    pub(crate) shared: bool,
 }
 
 impl std::fmt::Debug for Shards {
@@ -39,7 +42,8 @@ impl std::fmt::Debug for Shards {
 impl Shards {
     /// Every shard served under `epoch`, forever (a single node).
     pub(crate) fn all(epoch: Epoch) -> Self {
-        let shards = Self::none();
+        let mut shards = Self::none();
+        shards.shared = false;
         for slot in shards.epochs.iter() {
             slot.store(epoch.0, Ordering::SeqCst);
         }
@@ -54,6 +58,7 @@ impl Shards {
             until_ns: AtomicU64::new(0),
             origin: Instant::now(),
             granted: Notify::new(),
+            shared: true,
         }
     }
 

@@ -263,3 +263,59 @@ async fn rows_held_across_a_lost_shard_are_read_again_from_storage() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// In a cluster, the node that delivers a row itself keeps its reply under the row's key, so
+/// a copy carried in later (by a node that lost the sender's shard mid-delivery) is not
+/// applied again.
+#[tokio::test]
+async fn a_row_delivered_here_is_not_applied_again_when_carried_in() {
+    let store = MemoryStore::new();
+    let b = Runtime::builder()
+        .store(store.clone())
+        .register::<Sender>()
+        .register::<Inbox>()
+        .start_unclaimed()
+        .await
+        .unwrap();
+    let (s, i) = (shard("sender", "s1"), shard("inbox", "i1"));
+    let grants = [
+        (s, store.claim("b", &[s]).await.unwrap()),
+        (i, store.claim("b", &[i]).await.unwrap()),
+    ];
+    b.serve(&grants, Instant::now() + Duration::from_secs(60));
+    // Hold the message while its row is read, then let it through.
+    b.pause("inbox", "i1").await.unwrap();
+    let send = SenderMsg::Send {
+        to: "i1".into(),
+        n: 1,
+    };
+    b.get::<Sender>("s1").call(send).await.unwrap();
+    let row = store
+        .due(i64::MAX, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| &*r.target.kind == "inbox")
+        .expect("the message's row");
+    b.resume("inbox", "i1").await.unwrap();
+    let start_at = Instant::now();
+    while b
+        .get::<Inbox>("i1")
+        .call(InboxMsg::Get)
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            start_at.elapsed() < Duration::from_secs(10),
+            "never delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The same row, carried in by another node.
+    let parcel = Parcel::new(row.owner, row.seq, row.target, row.body);
+    assert_eq!(b.deliver(parcel).await, Delivery::Applied);
+    let got = b.get::<Inbox>("i1").call(InboxMsg::Get).await.unwrap();
+    assert_eq!(got, [1], "applied once");
+    b.shutdown().await;
+}

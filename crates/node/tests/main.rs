@@ -1,6 +1,7 @@
-//! The real `perennial` binary, as a child process: crash safety under kill -9, clean
-//! shutdown on SIGTERM, refusal to share a data directory, fsyncs counted at the system
-//! call level, the operator's client subcommands, and the configuration.
+//! The real `perennial` binary, as a child process: crash safety under kill -9 (and a
+//! kill -9 soak checked by the history checker), clean shutdown on SIGTERM, refusal to share
+//! a data directory, fsyncs counted at the system call level, the operator's client
+//! subcommands, the configuration, and clusters of nodes on PostgreSQL.
 
 mod cli;
 mod cluster;
@@ -12,4 +13,6 @@ mod node;
 #[cfg(feature = "otel")]
 mod otel;
 mod pending;
+mod probes;
 mod serve;
+mod soak;

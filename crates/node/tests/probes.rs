@@ -1,0 +1,256 @@
+//! Load on probe entities (kind `probe`, an append-only list), recorded as a history and
+//! checked by `perennial-checker`: what every chaos test of the binary drives.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+use perennial_checker::{Invocation, Op, Recorder, Report, Type, check, to_jsonl};
+
+use crate::node::Http;
+
+/// The admin token the chaos tests start nodes with (finishing a load passivates probes).
+pub(crate) const ADMIN: &str = "test-admin-token-0123456789";
+
+/// What one client did: appends acknowledged, and how long after the mark its first was.
+#[derive(Default)]
+pub(crate) struct Tally {
+    acked: AtomicU64,
+    first_after_mark: Mutex<Option<Duration>>,
+}
+
+/// Clients appending tokens to probes (kind `probe`, an append-only list), one call at a
+/// time, every call recorded in a history for the checker (`perennial-checker`). Client `c`
+/// writes to probe `c % probes`; every 20th call forwards its token to the next probe (a
+/// message between entities), every 20th schedules it on a durable timer. A call that fails
+/// is sent again with the same token and idempotency key (to another node, in turn) until it
+/// is acknowledged, unless the load allows no failure.
+pub(crate) struct Load {
+    live: Arc<RwLock<Vec<SocketAddr>>>,
+    stop: Arc<AtomicBool>,
+    tallies: Vec<Arc<Tally>>,
+    mark: Arc<Mutex<Option<Instant>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    history: Arc<Recorder>,
+    probes: Arc<Vec<String>>,
+    /// Calls answered with an error or not at all, then sent again.
+    retries: Arc<AtomicU64>,
+}
+
+/// What a load run showed, once checked.
+pub(crate) struct Outcome {
+    /// Each client's acknowledged appends.
+    pub(crate) acked: Vec<u64>,
+    /// Each client's first acknowledgement after the mark.
+    pub(crate) firsts: Vec<Option<Duration>>,
+    /// Calls sent again.
+    pub(crate) retries: u64,
+    pub(crate) report: Report,
+}
+
+impl Load {
+    pub(crate) fn start(
+        http: &Http,
+        live: Vec<SocketAddr>,
+        clients: usize,
+        probes: Vec<String>,
+        retry: bool,
+    ) -> Load {
+        let mut load = Load {
+            live: Arc::new(RwLock::new(live)),
+            stop: Arc::default(),
+            tallies: (0..clients).map(|_| Arc::default()).collect(),
+            mark: Arc::default(),
+            tasks: Vec::new(),
+            history: Arc::new(Recorder::new()),
+            probes: Arc::new(probes),
+            retries: Arc::default(),
+        };
+        for c in 0..clients {
+            let client = Client {
+                c,
+                http: http.clone(),
+                live: Arc::clone(&load.live),
+                stop: Arc::clone(&load.stop),
+                tally: Arc::clone(&load.tallies[c]),
+                mark: Arc::clone(&load.mark),
+                history: Arc::clone(&load.history),
+                probes: Arc::clone(&load.probes),
+                retries: Arc::clone(&load.retries),
+                retry,
+            };
+            load.tasks.push(tokio::spawn(client.run()));
+        }
+        load
+    }
+
+    pub(crate) fn set_live(&self, live: Vec<SocketAddr>) {
+        *self.live.write() = live;
+    }
+
+    /// From now on, each client records when its first append is acknowledged.
+    pub(crate) fn mark(&self) {
+        *self.mark.lock() = Some(Instant::now());
+    }
+
+    /// Stops the clients, passivates the probes on every node in `addrs` (so the final
+    /// lists come from storage, not from memory), reads every probe's final list through the
+    /// first once timers and messages have settled, saves the history as `<name>.jsonl` in
+    /// the test's scratch directory, and checks it: the test fails on any violation.
+    pub(crate) async fn finish(self, http: &Http, addrs: &[SocketAddr], name: &str) -> Outcome {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.expect("a client panicked");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let bearer = format!("Bearer {ADMIN}");
+        for &node in addrs {
+            let (status, body) = http
+                .send(
+                    node,
+                    "POST",
+                    "/v1/admin/kinds/probe/passivate",
+                    &[("authorization", &bearer)],
+                    "",
+                )
+                .await
+                .expect("the node answers");
+            assert_eq!(status, 200, "{body}");
+        }
+        let addr = addrs[0];
+        let mut finals = BTreeMap::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut now = BTreeMap::new();
+            for probe in self.probes.iter() {
+                let (status, list) = http
+                    .post(addr, &format!("/v1/probe/{probe}"), r#""read""#)
+                    .await
+                    .expect("the node answers");
+                assert_eq!(status, 200, "{list}");
+                now.insert(probe.clone(), serde_json::from_value(list).expect("a list"));
+            }
+            // Timers and messages still on their way change the lists; wait until they stop.
+            if now == finals {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the probes never settled");
+            finals = now;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let events = self.history.events();
+        let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.jsonl"));
+        let _ = std::fs::write(&path, to_jsonl(&events));
+        let report = check(&events, &finals);
+        assert!(report.is_valid(), "{report}\nhistory: {}", path.display());
+        Outcome {
+            acked: self
+                .tallies
+                .iter()
+                .map(|t| t.acked.load(Ordering::Relaxed))
+                .collect(),
+            firsts: self
+                .tallies
+                .iter()
+                .map(|t| *t.first_after_mark.lock())
+                .collect(),
+            retries: self.retries.load(Ordering::Relaxed),
+            report,
+        }
+    }
+}
+
+struct Client {
+    c: usize,
+    http: Http,
+    live: Arc<RwLock<Vec<SocketAddr>>>,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+    mark: Arc<Mutex<Option<Instant>>>,
+    history: Arc<Recorder>,
+    probes: Arc<Vec<String>>,
+    retries: Arc<AtomicU64>,
+    /// Whether a failed call may be sent again; if not, any failure fails the test.
+    retry: bool,
+}
+
+impl Client {
+    async fn run(self) {
+        let probes = self.probes.len();
+        let probe = &self.probes[self.c % probes];
+        let next = &self.probes[(self.c + 1) % probes];
+        let path = format!("/v1/probe/{probe}");
+        let mut n = 0u64;
+        while !self.stop.load(Ordering::Relaxed) {
+            let token = format!("c{}-{n}", self.c);
+            let (f, body) = match n % 20 {
+                7 => (
+                    Op::Forward,
+                    format!(r#"{{"forward": {{"token": "{token}", "to": "{next}"}}}}"#),
+                ),
+                13 => (
+                    Op::Schedule,
+                    format!(r#"{{"schedule": {{"token": "{token}", "ms": 30}}}}"#),
+                ),
+                _ => (Op::Append, format!(r#"{{"append": "{token}"}}"#)),
+            };
+            let give_up = Instant::now() + Duration::from_secs(60);
+            let mut attempt = self.c;
+            loop {
+                let addr = {
+                    let live = self.live.read();
+                    live[attempt % live.len()]
+                };
+                let call = self.history.invoke(Invocation {
+                    process: self.c as u64,
+                    f,
+                    entity: probe.clone(),
+                    token: Some(token.clone()),
+                    to: (f == Op::Forward).then(|| next.clone()),
+                    key: Some(token.clone()),
+                });
+                let sent = self.http.post_with_key(addr, &path, Some(&token), &body);
+                let outcome = tokio::time::timeout(Duration::from_secs(5), sent).await;
+                match outcome {
+                    Ok(Ok((200, list))) => {
+                        let list: Vec<String> = serde_json::from_value(list).expect("a list");
+                        self.history.complete(call, Type::Ok, Some(list));
+                        break;
+                    }
+                    Ok(Ok((status, body))) if !self.retry || status < 500 => {
+                        panic!("client {}: {status} {body} (no call may fail here)", self.c)
+                    }
+                    outcome => {
+                        // Unknown: it may or may not have been applied.
+                        self.history.complete(call, Type::Info, None);
+                        assert!(
+                            self.retry,
+                            "client {}: {outcome:?} (no call may fail here)",
+                            self.c
+                        );
+                        self.retries.fetch_add(1, Ordering::Relaxed);
+                        assert!(
+                            Instant::now() < give_up,
+                            "client {}: {token} never acknowledged",
+                            self.c
+                        );
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+            self.tally.acked.fetch_add(1, Ordering::Relaxed);
+            let mark = *self.mark.lock();
+            if let Some(mark) = mark {
+                let mut first = self.tally.first_after_mark.lock();
+                if first.is_none() {
+                    *first = Some(Instant::now().duration_since(mark));
+                }
+            }
+            n += 1;
+        }
+    }
+}
