@@ -149,6 +149,42 @@ impl Http {
         headers: &[(&str, &str)],
         body: &str,
     ) -> Result<(u16, serde_json::Value), String> {
+        let (status, _, bytes) = self.exchange(method, addr, path, headers, body).await?;
+        let value = serde_json::from_slice(&bytes).map_err(|e| format!("{e}: {bytes:?}"))?;
+        Ok((status, value))
+    }
+
+    /// GETs `path` with `headers`; returns the status and the body as text.
+    pub(crate) async fn get_text(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<(u16, String), String> {
+        let (status, _, bytes) = self.exchange("GET", addr, path, headers, "").await?;
+        Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
+    /// GETs `path` and returns the status and the `Location` header (for a redirect: the
+    /// body is read to its end).
+    pub(crate) async fn location(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+    ) -> Result<(u16, Option<String>), String> {
+        let (status, location, _) = self.exchange("GET", addr, path, &[], "").await?;
+        Ok((status, location))
+    }
+
+    /// Sends one request; returns the status, the `Location` header and the whole body.
+    async fn exchange(
+        &self,
+        method: &str,
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Result<(u16, Option<String>, Bytes), String> {
         let mut request = hyper::Request::builder()
             .method(method)
             .uri(format!("http://{addr}{path}"))
@@ -165,65 +201,18 @@ impl Http {
             .await
             .map_err(|e| e.to_string())?;
         let status = response.status().as_u16();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        let value = serde_json::from_slice(&bytes).map_err(|e| format!("{e}: {bytes:?}"))?;
-        Ok((status, value))
-    }
-
-    /// GETs `path` with `headers`; returns the status and the body as text.
-    pub(crate) async fn get_text(
-        &self,
-        addr: SocketAddr,
-        path: &str,
-        headers: &[(&str, &str)],
-    ) -> Result<(u16, String), String> {
-        let mut request = hyper::Request::get(format!("http://{addr}{path}"));
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let request = request
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| e.to_string())?;
-        let response = self
-            .client
-            .request(request)
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = response.status().as_u16();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
-    }
-
-    /// GETs `path` and returns the status and the `Location` header, without reading on.
-    pub(crate) async fn location(
-        &self,
-        addr: SocketAddr,
-        path: &str,
-    ) -> Result<(u16, Option<String>), String> {
-        let request = hyper::Request::get(format!("http://{addr}{path}"))
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| e.to_string())?;
-        let response = self
-            .client
-            .request(request)
-            .await
-            .map_err(|e| e.to_string())?;
         let location = response
             .headers()
             .get("location")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        Ok((response.status().as_u16(), location))
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, location, bytes))
     }
 
     /// The value of counter `id`.

@@ -121,8 +121,12 @@ impl Load {
             assert_eq!(status, 200, "{body}");
         }
         let addr = addrs[0];
+        // Timers and messages still on their way change the lists. A row waiting for a retry
+        // (at most 5 s apart) or for the dispatcher's next scan of storage (every 5 s) may
+        // take that long: the lists must stay the same for longer before they are final.
         let mut finals = BTreeMap::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut stable_since = Instant::now();
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let mut now = BTreeMap::new();
             for probe in self.probes.iter() {
@@ -133,13 +137,14 @@ impl Load {
                 assert_eq!(status, 200, "{list}");
                 now.insert(probe.clone(), serde_json::from_value(list).expect("a list"));
             }
-            // Timers and messages still on their way change the lists; wait until they stop.
-            if now == finals {
+            if now != finals {
+                finals = now;
+                stable_since = Instant::now();
+            } else if stable_since.elapsed() > Duration::from_secs(6) {
                 break;
             }
             assert!(Instant::now() < deadline, "the probes never settled");
-            finals = now;
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
         let events = self.history.events();
         let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.jsonl"));
