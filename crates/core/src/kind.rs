@@ -106,9 +106,8 @@ pub(crate) trait DynKind: Send + Sync {
     fn index(&self) -> u16;
 
     /// Delivers a pending row's message (JSON) to the entity; completes once it is applied
-    /// durably, refused, or failed.
-    /// Applies a pending row's message; `keyed`: under an idempotency key made from the row's
-    /// id (in a cluster, where another node may deliver the same row), so it applies once.
+    /// durably, refused, or failed. `keyed`: under an idempotency key made from the row's id
+    /// (in a cluster, where another node may deliver the same row), so it applies once.
     fn deliver(
         self: Arc<Self>,
         id: EntityId,
