@@ -32,9 +32,11 @@ pub struct Report {
     pub applied_after_refusal: usize,
     /// Idempotency keys whose acknowledgements differ.
     pub inconsistent_replies: usize,
-    /// Acknowledged forwards and timers whose token was not applied exactly once at its
-    /// target.
+    /// Acknowledged forwards, timers and effects whose token was not applied exactly once at
+    /// its target.
     pub not_exactly_once: usize,
+    /// Timer tokens seen in a list returned before the timer was due.
+    pub early: usize,
     /// The first example of each violation found, in words.
     pub examples: BTreeMap<&'static str, String>,
 }
@@ -50,6 +52,7 @@ impl Report {
             + self.applied_after_refusal
             + self.inconsistent_replies
             + self.not_exactly_once
+            + self.early
             == 0
     }
 
@@ -62,6 +65,7 @@ impl Report {
             "reordered" => &mut self.reordered,
             "applied_after_refusal" => &mut self.applied_after_refusal,
             "inconsistent_replies" => &mut self.inconsistent_replies,
+            "early" => &mut self.early,
             _ => &mut self.not_exactly_once,
         };
         *count += 1;
@@ -75,7 +79,7 @@ impl std::fmt::Display for Report {
             f,
             "{} operations, {} tokens acknowledged; lost {}, duplicated {}, divergent {}, \
              misplaced {}, reordered {}, applied after refusal {}, inconsistent replies {}, \
-             not exactly once {}",
+             not exactly once {}, early {}",
             self.operations,
             self.acknowledged,
             self.lost,
@@ -85,7 +89,8 @@ impl std::fmt::Display for Report {
             self.reordered,
             self.applied_after_refusal,
             self.inconsistent_replies,
-            self.not_exactly_once
+            self.not_exactly_once,
+            self.early
         )?;
         for (rule, example) in &self.examples {
             write!(f, "\n  first {rule}: {example}")?;
@@ -178,10 +183,17 @@ pub fn check(history: &[Event], finals: &BTreeMap<String, Vec<String>>) -> Repor
                     });
                 }
             }
-            Op::Schedule => {
+            Op::Schedule | Op::Effect => {
                 if t.acked.is_some() && here != 1 {
+                    let what = if call.f == Op::Schedule {
+                        "timer"
+                    } else {
+                        "effect"
+                    };
                     report.found("not_exactly_once", || {
-                        format!("timer token {token} is in the final list of {entity} {here} times")
+                        format!(
+                            "{what} token {token} is in the final list of {entity} {here} times"
+                        )
                     });
                 }
             }
@@ -232,6 +244,40 @@ pub fn check(history: &[Event], finals: &BTreeMap<String, Vec<String>>) -> Repor
                     list.last()
                 )
             });
+        }
+    }
+
+    // Timers never fire early: a list returned before a timer could be due holds no token of
+    // it. The list was made before its reply came, and the timer is due `ms` after a step
+    // that began after the call was invoked; the server counts whole milliseconds, hence the
+    // slack.
+    const SLACK_NS: u64 = 2_000_000;
+    let due: HashMap<(&str, &str), u64> = tokens
+        .iter()
+        .filter_map(|(token, t)| {
+            let call = t.invoke?;
+            let ms = call.ms.filter(|_| call.f == Op::Schedule)?;
+            let at = t.invoked_at.saturating_add(ms.saturating_mul(1_000_000));
+            Some(((call.entity.as_str(), *token), at.saturating_sub(SLACK_NS)))
+        })
+        .collect();
+    if !due.is_empty() {
+        for event in history.iter().filter(|e| e.kind == Type::Ok) {
+            let Some(list) = &event.value else { continue };
+            for token in list {
+                if let Some(&at) = due.get(&(event.entity.as_str(), token.as_str()))
+                    && event.time < at
+                {
+                    report.found("early", || {
+                        format!(
+                            "event {}: {} returned timer token {token} {} µs before it was due",
+                            event.index,
+                            event.entity,
+                            (at + SLACK_NS - event.time) / 1000
+                        )
+                    });
+                }
+            }
         }
     }
 

@@ -28,8 +28,10 @@ pub enum Op {
     Append,
     /// Appends `token` and sends it to `to`.
     Forward,
-    /// Appends `token` when a timer fires.
+    /// Appends `token` when a timer fires, `ms` after the call.
     Schedule,
+    /// Appends `token` when an effect that returns it has run.
+    Effect,
     /// Reads the list.
     Read,
 }
@@ -56,6 +58,9 @@ pub struct Event {
     /// Where a forward sends its token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
+    /// A timer's delay, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ms: Option<u64>,
     /// The idempotency key the call carried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
@@ -80,6 +85,8 @@ pub struct Invocation {
     pub token: Option<String>,
     /// The forward's target.
     pub to: Option<String>,
+    /// A timer's delay, in milliseconds.
+    pub ms: Option<u64>,
     /// The idempotency key.
     pub key: Option<String>,
 }
@@ -125,6 +132,7 @@ impl Recorder {
             entity: what.entity,
             token: what.token,
             to: what.to,
+            ms: what.ms,
             key: what.key,
             invoke: None,
             value: None,

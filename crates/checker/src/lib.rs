@@ -20,6 +20,7 @@
 //!     entity: "p1".into(),
 //!     token: Some("t1".into()),
 //!     to: None,
+//!     ms: None,
 //!     key: Some("t1".into()),
 //! });
 //! history.complete(call, Type::Ok, Some(vec!["t1".into()]));

@@ -21,7 +21,7 @@ struct Step {
 }
 
 fn step() -> impl Strategy<Value = Step> {
-    (0u64..4, 0u8..10, 0usize..3, 1usize..3, 0u8..5).prop_map(
+    (0u64..4, 0u8..11, 0usize..3, 1usize..3, 0u8..5).prop_map(
         |(client, op, entity, other, outcome)| {
             // A forward goes to another probe: to itself, its token would be there twice.
             let target = (entity + other) % 3;
@@ -29,6 +29,7 @@ fn step() -> impl Strategy<Value = Step> {
                 0..=5 => Op::Append,
                 6 | 7 => Op::Forward,
                 8 => Op::Schedule,
+                9 => Op::Effect,
                 _ => Op::Read,
             };
             Step {
@@ -47,7 +48,7 @@ fn probe(n: usize) -> String {
 }
 
 /// Runs `steps` one at a time against a correct model of three probes, recording the history;
-/// returns it with the final lists. Timers fire and messages arrive at once.
+/// returns it with the final lists. Timers (of 0 ms), effects and messages arrive at once.
 fn run(steps: &[Step]) -> (Vec<Event>, BTreeMap<String, Vec<String>>) {
     let history = Recorder::new();
     let mut lists: Vec<Vec<String>> = vec![Vec::new(); 3];
@@ -59,6 +60,7 @@ fn run(steps: &[Step]) -> (Vec<Event>, BTreeMap<String, Vec<String>>) {
             entity: probe(s.entity),
             token: token.clone(),
             to: (s.op == Op::Forward).then(|| probe(s.target)),
+            ms: (s.op == Op::Schedule).then_some(0),
             key: token.clone(),
         };
         let apply = |lists: &mut Vec<Vec<String>>| -> Vec<String> {
@@ -72,8 +74,8 @@ fn run(steps: &[Step]) -> (Vec<Event>, BTreeMap<String, Vec<String>>) {
         };
         let first = history.invoke(call());
         match (s.outcome, s.op) {
-            // A timer's token arrives later: its reply is the list before it.
-            (0, Op::Schedule) => {
+            // A timer's or effect's token arrives later: its reply is the list before it.
+            (0, Op::Schedule | Op::Effect) => {
                 let before = lists[s.entity].clone();
                 apply(&mut lists);
                 history.complete(first, Type::Ok, Some(before));
@@ -94,7 +96,8 @@ fn run(steps: &[Step]) -> (Vec<Event>, BTreeMap<String, Vec<String>>) {
                 let list = apply(&mut lists);
                 history.complete(first, Type::Info, None);
                 let again = history.invoke(call());
-                let reply = if op == Op::Schedule { before } else { list };
+                let later = matches!(op, Op::Schedule | Op::Effect);
+                let reply = if later { before } else { list };
                 history.complete(again, Type::Ok, Some(reply));
             }
         }
@@ -188,6 +191,7 @@ fn invocation(process: u64, f: Op, entity: &str, token: &str) -> Invocation {
         entity: entity.into(),
         token: Some(token.into()),
         to: None,
+        ms: None,
         key: Some(token.into()),
     }
 }
@@ -246,7 +250,7 @@ fn refusals_replies_and_exactly_once_are_checked() {
     h.complete(a, Type::Ok, Some(list(&[])));
     assert_eq!(check(&h.events(), &finals(&[("p", &["a"])])).misplaced, 1);
 
-    // A forward delivered twice, and a timer never fired.
+    // A forward delivered twice, a timer never fired, an effect's result applied twice.
     let h = Recorder::new();
     let mut forward = invocation(1, Op::Forward, "p", "f");
     forward.to = Some("q".into());
@@ -254,8 +258,42 @@ fn refusals_replies_and_exactly_once_are_checked() {
     h.complete(f, Type::Ok, Some(list(&["f"])));
     let s = h.invoke(invocation(1, Op::Schedule, "p", "s"));
     h.complete(s, Type::Ok, Some(list(&["f"])));
-    let r = check(&h.events(), &finals(&[("p", &["f"]), ("q", &["f", "f"])]));
-    assert_eq!(r.not_exactly_once, 2, "{r}");
+    let e = h.invoke(invocation(1, Op::Effect, "p", "e"));
+    h.complete(e, Type::Ok, Some(list(&["f"])));
+    let r = check(
+        &h.events(),
+        &finals(&[("p", &["f", "e", "e"]), ("q", &["f", "f"])]),
+    );
+    assert_eq!(r.not_exactly_once, 3, "{r}");
     assert!(!r.is_valid());
-    assert!(r.to_string().contains("forwarded token f"), "{r}");
+    // The first example of the rule, in token order.
+    assert!(r.to_string().contains("effect token e"), "{r}");
+}
+
+#[test]
+fn a_timer_fired_early_is_found() {
+    // A timer of 10 s whose token a read shows at once.
+    let h = Recorder::new();
+    let mut timer = invocation(1, Op::Schedule, "p", "s");
+    timer.ms = Some(10_000);
+    let s = h.invoke(timer);
+    h.complete(s, Type::Ok, Some(list(&[])));
+    let mut read = invocation(2, Op::Read, "p", "r");
+    read.token = None;
+    let r = h.invoke(read);
+    h.complete(r, Type::Ok, Some(list(&["s"])));
+    let report = check(&h.events(), &finals(&[("p", &["s"])]));
+    assert_eq!(report.early, 1, "{report}");
+    // On time, it is not.
+    let h = Recorder::new();
+    let mut timer = invocation(1, Op::Schedule, "p", "s");
+    timer.ms = Some(1);
+    let s = h.invoke(timer);
+    h.complete(s, Type::Ok, Some(list(&[])));
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let mut read = invocation(2, Op::Read, "p", "r");
+    read.token = None;
+    let r = h.invoke(read);
+    h.complete(r, Type::Ok, Some(list(&["s"])));
+    assert!(check(&h.events(), &finals(&[("p", &["s"])])).is_valid());
 }

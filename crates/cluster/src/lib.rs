@@ -294,6 +294,7 @@ impl Inner {
             .store
             .acquire(node, &wanted, self.options.lease)
             .await?;
+        perennial_faults::failpoint!("cluster.renewed");
         let until = asked + self.options.lease.saturating_sub(self.options.margin);
         let grants: Vec<_> = leases.iter().map(|l| (l.shard, l.epoch)).collect();
         let now_held: BTreeSet<ShardId> = leases.iter().map(|l| l.shard).collect();

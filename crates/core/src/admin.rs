@@ -11,7 +11,7 @@ use perennial_types::{EntityId, EntityKey, Epoch, ShardId, shard_of};
 
 use crate::entity::Via;
 use crate::registry::Key;
-use crate::{CallError, JsonRejection, Persistence, Runtime};
+use crate::{CallError, JsonRejection, Persistence, Quarantined, Runtime};
 
 /// One entity of a kind, as an operator sees it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -256,6 +256,24 @@ impl Runtime {
     /// The paused entities, in key order.
     pub fn paused(&self) -> Vec<EntityKey> {
         self.shared.core.pauses.list()
+    }
+
+    /// The entities this node quarantined because their stored bytes cannot be read back
+    /// (see [`CallError::Quarantined`]), in key order.
+    pub fn quarantined(&self) -> Vec<Quarantined> {
+        self.shared.core.quarantine.list()
+    }
+
+    /// Releases a quarantined entity, once its bytes are fixed: the next message activates
+    /// it from storage again (and quarantines it again if they still cannot be read), and
+    /// its timers and messages that waited are delivered. Returns whether it was
+    /// quarantined.
+    pub fn release(&self, kind: &str, id: &str) -> Result<bool, CallError> {
+        self.kind(kind)?;
+        let key = EntityKey::new(kind, EntityId::new(id)?);
+        // Only the node that serves the entity activates it.
+        self.served(&key)?;
+        Ok(self.shared.core.quarantine.remove(&key))
     }
 
     async fn commit_pause(&self, key: &EntityKey, paused: bool) -> Result<(), CallError> {

@@ -24,9 +24,9 @@ use perennial_types::{EntityKey, Epoch, ShardId};
 use tokio::sync::Notify;
 
 use crate::dispatch::{Dispatch, RowId};
-use crate::failpoint::failpoint;
 use crate::histogram::{BATCH_BOUNDS, Histogram, Recorder, SECONDS_BOUNDS};
 use crate::watch::{StateChange, Watchers};
+use perennial_faults::failpoint;
 
 /// What a step writes.
 pub(crate) enum Write {
@@ -134,6 +134,45 @@ pub(crate) struct Committer {
     durable_seconds: Recorder,
     /// Told of each watched entity's new state once it is durable.
     watchers: Arc<Watchers>,
+    /// Failed batches since the last success, so that a full disk logs a line a second, not
+    /// one per batch.
+    failures: Mutex<Streak>,
+}
+
+/// Batches failed in a row, for the log.
+#[derive(Default)]
+struct Streak {
+    /// Failed batches since the last success.
+    failed: u64,
+    /// Failed batches since the last line logged.
+    unlogged: u64,
+    /// When the last line was logged.
+    logged: Option<std::time::Instant>,
+}
+
+impl Streak {
+    /// Counts a failed batch; logs the first of a streak, then at most a line a second.
+    fn failed(&mut self, error: &perennial_storage::Error, steps: u64) {
+        self.failed += 1;
+        self.unlogged += 1;
+        if self
+            .logged
+            .is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(1))
+        {
+            tracing::error!(%error, steps, batches = self.unlogged,
+                "batches failed to commit; their steps are discarded, the next batch is tried");
+            self.unlogged = 0;
+            self.logged = Some(std::time::Instant::now());
+        }
+    }
+
+    /// A batch committed: ends a streak of failures.
+    fn succeeded(&mut self) {
+        if self.failed > 0 {
+            tracing::warn!(failed = self.failed, "commits succeed again");
+            *self = Streak::default();
+        }
+    }
 }
 
 impl std::fmt::Debug for Committer {
@@ -264,6 +303,7 @@ impl Committer {
             fenced: AtomicU64::new(0),
             batch_steps: Recorder::new(BATCH_BOUNDS, 1.0),
             durable_seconds: Recorder::new(SECONDS_BOUNDS, 1e9),
+            failures: Mutex::default(),
         }
     }
 
@@ -359,6 +399,11 @@ impl Committer {
             .map(|d| (d.shard, RowId::new(d.owner.clone(), d.seq)))
             .collect();
         let kept_replies = !batch.replies.is_empty();
+        if perennial_faults::sabotaged(perennial_faults::Sabotage::ReplyBeforeDurable) {
+            for e in &owners.entries {
+                e.owner.durable(e.incarnation, e.seq);
+            }
+        }
         failpoint!("commit.before");
         let started = std::time::Instant::now();
         let result = store.commit(batch);
@@ -369,6 +414,7 @@ impl Committer {
         match result {
             Ok(outcome) => {
                 failpoint!("commit.after");
+                self.failures.lock().succeeded();
                 if !created.is_empty() {
                     failpoint!("commit.rows_written");
                 }
@@ -414,10 +460,10 @@ impl Committer {
                 self.releases.spawn(releaser, durable);
             }
             Err(error) if owners.entries.is_empty() => {
-                tracing::warn!(%error, "a batch of chores failed to commit; they will be redone");
+                self.failures.lock().failed(&error, 0);
             }
             Err(error) => {
-                tracing::error!(%error, steps = count, "a batch failed to commit; its steps are discarded");
+                self.failures.lock().failed(&error, count);
                 self.releases.wait_all();
                 for e in owners.entries {
                     e.owner

@@ -27,9 +27,9 @@ use perennial_types::{EntityKey, Epoch, ShardId, shard_of};
 use tokio::sync::Notify;
 
 use crate::effect::{EffectBody, EffectId};
-use crate::failpoint::failpoint;
 use crate::kind::DynKind;
 use crate::runtime::Core;
+use perennial_faults::failpoint;
 
 /// Rows due within this much of now are kept in memory.
 const LOOKAHEAD: Duration = Duration::from_secs(10);
@@ -407,8 +407,12 @@ async fn deliver(core: Arc<Core>, kinds: Arc<Kinds>, row: Pending, epoch: Epoch)
     failpoint!("dispatch.deliver");
     let owner_shard = shard_of(&row.owner.kind, row.owner.id.as_str());
     loop {
-        // A paused target gets nothing; the row waits, in memory and in storage.
+        // A paused or quarantined target gets nothing; the row waits, in memory and in
+        // storage.
         core.pauses.held(&row.target, || core.is_closing()).await;
+        core.quarantine
+            .held(&row.target, || core.is_closing())
+            .await;
         if core.shards.epoch(owner_shard) != Some(epoch) {
             // Handed off, or the lease lapsed (and perhaps taken again, with a new epoch): the
             // row may have been applied elsewhere meanwhile. Whoever serves the shard now

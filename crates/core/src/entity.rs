@@ -248,6 +248,9 @@ impl<K: Process> Inner<K> {
     }
 
     fn kept_reply(&self, key: &str) -> Option<Arc<str>> {
+        if perennial_faults::sabotaged(perennial_faults::Sabotage::NoDedup) {
+            return None;
+        }
         self.keys.as_ref()?.replies.get(key).cloned()
     }
 
@@ -351,6 +354,9 @@ fn deliver<K: Process>(
     };
     if kind.core.pauses.is_paused(K::KIND, id) {
         return Err(CallError::Paused(EntityKey::new(K::KIND, id.clone())));
+    }
+    if kind.core.quarantine.get(K::KIND, id).is_some() {
+        return Err(CallError::Quarantined(EntityKey::new(K::KIND, id.clone())));
     }
     let key = Key {
         kind: kind.index,
@@ -510,6 +516,9 @@ impl<K: Process> Cell<K> {
     async fn look_up_reply(&self, key: Box<str>) {
         self.settled().await;
         let found = self.kind.core.store.reply(&self.key(), &key).await;
+        let found = found.map(|kept| {
+            kept.filter(|_| !perennial_faults::sabotaged(perennial_faults::Sabotage::NoDedup))
+        });
         let mut inner = self.inner.lock();
         match found {
             Ok(kept) => {
@@ -653,6 +662,17 @@ impl<K: Process> Cell<K> {
             }
             Err(error) => {
                 tracing::warn!(kind = K::KIND, id = %self.id, %error, "activation failed");
+                // The stored bytes cannot be read back: refuse the entity's calls until an
+                // operator fixes and releases it, rather than reading them again.
+                let unreadable = match &error {
+                    CallError::CorruptState { .. } => Some("corrupt_state"),
+                    CallError::ReplayDiverged { .. } => Some("replay_diverged"),
+                    _ => None,
+                };
+                if let Some(code) = unreadable {
+                    let quarantine = &self.kind.core.quarantine;
+                    quarantine.insert(self.key(), code, error.to_string());
+                }
                 let key = Key {
                     kind: self.kind.index,
                     id: self.id.clone(),
@@ -812,6 +832,9 @@ impl<K: Process> Cell<K> {
             (Ok(Err(rejection)), _) => Err(Ok(rejection)),
             (Err(panic), _) | (Ok(Ok(_)), Err(panic)) => Err(Err(panic)),
         };
+        if matches!(via, Via::Row(_) | Via::Idempotent { row: Some(_), .. }) {
+            perennial_faults::failpoint!("step.row_handled");
+        }
         match result {
             Ok((value, extras)) if matches!(self.kind.mode, Mode::Journal { .. }) => {
                 if read_only && extras.is_none() {
@@ -1494,6 +1517,7 @@ impl<K: Process> Resident for Cell<K> {
         };
         let bytes = std::mem::take(&mut inner.bytes);
         drop(inner);
+        perennial_faults::failpoint!("passivate.unregister");
         let kind = Arc::clone(&self.kind);
         let id = self.id.clone();
         Some(Passivated {

@@ -148,6 +148,14 @@ pub enum CallError<E = Infallible> {
     /// and messages from other entities wait instead).
     #[error("{0} is paused by an operator; calls are refused until it is resumed")]
     Paused(EntityKey),
+    /// The entity's stored bytes cannot be read back (an undecodable state, a journal whose
+    /// replay diverged), so it is quarantined: its calls are refused and nothing writes to
+    /// it until an operator fixes the bytes and releases it.
+    #[error(
+        "{0} is quarantined: its stored bytes cannot be read back, and are kept as they are; \
+         fix them, then release it"
+    )]
+    Quarantined(EntityKey),
     /// The kind keeps no state in storage (`Ephemeral`), so there is nothing to query or
     /// index.
     #[error("kind {0:?} is ephemeral: it stores no state to query or index")]
@@ -226,6 +234,7 @@ impl<E> CallError<E> {
             Self::NoSuchLetter(seq) => CallError::NoSuchLetter(seq),
             Self::LetterBusy(seq) => CallError::LetterBusy(seq),
             Self::Paused(key) => CallError::Paused(key),
+            Self::Quarantined(key) => CallError::Quarantined(key),
             Self::NotStored(kind) => CallError::NotStored(kind),
             Self::NotIndexable(path) => CallError::NotIndexable(path),
             Self::NotWatchable(kind) => CallError::NotWatchable(kind),
@@ -248,6 +257,16 @@ impl<E> CallError<E> {
                 ..
             }
             | Self::Store(perennial_storage::Error::Corrupt(_)) => "storage_corrupt",
+            Self::Storage {
+                source: perennial_storage::Error::Full(_),
+                ..
+            }
+            | Self::Store(perennial_storage::Error::Full(_)) => "storage_full",
+            Self::Storage {
+                source: perennial_storage::Error::Io(_),
+                ..
+            }
+            | Self::Store(perennial_storage::Error::Io(_)) => "storage_io",
             Self::Store(perennial_storage::Error::Invalid(_)) => "invalid_request",
             Self::Storage { .. } | Self::Store(_) => "storage_failed",
             Self::CorruptState { .. } => "corrupt_state",
@@ -265,6 +284,7 @@ impl<E> CallError<E> {
             Self::NoSuchLetter(_) => "no_such_letter",
             Self::LetterBusy(_) => "letter_busy",
             Self::Paused(_) => "paused",
+            Self::Quarantined(_) => "quarantined",
             Self::NotStored(_) => "not_stored",
             Self::NotIndexable(_) => "not_indexable",
             Self::NotWatchable(_) => "not_watchable",

@@ -263,7 +263,21 @@ pub(crate) async fn rebuild<K: Process>(
             if entry.step > upto {
                 break 'pages;
             }
+            if entry.step != after + 1 {
+                // Steps are numbered one by one, and a trim only deletes steps a snapshot
+                // covers: a hole means lost entries, and replaying past it would build a
+                // state the entity never had.
+                return Err(CallError::CorruptState {
+                    key: key.clone(),
+                    detail: format!(
+                        "journal step {} is missing: the journal goes from step {after} to step {}",
+                        after + 1,
+                        entry.step
+                    ),
+                });
+            }
             apply(&mut rebuilt, key, id, entry)?;
+            perennial_faults::failpoint!("journal.replay");
             after = entry.step;
         }
         if !full {
@@ -288,8 +302,17 @@ fn apply<K: Process>(
         step,
         detail,
     };
-    let parsed: Entry<'_, K::Msg> = serde_json::from_str(&entry.entry)
-        .map_err(|e| diverged(format!("the journaled message no longer decodes: {e}")))?;
+    let parsed: Entry<'_, K::Msg> = serde_json::from_str(&entry.entry).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            // Not JSON at all: no code change explains that; the bytes are damaged.
+            CallError::CorruptState {
+                key: key.clone(),
+                detail: format!("journal step {step} is not JSON: {e}"),
+            }
+        } else {
+            diverged(format!("the journaled message no longer decodes: {e}"))
+        }
+    })?;
     let seed = match parsed.seed {
         Some(hex) => Some(parse_seed(hex).ok_or_else(|| diverged("a bad seed".into()))?),
         None => None,

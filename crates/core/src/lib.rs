@@ -86,7 +86,6 @@
 //! - `journal`: `Journal` kinds' entries, snapshots and replay; [`Snapshots`], [`HistoryEntry`].
 //! - `kind`: per-kind bookkeeping and calls by kind name.
 //! - `error`: [`CallError`] and [`StartError`].
-//! - `failpoint`: named crash points for tests (feature `failpoints`).
 
 mod admin;
 mod commit;
@@ -96,12 +95,12 @@ mod dispatch;
 mod effect;
 mod entity;
 mod error;
-pub mod failpoint;
 mod histogram;
 mod journal;
 mod kind;
 mod pause;
 mod process;
+mod quarantine;
 mod registry;
 mod runtime;
 mod shards;
@@ -117,6 +116,7 @@ pub use histogram::Histogram;
 pub use journal::{HistoryEntry, Snapshots};
 pub use kind::KindStats;
 pub use process::{Persistence, Process, Rejection};
+pub use quarantine::Quarantined;
 pub use runtime::{Builder, Handle, Runtime, Stats};
 pub use watch::{StateChange, Watch};
 

@@ -66,6 +66,8 @@ pub(crate) struct Core {
     pub(crate) letters_in_hand: Mutex<std::collections::HashSet<u64>>,
     /// Entities paused by an operator.
     pub(crate) pauses: crate::pause::Pauses,
+    /// Entities whose stored bytes cannot be read back.
+    pub(crate) quarantine: crate::quarantine::Quarantine,
     /// Watched entities, told of each committed change.
     pub(crate) watchers: Arc<crate::watch::Watchers>,
     /// Carries message rows to the nodes that serve their targets (in a cluster).
@@ -484,6 +486,7 @@ impl Builder {
             started: Instant::now(),
             letters_in_hand: Mutex::default(),
             pauses: crate::pause::Pauses::new(paused),
+            quarantine: crate::quarantine::Quarantine::default(),
             watchers,
             courier: std::sync::OnceLock::new(),
         });
@@ -629,6 +632,8 @@ pub struct Stats {
     pub pending_in_memory: usize,
     /// Timers, messages and effects fired (applied, refused or dead-lettered) since the start.
     pub pending_fired: u64,
+    /// Entities quarantined now (see [`Runtime::quarantined`]).
+    pub quarantined: usize,
 }
 
 impl Runtime {
@@ -760,6 +765,8 @@ impl Runtime {
         core.shards.revoke(shards);
         let set: std::collections::HashSet<ShardId> = shards.iter().copied().collect();
         core.dispatch.forget_shards(&set);
+        // The node that takes them finds their damaged bytes again, if they still are.
+        core.quarantine.forget_shards(&set);
         let give_up = tokio::time::Instant::now() + patience;
         loop {
             let (_, busy) = core
@@ -789,6 +796,7 @@ impl Runtime {
             inflight: core.inflight.load(Ordering::SeqCst),
             commit: core.committer.stats(),
             pending_in_memory,
+            quarantined: core.quarantine.len(),
             pending_fired,
         }
     }

@@ -44,29 +44,92 @@ async fn state_is_loaded_from_storage_after_a_restart() {
     assert_eq!(record.version, 2);
 }
 
+/// Stored bytes that do not decode: the first call gets `corrupt_state` with the decoder's
+/// reason, the entity is quarantined (listed with why), later calls are refused at once
+/// without reading storage again, nothing overwrites the bytes, other entities serve, and
+/// once the bytes are fixed a release lets the entity serve again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn corrupt_stored_state_is_a_typed_error_and_is_left_untouched() {
-    let store = MemoryStore::new();
+async fn corrupt_stored_state_quarantines_the_entity_and_is_left_untouched() {
+    let (builder, store) = crate::kinds::builder();
     let key = EntityKey::new("counter", EntityId::new("broken").unwrap());
-    store.put_raw(key.clone(), r#"{"value":"not a number"}"#, 7);
-    let rt = counters(&store).await;
+    store
+        .inner()
+        .put_raw(key.clone(), r#"{"value":"not a number"}"#, 7);
+    let rt = builder.store(store.clone()).start().await.unwrap();
+    match rt.get::<Counter>("broken").call(Op::Add(1)).await {
+        Err(CallError::CorruptState { key: k, detail }) => {
+            assert_eq!(k, key);
+            assert!(detail.contains("invalid type"), "{detail}");
+        }
+        other => panic!("expected CorruptState, got {other:?}"),
+    }
+    let quarantined = rt.quarantined();
+    assert_eq!(quarantined.len(), 1, "{quarantined:?}");
+    assert_eq!(quarantined[0].key, key);
+    assert_eq!(quarantined[0].code, "corrupt_state");
+    assert!(
+        quarantined[0].reason.contains("invalid type"),
+        "{quarantined:?}"
+    );
+    assert_eq!(rt.stats().quarantined, 1);
+    let loads = store.loads();
     for _ in 0..3 {
         match rt.get::<Counter>("broken").call(Op::Add(1)).await {
-            Err(CallError::CorruptState { key: k, detail }) => {
-                assert_eq!(k, key);
-                assert!(detail.contains("invalid type"), "{detail}");
+            Err(e @ CallError::Quarantined(_)) => {
+                assert_eq!(e.code(), "quarantined");
+                assert!(e.to_string().contains("counter/broken"), "{e}");
             }
-            other => panic!("expected CorruptState, got {other:?}"),
+            other => panic!("expected Quarantined, got {other:?}"),
         }
     }
+    assert_eq!(
+        store.loads(),
+        loads,
+        "a quarantined entity is not read again"
+    );
     // Other entities are unaffected, and the bad bytes are still there, unchanged.
     assert_eq!(rt.get::<Counter>("fine").call(Op::Add(1)).await.unwrap(), 1);
-    rt.shutdown().await;
     let record = store.load(&key).await.unwrap().unwrap();
     assert_eq!(
         (record.state.as_str(), record.version),
         (r#"{"value":"not a number"}"#, 7)
     );
+    // Fixed by an operator, then released: it serves again.
+    store.inner().put_raw(key.clone(), r#"{"value":5}"#, 8);
+    assert!(rt.release("counter", "broken").unwrap());
+    assert!(!rt.release("counter", "broken").unwrap(), "released once");
+    assert!(rt.quarantined().is_empty());
+    assert_eq!(
+        rt.get::<Counter>("broken").call(Op::Add(1)).await.unwrap(),
+        6
+    );
+    rt.shutdown().await;
+}
+
+/// Released while its bytes are still bad, an entity is quarantined again at once.
+#[tokio::test]
+async fn a_release_of_bytes_still_bad_quarantines_again() {
+    let store = MemoryStore::new();
+    let key = EntityKey::new("counter", EntityId::new("still").unwrap());
+    store.put_raw(key.clone(), "not json", 3);
+    let rt = counters(&store).await;
+    let first = rt.get::<Counter>("still").call(Op::Get).await;
+    assert!(
+        matches!(first, Err(CallError::CorruptState { .. })),
+        "{first:?}"
+    );
+    assert!(rt.release("counter", "still").unwrap());
+    let again = rt.get::<Counter>("still").call(Op::Get).await;
+    assert!(
+        matches!(again, Err(CallError::CorruptState { .. })),
+        "{again:?}"
+    );
+    assert_eq!(rt.quarantined().len(), 1);
+    assert!(matches!(
+        rt.get::<Counter>("still").call(Op::Get).await,
+        Err(CallError::Quarantined(_))
+    ));
+    rt.shutdown().await;
 }
 
 #[tokio::test]
@@ -184,7 +247,7 @@ async fn a_failed_load_fails_its_callers_and_the_next_call_loads_again() {
     let rt = builder.store(store.clone()).start().await.unwrap();
     store.fail_next_loads(1);
     match rt.get::<Counter>("l").call(Op::Get).await {
-        Err(e @ CallError::Storage { .. }) => assert_eq!(e.code(), "storage_failed"),
+        Err(e @ CallError::Storage { .. }) => assert_eq!(e.code(), "storage_io"),
         other => panic!("expected a storage error, got {other:?}"),
     }
     let loads = store.loads();

@@ -45,13 +45,16 @@ async fn an_impossible_rollback_fails_only_its_own_call() {
     nan.await
         .unwrap()
         .expect("the NaN step is durable: its call succeeded");
-    // The stored state is `{"x":null}`, which no longer decodes: the entity says so, every time.
-    for _ in 0..2 {
-        assert!(matches!(
-            h.call(FragileOp::Set(2.0)).await,
-            Err(CallError::CorruptState { .. })
-        ));
-    }
+    // The stored state is `{"x":null}`, which no longer decodes: the entity says so, then
+    // is quarantined.
+    assert!(matches!(
+        h.call(FragileOp::Set(2.0)).await,
+        Err(CallError::CorruptState { .. })
+    ));
+    assert!(matches!(
+        h.call(FragileOp::Set(2.0)).await,
+        Err(CallError::Quarantined(_))
+    ));
     // Other entities are not disturbed.
     assert_eq!(rt.get::<Counter>("c").call(Op::Add(1)).await.unwrap(), 1);
     rt.shutdown().await;
@@ -100,7 +103,7 @@ async fn a_dead_letter_reply_waits_for_its_own_batch() {
     outcomes.sort();
     assert_eq!(
         outcomes,
-        ["handler_panicked", "handler_panicked", "storage_failed"]
+        ["handler_panicked", "handler_panicked", "storage_io"]
     );
     assert!(rt.dead_letters(None).await.unwrap().is_empty());
     rt.shutdown().await;

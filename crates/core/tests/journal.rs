@@ -338,6 +338,14 @@ async fn the_determinism_guard_fires_on_a_nondeterministic_kind() {
         other => panic!("expected ReplayDiverged, got {other:?}"),
     }
     assert_eq!(err.code(), "replay_diverged");
+    // Quarantined: refused at once from now on, until released.
+    let quarantined = rt.quarantined();
+    assert_eq!(quarantined.len(), 1, "{quarantined:?}");
+    assert_eq!(quarantined[0].code, "replay_diverged");
+    assert!(matches!(
+        rt.get::<Wobbly>("w").call("e".into()).await,
+        Err(CallError::Quarantined(_))
+    ));
     rt.shutdown().await;
 
     WOBBLE_RNG.store(true, Ordering::SeqCst);

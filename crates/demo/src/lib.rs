@@ -10,8 +10,9 @@
 //!   an effect (`Snapshot`).
 //! - [`house`]: kind `house`, a betting house whose payout rule is a closure (`Journal`,
 //!   no serde in its state).
-//! - [`probe`]: kind `probe`, an append-only list of tokens whose every reply is the whole
-//!   list: what the reliability suite's histories are about (`Snapshot`).
+//! - [`probe`]: kinds `probe` (`Snapshot`) and `jprobe` (`Journal`, with snapshots), append-only
+//!   lists of tokens whose every reply is the whole list: what the reliability suite's
+//!   histories are about.
 //! - [`poker`]: the pure hold'em engine behind `table` (cards, hand ranking, betting, pots),
 //!   with no knowledge of the runtime.
 
@@ -26,7 +27,7 @@ pub mod table;
 pub use cache::Cache;
 pub use counter::Counter;
 pub use house::House;
-pub use probe::Probe;
+pub use probe::{JournalProbe, Probe};
 pub use queue::Queue;
 pub use table::PokerTable;
 
@@ -34,12 +35,19 @@ use perennial_core::{Builder, Snapshots};
 
 /// Registers every demo kind, each with the persistence it is meant to show: `counter` as
 /// `Snapshot`, `table` as `Journal` with a snapshot every [`table::SNAPSHOT_EVERY`] steps,
-/// `probe` as `Snapshot`, `house` as `Journal` without snapshots, `cache` as `Journal` with a snapshot every
+/// `probe` as `Snapshot` and `jprobe` as `Journal` with a snapshot every
+/// [`probe::JOURNAL_SNAPSHOT_EVERY`] steps (each with its effect [`probe::Echo`]), `house` as
+/// `Journal` without snapshots, `cache` as `Journal` with a snapshot every
 /// [`cache::SNAPSHOT_EVERY`] steps, `queue` as `Snapshot` with its effect [`queue::Work`].
 pub fn register(builder: Builder) -> Builder {
     builder
         .register::<Counter>()
         .register::<Probe>()
+        .register_effect::<probe::Echo<Probe>>()
+        .register_journal_with_snapshots::<JournalProbe>(Snapshots::every(
+            probe::JOURNAL_SNAPSHOT_EVERY,
+        ))
+        .register_effect::<probe::Echo<JournalProbe>>()
         .register::<Queue>()
         .register_effect::<queue::Work>()
         .register_journal_with_snapshots::<PokerTable>(

@@ -1,21 +1,37 @@
-//! Kind `probe`: an append-only list of tokens, the entity the reliability suite's histories
-//! are about (`perennial-checker`). Each append returns the whole list, so every reply shows
-//! the entity's timeline up to that append, and checking a history takes linear time
-//! (Elle's list-append idea). Also a small event log for anyone.
+//! Kinds `probe` and `jprobe`: append-only lists of tokens, the entities the reliability
+//! suite's histories are about (`perennial-checker`). Each append returns the whole list, so
+//! every reply shows the entity's timeline up to that append, and checking a history takes
+//! linear time (Elle's list-append idea). Also a small event log for anyone.
+//!
+//! The two kinds answer the same messages; `probe` keeps its list as a `Snapshot` kind,
+//! `jprobe` as a `Journal` kind with a snapshot every [`JOURNAL_SNAPSHOT_EVERY`] steps (which
+//! trims the journal), so that the suite's histories also cover journaling, snapshots,
+//! trims and replay.
 //!
 //! Messages, as JSON: `{"append": "c1-7"}`, `{"forward": {"token": "c1-8", "to": "p2"}}`,
-//! `{"schedule": {"token": "c1-9", "ms": 50}}`, `"read"`. All answer the list.
+//! `{"schedule": {"token": "c1-9", "ms": 50}}`, `{"effect": "c1-10"}`, `"read"`. All answer
+//! the list.
 
-use perennial_core::{Ctx, Process};
-use serde::{Deserialize, Serialize};
+use std::marker::PhantomData;
 use std::time::Duration;
 
-/// The state: the tokens appended, in order.
+use perennial_core::{Ctx, Effect, EffectId, Process};
+use serde::{Deserialize, Serialize};
+
+/// How often a `jprobe` snapshots its list (and trims the journal the snapshot covers).
+pub const JOURNAL_SNAPSHOT_EVERY: u64 = 8;
+
+/// The state of kind `probe`: the tokens appended, in order.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Probe {
     /// The tokens.
     pub tokens: Vec<String>,
 }
+
+/// The state of kind `jprobe`: a [`Probe`] kept by its journal.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JournalProbe(pub Probe);
 
 /// A message to a probe.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,9 +39,9 @@ pub struct Probe {
 pub enum ProbeMsg {
     /// Appends a token.
     Append(String),
-    /// Appends a token here and sends it to probe `to` (a message between entities, exactly
-    /// once), which appends it when it arrives. `to` should be another probe: the checker
-    /// expects each token once per list.
+    /// Appends a token here and sends it to the probe `to` of the same kind (a message
+    /// between entities, exactly once), which appends it when it arrives. `to` should be
+    /// another probe: the checker expects each token once per list.
     Forward {
         /// The token.
         token: String,
@@ -39,8 +55,55 @@ pub enum ProbeMsg {
         /// The delay, in milliseconds.
         ms: u64,
     },
+    /// Appends a token when an effect ([`Echo`]) that returns it has run: effects run at
+    /// least once, their results are applied exactly once.
+    Effect(String),
     /// Reads the list.
     Read,
+}
+
+/// The effect of [`ProbeMsg::Effect`]: gives its token back, to be appended.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct Echo<P> {
+    token: String,
+    #[serde(skip)]
+    kind: PhantomData<fn() -> P>,
+}
+
+impl<P: Process<Msg = ProbeMsg>> Effect for Echo<P> {
+    type Kind = P;
+    const NAME: &'static str = "echo";
+
+    async fn run(self, _id: EffectId) -> ProbeMsg {
+        ProbeMsg::Append(self.token)
+    }
+}
+
+/// What both kinds do with a message.
+fn handle<P: Process<Msg = ProbeMsg>>(
+    probe: &mut Probe,
+    msg: ProbeMsg,
+    ctx: &mut Ctx<'_, P>,
+) -> Vec<String> {
+    match msg {
+        ProbeMsg::Append(token) => probe.tokens.push(token),
+        ProbeMsg::Forward { token, to } => {
+            ctx.send::<P>(to, ProbeMsg::Append(token.clone()));
+            probe.tokens.push(token);
+        }
+        ProbeMsg::Schedule { token, ms } => {
+            ctx.schedule(Duration::from_millis(ms), ProbeMsg::Append(token));
+        }
+        ProbeMsg::Effect(token) => {
+            ctx.effect(Echo::<P> {
+                token,
+                kind: PhantomData,
+            });
+        }
+        ProbeMsg::Read => {}
+    }
+    probe.tokens.clone()
 }
 
 impl Process for Probe {
@@ -54,18 +117,26 @@ impl Process for Probe {
         msg: ProbeMsg,
         ctx: &mut Ctx<'_, Self>,
     ) -> Result<Vec<String>, Self::Error> {
-        match msg {
-            ProbeMsg::Append(token) => self.tokens.push(token),
-            ProbeMsg::Forward { token, to } => {
-                ctx.send::<Probe>(to, ProbeMsg::Append(token.clone()));
-                self.tokens.push(token);
-            }
-            ProbeMsg::Schedule { token, ms } => {
-                ctx.schedule(Duration::from_millis(ms), ProbeMsg::Append(token));
-            }
-            ProbeMsg::Read => {}
-        }
-        Ok(self.tokens.clone())
+        Ok(handle(self, msg, ctx))
+    }
+
+    fn is_read_only(msg: &ProbeMsg) -> bool {
+        matches!(msg, ProbeMsg::Read)
+    }
+}
+
+impl Process for JournalProbe {
+    const KIND: &'static str = "jprobe";
+    type Msg = ProbeMsg;
+    type Reply = Vec<String>;
+    type Error = std::convert::Infallible;
+
+    fn handle(
+        &mut self,
+        msg: ProbeMsg,
+        ctx: &mut Ctx<'_, Self>,
+    ) -> Result<Vec<String>, Self::Error> {
+        Ok(handle(&mut self.0, msg, ctx))
     }
 
     fn is_read_only(msg: &ProbeMsg) -> bool {

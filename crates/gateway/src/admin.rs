@@ -23,6 +23,11 @@
 //! - `POST /v1/admin/entities/{kind}/{id}/resume`: resumes it; what waited is delivered in
 //!   order. Both answer `{"paused": …, "changed": …}`.
 //! - `GET  /v1/admin/paused`: the paused entities.
+//! - `GET  /v1/admin/quarantined`: the entities whose stored bytes cannot be read back (an
+//!   undecodable state, a journal whose replay diverged), with why and since when: their
+//!   calls get `500 quarantined`, their timers and messages wait, and their bytes are kept.
+//! - `POST /v1/admin/entities/{kind}/{id}/release`: releases one, once its bytes are fixed:
+//!   the next message activates it again. Answers `{"released": …}`.
 //! - `GET  /v1/admin/dead-letters?kind=K`: the dead letters, oldest first.
 //! - `GET  /v1/admin/dead-letters/{seq}`: one, with its message, panic text and attempts.
 //! - `POST /v1/admin/dead-letters/{seq}/retry`: applies its message again; the reply is
@@ -71,6 +76,8 @@ pub(crate) fn routes() -> Router<crate::AppState> {
         .route("/v1/admin/entities/{kind}/{id}/pause", post(pause))
         .route("/v1/admin/entities/{kind}/{id}/resume", post(resume))
         .route("/v1/admin/paused", get(paused))
+        .route("/v1/admin/quarantined", get(quarantined))
+        .route("/v1/admin/entities/{kind}/{id}/release", post(release))
         .route("/v1/admin/dead-letters", get(dead_letters))
         .route("/v1/admin/dead-letters/{seq}", get(dead_letter))
         .route("/v1/admin/dead-letters/{seq}/retry", post(retry))
@@ -278,6 +285,31 @@ async fn paused(State(rt): State<Runtime>) -> Response {
     json_response(&json!({ "paused": paused }))
 }
 
+async fn quarantined(State(rt): State<Runtime>) -> Response {
+    let quarantined: Vec<Value> = rt
+        .quarantined()
+        .iter()
+        .map(|q| {
+            json!({
+                "kind": &*q.key.kind,
+                "id": q.key.id.as_str(),
+                "code": q.code,
+                "reason": q.reason,
+                "since_ms": q.since_ms,
+            })
+        })
+        .collect();
+    json_response(&json!({ "quarantined": quarantined }))
+}
+
+async fn release(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((kind, id)) = path.map_err(ApiError::from_path)?;
+    AdminOp::Release { kind, id }.run_where_served(&state).await
+}
+
 async fn passivate_kind(
     State(rt): State<Runtime>,
     kind: Result<Path<String>, PathRejection>,
@@ -425,6 +457,11 @@ pub(crate) enum AdminOp {
     Discard {
         seq: u64,
     },
+    /// Release a quarantined entity (added last: the wire format numbers the variants).
+    Release {
+        kind: String,
+        id: String,
+    },
 }
 
 impl AdminOp {
@@ -457,9 +494,10 @@ impl AdminOp {
     /// The shard of the entity it is about.
     async fn shard(&self, rt: &Runtime) -> Result<ShardId, ApiError> {
         match self {
-            Self::Pause { kind, id } | Self::Resume { kind, id } | Self::Passivate { kind, id } => {
-                Ok(shard_of(kind, id))
-            }
+            Self::Pause { kind, id }
+            | Self::Resume { kind, id }
+            | Self::Passivate { kind, id }
+            | Self::Release { kind, id } => Ok(shard_of(kind, id)),
             Self::Retry { seq } | Self::Discard { seq } => {
                 let letter = rt
                     .dead_letter(*seq)
@@ -486,6 +524,9 @@ impl AdminOp {
             Self::Passivate { kind, id } => rt
                 .passivate(kind, id)
                 .map(|outcome| json!({ "outcome": outcome })),
+            Self::Release { kind, id } => rt
+                .release(kind, id)
+                .map(|released| json!({ "released": released })),
             Self::Retry { seq } => match rt.retry_dead_letter(*seq).await {
                 Ok(reply) => Ok(json!({ "reply": embedded(&reply) })),
                 Err(CallError::NotOwner { .. } | CallError::Fenced { .. }) => {

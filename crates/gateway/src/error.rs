@@ -141,8 +141,29 @@ impl From<CallError<JsonRejection>> for ApiError {
                     format!("stored data for {key} is corrupt"),
                 )
             }
+            // The runtime logs failed batches; a line per call would flood the log.
+            CallError::Storage { key, .. } if code == "storage_full" => {
+                tracing::debug!(%error, "call failed");
+                (
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    format!(
+                        "the node's storage is full, so the step for {key} was not applied; \
+                         free space on the node, then retry"
+                    ),
+                )
+            }
+            CallError::Storage { key, .. } if code == "storage_io" => {
+                tracing::debug!(%error, "call failed");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "the step for {key} could not be made durable (a disk I/O error) and \
+                         may or may not have been applied; retry with the same Idempotency-Key"
+                    ),
+                )
+            }
             CallError::Storage { key, .. } => {
-                tracing::error!(%error, "call failed");
+                tracing::debug!(%error, "call failed");
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!(
@@ -166,6 +187,14 @@ impl From<CallError<JsonRejection>> for ApiError {
             CallError::LetterBusy(_) | CallError::Paused(_) => {
                 (StatusCode::CONFLICT, error.to_string())
             }
+            CallError::Quarantined(key) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "{key} is quarantined: its stored bytes cannot be read back, and are kept as \
+                     they are; an operator can see why (GET /v1/admin/quarantined), fix them, \
+                     and release it"
+                ),
+            ),
             CallError::NotStored(_)
             | CallError::NotIndexable(_)
             | CallError::NotWatchable(_)

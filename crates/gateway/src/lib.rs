@@ -28,8 +28,9 @@
 //! refused message, an invalid id or filter), `401` (no or wrong token), `403` (closed
 //! routes), `404` (an unknown kind, route, dead letter or index), `405`, `409` (`paused`: the
 //! entity is paused; or a dead letter retried twice at once), `413` (a body over [`Options::max_body_bytes`]), `414`, `431`, `500` (a handler
-//! panic, undecodable stored state), `503` (overloaded, storage unavailable, shutting down)
-//! or `504`.
+//! panic, undecodable stored state), `503` (overloaded, storage unavailable or failing, such
+//! as `storage_io` for a failed fsync, shutting down), `504`, or `507` (`storage_full`: the
+//! node's disk is full).
 //!
 //! ```
 //! # use perennial_core::Runtime;

@@ -148,7 +148,7 @@ impl Collector for RuntimeCollector {
             };
             ConstGauge::new(k.resident as i64).encode(family.encode_family(&labels)?)?;
         }
-        let gauges: [(&str, &str, i64); 5] = [
+        let gauges: [(&str, &str, i64); 6] = [
             (
                 "served_shards",
                 "Shards this node serves now (all of them, outside a cluster)",
@@ -168,6 +168,11 @@ impl Collector for RuntimeCollector {
                 "paused_entities",
                 "Entities paused by an operator",
                 self.rt.paused().len() as i64,
+            ),
+            (
+                "quarantined_entities",
+                "Entities whose stored bytes cannot be read back, refused until released",
+                stats.quarantined as i64,
             ),
             (
                 "pending_in_memory",

@@ -68,6 +68,12 @@ enum Command {
     Pause(remote::PauseArgs),
     /// Resume a paused entity on a running node; what waited is delivered (admin API).
     Resume(remote::PauseArgs),
+    /// List the entities a running node quarantined: their stored bytes cannot be read
+    /// back, so their calls are refused and their bytes kept (admin API).
+    Quarantined(remote::QuarantinedArgs),
+    /// Release a quarantined entity once its bytes are fixed: its next message activates it
+    /// again (admin API).
+    Release(remote::PauseArgs),
     /// Show an entity's state, history, or past state on a running node (admin API).
     State(remote::StateArgs),
     /// List a running node's dead letters, or show, retry or discard one (admin API).
@@ -248,6 +254,8 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Index(args) => remote::index(args),
         Command::Pause(args) => remote::pause(args, true),
         Command::Resume(args) => remote::pause(args, false),
+        Command::Quarantined(args) => remote::quarantined(args),
+        Command::Release(args) => remote::release(args),
         Command::State(args) => remote::state(args),
         Command::DeadLetters(args) => remote::dead_letters(args),
         Command::Passivate(args) => remote::passivate(args),
@@ -321,7 +329,7 @@ fn bad_variable(error: &clap::Error) -> Option<String> {
 
 /// Runs `work` on a multi-threaded async runtime, with the crash points of a test build.
 fn block_on(work: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
-    perennial_core::failpoint::setup().map_err(anyhow::Error::msg)?;
+    perennial_faults::setup().map_err(anyhow::Error::msg)?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -311,7 +311,7 @@ pub(crate) fn index(args: IndexArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `perennial pause` and `perennial resume`.
+/// `perennial pause`, `perennial resume` and `perennial release`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct PauseArgs {
     /// The entity, as KIND/ID.
@@ -336,6 +336,63 @@ pub(crate) fn pause(args: PauseArgs, pause: bool) -> anyhow::Result<()> {
         (true, false) => "was paused already",
         (false, true) => "resumed: what waited is delivered in order",
         (false, false) => "was not paused",
+    };
+    output::answer(&format!("{}: {text}", args.entity));
+    Ok(())
+}
+
+/// `perennial quarantined`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct QuarantinedArgs {
+    #[command(flatten)]
+    node: Admin,
+}
+
+/// Lists the entities the node quarantined.
+pub(crate) fn quarantined(args: QuarantinedArgs) -> anyhow::Result<()> {
+    let answer = args.node.client()?.get("/v1/admin/quarantined")?;
+    if args.node.json {
+        output::json(&answer);
+        return Ok(());
+    }
+    let list = items(&answer, "quarantined");
+    if list.is_empty() {
+        output::answer("no entity is quarantined");
+        return Ok(());
+    }
+    let rows = list
+        .iter()
+        .map(|q| {
+            vec![
+                format!(
+                    "{}/{}",
+                    q["kind"].as_str().unwrap_or("?"),
+                    q["id"].as_str().unwrap_or("?")
+                ),
+                output::cell(&q["code"], 20),
+                output::time_ms(q["since_ms"].as_i64().unwrap_or(0)),
+                output::cell(&q["reason"], 100),
+            ]
+        })
+        .collect();
+    output::answer(&output::table(&["ENTITY", "CODE", "SINCE", "REASON"], rows));
+    output::note("fix an entity's stored bytes, then: perennial release KIND/ID");
+    Ok(())
+}
+
+/// Releases a quarantined entity.
+pub(crate) fn release(args: PauseArgs) -> anyhow::Result<()> {
+    let path = format!("/v1/admin/entities/{}/release", args.entity.path());
+    let answer = args.node.client()?.post(&path, "")?;
+    if args.node.json {
+        output::json(&answer);
+        return Ok(());
+    }
+    let text = if answer["released"] == true {
+        "released: its next message activates it from storage again, and what waited is \
+         delivered"
+    } else {
+        "was not quarantined"
     };
     output::answer(&format!("{}: {text}", args.entity));
     Ok(())

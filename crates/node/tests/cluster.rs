@@ -12,7 +12,7 @@ use perennial_storage_postgres::test_util::{self, Schema};
 use perennial_types::{SHARDS, ShardId, shard_of};
 
 use crate::node::{Http, Node, perennial};
-use crate::probes::{ADMIN, Load};
+use crate::probes::{ADMIN, CALL_TIMEOUT, Load};
 
 const SECRET: &str = "test-cluster-secret";
 
@@ -37,14 +37,18 @@ impl LocalCluster {
             nodes: Vec::new(),
         };
         for i in 0..n {
-            let node = cluster.spawn(i);
+            let node = cluster.spawn(i, None);
             cluster.nodes.push(Some(node));
         }
         Some(cluster)
     }
 
-    fn spawn(&self, i: usize) -> Node {
+    /// Starts node `i`, its crash points armed with `failpoints`.
+    fn spawn(&self, i: usize, failpoints: Option<&str>) -> Node {
         let mut command = perennial();
+        if let Some(failpoints) = failpoints {
+            command.env("FAILPOINTS", failpoints);
+        }
         command.args(["serve", "--listen", "127.0.0.1:0", "--store", &self.url]);
         command.args(["--store-schema", self.schema.name()]);
         command.args(["--node-id", &format!("n{}", i + 1)]);
@@ -56,7 +60,12 @@ impl LocalCluster {
 
     /// Starts node `i` again (or for the first time, past the last one).
     pub(crate) fn restart(&mut self, i: usize) {
-        let node = self.spawn(i);
+        self.restart_armed(i, None);
+    }
+
+    /// Starts node `i` again, its crash points armed with `failpoints`.
+    pub(crate) fn restart_armed(&mut self, i: usize, failpoints: Option<&str>) {
+        let node = self.spawn(i, failpoints);
         if i >= self.nodes.len() {
             self.nodes.resize_with(i + 1, || None);
         }
@@ -74,6 +83,20 @@ impl LocalCluster {
 
     pub(crate) fn kill9(&mut self, i: usize) {
         self.nodes[i].take().expect("the node runs").kill9();
+    }
+
+    /// Waits (at most `limit`) until node `i` exits on its own; whether it did.
+    pub(crate) fn exited(&mut self, i: usize, limit: Duration) -> bool {
+        let node = self.nodes[i].as_mut().expect("the node runs");
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if node.child.try_wait().expect("the node is reaped").is_some() {
+                self.nodes[i] = None;
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
     }
 
     /// SIGTERM, and waits (at most 30 s) for the node to exit.
@@ -136,8 +159,8 @@ impl LocalCluster {
         }
     }
 
-    /// Probe ids, `per_node` of them on each running node's shards (so that every node's
-    /// failure touches some).
+    /// Probe paths (`probe/ID`), `per_node` of them on each running node's shards (so that
+    /// every node's failure touches some).
     pub(crate) async fn probes(&self, per_node: usize) -> Vec<String> {
         let owners = self.owners().await;
         let nodes = self.nodes.iter().filter(|n| n.is_some()).count();
@@ -152,7 +175,7 @@ impl LocalCluster {
             let count = taken.entry(owner).or_default();
             if *count < per_node {
                 *count += 1;
-                probes.push(id);
+                probes.push(format!("probe/{id}"));
             }
         }
         probes
@@ -400,7 +423,10 @@ async fn kill_9_of_a_node_under_load_loses_nothing() {
     // The clients whose probe n2 serves.
     let owners = cluster.owners().await;
     let victims: Vec<usize> = (0..clients)
-        .filter(|c| owners[&shard_of("probe", &probes[c % probes.len()])] == "n2")
+        .filter(|c| {
+            let id = probes[c % probes.len()].trim_start_matches("probe/");
+            owners[&shard_of("probe", id)] == "n2"
+        })
         .collect();
     cluster.kill9(1);
     load.mark();
@@ -427,27 +453,72 @@ async fn kill_9_of_a_node_under_load_loses_nothing() {
     );
 }
 
+/// A node that crashes right after renewing its leases (crash point `cluster.renewed`):
+/// the others wait for the leases to expire, take its shards, and the checker finds nothing
+/// lost, doubled, reordered or split.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_crashes_right_after_renewing_its_leases_loses_nothing() {
+    let lease = Duration::from_secs(2);
+    let Some(mut cluster) = LocalCluster::start(2, lease).await else {
+        return;
+    };
+    let http = Http::new();
+    cluster.settled(&http).await;
+    let probes = cluster.probes(6).await;
+    // n2 again, armed to crash after its sixth renewal (ticks are a fifth of the lease).
+    cluster.kill9(1);
+    cluster.restart_armed(1, Some("cluster.renewed=5*off->return"));
+    cluster.settled(&http).await;
+    let load = Load::start(&http, cluster.addrs(), 16, probes, true);
+    assert!(
+        cluster.exited(1, Duration::from_secs(30)),
+        "n2 never crashed at cluster.renewed"
+    );
+    load.mark();
+    load.set_live(cluster.addrs());
+    tokio::time::sleep(lease + Duration::from_secs(2)).await;
+    cluster.restart(1);
+    cluster.settled(&http).await;
+    load.set_live(cluster.addrs());
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let outcome = load
+        .finish(&http, &cluster.addrs(), "cluster_renewed")
+        .await;
+    println!(
+        "crash of n2 right after a lease renewal (lease {lease:?}): {}; {} calls sent again",
+        outcome.report, outcome.retries
+    );
+    assert!(outcome.retries > 0, "the crash hit no call in flight");
+}
+
 /// A node stopped (SIGSTOP) past its lease: the others take its shards; when it resumes, the
 /// steps it had computed are refused by the fence (counted: the test fails if none were
 /// attempted), it stops serving, and it rejoins. The checker finds nothing lost or doubled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_stopped_past_its_lease_finds_its_writes_refused_and_rejoins() {
     let lease = Duration::from_millis(1500);
-    let Some(cluster) = LocalCluster::start(2, lease).await else {
+    let Some(mut cluster) = LocalCluster::start(2, lease).await else {
         return;
     };
+    // n1's commits each wait 200 ms before their transaction, so that when n1 stops, a batch
+    // of many entities' steps is on its way to storage: n1 writes it when it resumes.
+    cluster.kill9(0);
+    cluster.restart_armed(0, Some("commit.before=sleep(200)"));
     let http = Http::new();
     cluster.settled(&http).await;
-    // Many short lists and many clients, all calling n1, so that n1 has steps of many
-    // entities in flight when it stops.
+    // Many short lists and many clients, all calling n1. Each probe has two clients: one
+    // gives up on n1 after 5 s and sends its call again to n2, which writes newer states
+    // while n1 is stopped; the other waits for n1.
     let probes = cluster.probes(12).await;
-    let load = Load::start(&http, vec![cluster.addr(0)], 48, probes, true);
+    let mut timeouts = vec![CALL_TIMEOUT; probes.len()];
+    timeouts.extend(vec![Duration::from_secs(30); probes.len()]);
+    let load = Load::start_with(&http, vec![cluster.addr(0)], timeouts, probes, true);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     cluster.pause(0);
     load.set_live(vec![cluster.addr(1)]);
     // n1's lease expires and n2 takes its shards (its stuck transaction, if any, is ended by
-    // the server after 2 s).
-    tokio::time::sleep(lease + Duration::from_secs(3)).await;
+    // the server after 2 s); the stop outlasts the impatient clients' timeout.
+    tokio::time::sleep(lease + Duration::from_secs(5)).await;
     cluster.resume(0);
     load.set_live(cluster.addrs());
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -1,12 +1,15 @@
 //! The real `perennial` binary, as a child process: crash safety under kill -9 (and a
-//! kill -9 soak checked by the history checker), clean shutdown on SIGTERM, refusal to share
+//! kill -9 soak checked by the history checker), at named crash points, on a full disk and
+//! under failing fsyncs, clean shutdown on SIGTERM, refusal to share
 //! a data directory, fsyncs counted at the system call level, the operator's client
 //! subcommands, the configuration, and clusters of nodes on PostgreSQL.
 
 mod cli;
 mod cluster;
 mod config;
+mod corrupt;
 mod crash_points;
+mod disk;
 mod fsync;
 mod journal;
 mod node;

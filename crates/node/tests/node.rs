@@ -84,12 +84,14 @@ impl Node {
 }
 
 /// The binary, run as a command with none of the `PERENNIAL_*` variables of the environment
-/// the tests run in, so that only what a test sets counts.
+/// the tests run in, so that only what a test sets counts; but for `PERENNIAL_SABOTAGE`,
+/// which CI sets to prove that the tests fail without the mechanism it switches off.
 pub(crate) fn perennial() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_perennial"));
     for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("PERENNIAL_") {
-            command.env_remove(name);
+        let name = name.to_string_lossy();
+        if name.starts_with("PERENNIAL_") && name != "PERENNIAL_SABOTAGE" {
+            command.env_remove(&*name);
         }
     }
     command.env("RUST_LOG", "warn");

@@ -1,7 +1,7 @@
 //! Load on probe entities (kind `probe`, an append-only list), recorded as a history and
 //! checked by `perennial-checker`: what every chaos test of the binary drives.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,6 +15,12 @@ use crate::node::Http;
 /// The admin token the chaos tests start nodes with (finishing a load passivates probes).
 pub(crate) const ADMIN: &str = "test-admin-token-0123456789";
 
+/// How long a client waits for an answer, unless told otherwise.
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The delay of the clients' timers, in milliseconds.
+const TIMER_MS: u64 = 30;
+
 /// What one client did: appends acknowledged, and how long after the mark its first was.
 #[derive(Default)]
 pub(crate) struct Tally {
@@ -22,12 +28,13 @@ pub(crate) struct Tally {
     first_after_mark: Mutex<Option<Duration>>,
 }
 
-/// Clients appending tokens to probes (kind `probe`, an append-only list), one call at a
-/// time, every call recorded in a history for the checker (`perennial-checker`). Client `c`
-/// writes to probe `c % probes`; every 20th call forwards its token to the next probe (a
-/// message between entities), every 20th schedules it on a durable timer. A call that fails
-/// is sent again with the same token and idempotency key (to another node, in turn) until it
-/// is acknowledged, unless the load allows no failure.
+/// Clients appending tokens to probes (kinds `probe` and `jprobe`, append-only lists), one
+/// call at a time, every call recorded in a history for the checker (`perennial-checker`).
+/// Probes are named by their path, `kind/id`. Client `c` writes to probe `c % probes`; every
+/// 20th call forwards its token to the next probe of the same kind (a message between
+/// entities), every 20th schedules it on a durable timer, every 20th hands it to an effect.
+/// A call that fails is sent again with the same token and idempotency key (to another node,
+/// in turn) until it is acknowledged, unless the load allows no failure.
 pub(crate) struct Load {
     live: Arc<RwLock<Vec<SocketAddr>>>,
     stop: Arc<AtomicBool>,
@@ -38,6 +45,8 @@ pub(crate) struct Load {
     probes: Arc<Vec<String>>,
     /// Calls answered with an error or not at all, then sent again.
     retries: Arc<AtomicU64>,
+    /// Error answers, by status and code (`503 storage_io`).
+    errors: Arc<Mutex<BTreeMap<String, u64>>>,
 }
 
 /// What a load run showed, once checked.
@@ -48,6 +57,8 @@ pub(crate) struct Outcome {
     pub(crate) firsts: Vec<Option<Duration>>,
     /// Calls sent again.
     pub(crate) retries: u64,
+    /// Error answers, by status and code (`503 storage_io`).
+    pub(crate) errors: BTreeMap<String, u64>,
     pub(crate) report: Report,
 }
 
@@ -59,6 +70,19 @@ impl Load {
         probes: Vec<String>,
         retry: bool,
     ) -> Load {
+        Self::start_with(http, live, vec![CALL_TIMEOUT; clients], probes, retry)
+    }
+
+    /// Like [`start`](Self::start), with one client per timeout: a client gives up on a
+    /// call after its timeout (and sends it again, if the load retries).
+    pub(crate) fn start_with(
+        http: &Http,
+        live: Vec<SocketAddr>,
+        timeouts: Vec<Duration>,
+        probes: Vec<String>,
+        retry: bool,
+    ) -> Load {
+        let clients = timeouts.len();
         let mut load = Load {
             live: Arc::new(RwLock::new(live)),
             stop: Arc::default(),
@@ -68,8 +92,9 @@ impl Load {
             history: Arc::new(Recorder::new()),
             probes: Arc::new(probes),
             retries: Arc::default(),
+            errors: Arc::default(),
         };
-        for c in 0..clients {
+        for (c, timeout) in timeouts.into_iter().enumerate() {
             let client = Client {
                 c,
                 http: http.clone(),
@@ -80,7 +105,9 @@ impl Load {
                 history: Arc::clone(&load.history),
                 probes: Arc::clone(&load.probes),
                 retries: Arc::clone(&load.retries),
+                errors: Arc::clone(&load.errors),
                 retry,
+                timeout,
             };
             load.tasks.push(tokio::spawn(client.run()));
         }
@@ -89,6 +116,11 @@ impl Load {
 
     pub(crate) fn set_live(&self, live: Vec<SocketAddr>) {
         *self.live.write() = live;
+    }
+
+    /// How many error answers the clients got so far.
+    pub(crate) fn error_count(&self) -> u64 {
+        self.errors.lock().values().sum()
     }
 
     /// From now on, each client records when its first append is acknowledged.
@@ -107,23 +139,33 @@ impl Load {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
         let bearer = format!("Bearer {ADMIN}");
+        let kinds: BTreeSet<&str> = self
+            .probes
+            .iter()
+            .filter_map(|p| p.split_once('/'))
+            .map(|(kind, _)| kind)
+            .collect();
         for &node in addrs {
-            let (status, body) = http
-                .send(
-                    node,
-                    "POST",
-                    "/v1/admin/kinds/probe/passivate",
-                    &[("authorization", &bearer)],
-                    "",
-                )
-                .await
-                .expect("the node answers");
-            assert_eq!(status, 200, "{body}");
+            for kind in &kinds {
+                let (status, body) = http
+                    .send(
+                        node,
+                        "POST",
+                        &format!("/v1/admin/kinds/{kind}/passivate"),
+                        &[("authorization", &bearer)],
+                        "",
+                    )
+                    .await
+                    .expect("the node answers");
+                assert_eq!(status, 200, "{body}");
+            }
         }
         let addr = addrs[0];
         // Timers and messages still on their way change the lists. A row waiting for a retry
         // (at most 5 s apart) or for the dispatcher's next scan of storage (every 5 s) may
-        // take that long: the lists must stay the same for longer before they are final.
+        // take that long: the lists must stay the same for longer before they are final. A
+        // single node that holds no row in memory has none on its way (it read every row
+        // due soon from storage when it started), so there a second is enough.
         let mut finals = BTreeMap::new();
         let mut stable_since = Instant::now();
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -131,7 +173,7 @@ impl Load {
             let mut now = BTreeMap::new();
             for probe in self.probes.iter() {
                 let (status, list) = http
-                    .post(addr, &format!("/v1/probe/{probe}"), r#""read""#)
+                    .post(addr, &format!("/v1/{probe}"), r#""read""#)
                     .await
                     .expect("the node answers");
                 assert_eq!(status, 200, "{list}");
@@ -140,7 +182,11 @@ impl Load {
             if now != finals {
                 finals = now;
                 stable_since = Instant::now();
-            } else if stable_since.elapsed() > Duration::from_secs(6) {
+            } else if stable_since.elapsed() > Duration::from_secs(6)
+                || (stable_since.elapsed() > Duration::from_secs(1)
+                    && addrs.len() == 1
+                    && metric(http, addr, "perennial_pending_in_memory").await == Some(0.0))
+            {
                 break;
             }
             assert!(Instant::now() < deadline, "the probes never settled");
@@ -163,9 +209,26 @@ impl Load {
                 .map(|t| *t.first_after_mark.lock())
                 .collect(),
             retries: self.retries.load(Ordering::Relaxed),
+            errors: self.errors.lock().clone(),
             report,
         }
     }
+}
+
+/// A value of the node's `/metrics`, read with the admin token.
+pub(crate) async fn metric(http: &Http, addr: SocketAddr, name: &str) -> Option<f64> {
+    let bearer = format!("Bearer {ADMIN}");
+    let (status, text) = http
+        .get_text(addr, "/metrics", &[("authorization", &bearer)])
+        .await
+        .ok()?;
+    if status != 200 {
+        return None;
+    }
+    text.lines().find_map(|line| {
+        let (metric, value) = line.split_once(' ')?;
+        (metric == name).then(|| value.parse().ok())?
+    })
 }
 
 struct Client {
@@ -178,28 +241,38 @@ struct Client {
     history: Arc<Recorder>,
     probes: Arc<Vec<String>>,
     retries: Arc<AtomicU64>,
+    errors: Arc<Mutex<BTreeMap<String, u64>>>,
     /// Whether a failed call may be sent again; if not, any failure fails the test.
     retry: bool,
+    /// How long the client waits for an answer before it counts the call as unknown.
+    timeout: Duration,
 }
 
 impl Client {
     async fn run(self) {
         let probes = self.probes.len();
         let probe = &self.probes[self.c % probes];
-        let next = &self.probes[(self.c + 1) % probes];
-        let path = format!("/v1/probe/{probe}");
+        let kind = probe.split_once('/').map_or("", |(kind, _)| kind);
+        // The next probe of the same kind: a probe sends only to its own kind.
+        let next = (1..=probes)
+            .map(|d| &self.probes[(self.c + d) % probes])
+            .find(|p| p.split_once('/').is_some_and(|(k, _)| k == kind))
+            .expect("the probe itself");
+        let next_id = next.split_once('/').map_or("", |(_, id)| id);
+        let path = format!("/v1/{probe}");
         let mut n = 0u64;
         while !self.stop.load(Ordering::Relaxed) {
             let token = format!("c{}-{n}", self.c);
             let (f, body) = match n % 20 {
                 7 => (
                     Op::Forward,
-                    format!(r#"{{"forward": {{"token": "{token}", "to": "{next}"}}}}"#),
+                    format!(r#"{{"forward": {{"token": "{token}", "to": "{next_id}"}}}}"#),
                 ),
                 13 => (
                     Op::Schedule,
-                    format!(r#"{{"schedule": {{"token": "{token}", "ms": 30}}}}"#),
+                    format!(r#"{{"schedule": {{"token": "{token}", "ms": {TIMER_MS}}}}}"#),
                 ),
+                17 => (Op::Effect, format!(r#"{{"effect": "{token}"}}"#)),
                 _ => (Op::Append, format!(r#"{{"append": "{token}"}}"#)),
             };
             let give_up = Instant::now() + Duration::from_secs(60);
@@ -215,10 +288,11 @@ impl Client {
                     entity: probe.clone(),
                     token: Some(token.clone()),
                     to: (f == Op::Forward).then(|| next.clone()),
+                    ms: (f == Op::Schedule).then_some(TIMER_MS),
                     key: Some(token.clone()),
                 });
                 let sent = self.http.post_with_key(addr, &path, Some(&token), &body);
-                let outcome = tokio::time::timeout(Duration::from_secs(5), sent).await;
+                let outcome = tokio::time::timeout(self.timeout, sent).await;
                 match outcome {
                     Ok(Ok((200, list))) => {
                         let list: Vec<String> = serde_json::from_value(list).expect("a list");
@@ -229,6 +303,14 @@ impl Client {
                         panic!("client {}: {status} {body} (no call may fail here)", self.c)
                     }
                     outcome => {
+                        if let Ok(Ok((status, body))) = &outcome {
+                            let code = body["error"]["code"].as_str().unwrap_or("?");
+                            *self
+                                .errors
+                                .lock()
+                                .entry(format!("{status} {code}"))
+                                .or_default() += 1;
+                        }
                         // Unknown: it may or may not have been applied.
                         self.history.complete(call, Type::Info, None);
                         assert!(

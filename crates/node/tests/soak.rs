@@ -36,7 +36,10 @@ async fn kill_9_soak_loses_nothing_and_applies_nothing_twice() {
     let path = dir.path().to_path_buf();
     let mut node = start(path.clone());
     let http = Http::new();
-    let probes: Vec<String> = (0..32).map(|i| format!("s{i}")).collect();
+    // Half of them `Journal` kinds (journals, snapshots, trims, replay).
+    let probes: Vec<String> = (0..32)
+        .map(|i| format!("{}/s{i}", if i % 2 == 0 { "probe" } else { "jprobe" }))
+        .collect();
     let load = Load::start(&http, vec![node.addr], 64, probes, true);
     let end = Instant::now() + Duration::from_secs(seconds);
     let mut recoveries = Vec::new();

@@ -37,7 +37,7 @@ async fn a_claim_waits_for_a_batch_that_checked_the_old_epoch() {
     };
 
     // The old owner's commit checks its epoch, then stalls before writing.
-    fail::cfg("pg.commit.fenced", "1*sleep(800)").unwrap();
+    perennial_faults::fail::cfg("pg.commit.fenced", "1*sleep(800)").unwrap();
     let committing = std::thread::spawn({
         let (store, batch) = (store.clone(), write(r#"{"by":"old"}"#));
         move || {
@@ -50,7 +50,7 @@ async fn a_claim_waits_for_a_batch_that_checked_the_old_epoch() {
     let new = other.claim("new-owner", &[shard]).await.unwrap();
     let claimed = Instant::now();
     let (outcome, committed) = committing.join().unwrap();
-    fail::remove("pg.commit.fenced");
+    perennial_faults::fail::remove("pg.commit.fenced");
 
     // The stalled batch checked before the claim: it lands, and before the claim returned.
     assert!(outcome.unwrap().fenced.is_empty());

@@ -105,12 +105,14 @@ pub(crate) fn spawn_maintenance(
         .name("perennial-sqlite-maintenance".into())
         .spawn(move || {
             let mut last_idle_check = Instant::now();
+            let mut failing = Failing::default();
             while let Err(RecvTimeoutError::Timeout) =
                 stopped.recv_timeout(BACKGROUND_CHECKPOINT_EVERY)
             {
-                if let Err(e) = checkpointer.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
-                    tracing::warn!(error = %e, "background checkpoint failed; will retry");
-                }
+                failing.report(
+                    "background checkpoint",
+                    checkpointer.execute_batch("PRAGMA wal_checkpoint(PASSIVE)"),
+                );
                 if last_idle_check.elapsed() >= IDLE_FOLD_AFTER {
                     last_idle_check = Instant::now();
                     // A busy writer needs no help: commits fold and checkpoint as they go.
@@ -143,6 +145,29 @@ pub(crate) struct Writer {
     epochs: Epochs,
     /// Set by [`close`](Writer::close); later calls fail with [`Error::Closed`].
     closed: bool,
+    /// Whether the writer's own checkpoints and idle folds are failing, for the log.
+    failing: Failing,
+}
+
+/// Whether a periodic chore is failing: logs when it starts failing and when it works again,
+/// not every time it is retried (a full disk fails it every few milliseconds).
+#[derive(Default)]
+struct Failing(bool);
+
+impl Failing {
+    fn report<T, E: std::fmt::Display>(&mut self, chore: &str, result: Result<T, E>) {
+        match result {
+            Err(error) if !self.0 => {
+                tracing::warn!(%error, "{chore} failed; retrying until it works");
+                self.0 = true;
+            }
+            Ok(_) if self.0 => {
+                tracing::info!("{chore} works again");
+                self.0 = false;
+            }
+            _ => {}
+        }
+    }
 }
 
 /// What a transaction folded and appended, to publish once it committed.
@@ -173,6 +198,7 @@ impl Writer {
             last_commit: Instant::now(),
             epochs: Epochs::default(),
             closed: false,
+            failing: Failing::default(),
         })
     }
 
@@ -190,10 +216,11 @@ impl Writer {
             return;
         }
         if self.pending.lock().len() > 0 {
-            match self.fold_only(IDLE_FOLD_SLICE) {
-                Ok(()) => self.commits_since_checkpoint += 1,
-                Err(e) => tracing::warn!(error = %e, "idle fold failed; will retry"),
+            let folded = self.fold_only(IDLE_FOLD_SLICE);
+            if folded.is_ok() {
+                self.commits_since_checkpoint += 1;
             }
+            self.failing.report("idle fold", folded);
         }
         self.maybe_checkpoint();
     }
@@ -213,9 +240,8 @@ impl Writer {
         if !due {
             return;
         }
-        if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
-            tracing::warn!(error = %e, "checkpoint failed; will retry");
-        }
+        let checkpointed = self.conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
+        self.failing.report("checkpoint", checkpointed);
         self.commits_since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
     }
@@ -223,10 +249,8 @@ impl Writer {
     /// Writes one batch in one immediate transaction, refusing writes with a stale epoch.
     pub(crate) fn commit(&mut self, batch: &Batch) -> Result<CommitOutcome, Error> {
         self.check_open()?;
+        // A failure is the caller's to report (the runtime's committer logs it).
         let result = self.write_batch(batch);
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "commit failed");
-        }
         self.last_commit = Instant::now();
         self.commits_since_checkpoint += 1;
         self.maybe_checkpoint();
@@ -335,6 +359,7 @@ impl Writer {
         JOURNAL.run(&tx, &entries)?;
         drop(entries);
         if !batch.trims.is_empty() {
+            perennial_faults::failpoint!("sqlite.trim");
             let mut trim = tx.prepare_cached(TRIM_JOURNAL).map_err(map_err)?;
             for t in &batch.trims {
                 if fence.allows(t.shard, t.epoch)? {
@@ -346,6 +371,7 @@ impl Writer {
         write_pending(&tx, batch, &mut fence)?;
         let budget = fold_budget(changes.appended.len(), self.pending.lock().len());
         fold_into(&tx, &self.pending, self.deleted_below, budget, &mut changes)?;
+        perennial_faults::failpoint!("sqlite.written");
         tx.commit().map_err(map_err)?;
         let mut fenced = fence.fenced;
         self.publish(changes);
@@ -704,7 +730,8 @@ impl Fence<'_> {
         let Some(&current) = self.epochs.get(shard.0 as usize) else {
             return Err(Error::Backend(format!("{shard} does not exist")));
         };
-        let ok = current != 0 && current == epoch.0;
+        let ok = (current != 0 && current == epoch.0)
+            || perennial_faults::sabotaged(perennial_faults::Sabotage::NoFence);
         if !ok && !self.fenced.contains(&shard) {
             self.fenced.push(shard);
         }

@@ -109,7 +109,8 @@ impl Inner {
 
     fn is_current(&self, shard: ShardId, epoch: Epoch) -> bool {
         let current = self.epochs.get(shard.0 as usize).copied().unwrap_or(0);
-        current != 0 && current == epoch.0
+        (current != 0 && current == epoch.0)
+            || perennial_faults::sabotaged(perennial_faults::Sabotage::NoFence)
     }
 }
 
