@@ -102,6 +102,29 @@ pub(crate) enum Delivered {
     Poison(String),
 }
 
+/// Decodes `bytes` as the internal route's two messages, a [`Batch`] and a list of
+/// [`Answer`]s, as a node receiving them does; what decodes must encode back to the same
+/// value. Returns how many calls and answers decoded. For the fuzz targets
+/// (`perennial-fuzz`).
+///
+/// # Panics
+/// If a decoded value does not survive encoding and decoding again.
+#[doc(hidden)]
+pub fn decode_for_fuzzing(bytes: &[u8]) -> (Option<usize>, Option<usize>) {
+    let batch = postcard::from_bytes::<Batch>(bytes).ok().inspect(|batch| {
+        let again: Batch = postcard::from_bytes(&postcard::to_allocvec(batch).unwrap()).unwrap();
+        assert_eq!(format!("{batch:?}"), format!("{again:?}"));
+    });
+    let answers = postcard::from_bytes::<Vec<Answer>>(bytes)
+        .ok()
+        .inspect(|answers| {
+            let again: Vec<Answer> =
+                postcard::from_bytes(&postcard::to_allocvec(answers).unwrap()).unwrap();
+            assert_eq!(format!("{answers:?}"), format!("{again:?}"));
+        });
+    (batch.map(|b| b.calls.len()), answers.map(|a| a.len()))
+}
+
 /// Why a call could not be forwarded.
 #[derive(Debug, Clone)]
 pub(crate) enum Failure {

@@ -65,6 +65,8 @@ use perennial_core::Runtime;
 
 pub use crate::cluster::Clustering;
 use crate::error::ApiError;
+#[doc(hidden)]
+pub use crate::forward::decode_for_fuzzing as decode_wire_for_fuzzing;
 pub use crate::guard::Access;
 
 /// What the gateway lets in, and its limits.

@@ -44,4 +44,6 @@ mod writer;
 
 pub use inspect::{Inspector, KindSummary, StoredState};
 pub use perennial_storage::EntitySummary;
+#[doc(hidden)]
+pub use store::decode_log_row_for_fuzzing;
 pub use store::{Options, SqliteStore};

@@ -229,6 +229,28 @@ fn lock_dir(dir: &Path) -> Result<File, Error> {
     }
 }
 
+/// The states of `state_log` row `seq`, whose `states` column is `text`.
+fn decode_log_row(seq: i64, text: &str) -> Result<Vec<(EntityKey, LoggedState<String>)>, Error> {
+    let states: Vec<LoggedState<String>> = serde_json::from_str(text)
+        .map_err(|e| Error::Corrupt(format!("state_log row {seq} does not decode: {e}")))?;
+    states
+        .into_iter()
+        .map(|logged| {
+            let id = EntityId::new(&logged.id).map_err(|e| {
+                Error::Corrupt(format!("state_log row {seq} has an invalid id: {e}"))
+            })?;
+            Ok((EntityKey::new(logged.kind.clone(), id), logged))
+        })
+        .collect()
+}
+
+/// Decodes a `state_log` row's `states` as a store opening the file does: how many states it
+/// holds, or the error that would refuse the file. For the fuzz targets (`perennial-fuzz`).
+#[doc(hidden)]
+pub fn decode_log_row_for_fuzzing(text: &str) -> Result<usize, Error> {
+    decode_log_row(0, text).map(|states| states.len())
+}
+
 /// Reads the states the log holds beyond `entities` (after a crash, or any stop without
 /// [`Store::close`]), so they are served and folded like any other pending state.
 fn load_log(conn: &Connection) -> Result<Pending, Error> {
@@ -241,12 +263,7 @@ fn load_log(conn: &Connection) -> Result<Pending, Error> {
         let seq: i64 = row.get(0).map_err(map_err)?;
         let at: i64 = row.get(1).map_err(map_err)?;
         let states: String = row.get(2).map_err(map_err)?;
-        let states: Vec<LoggedState<String>> = serde_json::from_str(&states)
-            .map_err(|e| Error::Corrupt(format!("state_log row {seq} does not decode: {e}")))?;
-        for logged in states {
-            let id = EntityId::new(&logged.id).map_err(|e| {
-                Error::Corrupt(format!("state_log row {seq} has an invalid id: {e}"))
-            })?;
+        for (key, logged) in decode_log_row(seq, &states)? {
             let state = PendingState {
                 seq,
                 shard: ShardId(logged.shard),
@@ -254,7 +271,7 @@ fn load_log(conn: &Connection) -> Result<Pending, Error> {
                 updated_at: at,
                 state: Arc::from(logged.state),
             };
-            pending.insert(EntityKey::new(logged.kind, id), state);
+            pending.insert(key, state);
         }
     }
     Ok(pending)

@@ -96,6 +96,23 @@ impl MemoryStore {
             },
         );
     }
+
+    /// Replaces an entity's journal with arbitrary entries, bypassing fencing.
+    ///
+    /// For tests that need corrupt or hand-made journals.
+    pub fn put_journal(&self, key: EntityKey, entries: Vec<JournalEntry>) {
+        let journal = entries.into_iter().map(|e| (e.step, e)).collect();
+        self.inner.lock().journals.insert(key, journal);
+    }
+
+    /// Forgets everything stored about an entity: its state and its journal.
+    ///
+    /// For tests that reuse an entity's id with hand-made state.
+    pub fn forget(&self, key: &EntityKey) {
+        let mut inner = self.inner.lock();
+        inner.entities.remove(key);
+        inner.journals.remove(key);
+    }
 }
 
 impl Inner {
