@@ -275,7 +275,10 @@ async fn failover(http: &Http, nodes: &mut Nodes) -> anyhow::Result<u64> {
     let mut store_options = perennial_storage_postgres::Options::default();
     store_options.schema = nodes.schema.clone();
     let store = PostgresStore::connect_with(&nodes.url, store_options).await?;
-    let owners: std::collections::HashMap<_, _> = store.owners().await?.into_iter().collect();
+    let owners: std::collections::HashMap<_, _> = perennial_storage::Directory::owners(&store)
+        .await?
+        .into_iter()
+        .collect();
     let probes: Vec<String> = (0..)
         .map(|i| format!("probe{i}"))
         .filter(|id| owners.get(&shard_of("counter", id)).map(String::as_str) == Some("n2"))

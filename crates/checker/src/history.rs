@@ -92,10 +92,18 @@ pub struct Invocation {
 }
 
 /// Records a history from many clients at once.
-#[derive(Debug)]
 pub struct Recorder {
-    started: Instant,
+    /// Nanoseconds since the history began.
+    clock: Box<dyn Fn() -> u64 + Send + Sync>,
     events: Mutex<Vec<Event>>,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorder")
+            .field("events", &self.events.lock().len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Recorder {
@@ -107,8 +115,15 @@ impl Default for Recorder {
 impl Recorder {
     /// An empty history, whose clock starts now.
     pub fn new() -> Self {
+        let started = Instant::now();
+        Self::with_clock(move || u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    /// An empty history timed by `clock`, in nanoseconds (a simulation's clock, say, so that
+    /// the same run records the same history).
+    pub fn with_clock(clock: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
         Self {
-            started: Instant::now(),
+            clock: Box::new(clock),
             events: Mutex::new(Vec::new()),
         }
     }
@@ -116,7 +131,7 @@ impl Recorder {
     fn push(&self, make: impl FnOnce(u64, u64) -> Event) -> u64 {
         let mut events = self.events.lock();
         let index = events.len() as u64;
-        let time = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let time = (self.clock)();
         events.push(make(index, time));
         index
     }
@@ -150,7 +165,7 @@ impl Recorder {
             return;
         };
         let index = events.len() as u64;
-        let time = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let time = (self.clock)();
         events.push(Event {
             index,
             time,

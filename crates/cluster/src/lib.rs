@@ -1,5 +1,5 @@
-//! Perennial's cluster membership: which node serves which shard, with PostgreSQL as the
-//! ground truth. No consensus of our own: the database's row locks and clock decide.
+//! Perennial's cluster membership: which node serves which shard, with the shared database
+//! (a [`Directory`]: PostgreSQL, or a simulated one in tests) as the ground truth. No consensus of our own: the database's row locks and clock decide.
 //!
 //! A [`Cluster`] runs one task per node that, every [`Options::tick`]:
 //! 1. writes the node's heartbeat and reads the live members (those whose heartbeat is
@@ -26,12 +26,11 @@ pub mod placement;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 use perennial_core::Runtime;
-use perennial_storage::Error;
-use perennial_storage_postgres::PostgresStore;
+use perennial_storage::{Directory, Error};
 use perennial_types::{SHARDS, ShardId};
 use tokio::sync::Notify;
 
@@ -113,7 +112,8 @@ pub struct Cluster {
 
 #[derive(Debug)]
 struct Inner {
-    store: PostgresStore,
+    /// Membership and leases: the database the nodes share.
+    store: Arc<dyn Directory>,
     runtime: Runtime,
     options: Options,
     /// The shards whose leases this node holds.
@@ -141,7 +141,7 @@ impl Cluster {
     /// started with [`Builder::start_unclaimed`](perennial_core::Builder::start_unclaimed)
     /// on the same store.
     pub async fn join(
-        store: PostgresStore,
+        store: Arc<dyn Directory>,
         runtime: Runtime,
         options: Options,
     ) -> Result<Self, Error> {
@@ -250,9 +250,11 @@ impl Drop for Inner {
 async fn run(inner: Arc<Inner>) {
     loop {
         tokio::select! {
+            // In order, not at random: a simulation must take the same branch every run.
+            biased;
+            () = inner.stop.notified() => return,
             () = tokio::time::sleep(inner.options.tick) => {}
             () = inner.wake.notified() => {}
-            () = inner.stop.notified() => return,
         }
         if let Err(error) = inner.tick().await {
             tracing::warn!(node = %inner.options.node, %error,
@@ -266,7 +268,8 @@ impl Inner {
     async fn tick(&self) -> Result<(), Error> {
         let node = self.options.node.as_str();
         // Counted from before the database sets the expiry, so this node's end comes first.
-        let asked = Instant::now();
+        // On tokio's clock, which the runtime's deadlines use (and a simulation advances).
+        let asked = tokio::time::Instant::now();
         self.store.heartbeat(node, &self.options.advertise).await?;
         let members = self.store.members(self.options.lease).await?;
         let mut names: Vec<&str> = members.iter().map(|m| m.node.as_str()).collect();
@@ -312,7 +315,7 @@ impl Inner {
                 tracing::warn!(node, %error, "cannot read the paused entities");
             }
         }
-        self.runtime.serve(&grants, until);
+        self.runtime.serve(&grants, until.into_std());
 
         *self.held.lock() = now_held;
 

@@ -307,10 +307,15 @@ impl Runtime {
     async fn commit_now(&self, key: &EntityKey, batch: Batch) -> Result<(), CallError> {
         let storage = CallError::Store;
         let store = Arc::clone(&self.shared.core.store);
-        let outcome = tokio::task::spawn_blocking(move || store.commit(batch))
-            .await
-            .map_err(|e| storage(perennial_storage::Error::Backend(e.to_string())))?
-            .map_err(storage)?;
+        // A simulation has no threads but its own.
+        let outcome = if self.shared.core.committer.is_task() {
+            store.commit(batch).map_err(storage)?
+        } else {
+            tokio::task::spawn_blocking(move || store.commit(batch))
+                .await
+                .map_err(|e| storage(perennial_storage::Error::Backend(e.to_string())))?
+                .map_err(storage)?
+        };
         if let Some(&shard) = outcome.fenced.first() {
             return Err(CallError::Fenced {
                 key: key.clone(),

@@ -124,6 +124,10 @@ pub(crate) struct Committer {
     releases: Arc<Releases>,
     /// Wakes the committer when the queue goes from empty to not empty, or on close.
     wake: Condvar,
+    /// The same, for a committer that runs as a task (in a simulation, see [`crate::sim`]).
+    woken: Notify,
+    /// Whether the committer runs as a task, and releases replies itself.
+    as_task: bool,
     closed: AtomicBool,
     commits: AtomicU64,
     committed_steps: AtomicU64,
@@ -216,11 +220,22 @@ impl Drop for Finished {
 
 impl Releases {
     /// Releases the held replies of `durable` steps on the runtime's workers.
+    /// Releases on this thread instead if `inline` (a committer that runs as a task).
     fn spawn(
         self: &Arc<Self>,
         runtime: &tokio::runtime::Handle,
         durable: Vec<(Arc<dyn Owner>, u32, u64)>,
+        inline: bool,
     ) {
+        if inline {
+            // One thread runs the whole simulation: release here, in order, so that no
+            // later wait for releases can block the thread their task would run on.
+            for (owner, incarnation, seq) in durable {
+                owner.durable(incarnation, seq);
+            }
+            self.settled.notify_waiters();
+            return;
+        }
         *self.outstanding.lock() += 1;
         // Made before the task and moved into it, so it counts down even if the task never
         // runs (the runtime shutting down) or its work panics.
@@ -270,8 +285,22 @@ impl Committer {
         queue.push(step);
         drop(queue);
         if was_empty {
+            self.notify();
+        }
+    }
+
+    /// Wakes the committer, thread or task.
+    fn notify(&self) {
+        if self.as_task {
+            self.woken.notify_one();
+        } else {
             self.wake.notify_one();
         }
+    }
+
+    /// Whether the committer runs as a task: nothing may then block its thread.
+    pub(crate) fn is_task(&self) -> bool {
+        self.as_task
     }
 
     /// Adds writes of no step to the next batch. Their failure is only logged: a chore must
@@ -279,14 +308,16 @@ impl Committer {
     pub(crate) fn chore(&self, add: impl FnOnce(&mut Batch)) {
         let _queue = self.queue.lock();
         add(&mut self.chores.lock());
-        self.wake.notify_one();
+        self.notify();
     }
 
-    /// A committer that stops only once `inflight` is zero (see [`Committer::close`]).
+    /// A committer that stops only once `inflight` is zero (see [`Committer::close`]); it
+    /// runs as a task if `as_task`, on a thread of its own otherwise.
     pub(crate) fn new(
         inflight: Arc<AtomicUsize>,
         dispatch: Arc<Dispatch>,
         watchers: Arc<Watchers>,
+        as_task: bool,
     ) -> Self {
         Self {
             watchers,
@@ -296,6 +327,8 @@ impl Committer {
             inflight,
             releases: Arc::default(),
             wake: Condvar::new(),
+            woken: Notify::new(),
+            as_task,
             closed: AtomicBool::new(false),
             commits: AtomicU64::new(0),
             committed_steps: AtomicU64::new(0),
@@ -315,7 +348,7 @@ impl Committer {
     /// Wakes the committer to look at its exit condition again.
     pub(crate) fn wake(&self) {
         let _queue = self.queue.lock();
-        self.wake.notify_one();
+        self.notify();
     }
 
     /// Asks the committer to stop once the queue is empty and no call is in flight.
@@ -324,7 +357,7 @@ impl Committer {
         // of `closed` and its wait.
         let _queue = self.queue.lock();
         self.closed.store(true, Ordering::SeqCst);
-        self.wake.notify_one();
+        self.notify();
     }
 
     pub(crate) fn stats(&self) -> CommitStats {
@@ -358,6 +391,39 @@ impl Committer {
                 }
             };
             spare = self.commit(store, releaser, steps, chores);
+        }
+    }
+
+    /// The committer's loop as a task (in a simulation): the same as [`run`](Self::run), but
+    /// it awaits new steps instead of blocking its thread, and releases replies itself.
+    pub(crate) async fn run_as_task(&self, store: &dyn Store) {
+        let mut spare = Vec::new();
+        loop {
+            let woken = self.woken.notified();
+            let taken = {
+                let mut queue = self.queue.lock();
+                let chores = std::mem::take(&mut *self.chores.lock());
+                if !queue.is_empty() || !chores.is_empty() {
+                    Some((
+                        std::mem::replace(&mut *queue, std::mem::take(&mut spare)),
+                        chores,
+                    ))
+                } else if self.closed.load(Ordering::SeqCst)
+                    && self.inflight.load(Ordering::SeqCst) == 0
+                {
+                    return;
+                } else {
+                    None
+                }
+            };
+            match taken {
+                Some((steps, chores)) => {
+                    spare = self.commit(store, &tokio::runtime::Handle::current(), steps, chores);
+                    // Let the entities run: a task that never yields starves the others.
+                    tokio::task::yield_now().await;
+                }
+                None => woken.await,
+            }
         }
     }
 
@@ -457,7 +523,7 @@ impl Committer {
                 if !outcome.fenced.is_empty() {
                     self.releases.settled.notify_waiters();
                 }
-                self.releases.spawn(releaser, durable);
+                self.releases.spawn(releaser, durable, self.as_task);
             }
             Err(error) if owners.entries.is_empty() => {
                 self.failures.lock().failed(&error, 0);

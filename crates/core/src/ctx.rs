@@ -342,6 +342,9 @@ impl<'a, K: Process> Ctx<'a, K> {
 
 /// Now, in microseconds since the Unix epoch (what a step's time is recorded as).
 pub(crate) fn now_us() -> i64 {
+    if let Some(since) = crate::sim::since_epoch() {
+        return i64::try_from(since.as_micros()).unwrap_or(i64::MAX);
+    }
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
@@ -364,6 +367,9 @@ pub(crate) fn time_of(us: i64) -> SystemTime {
 
 /// 32 bytes from the operating system's secure random source.
 fn os_seed() -> [u8; 32] {
+    if let Some(seed) = crate::sim::seed() {
+        return seed;
+    }
     let mut seed = [0u8; 32];
     if let Err(e) = getrandom::fill(&mut seed) {
         // The OS source never fails on supported platforms; a weaker seed is still better

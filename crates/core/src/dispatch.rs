@@ -317,6 +317,8 @@ pub(crate) async fn run(core: Arc<Core>, kinds: Arc<Kinds>) {
         }
         let notified = dispatch.wake.notified();
         tokio::select! {
+            // In order, not at random: a simulation must take the same branch every run.
+            biased;
             () = notified => {}
             // Shards granted: their rows are in storage only.
             () = core.shards.granted.notified() => next_scan = tokio::time::Instant::now(),

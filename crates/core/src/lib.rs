@@ -104,6 +104,7 @@ mod quarantine;
 mod registry;
 mod runtime;
 mod shards;
+pub mod sim;
 mod watch;
 
 pub use admin::{EntityInfo, Passivation};

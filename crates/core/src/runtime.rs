@@ -61,7 +61,8 @@ pub(crate) struct Core {
     closing_now: Notify,
     /// Notified when the last in-flight call is answered during shutdown.
     drained: Notify,
-    started: Instant,
+    /// On tokio's clock, which a simulation pauses and advances.
+    started: tokio::time::Instant,
     /// Dead letters being retried or discarded now (see `admin`).
     pub(crate) letters_in_hand: Mutex<std::collections::HashSet<u64>>,
     /// Entities paused by an operator.
@@ -467,6 +468,7 @@ impl Builder {
             Arc::clone(&inflight),
             Arc::clone(&dispatch),
             Arc::clone(&watchers),
+            crate::sim::active(),
         ));
         let kind_names = self.registrations.iter().map(|(name, _)| *name).collect();
         let core = Arc::new(Core {
@@ -483,7 +485,7 @@ impl Builder {
             closing: AtomicBool::new(false),
             closing_now: Notify::new(),
             drained: Notify::new(),
-            started: Instant::now(),
+            started: tokio::time::Instant::now(),
             letters_in_hand: Mutex::default(),
             pauses: crate::pause::Pauses::new(paused),
             quarantine: crate::quarantine::Quarantine::default(),
@@ -524,12 +526,22 @@ impl Builder {
     }
 }
 
-/// Starts the committer's thread; the receiver completes when the thread has stopped.
+/// Starts the committer's thread (or task, in a simulation); the receiver completes when it
+/// has stopped.
 fn spawn_committer(
     committer: Arc<Committer>,
     store: Arc<dyn Store>,
 ) -> Result<tokio::sync::oneshot::Receiver<()>, StartError> {
     let (stopped, on_stop) = tokio::sync::oneshot::channel();
+    if committer.is_task() {
+        // A simulation runs on one thread, and a thread of the committer's own would run
+        // beside it, out of its control.
+        tokio::spawn(async move {
+            committer.run_as_task(&*store).await;
+            let _ = stopped.send(());
+        });
+        return Ok(on_stop);
+    }
     let releaser = tokio::runtime::Handle::current();
     // `start` runs inside the runtime, so `current` cannot fail here.
     std::thread::Builder::new()
@@ -709,8 +721,9 @@ impl Runtime {
     }
 
     /// Serves `grants` (shards and the epochs their leases gave) from now on, and every
-    /// served shard until `until`, a time on this process's monotonic clock that the caller
-    /// sets short of the leases' expiry. Called by a cluster's lease manager each time it
+    /// served shard until `until`, a time on this process's monotonic clock (as tokio's
+    /// clock tells it: `tokio::time::Instant::now().into_std()`, which a simulation
+    /// advances) that the caller sets short of the leases' expiry. Called by a cluster's lease manager each time it
     /// acquires or renews leases; a runtime started with [`Builder::start`] serves every
     /// shard already.
     pub fn serve(&self, grants: &[(ShardId, Epoch)], until: Instant) {
@@ -721,7 +734,8 @@ impl Runtime {
         if !changed.is_empty() {
             core.dispatch.forget_shards(&changed.into_iter().collect());
         }
-        core.shards.grant(grants, until);
+        core.shards
+            .grant(grants, tokio::time::Instant::from_std(until));
     }
 
     /// Reads the paused entities from storage again. A cluster's lease manager calls it when

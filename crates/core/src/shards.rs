@@ -10,7 +10,7 @@
 //! refused.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use tokio::time::Instant;
 
 use perennial_types::{Epoch, SHARDS, ShardId};
 use tokio::sync::Notify;

@@ -439,7 +439,7 @@ async fn serve(args: Config) -> anyhow::Result<()> {
             let rt = builder.node_name(node.clone()).start_unclaimed().await?;
             let advertise = advertise.unwrap_or_else(|| addr.to_string());
             let options = perennial_cluster::Options::new(node.clone(), advertise).lease(lease);
-            let cluster = perennial_cluster::Cluster::join(postgres, rt.clone(), options)
+            let cluster = perennial_cluster::Cluster::join(Arc::new(postgres), rt.clone(), options)
                 .await
                 .with_context(|| format!("node {node} cannot join the cluster"))?;
             gateway.cluster = Some(perennial_gateway::Clustering::new(

@@ -188,7 +188,11 @@ impl LocalCluster {
         let store = perennial_storage_postgres::PostgresStore::connect_with(&self.url, options)
             .await
             .expect("the store connects");
-        store.owners().await.expect("owners").into_iter().collect()
+        perennial_storage::Directory::owners(&store)
+            .await
+            .expect("owners")
+            .into_iter()
+            .collect()
     }
 }
 

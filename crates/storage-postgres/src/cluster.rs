@@ -14,40 +14,17 @@
 
 use std::time::Duration;
 
-use perennial_storage::Error;
+use perennial_storage::{Directory, Error, Lease, Member};
 use perennial_types::{Epoch, SHARDS, ShardId};
 
 use crate::PostgresStore;
 use crate::errors::map_err;
 use crate::schema::NOW_MS;
 
-/// A live member of the cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Member {
-    /// The node's name.
-    pub node: String,
-    /// Where other nodes reach it.
-    pub address: String,
-    /// How long ago its last heartbeat was, by the database's clock, in milliseconds.
-    pub heartbeat_age_ms: i64,
-}
-
-/// A shard lease the caller holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Lease {
-    /// The shard.
-    pub shard: ShardId,
-    /// The epoch its writes must name.
-    pub epoch: Epoch,
-    /// Whether this call took it (a new epoch) rather than renewed it.
-    pub taken: bool,
-}
-
-impl PostgresStore {
+#[async_trait::async_trait]
+impl Directory for PostgresStore {
     /// Records that `node`, reachable at `address`, is alive now.
-    pub async fn heartbeat(&self, node: &str, address: &str) -> Result<(), Error> {
+    async fn heartbeat(&self, node: &str, address: &str) -> Result<(), Error> {
         let sql = format!(
             "INSERT INTO members (node, address, joined_at, heartbeat_at)
              VALUES ($1, $2, {NOW_MS}, {NOW_MS})
@@ -63,7 +40,7 @@ impl PostgresStore {
     }
 
     /// The members whose last heartbeat is at most `ttl` old, by name.
-    pub async fn members(&self, ttl: Duration) -> Result<Vec<Member>, Error> {
+    async fn members(&self, ttl: Duration) -> Result<Vec<Member>, Error> {
         let sql = format!(
             "SELECT node, address, {NOW_MS} - heartbeat_at FROM members
               WHERE heartbeat_at >= {NOW_MS} - $1 ORDER BY node"
@@ -76,16 +53,12 @@ impl PostgresStore {
             .map_err(map_err)?;
         Ok(rows
             .iter()
-            .map(|r| Member {
-                node: r.get(0),
-                address: r.get(1),
-                heartbeat_age_ms: r.get(2),
-            })
+            .map(|r| Member::new(r.get(0), r.get(1), r.get(2)))
             .collect())
     }
 
     /// Leaves the cluster: forgets the member and releases every shard it leases.
-    pub async fn leave(&self, node: &str) -> Result<(), Error> {
+    async fn leave(&self, node: &str) -> Result<(), Error> {
         let mut writer = self.writer().await?;
         let tx = writer.client.transaction().await.map_err(map_err)?;
         tx.execute(
@@ -103,12 +76,13 @@ impl PostgresStore {
     /// Leases `shards` to `node` for `ttl` from now (by the database's clock): renews the
     /// ones it holds, takes the free and expired ones with a new epoch, and skips the ones
     /// another node holds. Returns the leases `node` holds among `shards`, in shard order.
-    pub async fn acquire(
+    async fn acquire(
         &self,
         node: &str,
         shards: &[ShardId],
-        ttl: Duration,
+        lease: Duration,
     ) -> Result<Vec<Lease>, Error> {
+        let ttl = lease;
         if let Some(bad) = shards.iter().find(|s| s.0 >= SHARDS) {
             return Err(Error::Backend(format!("{bad} does not exist")));
         }
@@ -147,11 +121,11 @@ impl PostgresStore {
             .map(|r| {
                 let shard: i32 = r.get(0);
                 let epoch: i64 = r.get(1);
-                Lease {
-                    shard: ShardId(u32::try_from(shard).unwrap_or(u32::MAX)),
-                    epoch: Epoch(u64::try_from(epoch).unwrap_or(0)),
-                    taken: r.get(2),
-                }
+                Lease::new(
+                    ShardId(u32::try_from(shard).unwrap_or(u32::MAX)),
+                    Epoch(u64::try_from(epoch).unwrap_or(0)),
+                    r.get(2),
+                )
             })
             .collect();
         leases.sort_by_key(|l| l.shard);
@@ -160,7 +134,7 @@ impl PostgresStore {
 
     /// The unexpired leases, by the database's clock: each leased shard and its owner, in
     /// shard order. Nodes route calls by it.
-    pub async fn owners(&self) -> Result<Vec<(ShardId, String)>, Error> {
+    async fn owners(&self) -> Result<Vec<(ShardId, String)>, Error> {
         let sql = format!(
             "SELECT shard, owner FROM shards
               WHERE owner IS NOT NULL AND expires_at > {NOW_MS} ORDER BY shard"
@@ -182,7 +156,7 @@ impl PostgresStore {
 
     /// Gives up `node`'s leases of `shards` now, so another node may take them at once (a
     /// graceful handoff, after the shards' entities were passivated and their writes flushed).
-    pub async fn release(&self, node: &str, shards: &[ShardId]) -> Result<(), Error> {
+    async fn release(&self, node: &str, shards: &[ShardId]) -> Result<(), Error> {
         let shards: Vec<i32> = shards
             .iter()
             .map(|s| i32::try_from(s.0).unwrap_or(i32::MAX))

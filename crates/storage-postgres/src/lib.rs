@@ -46,8 +46,8 @@ use perennial_storage::{
 use perennial_types::{EntityId, EntityKey, Epoch, ShardId};
 use tokio_postgres::{Client, NoTls};
 
-pub use crate::cluster::{Lease, Member};
 use crate::errors::{from_sql, map_err, to_sql};
+pub use perennial_storage::{Directory, Lease, Member};
 
 /// Tuning for a [`PostgresStore`].
 #[derive(Debug, Clone)]

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use perennial_storage::Directory;
 use perennial_storage::{Batch, StateWrite, Store};
 use perennial_storage_postgres::test_util;
 use perennial_types::{EntityId, EntityKey, ShardId, shard_of};

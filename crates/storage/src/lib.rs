@@ -14,11 +14,13 @@
 //! - [`Store`]: the trait, with [`Batch`], [`Record`] and [`CommitOutcome`].
 //! - [`Filter`] and [`Path`] (module [`filter`]): filters over entity state, which
 //!   [`Store::query`] answers, and the paths a store can index.
+//! - [`Directory`], with [`Member`] and [`Lease`]: a cluster's membership and shard leases.
 //! - [`Error`]: what can go wrong, as one enum every backend maps its failures into.
 //! - [`MemoryStore`]: a store in memory, for tests and for kinds that need no disk.
 //! - `conformance`, `FaultyStore` (feature `test-util`): the shared test suite and a store
 //!   wrapper that injects failures and delays.
 
+mod directory;
 mod error;
 pub mod filter;
 mod memory;
@@ -29,6 +31,7 @@ pub mod conformance;
 #[cfg(feature = "test-util")]
 mod faulty;
 
+pub use directory::{Directory, Lease, Member};
 pub use error::Error;
 #[cfg(feature = "test-util")]
 pub use faulty::FaultyStore;

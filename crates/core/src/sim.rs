@@ -1,0 +1,54 @@
+//! Hooks for a deterministic simulation of the runtime, such as `perennial-sim` runs (with
+//! turmoil): once [`install`]ed on a thread, runtimes started there take wall time and
+//! random seeds from the simulator instead of the operating system, and run their committer
+//! as a task instead of a thread of its own, so that a run is the same every time its seed
+//! is. Monotonic time always comes from tokio's clock, which a simulator pauses and advances.
+//!
+//! The hooks are per thread: a simulator runs all its hosts on the thread that calls
+//! [`install`], and tests may run several simulations at once on other threads. A thread
+//! without them (every thread of a real node) costs one thread-local read per step.
+
+use std::cell::RefCell;
+use std::time::Duration;
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::{Rng, SeedableRng};
+
+thread_local! {
+    static CLOCK: RefCell<Option<fn() -> Duration>> = const { RefCell::new(None) };
+    static RANDOM: RefCell<Option<ChaCha8Rng>> = const { RefCell::new(None) };
+}
+
+/// From now on, on this thread, wall time is `clock()` (the duration since the Unix epoch)
+/// and the random seeds handed to steps are drawn from a generator seeded with `seed`.
+pub fn install(clock: fn() -> Duration, seed: u64) {
+    CLOCK.with(|c| *c.borrow_mut() = Some(clock));
+    RANDOM.with(|r| *r.borrow_mut() = Some(ChaCha8Rng::seed_from_u64(seed)));
+}
+
+/// Removes the hooks of this thread: time and randomness are real again.
+pub fn uninstall() {
+    CLOCK.with(|c| *c.borrow_mut() = None);
+    RANDOM.with(|r| *r.borrow_mut() = None);
+}
+
+/// Whether a simulation is installed on this thread.
+pub(crate) fn active() -> bool {
+    CLOCK.with(|c| c.borrow().is_some())
+}
+
+/// The simulated wall time, if a simulation is installed on this thread.
+pub(crate) fn since_epoch() -> Option<Duration> {
+    CLOCK.with(|c| c.borrow().map(|clock| clock()))
+}
+
+/// A seed from the simulation's generator, if one is installed on this thread.
+pub(crate) fn seed() -> Option<[u8; 32]> {
+    RANDOM.with(|r| {
+        r.borrow_mut().as_mut().map(|rng| {
+            let mut seed = [0u8; 32];
+            rng.fill_bytes(&mut seed);
+            seed
+        })
+    })
+}

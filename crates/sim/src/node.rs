@@ -1,0 +1,241 @@
+//! A simulated node: a Perennial runtime on its [`SimStore`], in a cluster whose leases the
+//! [`SimDb`](crate::store::SimDb) keeps, serving calls and carried messages over turmoil's
+//! simulated TCP.
+//!
+//! The wire is one JSON [`Request`] per line and one [`Response`] per line back, on a fresh
+//! connection per request. A node runs a call only if it serves the entity's shard, and
+//! answers `503 not_owner` otherwise: the clients find the owner by trying the nodes in turn
+//! (the real gateway forwards instead; that is the HTTP layer, which the simulation leaves
+//! out).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use perennial_cluster::{Cluster, Options, Route};
+use perennial_core::{Courier, Delivery, EntityId, EntityKey, Parcel, Runtime};
+use perennial_types::shard_of;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use turmoil::net::{TcpListener, TcpStream};
+
+use crate::store::SimStore;
+
+/// The port every node listens on.
+pub(crate) const PORT: u16 = 9000;
+
+/// What a client or another node asks a node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum Request {
+    /// A call to an entity, with its idempotency key.
+    Call {
+        kind: String,
+        id: String,
+        key: Option<String>,
+        body: String,
+    },
+    /// A message row another node carries here.
+    Deliver {
+        owner_kind: String,
+        owner_id: String,
+        seq: u64,
+        kind: String,
+        id: String,
+        body: String,
+    },
+    /// Passivate a kind's idle entities, so that reads come from storage.
+    Passivate { kind: String },
+    /// How many timers, messages and effects the node holds in memory.
+    Pending,
+}
+
+/// A node's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum Response {
+    /// A call's outcome: `200` and the reply, or an error status and code.
+    Call { status: u16, body: String },
+    /// How a carried row ended.
+    Delivered(Delivered),
+    /// A count (passivated entities, pending rows).
+    Count(usize),
+}
+
+/// A [`Delivery`] on the wire.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub(crate) enum Delivered {
+    Applied,
+    Skipped,
+    Refused,
+    Retry,
+    Poison,
+    NotServed,
+}
+
+/// Sends `request` to `host` and waits at most `patience` for its answer.
+pub(crate) async fn ask(host: &str, request: &Request, patience: Duration) -> Option<Response> {
+    let exchange = async {
+        let mut stream = TcpStream::connect((host, PORT)).await.ok()?;
+        let mut line = serde_json::to_string(request).ok()?;
+        line.push('\n');
+        stream.write_all(line.as_bytes()).await.ok()?;
+        let mut reader = BufReader::new(stream);
+        let mut answer = String::new();
+        reader.read_line(&mut answer).await.ok()?;
+        serde_json::from_str(&answer).ok()
+    };
+    tokio::time::timeout(patience, exchange)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// The node's software: started again from nothing each time the host is bounced.
+pub(crate) async fn run(name: String, store: SimStore, lease: Duration) -> turmoil::Result {
+    let rt = loop {
+        let builder = perennial_demo::register(Runtime::builder().store(store.clone()))
+            .node_name(name.clone());
+        match builder.start_unclaimed().await {
+            Ok(rt) => break rt,
+            Err(error) => {
+                tracing::debug!(node = %name, %error, "cannot start yet");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let options = Options::new(name.clone(), name.clone()).lease(lease);
+    let cluster = loop {
+        match Cluster::join(Arc::new(store.clone()), rt.clone(), options.clone()).await {
+            Ok(cluster) => break cluster,
+            Err(error) => {
+                tracing::debug!(node = %name, %error, "cannot join yet");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    rt.set_courier(Arc::new(SimCourier {
+        cluster: cluster.clone(),
+    }));
+    let listener = TcpListener::bind(("0.0.0.0", PORT)).await?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        tokio::spawn(serve(stream, rt.clone(), cluster.clone()));
+    }
+}
+
+/// Answers one request.
+async fn serve(stream: TcpStream, rt: Runtime, cluster: Cluster) {
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    if reader.read_line(&mut line).await.is_err() {
+        return;
+    }
+    let Ok(request) = serde_json::from_str::<Request>(&line) else {
+        return;
+    };
+    let response = match request {
+        Request::Call {
+            kind,
+            id,
+            key,
+            body,
+        } => {
+            if cluster.route(shard_of(&kind, &id)) != Route::Local {
+                Response::Call {
+                    status: 503,
+                    body: "not_owner".into(),
+                }
+            } else {
+                match rt
+                    .call_json_idempotent(&kind, &id, key.as_deref(), body.as_bytes())
+                    .await
+                {
+                    Ok(reply) => Response::Call {
+                        status: 200,
+                        body: reply,
+                    },
+                    Err(error) => Response::Call {
+                        status: 500,
+                        body: error.code().to_owned(),
+                    },
+                }
+            }
+        }
+        Request::Deliver {
+            owner_kind,
+            owner_id,
+            seq,
+            kind,
+            id,
+            body,
+        } => {
+            let keys = EntityId::new(&owner_id).and_then(|o| Ok((o, EntityId::new(&id)?)));
+            let delivery = match keys {
+                Ok((owner, target)) => {
+                    let parcel = Parcel::new(
+                        EntityKey::new(owner_kind, owner),
+                        seq,
+                        EntityKey::new(kind, target),
+                        body.into(),
+                    );
+                    rt.deliver(parcel).await
+                }
+                Err(_) => Delivery::Poison("an invalid id".into()),
+            };
+            Response::Delivered(match delivery {
+                Delivery::Applied => Delivered::Applied,
+                Delivery::Skipped => Delivered::Skipped,
+                Delivery::Refused(_) => Delivered::Refused,
+                Delivery::Retry(_) => Delivered::Retry,
+                Delivery::Poison(_) => Delivered::Poison,
+                Delivery::NotServed => Delivered::NotServed,
+                _ => Delivered::Retry,
+            })
+        }
+        Request::Passivate { kind } => {
+            Response::Count(rt.passivate_kind(&kind).map_or(0, |(done, _)| done))
+        }
+        Request::Pending => Response::Count(rt.stats().pending_in_memory),
+    };
+    let Ok(mut answer) = serde_json::to_string(&response) else {
+        return;
+    };
+    answer.push('\n');
+    let _ = reader.get_mut().write_all(answer.as_bytes()).await;
+}
+
+/// Carries message rows to the node that serves their target, over the simulated network.
+struct SimCourier {
+    cluster: Cluster,
+}
+
+impl Courier for SimCourier {
+    fn carry(&self, parcel: Parcel) -> Pin<Box<dyn Future<Output = Delivery> + Send>> {
+        let route = self
+            .cluster
+            .route(shard_of(&parcel.target.kind, parcel.target.id.as_str()));
+        Box::pin(async move {
+            let Route::Remote { address, .. } = route else {
+                return Delivery::Retry("no node serves the target now".into());
+            };
+            let request = Request::Deliver {
+                owner_kind: parcel.owner.kind.to_string(),
+                owner_id: parcel.owner.id.to_string(),
+                seq: parcel.seq,
+                kind: parcel.target.kind.to_string(),
+                id: parcel.target.id.to_string(),
+                body: parcel.body.to_string(),
+            };
+            match ask(&address, &request, Duration::from_secs(2)).await {
+                Some(Response::Delivered(delivered)) => match delivered {
+                    Delivered::Applied => Delivery::Applied,
+                    Delivered::Skipped => Delivery::Skipped,
+                    Delivered::Refused => Delivery::Refused("refused".into()),
+                    Delivered::Retry => Delivery::Retry("the target asks to retry".into()),
+                    Delivered::Poison => Delivery::Poison("poison".into()),
+                    Delivered::NotServed => Delivery::NotServed,
+                },
+                _ => Delivery::Retry("the target's node did not answer".into()),
+            }
+        })
+    }
+}
