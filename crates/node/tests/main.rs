@@ -6,6 +6,7 @@
 
 mod cli;
 mod cluster;
+mod compat;
 mod config;
 mod corrupt;
 mod crash_points;
