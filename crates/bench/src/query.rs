@@ -47,6 +47,7 @@ pub async fn query(options: &Options) -> anyhow::Result<Report> {
                     epoch,
                     state: Arc::from(state),
                     version: 1,
+                    schema: 1,
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;

@@ -26,6 +26,9 @@ pub struct EntityInfo {
     /// The version of its stored state (for a `Journal` kind, the step of its latest
     /// snapshot); 0 if nothing is stored.
     pub state_version: u64,
+    /// The schema version of its stored state (see
+    /// [`Process::MIGRATIONS`](crate::Process::MIGRATIONS)); 1 if nothing is stored.
+    pub schema: u32,
     /// Its latest journal step (`Journal` kinds), else 0.
     pub last_step: u64,
     /// When its last step committed, in milliseconds since the Unix epoch; `None` if nothing
@@ -104,6 +107,7 @@ impl Runtime {
                     id: id.as_str().to_owned(),
                     resident: true,
                     state_version: 0,
+                    schema: 1,
                     last_step: 0,
                     updated_at_ms: None,
                 })
@@ -121,6 +125,7 @@ impl Runtime {
                 paused: EntityId::new(&e.id).is_ok_and(|id| core.pauses.is_paused(kind, &id)),
                 id: e.id,
                 state_version: e.state_version,
+                schema: e.schema,
                 last_step: e.last_step,
                 updated_at_ms: Some(e.updated_at_ms),
             })
@@ -416,7 +421,7 @@ impl Runtime {
         Ok(dynamic)
     }
 
-    fn kind(&self, kind: &str) -> Result<&Arc<dyn crate::kind::DynKind>, CallError> {
+    pub(crate) fn kind(&self, kind: &str) -> Result<&Arc<dyn crate::kind::DynKind>, CallError> {
         self.shared
             .by_name
             .get(kind)

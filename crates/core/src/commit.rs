@@ -101,6 +101,8 @@ pub(crate) trait Owner: Send + Sync {
     fn key(&self) -> EntityKey;
     fn shard(&self) -> ShardId;
     fn epoch(&self) -> Epoch;
+    /// The schema version its states are written at (its kind's).
+    fn schema(&self) -> u32;
     /// The entity's current incarnation. It changes when a batch with its steps fails.
     fn incarnation(&self) -> u32;
     /// Steps of `incarnation` up to version `seq` are durable.
@@ -693,6 +695,7 @@ impl OwnerEntry {
                     epoch: self.owner.epoch(),
                     state,
                     version: seq,
+                    schema: self.owner.schema(),
                 });
             }
         }

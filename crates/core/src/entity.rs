@@ -51,6 +51,8 @@ pub(crate) enum Answer<K: Process> {
     Value(K::Reply),
     /// The JSON of the reply to the first call with the same idempotency key.
     Kept(Arc<str>),
+    /// A rewrite's answer (see [`rewrite`]): whether it wrote anything.
+    Rewrote(bool),
 }
 
 type Outcome<K> = Result<Answer<K>, CallError<<K as Process>::Error>>;
@@ -64,6 +66,8 @@ pub(crate) enum ReplyTo<K: Process> {
     Json(oneshot::Sender<Result<String, CallError<K::Error>>>),
     /// The dispatcher, delivering a timer, a message from another entity or an effect's result.
     Row(oneshot::Sender<Delivery>),
+    /// A migration pass, rewriting the stored state (see [`rewrite`]).
+    Rewrite(oneshot::Sender<Result<bool, CallError<K::Error>>>),
 }
 
 impl<K: Process> ReplyTo<K> {
@@ -80,6 +84,7 @@ impl<K: Process> ReplyTo<K> {
             Self::Caller(to) => {
                 let reply = outcome.and_then(|answer| match answer {
                     Answer::Value(value) => Ok(value),
+                    Answer::Rewrote(_) => Err(not_a_reply(key())),
                     Answer::Kept(json) => {
                         serde_json::from_str(&json).map_err(|e| CallError::CorruptState {
                             key: key(),
@@ -100,8 +105,12 @@ impl<K: Process> ReplyTo<K> {
                         })
                     }
                     Answer::Kept(json) => Ok(json.to_string()),
+                    Answer::Rewrote(_) => Err(not_a_reply(key())),
                 });
                 let _ = to.send(reply);
+            }
+            Self::Rewrite(to) => {
+                let _ = to.send(outcome.map(|answer| !matches!(answer, Answer::Rewrote(false))));
             }
             Self::Row(to) => {
                 let delivery = match outcome {
@@ -138,6 +147,9 @@ pub(crate) enum Via {
     /// A dead letter retried by an operator, by its number. The step that applies it deletes
     /// the letter.
     Letter(u64),
+    /// No message: a migration pass writes the state back at the kind's schema version, and
+    /// with `snapshot`, snapshots a `Journal` entity whose journal goes beyond its snapshot.
+    Rewrite { snapshot: bool },
 }
 
 /// The longest idempotency key accepted, in bytes.
@@ -172,7 +184,8 @@ impl Via {
 
 /// A message waiting in a mailbox, with where its reply goes.
 struct Envelope<K: Process> {
-    msg: K::Msg,
+    /// `None` only for [`Via::Rewrite`].
+    msg: Option<K::Msg>,
     reply: ReplyTo<K>,
     via: Via,
 }
@@ -218,6 +231,9 @@ struct Inner<K: Process> {
     last_json: Option<Arc<str>>,
     /// `Journal` kinds: the step the latest snapshot covers.
     snapshot_step: u64,
+    /// Whether storage holds the state (or snapshot) at an older schema version: the next
+    /// step writes it back (a `Journal` kind, as a snapshot), even if it changed nothing.
+    outdated: bool,
     /// `Journal` kinds: what `init` was handed, until the first step records it.
     init: Option<Box<InitRecord>>,
     /// Why the steps of the previous incarnation were lost, for replies computed from them.
@@ -290,6 +306,7 @@ pub(crate) async fn call<K: Process>(
     let _permit = kind.core.admit()?;
     let (reply, answer) = oneshot::channel();
     let reply = ReplyTo::Caller(reply);
+    let msg = Some(msg);
     deliver(kind, id, Envelope { msg, reply, via })?;
     // The sender is dropped without an answer only if the runtime itself is torn down.
     answer.await.unwrap_or(Err(CallError::ShuttingDown))
@@ -305,6 +322,7 @@ pub(crate) async fn call_json<K: Process>(
     let _permit = kind.core.admit()?;
     let (reply, answer) = oneshot::channel();
     let reply = ReplyTo::Json(reply);
+    let msg = Some(msg);
     deliver(kind, id, Envelope { msg, reply, via })?;
     answer.await.unwrap_or(Err(CallError::ShuttingDown))
 }
@@ -328,7 +346,7 @@ pub(crate) async fn deliver_row<K: Process>(
         Via::Row(Box::new(row))
     };
     let envelope = Envelope {
-        msg,
+        msg: Some(msg),
         reply: ReplyTo::Row(reply),
         via,
     };
@@ -340,6 +358,34 @@ pub(crate) async fn deliver_row<K: Process>(
     answer
         .await
         .unwrap_or_else(|_| Delivery::Retry("the runtime stopped".into()))
+}
+
+/// Writes the entity's stored state back at its kind's schema version, through its mailbox
+/// (so after the messages before it, and before those after it); with `snapshot`, also
+/// snapshots a `Journal` entity whose journal goes beyond its latest snapshot. Completes
+/// once the write is durable: with whether anything was written.
+pub(crate) async fn rewrite<K: Process>(
+    kind: &Arc<KindRt<K>>,
+    id: &EntityId,
+    snapshot: bool,
+) -> Result<bool, CallError<K::Error>> {
+    let _permit = kind.core.admit()?;
+    let (reply, answer) = oneshot::channel();
+    let envelope = Envelope {
+        msg: None,
+        reply: ReplyTo::Rewrite(reply),
+        via: Via::Rewrite { snapshot },
+    };
+    deliver(kind, id, envelope)?;
+    answer.await.unwrap_or(Err(CallError::ShuttingDown))
+}
+
+/// The error a caller would get for a rewrite's answer, which no caller is given.
+fn not_a_reply<E>(key: EntityKey) -> CallError<E> {
+    CallError::UnencodableReply {
+        key,
+        detail: "a rewrite has no reply".into(),
+    }
 }
 
 /// Pushes a message into the entity's mailbox, activating the entity if it is not resident.
@@ -580,6 +626,7 @@ impl<K: Process> Cell<K> {
                 durable: 0,
                 last_json: None,
                 snapshot_step: 0,
+                outdated: false,
                 init: None,
                 lost: None,
                 failures: Vec::new(),
@@ -652,6 +699,7 @@ impl<K: Process> Cell<K> {
                 inner.durable = loaded.version;
                 inner.last_json = loaded.json;
                 inner.snapshot_step = loaded.snapshot_step;
+                inner.outdated = loaded.outdated;
                 inner.init = loaded.init.map(Box::new);
                 inner.lost = None;
                 self.kind
@@ -667,6 +715,8 @@ impl<K: Process> Cell<K> {
                 let unreadable = match &error {
                     CallError::CorruptState { .. } => Some("corrupt_state"),
                     CallError::ReplayDiverged { .. } => Some("replay_diverged"),
+                    CallError::StateTooNew { .. } => Some("state_too_new"),
+                    CallError::MigrationFailed { .. } => Some("migration_failed"),
                     _ => None,
                 };
                 if let Some(code) = unreadable {
@@ -734,6 +784,7 @@ impl<K: Process> Cell<K> {
                     Some(state) => Loaded {
                         state,
                         json: None,
+                        outdated: rebuilt.outdated,
                         version: rebuilt.step,
                         snapshot_step: rebuilt.snapshot.map_or(0, |(step, _)| step),
                         bytes: rebuilt
@@ -757,6 +808,7 @@ impl<K: Process> Cell<K> {
         Ok(Loaded {
             state,
             json: None,
+            outdated: false,
             version: 0,
             snapshot_step: 0,
             bytes: std::mem::size_of::<K>(),
@@ -764,24 +816,20 @@ impl<K: Process> Cell<K> {
         })
     }
 
-    /// A `Snapshot` kind's stored state, decoded.
+    /// A `Snapshot` kind's stored state, migrated to the kind's schema version and decoded.
     fn decoded(
         &self,
         decode: fn(&str) -> serde_json::Result<K>,
         record: Record,
     ) -> Result<Loaded<K>, CallError> {
-        let state = guard(|| decode(&record.state))
-            .map_err(|panic| format!("the decoder panicked: {panic}"))
-            .and_then(|decoded| decoded.map_err(|e| e.to_string()))
-            .map_err(|detail| CallError::CorruptState {
-                key: self.key(),
-                detail,
-            })?;
+        let version = record.version;
+        let (state, json, outdated) = decode_record(&self.key(), decode, record)?;
         Ok(Loaded {
             state,
-            bytes: record.state.len(),
-            json: Some(Arc::from(record.state)),
-            version: record.version,
+            bytes: json.len(),
+            json: Some(Arc::from(json)),
+            outdated,
+            version,
             snapshot_step: 0,
             init: None,
         })
@@ -793,6 +841,10 @@ impl<K: Process> Cell<K> {
         let Envelope { msg, reply, via } = envelope;
         // Off by default; `RUST_LOG=perennial_core=debug` shows one span per step.
         let _span = tracing::debug_span!("step", kind = K::KIND, id = %self.id).entered();
+        let Some(msg) = msg else {
+            let snapshot = matches!(via, Via::Rewrite { snapshot: true });
+            return self.rewrite(state, reply, snapshot, incarnation);
+        };
         if let Some(answered) = self.answered_before(&via) {
             return match answered {
                 Some(kept) => self.respond_outcome(reply, Ok(Answer::Kept(kept)), incarnation),
@@ -870,7 +922,9 @@ impl<K: Process> Cell<K> {
                 let (row, letter) = match via {
                     Via::Row(row) | Via::Idempotent { row: Some(row), .. } => (Some(row), None),
                     Via::Letter(seq) => (None, Some(seq)),
-                    Via::Call | Via::Idempotent { row: None, .. } => (None, None),
+                    Via::Call | Via::Idempotent { row: None, .. } | Via::Rewrite { .. } => {
+                        (None, None)
+                    }
                 };
                 let failure = Failed {
                     message: panic,
@@ -887,7 +941,7 @@ impl<K: Process> Cell<K> {
     /// whose reply is kept, `Some(None)` for a timer cancelled since it was sent.
     fn answered_before(&self, via: &Via) -> Option<Option<Arc<str>>> {
         match via {
-            Via::Call | Via::Letter(_) => None,
+            Via::Call | Via::Letter(_) | Via::Rewrite { .. } => None,
             Via::Idempotent { key, row, .. } => {
                 if row.as_ref().is_some_and(|row| self.is_cancelled(row)) {
                     return Some(None);
@@ -975,7 +1029,7 @@ impl<K: Process> Cell<K> {
                     },
                 ));
             }
-            Via::Call => {}
+            Via::Call | Via::Rewrite { .. } => {}
         }
         if !work.cancels.is_empty() {
             let mut inner = self.inner.lock();
@@ -1043,9 +1097,9 @@ impl<K: Process> Cell<K> {
         self.keep_reply(&mut extras, &value);
         let due = {
             let inner = self.inner.lock();
-            snapshots
-                .as_ref()
-                .filter(|codec| inner.seq + 1 - inner.snapshot_step >= codec.policy.every)
+            snapshots.as_ref().filter(|codec| {
+                inner.outdated || inner.seq + 1 - inner.snapshot_step >= codec.policy.every
+            })
         };
         let snapshot = due.and_then(|codec| match guard(|| (codec.encode)(state)) {
             Ok(Ok(json)) => Some((Arc::<str>::from(json), codec.policy)),
@@ -1087,11 +1141,18 @@ impl<K: Process> Cell<K> {
         let entry = JournalEntry {
             step: seq,
             at_us,
-            entry: Arc::from(journal::encode_entry(message, seed, init, digest)),
+            entry: Arc::from(journal::encode_entry(
+                message,
+                seed,
+                init,
+                digest,
+                crate::migration::schema_version::<K>(),
+            )),
         };
         let (snapshot, trim) = match snapshot {
             Some((json, policy)) => {
                 inner.snapshot_step = seq;
+                inner.outdated = false;
                 self.kind.core.registry.account(inner.bytes, json.len());
                 inner.bytes = json.len();
                 (Some(json), policy.trim_through(seq))
@@ -1103,7 +1164,8 @@ impl<K: Process> Cell<K> {
             snapshot,
             trim,
         }));
-        self.hold_and_submit(inner, seq, (reply, Ok(value)), (write, extras), incarnation);
+        let answer = Ok(Answer::Value(value));
+        self.hold_and_submit(inner, seq, (reply, answer), (write, extras), incarnation);
         true
     }
 
@@ -1133,7 +1195,8 @@ impl<K: Process> Cell<K> {
             inner.seq += 1;
             let seq = inner.seq;
             let step = (Write::Nothing, extras);
-            self.hold_and_submit(inner, seq, (reply, Ok(value)), step, incarnation);
+            let answer = Ok(Answer::Value(value));
+            self.hold_and_submit(inner, seq, (reply, answer), step, incarnation);
             return true;
         };
         let json = match guard(|| encode(state)) {
@@ -1152,7 +1215,7 @@ impl<K: Process> Cell<K> {
         if let Ok(message) = message_json {
             forget_failure(&mut inner.failures, digest_of(message));
         }
-        if extras.is_none() && inner.last_json.as_deref() == Some(&*json) {
+        if extras.is_none() && !inner.outdated && inner.last_json.as_deref() == Some(&*json) {
             // The step changed nothing, so nothing is written; but its reply must not overtake
             // a held one.
             if inner.held.is_empty() && inner.seq == inner.durable {
@@ -1173,8 +1236,80 @@ impl<K: Process> Cell<K> {
         self.kind.core.registry.account(inner.bytes, json.len());
         inner.bytes = json.len();
         inner.last_json = Some(Arc::clone(&json));
+        inner.outdated = false;
         let step = (Write::State(json), extras);
-        self.hold_and_submit(inner, seq, (reply, Ok(value)), step, incarnation);
+        let answer = Ok(Answer::Value(value));
+        self.hold_and_submit(inner, seq, (reply, answer), step, incarnation);
+        true
+    }
+
+    /// Writes the state back at the kind's schema version if storage holds an older one;
+    /// for a `Journal` kind with snapshots, as a snapshot with a mark entry (a step that
+    /// changed nothing), also when `snapshot` asks for one and the journal goes beyond the
+    /// latest snapshot. The answer, held until durable, says whether anything was written.
+    fn rewrite(
+        self: &Arc<Self>,
+        state: &mut K,
+        reply: ReplyTo<K>,
+        snapshot: bool,
+        incarnation: u32,
+    ) -> bool {
+        let (encode, snapshots) = match &self.kind.mode {
+            Mode::Snapshot { encode, .. } => (*encode, None),
+            Mode::Journal {
+                snapshots: Some(codec),
+            } => (codec.encode, Some(codec.policy)),
+            Mode::Journal { snapshots: None } | Mode::Ephemeral { .. } => {
+                return self.respond_outcome(reply, Ok(Answer::Rewrote(false)), incarnation);
+            }
+        };
+        let needed = {
+            let inner = self.inner.lock();
+            inner.outdated || (snapshots.is_some() && snapshot && inner.seq > inner.snapshot_step)
+        };
+        if !needed {
+            return self.respond_outcome(reply, Ok(Answer::Rewrote(false)), incarnation);
+        }
+        let json = match guard(|| encode(state)) {
+            Ok(Ok(json)) => Arc::<str>::from(json),
+            Ok(Err(e)) => return self.unencodable(state, reply, e.to_string(), incarnation),
+            Err(panic) => {
+                let detail = format!("the encoder panicked: {panic}");
+                return self.unencodable(state, reply, detail, incarnation);
+            }
+        };
+        let mut inner = self.inner.lock();
+        if self.incarnation.load(Ordering::SeqCst) != incarnation {
+            drop(inner);
+            return self.respond_lost(reply);
+        }
+        inner.seq += 1;
+        let seq = inner.seq;
+        self.kind.core.registry.account(inner.bytes, json.len());
+        inner.bytes = json.len();
+        inner.outdated = false;
+        let write = match snapshots {
+            None => {
+                inner.last_json = Some(Arc::clone(&json));
+                Write::State(json)
+            }
+            Some(policy) => {
+                inner.snapshot_step = seq;
+                let schema = crate::migration::schema_version::<K>();
+                let entry = JournalEntry {
+                    step: seq,
+                    at_us: now_us(),
+                    entry: Arc::from(journal::encode_mark(schema)),
+                };
+                Write::Journal(Box::new(JournalStep {
+                    entry,
+                    snapshot: Some(json),
+                    trim: policy.trim_through(seq),
+                }))
+            }
+        };
+        let answer = Ok(Answer::Rewrote(true));
+        self.hold_and_submit(inner, seq, (reply, answer), (write, None), incarnation);
         true
     }
 
@@ -1184,11 +1319,10 @@ impl<K: Process> Cell<K> {
         self: &Arc<Self>,
         mut inner: parking_lot::MutexGuard<'_, Inner<K>>,
         seq: u64,
-        (reply, result): (ReplyTo<K>, Reply<K>),
+        (reply, result): (ReplyTo<K>, Outcome<K>),
         (write, extras): (Write, Option<Box<Extras>>),
         incarnation: u32,
     ) {
-        let result = result.map(Answer::Value);
         inner.held.push_back(Held { seq, reply, result });
         drop(inner);
         self.kind.core.committer.submit(Step {
@@ -1422,6 +1556,10 @@ impl<K: Process> Owner for Cell<K> {
         Cell::key(self)
     }
 
+    fn schema(&self) -> u32 {
+        crate::migration::schema_version::<K>()
+    }
+
     fn shard(&self) -> ShardId {
         self.shard
     }
@@ -1553,12 +1691,42 @@ struct Loaded<K> {
     state: K,
     /// `Snapshot` kinds: the state's JSON, to roll back to.
     json: Option<Arc<str>>,
+    /// Whether storage holds it at an older schema version.
+    outdated: bool,
     version: u64,
     /// `Journal` kinds: the step the latest snapshot covers.
     snapshot_step: u64,
     bytes: usize,
     /// `Journal` kinds, new entity: what `init` was handed, for the first step to record.
     init: Option<InitRecord>,
+}
+
+/// A `Snapshot` kind's stored record, migrated to the kind's schema version (see
+/// [`crate::migration`]) and decoded: the state, its JSON at the kind's version, and whether
+/// that differs from the stored version.
+pub(crate) fn decode_record<K: Process>(
+    key: &EntityKey,
+    decode: fn(&str) -> serde_json::Result<K>,
+    record: Record,
+) -> Result<(K, String, bool), CallError> {
+    let migrated = crate::migration::upgrade::<K>(key, record.schema, &record.state)?;
+    let outdated = migrated.is_some();
+    let json = migrated.unwrap_or(record.state);
+    let state = guard(|| decode(&json))
+        .map_err(|panic| format!("the decoder panicked: {panic}"))
+        .and_then(|decoded| decoded.map_err(|e| e.to_string()));
+    match state {
+        Ok(state) => Ok((state, json, outdated)),
+        Err(detail) if outdated => Err(CallError::MigrationFailed {
+            key: key.clone(),
+            from: record.schema,
+            detail: format!("the migrated state does not decode: {detail}"),
+        }),
+        Err(detail) => Err(CallError::CorruptState {
+            key: key.clone(),
+            detail,
+        }),
+    }
 }
 
 /// Runs user code, turning a panic into its message.

@@ -73,6 +73,34 @@ pub enum CallError<E = Infallible> {
         /// What differed.
         detail: String,
     },
+    /// The entity's stored state was written by newer code (a higher schema version than
+    /// this build's [`Process::MIGRATIONS`](crate::Process::MIGRATIONS) reach): after a
+    /// rollback, or on an old node during a rolling upgrade. Nothing is overwritten; run the
+    /// newer build, or add the missing migrations.
+    #[error(
+        "the stored state of {key} has schema version {schema}, newer than this build's          {supported}; it was left untouched (run the newer build)"
+    )]
+    StateTooNew {
+        /// The entity.
+        key: EntityKey,
+        /// The version it was stored at.
+        schema: u32,
+        /// The newest version this build knows.
+        supported: u32,
+    },
+    /// A migration of the entity's stored state failed, or the migrated state does not
+    /// decode. Nothing is overwritten.
+    #[error(
+        "the stored state of {key} cannot be migrated from schema version {from}: {detail};          it was left untouched"
+    )]
+    MigrationFailed {
+        /// The entity.
+        key: EntityKey,
+        /// The version the failing migration starts from.
+        from: u32,
+        /// What failed.
+        detail: String,
+    },
     /// The history or past state asked for is not stored.
     #[error("no such history of {key}: {detail}")]
     NoHistory {
@@ -220,6 +248,18 @@ impl<E> CallError<E> {
             Self::ReplayDiverged { key, step, detail } => {
                 CallError::ReplayDiverged { key, step, detail }
             }
+            Self::StateTooNew {
+                key,
+                schema,
+                supported,
+            } => CallError::StateTooNew {
+                key,
+                schema,
+                supported,
+            },
+            Self::MigrationFailed { key, from, detail } => {
+                CallError::MigrationFailed { key, from, detail }
+            }
             Self::NoHistory { key, detail } => CallError::NoHistory { key, detail },
             Self::Unencodable { key, detail } => CallError::Unencodable { key, detail },
             Self::UnencodableReply { key, detail } => CallError::UnencodableReply { key, detail },
@@ -271,6 +311,8 @@ impl<E> CallError<E> {
             Self::Storage { .. } | Self::Store(_) => "storage_failed",
             Self::CorruptState { .. } => "corrupt_state",
             Self::ReplayDiverged { .. } => "replay_diverged",
+            Self::StateTooNew { .. } => "state_too_new",
+            Self::MigrationFailed { .. } => "migration_failed",
             Self::NoHistory { .. } => "no_history",
             Self::Unencodable { .. } => "unencodable_state",
             Self::UnencodableReply { .. } => "unencodable_reply",

@@ -7,6 +7,11 @@
 //! latest snapshot if the kind takes them, and compares each reply's digest with the
 //! recorded one: a difference means the code or the handler's inputs changed, and the entity
 //! is not activated ([`CallError::ReplayDiverged`]).
+//!
+//! An entry also records the kind's schema version when it is above 1 (`"v"`), so that a
+//! build older than the one that wrote it refuses to replay it
+//! ([`CallError::StateTooNew`]). A snapshot written by a migration pass, with no step of its
+//! own to record, is a *mark* entry (`"mark": "snapshot"`) that replay passes over.
 
 use perennial_storage::JournalEntry;
 use perennial_types::{EntityId, EntityKey};
@@ -106,18 +111,23 @@ pub(crate) struct InitRecord {
     pub(crate) seed: Option<[u8; 32]>,
 }
 
-/// The JSON of one step's entry. `message` is the message's JSON.
+/// The JSON of one step's entry. `message` is the message's JSON; `schema` the kind's
+/// schema version (written only above 1).
 pub(crate) fn encode_entry(
     message: &str,
     seed: Option<[u8; 32]>,
     init: Option<InitRecord>,
     reply: u64,
+    schema: u32,
 ) -> String {
     use std::fmt::Write;
     let mut out = String::with_capacity(message.len() + 160);
     out.push_str("{\"msg\":");
     out.push_str(message);
     let _ = write!(out, ",\"reply\":\"{reply:016x}\"");
+    if schema > 1 {
+        let _ = write!(out, ",\"v\":{schema}");
+    }
     if let Some(seed) = seed {
         out.push_str(",\"seed\":\"");
         push_hex(&mut out, &seed);
@@ -136,10 +146,24 @@ pub(crate) fn encode_entry(
     out
 }
 
+/// The JSON of a mark entry: a step that changed nothing, written with a snapshot by a
+/// migration pass (see [`crate::migration`]). Replay passes over it.
+pub(crate) fn encode_mark(schema: u32) -> String {
+    format!("{{\"msg\":null,\"mark\":\"snapshot\",\"reply\":\"0\",\"v\":{schema}}}")
+}
+
 /// One entry as replay reads it. Hex fields are borrowed from the entry's text.
 #[derive(Deserialize)]
+#[serde(bound(deserialize = "M: Deserialize<'de>"))]
 struct Entry<'a, M> {
-    msg: M,
+    /// `None` only in a mark entry.
+    #[serde(default)]
+    msg: Option<M>,
+    #[serde(borrow, default)]
+    mark: Option<&'a str>,
+    /// The schema version of the code that wrote it (1 if absent).
+    #[serde(default)]
+    v: Option<u32>,
     #[serde(borrow)]
     reply: &'a str,
     #[serde(borrow, default)]
@@ -214,6 +238,8 @@ pub(crate) struct Rebuilt<K> {
     pub(crate) step: u64,
     /// The step the snapshot that replay started from covers, and its length in bytes.
     pub(crate) snapshot: Option<(u64, usize)>,
+    /// Whether that snapshot was stored at an older schema version (and migrated).
+    pub(crate) outdated: bool,
 }
 
 /// How many entries replay reads from the store at a time.
@@ -236,6 +262,7 @@ pub(crate) async fn rebuild<K: Process>(
         state: None,
         step: 0,
         snapshot: None,
+        outdated: false,
     };
     let snapshot = match codec {
         Some(codec) => store.load(key).await.map_err(storage)?.map(|r| (codec, r)),
@@ -244,12 +271,25 @@ pub(crate) async fn rebuild<K: Process>(
     if let Some((codec, record)) = snapshot
         && record.version <= upto
     {
-        let state = guard(|| (codec.decode)(&record.state))
+        let migrated = crate::migration::upgrade::<K>(key, record.schema, &record.state)?;
+        rebuilt.outdated = migrated.is_some();
+        let json = migrated.as_deref().unwrap_or(&record.state);
+        let state = guard(|| (codec.decode)(json))
             .map_err(|panic| format!("the decoder panicked: {panic}"))
             .and_then(|decoded| decoded.map_err(|e| e.to_string()))
-            .map_err(|detail| CallError::CorruptState {
-                key: key.clone(),
-                detail: format!("snapshot at step {}: {detail}", record.version),
+            .map_err(|detail| match migrated {
+                Some(_) => CallError::MigrationFailed {
+                    key: key.clone(),
+                    from: record.schema,
+                    detail: format!(
+                        "the migrated snapshot at step {} does not decode: {detail}",
+                        record.version
+                    ),
+                },
+                None => CallError::CorruptState {
+                    key: key.clone(),
+                    detail: format!("snapshot at step {}: {detail}", record.version),
+                },
             })?;
         rebuilt.state = Some(state);
         rebuilt.step = record.version;
@@ -313,6 +353,33 @@ fn apply<K: Process>(
             diverged(format!("the journaled message no longer decodes: {e}"))
         }
     })?;
+    let supported = crate::migration::schema_version::<K>();
+    if let Some(schema) = parsed.v.filter(|&v| v > supported) {
+        return Err(CallError::StateTooNew {
+            key: key.clone(),
+            schema,
+            supported,
+        });
+    }
+    if parsed.mark.is_some() {
+        // A snapshot's mark: the step changed nothing. It follows a snapshot (or the state
+        // it covers) by construction.
+        if rebuilt.state.is_none() {
+            return Err(CallError::NoHistory {
+                key: key.clone(),
+                detail: format!("the journal starts at mark step {step}, without a snapshot"),
+            });
+        }
+        rebuilt.step = step;
+        return Ok(());
+    }
+    let msg = match parsed.msg {
+        Some(msg) => msg,
+        // `"msg": null` reads as `None`, but it is the message of a kind whose messages
+        // include null (such as `()`).
+        None => serde_json::from_str("null")
+            .map_err(|e| diverged(format!("the journaled message no longer decodes: {e}")))?,
+    };
     let seed = match parsed.seed {
         Some(hex) => Some(parse_seed(hex).ok_or_else(|| diverged("a bad seed".into()))?),
         None => None,
@@ -349,7 +416,6 @@ fn apply<K: Process>(
         }
     };
     let mut ctx = Ctx::replay(id, entry.at_us, seed, step);
-    let msg = parsed.msg;
     let result = guard(|| state.handle(msg, &mut ctx));
     if ctx.strayed() {
         return Err(diverged(
@@ -391,7 +457,7 @@ mod tests {
             at_us: 5,
             seed: None,
         };
-        let json = encode_entry(r#"{"add":2}"#, Some([0xab; 32]), Some(init), 0x1f);
+        let json = encode_entry(r#"{"add":2}"#, Some([0xab; 32]), Some(init), 0x1f, 1);
         let value: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(value["msg"]["add"], 2);
         assert_eq!(value["reply"], "000000000000001f");
@@ -399,6 +465,13 @@ mod tests {
         assert_eq!(value["init"]["at_us"], 5);
         let parsed: Entry<'_, serde_json::Value> = serde_json::from_str(&json).unwrap();
         assert_eq!(parse_seed(parsed.seed.unwrap()), Some([0xab; 32]));
+        assert_eq!(parsed.v, None, "version 1 is not written");
+        let v3 = encode_entry("1", None, None, 0, 3);
+        let parsed: Entry<'_, serde_json::Value> = serde_json::from_str(&v3).unwrap();
+        assert_eq!(parsed.v, Some(3));
+        let mark = encode_mark(3);
+        let mark: Entry<'_, serde_json::Value> = serde_json::from_str(&mark).unwrap();
+        assert_eq!((mark.msg, mark.mark), (None, Some("snapshot")));
     }
 
     /// Digests are stored: they must not change between versions of the crates behind them.

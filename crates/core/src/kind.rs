@@ -120,6 +120,23 @@ pub(crate) trait DynKind: Send + Sync {
 
     fn persistence(&self) -> Persistence;
 
+    /// The kind's schema version in this build.
+    fn schema(&self) -> u32;
+
+    /// Writes the entity's state back at the kind's schema version if it is stored at an
+    /// older one (and snapshots it if `snapshot` and its journal goes beyond its latest
+    /// snapshot), through its mailbox; completes once durable, with whether it wrote.
+    fn rewrite(
+        self: Arc<Self>,
+        id: EntityId,
+        snapshot: bool,
+    ) -> BoxFuture<Result<bool, CallError<JsonRejection>>>;
+
+    /// Whether this build can activate the stored entity, checked from storage without
+    /// writing: its state migrates and decodes, its journal replays as it ran live. `true`
+    /// if its state is stored at an older schema version.
+    fn check(self: Arc<Self>, id: EntityId) -> BoxFuture<Result<bool, CallError>>;
+
     /// Whether its committed states can be watched as JSON: `Snapshot` kinds, and `Journal`
     /// kinds with snapshots.
     fn watchable(&self) -> bool;
@@ -173,6 +190,56 @@ impl<K: Process> DynKind for KindRt<K> {
 
     fn persistence(&self) -> Persistence {
         KindRt::persistence(self)
+    }
+
+    fn schema(&self) -> u32 {
+        crate::migration::schema_version::<K>()
+    }
+
+    fn rewrite(
+        self: Arc<Self>,
+        id: EntityId,
+        snapshot: bool,
+    ) -> BoxFuture<Result<bool, CallError<JsonRejection>>> {
+        Box::pin(async move {
+            crate::entity::rewrite(&self, &id, snapshot)
+                .await
+                .map_err(|e| {
+                    e.map_rejection(|r| JsonRejection {
+                        code: r.code().to_owned(),
+                        message: r.to_string(),
+                    })
+                })
+        })
+    }
+
+    fn check(self: Arc<Self>, id: EntityId) -> BoxFuture<Result<bool, CallError>> {
+        Box::pin(async move {
+            let key = perennial_types::EntityKey::new(self.name.clone(), id.clone());
+            let store = &*self.core.store;
+            match &self.mode {
+                Mode::Snapshot { decode, .. } => {
+                    let record = store
+                        .load(&key)
+                        .await
+                        .map_err(|source| CallError::Storage {
+                            key: key.clone(),
+                            source,
+                        })?;
+                    match record {
+                        None => Ok(false),
+                        Some(record) => crate::entity::decode_record(&key, *decode, record)
+                            .map(|(_, _, outdated)| outdated),
+                    }
+                }
+                Mode::Journal { snapshots } => {
+                    let codec = snapshots.as_ref();
+                    let rebuilt = journal::rebuild(store, &key, &id, codec, u64::MAX).await?;
+                    Ok(rebuilt.outdated)
+                }
+                Mode::Ephemeral { .. } => Ok(false),
+            }
+        })
     }
 
     fn index(&self) -> u16 {

@@ -98,6 +98,7 @@ mod error;
 mod histogram;
 mod journal;
 mod kind;
+mod migration;
 mod pause;
 mod process;
 mod quarantine;
@@ -116,6 +117,9 @@ pub use error::{CallError, JsonRejection, Overload, StartError};
 pub use histogram::Histogram;
 pub use journal::{HistoryEntry, Snapshots};
 pub use kind::KindStats;
+pub use migration::{
+    Migrate, Migration, MigrationError, MigrationReport, Progress, ReplayReport, schema_version,
+};
 pub use process::{Persistence, Process, Rejection};
 pub use quarantine::Quarantined;
 pub use runtime::{Builder, Handle, Runtime, Stats};

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::Ctx;
+use crate::{Ctx, Migration};
 
 /// A kind of persistent process: its state is `Self`, it handles [`Msg`](Process::Msg)s one
 /// at a time, and it answers each with a [`Reply`](Process::Reply) or a
@@ -63,6 +63,72 @@ pub trait Process: Default + Send + 'static {
     /// The kind's name: it addresses the kind in URLs and names it in storage, so it must not
     /// change once entities are stored.
     const KIND: &'static str;
+
+    /// The migrations of the kind's stored state, oldest first: `MIGRATIONS[0]` turns the
+    /// JSON of schema version 1 into version 2, `MIGRATIONS[1]` version 2 into 3, and so on.
+    /// The kind's state is at version `MIGRATIONS.len() + 1`; states stored by older code
+    /// are migrated in memory when they are read, and written back at the new version by
+    /// the entity's next step (or by `perennial migrate`, for entities nobody calls).
+    ///
+    /// Append to the list; never edit or remove a released migration. A stored state of a
+    /// newer version than the list reaches (after a rollback) is refused with
+    /// [`CallError::StateTooNew`](crate::CallError::StateTooNew), and left as it is.
+    ///
+    /// ```
+    /// use perennial_core::{Ctx, Migration, MigrationError, Process};
+    /// use serde::{Deserialize, Serialize};
+    /// use serde_json::{Value, json};
+    ///
+    /// /// Version 3: prices in cents, with a currency.
+    /// #[derive(Default, Serialize, Deserialize)]
+    /// struct Cart {
+    ///     lines: Vec<Line>,
+    ///     currency: String,
+    /// }
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// struct Line {
+    ///     sku: String,
+    ///     cents: u64,
+    /// }
+    ///
+    /// /// Version 1 was `{"items": {"sku": price}}`.
+    /// fn items_to_lines(mut v1: Value) -> Result<Value, MigrationError> {
+    ///     let items = v1["items"].take();
+    ///     let items = items.as_object().ok_or(MigrationError::new("no items"))?;
+    ///     let lines: Vec<Value> =
+    ///         items.iter().map(|(sku, price)| json!({"sku": sku, "price": price})).collect();
+    ///     Ok(json!({ "lines": lines }))
+    /// }
+    ///
+    /// /// Version 2 had prices in dollars, with no currency.
+    /// fn dollars_to_cents(mut v2: Value) -> Result<Value, MigrationError> {
+    ///     for line in v2["lines"].as_array_mut().ok_or(MigrationError::new("no lines"))? {
+    ///         let dollars = line["price"].as_f64().ok_or(MigrationError::new("no price"))?;
+    ///         line["cents"] = json!((dollars * 100.0).round() as u64);
+    ///     }
+    ///     v2["currency"] = json!("USD");
+    ///     Ok(v2)
+    /// }
+    ///
+    /// impl Process for Cart {
+    ///     const KIND: &'static str = "cart";
+    ///     const MIGRATIONS: &'static [Migration] = &[items_to_lines, dollars_to_cents];
+    ///     type Msg = ();
+    ///     type Reply = usize;
+    ///     type Error = std::convert::Infallible;
+    ///
+    ///     fn handle(&mut self, _: (), _ctx: &mut Ctx<'_, Self>) -> Result<usize, Self::Error> {
+    ///         Ok(self.lines.len())
+    ///     }
+    /// }
+    ///
+    /// assert_eq!(perennial_core::schema_version::<Cart>(), 3);
+    /// let v1 = json!({"items": {"tea": 2.5}});
+    /// let v3 = dollars_to_cents(items_to_lines(v1).unwrap()).unwrap();
+    /// assert_eq!(v3["lines"][0]["cents"], 250);
+    /// ```
+    const MIGRATIONS: &'static [Migration] = &[];
 
     /// The messages the kind handles.
     type Msg: Serialize + DeserializeOwned + Send + 'static;

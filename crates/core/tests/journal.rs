@@ -495,3 +495,25 @@ async fn a_failed_snapshot_batch_loses_only_its_step() {
     );
     rt.shutdown().await;
 }
+
+/// A dead letter takes no journal step (the failed step rebuilds the state by replay, which
+/// numbers the next step after the last journaled one): the journal stays contiguous.
+#[tokio::test]
+async fn a_dead_letter_leaves_the_journal_contiguous() {
+    let store = MemoryStore::new();
+    let rt = ledgers(store.clone(), None).await;
+    let l = rt.get::<Ledger>("l");
+    l.call(LedgerOp::Add(5)).await.unwrap();
+    for _ in 0..2 {
+        let _ = l.call(LedgerOp::AddThenPanic(100)).await;
+    }
+    l.call(LedgerOp::Add(1)).await.unwrap();
+    rt.shutdown().await;
+    let rt = ledgers(store.clone(), None).await;
+    let state = rt.get::<Ledger>("l").call(LedgerOp::Get).await;
+    assert_eq!(state.unwrap().total, 6);
+    let history = rt.history("ledger", "l", 0, 100).await.unwrap();
+    let steps: Vec<u64> = history.iter().map(|h| h.step).collect();
+    assert_eq!(steps, [1, 2], "the step after the letter is step 2");
+    rt.shutdown().await;
+}

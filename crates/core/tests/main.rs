@@ -10,6 +10,7 @@ mod journal;
 mod kinds;
 mod limits;
 mod messages;
+mod migrations;
 mod passivation;
 mod shards;
 mod supervision;

@@ -118,6 +118,33 @@ impl From<CallError<JsonRejection>> for ApiError {
                     format!("the stored state of {key} cannot be decoded; it was left untouched"),
                 )
             }
+            // An old node meeting state written by a newer one (a rolling upgrade, a
+            // rollback): the newer build serves it.
+            CallError::StateTooNew {
+                key,
+                schema,
+                supported,
+            } => {
+                tracing::error!(%error, "call failed");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "the stored state of {key} has schema version {schema}, newer than this \
+                         node's {supported}: it was left untouched; a node running the newer \
+                         build serves it"
+                    ),
+                )
+            }
+            CallError::MigrationFailed { key, from, .. } => {
+                tracing::error!(%error, "call failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!(
+                        "the stored state of {key} cannot be migrated from schema version \
+                         {from} (see the node's log); it was left untouched and quarantined"
+                    ),
+                )
+            }
             CallError::Unencodable { key, .. } => {
                 tracing::error!(%error, "call failed");
                 (

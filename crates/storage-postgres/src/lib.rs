@@ -226,7 +226,7 @@ impl Store for PostgresStore {
             .reader()
             .await?
             .query_opt(
-                "SELECT state::text, version FROM entities WHERE kind = $1 AND id = $2",
+                "SELECT state::text, version, schema FROM entities WHERE kind = $1 AND id = $2",
                 &[&&*key.kind, &key.id.as_str()],
             )
             .await
@@ -235,6 +235,7 @@ impl Store for PostgresStore {
             Ok(Record {
                 state: r.get(0),
                 version: from_sql(r.get(1), "entity version")?,
+                schema: schema_from_sql(r.get(2), key)?,
             })
         })
         .transpose()
@@ -388,7 +389,7 @@ impl Store for PostgresStore {
                      UNION SELECT DISTINCT id FROM journal WHERE kind = $1 AND id > $2
                      ORDER BY id LIMIT $3)
                  SELECT ids.id, coalesce(s.version, 0), coalesce(s.updated_at, 0),
-                        coalesce(j.step, 0), coalesce(j.at, 0)
+                        coalesce(j.step, 0), coalesce(j.at, 0), coalesce(s.schema, 1)
                    FROM ids
                    LEFT JOIN entities AS s ON s.kind = $1 AND s.id = ids.id
                    LEFT JOIN LATERAL (SELECT step, at FROM journal
@@ -403,12 +404,15 @@ impl Store for PostgresStore {
             .map(|r| {
                 let updated_ms: i64 = r.get(2);
                 let last_step_us: i64 = r.get(4);
-                Ok(EntitySummary::new(
-                    r.get(0),
+                let id: String = r.get(0);
+                let schema = schema_from_sql(r.get(5), &id)?;
+                let summary = EntitySummary::new(
+                    id,
                     from_sql(r.get(1), "entity version")?,
                     from_sql(r.get(3), "journal step")?,
                     updated_ms.max(last_step_us / 1000),
-                ))
+                );
+                Ok(summary.with_schema(schema))
             })
             .collect()
     }
@@ -457,4 +461,10 @@ impl Store for PostgresStore {
         self.shared.closed.store(true, Ordering::Release);
         Ok(())
     }
+}
+
+/// A stored schema version, which is never negative.
+fn schema_from_sql(schema: i32, entity: &dyn std::fmt::Display) -> Result<u32, Error> {
+    u32::try_from(schema)
+        .map_err(|_| Error::Corrupt(format!("{entity} has schema version {schema}")))
 }

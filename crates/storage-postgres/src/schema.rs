@@ -34,6 +34,10 @@
 //! ALTER TABLE shards ADD COLUMN expires_at bigint;
 //! CREATE TABLE members (node text PRIMARY KEY, address text NOT NULL, joined_at bigint NOT NULL,
 //!                       heartbeat_at bigint NOT NULL);
+//! -- Since format 3: each state's schema version (the kind's migrations); 1 before.
+//! ALTER TABLE entities ADD COLUMN schema integer NOT NULL DEFAULT 1;
+//! CREATE OR REPLACE VIEW entity_state AS
+//!     SELECT kind, id, shard, version, updated_at, state, schema FROM entities;
 //! ```
 //!
 //! Unlike SQLite, PostgreSQL updates rows in place cheaply enough for one upsert statement per
@@ -45,7 +49,7 @@ use perennial_types::SHARDS;
 use crate::errors::map_err;
 
 /// The newest format this build reads and writes (`meta.format`).
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Format 1, created in one transaction.
 const CREATE_V1: &str = "
@@ -130,6 +134,13 @@ CREATE TABLE members (
 );
 ";
 
+/// From format 2 to 3: each state's schema version.
+const UPGRADE_TO_V3: &str = "
+ALTER TABLE entities ADD COLUMN schema integer NOT NULL DEFAULT 1;
+CREATE OR REPLACE VIEW entity_state AS
+    SELECT kind, id, shard, version, updated_at, state, schema FROM entities;
+";
+
 /// The database's clock, in milliseconds since the Unix epoch: leases and heartbeats are
 /// judged by it, never by a node's clock.
 pub(crate) const NOW_MS: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
@@ -210,6 +221,9 @@ pub(crate) async fn migrate(
     // Upgrades, each step in order, in this transaction.
     if format < 2 {
         tx.batch_execute(UPGRADE_TO_V2).await.map_err(map_err)?;
+    }
+    if format < 3 {
+        tx.batch_execute(UPGRADE_TO_V3).await.map_err(map_err)?;
     }
     if format < FORMAT_VERSION {
         tx.execute(

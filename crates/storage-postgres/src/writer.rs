@@ -19,12 +19,13 @@ use tokio_postgres::{Client, Statement, Transaction};
 use crate::errors::{map_err, to_sql};
 
 const UPSERT_STATES: &str = "
-INSERT INTO entities (kind, id, shard, version, updated_at, state)
-SELECT k, i, s, v, $6, st::jsonb
-  FROM unnest($1::text[], $2::text[], $3::integer[], $4::bigint[], $5::text[]) AS t(k, i, s, v, st)
+INSERT INTO entities (kind, id, shard, version, updated_at, state, schema)
+SELECT k, i, s, v, $6, st::jsonb, sc
+  FROM unnest($1::text[], $2::text[], $3::integer[], $4::bigint[], $5::text[], $7::integer[])
+       AS t(k, i, s, v, st, sc)
 ON CONFLICT (kind, id) DO UPDATE
    SET shard = excluded.shard, version = excluded.version,
-       updated_at = excluded.updated_at, state = excluded.state";
+       updated_at = excluded.updated_at, state = excluded.state, schema = excluded.schema";
 
 const INSERT_DEAD_LETTERS: &str = "
 INSERT INTO dead_letters (kind, id, message, error, attempts, at)
@@ -157,9 +158,13 @@ pub(crate) async fn commit(writer: &mut Writer, batch: &Batch) -> Result<CommitO
         let shards: Vec<i32> = states.iter().map(|w| shard_sql(w.shard)).collect();
         let versions: Vec<i64> = states.iter().map(|w| to_sql(w.version)).collect();
         let texts: Vec<&str> = states.iter().map(|w| &*w.state).collect();
+        let schemas: Vec<i32> = states
+            .iter()
+            .map(|w| i32::try_from(w.schema).unwrap_or(i32::MAX))
+            .collect();
         tx.execute(
             &prepared(cache, &tx, UPSERT_STATES).await?,
-            &[&kinds, &ids, &shards, &versions, &texts, &now],
+            &[&kinds, &ids, &shards, &versions, &texts, &now, &schemas],
         )
         .await
         .map_err(map_err)?;

@@ -102,6 +102,7 @@ async fn a_lease_is_renewed_by_its_owner_and_taken_with_a_new_epoch_once_expired
             epoch: a[0].epoch,
             state: "{}".into(),
             version: 1,
+            schema: 1,
         }],
         ..Batch::default()
     };
@@ -129,7 +130,7 @@ async fn a_lease_is_renewed_by_its_owner_and_taken_with_a_new_epoch_once_expired
     assert_eq!(owner(6), None, "never leased");
 }
 
-/// Tables made by format 1 (before leases and membership) are upgraded in place when a node
+/// Tables made by format 1 (before leases, membership and schema versions) are upgraded in place when a node
 /// connects, their data kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn format_1_tables_are_upgraded() {
@@ -145,6 +146,9 @@ async fn format_1_tables_are_upgraded() {
     sql.batch_execute(&format!(
         "SET search_path TO \"{}\";
          ALTER TABLE shards DROP COLUMN expires_at; DROP TABLE members;
+         DROP VIEW entity_state; ALTER TABLE entities DROP COLUMN schema;
+         CREATE VIEW entity_state AS
+             SELECT kind, id, shard, version, updated_at, state FROM entities;
          UPDATE meta SET value = '1' WHERE key = 'format';",
         schema.name()
     ))
@@ -188,6 +192,7 @@ async fn lost_connections_are_replaced() {
             epoch,
             state: format!("{{\"value\":{version}}}").into(),
             version,
+            schema: 1,
         }],
         ..Batch::default()
     };

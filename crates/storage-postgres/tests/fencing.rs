@@ -32,6 +32,7 @@ async fn a_claim_waits_for_a_batch_that_checked_the_old_epoch() {
             epoch: old,
             state: Arc::from(state),
             version: 1,
+            schema: 1,
         }],
         ..Batch::default()
     };

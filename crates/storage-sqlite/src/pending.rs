@@ -21,6 +21,8 @@ pub(crate) struct PendingState {
     pub(crate) seq: i64,
     pub(crate) shard: ShardId,
     pub(crate) version: u64,
+    /// The state's schema version.
+    pub(crate) schema: u32,
     pub(crate) updated_at: i64,
     pub(crate) state: Arc<str>,
 }
@@ -140,6 +142,7 @@ mod tests {
             seq,
             shard: ShardId(0),
             version: 1,
+            schema: 1,
             updated_at: 0,
             state: Arc::from("{}"),
         }

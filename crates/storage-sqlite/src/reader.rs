@@ -153,22 +153,33 @@ fn load(
         return Ok(Some(Record {
             state: p.state.to_string(),
             version: p.version,
+            schema: p.schema,
         }));
     }
     let mut stmt = conn
-        .prepare_cached("SELECT state, version FROM entities WHERE kind = ?1 AND id = ?2")
+        .prepare_cached("SELECT state, version, schema FROM entities WHERE kind = ?1 AND id = ?2")
         .map_err(map_err)?;
     let row = stmt
         .query_row((&*key.kind, key.id.as_str()), |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
         })
         .optional()
         .map_err(map_err)?;
-    let Some((state, version)) = row else {
+    let Some((state, version, schema)) = row else {
         return Ok(None);
     };
     let version = from_sql(version, "entity version")?;
-    Ok(Some(Record { state, version }))
+    let schema = u32::try_from(schema)
+        .map_err(|_| Error::Corrupt(format!("{key} has schema version {schema}")))?;
+    Ok(Some(Record {
+        state,
+        version,
+        schema,
+    }))
 }
 
 /// The paused entities, in key order.
@@ -347,6 +358,7 @@ pub(crate) fn entities(
                  UNION SELECT DISTINCT id FROM journal WHERE kind = ?1 AND (?2 IS NULL OR id > ?2)
                  ORDER BY id LIMIT ?3)
              SELECT ids.id, coalesce(s.version, 0), coalesce(s.updated_at, 0),
+                    coalesce(s.schema, 1),
                     coalesce((SELECT max(step) FROM journal AS j
                                WHERE j.kind = ?1 AND j.id = ids.id), 0),
                     coalesce((SELECT max(at) FROM journal AS j
@@ -364,18 +376,22 @@ pub(crate) fn entities(
                 r.get::<_, i64>(2)?,
                 r.get::<_, i64>(3)?,
                 r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)?,
             ))
         })
         .map_err(map_err)?;
     let mut entities = Vec::new();
     for row in rows {
-        let (id, version, updated_at_ms, last_step, last_step_us) = row.map_err(map_err)?;
-        entities.push(EntitySummary::new(
+        let (id, version, updated_at_ms, schema, last_step, last_step_us) = row.map_err(map_err)?;
+        let schema = u32::try_from(schema)
+            .map_err(|_| Error::Corrupt(format!("{kind}/{id} has schema version {schema}")))?;
+        let summary = EntitySummary::new(
             id,
             from_sql(version, "entity version")?,
             from_sql(last_step, "journal step")?,
             updated_at_ms.max(last_step_us / 1000),
-        ));
+        );
+        entities.push(summary.with_schema(schema));
     }
     Ok(entities)
 }

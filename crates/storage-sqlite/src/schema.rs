@@ -12,14 +12,17 @@
 //!     version    INTEGER NOT NULL,  -- steps committed so far
 //!     updated_at INTEGER NOT NULL,  -- milliseconds since the Unix epoch
 //!     state      TEXT    NOT NULL,  -- the state, JSON
+//!     schema     INTEGER NOT NULL DEFAULT 1,  -- since format 5: the state's schema version
 //!     PRIMARY KEY (kind, id)
 //! ) WITHOUT ROWID;
 //! -- States committed since: one row per commit, its states as a JSON array of
-//! -- {"kind", "id", "shard", "version", "state"} (the state as a JSON string); folded into
-//! -- `entities` a slice at a time (in key order) by later commits, then deleted.
+//! -- {"kind", "id", "shard", "version", "schema", "state"} (the state as a JSON string;
+//! -- "schema" only when it is not 1); folded into `entities` a slice at a time (in key
+//! -- order) by later commits, then deleted.
 //! CREATE TABLE state_log (seq INTEGER PRIMARY KEY, at INTEGER NOT NULL, states TEXT NOT NULL);
 //! -- The log's states, one row each (`pos` orders the states of one commit).
-//! CREATE VIEW logged_states AS ...;  -- seq, pos, kind, id, shard, version, updated_at, state
+//! CREATE VIEW logged_states AS ...;  -- seq, pos, kind, id, shard, version, updated_at, state,
+//!                                    -- schema
 //! -- One row per shard: the epoch that fences stale writers.
 //! CREATE TABLE shards (shard INTEGER PRIMARY KEY, epoch INTEGER NOT NULL,
 //!                      owner TEXT, claimed_at INTEGER);
@@ -96,7 +99,7 @@ use rusqlite::Connection;
 use crate::errors::map_err;
 
 /// The newest on-disk format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
 const CREATE_V1: &str = "
 CREATE TABLE entities (
@@ -199,6 +202,29 @@ CREATE TABLE paused (
 ) WITHOUT ROWID;
 ";
 
+/// From format 4 to 5: each state's schema version (the kind's migrations, see
+/// `perennial_core::Process::MIGRATIONS`); states stored before are at version 1.
+const UPGRADE_TO_V5: &str = "
+ALTER TABLE entities ADD COLUMN schema INTEGER NOT NULL DEFAULT 1;
+DROP VIEW entity_state;
+DROP VIEW logged_states;
+CREATE VIEW logged_states AS
+    SELECT l.seq AS seq, CAST(j.key AS INTEGER) AS pos,
+           j.value ->> '$.kind' AS kind, j.value ->> '$.id' AS id,
+           j.value ->> '$.shard' AS shard, j.value ->> '$.version' AS version,
+           l.at AS updated_at, j.value ->> '$.state' AS state,
+           coalesce(j.value ->> '$.schema', 1) AS schema
+      FROM state_log AS l, json_each(l.states) AS j;
+CREATE VIEW entity_state AS
+    SELECT kind, id, shard, version, updated_at, state, schema FROM (
+        SELECT *, row_number() OVER (PARTITION BY kind, id ORDER BY seq DESC, pos DESC) AS latest
+          FROM logged_states)
+     WHERE latest = 1
+    UNION ALL
+    SELECT kind, id, shard, version, updated_at, state, schema FROM entities
+     WHERE (kind, id) NOT IN (SELECT kind, id FROM logged_states);
+";
+
 /// Sets the durability pragmas on a connection and checks that SQLite took them.
 ///
 /// WAL with `synchronous=FULL` fsyncs the WAL at every commit. `NORMAL` would fsync only at
@@ -281,6 +307,12 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), Error> {
         let tx = conn.transaction().map_err(map_err)?;
         tx.execute_batch(UPGRADE_TO_V4).map_err(map_err)?;
         tx.pragma_update(None, "user_version", 4).map_err(map_err)?;
+        tx.commit().map_err(map_err)?;
+    }
+    if version < 5 {
+        let tx = conn.transaction().map_err(map_err)?;
+        tx.execute_batch(UPGRADE_TO_V5).map_err(map_err)?;
+        tx.pragma_update(None, "user_version", 5).map_err(map_err)?;
         tx.commit().map_err(map_err)?;
     }
     let shards: String = conn

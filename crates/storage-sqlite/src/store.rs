@@ -268,6 +268,7 @@ fn load_log(conn: &Connection) -> Result<Pending, Error> {
                 seq,
                 shard: ShardId(logged.shard),
                 version: logged.version,
+                schema: logged.schema,
                 updated_at: at,
                 state: Arc::from(logged.state),
             };

@@ -45,11 +45,12 @@ const APPEND: &str = "INSERT INTO state_log (seq, at, states) VALUES (?1, ?2, ?3
 /// Folds states into `entities`.
 static FOLD: LazyLock<Rows> = LazyLock::new(|| {
     Rows::new(
-        "INSERT INTO entities (kind, id, shard, version, updated_at, state)",
-        6,
+        "INSERT INTO entities (kind, id, shard, version, updated_at, state, schema)",
+        7,
         " ON CONFLICT (kind, id) DO UPDATE SET
             shard = excluded.shard,
             version = excluded.version,
+            schema = excluded.schema,
             updated_at = excluded.updated_at,
             state = excluded.state",
     )
@@ -280,6 +281,7 @@ impl Writer {
                 id: w.key.id.as_str(),
                 shard: w.shard.0,
                 version: w.version,
+                schema: w.schema,
                 state: &w.state,
             });
             changes.appended.push((
@@ -288,6 +290,7 @@ impl Writer {
                     seq,
                     shard: w.shard,
                     version: w.version,
+                    schema: w.schema,
                     updated_at: now,
                     state: Arc::clone(&w.state),
                 },
@@ -552,8 +555,20 @@ pub(crate) struct LoggedState<S> {
     pub(crate) id: S,
     pub(crate) shard: u32,
     pub(crate) version: u64,
+    /// The state's schema version; absent (as in format 4) means 1.
+    #[serde(default = "schema_one", skip_serializing_if = "is_schema_one")]
+    pub(crate) schema: u32,
     /// The state's JSON, as a JSON string: it comes back byte for byte.
     pub(crate) state: S,
+}
+
+fn schema_one() -> u32 {
+    1
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's `skip_serializing_if` passes a reference
+fn is_schema_one(schema: &u32) -> bool {
+    *schema == 1
 }
 
 /// Writes a batch's pending rows, their deletions, its kept replies and their expiry.
@@ -655,8 +670,8 @@ impl Rows {
 }
 
 /// The columns of `entities` for one state, in their order: kind, id, shard, version,
-/// updated_at, state.
-fn state_columns<'a>(key: &'a EntityKey, s: &'a PendingState) -> [ToSqlOutput<'a>; 6] {
+/// updated_at, state, schema.
+fn state_columns<'a>(key: &'a EntityKey, s: &'a PendingState) -> [ToSqlOutput<'a>; 7] {
     [
         text(&key.kind),
         text(key.id.as_str()),
@@ -664,6 +679,7 @@ fn state_columns<'a>(key: &'a EntityKey, s: &'a PendingState) -> [ToSqlOutput<'a
         int(to_sql(s.version)),
         int(s.updated_at),
         text(&s.state),
+        int(i64::from(s.schema)),
     ]
 }
 

@@ -43,6 +43,7 @@ async fn state_survives_reopen_and_is_plain_json_in_sqlite() {
                 epoch,
                 state: r#"{"value":41}"#.into(),
                 version: 3,
+                schema: 1,
             }],
             ..Batch::default()
         };
@@ -123,6 +124,7 @@ async fn store_counter_and_close(dir: &std::path::Path, state: &str) {
             epoch,
             state: state.into(),
             version: 1,
+            schema: 1,
         }],
         ..Batch::default()
     };
@@ -156,7 +158,7 @@ async fn format_1_data_is_upgraded() {
     assert!(store.due(i64::MAX, 10).await.unwrap().is_empty());
     assert!(store.indexes("counter").await.unwrap().is_empty());
     store.close().await.unwrap();
-    assert!(contents(dir.path()).starts_with("user_version=4\n"));
+    assert!(contents(dir.path()).starts_with("user_version=5\n"));
 }
 
 /// The format version and every row of the data tables, as text.
@@ -250,6 +252,7 @@ async fn the_log_and_its_fold_match_a_model_across_crashes() {
                     epoch,
                     state: state.as_str().into(),
                     version,
+                    schema: 1,
                 });
             }
             let outcome = store
@@ -322,6 +325,7 @@ async fn an_epoch_changed_by_another_connection_fences_the_next_commit() {
         epoch,
         state: r#"{"value":1}"#.into(),
         version: 1,
+        schema: 1,
     };
     let commit = |w: StateWrite| {
         store

@@ -128,6 +128,7 @@ proptest! {
                         epoch,
                         state: Arc::from(s.to_string()),
                         version: 1,
+                        schema: 1,
                     }
                 })
                 .collect();

@@ -56,6 +56,7 @@ macro_rules! store_conformance {
             queries_see_the_latest_state_and_page_by_id,
             indexes_are_made_once_listed_and_dropped,
             pauses_are_kept_until_resumed_and_fenced,
+            schema_versions_are_kept_with_each_state,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -92,6 +93,7 @@ fn write(key: &EntityKey, epoch: Epoch, state: &str, version: u64) -> StateWrite
         epoch,
         state: Arc::from(state),
         version,
+        schema: 1,
     }
 }
 
@@ -955,4 +957,44 @@ pub async fn pauses_are_kept_until_resumed_and_fenced(store: &dyn Store) {
     assert_eq!(store.paused().await.unwrap(), std::slice::from_ref(&a));
     store.commit(pause(&a, new, false)).unwrap();
     assert!(store.paused().await.unwrap().is_empty());
+}
+
+/// Each state keeps the schema version it was written with: on load, in listings, through a
+/// later write at another version, and for many entities of one commit (which a backend may
+/// keep together until it folds them).
+pub async fn schema_versions_are_kept_with_each_state(store: &dyn Store) {
+    let epoch = claim_all(store).await;
+    let at = |id: &str, schema: u32, version: u64| StateWrite {
+        schema,
+        ..write(&key("cart", id), epoch, r#"{"items":[]}"#, version)
+    };
+    let writes: Vec<StateWrite> = (0..40u32)
+        .map(|n| at(&format!("c{n:02}"), n % 3 + 1, 1))
+        .collect();
+    commit_states(store, writes);
+    for n in 0..40u32 {
+        let record = store.load(&key("cart", &format!("c{n:02}"))).await.unwrap();
+        assert_eq!(record.map(|r| r.schema), Some(n % 3 + 1), "c{n:02}");
+    }
+    let listed = store.entities("cart", None, 100).await.unwrap();
+    let schemas: Vec<u32> = listed.iter().map(|e| e.schema).collect();
+    assert_eq!(schemas, (0..40u32).map(|n| n % 3 + 1).collect::<Vec<_>>());
+    // A later write at a newer version replaces it; one at version 1 says 1 again.
+    commit_states(store, vec![at("c00", 7, 2), at("c01", 1, 2)]);
+    let c00 = store.load(&key("cart", "c00")).await.unwrap().unwrap();
+    assert_eq!((c00.version, c00.schema), (2, 7));
+    let c01 = store.load(&key("cart", "c01")).await.unwrap().unwrap();
+    assert_eq!((c01.version, c01.schema), (2, 1));
+    // Many commits later (a backend folds its older states meanwhile), nothing changed.
+    for round in 0..50u64 {
+        let filler =
+            (0..20).map(|n| write(&key("filler", &format!("f{n}")), epoch, "{}", round + 1));
+        commit_states(store, filler.collect());
+    }
+    let c00 = store.load(&key("cart", "c00")).await.unwrap().unwrap();
+    assert_eq!((c00.version, c00.schema), (2, 7));
+    let c05 = store.load(&key("cart", "c05")).await.unwrap().unwrap();
+    assert_eq!(c05.schema, 3);
+    let listed = store.entities("cart", None, 1).await.unwrap();
+    assert_eq!(listed[0].schema, 7);
 }

@@ -88,13 +88,21 @@ impl MemoryStore {
     ///
     /// For tests that need corrupt or hand-made state.
     pub fn put_raw(&self, key: EntityKey, state: &str, version: u64) {
-        self.inner.lock().entities.insert(
+        let state = state.to_owned();
+        self.put_record(
             key,
             Record {
-                state: state.to_owned(),
+                state,
                 version,
+                schema: 1,
             },
         );
+    }
+
+    /// Overwrites an entity's stored record (state, version and schema version), bypassing
+    /// fencing: for tests of states written by older or newer code.
+    pub fn put_record(&self, key: EntityKey, record: Record) {
+        self.inner.lock().entities.insert(key, record);
     }
 
     /// Replaces an entity's journal with arbitrary entries, bypassing fencing.
@@ -177,12 +185,18 @@ impl Store for MemoryStore {
             epoch,
             state,
             version,
+            schema,
         } in batch.states
         {
             if fence(shard, epoch, &inner) {
                 let state = state.to_string();
                 inner.updated_ms.insert(key.clone(), now_ms);
-                inner.entities.insert(key, Record { state, version });
+                let record = Record {
+                    state,
+                    version,
+                    schema,
+                };
+                inner.entities.insert(key, record);
             }
         }
         for DeadLetterWrite {
@@ -375,7 +389,9 @@ impl Store for MemoryStore {
             .into_iter()
             .take(limit)
             .map(|key| {
-                let version = inner.entities.get(key).map_or(0, |r| r.version);
+                let record = inner.entities.get(key);
+                let version = record.map_or(0, |r| r.version);
+                let schema = record.map_or(1, |r| r.schema);
                 let last_step = inner
                     .journals
                     .get(key)
@@ -383,6 +399,7 @@ impl Store for MemoryStore {
                     .unwrap_or(0);
                 let updated = inner.updated_ms.get(key).copied().unwrap_or(0);
                 EntitySummary::new(key.id.as_str().to_owned(), version, last_step, updated)
+                    .with_schema(schema)
             })
             .collect())
     }

@@ -15,6 +15,10 @@ pub struct Record {
     pub state: String,
     /// The entity's version: it grows with every change of its state (not always by one).
     pub version: u64,
+    /// The schema version of the state: which version of the kind's code wrote it (1 for
+    /// a kind that never declared migrations, and for every state stored before versions
+    /// were kept).
+    pub schema: u32,
 }
 
 /// The new state of one entity, written by a batch.
@@ -30,6 +34,8 @@ pub struct StateWrite {
     pub state: Arc<str>,
     /// The entity's version after this write (see [`Record::version`]).
     pub version: u64,
+    /// The state's schema version (see [`Record::schema`]).
+    pub schema: u32,
 }
 
 /// A message that failed too many times, set aside so that its entity can go on.
@@ -102,6 +108,8 @@ pub struct EntitySummary {
     /// The version of its stored state: for a `Journal` kind, the step of its latest
     /// snapshot (0 if none).
     pub state_version: u64,
+    /// The schema version of its stored state ([`Record::schema`]; 1 if it has none).
+    pub schema: u32,
     /// The latest step in its journal (0 if none).
     pub last_step: u64,
     /// When its last step committed, in milliseconds since the Unix epoch.
@@ -109,14 +117,21 @@ pub struct EntitySummary {
 }
 
 impl EntitySummary {
-    /// A summary of entity `id`.
+    /// A summary of entity `id`, whose state has schema version 1.
     pub fn new(id: String, state_version: u64, last_step: u64, updated_at_ms: i64) -> Self {
         Self {
             id,
             state_version,
+            schema: 1,
             last_step,
             updated_at_ms,
         }
+    }
+
+    /// The same summary, with the stored state's schema version.
+    pub fn with_schema(mut self, schema: u32) -> Self {
+        self.schema = schema;
+        self
     }
 }
 
