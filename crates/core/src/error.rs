@@ -78,7 +78,7 @@ pub enum CallError<E = Infallible> {
     /// rollback, or on an old node during a rolling upgrade. Nothing is overwritten; run the
     /// newer build, or add the missing migrations.
     #[error(
-        "the stored state of {key} has schema version {schema}, newer than this build's          {supported}; it was left untouched (run the newer build)"
+        "the stored state of {key} has schema version {schema}, newer than this build's {supported}; it was left untouched (run the newer build)"
     )]
     StateTooNew {
         /// The entity.
@@ -91,7 +91,7 @@ pub enum CallError<E = Infallible> {
     /// A migration of the entity's stored state failed, or the migrated state does not
     /// decode. Nothing is overwritten.
     #[error(
-        "the stored state of {key} cannot be migrated from schema version {from}: {detail};          it was left untouched"
+        "the stored state of {key} cannot be migrated from schema version {from}: {detail}; it was left untouched"
     )]
     MigrationFailed {
         /// The entity.

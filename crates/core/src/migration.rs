@@ -241,6 +241,9 @@ pub struct MigrationReport {
     pub changed: u64,
     /// Entities already at the kind's version, with nothing to do.
     pub unchanged: u64,
+    /// Entities of shards this node does not serve (in a cluster): the pass on the nodes
+    /// that serve them migrates them.
+    pub not_served: u64,
     /// Entities that could not be migrated.
     pub failed: u64,
     /// The first of them, with their errors.
@@ -348,6 +351,7 @@ impl Runtime {
             examined: 0,
             changed: 0,
             unchanged: 0,
+            not_served: 0,
             failed: 0,
             failures: Vec::new(),
             elapsed_ms: 0,
@@ -422,6 +426,7 @@ impl Runtime {
                         progress.changed.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok(false) => report.unchanged += 1,
+                    Err(failure) if failure.code == "not_owner" => report.not_served += 1,
                     Err(failure) => {
                         count_failure(&mut report.failures, failure, progress);
                         report.failed += 1;

@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //! - [`counter`]: kind `counter`, an `i64` that messages add to.
+//! - [`cart`]: kind `cart`, a shopping cart whose state changed shape twice: its migrations
+//!   show state versions (`Snapshot`).
 //! - [`table`]: kind `table`, a no-limit Texas hold'em table as a persistent process
 //!   (`Journal`, with snapshots: its shuffles replay identically).
 //! - [`cache`]: kind `cache`, a hot cache of megabytes updated by tiny messages (`Journal`:
@@ -17,6 +19,7 @@
 //!   with no knowledge of the runtime.
 
 pub mod cache;
+pub mod cart;
 pub mod counter;
 pub mod house;
 pub mod poker;
@@ -25,6 +28,7 @@ pub mod queue;
 pub mod table;
 
 pub use cache::Cache;
+pub use cart::Cart;
 pub use counter::Counter;
 pub use house::House;
 pub use probe::{JournalProbe, Probe};
@@ -33,8 +37,8 @@ pub use table::PokerTable;
 
 use perennial_core::{Builder, Snapshots};
 
-/// Registers every demo kind, each with the persistence it is meant to show: `counter` as
-/// `Snapshot`, `table` as `Journal` with a snapshot every [`table::SNAPSHOT_EVERY`] steps,
+/// Registers every demo kind, each with the persistence it is meant to show: `counter` and
+/// `cart` as `Snapshot`, `table` as `Journal` with a snapshot every [`table::SNAPSHOT_EVERY`] steps,
 /// `probe` as `Snapshot` and `jprobe` as `Journal` with a snapshot every
 /// [`probe::JOURNAL_SNAPSHOT_EVERY`] steps (each with its effect [`probe::Echo`]), `house` as
 /// `Journal` without snapshots, `cache` as `Journal` with a snapshot every
@@ -42,6 +46,7 @@ use perennial_core::{Builder, Snapshots};
 pub fn register(builder: Builder) -> Builder {
     builder
         .register::<Counter>()
+        .register::<Cart>()
         .register::<Probe>()
         .register_effect::<probe::Echo<Probe>>()
         .register_journal_with_snapshots::<JournalProbe>(Snapshots::every(

@@ -13,6 +13,8 @@
 //!   (`201`); queries comparing that path no longer read every state.
 //! - `DELETE /v1/admin/kinds/{kind}/indexes?path=P`: drops an index.
 //! - `POST /v1/admin/kinds/{kind}/passivate`: passivates every idle entity of the kind now.
+//! - `POST|GET /v1/admin/kinds/{kind}/migrate`: starts a migration pass in the background,
+//!   and follows it (see [`crate::migrations`]).
 //! - `GET  /v1/admin/entities/{kind}/{id}`: the entity's latest durable state.
 //! - `GET  /v1/admin/entities/{kind}/{id}/history?after=STEP&limit=N`: its journal.
 //! - `GET  /v1/admin/entities/{kind}/{id}/at/{step}`: its state as of a step.
@@ -69,6 +71,10 @@ pub(crate) fn routes() -> Router<crate::AppState> {
             get(indexes).post(create_index).delete(drop_index),
         )
         .route("/v1/admin/kinds/{kind}/passivate", post(passivate_kind))
+        .route(
+            "/v1/admin/kinds/{kind}/migrate",
+            get(crate::migrations::status).post(crate::migrations::start),
+        )
         .route("/v1/admin/entities/{kind}/{id}", get(state))
         .route("/v1/admin/entities/{kind}/{id}/history", get(history))
         .route("/v1/admin/entities/{kind}/{id}/at/{step}", get(state_at))

@@ -50,6 +50,11 @@ impl ApiError {
         &self.code
     }
 
+    /// The message for the client.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     /// The response's body: `{"error": {"code": …, "message": …}}`.
     pub(crate) fn body(&self) -> Vec<u8> {
         let body = Body {

@@ -47,6 +47,7 @@ pub mod error;
 mod forward;
 mod guard;
 mod metrics;
+mod migrations;
 mod watch;
 
 use std::future::Future;
@@ -117,6 +118,14 @@ pub(crate) struct AppState {
     metrics: Arc<metrics::Metrics>,
     /// In a cluster, where calls go.
     router: Option<cluster::Router>,
+    /// The migration passes started through the admin API.
+    passes: Arc<migrations::Passes>,
+}
+
+impl FromRef<AppState> for Arc<migrations::Passes> {
+    fn from_ref(state: &AppState) -> Self {
+        Arc::clone(&state.passes)
+    }
 }
 
 impl FromRef<AppState> for Runtime {
@@ -131,6 +140,7 @@ pub fn app(rt: Runtime, options: &Options) -> Router {
         metrics: metrics::Metrics::shared(rt.clone()),
         rt,
         router: options.cluster.as_ref().map(cluster::Router::new),
+        passes: Arc::default(),
     };
     if let Some(router) = &state.router {
         // Messages between entities on different nodes go through the same routes.

@@ -19,6 +19,7 @@ mod progress;
 mod remote;
 #[cfg(feature = "otel")]
 mod telemetry;
+mod upgrade;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -119,6 +120,20 @@ enum Command {
         #[arg(long, value_name = "URL")]
         postgres: Option<String>,
     },
+    /// Migrate every stored state of an older schema version to this build's, in batches,
+    /// with a progress bar (the node must be stopped; a running node migrates through the
+    /// admin API). Interrupted, it resumes where it was when run again.
+    Migrate(upgrade::MigrateArgs),
+    /// Snapshot every `Journal` entity whose journal goes beyond its latest snapshot, so that
+    /// no stored step is replayed by later code: run it with the old build before deploying
+    /// a changed handler (the node must be stopped).
+    #[command(name = "snapshot-all")]
+    SnapshotAll(upgrade::MigrateArgs),
+    /// Check, writing nothing, that this build can activate every stored entity: states
+    /// migrate and decode, journals replay as they ran. Names the entities that would
+    /// diverge; run it with a new build before deploying it.
+    #[command(name = "verify-replay")]
+    VerifyReplay(upgrade::Target),
     /// Show what a data directory holds, without a node: kinds, entities, states, histories.
     ///
     /// Its kinds, a kind's entities, an entity's state, its history, or its state at a past
@@ -260,6 +275,9 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::DeadLetters(args) => remote::dead_letters(args),
         Command::Passivate(args) => remote::passivate(args),
         Command::Cluster(args) => remote::cluster(args),
+        Command::Migrate(args) => block_on(upgrade::migrate(args, upgrade::Pass::Migrate)),
+        Command::SnapshotAll(args) => block_on(upgrade::migrate(args, upgrade::Pass::SnapshotAll)),
+        Command::VerifyReplay(target) => block_on(upgrade::verify_replay(target)),
         Command::Bench {
             json,
             seconds,

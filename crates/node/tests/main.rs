@@ -13,6 +13,7 @@ mod crash_points;
 mod disk;
 mod fsync;
 mod journal;
+mod migrate;
 mod node;
 #[cfg(feature = "otel")]
 mod otel;
