@@ -24,6 +24,7 @@
 
 mod cluster;
 mod load;
+mod migrate;
 mod pending;
 mod postgres;
 mod query;
@@ -35,6 +36,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use cluster::{ClusterRun, cluster};
+pub use migrate::migrate;
 pub use pending::pending;
 pub use postgres::postgres;
 pub use query::query;
@@ -174,6 +176,27 @@ pub enum Report {
         indexed_max_us: u64,
         /// `scan_p50_us / indexed_p50_us`.
         speedup: f64,
+    },
+    /// A background migration pass over dormant entities, with and without live traffic.
+    Migrate {
+        /// Dormant entities (carts at schema version 1) per pass.
+        entities: usize,
+        /// Live callers.
+        callers: usize,
+        /// Entities migrated per second by a pass with no live traffic (the baseline).
+        alone_per_sec: f64,
+        /// Entities migrated per second while the live callers call.
+        with_live_per_sec: f64,
+        /// Seconds that pass took.
+        pass_secs: f64,
+        /// Live calls per second with no pass running (the baseline).
+        live_alone_calls_per_sec: f64,
+        /// Their 99th percentile latency, in microseconds.
+        live_alone_p99_us: u64,
+        /// Live calls per second during the pass.
+        live_during_calls_per_sec: f64,
+        /// Their 99th percentile latency, in microseconds.
+        live_during_p99_us: u64,
     },
     /// Durable calls through clusters of nodes sharing PostgreSQL, and failover.
     Cluster {
@@ -335,6 +358,20 @@ impl Report {
                 speedup,
             } => format!(
                 "query       {indexed_p50_us:>10} µs p50 indexed (max {indexed_max_us} µs)  {scan_p50_us} µs without index  ({speedup:.0}×; {matches} of {entities} entities match; stored in {stored_secs:.1} s, indexed in {index_secs:.1} s)"
+            ),
+            Self::Migrate {
+                entities,
+                callers,
+                alone_per_sec,
+                with_live_per_sec,
+                pass_secs,
+                live_alone_calls_per_sec,
+                live_alone_p99_us,
+                live_during_calls_per_sec,
+                live_during_p99_us,
+            } => format!(
+                "migrate     {with_live_per_sec:>10.0} entities/s migrated beside live calls ({pass_secs:.1} s for {entities}; alone: {alone_per_sec:.0}/s)
+                 live calls  {live_during_calls_per_sec:>10.0}/s p99 {live_during_p99_us} µs during the pass  (without it: {live_alone_calls_per_sec:.0}/s p99 {live_alone_p99_us} µs; {callers} callers)"
             ),
             Self::Activation {
                 entities,

@@ -176,6 +176,7 @@ enum Workload {
     Query,
     Postgres,
     Cluster,
+    Migrate,
 }
 
 fn main() -> ExitCode {
@@ -544,6 +545,7 @@ async fn bench(
             Workload::Query => perennial_bench::query(options).await,
             Workload::Postgres => perennial_bench::postgres(options).await,
             Workload::Cluster => perennial_bench::cluster(options).await,
+            Workload::Migrate => perennial_bench::migrate(options).await,
         };
         bar.finish_and_clear();
         let report = report?;

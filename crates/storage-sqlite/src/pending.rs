@@ -55,6 +55,22 @@ impl Pending {
             .collect()
     }
 
+    /// Up to `limit` entities of `kind` not folded yet whose id is after `after`, by id.
+    pub(crate) fn of_kind_after(
+        &self,
+        kind: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Vec<(String, PendingState)> {
+        let in_kind = self.order.iter().skip_while(|k| &*k.kind < kind);
+        in_kind
+            .take_while(|k| &*k.kind == kind)
+            .filter(|k| after.is_none_or(|a| k.id.as_str() > a))
+            .take(limit)
+            .filter_map(|k| Some((k.id.as_str().to_owned(), self.states.get(k)?.clone())))
+            .collect()
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.states.len()
     }

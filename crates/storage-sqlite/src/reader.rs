@@ -120,7 +120,8 @@ fn serve(conn: &Connection, pending: &Mutex<Pending>, rx: &Receiver<ReadCmd>) {
                 limit,
                 reply,
             } => {
-                let _ = reply.send(entities(conn, &kind, after.as_deref(), limit));
+                let listed = entities_with_pending(conn, pending, &kind, after.as_deref(), limit);
+                let _ = reply.send(listed);
             }
             ReadCmd::Query {
                 kind,
@@ -344,7 +345,87 @@ fn stored_reply(
 }
 
 /// Up to `limit` stored entities of `kind` (with a state or a journal) with an id after
-/// `after`, by id. For `perennial inspect` and the admin API.
+/// `after`, by id, for the store: from the `entities` table and the journal by their keys,
+/// with the states not folded yet from memory. Each page costs its own rows, however many
+/// states the log holds (the `entity_state` view would merge the whole log for each).
+fn entities_with_pending(
+    conn: &Connection,
+    pending: &Mutex<Pending>,
+    kind: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<EntitySummary>, Error> {
+    use std::collections::BTreeMap;
+    // id -> (version, updated_at, schema), or None for a journal-only entity.
+    let mut found: BTreeMap<String, Option<(u64, i64, u32)>> = BTreeMap::new();
+    let sql_limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut table = conn
+        .prepare_cached(
+            "SELECT id, version, updated_at, schema FROM entities
+              WHERE kind = ?1 AND (?2 IS NULL OR id > ?2) ORDER BY id LIMIT ?3",
+        )
+        .map_err(map_err)?;
+    let rows = table
+        .query_map(rusqlite::params![kind, after, sql_limit], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })
+        .map_err(map_err)?;
+    for row in rows {
+        let (id, version, updated_at, schema) = row.map_err(map_err)?;
+        let schema = u32::try_from(schema)
+            .map_err(|_| Error::Corrupt(format!("{kind}/{id} has schema version {schema}")))?;
+        let version = from_sql(version, "entity version")?;
+        found.insert(id, Some((version, updated_at, schema)));
+    }
+    let mut journaled = conn
+        .prepare_cached(
+            "SELECT DISTINCT id FROM journal
+              WHERE kind = ?1 AND (?2 IS NULL OR id > ?2) ORDER BY id LIMIT ?3",
+        )
+        .map_err(map_err)?;
+    let ids = journaled
+        .query_map(rusqlite::params![kind, after, sql_limit], |r| {
+            r.get::<_, String>(0)
+        })
+        .map_err(map_err)?;
+    for id in ids {
+        found.entry(id.map_err(map_err)?).or_insert(None);
+    }
+    for (id, p) in pending.lock().of_kind_after(kind, after, limit) {
+        found.insert(id, Some((p.version, p.updated_at, p.schema)));
+    }
+    let mut last = conn
+        .prepare_cached(
+            "SELECT coalesce(max(step), 0), coalesce(max(at), 0) FROM journal
+              WHERE kind = ?1 AND id = ?2",
+        )
+        .map_err(map_err)?;
+    let mut entities = Vec::with_capacity(limit.min(found.len()));
+    for (id, state) in found.into_iter().take(limit) {
+        let (last_step, last_step_us) = last
+            .query_row(rusqlite::params![kind, id], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+            })
+            .map_err(map_err)?;
+        let (version, updated_at, schema) = state.unwrap_or((0, 0, 1));
+        let summary = EntitySummary::new(
+            id,
+            version,
+            from_sql(last_step, "journal step")?,
+            updated_at.max(last_step_us / 1000),
+        );
+        entities.push(summary.with_schema(schema));
+    }
+    Ok(entities)
+}
+
+/// Up to `limit` stored entities of `kind` (with a state or a journal) with an id after
+/// `after`, by id, through the `entity_state` view. For `perennial inspect`.
 pub(crate) fn entities(
     conn: &Connection,
     kind: &str,

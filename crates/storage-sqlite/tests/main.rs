@@ -132,7 +132,8 @@ async fn store_counter_and_close(dir: &std::path::Path, state: &str) {
     store.close().await.unwrap();
 }
 
-/// A directory written by format 1 (before journals, timers, replies and state indexes) is upgraded in place, its data kept.
+/// A directory written by format 1 (before journals, timers, replies, state indexes and schema
+/// versions) is upgraded in place, its data kept.
 #[tokio::test]
 async fn format_1_data_is_upgraded() {
     let dir = tempfile::tempdir().unwrap();
@@ -141,6 +142,15 @@ async fn format_1_data_is_upgraded() {
     let conn = rusqlite_read(dir.path());
     conn.execute_batch(
         "DROP TABLE journal; DROP TABLE pending; DROP TABLE replies; DROP TABLE state_indexes; DROP TABLE paused;
+         DROP VIEW entity_state; DROP VIEW logged_states; ALTER TABLE entities DROP COLUMN schema;
+         CREATE VIEW logged_states AS
+             SELECT l.seq AS seq, CAST(j.key AS INTEGER) AS pos,
+                    j.value ->> '$.kind' AS kind, j.value ->> '$.id' AS id,
+                    j.value ->> '$.shard' AS shard, j.value ->> '$.version' AS version,
+                    l.at AS updated_at, j.value ->> '$.state' AS state
+               FROM state_log AS l, json_each(l.states) AS j;
+         CREATE VIEW entity_state AS
+             SELECT kind, id, shard, version, updated_at, state FROM entities;
          PRAGMA user_version = 1",
     )
     .unwrap();
@@ -159,6 +169,13 @@ async fn format_1_data_is_upgraded() {
     assert!(store.indexes("counter").await.unwrap().is_empty());
     store.close().await.unwrap();
     assert!(contents(dir.path()).starts_with("user_version=5\n"));
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let record = store.load(&counter("c1")).await.unwrap().unwrap();
+    assert_eq!(
+        (record.state.as_str(), record.schema),
+        (r#"{"value":7}"#, 1)
+    );
+    store.close().await.unwrap();
 }
 
 /// The format version and every row of the data tables, as text.
