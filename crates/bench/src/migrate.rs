@@ -128,8 +128,8 @@ async fn pass(rt: &Runtime) -> anyhow::Result<(f64, f64)> {
     Ok((CARTS as f64 / secs, secs))
 }
 
-/// Migrates [`CARTS`] dormant carts alone (the baseline pass) and measures live callers
-/// alone (their baseline); then migrates another [`CARTS`] while the live callers call.
+/// Migrates 100,000 dormant carts alone (the baseline pass) and measures live callers alone
+/// (their baseline); then migrates another 100,000 while the live callers call.
 pub async fn migrate(options: &Options) -> anyhow::Result<Report> {
     let callers = options.callers.clamp(1, 64);
     let (rt, _alone) = old_carts(options, "migrate-alone").await?;

@@ -515,3 +515,81 @@ async fn a_snapshot_pass_leaves_no_step_to_replay_and_verify_replay_names_diverg
     assert_eq!(view.unwrap().lines.len(), 3);
     rt.shutdown().await;
 }
+
+/// The same kind as build "N" knew it: schema version 2 (`{"lines": [{"sku", "price"}]}`),
+/// one migration. Build "N + 1" is [`Cart`].
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+struct CartV2 {
+    lines: Vec<Value>,
+}
+
+impl Process for CartV2 {
+    const KIND: &'static str = "cart";
+    const MIGRATIONS: &'static [Migration] = &[items_to_lines];
+    type Msg = Value;
+    type Reply = usize;
+    type Error = std::convert::Infallible;
+
+    fn handle(&mut self, line: Value, _ctx: &mut Ctx<'_, Self>) -> Result<usize, Self::Error> {
+        if !line.is_null() {
+            self.lines.push(line);
+        }
+        Ok(self.lines.len())
+    }
+}
+
+/// During a rolling upgrade (or a rollback) an entity moves between builds N and N + 1 on
+/// one store: the old build refuses what the new one wrote and leaves it as it is; the new
+/// build migrates what the old one wrote; nothing is ever corrupted.
+#[tokio::test]
+async fn an_entity_moving_between_old_and_new_builds_is_never_corrupted() {
+    let store = MemoryStore::new();
+    let old = |store: &MemoryStore| {
+        Runtime::builder()
+            .store(store.clone())
+            .register::<CartV2>()
+            .start()
+    };
+    // Build N writes at version 2.
+    let rt = old(&store).await.unwrap();
+    let line = json!({"sku": "tea", "price": 2.5});
+    assert_eq!(rt.get::<CartV2>("e").call(line).await.unwrap(), 1);
+    rt.shutdown().await;
+    assert_eq!(
+        store.load(&key("cart", "e")).await.unwrap().unwrap().schema,
+        2
+    );
+    // Build N + 1 reads it, migrates it and writes it at version 3.
+    let rt = carts(&store).await;
+    let cart = rt.get::<Cart>("e").call(add_tea()).await.unwrap();
+    assert_eq!(cart.lines.len(), 2);
+    assert_eq!(cart.lines[0].cents, 250);
+    rt.shutdown().await;
+    let written = store.load(&key("cart", "e")).await.unwrap().unwrap();
+    assert_eq!(written.schema, 3);
+    // The entity moves back to build N: refused, untouched, its other entities fine.
+    let rt = old(&store).await.unwrap();
+    let refused = rt.get::<CartV2>("e").call(Value::Null).await.unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            CallError::StateTooNew {
+                schema: 3,
+                supported: 2,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(
+        rt.get::<CartV2>("other").call(Value::Null).await.unwrap(),
+        0
+    );
+    rt.shutdown().await;
+    assert_eq!(store.load(&key("cart", "e")).await.unwrap(), Some(written));
+    // And build N + 1 goes on where it was.
+    let rt = carts(&store).await;
+    let view = rt.get::<Cart>("e").call(CartMsg::View).await.unwrap();
+    assert_eq!(view.lines.len(), 2);
+    rt.shutdown().await;
+}
