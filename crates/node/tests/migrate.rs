@@ -274,3 +274,45 @@ async fn a_running_node_migrates_in_the_background_and_refuses_newer_state() {
         text(&everything)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_all_leaves_no_journal_step_to_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let node = start(&data);
+    let http = Http::new();
+    // 8 steps per snapshot: j1 ends 3 steps past one, j2 exactly on one, j3 before its first.
+    for (id, steps) in [("j1", 11), ("j2", 8), ("j3", 5)] {
+        for n in 0..steps {
+            let body = json!({"append": format!("{id}-{n}")}).to_string();
+            post(&http, &node, &format!("/v1/jprobe/{id}"), &body).await;
+        }
+    }
+    stop(node);
+    let journal = |id: &str| -> i64 {
+        let conn = Connection::open(data.join("perennial.db")).unwrap();
+        conn.query_row(
+            "SELECT count(*) FROM journal WHERE kind = 'jprobe' AND id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!((journal("j1"), journal("j2"), journal("j3")), (3, 0, 5));
+    let out = run(&["snapshot-all", "--kind", "jprobe", "--json"], &data, None);
+    assert!(out.status.success(), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (report["changed"].as_u64(), report["unchanged"].as_u64()),
+        (Some(2), Some(1)),
+        "{report}"
+    );
+    assert_eq!((journal("j1"), journal("j2"), journal("j3")), (0, 0, 0));
+    // The lists are what they were, with nothing to replay.
+    let node = start(&data);
+    let list = post(&http, &node, "/v1/jprobe/j1", r#""read""#).await;
+    assert_eq!(list.as_array().map(Vec::len), Some(11), "{list}");
+    let list = post(&http, &node, "/v1/jprobe/j3", r#""read""#).await;
+    assert_eq!(list.as_array().map(Vec::len), Some(5), "{list}");
+    stop(node);
+}
