@@ -11,6 +11,8 @@
 //!   reply, byte for byte, and the message is not applied again (see
 //!   [`perennial_core::Handle::call_idempotent`]).
 //! - `GET /healthz`: `200 {"status":"ok"}` while the node serves; it needs no token.
+//! - `GET /console`: the web console (module `console`), a page over the admin API; the page
+//!   itself needs no token, every view it shows needs the admin token.
 //! - `/v1/admin/…`: the admin API (module `admin`): list a kind's entities, an entity's
 //!   state, history and past states, query a kind's entities by state and index it by a
 //!   path, passivate now, pause and resume an entity, list, show, retry and discard dead
@@ -43,6 +45,7 @@
 
 mod admin;
 mod cluster;
+mod console;
 pub mod error;
 mod forward;
 mod guard;
@@ -193,6 +196,7 @@ pub fn app(rt: Runtime, options: &Options) -> Router {
         .merge(admin)
         .merge(metrics)
         .merge(internal)
+        .merge(console::routes())
         .route("/healthz", get(healthz).fallback(method_not_allowed))
         .route("/openapi.json", get(openapi).fallback(method_not_allowed))
         .fallback(not_found)

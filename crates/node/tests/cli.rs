@@ -352,7 +352,7 @@ fn passivate_a_kind_or_one_entity() {
 
 /// Writes two dead letters to a data directory, as a node whose handler panicked would
 /// have: the demo kinds never panic, so the test puts them where a crashed run left them.
-async fn seed_dead_letters(dir: &std::path::Path) {
+pub(crate) async fn seed_dead_letters(dir: &std::path::Path) {
     let store = SqliteStore::open(dir).unwrap();
     let mut batch = Batch::default();
     for (kind, id, message) in [

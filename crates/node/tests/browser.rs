@@ -1,0 +1,86 @@
+//! The web console in a real browser: headless Chromium (Debian's package) driven by
+//! playwright-core (`e2e/`, installed with `npm ci --prefix e2e`) against the real binary.
+//! Skipped, loudly, where either is missing, unless `PERENNIAL_REQUIRE_BROWSER` is set (as
+//! `.ci/run` sets it, after installing both). With `PERENNIAL_SCREENSHOTS=DIR`, the script
+//! saves a screenshot of each page there (`docs/screenshots/` holds the committed ones).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::node::{Http, Node, perennial, post};
+use crate::probes::ADMIN;
+
+fn e2e() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../e2e")
+}
+
+/// Why the browser tests cannot run here, if they cannot.
+fn missing() -> Option<String> {
+    let chromium =
+        std::env::var_os("CHROMIUM").map_or_else(|| "/usr/bin/chromium".into(), PathBuf::from);
+    if !chromium.exists() {
+        return Some(format!(
+            "no Chromium at {} (apt-get install chromium)",
+            chromium.display()
+        ));
+    }
+    if !e2e().join("node_modules/playwright-core").exists() {
+        return Some("no playwright-core in e2e/node_modules (npm ci --prefix e2e)".into());
+    }
+    if Command::new("node").arg("--version").output().is_err() {
+        return Some("no node on the PATH".into());
+    }
+    None
+}
+
+/// Whether to run: `false` (after saying why) where the browser is missing and not required.
+fn browser_here() -> bool {
+    let Some(why) = missing() else {
+        return true;
+    };
+    assert!(
+        std::env::var_os("PERENNIAL_REQUIRE_BROWSER").is_none(),
+        "PERENNIAL_REQUIRE_BROWSER is set, but {why}"
+    );
+    eprintln!("SKIPPED: the browser tests need {why}");
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_finds_pauses_scrubs_and_retries_in_chromium() {
+    if !browser_here() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    crate::cli::seed_dead_letters(&data).await;
+    let mut command = perennial();
+    command.args(["serve", "--listen", "127.0.0.1:0", "--data"]);
+    command.arg(&data);
+    command.env("PERENNIAL_ADMIN_TOKEN", ADMIN);
+    let node = Node::spawn(command);
+    let http = Http::new();
+    post(&http, &node, "/v1/counter/c-small", r#"{"add": 3}"#).await;
+    post(&http, &node, "/v1/counter/c-big", r#"{"add": 500}"#).await;
+    for n in 0..20 {
+        let body = format!(r#"{{"append": "t{n}"}}"#);
+        post(&http, &node, "/v1/jprobe/j1", &body).await;
+    }
+    let mut script = Command::new("node");
+    script
+        .arg(e2e().join("console.mjs"))
+        .arg(node.url())
+        .arg(ADMIN);
+    if let Some(shots) = std::env::var_os("PERENNIAL_SCREENSHOTS") {
+        script.arg(shots);
+    }
+    let out = script.output().expect("node runs");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("every check passed"), "{said}");
+}
