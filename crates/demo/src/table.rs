@@ -98,8 +98,14 @@ pub enum TableMsg {
         /// What they do.
         action: Action,
     },
-    /// Reads the table.
+    /// Reads the table, with every player's hole cards.
     View,
+    /// Reads the table as `player` sees it: other players' hole cards hidden (until a
+    /// showdown reveals them in the hand's result).
+    ViewFor {
+        /// Whose view.
+        player: String,
+    },
     /// Sets the table's options.
     Configure {
         /// How long the player to act has, in milliseconds.
@@ -146,6 +152,7 @@ impl Process for PokerTable {
                 true
             }
             TableMsg::View => false,
+            TableMsg::ViewFor { player } => return Ok(self.view_for(&player)),
             TableMsg::Configure { turn_timeout_ms } => {
                 if !(1..=86_400_000).contains(&turn_timeout_ms) {
                     return Err(TableError::InvalidTurnTimeout);
@@ -162,7 +169,7 @@ impl Process for PokerTable {
     }
 
     fn is_read_only(msg: &TableMsg) -> bool {
-        matches!(msg, TableMsg::View)
+        matches!(msg, TableMsg::View | TableMsg::ViewFor { .. })
     }
 }
 
@@ -170,6 +177,13 @@ impl PokerTable {
     /// The table's view, with the turn's deadline.
     pub fn view(&self) -> TableView {
         let mut view = self.table.view();
+        view.turn_deadline_ms = self.clock.deadline_ms;
+        view
+    }
+
+    /// The table as `player` sees it, with the turn's deadline.
+    pub fn view_for(&self, player: &str) -> TableView {
+        let mut view = self.table.view_for(player);
         view.turn_deadline_ms = self.clock.deadline_ms;
         view
     }

@@ -32,7 +32,7 @@ pub(crate) fn routes() -> Router<crate::AppState> {
 
 /// A console file: it changes with the binary (so caches revalidate), and other sites'
 /// frames may not embed it.
-async fn file(content_type: &'static str, body: &'static str) -> impl IntoResponse {
+pub(crate) async fn file(content_type: &'static str, body: &'static str) -> impl IntoResponse {
     (
         [
             (header::CONTENT_TYPE, content_type),

@@ -13,6 +13,8 @@
 //! - `GET /healthz`: `200 {"status":"ok"}` while the node serves; it needs no token.
 //! - `GET /console`: the web console (module `console`), a page over the admin API; the page
 //!   itself needs no token, every view it shows needs the admin token.
+//! - `GET /play/{table}`: a playable poker table of the demo's `table` kind (module `play`),
+//!   over the client route and the watch stream.
 //! - `/v1/admin/…`: the admin API (module `admin`): list a kind's entities, an entity's
 //!   state, history and past states, query a kind's entities by state and index it by a
 //!   path, passivate now, pause and resume an entity, list, show, retry and discard dead
@@ -51,6 +53,7 @@ mod forward;
 mod guard;
 mod metrics;
 mod migrations;
+mod play;
 mod watch;
 
 use std::future::Future;
@@ -197,6 +200,7 @@ pub fn app(rt: Runtime, options: &Options) -> Router {
         .merge(metrics)
         .merge(internal)
         .merge(console::routes())
+        .merge(play::routes())
         .route("/healthz", get(healthz).fallback(method_not_allowed))
         .route("/openapi.json", get(openapi).fallback(method_not_allowed))
         .fallback(not_found)

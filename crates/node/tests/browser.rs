@@ -84,3 +84,49 @@ async fn the_console_finds_pauses_scrubs_and_retries_in_chromium() {
     assert!(out.status.success(), "{said}");
     assert!(said.contains("every check passed"), "{said}");
 }
+
+/// Runs `e2e/play.mjs` with `args`; panics with what it said unless every check passed.
+fn play(args: &[&std::ffi::OsStr]) {
+    let mut script = Command::new("node");
+    script.arg(e2e().join("play.mjs")).args(args);
+    let out = script.output().expect("node runs");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.contains("every check passed"),
+        "{said}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_players_play_a_hand_in_chromium_and_it_survives_kill_9() {
+    if !browser_here() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let start = |listen: &str| {
+        let mut command = perennial();
+        command.args(["serve", "--listen", listen, "--data"]);
+        command.arg(&data);
+        Node::spawn(command)
+    };
+    let node = start("127.0.0.1:0");
+    let url = node.url();
+    let state = dir.path().join("seen.json");
+    let shots = std::env::var_os("PERENNIAL_SCREENSHOTS");
+    let mut before = vec![url.as_ref(), "before".as_ref(), state.as_os_str()];
+    if let Some(shots) = &shots {
+        before.push(shots);
+    }
+    play(&before);
+    // Mid-hand (the flop is dealt, a player is to act): kill -9, and start again.
+    let addr = node.addr.to_string();
+    node.kill9();
+    let node = start(&addr);
+    assert_eq!(node.url(), url);
+    play(&[url.as_ref(), "after".as_ref(), state.as_os_str()]);
+}
