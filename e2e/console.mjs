@@ -1,7 +1,8 @@
 // The console in headless Chromium, against a node that `crates/node/tests/browser.rs`
 // started and filled: sign in, find an entity by a query, pause and resume it, scrub a
-// journal's history with the slider, retry and discard dead letters. Exits non-zero on the
-// first thing that is not as it should be.
+// journal's history with the slider, retry and discard dead letters, watch the live charts
+// move under calls, see the shards served. Exits non-zero on the first thing that is not as
+// it should be.
 //
 //   node e2e/console.mjs http://127.0.0.1:PORT ADMIN_TOKEN [SCREENSHOT_DIR]
 //
@@ -94,6 +95,31 @@ try {
   await page.waitForFunction(() => document.querySelectorAll('button[data-action="retry"]').length === 1);
   await page.locator('button[data-action="discard"]').click();
   await page.getByText("No dead letters.").waitFor();
+
+  // Live charts from /metrics, while calls come in.
+  await page.goto(base + "/console#/live");
+  await page.locator("#calls").waitFor();
+  let calling = true;
+  const traffic = (async () => {
+    for (let n = 0; calling; n++) {
+      await fetch(base + "/v1/counter/live-" + (n % 50), {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: '{"add": 1}',
+      });
+    }
+  })();
+  await page.waitForFunction(() => Number(document.querySelector("#calls .value").textContent) > 0);
+  await page.waitForFunction(() => Number(document.querySelector("#resident .value").textContent) > 0);
+  await page.waitForFunction(() => Number(document.querySelector("#batch .value").textContent) > 0);
+  await page.waitForFunction(() => document.querySelector("#calls polyline").getAttribute("points").split(" ").length >= 4);
+  await shot(page, "console-live");
+  calling = false;
+  await traffic;
+
+  // Which shards this node serves: all of them, on its own.
+  await page.goto(base + "/console#/cluster");
+  await page.locator("#served").getByText("1024", { exact: true }).waitFor();
 
   await browser.close();
   console.log("console: every check passed");

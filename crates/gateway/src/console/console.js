@@ -268,6 +268,104 @@ async function quarantinedView() {
   );
 }
 
+/** Parses the Prometheus text format: [{name, labels, value}]. */
+function parseMetrics(text) {
+  const samples = [];
+  for (const line of text.split("\n")) {
+    if (!line || line.startsWith("#")) continue;
+    const match = line.match(/^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+(\S+)/);
+    if (!match) continue;
+    const labels = {};
+    for (const pair of (match[2] || "").slice(1, -1).matchAll(/(\w+)="([^"]*)"/g)) labels[pair[1]] = pair[2];
+    samples.push({ name: match[1], labels, value: Number(match[3]) });
+  }
+  return samples;
+}
+
+function total(samples, name, where) {
+  return samples
+    .filter((s) => s.name === name && (!where || where(s.labels)))
+    .reduce((sum, s) => sum + s.value, 0);
+}
+
+/** The 99th percentile of the calls between two scrapes, from their histogram buckets. */
+function p99(before, after) {
+  const buckets = new Map();
+  for (const s of after) if (s.name === "perennial_call_seconds_bucket") buckets.set(s.labels.le, (buckets.get(s.labels.le) || 0) + s.value);
+  for (const s of before) if (s.name === "perennial_call_seconds_bucket") buckets.set(s.labels.le, (buckets.get(s.labels.le) || 0) - s.value);
+  const sorted = [...buckets.entries()].map(([le, n]) => [le === "+Inf" ? Infinity : Number(le), n]).sort((a, b) => a[0] - b[0]);
+  const count = sorted.length ? sorted[sorted.length - 1][1] : 0;
+  if (count <= 0) return 0;
+  const found = sorted.find(([, n]) => n >= 0.99 * count);
+  return found && Number.isFinite(found[0]) ? found[0] * 1000 : 0;
+}
+
+/** A small line chart of the last values of one series. */
+function chart(id, title, unit) {
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("viewBox", "0 0 300 60");
+  svg.setAttribute("class", "chart");
+  const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
+  svg.append(line);
+  const value = el("b", { class: "value" }, "…");
+  const box = el("div", { class: "card-box", id }, el("div", {}, title, " ", value, " ", el("span", { class: "muted" }, unit)), svg);
+  const points = [];
+  box.push = (v) => {
+    points.push(v);
+    if (points.length > 60) points.shift();
+    const max = Math.max(...points, 1e-9);
+    line.setAttribute("points", points.map((p, i) => `${(i * 300) / 59},${58 - (p / max) * 54}`).join(" "));
+    value.textContent = Number.isInteger(v) || v >= 100 ? v.toFixed(0) : v.toFixed(2);
+  };
+  return box;
+}
+
+async function liveView() {
+  const charts = [
+    chart("calls", "calls/s", ""),
+    chart("p99", "p99 latency", "ms"),
+    chart("batch", "commit batch", "steps"),
+    chart("fsync", "commit to durable", "ms"),
+    chart("resident", "resident entities", ""),
+  ];
+  show(el("h1", {}, "Live"), el("p", { class: "muted" }, "From /metrics, every second."), el("div", { class: "charts" }, charts));
+  const scrape = async () => {
+    const response = await fetch("/metrics", { headers: { authorization: "Bearer " + token() } });
+    if (!response.ok) throw new Error("/metrics answered " + response.status);
+    return { at: performance.now(), samples: parseMetrics(await response.text()) };
+  };
+  let last = await scrape();
+  const shown = view.firstChild;
+  while (view.firstChild === shown) {
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    if (view.firstChild !== shown) break;
+    const now = await scrape();
+    const seconds = (now.at - last.at) / 1000;
+    const delta = (name) => total(now.samples, name) - total(last.samples, name);
+    const [calls, steps, commits, durable] = [
+      delta("perennial_call_seconds_count"),
+      delta("perennial_commit_steps_sum"),
+      delta("perennial_commit_steps_count"),
+      delta("perennial_commit_durable_seconds_sum"),
+    ];
+    charts[0].push(calls / seconds);
+    charts[1].push(p99(last.samples, now.samples));
+    charts[2].push(commits > 0 ? steps / commits : 0);
+    charts[3].push(commits > 0 ? (durable / commits) * 1000 : 0);
+    charts[4].push(total(now.samples, "perennial_resident_entities"));
+    last = now;
+  }
+}
+
+async function clusterView() {
+  const cluster = await api("GET", "/v1/admin/cluster");
+  const nodes = [el("h1", {}, "Cluster"), el("p", {}, "This node: ", cluster.node || "single node", ", serving ", el("b", { id: "served" }, cluster.served_shards), " shards.")];
+  if (cluster.members.length) {
+    nodes.push(table(["node", "address", "shards"], cluster.members.map((m) => [m.node, m.address, m.shards])));
+  }
+  show(...nodes);
+}
+
 // ---- routing ----
 
 async function route() {
@@ -282,6 +380,8 @@ async function route() {
     else if (parts[0] === "entity" && parts.length === 3) await entityView(parts[1], parts[2]);
     else if (parts[0] === "dead-letters") await deadLettersView();
     else if (parts[0] === "quarantined") await quarantinedView();
+    else if (parts[0] === "live") await liveView();
+    else if (parts[0] === "cluster") await clusterView();
     else show(el("p", { class: "error" }, "No such page."));
   } catch (e) {
     show(failure(e));
