@@ -63,6 +63,7 @@ try {
   await page.goto(base + "/console#/kind/counter");
   await page.getByRole("cell", { name: "paused", exact: true }).waitFor();
   await page.goto(base + "/console#/entity/counter/c-big");
+  await page.locator("#no-pending").waitFor();
   await page.click("#resume");
   await page.locator("#status").getByText(/^resume: .*"paused":false/).waitFor();
 
@@ -81,6 +82,11 @@ try {
     if (shown.includes(`"t${step}"`)) await fail(page, `the state at step ${step} shows a later token`);
   }
   await shot(page, "console-history");
+
+  // A probe with a timer due in an hour: the entity page lists it as pending.
+  await page.goto(base + "/console#/entity/probe/p1");
+  await page.getByRole("cell", { name: "timer", exact: true }).waitFor();
+  await page.getByRole("cell", { name: '{"append":"later"}' }).waitFor();
 
   // Dead letters: retry one (applied, gone), discard the other.
   await page.goto(base + "/console#/dead-letters");

@@ -258,6 +258,23 @@ impl Runtime {
         Ok(crate::Watch::new(self.shared.core.watchers.subscribe(key)))
     }
 
+    /// The timers, messages to other entities and effects that `kind`/`id`'s steps left and
+    /// that are not applied yet (at most `limit`, by number), as storage holds them.
+    pub async fn pending_of(
+        &self,
+        kind: &str,
+        id: &str,
+        limit: usize,
+    ) -> Result<Vec<perennial_storage::Pending>, CallError> {
+        self.stored_kind(kind)?;
+        let key = EntityKey::new(kind, EntityId::new(id)?);
+        let store = &self.shared.core.store;
+        store
+            .pending_of(&key, limit)
+            .await
+            .map_err(CallError::Store)
+    }
+
     /// The paused entities, in key order.
     pub fn paused(&self) -> Vec<EntityKey> {
         self.shared.core.pauses.list()

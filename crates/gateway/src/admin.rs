@@ -18,6 +18,8 @@
 //! - `GET  /v1/admin/entities/{kind}/{id}`: the entity's latest durable state.
 //! - `GET  /v1/admin/entities/{kind}/{id}/history?after=STEP&limit=N`: its journal.
 //! - `GET  /v1/admin/entities/{kind}/{id}/at/{step}`: its state as of a step.
+//! - `GET  /v1/admin/entities/{kind}/{id}/pending`: its timers, messages to other entities
+//!   and effects not applied yet (at most 1,000, by number), with when each is due.
 //! - `POST /v1/admin/entities/{kind}/{id}/passivate`: passivates it now, if idle.
 //! - `POST /v1/admin/entities/{kind}/{id}/pause`: pauses it, durably: its calls get `409
 //!   paused` (they are refused, not queued: the caller decides when to retry), while its
@@ -77,6 +79,7 @@ pub(crate) fn routes() -> Router<crate::AppState> {
         )
         .route("/v1/admin/entities/{kind}/{id}", get(state))
         .route("/v1/admin/entities/{kind}/{id}/history", get(history))
+        .route("/v1/admin/entities/{kind}/{id}/pending", get(pending))
         .route("/v1/admin/entities/{kind}/{id}/at/{step}", get(state_at))
         .route("/v1/admin/entities/{kind}/{id}/passivate", post(passivate))
         .route("/v1/admin/entities/{kind}/{id}/pause", post(pause))
@@ -324,6 +327,34 @@ async fn passivate_kind(
     let (passivated, busy) = rt.passivate_kind(&kind)?;
     Ok(json_response(
         &json!({ "passivated": passivated, "busy": busy }),
+    ))
+}
+
+async fn pending(
+    State(rt): State<Runtime>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((kind, id)) = path.map_err(ApiError::from_path)?;
+    let rows = rt.pending_of(&kind, &id, MAX_PAGE).await?;
+    let rows: Vec<Value> = rows
+        .iter()
+        .map(|p| {
+            let class = match p.class {
+                perennial_storage::PendingClass::Timer => "timer",
+                perennial_storage::PendingClass::Message => "message",
+                perennial_storage::PendingClass::Effect => "effect",
+            };
+            json!({
+                "seq": p.seq,
+                "class": class,
+                "due_ms": p.due_ms,
+                "target": {"kind": &*p.target.kind, "id": p.target.id.as_str()},
+                "body": embedded(&p.body),
+            })
+        })
+        .collect();
+    Ok(json_response(
+        &json!({ "kind": kind, "id": id, "pending": rows }),
     ))
 }
 

@@ -63,6 +63,8 @@ async fn the_console_finds_pauses_scrubs_and_retries_in_chromium() {
     let http = Http::new();
     post(&http, &node, "/v1/counter/c-small", r#"{"add": 3}"#).await;
     post(&http, &node, "/v1/counter/c-big", r#"{"add": 500}"#).await;
+    let timer = r#"{"schedule": {"token": "later", "ms": 3600000}}"#;
+    post(&http, &node, "/v1/probe/p1", timer).await;
     for n in 0..20 {
         let body = format!(r#"{{"append": "t{n}"}}"#);
         post(&http, &node, "/v1/jprobe/j1", &body).await;

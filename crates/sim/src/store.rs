@@ -295,6 +295,11 @@ impl Store for SimStore {
         self.db.data.paused().await
     }
 
+    async fn pending_of(&self, owner: &EntityKey, limit: usize) -> Result<Vec<Pending>, Error> {
+        self.reach()?;
+        self.db.data.pending_of(owner, limit).await
+    }
+
     async fn query(
         &self,
         kind: &str,

@@ -302,26 +302,22 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(map_err)?;
-        rows.iter()
-            .map(|r| {
-                let owner = entity_key(r.get(0), r.get(1), "a pending row")?;
-                let seq = from_sql(r.get(2), "pending number")?;
-                let class: i16 = r.get(4);
-                let class = PendingClass::from_code(i64::from(class)).ok_or_else(|| {
-                    Error::Corrupt(format!(
-                        "pending row {owner}#{seq} has an unknown class {class}"
-                    ))
-                })?;
-                Ok(Pending {
-                    seq,
-                    due_ms: r.get(3),
-                    class,
-                    target: entity_key(r.get(5), r.get(6), "a pending row")?,
-                    body: Arc::from(r.get::<_, String>(7)),
-                    owner,
-                })
-            })
-            .collect()
+        pending_rows(&rows)
+    }
+
+    async fn pending_of(&self, owner: &EntityKey, limit: usize) -> Result<Vec<Pending>, Error> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .reader()
+            .await?
+            .query(
+                "SELECT kind, id, seq, due, class, target_kind, target_id, body FROM pending
+                  WHERE kind = $1 AND id = $2 ORDER BY seq LIMIT $3",
+                &[&&*owner.kind, &owner.id.as_str(), &limit],
+            )
+            .await
+            .map_err(map_err)?;
+        pending_rows(&rows)
     }
 
     async fn reply(
@@ -467,4 +463,28 @@ impl Store for PostgresStore {
 fn schema_from_sql(schema: i32, entity: &dyn std::fmt::Display) -> Result<u32, Error> {
     u32::try_from(schema)
         .map_err(|_| Error::Corrupt(format!("{entity} has schema version {schema}")))
+}
+
+/// Pending rows selected as `kind, id, seq, due, class, target_kind, target_id, body`.
+fn pending_rows(rows: &[tokio_postgres::Row]) -> Result<Vec<Pending>, Error> {
+    rows.iter()
+        .map(|r| {
+            let owner = entity_key(r.get(0), r.get(1), "a pending row")?;
+            let seq = from_sql(r.get(2), "pending number")?;
+            let class: i16 = r.get(4);
+            let class = PendingClass::from_code(i64::from(class)).ok_or_else(|| {
+                Error::Corrupt(format!(
+                    "pending row {owner}#{seq} has an unknown class {class}"
+                ))
+            })?;
+            Ok(Pending {
+                seq,
+                due_ms: r.get(3),
+                class,
+                target: entity_key(r.get(5), r.get(6), "a pending row")?,
+                body: Arc::from(r.get::<_, String>(7)),
+                owner,
+            })
+        })
+        .collect()
 }

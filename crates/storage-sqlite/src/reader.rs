@@ -64,6 +64,11 @@ pub(crate) enum ReadCmd {
     Paused {
         reply: oneshot::Sender<Result<Vec<EntityKey>, Error>>,
     },
+    PendingOf {
+        owner: EntityKey,
+        limit: usize,
+        reply: oneshot::Sender<Result<Vec<PendingRow>, Error>>,
+    },
 }
 
 /// Starts one thread per connection, all serving the returned channel.
@@ -135,6 +140,13 @@ fn serve(conn: &Connection, pending: &Mutex<Pending>, rx: &Receiver<ReadCmd>) {
             }
             ReadCmd::Indexes { kind, reply } => {
                 let _ = reply.send(query::indexes(conn, &kind));
+            }
+            ReadCmd::PendingOf {
+                owner,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(pending_of(conn, &owner, limit));
             }
             ReadCmd::Paused { reply } => {
                 let _ = reply.send(paused(conn));
@@ -289,9 +301,33 @@ fn due(conn: &Connection, before_ms: i64, limit: usize) -> Result<Vec<PendingRow
         )
         .map_err(map_err)?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let mut rows = stmt
+    let rows = stmt
         .query(rusqlite::params![before_ms, limit])
         .map_err(map_err)?;
+    pending_rows(rows)
+}
+
+/// An entity's pending rows, by number.
+fn pending_of(
+    conn: &Connection,
+    owner: &EntityKey,
+    limit: usize,
+) -> Result<Vec<PendingRow>, Error> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT kind, id, seq, due, class, target_kind, target_id, body FROM pending
+             WHERE kind = ?1 AND id = ?2 ORDER BY seq LIMIT ?3",
+        )
+        .map_err(map_err)?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = stmt
+        .query(rusqlite::params![&*owner.kind, owner.id.as_str(), limit])
+        .map_err(map_err)?;
+    pending_rows(rows)
+}
+
+/// Pending rows selected as `kind, id, seq, due, class, target_kind, target_id, body`.
+fn pending_rows(mut rows: rusqlite::Rows<'_>) -> Result<Vec<PendingRow>, Error> {
     let mut due = Vec::new();
     while let Some(row) = rows.next().map_err(map_err)? {
         let entity = |kind: usize, id: usize| -> Result<EntityKey, Error> {

@@ -332,6 +332,16 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn pending_of(&self, owner: &EntityKey, limit: usize) -> Result<Vec<PendingRow>, Error> {
+        let owner = owner.clone();
+        self.read(|reply| ReadCmd::PendingOf {
+            owner,
+            limit,
+            reply,
+        })
+        .await
+    }
+
     async fn reply(
         &self,
         key: &EntityKey,

@@ -57,6 +57,7 @@ macro_rules! store_conformance {
             indexes_are_made_once_listed_and_dropped,
             pauses_are_kept_until_resumed_and_fenced,
             schema_versions_are_kept_with_each_state,
+            an_entitys_pending_rows_read_back_by_number,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -997,4 +998,61 @@ pub async fn schema_versions_are_kept_with_each_state(store: &dyn Store) {
     assert_eq!(c05.schema, 3);
     let listed = store.entities("cart", None, 1).await.unwrap();
     assert_eq!(listed[0].schema, 7);
+}
+
+/// An entity's pending rows read back by number, its own only, at most `limit`, and
+/// without those applied since.
+pub async fn an_entitys_pending_rows_read_back_by_number(store: &dyn Store) {
+    let epoch = claim_all(store).await;
+    let a = key("timer", "a");
+    let b = key("timer", "b");
+    let rows: Vec<Pending> = [(3, 50), (1, 90), (2, 10)]
+        .into_iter()
+        .map(|(seq, due)| pending(&a, seq, due, PendingClass::Timer))
+        .chain([pending(&b, 1, 5, PendingClass::Message)])
+        .collect();
+    let batch = Batch {
+        pending: rows
+            .iter()
+            .cloned()
+            .map(|p| pending_write(p, epoch))
+            .collect(),
+        ..Batch::default()
+    };
+    store.commit(batch).unwrap();
+    let of_a = store.pending_of(&a, 10).await.unwrap();
+    let seqs: Vec<u64> = of_a.iter().map(|p| p.seq).collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    assert_eq!(of_a[0], rows[1]);
+    assert_eq!(store.pending_of(&a, 2).await.unwrap().len(), 2);
+    let done = PendingDone {
+        shard: shard_of(&a.kind, a.id.as_str()),
+        epoch,
+        owner: a.clone(),
+        seq: 2,
+    };
+    let batch = Batch {
+        done: vec![done],
+        ..Batch::default()
+    };
+    store.commit(batch).unwrap();
+    let seqs: Vec<u64> = store
+        .pending_of(&a, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.seq)
+        .collect();
+    assert_eq!(seqs, [1, 3]);
+    assert_eq!(
+        store.pending_of(&b, 10).await.unwrap(),
+        vec![rows[3].clone()]
+    );
+    assert!(
+        store
+            .pending_of(&key("timer", "none"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

@@ -189,6 +189,10 @@ impl<S: Store> Store for FaultyStore<S> {
         self.inner.paused().await
     }
 
+    async fn pending_of(&self, owner: &EntityKey, limit: usize) -> Result<Vec<Pending>, Error> {
+        self.inner.pending_of(owner, limit).await
+    }
+
     async fn query(
         &self,
         kind: &str,

@@ -404,6 +404,15 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    async fn pending_of(&self, owner: &EntityKey, limit: usize) -> Result<Vec<Pending>, Error> {
+        let inner = self.inner.lock();
+        inner.check_open()?;
+        let rows = inner
+            .pending
+            .range((owner.clone(), 0)..=(owner.clone(), u64::MAX));
+        Ok(rows.take(limit).map(|(_, row)| row.clone()).collect())
+    }
+
     async fn paused(&self) -> Result<Vec<EntityKey>, Error> {
         let inner = self.inner.lock();
         inner.check_open()?;

@@ -397,6 +397,10 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// Reads up to `limit` pending rows due at or before `before_ms`, the earliest first.
     async fn due(&self, before_ms: i64, limit: usize) -> Result<Vec<Pending>, Error>;
 
+    /// Reads up to `limit` of the pending rows `owner`'s steps created that are not applied
+    /// yet (its timers, its messages to other entities, its effects), by number.
+    async fn pending_of(&self, owner: &EntityKey, limit: usize) -> Result<Vec<Pending>, Error>;
+
     /// Reads the reply kept for an idempotency key of an entity, if any.
     async fn reply(
         &self,
@@ -468,6 +472,9 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     async fn due(&self, before_ms: i64, limit: usize) -> Result<Vec<Pending>, Error> {
         (**self).due(before_ms, limit).await
+    }
+    async fn pending_of(&self, owner: &EntityKey, limit: usize) -> Result<Vec<Pending>, Error> {
+        (**self).pending_of(owner, limit).await
     }
     async fn reply(
         &self,

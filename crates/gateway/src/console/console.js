@@ -184,6 +184,26 @@ async function entityView(kind, id) {
     nodes.push(el("h2", {}, "State"), failure(e));
   }
   try {
+    const { pending } = await api("GET", base + "/pending");
+    nodes.push(
+      el("h2", {}, "Pending timers, messages and effects"),
+      pending.length
+        ? table(
+            ["seq", "class", "due", "to", "body"],
+            pending.map((p) => [
+              p.seq,
+              p.class,
+              new Date(p.due_ms).toISOString(),
+              p.target.kind + "/" + p.target.id,
+              JSON.stringify(p.body),
+            ]),
+          )
+        : el("p", { class: "muted", id: "no-pending" }, "None."),
+    );
+  } catch (e) {
+    if (e.code !== "not_stored") nodes.push(failure(e));
+  }
+  try {
     const { history } = await api("GET", base + "/history?limit=1000");
     if (history.length > 0) nodes.push(timeline(base, history));
   } catch (e) {
