@@ -238,6 +238,14 @@ async fn failed_fsyncs_fail_calls_clearly_and_nothing_unsynced_is_acknowledged()
     tokio::time::sleep(Duration::from_millis(1000)).await;
     // What the disk holds, after a kill: nothing acknowledged may be missing from it.
     kill(traced.0, Signal::SIGKILL).unwrap();
+    // It is strace's child, so not ours to wait for: wait until it is gone (or a zombie,
+    // whose files, and so its lock on the data directory, are closed) before starting again.
+    let status = format!("/proc/{}/status", traced.0);
+    let gone = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&status).is_ok_and(|s| !s.contains("State:\tZ")) {
+        assert!(Instant::now() < gone, "the killed node is still running");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     drop(node);
     let node = start(&data);
     load.set_live(vec![node.addr]);
