@@ -40,6 +40,8 @@ try {
   await page.fill("#token", token);
   await page.click("#signin button");
   await page.locator("table").getByRole("link", { name: "counter", exact: true }).waitFor();
+  // c-small and c-big are stored (the dead letters' entities are not).
+  await page.locator('[data-stored="counter"]').getByText("2", { exact: true }).waitFor();
   await shot(page, "console-kinds");
 
   // A kind's entities, then a query by state.

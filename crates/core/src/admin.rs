@@ -258,6 +258,16 @@ impl Runtime {
         Ok(crate::Watch::new(self.shared.core.watchers.subscribe(key)))
     }
 
+    /// How many entities of `kind` are stored (with a state or a journal); 0 for an
+    /// `Ephemeral` kind.
+    pub async fn stored(&self, kind: &str) -> Result<u64, CallError> {
+        if self.kind(kind)?.persistence() == Persistence::Ephemeral {
+            return Ok(0);
+        }
+        let store = &self.shared.core.store;
+        store.count(kind).await.map_err(CallError::Store)
+    }
+
     /// The timers, messages to other entities and effects that `kind`/`id`'s steps left and
     /// that are not applied yet (at most `limit`, by number), as storage holds them.
     pub async fn pending_of(

@@ -519,22 +519,10 @@ impl Runtime {
         result
     }
 
-    /// How many entities `kind` has in storage, by listing them.
+    /// How many entities `kind` has in storage.
     async fn count_stored(&self, kind: &str) -> Result<u64, CallError> {
         let store = &self.shared.core.store;
-        let mut count = 0;
-        let mut after: Option<String> = None;
-        loop {
-            let page = store
-                .entities(kind, after.as_deref(), 4096)
-                .await
-                .map_err(CallError::Store)?;
-            let Some(last) = page.last() else {
-                return Ok(count);
-            };
-            count += page.len() as u64;
-            after = Some(last.id.clone());
-        }
+        store.count(kind).await.map_err(CallError::Store)
     }
 }
 

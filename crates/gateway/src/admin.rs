@@ -1,7 +1,8 @@
 //! The admin API, under `/v1/admin`: what operators do to a running node. Every route needs
 //! the admin token (see [`Options::admin`](crate::Options::admin)).
 //!
-//! - `GET  /v1/admin/kinds`: the registered kinds with their counters.
+//! - `GET  /v1/admin/kinds`: the registered kinds with the entities each has stored and
+//!   resident, and their counters.
 //! - `GET  /v1/admin/kinds/{kind}/entities?after=ID&limit=N`: a page of the kind's entities
 //!   (at most 1,000, default 100) in id order, with `resident`, `state_version`, `last_step`
 //!   and `updated_at_ms`; `next` is the `after` of the next page, or `null` at the end.
@@ -121,15 +122,21 @@ fn embedded(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
 }
 
-async fn kinds(State(rt): State<Runtime>) -> Response {
+async fn kinds(State(rt): State<Runtime>) -> Result<Response, ApiError> {
     let stats = rt.stats();
+    let mut stored = Vec::with_capacity(stats.kinds.len());
+    for k in &stats.kinds {
+        stored.push(rt.stored(&k.kind).await?);
+    }
     let kinds: Vec<Value> = stats
         .kinds
         .iter()
-        .map(|k| {
+        .zip(stored)
+        .map(|(k, stored)| {
             json!({
                 "kind": k.kind,
                 "persistence": k.persistence,
+                "stored": stored,
                 "resident": k.resident,
                 "activations": k.activations,
                 "passivations": k.passivations,
@@ -138,7 +145,7 @@ async fn kinds(State(rt): State<Runtime>) -> Response {
             })
         })
         .collect();
-    json_response(&json!({ "kinds": kinds }))
+    Ok(json_response(&json!({ "kinds": kinds })))
 }
 
 #[derive(Deserialize)]

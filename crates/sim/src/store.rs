@@ -300,6 +300,11 @@ impl Store for SimStore {
         self.db.data.pending_of(owner, limit).await
     }
 
+    async fn count(&self, kind: &str) -> Result<u64, Error> {
+        self.reach()?;
+        self.db.data.count(kind).await
+    }
+
     async fn query(
         &self,
         kind: &str,

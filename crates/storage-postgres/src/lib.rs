@@ -305,6 +305,20 @@ impl Store for PostgresStore {
         pending_rows(&rows)
     }
 
+    async fn count(&self, kind: &str) -> Result<u64, Error> {
+        let row = self
+            .reader()
+            .await?
+            .query_one(
+                "SELECT count(*) FROM (SELECT id FROM entities WHERE kind = $1
+                                       UNION SELECT id FROM journal WHERE kind = $1) AS ids",
+                &[&kind],
+            )
+            .await
+            .map_err(map_err)?;
+        from_sql(row.get(0), "entity count")
+    }
+
     async fn pending_of(&self, owner: &EntityKey, limit: usize) -> Result<Vec<Pending>, Error> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self

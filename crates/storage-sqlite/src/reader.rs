@@ -64,6 +64,10 @@ pub(crate) enum ReadCmd {
     Paused {
         reply: oneshot::Sender<Result<Vec<EntityKey>, Error>>,
     },
+    Count {
+        kind: String,
+        reply: oneshot::Sender<Result<u64, Error>>,
+    },
     PendingOf {
         owner: EntityKey,
         limit: usize,
@@ -140,6 +144,9 @@ fn serve(conn: &Connection, pending: &Mutex<Pending>, rx: &Receiver<ReadCmd>) {
             }
             ReadCmd::Indexes { kind, reply } => {
                 let _ = reply.send(query::indexes(conn, &kind));
+            }
+            ReadCmd::Count { kind, reply } => {
+                let _ = reply.send(count(conn, &kind));
             }
             ReadCmd::PendingOf {
                 owner,
@@ -305,6 +312,19 @@ fn due(conn: &Connection, before_ms: i64, limit: usize) -> Result<Vec<PendingRow
         .query(rusqlite::params![before_ms, limit])
         .map_err(map_err)?;
     pending_rows(rows)
+}
+
+/// How many entities of `kind` have a state (folded or not) or a journal.
+fn count(conn: &Connection, kind: &str) -> Result<u64, Error> {
+    let n: i64 = conn
+        .prepare_cached(
+            "SELECT count(*) FROM (SELECT id FROM entity_state WHERE kind = ?1
+                                   UNION SELECT id FROM journal WHERE kind = ?1)",
+        )
+        .map_err(map_err)?
+        .query_row([kind], |r| r.get(0))
+        .map_err(map_err)?;
+    from_sql(n, "entity count")
 }
 
 /// An entity's pending rows, by number.

@@ -332,6 +332,11 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn count(&self, kind: &str) -> Result<u64, Error> {
+        let kind = kind.to_owned();
+        self.read(|reply| ReadCmd::Count { kind, reply }).await
+    }
+
     async fn pending_of(&self, owner: &EntityKey, limit: usize) -> Result<Vec<PendingRow>, Error> {
         let owner = owner.clone();
         self.read(|reply| ReadCmd::PendingOf {

@@ -58,6 +58,7 @@ macro_rules! store_conformance {
             pauses_are_kept_until_resumed_and_fenced,
             schema_versions_are_kept_with_each_state,
             an_entitys_pending_rows_read_back_by_number,
+            entities_are_counted_by_kind,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -1055,4 +1056,34 @@ pub async fn an_entitys_pending_rows_read_back_by_number(store: &dyn Store) {
             .unwrap()
             .is_empty()
     );
+}
+
+/// A kind's stored entities are counted once each, whether they have a state, a journal or
+/// both, committed just now or long ago.
+pub async fn entities_are_counted_by_kind(store: &dyn Store) {
+    let epoch = claim_all(store).await;
+    assert_eq!(store.count("cart").await.unwrap(), 0);
+    let states: Vec<StateWrite> = (0..30)
+        .map(|n| write(&key("cart", &format!("c{n}")), epoch, "{}", 1))
+        .chain([write(&key("other", "o"), epoch, "{}", 1)])
+        .collect();
+    commit_states(store, states);
+    let journal = |id: &str| JournalWrite {
+        key: key("cart", id),
+        shard: shard_of("cart", id),
+        epoch,
+        entry: JournalEntry {
+            step: 1,
+            at_us: 1,
+            entry: Arc::from("{}"),
+        },
+    };
+    let batch = Batch {
+        journal: vec![journal("c0"), journal("j-only")],
+        ..Batch::default()
+    };
+    store.commit(batch).unwrap();
+    assert_eq!(store.count("cart").await.unwrap(), 31);
+    assert_eq!(store.count("other").await.unwrap(), 1);
+    assert_eq!(store.count("nothing").await.unwrap(), 0);
 }

@@ -193,6 +193,10 @@ impl<S: Store> Store for FaultyStore<S> {
         self.inner.pending_of(owner, limit).await
     }
 
+    async fn count(&self, kind: &str) -> Result<u64, Error> {
+        self.inner.count(kind).await
+    }
+
     async fn query(
         &self,
         kind: &str,

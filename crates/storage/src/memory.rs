@@ -404,6 +404,15 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    async fn count(&self, kind: &str) -> Result<u64, Error> {
+        let inner = self.inner.lock();
+        inner.check_open()?;
+        let of_kind = |key: &&EntityKey| &*key.kind == kind;
+        let mut ids: BTreeSet<&EntityKey> = inner.entities.keys().filter(of_kind).collect();
+        ids.extend(inner.journals.keys().filter(of_kind));
+        Ok(ids.len() as u64)
+    }
+
     async fn pending_of(&self, owner: &EntityKey, limit: usize) -> Result<Vec<Pending>, Error> {
         let inner = self.inner.lock();
         inner.check_open()?;

@@ -423,6 +423,9 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// The entities paused now, in key order.
     async fn paused(&self) -> Result<Vec<EntityKey>, Error>;
 
+    /// How many entities of `kind` are stored (with a state or a journal).
+    async fn count(&self, kind: &str) -> Result<u64, Error>;
+
     /// Finds up to `limit` stored entities of `kind` whose state matches `filter` and whose
     /// id is after `after`, in id order. What it finds is committed state (for a `Journal`
     /// kind, its latest snapshot), never a state whose commit is still under way.
@@ -496,6 +499,9 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     async fn paused(&self) -> Result<Vec<EntityKey>, Error> {
         (**self).paused().await
+    }
+    async fn count(&self, kind: &str) -> Result<u64, Error> {
+        (**self).count(kind).await
     }
     async fn query(
         &self,

@@ -97,6 +97,7 @@ async function kindsView() {
   const rows = kinds.map((k) => [
     link("#/kind/" + encodeURIComponent(k.kind), k.kind),
     k.persistence,
+    el("span", { "data-stored": k.kind }, k.stored),
     k.resident,
     k.activations,
     k.passivations,
@@ -105,7 +106,7 @@ async function kindsView() {
   ]);
   show(
     el("h1", {}, "Kinds"),
-    table(["kind", "persistence", "resident", "activations", "passivations", "restarts", "dead letters"], rows),
+    table(["kind", "persistence", "stored", "resident", "activations", "passivations", "restarts", "dead letters"], rows),
   );
 }
 
