@@ -11,17 +11,15 @@ use hdrhistogram::Histogram;
 use perennial_core::{Handle, Migrate, Progress, Runtime};
 use perennial_demo::Counter;
 use perennial_demo::counter::CounterMsg;
-use perennial_storage::{Batch, StateWrite, Store};
+use perennial_storage::Store;
 use perennial_storage_sqlite::SqliteStore;
-use perennial_types::{EntityId, EntityKey, SHARDS, ShardId, shard_of};
 
+use crate::query::store_carts;
 use crate::workloads::{Scratch, scratch};
 use crate::{Options, Report};
 
 /// Carts stored at schema version 1, per pass.
 const CARTS: usize = 100_000;
-/// States per commit while storing them.
-const BATCH: usize = 10_000;
 /// Entities a pass rewrites at once.
 const PASS_BATCH: usize = 64;
 /// Counters the live callers spread over.
@@ -32,33 +30,10 @@ const COUNTERS: usize = 1_000;
 async fn old_carts(options: &Options, name: &str) -> anyhow::Result<(Runtime, Scratch)> {
     let dir = scratch(options, name)?;
     let store = SqliteStore::open(&dir.path)?;
-    let shards: Vec<ShardId> = (0..SHARDS).map(ShardId).collect();
-    let epoch = store.claim("bench", &shards).await?;
-    for chunk in (0..CARTS).collect::<Vec<_>>().chunks(BATCH) {
-        let states = chunk
-            .iter()
-            .map(|&n| {
-                let id = format!("cart-{n:07}");
-                let state = format!(r#"{{"items":{{"tea":2.5,"sku-{}":{}}}}}"#, n % 977, n % 50);
-                Ok(StateWrite {
-                    shard: shard_of("cart", &id),
-                    key: EntityKey::new("cart", EntityId::new(&id)?),
-                    epoch,
-                    state: Arc::from(state),
-                    version: 1,
-                    schema: 1,
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || {
-            store.commit(Batch {
-                states,
-                ..Batch::default()
-            })
-        })
-        .await??;
-    }
+    store_carts(&store, CARTS, |n| {
+        format!(r#"{{"items":{{"tea":2.5,"sku-{}":{}}}}}"#, n % 977, n % 50)
+    })
+    .await?;
     // A clean close folds every state into the table, as on a node that ran a while.
     store.close().await?;
     let store = SqliteStore::open(&dir.path)?;

@@ -27,39 +27,16 @@ const SCANS: usize = 3;
 pub async fn query(options: &Options) -> anyhow::Result<Report> {
     let dir = scratch(options, "query")?;
     let store = perennial_storage_sqlite::SqliteStore::open(&dir.path)?;
-    let shards: Vec<ShardId> = (0..SHARDS).map(ShardId).collect();
-    let epoch = store.claim("bench", &shards).await?;
     let started = Instant::now();
-    for chunk in (0..ENTITIES).collect::<Vec<_>>().chunks(BATCH) {
-        let states = chunk
-            .iter()
-            .map(|&n| {
-                let id = format!("cart-{n:07}");
-                let state = format!(
-                    r#"{{"owner":"user-{}","items":[{{"sku":"sku-{}","qty":1}}],"total":{}}}"#,
-                    n % OWNERS,
-                    n % 977,
-                    n % 10_000
-                );
-                Ok(StateWrite {
-                    shard: shard_of("cart", &id),
-                    key: EntityKey::new("cart", EntityId::new(&id)?),
-                    epoch,
-                    state: Arc::from(state),
-                    version: 1,
-                    schema: 1,
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || {
-            store.commit(Batch {
-                states,
-                ..Batch::default()
-            })
-        })
-        .await??;
-    }
+    store_carts(&store, ENTITIES, |n| {
+        format!(
+            r#"{{"owner":"user-{}","items":[{{"sku":"sku-{}","qty":1}}],"total":{}}}"#,
+            n % OWNERS,
+            n % 977,
+            n % 10_000
+        )
+    })
+    .await?;
     // A clean close folds every state into the table, as on a node that ran a while.
     store.close().await?;
     let stored_secs = started.elapsed().as_secs_f64();
@@ -90,6 +67,42 @@ pub async fn query(options: &Options) -> anyhow::Result<Report> {
         indexed_max_us: indexed.iter().copied().max().unwrap_or(0),
         speedup: scan_us as f64 / indexed_us.max(1) as f64,
     })
+}
+
+/// Commits `n` entities of kind `cart` (`cart-0000000`, …) with the states `state_of` makes
+/// and schema version 1, in batches of 10,000, on a store that claims every shard.
+pub(crate) async fn store_carts(
+    store: &perennial_storage_sqlite::SqliteStore,
+    n: usize,
+    state_of: impl Fn(usize) -> String,
+) -> anyhow::Result<()> {
+    let shards: Vec<ShardId> = (0..SHARDS).map(ShardId).collect();
+    let epoch = store.claim("bench", &shards).await?;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(BATCH) {
+        let states = chunk
+            .iter()
+            .map(|&n| {
+                let id = format!("cart-{n:07}");
+                Ok(StateWrite {
+                    shard: shard_of("cart", &id),
+                    key: EntityKey::new("cart", EntityId::new(&id)?),
+                    epoch,
+                    state: Arc::from(state_of(n)),
+                    version: 1,
+                    schema: 1,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || {
+            store.commit(Batch {
+                states,
+                ..Batch::default()
+            })
+        })
+        .await??;
+    }
+    Ok(())
 }
 
 /// Runs one query and checks it found what it should; returns its time in microseconds.

@@ -1199,13 +1199,9 @@ impl<K: Process> Cell<K> {
             self.hold_and_submit(inner, seq, (reply, answer), step, incarnation);
             return true;
         };
-        let json = match guard(|| encode(state)) {
-            Ok(Ok(json)) => Arc::<str>::from(json),
-            Ok(Err(e)) => return self.unencodable(state, reply, e.to_string(), incarnation),
-            Err(panic) => {
-                let detail = format!("the encoder panicked: {panic}");
-                return self.unencodable(state, reply, detail, incarnation);
-            }
+        let json = match encoded(*encode, state) {
+            Ok(json) => json,
+            Err(detail) => return self.unencodable(state, reply, detail, incarnation),
         };
         let mut inner = self.inner.lock();
         if self.incarnation.load(Ordering::SeqCst) != incarnation {
@@ -1270,13 +1266,9 @@ impl<K: Process> Cell<K> {
         if !needed {
             return self.respond_outcome(reply, Ok(Answer::Rewrote(false)), incarnation);
         }
-        let json = match guard(|| encode(state)) {
-            Ok(Ok(json)) => Arc::<str>::from(json),
-            Ok(Err(e)) => return self.unencodable(state, reply, e.to_string(), incarnation),
-            Err(panic) => {
-                let detail = format!("the encoder panicked: {panic}");
-                return self.unencodable(state, reply, detail, incarnation);
-            }
+        let json = match encoded(encode, state) {
+            Ok(json) => json,
+            Err(detail) => return self.unencodable(state, reply, detail, incarnation),
         };
         let mut inner = self.inner.lock();
         if self.incarnation.load(Ordering::SeqCst) != incarnation {
@@ -1726,6 +1718,15 @@ pub(crate) fn decode_record<K: Process>(
             key: key.clone(),
             detail,
         }),
+    }
+}
+
+/// The state's JSON, or why it cannot be encoded (the encoder failed or panicked).
+fn encoded<K>(encode: fn(&K) -> serde_json::Result<String>, state: &K) -> Result<Arc<str>, String> {
+    match guard(|| encode(state)) {
+        Ok(Ok(json)) => Ok(Arc::from(json)),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(panic) => Err(format!("the encoder panicked: {panic}")),
     }
 }
 

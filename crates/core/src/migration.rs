@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use perennial_storage::EntitySummary;
 use perennial_types::{EntityId, EntityKey};
 use serde::Serialize;
 use serde_json::Value;
@@ -359,19 +360,8 @@ impl Runtime {
         progress
             .total
             .store(self.count_stored(kind).await?, Ordering::Relaxed);
-        let mut after: Option<String> = None;
-        loop {
-            let page = self
-                .shared
-                .core
-                .store
-                .entities(kind, after.as_deref(), plan.batch)
-                .await
-                .map_err(CallError::Store)?;
-            let Some(last) = page.last() else {
-                break;
-            };
-            after = Some(last.id.clone());
+        let mut pages = Pages::new(self, kind, plan.batch);
+        while let Some(page) = pages.next().await? {
             let mut work = tokio::task::JoinSet::new();
             for entity in page {
                 report.examined += 1;
@@ -463,19 +453,8 @@ impl Runtime {
             failures: Vec::new(),
             elapsed_ms: 0,
         };
-        let mut after: Option<String> = None;
-        loop {
-            let page = self
-                .shared
-                .core
-                .store
-                .entities(kind, after.as_deref(), 64)
-                .await
-                .map_err(CallError::Store)?;
-            let Some(last) = page.last() else {
-                break;
-            };
-            after = Some(last.id.clone());
+        let mut pages = Pages::new(self, kind, 64);
+        while let Some(page) = pages.next().await? {
             let mut work = tokio::task::JoinSet::new();
             for entity in page {
                 let id = EntityId::new(&entity.id)?;
@@ -523,6 +502,41 @@ impl Runtime {
     async fn count_stored(&self, kind: &str) -> Result<u64, CallError> {
         let store = &self.shared.core.store;
         store.count(kind).await.map_err(CallError::Store)
+    }
+}
+
+/// A kind's stored entities, a page at a time, in id order.
+struct Pages<'a> {
+    store: &'a dyn perennial_storage::Store,
+    kind: &'a str,
+    limit: usize,
+    /// The last id listed; `None` before the first page.
+    after: Option<String>,
+}
+
+impl<'a> Pages<'a> {
+    fn new(rt: &'a Runtime, kind: &'a str, limit: usize) -> Self {
+        let store = &*rt.shared.core.store;
+        Self {
+            store,
+            kind,
+            limit,
+            after: None,
+        }
+    }
+
+    /// The next page, or `None` after the last.
+    async fn next(&mut self) -> Result<Option<Vec<EntitySummary>>, CallError> {
+        let page = self
+            .store
+            .entities(self.kind, self.after.as_deref(), self.limit)
+            .await
+            .map_err(CallError::Store)?;
+        let Some(last) = page.last() else {
+            return Ok(None);
+        };
+        self.after = Some(last.id.clone());
+        Ok(Some(page))
     }
 }
 

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::node::{Http, Node, perennial, post};
+use crate::node::{Http, Node, perennial, post, start_with_admin};
 use crate::probes::ADMIN;
 
 fn e2e() -> PathBuf {
@@ -55,11 +55,7 @@ async fn the_console_finds_pauses_scrubs_and_retries_in_chromium() {
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     crate::cli::seed_dead_letters(&data).await;
-    let mut command = perennial();
-    command.args(["serve", "--listen", "127.0.0.1:0", "--data"]);
-    command.arg(&data);
-    command.env("PERENNIAL_ADMIN_TOKEN", ADMIN);
-    let node = Node::spawn(command);
+    let node = start_with_admin(&data);
     let http = Http::new();
     post(&http, &node, "/v1/counter/c-small", r#"{"add": 3}"#).await;
     post(&http, &node, "/v1/counter/c-big", r#"{"add": 500}"#).await;
@@ -69,28 +65,20 @@ async fn the_console_finds_pauses_scrubs_and_retries_in_chromium() {
         let body = format!(r#"{{"append": "t{n}"}}"#);
         post(&http, &node, "/v1/jprobe/j1", &body).await;
     }
-    let mut script = Command::new("node");
-    script
-        .arg(e2e().join("console.mjs"))
-        .arg(node.url())
-        .arg(ADMIN);
-    if let Some(shots) = std::env::var_os("PERENNIAL_SCREENSHOTS") {
-        script.arg(shots);
+    let url = node.url();
+    let mut args = vec![url.as_ref(), ADMIN.as_ref()];
+    let shots = std::env::var_os("PERENNIAL_SCREENSHOTS");
+    if let Some(shots) = &shots {
+        args.push(shots.as_os_str());
     }
-    let out = script.output().expect("node runs");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{said}");
-    assert!(said.contains("every check passed"), "{said}");
+    script("console.mjs", &args);
 }
 
-/// Runs `e2e/play.mjs` with `args`; panics with what it said unless every check passed.
-fn play(args: &[&std::ffi::OsStr]) {
+/// Runs the script `e2e/{name}` with `args`; panics with what it said unless every check
+/// passed.
+fn script(name: &str, args: &[&std::ffi::OsStr]) {
     let mut script = Command::new("node");
-    script.arg(e2e().join("play.mjs")).args(args);
+    script.arg(e2e().join(name)).args(args);
     let out = script.output().expect("node runs");
     let said = format!(
         "{}{}",
@@ -124,11 +112,14 @@ async fn two_players_play_a_hand_in_chromium_and_it_survives_kill_9() {
     if let Some(shots) = &shots {
         before.push(shots);
     }
-    play(&before);
+    script("play.mjs", &before);
     // Mid-hand (the flop is dealt, a player is to act): kill -9, and start again.
     let addr = node.addr.to_string();
     node.kill9();
     let node = start(&addr);
     assert_eq!(node.url(), url);
-    play(&[url.as_ref(), "after".as_ref(), state.as_os_str()]);
+    script(
+        "play.mjs",
+        &[url.as_ref(), "after".as_ref(), state.as_os_str()],
+    );
 }

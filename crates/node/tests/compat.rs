@@ -15,10 +15,9 @@
 
 use std::path::{Path, PathBuf};
 
-use nix::sys::signal::{Signal, kill};
 use serde_json::{Value, json};
 
-use crate::node::{Http, Node, perennial};
+use crate::node::{Http, Node, start_with_admin, stop};
 use crate::probes::ADMIN;
 
 /// The fixtures every build must read: the stored format they were written in.
@@ -26,21 +25,6 @@ const FIXTURES: &[&str] = &["format-4"];
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn start(data: &Path) -> Node {
-    let mut command = perennial();
-    command.args(["serve", "--listen", "127.0.0.1:0", "--data"]);
-    command.arg(data);
-    command.env("PERENNIAL_ADMIN_TOKEN", ADMIN);
-    Node::spawn(command)
-}
-
-/// SIGTERM, and waits for a clean exit (the log folded, the WAL checkpointed).
-fn stop(mut node: Node) {
-    kill(node.pid(), Signal::SIGTERM).unwrap();
-    let status = node.child.wait().unwrap();
-    assert!(status.success(), "{status:?}");
 }
 
 /// One request of a fixture: what to send and, in `expected.json`, what came back.
@@ -133,7 +117,7 @@ async fn reads_back(name: &str, fixture: &Path) {
     std::fs::copy(fixture.join("perennial.db"), data.join("perennial.db")).unwrap();
     let checks: Vec<Check> =
         serde_json::from_slice(&std::fs::read(fixture.join("expected.json")).unwrap()).unwrap();
-    let node = start(&data);
+    let node = start_with_admin(&data);
     let http = Http::new();
     for check in &checks {
         let (status, reply) = check.send(&http, &node).await;
@@ -160,7 +144,7 @@ async fn reads_back(name: &str, fixture: &Path) {
     );
     drop(conn);
     // Opened once, upgraded: it opens again and reads the same.
-    let node = start(&data);
+    let node = start_with_admin(&data);
     for check in &checks {
         let (status, reply) = check.send(&http, &node).await;
         assert_eq!(
@@ -189,7 +173,7 @@ async fn a_fixture_written_now_reads_back() {
         .map_or_else(|| scratch.path().join("fixture"), PathBuf::from);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let node = start(&data);
+    let node = start_with_admin(&data);
     let http = Http::new();
     const CENTURY_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
     let writes: Vec<(String, String)> = [
@@ -281,7 +265,7 @@ async fn a_fixture_written_now_reads_back() {
     stop(node);
     // Read what the stopped data holds through a fresh start, so that the replies are those
     // of stored state, not of resident entities.
-    let node = start(&data);
+    let node = start_with_admin(&data);
     let mut checks = vec![];
     for (method, path, body) in reads {
         // The keyed add is a retry: its kept reply comes back, without a second add.

@@ -9,27 +9,11 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
 use rusqlite::Connection;
 use serde_json::Value;
 
-use crate::node::{Http, Node, perennial, post};
+use crate::node::{Http, Node, perennial, post, start_with_admin, stop};
 use crate::probes::{ADMIN, metric};
-
-fn start(data: &Path) -> Node {
-    let mut command = perennial();
-    command.args(["serve", "--listen", "127.0.0.1:0", "--data"]);
-    command.arg(data);
-    command.env("PERENNIAL_ADMIN_TOKEN", ADMIN);
-    Node::spawn(command)
-}
-
-/// SIGTERM, and waits for a clean exit: the log is folded into `entities`.
-fn stop(mut node: Node) {
-    kill(node.pid(), Signal::SIGTERM).unwrap();
-    let status = node.child.wait().unwrap();
-    assert!(status.success(), "{status:?}");
-}
 
 fn db(data: &Path) -> Connection {
     Connection::open(data.join("perennial.db")).unwrap()
@@ -71,7 +55,7 @@ async fn error_of(http: &Http, node: &Node, path: &str, body: &str) -> (u16, Str
 async fn corrupt_entities_are_quarantined_untouched_and_released_once_fixed() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let node = start(&data);
+    let node = start_with_admin(&data);
     let http = Http::new();
     for id in ["cut", "typed", "fine", "payer"] {
         post(&http, &node, &format!("/v1/counter/{id}"), r#"{"add": 5}"#).await;
@@ -108,7 +92,7 @@ async fn corrupt_entities_are_quarantined_untouched_and_released_once_fixed() {
     let before: Vec<String> = damaged.iter().map(|(k, i)| bytes_of(&conn, k, i)).collect();
     drop(conn);
 
-    let node = start(&data);
+    let node = start_with_admin(&data);
     // Each damaged entity: first the reason, then `quarantined`, whatever the message.
     for (kind, id) in damaged {
         let path = format!("/v1/{kind}/{id}");

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::node::{Http, Node, perennial};
+use crate::node::{Http, Node, start_with_admin};
 use crate::probes::{ADMIN, Load};
 
 /// Says why a test cannot run: a loud skip, or a failure where CI requires the test.
@@ -79,14 +79,6 @@ fn fill(file: &Path) -> u64 {
     written
 }
 
-fn start(data: &Path) -> Node {
-    let mut command = perennial();
-    command.args(["serve", "--listen", "127.0.0.1:0", "--data"]);
-    command.arg(data);
-    command.env("PERENNIAL_ADMIN_TOKEN", ADMIN);
-    Node::spawn(command)
-}
-
 fn probes() -> Vec<String> {
     (0..16)
         .map(|i| format!("{}/d{i}", if i % 2 == 0 { "probe" } else { "jprobe" }))
@@ -104,7 +96,7 @@ async fn a_full_disk_fails_calls_clearly_and_service_resumes_when_space_returns(
         Err(why) => return skip(test, &why),
     };
     let data = tmpfs.path().join("data");
-    let mut node = start(&data);
+    let mut node = start_with_admin(&data);
     let http = Http::new();
     let load = Load::start(&http, vec![node.addr], 16, probes(), true);
     tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -247,7 +239,7 @@ async fn failed_fsyncs_fail_calls_clearly_and_nothing_unsynced_is_acknowledged()
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     drop(node);
-    let node = start(&data);
+    let node = start_with_admin(&data);
     load.set_live(vec![node.addr]);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let outcome = load.finish(&http, &[node.addr], "fsync-eio").await;

@@ -9,32 +9,17 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Instant;
 
-use nix::sys::signal::{Signal, kill};
 use rusqlite::Connection;
 use serde_json::{Value, json};
 
-use crate::node::{Http, Node, perennial, post};
+use crate::node::{Http, perennial, post, start_with_admin, stop};
 use crate::probes::ADMIN;
-
-fn start(data: &Path) -> Node {
-    let mut command = perennial();
-    command.args(["serve", "--listen", "127.0.0.1:0", "--data"]);
-    command.arg(data);
-    command.env("PERENNIAL_ADMIN_TOKEN", ADMIN);
-    Node::spawn(command)
-}
-
-fn stop(mut node: Node) {
-    kill(node.pid(), Signal::SIGTERM).unwrap();
-    let status = node.child.wait().unwrap();
-    assert!(status.success(), "{status:?}");
-}
 
 /// A data directory of this build, with `carts` carts stored as release 1 wrote them
 /// (`{"items": {sku: dollars}}`, schema version 1), and `extra` more rows `(id, json, schema)`.
 async fn old_carts(data: &Path, carts: usize, extra: &[(&str, &str, u32)]) {
     // This build makes the files; the rows are then made old by hand.
-    let node = start(data);
+    let node = start_with_admin(data);
     post(&Http::new(), &node, "/v1/counter/setup", r#"{"add": 1}"#).await;
     stop(node);
     let mut conn = Connection::open(data.join("perennial.db")).unwrap();
@@ -191,7 +176,7 @@ async fn a_running_node_migrates_in_the_background_and_refuses_newer_state() {
     let data = dir.path().join("data");
     let future = r#"{"lines": [], "currency": "EUR", "vat": 20}"#;
     old_carts(&data, 1000, &[("future", future, 4)]).await;
-    let node = start(&data);
+    let node = start_with_admin(&data);
     let http = Http::new();
     let bearer = format!("Bearer {ADMIN}");
     let admin = [("authorization", bearer.as_str())];
@@ -279,7 +264,7 @@ async fn a_running_node_migrates_in_the_background_and_refuses_newer_state() {
 async fn snapshot_all_leaves_no_journal_step_to_replay() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let node = start(&data);
+    let node = start_with_admin(&data);
     let http = Http::new();
     // 8 steps per snapshot: j1 ends 3 steps past one, j2 exactly on one, j3 before its first.
     for (id, steps) in [("j1", 11), ("j2", 8), ("j3", 5)] {
@@ -309,7 +294,7 @@ async fn snapshot_all_leaves_no_journal_step_to_replay() {
     );
     assert_eq!((journal("j1"), journal("j2"), journal("j3")), (0, 0, 0));
     // The lists are what they were, with nothing to replay.
-    let node = start(&data);
+    let node = start_with_admin(&data);
     let list = post(&http, &node, "/v1/jprobe/j1", r#""read""#).await;
     assert_eq!(list.as_array().map(Vec::len), Some(11), "{list}");
     let list = post(&http, &node, "/v1/jprobe/j3", r#""read""#).await;

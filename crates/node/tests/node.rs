@@ -83,6 +83,24 @@ impl Node {
     }
 }
 
+/// Starts the binary on `data` with the admin API open to [`ADMIN`](crate::probes::ADMIN).
+pub(crate) fn start_with_admin(data: &Path) -> Node {
+    let mut command = perennial();
+    command.args(["serve", "--listen", "127.0.0.1:0", "--data"]);
+    command.arg(data);
+    command.env("PERENNIAL_ADMIN_TOKEN", crate::probes::ADMIN);
+    Node::spawn(command)
+}
+
+/// SIGTERM, and waits for a clean exit (the log folded into `entities`, the WAL
+/// checkpointed).
+pub(crate) fn stop(mut node: Node) {
+    let pid = node.pid();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM delivered");
+    let status = node.child.wait().expect("the node is reaped");
+    assert!(status.success(), "{status:?}");
+}
+
 /// The binary, run as a command with none of the `PERENNIAL_*` variables of the environment
 /// the tests run in, so that only what a test sets counts; but for `PERENNIAL_SABOTAGE`,
 /// which CI sets to prove that the tests fail without the mechanism it switches off.
