@@ -195,6 +195,9 @@ struct Held<K: Process> {
     seq: u64,
     reply: ReplyTo<K>,
     result: Outcome<K>,
+    /// Whether its step wrote nothing (a read): its answer came from the state in memory,
+    /// so it leaves only while this node still serves the shard under the cell's epoch.
+    read: bool,
 }
 
 /// Where the entity's state is.
@@ -452,6 +455,17 @@ enum Round {
     NeedsReply(Box<str>),
 }
 
+/// Whether the state in a cell's memory may answer now (see [`Cell::serving`]).
+enum Serving {
+    /// This node serves the shard under the epoch the state was loaded under: nobody else
+    /// can have written since.
+    Current,
+    /// This node does not serve the shard now.
+    NotServed,
+    /// This node serves the shard again, under a newer epoch: the state must be loaded again.
+    NewerEpoch,
+}
+
 /// How many rounds a caller runs on its own task before it hands the cell to a spawned one.
 const INLINE_ROUNDS: usize = 4;
 
@@ -498,6 +512,24 @@ impl<K: Process> Cell<K> {
                 inner.scheduled = false;
                 return Round::Idle;
             }
+            match self.serving() {
+                Serving::Current => {}
+                Serving::NotServed => {
+                    // Lost, handed off or lapsed: nothing runs here; the callers try the
+                    // owner. The state stays: if this epoch comes back, nobody else wrote.
+                    let refused = std::mem::take(&mut inner.mailbox);
+                    drop(inner);
+                    self.refuse(refused);
+                    return Round::Handled;
+                }
+                Serving::NewerEpoch => {
+                    // Served again under a newer epoch: another node may have written in
+                    // between, so the state in memory may be old. Load it again.
+                    if matches!(inner.state, Slot::Ready(_)) {
+                        inner.state = Slot::Unloaded;
+                    }
+                }
+            }
             match std::mem::replace(&mut inner.state, Slot::Busy) {
                 Slot::Ready(state) => (
                     state,
@@ -542,6 +574,39 @@ impl<K: Process> Cell<K> {
             Some(key) if intact => Round::NeedsReply(key),
             _ => Round::Handled,
         }
+    }
+
+    /// Whether this node serves the entity's shard now, and under which epoch compared with
+    /// the one the state in memory was loaded under.
+    fn serving(&self) -> Serving {
+        if perennial_faults::sabotaged(perennial_faults::Sabotage::StaleReads) {
+            return Serving::Current;
+        }
+        match self.kind.core.shards.epoch(self.shard) {
+            None => Serving::NotServed,
+            Some(epoch) if epoch == Owner::epoch(self) => Serving::Current,
+            Some(_) => Serving::NewerEpoch,
+        }
+    }
+
+    /// Refuses messages this node may not run: it does not serve their shard now.
+    fn refuse(&self, envelopes: VecDeque<Envelope<K>>) {
+        for envelope in envelopes {
+            let refused = CallError::NotOwner { shard: self.shard };
+            envelope.reply.send(Err(refused), || self.key());
+        }
+    }
+
+    /// What a reply says when it leaves: its step's outcome, unless the step wrote nothing
+    /// (`read`) and this node no longer serves the shard under the epoch the answer was
+    /// computed under. A node can stall between a step and its reply while another node
+    /// takes the shard and writes; the read is then refused as not served (nothing was
+    /// applied), and its caller asks the owner.
+    fn released(&self, outcome: Outcome<K>, read: bool) -> Outcome<K> {
+        if read && !matches!(self.serving(), Serving::Current) {
+            return Err(CallError::NotOwner { shard: self.shard });
+        }
+        outcome
     }
 
     /// The idempotency key of an envelope whose kept reply must be looked up in storage
@@ -1214,17 +1279,7 @@ impl<K: Process> Cell<K> {
         if extras.is_none() && !inner.outdated && inner.last_json.as_deref() == Some(&*json) {
             // The step changed nothing, so nothing is written; but its reply must not overtake
             // a held one.
-            if inner.held.is_empty() && inner.seq == inner.durable {
-                drop(inner);
-                reply.send(Ok(Answer::Value(value)), || self.key());
-            } else {
-                let seq = inner.seq;
-                inner.held.push_back(Held {
-                    seq,
-                    reply,
-                    result: Ok(Answer::Value(value)),
-                });
-            }
+            self.hold_read(inner, reply, Ok(Answer::Value(value)));
             return true;
         }
         inner.seq += 1;
@@ -1305,6 +1360,28 @@ impl<K: Process> Cell<K> {
         true
     }
 
+    /// Answers a step that wrote nothing: at once if every earlier step is durable, else
+    /// after them (a reply never overtakes a held one).
+    fn hold_read(
+        &self,
+        mut inner: parking_lot::MutexGuard<'_, Inner<K>>,
+        reply: ReplyTo<K>,
+        result: Outcome<K>,
+    ) {
+        if inner.held.is_empty() && inner.seq == inner.durable {
+            drop(inner);
+            reply.send(self.released(result, true), || self.key());
+        } else {
+            let seq = inner.seq;
+            inner.held.push_back(Held {
+                seq,
+                reply,
+                result,
+                read: true,
+            });
+        }
+    }
+
     /// Holds the reply of step `seq` until it is durable, and sends the step's write to the
     /// commit pipeline.
     fn hold_and_submit(
@@ -1315,7 +1392,12 @@ impl<K: Process> Cell<K> {
         (write, extras): (Write, Option<Box<Extras>>),
         incarnation: u32,
     ) {
-        inner.held.push_back(Held { seq, reply, result });
+        inner.held.push_back(Held {
+            seq,
+            reply,
+            result,
+            read: false,
+        });
         drop(inner);
         self.kind.core.committer.submit(Step {
             owner: Arc::clone(self) as Arc<dyn Owner>,
@@ -1411,6 +1493,7 @@ impl<K: Process> Cell<K> {
                 attempts,
                 message: message.clone(),
             }),
+            read: false,
         });
         drop(inner);
         tracing::warn!(kind = K::KIND, id = %self.id, attempts, "message set aside as a dead letter");
@@ -1499,23 +1582,17 @@ impl<K: Process> Cell<K> {
 
     /// [`respond_gated`](Self::respond_gated), for any answer.
     fn respond_outcome(&self, reply: ReplyTo<K>, result: Outcome<K>, incarnation: u32) -> bool {
-        let mut inner = self.inner.lock();
+        let inner = self.inner.lock();
         if !self.kind.is_durable() && inner.held.is_empty() {
             drop(inner);
-            reply.send(result, || self.key());
+            reply.send(self.released(result, true), || self.key());
             return true;
         }
         if self.incarnation.load(Ordering::SeqCst) != incarnation {
             drop(inner);
             return self.respond_lost(reply);
         }
-        if inner.held.is_empty() && inner.seq == inner.durable {
-            drop(inner);
-            reply.send(result, || self.key());
-        } else {
-            let seq = inner.seq;
-            inner.held.push_back(Held { seq, reply, result });
-        }
+        self.hold_read(inner, reply, result);
         true
     }
 
@@ -1579,7 +1656,8 @@ impl<K: Process> Owner for Cell<K> {
                 inner.held.push_front(held);
                 break;
             }
-            held.reply.send(held.result, || self.key());
+            let outcome = self.released(held.result, held.read);
+            held.reply.send(outcome, || self.key());
         }
         if inner.held.is_empty() {
             // Free the queue's buffer: most entities are idle most of the time, and an empty

@@ -728,11 +728,16 @@ impl Runtime {
     /// shard already.
     pub fn serve(&self, grants: &[(ShardId, Epoch)], until: Instant) {
         let core = &self.shared.core;
-        // Rows of a shard served under another epoch before may have been applied by another
-        // node since: forget them; the scan that follows the grant reads what is stored.
+        // A shard served under another epoch before may have been written by another node
+        // since. Its rows held in memory are forgotten (the scan that follows the grant reads
+        // what is stored), its watches end (a watcher reconnects and reads the state again),
+        // and its resident entities load their state again before their next step (see
+        // `entity::Serving`).
         let changed = core.shards.changed(grants);
         if !changed.is_empty() {
-            core.dispatch.forget_shards(&changed.into_iter().collect());
+            let changed = changed.into_iter().collect();
+            core.dispatch.forget_shards(&changed);
+            core.watchers.close_shards(&changed);
         }
         core.shards
             .grant(grants, tokio::time::Instant::from_std(until));

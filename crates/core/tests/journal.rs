@@ -16,7 +16,7 @@ use crate::kinds::Refused;
 /// test can compare the live state with a replayed one.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Ledger {
-    total: i64,
+    pub(crate) total: i64,
     draws: Vec<u64>,
     ids: Vec<String>,
     stamps: Vec<u128>,

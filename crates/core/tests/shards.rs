@@ -12,6 +12,7 @@ use perennial_core::{CallError, Courier, Delivery, Parcel, Runtime};
 use perennial_storage::{MemoryStore, Store};
 use perennial_types::{ShardId, shard_of};
 
+use crate::journal::{Ledger, LedgerOp};
 use crate::kinds::{Counter, Op, until};
 use crate::messages::{Inbox, InboxMsg, Sender, SenderMsg};
 use crate::timers::{Alarm, AlarmMsg};
@@ -318,4 +319,155 @@ async fn a_row_delivered_here_is_not_applied_again_when_carried_in() {
     let got = b.get::<Inbox>("i1").call(InboxMsg::Get).await.unwrap();
     assert_eq!(got, [1], "applied once");
     b.shutdown().await;
+}
+
+/// The regression test of issue 19 (a stale read in a cluster): node a holds an entity in
+/// memory; its lease lapses (a stalled node); b takes the shard and acknowledges writes;
+/// a takes the shard back under a newer epoch. A read through a must see b's writes: the
+/// state a loaded under the old epoch must not answer. For every kind of read: a step that
+/// changes nothing (`Snapshot` kind), a refusal, and a read-only step (`Journal` kind).
+#[tokio::test]
+async fn a_node_that_takes_its_shard_back_reads_what_others_wrote_meanwhile() {
+    let store = MemoryStore::new();
+    let start = || async {
+        Runtime::builder()
+            .store(store.clone())
+            .register::<Counter>()
+            .register_journal::<Ledger>()
+            .start_unclaimed()
+            .await
+            .unwrap()
+    };
+    let (a, b) = (start().await, start().await);
+    let (c, l) = (shard("counter", "c1"), shard("ledger", "l1"));
+    let long = || Instant::now() + Duration::from_secs(60);
+    let claim = |node: &'static str| {
+        let store = store.clone();
+        async move {
+            let epoch = |s| {
+                let store = store.clone();
+                async move { (s, store.claim(node, &[s]).await.unwrap()) }
+            };
+            vec![epoch(c).await, epoch(l).await]
+        }
+    };
+
+    a.serve(&claim("a").await, long());
+    assert_eq!(a.get::<Counter>("c1").call(Op::Add(1)).await.unwrap(), 1);
+    let ledger = a.get::<Ledger>("l1").call(LedgerOp::Add(1)).await.unwrap();
+    assert_eq!(ledger.total, 1);
+    assert_eq!(a.stats().resident, 2, "both entities are in a's memory");
+
+    // a stalls past its lease: it stops serving, by its own clock, keeping its entities.
+    a.serve(&[], Instant::now());
+    let refused = a.get::<Counter>("c1").call(Op::Get).await;
+    assert!(
+        matches!(refused, Err(CallError::NotOwner { .. })),
+        "{refused:?}"
+    );
+
+    // b takes the shards, acknowledges writes, and hands them back.
+    b.serve(&claim("b").await, long());
+    assert_eq!(b.get::<Counter>("c1").call(Op::Add(10)).await.unwrap(), 11);
+    let ledger = b.get::<Ledger>("l1").call(LedgerOp::Add(10)).await.unwrap();
+    assert_eq!(ledger.total, 11);
+    b.hand_off(&[c, l], Duration::from_secs(5)).await;
+
+    // a takes them back under newer epochs, with the old states still in memory.
+    a.serve(&claim("a").await, long());
+    let read = a.get::<Counter>("c1").call(Op::Get).await.unwrap();
+    assert_eq!(
+        read, 11,
+        "stale read: a answered {read} after b acknowledged 11"
+    );
+    let ledger = a.get::<Ledger>("l1").call(LedgerOp::Get).await.unwrap();
+    assert_eq!(
+        ledger.total, 11,
+        "stale read: a's read-only step answered {} after b acknowledged 11",
+        ledger.total
+    );
+
+    // Once more, and a refusal (a step that writes nothing) answers from b's state too.
+    a.serve(&[], Instant::now());
+    b.serve(&claim("b").await, long());
+    assert_eq!(
+        b.get::<Counter>("c1").call(Op::Add(100)).await.unwrap(),
+        111
+    );
+    b.hand_off(&[c, l], Duration::from_secs(5)).await;
+    a.serve(&claim("a").await, long());
+    let refused = a.get::<Counter>("c1").call(Op::AddThenReject(1)).await;
+    assert!(
+        matches!(refused, Err(CallError::Rejected(_))),
+        "{refused:?}"
+    );
+    let read = a.get::<Counter>("c1").call(Op::Get).await.unwrap();
+    assert_eq!(
+        read, 111,
+        "stale read: a answered {read} after b acknowledged 111"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// What a [`Stalling`] entity runs inside its next `Get` step, standing for a node that
+/// stalls (SIGSTOP, a long pause) between a step and its reply.
+static STALL: parking_lot::Mutex<Option<Box<dyn FnOnce() + Send>>> = parking_lot::Mutex::new(None);
+
+/// A counter whose `Get` runs [`STALL`] while it handles the message.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+struct Stalling {
+    value: i64,
+}
+
+impl perennial_core::Process for Stalling {
+    const KIND: &'static str = "stalling";
+    type Msg = Op;
+    type Reply = i64;
+    type Error = std::convert::Infallible;
+
+    fn handle(
+        &mut self,
+        op: Op,
+        _ctx: &mut perennial_core::Ctx<'_, Self>,
+    ) -> Result<i64, Self::Error> {
+        match op {
+            Op::Add(n) => self.value += n,
+            _ => {
+                if let Some(stall) = STALL.lock().take() {
+                    stall();
+                }
+            }
+        }
+        Ok(self.value)
+    }
+}
+
+/// A read computed while the node served the shard, whose node stopped serving it before
+/// the reply left, is refused as not served (its caller then asks the owner): the check is
+/// made when the reply is released, not only when the message was admitted.
+#[tokio::test]
+async fn a_read_is_not_released_once_its_node_stopped_serving_the_shard() {
+    let store = MemoryStore::new();
+    let a = Runtime::builder()
+        .store(store.clone())
+        .register::<Stalling>()
+        .start_unclaimed()
+        .await
+        .unwrap();
+    let s = shard("stalling", "s1");
+    a.serve(
+        &[(s, store.claim("a", &[s]).await.unwrap())],
+        Instant::now() + Duration::from_secs(60),
+    );
+    assert_eq!(a.get::<Stalling>("s1").call(Op::Add(5)).await.unwrap(), 5);
+
+    let lapse = a.clone();
+    *STALL.lock() = Some(Box::new(move || lapse.serve(&[], Instant::now())));
+    let read = a.get::<Stalling>("s1").call(Op::Get).await;
+    assert!(
+        matches!(read, Err(CallError::NotOwner { shard }) if shard == s),
+        "stale read: a released {read:?} after it stopped serving the shard"
+    );
+    a.shutdown().await;
 }

@@ -76,14 +76,19 @@ pub enum Sabotage {
     /// `reply-before-durable`: the committer releases a batch's replies before the store
     /// made it durable, so a crash loses acknowledged steps.
     ReplyBeforeDurable,
+    /// `stale-reads`: an entity answers from the state it activated under an older epoch of
+    /// its shard, and releases replies of steps that wrote nothing after its node stopped
+    /// serving the shard, so a read can miss what another node acknowledged.
+    StaleReads,
 }
 
 impl Sabotage {
     /// Every sabotage, in the order CI runs them.
-    pub const ALL: [Sabotage; 3] = [
+    pub const ALL: [Sabotage; 4] = [
         Sabotage::NoFence,
         Sabotage::NoDedup,
         Sabotage::ReplyBeforeDurable,
+        Sabotage::StaleReads,
     ];
 
     /// Its name in `PERENNIAL_SABOTAGE`.
@@ -92,6 +97,7 @@ impl Sabotage {
             Sabotage::NoFence => "no-fence",
             Sabotage::NoDedup => "no-dedup",
             Sabotage::ReplyBeforeDurable => "reply-before-durable",
+            Sabotage::StaleReads => "stale-reads",
         }
     }
 
