@@ -37,6 +37,12 @@ pub struct Report {
     pub not_exactly_once: usize,
     /// Timer tokens seen in a list returned before the timer was due.
     pub early: usize,
+    /// Reads acknowledged (each checked for `stale`).
+    pub reads: usize,
+    /// Stale reads: a read that returned a list without an append acknowledged before the
+    /// read was invoked (linearizability per probe: every reply reflects a state at least as
+    /// new as every reply acknowledged before the call began).
+    pub stale: usize,
     /// The first example of each violation found, in words.
     pub examples: BTreeMap<&'static str, String>,
 }
@@ -53,6 +59,7 @@ impl Report {
             + self.inconsistent_replies
             + self.not_exactly_once
             + self.early
+            + self.stale
             == 0
     }
 
@@ -66,6 +73,7 @@ impl Report {
             "applied_after_refusal" => &mut self.applied_after_refusal,
             "inconsistent_replies" => &mut self.inconsistent_replies,
             "early" => &mut self.early,
+            "stale" => &mut self.stale,
             _ => &mut self.not_exactly_once,
         };
         *count += 1;
@@ -79,7 +87,7 @@ impl std::fmt::Display for Report {
             f,
             "{} operations, {} tokens acknowledged; lost {}, duplicated {}, divergent {}, \
              misplaced {}, reordered {}, applied after refusal {}, inconsistent replies {}, \
-             not exactly once {}, early {}",
+             not exactly once {}, early {}, stale {} (of {} reads)",
             self.operations,
             self.acknowledged,
             self.lost,
@@ -90,7 +98,9 @@ impl std::fmt::Display for Report {
             self.applied_after_refusal,
             self.inconsistent_replies,
             self.not_exactly_once,
-            self.early
+            self.early,
+            self.stale,
+            self.reads
         )?;
         for (rule, example) in &self.examples {
             write!(f, "\n  first {rule}: {example}")?;
@@ -316,6 +326,19 @@ pub fn check(history: &[Event], finals: &BTreeMap<String, Vec<String>>) -> Repor
                 .push((token, t));
         }
     }
+    let invoked_at: HashMap<u64, u64> = history
+        .iter()
+        .filter(|e| e.kind == Type::Invoke)
+        .map(|e| (e.index, e.time))
+        .collect();
+    let mut reads: HashMap<&str, Vec<&Event>> = HashMap::new();
+    for event in history
+        .iter()
+        .filter(|e| e.kind == Type::Ok && e.f == Op::Read)
+    {
+        report.reads += 1;
+        reads.entry(event.entity.as_str()).or_default().push(event);
+    }
     for (entity, list) in per_entity {
         let mut acked: Vec<(u64, usize, &str)> = list
             .iter()
@@ -325,6 +348,39 @@ pub fn check(history: &[Event], finals: &BTreeMap<String, Vec<String>>) -> Repor
             })
             .collect();
         acked.sort_unstable();
+        // Reads: each must hold every append acknowledged before the read was invoked, so
+        // its list must reach past the furthest of them (lists are checked to be prefixes of
+        // the final list above).
+        // `furthest_by[i]`: when the i-th acknowledgement came, and the furthest append
+        // (position, token) acknowledged by then.
+        let mut furthest_by: Vec<(u64, usize, &str)> = Vec::with_capacity(acked.len());
+        for &(at, pos, token) in &acked {
+            let (pos, token) = match furthest_by.last() {
+                Some(&(_, p, t)) if p >= pos => (p, t),
+                _ => (pos, token),
+            };
+            furthest_by.push((at, pos, token));
+        }
+        for read in reads.get(entity).into_iter().flatten() {
+            let Some(&began) = read.invoke.and_then(|i| invoked_at.get(&i)) else {
+                continue;
+            };
+            let before = furthest_by.partition_point(|&(at, _, _)| at < began);
+            let Some(&(_, pos, token)) = before.checked_sub(1).and_then(|i| furthest_by.get(i))
+            else {
+                continue;
+            };
+            let got = read.value.as_ref().map_or(0, Vec::len);
+            if got <= pos {
+                report.found("stale", || {
+                    format!(
+                        "event {}: a read of {entity} returned {got} tokens, without {token}, \
+                         which was acknowledged before the read began",
+                        read.index
+                    )
+                });
+            }
+        }
         let mut invoked: Vec<(u64, usize, &str)> = list
             .iter()
             .filter_map(|(token, t)| {

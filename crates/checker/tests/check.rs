@@ -182,6 +182,33 @@ proptest! {
         events[i].value.as_mut().unwrap().insert(0, "from-another-timeline".into());
         prop_assert!(check(&events, &finals).divergent >= 1);
     }
+
+    #[test]
+    fn a_stale_read_is_found(steps in prop::collection::vec(step(), 1..60), pick in any::<prop::sample::Index>()) {
+        let (mut events, finals) = run(&steps);
+        // In the model, each call ends before the next begins: a read that misses the latest
+        // append acknowledged on its probe before it (a reply from an old state) is stale.
+        let stale: Vec<(usize, usize)> = (0..events.len())
+            .filter(|&i| events[i].kind == Type::Ok && events[i].f == Op::Read)
+            .filter_map(|i| {
+                let entity = &events[i].entity;
+                let list = events[i].value.as_ref()?;
+                let before = acked_appends(&events[..i]);
+                let at = before
+                    .iter()
+                    .filter(|(e, _)| e == entity)
+                    .filter_map(|(_, t)| list.iter().position(|x| x == t))
+                    .max()?;
+                Some((i, at))
+            })
+            .collect();
+        prop_assume!(!stale.is_empty());
+        let (i, at) = *pick.get(&stale);
+        events[i].value.as_mut().unwrap().truncate(at);
+        let report = check(&events, &finals);
+        prop_assert!(report.stale >= 1, "{report}");
+        prop_assert!(report.reads >= 1);
+    }
 }
 
 fn invocation(process: u64, f: Op, entity: &str, token: &str) -> Invocation {
@@ -296,4 +323,40 @@ fn a_timer_fired_early_is_found() {
     let r = h.invoke(read);
     h.complete(r, Type::Ok, Some(list(&["s"])));
     assert!(check(&h.events(), &finals(&[("p", &["s"])])).is_valid());
+}
+
+#[test]
+fn a_read_older_than_an_acknowledged_append_is_stale() {
+    let read = |h: &Recorder| {
+        let mut call = invocation(2, Op::Read, "p", "r");
+        call.token = None;
+        call.key = None;
+        h.invoke(call)
+    };
+    // a is acknowledged; a read invoked after that returns the list without it.
+    let h = Recorder::new();
+    let a = h.invoke(invocation(1, Op::Append, "p", "a"));
+    h.complete(a, Type::Ok, Some(list(&["a"])));
+    let r = read(&h);
+    h.complete(r, Type::Ok, Some(list(&[])));
+    let report = check(&h.events(), &finals(&[("p", &["a"])]));
+    assert_eq!((report.stale, report.reads), (1, 1), "{report}");
+    assert!(
+        report.to_string().contains("stale 1 (of 1 reads)"),
+        "{report}"
+    );
+    // A read that began before a was acknowledged may miss it.
+    let h = Recorder::new();
+    let a = h.invoke(invocation(1, Op::Append, "p", "a"));
+    let r = read(&h);
+    h.complete(a, Type::Ok, Some(list(&["a"])));
+    h.complete(r, Type::Ok, Some(list(&[])));
+    assert!(check(&h.events(), &finals(&[("p", &["a"])])).is_valid());
+    // A read whose outcome is unknown says nothing.
+    let h = Recorder::new();
+    let a = h.invoke(invocation(1, Op::Append, "p", "a"));
+    h.complete(a, Type::Ok, Some(list(&["a"])));
+    let r = read(&h);
+    h.complete(r, Type::Info, None);
+    assert!(check(&h.events(), &finals(&[("p", &["a"])])).is_valid());
 }

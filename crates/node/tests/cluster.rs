@@ -3,11 +3,12 @@
 //! calls on any node reach the owner, kill -9 under load, a node stopped past its lease, a
 //! graceful leave and join.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
+use perennial_checker::{Invocation, Op, Recorder, Type, check};
 use perennial_storage_postgres::test_util::{self, Schema};
 use perennial_types::{SHARDS, ShardId, shard_of};
 
@@ -547,6 +548,126 @@ async fn a_node_stopped_past_its_lease_finds_its_writes_refused_and_rejoins() {
         refused > 0.0,
         "n1 attempted no write after it lost its shards"
     );
+}
+
+/// The history of issue 19, made deterministic: n1 holds probes in memory and is stopped
+/// (SIGSTOP) past its lease; n2 takes its shards and acknowledges appends; n2 is killed and
+/// its leases expire; n1 resumes and, in its first tick, takes the shards back under newer
+/// epochs, without ever having seen them lost. A read through n1 must hold n2's appends
+/// (the checker's `stale`), never answer from the states n1 kept in memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_takes_its_shards_back_after_a_stop_reads_what_others_wrote() {
+    let lease = Duration::from_millis(1500);
+    let Some(mut cluster) = LocalCluster::start(2, lease).await else {
+        return;
+    };
+    let http = Http::new();
+    cluster.settled(&http).await;
+    let owners = cluster.owners().await;
+    let probes: Vec<String> = cluster
+        .probes(8)
+        .await
+        .into_iter()
+        .filter(|p| owners[&shard_of("probe", p.trim_start_matches("probe/"))] == "n1")
+        .collect();
+    assert_eq!(probes.len(), 8);
+    let history = Recorder::new();
+    let call = |addr: SocketAddr, probe: &str, token: Option<String>| {
+        let (history, http) = (&history, &http);
+        let probe = probe.to_owned();
+        async move {
+            let f = if token.is_some() {
+                Op::Append
+            } else {
+                Op::Read
+            };
+            let body = match &token {
+                Some(token) => format!(r#"{{"append": "{token}"}}"#),
+                None => r#""read""#.to_owned(),
+            };
+            let invoked = history.invoke(Invocation {
+                process: 0,
+                f,
+                entity: probe.clone(),
+                token: token.clone(),
+                to: None,
+                ms: None,
+                key: token.clone(),
+            });
+            let path = format!("/v1/{probe}");
+            match http
+                .post_with_key(addr, &path, token.as_deref(), &body)
+                .await
+            {
+                Ok((200, list)) => {
+                    let list: Vec<String> = serde_json::from_value(list).expect("a list");
+                    history.complete(invoked, Type::Ok, Some(list));
+                }
+                outcome => {
+                    history.complete(invoked, Type::Info, None);
+                    panic!("{probe}: {outcome:?}");
+                }
+            }
+        }
+    };
+    for probe in &probes {
+        call(cluster.addr(0), probe, Some(format!("{probe}-a"))).await;
+    }
+    cluster.pause(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while served(&http, cluster.addr(1)).await < f64::from(SHARDS) {
+        assert!(Instant::now() < deadline, "n2 never took n1's shards");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for probe in &probes {
+        call(cluster.addr(1), probe, Some(format!("{probe}-b"))).await;
+    }
+    cluster.kill9(1);
+    // n2's leases expire; n1, still stopped, has not seen any of this.
+    tokio::time::sleep(lease + Duration::from_millis(700)).await;
+    cluster.resume(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while served(&http, cluster.addr(0)).await < f64::from(SHARDS) {
+        assert!(Instant::now() < deadline, "n1 never took the shards back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for probe in &probes {
+        call(cluster.addr(0), probe, None).await;
+    }
+    // The final lists, from storage.
+    let (status, body) = http
+        .send(
+            cluster.addr(0),
+            "POST",
+            "/v1/admin/kinds/probe/passivate",
+            &[("authorization", &format!("Bearer {ADMIN}"))],
+            "",
+        )
+        .await
+        .expect("n1 answers");
+    assert_eq!(status, 200, "{body}");
+    let mut finals = BTreeMap::new();
+    for probe in &probes {
+        let (status, list) = http
+            .post(cluster.addr(0), &format!("/v1/{probe}"), r#""read""#)
+            .await
+            .expect("n1 answers");
+        assert_eq!(status, 200, "{list}");
+        let list: Vec<String> = serde_json::from_value(list).expect("a list");
+        assert_eq!(list, [format!("{probe}-a"), format!("{probe}-b")]);
+        finals.insert(probe.clone(), list);
+    }
+    let report = check(&history.events(), &finals);
+    println!("n1 took its shards back after SIGSTOP, n2 killed: {report}");
+    assert!(report.is_valid(), "{report}");
+    assert_eq!(report.reads, probes.len());
+}
+
+/// The node's `perennial_served_shards`, or 0 if it does not answer.
+async fn served(http: &Http, addr: SocketAddr) -> f64 {
+    crate::probes::metric(http, addr, "perennial_served_shards")
+        .await
+        .unwrap_or(0.0)
 }
 
 /// A node leaves gracefully (SIGTERM) and another joins, under load: no call fails (they

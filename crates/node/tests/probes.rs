@@ -35,6 +35,10 @@ pub(crate) struct Tally {
 /// entities), every 20th schedules it on a durable timer, every 20th hands it to an effect.
 /// A call that fails is sent again with the same token and idempotency key (to another node,
 /// in turn) until it is acknowledged, unless the load allows no failure.
+/// After each acknowledged append, the client reads a probe (its own, then the next
+/// client's, in turn) through another node than the one that acknowledged it: the checker
+/// holds every read to the appends acknowledged before it began (`stale`). A read is not
+/// sent again; one that fails is recorded as unknown.
 pub(crate) struct Load {
     live: Arc<RwLock<Vec<SocketAddr>>>,
     stop: Arc<AtomicBool>,
@@ -249,6 +253,42 @@ struct Client {
 }
 
 impl Client {
+    /// Reads a probe, its own for even `n`, the next client's for odd, through the `at`-th
+    /// live node, and records what it returned.
+    async fn read(&self, n: u64, at: usize) {
+        let probes = self.probes.len();
+        let probe = &self.probes[(self.c + n as usize % 2) % probes];
+        let addr = {
+            let live = self.live.read();
+            live[at % live.len()]
+        };
+        let call = self.history.invoke(Invocation {
+            process: self.c as u64,
+            f: Op::Read,
+            entity: probe.clone(),
+            token: None,
+            to: None,
+            ms: None,
+            key: None,
+        });
+        let path = format!("/v1/{probe}");
+        let sent = self.http.post(addr, &path, r#""read""#);
+        match tokio::time::timeout(self.timeout, sent).await {
+            Ok(Ok((200, list))) => {
+                let list: Vec<String> = serde_json::from_value(list).expect("a list");
+                self.history.complete(call, Type::Ok, Some(list));
+            }
+            outcome => {
+                self.history.complete(call, Type::Info, None);
+                assert!(
+                    self.retry,
+                    "client {}: a read got {outcome:?} (no call may fail here)",
+                    self.c
+                );
+            }
+        }
+    }
+
     async fn run(self) {
         let probes = self.probes.len();
         let probe = &self.probes[self.c % probes];
@@ -329,6 +369,7 @@ impl Client {
                     }
                 }
             }
+            self.read(n, attempt + 1).await;
             self.tally.acked.fetch_add(1, Ordering::Relaxed);
             let mark = *self.mark.lock();
             if let Some(mark) = mark {
