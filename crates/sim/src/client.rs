@@ -1,7 +1,9 @@
-//! The simulated clients: two to a probe, each appends tokens to its probe (`probe` and `jprobe`), forwarding,
-//! scheduling and starting effects now and then, one call at a time, every call recorded
-//! for the history checker; an unanswered call is sent again with its idempotency key, to
-//! the next node, until it is acknowledged. Then the reader reads each probe's final list.
+//! The simulated clients: two to a probe, each appends tokens to its probe (`probe` and
+//! `jprobe`), forwarding, scheduling and starting effects now and then, one call at a time,
+//! every call recorded for the history checker; an unanswered call is sent again with its
+//! idempotency key, to the next node, until it is acknowledged. After each, the client reads
+//! a probe (its own, then the next client's) through the next node, once: the checker holds
+//! reads to real time (`stale`). Then the reader reads each probe's final list.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,6 +12,7 @@ use std::time::Duration;
 use perennial_checker::{Invocation, Op, Recorder, Type};
 
 use crate::node::{Request, Response, ask};
+use crate::store::SimDb;
 
 /// One client's part of the load.
 pub(crate) struct Client {
@@ -17,7 +20,11 @@ pub(crate) struct Client {
     pub(crate) nodes: Vec<String>,
     pub(crate) probes: Arc<Vec<String>>,
     pub(crate) calls: usize,
+    /// How long the client waits between calls, so that its calls meet the faults.
+    pub(crate) pace: Duration,
     pub(crate) history: Arc<Recorder>,
+    /// The database, which knows when reads are beyond the contract (a clock skew).
+    pub(crate) db: Arc<SimDb>,
 }
 
 /// The delay of the clients' timers.
@@ -37,6 +44,7 @@ impl Client {
         let next_id = next.split_once('/').map_or("", |(_, id)| id);
         let mut retries = 0;
         for n in 0..self.calls {
+            tokio::time::sleep(self.pace).await;
             let token = format!("c{}-{n}", self.c);
             let (f, body) = match n % 10 {
                 3 => (
@@ -87,8 +95,113 @@ impl Client {
                     }
                 }
             }
+            let read = if n % 2 == 0 {
+                probe.clone()
+            } else {
+                self.next_client_probe()
+            };
+            self.read(&read, attempt + 1).await;
         }
         retries
+    }
+
+    /// The probe of the next client (another probe, written meanwhile by others).
+    fn next_client_probe(&self) -> String {
+        self.probes[(self.c + 1) % self.probes.len()].clone()
+    }
+
+    /// Reads `probe` from the `first`-th node on (see [`read`]).
+    async fn read(&self, probe: &str, first: usize) {
+        let client = Caller {
+            process: self.c as u64,
+            nodes: &self.nodes,
+            history: &self.history,
+            db: &self.db,
+        };
+        client.read(probe, first).await;
+    }
+}
+
+/// A client that only reads: it reads the probes in turn, through the nodes in turn, until
+/// the writing clients are done; so that some reads reach an entity before any write does
+/// after a change of its shard's owner.
+pub(crate) struct Reader {
+    pub(crate) r: usize,
+    pub(crate) nodes: Vec<String>,
+    pub(crate) probes: Arc<Vec<String>>,
+    pub(crate) history: Arc<Recorder>,
+    pub(crate) db: Arc<SimDb>,
+    /// How many writing clients are done, and how many there are.
+    pub(crate) done: Arc<std::sync::atomic::AtomicUsize>,
+    pub(crate) writers: usize,
+}
+
+impl Reader {
+    pub(crate) async fn run(self) {
+        let client = Caller {
+            process: 1000 + self.r as u64,
+            nodes: &self.nodes,
+            history: &self.history,
+            db: &self.db,
+        };
+        let mut n = self.r;
+        while self.done.load(std::sync::atomic::Ordering::SeqCst) < self.writers {
+            let probe = &self.probes[n % self.probes.len()];
+            client.read(probe, n / self.probes.len()).await;
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// What a read needs to know of its client.
+struct Caller<'a> {
+    process: u64,
+    nodes: &'a [String],
+    history: &'a Recorder,
+    db: &'a SimDb,
+}
+
+impl Caller<'_> {
+    /// Reads `probe`, asking the nodes in turn from the `first`-th until one that serves it
+    /// answers (a node that does not refuses at once), and records each attempt. A read
+    /// during a clock skew beyond the contract's margin is recorded as unknown: the contract
+    /// does not hold it to real time.
+    async fn read(&self, probe: &str, first: usize) {
+        let (kind, id) = probe.split_once('/').expect("a kind/id path");
+        let request = Request::Call {
+            kind: kind.to_owned(),
+            id: id.to_owned(),
+            key: None,
+            body: r#""read""#.into(),
+        };
+        for at in first..first + self.nodes.len() {
+            let node = &self.nodes[at % self.nodes.len()];
+            let began = crate::elapsed();
+            let call = self.history.invoke(Invocation {
+                process: self.process,
+                f: Op::Read,
+                entity: probe.to_owned(),
+                token: None,
+                to: None,
+                ms: None,
+                key: None,
+            });
+            match ask(node, &request, Duration::from_millis(500)).await {
+                Some(Response::Call { status: 200, body }) => {
+                    if self.db.reads_checked(began, crate::elapsed()) {
+                        let list: Vec<String> =
+                            serde_json::from_str(&body).expect("a probe answers a list");
+                        self.history.complete(call, Type::Ok, Some(list));
+                    } else {
+                        self.history.complete(call, Type::Info, None);
+                    }
+                    return;
+                }
+                Some(Response::Call { .. }) => self.history.complete(call, Type::Fail, None),
+                _ => self.history.complete(call, Type::Info, None),
+            }
+        }
     }
 }
 

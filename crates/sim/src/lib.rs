@@ -9,7 +9,8 @@
 //! - `nemesis`: the faults, drawn from the seed: crashes and restarts, nodes cut off from the
 //!   database, failed and ambiguous commits, clock skew (a node serves, by its own clock,
 //!   shards whose leases the database already gave away), network partitions between nodes
-//!   and between clients and nodes.
+//!   and between clients and nodes, and nodes stopped past their lease (SIGSTOP), some while
+//!   another node crashes, with reads through them after they resume.
 //!
 //! A run has two phases, as TigerBeetle's simulator does: **safety**, when faults come at
 //! random, then **liveness**, when they stop and everything heals, and every client must
@@ -53,6 +54,10 @@ pub struct Config {
     pub probes: usize,
     /// Calls each client makes.
     pub calls: usize,
+    /// How long a client waits before each call (so that the calls meet the faults).
+    pub pace: Duration,
+    /// Clients that only read, while the others write.
+    pub readers: usize,
     /// The nodes' lease.
     pub lease: Duration,
     /// How long faults come (simulated time), before everything heals.
@@ -66,7 +71,8 @@ pub struct Config {
 
 impl Config {
     /// The default simulation for `seed`: 3 nodes, 12 clients on 6 probes making 40 calls
-    /// each, leases of 1 s, faults for 15 s, at most 300 s.
+    /// each, 250 ms apart (and reading after each), 2 clients that only read, leases of 1 s,
+    /// faults for 15 s, at most 300 s.
     pub fn new(seed: u64) -> Self {
         Self {
             seed,
@@ -74,6 +80,8 @@ impl Config {
             clients: 12,
             probes: 6,
             calls: 40,
+            pace: Duration::from_millis(250),
+            readers: 3,
             lease: Duration::from_secs(1),
             faults_for: Duration::from_secs(15),
             faults: true,
@@ -164,12 +172,30 @@ fn simulate(config: &Config) -> Outcome {
             nodes: nodes.clone(),
             probes: Arc::clone(&probes),
             calls: config.calls,
+            pace: config.pace,
             history: Arc::clone(&history),
+            db: Arc::clone(&db),
         };
         let (done, retries) = (Arc::clone(&done), Arc::clone(&retries));
         sim.client(name.as_str(), async move {
             retries.fetch_add(client.run().await, Ordering::Relaxed);
             done.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        });
+    }
+    let readers: Vec<String> = (0..config.readers).map(|r| format!("reads{r}")).collect();
+    for (r, name) in readers.iter().enumerate() {
+        let reader = client::Reader {
+            r,
+            nodes: nodes.clone(),
+            probes: Arc::clone(&probes),
+            history: Arc::clone(&history),
+            db: Arc::clone(&db),
+            done: Arc::clone(&done),
+            writers: config.clients,
+        };
+        sim.client(name.as_str(), async move {
+            reader.run().await;
             Ok(())
         });
     }
@@ -187,7 +213,8 @@ fn simulate(config: &Config) -> Outcome {
         });
     }
 
-    let mut nemesis = nemesis::Nemesis::new(config, &nodes, &clients);
+    let callers: Vec<String> = clients.iter().chain(&readers).cloned().collect();
+    let mut nemesis = nemesis::Nemesis::new(config, &nodes, &callers);
     let mut error = None;
     loop {
         db.set_now(sim.elapsed());

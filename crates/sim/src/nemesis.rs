@@ -25,14 +25,22 @@ pub struct FaultCounts {
     pub clock_skews: u64,
     /// Network partitions (node and node, or client and node).
     pub partitions: u64,
+    /// Nodes stopped past their lease (SIGSTOP: requests wait, messages are held), half of
+    /// them while the other nodes crash, so that they take their shards back under newer
+    /// epochs with their entities still in memory.
+    pub stops: u64,
 }
 
-/// Something to undo later.
+/// Something to do later: undo a fault, or strike the second half of one.
 #[derive(Debug, Clone)]
 enum Undo {
     Bounce(String),
     Reconnect(String),
     Repair(String, String),
+    /// Resume a stopped node: deliver the messages held.
+    Resume(String),
+    /// Crash a node (while another is stopped), to be bounced later.
+    Crash(String),
 }
 
 /// The nemesis: its generator, its schedule and what it must undo.
@@ -40,6 +48,7 @@ pub(crate) struct Nemesis {
     rng: ChaCha8Rng,
     nodes: Vec<String>,
     clients: Vec<String>,
+    lease: Duration,
     next: Duration,
     undo: Vec<(Duration, Undo)>,
     counts: FaultCounts,
@@ -52,6 +61,7 @@ impl Nemesis {
             rng: ChaCha8Rng::seed_from_u64(config.seed ^ 0x6e65_6d65_7369_7321),
             nodes: nodes.to_vec(),
             clients: clients.to_vec(),
+            lease: config.lease,
             // Let the cluster form first.
             next: Duration::from_secs(2),
             undo: Vec::new(),
@@ -82,7 +92,7 @@ impl Nemesis {
         self.next = now + self.millis(300, 2500);
         let node = self.node();
         // Clock skew twice as often as the others: it is what only fencing survives.
-        let fault = match self.below(8) {
+        let fault = match self.below(9) {
             7 => 4,
             f => f,
         };
@@ -110,7 +120,39 @@ impl Nemesis {
             4 => {
                 let stall = self.millis(600, 1500);
                 db.skew(&node, stall);
+                // Beyond the margin the contract allows between clocks: until the node's own
+                // deadline passes, its reads may be stale, and are not held to real time.
+                db.uncheck_reads(now, now + stall + self.lease);
                 self.counts.clock_skews += 1;
+            }
+            // One stop at a time: a second would change when the first ends.
+            8 if sim.is_host_running(node.as_str()) && !db.any_stopped() => {
+                let lease = u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX);
+                let stop = self.millis(lease + 200, 5 * lease);
+                db.stop(&node, now + stop);
+                // Messages between nodes wait, as in a stopped process's socket buffers;
+                // clients' calls go unanswered (holding them all would overflow the buffers).
+                for other in self.nodes.iter().filter(|n| **n != node) {
+                    sim.hold(node.as_str(), other.as_str());
+                }
+                for client in self.callers() {
+                    sim.partition(node.as_str(), client.as_str());
+                }
+                self.undo.push((now + stop, Undo::Resume(node.clone())));
+                // Half the time the other nodes crash while this one is stopped, so that
+                // their leases (on its shards, among others) run out just before it resumes:
+                // it then takes its shards back in its first tick, under newer epochs, with
+                // its entities still in memory, never having seen them lost.
+                // Only after the others had time to take its shards and write.
+                let crash_at = stop.saturating_sub(self.lease + self.millis(0, 300));
+                if self.below(2) == 0 && crash_at > self.lease + Duration::from_millis(300) {
+                    for other in self.nodes.clone().into_iter().filter(|n| *n != node) {
+                        self.undo.push((now + crash_at, Undo::Crash(other.clone())));
+                        let back = now + stop + self.millis(200, 2000);
+                        self.undo.push((back, Undo::Bounce(other)));
+                    }
+                }
+                self.counts.stops += 1;
             }
             5 | 6 => {
                 let other = if fault == 5 {
@@ -148,14 +190,37 @@ impl Nemesis {
             Undo::Bounce(node) => sim.bounce(node.as_str()),
             Undo::Reconnect(node) => db.cut(node, false),
             Undo::Repair(a, b) => sim.repair(a.as_str(), b.as_str()),
+            Undo::Resume(node) => {
+                for other in self.nodes.iter().filter(|n| *n != node) {
+                    sim.release(node.as_str(), other.as_str());
+                }
+                for client in self.callers() {
+                    sim.repair(node.as_str(), client.as_str());
+                }
+            }
+            Undo::Crash(node) => {
+                if sim.is_host_running(node.as_str()) {
+                    sim.crash(node.as_str());
+                    self.counts.crashes += 1;
+                }
+            }
         }
         self.log.push(format!("undo {undo:?}"));
+    }
+
+    /// The hosts that call the nodes: the clients and the final reader.
+    fn callers(&self) -> Vec<String> {
+        let mut callers = self.clients.clone();
+        callers.push("reader".to_owned());
+        callers
     }
 
     /// Ends the safety phase: undoes every fault, restarts every crashed node.
     pub(crate) fn heal(&mut self, sim: &mut turmoil::Sim<'_>, db: &Arc<SimDb>) {
         for (_, undo) in std::mem::take(&mut self.undo) {
-            self.apply(undo, sim, db);
+            if !matches!(undo, Undo::Crash(_)) {
+                self.apply(undo, sim, db);
+            }
         }
         db.heal();
         for node in self.nodes.clone() {

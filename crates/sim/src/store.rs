@@ -8,7 +8,9 @@
 //! (ambiguous: the node cannot tell); and clock skew: the node's leases and heartbeat age at
 //! once (the database's clock jumped ahead of the node's) while its lease manager's
 //! requests stall for a while, so that the node goes on serving, by its own clock, shards
-//! the others already took. Only fencing keeps its writes out then.
+//! the others already took. Only fencing keeps its writes out then. And a stall: the node is
+//! stopped (SIGSTOP) for a while; its requests wait until it resumes, and a commit it was
+//! making fails (the server ends the transaction of a stopped client).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -42,6 +44,8 @@ struct Faults {
     cut: bool,
     /// Until when (simulated) the node's membership and lease requests fail.
     directory_stalled_until: Duration,
+    /// Until when (simulated) the node is stopped: its requests wait, its commits fail.
+    stopped_until: Duration,
     fail_next: u32,
     ambiguous_next: u32,
 }
@@ -66,6 +70,9 @@ pub struct SimDb {
     /// The database's clock: the simulation's elapsed time, set by the driver at each step
     /// (the same for every host, and for the nemesis between steps).
     now: Mutex<Duration>,
+    /// When reads are not held to real time: a clock skew beyond the contract's margin lets
+    /// a node serve, by its own clock, shards it no longer holds.
+    unchecked_reads: Mutex<Vec<(Duration, Duration)>>,
 }
 
 impl SimDb {
@@ -75,6 +82,7 @@ impl SimDb {
             data: MemoryStore::new(),
             state: Mutex::default(),
             now: Mutex::default(),
+            unchecked_reads: Mutex::default(),
         })
     }
 
@@ -146,6 +154,40 @@ impl SimDb {
             .directory_stalled_until = now + stall;
     }
 
+    /// Stops `node` until `until` (simulated), as SIGSTOP does: its requests wait until then,
+    /// and its commits fail, so that its leases lapse and the others take its shards while
+    /// it holds its entities in memory.
+    pub fn stop(&self, node: &str, until: Duration) {
+        self.state
+            .lock()
+            .faults
+            .entry(node.to_owned())
+            .or_default()
+            .stopped_until = until;
+    }
+
+    /// Reads that overlap `from..until` (simulated) are not held to real time (see
+    /// [`reads_checked`](Self::reads_checked)).
+    pub fn uncheck_reads(&self, from: Duration, until: Duration) {
+        self.unchecked_reads.lock().push((from, until));
+    }
+
+    /// Whether a read made between `from` and `to` may be held to real time: no clock skew
+    /// beyond the contract's margin was in effect meanwhile.
+    pub fn reads_checked(&self, from: Duration, to: Duration) -> bool {
+        let windows = self.unchecked_reads.lock();
+        !windows
+            .iter()
+            .any(|&(start, end)| start <= to && end >= from)
+    }
+
+    /// Whether a node is stopped now.
+    pub fn any_stopped(&self) -> bool {
+        let now = self.now();
+        let state = self.state.lock();
+        state.faults.values().any(|f| f.stopped_until > now)
+    }
+
     /// Clears every fault.
     pub fn heal(&self) {
         self.state.lock().faults.clear();
@@ -197,6 +239,22 @@ pub struct SimStore {
 }
 
 impl SimStore {
+    /// Until when the node is stopped, if it is now.
+    fn stopped(&self) -> Option<Duration> {
+        let now = self.db.now();
+        let state = self.db.state.lock();
+        let until = state.faults.get(&*self.node)?.stopped_until;
+        (until > now).then_some(until)
+    }
+
+    /// Waits while the node is stopped, then fails if it is cut off from the database.
+    async fn arrive(&self) -> Result<(), Error> {
+        while let Some(until) = self.stopped() {
+            tokio::time::sleep(until.saturating_sub(self.db.now())).await;
+        }
+        self.reach()
+    }
+
     /// Fails if the node is cut off from the database.
     fn reach(&self) -> Result<(), Error> {
         let mut state = self.db.state.lock();
@@ -215,12 +273,12 @@ impl SimStore {
 #[async_trait::async_trait]
 impl Store for SimStore {
     async fn claim(&self, owner: &str, shards: &[ShardId]) -> Result<Epoch, Error> {
-        self.reach()?;
+        self.arrive().await?;
         self.db.data.claim(owner, shards).await
     }
 
     async fn load(&self, key: &EntityKey) -> Result<Option<Record>, Error> {
-        self.reach()?;
+        self.arrive().await?;
         self.db.data.load(key).await
     }
 
@@ -230,12 +288,18 @@ impl Store for SimStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<JournalEntry>, Error> {
-        self.reach()?;
+        self.arrive().await?;
         self.db.data.journal(key, after, limit).await
     }
 
     fn commit(&self, batch: Batch) -> Result<CommitOutcome, Error> {
         self.reach()?;
+        if self.stopped().is_some() {
+            self.db.state.lock().counts.failed += 1;
+            return Err(Error::Io(
+                "the server ended the transaction of a stopped node (simulated)".into(),
+            ));
+        }
         {
             let mut state = self.db.state.lock();
             let faults = state.faults.entry(self.node.to_string()).or_default();
@@ -262,7 +326,7 @@ impl Store for SimStore {
     }
 
     async fn due(&self, before_ms: i64, limit: usize) -> Result<Vec<Pending>, Error> {
-        self.reach()?;
+        self.arrive().await?;
         self.db.data.due(before_ms, limit).await
     }
 
@@ -271,12 +335,12 @@ impl Store for SimStore {
         key: &EntityKey,
         idempotency_key: &str,
     ) -> Result<Option<StoredReply>, Error> {
-        self.reach()?;
+        self.arrive().await?;
         self.db.data.reply(key, idempotency_key).await
     }
 
     async fn dead_letters(&self, kind: Option<&str>) -> Result<Vec<StoredDeadLetter>, Error> {
-        self.reach()?;
+        self.arrive().await?;
         self.db.data.dead_letters(kind).await
     }
 
@@ -286,22 +350,22 @@ impl Store for SimStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<EntitySummary>, Error> {
-        self.reach()?;
+        self.arrive().await?;
         self.db.data.entities(kind, after, limit).await
     }
 
     async fn paused(&self) -> Result<Vec<EntityKey>, Error> {
-        self.reach()?;
+        self.arrive().await?;
         self.db.data.paused().await
     }
 
     async fn pending_of(&self, owner: &EntityKey, limit: usize) -> Result<Vec<Pending>, Error> {
-        self.reach()?;
+        self.arrive().await?;
         self.db.data.pending_of(owner, limit).await
     }
 
     async fn count(&self, kind: &str) -> Result<u64, Error> {
-        self.reach()?;
+        self.arrive().await?;
         self.db.data.count(kind).await
     }
 
@@ -312,30 +376,31 @@ impl Store for SimStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<EntityState>, Error> {
-        self.reach()?;
+        self.arrive().await?;
         self.db.data.query(kind, filter, after, limit).await
     }
 
     async fn create_index(&self, kind: &str, path: &Path) -> Result<(), Error> {
-        self.reach()?;
+        self.arrive().await?;
         self.db.data.create_index(kind, path).await
     }
 
     async fn drop_index(&self, kind: &str, path: &Path) -> Result<bool, Error> {
-        self.reach()?;
+        self.arrive().await?;
         self.db.data.drop_index(kind, path).await
     }
 
     async fn indexes(&self, kind: &str) -> Result<Vec<Path>, Error> {
-        self.reach()?;
+        self.arrive().await?;
         self.db.data.indexes(kind).await
     }
 }
 
 impl SimStore {
-    /// Fails if the node's membership and lease requests cannot reach the database.
-    fn reach_directory(&self) -> Result<(), Error> {
-        self.reach()?;
+    /// Waits while the node is stopped, then fails if its membership and lease requests
+    /// cannot reach the database.
+    async fn reach_directory(&self) -> Result<(), Error> {
+        self.arrive().await?;
         let now = self.db.now();
         let state = self.db.state.lock();
         let stalled = state
@@ -355,7 +420,7 @@ impl SimStore {
 #[async_trait::async_trait]
 impl Directory for SimStore {
     async fn heartbeat(&self, node: &str, address: &str) -> Result<(), Error> {
-        self.reach_directory()?;
+        self.reach_directory().await?;
         let now = self.db.now();
         let mut state = self.db.state.lock();
         state
@@ -365,7 +430,7 @@ impl Directory for SimStore {
     }
 
     async fn members(&self, ttl: Duration) -> Result<Vec<Member>, Error> {
-        self.reach_directory()?;
+        self.reach_directory().await?;
         let now = self.db.now();
         let state = self.db.state.lock();
         Ok(state
@@ -380,7 +445,7 @@ impl Directory for SimStore {
     }
 
     async fn leave(&self, node: &str) -> Result<(), Error> {
-        self.reach_directory()?;
+        self.reach_directory().await?;
         let mut state = self.db.state.lock();
         state.members.remove(node);
         state.leases.retain(|_, (owner, _)| owner != node);
@@ -393,7 +458,7 @@ impl Directory for SimStore {
         shards: &[ShardId],
         lease: Duration,
     ) -> Result<Vec<Lease>, Error> {
-        self.reach_directory()?;
+        self.reach_directory().await?;
         let now = self.db.now();
         let (renewed, taken) = {
             let mut state = self.db.state.lock();
@@ -441,7 +506,7 @@ impl Directory for SimStore {
     }
 
     async fn owners(&self) -> Result<Vec<(ShardId, String)>, Error> {
-        self.reach_directory()?;
+        self.reach_directory().await?;
         let now = self.db.now();
         let state = self.db.state.lock();
         Ok(state
@@ -453,7 +518,7 @@ impl Directory for SimStore {
     }
 
     async fn release(&self, node: &str, shards: &[ShardId]) -> Result<(), Error> {
-        self.reach_directory()?;
+        self.reach_directory().await?;
         let mut state = self.db.state.lock();
         for shard in shards {
             if state

@@ -39,6 +39,7 @@ fn seeds_keep_the_contract(half: u64) {
     let mut total = perennial_sim::FaultCounts::default();
     let mut fenced = 0;
     let mut acknowledged = 0;
+    let mut reads = 0;
     for &seed in &seeds {
         let outcome = run(&Config::new(seed));
         assert!(
@@ -52,12 +53,14 @@ fn seeds_keep_the_contract(half: u64) {
         total.ambiguous_commits += outcome.faults.ambiguous_commits;
         total.clock_skews += outcome.faults.clock_skews;
         total.partitions += outcome.faults.partitions;
+        total.stops += outcome.faults.stops;
+        reads += outcome.report.reads;
         fenced += outcome.db.fenced;
         acknowledged += outcome.report.acknowledged;
     }
     println!(
-        "{} seeds in {:?}: {acknowledged} tokens acknowledged, 0 violations; faults {total:?}; \
-         {fenced} commits had writes refused by the fence",
+        "{} seeds in {:?}: {acknowledged} tokens acknowledged, {reads} reads checked, 0 \
+         violations; faults {total:?}; {fenced} commits had writes refused by the fence",
         seeds.len(),
         started.elapsed()
     );
@@ -68,7 +71,7 @@ fn seeds_keep_the_contract(half: u64) {
             "{total:?}"
         );
         assert!(
-            total.ambiguous_commits > 0 && total.partitions > 0,
+            total.ambiguous_commits > 0 && total.partitions > 0 && total.stops > 0,
             "{total:?}"
         );
         assert!(fenced > 0, "no write was ever fenced");
