@@ -471,3 +471,30 @@ async fn a_read_is_not_released_once_its_node_stopped_serving_the_shard() {
     );
     a.shutdown().await;
 }
+
+/// A watch of an entity whose shard this node takes again under a newer epoch ends: another
+/// node may have committed changes it never saw, so the watcher reconnects and reads the
+/// state again (the gateway's watch stream sends the stored state first).
+#[tokio::test]
+async fn a_watch_ends_when_its_shard_is_taken_again_under_a_newer_epoch() {
+    let store = MemoryStore::new();
+    let a = unclaimed(&store).await;
+    let c = shard("counter", "c1");
+    let long = || Instant::now() + Duration::from_secs(60);
+    a.serve(&[(c, store.claim("a", &[c]).await.unwrap())], long());
+    let mut watch = a.watch("counter", "c1").unwrap();
+    assert_eq!(a.get::<Counter>("c1").call(Op::Add(1)).await.unwrap(), 1);
+    let change = watch.next().await.expect("the change");
+    assert_eq!(&*change.state, r#"{"value":1}"#);
+
+    // Renewed under the same epoch: the watch goes on.
+    a.serve(&[(c, a.epoch_of(c).unwrap())], long());
+    assert_eq!(a.get::<Counter>("c1").call(Op::Add(1)).await.unwrap(), 2);
+    assert_eq!(watch.next().await.expect("the change").version, 2);
+
+    // Taken again under a newer epoch: it ends.
+    a.serve(&[(c, store.claim("a", &[c]).await.unwrap())], long());
+    let ended = tokio::time::timeout(Duration::from_secs(5), watch.next()).await;
+    assert_eq!(ended.expect("the watch ended"), None);
+    a.shutdown().await;
+}
