@@ -774,11 +774,11 @@ impl Runtime {
             .await
     }
 
-    /// Hands `shards` off: stops taking calls for them ([`CallError::NotOwner`]), lets their
-    /// resident entities finish the messages they accepted, passivates them once their
-    /// steps are durable, and drops their pending rows from memory. Returns how many
-    /// entities were still busy after `patience`; their later writes are fenced once the
-    /// caller releases the leases.
+    /// Hands `shards` off: stops taking calls for them ([`CallError::NotOwner`], also for
+    /// messages queued and not yet run), passivates their resident entities once their
+    /// steps in flight are durable, and drops their pending rows from memory. Returns how
+    /// many entities were still busy after `patience`; their later writes are fenced once
+    /// the caller releases the leases.
     pub async fn hand_off(&self, shards: &[ShardId], patience: Duration) -> usize {
         let core = &self.shared.core;
         core.shards.revoke(shards);
