@@ -88,22 +88,22 @@ impl Runtime {
         limit: usize,
     ) -> Result<Vec<EntityInfo>, CallError> {
         let dynamic = self.kind(kind)?;
-        let core = &self.shared.core;
+        let engine = &self.shared.engine;
         let resident = |id: &EntityId| {
-            core.registry.contains(&Key {
+            engine.registry.contains(&Key {
                 kind: dynamic.index(),
                 id: id.clone(),
             })
         };
         if dynamic.persistence() == Persistence::Ephemeral {
-            let mut ids = core.registry.ids_of(dynamic.index());
+            let mut ids = engine.registry.ids_of(dynamic.index());
             ids.retain(|id| after.is_none_or(|a| id.as_str() > a));
             ids.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
             ids.truncate(limit);
             return Ok(ids
                 .into_iter()
                 .map(|id| EntityInfo {
-                    paused: core.pauses.is_paused(kind, &id),
+                    paused: engine.pauses.is_paused(kind, &id),
                     id: id.as_str().to_owned(),
                     resident: true,
                     state_version: 0,
@@ -113,7 +113,7 @@ impl Runtime {
                 })
                 .collect());
         }
-        let stored = core
+        let stored = engine
             .store
             .entities(kind, after, limit)
             .await
@@ -122,7 +122,7 @@ impl Runtime {
             .into_iter()
             .map(|e| EntityInfo {
                 resident: EntityId::new(&e.id).is_ok_and(|id| resident(&id)),
-                paused: EntityId::new(&e.id).is_ok_and(|id| core.pauses.is_paused(kind, &id)),
+                paused: EntityId::new(&e.id).is_ok_and(|id| engine.pauses.is_paused(kind, &id)),
                 id: e.id,
                 state_version: e.state_version,
                 schema: e.schema,
@@ -173,7 +173,7 @@ impl Runtime {
         limit: usize,
     ) -> Result<Vec<EntityState>, CallError> {
         self.stored_kind(kind)?;
-        let store = &self.shared.core.store;
+        let store = &self.shared.engine.store;
         store
             .query(kind, filter, after, limit)
             .await
@@ -189,7 +189,7 @@ impl Runtime {
         if !path.is_single() {
             return Err(CallError::NotIndexable(path.to_string()));
         }
-        let store = &self.shared.core.store;
+        let store = &self.shared.engine.store;
         store
             .create_index(kind, path)
             .await
@@ -199,14 +199,14 @@ impl Runtime {
     /// Drops the index of `kind` by `path`; returns whether there was one.
     pub async fn drop_index(&self, kind: &str, path: &Path) -> Result<bool, CallError> {
         self.stored_kind(kind)?;
-        let store = &self.shared.core.store;
+        let store = &self.shared.engine.store;
         store.drop_index(kind, path).await.map_err(CallError::Store)
     }
 
     /// The paths `kind` is indexed by.
     pub async fn indexes(&self, kind: &str) -> Result<Vec<Path>, CallError> {
         self.stored_kind(kind)?;
-        let store = &self.shared.core.store;
+        let store = &self.shared.engine.store;
         store.indexes(kind).await.map_err(CallError::Store)
     }
 
@@ -218,7 +218,7 @@ impl Runtime {
         let key = EntityKey::new(kind, EntityId::new(id)?);
         // Only the node that serves the entity knows whether it is paused now.
         self.served(&key)?;
-        let pauses = &self.shared.core.pauses;
+        let pauses = &self.shared.engine.pauses;
         if !pauses.insert(key.clone()) {
             return Ok(false);
         }
@@ -235,7 +235,7 @@ impl Runtime {
         self.kind(kind)?;
         let key = EntityKey::new(kind, EntityId::new(id)?);
         self.served(&key)?;
-        let pauses = &self.shared.core.pauses;
+        let pauses = &self.shared.engine.pauses;
         if !pauses.is_paused(&key.kind, &key.id) {
             return Ok(false);
         }
@@ -251,11 +251,13 @@ impl Runtime {
         }
         let key = EntityKey::new(kind, EntityId::new(id)?);
         let shard = shard_of(kind, id);
-        if self.shared.core.shards.epoch(shard).is_none() {
+        if self.shared.engine.shards.epoch(shard).is_none() {
             // Another node commits its changes.
             return Err(CallError::NotOwner { shard });
         }
-        Ok(crate::Watch::new(self.shared.core.watchers.subscribe(key)))
+        Ok(crate::Watch::new(
+            self.shared.engine.watchers.subscribe(key),
+        ))
     }
 
     /// How many entities of `kind` are stored (with a state or a journal); 0 for an
@@ -264,7 +266,7 @@ impl Runtime {
         if self.kind(kind)?.persistence() == Persistence::Ephemeral {
             return Ok(0);
         }
-        let store = &self.shared.core.store;
+        let store = &self.shared.engine.store;
         store.count(kind).await.map_err(CallError::Store)
     }
 
@@ -278,7 +280,7 @@ impl Runtime {
     ) -> Result<Vec<perennial_storage::Pending>, CallError> {
         self.stored_kind(kind)?;
         let key = EntityKey::new(kind, EntityId::new(id)?);
-        let store = &self.shared.core.store;
+        let store = &self.shared.engine.store;
         store
             .pending_of(&key, limit)
             .await
@@ -287,13 +289,13 @@ impl Runtime {
 
     /// The paused entities, in key order.
     pub fn paused(&self) -> Vec<EntityKey> {
-        self.shared.core.pauses.list()
+        self.shared.engine.pauses.list()
     }
 
     /// The entities this node quarantined because their stored bytes cannot be read back
     /// (see [`CallError::Quarantined`]), in key order.
     pub fn quarantined(&self) -> Vec<Quarantined> {
-        self.shared.core.quarantine.list()
+        self.shared.engine.quarantine.list()
     }
 
     /// Releases a quarantined entity, once its bytes are fixed: the next message activates
@@ -305,7 +307,7 @@ impl Runtime {
         let key = EntityKey::new(kind, EntityId::new(id)?);
         // Only the node that serves the entity activates it.
         self.served(&key)?;
-        Ok(self.shared.core.quarantine.remove(&key))
+        Ok(self.shared.engine.quarantine.remove(&key))
     }
 
     async fn commit_pause(&self, key: &EntityKey, paused: bool) -> Result<(), CallError> {
@@ -329,7 +331,7 @@ impl Runtime {
     /// The shard of `key` and its epoch, if this node serves it.
     fn served(&self, key: &EntityKey) -> Result<(ShardId, Epoch), CallError> {
         let shard = shard_of(&key.kind, key.id.as_str());
-        let epoch = self.shared.core.shards.epoch(shard);
+        let epoch = self.shared.engine.shards.epoch(shard);
         epoch
             .map(|epoch| (shard, epoch))
             .ok_or(CallError::NotOwner { shard })
@@ -338,9 +340,9 @@ impl Runtime {
     /// Commits an operator's batch about `key` now, beside the commit pipeline.
     async fn commit_now(&self, key: &EntityKey, batch: Batch) -> Result<(), CallError> {
         let storage = CallError::Store;
-        let store = Arc::clone(&self.shared.core.store);
+        let store = Arc::clone(&self.shared.engine.store);
         // A simulation has no threads but its own.
-        let outcome = if self.shared.core.committer.is_task() {
+        let outcome = if self.shared.engine.committer.is_task() {
             store.commit(batch).map_err(storage)?
         } else {
             tokio::task::spawn_blocking(move || store.commit(batch))
@@ -367,7 +369,7 @@ impl Runtime {
         };
         // Resident only where it is served.
         self.served(&EntityKey::new(kind, key.id.clone()))?;
-        Ok(match self.shared.core.registry.passivate(&key) {
+        Ok(match self.shared.engine.registry.passivate(&key) {
             None => Passivation::NotResident,
             Some(true) => Passivation::Passivated,
             Some(false) => Passivation::Busy,
@@ -380,7 +382,7 @@ impl Runtime {
         let index = self.kind(kind)?.index();
         Ok(self
             .shared
-            .core
+            .engine
             .registry
             .passivate_where(|entry| entry.key().kind == index))
     }
@@ -391,7 +393,7 @@ impl Runtime {
         seq: u64,
     ) -> Result<Option<StoredDeadLetter>, perennial_storage::Error> {
         // Dead letters are few (each is a message that failed several times): a scan is fine.
-        let letters = self.shared.core.store.dead_letters(None).await?;
+        let letters = self.shared.engine.store.dead_letters(None).await?;
         Ok(letters.into_iter().find(|l| l.seq == seq))
     }
 
@@ -440,7 +442,7 @@ impl Runtime {
     }
 
     /// The kind named `kind`, if it keeps its state in storage.
-    fn stored_kind(&self, kind: &str) -> Result<&Arc<dyn crate::kind::DynKind>, CallError> {
+    fn stored_kind(&self, kind: &str) -> Result<&Arc<dyn crate::dyn_kind::DynKind>, CallError> {
         let dynamic = self.kind(kind)?;
         if dynamic.persistence() == Persistence::Ephemeral {
             return Err(CallError::NotStored(kind.to_owned()));
@@ -448,7 +450,7 @@ impl Runtime {
         Ok(dynamic)
     }
 
-    pub(crate) fn kind(&self, kind: &str) -> Result<&Arc<dyn crate::kind::DynKind>, CallError> {
+    pub(crate) fn kind(&self, kind: &str) -> Result<&Arc<dyn crate::dyn_kind::DynKind>, CallError> {
         self.shared
             .by_name
             .get(kind)
@@ -464,7 +466,7 @@ struct Retrying<'a> {
 
 impl<'a> Retrying<'a> {
     fn claim<E>(rt: &'a Runtime, seq: u64) -> Result<Self, CallError<E>> {
-        if rt.shared.core.letters_in_hand.lock().insert(seq) {
+        if rt.shared.engine.letters_in_hand.lock().insert(seq) {
             Ok(Self { rt, seq })
         } else {
             Err(CallError::LetterBusy(seq))
@@ -474,6 +476,11 @@ impl<'a> Retrying<'a> {
 
 impl Drop for Retrying<'_> {
     fn drop(&mut self) {
-        self.rt.shared.core.letters_in_hand.lock().remove(&self.seq);
+        self.rt
+            .shared
+            .engine
+            .letters_in_hand
+            .lock()
+            .remove(&self.seq);
     }
 }

@@ -23,7 +23,7 @@ use perennial_storage::{
 use perennial_types::{EntityKey, Epoch, ShardId};
 use tokio::sync::Notify;
 
-use crate::dispatch::{Dispatch, RowId};
+use crate::due::{DueRows, RowId};
 use crate::histogram::{BATCH_BOUNDS, Histogram, Recorder, SECONDS_BOUNDS};
 use crate::watch::{StateChange, Watchers};
 use perennial_faults::failpoint;
@@ -118,7 +118,7 @@ pub(crate) struct Committer {
     /// next batch. Taken under `queue`'s lock, like the steps.
     chores: Mutex<Batch>,
     /// Told which pending rows each batch created and deleted.
-    dispatch: Arc<Dispatch>,
+    due: Arc<DueRows>,
     /// Calls admitted and not answered, shared with the runtime: the committer stops only
     /// once there are none, so no admitted call's step arrives after it is gone.
     inflight: Arc<AtomicUsize>,
@@ -317,7 +317,7 @@ impl Committer {
     /// runs as a task if `as_task`, on a thread of its own otherwise.
     pub(crate) fn new(
         inflight: Arc<AtomicUsize>,
-        dispatch: Arc<Dispatch>,
+        due: Arc<DueRows>,
         watchers: Arc<Watchers>,
         as_task: bool,
     ) -> Self {
@@ -325,7 +325,7 @@ impl Committer {
             watchers,
             queue: Mutex::default(),
             chores: Mutex::default(),
-            dispatch,
+            due,
             inflight,
             releases: Arc::default(),
             wake: Condvar::new(),
@@ -496,7 +496,7 @@ impl Committer {
                     // Before the replies are released: an entity whose step cancelled a
                     // timer may be passivated once released, and the timer must be gone.
                     let kept = |shard: &ShardId| !outcome.fenced.contains(shard);
-                    self.dispatch.committed(
+                    self.due.committed(
                         created.into_iter().filter(|(s, _)| kept(s)).map(|(_, p)| p),
                         deleted.into_iter().filter(|(s, _)| kept(s)).map(|(_, r)| r),
                     );

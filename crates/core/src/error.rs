@@ -5,8 +5,6 @@ use std::fmt;
 
 use perennial_types::{EntityKey, InvalidId, ShardId};
 
-use crate::Rejection;
-
 /// Why a call to an entity did not produce a reply.
 ///
 /// `E` is the kind's own [`Rejection`] type ([`Process::Error`](crate::Process::Error)).
@@ -348,6 +346,22 @@ pub struct JsonRejection {
 impl Rejection for JsonRejection {
     fn code(&self) -> &str {
         &self.code
+    }
+}
+
+/// An error a handler returns to refuse a message. See [`Process::Error`](crate::Process::Error).
+///
+/// The [`code`](Rejection::code) is a short, stable, `snake_case` name that clients can
+/// match on (the HTTP gateway sends it as `error.code`); the `Display` text explains it
+/// to a person.
+pub trait Rejection: std::error::Error + Send + Sync + 'static {
+    /// A stable, machine-readable name for this error, such as `"not_your_turn"`.
+    fn code(&self) -> &str;
+}
+
+impl Rejection for std::convert::Infallible {
+    fn code(&self) -> &str {
+        match *self {}
     }
 }
 

@@ -18,7 +18,7 @@ use perennial_types::{EntityId, EntityKey};
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::entity::guard;
+use crate::guard::guard;
 use crate::{CallError, Ctx, Process};
 
 /// When a `Journal` kind whose state is serializable writes snapshots, and how much journal
@@ -147,7 +147,7 @@ pub(crate) fn encode_entry(
 }
 
 /// The JSON of a mark entry: a step that changed nothing, written with a snapshot by a
-/// migration pass (see [`crate::migration`]). Replay passes over it.
+/// migration pass (see `migration`). Replay passes over it.
 pub(crate) fn encode_mark(schema: u32) -> String {
     format!("{{\"msg\":null,\"mark\":\"snapshot\",\"reply\":\"0\",\"v\":{schema}}}")
 }
@@ -271,7 +271,7 @@ pub(crate) async fn rebuild<K: Process>(
     if let Some((codec, record)) = snapshot
         && record.version <= upto
     {
-        let migrated = crate::migration::upgrade::<K>(key, record.schema, &record.state)?;
+        let migrated = crate::upgrade::upgrade::<K>(key, record.schema, &record.state)?;
         rebuilt.outdated = migrated.is_some();
         let json = migrated.as_deref().unwrap_or(&record.state);
         let state = guard(|| (codec.decode)(json))
@@ -353,7 +353,7 @@ fn apply<K: Process>(
             diverged(format!("the journaled message no longer decodes: {e}"))
         }
     })?;
-    let supported = crate::migration::schema_version::<K>();
+    let supported = crate::upgrade::schema_version::<K>();
     if let Some(schema) = parsed.v.filter(|&v| v > supported) {
         return Err(CallError::StateTooNew {
             key: key.clone(),

@@ -74,27 +74,43 @@
 //! writes with the shard epoch the store gave it.
 //!
 //! # Layout
-//! - `process`: the [`Process`] and [`Rejection`] traits, [`Persistence`].
-//! - `admin`: what operators do: list entities, passivate now, retry or discard dead letters.
-//! - `ctx`: [`Ctx`] and the portable [`Rng`].
-//! - `runtime`: [`Runtime`], [`Builder`], [`Handle`], [`Stats`].
-//! - `entity`: one resident entity, its mailbox and run loop.
-//! - `registry`: the table of resident entities, LRU order, passivation.
+//!
+//! From the ground floor up; a module uses only those above it (a test checks that no
+//! modules import each other in a circle).
+//! - `guard`, `clock`, `sim`, `error`: the panic guard, wall time, the simulation's hooks,
+//!   [`CallError`] and [`StartError`].
+//! - `process/`: what a kind is written against: [`Process`], [`Ctx`], [`Effect`],
+//!   [`Migration`].
+//! - `upgrade`: a stored state of an older schema version brought up to date.
+//! - `journal`: `Journal` kinds' entries, snapshots and replay; [`Snapshots`],
+//!   [`HistoryEntry`].
+//! - `registry`, `shards`, `pause`, `quarantine`, `watch`, `courier`, `due`, `histogram`:
+//!   the resident entities, the shards served, paused and quarantined entities, watchers,
+//!   the rows due soon.
 //! - `commit`: the group-commit pipeline.
+//! - `engine`: what every entity shares (storage, the pipeline, the registry, the node's
+//!   lifecycle).
+//! - `kind`: what the runtime keeps per registered kind.
+//! - `entity/`: one resident entity: its mailbox and run loop, activation, steps, failures
+//!   and held replies.
+//! - `dyn_kind`: a kind seen without its types, for calls by kind name.
 //! - `dispatch`: fires due timers, delivers messages between entities, runs effects.
-//! - `effect`: [`Effect`], [`EffectId`], [`TimerId`].
-//! - `journal`: `Journal` kinds' entries, snapshots and replay; [`Snapshots`], [`HistoryEntry`].
-//! - `kind`: per-kind bookkeeping and calls by kind name.
-//! - `error`: [`CallError`] and [`StartError`].
+//! - `builder`, `runtime`, `handle`: [`Builder`], [`Runtime`], [`Handle`]: the entry points.
+//! - `admin`, `migration`: what operators do to a running runtime; migration passes.
 
 mod admin;
+mod builder;
+mod clock;
 mod commit;
 mod courier;
-mod ctx;
 mod dispatch;
-mod effect;
+mod due;
+mod dyn_kind;
+mod engine;
 mod entity;
 mod error;
+mod guard;
+mod handle;
 mod histogram;
 mod journal;
 mod kind;
@@ -106,23 +122,25 @@ mod registry;
 mod runtime;
 mod shards;
 pub mod sim;
+mod upgrade;
 mod watch;
 
 pub use admin::{EntityInfo, Passivation};
+pub use builder::Builder;
 pub use commit::CommitStats;
 pub use courier::{Courier, Delivery, Parcel};
-pub use ctx::{Ctx, Rng};
-pub use effect::{Effect, EffectId, TimerId};
-pub use error::{CallError, JsonRejection, Overload, StartError};
+pub use error::{CallError, JsonRejection, Overload, Rejection, StartError};
+pub use handle::Handle;
 pub use histogram::Histogram;
 pub use journal::{HistoryEntry, Snapshots};
 pub use kind::KindStats;
-pub use migration::{
-    Migrate, Migration, MigrationError, MigrationReport, Progress, ReplayReport, schema_version,
-};
-pub use process::{Persistence, Process, Rejection};
+pub use migration::{Migrate, MigrationReport, Progress, ReplayReport};
+pub use process::ctx::{Ctx, Rng};
+pub use process::effect::{Effect, EffectId, TimerId};
+pub use process::{Migration, MigrationError, Persistence, Process};
 pub use quarantine::Quarantined;
-pub use runtime::{Builder, Handle, Runtime, Stats};
+pub use runtime::{Runtime, Stats};
+pub use upgrade::schema_version;
 pub use watch::{StateChange, Watch};
 
 pub use perennial_types::{EntityId, EntityKey};

@@ -1,16 +1,8 @@
-//! State versions: a kind's chain of migrations ([`Process::MIGRATIONS`]), how a stored
-//! state of an older version is brought up to date when it is read, and the operations that
-//! go through every stored entity of a kind: [`Runtime::migrate`] (write each outdated state
-//! back at the kind's version, or only report what would change) and
-//! [`Runtime::verify_replay`] (would this build activate every entity: does each state
-//! migrate and decode, does each journal replay as it ran live).
-//!
-//! Each state is stored with its schema version (`Record::schema`). Reading one of an older
-//! version runs the migrations after it on its JSON, in memory; the entity's next step
-//! writes the state back at the new version (a `Journal` kind: its next step writes a
-//! snapshot). A state of a newer version than the code knows is refused
-//! ([`CallError::StateTooNew`]), and a failing migration too
-//! ([`CallError::MigrationFailed`]): the entity is quarantined, its bytes never overwritten.
+//! Migration passes: the operations that go through every stored entity of a kind:
+//! [`Runtime::migrate`] (write each outdated state back at the kind's version, or only
+//! report what would change) and [`Runtime::verify_replay`] (would this build activate
+//! every entity: does each state migrate and decode, does each journal replay as it ran
+//! live). How one stored state is brought up to date is in `upgrade`.
 //!
 //! A migration pass rewrites an outdated entity through its own mailbox, like a message
 //! (so it is serialized with the entity's calls, fenced, and committed with the other steps
@@ -25,104 +17,9 @@ use std::time::Instant;
 use perennial_storage::EntitySummary;
 use perennial_types::{EntityId, EntityKey};
 use serde::Serialize;
-use serde_json::Value;
 
-use crate::entity::guard;
-use crate::kind::DynKind;
-use crate::{CallError, JsonRejection, Persistence, Process, Rejection, Runtime};
-
-/// One step of a kind's state history: turns the JSON of schema version N into the JSON of
-/// version N + 1. See [`Process::MIGRATIONS`].
-pub type Migration = fn(Value) -> Result<Value, MigrationError>;
-
-/// Why a [`Migration`] could not migrate a state. The entity is then quarantined with
-/// [`CallError::MigrationFailed`], and its stored bytes are left as they are.
-///
-/// ```
-/// use perennial_core::MigrationError;
-/// use serde_json::Value;
-///
-/// fn rename_owner(mut state: Value) -> Result<Value, MigrationError> {
-///     let owner = state["owner"].take();
-///     if owner.is_null() {
-///         return Err(MigrationError::new("the state has no owner"));
-///     }
-///     state["account"] = owner;
-///     Ok(state)
-/// }
-/// assert!(rename_owner(serde_json::json!({})).is_err());
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct MigrationError(String);
-
-impl MigrationError {
-    /// A migration error explained by `reason`.
-    pub fn new(reason: impl Into<String>) -> Self {
-        Self(reason.into())
-    }
-}
-
-impl From<serde_json::Error> for MigrationError {
-    fn from(e: serde_json::Error) -> Self {
-        Self(e.to_string())
-    }
-}
-
-/// The schema version of `K`'s state in this build: one more than the number of its
-/// [`Process::MIGRATIONS`].
-pub fn schema_version<K: Process>() -> u32 {
-    u32::try_from(K::MIGRATIONS.len())
-        .unwrap_or(u32::MAX - 1)
-        .saturating_add(1)
-}
-
-/// Brings a stored state of schema version `schema` up to `K`'s version: `None` if it is
-/// already there, else the migrated JSON.
-pub(crate) fn upgrade<K: Process>(
-    key: &EntityKey,
-    schema: u32,
-    json: &str,
-) -> Result<Option<String>, CallError> {
-    let supported = schema_version::<K>();
-    if schema == supported {
-        return Ok(None);
-    }
-    if schema > supported {
-        return Err(CallError::StateTooNew {
-            key: key.clone(),
-            schema,
-            supported,
-        });
-    }
-    if schema == 0 {
-        return Err(CallError::CorruptState {
-            key: key.clone(),
-            detail: "the state has schema version 0; versions start at 1".into(),
-        });
-    }
-    let mut value: Value = serde_json::from_str(json).map_err(|e| CallError::CorruptState {
-        key: key.clone(),
-        detail: format!("the stored state is not JSON: {e}"),
-    })?;
-    for (from, migration) in (schema..).zip(&K::MIGRATIONS[schema as usize - 1..]) {
-        let failed = |detail: String| CallError::MigrationFailed {
-            key: key.clone(),
-            from,
-            detail,
-        };
-        value = guard(|| migration(value))
-            .map_err(|panic| failed(format!("the migration panicked: {panic}")))?
-            .map_err(|e| failed(e.to_string()))?;
-    }
-    serde_json::to_string(&value)
-        .map(Some)
-        .map_err(|e| CallError::MigrationFailed {
-            key: key.clone(),
-            from: supported - 1,
-            detail: format!("the migrated state cannot be encoded: {e}"),
-        })
-}
+use crate::dyn_kind::DynKind;
+use crate::{CallError, JsonRejection, Persistence, Rejection, Runtime};
 
 /// What a pass over a kind's entities should do. See [`Runtime::migrate`].
 ///
@@ -283,7 +180,7 @@ enum Action {
 impl Runtime {
     /// Goes through every stored entity of `kind`, in id order, and writes back each state
     /// stored at an older schema version at the kind's version (see
-    /// [`Process::MIGRATIONS`]), while the node serves its calls: each rewrite goes through
+    /// [`Process::MIGRATIONS`](crate::Process::MIGRATIONS)), while the node serves its calls: each rewrite goes through
     /// the entity's mailbox like a message, `plan.batch` at a time, and the entities it
     /// activated are passivated again. Entities already up to date are skipped, so a pass
     /// interrupted by a crash is resumed by running it again. `progress` is updated as it
@@ -489,7 +386,7 @@ impl Runtime {
             kind: dynamic.index(),
             id: id.clone(),
         };
-        let registry = &self.shared.core.registry;
+        let registry = &self.shared.engine.registry;
         let resident = registry.contains(&key);
         let result = Arc::clone(dynamic).rewrite(id.clone(), snapshot).await;
         if !resident {
@@ -500,7 +397,7 @@ impl Runtime {
 
     /// How many entities `kind` has in storage.
     async fn count_stored(&self, kind: &str) -> Result<u64, CallError> {
-        let store = &self.shared.core.store;
+        let store = &self.shared.engine.store;
         store.count(kind).await.map_err(CallError::Store)
     }
 }
@@ -516,7 +413,7 @@ struct Pages<'a> {
 
 impl<'a> Pages<'a> {
     fn new(rt: &'a Runtime, kind: &'a str, limit: usize) -> Self {
-        let store = &*rt.shared.core.store;
+        let store = &*rt.shared.engine.store;
         Self {
             store,
             kind,
@@ -555,80 +452,5 @@ impl Failure {
             code: error.code().to_owned(),
             error: error.to_string(),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::Ctx;
-    use serde_json::json;
-
-    #[derive(Default)]
-    struct Kind;
-
-    fn add_b(mut v: Value) -> Result<Value, MigrationError> {
-        v["b"] = json!(2);
-        Ok(v)
-    }
-
-    fn refuse_odd(v: Value) -> Result<Value, MigrationError> {
-        if v["a"].as_i64().is_some_and(|a| a % 2 == 1) {
-            return Err(MigrationError::new("a is odd"));
-        }
-        Ok(v)
-    }
-
-    impl Process for Kind {
-        const KIND: &'static str = "kind";
-        const MIGRATIONS: &'static [Migration] = &[add_b, refuse_odd];
-        type Msg = ();
-        type Reply = ();
-        type Error = std::convert::Infallible;
-        fn handle(&mut self, (): (), _: &mut Ctx<'_, Self>) -> Result<(), Self::Error> {
-            Ok(())
-        }
-    }
-
-    fn key() -> EntityKey {
-        EntityKey::new("kind", EntityId::new("e").unwrap())
-    }
-
-    #[test]
-    fn upgrades_run_the_migrations_after_the_stored_version() {
-        assert_eq!(schema_version::<Kind>(), 3);
-        let from_1 = upgrade::<Kind>(&key(), 1, r#"{"a":2}"#).unwrap().unwrap();
-        assert_eq!(from_1, r#"{"a":2,"b":2}"#);
-        // From version 2, only the second migration runs.
-        let from_2 = upgrade::<Kind>(&key(), 2, r#"{"a":4}"#).unwrap().unwrap();
-        assert_eq!(from_2, r#"{"a":4}"#);
-        assert_eq!(upgrade::<Kind>(&key(), 3, "not even read").unwrap(), None);
-    }
-
-    #[test]
-    fn refusals_name_the_entity_and_the_version() {
-        let failed = upgrade::<Kind>(&key(), 1, r#"{"a":3}"#).unwrap_err();
-        assert!(
-            matches!(&failed, CallError::MigrationFailed { from: 2, detail, .. } if detail == "a is odd"),
-            "{failed:?}"
-        );
-        assert!(failed.to_string().contains("kind/e"), "{failed}");
-        let newer = upgrade::<Kind>(&key(), 4, "{}").unwrap_err();
-        assert!(matches!(
-            newer,
-            CallError::StateTooNew {
-                schema: 4,
-                supported: 3,
-                ..
-            }
-        ));
-        assert!(matches!(
-            upgrade::<Kind>(&key(), 1, "{oops").unwrap_err(),
-            CallError::CorruptState { .. }
-        ));
-        assert!(matches!(
-            upgrade::<Kind>(&key(), 0, "{}").unwrap_err(),
-            CallError::CorruptState { .. }
-        ));
     }
 }

@@ -60,7 +60,7 @@ impl Quarantine {
         }
         tracing::error!(entity = %key, code, %reason,
             "entity quarantined: its stored bytes are kept as they are until it is released");
-        let since_ms = crate::ctx::now_ms();
+        let since_ms = crate::clock::now_ms();
         entries.insert(
             key.clone(),
             Quarantined {

@@ -59,7 +59,7 @@ use serde_json::{Value, json};
 use crate::AppState;
 use crate::cluster::Here;
 use crate::error::ApiError;
-use crate::forward::Request;
+use crate::forward::{AdminOp, Request};
 
 /// The most entities one page lists.
 const MAX_PAGE: usize = 1000;
@@ -476,36 +476,6 @@ async fn discard(
 ) -> Result<Response, ApiError> {
     let Path(seq) = seq.map_err(ApiError::from_path)?;
     AdminOp::Discard { seq }.run_where_served(&state).await
-}
-
-/// An operator's request that only the node serving the entity can carry out; in a cluster,
-/// another node forwards it there.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) enum AdminOp {
-    Pause {
-        kind: String,
-        id: String,
-    },
-    Resume {
-        kind: String,
-        id: String,
-    },
-    Passivate {
-        kind: String,
-        id: String,
-    },
-    /// Retry dead letter `seq`: its entity's node applies it.
-    Retry {
-        seq: u64,
-    },
-    Discard {
-        seq: u64,
-    },
-    /// Release a quarantined entity (added last: the wire format numbers the variants).
-    Release {
-        kind: String,
-        id: String,
-    },
 }
 
 impl AdminOp {

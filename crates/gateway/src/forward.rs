@@ -38,6 +38,36 @@ const MAX_BATCH: usize = 512;
 /// Bytes of messages in one request at most (one call over it goes alone).
 pub(crate) const MAX_BATCH_BYTES: usize = 8 << 20;
 
+/// An operator's request that only the node serving the entity can carry out; in a cluster,
+/// another node forwards it there.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum AdminOp {
+    Pause {
+        kind: String,
+        id: String,
+    },
+    Resume {
+        kind: String,
+        id: String,
+    },
+    Passivate {
+        kind: String,
+        id: String,
+    },
+    /// Retry dead letter `seq`: its entity's node applies it.
+    Retry {
+        seq: u64,
+    },
+    Discard {
+        seq: u64,
+    },
+    /// Release a quarantined entity (added last: the wire format numbers the variants).
+    Release {
+        kind: String,
+        id: String,
+    },
+}
+
 /// What one node asks another to run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum Request {
@@ -50,7 +80,7 @@ pub(crate) enum Request {
         body: Vec<u8>,
     },
     /// An operator's request about an entity the receiving node serves.
-    Admin(crate::admin::AdminOp),
+    Admin(AdminOp),
     /// A message row of an entity of the sending node, for an entity of the receiving one.
     Deliver {
         owner_kind: String,

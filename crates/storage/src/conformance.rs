@@ -5,6 +5,9 @@
 //! temporary directory). The macro expands to one `#[tokio::test]` per case, so a failure
 //! names the case.
 
+// Long file: the whole contract a store must meet, case after case, read as one checklist;
+// each case is short and stands alone.
+
 use std::sync::Arc;
 
 use perennial_types::{EntityId, EntityKey, Epoch, SHARDS, ShardId, shard_of};

@@ -1,5 +1,8 @@
 //! The table and its rules: seating, the button and blinds, betting rounds, showdown and payouts.
 
+// Long file: the rules of one hand of poker, from seating to payouts, in the order a hand is
+// played; they share the table's state at every step.
+
 use serde::{Deserialize, Serialize};
 
 use super::cards::{Card, shuffled_deck};

@@ -10,7 +10,8 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{SeedableRng, TryRng};
 
 use crate::Process;
-use crate::effect::{Effect, EffectId, TimerId};
+use crate::clock::{now_us, time_of};
+use crate::process::effect::{Effect, EffectId, TimerId};
 
 /// The context of one step: the entity's id, the time the step started, randomness and ids.
 ///
@@ -337,31 +338,6 @@ impl<'a, K: Process> Ctx<'a, K> {
             body,
         });
         seq
-    }
-}
-
-/// Now, in microseconds since the Unix epoch (what a step's time is recorded as).
-pub(crate) fn now_us() -> i64 {
-    if let Some(since) = crate::sim::since_epoch() {
-        return i64::try_from(since.as_micros()).unwrap_or(i64::MAX);
-    }
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-}
-
-/// Now, in milliseconds since the Unix epoch (the clock of timers).
-pub(crate) fn now_ms() -> i64 {
-    now_us() / 1000
-}
-
-/// The time `us` microseconds after the Unix epoch (before it, if negative).
-pub(crate) fn time_of(us: i64) -> SystemTime {
-    let offset = std::time::Duration::from_micros(us.unsigned_abs());
-    if us >= 0 {
-        SystemTime::UNIX_EPOCH + offset
-    } else {
-        SystemTime::UNIX_EPOCH - offset
     }
 }
 

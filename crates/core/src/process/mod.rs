@@ -1,11 +1,18 @@
-//! The [`Process`] trait: what a user writes to define a kind of entity.
+//! What a kind of entity is written against: the [`Process`] trait, with its [`Persistence`]
+//! and its state [`Migration`]s; the context a step runs in (`ctx`: [`Ctx`],
+//! [`Rng`](crate::Rng)); and effects (`effect`: [`Effect`](crate::Effect)). These name one
+//! another in their signatures, so they live together, below the runtime that runs them.
+
+pub(crate) mod ctx;
+pub(crate) mod effect;
 
 use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
-use crate::{Ctx, Migration};
+use crate::{Ctx, Rejection};
 
 /// A kind of persistent process: its state is `Self`, it handles [`Msg`](Process::Msg)s one
 /// at a time, and it answers each with a [`Reply`](Process::Reply) or a
@@ -182,22 +189,6 @@ pub trait Process: Default + Send + 'static {
     }
 }
 
-/// An error a handler returns to refuse a message. See [`Process::Error`].
-///
-/// The [`code`](Rejection::code) is a short, stable, `snake_case` name that clients can
-/// match on (the HTTP gateway sends it as `error.code`); the `Display` text explains it
-/// to a person.
-pub trait Rejection: std::error::Error + Send + Sync + 'static {
-    /// A stable, machine-readable name for this error, such as `"not_your_turn"`.
-    fn code(&self) -> &str;
-}
-
-impl Rejection for std::convert::Infallible {
-    fn code(&self) -> &str {
-        match *self {}
-    }
-}
-
 /// How a kind keeps its state. Chosen when the kind is registered with the runtime. Its JSON
 /// is its name in lower case (`"snapshot"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -213,4 +204,42 @@ pub enum Persistence {
     /// The state lives in memory only. A panic restores the state from before the message,
     /// but a restart or a passivation loses it.
     Ephemeral,
+}
+
+/// One step of a kind's state history: turns the JSON of schema version N into the JSON of
+/// version N + 1. See [`Process::MIGRATIONS`].
+pub type Migration = fn(Value) -> Result<Value, MigrationError>;
+
+/// Why a [`Migration`] could not migrate a state. The entity is then quarantined with
+/// [`CallError::MigrationFailed`](crate::CallError::MigrationFailed), and its stored bytes are left as they are.
+///
+/// ```
+/// use perennial_core::MigrationError;
+/// use serde_json::Value;
+///
+/// fn rename_owner(mut state: Value) -> Result<Value, MigrationError> {
+///     let owner = state["owner"].take();
+///     if owner.is_null() {
+///         return Err(MigrationError::new("the state has no owner"));
+///     }
+///     state["account"] = owner;
+///     Ok(state)
+/// }
+/// assert!(rename_owner(serde_json::json!({})).is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct MigrationError(String);
+
+impl MigrationError {
+    /// A migration error explained by `reason`.
+    pub fn new(reason: impl Into<String>) -> Self {
+        Self(reason.into())
+    }
+}
+
+impl From<serde_json::Error> for MigrationError {
+    fn from(e: serde_json::Error) -> Self {
+        Self(e.to_string())
+    }
 }

@@ -1,0 +1,429 @@
+//! [`Builder`]: what a [`Runtime`] hosts (kinds, effects, a store) and how it is tuned, and
+//! `start`, which makes the engine, registers the kinds and starts the background work.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use std::time::Duration;
+
+use perennial_storage::Store;
+use perennial_types::{SHARDS, ShardId};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::commit::Committer;
+use crate::dispatch::{self, Kinds};
+use crate::dyn_kind::DynKind;
+use crate::engine::{Config, Engine, Parts};
+use crate::journal::{SnapshotCodec, Snapshots};
+use crate::kind::{Counters, KindRt, Mode};
+use crate::process::effect::{Effect, EffectRunner};
+use crate::registry::Limits;
+use crate::runtime::Tasks;
+use crate::shards::Shards;
+use crate::{Process, Runtime, StartError};
+
+type Registration = (
+    &'static str,
+    Box<dyn FnOnce(&Arc<Engine>, u16) -> RegisteredKind + Send>,
+);
+
+struct RegisteredKind {
+    name: &'static str,
+    type_id: TypeId,
+    typed: Arc<dyn Any + Send + Sync>,
+    dynamic: Arc<dyn DynKind>,
+}
+
+/// Configures and starts a [`Runtime`].
+///
+/// ```
+/// # use perennial_core::{Ctx, Process, Runtime};
+/// # use perennial_storage::MemoryStore;
+/// # #[derive(Default, serde::Serialize, serde::Deserialize)]
+/// # struct Counter { value: i64 }
+/// # impl Process for Counter {
+/// #     const KIND: &'static str = "counter";
+/// #     type Msg = i64;
+/// #     type Reply = i64;
+/// #     type Error = std::convert::Infallible;
+/// #     fn handle(&mut self, n: i64, _: &mut Ctx<'_, Self>) -> Result<i64, Self::Error> {
+/// #         self.value += n;
+/// #         Ok(self.value)
+/// #     }
+/// # }
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let rt = Runtime::builder()
+///     .store(MemoryStore::new())
+///     .register::<Counter>()
+///     .max_resident(100_000)
+///     .start()
+///     .await?;
+/// assert_eq!(rt.get::<Counter>("c1").call(5).await?, 5);
+/// rt.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
+#[must_use = "a builder does nothing until `start` is called"]
+pub struct Builder {
+    store: Option<Arc<dyn Store>>,
+    registrations: Vec<Registration>,
+    effects: HashMap<(&'static str, &'static str), EffectRunner>,
+    config: Config,
+    limits: Limits,
+    node: String,
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("store", &self.store)
+            .field("kinds", &self.registrations.len())
+            .field("effects", &self.effects.len())
+            .field("config", &self.config)
+            .field("limits", &self.limits)
+            .field("node", &self.node)
+            .finish()
+    }
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self {
+            store: None,
+            registrations: Vec::new(),
+            effects: HashMap::new(),
+            config: Config {
+                mailbox_capacity: 1024,
+                max_inflight: 100_000,
+                max_attempts: 3,
+                passivation_interval: Duration::from_secs(1),
+                reply_window: Duration::from_secs(24 * 60 * 60),
+                reply_expiry_interval: Duration::from_secs(60),
+            },
+            limits: Limits {
+                max_entities: 1_000_000,
+                max_bytes: 1 << 30,
+            },
+            node: "node".to_owned(),
+        }
+    }
+}
+
+impl Runtime {
+    /// A builder for a runtime.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+}
+
+impl Builder {
+    /// The store that holds the entities' state. Required.
+    pub fn store(mut self, store: impl Store) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// Registers a kind whose state is written after each step (`Persistence::Snapshot`).
+    pub fn register<K>(self) -> Self
+    where
+        K: Process + Serialize + DeserializeOwned,
+    {
+        self.add::<K>(Mode::Snapshot {
+            encode: |state| serde_json::to_string(state),
+            decode: |json| serde_json::from_str(json),
+        })
+    }
+
+    /// Registers a kind whose steps are journaled (`Persistence::Journal`): the state needs
+    /// no serde at all (it may hold closures, `Rc`, trait objects), and activation rebuilds
+    /// it by replaying the whole journal through [`Process::handle`].
+    ///
+    /// ```
+    /// use perennial_core::{Ctx, Process, Runtime};
+    /// use perennial_storage::MemoryStore;
+    ///
+    /// /// Keeps a scoring rule, a closure chosen by the first message.
+    /// #[derive(Default)]
+    /// struct Scorer {
+    ///     rule: Option<Box<dyn Fn(u32) -> u32 + Send>>,
+    /// }
+    ///
+    /// impl Process for Scorer {
+    ///     const KIND: &'static str = "scorer";
+    ///     type Msg = u32;
+    ///     type Reply = u32;
+    ///     type Error = std::convert::Infallible;
+    ///
+    ///     fn handle(&mut self, n: u32, _ctx: &mut Ctx<'_, Self>) -> Result<u32, Self::Error> {
+    ///         let rule = self.rule.get_or_insert_with(|| Box::new(move |x| x * n));
+    ///         Ok(rule(10))
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = MemoryStore::new();
+    /// let rt = Runtime::builder()
+    ///     .store(store.clone())
+    ///     .register_journal::<Scorer>()
+    ///     .start()
+    ///     .await?;
+    /// assert_eq!(rt.get::<Scorer>("s1").call(3).await?, 30);
+    /// rt.shutdown().await;
+    ///
+    /// // A new runtime on the same store rebuilds the closure by replaying the journal.
+    /// let rt = Runtime::builder()
+    ///     .store(store)
+    ///     .register_journal::<Scorer>()
+    ///     .start()
+    ///     .await?;
+    /// assert_eq!(rt.get::<Scorer>("s1").call(5).await?, 30);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn register_journal<K: Process>(self) -> Self {
+        self.add::<K>(Mode::Journal { snapshots: None })
+    }
+
+    /// Registers a `Journal` kind whose state is serializable, so that a snapshot every
+    /// few steps (see [`Snapshots`]) cuts replay: activation replays only the steps after the
+    /// latest snapshot, and past states can be computed ([`Runtime::state_at`]).
+    pub fn register_journal_with_snapshots<K>(self, snapshots: Snapshots) -> Self
+    where
+        K: Process + Serialize + DeserializeOwned,
+    {
+        self.add::<K>(Mode::Journal {
+            snapshots: Some(SnapshotCodec {
+                policy: snapshots,
+                encode: |state| serde_json::to_string(state),
+                decode: |json| serde_json::from_str(json),
+            }),
+        })
+    }
+
+    /// Registers a kind whose state lives in memory only (`Persistence::Ephemeral`): a
+    /// panicking step is rolled back from a copy taken before it, but a restart or a
+    /// passivation loses the state.
+    pub fn register_ephemeral<K>(self) -> Self
+    where
+        K: Process + Clone,
+    {
+        self.add::<K>(Mode::Ephemeral { clone: K::clone })
+    }
+
+    /// Registers an effect type (see [`Effect`]), so that the entities of its kind can start
+    /// it with [`Ctx::effect`](crate::Ctx::effect), and so that one a crash interrupted runs
+    /// again after the restart. A step that starts an unregistered effect fails like a panic.
+    pub fn register_effect<E: Effect>(mut self) -> Self {
+        self.effects.insert(
+            (E::Kind::KIND, E::NAME),
+            crate::process::effect::runner::<E>,
+        );
+        self
+    }
+
+    /// How long the reply to a call with an idempotency key is kept, so that a retry gets it
+    /// again instead of applying the message twice ([`Handle::call_idempotent`](crate::Handle::call_idempotent)). Older
+    /// replies are deleted in the background. Default: 24 hours.
+    pub fn idempotency_window(mut self, window: Duration) -> Self {
+        self.config.reply_window = window;
+        self.config.reply_expiry_interval =
+            (window / 10).clamp(Duration::from_millis(10), Duration::from_secs(60));
+        self
+    }
+
+    fn add<K: Process>(mut self, mode: Mode<K>) -> Self {
+        self.registrations.push((
+            K::KIND,
+            Box::new(move |engine: &Arc<Engine>, index: u16| {
+                let kind = Arc::new(KindRt::<K> {
+                    name: Arc::from(K::KIND),
+                    index,
+                    mode,
+                    counters: Counters::default(),
+                    engine: Arc::clone(engine),
+                });
+                RegisteredKind {
+                    name: K::KIND,
+                    type_id: TypeId::of::<K>(),
+                    typed: Arc::clone(&kind) as Arc<dyn Any + Send + Sync>,
+                    dynamic: kind,
+                }
+            }),
+        ));
+        self
+    }
+
+    /// At most this many entities stay resident; beyond it, idle ones are passivated,
+    /// least recently used first. Default: 1,000,000.
+    pub fn max_resident(mut self, entities: usize) -> Self {
+        self.limits.max_entities = entities;
+        self
+    }
+
+    /// At most this many bytes of state (the size of each entity's last committed state)
+    /// stay resident; beyond it, idle entities are passivated. Default: 1 GiB.
+    pub fn max_resident_bytes(mut self, bytes: usize) -> Self {
+        self.limits.max_bytes = bytes;
+        self
+    }
+
+    /// At most this many messages wait in one entity's mailbox; more are refused with
+    /// [`CallError::Overloaded`](crate::CallError::Overloaded). Default: 1024.
+    pub fn mailbox_capacity(mut self, messages: usize) -> Self {
+        self.config.mailbox_capacity = messages.max(1);
+        self
+    }
+
+    /// At most this many calls are in flight in the node; more are refused with
+    /// [`CallError::Overloaded`](crate::CallError::Overloaded). Default: 100,000.
+    pub fn max_inflight(mut self, calls: usize) -> Self {
+        self.config.max_inflight = calls.max(1);
+        self
+    }
+
+    /// After this many consecutive panics of the same message at an entity, the message is
+    /// set aside as a dead letter. Default: 3.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.config.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// How often idle entities are looked for. Default: one second.
+    pub fn passivation_interval(mut self, interval: Duration) -> Self {
+        self.config.passivation_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The name this node claims the store's shards under. Default: `"node"`.
+    pub fn node_name(mut self, name: impl Into<String>) -> Self {
+        self.node = name.into();
+        self
+    }
+
+    /// Claims every shard of the store with a new epoch (fencing out any earlier writer) and
+    /// starts the runtime's tasks, serving every shard for as long as it runs. Must be called
+    /// inside a Tokio runtime.
+    pub async fn start(self) -> Result<Runtime, StartError> {
+        let store = self.store.clone().ok_or(StartError::NoStore)?;
+        let shards: Vec<ShardId> = (0..SHARDS).map(ShardId).collect();
+        let epoch = store.claim(&self.node, &shards).await?;
+        let paused = store.paused().await?;
+        self.launch(store, Some(crate::shards::Shards::all(epoch)), paused)
+    }
+
+    /// Starts the runtime's tasks serving no shard: a cluster's lease manager grants shards
+    /// as it acquires their leases ([`Runtime::serve`]) and takes them back
+    /// ([`Runtime::hand_off`]). Until then, calls fail with [`CallError::NotOwner`](crate::CallError::NotOwner).
+    pub async fn start_unclaimed(self) -> Result<Runtime, StartError> {
+        let store = self.store.clone().ok_or(StartError::NoStore)?;
+        let paused = store.paused().await?;
+        self.launch(store, Some(crate::shards::Shards::none()), paused)
+    }
+
+    /// Starts a runtime that reads the store and never writes to it: it claims no shard, so
+    /// a running node keeps its shards, and any step this runtime computed would be fenced.
+    /// For tools that read history and past states ([`Runtime::state_at`]) with the kinds'
+    /// own code.
+    pub async fn start_read_only(self) -> Result<Runtime, StartError> {
+        let store = self.store.clone().ok_or(StartError::NoStore)?;
+        let paused = store.paused().await?;
+        self.launch(store, None, paused)
+    }
+
+    /// Starts the tasks; `shards` is `None` for a read-only runtime.
+    fn launch(
+        self,
+        store: Arc<dyn Store>,
+        shards: Option<crate::shards::Shards>,
+        paused: Vec<perennial_types::EntityKey>,
+    ) -> Result<Runtime, StartError> {
+        let writes = shards.is_some();
+        let mut names = std::collections::HashSet::new();
+        let kind_names = self.registrations.iter().map(|(name, _)| *name).collect();
+        let engine = Arc::new(Engine::new(Parts {
+            store: Arc::clone(&store),
+            shards: shards.unwrap_or_else(Shards::none),
+            config: self.config,
+            limits: self.limits,
+            effects: self.effects,
+            kind_names,
+            paused,
+        }));
+        let committer = Arc::clone(&engine.committer);
+        let mut by_name = HashMap::new();
+        let mut by_type = HashMap::new();
+        for (index, (_, register)) in self.registrations.into_iter().enumerate() {
+            let index = u16::try_from(index).unwrap_or(u16::MAX);
+            let kind = register(&engine, index);
+            if !names.insert(kind.name) {
+                return Err(StartError::DuplicateKind(kind.name));
+            }
+            by_name.insert(kind.name, kind.dynamic);
+            by_type.insert(kind.type_id, kind.typed);
+        }
+        let committer_thread = spawn_committer(committer, store)?;
+        let sweeper_task = tokio::spawn(sweep(Arc::clone(&engine)));
+        // A read-only runtime owns no shard: another node delivers its timers.
+        let dispatcher_task = writes.then(|| {
+            let kinds: Arc<Kinds> = Arc::new(by_name.clone());
+            tokio::spawn(dispatch::run(Arc::clone(&engine), kinds))
+        });
+        tracing::info!(node = %self.node, kinds = by_name.len(), "runtime started");
+        let tasks = Tasks {
+            committer: committer_thread,
+            sweeper: sweeper_task,
+            dispatcher: dispatcher_task,
+        };
+        Ok(Runtime::new(engine, by_name, by_type, tasks))
+    }
+}
+
+/// Starts the committer's thread (or task, in a simulation); the receiver completes when it
+/// has stopped.
+fn spawn_committer(
+    committer: Arc<Committer>,
+    store: Arc<dyn Store>,
+) -> Result<tokio::sync::oneshot::Receiver<()>, StartError> {
+    let (stopped, on_stop) = tokio::sync::oneshot::channel();
+    if committer.is_task() {
+        // A simulation runs on one thread, and a thread of the committer's own would run
+        // beside it, out of its control.
+        tokio::spawn(async move {
+            committer.run_as_task(&*store).await;
+            let _ = stopped.send(());
+        });
+        return Ok(on_stop);
+    }
+    let releaser = tokio::runtime::Handle::current();
+    // `start` runs inside the runtime, so `current` cannot fail here.
+    std::thread::Builder::new()
+        .name("perennial-committer".into())
+        .spawn(move || {
+            committer.run(&*store, &releaser);
+            let _ = stopped.send(());
+        })
+        .map_err(|e| {
+            StartError::Storage(perennial_storage::Error::Io(format!(
+                "cannot start the committer thread: {e}"
+            )))
+        })?;
+    Ok(on_stop)
+}
+
+/// Passivates idle entities every `passivation_interval` until the runtime closes.
+async fn sweep(engine: Arc<Engine>) {
+    let mut tick = tokio::time::interval(engine.config.passivation_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if engine.is_closing() {
+            return;
+        }
+        engine.registry.sweep(engine.now_ms());
+    }
+}

@@ -1,0 +1,361 @@
+//! One resident entity: its mailbox, its run loop, and how its steps reach storage.
+//!
+//! An entity is a [`Cell`] in the registry. A message is pushed into the cell's mailbox; if no
+//! task is running the cell, one is spawned. The task loads the state if needed, then handles
+//! queued messages one at a time. Each successful step of a `Snapshot` kind is encoded and
+//! submitted to the commit pipeline, and its reply is **held** in the cell until the pipeline
+//! reports the step durable (output gating): the entity goes on to its next message without
+//! waiting for the fsync, but no reply leaves early.
+//!
+//! A successful step of a `Journal` kind submits its journal entry instead (see
+//! [`crate::journal`]), with a snapshot every few steps if the kind takes them; its reply is
+//! held the same way.
+//!
+//! A step that returns `Err` or panics is rolled back to the state after the previous step:
+//! from a copy (`Ephemeral`), by decoding the last state (`Snapshot`), or by replaying the
+//! journal once the steps in flight are durable (`Journal`).
+//! If a batch fails, the cell's incarnation changes: every held reply fails, every queued
+//! step of the old incarnation is dropped by the pipeline, and the state is reloaded from
+//! storage before the next message.
+//!
+//! # Layout
+//! - `mailbox`: how a message comes in ([`Via`]), the mailbox and the run loop, and whether
+//!   this node may run the entity's messages now.
+//! - `activation`: loading or creating the state.
+//! - `step`: one message handled, and what it keeps: the state, a journal entry, its timers,
+//!   messages and effects.
+//! - `failure`: a step that fails: rollback, and dead letters for a message that keeps
+//!   failing.
+//! - `reply`: where an outcome goes, and the replies held until their step is durable.
+
+mod activation;
+mod failure;
+mod mailbox;
+mod reply;
+mod step;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use perennial_types::{EntityId, EntityKey, Epoch, ShardId};
+use tokio::sync::oneshot;
+
+use crate::commit::Failure;
+use crate::courier::Delivery;
+use crate::due::RowId;
+use crate::guard::guard;
+use crate::journal::InitRecord;
+use crate::kind::KindRt;
+use crate::registry::{Key, Passivated, Resident};
+use crate::{CallError, Ctx, Process};
+
+pub(crate) use activation::decode_record;
+use failure::Attempts;
+pub(crate) use mailbox::Via;
+use mailbox::{Envelope, deliver};
+pub(crate) use reply::Reply;
+use reply::{Held, ReplyTo};
+
+/// Where the entity's state is.
+enum Slot<K> {
+    /// Not in memory: the next run loads it from storage.
+    Unloaded,
+    /// In memory, between runs.
+    Ready(K),
+    /// Taken by the running task.
+    Busy,
+}
+
+struct Inner<K: Process> {
+    state: Slot<K>,
+    /// Whether a task is running this cell (or about to).
+    scheduled: bool,
+    mailbox: VecDeque<Envelope<K>>,
+    /// Replies waiting for durability, in step order.
+    held: VecDeque<Held<K>>,
+    /// The version of the latest step, durable or not.
+    seq: u64,
+    /// The version known to be durable.
+    durable: u64,
+    /// `Snapshot` kinds: the state after step `seq`, to roll back to.
+    last_json: Option<Arc<str>>,
+    /// `Journal` kinds: the step the latest snapshot covers.
+    snapshot_step: u64,
+    /// Whether storage holds the state (or snapshot) at an older schema version: the next
+    /// step writes it back (a `Journal` kind, as a snapshot), even if it changed nothing.
+    outdated: bool,
+    /// `Journal` kinds: what `init` was handed, until the first step records it.
+    init: Option<Box<InitRecord>>,
+    /// Why the steps of the previous incarnation were lost, for replies computed from them.
+    /// Boxed: it is almost always empty, and every resident entity carries the field.
+    lost: Option<Box<Failure>>,
+    /// Consecutive failures of messages, to dead-letter one that keeps failing.
+    failures: Vec<Attempts>,
+    /// The bytes this entity is accounted for in the registry.
+    bytes: usize,
+    /// What only entities that use idempotency keys or cancel timers need; boxed, since
+    /// every resident entity carries the field.
+    keys: Option<Box<Keys>>,
+}
+
+/// An entity's kept replies and pending cancels.
+#[derive(Default)]
+struct Keys {
+    /// Replies kept for idempotency keys, known to this activation (a cache of storage).
+    replies: HashMap<Box<str>, Arc<str>>,
+    /// Timers cancelled by steps not yet durable: `(step, timer)`. Once durable, the
+    /// dispatcher knows them.
+    cancelled: Vec<(u64, u64)>,
+}
+
+impl<K: Process> Inner<K> {
+    fn keys(&mut self) -> &mut Keys {
+        self.keys.get_or_insert_with(Box::default)
+    }
+
+    fn kept_reply(&self, key: &str) -> Option<Arc<str>> {
+        if perennial_faults::sabotaged(perennial_faults::Sabotage::NoDedup) {
+            return None;
+        }
+        self.keys.as_ref()?.replies.get(key).cloned()
+    }
+
+    fn is_cancelled(&self, timer: u64) -> bool {
+        self.keys
+            .as_ref()
+            .is_some_and(|k| k.cancelled.iter().any(|(_, t)| *t == timer))
+    }
+}
+
+/// At most this many kept replies are cached per entity; beyond, the cache is emptied (a
+/// miss asks storage, once the entity's steps are durable).
+const CACHED_REPLIES: usize = 256;
+
+/// One resident entity.
+pub(crate) struct Cell<K: Process> {
+    kind: Arc<KindRt<K>>,
+    id: EntityId,
+    shard: ShardId,
+    /// The epoch of the shard when the entity was activated: its writes name it, so a node
+    /// that lost the shard since has them fenced.
+    epoch: AtomicU64,
+    /// Changes when a batch with this entity's steps fails; see the module docs.
+    incarnation: AtomicU32,
+    /// When the entity may be passivated, in milliseconds of the runtime's clock.
+    deadline: AtomicU64,
+    inner: Mutex<Inner<K>>,
+}
+
+/// Whether the state in a cell's memory may answer now (see [`Cell::serving`]).
+enum Serving {
+    /// This node serves the shard under the epoch the state was loaded under: nobody else
+    /// can have written since.
+    Current,
+    /// This node does not serve the shard now.
+    NotServed,
+    /// This node serves the shard again, under a newer epoch: the state must be loaded again.
+    NewerEpoch,
+}
+
+/// Sends a message to an entity and waits for its reply.
+pub(crate) async fn call<K: Process>(
+    kind: &Arc<KindRt<K>>,
+    id: &EntityId,
+    msg: K::Msg,
+    via: Via,
+) -> Reply<K> {
+    ask(kind, id, (Some(msg), via), ReplyTo::Caller).await
+}
+
+/// Sends a message to an entity and waits for its reply as JSON.
+pub(crate) async fn call_json<K: Process>(
+    kind: &Arc<KindRt<K>>,
+    id: &EntityId,
+    msg: K::Msg,
+    via: Via,
+) -> Result<String, CallError<K::Error>> {
+    ask(kind, id, (Some(msg), via), ReplyTo::Json).await
+}
+
+/// Writes the entity's stored state back at its kind's schema version, through its mailbox
+/// (so after the messages before it, and before those after it); with `snapshot`, also
+/// snapshots a `Journal` entity whose journal goes beyond its latest snapshot. Completes
+/// once the write is durable: with whether anything was written.
+pub(crate) async fn rewrite<K: Process>(
+    kind: &Arc<KindRt<K>>,
+    id: &EntityId,
+    snapshot: bool,
+) -> Result<bool, CallError<K::Error>> {
+    let via = Via::Rewrite { snapshot };
+    ask(kind, id, (None, via), ReplyTo::Rewrite).await
+}
+
+/// Where the answer to a call of kind `K` goes, as a `T`.
+type Answering<K, T> = oneshot::Sender<Result<T, CallError<<K as Process>::Error>>>;
+
+/// Admits a call, puts `msg` in the entity's mailbox with a reply of the form `reply_to`
+/// makes, and waits for the answer.
+async fn ask<K: Process, T>(
+    kind: &Arc<KindRt<K>>,
+    id: &EntityId,
+    (msg, via): (Option<K::Msg>, Via),
+    reply_to: fn(Answering<K, T>) -> ReplyTo<K>,
+) -> Result<T, CallError<K::Error>> {
+    let _permit = kind.engine.admit()?;
+    let (reply, answer) = oneshot::channel();
+    let reply = reply_to(reply);
+    deliver(kind, id, Envelope { msg, reply, via })?;
+    // The sender is dropped without an answer only if the runtime itself is torn down.
+    answer.await.unwrap_or(Err(CallError::ShuttingDown))
+}
+
+/// Delivers a pending row's message to its target and waits until it is applied (durably).
+pub(crate) async fn deliver_row<K: Process>(
+    kind: &Arc<KindRt<K>>,
+    id: &EntityId,
+    msg: K::Msg,
+    row: RowId,
+    keyed: bool,
+) -> Delivery {
+    let _permit = match kind.engine.admit::<K::Error>() {
+        Ok(permit) => permit,
+        Err(e) => return Delivery::Retry(e.to_string()),
+    };
+    let (reply, answer) = oneshot::channel();
+    let via = if keyed {
+        Via::keyed_row(row)
+    } else {
+        Via::Row(Box::new(row))
+    };
+    let envelope = Envelope {
+        msg: Some(msg),
+        reply: ReplyTo::Row(reply),
+        via,
+    };
+    match deliver(kind, id, envelope) {
+        Ok(()) => {}
+        Err(CallError::NotOwner { .. }) => return Delivery::NotServed,
+        Err(e) => return Delivery::Retry(e.to_string()),
+    }
+    answer
+        .await
+        .unwrap_or_else(|_| Delivery::Retry("the runtime stopped".into()))
+}
+
+impl<K: Process> Cell<K> {
+    /// Whether this node serves the entity's shard now, and under which epoch compared with
+    /// the one the state in memory was loaded under.
+    fn serving(&self) -> Serving {
+        if perennial_faults::sabotaged(perennial_faults::Sabotage::StaleReads) {
+            return Serving::Current;
+        }
+        match self.kind.engine.shards.epoch(self.shard) {
+            None => Serving::NotServed,
+            Some(epoch) if epoch.0 == self.epoch.load(Ordering::SeqCst) => Serving::Current,
+            Some(_) => Serving::NewerEpoch,
+        }
+    }
+
+    fn new(kind: Arc<KindRt<K>>, id: EntityId, shard: ShardId, epoch: Epoch) -> Self {
+        let cell = Self {
+            kind,
+            id,
+            shard,
+            epoch: AtomicU64::new(epoch.0),
+            incarnation: AtomicU32::new(0),
+            deadline: AtomicU64::new(u64::MAX),
+            inner: Mutex::new(Inner {
+                state: Slot::Unloaded,
+                scheduled: false,
+                mailbox: VecDeque::new(),
+                held: VecDeque::new(),
+                seq: 0,
+                durable: 0,
+                last_json: None,
+                snapshot_step: 0,
+                outdated: false,
+                init: None,
+                lost: None,
+                failures: Vec::new(),
+                bytes: 0,
+                keys: None,
+            }),
+        };
+        cell.set_deadline(None);
+        cell
+    }
+
+    fn key(&self) -> EntityKey {
+        EntityKey::new(Arc::clone(&self.kind.name), self.id.clone())
+    }
+
+    fn set_deadline(&self, timeout: Option<Duration>) {
+        let timeout = timeout.unwrap_or(Duration::from_secs(300));
+        let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let deadline = self.kind.engine.now_ms().saturating_add(ms);
+        self.deadline.store(deadline, Ordering::Relaxed);
+    }
+
+    fn panicked_error(&self, message: String) -> CallError {
+        CallError::Panicked {
+            key: self.key(),
+            message,
+        }
+    }
+}
+
+impl<K: Process> Resident for Cell<K> {
+    fn key(&self) -> Key {
+        Key {
+            kind: self.kind.index,
+            id: self.id.clone(),
+        }
+    }
+
+    fn shard(&self) -> ShardId {
+        self.shard
+    }
+
+    fn deadline_ms(&self) -> u64 {
+        self.deadline.load(Ordering::Relaxed)
+    }
+
+    fn try_passivate(&self, now_ms: u64, force: bool) -> Option<Passivated> {
+        if !force && self.deadline_ms() > now_ms {
+            return None;
+        }
+        let mut inner = self.inner.lock();
+        let busy = inner.scheduled
+            || !inner.mailbox.is_empty()
+            || !inner.held.is_empty()
+            || inner.seq != inner.durable;
+        if busy {
+            return None;
+        }
+        let state = match std::mem::replace(&mut inner.state, Slot::Unloaded) {
+            Slot::Ready(state) => Some(state),
+            Slot::Unloaded | Slot::Busy => None,
+        };
+        let bytes = std::mem::take(&mut inner.bytes);
+        drop(inner);
+        perennial_faults::failpoint!("passivate.unregister");
+        let kind = Arc::clone(&self.kind);
+        let id = self.id.clone();
+        Some(Passivated {
+            bytes,
+            hook: Box::new(move || {
+                if let Some(mut state) = state {
+                    let mut ctx = Ctx::new(&id);
+                    if let Err(panic) = guard(|| state.on_passivate(&mut ctx)) {
+                        tracing::error!(kind = K::KIND, %id, %panic, "on_passivate panicked");
+                    }
+                }
+                kind.counters.passivations.fetch_add(1, Ordering::Relaxed);
+                kind.counters.resident.fetch_sub(1, Ordering::Relaxed);
+            }),
+        })
+    }
+}

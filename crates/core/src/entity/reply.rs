@@ -1,0 +1,308 @@
+//! Where a message's outcome goes ([`ReplyTo`]), and the replies held until their step is
+//! durable: released in step order when the commit pipeline reports a batch durable, failed
+//! when it reports it failed. A reply computed from the state in memory (a read) leaves only
+//! while this node still serves the entity's shard under the epoch that state was loaded
+//! under.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use perennial_types::{EntityKey, Epoch, ShardId};
+use tokio::sync::oneshot;
+
+use super::{Cell, Inner, Serving, Slot};
+use crate::commit::{Extras, Failure, Owner, Step, Write};
+use crate::courier::Delivery;
+use crate::{CallError, Process};
+
+/// What a call finally gets.
+pub(crate) type Reply<K> = Result<<K as Process>::Reply, CallError<<K as Process>::Error>>;
+
+/// A successful step's answer: the handler's reply, or the reply kept for an idempotency key.
+pub(crate) enum Answer<K: Process> {
+    Value(K::Reply),
+    /// The JSON of the reply to the first call with the same idempotency key.
+    Kept(Arc<str>),
+    /// A rewrite's answer (see `entity::rewrite`): whether it wrote anything.
+    Rewrote(bool),
+}
+
+type Outcome<K> = Result<Answer<K>, CallError<<K as Process>::Error>>;
+
+/// Where a message's outcome goes.
+pub(crate) enum ReplyTo<K: Process> {
+    /// A typed caller.
+    Caller(oneshot::Sender<Reply<K>>),
+    /// A caller by kind name: the reply as JSON (for a retried idempotent call, the kept
+    /// bytes themselves).
+    Json(oneshot::Sender<Result<String, CallError<K::Error>>>),
+    /// The dispatcher, delivering a timer, a message from another entity or an effect's result.
+    Row(oneshot::Sender<Delivery>),
+    /// A migration pass, rewriting the stored state (see `entity::rewrite`).
+    Rewrite(oneshot::Sender<Result<bool, CallError<K::Error>>>),
+}
+
+impl<K: Process> ReplyTo<K> {
+    /// Tells the dispatcher its row needs nothing more (a cancelled timer).
+    pub(super) fn send_skipped(self) {
+        if let Self::Row(to) = self {
+            let _ = to.send(Delivery::Skipped);
+        }
+    }
+
+    /// Sends the outcome; `key` names the entity in errors made here.
+    pub(super) fn send(self, outcome: Outcome<K>, key: impl FnOnce() -> EntityKey) {
+        match self {
+            Self::Caller(to) => {
+                let reply = outcome.and_then(|answer| match answer {
+                    Answer::Value(value) => Ok(value),
+                    Answer::Rewrote(_) => Err(not_a_reply(key())),
+                    Answer::Kept(json) => {
+                        serde_json::from_str(&json).map_err(|e| CallError::CorruptState {
+                            key: key(),
+                            detail: format!(
+                                "the reply kept for the idempotency key no longer decodes: {e}"
+                            ),
+                        })
+                    }
+                });
+                let _ = to.send(reply);
+            }
+            Self::Json(to) => {
+                let reply = outcome.and_then(|answer| match answer {
+                    Answer::Value(value) => {
+                        serde_json::to_string(&value).map_err(|e| CallError::UnencodableReply {
+                            key: key(),
+                            detail: e.to_string(),
+                        })
+                    }
+                    Answer::Kept(json) => Ok(json.to_string()),
+                    Answer::Rewrote(_) => Err(not_a_reply(key())),
+                });
+                let _ = to.send(reply);
+            }
+            Self::Rewrite(to) => {
+                let _ = to.send(outcome.map(|answer| !matches!(answer, Answer::Rewrote(false))));
+            }
+            Self::Row(to) => {
+                let delivery = match outcome {
+                    Ok(_) | Err(CallError::DeadLettered { .. }) => Delivery::Applied,
+                    Err(CallError::Rejected(e)) => {
+                        Delivery::Refused(format!("{}: {e}", crate::Rejection::code(&e)))
+                    }
+                    // Not applied here (activation found the shard gone): another node will.
+                    Err(CallError::NotOwner { .. }) => Delivery::NotServed,
+                    Err(e) => Delivery::Retry(e.to_string()),
+                };
+                let _ = to.send(delivery);
+            }
+        }
+    }
+}
+
+/// The error a caller would get for a rewrite's answer, which no caller is given.
+fn not_a_reply<E>(key: EntityKey) -> CallError<E> {
+    CallError::UnencodableReply {
+        key,
+        detail: "a rewrite has no reply".into(),
+    }
+}
+
+/// A reply waiting for the step at `seq` (and all before it) to be durable.
+pub(super) struct Held<K: Process> {
+    pub(super) seq: u64,
+    pub(super) reply: ReplyTo<K>,
+    pub(super) result: Outcome<K>,
+    /// Whether its step wrote nothing (a read): its answer came from the state in memory,
+    /// so it leaves only while this node still serves the shard under the cell's epoch.
+    pub(super) read: bool,
+}
+
+impl<K: Process> Cell<K> {
+    /// What a reply says when it leaves: its step's outcome, unless the step wrote nothing
+    /// (`read`) and this node no longer serves the shard under the epoch the answer was
+    /// computed under. A node can stall between a step and its reply while another node
+    /// takes the shard and writes; the read is then refused as not served (nothing was
+    /// applied), and its caller asks the owner.
+    fn released(&self, outcome: Outcome<K>, read: bool) -> Outcome<K> {
+        if read && !matches!(self.serving(), Serving::Current) {
+            return Err(CallError::NotOwner { shard: self.shard });
+        }
+        outcome
+    }
+
+    /// Answers a step that wrote nothing: at once if every earlier step is durable, else
+    /// after them (a reply never overtakes a held one).
+    pub(super) fn hold_read(
+        &self,
+        mut inner: parking_lot::MutexGuard<'_, Inner<K>>,
+        reply: ReplyTo<K>,
+        result: Outcome<K>,
+    ) {
+        if inner.held.is_empty() && inner.seq == inner.durable {
+            drop(inner);
+            reply.send(self.released(result, true), || self.key());
+        } else {
+            let seq = inner.seq;
+            inner.held.push_back(Held {
+                seq,
+                reply,
+                result,
+                read: true,
+            });
+        }
+    }
+
+    /// Holds the reply of step `seq` until it is durable, and sends the step's write to the
+    /// commit pipeline.
+    pub(super) fn hold_and_submit(
+        self: &Arc<Self>,
+        mut inner: parking_lot::MutexGuard<'_, Inner<K>>,
+        seq: u64,
+        (reply, result): (ReplyTo<K>, Outcome<K>),
+        (write, extras): (Write, Option<Box<Extras>>),
+        incarnation: u32,
+    ) {
+        inner.held.push_back(Held {
+            seq,
+            reply,
+            result,
+            read: false,
+        });
+        drop(inner);
+        self.kind.engine.committer.submit(Step {
+            owner: Arc::clone(self) as Arc<dyn Owner>,
+            incarnation,
+            seq,
+            write,
+            extras,
+        });
+    }
+
+    /// Answers now if nothing is held, or after the latest step is durable. (Replies of
+    /// ephemeral kinds depend on nothing durable and always leave at once.)
+    pub(super) fn respond_gated(
+        &self,
+        reply: ReplyTo<K>,
+        result: Reply<K>,
+        incarnation: u32,
+    ) -> bool {
+        self.respond_outcome(reply, result.map(Answer::Value), incarnation)
+    }
+
+    /// [`respond_gated`](Self::respond_gated), for any answer.
+    pub(super) fn respond_outcome(
+        &self,
+        reply: ReplyTo<K>,
+        result: Outcome<K>,
+        incarnation: u32,
+    ) -> bool {
+        let inner = self.inner.lock();
+        if !self.kind.is_durable() && inner.held.is_empty() {
+            drop(inner);
+            reply.send(self.released(result, true), || self.key());
+            return true;
+        }
+        if self.incarnation.load(Ordering::SeqCst) != incarnation {
+            drop(inner);
+            return self.respond_lost(reply);
+        }
+        self.hold_read(inner, reply, result);
+        true
+    }
+
+    /// Fails a reply whose step was computed from state a failed batch took back.
+    pub(super) fn respond_lost(&self, reply: ReplyTo<K>) -> bool {
+        let lost = self.inner.lock().lost.as_deref().cloned();
+        let failure = lost.unwrap_or(Failure::Storage(perennial_storage::Error::Backend(
+            "the entity's pending steps were lost".into(),
+        )));
+        reply.send(Err(self.failure_error(failure).widen()), || self.key());
+        false
+    }
+
+    fn failure_error(&self, failure: Failure) -> CallError {
+        match failure {
+            Failure::Storage(source) => CallError::Storage {
+                key: self.key(),
+                source,
+            },
+            Failure::Fenced => CallError::Fenced {
+                key: self.key(),
+                shard: self.shard,
+            },
+        }
+    }
+}
+
+impl<K: Process> Owner for Cell<K> {
+    fn key(&self) -> EntityKey {
+        Cell::key(self)
+    }
+
+    fn schema(&self) -> u32 {
+        crate::upgrade::schema_version::<K>()
+    }
+
+    fn shard(&self) -> ShardId {
+        self.shard
+    }
+
+    fn epoch(&self) -> Epoch {
+        Epoch(self.epoch.load(Ordering::SeqCst))
+    }
+
+    fn incarnation(&self) -> u32 {
+        self.incarnation.load(Ordering::SeqCst)
+    }
+
+    fn durable(&self, incarnation: u32, seq: u64) {
+        let mut inner = self.inner.lock();
+        if self.incarnation.load(Ordering::SeqCst) != incarnation {
+            return;
+        }
+        inner.durable = inner.durable.max(seq);
+        let durable = inner.durable;
+        if let Some(keys) = &mut inner.keys {
+            keys.cancelled.retain(|(step, _)| *step > durable);
+        }
+        while let Some(held) = inner.held.pop_front() {
+            if held.seq > inner.durable {
+                inner.held.push_front(held);
+                break;
+            }
+            let outcome = self.released(held.result, held.read);
+            held.reply.send(outcome, || self.key());
+        }
+        if inner.held.is_empty() {
+            // Free the queue's buffer: most entities are idle most of the time, and an empty
+            // queue would otherwise keep room for several replies, per entity, forever.
+            inner.held = VecDeque::new();
+        }
+    }
+
+    fn failed(&self, incarnation: u32, failure: Failure) {
+        let mut inner = self.inner.lock();
+        if self.incarnation.load(Ordering::SeqCst) != incarnation {
+            return;
+        }
+        let error = self.failure_error(failure.clone());
+        if self.kind.is_durable() {
+            // The in-memory state includes lost steps: start a new incarnation from storage.
+            self.incarnation.fetch_add(1, Ordering::SeqCst);
+            if matches!(inner.state, Slot::Ready(_)) {
+                inner.state = Slot::Unloaded;
+            }
+            inner.seq = inner.durable;
+            inner.last_json = None;
+            inner.init = None;
+            inner.lost = Some(Box::new(failure));
+            // Replies kept by lost steps were never stored; cancels may not have happened.
+            inner.keys = None;
+        }
+        for held in inner.held.drain(..) {
+            held.reply.send(Err(error.clone().widen()), || self.key());
+        }
+    }
+}
