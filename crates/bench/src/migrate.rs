@@ -92,7 +92,10 @@ async fn live_for(rt: &Runtime, callers: usize, duration: Duration) -> anyhow::R
 async fn pass(rt: &Runtime) -> anyhow::Result<(f64, f64)> {
     let started = Instant::now();
     let plan = Migrate::new().batch(PASS_BATCH);
-    let report = rt.migrate("cart", plan, &Progress::default()).await?;
+    let report = rt
+        .admin()
+        .migrate("cart", plan, &Progress::default())
+        .await?;
     let secs = started.elapsed().as_secs_f64();
     anyhow::ensure!(
         report.changed == CARTS as u64 && report.failed == 0,

@@ -114,7 +114,7 @@ pub async fn pending(options: &Options) -> anyhow::Result<Report> {
     );
 
     // Memory: a million timers an hour away, their entities passivated.
-    rt.passivate_idle();
+    rt.admin().passivate_idle();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_before = rss_bytes()?;
     let far = unix_ms(Duration::from_secs(3600));
@@ -133,7 +133,7 @@ pub async fn pending(options: &Options) -> anyhow::Result<Report> {
         }
     })
     .await?;
-    rt.passivate_idle();
+    rt.admin().passivate_idle();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_pending = rss_bytes()?;
     let in_memory = rt.stats().pending_in_memory;

@@ -424,7 +424,7 @@ async fn step_cost(
 /// its run, so this tries again for a moment.
 async fn passivate_all(rt: &Runtime) -> anyhow::Result<()> {
     for _ in 0..1000 {
-        if rt.passivate_idle() == 0 {
+        if rt.admin().passivate_idle() == 0 {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(1)).await;

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
-use perennial_core::Runtime;
+use perennial_core::{Plumbing, Runtime};
 use perennial_storage::{Directory, Error};
 use perennial_types::{SHARDS, ShardId};
 use tokio::sync::Notify;
@@ -114,7 +114,8 @@ pub struct Cluster {
 struct Inner {
     /// Membership and leases: the database the nodes share.
     store: Arc<dyn Directory>,
-    runtime: Runtime,
+    /// The runtime's shards: served, handed off.
+    runtime: Plumbing,
     options: Options,
     /// The shards whose leases this node holds.
     held: Mutex<BTreeSet<ShardId>>,
@@ -147,7 +148,7 @@ impl Cluster {
     ) -> Result<Self, Error> {
         let inner = Arc::new(Inner {
             store,
-            runtime,
+            runtime: Plumbing::of(&runtime),
             options,
             held: Mutex::default(),
             table: RwLock::default(),

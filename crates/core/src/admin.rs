@@ -10,6 +10,7 @@ use perennial_storage::{
 use perennial_types::{EntityId, EntityKey, Epoch, ShardId, shard_of};
 
 use crate::entity::Via;
+use crate::journal::HistoryEntry;
 use crate::registry::Key;
 use crate::{CallError, JsonRejection, Persistence, Quarantined, Runtime};
 
@@ -21,7 +22,7 @@ pub struct EntityInfo {
     pub id: String,
     /// Whether it is in memory on this node now.
     pub resident: bool,
-    /// Whether an operator paused it ([`Runtime::pause`]).
+    /// Whether an operator paused it ([`Admin::pause`](crate::Admin::pause)).
     pub paused: bool,
     /// The version of its stored state (for a `Journal` kind, the step of its latest
     /// snapshot); 0 if nothing is stored.
@@ -36,7 +37,7 @@ pub struct EntityInfo {
     pub updated_at_ms: Option<i64>,
 }
 
-/// What [`Runtime::passivate`] did.
+/// What [`Admin::passivate`](crate::Admin::passivate) did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Passivation {
@@ -48,7 +49,123 @@ pub enum Passivation {
     NotResident,
 }
 
+/// What operators do to a running runtime, apart from what its application does: list and
+/// query a kind's entities, index a kind, read an entity's stored state and history, pause,
+/// resume, passivate and release entities, handle dead letters, and run migration passes.
+/// Reached through [`Runtime::admin`]; cheap to make and to clone.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub(crate) rt: Runtime,
+}
+
 impl Runtime {
+    /// The operator's API of this runtime: see [`Admin`].
+    pub fn admin(&self) -> Admin {
+        Admin { rt: self.clone() }
+    }
+}
+
+impl Admin {
+    /// The dead letters in the store, oldest first, of one kind or of all.
+    pub async fn dead_letters(
+        &self,
+        kind: Option<&str>,
+    ) -> Result<Vec<StoredDeadLetter>, perennial_storage::Error> {
+        self.rt.shared.engine.store.dead_letters(kind).await
+    }
+
+    /// Up to `limit` steps of a `Journal` entity's durable history, after step `after`, in
+    /// step order. Steps a snapshot made unnecessary are deleted unless the kind's
+    /// [`Snapshots`](crate::Snapshots) policy keeps them.
+    ///
+    /// ```
+    /// # use perennial_core::{Ctx, Process, Runtime};
+    /// # use perennial_storage::MemoryStore;
+    /// # #[derive(Default)]
+    /// # struct Tally(u32);
+    /// # impl Process for Tally {
+    /// #     const KIND: &'static str = "tally";
+    /// #     type Msg = u32;
+    /// #     type Reply = u32;
+    /// #     type Error = std::convert::Infallible;
+    /// #     fn handle(&mut self, n: u32, _: &mut Ctx<'_, Self>) -> Result<u32, Self::Error> {
+    /// #         self.0 += n;
+    /// #         Ok(self.0)
+    /// #     }
+    /// # }
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rt = Runtime::builder()
+    ///     .store(MemoryStore::new())
+    ///     .register_journal::<Tally>()
+    ///     .start()
+    ///     .await?;
+    /// rt.get::<Tally>("t").call(5).await?;
+    /// rt.get::<Tally>("t").call(7).await?;
+    /// let history = rt.admin().history("tally", "t", 0, 100).await?;
+    /// assert_eq!(history[1].step, 2);
+    /// assert_eq!(history[1].message, 7);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn history(
+        &self,
+        kind: &str,
+        id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, CallError> {
+        let Some(dynamic) = self.rt.shared.by_name.get(kind) else {
+            return Err(CallError::UnknownKind(kind.to_owned()));
+        };
+        let key = perennial_types::EntityKey::new(kind, EntityId::new(id)?);
+        if dynamic.persistence() != crate::Persistence::Journal {
+            return Err(CallError::NoHistory {
+                key,
+                detail: format!("kind {kind:?} is not a Journal kind: it keeps no history"),
+            });
+        }
+        let entries = self
+            .rt
+            .shared
+            .engine
+            .store
+            .journal(&key, after, limit)
+            .await
+            .map_err(|source| CallError::Storage {
+                key: key.clone(),
+                source,
+            })?;
+        entries
+            .iter()
+            .map(|e| {
+                HistoryEntry::from_journal(e).map_err(|error| CallError::CorruptState {
+                    key: key.clone(),
+                    detail: format!("journal entry {}: {error}", e.step),
+                })
+            })
+            .collect()
+    }
+
+    /// The durable state of an entity as of step `step`, as JSON: for `Journal` kinds with
+    /// snapshots, by replay from the latest snapshot at or before `step` (or from the first
+    /// step, if the journal still holds it); for `Snapshot` kinds, only at their latest step.
+    pub async fn state_at(&self, kind: &str, id: &str, step: u64) -> Result<String, CallError> {
+        self.stored_state(kind, id, Some(step)).await
+    }
+
+    /// The latest durable state of an entity, as JSON, with the step it is at: for `Journal`
+    /// kinds with snapshots, by replaying the journal after the latest snapshot. Nothing is
+    /// activated.
+    pub async fn durable_state(&self, kind: &str, id: &str) -> Result<String, CallError> {
+        self.stored_state(kind, id, None).await
+    }
+
+    /// Passivates every idle entity now; returns how many entities stay resident.
+    pub fn passivate_idle(&self) -> usize {
+        self.rt.shared.engine.registry.passivate_all()
+    }
+
     /// Up to `limit` entities of `kind` whose id is after `after` (from the first, if
     /// `None`), in id order: those stored, with whether each is resident; for an `Ephemeral`
     /// kind, those resident.
@@ -74,7 +191,7 @@ impl Runtime {
     /// for id in ["b", "a", "c"] {
     ///     rt.get::<Counter>(id).call(1).await?;
     /// }
-    /// let page = rt.entities("counter", Some("a"), 10).await?;
+    /// let page = rt.admin().entities("counter", Some("a"), 10).await?;
     /// let ids: Vec<&str> = page.iter().map(|e| e.id.as_str()).collect();
     /// assert_eq!(ids, ["b", "c"]);
     /// assert!(page[0].resident);
@@ -87,8 +204,8 @@ impl Runtime {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<EntityInfo>, CallError> {
-        let dynamic = self.kind(kind)?;
-        let engine = &self.shared.engine;
+        let dynamic = self.rt.kind(kind)?;
+        let engine = &self.rt.shared.engine;
         let resident = |id: &EntityId| {
             engine.registry.contains(&Key {
                 kind: dynamic.index(),
@@ -135,7 +252,7 @@ impl Runtime {
     /// Up to `limit` stored entities of `kind` whose id is after `after` and whose state
     /// matches `filter`, in id order, with their states as stored: acknowledged state only
     /// (for a `Journal` kind, its latest snapshot). See [`Filter`] for the language, and
-    /// [`Runtime::create_index`] to answer a filter without reading every state.
+    /// [`Admin::create_index`](crate::Admin::create_index) to answer a filter without reading every state.
     ///
     /// ```
     /// # use perennial_core::{Ctx, Process, Runtime};
@@ -158,7 +275,7 @@ impl Runtime {
     /// for (id, n) in [("a", 5), ("b", 500), ("c", 50)] {
     ///     rt.get::<Counter>(id).call(n).await?;
     /// }
-    /// let big = rt.query("counter", &"value >= 50".parse()?, None, 10).await?;
+    /// let big = rt.admin().query("counter", &"value >= 50".parse()?, None, 10).await?;
     /// let ids: Vec<&str> = big.iter().map(|e| e.id.as_str()).collect();
     /// assert_eq!(ids, ["b", "c"]);
     /// assert_eq!(big[0].state, r#"{"value":500}"#);
@@ -173,7 +290,7 @@ impl Runtime {
         limit: usize,
     ) -> Result<Vec<EntityState>, CallError> {
         self.stored_kind(kind)?;
-        let store = &self.shared.engine.store;
+        let store = &self.rt.shared.engine.store;
         store
             .query(kind, filter, after, limit)
             .await
@@ -181,7 +298,7 @@ impl Runtime {
     }
 
     /// Indexes the stored states of `kind` by the value at `path` (which has no `[*]`), so
-    /// that [`query`](Runtime::query) answers a filter comparing it without reading every
+    /// that [`query`](Admin::query) answers a filter comparing it without reading every
     /// state. Building the index of a large kind takes a while (on SQLite, about a second per
     /// million entities), and commits wait meanwhile. Indexing a path again does nothing.
     pub async fn create_index(&self, kind: &str, path: &Path) -> Result<(), CallError> {
@@ -189,7 +306,7 @@ impl Runtime {
         if !path.is_single() {
             return Err(CallError::NotIndexable(path.to_string()));
         }
-        let store = &self.shared.engine.store;
+        let store = &self.rt.shared.engine.store;
         store
             .create_index(kind, path)
             .await
@@ -199,14 +316,14 @@ impl Runtime {
     /// Drops the index of `kind` by `path`; returns whether there was one.
     pub async fn drop_index(&self, kind: &str, path: &Path) -> Result<bool, CallError> {
         self.stored_kind(kind)?;
-        let store = &self.shared.engine.store;
+        let store = &self.rt.shared.engine.store;
         store.drop_index(kind, path).await.map_err(CallError::Store)
     }
 
     /// The paths `kind` is indexed by.
     pub async fn indexes(&self, kind: &str) -> Result<Vec<Path>, CallError> {
         self.stored_kind(kind)?;
-        let store = &self.shared.engine.store;
+        let store = &self.rt.shared.engine.store;
         store.indexes(kind).await.map_err(CallError::Store)
     }
 
@@ -214,11 +331,11 @@ impl Runtime {
     /// and its timers, messages from other entities and effect results wait in storage.
     /// Messages it accepted before the pause still run. Returns whether it was not paused already.
     pub async fn pause(&self, kind: &str, id: &str) -> Result<bool, CallError> {
-        self.kind(kind)?;
+        self.rt.kind(kind)?;
         let key = EntityKey::new(kind, EntityId::new(id)?);
         // Only the node that serves the entity knows whether it is paused now.
         self.served(&key)?;
-        let pauses = &self.shared.engine.pauses;
+        let pauses = &self.rt.shared.engine.pauses;
         if !pauses.insert(key.clone()) {
             return Ok(false);
         }
@@ -232,10 +349,10 @@ impl Runtime {
     /// Resumes a paused entity, durably: calls are accepted again, and what waited is
     /// delivered in its usual order. Returns whether it was paused.
     pub async fn resume(&self, kind: &str, id: &str) -> Result<bool, CallError> {
-        self.kind(kind)?;
+        self.rt.kind(kind)?;
         let key = EntityKey::new(kind, EntityId::new(id)?);
         self.served(&key)?;
-        let pauses = &self.shared.engine.pauses;
+        let pauses = &self.rt.shared.engine.pauses;
         if !pauses.is_paused(&key.kind, &key.id) {
             return Ok(false);
         }
@@ -243,30 +360,13 @@ impl Runtime {
         Ok(pauses.remove(&key))
     }
 
-    /// Watches the entity `id` of the kind named `kind`: each change of its state, once
-    /// durable. See [`Handle::watch`](crate::Handle::watch).
-    pub fn watch(&self, kind: &str, id: &str) -> Result<crate::Watch, CallError> {
-        if !self.kind(kind)?.watchable() {
-            return Err(CallError::NotWatchable(kind.to_owned()));
-        }
-        let key = EntityKey::new(kind, EntityId::new(id)?);
-        let shard = shard_of(kind, id);
-        if self.shared.engine.shards.epoch(shard).is_none() {
-            // Another node commits its changes.
-            return Err(CallError::NotOwner { shard });
-        }
-        Ok(crate::Watch::new(
-            self.shared.engine.watchers.subscribe(key),
-        ))
-    }
-
     /// How many entities of `kind` are stored (with a state or a journal); 0 for an
     /// `Ephemeral` kind.
     pub async fn stored(&self, kind: &str) -> Result<u64, CallError> {
-        if self.kind(kind)?.persistence() == Persistence::Ephemeral {
+        if self.rt.kind(kind)?.persistence() == Persistence::Ephemeral {
             return Ok(0);
         }
-        let store = &self.shared.engine.store;
+        let store = &self.rt.shared.engine.store;
         store.count(kind).await.map_err(CallError::Store)
     }
 
@@ -280,7 +380,7 @@ impl Runtime {
     ) -> Result<Vec<perennial_storage::Pending>, CallError> {
         self.stored_kind(kind)?;
         let key = EntityKey::new(kind, EntityId::new(id)?);
-        let store = &self.shared.engine.store;
+        let store = &self.rt.shared.engine.store;
         store
             .pending_of(&key, limit)
             .await
@@ -289,13 +389,13 @@ impl Runtime {
 
     /// The paused entities, in key order.
     pub fn paused(&self) -> Vec<EntityKey> {
-        self.shared.engine.pauses.list()
+        self.rt.shared.engine.pauses.list()
     }
 
     /// The entities this node quarantined because their stored bytes cannot be read back
     /// (see [`CallError::Quarantined`]), in key order.
     pub fn quarantined(&self) -> Vec<Quarantined> {
-        self.shared.engine.quarantine.list()
+        self.rt.shared.engine.quarantine.list()
     }
 
     /// Releases a quarantined entity, once its bytes are fixed: the next message activates
@@ -303,11 +403,11 @@ impl Runtime {
     /// its timers and messages that waited are delivered. Returns whether it was
     /// quarantined.
     pub fn release(&self, kind: &str, id: &str) -> Result<bool, CallError> {
-        self.kind(kind)?;
+        self.rt.kind(kind)?;
         let key = EntityKey::new(kind, EntityId::new(id)?);
         // Only the node that serves the entity activates it.
         self.served(&key)?;
-        Ok(self.shared.engine.quarantine.remove(&key))
+        Ok(self.rt.shared.engine.quarantine.remove(&key))
     }
 
     async fn commit_pause(&self, key: &EntityKey, paused: bool) -> Result<(), CallError> {
@@ -331,7 +431,7 @@ impl Runtime {
     /// The shard of `key` and its epoch, if this node serves it.
     fn served(&self, key: &EntityKey) -> Result<(ShardId, Epoch), CallError> {
         let shard = shard_of(&key.kind, key.id.as_str());
-        let epoch = self.shared.engine.shards.epoch(shard);
+        let epoch = self.rt.shared.engine.shards.epoch(shard);
         epoch
             .map(|epoch| (shard, epoch))
             .ok_or(CallError::NotOwner { shard })
@@ -340,9 +440,9 @@ impl Runtime {
     /// Commits an operator's batch about `key` now, beside the commit pipeline.
     async fn commit_now(&self, key: &EntityKey, batch: Batch) -> Result<(), CallError> {
         let storage = CallError::Store;
-        let store = Arc::clone(&self.shared.engine.store);
+        let store = Arc::clone(&self.rt.shared.engine.store);
         // A simulation has no threads but its own.
-        let outcome = if self.shared.engine.committer.is_task() {
+        let outcome = if self.rt.shared.engine.committer.is_task() {
             store.commit(batch).map_err(storage)?
         } else {
             tokio::task::spawn_blocking(move || store.commit(batch))
@@ -362,14 +462,14 @@ impl Runtime {
     /// Passivates one entity now, if it is idle: its state is already durable, so it only
     /// leaves memory (its kind's `on_passivate` runs).
     pub fn passivate(&self, kind: &str, id: &str) -> Result<Passivation, CallError> {
-        let dynamic = self.kind(kind)?;
+        let dynamic = self.rt.kind(kind)?;
         let key = Key {
             kind: dynamic.index(),
             id: EntityId::new(id)?,
         };
         // Resident only where it is served.
         self.served(&EntityKey::new(kind, key.id.clone()))?;
-        Ok(match self.shared.engine.registry.passivate(&key) {
+        Ok(match self.rt.shared.engine.registry.passivate(&key) {
             None => Passivation::NotResident,
             Some(true) => Passivation::Passivated,
             Some(false) => Passivation::Busy,
@@ -379,8 +479,9 @@ impl Runtime {
     /// Passivates every idle entity of `kind` now. Returns how many left memory and how many
     /// stay because they are busy.
     pub fn passivate_kind(&self, kind: &str) -> Result<(usize, usize), CallError> {
-        let index = self.kind(kind)?.index();
+        let index = self.rt.kind(kind)?.index();
         Ok(self
+            .rt
             .shared
             .engine
             .registry
@@ -393,7 +494,7 @@ impl Runtime {
         seq: u64,
     ) -> Result<Option<StoredDeadLetter>, perennial_storage::Error> {
         // Dead letters are few (each is a message that failed several times): a scan is fine.
-        let letters = self.shared.engine.store.dead_letters(None).await?;
+        let letters = self.rt.shared.engine.store.dead_letters(None).await?;
         Ok(letters.into_iter().find(|l| l.seq == seq))
     }
 
@@ -406,14 +507,14 @@ impl Runtime {
     /// [`CallError::NoSuchLetter`] if no letter has that number (it was retried or discarded),
     /// or the call's own error.
     pub async fn retry_dead_letter(&self, seq: u64) -> Result<String, CallError<JsonRejection>> {
-        let _retrying = Retrying::claim(self, seq)?;
+        let _retrying = Retrying::claim(&self.rt, seq)?;
         let letter = self
             .dead_letter(seq)
             .await
             .map_err(CallError::Store)?
             .ok_or(CallError::NoSuchLetter(seq))?
             .letter;
-        let dynamic = self.kind(&letter.key.kind).map_err(CallError::widen)?;
+        let dynamic = self.rt.kind(&letter.key.kind).map_err(CallError::widen)?;
         Arc::clone(dynamic)
             .call_json(
                 letter.key.id.clone(),
@@ -425,7 +526,7 @@ impl Runtime {
 
     /// Deletes dead letter `seq` without applying it. Returns whether it was stored.
     pub async fn discard_dead_letter(&self, seq: u64) -> Result<bool, CallError> {
-        let _retrying = Retrying::claim(self, seq)?;
+        let _retrying = Retrying::claim(&self.rt, seq)?;
         let storage = CallError::Store;
         let Some(letter) = self.dead_letter(seq).await.map_err(storage)? else {
             return Ok(false);
@@ -441,20 +542,26 @@ impl Runtime {
         Ok(true)
     }
 
+    async fn stored_state(
+        &self,
+        kind: &str,
+        id: &str,
+        step: Option<u64>,
+    ) -> Result<String, CallError> {
+        let Some(dynamic) = self.rt.shared.by_name.get(kind) else {
+            return Err(CallError::UnknownKind(kind.to_owned()));
+        };
+        let id = EntityId::new(id)?;
+        Arc::clone(dynamic).state_at(id, step).await
+    }
+
     /// The kind named `kind`, if it keeps its state in storage.
     fn stored_kind(&self, kind: &str) -> Result<&Arc<dyn crate::dyn_kind::DynKind>, CallError> {
-        let dynamic = self.kind(kind)?;
+        let dynamic = self.rt.kind(kind)?;
         if dynamic.persistence() == Persistence::Ephemeral {
             return Err(CallError::NotStored(kind.to_owned()));
         }
         Ok(dynamic)
-    }
-
-    pub(crate) fn kind(&self, kind: &str) -> Result<&Arc<dyn crate::dyn_kind::DynKind>, CallError> {
-        self.shared
-            .by_name
-            .get(kind)
-            .ok_or_else(|| CallError::UnknownKind(kind.to_owned()))
     }
 }
 

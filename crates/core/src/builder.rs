@@ -191,7 +191,7 @@ impl Builder {
 
     /// Registers a `Journal` kind whose state is serializable, so that a snapshot every
     /// few steps (see [`Snapshots`]) cuts replay: activation replays only the steps after the
-    /// latest snapshot, and past states can be computed ([`Runtime::state_at`]).
+    /// latest snapshot, and past states can be computed ([`Admin::state_at`](crate::Admin::state_at)).
     pub fn register_journal_with_snapshots<K>(self, snapshots: Snapshots) -> Self
     where
         K: Process + Serialize + DeserializeOwned,
@@ -317,8 +317,8 @@ impl Builder {
     }
 
     /// Starts the runtime's tasks serving no shard: a cluster's lease manager grants shards
-    /// as it acquires their leases ([`Runtime::serve`]) and takes them back
-    /// ([`Runtime::hand_off`]). Until then, calls fail with [`CallError::NotOwner`](crate::CallError::NotOwner).
+    /// as it acquires their leases ([`Plumbing::serve`](crate::Plumbing::serve)) and takes them back
+    /// ([`Plumbing::hand_off`](crate::Plumbing::hand_off)). Until then, calls fail with [`CallError::NotOwner`](crate::CallError::NotOwner).
     pub async fn start_unclaimed(self) -> Result<Runtime, StartError> {
         let store = self.store.clone().ok_or(StartError::NoStore)?;
         let paused = store.paused().await?;
@@ -327,7 +327,7 @@ impl Builder {
 
     /// Starts a runtime that reads the store and never writes to it: it claims no shard, so
     /// a running node keeps its shards, and any step this runtime computed would be fenced.
-    /// For tools that read history and past states ([`Runtime::state_at`]) with the kinds'
+    /// For tools that read history and past states ([`Admin::state_at`](crate::Admin::state_at)) with the kinds'
     /// own code.
     pub async fn start_read_only(self) -> Result<Runtime, StartError> {
         let store = self.store.clone().ok_or(StartError::NoStore)?;

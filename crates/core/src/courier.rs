@@ -3,8 +3,8 @@
 //! A message an entity sends (`ctx.send`) is a pending row of the sender, delivered by the
 //! dispatcher of the node that serves the sender's shard. When another node serves the
 //! target, the dispatcher hands the row to the [`Courier`] the cluster layer set
-//! ([`Runtime::set_courier`](crate::Runtime::set_courier)), which carries it to that node;
-//! there, [`Runtime::deliver`](crate::Runtime::deliver) applies it.
+//! ([`Plumbing::set_courier`](crate::Plumbing::set_courier)), which carries it to that node;
+//! there, [`Plumbing::deliver`](crate::Plumbing::deliver) applies it.
 //!
 //! Carried rows are applied exactly once however often they are carried: the receiving step
 //! deletes the row and keeps its reply under a key made from the row's id, in one
@@ -66,7 +66,7 @@ impl Parcel {
 
 /// Carries message rows to the nodes that serve their targets; a cluster layer implements it.
 ///
-/// `carry` returns what the receiving node's [`Runtime::deliver`](crate::Runtime::deliver)
+/// `carry` returns what the receiving node's [`Plumbing::deliver`](crate::Plumbing::deliver)
 /// answered, or [`Delivery::Retry`] if it could not reach it; the dispatcher retries with a
 /// backoff until the row is applied, refused or poison.
 pub trait Courier: Send + Sync + 'static {

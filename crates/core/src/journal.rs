@@ -71,7 +71,7 @@ impl Snapshots {
     }
 }
 
-/// One step of an entity's journal, as [`Runtime::history`](crate::Runtime::history) shows it.
+/// One step of an entity's journal, as [`Admin::history`](crate::Admin::history) shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct HistoryEntry {

@@ -116,16 +116,20 @@ mod journal;
 mod kind;
 mod migration;
 mod pause;
+mod plumbing;
 mod process;
 mod quarantine;
 mod registry;
 mod runtime;
 mod shards;
+#[cfg(feature = "sim")]
 pub mod sim;
+#[cfg(not(feature = "sim"))]
+mod sim;
 mod upgrade;
 mod watch;
 
-pub use admin::{EntityInfo, Passivation};
+pub use admin::{Admin, EntityInfo, Passivation};
 pub use builder::Builder;
 pub use commit::CommitStats;
 pub use courier::{Courier, Delivery, Parcel};
@@ -135,6 +139,7 @@ pub use histogram::Histogram;
 pub use journal::{HistoryEntry, Snapshots};
 pub use kind::KindStats;
 pub use migration::{Migrate, MigrationReport, Progress, ReplayReport};
+pub use plumbing::Plumbing;
 pub use process::ctx::{Ctx, Rng};
 pub use process::effect::{Effect, EffectId, TimerId};
 pub use process::{Migration, MigrationError, Persistence, Process};

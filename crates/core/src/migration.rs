@@ -1,6 +1,6 @@
 //! Migration passes: the operations that go through every stored entity of a kind:
-//! [`Runtime::migrate`] (write each outdated state back at the kind's version, or only
-//! report what would change) and [`Runtime::verify_replay`] (would this build activate
+//! [`Admin::migrate`](crate::Admin::migrate) (write each outdated state back at the kind's version, or only
+//! report what would change) and [`Admin::verify_replay`](crate::Admin::verify_replay) (would this build activate
 //! every entity: does each state migrate and decode, does each journal replay as it ran
 //! live). How one stored state is brought up to date is in `upgrade`.
 //!
@@ -19,9 +19,9 @@ use perennial_types::{EntityId, EntityKey};
 use serde::Serialize;
 
 use crate::dyn_kind::DynKind;
-use crate::{CallError, JsonRejection, Persistence, Rejection, Runtime};
+use crate::{Admin, CallError, JsonRejection, Persistence, Rejection};
 
-/// What a pass over a kind's entities should do. See [`Runtime::migrate`].
+/// What a pass over a kind's entities should do. See [`Admin::migrate`](crate::Admin::migrate).
 ///
 /// ```
 /// use perennial_core::Migrate;
@@ -123,7 +123,7 @@ pub struct Failure {
     pub error: String,
 }
 
-/// What a pass of [`Runtime::migrate`] did (or, in a dry run, would do).
+/// What a pass of [`Admin::migrate`](crate::Admin::migrate) did (or, in a dry run, would do).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct MigrationReport {
@@ -150,7 +150,7 @@ pub struct MigrationReport {
     pub elapsed_ms: u64,
 }
 
-/// What [`Runtime::verify_replay`] found.
+/// What [`Admin::verify_replay`](crate::Admin::verify_replay) found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct ReplayReport {
@@ -177,7 +177,7 @@ enum Action {
     Fail(CallError),
 }
 
-impl Runtime {
+impl Admin {
     /// Goes through every stored entity of `kind`, in id order, and writes back each state
     /// stored at an older schema version at the kind's version (see
     /// [`Process::MIGRATIONS`](crate::Process::MIGRATIONS)), while the node serves its calls: each rewrite goes through
@@ -221,7 +221,7 @@ impl Runtime {
     /// let old = Record { state: r#"{"value":41}"#.into(), version: 3, schema: 1 };
     /// store.put_record(key.clone(), old);
     /// let rt = Runtime::builder().store(store.clone()).register::<Counter>().start().await?;
-    /// let report = rt.migrate("counter", Migrate::new(), &Progress::default()).await?;
+    /// let report = rt.admin().migrate("counter", Migrate::new(), &Progress::default()).await?;
     /// assert_eq!((report.changed, report.failed), (1, 0));
     /// let stored = store.load(&key).await?.unwrap();
     /// assert_eq!((stored.state.as_str(), stored.schema), (r#"{"count":41}"#, 2));
@@ -234,7 +234,7 @@ impl Runtime {
         plan: Migrate,
         progress: &Progress,
     ) -> Result<MigrationReport, CallError> {
-        let dynamic = Arc::clone(self.kind(kind)?);
+        let dynamic = Arc::clone(self.rt.kind(kind)?);
         if dynamic.persistence() == Persistence::Ephemeral {
             return Err(CallError::NotStored(kind.to_owned()));
         }
@@ -335,7 +335,7 @@ impl Runtime {
         kind: &str,
         progress: &Progress,
     ) -> Result<ReplayReport, CallError> {
-        let dynamic = Arc::clone(self.kind(kind)?);
+        let dynamic = Arc::clone(self.rt.kind(kind)?);
         if dynamic.persistence() == Persistence::Ephemeral {
             return Err(CallError::NotStored(kind.to_owned()));
         }
@@ -386,7 +386,7 @@ impl Runtime {
             kind: dynamic.index(),
             id: id.clone(),
         };
-        let registry = &self.shared.engine.registry;
+        let registry = &self.rt.shared.engine.registry;
         let resident = registry.contains(&key);
         let result = Arc::clone(dynamic).rewrite(id.clone(), snapshot).await;
         if !resident {
@@ -397,7 +397,7 @@ impl Runtime {
 
     /// How many entities `kind` has in storage.
     async fn count_stored(&self, kind: &str) -> Result<u64, CallError> {
-        let store = &self.shared.engine.store;
+        let store = &self.rt.shared.engine.store;
         store.count(kind).await.map_err(CallError::Store)
     }
 }
@@ -412,8 +412,8 @@ struct Pages<'a> {
 }
 
 impl<'a> Pages<'a> {
-    fn new(rt: &'a Runtime, kind: &'a str, limit: usize) -> Self {
-        let store = &*rt.shared.engine.store;
+    fn new(rt: &'a Admin, kind: &'a str, limit: usize) -> Self {
+        let store = &*rt.rt.shared.engine.store;
         Self {
             store,
             kind,

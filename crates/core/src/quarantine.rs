@@ -3,7 +3,7 @@
 //! calls fail at once with [`CallError::Quarantined`] instead of reading the same bytes
 //! again, their timers, messages and effect results wait (as pending rows, in storage), and
 //! nothing writes to them, so their bytes stay as they were until an operator fixes them and
-//! releases the entity ([`Runtime::release`](crate::Runtime::release)).
+//! releases the entity ([`Admin::release`](crate::Admin::release)).
 //!
 //! The set lives in memory only: the stored bytes are the evidence, so after a restart the
 //! first activation finds them again.

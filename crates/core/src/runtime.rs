@@ -9,8 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use perennial_storage::{Store, StoredDeadLetter};
-use perennial_types::{EntityId, Epoch, ShardId};
+use perennial_types::{EntityId, EntityKey, shard_of};
 
 use tokio::task::JoinHandle;
 
@@ -18,7 +17,7 @@ use crate::commit::CommitStats;
 use crate::dyn_kind::DynKind;
 use crate::engine::Engine;
 use crate::entity;
-use crate::journal::HistoryEntry;
+
 use crate::kind::{KindRt, KindStats};
 use crate::{CallError, Handle, JsonRejection, Process};
 
@@ -97,7 +96,7 @@ pub struct Stats {
     pub pending_in_memory: usize,
     /// Timers, messages and effects fired (applied, refused or dead-lettered) since the start.
     pub pending_fired: u64,
-    /// Entities quarantined now (see [`Runtime::quarantined`]).
+    /// Entities quarantined now (see [`Admin::quarantined`](crate::Admin::quarantined)).
     pub quarantined: usize,
 }
 
@@ -174,99 +173,6 @@ impl Runtime {
         names
     }
 
-    /// The epoch this node serves `shard` under now; `None` if it does not serve it.
-    pub fn epoch_of(&self, shard: ShardId) -> Option<Epoch> {
-        self.shared.engine.shards.epoch(shard)
-    }
-
-    /// The shards this node serves now, with their epochs, in shard order.
-    pub fn served_shards(&self) -> Vec<(ShardId, Epoch)> {
-        self.shared.engine.shards.served()
-    }
-
-    /// Serves `grants` (shards and the epochs their leases gave) from now on, and every
-    /// served shard until `until`, a time on this process's monotonic clock (as tokio's
-    /// clock tells it: `tokio::time::Instant::now().into_std()`, which a simulation
-    /// advances) that the caller sets short of the leases' expiry. Called by a cluster's lease manager each time it
-    /// acquires or renews leases; a runtime started with [`Builder::start`](crate::Builder::start) serves every
-    /// shard already.
-    pub fn serve(&self, grants: &[(ShardId, Epoch)], until: Instant) {
-        let engine = &self.shared.engine;
-        // A shard served under another epoch before may have been written by another node
-        // since. Its rows held in memory are forgotten (the scan that follows the grant reads
-        // what is stored), its watches end (a watcher reconnects and reads the state again),
-        // and its resident entities load their state again before their next step (see
-        // `entity::Serving`).
-        let changed = engine.shards.changed(grants);
-        if !changed.is_empty() {
-            let changed = changed.into_iter().collect();
-            engine.due.forget_shards(&changed);
-            engine.watchers.close_shards(&changed);
-        }
-        engine
-            .shards
-            .grant(grants, tokio::time::Instant::from_std(until));
-    }
-
-    /// Reads the paused entities from storage again. A cluster's lease manager calls it when
-    /// the node takes shards, since another node may have paused or resumed their entities.
-    pub async fn reload_pauses(&self) -> Result<(), CallError> {
-        let engine = &self.shared.engine;
-        let stored = engine.store.paused().await.map_err(CallError::Store)?;
-        engine.pauses.replace(stored);
-        Ok(())
-    }
-
-    /// Sets the courier that carries messages between entities to the nodes that serve
-    /// their targets, when this node does not (a cluster sets it once, at start). Returns
-    /// `false` if one was set already.
-    pub fn set_courier(&self, courier: Arc<dyn crate::Courier>) -> bool {
-        self.shared.engine.courier.set(courier).is_ok()
-    }
-
-    /// Applies a message row another node carried here ([`Courier`](crate::Courier)): once,
-    /// however often the same row is carried, and deleting the row in the same transaction.
-    /// [`Delivery::NotServed`](crate::Delivery::NotServed) if this node does not serve the
-    /// target's shard.
-    pub async fn deliver(&self, parcel: crate::Parcel) -> crate::Delivery {
-        let Some(kind) = self.shared.by_name.get(&*parcel.target.kind) else {
-            let detail = format!("kind {:?} is not registered", parcel.target.kind);
-            return crate::Delivery::Poison(detail);
-        };
-        let row = crate::due::RowId::new(parcel.owner, parcel.seq);
-        Arc::clone(kind)
-            .deliver(parcel.target.id, parcel.body, row, true)
-            .await
-    }
-
-    /// Hands `shards` off: stops taking calls for them ([`CallError::NotOwner`], also for
-    /// messages queued and not yet run), passivates their resident entities once their
-    /// steps in flight are durable, and drops their pending rows from memory. Returns how
-    /// many entities were still busy after `patience`; their later writes are fenced once
-    /// the caller releases the leases.
-    pub async fn hand_off(&self, shards: &[ShardId], patience: Duration) -> usize {
-        let engine = &self.shared.engine;
-        engine.shards.revoke(shards);
-        let set: std::collections::HashSet<ShardId> = shards.iter().copied().collect();
-        engine.due.forget_shards(&set);
-        // The node that takes them finds their damaged bytes again, if they still are.
-        engine.quarantine.forget_shards(&set);
-        let give_up = tokio::time::Instant::now() + patience;
-        loop {
-            let (_, busy) = engine
-                .registry
-                .passivate_where(|entry| set.contains(&entry.shard()));
-            if busy == 0 || tokio::time::Instant::now() >= give_up {
-                engine.watchers.close_shards(&set);
-                if busy > 0 {
-                    tracing::warn!(busy, "handing shards off with entities still busy");
-                }
-                return busy;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
     /// The runtime's counters.
     pub fn stats(&self) -> Stats {
         let engine = &self.shared.engine;
@@ -285,121 +191,9 @@ impl Runtime {
         }
     }
 
-    /// The dead letters in the store, oldest first, of one kind or of all.
-    pub async fn dead_letters(
-        &self,
-        kind: Option<&str>,
-    ) -> Result<Vec<StoredDeadLetter>, perennial_storage::Error> {
-        self.shared.engine.store.dead_letters(kind).await
-    }
-
     /// How the kind named `kind` keeps its state, if it is registered.
     pub fn persistence(&self, kind: &str) -> Option<crate::Persistence> {
         self.shared.by_name.get(kind).map(|k| k.persistence())
-    }
-
-    /// Up to `limit` steps of a `Journal` entity's durable history, after step `after`, in
-    /// step order. Steps a snapshot made unnecessary are deleted unless the kind's
-    /// [`Snapshots`](crate::Snapshots) policy keeps them.
-    ///
-    /// ```
-    /// # use perennial_core::{Ctx, Process, Runtime};
-    /// # use perennial_storage::MemoryStore;
-    /// # #[derive(Default)]
-    /// # struct Tally(u32);
-    /// # impl Process for Tally {
-    /// #     const KIND: &'static str = "tally";
-    /// #     type Msg = u32;
-    /// #     type Reply = u32;
-    /// #     type Error = std::convert::Infallible;
-    /// #     fn handle(&mut self, n: u32, _: &mut Ctx<'_, Self>) -> Result<u32, Self::Error> {
-    /// #         self.0 += n;
-    /// #         Ok(self.0)
-    /// #     }
-    /// # }
-    /// # #[tokio::main]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let rt = Runtime::builder()
-    ///     .store(MemoryStore::new())
-    ///     .register_journal::<Tally>()
-    ///     .start()
-    ///     .await?;
-    /// rt.get::<Tally>("t").call(5).await?;
-    /// rt.get::<Tally>("t").call(7).await?;
-    /// let history = rt.history("tally", "t", 0, 100).await?;
-    /// assert_eq!(history[1].step, 2);
-    /// assert_eq!(history[1].message, 7);
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub async fn history(
-        &self,
-        kind: &str,
-        id: &str,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<HistoryEntry>, CallError> {
-        let Some(dynamic) = self.shared.by_name.get(kind) else {
-            return Err(CallError::UnknownKind(kind.to_owned()));
-        };
-        let key = perennial_types::EntityKey::new(kind, EntityId::new(id)?);
-        if dynamic.persistence() != crate::Persistence::Journal {
-            return Err(CallError::NoHistory {
-                key,
-                detail: format!("kind {kind:?} is not a Journal kind: it keeps no history"),
-            });
-        }
-        let entries = self
-            .shared
-            .engine
-            .store
-            .journal(&key, after, limit)
-            .await
-            .map_err(|source| CallError::Storage {
-                key: key.clone(),
-                source,
-            })?;
-        entries
-            .iter()
-            .map(|e| {
-                HistoryEntry::from_journal(e).map_err(|error| CallError::CorruptState {
-                    key: key.clone(),
-                    detail: format!("journal entry {}: {error}", e.step),
-                })
-            })
-            .collect()
-    }
-
-    /// The durable state of an entity as of step `step`, as JSON: for `Journal` kinds with
-    /// snapshots, by replay from the latest snapshot at or before `step` (or from the first
-    /// step, if the journal still holds it); for `Snapshot` kinds, only at their latest step.
-    pub async fn state_at(&self, kind: &str, id: &str, step: u64) -> Result<String, CallError> {
-        self.stored_state(kind, id, Some(step)).await
-    }
-
-    /// The latest durable state of an entity, as JSON, with the step it is at: for `Journal`
-    /// kinds with snapshots, by replaying the journal after the latest snapshot. Nothing is
-    /// activated.
-    pub async fn durable_state(&self, kind: &str, id: &str) -> Result<String, CallError> {
-        self.stored_state(kind, id, None).await
-    }
-
-    async fn stored_state(
-        &self,
-        kind: &str,
-        id: &str,
-        step: Option<u64>,
-    ) -> Result<String, CallError> {
-        let Some(dynamic) = self.shared.by_name.get(kind) else {
-            return Err(CallError::UnknownKind(kind.to_owned()));
-        };
-        let id = EntityId::new(id)?;
-        Arc::clone(dynamic).state_at(id, step).await
-    }
-
-    /// Passivates every idle entity now; returns how many entities stay resident.
-    pub fn passivate_idle(&self) -> usize {
-        self.shared.engine.registry.passivate_all()
     }
 
     /// Stops the runtime: refuses new calls, waits until every accepted call is answered
@@ -421,5 +215,29 @@ impl Runtime {
             let _ = tasks.committer.await;
         }
         tracing::info!("runtime stopped");
+    }
+
+    /// Watches the entity `id` of the kind named `kind`: each change of its state, once
+    /// durable. See [`Handle::watch`](crate::Handle::watch).
+    pub fn watch(&self, kind: &str, id: &str) -> Result<crate::Watch, CallError> {
+        if !self.kind(kind)?.watchable() {
+            return Err(CallError::NotWatchable(kind.to_owned()));
+        }
+        let key = EntityKey::new(kind, EntityId::new(id)?);
+        let shard = shard_of(kind, id);
+        if self.shared.engine.shards.epoch(shard).is_none() {
+            // Another node commits its changes.
+            return Err(CallError::NotOwner { shard });
+        }
+        Ok(crate::Watch::new(
+            self.shared.engine.watchers.subscribe(key),
+        ))
+    }
+
+    pub(crate) fn kind(&self, kind: &str) -> Result<&Arc<dyn crate::dyn_kind::DynKind>, CallError> {
+        self.shared
+            .by_name
+            .get(kind)
+            .ok_or_else(|| CallError::UnknownKind(kind.to_owned()))
     }
 }

@@ -63,7 +63,7 @@ async fn corrupt_stored_state_quarantines_the_entity_and_is_left_untouched() {
         }
         other => panic!("expected CorruptState, got {other:?}"),
     }
-    let quarantined = rt.quarantined();
+    let quarantined = rt.admin().quarantined();
     assert_eq!(quarantined.len(), 1, "{quarantined:?}");
     assert_eq!(quarantined[0].key, key);
     assert_eq!(quarantined[0].code, "corrupt_state");
@@ -96,9 +96,12 @@ async fn corrupt_stored_state_quarantines_the_entity_and_is_left_untouched() {
     );
     // Fixed by an operator, then released: it serves again.
     store.inner().put_raw(key.clone(), r#"{"value":5}"#, 8);
-    assert!(rt.release("counter", "broken").unwrap());
-    assert!(!rt.release("counter", "broken").unwrap(), "released once");
-    assert!(rt.quarantined().is_empty());
+    assert!(rt.admin().release("counter", "broken").unwrap());
+    assert!(
+        !rt.admin().release("counter", "broken").unwrap(),
+        "released once"
+    );
+    assert!(rt.admin().quarantined().is_empty());
     assert_eq!(
         rt.get::<Counter>("broken").call(Op::Add(1)).await.unwrap(),
         6
@@ -118,13 +121,13 @@ async fn a_release_of_bytes_still_bad_quarantines_again() {
         matches!(first, Err(CallError::CorruptState { .. })),
         "{first:?}"
     );
-    assert!(rt.release("counter", "still").unwrap());
+    assert!(rt.admin().release("counter", "still").unwrap());
     let again = rt.get::<Counter>("still").call(Op::Get).await;
     assert!(
         matches!(again, Err(CallError::CorruptState { .. })),
         "{again:?}"
     );
-    assert_eq!(rt.quarantined().len(), 1);
+    assert_eq!(rt.admin().quarantined().len(), 1);
     assert!(matches!(
         rt.get::<Counter>("still").call(Op::Get).await,
         Err(CallError::Quarantined(_))

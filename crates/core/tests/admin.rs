@@ -15,19 +15,20 @@ async fn entities_are_listed_by_id_with_their_residency() {
     }
     rt.get::<Counter>("b").call(Op::Add(1)).await.unwrap();
     assert_eq!(
-        rt.passivate("counter", "a").unwrap(),
+        rt.admin().passivate("counter", "a").unwrap(),
         Passivation::Passivated
     );
 
-    let all = rt.entities("counter", None, 10).await.unwrap();
+    let all = rt.admin().entities("counter", None, 10).await.unwrap();
     let ids: Vec<(&str, bool)> = all.iter().map(|e| (e.id.as_str(), e.resident)).collect();
     assert_eq!(ids, [("a", false), ("b", true), ("c", true), ("d", true)]);
     assert_eq!(all[1].state_version, 2);
     assert!(all[1].updated_at_ms.is_some_and(|t| t > 0));
-    let page = rt.entities("counter", Some("b"), 1).await.unwrap();
+    let page = rt.admin().entities("counter", Some("b"), 1).await.unwrap();
     assert_eq!(page[0].id, "c");
     assert!(
-        rt.entities("counter", Some("d"), 10)
+        rt.admin()
+            .entities("counter", Some("d"), 10)
             .await
             .unwrap()
             .is_empty()
@@ -36,7 +37,7 @@ async fn entities_are_listed_by_id_with_their_residency() {
     // An ephemeral kind stores nothing: its resident entities are listed.
     rt.get::<Scratch>("s2").call(Op::Add(1)).await.unwrap();
     rt.get::<Scratch>("s1").call(Op::Add(1)).await.unwrap();
-    let scratch = rt.entities("scratch", None, 10).await.unwrap();
+    let scratch = rt.admin().entities("scratch", None, 10).await.unwrap();
     let ids: Vec<&str> = scratch.iter().map(|e| e.id.as_str()).collect();
     assert_eq!(ids, ["s1", "s2"]);
     assert!(
@@ -46,7 +47,7 @@ async fn entities_are_listed_by_id_with_their_residency() {
     );
 
     assert!(matches!(
-        rt.entities("nope", None, 10).await,
+        rt.admin().entities("nope", None, 10).await,
         Err(CallError::UnknownKind(_))
     ));
     rt.shutdown().await;
@@ -59,7 +60,7 @@ async fn passivation_now_spares_busy_entities_and_loses_nothing() {
         rt.get::<Counter>(id).call(Op::Add(5)).await.unwrap();
     }
     assert_eq!(
-        rt.passivate("counter", "nobody").unwrap(),
+        rt.admin().passivate("counter", "nobody").unwrap(),
         Passivation::NotResident
     );
     // A busy entity stays.
@@ -67,10 +68,14 @@ async fn passivation_now_spares_busy_entities_and_loses_nothing() {
     let busy = rt.get::<Counter>("z");
     let sleeping = tokio::spawn(async move { busy.call(Op::Sleep(300)).await });
     until("z is busy", || SLEEPERS.load(Ordering::SeqCst) > started).await;
-    assert_eq!(rt.passivate("counter", "z").unwrap(), Passivation::Busy);
-    assert_eq!(rt.passivate_kind("counter").unwrap(), (2, 1));
+    assert_eq!(
+        rt.admin().passivate("counter", "z").unwrap(),
+        Passivation::Busy
+    );
+    assert_eq!(rt.admin().passivate_kind("counter").unwrap(), (2, 1));
     sleeping.await.unwrap().unwrap();
     let resident: Vec<bool> = rt
+        .admin()
         .entities("counter", None, 10)
         .await
         .unwrap()
@@ -128,7 +133,7 @@ async fn with_dead_letter(switch: usize, n: i64) -> (perennial_core::Runtime, u6
             other => panic!("{other:?}"),
         }
     }
-    let letters = rt.dead_letters(Some("flaky")).await.unwrap();
+    let letters = rt.admin().dead_letters(Some("flaky")).await.unwrap();
     let seq = letters.last().unwrap().seq;
     (rt, seq)
 }
@@ -136,31 +141,31 @@ async fn with_dead_letter(switch: usize, n: i64) -> (perennial_core::Runtime, u6
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_dead_letter_is_applied_once_and_deleted_with_its_step() {
     let (rt, seq) = with_dead_letter(0, 7).await;
-    let letter = rt.dead_letter(seq).await.unwrap().unwrap();
+    let letter = rt.admin().dead_letter(seq).await.unwrap().unwrap();
     assert_eq!(letter.letter.message, "[0,7]");
     assert!(letter.letter.error.contains("broken for now"), "{letter:?}");
 
     // Still broken: the retry is set aside again, and the new letter replaces the old.
-    let retried = rt.retry_dead_letter(seq).await;
+    let retried = rt.admin().retry_dead_letter(seq).await;
     assert!(
         matches!(retried, Err(CallError::Panicked { .. })),
         "{retried:?}"
     );
-    let retried = rt.retry_dead_letter(seq).await;
+    let retried = rt.admin().retry_dead_letter(seq).await;
     assert!(
         matches!(retried, Err(CallError::DeadLettered { .. })),
         "{retried:?}"
     );
-    let letters = rt.dead_letters(Some("flaky")).await.unwrap();
+    let letters = rt.admin().dead_letters(Some("flaky")).await.unwrap();
     assert_eq!(letters.len(), 1, "{letters:?}");
     let seq = letters[0].seq;
 
     // Fixed: the retry applies it once, and the letter is gone.
     BROKEN[0].store(false, Ordering::SeqCst);
-    assert_eq!(rt.retry_dead_letter(seq).await.unwrap(), "7");
-    assert!(rt.dead_letters(None).await.unwrap().is_empty());
+    assert_eq!(rt.admin().retry_dead_letter(seq).await.unwrap(), "7");
+    assert!(rt.admin().dead_letters(None).await.unwrap().is_empty());
     assert!(matches!(
-        rt.retry_dead_letter(seq).await,
+        rt.admin().retry_dead_letter(seq).await,
         Err(CallError::NoSuchLetter(s)) if s == seq
     ));
     assert_eq!(rt.get::<Flaky>("f").call((0, 0)).await.unwrap(), 7);
@@ -171,9 +176,9 @@ async fn a_retried_dead_letter_is_applied_once_and_deleted_with_its_step() {
 async fn a_discarded_dead_letter_is_gone_without_being_applied() {
     let (rt, seq) = with_dead_letter(1, 5).await;
     BROKEN[1].store(false, Ordering::SeqCst);
-    assert!(rt.discard_dead_letter(seq).await.unwrap());
-    assert!(!rt.discard_dead_letter(seq).await.unwrap());
-    assert!(rt.dead_letter(seq).await.unwrap().is_none());
+    assert!(rt.admin().discard_dead_letter(seq).await.unwrap());
+    assert!(!rt.admin().discard_dead_letter(seq).await.unwrap());
+    assert!(rt.admin().dead_letter(seq).await.unwrap().is_none());
     assert_eq!(rt.get::<Flaky>("f").call((1, 0)).await.unwrap(), 0);
     rt.shutdown().await;
 }
@@ -208,8 +213,8 @@ async fn a_paused_entity_refuses_calls_holds_messages_and_drains_them_in_order_o
         [1]
     );
 
-    assert!(rt.pause("inbox", "box").await.unwrap());
-    assert!(!rt.pause("inbox", "box").await.unwrap());
+    assert!(rt.admin().pause("inbox", "box").await.unwrap());
+    assert!(!rt.admin().pause("inbox", "box").await.unwrap());
     assert!(matches!(
         inbox.call(InboxMsg::Get).await,
         Err(CallError::Paused(key)) if key == inbox_key
@@ -223,21 +228,21 @@ async fn a_paused_entity_refuses_calls_holds_messages_and_drains_them_in_order_o
         3,
         "the messages wait"
     );
-    let listed = rt.entities("inbox", None, 10).await.unwrap();
+    let listed = rt.admin().entities("inbox", None, 10).await.unwrap();
     assert!(listed[0].paused);
 
     // The pause is stored: a restarted node keeps it.
     rt.shutdown().await;
     let rt = start().await;
-    assert_eq!(rt.paused(), std::slice::from_ref(&inbox_key));
+    assert_eq!(rt.admin().paused(), std::slice::from_ref(&inbox_key));
     let inbox = rt.get::<Inbox>("box");
     assert!(matches!(
         inbox.call(InboxMsg::Get).await,
         Err(CallError::Paused(_))
     ));
 
-    assert!(rt.resume("inbox", "box").await.unwrap());
-    assert!(!rt.resume("inbox", "box").await.unwrap());
+    assert!(rt.admin().resume("inbox", "box").await.unwrap());
+    assert!(!rt.admin().resume("inbox", "box").await.unwrap());
     let got = || async { inbox.call(InboxMsg::Get).await.unwrap() };
     let all = eventually("the held messages arrive", got, |g| g.len() == 4).await;
     assert_eq!(all, [1, 2, 3, 4]);
@@ -245,9 +250,9 @@ async fn a_paused_entity_refuses_calls_holds_messages_and_drains_them_in_order_o
     let receipts = || async { sender.call(SenderMsg::Get).await.unwrap() };
     let all = eventually("the receipts arrive", receipts, |r| r.len() == 4).await;
     assert_eq!(all, [1, 2, 3, 4]);
-    assert!(rt.paused().is_empty());
+    assert!(rt.admin().paused().is_empty());
     assert!(matches!(
-        rt.pause("nope", "x").await,
+        rt.admin().pause("nope", "x").await,
         Err(CallError::UnknownKind(_))
     ));
     rt.shutdown().await;
@@ -266,36 +271,44 @@ async fn entities_are_queried_by_state_and_indexed_by_path() {
         found.into_iter().map(|e| e.id).collect()
     };
     assert_eq!(
-        ids(rt.query("counter", &filter, None, 10).await.unwrap()),
+        ids(rt
+            .admin()
+            .query("counter", &filter, None, 10)
+            .await
+            .unwrap()),
         ["b", "c"]
     );
     assert_eq!(
-        ids(rt.query("counter", &filter, Some("b"), 10).await.unwrap()),
+        ids(rt
+            .admin()
+            .query("counter", &filter, Some("b"), 10)
+            .await
+            .unwrap()),
         ["c"]
     );
     let value = Path::parse("value").unwrap();
-    rt.create_index("counter", &value).await.unwrap();
+    rt.admin().create_index("counter", &value).await.unwrap();
     assert_eq!(
-        rt.indexes("counter").await.unwrap(),
+        rt.admin().indexes("counter").await.unwrap(),
         std::slice::from_ref(&value)
     );
     assert_eq!(
-        ids(rt.query("counter", &filter, None, 1).await.unwrap()),
+        ids(rt.admin().query("counter", &filter, None, 1).await.unwrap()),
         ["b"]
     );
-    assert!(rt.drop_index("counter", &value).await.unwrap());
+    assert!(rt.admin().drop_index("counter", &value).await.unwrap());
 
     let each = Path::parse("items[*].name").unwrap();
     assert!(matches!(
-        rt.create_index("counter", &each).await,
+        rt.admin().create_index("counter", &each).await,
         Err(CallError::NotIndexable(p)) if p == "items[*].name"
     ));
     assert!(matches!(
-        rt.query("scratch", &filter, None, 10).await,
+        rt.admin().query("scratch", &filter, None, 10).await,
         Err(CallError::NotStored(_))
     ));
     assert!(matches!(
-        rt.query("nope", &filter, None, 10).await,
+        rt.admin().query("nope", &filter, None, 10).await,
         Err(CallError::UnknownKind(_))
     ));
     rt.shutdown().await;

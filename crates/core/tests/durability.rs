@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use perennial_core::CallError;
+use perennial_core::{CallError, Plumbing};
 use perennial_storage::{MemoryStore, Store};
 use perennial_types::{EntityId, EntityKey, ShardId};
 
@@ -137,7 +137,7 @@ async fn a_second_runtime_on_the_same_store_fences_the_first() {
     let first = counters(&store).await;
     first.get::<Counter>("z").call(Op::Add(1)).await.unwrap();
     let second = counters(&store).await;
-    assert!(second.epoch_of(ShardId(0)) > first.epoch_of(ShardId(0)));
+    assert!(Plumbing::of(&second).epoch_of(ShardId(0)) > Plumbing::of(&first).epoch_of(ShardId(0)));
     match first.get::<Counter>("z").call(Op::Add(1)).await {
         Err(e @ CallError::Fenced { .. }) => assert_eq!(e.code(), "fenced"),
         other => panic!("expected Fenced, got {other:?}"),

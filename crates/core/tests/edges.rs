@@ -105,7 +105,7 @@ async fn a_dead_letter_reply_waits_for_its_own_batch() {
         outcomes,
         ["handler_panicked", "handler_panicked", "storage_io"]
     );
-    assert!(rt.dead_letters(None).await.unwrap().is_empty());
+    assert!(rt.admin().dead_letters(None).await.unwrap().is_empty());
     rt.shutdown().await;
 }
 

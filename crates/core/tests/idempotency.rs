@@ -101,7 +101,7 @@ async fn keys_expire_after_the_window() {
         "expired"
     );
     // The cached reply went with passivation; the key is new again.
-    assert_eq!(rt.passivate_idle(), 0);
+    assert_eq!(rt.admin().passivate_idle(), 0);
     assert_eq!(c.call_idempotent("k", Op::Add(1)).await.unwrap(), 2);
 }
 

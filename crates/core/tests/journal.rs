@@ -156,7 +156,7 @@ proptest! {
             // Past states, by replay: from the start (before the latest snapshot) or from a
             // snapshot (after it).
             for (i, expected) in by_step.iter().enumerate() {
-                let json = rt.state_at("ledger", "l", i as u64 + 1).await.unwrap();
+                let json = rt.admin().state_at("ledger", "l", i as u64 + 1).await.unwrap();
                 let past: Ledger = serde_json::from_str(&json).unwrap();
                 assert_eq!(&past, expected, "state at step {}", i + 1);
             }
@@ -202,7 +202,7 @@ async fn failed_steps_roll_back_and_are_not_journaled() {
     let state = l.call(LedgerOp::Add(1)).await.unwrap();
     assert_eq!(state.total, 6);
     assert_eq!(l.call(LedgerOp::Get).await.unwrap().total, 6);
-    let history = rt.history("ledger", "l", 0, 100).await.unwrap();
+    let history = rt.admin().history("ledger", "l", 0, 100).await.unwrap();
     let messages: Vec<String> = history.iter().map(|h| h.message.to_string()).collect();
     assert_eq!(messages, [r#"{"add":5}"#, r#"{"add":1}"#]);
     assert_eq!(
@@ -253,7 +253,7 @@ async fn snapshots_trim_the_journal_by_policy() {
             78
         );
         // Time travel before the trimmed part fails clearly, after it works.
-        let early = rt.state_at("ledger", "l", 2).await;
+        let early = rt.admin().state_at("ledger", "l", 2).await;
         if first_kept > 1 {
             assert!(
                 matches!(early, Err(CallError::NoHistory { .. })),
@@ -264,10 +264,10 @@ async fn snapshots_trim_the_journal_by_policy() {
             assert_eq!(past.total, 3);
         }
         let past: Ledger =
-            serde_json::from_str(&rt.state_at("ledger", "l", 11).await.unwrap()).unwrap();
+            serde_json::from_str(&rt.admin().state_at("ledger", "l", 11).await.unwrap()).unwrap();
         assert_eq!(past.total, 66);
         assert!(matches!(
-            rt.state_at("ledger", "l", 13).await,
+            rt.admin().state_at("ledger", "l", 13).await,
             Err(CallError::NoHistory { .. })
         ));
         rt.shutdown().await;
@@ -339,7 +339,7 @@ async fn the_determinism_guard_fires_on_a_nondeterministic_kind() {
     }
     assert_eq!(err.code(), "replay_diverged");
     // Quarantined: refused at once from now on, until released.
-    let quarantined = rt.quarantined();
+    let quarantined = rt.admin().quarantined();
     assert_eq!(quarantined.len(), 1, "{quarantined:?}");
     assert_eq!(quarantined[0].code, "replay_diverged");
     assert!(matches!(
@@ -433,7 +433,7 @@ async fn a_closure_in_the_state_survives_a_restart() {
     .unwrap();
     assert_eq!(flat.call(PricingMsg::Quote(100)).await.unwrap(), 107);
     assert_eq!(pct.call(PricingMsg::Quote(100)).await.unwrap(), 110);
-    assert_eq!(rt.passivate_idle(), 0);
+    assert_eq!(rt.admin().passivate_idle(), 0);
     let activations = || rt.stats().kinds[0].activations;
     let before = activations();
     assert_eq!(pct.call(PricingMsg::Quote(200)).await.unwrap(), 220);
@@ -457,10 +457,17 @@ async fn a_closure_in_the_state_survives_a_restart() {
     );
     // Its past states cannot be shown (not serializable), but its history can.
     assert!(matches!(
-        rt.state_at("pricing", "pct", 1).await,
+        rt.admin().state_at("pricing", "pct", 1).await,
         Err(CallError::NoHistory { .. })
     ));
-    assert_eq!(rt.history("pricing", "pct", 0, 10).await.unwrap().len(), 1);
+    assert_eq!(
+        rt.admin()
+            .history("pricing", "pct", 0, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     rt.shutdown().await;
 }
 
@@ -512,7 +519,7 @@ async fn a_dead_letter_leaves_the_journal_contiguous() {
     let rt = ledgers(store.clone(), None).await;
     let state = rt.get::<Ledger>("l").call(LedgerOp::Get).await;
     assert_eq!(state.unwrap().total, 6);
-    let history = rt.history("ledger", "l", 0, 100).await.unwrap();
+    let history = rt.admin().history("ledger", "l", 0, 100).await.unwrap();
     let steps: Vec<u64> = history.iter().map(|h| h.step).collect();
     assert_eq!(steps, [1, 2], "the step after the letter is step 2");
     rt.shutdown().await;

@@ -251,7 +251,7 @@ async fn a_state_from_newer_code_is_refused_quarantined_and_left_untouched() {
         cart.call(CartMsg::View).await,
         Err(CallError::Quarantined(_))
     ));
-    let listed = rt.quarantined();
+    let listed = rt.admin().quarantined();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].code, "state_too_new");
     assert_eq!(
@@ -260,6 +260,7 @@ async fn a_state_from_newer_code_is_refused_quarantined_and_left_untouched() {
     );
     // A migration pass refuses it too, and writes nothing.
     let report = rt
+        .admin()
         .migrate("cart", Migrate::new(), &Progress::default())
         .await
         .unwrap();
@@ -280,7 +281,7 @@ async fn a_failing_migration_quarantines_until_the_bytes_are_fixed_and_released(
         matches!(&error, CallError::MigrationFailed { from: 2, detail, .. } if detail.contains("a bad price")),
         "{error:?}"
     );
-    assert_eq!(rt.quarantined()[0].code, "migration_failed");
+    assert_eq!(rt.admin().quarantined()[0].code, "migration_failed");
     assert_eq!(store.load(&key("cart", "bad")).await.unwrap(), Some(bad));
     // A state that migrates but then does not decode is a failed migration too.
     store.put_record(
@@ -297,7 +298,7 @@ async fn a_failing_migration_quarantines_until_the_bytes_are_fixed_and_released(
         key("cart", "bad"),
         record(json!({"lines": [{"sku": "tea", "price": 3}]}), 2, 2),
     );
-    assert!(rt.release("cart", "bad").unwrap());
+    assert!(rt.admin().release("cart", "bad").unwrap());
     let fixed = cart.call(CartMsg::View).await.unwrap();
     assert_eq!(fixed.lines[0].cents, 300);
     rt.shutdown().await;
@@ -408,6 +409,7 @@ async fn a_migration_pass_rewrites_dormant_entities_and_resumes_by_running_again
     // A dry run writes nothing, and says what would change and what fails.
     let progress = Progress::default();
     let dry = rt
+        .admin()
         .migrate("cart", Migrate::new().dry_run(), &progress)
         .await
         .unwrap();
@@ -421,6 +423,7 @@ async fn a_migration_pass_rewrites_dormant_entities_and_resumes_by_running_again
     rt.get::<Cart>("c001").call(CartMsg::View).await.unwrap();
     let progress = Progress::default();
     let report = rt
+        .admin()
         .migrate("cart", Migrate::new().batch(16), &progress)
         .await
         .unwrap();
@@ -439,7 +442,7 @@ async fn a_migration_pass_rewrites_dormant_entities_and_resumes_by_running_again
             v3_cart()
         );
     }
-    let listed = rt.entities("cart", None, 1000).await.unwrap();
+    let listed = rt.admin().entities("cart", None, 1000).await.unwrap();
     let resident: Vec<&str> = listed
         .iter()
         .filter(|e| e.resident)
@@ -448,6 +451,7 @@ async fn a_migration_pass_rewrites_dormant_entities_and_resumes_by_running_again
     assert_eq!(resident, ["c001"], "the pass passivates what it activated");
     // Running it again changes nothing: a pass cut short is resumed this way.
     let again = rt
+        .admin()
         .migrate("cart", Migrate::new(), &Progress::default())
         .await
         .unwrap();
@@ -470,6 +474,7 @@ async fn a_snapshot_pass_leaves_no_step_to_replay_and_verify_replay_names_diverg
     }
     // With the old build, everything replays.
     let clean = rt
+        .admin()
         .verify_replay("rcart", &Progress::default())
         .await
         .unwrap();
@@ -477,6 +482,7 @@ async fn a_snapshot_pass_leaves_no_step_to_replay_and_verify_replay_names_diverg
     // The new build's handler would diverge on every journaled step.
     NEW_PRICING.store(true, Ordering::SeqCst);
     let diverged = rt
+        .admin()
         .verify_replay("rcart", &Progress::default())
         .await
         .unwrap();
@@ -492,6 +498,7 @@ async fn a_snapshot_pass_leaves_no_step_to_replay_and_verify_replay_names_diverg
     );
     // So the old build snapshots them all first: nothing is left to replay.
     let snap = rt
+        .admin()
         .migrate("rcart", Migrate::new().snapshot(), &Progress::default())
         .await
         .unwrap();
@@ -506,6 +513,7 @@ async fn a_snapshot_pass_leaves_no_step_to_replay_and_verify_replay_names_diverg
     NEW_PRICING.store(true, Ordering::SeqCst);
     let rt = carts(&store).await;
     let after = rt
+        .admin()
         .verify_replay("rcart", &Progress::default())
         .await
         .unwrap();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use perennial_core::{CallError, Courier, Delivery, Parcel, Runtime};
+use perennial_core::{CallError, Courier, Delivery, Parcel, Plumbing, Runtime};
 use perennial_storage::{MemoryStore, Store};
 use perennial_types::{ShardId, shard_of};
 
@@ -43,9 +43,9 @@ async fn calls_run_only_for_served_shards_and_only_while_their_time_lasts() {
     );
 
     let epoch = store.claim("a", &[c1]).await.unwrap();
-    rt.serve(&[(c1, epoch)], Instant::now() + Duration::from_millis(300));
-    assert_eq!(rt.epoch_of(c1), Some(epoch));
-    assert_eq!(rt.served_shards(), vec![(c1, epoch)]);
+    Plumbing::of(&rt).serve(&[(c1, epoch)], Instant::now() + Duration::from_millis(300));
+    assert_eq!(Plumbing::of(&rt).epoch_of(c1), Some(epoch));
+    assert_eq!(Plumbing::of(&rt).served_shards(), vec![(c1, epoch)]);
     assert_eq!(rt.get::<Counter>("c1").call(Op::Add(2)).await.unwrap(), 2);
 
     // Not renewed in time: the node stops serving the shard, even with the entity resident.
@@ -55,10 +55,10 @@ async fn calls_run_only_for_served_shards_and_only_while_their_time_lasts() {
         matches!(lapsed, Err(CallError::NotOwner { .. })),
         "{lapsed:?}"
     );
-    assert!(rt.served_shards().is_empty());
+    assert!(Plumbing::of(&rt).served_shards().is_empty());
 
     // Renewed: served again, from the state it had.
-    rt.serve(&[], Instant::now() + Duration::from_secs(30));
+    Plumbing::of(&rt).serve(&[], Instant::now() + Duration::from_secs(30));
     assert_eq!(rt.get::<Counter>("c1").call(Op::Add(1)).await.unwrap(), 3);
     rt.shutdown().await;
 }
@@ -69,15 +69,17 @@ async fn a_node_that_lost_its_shard_to_a_newer_epoch_reloads_before_it_writes() 
     let a = unclaimed(&store).await;
     let c1 = shard("counter", "c1");
     let first = store.claim("a", &[c1]).await.unwrap();
-    a.serve(&[(c1, first)], Instant::now() + Duration::from_secs(30));
+    Plumbing::of(&a).serve(&[(c1, first)], Instant::now() + Duration::from_secs(30));
     assert_eq!(a.get::<Counter>("c1").call(Op::Add(1)).await.unwrap(), 1);
 
     // Another node takes the shard (a's lease lapsed) and writes.
     let b = unclaimed(&store).await;
     let second = store.claim("b", &[c1]).await.unwrap();
-    b.serve(&[(c1, second)], Instant::now() + Duration::from_secs(30));
+    Plumbing::of(&b).serve(&[(c1, second)], Instant::now() + Duration::from_secs(30));
     assert_eq!(b.get::<Counter>("c1").call(Op::Add(10)).await.unwrap(), 11);
-    b.hand_off(&[c1], Duration::from_secs(5)).await;
+    Plumbing::of(&b)
+        .hand_off(&[c1], Duration::from_secs(5))
+        .await;
 
     // a still holds the entity in memory under the old epoch: its write is fenced, not lost
     // over b's, and the next call reads b's state under the epoch a serves now.
@@ -87,7 +89,7 @@ async fn a_node_that_lost_its_shard_to_a_newer_epoch_reloads_before_it_writes() 
         "{fenced:?}"
     );
     let third = store.claim("a", &[c1]).await.unwrap();
-    a.serve(&[(c1, third)], Instant::now() + Duration::from_secs(30));
+    Plumbing::of(&a).serve(&[(c1, third)], Instant::now() + Duration::from_secs(30));
     assert_eq!(
         a.get::<Counter>("c1").call(Op::Add(100)).await.unwrap(),
         111
@@ -102,7 +104,7 @@ async fn a_handoff_passivates_the_shards_entities_and_its_timers_move_with_it() 
     let a = unclaimed(&store).await;
     let s = shard("alarm", "a1");
     let epoch = store.claim("a", &[s]).await.unwrap();
-    a.serve(&[(s, epoch)], Instant::now() + Duration::from_secs(30));
+    Plumbing::of(&a).serve(&[(s, epoch)], Instant::now() + Duration::from_secs(30));
     let set = AlarmMsg::Set {
         name: "later".into(),
         ms: 400,
@@ -110,10 +112,12 @@ async fn a_handoff_passivates_the_shards_entities_and_its_timers_move_with_it() 
     a.get::<Alarm>("a1").call(set).await.unwrap();
     assert_eq!(a.stats().resident, 1);
 
-    let busy = a.hand_off(&[s], Duration::from_secs(5)).await;
+    let busy = Plumbing::of(&a)
+        .hand_off(&[s], Duration::from_secs(5))
+        .await;
     assert_eq!(busy, 0);
     assert_eq!(a.stats().resident, 0, "the shard's entities left memory");
-    assert!(a.served_shards().is_empty());
+    assert!(Plumbing::of(&a).served_shards().is_empty());
     let refused = a.get::<Alarm>("a1").call(AlarmMsg::Get).await;
     assert!(
         matches!(refused, Err(CallError::NotOwner { .. })),
@@ -123,7 +127,7 @@ async fn a_handoff_passivates_the_shards_entities_and_its_timers_move_with_it() 
     // The next owner finds the timer in storage and fires it; a fires nothing.
     let b = unclaimed(&store).await;
     let next = store.claim("b", &[s]).await.unwrap();
-    b.serve(&[(s, next)], Instant::now() + Duration::from_secs(30));
+    Plumbing::of(&b).serve(&[(s, next)], Instant::now() + Duration::from_secs(30));
     let fired = || async {
         b.get::<Alarm>("a1")
             .call(AlarmMsg::Get)
@@ -157,8 +161,8 @@ impl Courier for Twice {
         let carried = Arc::clone(&self.carried);
         Box::pin(async move {
             carried.fetch_add(1, Ordering::SeqCst);
-            let first = to.deliver(parcel.clone()).await;
-            let again = to.deliver(parcel).await;
+            let first = Plumbing::of(&to).deliver(parcel.clone()).await;
+            let again = Plumbing::of(&to).deliver(parcel).await;
             assert_eq!(first, again, "a row carried again gets the same answer");
             again
         })
@@ -184,14 +188,14 @@ async fn messages_to_entities_on_another_node_are_carried_and_applied_once() {
     let (s, i) = (shard("sender", "s1"), shard("inbox", "i1"));
     assert_ne!(s, i);
     let long = Instant::now() + Duration::from_secs(60);
-    a.serve(&[(s, store.claim("a", &[s]).await.unwrap())], long);
-    b.serve(&[(i, store.claim("b", &[i]).await.unwrap())], long);
+    Plumbing::of(&a).serve(&[(s, store.claim("a", &[s]).await.unwrap())], long);
+    Plumbing::of(&b).serve(&[(i, store.claim("b", &[i]).await.unwrap())], long);
     let (to_b, to_a) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    assert!(a.set_courier(Arc::new(Twice {
+    assert!(Plumbing::of(&a).set_courier(Arc::new(Twice {
         to: b.clone(),
         carried: Arc::clone(&to_b),
     })));
-    b.set_courier(Arc::new(Twice {
+    Plumbing::of(&b).set_courier(Arc::new(Twice {
         to: a.clone(),
         carried: Arc::clone(&to_a),
     }));
@@ -235,29 +239,31 @@ async fn rows_held_across_a_lost_shard_are_read_again_from_storage() {
     let a = unclaimed(&store).await;
     let s = shard("alarm", "a1");
     let first = store.claim("a", &[s]).await.unwrap();
-    a.serve(&[(s, first)], Instant::now() + Duration::from_secs(30));
+    Plumbing::of(&a).serve(&[(s, first)], Instant::now() + Duration::from_secs(30));
     let set = AlarmMsg::Set {
         name: "later".into(),
         ms: 1500,
     };
     a.get::<Alarm>("a1").call(set).await.unwrap();
     // a's lease lapses (no handoff: a stalled node), so a keeps the timer in memory.
-    a.serve(&[], Instant::now());
-    assert!(a.served_shards().is_empty());
+    Plumbing::of(&a).serve(&[], Instant::now());
+    assert!(Plumbing::of(&a).served_shards().is_empty());
 
     // b takes the shard and cancels the timer.
     let b = unclaimed(&store).await;
     let second = store.claim("b", &[s]).await.unwrap();
-    b.serve(&[(s, second)], Instant::now() + Duration::from_secs(30));
+    Plumbing::of(&b).serve(&[(s, second)], Instant::now() + Duration::from_secs(30));
     let cancel = AlarmMsg::Cancel {
         name: "later".into(),
     };
     b.get::<Alarm>("a1").call(cancel).await.unwrap();
-    b.hand_off(&[s], Duration::from_secs(5)).await;
+    Plumbing::of(&b)
+        .hand_off(&[s], Duration::from_secs(5))
+        .await;
 
     // a takes it back before the timer is due: the cancelled timer must not fire.
     let third = store.claim("a", &[s]).await.unwrap();
-    a.serve(&[(s, third)], Instant::now() + Duration::from_secs(30));
+    Plumbing::of(&a).serve(&[(s, third)], Instant::now() + Duration::from_secs(30));
     tokio::time::sleep(Duration::from_millis(2000)).await;
     let fired = a.get::<Alarm>("a1").call(AlarmMsg::Get).await.unwrap();
     assert!(fired.is_empty(), "a cancelled timer fired: {fired:?}");
@@ -283,9 +289,9 @@ async fn a_row_delivered_here_is_not_applied_again_when_carried_in() {
         (s, store.claim("b", &[s]).await.unwrap()),
         (i, store.claim("b", &[i]).await.unwrap()),
     ];
-    b.serve(&grants, Instant::now() + Duration::from_secs(60));
+    Plumbing::of(&b).serve(&grants, Instant::now() + Duration::from_secs(60));
     // Hold the message while its row is read, then let it through.
-    b.pause("inbox", "i1").await.unwrap();
+    b.admin().pause("inbox", "i1").await.unwrap();
     let send = SenderMsg::Send {
         to: "i1".into(),
         n: 1,
@@ -298,7 +304,7 @@ async fn a_row_delivered_here_is_not_applied_again_when_carried_in() {
         .into_iter()
         .find(|r| &*r.target.kind == "inbox")
         .expect("the message's row");
-    b.resume("inbox", "i1").await.unwrap();
+    b.admin().resume("inbox", "i1").await.unwrap();
     let start_at = Instant::now();
     while b
         .get::<Inbox>("i1")
@@ -315,7 +321,7 @@ async fn a_row_delivered_here_is_not_applied_again_when_carried_in() {
     }
     // The same row, carried in by another node.
     let parcel = Parcel::new(row.owner, row.seq, row.target, row.body);
-    assert_eq!(b.deliver(parcel).await, Delivery::Applied);
+    assert_eq!(Plumbing::of(&b).deliver(parcel).await, Delivery::Applied);
     let got = b.get::<Inbox>("i1").call(InboxMsg::Get).await.unwrap();
     assert_eq!(got, [1], "applied once");
     b.shutdown().await;
@@ -352,14 +358,14 @@ async fn a_node_that_takes_its_shard_back_reads_what_others_wrote_meanwhile() {
         }
     };
 
-    a.serve(&claim("a").await, long());
+    Plumbing::of(&a).serve(&claim("a").await, long());
     assert_eq!(a.get::<Counter>("c1").call(Op::Add(1)).await.unwrap(), 1);
     let ledger = a.get::<Ledger>("l1").call(LedgerOp::Add(1)).await.unwrap();
     assert_eq!(ledger.total, 1);
     assert_eq!(a.stats().resident, 2, "both entities are in a's memory");
 
     // a stalls past its lease: it stops serving, by its own clock, keeping its entities.
-    a.serve(&[], Instant::now());
+    Plumbing::of(&a).serve(&[], Instant::now());
     let refused = a.get::<Counter>("c1").call(Op::Get).await;
     assert!(
         matches!(refused, Err(CallError::NotOwner { .. })),
@@ -367,14 +373,16 @@ async fn a_node_that_takes_its_shard_back_reads_what_others_wrote_meanwhile() {
     );
 
     // b takes the shards, acknowledges writes, and hands them back.
-    b.serve(&claim("b").await, long());
+    Plumbing::of(&b).serve(&claim("b").await, long());
     assert_eq!(b.get::<Counter>("c1").call(Op::Add(10)).await.unwrap(), 11);
     let ledger = b.get::<Ledger>("l1").call(LedgerOp::Add(10)).await.unwrap();
     assert_eq!(ledger.total, 11);
-    b.hand_off(&[c, l], Duration::from_secs(5)).await;
+    Plumbing::of(&b)
+        .hand_off(&[c, l], Duration::from_secs(5))
+        .await;
 
     // a takes them back under newer epochs, with the old states still in memory.
-    a.serve(&claim("a").await, long());
+    Plumbing::of(&a).serve(&claim("a").await, long());
     let read = a.get::<Counter>("c1").call(Op::Get).await.unwrap();
     assert_eq!(
         read, 11,
@@ -388,14 +396,16 @@ async fn a_node_that_takes_its_shard_back_reads_what_others_wrote_meanwhile() {
     );
 
     // Once more, and a refusal (a step that writes nothing) answers from b's state too.
-    a.serve(&[], Instant::now());
-    b.serve(&claim("b").await, long());
+    Plumbing::of(&a).serve(&[], Instant::now());
+    Plumbing::of(&b).serve(&claim("b").await, long());
     assert_eq!(
         b.get::<Counter>("c1").call(Op::Add(100)).await.unwrap(),
         111
     );
-    b.hand_off(&[c, l], Duration::from_secs(5)).await;
-    a.serve(&claim("a").await, long());
+    Plumbing::of(&b)
+        .hand_off(&[c, l], Duration::from_secs(5))
+        .await;
+    Plumbing::of(&a).serve(&claim("a").await, long());
     let refused = a.get::<Counter>("c1").call(Op::AddThenReject(1)).await;
     assert!(
         matches!(refused, Err(CallError::Rejected(_))),
@@ -456,14 +466,16 @@ async fn a_read_is_not_released_once_its_node_stopped_serving_the_shard() {
         .await
         .unwrap();
     let s = shard("stalling", "s1");
-    a.serve(
+    Plumbing::of(&a).serve(
         &[(s, store.claim("a", &[s]).await.unwrap())],
         Instant::now() + Duration::from_secs(60),
     );
     assert_eq!(a.get::<Stalling>("s1").call(Op::Add(5)).await.unwrap(), 5);
 
     let lapse = a.clone();
-    *STALL.lock() = Some(Box::new(move || lapse.serve(&[], Instant::now())));
+    *STALL.lock() = Some(Box::new(move || {
+        Plumbing::of(&lapse).serve(&[], Instant::now())
+    }));
     let read = a.get::<Stalling>("s1").call(Op::Get).await;
     assert!(
         matches!(read, Err(CallError::NotOwner { shard }) if shard == s),
@@ -481,19 +493,19 @@ async fn a_watch_ends_when_its_shard_is_taken_again_under_a_newer_epoch() {
     let a = unclaimed(&store).await;
     let c = shard("counter", "c1");
     let long = || Instant::now() + Duration::from_secs(60);
-    a.serve(&[(c, store.claim("a", &[c]).await.unwrap())], long());
+    Plumbing::of(&a).serve(&[(c, store.claim("a", &[c]).await.unwrap())], long());
     let mut watch = a.watch("counter", "c1").unwrap();
     assert_eq!(a.get::<Counter>("c1").call(Op::Add(1)).await.unwrap(), 1);
     let change = watch.next().await.expect("the change");
     assert_eq!(&*change.state, r#"{"value":1}"#);
 
     // Renewed under the same epoch: the watch goes on.
-    a.serve(&[(c, a.epoch_of(c).unwrap())], long());
+    Plumbing::of(&a).serve(&[(c, Plumbing::of(&a).epoch_of(c).unwrap())], long());
     assert_eq!(a.get::<Counter>("c1").call(Op::Add(1)).await.unwrap(), 2);
     assert_eq!(watch.next().await.expect("the change").version, 2);
 
     // Taken again under a newer epoch: it ends.
-    a.serve(&[(c, store.claim("a", &[c]).await.unwrap())], long());
+    Plumbing::of(&a).serve(&[(c, store.claim("a", &[c]).await.unwrap())], long());
     let ended = tokio::time::timeout(Duration::from_secs(5), watch.next()).await;
     assert_eq!(ended.expect("the watch ended"), None);
     a.shutdown().await;

@@ -72,7 +72,7 @@ async fn a_message_that_keeps_panicking_becomes_a_dead_letter() {
     }
     // The entity goes on, from its last good state.
     assert_eq!(h.call(Op::Add(1)).await.unwrap(), 8);
-    let letters = rt.dead_letters(Some("counter")).await.unwrap();
+    let letters = rt.admin().dead_letters(Some("counter")).await.unwrap();
     assert_eq!(letters.len(), 1);
     let letter = &letters[0].letter;
     assert_eq!(letter.key.to_string(), "counter/poison");
@@ -123,7 +123,7 @@ async fn ephemeral_kinds_keep_state_across_panics_in_memory_only() {
     // Passivation drops the state: that is what ephemeral means. (The reply can leave a
     // moment before the entity's task goes idle, so ask until it is gone.)
     for _ in 0..1000 {
-        if rt.passivate_idle() == 0 {
+        if rt.admin().passivate_idle() == 0 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;

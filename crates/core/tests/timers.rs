@@ -225,7 +225,10 @@ async fn a_timer_reactivates_a_passivated_entity() {
     let rt = alarms(&store).await;
     rt.get::<Alarm>("p").call(set("wake", 300)).await.unwrap();
     // The reply may leave a moment before the entity's run loop marks it idle.
-    until("the alarm is passivated", || rt.passivate_idle() == 0).await;
+    until("the alarm is passivated", || {
+        rt.admin().passivate_idle() == 0
+    })
+    .await;
     assert_eq!(rt.stats().resident, 0);
     wait_stored(&store, "p", &["wake"]).await;
     let alarm = rt.stats().kinds.into_iter().find(|k| k.kind == "alarm");
@@ -297,7 +300,7 @@ async fn refused_or_poison_timer_messages_are_done_with() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(pending_rows(&store).await, 0);
-    let letters = rt.dead_letters(Some("alarm")).await.unwrap();
+    let letters = rt.admin().dead_letters(Some("alarm")).await.unwrap();
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert_eq!(letters[0].letter.message, r#""explode""#);
     assert_eq!(letters[0].letter.attempts, 2);
@@ -313,7 +316,7 @@ async fn journal_kinds_replay_without_storing_their_timers_again() {
     j.call(set("a", 400)).await.unwrap();
     j.call(set("b", 600)).await.unwrap();
     assert_eq!(pending_rows(&store).await, 2);
-    assert_eq!(rt.passivate_idle(), 0);
+    assert_eq!(rt.admin().passivate_idle(), 0);
     // Activation replays both steps; their timers are not created again.
     j.call(AlarmMsg::Get).await.unwrap();
     assert_eq!(pending_rows(&store).await, 2);

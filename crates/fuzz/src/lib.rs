@@ -13,7 +13,7 @@
 //! | `http_call` | requests to `POST /v1/{kind}/{id}` through the gateway: the path, an idempotency key, and up to 8 messages to one entity |
 //! | `stored_state` | the stored state of a demo kind (a snapshot, for `Journal` kinds), then a call |
 //! | `journal` | the journal entries of a `Journal` kind, then a call (replay) |
-//! | `parcel` | a message row carried from another node (`Runtime::deliver`) |
+//! | `parcel` | a message row carried from another node (`Plumbing::deliver`) |
 //! | `filter` | a filter over entity state (the admin query), matched against states |
 //! | `wire` | the internal route's postcard messages between nodes |
 //! | `log_row` | a row of SQLite's `state_log`, as a store opening the file reads it |
@@ -25,7 +25,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use perennial_core::{CallError, EntityId, EntityKey, Parcel, Runtime};
+use perennial_core::{CallError, EntityId, EntityKey, Parcel, Plumbing, Runtime};
 use perennial_storage::{Filter, JournalEntry, MemoryStore, Path, Store};
 use serde_json::Value;
 use tower::ServiceExt;
@@ -124,8 +124,8 @@ fn fresh_id(prefix: &str) -> String {
 
 /// Forgets an entity after an input: out of memory, out of the store, out of quarantine.
 fn forget(node: &Node, kind: &str, id: &str) {
-    let _ = node.rt.release(kind, id);
-    let _ = node.rt.passivate(kind, id);
+    let _ = node.rt.admin().release(kind, id);
+    let _ = node.rt.admin().passivate(kind, id);
     if let Ok(parsed) = EntityId::new(id) {
         node.store.forget(&EntityKey::new(kind, parsed));
     }
@@ -233,7 +233,7 @@ pub fn stored_state(data: &[u8]) {
             "refused bytes must stay as they were"
         );
         assert!(
-            node.rt.quarantined().iter().any(|q| q.key == key),
+            node.rt.admin().quarantined().iter().any(|q| q.key == key),
             "{key} is quarantined"
         );
     }
@@ -298,7 +298,7 @@ pub fn parcel(data: &[u8]) {
     let owner = EntityKey::new("counter", EntityId::new("sender").expect("a valid id"));
     let target = EntityKey::new(kind, EntityId::new(&id).expect("a valid id"));
     let parcel = Parcel::new(owner, 1, target, String::from_utf8_lossy(body).into());
-    let _ = node.tokio.block_on(node.rt.deliver(parcel));
+    let _ = node.tokio.block_on(Plumbing::of(&node.rt).deliver(parcel));
     forget(node, kind, &id);
 }
 

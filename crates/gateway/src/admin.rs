@@ -49,7 +49,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use perennial_core::{CallError, Runtime};
+use perennial_core::{CallError, Plumbing, Runtime};
 use perennial_storage::{EntityState, StoredDeadLetter};
 use perennial_storage::{Filter, Path as StatePath};
 use perennial_types::{ShardId, shard_of};
@@ -96,7 +96,7 @@ pub(crate) fn routes() -> Router<crate::AppState> {
 }
 
 async fn cluster(State(state): State<crate::AppState>) -> Response {
-    let served = state.rt.served_shards().len();
+    let served = Plumbing::of(&state.rt).served_shards().len();
     let Some(router) = &state.router else {
         return json_response(&json!({"node": null, "served_shards": served, "members": []}));
     };
@@ -126,7 +126,7 @@ async fn kinds(State(rt): State<Runtime>) -> Result<Response, ApiError> {
     let stats = rt.stats();
     let mut stored = Vec::with_capacity(stats.kinds.len());
     for k in &stats.kinds {
-        stored.push(rt.stored(&k.kind).await?);
+        stored.push(rt.admin().stored(&k.kind).await?);
     }
     let kinds: Vec<Value> = stats
         .kinds
@@ -162,7 +162,10 @@ async fn entities(
     let Path(kind) = kind.map_err(ApiError::from_path)?;
     let Query(page) = page.map_err(ApiError::from_query)?;
     let limit = page.limit.unwrap_or(100).clamp(1, MAX_PAGE);
-    let entities = rt.entities(&kind, page.after.as_deref(), limit).await?;
+    let entities = rt
+        .admin()
+        .entities(&kind, page.after.as_deref(), limit)
+        .await?;
     let next = (entities.len() == limit)
         .then(|| entities.last().map(|e| e.id.clone()))
         .flatten();
@@ -189,6 +192,7 @@ async fn query(
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_filter", e.to_string()))?;
     let limit = params.limit.unwrap_or(100).clamp(1, MAX_PAGE);
     let found = rt
+        .admin()
         .query(&kind, &filter, params.after.as_deref(), limit)
         .await?;
     let next = (found.len() == limit)
@@ -220,6 +224,7 @@ async fn indexes(
 ) -> Result<Response, ApiError> {
     let Path(kind) = kind.map_err(ApiError::from_path)?;
     let paths: Vec<String> = rt
+        .admin()
         .indexes(&kind)
         .await?
         .iter()
@@ -250,7 +255,7 @@ async fn create_index(
         )
     })?;
     let path = parse_path(&body.path)?;
-    rt.create_index(&kind, &path).await?;
+    rt.admin().create_index(&kind, &path).await?;
     let created = json!({ "kind": kind, "path": path.to_string() });
     Ok((StatusCode::CREATED, axum::Json(created)).into_response())
 }
@@ -263,7 +268,7 @@ async fn drop_index(
     let Path(kind) = kind.map_err(ApiError::from_path)?;
     let Query(params) = params.map_err(ApiError::from_query)?;
     let path = parse_path(&params.path)?;
-    if rt.drop_index(&kind, &path).await? {
+    if rt.admin().drop_index(&kind, &path).await? {
         Ok(json_response(
             &json!({ "kind": kind, "dropped": path.to_string() }),
         ))
@@ -294,6 +299,7 @@ async fn resume(
 
 async fn paused(State(rt): State<Runtime>) -> Response {
     let paused: Vec<Value> = rt
+        .admin()
         .paused()
         .iter()
         .map(|k| json!({ "kind": &*k.kind, "id": k.id.as_str() }))
@@ -303,6 +309,7 @@ async fn paused(State(rt): State<Runtime>) -> Response {
 
 async fn quarantined(State(rt): State<Runtime>) -> Response {
     let quarantined: Vec<Value> = rt
+        .admin()
         .quarantined()
         .iter()
         .map(|q| {
@@ -331,7 +338,7 @@ async fn passivate_kind(
     kind: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(kind) = kind.map_err(ApiError::from_path)?;
-    let (passivated, busy) = rt.passivate_kind(&kind)?;
+    let (passivated, busy) = rt.admin().passivate_kind(&kind)?;
     Ok(json_response(
         &json!({ "passivated": passivated, "busy": busy }),
     ))
@@ -342,7 +349,7 @@ async fn pending(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((kind, id)) = path.map_err(ApiError::from_path)?;
-    let rows = rt.pending_of(&kind, &id, MAX_PAGE).await?;
+    let rows = rt.admin().pending_of(&kind, &id, MAX_PAGE).await?;
     let rows: Vec<Value> = rows
         .iter()
         .map(|p| {
@@ -370,7 +377,7 @@ async fn state(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((kind, id)) = path.map_err(ApiError::from_path)?;
-    let state = rt.durable_state(&kind, &id).await?;
+    let state = rt.admin().durable_state(&kind, &id).await?;
     Ok(json_response(
         &json!({ "kind": kind, "id": id, "state": embedded(&state) }),
     ))
@@ -391,6 +398,7 @@ async fn history(
     let Query(steps) = steps.map_err(ApiError::from_query)?;
     let limit = steps.limit.unwrap_or(100).clamp(1, MAX_PAGE);
     let history = rt
+        .admin()
         .history(&kind, &id, steps.after.unwrap_or(0), limit)
         .await?;
     Ok(json_response(
@@ -403,7 +411,7 @@ async fn state_at(
     path: Result<Path<(String, String, u64)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((kind, id, step)) = path.map_err(ApiError::from_path)?;
-    let state = rt.state_at(&kind, &id, step).await?;
+    let state = rt.admin().state_at(&kind, &id, step).await?;
     Ok(json_response(
         &json!({ "kind": kind, "id": id, "step": step, "state": embedded(&state) }),
     ))
@@ -442,6 +450,7 @@ async fn dead_letters(
 ) -> Result<Response, ApiError> {
     let Query(filter) = filter.map_err(ApiError::from_query)?;
     let letters = rt
+        .admin()
         .dead_letters(filter.kind.as_deref())
         .await
         .map_err(|e| ApiError::from(CallError::<Infallible>::Store(e)))?;
@@ -455,6 +464,7 @@ async fn dead_letter(
 ) -> Result<Response, ApiError> {
     let Path(seq) = seq.map_err(ApiError::from_path)?;
     let letter = rt
+        .admin()
         .dead_letter(seq)
         .await
         .map_err(|e| ApiError::from(CallError::<Infallible>::Store(e)))?
@@ -514,6 +524,7 @@ impl AdminOp {
             | Self::Release { kind, id } => Ok(shard_of(kind, id)),
             Self::Retry { seq } | Self::Discard { seq } => {
                 let letter = rt
+                    .admin()
                     .dead_letter(*seq)
                     .await
                     .map_err(|e| ApiError::from(CallError::<Infallible>::Store(e)))?
@@ -528,27 +539,31 @@ impl AdminOp {
     pub(crate) async fn run(&self, rt: &Runtime) -> Here {
         let result = match self {
             Self::Pause { kind, id } => rt
+                .admin()
                 .pause(kind, id)
                 .await
                 .map(|changed| json!({ "paused": true, "changed": changed })),
             Self::Resume { kind, id } => rt
+                .admin()
                 .resume(kind, id)
                 .await
                 .map(|changed| json!({ "paused": false, "changed": changed })),
             Self::Passivate { kind, id } => rt
+                .admin()
                 .passivate(kind, id)
                 .map(|outcome| json!({ "outcome": outcome })),
             Self::Release { kind, id } => rt
+                .admin()
                 .release(kind, id)
                 .map(|released| json!({ "released": released })),
-            Self::Retry { seq } => match rt.retry_dead_letter(*seq).await {
+            Self::Retry { seq } => match rt.admin().retry_dead_letter(*seq).await {
                 Ok(reply) => Ok(json!({ "reply": embedded(&reply) })),
                 Err(CallError::NotOwner { .. } | CallError::Fenced { .. }) => {
                     return Here::NotServed;
                 }
                 Err(e) => return Here::Answer(Err(e.into())),
             },
-            Self::Discard { seq } => match rt.discard_dead_letter(*seq).await {
+            Self::Discard { seq } => match rt.admin().discard_dead_letter(*seq).await {
                 Ok(true) => Ok(json!({ "discarded": seq })),
                 Ok(false) => Err(CallError::NoSuchLetter(*seq)),
                 Err(e) => Err(e),

@@ -18,7 +18,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use perennial_cluster::{Cluster, Route};
-use perennial_core::{CallError, Courier, Delivery, EntityId, EntityKey, Parcel, Runtime};
+use perennial_core::{
+    CallError, Courier, Delivery, EntityId, EntityKey, Parcel, Plumbing, Runtime,
+};
 use perennial_types::{ShardId, shard_of};
 
 use crate::AppState;
@@ -309,7 +311,7 @@ async fn run_here(rt: &Runtime, call: Request) -> Answer {
                 return Answer::Delivered(Delivered::Poison("an invalid entity id".into()));
             };
             let parcel = Parcel::new(owner, seq, target, Arc::from(body));
-            match rt.deliver(parcel).await {
+            match Plumbing::of(rt).deliver(parcel).await {
                 Delivery::NotServed => Answer::NotServed,
                 delivery => Answer::Delivered(Delivered::from(delivery)),
             }
@@ -356,7 +358,7 @@ impl Courier for ClusterCourier {
             let shard = shard_of(&parcel.target.kind, parcel.target.id.as_str());
             let delivery = match router.cluster.route(shard) {
                 // It moved here since the dispatcher looked.
-                Route::Local => rt.deliver(parcel).await,
+                Route::Local => Plumbing::of(&rt).deliver(parcel).await,
                 Route::Remote { address, .. } => {
                     let call = Request::Deliver {
                         owner_kind: parcel.owner.kind.to_string(),

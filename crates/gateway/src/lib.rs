@@ -37,7 +37,7 @@
 //! node's disk is full).
 //!
 //! ```
-//! # use perennial_core::Runtime;
+//! # use perennial_core::{Runtime, Plumbing};
 //! # async fn example(rt: Runtime) -> std::io::Result<()> {
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! let shutdown = async { let _ = tokio::signal::ctrl_c().await; };
@@ -68,7 +68,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use perennial_core::Runtime;
+use perennial_core::{Plumbing, Runtime};
 
 pub use crate::cluster::Clustering;
 use crate::error::ApiError;
@@ -154,7 +154,7 @@ pub fn app(rt: Runtime, options: &Options) -> Router {
             router: router.clone(),
             rt: state.rt.clone(),
         };
-        state.rt.set_courier(Arc::new(courier));
+        Plumbing::of(&state.rt).set_courier(Arc::new(courier));
     }
     // Authenticated by the cluster secret, not by client tokens; batches are larger.
     let internal = Router::new()

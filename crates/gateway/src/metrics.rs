@@ -15,7 +15,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use perennial_core::Runtime;
+use perennial_core::{Plumbing, Runtime};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -152,7 +152,7 @@ impl Collector for RuntimeCollector {
             (
                 "served_shards",
                 "Shards this node serves now (all of them, outside a cluster)",
-                self.rt.served_shards().len() as i64,
+                Plumbing::of(&self.rt).served_shards().len() as i64,
             ),
             (
                 "resident_bytes",
@@ -167,7 +167,7 @@ impl Collector for RuntimeCollector {
             (
                 "paused_entities",
                 "Entities paused by an operator",
-                self.rt.paused().len() as i64,
+                self.rt.admin().paused().len() as i64,
             ),
             (
                 "quarantined_entities",

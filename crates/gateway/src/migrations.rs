@@ -142,7 +142,7 @@ pub(crate) async fn start(
     let running = Arc::clone(&pass);
     let name = kind.clone();
     tokio::spawn(async move {
-        let outcome = rt.migrate(&name, migrate, &running.progress).await;
+        let outcome = rt.admin().migrate(&name, migrate, &running.progress).await;
         match &outcome {
             Ok(report) => tracing::info!(kind = %name, changed = report.changed,
                 failed = report.failed, "migration pass done"),

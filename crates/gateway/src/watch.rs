@@ -59,7 +59,7 @@ async fn stream(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>> + use<>>, ApiError> {
     // Subscribed before the current state is read, so no change falls in between.
     let changes = rt.watch(kind, id)?;
-    let current = match rt.durable_state(kind, id).await {
+    let current = match rt.admin().durable_state(kind, id).await {
         Ok(state) => Some(Event::default().event("state").data(state)),
         Err(CallError::NoHistory { .. }) => None,
         Err(e) => return Err(e.into()),

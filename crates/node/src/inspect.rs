@@ -208,8 +208,8 @@ async fn replay(data: &Path, kind: &str, id: &str, at: Option<u64>) -> Result<St
             );
         }
         let state = match at {
-            Some(step) => rt.state_at(kind, id, step).await,
-            None => rt.durable_state(kind, id).await,
+            Some(step) => rt.admin().state_at(kind, id, step).await,
+            None => rt.admin().durable_state(kind, id).await,
         };
         rt.shutdown().await;
         Ok(state?)

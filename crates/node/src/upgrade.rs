@@ -75,7 +75,7 @@ pub(crate) async fn migrate(args: MigrateArgs, pass: Pass) -> anyhow::Result<()>
     for kind in kinds {
         let progress = Arc::new(Progress::default());
         let bar = bar(&kind, &progress, target.json);
-        let report = rt.migrate(&kind, plan, &progress).await;
+        let report = rt.admin().migrate(&kind, plan, &progress).await;
         bar.finish_and_clear();
         let report = report.with_context(|| format!("cannot go through kind {kind}"))?;
         failed += report.failed;
@@ -121,7 +121,7 @@ pub(crate) async fn verify_replay(target: Target) -> anyhow::Result<()> {
     for kind in kinds(&rt, &target, Pass::Migrate)? {
         let progress = Arc::new(Progress::default());
         let bar = bar(&kind, &progress, target.json);
-        let report = rt.verify_replay(&kind, &progress).await;
+        let report = rt.admin().verify_replay(&kind, &progress).await;
         bar.finish_and_clear();
         let report = report.with_context(|| format!("cannot check kind {kind}"))?;
         failed += report.failed;

@@ -1,7 +1,11 @@
 //! Persistent processes for Rust: the one crate an application depends on.
 //!
-//! It re-exports the runtime ([`perennial_core`]) and the stores: [`SqliteStore`] for a node
-//! with its data on local disk, [`MemoryStore`] for tests.
+//! It re-exports what an application uses of the runtime ([`perennial_core`]) and the
+//! stores: [`SqliteStore`] for a node with its data on local disk, [`MemoryStore`] for
+//! tests. The list is explicit, in four groups: writing kinds, running them, their errors
+//! and statistics, and operating them ([`Runtime::admin`]). What a cluster builds on
+//! ([`perennial_core::Plumbing`], couriers) and the simulation's hooks stay in
+//! `perennial_core`.
 //!
 //! ```
 //! use perennial::{Ctx, Process, Runtime, SqliteStore};
@@ -39,7 +43,24 @@
 //! # }
 //! ```
 
-pub use perennial_core::*;
+// Writing kinds: the process traits, the context of a step, effects, journal snapshots and
+// state migrations.
+pub use perennial_core::{
+    Ctx, Effect, EffectId, Migration, MigrationError, Persistence, Process, Rejection, Rng,
+    Snapshots, TimerId, schema_version,
+};
+// Running them: the runtime, its builder, handles to entities, watches.
+pub use perennial_core::{Builder, EntityId, EntityKey, Handle, Runtime, StateChange, Watch};
+// What can go wrong, and the counters.
+pub use perennial_core::{
+    CallError, CommitStats, Histogram, JsonRejection, KindStats, Overload, StartError, Stats,
+};
+// Operating them: what `Runtime::admin` returns and answers.
+pub use perennial_core::{
+    Admin, EntityInfo, HistoryEntry, Migrate, MigrationReport, Passivation, Progress, Quarantined,
+    ReplayReport,
+};
+
 pub use perennial_storage::{MemoryStore, Store};
 pub use perennial_storage_sqlite::SqliteStore;
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use perennial_cluster::{Cluster, Options, Route};
-use perennial_core::{Courier, Delivery, EntityId, EntityKey, Parcel, Runtime};
+use perennial_core::{Courier, Delivery, EntityId, EntityKey, Parcel, Plumbing, Runtime};
 use perennial_types::shard_of;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -112,7 +112,7 @@ pub(crate) async fn run(name: String, store: SimStore, lease: Duration) -> turmo
             }
         }
     };
-    rt.set_courier(Arc::new(SimCourier {
+    Plumbing::of(&rt).set_courier(Arc::new(SimCourier {
         cluster: cluster.clone(),
     }));
     let listener = TcpListener::bind(("0.0.0.0", PORT)).await?;
@@ -177,7 +177,7 @@ async fn serve(stream: TcpStream, rt: Runtime, cluster: Cluster) {
                         EntityKey::new(kind, target),
                         body.into(),
                     );
-                    rt.deliver(parcel).await
+                    Plumbing::of(&rt).deliver(parcel).await
                 }
                 Err(_) => Delivery::Poison("an invalid id".into()),
             };
@@ -192,7 +192,7 @@ async fn serve(stream: TcpStream, rt: Runtime, cluster: Cluster) {
             })
         }
         Request::Passivate { kind } => {
-            Response::Count(rt.passivate_kind(&kind).map_or(0, |(done, _)| done))
+            Response::Count(rt.admin().passivate_kind(&kind).map_or(0, |(done, _)| done))
         }
         Request::Pending => Response::Count(rt.stats().pending_in_memory),
     };
