@@ -12,7 +12,7 @@ use perennial_types::{EntityId, EntityKey, Epoch, ShardId, shard_of};
 use crate::entity::Via;
 use crate::journal::HistoryEntry;
 use crate::registry::Key;
-use crate::{CallError, JsonRejection, Persistence, Quarantined, Runtime};
+use crate::{AdminError, CallError, Persistence, Quarantined, Runtime};
 
 /// One entity of a kind, as an operator sees it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -114,16 +114,16 @@ impl Admin {
         id: &str,
         after: u64,
         limit: usize,
-    ) -> Result<Vec<HistoryEntry>, CallError> {
+    ) -> Result<Vec<HistoryEntry>, AdminError> {
         let Some(dynamic) = self.rt.shared.by_name.get(kind) else {
-            return Err(CallError::UnknownKind(kind.to_owned()));
+            return Err(AdminError::UnknownKind(kind.to_owned()));
         };
         let key = perennial_types::EntityKey::new(kind, EntityId::new(id)?);
         if dynamic.persistence() != crate::Persistence::Journal {
-            return Err(CallError::NoHistory {
+            return Err(AdminError::Entity(CallError::NoHistory {
                 key,
                 detail: format!("kind {kind:?} is not a Journal kind: it keeps no history"),
-            });
+            }));
         }
         let entries = self
             .rt
@@ -132,16 +132,20 @@ impl Admin {
             .store
             .journal(&key, after, limit)
             .await
-            .map_err(|source| CallError::Storage {
-                key: key.clone(),
-                source,
+            .map_err(|source| {
+                AdminError::Entity(CallError::Storage {
+                    key: key.clone(),
+                    source,
+                })
             })?;
         entries
             .iter()
             .map(|e| {
-                HistoryEntry::from_journal(e).map_err(|error| CallError::CorruptState {
-                    key: key.clone(),
-                    detail: format!("journal entry {}: {error}", e.step),
+                HistoryEntry::from_journal(e).map_err(|error| {
+                    AdminError::Entity(CallError::CorruptState {
+                        key: key.clone(),
+                        detail: format!("journal entry {}: {error}", e.step),
+                    })
                 })
             })
             .collect()
@@ -150,14 +154,14 @@ impl Admin {
     /// The durable state of an entity as of step `step`, as JSON: for `Journal` kinds with
     /// snapshots, by replay from the latest snapshot at or before `step` (or from the first
     /// step, if the journal still holds it); for `Snapshot` kinds, only at their latest step.
-    pub async fn state_at(&self, kind: &str, id: &str, step: u64) -> Result<String, CallError> {
+    pub async fn state_at(&self, kind: &str, id: &str, step: u64) -> Result<String, AdminError> {
         self.stored_state(kind, id, Some(step)).await
     }
 
     /// The latest durable state of an entity, as JSON, with the step it is at: for `Journal`
     /// kinds with snapshots, by replaying the journal after the latest snapshot. Nothing is
     /// activated.
-    pub async fn durable_state(&self, kind: &str, id: &str) -> Result<String, CallError> {
+    pub async fn durable_state(&self, kind: &str, id: &str) -> Result<String, AdminError> {
         self.stored_state(kind, id, None).await
     }
 
@@ -203,7 +207,7 @@ impl Admin {
         kind: &str,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<EntityInfo>, CallError> {
+    ) -> Result<Vec<EntityInfo>, AdminError> {
         let dynamic = self.rt.kind(kind)?;
         let engine = &self.rt.shared.engine;
         let resident = |id: &EntityId| {
@@ -234,7 +238,7 @@ impl Admin {
             .store
             .entities(kind, after, limit)
             .await
-            .map_err(CallError::Store)?;
+            .map_err(AdminError::Store)?;
         Ok(stored
             .into_iter()
             .map(|e| EntityInfo {
@@ -288,49 +292,52 @@ impl Admin {
         filter: &Filter,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<EntityState>, CallError> {
+    ) -> Result<Vec<EntityState>, AdminError> {
         self.stored_kind(kind)?;
         let store = &self.rt.shared.engine.store;
         store
             .query(kind, filter, after, limit)
             .await
-            .map_err(CallError::Store)
+            .map_err(AdminError::Store)
     }
 
     /// Indexes the stored states of `kind` by the value at `path` (which has no `[*]`), so
     /// that [`query`](Admin::query) answers a filter comparing it without reading every
     /// state. Building the index of a large kind takes a while (on SQLite, about a second per
     /// million entities), and commits wait meanwhile. Indexing a path again does nothing.
-    pub async fn create_index(&self, kind: &str, path: &Path) -> Result<(), CallError> {
+    pub async fn create_index(&self, kind: &str, path: &Path) -> Result<(), AdminError> {
         self.stored_kind(kind)?;
         if !path.is_single() {
-            return Err(CallError::NotIndexable(path.to_string()));
+            return Err(AdminError::NotIndexable(path.to_string()));
         }
         let store = &self.rt.shared.engine.store;
         store
             .create_index(kind, path)
             .await
-            .map_err(CallError::Store)
+            .map_err(AdminError::Store)
     }
 
     /// Drops the index of `kind` by `path`; returns whether there was one.
-    pub async fn drop_index(&self, kind: &str, path: &Path) -> Result<bool, CallError> {
+    pub async fn drop_index(&self, kind: &str, path: &Path) -> Result<bool, AdminError> {
         self.stored_kind(kind)?;
         let store = &self.rt.shared.engine.store;
-        store.drop_index(kind, path).await.map_err(CallError::Store)
+        store
+            .drop_index(kind, path)
+            .await
+            .map_err(AdminError::Store)
     }
 
     /// The paths `kind` is indexed by.
-    pub async fn indexes(&self, kind: &str) -> Result<Vec<Path>, CallError> {
+    pub async fn indexes(&self, kind: &str) -> Result<Vec<Path>, AdminError> {
         self.stored_kind(kind)?;
         let store = &self.rt.shared.engine.store;
-        store.indexes(kind).await.map_err(CallError::Store)
+        store.indexes(kind).await.map_err(AdminError::Store)
     }
 
     /// Pauses an entity, durably: from now on its calls fail with [`CallError::Paused`],
     /// and its timers, messages from other entities and effect results wait in storage.
     /// Messages it accepted before the pause still run. Returns whether it was not paused already.
-    pub async fn pause(&self, kind: &str, id: &str) -> Result<bool, CallError> {
+    pub async fn pause(&self, kind: &str, id: &str) -> Result<bool, AdminError> {
         self.rt.kind(kind)?;
         let key = EntityKey::new(kind, EntityId::new(id)?);
         // Only the node that serves the entity knows whether it is paused now.
@@ -348,7 +355,7 @@ impl Admin {
 
     /// Resumes a paused entity, durably: calls are accepted again, and what waited is
     /// delivered in its usual order. Returns whether it was paused.
-    pub async fn resume(&self, kind: &str, id: &str) -> Result<bool, CallError> {
+    pub async fn resume(&self, kind: &str, id: &str) -> Result<bool, AdminError> {
         self.rt.kind(kind)?;
         let key = EntityKey::new(kind, EntityId::new(id)?);
         self.served(&key)?;
@@ -362,12 +369,12 @@ impl Admin {
 
     /// How many entities of `kind` are stored (with a state or a journal); 0 for an
     /// `Ephemeral` kind.
-    pub async fn stored(&self, kind: &str) -> Result<u64, CallError> {
+    pub async fn stored(&self, kind: &str) -> Result<u64, AdminError> {
         if self.rt.kind(kind)?.persistence() == Persistence::Ephemeral {
             return Ok(0);
         }
         let store = &self.rt.shared.engine.store;
-        store.count(kind).await.map_err(CallError::Store)
+        store.count(kind).await.map_err(AdminError::Store)
     }
 
     /// The timers, messages to other entities and effects that `kind`/`id`'s steps left and
@@ -377,14 +384,14 @@ impl Admin {
         kind: &str,
         id: &str,
         limit: usize,
-    ) -> Result<Vec<perennial_storage::Pending>, CallError> {
+    ) -> Result<Vec<perennial_storage::Pending>, AdminError> {
         self.stored_kind(kind)?;
         let key = EntityKey::new(kind, EntityId::new(id)?);
         let store = &self.rt.shared.engine.store;
         store
             .pending_of(&key, limit)
             .await
-            .map_err(CallError::Store)
+            .map_err(AdminError::Store)
     }
 
     /// The paused entities, in key order.
@@ -402,7 +409,7 @@ impl Admin {
     /// it from storage again (and quarantines it again if they still cannot be read), and
     /// its timers and messages that waited are delivered. Returns whether it was
     /// quarantined.
-    pub fn release(&self, kind: &str, id: &str) -> Result<bool, CallError> {
+    pub fn release(&self, kind: &str, id: &str) -> Result<bool, AdminError> {
         self.rt.kind(kind)?;
         let key = EntityKey::new(kind, EntityId::new(id)?);
         // Only the node that serves the entity activates it.
@@ -410,7 +417,7 @@ impl Admin {
         Ok(self.rt.shared.engine.quarantine.remove(&key))
     }
 
-    async fn commit_pause(&self, key: &EntityKey, paused: bool) -> Result<(), CallError> {
+    async fn commit_pause(&self, key: &EntityKey, paused: bool) -> Result<(), AdminError> {
         let (shard, epoch) = self.served(key)?;
         let pause = PauseWrite {
             key: key.clone(),
@@ -429,17 +436,17 @@ impl Admin {
     }
 
     /// The shard of `key` and its epoch, if this node serves it.
-    fn served(&self, key: &EntityKey) -> Result<(ShardId, Epoch), CallError> {
+    fn served(&self, key: &EntityKey) -> Result<(ShardId, Epoch), AdminError> {
         let shard = shard_of(&key.kind, key.id.as_str());
         let epoch = self.rt.shared.engine.shards.epoch(shard);
         epoch
             .map(|epoch| (shard, epoch))
-            .ok_or(CallError::NotOwner { shard })
+            .ok_or(AdminError::NotOwner { shard })
     }
 
     /// Commits an operator's batch about `key` now, beside the commit pipeline.
-    async fn commit_now(&self, key: &EntityKey, batch: Batch) -> Result<(), CallError> {
-        let storage = CallError::Store;
+    async fn commit_now(&self, key: &EntityKey, batch: Batch) -> Result<(), AdminError> {
+        let storage = AdminError::Store;
         let store = Arc::clone(&self.rt.shared.engine.store);
         // A simulation has no threads but its own.
         let outcome = if self.rt.shared.engine.committer.is_task() {
@@ -451,17 +458,17 @@ impl Admin {
                 .map_err(storage)?
         };
         if let Some(&shard) = outcome.fenced.first() {
-            return Err(CallError::Fenced {
+            return Err(AdminError::Entity(CallError::Fenced {
                 key: key.clone(),
                 shard,
-            });
+            }));
         }
         Ok(())
     }
 
     /// Passivates one entity now, if it is idle: its state is already durable, so it only
     /// leaves memory (its kind's `on_passivate` runs).
-    pub fn passivate(&self, kind: &str, id: &str) -> Result<Passivation, CallError> {
+    pub fn passivate(&self, kind: &str, id: &str) -> Result<Passivation, AdminError> {
         let dynamic = self.rt.kind(kind)?;
         let key = Key {
             kind: dynamic.index(),
@@ -478,7 +485,7 @@ impl Admin {
 
     /// Passivates every idle entity of `kind` now. Returns how many left memory and how many
     /// stay because they are busy.
-    pub fn passivate_kind(&self, kind: &str) -> Result<(usize, usize), CallError> {
+    pub fn passivate_kind(&self, kind: &str) -> Result<(usize, usize), AdminError> {
         let index = self.rt.kind(kind)?.index();
         Ok(self
             .rt
@@ -504,17 +511,17 @@ impl Admin {
     /// new letter replaces the old). Returns the reply's JSON.
     ///
     /// # Errors
-    /// [`CallError::NoSuchLetter`] if no letter has that number (it was retried or discarded),
+    /// [`AdminError::NoSuchLetter`] if no letter has that number (it was retried or discarded),
     /// or the call's own error.
-    pub async fn retry_dead_letter(&self, seq: u64) -> Result<String, CallError<JsonRejection>> {
+    pub async fn retry_dead_letter(&self, seq: u64) -> Result<String, AdminError> {
         let _retrying = Retrying::claim(&self.rt, seq)?;
         let letter = self
             .dead_letter(seq)
             .await
-            .map_err(CallError::Store)?
-            .ok_or(CallError::NoSuchLetter(seq))?
+            .map_err(AdminError::Store)?
+            .ok_or(AdminError::NoSuchLetter(seq))?
             .letter;
-        let dynamic = self.rt.kind(&letter.key.kind).map_err(CallError::widen)?;
+        let dynamic = self.rt.kind(&letter.key.kind)?;
         Arc::clone(dynamic)
             .call_json(
                 letter.key.id.clone(),
@@ -522,12 +529,13 @@ impl Admin {
                 Via::Letter(seq),
             )
             .await
+            .map_err(AdminError::from)
     }
 
     /// Deletes dead letter `seq` without applying it. Returns whether it was stored.
-    pub async fn discard_dead_letter(&self, seq: u64) -> Result<bool, CallError> {
+    pub async fn discard_dead_letter(&self, seq: u64) -> Result<bool, AdminError> {
         let _retrying = Retrying::claim(&self.rt, seq)?;
-        let storage = CallError::Store;
+        let storage = AdminError::Store;
         let Some(letter) = self.dead_letter(seq).await.map_err(storage)? else {
             return Ok(false);
         };
@@ -547,19 +555,22 @@ impl Admin {
         kind: &str,
         id: &str,
         step: Option<u64>,
-    ) -> Result<String, CallError> {
+    ) -> Result<String, AdminError> {
         let Some(dynamic) = self.rt.shared.by_name.get(kind) else {
-            return Err(CallError::UnknownKind(kind.to_owned()));
+            return Err(AdminError::UnknownKind(kind.to_owned()));
         };
         let id = EntityId::new(id)?;
-        Arc::clone(dynamic).state_at(id, step).await
+        Arc::clone(dynamic)
+            .state_at(id, step)
+            .await
+            .map_err(AdminError::from)
     }
 
     /// The kind named `kind`, if it keeps its state in storage.
-    fn stored_kind(&self, kind: &str) -> Result<&Arc<dyn crate::dyn_kind::DynKind>, CallError> {
+    fn stored_kind(&self, kind: &str) -> Result<&Arc<dyn crate::dyn_kind::DynKind>, AdminError> {
         let dynamic = self.rt.kind(kind)?;
         if dynamic.persistence() == Persistence::Ephemeral {
-            return Err(CallError::NotStored(kind.to_owned()));
+            return Err(AdminError::NotStored(kind.to_owned()));
         }
         Ok(dynamic)
     }
@@ -572,11 +583,11 @@ struct Retrying<'a> {
 }
 
 impl<'a> Retrying<'a> {
-    fn claim<E>(rt: &'a Runtime, seq: u64) -> Result<Self, CallError<E>> {
+    fn claim(rt: &'a Runtime, seq: u64) -> Result<Self, AdminError> {
         if rt.shared.engine.letters_in_hand.lock().insert(seq) {
             Ok(Self { rt, seq })
         } else {
-            Err(CallError::LetterBusy(seq))
+            Err(AdminError::LetterBusy(seq))
         }
     }
 }

@@ -1,4 +1,5 @@
-//! What a call or a start can fail with.
+//! What can fail, by family: a call ([`CallError`]), an operator's request ([`AdminError`]),
+//! a start ([`StartError`]).
 
 use std::convert::Infallible;
 use std::fmt;
@@ -160,16 +161,6 @@ pub enum CallError<E = Infallible> {
     /// The id is not a valid entity id.
     #[error(transparent)]
     InvalidId(#[from] InvalidId),
-    /// Storage failed for an operation that is not about one entity (listing a kind's
-    /// entities, reading dead letters).
-    #[error("storage failed: {0}")]
-    Store(perennial_storage::Error),
-    /// No dead letter has this number: it was retried or discarded, or never existed.
-    #[error("no dead letter numbered {0}; list them to see which are stored")]
-    NoSuchLetter(u64),
-    /// The dead letter is being retried or discarded by another request right now.
-    #[error("dead letter {0} is being retried or discarded right now; list it again in a moment")]
-    LetterBusy(u64),
     /// An operator paused the entity: its calls are refused until it is resumed (its timers
     /// and messages from other entities wait instead).
     #[error("{0} is paused by an operator; calls are refused until it is resumed")]
@@ -182,21 +173,12 @@ pub enum CallError<E = Infallible> {
          fix them, then release it"
     )]
     Quarantined(EntityKey),
-    /// The kind keeps no state in storage (`Ephemeral`), so there is nothing to query or
-    /// index.
-    #[error("kind {0:?} is ephemeral: it stores no state to query or index")]
-    NotStored(String),
     /// The kind's states cannot be watched: it stores none (`Ephemeral`), or they are not
     /// serializable (`Journal` without snapshots).
     #[error(
         "the states of kind {0:?} cannot be watched: it keeps no JSON state (ephemeral, or a journal kind without snapshots)"
     )]
     NotWatchable(String),
-    /// A path with `[*]` was given to index.
-    #[error(
-        "`{0}` cannot be indexed: an index is by one value per entity, and `[*]` stands for many"
-    )]
-    NotIndexable(String),
 }
 
 impl CallError {
@@ -268,13 +250,8 @@ impl<E> CallError<E> {
             Self::UnknownKind(kind) => CallError::UnknownKind(kind),
             Self::BadMessage { kind, detail } => CallError::BadMessage { kind, detail },
             Self::InvalidId(e) => CallError::InvalidId(e),
-            Self::Store(e) => CallError::Store(e),
-            Self::NoSuchLetter(seq) => CallError::NoSuchLetter(seq),
-            Self::LetterBusy(seq) => CallError::LetterBusy(seq),
             Self::Paused(key) => CallError::Paused(key),
             Self::Quarantined(key) => CallError::Quarantined(key),
-            Self::NotStored(kind) => CallError::NotStored(kind),
-            Self::NotIndexable(path) => CallError::NotIndexable(path),
             Self::NotWatchable(kind) => CallError::NotWatchable(kind),
         }
     }
@@ -290,23 +267,7 @@ impl<E> CallError<E> {
             Self::Panicked { .. } => "handler_panicked",
             Self::DeadLettered { .. } => "dead_lettered",
             Self::Overloaded { .. } => "overloaded",
-            Self::Storage {
-                source: perennial_storage::Error::Corrupt(_),
-                ..
-            }
-            | Self::Store(perennial_storage::Error::Corrupt(_)) => "storage_corrupt",
-            Self::Storage {
-                source: perennial_storage::Error::Full(_),
-                ..
-            }
-            | Self::Store(perennial_storage::Error::Full(_)) => "storage_full",
-            Self::Storage {
-                source: perennial_storage::Error::Io(_),
-                ..
-            }
-            | Self::Store(perennial_storage::Error::Io(_)) => "storage_io",
-            Self::Store(perennial_storage::Error::Invalid(_)) => "invalid_request",
-            Self::Storage { .. } | Self::Store(_) => "storage_failed",
+            Self::Storage { source, .. } => storage_code(source),
             Self::CorruptState { .. } => "corrupt_state",
             Self::ReplayDiverged { .. } => "replay_diverged",
             Self::StateTooNew { .. } => "state_too_new",
@@ -321,12 +282,8 @@ impl<E> CallError<E> {
             Self::UnknownKind(_) => "unknown_kind",
             Self::BadMessage { .. } => "bad_message",
             Self::InvalidId(_) => "invalid_id",
-            Self::NoSuchLetter(_) => "no_such_letter",
-            Self::LetterBusy(_) => "letter_busy",
             Self::Paused(_) => "paused",
             Self::Quarantined(_) => "quarantined",
-            Self::NotStored(_) => "not_stored",
-            Self::NotIndexable(_) => "not_indexable",
             Self::NotWatchable(_) => "not_watchable",
         }
     }
@@ -362,6 +319,95 @@ pub trait Rejection: std::error::Error + Send + Sync + 'static {
 impl Rejection for std::convert::Infallible {
     fn code(&self) -> &str {
         match *self {}
+    }
+}
+
+/// Why an operator's request ([`Admin`](crate::Admin)) failed.
+///
+/// A request that reaches an entity (retrying a dead letter, a migration's rewrite, reading
+/// an entity's stored state or history) fails as a call would, with [`AdminError::Entity`];
+/// the rest are the operator's own failures.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    /// The entity the request reached failed it, as it would a call.
+    #[error(transparent)]
+    Entity(CallError<JsonRejection>),
+    /// No kind of this name is registered.
+    #[error("no kind named {0:?} is registered")]
+    UnknownKind(String),
+    /// The id is not a valid entity id.
+    #[error(transparent)]
+    InvalidId(#[from] InvalidId),
+    /// This node does not serve the entity's shard now; nothing was done. In a cluster,
+    /// the node that serves it can.
+    #[error("this node does not serve {shard} now; the request was not carried out")]
+    NotOwner {
+        /// The entity's shard.
+        shard: ShardId,
+    },
+    /// Storage failed (listing a kind's entities, reading dead letters, an index).
+    #[error("storage failed: {0}")]
+    Store(perennial_storage::Error),
+    /// No dead letter has this number: it was retried or discarded, or never existed.
+    #[error("no dead letter numbered {0}; list them to see which are stored")]
+    NoSuchLetter(u64),
+    /// The dead letter is being retried or discarded by another request right now.
+    #[error("dead letter {0} is being retried or discarded right now; list it again in a moment")]
+    LetterBusy(u64),
+    /// The kind keeps no state in storage (`Ephemeral`), so there is nothing to query or
+    /// index.
+    #[error("kind {0:?} is ephemeral: it stores no state to query or index")]
+    NotStored(String),
+    /// A path with `[*]` was given to index.
+    #[error(
+        "`{0}` cannot be indexed: an index is by one value per entity, and `[*]` stands for many"
+    )]
+    NotIndexable(String),
+}
+
+impl AdminError {
+    /// A stable, machine-readable name for the error, such as `"no_such_letter"`; for
+    /// [`Entity`](AdminError::Entity), the call's code.
+    pub fn code(&self) -> &str {
+        match self {
+            Self::Entity(e) => e.code(),
+            Self::UnknownKind(_) => "unknown_kind",
+            Self::InvalidId(_) => "invalid_id",
+            Self::NotOwner { .. } => "not_owner",
+            Self::Store(perennial_storage::Error::Invalid(_)) => "invalid_request",
+            Self::Store(source) => storage_code(source),
+            Self::NoSuchLetter(_) => "no_such_letter",
+            Self::LetterBusy(_) => "letter_busy",
+            Self::NotStored(_) => "not_stored",
+            Self::NotIndexable(_) => "not_indexable",
+        }
+    }
+}
+
+impl<E: Rejection> From<CallError<E>> for AdminError {
+    /// What the two families share keeps its name; the rest is the entity's failure.
+    fn from(error: CallError<E>) -> Self {
+        let error = error.map_rejection(|r| JsonRejection {
+            code: r.code().to_owned(),
+            message: r.to_string(),
+        });
+        match error {
+            CallError::UnknownKind(kind) => Self::UnknownKind(kind),
+            CallError::InvalidId(e) => Self::InvalidId(e),
+            CallError::NotOwner { shard } => Self::NotOwner { shard },
+            other => Self::Entity(other),
+        }
+    }
+}
+
+/// The code of a storage failure.
+fn storage_code(error: &perennial_storage::Error) -> &'static str {
+    match error {
+        perennial_storage::Error::Corrupt(_) => "storage_corrupt",
+        perennial_storage::Error::Full(_) => "storage_full",
+        perennial_storage::Error::Io(_) => "storage_io",
+        _ => "storage_failed",
     }
 }
 

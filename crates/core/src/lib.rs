@@ -133,7 +133,7 @@ pub use admin::{Admin, EntityInfo, Passivation};
 pub use builder::Builder;
 pub use commit::CommitStats;
 pub use courier::{Courier, Delivery, Parcel};
-pub use error::{CallError, JsonRejection, Overload, Rejection, StartError};
+pub use error::{AdminError, CallError, JsonRejection, Overload, Rejection, StartError};
 pub use handle::Handle;
 pub use histogram::Histogram;
 pub use journal::{HistoryEntry, Snapshots};

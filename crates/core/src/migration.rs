@@ -19,7 +19,7 @@ use perennial_types::{EntityId, EntityKey};
 use serde::Serialize;
 
 use crate::dyn_kind::DynKind;
-use crate::{Admin, CallError, JsonRejection, Persistence, Rejection};
+use crate::{Admin, AdminError, CallError, Persistence};
 
 /// What a pass over a kind's entities should do. See [`Admin::migrate`](crate::Admin::migrate).
 ///
@@ -233,10 +233,10 @@ impl Admin {
         kind: &str,
         plan: Migrate,
         progress: &Progress,
-    ) -> Result<MigrationReport, CallError> {
+    ) -> Result<MigrationReport, AdminError> {
         let dynamic = Arc::clone(self.rt.kind(kind)?);
         if dynamic.persistence() == Persistence::Ephemeral {
-            return Err(CallError::NotStored(kind.to_owned()));
+            return Err(AdminError::NotStored(kind.to_owned()));
         }
         let started = Instant::now();
         let schema = dynamic.schema();
@@ -334,10 +334,10 @@ impl Admin {
         &self,
         kind: &str,
         progress: &Progress,
-    ) -> Result<ReplayReport, CallError> {
+    ) -> Result<ReplayReport, AdminError> {
         let dynamic = Arc::clone(self.rt.kind(kind)?);
         if dynamic.persistence() == Persistence::Ephemeral {
-            return Err(CallError::NotStored(kind.to_owned()));
+            return Err(AdminError::NotStored(kind.to_owned()));
         }
         let started = Instant::now();
         progress
@@ -381,7 +381,7 @@ impl Admin {
         dynamic: &Arc<dyn DynKind>,
         id: &EntityId,
         snapshot: bool,
-    ) -> Result<bool, CallError<JsonRejection>> {
+    ) -> Result<bool, AdminError> {
         let key = crate::registry::Key {
             kind: dynamic.index(),
             id: id.clone(),
@@ -392,13 +392,13 @@ impl Admin {
         if !resident {
             registry.passivate(&key);
         }
-        result
+        result.map_err(AdminError::from)
     }
 
     /// How many entities `kind` has in storage.
-    async fn count_stored(&self, kind: &str) -> Result<u64, CallError> {
+    async fn count_stored(&self, kind: &str) -> Result<u64, AdminError> {
         let store = &self.rt.shared.engine.store;
-        store.count(kind).await.map_err(CallError::Store)
+        store.count(kind).await.map_err(AdminError::Store)
     }
 }
 
@@ -423,12 +423,12 @@ impl<'a> Pages<'a> {
     }
 
     /// The next page, or `None` after the last.
-    async fn next(&mut self) -> Result<Option<Vec<EntitySummary>>, CallError> {
+    async fn next(&mut self) -> Result<Option<Vec<EntitySummary>>, AdminError> {
         let page = self
             .store
             .entities(self.kind, self.after.as_deref(), self.limit)
             .await
-            .map_err(CallError::Store)?;
+            .map_err(AdminError::Store)?;
         let Some(last) = page.last() else {
             return Ok(None);
         };
@@ -446,7 +446,8 @@ fn count_failure(failures: &mut Vec<Failure>, failure: Failure, progress: &Progr
 }
 
 impl Failure {
-    fn of<E: Rejection>(id: &str, error: &CallError<E>) -> Self {
+    fn of<E: Clone + Into<AdminError>>(id: &str, error: &E) -> Self {
+        let error: AdminError = error.clone().into();
         Self {
             id: id.to_owned(),
             code: error.code().to_owned(),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use perennial_types::{Epoch, ShardId};
 
-use crate::{CallError, Runtime};
+use crate::Runtime;
 
 /// The cluster's handle on a [`Runtime`]: which shards it serves and under which epochs,
 /// handing shards off, and carrying message rows between nodes. Like git's plumbing under
@@ -62,9 +62,9 @@ impl Plumbing {
 
     /// Reads the paused entities from storage again. A cluster's lease manager calls it when
     /// the node takes shards, since another node may have paused or resumed their entities.
-    pub async fn reload_pauses(&self) -> Result<(), CallError> {
+    pub async fn reload_pauses(&self) -> Result<(), perennial_storage::Error> {
         let engine = &self.rt.shared.engine;
-        let stored = engine.store.paused().await.map_err(CallError::Store)?;
+        let stored = engine.store.paused().await?;
         engine.pauses.replace(stored);
         Ok(())
     }
@@ -91,7 +91,7 @@ impl Plumbing {
             .await
     }
 
-    /// Hands `shards` off: stops taking calls for them ([`CallError::NotOwner`], also for
+    /// Hands `shards` off: stops taking calls for them ([`CallError::NotOwner`](crate::CallError::NotOwner), also for
     /// messages queued and not yet run), passivates their resident entities once their
     /// steps in flight are durable, and drops their pending rows from memory. Returns how
     /// many entities were still busy after `patience`; their later writes are fenced once

@@ -1,11 +1,11 @@
 //! Hooks for a deterministic simulation of the runtime, such as `perennial-sim` runs (with
-//! turmoil): once [`install`]ed on a thread, runtimes started there take wall time and
+//! turmoil): once `install`ed on a thread, runtimes started there take wall time and
 //! random seeds from the simulator instead of the operating system, and run their committer
 //! as a task instead of a thread of its own, so that a run is the same every time its seed
 //! is. Monotonic time always comes from tokio's clock, which a simulator pauses and advances.
 //!
 //! The hooks are per thread: a simulator runs all its hosts on the thread that calls
-//! [`install`], and tests may run several simulations at once on other threads. A thread
+//! `install`, and tests may run several simulations at once on other threads. A thread
 //! without them costs one thread-local read per step; a build without the `sim` feature
 //! (every real node) has no hooks at all.
 

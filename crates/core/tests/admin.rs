@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use perennial_core::{CallError, Ctx, Passivation, Process};
+use perennial_core::{AdminError, CallError, Ctx, Passivation, Process};
 use serde::{Deserialize, Serialize};
 
 use crate::kinds::{Counter, Op, SLEEPERS, Scratch, builder, runtime, until};
@@ -48,7 +48,7 @@ async fn entities_are_listed_by_id_with_their_residency() {
 
     assert!(matches!(
         rt.admin().entities("nope", None, 10).await,
-        Err(CallError::UnknownKind(_))
+        Err(AdminError::UnknownKind(_))
     ));
     rt.shutdown().await;
 }
@@ -148,12 +148,15 @@ async fn a_retried_dead_letter_is_applied_once_and_deleted_with_its_step() {
     // Still broken: the retry is set aside again, and the new letter replaces the old.
     let retried = rt.admin().retry_dead_letter(seq).await;
     assert!(
-        matches!(retried, Err(CallError::Panicked { .. })),
+        matches!(retried, Err(AdminError::Entity(CallError::Panicked { .. }))),
         "{retried:?}"
     );
     let retried = rt.admin().retry_dead_letter(seq).await;
     assert!(
-        matches!(retried, Err(CallError::DeadLettered { .. })),
+        matches!(
+            retried,
+            Err(AdminError::Entity(CallError::DeadLettered { .. }))
+        ),
         "{retried:?}"
     );
     let letters = rt.admin().dead_letters(Some("flaky")).await.unwrap();
@@ -166,7 +169,7 @@ async fn a_retried_dead_letter_is_applied_once_and_deleted_with_its_step() {
     assert!(rt.admin().dead_letters(None).await.unwrap().is_empty());
     assert!(matches!(
         rt.admin().retry_dead_letter(seq).await,
-        Err(CallError::NoSuchLetter(s)) if s == seq
+        Err(AdminError::NoSuchLetter(s)) if s == seq
     ));
     assert_eq!(rt.get::<Flaky>("f").call((0, 0)).await.unwrap(), 7);
     rt.shutdown().await;
@@ -253,7 +256,7 @@ async fn a_paused_entity_refuses_calls_holds_messages_and_drains_them_in_order_o
     assert!(rt.admin().paused().is_empty());
     assert!(matches!(
         rt.admin().pause("nope", "x").await,
-        Err(CallError::UnknownKind(_))
+        Err(AdminError::UnknownKind(_))
     ));
     rt.shutdown().await;
 }
@@ -301,15 +304,15 @@ async fn entities_are_queried_by_state_and_indexed_by_path() {
     let each = Path::parse("items[*].name").unwrap();
     assert!(matches!(
         rt.admin().create_index("counter", &each).await,
-        Err(CallError::NotIndexable(p)) if p == "items[*].name"
+        Err(AdminError::NotIndexable(p)) if p == "items[*].name"
     ));
     assert!(matches!(
         rt.admin().query("scratch", &filter, None, 10).await,
-        Err(CallError::NotStored(_))
+        Err(AdminError::NotStored(_))
     ));
     assert!(matches!(
         rt.admin().query("nope", &filter, None, 10).await,
-        Err(CallError::UnknownKind(_))
+        Err(AdminError::UnknownKind(_))
     ));
     rt.shutdown().await;
 }

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::UNIX_EPOCH;
 
-use perennial_core::{CallError, Ctx, Persistence, Process, Runtime, Snapshots};
+use perennial_core::{AdminError, CallError, Ctx, Persistence, Process, Runtime, Snapshots};
 use perennial_storage::{FaultyStore, JournalEntry, MemoryStore, Store};
 use perennial_types::EntityKey;
 use proptest::prelude::*;
@@ -256,7 +256,7 @@ async fn snapshots_trim_the_journal_by_policy() {
         let early = rt.admin().state_at("ledger", "l", 2).await;
         if first_kept > 1 {
             assert!(
-                matches!(early, Err(CallError::NoHistory { .. })),
+                matches!(early, Err(AdminError::Entity(CallError::NoHistory { .. }))),
                 "{early:?}"
             );
         } else {
@@ -268,7 +268,7 @@ async fn snapshots_trim_the_journal_by_policy() {
         assert_eq!(past.total, 66);
         assert!(matches!(
             rt.admin().state_at("ledger", "l", 13).await,
-            Err(CallError::NoHistory { .. })
+            Err(AdminError::Entity(CallError::NoHistory { .. }))
         ));
         rt.shutdown().await;
     }
@@ -458,7 +458,7 @@ async fn a_closure_in_the_state_survives_a_restart() {
     // Its past states cannot be shown (not serializable), but its history can.
     assert!(matches!(
         rt.admin().state_at("pricing", "pct", 1).await,
-        Err(CallError::NoHistory { .. })
+        Err(AdminError::Entity(CallError::NoHistory { .. }))
     ));
     assert_eq!(
         rt.admin()

@@ -41,15 +41,13 @@
 //! - `GET  /v1/admin/cluster`: this node's name, the shards it serves, and the live members
 //!   with how many shards each holds (outside a cluster: no name, no members, every shard).
 
-use std::convert::Infallible;
-
 use axum::Router;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use perennial_core::{CallError, Plumbing, Runtime};
+use perennial_core::{AdminError, CallError, Plumbing, Runtime};
 use perennial_storage::{EntityState, StoredDeadLetter};
 use perennial_storage::{Filter, Path as StatePath};
 use perennial_types::{ShardId, shard_of};
@@ -453,7 +451,7 @@ async fn dead_letters(
         .admin()
         .dead_letters(filter.kind.as_deref())
         .await
-        .map_err(|e| ApiError::from(CallError::<Infallible>::Store(e)))?;
+        .map_err(|e| ApiError::from(AdminError::Store(e)))?;
     let letters: Vec<Value> = letters.iter().map(letter_json).collect();
     Ok(json_response(&json!({ "dead_letters": letters })))
 }
@@ -467,8 +465,8 @@ async fn dead_letter(
         .admin()
         .dead_letter(seq)
         .await
-        .map_err(|e| ApiError::from(CallError::<Infallible>::Store(e)))?
-        .ok_or_else(|| ApiError::from(CallError::<Infallible>::NoSuchLetter(seq)))?;
+        .map_err(|e| ApiError::from(AdminError::Store(e)))?
+        .ok_or_else(|| ApiError::from(AdminError::NoSuchLetter(seq)))?;
     Ok(json_response(&letter_json(&letter)))
 }
 
@@ -527,8 +525,8 @@ impl AdminOp {
                     .admin()
                     .dead_letter(*seq)
                     .await
-                    .map_err(|e| ApiError::from(CallError::<Infallible>::Store(e)))?
-                    .ok_or_else(|| ApiError::from(CallError::<Infallible>::NoSuchLetter(*seq)))?;
+                    .map_err(|e| ApiError::from(AdminError::Store(e)))?
+                    .ok_or_else(|| ApiError::from(AdminError::NoSuchLetter(*seq)))?;
                 let key = &letter.letter.key;
                 Ok(shard_of(&key.kind, key.id.as_str()))
             }
@@ -558,23 +556,31 @@ impl AdminOp {
                 .map(|released| json!({ "released": released })),
             Self::Retry { seq } => match rt.admin().retry_dead_letter(*seq).await {
                 Ok(reply) => Ok(json!({ "reply": embedded(&reply) })),
-                Err(CallError::NotOwner { .. } | CallError::Fenced { .. }) => {
-                    return Here::NotServed;
-                }
+                Err(e) if not_served(&e) => return Here::NotServed,
                 Err(e) => return Here::Answer(Err(e.into())),
             },
             Self::Discard { seq } => match rt.admin().discard_dead_letter(*seq).await {
                 Ok(true) => Ok(json!({ "discarded": seq })),
-                Ok(false) => Err(CallError::NoSuchLetter(*seq)),
+                Ok(false) => Err(AdminError::NoSuchLetter(*seq)),
                 Err(e) => Err(e),
             },
         };
         match result {
             Ok(value) => Here::Answer(Ok(json_response(&value))),
-            Err(CallError::NotOwner { .. } | CallError::Fenced { .. }) => Here::NotServed,
+            Err(e) if not_served(&e) => Here::NotServed,
             Err(e) => Here::Answer(Err(e.into())),
         }
     }
+}
+
+/// Whether this node did not carry out an entity's request because it does not serve the
+/// entity (now, or any more): the node that does can.
+fn not_served(error: &AdminError) -> bool {
+    matches!(
+        error,
+        AdminError::NotOwner { .. }
+            | AdminError::Entity(CallError::NotOwner { .. } | CallError::Fenced { .. })
+    )
 }
 
 impl ApiError {

@@ -8,7 +8,7 @@ use axum::Json;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use perennial_core::{CallError, JsonRejection};
+use perennial_core::{AdminError, CallError, JsonRejection};
 use serde::Serialize;
 
 /// An error on its way to becoming a response.
@@ -213,12 +213,8 @@ impl From<CallError<JsonRejection>> for ApiError {
                     ),
                 )
             }
-            CallError::NoHistory { .. } | CallError::NoSuchLetter(_) => {
-                (StatusCode::NOT_FOUND, error.to_string())
-            }
-            CallError::LetterBusy(_) | CallError::Paused(_) => {
-                (StatusCode::CONFLICT, error.to_string())
-            }
+            CallError::NoHistory { .. } => (StatusCode::NOT_FOUND, error.to_string()),
+            CallError::Paused(_) => (StatusCode::CONFLICT, error.to_string()),
             CallError::Quarantined(key) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!(
@@ -227,19 +223,7 @@ impl From<CallError<JsonRejection>> for ApiError {
                      and release it"
                 ),
             ),
-            CallError::NotStored(_)
-            | CallError::NotIndexable(_)
-            | CallError::NotWatchable(_)
-            | CallError::Store(perennial_storage::Error::Invalid(_)) => {
-                (StatusCode::BAD_REQUEST, error.to_string())
-            }
-            CallError::Store(_) => {
-                tracing::error!(%error, "admin request failed");
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "storage is unavailable; retry later".to_owned(),
-                )
-            }
+            CallError::NotWatchable(_) => (StatusCode::BAD_REQUEST, error.to_string()),
             CallError::NotOwner { .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("{error}; retry, or call a node that serves it"),
@@ -256,6 +240,48 @@ impl From<CallError<JsonRejection>> for ApiError {
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "the call failed".to_owned(),
+                )
+            }
+        };
+        Self {
+            status,
+            code,
+            message,
+        }
+    }
+}
+
+impl From<AdminError> for ApiError {
+    fn from(error: AdminError) -> Self {
+        let code = error.code().to_owned();
+        let (status, message) = match &error {
+            AdminError::Entity(e) => return Self::from(e.clone()),
+            AdminError::UnknownKind(_) | AdminError::NoSuchLetter(_) => {
+                (StatusCode::NOT_FOUND, error.to_string())
+            }
+            AdminError::InvalidId(_)
+            | AdminError::NotStored(_)
+            | AdminError::NotIndexable(_)
+            | AdminError::Store(perennial_storage::Error::Invalid(_)) => {
+                (StatusCode::BAD_REQUEST, error.to_string())
+            }
+            AdminError::LetterBusy(_) => (StatusCode::CONFLICT, error.to_string()),
+            AdminError::NotOwner { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{error}; retry, or call a node that serves it"),
+            ),
+            AdminError::Store(_) => {
+                tracing::error!(%error, "admin request failed");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage is unavailable; retry later".to_owned(),
+                )
+            }
+            _ => {
+                tracing::error!(%error, "admin request failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the request failed".to_owned(),
                 )
             }
         };

@@ -18,7 +18,7 @@ use axum::extract::{Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Redirect, Response};
 use futures::Stream;
-use perennial_core::CallError;
+use perennial_core::{AdminError, CallError};
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -61,7 +61,7 @@ async fn stream(
     let changes = rt.watch(kind, id)?;
     let current = match rt.admin().durable_state(kind, id).await {
         Ok(state) => Some(Event::default().event("state").data(state)),
-        Err(CallError::NoHistory { .. }) => None,
+        Err(AdminError::Entity(CallError::NoHistory { .. })) => None,
         Err(e) => return Err(e.into()),
     };
     let first = futures::stream::iter(current.map(Ok));
