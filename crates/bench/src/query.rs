@@ -48,7 +48,10 @@ pub async fn query(options: &Options) -> anyhow::Result<Report> {
         scans.push(timed(&store, &filter(n)?, ENTITIES / OWNERS).await?);
     }
     let started = Instant::now();
-    store.create_index("cart", &Path::parse("owner")?).await?;
+    store
+        .catalog()
+        .create_index("cart", &Path::parse("owner")?)
+        .await?;
     let index_secs = started.elapsed().as_secs_f64();
     let mut indexed = Vec::with_capacity(INDEXED_QUERIES);
     for n in 0..INDEXED_QUERIES {
@@ -112,7 +115,7 @@ async fn timed(
     expected: usize,
 ) -> anyhow::Result<u64> {
     let started = Instant::now();
-    let found = store.query("cart", filter, None, 1000).await?;
+    let found = store.catalog().query("cart", filter, None, 1000).await?;
     let took = started.elapsed();
     anyhow::ensure!(
         found.len() == expected,

@@ -71,7 +71,13 @@ impl Admin {
         &self,
         kind: Option<&str>,
     ) -> Result<Vec<StoredDeadLetter>, perennial_storage::Error> {
-        self.rt.shared.engine.store.dead_letters(kind).await
+        self.rt
+            .shared
+            .engine
+            .store
+            .catalog()
+            .dead_letters(kind)
+            .await
     }
 
     /// Up to `limit` steps of a `Journal` entity's durable history, after step `after`, in
@@ -236,6 +242,7 @@ impl Admin {
         }
         let stored = engine
             .store
+            .catalog()
             .entities(kind, after, limit)
             .await
             .map_err(AdminError::Store)?;
@@ -296,6 +303,7 @@ impl Admin {
         self.stored_kind(kind)?;
         let store = &self.rt.shared.engine.store;
         store
+            .catalog()
             .query(kind, filter, after, limit)
             .await
             .map_err(AdminError::Store)
@@ -312,6 +320,7 @@ impl Admin {
         }
         let store = &self.rt.shared.engine.store;
         store
+            .catalog()
             .create_index(kind, path)
             .await
             .map_err(AdminError::Store)
@@ -322,6 +331,7 @@ impl Admin {
         self.stored_kind(kind)?;
         let store = &self.rt.shared.engine.store;
         store
+            .catalog()
             .drop_index(kind, path)
             .await
             .map_err(AdminError::Store)
@@ -331,7 +341,11 @@ impl Admin {
     pub async fn indexes(&self, kind: &str) -> Result<Vec<Path>, AdminError> {
         self.stored_kind(kind)?;
         let store = &self.rt.shared.engine.store;
-        store.indexes(kind).await.map_err(AdminError::Store)
+        store
+            .catalog()
+            .indexes(kind)
+            .await
+            .map_err(AdminError::Store)
     }
 
     /// Pauses an entity, durably: from now on its calls fail with [`CallError::Paused`],
@@ -374,7 +388,7 @@ impl Admin {
             return Ok(0);
         }
         let store = &self.rt.shared.engine.store;
-        store.count(kind).await.map_err(AdminError::Store)
+        store.catalog().count(kind).await.map_err(AdminError::Store)
     }
 
     /// The timers, messages to other entities and effects that `kind`/`id`'s steps left and
@@ -389,6 +403,7 @@ impl Admin {
         let key = EntityKey::new(kind, EntityId::new(id)?);
         let store = &self.rt.shared.engine.store;
         store
+            .catalog()
             .pending_of(&key, limit)
             .await
             .map_err(AdminError::Store)
@@ -501,7 +516,14 @@ impl Admin {
         seq: u64,
     ) -> Result<Option<StoredDeadLetter>, perennial_storage::Error> {
         // Dead letters are few (each is a message that failed several times): a scan is fine.
-        let letters = self.rt.shared.engine.store.dead_letters(None).await?;
+        let letters = self
+            .rt
+            .shared
+            .engine
+            .store
+            .catalog()
+            .dead_letters(None)
+            .await?;
         Ok(letters.into_iter().find(|l| l.seq == seq))
     }
 

@@ -398,7 +398,7 @@ impl Admin {
     /// How many entities `kind` has in storage.
     async fn count_stored(&self, kind: &str) -> Result<u64, AdminError> {
         let store = &self.rt.shared.engine.store;
-        store.count(kind).await.map_err(AdminError::Store)
+        store.catalog().count(kind).await.map_err(AdminError::Store)
     }
 }
 
@@ -426,6 +426,7 @@ impl<'a> Pages<'a> {
     async fn next(&mut self) -> Result<Option<Vec<EntitySummary>>, AdminError> {
         let page = self
             .store
+            .catalog()
             .entities(self.kind, self.after.as_deref(), self.limit)
             .await
             .map_err(AdminError::Store)?;

@@ -18,8 +18,9 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use perennial_storage::{
-    Batch, CommitOutcome, Directory, EntityState, EntitySummary, Error, Filter, JournalEntry,
-    Lease, Member, MemoryStore, Path, Pending, Record, Store, StoredDeadLetter, StoredReply,
+    Batch, Catalog, CommitOutcome, Directory, EntityState, EntitySummary, Error, Filter,
+    JournalEntry, Lease, Member, MemoryStore, Path, Pending, Record, Store, StoredDeadLetter,
+    StoredReply,
 };
 use perennial_types::{EntityKey, Epoch, ShardId};
 
@@ -339,6 +340,18 @@ impl Store for SimStore {
         self.db.data.reply(key, idempotency_key).await
     }
 
+    async fn paused(&self) -> Result<Vec<EntityKey>, Error> {
+        self.arrive().await?;
+        self.db.data.paused().await
+    }
+
+    fn catalog(&self) -> &dyn Catalog {
+        self
+    }
+}
+
+#[async_trait::async_trait]
+impl Catalog for SimStore {
     async fn dead_letters(&self, kind: Option<&str>) -> Result<Vec<StoredDeadLetter>, Error> {
         self.arrive().await?;
         self.db.data.dead_letters(kind).await
@@ -352,11 +365,6 @@ impl Store for SimStore {
     ) -> Result<Vec<EntitySummary>, Error> {
         self.arrive().await?;
         self.db.data.entities(kind, after, limit).await
-    }
-
-    async fn paused(&self) -> Result<Vec<EntityKey>, Error> {
-        self.arrive().await?;
-        self.db.data.paused().await
     }
 
     async fn pending_of(&self, owner: &EntityKey, limit: usize) -> Result<Vec<Pending>, Error> {

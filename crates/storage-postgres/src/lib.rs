@@ -40,8 +40,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use perennial_storage::{
-    Batch, CommitOutcome, DeadLetter, EntityState, EntitySummary, Error, Filter, JournalEntry,
-    Path, Pending, PendingClass, Record, Store, StoredDeadLetter, StoredReply,
+    Batch, Catalog, CommitOutcome, DeadLetter, EntityState, EntitySummary, Error, Filter,
+    JournalEntry, Path, Pending, PendingClass, Record, Store, StoredDeadLetter, StoredReply,
 };
 use perennial_types::{EntityId, EntityKey, Epoch, ShardId};
 use tokio_postgres::{Client, NoTls};
@@ -305,6 +305,52 @@ impl Store for PostgresStore {
         pending_rows(&rows)
     }
 
+    async fn reply(
+        &self,
+        key: &EntityKey,
+        idempotency_key: &str,
+    ) -> Result<Option<StoredReply>, Error> {
+        let row = self
+            .reader()
+            .await?
+            .query_opt(
+                "SELECT reply, at FROM replies WHERE kind = $1 AND id = $2 AND key = $3",
+                &[&&*key.kind, &key.id.as_str(), &idempotency_key],
+            )
+            .await
+            .map_err(map_err)?;
+        Ok(row.map(|r| StoredReply {
+            reply: r.get(0),
+            at_ms: r.get(1),
+        }))
+    }
+
+    async fn paused(&self) -> Result<Vec<EntityKey>, Error> {
+        let rows = self
+            .reader()
+            .await?
+            .query("SELECT kind, id FROM paused ORDER BY kind, id", &[])
+            .await
+            .map_err(map_err)?;
+        rows.iter()
+            .map(|r| entity_key(r.get(0), r.get(1), "a paused entity"))
+            .collect()
+    }
+
+    async fn close(&self) -> Result<(), Error> {
+        // Waits for a commit in progress; later calls fail.
+        let _writer = self.writer().await?;
+        self.shared.closed.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    fn catalog(&self) -> &dyn Catalog {
+        self
+    }
+}
+
+#[async_trait::async_trait]
+impl Catalog for PostgresStore {
     async fn count(&self, kind: &str) -> Result<u64, Error> {
         let row = self
             .reader()
@@ -332,26 +378,6 @@ impl Store for PostgresStore {
             .await
             .map_err(map_err)?;
         pending_rows(&rows)
-    }
-
-    async fn reply(
-        &self,
-        key: &EntityKey,
-        idempotency_key: &str,
-    ) -> Result<Option<StoredReply>, Error> {
-        let row = self
-            .reader()
-            .await?
-            .query_opt(
-                "SELECT reply, at FROM replies WHERE kind = $1 AND id = $2 AND key = $3",
-                &[&&*key.kind, &key.id.as_str(), &idempotency_key],
-            )
-            .await
-            .map_err(map_err)?;
-        Ok(row.map(|r| StoredReply {
-            reply: r.get(0),
-            at_ms: r.get(1),
-        }))
     }
 
     async fn dead_letters(&self, kind: Option<&str>) -> Result<Vec<StoredDeadLetter>, Error> {
@@ -427,18 +453,6 @@ impl Store for PostgresStore {
             .collect()
     }
 
-    async fn paused(&self) -> Result<Vec<EntityKey>, Error> {
-        let rows = self
-            .reader()
-            .await?
-            .query("SELECT kind, id FROM paused ORDER BY kind, id", &[])
-            .await
-            .map_err(map_err)?;
-        rows.iter()
-            .map(|r| entity_key(r.get(0), r.get(1), "a paused entity"))
-            .collect()
-    }
-
     async fn query(
         &self,
         kind: &str,
@@ -463,13 +477,6 @@ impl Store for PostgresStore {
 
     async fn indexes(&self, kind: &str) -> Result<Vec<Path>, Error> {
         query::indexes(&*self.reader().await?, kind).await
-    }
-
-    async fn close(&self) -> Result<(), Error> {
-        // Waits for a commit in progress; later calls fail.
-        let _writer = self.writer().await?;
-        self.shared.closed.store(true, Ordering::Release);
-        Ok(())
     }
 }
 

@@ -67,7 +67,7 @@
 //!     PRIMARY KEY (kind, id, key)
 //! ) WITHOUT ROWID;
 //! CREATE INDEX replies_by_age ON replies (at);
-//! -- Since format 4: the indexes made by `Store::create_index`, one per kind and path; index
+//! -- Since format 4: the indexes made by `Catalog::create_index`, one per kind and path; index
 //! -- `n` is `state_index_<n>` ON entities (json_extract(state, <path>), id) WHERE kind = <kind>.
 //! CREATE TABLE state_indexes (n INTEGER PRIMARY KEY, kind TEXT NOT NULL, path TEXT NOT NULL,
 //!                             UNIQUE (kind, path));

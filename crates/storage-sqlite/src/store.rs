@@ -9,7 +9,7 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 use perennial_storage::{
-    Batch, CommitOutcome, EntityState, EntitySummary, Error, Filter, JournalEntry,
+    Batch, Catalog, CommitOutcome, EntityState, EntitySummary, Error, Filter, JournalEntry,
     Pending as PendingRow, Record, Store, StoredDeadLetter, StoredReply,
 };
 use perennial_types::{EntityId, EntityKey, Epoch, ShardId};
@@ -332,21 +332,6 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn count(&self, kind: &str) -> Result<u64, Error> {
-        let kind = kind.to_owned();
-        self.read(|reply| ReadCmd::Count { kind, reply }).await
-    }
-
-    async fn pending_of(&self, owner: &EntityKey, limit: usize) -> Result<Vec<PendingRow>, Error> {
-        let owner = owner.clone();
-        self.read(|reply| ReadCmd::PendingOf {
-            owner,
-            limit,
-            reply,
-        })
-        .await
-    }
-
     async fn reply(
         &self,
         key: &EntityKey,
@@ -357,6 +342,45 @@ impl Store for SqliteStore {
         self.read(|reply| ReadCmd::Reply {
             key,
             idempotency_key,
+            reply,
+        })
+        .await
+    }
+
+    async fn paused(&self) -> Result<Vec<EntityKey>, Error> {
+        self.read(|reply| ReadCmd::Paused { reply }).await
+    }
+
+    /// Folds the log, truncates the WAL, stops the threads and releases the data directory.
+    async fn close(&self) -> Result<(), Error> {
+        let result = self.with_writer(Writer::close).await;
+        self.shared.closed.store(true, Ordering::Release);
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || shared.stop_maintenance())
+            .await
+            .map_err(|e| Error::Backend(format!("stopping the maintenance thread failed: {e}")))?;
+        // Dropping the file releases the lock: another store may open the directory now.
+        self.shared.lock.lock().take();
+        result
+    }
+
+    fn catalog(&self) -> &dyn Catalog {
+        self
+    }
+}
+
+#[async_trait::async_trait]
+impl Catalog for SqliteStore {
+    async fn count(&self, kind: &str) -> Result<u64, Error> {
+        let kind = kind.to_owned();
+        self.read(|reply| ReadCmd::Count { kind, reply }).await
+    }
+
+    async fn pending_of(&self, owner: &EntityKey, limit: usize) -> Result<Vec<PendingRow>, Error> {
+        let owner = owner.clone();
+        self.read(|reply| ReadCmd::PendingOf {
+            owner,
+            limit,
             reply,
         })
         .await
@@ -382,10 +406,6 @@ impl Store for SqliteStore {
             reply,
         })
         .await
-    }
-
-    async fn paused(&self) -> Result<Vec<EntityKey>, Error> {
-        self.read(|reply| ReadCmd::Paused { reply }).await
     }
 
     async fn query(
@@ -421,18 +441,5 @@ impl Store for SqliteStore {
     async fn indexes(&self, kind: &str) -> Result<Vec<perennial_storage::Path>, Error> {
         let kind = kind.to_owned();
         self.read(|reply| ReadCmd::Indexes { kind, reply }).await
-    }
-
-    /// Folds the log, truncates the WAL, stops the threads and releases the data directory.
-    async fn close(&self) -> Result<(), Error> {
-        let result = self.with_writer(Writer::close).await;
-        self.shared.closed.store(true, Ordering::Release);
-        let shared = Arc::clone(&self.shared);
-        tokio::task::spawn_blocking(move || shared.stop_maintenance())
-            .await
-            .map_err(|e| Error::Backend(format!("stopping the maintenance thread failed: {e}")))?;
-        // Dropping the file releases the lock: another store may open the directory now.
-        self.shared.lock.lock().take();
-        result
     }
 }

@@ -166,7 +166,7 @@ async fn format_1_data_is_upgraded() {
             .is_empty()
     );
     assert!(store.due(i64::MAX, 10).await.unwrap().is_empty());
-    assert!(store.indexes("counter").await.unwrap().is_empty());
+    assert!(store.catalog().indexes("counter").await.unwrap().is_empty());
     store.close().await.unwrap();
     assert!(contents(dir.path()).starts_with("user_version=5\n"));
     let store = SqliteStore::open(dir.path()).unwrap();

@@ -93,6 +93,7 @@ async fn check(store: &SqliteStore, states: &[Value], filters: &[String]) -> Res
             .map(|(i, _)| format!("e{i:02}"))
             .collect();
         let found = store
+            .catalog()
             .query("t", &filter, None, 1000)
             .await
             .map_err(|e| format!("{text}: {e}"))?;

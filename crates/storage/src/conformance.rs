@@ -239,13 +239,13 @@ pub async fn dead_letters_are_kept_in_order(store: &dyn Store) {
         };
         assert!(store.commit(batch).unwrap().fenced.is_empty());
     }
-    let all = store.dead_letters(None).await.unwrap();
+    let all = store.catalog().dead_letters(None).await.unwrap();
     assert_eq!(
         all.iter().map(|d| &d.letter).collect::<Vec<_>>(),
         letters.iter().collect::<Vec<_>>()
     );
     assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
-    let counters = store.dead_letters(Some("counter")).await.unwrap();
+    let counters = store.catalog().dead_letters(Some("counter")).await.unwrap();
     assert_eq!(counters.len(), 2);
     assert_eq!(counters[1].letter, letters[2]);
 }
@@ -266,7 +266,7 @@ pub async fn dead_letters_are_fenced(store: &dyn Store) {
         ..Batch::default()
     };
     assert_eq!(store.commit(batch).unwrap().fenced, vec![shard]);
-    assert!(store.dead_letters(None).await.unwrap().is_empty());
+    assert!(store.catalog().dead_letters(None).await.unwrap().is_empty());
 }
 
 /// A state of one mebibyte round-trips.
@@ -620,6 +620,7 @@ pub async fn entities_are_listed_in_id_order_and_paged(store: &dyn Store) {
     let epoch = claim_all(store).await;
     assert!(
         store
+            .catalog()
             .entities("counter", None, 10)
             .await
             .unwrap()
@@ -646,7 +647,7 @@ pub async fn entities_are_listed_in_id_order_and_paged(store: &dyn Store) {
     );
     commit_journal(store, vec![entry(&key("counter", "b"), epoch, 4)], vec![]);
 
-    let all = store.entities("counter", None, 10).await.unwrap();
+    let all = store.catalog().entities("counter", None, 10).await.unwrap();
     let ids: Vec<&str> = all.iter().map(|e| e.id.as_str()).collect();
     assert_eq!(ids, ["a", "b", "c", "j"]);
     assert_eq!((all[0].state_version, all[0].last_step), (3, 0));
@@ -659,17 +660,30 @@ pub async fn entities_are_listed_in_id_order_and_paged(store: &dyn Store) {
         "{all:?}"
     );
     assert!(all[3].updated_at_ms > 0, "{all:?}");
-    let page = store.entities("counter", Some("a"), 2).await.unwrap();
+    let page = store
+        .catalog()
+        .entities("counter", Some("a"), 2)
+        .await
+        .unwrap();
     let ids: Vec<&str> = page.iter().map(|e| e.id.as_str()).collect();
     assert_eq!(ids, ["b", "c"]);
     assert!(
         store
+            .catalog()
             .entities("counter", Some("j"), 10)
             .await
             .unwrap()
             .is_empty()
     );
-    assert_eq!(store.entities("table", None, 10).await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .catalog()
+            .entities("table", None, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 /// A done dead letter is deleted, others stay with their numbers; a stale epoch is refused.
@@ -688,7 +702,7 @@ pub async fn dead_letters_done_are_deleted_and_fenced(store: &dyn Store) {
         ..Batch::default()
     };
     store.commit(batch).unwrap();
-    let letters = store.dead_letters(None).await.unwrap();
+    let letters = store.catalog().dead_letters(None).await.unwrap();
     let done = |epoch, seq| Batch {
         letters_done: vec![DeadLetterDone { shard, epoch, seq }],
         ..Batch::default()
@@ -700,7 +714,7 @@ pub async fn dead_letters_done_are_deleted_and_fenced(store: &dyn Store) {
             .fenced
             .is_empty()
     );
-    let left = store.dead_letters(None).await.unwrap();
+    let left = store.catalog().dead_letters(None).await.unwrap();
     assert_eq!(left, [letters[0].clone(), letters[2].clone()]);
     // A new letter gets a number above every earlier one, deleted or not.
     let new = claim_all(store).await;
@@ -713,14 +727,14 @@ pub async fn dead_letters_done_are_deleted_and_fenced(store: &dyn Store) {
         ..Batch::default()
     };
     store.commit(batch).unwrap();
-    let after = store.dead_letters(None).await.unwrap();
+    let after = store.catalog().dead_letters(None).await.unwrap();
     assert!(after[2].seq > letters[2].seq, "{after:?}");
     // The old epoch can no longer delete.
     assert_eq!(
         store.commit(done(old, letters[0].seq)).unwrap().fenced,
         vec![shard]
     );
-    assert_eq!(store.dead_letters(None).await.unwrap().len(), 3);
+    assert_eq!(store.catalog().dead_letters(None).await.unwrap().len(), 3);
 }
 
 /// States of every shape the filter language reaches into, for the query cases.
@@ -814,6 +828,7 @@ pub async fn queries_agree_with_the_filter_on_every_state(store: &dyn Store) {
                 "[\"odd key\"].x",
             ] {
                 store
+                    .catalog()
                     .create_index("table", &Path::parse(path).unwrap())
                     .await
                     .unwrap();
@@ -826,13 +841,18 @@ pub async fn queries_agree_with_the_filter_on_every_state(store: &dyn Store) {
                 .filter(|(_, state)| filter.matches(&serde_json::from_str(state).unwrap()))
                 .map(|(id, _)| *id)
                 .collect();
-            let found = store.query("table", &filter, None, 100).await.unwrap();
+            let found = store
+                .catalog()
+                .query("table", &filter, None, 100)
+                .await
+                .unwrap();
             let ids: Vec<&str> = found.iter().map(|e| e.id.as_str()).collect();
             assert_eq!(ids, expected, "`{text}` (indexed: {indexed})");
         }
     }
     // The states come back as stored, with their versions.
     let found = store
+        .catalog()
         .query(
             "table",
             &Filter::parse("owner = 'user-7'").unwrap(),
@@ -872,7 +892,11 @@ pub async fn queries_see_the_latest_state_and_page_by_id(store: &dyn Store) {
     let mut seen = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let page = store.query("t", &even, after.as_deref(), 7).await.unwrap();
+        let page = store
+            .catalog()
+            .query("t", &even, after.as_deref(), 7)
+            .await
+            .unwrap();
         assert!(page.len() <= 7);
         if page.is_empty() {
             break;
@@ -893,6 +917,7 @@ pub async fn queries_see_the_latest_state_and_page_by_id(store: &dyn Store) {
     // A state written over no longer matches what it used to.
     let old = Filter::parse("n < 100").unwrap();
     let ids: Vec<String> = store
+        .catalog()
         .query("t", &old, None, 100)
         .await
         .unwrap()
@@ -900,7 +925,14 @@ pub async fn queries_see_the_latest_state_and_page_by_id(store: &dyn Store) {
         .map(|e| e.id)
         .collect();
     assert!(ids.is_empty(), "{ids:?}");
-    assert!(store.query("t", &even, None, 0).await.unwrap().is_empty());
+    assert!(
+        store
+            .catalog()
+            .query("t", &even, None, 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// An index by a path is made once however often it is asked for, listed by its kind only,
@@ -908,24 +940,24 @@ pub async fn queries_see_the_latest_state_and_page_by_id(store: &dyn Store) {
 pub async fn indexes_are_made_once_listed_and_dropped(store: &dyn Store) {
     let owner = Path::parse("owner").unwrap();
     let seat = Path::parse("seats[0].player").unwrap();
-    assert!(store.indexes("t").await.unwrap().is_empty());
-    store.create_index("t", &owner).await.unwrap();
-    store.create_index("t", &owner).await.unwrap();
-    store.create_index("t", &seat).await.unwrap();
-    store.create_index("u", &owner).await.unwrap();
+    assert!(store.catalog().indexes("t").await.unwrap().is_empty());
+    store.catalog().create_index("t", &owner).await.unwrap();
+    store.catalog().create_index("t", &owner).await.unwrap();
+    store.catalog().create_index("t", &seat).await.unwrap();
+    store.catalog().create_index("u", &owner).await.unwrap();
     assert_eq!(
-        store.indexes("t").await.unwrap(),
+        store.catalog().indexes("t").await.unwrap(),
         [owner.clone(), seat.clone()]
     );
     let each = Path::parse("players[*].name").unwrap();
     assert!(matches!(
-        store.create_index("t", &each).await,
+        store.catalog().create_index("t", &each).await,
         Err(crate::Error::Invalid(_))
     ));
-    assert!(store.drop_index("t", &owner).await.unwrap());
-    assert!(!store.drop_index("t", &owner).await.unwrap());
-    assert_eq!(store.indexes("t").await.unwrap(), [seat]);
-    assert_eq!(store.indexes("u").await.unwrap(), [owner]);
+    assert!(store.catalog().drop_index("t", &owner).await.unwrap());
+    assert!(!store.catalog().drop_index("t", &owner).await.unwrap());
+    assert_eq!(store.catalog().indexes("t").await.unwrap(), [seat]);
+    assert_eq!(store.catalog().indexes("u").await.unwrap(), [owner]);
 }
 
 /// A paused entity stays paused until a batch resumes it; pausing twice is pausing once; a
@@ -981,7 +1013,7 @@ pub async fn schema_versions_are_kept_with_each_state(store: &dyn Store) {
         let record = store.load(&key("cart", &format!("c{n:02}"))).await.unwrap();
         assert_eq!(record.map(|r| r.schema), Some(n % 3 + 1), "c{n:02}");
     }
-    let listed = store.entities("cart", None, 100).await.unwrap();
+    let listed = store.catalog().entities("cart", None, 100).await.unwrap();
     let schemas: Vec<u32> = listed.iter().map(|e| e.schema).collect();
     assert_eq!(schemas, (0..40u32).map(|n| n % 3 + 1).collect::<Vec<_>>());
     // A later write at a newer version replaces it; one at version 1 says 1 again.
@@ -1000,7 +1032,7 @@ pub async fn schema_versions_are_kept_with_each_state(store: &dyn Store) {
     assert_eq!((c00.version, c00.schema), (2, 7));
     let c05 = store.load(&key("cart", "c05")).await.unwrap().unwrap();
     assert_eq!(c05.schema, 3);
-    let listed = store.entities("cart", None, 1).await.unwrap();
+    let listed = store.catalog().entities("cart", None, 1).await.unwrap();
     assert_eq!(listed[0].schema, 7);
 }
 
@@ -1024,11 +1056,11 @@ pub async fn an_entitys_pending_rows_read_back_by_number(store: &dyn Store) {
         ..Batch::default()
     };
     store.commit(batch).unwrap();
-    let of_a = store.pending_of(&a, 10).await.unwrap();
+    let of_a = store.catalog().pending_of(&a, 10).await.unwrap();
     let seqs: Vec<u64> = of_a.iter().map(|p| p.seq).collect();
     assert_eq!(seqs, [1, 2, 3]);
     assert_eq!(of_a[0], rows[1]);
-    assert_eq!(store.pending_of(&a, 2).await.unwrap().len(), 2);
+    assert_eq!(store.catalog().pending_of(&a, 2).await.unwrap().len(), 2);
     let done = PendingDone {
         shard: shard_of(&a.kind, a.id.as_str()),
         epoch,
@@ -1041,6 +1073,7 @@ pub async fn an_entitys_pending_rows_read_back_by_number(store: &dyn Store) {
     };
     store.commit(batch).unwrap();
     let seqs: Vec<u64> = store
+        .catalog()
         .pending_of(&a, 10)
         .await
         .unwrap()
@@ -1049,11 +1082,12 @@ pub async fn an_entitys_pending_rows_read_back_by_number(store: &dyn Store) {
         .collect();
     assert_eq!(seqs, [1, 3]);
     assert_eq!(
-        store.pending_of(&b, 10).await.unwrap(),
+        store.catalog().pending_of(&b, 10).await.unwrap(),
         vec![rows[3].clone()]
     );
     assert!(
         store
+            .catalog()
             .pending_of(&key("timer", "none"), 10)
             .await
             .unwrap()
@@ -1065,7 +1099,7 @@ pub async fn an_entitys_pending_rows_read_back_by_number(store: &dyn Store) {
 /// both, committed just now or long ago.
 pub async fn entities_are_counted_by_kind(store: &dyn Store) {
     let epoch = claim_all(store).await;
-    assert_eq!(store.count("cart").await.unwrap(), 0);
+    assert_eq!(store.catalog().count("cart").await.unwrap(), 0);
     let states: Vec<StateWrite> = (0..30)
         .map(|n| write(&key("cart", &format!("c{n}")), epoch, "{}", 1))
         .chain([write(&key("other", "o"), epoch, "{}", 1)])
@@ -1086,7 +1120,7 @@ pub async fn entities_are_counted_by_kind(store: &dyn Store) {
         ..Batch::default()
     };
     store.commit(batch).unwrap();
-    assert_eq!(store.count("cart").await.unwrap(), 31);
-    assert_eq!(store.count("other").await.unwrap(), 1);
-    assert_eq!(store.count("nothing").await.unwrap(), 0);
+    assert_eq!(store.catalog().count("cart").await.unwrap(), 31);
+    assert_eq!(store.catalog().count("other").await.unwrap(), 1);
+    assert_eq!(store.catalog().count("nothing").await.unwrap(), 0);
 }

@@ -7,8 +7,7 @@ use parking_lot::{Condvar, Mutex};
 use perennial_types::{EntityKey, Epoch, ShardId};
 
 use crate::{
-    Batch, CommitOutcome, EntityState, EntitySummary, Error, Filter, JournalEntry, Path, Pending,
-    Record, Store, StoredDeadLetter, StoredReply,
+    Batch, Catalog, CommitOutcome, Error, JournalEntry, Pending, Record, Store, StoredReply,
 };
 
 /// Wraps a [`Store`] and lets a test fail or hold its commits, and count what reached it.
@@ -168,55 +167,12 @@ impl<S: Store> Store for FaultyStore<S> {
         Ok(outcome)
     }
 
-    async fn dead_letters(&self, kind: Option<&str>) -> Result<Vec<StoredDeadLetter>, Error> {
-        self.inner.dead_letters(kind).await
-    }
-
-    async fn entities(
-        &self,
-        kind: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<EntitySummary>, Error> {
-        self.inner.entities(kind, after, limit).await
-    }
-
     async fn due(&self, before_ms: i64, limit: usize) -> Result<Vec<Pending>, Error> {
         self.inner.due(before_ms, limit).await
     }
 
     async fn paused(&self) -> Result<Vec<EntityKey>, Error> {
         self.inner.paused().await
-    }
-
-    async fn pending_of(&self, owner: &EntityKey, limit: usize) -> Result<Vec<Pending>, Error> {
-        self.inner.pending_of(owner, limit).await
-    }
-
-    async fn count(&self, kind: &str) -> Result<u64, Error> {
-        self.inner.count(kind).await
-    }
-
-    async fn query(
-        &self,
-        kind: &str,
-        filter: &Filter,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<EntityState>, Error> {
-        self.inner.query(kind, filter, after, limit).await
-    }
-
-    async fn create_index(&self, kind: &str, path: &Path) -> Result<(), Error> {
-        self.inner.create_index(kind, path).await
-    }
-
-    async fn drop_index(&self, kind: &str, path: &Path) -> Result<bool, Error> {
-        self.inner.drop_index(kind, path).await
-    }
-
-    async fn indexes(&self, kind: &str) -> Result<Vec<Path>, Error> {
-        self.inner.indexes(kind).await
     }
 
     async fn reply(
@@ -232,5 +188,9 @@ impl<S: Store> Store for FaultyStore<S> {
 
     async fn close(&self) -> Result<(), Error> {
         self.inner.close().await
+    }
+
+    fn catalog(&self) -> &dyn Catalog {
+        self.inner.catalog()
     }
 }

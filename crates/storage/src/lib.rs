@@ -11,9 +11,10 @@
 //! names its shard's current epoch.
 //!
 //! # Layout
-//! - [`Store`]: the trait, with [`Batch`], [`Record`] and [`CommitOutcome`].
+//! - [`Store`]: what the runtime needs (with [`Batch`], [`Record`] and [`CommitOutcome`]),
+//!   and [`Catalog`]: what operators ask of the stored data.
 //! - [`Filter`] and [`Path`] (module [`filter`]): filters over entity state, which
-//!   [`Store::query`] answers, and the paths a store can index.
+//!   [`Catalog::query`] answers, and the paths a store can index.
 //! - [`Directory`], with [`Member`] and [`Lease`]: a cluster's membership and shard leases.
 //! - [`Error`]: what can go wrong, as one enum every backend maps its failures into.
 //! - [`MemoryStore`]: a store in memory, for tests and for kinds that need no disk.
@@ -25,6 +26,7 @@ mod error;
 pub mod filter;
 mod memory;
 mod model;
+mod store;
 
 #[cfg(feature = "test-util")]
 pub mod conformance;
@@ -40,6 +42,6 @@ pub use memory::MemoryStore;
 pub use model::{
     Batch, CommitOutcome, DeadLetter, DeadLetterDone, DeadLetterWrite, EntityState, EntitySummary,
     ExpireReplies, JournalEntry, JournalTrim, JournalWrite, PauseWrite, Pending, PendingClass,
-    PendingDone, PendingWrite, Record, ReplyWrite, StateWrite, Store, StoredDeadLetter,
-    StoredReply,
+    PendingDone, PendingWrite, Record, ReplyWrite, StateWrite, StoredDeadLetter, StoredReply,
 };
+pub use store::{Catalog, Store};

@@ -8,8 +8,8 @@ use parking_lot::Mutex;
 use perennial_types::{EntityKey, Epoch, SHARDS, ShardId};
 
 use crate::{
-    Batch, CommitOutcome, DeadLetterDone, DeadLetterWrite, EntityState, EntitySummary, Error,
-    Filter, JournalEntry, JournalTrim, JournalWrite, Path, PauseWrite, Pending, PendingDone,
+    Batch, Catalog, CommitOutcome, DeadLetterDone, DeadLetterWrite, EntityState, EntitySummary,
+    Error, Filter, JournalEntry, JournalTrim, JournalWrite, Path, PauseWrite, Pending, PendingDone,
     PendingWrite, Record, ReplyWrite, StateWrite, Store, StoredDeadLetter, StoredReply,
 };
 
@@ -362,6 +362,24 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    async fn paused(&self) -> Result<Vec<EntityKey>, Error> {
+        let inner = self.inner.lock();
+        inner.check_open()?;
+        Ok(inner.paused.iter().cloned().collect())
+    }
+
+    async fn close(&self) -> Result<(), Error> {
+        self.inner.lock().closed = true;
+        Ok(())
+    }
+
+    fn catalog(&self) -> &dyn Catalog {
+        self
+    }
+}
+
+#[async_trait::async_trait]
+impl Catalog for MemoryStore {
     async fn dead_letters(&self, kind: Option<&str>) -> Result<Vec<StoredDeadLetter>, Error> {
         let inner = self.inner.lock();
         inner.check_open()?;
@@ -420,12 +438,6 @@ impl Store for MemoryStore {
             .pending
             .range((owner.clone(), 0)..=(owner.clone(), u64::MAX));
         Ok(rows.take(limit).map(|(_, row)| row.clone()).collect())
-    }
-
-    async fn paused(&self) -> Result<Vec<EntityKey>, Error> {
-        let inner = self.inner.lock();
-        inner.check_open()?;
-        Ok(inner.paused.iter().cloned().collect())
     }
 
     async fn query(
@@ -493,10 +505,5 @@ impl Store for MemoryStore {
             .get(kind)
             .map(|paths| paths.iter().cloned().collect())
             .unwrap_or_default())
-    }
-
-    async fn close(&self) -> Result<(), Error> {
-        self.inner.lock().closed = true;
-        Ok(())
     }
 }

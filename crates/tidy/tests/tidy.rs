@@ -100,3 +100,61 @@ fn the_modules_of_core_and_the_gateway_import_no_circle() {
         );
     }
 }
+
+/// The workspace crates a crate's `Cargo.toml` names under `[dependencies]`, by folder name.
+fn normal_dependencies(krate: &str) -> Vec<String> {
+    let manifest = fs::read_to_string(workspace().join("crates").join(krate).join("Cargo.toml"))
+        .unwrap_or_default();
+    let mut in_dependencies = false;
+    let mut found = Vec::new();
+    for line in manifest.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_dependencies = line == "[dependencies]";
+            continue;
+        }
+        let name = line.split(['=', '.', ' ']).next().unwrap_or("");
+        if in_dependencies && (name == "perennial" || name.starts_with("perennial-")) {
+            let folder = name.strip_prefix("perennial-").unwrap_or(name);
+            found.push(folder.to_owned());
+        }
+    }
+    found
+}
+
+#[test]
+fn the_code_map_lists_each_crate_after_the_crates_it_depends_on() {
+    let map = fs::read_to_string(workspace().join("ARCHITECTURE.md")).unwrap();
+    // Each `### ` heading names one or more crates as `crates/x`, in the map's order.
+    let mut order: Vec<String> = Vec::new();
+    for heading in map.lines().filter(|l| l.starts_with("### `crates/")) {
+        for part in heading.split("`crates/").skip(1) {
+            order.push(part.split('`').next().unwrap().to_owned());
+        }
+    }
+    let mut unlisted = Vec::new();
+    for entry in fs::read_dir(workspace().join("crates")).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if entry.path().join("Cargo.toml").is_file() && !order.contains(&name) {
+            unlisted.push(name);
+        }
+    }
+    assert!(
+        unlisted.is_empty(),
+        "ARCHITECTURE.md's Code Map does not list {unlisted:?}"
+    );
+    let mut misplaced = Vec::new();
+    for (at, krate) in order.iter().enumerate() {
+        for dependency in normal_dependencies(krate) {
+            let listed = order.iter().position(|c| *c == dependency);
+            if listed.is_none_or(|listed| listed >= at) {
+                misplaced.push(format!("{krate} depends on {dependency}, listed after it"));
+            }
+        }
+    }
+    assert!(
+        misplaced.is_empty(),
+        "ARCHITECTURE.md's Code Map must list each crate after those it depends on:\n{}",
+        misplaced.join("\n")
+    );
+}

@@ -1,0 +1,173 @@
+//! The storage traits: [`Store`], what the runtime needs to run (claim shards, load, read
+//! journals, commit batches, read due rows and kept replies), and [`Catalog`], what operators
+//! ask of the stored data (list, count and query entities, indexes, dead letters, an
+//! entity's pending rows). A cluster's membership and leases are a third trait,
+//! [`Directory`](crate::Directory).
+//!
+//! A store hands out its catalog ([`Store::catalog`]), usually itself. So a wrapper that only
+//! changes how the runtime's path behaves (a fault injector, a shared handle) forwards one
+//! method for the whole catalog, and a new operator feature touches the catalogs of the
+//! backends, not every wrapper.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use perennial_types::{EntityKey, Epoch, ShardId};
+
+use crate::{
+    Batch, CommitOutcome, EntityState, EntitySummary, Error, Filter, JournalEntry, Path, Pending,
+    Record, StoredDeadLetter, StoredReply,
+};
+
+/// A durable home for entity state and journals: what the runtime needs to run. What
+/// operators ask of the stored data is its [`Catalog`].
+///
+/// Implementations must make [`commit`](Store::commit) atomic and durable: when it returns
+/// `Ok`, every write of the batch except those of fenced shards survives a crash of the
+/// process and of the machine; when it returns `Err`, none of them is visible.
+///
+/// `commit` is a blocking call, unlike the others: it runs the transaction on the calling
+/// thread and returns once the batch is durable. The runtime calls it from its own committer
+/// thread, which takes the next batch the moment the call returns; a hop to another thread
+/// in between would leave the disk idle.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + Debug + 'static {
+    /// Claims `shards` for `owner`: gives each of them one new epoch, greater than any epoch
+    /// any of them had, and returns it. Writes naming an older epoch are refused from now on.
+    async fn claim(&self, owner: &str, shards: &[ShardId]) -> Result<Epoch, Error>;
+
+    /// Reads an entity's last committed state, or `None` if it was never written.
+    async fn load(&self, key: &EntityKey) -> Result<Option<Record>, Error>;
+
+    /// Reads up to `limit` of an entity's journal entries with a step above `after`, in step
+    /// order.
+    async fn journal(
+        &self,
+        key: &EntityKey,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<JournalEntry>, Error>;
+
+    /// Writes a batch in one durable transaction, on the calling thread (it blocks).
+    fn commit(&self, batch: Batch) -> Result<CommitOutcome, Error>;
+
+    /// Reads up to `limit` pending rows due at or before `before_ms`, the earliest first.
+    async fn due(&self, before_ms: i64, limit: usize) -> Result<Vec<Pending>, Error>;
+
+    /// Reads the reply kept for an idempotency key of an entity, if any.
+    async fn reply(
+        &self,
+        key: &EntityKey,
+        idempotency_key: &str,
+    ) -> Result<Option<StoredReply>, Error>;
+
+    /// The entities paused now, in key order.
+    async fn paused(&self) -> Result<Vec<EntityKey>, Error>;
+
+    /// Flushes and releases what the store holds. Later calls fail with [`Error::Closed`].
+    async fn close(&self) -> Result<(), Error> {
+        Ok(())
+    }
+
+    /// What operators ask of the stored data: usually the store itself.
+    fn catalog(&self) -> &dyn Catalog;
+}
+
+/// What operators ask of a store's data: entities listed, counted and queried by state,
+/// indexes, dead letters, an entity's pending rows. Reads of committed data only; they take
+/// no part in a step.
+#[async_trait::async_trait]
+pub trait Catalog: Send + Sync {
+    /// Reads up to `limit` of the pending rows `owner`'s steps created that are not applied
+    /// yet (its timers, its messages to other entities, its effects), by number.
+    async fn pending_of(&self, owner: &EntityKey, limit: usize) -> Result<Vec<Pending>, Error>;
+
+    /// Lists dead letters, oldest first, of one kind or of all kinds.
+    async fn dead_letters(&self, kind: Option<&str>) -> Result<Vec<StoredDeadLetter>, Error>;
+
+    /// Lists up to `limit` stored entities of `kind` (with a state or a journal) whose id is
+    /// after `after` (from the first, if `None`), in id order.
+    async fn entities(
+        &self,
+        kind: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<EntitySummary>, Error>;
+
+    /// How many entities of `kind` are stored (with a state or a journal). By default, counted
+    /// by listing them; a backend that can count in place says so.
+    async fn count(&self, kind: &str) -> Result<u64, Error> {
+        let mut count = 0;
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.entities(kind, after.as_deref(), 1024).await?;
+            count += page.len() as u64;
+            match page.last() {
+                Some(last) if page.len() == 1024 => after = Some(last.id.clone()),
+                _ => return Ok(count),
+            }
+        }
+    }
+
+    /// Finds up to `limit` stored entities of `kind` whose state matches `filter` and whose
+    /// id is after `after`, in id order. What it finds is committed state (for a `Journal`
+    /// kind, its latest snapshot), never a state whose commit is still under way.
+    async fn query(
+        &self,
+        kind: &str,
+        filter: &Filter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<EntityState>, Error>;
+
+    /// Indexes the states of `kind` by the value at `path` (a path without `[*]`), so that
+    /// queries comparing it are answered without reading every state. Indexing a path again
+    /// does nothing. It may take a while on a large kind, and commits wait meanwhile.
+    async fn create_index(&self, kind: &str, path: &Path) -> Result<(), Error>;
+
+    /// Drops the index of `kind` by `path`; returns whether there was one.
+    async fn drop_index(&self, kind: &str, path: &Path) -> Result<bool, Error>;
+
+    /// The paths `kind` is indexed by, in order.
+    async fn indexes(&self, kind: &str) -> Result<Vec<Path>, Error>;
+}
+
+#[async_trait::async_trait]
+impl<S: Store + ?Sized> Store for Arc<S> {
+    async fn claim(&self, owner: &str, shards: &[ShardId]) -> Result<Epoch, Error> {
+        (**self).claim(owner, shards).await
+    }
+    async fn load(&self, key: &EntityKey) -> Result<Option<Record>, Error> {
+        (**self).load(key).await
+    }
+    async fn journal(
+        &self,
+        key: &EntityKey,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<JournalEntry>, Error> {
+        (**self).journal(key, after, limit).await
+    }
+    fn commit(&self, batch: Batch) -> Result<CommitOutcome, Error> {
+        (**self).commit(batch)
+    }
+    async fn due(&self, before_ms: i64, limit: usize) -> Result<Vec<Pending>, Error> {
+        (**self).due(before_ms, limit).await
+    }
+    async fn reply(
+        &self,
+        key: &EntityKey,
+        idempotency_key: &str,
+    ) -> Result<Option<StoredReply>, Error> {
+        (**self).reply(key, idempotency_key).await
+    }
+    async fn paused(&self) -> Result<Vec<EntityKey>, Error> {
+        (**self).paused().await
+    }
+    async fn close(&self) -> Result<(), Error> {
+        (**self).close().await
+    }
+    fn catalog(&self) -> &dyn Catalog {
+        (**self).catalog()
+    }
+}
