@@ -53,8 +53,32 @@ struct Body {
     dry_run: bool,
     #[serde(default)]
     snapshot: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integer")]
     batch: Option<usize>,
+}
+
+/// A JSON integer, also when written with a zero fraction (`64.0`): JSON Schema's `integer`,
+/// which `/openapi.json` promises, admits both.
+fn integer<'de, D: serde::Deserializer<'de>>(input: D) -> Result<Option<usize>, D::Error> {
+    use serde::Deserialize;
+    use serde::de::Error;
+    let Some(number) = Option::<serde_json::Number>::deserialize(input)? else {
+        return Ok(None);
+    };
+    if let Some(n) = number.as_u64() {
+        return usize::try_from(n).map(Some).map_err(D::Error::custom);
+    }
+    match number.as_f64() {
+        // `u64::MAX as f64` is 2^64, one past the largest u64.
+        Some(x) if x.fract() == 0.0 && (0.0..u64::MAX as f64).contains(&x) =>
+        {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            Ok(Some(x as usize))
+        }
+        _ => Err(D::Error::custom(format!(
+            "invalid value: {number}, expected a non-negative integer"
+        ))),
+    }
 }
 
 impl Pass {

@@ -340,3 +340,39 @@ async fn a_paused_entity_answers_409_until_it_is_resumed() {
     );
     rt.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_migration_batch_is_an_integer_as_json_schema_means_it() {
+    let (app, rt) = admin().await;
+    // JSON Schema's `integer` admits a zero fraction; `/openapi.json` promises an integer.
+    for (batch, accepted) in [
+        ("64", true),
+        ("64.0", true),
+        ("null", true),
+        ("0", true),
+        ("64.5", false),
+        ("-1", false),
+        ("18446744073709551616", false),
+        ("1.8446744073709552e19", false),
+        ("\"64\"", false),
+    ] {
+        let body = Body::from(format!(r#"{{"dry_run": true, "batch": {batch}}}"#));
+        let (status, reply) =
+            send(&app, Method::POST, "/v1/admin/kinds/counter/migrate", body).await;
+        if accepted {
+            assert_eq!(status, StatusCode::ACCEPTED, "batch {batch}: {reply}");
+            // One pass at a time: wait for this one to end before the next.
+            for _ in 0..200 {
+                let (_, status) = get(&app, "/v1/admin/kinds/counter/migrate").await;
+                if status["running"] == false {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        } else {
+            assert_eq!(status, StatusCode::BAD_REQUEST, "batch {batch}: {reply}");
+            assert_eq!(reply["error"]["code"], "bad_body", "batch {batch}");
+        }
+    }
+    rt.shutdown().await;
+}
