@@ -47,17 +47,17 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use perennial_core::{AdminError, CallError, Plumbing, Runtime};
+use perennial_api::admin as api;
+use perennial_core::{AdminError, Plumbing, Runtime};
 use perennial_storage::{EntityState, StoredDeadLetter};
 use perennial_storage::{Filter, Path as StatePath};
-use perennial_types::{ShardId, shard_of};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::cluster::Here;
 use crate::error::ApiError;
-use crate::forward::{AdminOp, Request};
+use crate::forward::AdminOp;
+use crate::ops::{embedded, json_response, run_where_served};
 
 /// The most entities one page lists.
 const MAX_PAGE: usize = 1000;
@@ -94,30 +94,29 @@ pub(crate) fn routes() -> Router<crate::AppState> {
 }
 
 async fn cluster(State(state): State<crate::AppState>) -> Response {
-    let served = Plumbing::of(&state.rt).served_shards().len();
+    let served_shards = Plumbing::of(&state.rt).served_shards().len();
     let Some(router) = &state.router else {
-        return json_response(&json!({"node": null, "served_shards": served, "members": []}));
+        return json_response(&api::ClusterInfo {
+            node: None,
+            served_shards,
+            members: Vec::new(),
+        });
     };
-    let members: Vec<Value> = router
+    let members = router
         .cluster()
         .members()
         .into_iter()
-        .map(|m| json!({"node": m.node, "address": m.address, "shards": m.shards}))
+        .map(|m| api::Member {
+            node: m.node,
+            address: m.address,
+            shards: m.shards,
+        })
         .collect();
-    json_response(&json!({
-        "node": router.cluster().node(),
-        "served_shards": served,
-        "members": members,
-    }))
-}
-
-fn json_response(value: &impl Serialize) -> Response {
-    axum::Json(value).into_response()
-}
-
-/// JSON text as a value; text that is not JSON (which the runtime never stores) as a string.
-fn embedded(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
+    json_response(&api::ClusterInfo {
+        node: Some(router.cluster().node().to_owned()),
+        served_shards,
+        members,
+    })
 }
 
 async fn kinds(State(rt): State<Runtime>) -> Result<Response, ApiError> {
@@ -126,24 +125,26 @@ async fn kinds(State(rt): State<Runtime>) -> Result<Response, ApiError> {
     for k in &stats.kinds {
         stored.push(rt.admin().stored(&k.kind).await?);
     }
-    let kinds: Vec<Value> = stats
+    let kinds = stats
         .kinds
         .iter()
         .zip(stored)
-        .map(|(k, stored)| {
-            json!({
-                "kind": k.kind,
-                "persistence": k.persistence,
-                "stored": stored,
-                "resident": k.resident,
-                "activations": k.activations,
-                "passivations": k.passivations,
-                "restarts": k.restarts,
-                "dead_letters": k.dead_letters,
-            })
+        .map(|(k, stored)| api::KindInfo {
+            kind: k.kind.clone(),
+            persistence: k.persistence.and_then(|p| {
+                serde_json::to_value(p)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+            }),
+            stored,
+            resident: k.resident,
+            activations: k.activations,
+            passivations: k.passivations,
+            restarts: k.restarts,
+            dead_letters: k.dead_letters,
         })
         .collect();
-    Ok(json_response(&json!({ "kinds": kinds })))
+    Ok(json_response(&api::Kinds { kinds }))
 }
 
 #[derive(Deserialize)]
@@ -167,9 +168,23 @@ async fn entities(
     let next = (entities.len() == limit)
         .then(|| entities.last().map(|e| e.id.clone()))
         .flatten();
-    Ok(json_response(
-        &json!({ "kind": kind, "entities": entities, "next": next }),
-    ))
+    let entities = entities
+        .into_iter()
+        .map(|e| api::EntityRow {
+            id: e.id,
+            resident: e.resident,
+            paused: e.paused,
+            state_version: e.state_version,
+            schema: e.schema,
+            last_step: e.last_step,
+            updated_at_ms: e.updated_at_ms,
+        })
+        .collect();
+    Ok(json_response(&api::Entities {
+        kind,
+        entities,
+        next,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -196,19 +211,21 @@ async fn query(
     let next = (found.len() == limit)
         .then(|| found.last().map(|e| e.id.clone()))
         .flatten();
-    let entities: Vec<Value> = found.iter().map(state_json).collect();
-    Ok(json_response(
-        &json!({ "kind": kind, "entities": entities, "next": next }),
-    ))
+    let entities = found.iter().map(state_row).collect();
+    Ok(json_response(&api::Matches {
+        kind,
+        entities,
+        next,
+    }))
 }
 
-fn state_json(e: &EntityState) -> Value {
-    json!({
-        "id": e.id,
-        "state": embedded(&e.state),
-        "version": e.version,
-        "updated_at_ms": e.updated_at_ms,
-    })
+fn state_row(e: &EntityState) -> api::StateRow {
+    api::StateRow {
+        id: e.id.clone(),
+        state: embedded(&e.state),
+        version: e.version,
+        updated_at_ms: e.updated_at_ms,
+    }
 }
 
 fn parse_path(text: &str) -> Result<StatePath, ApiError> {
@@ -284,7 +301,7 @@ async fn pause(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((kind, id)) = path.map_err(ApiError::from_path)?;
-    AdminOp::Pause { kind, id }.run_where_served(&state).await
+    run_where_served(AdminOp::Pause { kind, id }, &state).await
 }
 
 async fn resume(
@@ -292,35 +309,36 @@ async fn resume(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((kind, id)) = path.map_err(ApiError::from_path)?;
-    AdminOp::Resume { kind, id }.run_where_served(&state).await
+    run_where_served(AdminOp::Resume { kind, id }, &state).await
 }
 
 async fn paused(State(rt): State<Runtime>) -> Response {
-    let paused: Vec<Value> = rt
+    let paused = rt
         .admin()
         .paused()
         .iter()
-        .map(|k| json!({ "kind": &*k.kind, "id": k.id.as_str() }))
+        .map(|k| api::EntityRef {
+            kind: k.kind.to_string(),
+            id: k.id.to_string(),
+        })
         .collect();
-    json_response(&json!({ "paused": paused }))
+    json_response(&api::Paused { paused })
 }
 
 async fn quarantined(State(rt): State<Runtime>) -> Response {
-    let quarantined: Vec<Value> = rt
+    let quarantined = rt
         .admin()
         .quarantined()
         .iter()
-        .map(|q| {
-            json!({
-                "kind": &*q.key.kind,
-                "id": q.key.id.as_str(),
-                "code": q.code,
-                "reason": q.reason,
-                "since_ms": q.since_ms,
-            })
+        .map(|q| api::QuarantinedRow {
+            kind: q.key.kind.to_string(),
+            id: q.key.id.to_string(),
+            code: q.code.to_string(),
+            reason: q.reason.clone(),
+            since_ms: q.since_ms,
         })
         .collect();
-    json_response(&json!({ "quarantined": quarantined }))
+    json_response(&api::Quarantine { quarantined })
 }
 
 async fn release(
@@ -328,7 +346,7 @@ async fn release(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((kind, id)) = path.map_err(ApiError::from_path)?;
-    AdminOp::Release { kind, id }.run_where_served(&state).await
+    run_where_served(AdminOp::Release { kind, id }, &state).await
 }
 
 async fn passivate_kind(
@@ -420,9 +438,7 @@ async fn passivate(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((kind, id)) = path.map_err(ApiError::from_path)?;
-    AdminOp::Passivate { kind, id }
-        .run_where_served(&state)
-        .await
+    run_where_served(AdminOp::Passivate { kind, id }, &state).await
 }
 
 #[derive(Deserialize)]
@@ -430,16 +446,16 @@ struct LetterFilter {
     kind: Option<String>,
 }
 
-fn letter_json(l: &StoredDeadLetter) -> Value {
-    json!({
-        "seq": l.seq,
-        "kind": &*l.letter.key.kind,
-        "id": l.letter.key.id.as_str(),
-        "message": embedded(&l.letter.message),
-        "error": l.letter.error,
-        "attempts": l.letter.attempts,
-        "at_ms": l.letter.at_ms,
-    })
+fn letter_row(l: &StoredDeadLetter) -> api::DeadLetterRow {
+    api::DeadLetterRow {
+        seq: l.seq,
+        kind: l.letter.key.kind.to_string(),
+        id: l.letter.key.id.to_string(),
+        message: embedded(&l.letter.message),
+        error: l.letter.error.clone(),
+        attempts: l.letter.attempts,
+        at_ms: l.letter.at_ms,
+    }
 }
 
 async fn dead_letters(
@@ -452,8 +468,8 @@ async fn dead_letters(
         .dead_letters(filter.kind.as_deref())
         .await
         .map_err(|e| ApiError::from(AdminError::Store(e)))?;
-    let letters: Vec<Value> = letters.iter().map(letter_json).collect();
-    Ok(json_response(&json!({ "dead_letters": letters })))
+    let dead_letters = letters.iter().map(letter_row).collect();
+    Ok(json_response(&api::DeadLetters { dead_letters }))
 }
 
 async fn dead_letter(
@@ -467,7 +483,7 @@ async fn dead_letter(
         .await
         .map_err(|e| ApiError::from(AdminError::Store(e)))?
         .ok_or_else(|| ApiError::from(AdminError::NoSuchLetter(seq)))?;
-    Ok(json_response(&letter_json(&letter)))
+    Ok(json_response(&letter_row(&letter)))
 }
 
 async fn retry(
@@ -475,7 +491,7 @@ async fn retry(
     seq: Result<Path<u64>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(seq) = seq.map_err(ApiError::from_path)?;
-    AdminOp::Retry { seq }.run_where_served(&state).await
+    run_where_served(AdminOp::Retry { seq }, &state).await
 }
 
 async fn discard(
@@ -483,104 +499,7 @@ async fn discard(
     seq: Result<Path<u64>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(seq) = seq.map_err(ApiError::from_path)?;
-    AdminOp::Discard { seq }.run_where_served(&state).await
-}
-
-impl AdminOp {
-    /// Runs it here, or on the node that serves its entity.
-    async fn run_where_served(self, state: &AppState) -> Result<Response, ApiError> {
-        let rt = &state.rt;
-        let Some(router) = &state.router else {
-            return match self.run(rt).await {
-                Here::Answer(answer) => answer,
-                Here::NotServed => Err(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "not_owner",
-                    "this node does not serve the entity now; retry",
-                )),
-            };
-        };
-        let shard = self.shard(rt).await?;
-        // Applying a dead letter again could apply it twice; the others may be repeated.
-        let safe_to_repeat = !matches!(self, Self::Retry { .. });
-        router
-            .route(
-                shard,
-                safe_to_repeat,
-                || self.run(rt),
-                || Request::Admin(self.clone()),
-            )
-            .await
-    }
-
-    /// The shard of the entity it is about.
-    async fn shard(&self, rt: &Runtime) -> Result<ShardId, ApiError> {
-        match self {
-            Self::Pause { kind, id }
-            | Self::Resume { kind, id }
-            | Self::Passivate { kind, id }
-            | Self::Release { kind, id } => Ok(shard_of(kind, id)),
-            Self::Retry { seq } | Self::Discard { seq } => {
-                let letter = rt
-                    .admin()
-                    .dead_letter(*seq)
-                    .await
-                    .map_err(|e| ApiError::from(AdminError::Store(e)))?
-                    .ok_or_else(|| ApiError::from(AdminError::NoSuchLetter(*seq)))?;
-                let key = &letter.letter.key;
-                Ok(shard_of(&key.kind, key.id.as_str()))
-            }
-        }
-    }
-
-    /// Runs it on this node.
-    pub(crate) async fn run(&self, rt: &Runtime) -> Here {
-        let result = match self {
-            Self::Pause { kind, id } => rt
-                .admin()
-                .pause(kind, id)
-                .await
-                .map(|changed| json!({ "paused": true, "changed": changed })),
-            Self::Resume { kind, id } => rt
-                .admin()
-                .resume(kind, id)
-                .await
-                .map(|changed| json!({ "paused": false, "changed": changed })),
-            Self::Passivate { kind, id } => rt
-                .admin()
-                .passivate(kind, id)
-                .map(|outcome| json!({ "outcome": outcome })),
-            Self::Release { kind, id } => rt
-                .admin()
-                .release(kind, id)
-                .map(|released| json!({ "released": released })),
-            Self::Retry { seq } => match rt.admin().retry_dead_letter(*seq).await {
-                Ok(reply) => Ok(json!({ "reply": embedded(&reply) })),
-                Err(e) if not_served(&e) => return Here::NotServed,
-                Err(e) => return Here::Answer(Err(e.into())),
-            },
-            Self::Discard { seq } => match rt.admin().discard_dead_letter(*seq).await {
-                Ok(true) => Ok(json!({ "discarded": seq })),
-                Ok(false) => Err(AdminError::NoSuchLetter(*seq)),
-                Err(e) => Err(e),
-            },
-        };
-        match result {
-            Ok(value) => Here::Answer(Ok(json_response(&value))),
-            Err(e) if not_served(&e) => Here::NotServed,
-            Err(e) => Here::Answer(Err(e.into())),
-        }
-    }
-}
-
-/// Whether this node did not carry out an entity's request because it does not serve the
-/// entity (now, or any more): the node that does can.
-fn not_served(error: &AdminError) -> bool {
-    matches!(
-        error,
-        AdminError::NotOwner { .. }
-            | AdminError::Entity(CallError::NotOwner { .. } | CallError::Fenced { .. })
-    )
+    run_where_served(AdminOp::Discard { seq }, &state).await
 }
 
 impl ApiError {

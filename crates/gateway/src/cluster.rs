@@ -26,6 +26,7 @@ use perennial_types::{ShardId, shard_of};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::forward::{self, Answer, Delivered, Failure, Forwarder, Request};
+use crate::ops::Here;
 
 /// How a node's gateway takes part in a cluster.
 #[derive(Debug, Clone)]
@@ -172,15 +173,6 @@ impl Router {
     }
 }
 
-/// What running a request on this node gave.
-pub(crate) enum Here {
-    /// The answer.
-    Answer(Result<Response, ApiError>),
-    /// This node does not serve the entity's shard (or lost it during the step): nothing was
-    /// applied.
-    NotServed,
-}
-
 fn json_response(reply: String) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], reply).into_response()
 }
@@ -282,7 +274,7 @@ async fn run_here(rt: &Runtime, call: Request) -> Answer {
                 }
             }
         }
-        Request::Admin(op) => match op.run(rt).await {
+        Request::Admin(op) => match crate::ops::run_here(&op, rt).await {
             Here::NotServed => Answer::NotServed,
             Here::Answer(Ok(response)) => {
                 let status = response.status().as_u16();
@@ -313,33 +305,31 @@ async fn run_here(rt: &Runtime, call: Request) -> Answer {
             let parcel = Parcel::new(owner, seq, target, Arc::from(body));
             match Plumbing::of(rt).deliver(parcel).await {
                 Delivery::NotServed => Answer::NotServed,
-                delivery => Answer::Delivered(Delivered::from(delivery)),
+                delivery => Answer::Delivered(delivered(delivery)),
             }
         }
     }
 }
 
-impl From<Delivery> for Delivered {
-    fn from(delivery: Delivery) -> Self {
-        match delivery {
-            Delivery::Applied => Self::Applied,
-            Delivery::Skipped => Self::Skipped,
-            Delivery::Refused(detail) => Self::Refused(detail),
-            Delivery::Poison(detail) => Self::Poison(detail),
-            other => Self::Retry(format!("{other:?}")),
-        }
+/// A delivery's outcome, on the wire.
+fn delivered(delivery: Delivery) -> Delivered {
+    match delivery {
+        Delivery::Applied => Delivered::Applied,
+        Delivery::Skipped => Delivered::Skipped,
+        Delivery::Refused(detail) => Delivered::Refused(detail),
+        Delivery::Poison(detail) => Delivered::Poison(detail),
+        other => Delivered::Retry(format!("{other:?}")),
     }
 }
 
-impl From<Delivered> for Delivery {
-    fn from(delivered: Delivered) -> Self {
-        match delivered {
-            Delivered::Applied => Self::Applied,
-            Delivered::Skipped => Self::Skipped,
-            Delivered::Refused(detail) => Self::Refused(detail),
-            Delivered::Retry(detail) => Self::Retry(detail),
-            Delivered::Poison(detail) => Self::Poison(detail),
-        }
+/// A delivery's outcome, from the wire.
+fn delivery(delivered: Delivered) -> Delivery {
+    match delivered {
+        Delivered::Applied => Delivery::Applied,
+        Delivered::Skipped => Delivery::Skipped,
+        Delivered::Refused(detail) => Delivery::Refused(detail),
+        Delivered::Retry(detail) => Delivery::Retry(detail),
+        Delivered::Poison(detail) => Delivery::Poison(detail),
     }
 }
 
@@ -370,7 +360,7 @@ impl Courier for ClusterCourier {
                     };
                     // Carrying a row again is safe: the receiver applies it once.
                     match router.forwarder.call(&address, call).await {
-                        Ok(Answer::Delivered(delivered)) => Delivery::from(delivered),
+                        Ok(Answer::Delivered(delivered)) => delivery(delivered),
                         Ok(Answer::NotServed) => Delivery::NotServed,
                         Ok(Answer::Response { status, .. }) => {
                             Delivery::Retry(format!("the node answered {status}"))

@@ -8,8 +8,8 @@ use axum::Json;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use perennial_api::error::{ErrorBody, ErrorDetail};
 use perennial_core::{AdminError, CallError, JsonRejection};
-use serde::Serialize;
 
 /// An error on its way to becoming a response.
 #[derive(Debug)]
@@ -17,17 +17,6 @@ pub struct ApiError {
     status: StatusCode,
     code: String,
     message: String,
-}
-
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Detail<'a>,
-}
-
-#[derive(Serialize)]
-struct Detail<'a> {
-    code: &'a str,
-    message: &'a str,
 }
 
 impl ApiError {
@@ -57,10 +46,10 @@ impl ApiError {
 
     /// The response's body: `{"error": {"code": …, "message": …}}`.
     pub(crate) fn body(&self) -> Vec<u8> {
-        let body = Body {
-            error: Detail {
-                code: &self.code,
-                message: &self.message,
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.clone(),
+                message: self.message.clone(),
             },
         };
         serde_json::to_vec(&body).unwrap_or_default()
@@ -295,10 +284,10 @@ impl From<AdminError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Body {
-            error: Detail {
-                code: &self.code,
-                message: &self.message,
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
             },
         };
         let mut response = (self.status, Json(body)).into_response();

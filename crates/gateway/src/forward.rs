@@ -22,115 +22,17 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
+pub(crate) use perennial_api::internal::{
+    AdminOp, Answer, Batch, CONTENT_TYPE, Delivered, PATH, Request, SECRET_HEADER,
+};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-/// The internal route's path.
-pub(crate) const PATH: &str = "/internal/v1/calls";
-/// The content type of a batch and of its answers, with the wire format's version.
-pub(crate) const CONTENT_TYPE: &str = "application/x-perennial-calls.v1";
-/// The header that carries the cluster secret.
-pub(crate) const SECRET_HEADER: &str = "x-perennial-cluster-secret";
 /// Requests in flight to one peer at most.
 const IN_FLIGHT: usize = 4;
 /// Calls in one request at most.
 const MAX_BATCH: usize = 512;
 /// Bytes of messages in one request at most (one call over it goes alone).
 pub(crate) const MAX_BATCH_BYTES: usize = 8 << 20;
-
-/// An operator's request that only the node serving the entity can carry out; in a cluster,
-/// another node forwards it there.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) enum AdminOp {
-    Pause {
-        kind: String,
-        id: String,
-    },
-    Resume {
-        kind: String,
-        id: String,
-    },
-    Passivate {
-        kind: String,
-        id: String,
-    },
-    /// Retry dead letter `seq`: its entity's node applies it.
-    Retry {
-        seq: u64,
-    },
-    Discard {
-        seq: u64,
-    },
-    /// Release a quarantined entity (added last: the wire format numbers the variants).
-    Release {
-        kind: String,
-        id: String,
-    },
-}
-
-/// What one node asks another to run.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) enum Request {
-    /// A client's call to an entity.
-    Call {
-        kind: String,
-        id: String,
-        idempotency_key: Option<String>,
-        /// The message, as the client sent it.
-        body: Vec<u8>,
-    },
-    /// An operator's request about an entity the receiving node serves.
-    Admin(AdminOp),
-    /// A message row of an entity of the sending node, for an entity of the receiving one.
-    Deliver {
-        owner_kind: String,
-        owner_id: String,
-        seq: u64,
-        kind: String,
-        id: String,
-        /// The message, as JSON.
-        body: String,
-    },
-}
-
-impl Request {
-    fn len(&self) -> usize {
-        match self {
-            Request::Call { body, .. } => body.len(),
-            Request::Deliver { body, .. } => body.len(),
-            Request::Admin(_) => 0,
-        }
-    }
-}
-
-/// Calls for one node.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct Batch {
-    pub(crate) calls: Vec<Request>,
-}
-
-/// What the receiving node answered to one [`Request`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) enum Answer {
-    /// The response its gateway would have sent for a client's call: a status and a JSON
-    /// body.
-    Response { status: u16, body: Vec<u8> },
-    /// The node does not serve the entity's shard (or lost it during the step): nothing was
-    /// applied, so the caller may send it again after refreshing its routes.
-    NotServed,
-    /// How a delivered row ended.
-    Delivered(Delivered),
-}
-
-/// A [`perennial_core::Delivery`] on the wire.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) enum Delivered {
-    Applied,
-    Skipped,
-    Refused(String),
-    Retry(String),
-    Poison(String),
-}
 
 /// Decodes `bytes` as the internal route's two messages, a [`Batch`] and a list of
 /// [`Answer`]s, as a node receiving them does; what decodes must encode back to the same
@@ -283,12 +185,12 @@ async fn pump(
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
-        let mut bytes = first.0.len();
+        let mut bytes = first.0.body_len();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
             match calls.try_recv() {
                 Ok(call) => {
-                    bytes += call.0.len();
+                    bytes += call.0.body_len();
                     batch.push(call);
                 }
                 Err(_) => break,

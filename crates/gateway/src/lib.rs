@@ -53,6 +53,7 @@ mod forward;
 mod guard;
 mod metrics;
 mod migrations;
+mod ops;
 mod play;
 mod watch;
 

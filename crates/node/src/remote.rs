@@ -7,6 +7,8 @@
 use std::io::Read;
 
 use anyhow::Context;
+use perennial_api::admin as api;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::client::{Client, Role, encode};
@@ -192,39 +194,59 @@ pub(crate) fn entities(args: EntitiesArgs) -> anyhow::Result<()> {
         "LAST STEP",
         "LAST ACTIVITY",
     ];
-    listing(&args.node, &args.page, &path, &again, &columns, |e| {
-        vec![
-            output::cell(&e["id"], 60),
-            if e["resident"] == true { "yes" } else { "no" }.to_owned(),
-            output::cell(&e["state_version"], 20),
-            output::cell(&e["last_step"], 20),
-            output::ago_ms(e["updated_at_ms"].as_i64()),
-        ]
-    })
+    listing(
+        &args.node,
+        &args.page,
+        &path,
+        &again,
+        &columns,
+        |page: api::Entities| {
+            let rows = page.entities.into_iter().map(|e| {
+                vec![
+                    output::cell(&Value::from(e.id), 60),
+                    if e.resident { "yes" } else { "no" }.to_owned(),
+                    e.state_version.to_string(),
+                    e.last_step.to_string(),
+                    output::ago_ms(e.updated_at_ms),
+                ]
+            });
+            (rows.collect(), page.next)
+        },
+    )
 }
 
 /// Prints a page of entities from `path` (which ends where the page's parameters go): the
-/// node's JSON with `--json`, else a table of `row`s under `columns` and, when there may be
-/// more, the command (`again`) that shows the next page.
-fn listing(
+/// node's JSON with `--json`, else the table `rows` makes of the page (`T`) under `columns`
+/// and, when there may be more, the command (`again`) that shows the next page.
+fn listing<T: DeserializeOwned>(
     node: &Admin,
     page: &Page,
     path: &str,
     again: &str,
     columns: &[&str],
-    row: impl Fn(&Value) -> Vec<String>,
+    rows: impl FnOnce(T) -> (Vec<Vec<String>>, Option<String>),
 ) -> anyhow::Result<()> {
     let answer = node.client()?.get(&format!("{path}{}", page.query()))?;
     if node.json {
         output::json(&answer);
         return Ok(());
     }
-    let rows = items(&answer, "entities").iter().map(row).collect();
+    let (rows, next) = rows(typed(answer)?);
     output::answer(&output::table(columns, rows));
-    if let Some(next) = answer["next"].as_str() {
+    if let Some(next) = next {
         output::note(&format!("there may be more: {again} --after '{next}'"));
     }
     Ok(())
+}
+
+/// The node's answer as the wire model says it is (see `perennial-api`).
+fn typed<T: DeserializeOwned>(answer: Value) -> anyhow::Result<T> {
+    serde_json::from_value(answer).map_err(|e| {
+        anyhow::anyhow!(
+            "the node's answer is not what this build of the CLI expects ({e}); \
+             is the node a different version? --json prints the answer as it came"
+        )
+    })
 }
 
 /// `perennial query`.
@@ -254,12 +276,15 @@ pub(crate) fn query(args: QueryArgs) -> anyhow::Result<()> {
         &path,
         &again,
         &["ID", "VERSION", "STATE"],
-        |e| {
-            vec![
-                output::cell(&e["id"], 40),
-                output::cell(&e["version"], 12),
-                output::cell(&e["state"], 100),
-            ]
+        |page: api::Matches| {
+            let rows = page.entities.into_iter().map(|e| {
+                vec![
+                    output::cell(&Value::from(e.id), 40),
+                    e.version.to_string(),
+                    output::cell(&e.state, 100),
+                ]
+            });
+            (rows.collect(), page.next)
         },
     )
 }
@@ -355,23 +380,20 @@ pub(crate) fn quarantined(args: QuarantinedArgs) -> anyhow::Result<()> {
         output::json(&answer);
         return Ok(());
     }
-    let list = items(&answer, "quarantined");
-    if list.is_empty() {
+    let list: api::Quarantine = typed(answer)?;
+    if list.quarantined.is_empty() {
         output::answer("no entity is quarantined");
         return Ok(());
     }
     let rows = list
-        .iter()
+        .quarantined
+        .into_iter()
         .map(|q| {
             vec![
-                format!(
-                    "{}/{}",
-                    q["kind"].as_str().unwrap_or("?"),
-                    q["id"].as_str().unwrap_or("?")
-                ),
-                output::cell(&q["code"], 20),
-                output::time_ms(q["since_ms"].as_i64().unwrap_or(0)),
-                output::cell(&q["reason"], 100),
+                format!("{}/{}", q.kind, q.id),
+                output::cell(&Value::from(q.code), 20),
+                output::time_ms(q.since_ms),
+                output::cell(&Value::from(q.reason), 100),
             ]
         })
         .collect();
@@ -519,20 +541,22 @@ pub(crate) fn dead_letters(args: DeadLettersArgs) -> anyhow::Result<()> {
             output::json(&list);
             return Ok(());
         }
-        let rows = items(&list, "dead_letters")
-            .iter()
+        let list: api::DeadLetters = typed(list)?;
+        let rows = list
+            .dead_letters
+            .into_iter()
             .map(|l| {
                 vec![
-                    output::cell(&l["seq"], 20),
+                    l.seq.to_string(),
                     format!(
                         "{}/{}",
-                        output::cell(&l["kind"], 30),
-                        output::cell(&l["id"], 40)
+                        output::cell(&Value::from(l.kind), 30),
+                        output::cell(&Value::from(l.id), 40)
                     ),
-                    output::cell(&l["attempts"], 10),
-                    output::ago_ms(l["at_ms"].as_i64()),
-                    output::cell(&l["error"], 50),
-                    output::cell(&l["message"], 40),
+                    l.attempts.to_string(),
+                    output::ago_ms(Some(l.at_ms)),
+                    output::cell(&Value::from(l.error), 50),
+                    output::cell(&l.message, 40),
                 ]
             })
             .collect();
@@ -661,25 +685,23 @@ pub(crate) fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
         output::json(&answer);
         return Ok(());
     }
-    let Some(node) = answer["node"].as_str() else {
+    let info: api::ClusterInfo = typed(answer)?;
+    let Some(node) = info.node else {
         output::answer(&format!(
             "not in a cluster: this node serves all {} shards",
-            answer["served_shards"]
+            info.served_shards
         ));
         return Ok(());
     };
-    let rows = answer["members"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
+    let rows = info
+        .members
+        .into_iter()
         .map(|m| {
-            let name = m["node"].as_str().unwrap_or_default();
-            let marker = if name == node { " (this node)" } else { "" };
+            let marker = if m.node == node { " (this node)" } else { "" };
             vec![
-                format!("{name}{marker}"),
-                output::cell(&m["address"], 40),
-                output::cell(&m["shards"], 10),
+                format!("{}{marker}", m.node),
+                output::cell(&Value::from(m.address), 40),
+                m.shards.to_string(),
             ]
         })
         .collect();

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use perennial_checker::{Invocation, Op, Recorder, Type};
 
-use crate::node::{Request, Response, ask};
+use crate::node::{Request, Response, ask, call, reply};
 use crate::store::SimDb;
 
 /// One client's part of the load.
@@ -58,12 +58,7 @@ impl Client {
                 8 => (Op::Effect, format!(r#"{{"effect": "{token}"}}"#)),
                 _ => (Op::Append, format!(r#"{{"append": "{token}"}}"#)),
             };
-            let request = Request::Call {
-                kind: kind.to_owned(),
-                id: id.to_owned(),
-                key: Some(token.clone()),
-                body,
-            };
+            let request = call(kind, id, Some(&token), &body);
             // Each call starts at another node, so that two nodes that both believe they own
             // a probe (split brain) both get its calls, and the checker sees two timelines.
             let mut attempt = self.c + n;
@@ -78,10 +73,10 @@ impl Client {
                     ms: (f == Op::Schedule).then_some(TIMER_MS),
                     key: Some(token.clone()),
                 });
-                match ask(node, &request, Duration::from_secs(2)).await {
-                    Some(Response::Call { status: 200, body }) => {
+                match reply(ask(node, &request, Duration::from_secs(2)).await) {
+                    Ok(body) => {
                         let list: Vec<String> =
-                            serde_json::from_str(&body).expect("a probe answers a list");
+                            serde_json::from_slice(&body).expect("a probe answers a list");
                         self.history.complete(call, Type::Ok, Some(list));
                         break;
                     }
@@ -169,12 +164,7 @@ impl Caller<'_> {
     /// does not hold it to real time.
     async fn read(&self, probe: &str, first: usize) {
         let (kind, id) = probe.split_once('/').expect("a kind/id path");
-        let request = Request::Call {
-            kind: kind.to_owned(),
-            id: id.to_owned(),
-            key: None,
-            body: r#""read""#.into(),
-        };
+        let request = call(kind, id, None, r#""read""#);
         for at in first..first + self.nodes.len() {
             let node = &self.nodes[at % self.nodes.len()];
             let began = crate::elapsed();
@@ -187,19 +177,20 @@ impl Caller<'_> {
                 ms: None,
                 key: None,
             });
-            match ask(node, &request, Duration::from_millis(500)).await {
-                Some(Response::Call { status: 200, body }) => {
+            match reply(ask(node, &request, Duration::from_millis(500)).await) {
+                Ok(body) => {
                     if self.db.reads_checked(began, crate::elapsed()) {
                         let list: Vec<String> =
-                            serde_json::from_str(&body).expect("a probe answers a list");
+                            serde_json::from_slice(&body).expect("a probe answers a list");
                         self.history.complete(call, Type::Ok, Some(list));
                     } else {
                         self.history.complete(call, Type::Info, None);
                     }
                     return;
                 }
-                Some(Response::Call { .. }) => self.history.complete(call, Type::Fail, None),
-                _ => self.history.complete(call, Type::Info, None),
+                // Answered, and refused: not served there, or failed.
+                Err(Some(Response::Node(_))) => self.history.complete(call, Type::Fail, None),
+                Err(_) => self.history.complete(call, Type::Info, None),
             }
         }
     }
@@ -232,17 +223,11 @@ pub(crate) async fn read_finals(
         let mut now = BTreeMap::new();
         for probe in probes {
             let (kind, id) = probe.split_once('/').expect("a kind/id path");
-            let read = Request::Call {
-                kind: kind.into(),
-                id: id.into(),
-                key: None,
-                body: r#""read""#.into(),
-            };
+            let read = call(kind, id, None, r#""read""#);
             let mut list = None;
             for node in nodes {
-                if let Some(Response::Call { status: 200, body }) = ask(node, &read, patience).await
-                {
-                    list = serde_json::from_str::<Vec<String>>(&body).ok();
+                if let Ok(body) = reply(ask(node, &read, patience).await) {
+                    list = serde_json::from_slice::<Vec<String>>(&body).ok();
                     break;
                 }
             }

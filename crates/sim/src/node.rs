@@ -12,8 +12,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use perennial_api::error::{ErrorBody, ErrorDetail};
+use perennial_api::internal::{self, Delivered};
 use perennial_cluster::{Cluster, Options, Route};
-use perennial_core::{Courier, Delivery, EntityId, EntityKey, Parcel, Plumbing, Runtime};
+use perennial_core::{
+    CallError, Courier, Delivery, EntityId, EntityKey, Parcel, Plumbing, Runtime,
+};
 use perennial_types::shard_of;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -24,25 +28,13 @@ use crate::store::SimStore;
 /// The port every node listens on.
 pub(crate) const PORT: u16 = 9000;
 
-/// What a client or another node asks a node.
+/// What a client, or another node, asks a simulated node. Calls and carried rows are the
+/// real internal protocol's messages (`perennial_api::internal`); the rest is the
+/// simulation's own control.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum Request {
-    /// A call to an entity, with its idempotency key.
-    Call {
-        kind: String,
-        id: String,
-        key: Option<String>,
-        body: String,
-    },
-    /// A message row another node carries here.
-    Deliver {
-        owner_kind: String,
-        owner_id: String,
-        seq: u64,
-        kind: String,
-        id: String,
-        body: String,
-    },
+    /// A call to an entity, or a message row another node carries here.
+    Node(internal::Request),
     /// Passivate a kind's idle entities, so that reads come from storage.
     Passivate { kind: String },
     /// How many timers, messages and effects the node holds in memory.
@@ -52,23 +44,28 @@ pub(crate) enum Request {
 /// A node's answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum Response {
-    /// A call's outcome: `200` and the reply, or an error status and code.
-    Call { status: u16, body: String },
-    /// How a carried row ended.
-    Delivered(Delivered),
+    /// The internal protocol's answer to a call or a carried row.
+    Node(internal::Answer),
     /// A count (passivated entities, pending rows).
     Count(usize),
 }
 
-/// A [`Delivery`] on the wire.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub(crate) enum Delivered {
-    Applied,
-    Skipped,
-    Refused,
-    Retry,
-    Poison,
-    NotServed,
+/// A call through `node`'s internal protocol: kind, id, idempotency key and JSON message.
+pub(crate) fn call(kind: &str, id: &str, key: Option<&str>, body: &str) -> Request {
+    Request::Node(internal::Request::Call {
+        kind: kind.to_owned(),
+        id: id.to_owned(),
+        idempotency_key: key.map(str::to_owned),
+        body: body.as_bytes().to_vec(),
+    })
+}
+
+/// The reply of a call that succeeded, as the bytes of its JSON.
+pub(crate) fn reply(response: Option<Response>) -> Result<Vec<u8>, Option<Response>> {
+    match response {
+        Some(Response::Node(internal::Answer::Response { status: 200, body })) => Ok(body),
+        other => Err(other),
+    }
 }
 
 /// Sends `request` to `host` and waits at most `patience` for its answer.
@@ -133,41 +130,45 @@ async fn serve(stream: TcpStream, rt: Runtime, cluster: Cluster) {
         return;
     };
     let response = match request {
-        Request::Call {
+        Request::Node(internal::Request::Call {
             kind,
             id,
-            key,
+            idempotency_key,
             body,
-        } => {
-            if cluster.route(shard_of(&kind, &id)) != Route::Local {
-                Response::Call {
-                    status: 503,
-                    body: "not_owner".into(),
+        }) => Response::Node(if cluster.route(shard_of(&kind, &id)) != Route::Local {
+            internal::Answer::NotServed
+        } else {
+            match rt
+                .call_json_idempotent(&kind, &id, idempotency_key.as_deref(), &body)
+                .await
+            {
+                Ok(reply) => internal::Answer::Response {
+                    status: 200,
+                    body: reply.into_bytes(),
+                },
+                Err(CallError::NotOwner { .. } | CallError::Fenced { .. }) => {
+                    internal::Answer::NotServed
                 }
-            } else {
-                match rt
-                    .call_json_idempotent(&kind, &id, key.as_deref(), body.as_bytes())
-                    .await
-                {
-                    Ok(reply) => Response::Call {
-                        status: 200,
-                        body: reply,
-                    },
-                    Err(error) => Response::Call {
-                        status: 500,
-                        body: error.code().to_owned(),
-                    },
-                }
+                Err(error) => internal::Answer::Response {
+                    status: 500,
+                    body: serde_json::to_vec(&ErrorBody {
+                        error: ErrorDetail {
+                            code: error.code().to_owned(),
+                            message: error.to_string(),
+                        },
+                    })
+                    .unwrap_or_default(),
+                },
             }
-        }
-        Request::Deliver {
+        }),
+        Request::Node(internal::Request::Deliver {
             owner_kind,
             owner_id,
             seq,
             kind,
             id,
             body,
-        } => {
+        }) => {
             let keys = EntityId::new(&owner_id).and_then(|o| Ok((o, EntityId::new(&id)?)));
             let delivery = match keys {
                 Ok((owner, target)) => {
@@ -181,16 +182,19 @@ async fn serve(stream: TcpStream, rt: Runtime, cluster: Cluster) {
                 }
                 Err(_) => Delivery::Poison("an invalid id".into()),
             };
-            Response::Delivered(match delivery {
-                Delivery::Applied => Delivered::Applied,
-                Delivery::Skipped => Delivered::Skipped,
-                Delivery::Refused(_) => Delivered::Refused,
-                Delivery::Retry(_) => Delivered::Retry,
-                Delivery::Poison(_) => Delivered::Poison,
-                Delivery::NotServed => Delivered::NotServed,
-                _ => Delivered::Retry,
+            Response::Node(match delivery {
+                Delivery::NotServed => internal::Answer::NotServed,
+                Delivery::Applied => internal::Answer::Delivered(Delivered::Applied),
+                Delivery::Skipped => internal::Answer::Delivered(Delivered::Skipped),
+                Delivery::Refused(detail) => {
+                    internal::Answer::Delivered(Delivered::Refused(detail))
+                }
+                Delivery::Poison(detail) => internal::Answer::Delivered(Delivered::Poison(detail)),
+                other => internal::Answer::Delivered(Delivered::Retry(format!("{other:?}"))),
             })
         }
+        // Admin requests go to a gateway, which the simulation has none of.
+        Request::Node(internal::Request::Admin(_)) => Response::Count(0),
         Request::Passivate { kind } => {
             Response::Count(rt.admin().passivate_kind(&kind).map_or(0, |(done, _)| done))
         }
@@ -217,22 +221,22 @@ impl Courier for SimCourier {
             let Route::Remote { address, .. } = route else {
                 return Delivery::Retry("no node serves the target now".into());
             };
-            let request = Request::Deliver {
+            let request = Request::Node(internal::Request::Deliver {
                 owner_kind: parcel.owner.kind.to_string(),
                 owner_id: parcel.owner.id.to_string(),
                 seq: parcel.seq,
                 kind: parcel.target.kind.to_string(),
                 id: parcel.target.id.to_string(),
                 body: parcel.body.to_string(),
-            };
+            });
             match ask(&address, &request, Duration::from_secs(2)).await {
-                Some(Response::Delivered(delivered)) => match delivered {
+                Some(Response::Node(internal::Answer::NotServed)) => Delivery::NotServed,
+                Some(Response::Node(internal::Answer::Delivered(delivered))) => match delivered {
                     Delivered::Applied => Delivery::Applied,
                     Delivered::Skipped => Delivery::Skipped,
-                    Delivered::Refused => Delivery::Refused("refused".into()),
-                    Delivered::Retry => Delivery::Retry("the target asks to retry".into()),
-                    Delivered::Poison => Delivery::Poison("poison".into()),
-                    Delivered::NotServed => Delivery::NotServed,
+                    Delivered::Refused(detail) => Delivery::Refused(detail),
+                    Delivered::Retry(detail) => Delivery::Retry(detail),
+                    Delivered::Poison(detail) => Delivery::Poison(detail),
                 },
                 _ => Delivery::Retry("the target's node did not answer".into()),
             }
