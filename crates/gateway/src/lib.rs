@@ -53,6 +53,7 @@ mod forward;
 mod guard;
 mod metrics;
 mod migrations;
+pub mod openapi;
 mod ops;
 mod play;
 mod watch;
@@ -69,6 +70,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use perennial_api::params::EntityPath;
 use perennial_core::{Plumbing, Runtime};
 
 pub use crate::cluster::Clustering;
@@ -203,7 +205,10 @@ pub fn app(rt: Runtime, options: &Options) -> Router {
         .merge(console::routes())
         .merge(play::routes())
         .route("/healthz", get(healthz).fallback(method_not_allowed))
-        .route("/openapi.json", get(openapi).fallback(method_not_allowed))
+        .route(
+            "/openapi.json",
+            get(openapi::document_route).fallback(method_not_allowed),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(options.max_body_bytes))
@@ -227,13 +232,22 @@ pub async fn serve(
 /// The header that makes a call idempotent.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
+/// Send a message to an entity; the reply comes once the step is durable
+#[utoipa::path(post, path = "/v1/{kind}/{id}", tag = "entities",
+    params(
+        EntityPath,
+        ("Idempotency-Key" = Option<String>, Header, max_length = 256, nullable = false,
+            description = "Makes the call idempotent: a retry with the same key gets the first reply"),
+    ),
+    request_body(content = serde_json::Value, description = "The message, as the kind's handler takes it"),
+    responses((status = 200, description = "The reply, as the kind's handler returned it", body = serde_json::Value)))]
 async fn call(
     State(state): State<AppState>,
-    path: Result<Path<(String, String)>, PathRejection>,
+    path: Result<Path<EntityPath>, PathRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let Path((kind, id)) = path.map_err(ApiError::from_path)?;
+    let Path(EntityPath { kind, id }) = path.map_err(ApiError::from_path)?;
     let started = std::time::Instant::now();
     let span = tracing::debug_span!("call", %kind, %id);
     let result =
@@ -279,18 +293,14 @@ async fn call_entity(
         .into_response())
 }
 
+/// Liveness
+#[utoipa::path(get, path = "/healthz", tag = "node",
+    responses((status = 200, description = "The node serves", body = perennial_api::client::Health)))]
 async fn healthz() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/json")],
         r#"{"status":"ok"}"#,
     )
-}
-
-/// The OpenAPI 3.1 document of every route; a test checks it against the routes.
-pub const OPENAPI: &str = include_str!("openapi.json");
-
-async fn openapi() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
 }
 
 async fn not_found() -> ApiError {

@@ -77,6 +77,10 @@ impl Metrics {
     }
 }
 
+/// Metrics in the Prometheus text format
+#[utoipa::path(get, path = "/metrics", tag = "node",
+    responses((status = 200, description = "OpenMetrics text",
+        content_type = "application/openmetrics-text", body = String)))]
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     match state.metrics.encode() {
         Ok(text) => (

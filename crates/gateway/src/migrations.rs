@@ -19,9 +19,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, body::Bytes};
 use parking_lot::Mutex;
+use perennial_api::admin::{MigrateRequest, MigrationFailure, MigrationProgress, MigrationStatus};
+use perennial_api::error::ErrorDetail;
+use perennial_api::params::KindPath;
 use perennial_core::{Migrate, MigrationReport, Progress, Runtime};
-use serde::Deserialize;
-use serde_json::{Value, json};
 
 use crate::error::ApiError;
 
@@ -39,87 +40,79 @@ impl std::fmt::Debug for Passes {
 }
 
 struct Pass {
-    plan: Body,
+    plan: MigrateRequest,
     progress: Progress,
     /// `None` while it runs.
     outcome: Mutex<Option<Result<MigrationReport, ApiError>>>,
 }
 
-/// What a `POST` asks for.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Body {
-    #[serde(default)]
-    dry_run: bool,
-    #[serde(default)]
-    snapshot: bool,
-    #[serde(default, deserialize_with = "integer")]
-    batch: Option<usize>,
-}
-
-/// A JSON integer, also when written with a zero fraction (`64.0`): JSON Schema's `integer`,
-/// which `/openapi.json` promises, admits both.
-fn integer<'de, D: serde::Deserializer<'de>>(input: D) -> Result<Option<usize>, D::Error> {
-    use serde::Deserialize;
-    use serde::de::Error;
-    let Some(number) = Option::<serde_json::Number>::deserialize(input)? else {
-        return Ok(None);
-    };
-    if let Some(n) = number.as_u64() {
-        return usize::try_from(n).map(Some).map_err(D::Error::custom);
-    }
-    match number.as_f64() {
-        // `u64::MAX as f64` is 2^64, one past the largest u64.
-        Some(x) if x.fract() == 0.0 && (0.0..u64::MAX as f64).contains(&x) =>
-        {
-            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-            Ok(Some(x as usize))
-        }
-        _ => Err(D::Error::custom(format!(
-            "invalid value: {number}, expected a non-negative integer"
-        ))),
-    }
-}
-
 impl Pass {
-    fn status(&self, kind: &str) -> Value {
+    fn status(&self, kind: &str) -> MigrationStatus {
         let p = &self.progress;
-        let progress = json!({
-            "total": p.total(),
-            "examined": p.examined(),
-            "changed": p.changed(),
-            "failed": p.failed(),
-        });
-        let mut status = json!({
-            "kind": kind,
-            "dry_run": self.plan.dry_run,
-            "snapshot": self.plan.snapshot,
-            "progress": progress,
-        });
-        match &*self.outcome.lock() {
-            None => status["running"] = json!(true),
-            Some(Ok(report)) => {
-                status["running"] = json!(false);
-                status["report"] = serde_json::to_value(report).unwrap_or(Value::Null);
-            }
-            Some(Err(error)) => {
-                status["running"] = json!(false);
-                status["error"] = json!({"code": error.code(), "message": error.message()});
-            }
+        let outcome = self.outcome.lock();
+        MigrationStatus {
+            kind: kind.to_owned(),
+            dry_run: self.plan.dry_run,
+            snapshot: self.plan.snapshot,
+            progress: MigrationProgress {
+                total: p.total(),
+                examined: p.examined(),
+                changed: p.changed(),
+                failed: p.failed(),
+            },
+            running: outcome.is_none(),
+            report: match &*outcome {
+                Some(Ok(report)) => Some(wire_report(report)),
+                _ => None,
+            },
+            error: match &*outcome {
+                Some(Err(error)) => Some(ErrorDetail {
+                    code: error.code().to_owned(),
+                    message: error.message().to_owned(),
+                }),
+                _ => None,
+            },
         }
-        status
     }
 }
 
+fn wire_report(report: &MigrationReport) -> perennial_api::admin::MigrationReport {
+    perennial_api::admin::MigrationReport {
+        kind: report.kind.clone(),
+        schema: report.schema,
+        dry_run: report.dry_run,
+        examined: report.examined,
+        changed: report.changed,
+        unchanged: report.unchanged,
+        not_served: report.not_served,
+        failed: report.failed,
+        failures: report
+            .failures
+            .iter()
+            .map(|f| MigrationFailure {
+                id: f.id.clone(),
+                code: f.code.clone(),
+                error: f.error.clone(),
+            })
+            .collect(),
+        elapsed_ms: report.elapsed_ms,
+    }
+}
+
+/// Start a migration pass over the kind's stored entities, in the background (409 migration_running if one runs)
+#[utoipa::path(post, path = "/v1/admin/kinds/{kind}/migrate", tag = "admin",
+    params(KindPath),
+    request_body(content = Option<MigrateRequest>, description = "What the pass does; an empty body asks for the defaults"),
+    responses((status = 202, description = "Accepted", body = MigrationStatus)))]
 pub(crate) async fn start(
     State(rt): State<Runtime>,
     State(passes): State<Arc<Passes>>,
-    kind: Result<Path<String>, PathRejection>,
+    kind: Result<Path<KindPath>, PathRejection>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let Path(kind) = kind.map_err(ApiError::from_path)?;
-    let plan: Body = if body.iter().all(u8::is_ascii_whitespace) {
-        Body::default()
+    let Path(KindPath { kind }) = kind.map_err(ApiError::from_path)?;
+    let plan = if body.iter().all(u8::is_ascii_whitespace) {
+        MigrateRequest::default()
     } else {
         serde_json::from_slice(&body).map_err(|e| {
             ApiError::new(
@@ -161,7 +154,7 @@ pub(crate) async fn start(
         migrate = migrate.snapshot();
     }
     if let Some(batch) = plan.batch {
-        migrate = migrate.batch(batch);
+        migrate = migrate.batch(usize::try_from(batch).unwrap_or(usize::MAX));
     }
     let running = Arc::clone(&pass);
     let name = kind.clone();
@@ -177,11 +170,15 @@ pub(crate) async fn start(
     Ok((StatusCode::ACCEPTED, Json(pass.status(&kind))).into_response())
 }
 
+/// The kind's migration pass: running, its progress and, once done, its report
+#[utoipa::path(get, path = "/v1/admin/kinds/{kind}/migrate", tag = "admin",
+    params(KindPath),
+    responses((status = 200, description = "OK", body = MigrationStatus)))]
 pub(crate) async fn status(
     State(passes): State<Arc<Passes>>,
-    kind: Result<Path<String>, PathRejection>,
+    kind: Result<Path<KindPath>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let Path(kind) = kind.map_err(ApiError::from_path)?;
+    let Path(KindPath { kind }) = kind.map_err(ApiError::from_path)?;
     let pass = passes.by_kind.lock().get(&kind).cloned();
     match pass {
         Some(pass) => Ok(Json(pass.status(&kind)).into_response()),

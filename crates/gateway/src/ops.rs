@@ -4,10 +4,11 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use perennial_core::{AdminError, CallError, Runtime};
+use perennial_api::admin as api;
+use perennial_core::{AdminError, CallError, Passivation, Runtime};
 use perennial_types::{ShardId, shard_of};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -79,40 +80,45 @@ async fn shard_of_op(op: &AdminOp, rt: &Runtime) -> Result<ShardId, ApiError> {
 
 /// Runs an operator's request on this node.
 pub(crate) async fn run_here(op: &AdminOp, rt: &Runtime) -> Here {
+    let admin = rt.admin();
     let result = match op {
-        AdminOp::Pause { kind, id } => rt
-            .admin()
-            .pause(kind, id)
-            .await
-            .map(|changed| json!({ "paused": true, "changed": changed })),
-        AdminOp::Resume { kind, id } => rt
-            .admin()
-            .resume(kind, id)
-            .await
-            .map(|changed| json!({ "paused": false, "changed": changed })),
-        AdminOp::Passivate { kind, id } => rt
-            .admin()
-            .passivate(kind, id)
-            .map(|outcome| json!({ "outcome": outcome })),
-        AdminOp::Release { kind, id } => rt
-            .admin()
+        AdminOp::Pause { kind, id } => admin.pause(kind, id).await.map(|changed| {
+            json_response(&api::PauseState {
+                paused: true,
+                changed,
+            })
+        }),
+        AdminOp::Resume { kind, id } => admin.resume(kind, id).await.map(|changed| {
+            json_response(&api::PauseState {
+                paused: false,
+                changed,
+            })
+        }),
+        AdminOp::Passivate { kind, id } => admin.passivate(kind, id).map(|outcome| {
+            let outcome = match outcome {
+                Passivation::Passivated => api::Passivation::Passivated,
+                Passivation::Busy => api::Passivation::Busy,
+                Passivation::NotResident => api::Passivation::NotResident,
+            };
+            json_response(&api::Passivated { outcome })
+        }),
+        AdminOp::Release { kind, id } => admin
             .release(kind, id)
-            .map(|released| json!({ "released": released })),
-        AdminOp::Retry { seq } => match rt.admin().retry_dead_letter(*seq).await {
-            Ok(reply) => Ok(json!({ "reply": embedded(&reply) })),
-            Err(e) if not_served(&e) => return Here::NotServed,
-            Err(e) => return Here::Answer(Err(e.into())),
-        },
-        AdminOp::Discard { seq } => match rt.admin().discard_dead_letter(*seq).await {
-            Ok(true) => Ok(json!({ "discarded": seq })),
+            .map(|released| json_response(&api::Released { released })),
+        AdminOp::Retry { seq } => admin.retry_dead_letter(*seq).await.map(|reply| {
+            json_response(&api::Retried {
+                reply: embedded(&reply),
+            })
+        }),
+        AdminOp::Discard { seq } => match admin.discard_dead_letter(*seq).await {
+            Ok(true) => Ok(json_response(&api::Discarded { discarded: *seq })),
             Ok(false) => Err(AdminError::NoSuchLetter(*seq)),
             Err(e) => Err(e),
         },
     };
     match result {
-        Ok(value) => Here::Answer(Ok(json_response(&value))),
         Err(e) if not_served(&e) => Here::NotServed,
-        Err(e) => Here::Answer(Err(e.into())),
+        answer => Here::Answer(answer.map_err(ApiError::from)),
     }
 }
 

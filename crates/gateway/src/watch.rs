@@ -18,16 +18,26 @@ use axum::extract::{Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Redirect, Response};
 use futures::Stream;
+use perennial_api::client::WatchEvent;
+use perennial_api::params::EntityPath;
 use perennial_core::{AdminError, CallError};
 
 use crate::AppState;
 use crate::error::ApiError;
 
+/// Follow an entity's committed state changes (Server-Sent Events: `event: state`, `data` the state, `id` its version)
+#[utoipa::path(get, path = "/v1/{kind}/{id}/watch", tag = "entities",
+    params(EntityPath),
+    responses(
+        (status = 200, description = "An event stream; the first event is the current state",
+            content_type = "text/event-stream", body = WatchEvent),
+        (status = 307, description = "In a cluster: the node that serves the entity; follow it"),
+    ))]
 pub(crate) async fn watch(
     State(state): State<AppState>,
-    path: Result<Path<(String, String)>, PathRejection>,
+    path: Result<Path<EntityPath>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let Path((kind, id)) = path.map_err(ApiError::from_path)?;
+    let Path(EntityPath { kind, id }) = path.map_err(ApiError::from_path)?;
     if let Some(router) = &state.router
         && let Some(address) = router.owner_elsewhere(&kind, &id)
     {

@@ -319,9 +319,11 @@ pub(crate) fn index(args: IndexArgs) -> anyhow::Result<()> {
     }
     let text = match (&args.path, args.drop) {
         (None, _) => {
-            let paths: Vec<String> = items(&answer, "indexes")
-                .iter()
-                .map(|p| output::cell(p, 200))
+            let list: api::Indexes = typed(answer)?;
+            let paths: Vec<String> = list
+                .indexes
+                .into_iter()
+                .map(|p| output::cell(&Value::from(p), 200))
                 .collect();
             if paths.is_empty() {
                 format!("{}: no indexes", args.kind)
@@ -355,8 +357,8 @@ pub(crate) fn pause(args: PauseArgs, pause: bool) -> anyhow::Result<()> {
         output::json(&answer);
         return Ok(());
     }
-    let changed = answer["changed"] == true;
-    let text = match (pause, changed) {
+    let state: api::PauseState = typed(answer)?;
+    let text = match (pause, state.changed) {
         (true, true) => "paused: its calls get 409 paused; its timers and messages wait",
         (true, false) => "was paused already",
         (false, true) => "resumed: what waited is delivered in order",
@@ -410,7 +412,8 @@ pub(crate) fn release(args: PauseArgs) -> anyhow::Result<()> {
         output::json(&answer);
         return Ok(());
     }
-    let text = if answer["released"] == true {
+    let released: api::Released = typed(answer)?;
+    let text = if released.released {
         "released: its next message activates it from storage again, and what waited is \
          delivered"
     } else {
@@ -461,21 +464,30 @@ pub(crate) fn state(args: StateArgs) -> anyhow::Result<()> {
         output::json(&answer);
         return Ok(());
     }
-    if !args.history {
-        let step = args.at.map(|s| format!(" at step {s}")).unwrap_or_default();
-        output::answer(&format!("{entity}{step}"));
-        output::pretty(&answer["state"]);
+    if let Some(step) = args.at {
+        let at: api::StateAt = typed(answer)?;
+        output::answer(&format!("{entity} at step {step}"));
+        output::pretty(&at.state);
         return Ok(());
     }
-    let history = items(&answer, "history");
+    if !args.history {
+        let latest: api::DurableState = typed(answer)?;
+        output::answer(&entity.to_string());
+        output::pretty(&latest.state);
+        return Ok(());
+    }
+    let history: api::History = typed(answer)?;
+    let steps = history.history.len();
+    let last = history.history.last().map(|h| h.step);
     let rows = history
-        .iter()
+        .history
+        .into_iter()
         .map(|h| {
             vec![
-                output::cell(&h["step"], 20),
-                output::time_us(h["at_us"].as_i64().unwrap_or(0)),
-                output::cell(&h["message"], 80),
-                if h["recorded"].get("seed").is_some() {
+                h.step.to_string(),
+                output::time_us(h.at_us),
+                output::cell(&h.message, 80),
+                if h.recorded.get("seed").is_some() {
                     "yes"
                 } else {
                     ""
@@ -485,12 +497,11 @@ pub(crate) fn state(args: StateArgs) -> anyhow::Result<()> {
         })
         .collect();
     output::answer(&output::table(&["STEP", "AT", "MESSAGE", "RANDOM"], rows));
-    if history.len() == args.limit
-        && let Some(last) = history.last()
+    if steps == args.limit
+        && let Some(last) = last
     {
         output::note(&format!(
-            "there may be more: perennial state {entity} --history --after {}",
-            last["step"]
+            "there may be more: perennial state {entity} --history --after {last}"
         ));
     }
     Ok(())
@@ -577,31 +588,32 @@ pub(crate) fn dead_letters(args: DeadLettersArgs) -> anyhow::Result<()> {
                 output::json(&letter);
                 return Ok(());
             }
+            let letter: api::DeadLetterRow = typed(letter)?;
             let field = |name: &str, value: String| format!("{name:<10} {value}");
             let lines = [
-                field("seq", output::cell(&letter["seq"], 20)),
+                field("seq", letter.seq.to_string()),
                 field(
                     "entity",
                     format!(
                         "{}/{}",
-                        output::cell(&letter["kind"], 256),
-                        output::cell(&letter["id"], 256)
+                        output::cell(&Value::from(letter.kind), 256),
+                        output::cell(&Value::from(letter.id), 256)
                     ),
                 ),
-                field("attempts", output::cell(&letter["attempts"], 20)),
+                field("attempts", letter.attempts.to_string()),
                 field(
                     "set aside",
                     format!(
                         "{} ({})",
-                        output::time_ms(letter["at_ms"].as_i64().unwrap_or(0)),
-                        output::ago_ms(letter["at_ms"].as_i64())
+                        output::time_ms(letter.at_ms),
+                        output::ago_ms(Some(letter.at_ms))
                     ),
                 ),
-                field("error", letter["error"].as_str().unwrap_or("-").to_owned()),
+                field("error", letter.error),
                 "message".to_owned(),
             ];
             output::answer(&lines.join("\n"));
-            output::pretty(&letter["message"]);
+            output::pretty(&letter.message);
         }
         LetterAction::Retry { seq } => {
             let answer = client.post(&format!("/v1/admin/dead-letters/{seq}/retry"), "")?;
@@ -609,8 +621,9 @@ pub(crate) fn dead_letters(args: DeadLettersArgs) -> anyhow::Result<()> {
                 output::json(&answer);
                 return Ok(());
             }
+            let retried: api::Retried = typed(answer)?;
             output::answer(&format!("dead letter {seq} applied; the reply:"));
-            output::pretty(&answer["reply"]);
+            output::pretty(&retried.reply);
         }
         LetterAction::Discard { seq } => {
             let answer = client.post(&format!("/v1/admin/dead-letters/{seq}/discard"), "")?;
@@ -650,26 +663,25 @@ pub(crate) fn passivate(args: PassivateArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let text = match &entity {
-        Some(entity) => match answer["outcome"].as_str() {
-            Some("passivated") => format!("{entity}: passivated (its next message activates it)"),
-            Some("busy") => format!(
+        Some(entity) => match typed::<api::Passivated>(answer)?.outcome {
+            api::Passivation::Passivated => {
+                format!("{entity}: passivated (its next message activates it)")
+            }
+            api::Passivation::Busy => format!(
                 "{entity}: busy (handling a message or waiting for a commit); it stays in memory"
             ),
-            Some("not_resident") => format!("{entity}: was not in memory"),
-            _ => format!("{entity}: {}", answer["outcome"]),
+            api::Passivation::NotResident => format!("{entity}: was not in memory"),
         },
-        None => format!(
-            "{}: {} passivated, {} busy (they stay in memory)",
-            args.target, answer["passivated"], answer["busy"]
-        ),
+        None => {
+            let kind: api::KindPassivated = typed(answer)?;
+            format!(
+                "{}: {} passivated, {} busy (they stay in memory)",
+                args.target, kind.passivated, kind.busy
+            )
+        }
     };
     output::answer(&text);
     Ok(())
-}
-
-/// The array `key` of an answer (empty if it has none).
-fn items<'a>(answer: &'a Value, key: &str) -> &'a [Value] {
-    answer[key].as_array().map_or(&[], Vec::as_slice)
 }
 
 /// `perennial cluster`.

@@ -1,0 +1,35 @@
+//! The client API: `POST /v1/{kind}/{id}` (a call, whose body and reply are the kind's own
+//! JSON) and `GET /v1/{kind}/{id}/watch` (its committed states as Server-Sent Events), and
+//! the node's `GET /healthz`.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// One Server-Sent Event of a watch: `event: state`, `data` the state, `id` its version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WatchEvent {
+    /// Always `state`.
+    pub event: WatchEventName,
+    /// The state, as JSON.
+    pub data: String,
+    /// The state's version (absent on the first event when it is not known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[0-9]+$")]
+    pub id: Option<String>,
+}
+
+/// The name of a watch's events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WatchEventName {
+    /// A committed state.
+    State,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok` while the node serves.
+    #[schema(example = "ok")]
+    pub status: String,
+}
