@@ -22,6 +22,7 @@
 //! | `commit.before` | a batch is built, nothing of it is stored |
 //! | `sqlite.written` / `pg.written` | every row of a batch is written inside its transaction, which is not committed |
 //! | `sqlite.trim` | a batch's journal entries and snapshots are written, its journal trims not yet (same transaction) |
+//! | `sqlite.delete` | a batch's writes are written and folded, its entity deletions not yet (same transaction) |
 //! | `pg.commit.fenced` | a batch's shard epochs are checked and locked, nothing is written yet |
 //! | `commit.after` | a batch is durable (fsync'd); no reply has left, the dispatcher knows nothing of it |
 //! | `commit.rows_written` | a batch that wrote timers, messages or effects is durable; none is delivered yet |

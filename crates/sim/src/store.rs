@@ -345,6 +345,11 @@ impl Store for SimStore {
         self.db.data.paused().await
     }
 
+    async fn last_row(&self, key: &EntityKey) -> Result<Option<u64>, Error> {
+        self.arrive().await?;
+        self.db.data.last_row(key).await
+    }
+
     fn catalog(&self) -> &dyn Catalog {
         self
     }

@@ -325,6 +325,21 @@ impl Store for PostgresStore {
         }))
     }
 
+    async fn last_row(&self, key: &EntityKey) -> Result<Option<u64>, Error> {
+        let row = self
+            .reader()
+            .await?
+            .query_one(
+                "SELECT max(seq) FROM pending WHERE kind = $1 AND id = $2",
+                &[&&*key.kind, &key.id.as_str()],
+            )
+            .await
+            .map_err(map_err)?;
+        let seq: Option<i64> = row.get(0);
+        seq.map(|s| from_sql(s, "a pending row's number"))
+            .transpose()
+    }
+
     async fn paused(&self) -> Result<Vec<EntityKey>, Error> {
         let rows = self
             .reader()

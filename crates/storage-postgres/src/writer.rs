@@ -64,6 +64,18 @@ DELETE FROM replies WHERE (kind, id, key) IN
 
 const DELETE_DEAD_LETTERS: &str = "DELETE FROM dead_letters WHERE seq = ANY($1)";
 
+// A deleted entity's state, journal, and the rows it addressed to itself (timers, effects,
+// messages to itself; its messages to others are theirs now).
+const DELETE_ENTITIES: &str = "
+DELETE FROM entities AS e USING unnest($1::text[], $2::text[]) AS t(k, i)
+ WHERE e.kind = t.k AND e.id = t.i";
+const DELETE_JOURNALS: &str = "
+DELETE FROM journal AS j USING unnest($1::text[], $2::text[]) AS t(k, i)
+ WHERE j.kind = t.k AND j.id = t.i";
+const DELETE_OWNED: &str = "
+DELETE FROM pending AS p USING unnest($1::text[], $2::text[]) AS t(k, i)
+ WHERE p.kind = t.k AND p.id = t.i AND p.target_kind = t.k AND p.target_id = t.i";
+
 const LOCK_EPOCHS: &str =
     "SELECT shard, epoch FROM shards WHERE shard = ANY($1) ORDER BY shard FOR SHARE";
 
@@ -347,6 +359,22 @@ pub(crate) async fn commit(writer: &mut Writer, batch: &Batch) -> Result<CommitO
         .await
         .map_err(map_err)?;
     }
+    // Deletes last: they take what the batch wrote for the same entities with them.
+    let deleted: Vec<_> = batch
+        .deletes
+        .iter()
+        .filter(|d| fence.allows(d.shard, d.epoch))
+        .map(|d| &d.key)
+        .collect();
+    if !deleted.is_empty() {
+        let kinds: Vec<&str> = deleted.iter().map(|k| &*k.kind).collect();
+        let ids: Vec<&str> = deleted.iter().map(|k| k.id.as_str()).collect();
+        for sql in [DELETE_ENTITIES, DELETE_JOURNALS, DELETE_OWNED] {
+            tx.execute(&prepared(cache, &tx, sql).await?, &[&kinds, &ids])
+                .await
+                .map_err(map_err)?;
+        }
+    }
     perennial_faults::failpoint!("pg.written");
     tx.commit().await.map_err(map_err)?;
     Ok(CommitOutcome {
@@ -372,7 +400,8 @@ async fn lock_epochs(
         .chain(batch.trims.iter().map(|t| t.shard))
         .chain(batch.pending.iter().map(|w| w.shard))
         .chain(batch.done.iter().map(|d| d.shard))
-        .chain(batch.replies.iter().map(|r| r.shard));
+        .chain(batch.replies.iter().map(|r| r.shard))
+        .chain(batch.deletes.iter().map(|d| d.shard));
     let shards: BTreeSet<i32> = named.filter(|s| s.0 < SHARDS).map(shard_sql).collect();
     let shards: Vec<i32> = shards.into_iter().collect();
     let rows = tx

@@ -39,6 +39,7 @@ mod inspect;
 mod pending;
 mod query;
 mod reader;
+mod rows;
 mod store;
 mod writer;
 

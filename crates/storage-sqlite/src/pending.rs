@@ -83,6 +83,13 @@ impl Pending {
         }
     }
 
+    /// Forgets a deleted entity's state.
+    pub(crate) fn remove(&mut self, key: &EntityKey) {
+        if self.states.remove(key).is_some() {
+            self.order.remove(key);
+        }
+    }
+
     /// Forgets an entity whose state at `seq` was folded, unless a newer state replaced it.
     pub(crate) fn folded(&mut self, key: &EntityKey, seq: i64) {
         if self.states.get(key).is_some_and(|p| p.seq == seq) {

@@ -24,6 +24,10 @@ pub(crate) enum ReadCmd {
         key: EntityKey,
         reply: oneshot::Sender<Result<Option<Record>, Error>>,
     },
+    LastRow {
+        key: EntityKey,
+        reply: oneshot::Sender<Result<Option<u64>, Error>>,
+    },
     DeadLetters {
         kind: Option<String>,
         reply: oneshot::Sender<Result<Vec<StoredDeadLetter>, Error>>,
@@ -97,6 +101,9 @@ fn serve(conn: &Connection, pending: &Mutex<Pending>, rx: &Receiver<ReadCmd>) {
         match cmd {
             ReadCmd::Load { key, reply } => {
                 let _ = reply.send(load(conn, pending, &key));
+            }
+            ReadCmd::LastRow { key, reply } => {
+                let _ = reply.send(last_row(conn, &key));
             }
             ReadCmd::DeadLetters { kind, reply } => {
                 let _ = reply.send(dead_letters(conn, kind.as_deref()));
@@ -200,6 +207,17 @@ fn load(
         version,
         schema,
     }))
+}
+
+/// The highest number among the pending rows `key` owns.
+fn last_row(conn: &Connection, key: &EntityKey) -> Result<Option<u64>, Error> {
+    let seq: Option<i64> = conn
+        .prepare_cached("SELECT max(seq) FROM pending WHERE kind = ?1 AND id = ?2")
+        .map_err(map_err)?
+        .query_row((&*key.kind, key.id.as_str()), |r| r.get(0))
+        .map_err(map_err)?;
+    seq.map(|s| from_sql(s, "a pending row's number"))
+        .transpose()
 }
 
 /// The paused entities, in key order.

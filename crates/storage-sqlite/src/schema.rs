@@ -17,7 +17,8 @@
 //! ) WITHOUT ROWID;
 //! -- States committed since: one row per commit, its states as a JSON array of
 //! -- {"kind", "id", "shard", "version", "schema", "state"} (the state as a JSON string;
-//! -- "schema" only when it is not 1); folded into `entities` a slice at a time (in key
+//! -- "schema" only when it is not 1; since format 6, "state": null for an entity the commit
+//! -- deleted, after its other states); folded into `entities` a slice at a time (in key
 //! -- order) by later commits, then deleted.
 //! CREATE TABLE state_log (seq INTEGER PRIMARY KEY, at INTEGER NOT NULL, states TEXT NOT NULL);
 //! -- The log's states, one row each (`pos` orders the states of one commit).
@@ -99,7 +100,7 @@ use rusqlite::Connection;
 use crate::errors::map_err;
 
 /// The newest on-disk format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 
 const CREATE_V1: &str = "
 CREATE TABLE entities (
@@ -225,6 +226,21 @@ CREATE VIEW entity_state AS
      WHERE (kind, id) NOT IN (SELECT kind, id FROM logged_states);
 ";
 
+/// From format 5 to 6: the log may say an entity was deleted (`"state": null`, see
+/// [`perennial_storage::EntityDelete`]); `entity_state` no longer shows it. A build of
+/// format 5 would read such a log as corrupt, and refuses the file by its version first.
+const UPGRADE_TO_V6: &str = "
+DROP VIEW entity_state;
+CREATE VIEW entity_state AS
+    SELECT kind, id, shard, version, updated_at, state, schema FROM (
+        SELECT *, row_number() OVER (PARTITION BY kind, id ORDER BY seq DESC, pos DESC) AS latest
+          FROM logged_states)
+     WHERE latest = 1 AND state IS NOT NULL
+    UNION ALL
+    SELECT kind, id, shard, version, updated_at, state, schema FROM entities
+     WHERE (kind, id) NOT IN (SELECT kind, id FROM logged_states);
+";
+
 /// Sets the durability pragmas on a connection and checks that SQLite took them.
 ///
 /// WAL with `synchronous=FULL` fsyncs the WAL at every commit. `NORMAL` would fsync only at
@@ -313,6 +329,12 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), Error> {
         let tx = conn.transaction().map_err(map_err)?;
         tx.execute_batch(UPGRADE_TO_V5).map_err(map_err)?;
         tx.pragma_update(None, "user_version", 5).map_err(map_err)?;
+        tx.commit().map_err(map_err)?;
+    }
+    if version < 6 {
+        let tx = conn.transaction().map_err(map_err)?;
+        tx.execute_batch(UPGRADE_TO_V6).map_err(map_err)?;
+        tx.pragma_update(None, "user_version", 6).map_err(map_err)?;
         tx.commit().map_err(map_err)?;
     }
     let shards: String = conn

@@ -264,13 +264,18 @@ fn load_log(conn: &Connection) -> Result<Pending, Error> {
         let at: i64 = row.get(1).map_err(map_err)?;
         let states: String = row.get(2).map_err(map_err)?;
         for (key, logged) in decode_log_row(seq, &states)? {
+            let Some(state) = logged.state else {
+                // Deleted: the rows before held states it no longer has.
+                pending.remove(&key);
+                continue;
+            };
             let state = PendingState {
                 seq,
                 shard: ShardId(logged.shard),
                 version: logged.version,
                 schema: logged.schema,
                 updated_at: at,
-                state: Arc::from(logged.state),
+                state: Arc::from(state),
             };
             pending.insert(key, state);
         }
@@ -349,6 +354,11 @@ impl Store for SqliteStore {
 
     async fn paused(&self) -> Result<Vec<EntityKey>, Error> {
         self.read(|reply| ReadCmd::Paused { reply }).await
+    }
+
+    async fn last_row(&self, key: &EntityKey) -> Result<Option<u64>, Error> {
+        let key = key.clone();
+        self.read(|reply| ReadCmd::LastRow { key, reply }).await
     }
 
     /// Folds the log, truncates the WAL, stops the threads and releases the data directory.

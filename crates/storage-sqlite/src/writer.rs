@@ -18,11 +18,12 @@ use crossbeam_channel::{RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 use perennial_storage::{Batch, CommitOutcome, Error};
 use perennial_types::{EntityKey, Epoch, SHARDS, ShardId};
-use rusqlite::types::{ToSqlOutput, Value, ValueRef};
-use rusqlite::{Connection, Transaction, TransactionBehavior, params, params_from_iter};
+use rusqlite::types::ToSqlOutput;
+use rusqlite::{Connection, Transaction, TransactionBehavior, params};
 
 use crate::errors::{from_sql, map_err, to_sql};
 use crate::pending::{Pending, PendingState};
+use crate::rows::{Rows, int, text};
 
 /// How many commits may pass between checkpoints.
 const COMMITS_PER_CHECKPOINT: u32 = 256;
@@ -178,6 +179,8 @@ struct Changes {
     next_seq: Option<i64>,
     appended: Vec<(EntityKey, PendingState)>,
     folded: Vec<(EntityKey, PendingState)>,
+    /// Entities deleted by this transaction: forgotten after the appended and the folded.
+    deleted: Vec<EntityKey>,
     deleted_below: Option<i64>,
 }
 
@@ -282,7 +285,7 @@ impl Writer {
                 shard: w.shard.0,
                 version: w.version,
                 schema: w.schema,
-                state: &w.state,
+                state: Some(&w.state),
             });
             changes.appended.push((
                 w.key.clone(),
@@ -295,6 +298,22 @@ impl Writer {
                     state: Arc::clone(&w.state),
                 },
             ));
+        }
+        // Deletes come after the states in the log row, as they come after every other write:
+        // a store opening the file replays them in that order.
+        for d in &batch.deletes {
+            if !fence.allows(d.shard, d.epoch)? {
+                continue;
+            }
+            logged.push(LoggedState::<&str> {
+                kind: &d.key.kind,
+                id: d.key.id.as_str(),
+                shard: d.shard.0,
+                version: 0,
+                schema: 1,
+                state: None,
+            });
+            changes.deleted.push(d.key.clone());
         }
         if !logged.is_empty() {
             let states = serde_json::to_string(&logged)
@@ -374,6 +393,8 @@ impl Writer {
         write_pending(&tx, batch, &mut fence)?;
         let budget = fold_budget(changes.appended.len(), self.pending.lock().len());
         fold_into(&tx, &self.pending, self.deleted_below, budget, &mut changes)?;
+        // After the fold, which may have just written an older state of a deleted entity.
+        delete_entities(&tx, &changes.deleted)?;
         perennial_faults::failpoint!("sqlite.written");
         tx.commit().map_err(map_err)?;
         let mut fenced = fence.fenced;
@@ -390,6 +411,9 @@ impl Writer {
         }
         for (key, state) in &changes.folded {
             pending.folded(key, state.seq);
+        }
+        for key in &changes.deleted {
+            pending.remove(key);
         }
         if let Some(below) = changes.deleted_below {
             self.deleted_below = below.min(self.next_seq);
@@ -558,8 +582,9 @@ pub(crate) struct LoggedState<S> {
     /// The state's schema version; absent (as in format 4) means 1.
     #[serde(default = "schema_one", skip_serializing_if = "is_schema_one")]
     pub(crate) schema: u32,
-    /// The state's JSON, as a JSON string: it comes back byte for byte.
-    pub(crate) state: S,
+    /// The state's JSON, as a JSON string: it comes back byte for byte. `null` (since
+    /// format 6): the entity was deleted.
+    pub(crate) state: Option<S>,
 }
 
 fn schema_one() -> u32 {
@@ -569,6 +594,28 @@ fn schema_one() -> u32 {
 #[allow(clippy::trivially_copy_pass_by_ref)] // serde's `skip_serializing_if` passes a reference
 fn is_schema_one(schema: &u32) -> bool {
     *schema == 1
+}
+
+/// Deletes what `keys` had stored: state, journal, and the rows each addressed to itself
+/// (timers, effects, messages to itself; the messages to others are theirs now).
+fn delete_entities(tx: &Transaction<'_>, keys: &[EntityKey]) -> Result<(), Error> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    perennial_faults::failpoint!("sqlite.delete");
+    for sql in [
+        "DELETE FROM entities WHERE kind = ?1 AND id = ?2",
+        "DELETE FROM journal WHERE kind = ?1 AND id = ?2",
+        "DELETE FROM pending WHERE kind = ?1 AND id = ?2 AND target_kind = ?1 AND target_id = ?2",
+    ] {
+        let mut delete = tx.prepare_cached(sql).map_err(map_err)?;
+        for key in keys {
+            delete
+                .execute(params![&*key.kind, key.id.as_str()])
+                .map_err(map_err)?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes a batch's pending rows, their deletions, its kept replies and their expiry.
@@ -627,48 +674,6 @@ fn write_pending(tx: &Transaction<'_>, batch: &Batch, fence: &mut Fence) -> Resu
     Ok(())
 }
 
-/// An `INSERT` of many rows per statement: binding and stepping one statement per row
-/// costs more than the row itself.
-struct Rows {
-    width: usize,
-    /// The statement for each of [`Rows::CHUNKS`] rows.
-    sql: [String; 3],
-}
-
-impl Rows {
-    /// Rows per statement: full chunks first, then smaller ones for the rest.
-    const CHUNKS: [usize; 3] = [32, 8, 1];
-
-    fn new(head: &str, width: usize, tail: &str) -> Self {
-        let row = format!("({})", vec!["?"; width].join(", "));
-        let sql = Self::CHUNKS.map(|rows| {
-            format!(
-                "{head} VALUES {}{tail}",
-                vec![row.as_str(); rows].join(", ")
-            )
-        });
-        Self { width, sql }
-    }
-
-    /// Inserts `values`, `width` per row.
-    fn run(&self, tx: &Transaction<'_>, values: &[ToSqlOutput<'_>]) -> Result<(), Error> {
-        let mut rest = values;
-        for (rows, sql) in Self::CHUNKS.into_iter().zip(&self.sql) {
-            let n = rows * self.width;
-            if rest.len() < n {
-                continue;
-            }
-            let mut stmt = tx.prepare_cached(sql).map_err(map_err)?;
-            while rest.len() >= n {
-                stmt.execute(params_from_iter(&rest[..n]))
-                    .map_err(map_err)?;
-                rest = &rest[n..];
-            }
-        }
-        Ok(())
-    }
-}
-
 /// The columns of `entities` for one state, in their order: kind, id, shard, version,
 /// updated_at, state, schema.
 fn state_columns<'a>(key: &'a EntityKey, s: &'a PendingState) -> [ToSqlOutput<'a>; 7] {
@@ -681,14 +686,6 @@ fn state_columns<'a>(key: &'a EntityKey, s: &'a PendingState) -> [ToSqlOutput<'a
         text(&s.state),
         int(i64::from(s.schema)),
     ]
-}
-
-fn text(s: &str) -> ToSqlOutput<'_> {
-    ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes()))
-}
-
-fn int(i: i64) -> ToSqlOutput<'static> {
-    ToSqlOutput::Owned(Value::Integer(i))
 }
 
 /// The shards' epochs as this writer last read them, inside a transaction.

@@ -1,6 +1,6 @@
 //! The SQLite store: the shared conformance suite, plus what only a file on disk can show.
 
-use perennial_storage::{Batch, Error, StateWrite, Store};
+use perennial_storage::{Batch, EntityDelete, Error, StateWrite, Store};
 use perennial_storage_sqlite::SqliteStore;
 use perennial_types::{EntityId, EntityKey, SHARDS, ShardId, shard_of};
 
@@ -168,7 +168,7 @@ async fn format_1_data_is_upgraded() {
     assert!(store.due(i64::MAX, 10).await.unwrap().is_empty());
     assert!(store.catalog().indexes("counter").await.unwrap().is_empty());
     store.close().await.unwrap();
-    assert!(contents(dir.path()).starts_with("user_version=5\n"));
+    assert!(contents(dir.path()).starts_with("user_version=6\n"));
     let store = SqliteStore::open(dir.path()).unwrap();
     let record = store.load(&counter("c1")).await.unwrap().unwrap();
     assert_eq!(
@@ -239,10 +239,11 @@ fn count(dir: &std::path::Path, sql: &str) -> i64 {
     rusqlite_read(dir).query_row(sql, [], |r| r.get(0)).unwrap()
 }
 
-/// Commits random batches over a few hundred entities, with crashes (the store dropped
-/// without `close`, so the log is never folded on the way out) and clean reopens in
-/// between, and checks every entity against a model after each step: through `load`, and
-/// through the `entity_state` view a SQL user would query. The log must stay bounded.
+/// Commits random batches of states and deletes over a few hundred entities, with crashes
+/// (the store dropped without `close`, so the log is never folded on the way out) and clean
+/// reopens in between, and checks every entity against a model after each step: through
+/// `load`, and through the `entity_state` view a SQL user would query. A deleted entity
+/// never comes back (from the log, the table or a fold); the log must stay bounded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_and_its_fold_match_a_model_across_crashes() {
     let dir = tempfile::tempdir().unwrap();
@@ -251,6 +252,7 @@ async fn the_log_and_its_fold_match_a_model_across_crashes() {
     let mut store = SqliteStore::open(dir.path()).unwrap();
     let mut epoch = store.claim("model", &all_shards()).await.unwrap();
     let mut largest_log = 0;
+    let mut gone = std::collections::BTreeSet::new();
     for round in 0..60 {
         for _ in 0..10 {
             let mut states = Vec::new();
@@ -261,6 +263,7 @@ async fn the_log_and_its_fold_match_a_model_across_crashes() {
                     continue;
                 }
                 let version = model.get(&id).map_or(1, |(_, v)| v + 1);
+                gone.remove(&id);
                 let state = format!(r#"{{"round":{round},"n":{}}}"#, pick.below(1_000_000));
                 model.insert(id.clone(), (state.clone(), version));
                 states.push(StateWrite {
@@ -272,9 +275,22 @@ async fn the_log_and_its_fold_match_a_model_across_crashes() {
                     schema: 1,
                 });
             }
+            // Deletes apply after the batch's states, some of them to entities just written.
+            let mut deletes = Vec::new();
+            for _ in 0..pick.below(4) {
+                let id = format!("e{}", pick.below(400));
+                model.remove(&id);
+                deletes.push(EntityDelete {
+                    shard: shard_of("counter", &id),
+                    key: counter(&id),
+                    epoch,
+                });
+                gone.insert(id);
+            }
             let outcome = store
                 .commit(Batch {
                     states,
+                    deletes,
                     ..Batch::default()
                 })
                 .unwrap();
@@ -308,6 +324,10 @@ async fn the_log_and_its_fold_match_a_model_across_crashes() {
                 (state, *version),
                 "round {round}, {id}"
             );
+        }
+        for id in &gone {
+            let found = store.load(&counter(id)).await.unwrap();
+            assert_eq!(found, None, "round {round}: {id} was deleted");
         }
         let conn = rusqlite_read(dir.path());
         let mut stmt = conn

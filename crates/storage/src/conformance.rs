@@ -13,9 +13,9 @@ use std::sync::Arc;
 use perennial_types::{EntityId, EntityKey, Epoch, SHARDS, ShardId, shard_of};
 
 use crate::{
-    Batch, DeadLetter, DeadLetterDone, DeadLetterWrite, ExpireReplies, Filter, JournalEntry,
-    JournalTrim, JournalWrite, Path, PauseWrite, Pending, PendingClass, PendingDone, PendingWrite,
-    ReplyWrite, StateWrite, Store, StoredReply,
+    Batch, DeadLetter, DeadLetterDone, DeadLetterWrite, EntityDelete, ExpireReplies, Filter,
+    JournalEntry, JournalTrim, JournalWrite, Path, PauseWrite, Pending, PendingClass, PendingDone,
+    PendingWrite, ReplyWrite, StateWrite, Store, StoredReply,
 };
 
 /// Expands to one test per conformance case, each on a fresh store from `$make`.
@@ -62,6 +62,9 @@ macro_rules! store_conformance {
             schema_versions_are_kept_with_each_state,
             an_entitys_pending_rows_read_back_by_number,
             entities_are_counted_by_kind,
+            a_deleted_entity_is_gone_and_can_start_again,
+            a_delete_applies_after_the_rest_of_its_batch,
+            deletes_are_fenced,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -1123,4 +1126,202 @@ pub async fn entities_are_counted_by_kind(store: &dyn Store) {
     assert_eq!(store.catalog().count("cart").await.unwrap(), 31);
     assert_eq!(store.catalog().count("other").await.unwrap(), 1);
     assert_eq!(store.catalog().count("nothing").await.unwrap(), 0);
+}
+
+/// A row its owner addressed to itself, as timers and effects are.
+fn to_self(mut row: Pending) -> Pending {
+    row.target = row.owner.clone();
+    row
+}
+
+fn delete(key: &EntityKey, epoch: Epoch) -> EntityDelete {
+    EntityDelete {
+        shard: shard_of(&key.kind, key.id.as_str()),
+        key: key.clone(),
+        epoch,
+    }
+}
+
+/// What a store says of one entity, read every way it can be read: its state, journal,
+/// due rows it owns, and whether listings, counts and queries find it.
+async fn traces(store: &dyn Store, k: &EntityKey) -> (bool, usize, Vec<PendingClass>, bool, bool) {
+    let state = store.load(k).await.unwrap().is_some();
+    let journal = store.journal(k, 0, 100).await.unwrap().len();
+    let rows = store
+        .due(i64::MAX, 1_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|p| &p.owner == k)
+        .map(|p| p.class)
+        .collect();
+    let catalog = store.catalog();
+    let listed = catalog
+        .entities(&k.kind, None, 1_000)
+        .await
+        .unwrap()
+        .iter()
+        .any(|e| e.id == k.id.as_str());
+    let everything = Filter::parse("$ != null").unwrap();
+    let found = catalog
+        .query(&k.kind, &everything, None, 1_000)
+        .await
+        .unwrap()
+        .iter()
+        .any(|e| e.id == k.id.as_str());
+    (state, journal, rows, listed, found)
+}
+
+/// A deleted entity's state, journal and rows to itself (timers, effects, messages to
+/// itself) are gone, and no listing, count or query finds it; the messages it sent to
+/// others (and the number of the last), its kept replies and its dead letters stay, and its
+/// neighbours are untouched. Written again, it starts a new life from version 1.
+pub async fn a_deleted_entity_is_gone_and_can_start_again(store: &dyn Store) {
+    let epoch = claim_all(store).await;
+    let a = key("queue", "a");
+    let b = key("queue", "b");
+    let letter = DeadLetter {
+        key: a.clone(),
+        message: "{}".into(),
+        error: "boom".into(),
+        attempts: 3,
+        at_ms: 1,
+    };
+    let batch = Batch {
+        states: vec![
+            write(&a, epoch, r#"{"jobs":3}"#, 4),
+            write(&b, epoch, r#"{"jobs":1}"#, 2),
+        ],
+        journal: vec![
+            entry(&a, epoch, 1),
+            entry(&a, epoch, 2),
+            entry(&b, epoch, 1),
+        ],
+        pending: vec![
+            pending_write(to_self(pending(&a, 1, 10, PendingClass::Timer)), epoch),
+            pending_write(to_self(pending(&a, 2, 20, PendingClass::Effect)), epoch),
+            pending_write(pending(&a, 3, 30, PendingClass::Message), epoch),
+            pending_write(to_self(pending(&a, 4, 40, PendingClass::Message)), epoch),
+            pending_write(to_self(pending(&b, 1, 10, PendingClass::Timer)), epoch),
+        ],
+        replies: vec![reply_write(&a, epoch, "k1", "7", 100)],
+        dead_letters: vec![DeadLetterWrite {
+            shard: shard_of(&a.kind, a.id.as_str()),
+            epoch,
+            letter,
+        }],
+        ..Batch::default()
+    };
+    assert!(store.commit(batch).unwrap().fenced.is_empty());
+    let before = (
+        true,
+        2,
+        vec![
+            PendingClass::Timer,
+            PendingClass::Effect,
+            PendingClass::Message,
+            PendingClass::Message,
+        ],
+    );
+    let (state, journal, rows, listed, found) = traces(store, &a).await;
+    assert_eq!((state, journal, rows), before);
+    assert!(listed && found);
+    assert_eq!(store.catalog().count("queue").await.unwrap(), 2);
+
+    let batch = Batch {
+        deletes: vec![delete(&a, epoch)],
+        ..Batch::default()
+    };
+    assert!(store.commit(batch).unwrap().fenced.is_empty());
+    assert_eq!(
+        traces(store, &a).await,
+        (false, 0, vec![PendingClass::Message], false, false),
+        "state, journal and rows to itself gone; its message to another stays"
+    );
+    assert_eq!(store.last_row(&a).await.unwrap(), Some(3));
+    assert_eq!(store.last_row(&b).await.unwrap(), Some(1));
+    assert_eq!(store.last_row(&key("queue", "never")).await.unwrap(), None);
+    assert_eq!(store.catalog().count("queue").await.unwrap(), 1);
+    assert_eq!(store.reply(&a, "k1").await.unwrap().unwrap().reply, "7");
+    let letters = store.catalog().dead_letters(Some("queue")).await.unwrap();
+    assert_eq!(
+        letters.len(),
+        1,
+        "dead letters are the operator's to discard"
+    );
+    let (state, journal, rows, listed, found) = traces(store, &b).await;
+    assert_eq!((state, journal, rows), (true, 1, vec![PendingClass::Timer]));
+    assert!(listed && found);
+
+    // Deleting what is not stored does nothing.
+    let batch = Batch {
+        deletes: vec![delete(&key("queue", "never"), epoch)],
+        ..Batch::default()
+    };
+    assert!(store.commit(batch).unwrap().fenced.is_empty());
+
+    // A new life: version 1, journal from step 1.
+    let batch = Batch {
+        states: vec![write(&a, epoch, r#"{"jobs":0}"#, 1)],
+        journal: vec![entry(&a, epoch, 1)],
+        ..Batch::default()
+    };
+    assert!(store.commit(batch).unwrap().fenced.is_empty());
+    let record = store.load(&a).await.unwrap().unwrap();
+    assert_same_json(&record.state, r#"{"jobs":0}"#);
+    assert_eq!(record.version, 1);
+    let journal = store.journal(&a, 0, 100).await.unwrap();
+    assert_eq!(journal.iter().map(|e| e.step).collect::<Vec<_>>(), [1]);
+    assert!(traces(store, &a).await.3, "listed again");
+}
+
+/// A delete comes after the other writes of its batch: a state, journal entries and timers
+/// of the same entity written by the same batch are deleted too, while another entity's
+/// writes land.
+pub async fn a_delete_applies_after_the_rest_of_its_batch(store: &dyn Store) {
+    let epoch = claim_all(store).await;
+    let a = key("cart", "a");
+    let c = key("cart", "c");
+    // Some state already stored, so that a store that folds later has something to fold.
+    commit_states(store, vec![write(&a, epoch, r#"{"n":1}"#, 1)]);
+    let batch = Batch {
+        states: vec![write(&a, epoch, r#"{"n":2}"#, 2), write(&c, epoch, "{}", 1)],
+        journal: vec![entry(&a, epoch, 1)],
+        pending: vec![pending_write(
+            to_self(pending(&a, 1, 10, PendingClass::Timer)),
+            epoch,
+        )],
+        deletes: vec![delete(&a, epoch)],
+        ..Batch::default()
+    };
+    assert!(store.commit(batch).unwrap().fenced.is_empty());
+    assert_eq!(traces(store, &a).await, (false, 0, vec![], false, false));
+    assert!(store.load(&c).await.unwrap().is_some());
+    // Later commits (a store may fold its log meanwhile) do not bring it back.
+    for n in 0..20 {
+        let other = key("cart", &format!("o{n}"));
+        commit_states(store, vec![write(&other, epoch, "{}", 1)]);
+    }
+    assert_eq!(traces(store, &a).await, (false, 0, vec![], false, false));
+}
+
+/// A delete with a stale epoch is refused and deletes nothing.
+pub async fn deletes_are_fenced(store: &dyn Store) {
+    let old = claim_all(store).await;
+    let new = claim_all(store).await;
+    let a = key("cart", "a");
+    let batch = Batch {
+        states: vec![write(&a, new, "{}", 1)],
+        journal: vec![entry(&a, new, 1)],
+        ..Batch::default()
+    };
+    assert!(store.commit(batch).unwrap().fenced.is_empty());
+    let batch = Batch {
+        deletes: vec![delete(&a, old)],
+        ..Batch::default()
+    };
+    let outcome = store.commit(batch).unwrap();
+    assert_eq!(outcome.fenced, vec![shard_of(&a.kind, a.id.as_str())]);
+    assert!(store.load(&a).await.unwrap().is_some());
+    assert_eq!(store.journal(&a, 0, 10).await.unwrap().len(), 1);
 }

@@ -175,6 +175,10 @@ impl<S: Store> Store for FaultyStore<S> {
         self.inner.paused().await
     }
 
+    async fn last_row(&self, key: &EntityKey) -> Result<Option<u64>, Error> {
+        self.inner.last_row(key).await
+    }
+
     async fn reply(
         &self,
         key: &EntityKey,

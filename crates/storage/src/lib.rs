@@ -40,8 +40,9 @@ pub use faulty::FaultyStore;
 pub use filter::{Filter, FilterError, Path};
 pub use memory::MemoryStore;
 pub use model::{
-    Batch, CommitOutcome, DeadLetter, DeadLetterDone, DeadLetterWrite, EntityState, EntitySummary,
-    ExpireReplies, JournalEntry, JournalTrim, JournalWrite, PauseWrite, Pending, PendingClass,
-    PendingDone, PendingWrite, Record, ReplyWrite, StateWrite, StoredDeadLetter, StoredReply,
+    Batch, CommitOutcome, DeadLetter, DeadLetterDone, DeadLetterWrite, EntityDelete, EntityState,
+    EntitySummary, ExpireReplies, JournalEntry, JournalTrim, JournalWrite, PauseWrite, Pending,
+    PendingClass, PendingDone, PendingWrite, Record, ReplyWrite, StateWrite, StoredDeadLetter,
+    StoredReply,
 };
 pub use store::{Catalog, Store};

@@ -8,9 +8,10 @@ use parking_lot::Mutex;
 use perennial_types::{EntityKey, Epoch, SHARDS, ShardId};
 
 use crate::{
-    Batch, Catalog, CommitOutcome, DeadLetterDone, DeadLetterWrite, EntityState, EntitySummary,
-    Error, Filter, JournalEntry, JournalTrim, JournalWrite, Path, PauseWrite, Pending, PendingDone,
-    PendingWrite, Record, ReplyWrite, StateWrite, Store, StoredDeadLetter, StoredReply,
+    Batch, Catalog, CommitOutcome, DeadLetterDone, DeadLetterWrite, EntityDelete, EntityState,
+    EntitySummary, Error, Filter, JournalEntry, JournalTrim, JournalWrite, Path, PauseWrite,
+    Pending, PendingDone, PendingWrite, Record, ReplyWrite, StateWrite, Store, StoredDeadLetter,
+    StoredReply,
 };
 
 /// A [`Store`] in memory. Nothing survives the process; "durable" means "committed".
@@ -129,6 +130,24 @@ impl Inner {
             Err(Error::Closed)
         } else {
             Ok(())
+        }
+    }
+
+    /// Deletes an entity's state, journal and rows to itself (see [`EntityDelete`]).
+    fn delete(&mut self, key: &EntityKey) {
+        self.entities.remove(key);
+        self.journals.remove(key);
+        self.updated_ms.remove(key);
+        let owned: Vec<u64> = self
+            .pending
+            .range((key.clone(), 0)..=(key.clone(), u64::MAX))
+            .filter(|(_, row)| row.is_to_self())
+            .map(|((_, seq), _)| *seq)
+            .collect();
+        for seq in owned {
+            if let Some(row) = self.pending.remove(&(key.clone(), seq)) {
+                self.due.remove(&(row.due_ms, row.owner, row.seq));
+            }
         }
     }
 
@@ -315,6 +334,11 @@ impl Store for MemoryStore {
                 inner.replies.remove(&key);
             }
         }
+        for EntityDelete { key, shard, epoch } in batch.deletes {
+            if fence(shard, epoch, &inner) {
+                inner.delete(&key);
+            }
+        }
         outcome.fenced.sort();
         Ok(outcome)
     }
@@ -366,6 +390,16 @@ impl Store for MemoryStore {
         let inner = self.inner.lock();
         inner.check_open()?;
         Ok(inner.paused.iter().cloned().collect())
+    }
+
+    async fn last_row(&self, key: &EntityKey) -> Result<Option<u64>, Error> {
+        let inner = self.inner.lock();
+        inner.check_open()?;
+        Ok(inner
+            .pending
+            .range((key.clone(), 0)..=(key.clone(), u64::MAX))
+            .next_back()
+            .map(|((_, seq), _)| *seq))
     }
 
     async fn close(&self) -> Result<(), Error> {

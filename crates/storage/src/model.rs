@@ -199,6 +199,24 @@ pub struct JournalTrim {
     pub through: u64,
 }
 
+/// Deletes an entity: written by the batch of the step (or the operator's request) that
+/// deletes it, and applied after every other write of the batch. Its state (for a `Journal`
+/// kind, its snapshot), its whole journal, and the pending rows it addressed to itself (its
+/// timers, its effects, its messages to itself) are deleted, so that the next message
+/// starts it afresh. The messages it sent to other entities stay (they are theirs now, and
+/// [`Store::last_row`](crate::Store::last_row) keeps a new life from numbering its rows
+/// over them), and so do its kept replies (a retry within their window still gets the
+/// first reply), its dead letters and its pause mark. Fenced like a state write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntityDelete {
+    /// Which entity.
+    pub key: EntityKey,
+    /// The entity's shard.
+    pub shard: ShardId,
+    /// The epoch the writer holds for `shard`.
+    pub epoch: Epoch,
+}
+
 /// What a [`Pending`] row holds: when it is due, what is done with its body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PendingClass {
@@ -249,6 +267,14 @@ pub struct Pending {
     pub target: EntityKey,
     /// A message (JSON) for timers and messages; the effect's description (JSON) for effects.
     pub body: Arc<str>,
+}
+
+impl Pending {
+    /// Whether the row is addressed to its owner (a timer, an effect, a message to itself):
+    /// such rows die with it (see [`EntityDelete`]).
+    pub fn is_to_self(&self) -> bool {
+        self.target == self.owner
+    }
 }
 
 /// A pending row written by a batch, fenced by its owner's shard.
@@ -335,6 +361,8 @@ pub struct Batch {
     pub expire_replies: Option<ExpireReplies>,
     /// Entities paused or resumed.
     pub pauses: Vec<PauseWrite>,
+    /// Entities deleted, after every other write of the batch (see [`EntityDelete`]).
+    pub deletes: Vec<EntityDelete>,
 }
 
 impl Batch {
@@ -350,6 +378,7 @@ impl Batch {
             && self.replies.is_empty()
             && self.expire_replies.is_none()
             && self.pauses.is_empty()
+            && self.deletes.is_empty()
     }
 }
 

@@ -64,6 +64,11 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// The entities paused now, in key order.
     async fn paused(&self) -> Result<Vec<EntityKey>, Error>;
 
+    /// The highest number among the pending rows `key` owns, if it owns any. A deleted
+    /// entity's messages to others outlive it (see [`EntityDelete`](crate::EntityDelete)):
+    /// its next life numbers its rows above them, so that none is overwritten.
+    async fn last_row(&self, key: &EntityKey) -> Result<Option<u64>, Error>;
+
     /// Flushes and releases what the store holds. Later calls fail with [`Error::Closed`].
     async fn close(&self) -> Result<(), Error> {
         Ok(())
@@ -163,6 +168,9 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     async fn paused(&self) -> Result<Vec<EntityKey>, Error> {
         (**self).paused().await
+    }
+    async fn last_row(&self, key: &EntityKey) -> Result<Option<u64>, Error> {
+        (**self).last_row(key).await
     }
     async fn close(&self) -> Result<(), Error> {
         (**self).close().await
