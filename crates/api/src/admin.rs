@@ -500,6 +500,30 @@ pub struct FilterQuery {
     pub limit: Option<u64>,
 }
 
+/// The query of `DELETE /v1/admin/entities/{kind}/{id}`: `?force=true` deletes it even with
+/// messages in flight (after them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeleteQuery {
+    /// Delete it even if messages to it are in flight (queued, running or not yet durable):
+    /// the deletion then comes after them. Without it, such an entity is refused with `409
+    /// busy`.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `DELETE /v1/admin/entities/{kind}/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Deleted {
+    /// The entity's kind.
+    pub kind: String,
+    /// Its id.
+    pub id: String,
+    /// Always `true`: its state, journal and rows to itself are gone, durably; its next
+    /// message starts it afresh.
+    pub deleted: bool,
+}
+
 /// The query of a page of a journal: `?after=STEP&limit=N`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

@@ -5,12 +5,13 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// One Server-Sent Event of a watch: `event: state`, `data` the state, `id` its version.
+/// One Server-Sent Event of a watch: `event: state`, `data` the state, `id` its version; or
+/// `event: deleted` (`data: null`) when a step deleted the entity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct WatchEvent {
-    /// Always `state`.
+    /// `state`, or `deleted`.
     pub event: WatchEventName,
-    /// The state, as JSON.
+    /// The state, as JSON (`null` for `deleted`).
     pub data: String,
     /// The state's version (absent on the first event when it is not known).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -24,6 +25,8 @@ pub struct WatchEvent {
 pub enum WatchEventName {
     /// A committed state.
     State,
+    /// The entity was deleted; its next message starts it afresh.
+    Deleted,
 }
 
 /// `GET /healthz`.

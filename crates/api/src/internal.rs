@@ -58,6 +58,15 @@ pub enum AdminOp {
         /// The entity's id.
         id: String,
     },
+    /// Delete an entity; with `force`, even with messages in flight (added last).
+    Delete {
+        /// The entity's kind.
+        kind: String,
+        /// The entity's id.
+        id: String,
+        /// Delete it after its messages in flight instead of refusing.
+        force: bool,
+    },
 }
 
 /// What one node asks another to run.

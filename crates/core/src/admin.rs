@@ -498,6 +498,24 @@ impl Admin {
         })
     }
 
+    /// Deletes an entity, as a step calling [`Ctx::delete`](crate::Ctx::delete) would: its
+    /// state, journal and rows to itself are gone once this returns, and its next message
+    /// starts it afresh. Unless `force`, it is refused with [`AdminError::Busy`] while the
+    /// entity has messages in flight on this node (queued, running, or not yet durable);
+    /// forced, the deletion is queued after them. An entity that was never stored is
+    /// deleted all the same (there is nothing to remove). Returns once the deletion is durable.
+    pub async fn delete(&self, kind: &str, id: &str, force: bool) -> Result<(), AdminError> {
+        let dynamic = Arc::clone(self.rt.kind(kind)?);
+        let id = EntityId::new(id)?;
+        let key = EntityKey::new(kind, id.clone());
+        self.served(&key)?;
+        if !force && dynamic.is_busy(&id) {
+            return Err(AdminError::Busy(key));
+        }
+        dynamic.delete(id).await?;
+        Ok(())
+    }
+
     /// Passivates every idle entity of `kind` now. Returns how many left memory and how many
     /// stay because they are busy.
     pub fn passivate_kind(&self, kind: &str) -> Result<(usize, usize), AdminError> {

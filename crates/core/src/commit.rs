@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::{Condvar, Mutex};
 use perennial_storage::{
-    Batch, DeadLetter, DeadLetterDone, DeadLetterWrite, JournalEntry, JournalTrim, JournalWrite,
-    Pending, PendingDone, PendingWrite, ReplyWrite, StateWrite, Store, StoredReply,
+    Batch, DeadLetter, DeadLetterDone, DeadLetterWrite, EntityDelete, JournalEntry, JournalTrim,
+    JournalWrite, Pending, PendingDone, PendingWrite, ReplyWrite, StateWrite, Store, StoredReply,
 };
 use perennial_types::{EntityKey, Epoch, ShardId};
 use tokio::sync::Notify;
@@ -38,6 +38,9 @@ pub(crate) enum Write {
     Journal(Box<JournalStep>),
     /// Nothing but the step's extras (an `Ephemeral` kind's kept reply or applied row).
     Nothing,
+    /// The entity is deleted ([`Ctx::delete`](crate::Ctx::delete)), after the rest of the
+    /// batch: its earlier steps' writes in the batch go with it.
+    Delete,
 }
 
 /// What a step of a `Journal` kind writes.
@@ -467,6 +470,7 @@ impl Committer {
             .map(|d| (d.shard, RowId::new(d.owner.clone(), d.seq)))
             .collect();
         let kept_replies = !batch.replies.is_empty();
+        let erased: Vec<EntityDelete> = batch.deletes.clone();
         if perennial_faults::sabotaged(perennial_faults::Sabotage::ReplyBeforeDurable) {
             for e in &owners.entries {
                 e.owner.durable(e.incarnation, e.seq);
@@ -501,6 +505,14 @@ impl Committer {
                         deleted.into_iter().filter(|(s, _)| kept(s)).map(|(_, r)| r),
                     );
                 }
+                if !erased.is_empty() {
+                    let owners: Vec<EntityKey> = erased
+                        .into_iter()
+                        .filter(|d| !outcome.fenced.contains(&d.shard))
+                        .map(|d| d.key)
+                        .collect();
+                    self.due.forget_to_self(&owners);
+                }
                 self.commits.fetch_add(1, Ordering::Relaxed);
                 self.committed_steps.fetch_add(count, Ordering::Relaxed);
                 self.largest_batch.fetch_max(count, Ordering::Relaxed);
@@ -516,7 +528,11 @@ impl Committer {
                         e.owner.failed(e.incarnation, Failure::Fenced);
                     } else {
                         if let Some((version, state)) = e.watched {
-                            let change = StateChange { version, state };
+                            let change = StateChange {
+                                version,
+                                deleted: state.is_none(),
+                                state: state.unwrap_or_else(|| Arc::from("null")),
+                            };
                             self.watchers.publish(&e.owner.key(), change);
                         }
                         durable.push((e.owner, e.incarnation, e.seq));
@@ -563,8 +579,9 @@ struct OwnerEntry {
     state: Option<usize>,
     /// Whether the owner is watched.
     watching: bool,
-    /// The owner's latest state in the batch and its version, if it is watched.
-    watched: Option<(u64, Arc<str>)>,
+    /// The owner's latest state in the batch (`None`: deleted) and its version, if it is
+    /// watched.
+    watched: Option<(u64, Option<Arc<str>>)>,
 }
 
 impl Owners {
@@ -598,6 +615,16 @@ impl Owners {
         }
         match step.write {
             Write::Nothing => {}
+            Write::Delete => {
+                if watched {
+                    entry.deleted(step.seq);
+                }
+                batch.deletes.push(EntityDelete {
+                    key: entry.owner.key(),
+                    shard: entry.owner.shard(),
+                    epoch: entry.owner.epoch(),
+                });
+            }
             Write::State(state) => {
                 if watched {
                     entry.watch(step.seq, Arc::clone(&state));
@@ -675,7 +702,14 @@ impl OwnerEntry {
     /// Keeps the owner's state at version `seq` for its watchers, unless a later one is kept.
     fn watch(&mut self, seq: u64, state: Arc<str>) {
         if self.watched.as_ref().is_none_or(|(kept, _)| *kept <= seq) {
-            self.watched = Some((seq, state));
+            self.watched = Some((seq, Some(state)));
+        }
+    }
+
+    /// Tells the owner's watchers it was deleted at version `seq`.
+    fn deleted(&mut self, seq: u64) {
+        if self.watched.as_ref().is_none_or(|(kept, _)| *kept <= seq) {
+            self.watched = Some((seq, None));
         }
     }
 

@@ -142,6 +142,35 @@ impl DueRows {
             .retain(|(owner, _), lane| lane.busy || !lane.rows.is_empty() || !owned(owner));
     }
 
+    /// Drops the rows that deleted entities addressed to themselves (their timers, effects
+    /// and messages to themselves: storage deleted them with the entity). A row of theirs in
+    /// flight is marked deleted, like a cancelled timer, so that no new life applies it; a
+    /// message to another entity in flight is delivered all the same (the mark is only read
+    /// for an entity's own rows).
+    pub(crate) fn forget_to_self(&self, owners: &[EntityKey]) {
+        if owners.is_empty() {
+            return;
+        }
+        let mut state = self.state.lock();
+        let to_self = |state: &State, id: &RowId| {
+            state.inflight.contains_key(id)
+                || state.rows.get(id).is_some_and(Pending::is_to_self)
+                || state
+                    .lanes
+                    .get(&(id.owner.clone(), id.owner.clone()))
+                    .is_some_and(|lane| lane.rows.contains_key(&id.seq))
+        };
+        let gone: Vec<RowId> = state
+            .known
+            .iter()
+            .filter(|id| owners.contains(&id.owner) && to_self(&state, id))
+            .cloned()
+            .collect();
+        for id in &gone {
+            state.forget(id);
+        }
+    }
+
     /// Takes the rows to deliver now; returns them and when the next one is due.
     pub(crate) fn take_due(&self, now_ms: i64) -> (Vec<Pending>, Option<i64>) {
         self.state.lock().take_due(now_ms)

@@ -56,6 +56,12 @@ pub(crate) trait DynKind: Send + Sync {
         snapshot: bool,
     ) -> BoxFuture<Result<bool, CallError<JsonRejection>>>;
 
+    /// Deletes the entity through its mailbox (see `entity::delete`); completes once durable.
+    fn delete(self: Arc<Self>, id: EntityId) -> BoxFuture<Result<bool, CallError<JsonRejection>>>;
+
+    /// Whether the entity is in memory with messages queued or steps not yet durable.
+    fn is_busy(&self, id: &EntityId) -> bool;
+
     /// Whether this build can activate the stored entity, checked from storage without
     /// writing: its state migrates and decodes, its journal replays as it ran live. `true`
     /// if its state is stored at an older schema version.
@@ -135,6 +141,21 @@ impl<K: Process> DynKind for KindRt<K> {
                     })
                 })
         })
+    }
+
+    fn delete(self: Arc<Self>, id: EntityId) -> BoxFuture<Result<bool, CallError<JsonRejection>>> {
+        Box::pin(async move {
+            crate::entity::delete(&self, &id).await.map_err(|e| {
+                e.map_rejection(|r| JsonRejection {
+                    code: r.code().to_owned(),
+                    message: r.to_string(),
+                })
+            })
+        })
+    }
+
+    fn is_busy(&self, id: &EntityId) -> bool {
+        crate::entity::is_busy(self, id)
     }
 
     fn check(self: Arc<Self>, id: EntityId) -> BoxFuture<Result<bool, CallError>> {

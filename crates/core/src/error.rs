@@ -364,6 +364,13 @@ pub enum AdminError {
         "`{0}` cannot be indexed: an index is by one value per entity, and `[*]` stands for many"
     )]
     NotIndexable(String),
+    /// The entity has messages in flight (queued, running, or not yet durable), so it was
+    /// not deleted; delete it with `force` to delete it after them.
+    #[error(
+        "{0} has messages in flight; it was not deleted (wait and try again, or force the \
+         deletion: it then comes after them)"
+    )]
+    Busy(EntityKey),
 }
 
 impl AdminError {
@@ -381,6 +388,7 @@ impl AdminError {
             Self::LetterBusy(_) => "letter_busy",
             Self::NotStored(_) => "not_stored",
             Self::NotIndexable(_) => "not_indexable",
+            Self::Busy(_) => "busy",
         }
     }
 }

@@ -303,7 +303,10 @@ pub(crate) async fn rebuild<K: Process>(
             if entry.step > upto {
                 break 'pages;
             }
-            if entry.step != after + 1 {
+            // A life that follows a deletion starts where the deleted one ended, with the
+            // `init` entry of its first step.
+            let starts_a_life = rebuilt.state.is_none() && after == 0 && has_init(entry);
+            if entry.step != after + 1 && !starts_a_life {
                 // Steps are numbered one by one, and a trim only deletes steps a snapshot
                 // covers: a hole means lost entries, and replaying past it would build a
                 // state the entity never had.
@@ -327,6 +330,15 @@ pub(crate) async fn rebuild<K: Process>(
         tokio::task::yield_now().await;
     }
     Ok(rebuilt)
+}
+
+/// Whether a journal entry records `init`: the first step of a life.
+fn has_init(entry: &JournalEntry) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        init: Option<serde::de::IgnoredAny>,
+    }
+    serde_json::from_str::<Probe>(&entry.entry).is_ok_and(|probe| probe.init.is_some())
 }
 
 /// Replays one entry onto the state, checking that it does what it did live.

@@ -45,6 +45,8 @@ pub(crate) trait Resident: Any + Send + Sync {
     /// deadline has passed. Called under the registry's lock; the returned hook runs the
     /// kind's `on_passivate` and must be called after the lock is released.
     fn try_passivate(&self, now_ms: u64, force: bool) -> Option<Passivated>;
+    /// Whether the entity has messages queued, is running, or has steps not yet durable.
+    fn is_busy(&self) -> bool;
 }
 
 /// What passivating one entity left to do, outside the registry's lock.
@@ -281,6 +283,14 @@ impl Registry {
             );
         }
         ids
+    }
+
+    /// Whether the entity is resident and busy (see [`Resident::is_busy`]).
+    pub(crate) fn is_busy(&self, key: &Key) -> bool {
+        let part = self.parts[self.part_of(key)].lock();
+        part.index
+            .get(key)
+            .is_some_and(|&slot| part.nodes[slot as usize].entry.is_busy())
     }
 
     /// Passivates one entity now, if it is idle with every step durable: `None` if it is not

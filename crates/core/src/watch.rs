@@ -22,8 +22,11 @@ const BACKLOG: usize = 64;
 pub struct StateChange {
     /// The entity's version (its step) after the change.
     pub version: u64,
-    /// The new state, as JSON.
+    /// The new state, as JSON; `null` when the entity was deleted.
     pub state: Arc<str>,
+    /// Whether the step deleted the entity ([`Ctx::delete`](crate::Ctx::delete)): its next
+    /// message starts it afresh.
+    pub deleted: bool,
 }
 
 /// The watched entities of a runtime and their channels.

@@ -2,6 +2,7 @@
 
 mod activation;
 mod admin;
+mod delete;
 mod durability;
 mod edges;
 mod effects;

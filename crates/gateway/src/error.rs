@@ -254,7 +254,9 @@ impl From<AdminError> for ApiError {
             | AdminError::Store(perennial_storage::Error::Invalid(_)) => {
                 (StatusCode::BAD_REQUEST, error.to_string())
             }
-            AdminError::LetterBusy(_) => (StatusCode::CONFLICT, error.to_string()),
+            AdminError::LetterBusy(_) | AdminError::Busy(_) => {
+                (StatusCode::CONFLICT, error.to_string())
+            }
             AdminError::NotOwner { .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("{error}; retry, or call a node that serves it"),

@@ -41,6 +41,7 @@ use crate::admin as routes;
         crate::migrations::start,
         crate::migrations::status,
         routes::state,
+        routes::delete,
         routes::history,
         routes::pending,
         routes::state_at,

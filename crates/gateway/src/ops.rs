@@ -1,5 +1,5 @@
-//! Operators' requests about one entity (pause, resume, passivate, release, retry or discard
-//! a dead letter): only the node that serves the entity can carry one out, so in a cluster
+//! Operators' requests about one entity (pause, resume, passivate, release, delete, retry or
+//! discard a dead letter): only the node that serves the entity can carry one out, so in a cluster
 //! another node forwards it there ([`AdminOp`] on the internal route).
 
 use axum::http::StatusCode;
@@ -64,7 +64,8 @@ async fn shard_of_op(op: &AdminOp, rt: &Runtime) -> Result<ShardId, ApiError> {
         AdminOp::Pause { kind, id }
         | AdminOp::Resume { kind, id }
         | AdminOp::Passivate { kind, id }
-        | AdminOp::Release { kind, id } => Ok(shard_of(kind, id)),
+        | AdminOp::Release { kind, id }
+        | AdminOp::Delete { kind, id, .. } => Ok(shard_of(kind, id)),
         AdminOp::Retry { seq } | AdminOp::Discard { seq } => {
             let letter = rt
                 .admin()
@@ -105,6 +106,13 @@ pub(crate) async fn run_here(op: &AdminOp, rt: &Runtime) -> Here {
         AdminOp::Release { kind, id } => admin
             .release(kind, id)
             .map(|released| json_response(&api::Released { released })),
+        AdminOp::Delete { kind, id, force } => admin.delete(kind, id, *force).await.map(|()| {
+            json_response(&api::Deleted {
+                kind: kind.clone(),
+                id: id.clone(),
+                deleted: true,
+            })
+        }),
         AdminOp::Retry { seq } => admin.retry_dead_letter(*seq).await.map(|reply| {
             json_response(&api::Retried {
                 reply: embedded(&reply),

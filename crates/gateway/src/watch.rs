@@ -3,7 +3,8 @@
 //! The first event is the entity's current durable state (none if it has no state yet);
 //! each later event is a change, sent once the step that made it is durable, never before.
 //! Each event is `event: state`, its `data` the state's JSON, and (for changes) its `id` the
-//! entity's version. A client that falls far behind skips to newer states: each event is a
+//! entity's version; a step that deleted the entity sends `event: deleted` (`data: null`),
+//! and the entity's next message starts it afresh. A client that falls far behind skips to newer states: each event is a
 //! whole state, so the last one received is always the entity's state. A comment is sent
 //! every 15 seconds to keep proxies from closing the stream.
 //!
@@ -78,7 +79,7 @@ async fn stream(
     let later = futures::stream::unfold(changes, |mut changes| async move {
         let change = changes.next().await?;
         let event = Event::default()
-            .event("state")
+            .event(if change.deleted { "deleted" } else { "state" })
             .id(change.version.to_string())
             .data(&*change.state);
         Some((Ok(event), changes))

@@ -342,6 +342,51 @@ async fn a_paused_entity_answers_409_until_it_is_resumed() {
 }
 
 #[tokio::test]
+async fn an_entity_is_deleted_and_its_next_call_starts_it_afresh() {
+    let (app, rt) = admin().await;
+    post(&app, "/v1/counter/d1", json!({"add": 5})).await;
+    let (status, body) = send(
+        &app,
+        Method::DELETE,
+        "/v1/admin/entities/counter/d1",
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(
+        (status, body),
+        (
+            StatusCode::OK,
+            json!({"kind": "counter", "id": "d1", "deleted": true})
+        )
+    );
+    let (status, body) = get(&app, "/v1/admin/entities/counter/d1").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (_, page) = get(&app, "/v1/admin/kinds/counter/entities").await;
+    assert_eq!(page["entities"], json!([]));
+    let (status, body) = post(&app, "/v1/counter/d1", json!({"add": 1})).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"value": 1})));
+    // `force` is a boolean; anything else is a bad query.
+    let uri = "/v1/admin/entities/counter/d1?force=true";
+    assert_eq!(
+        send(&app, Method::DELETE, uri, Body::empty()).await.0,
+        StatusCode::OK
+    );
+    let uri = "/v1/admin/entities/counter/d1?force=maybe";
+    let (status, body) = send(&app, Method::DELETE, uri, Body::empty()).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_REQUEST, "bad_query")
+    );
+    let uri = "/v1/admin/entities/nope/d1";
+    let (status, body) = send(&app, Method::DELETE, uri, Body::empty()).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::NOT_FOUND, "unknown_kind")
+    );
+    rt.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_migration_batch_is_an_integer_as_json_schema_means_it() {
     let (app, rt) = admin().await;
     // JSON Schema's `integer` admits a zero fraction; `/openapi.json` promises an integer.

@@ -77,6 +77,9 @@ enum Command {
     Release(remote::PauseArgs),
     /// Show an entity's state, history, or past state on a running node (admin API).
     State(remote::StateArgs),
+    /// Delete an entity on a running node: its state, journal, timers and effects; its next
+    /// message starts it afresh (admin API).
+    Delete(remote::DeleteArgs),
     /// List a running node's dead letters, or show, retry or discard one (admin API).
     #[command(name = "dead-letters")]
     DeadLetters(remote::DeadLettersArgs),
@@ -272,6 +275,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Resume(args) => remote::pause(args, false),
         Command::Quarantined(args) => remote::quarantined(args),
         Command::Release(args) => remote::release(args),
+        Command::Delete(args) => remote::delete(args),
         Command::State(args) => remote::state(args),
         Command::DeadLetters(args) => remote::dead_letters(args),
         Command::Passivate(args) => remote::passivate(args),

@@ -1,5 +1,5 @@
 //! The subcommands that talk to a running node over HTTP: `call` (the client routes) and
-//! `entities`, `query`, `index`, `state`, `pause`, `resume`, `dead-letters`, `passivate`,
+//! `entities`, `query`, `index`, `state`, `delete`, `pause`, `resume`, `dead-letters`, `passivate`,
 //! `cluster` (the admin API). Each is a route of the
 //! gateway ([`crate::client`]) and a way to print its answer ([`crate::output`]); with
 //! `--json`, the node's answer is printed as it came, on one line.
@@ -420,6 +420,36 @@ pub(crate) fn release(args: PauseArgs) -> anyhow::Result<()> {
         "was not quarantined"
     };
     output::answer(&format!("{}: {text}", args.entity));
+    Ok(())
+}
+
+/// `perennial delete`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct DeleteArgs {
+    /// The entity, as KIND/ID.
+    #[arg(value_name = "KIND/ID")]
+    entity: Entity,
+    /// Delete it even with messages in flight (after them), instead of refusing.
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    node: Admin,
+}
+
+/// Deletes an entity.
+pub(crate) fn delete(args: DeleteArgs) -> anyhow::Result<()> {
+    let force = if args.force { "?force=true" } else { "" };
+    let path = format!("/v1/admin/entities/{}{force}", args.entity.path());
+    let answer = args.node.client()?.delete(&path)?;
+    if args.node.json {
+        output::json(&answer);
+        return Ok(());
+    }
+    let _: api::Deleted = typed(answer)?;
+    output::answer(&format!(
+        "{}: deleted (its next message starts it afresh)",
+        args.entity
+    ));
     Ok(())
 }
 

@@ -318,6 +318,13 @@ fn query_index_pause_and_resume() {
     assert!(admin(&node, &["resume", "counter/b"]).contains("resumed"));
     assert!(call(&node, &["counter/b", r#"{"add": 1}"#]).contains("501"));
 
+    assert!(admin(&node, &["delete", "counter/b"]).contains("deleted"));
+    assert_eq!(
+        admin_json(&node, &["delete", "counter/b", "--force"])["deleted"],
+        true
+    );
+    assert!(call(&node, &["counter/b", r#"{"add": 1}"#]).contains('1'));
+
     let out = run(
         &node.url(),
         &[("PERENNIAL_ADMIN_TOKEN", ADMIN_TOKEN)],

@@ -11,6 +11,7 @@ mod compat;
 mod config;
 mod corrupt;
 mod crash_points;
+mod delete;
 mod disk;
 mod fsync;
 mod journal;

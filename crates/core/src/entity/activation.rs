@@ -13,6 +13,7 @@ use crate::clock::now_us;
 use crate::guard::guard;
 use crate::journal::{self, InitRecord};
 use crate::kind::Mode;
+use crate::process::ctx::step_of_row;
 use crate::registry::{Key, Resident};
 use crate::{CallError, Ctx, Process};
 
@@ -61,6 +62,12 @@ impl<K: Process> Cell<K> {
                 inner.last_json = loaded.json;
                 inner.snapshot_step = loaded.snapshot_step;
                 inner.outdated = loaded.outdated;
+                if loaded.stored
+                    && let Some(keys) = inner.keys.as_mut()
+                {
+                    // A deletion that failed: the life it would have ended goes on.
+                    keys.deleted_at = 0;
+                }
                 inner.init = loaded.init.map(Box::new);
                 inner.lost = None;
                 self.kind
@@ -124,9 +131,12 @@ impl<K: Process> Cell<K> {
 
     async fn load(&self) -> Result<Loaded<K>, CallError> {
         let mut loaded = match &self.kind.mode {
-            Mode::Ephemeral { .. } => self.fresh_loaded()?,
+            Mode::Ephemeral { .. } => {
+                let start = self.inner.lock().deleted_at();
+                self.fresh_loaded(start)?
+            }
             Mode::Snapshot { decode, .. } => match self.kind.engine.store.load(&self.key()).await {
-                Ok(None) => self.fresh_loaded()?,
+                Ok(None) => self.fresh_loaded(self.life_start().await?)?,
                 Ok(Some(record)) => self.decoded(*decode, record)?,
                 Err(source) => {
                     return Err(CallError::Storage {
@@ -141,9 +151,10 @@ impl<K: Process> Cell<K> {
                 let codec = snapshots.as_ref();
                 let rebuilt = journal::rebuild(store, &key, &self.id, codec, u64::MAX).await?;
                 match rebuilt.state {
-                    None => self.fresh_loaded()?,
+                    None => self.fresh_loaded(self.life_start().await?)?,
                     Some(state) => Loaded {
                         state,
+                        stored: true,
                         json: None,
                         outdated: rebuilt.outdated,
                         version: rebuilt.step,
@@ -162,16 +173,38 @@ impl<K: Process> Cell<K> {
         Ok(loaded)
     }
 
-    /// A new entity's first state, as an activation returns it.
-    fn fresh_loaded(&self) -> Result<Loaded<K>, CallError> {
+    /// The step a new life of the entity starts after: 0 for an entity never deleted. After
+    /// a deletion, above the steps of the life this activation saw deleted, and above the
+    /// rows earlier lives still own (messages to others on their way), so that no row and no
+    /// effect's id is numbered twice.
+    async fn life_start(&self) -> Result<u64, CallError> {
+        let deleted_at = self.inner.lock().deleted_at();
+        let last = self
+            .kind
+            .engine
+            .store
+            .last_row(&self.key())
+            .await
+            .map_err(|source| CallError::Storage {
+                key: self.key(),
+                source,
+            })?;
+        Ok(deleted_at.max(last.map_or(0, step_of_row)))
+    }
+
+    /// A new life's first state, as an activation returns it: its steps are numbered after
+    /// `start` (see [`life_start`](Self::life_start)).
+    fn fresh_loaded(&self, start: u64) -> Result<Loaded<K>, CallError> {
         let (state, init) = self.fresh()?;
         let journaled = matches!(self.kind.mode, Mode::Journal { .. });
         Ok(Loaded {
             state,
+            stored: false,
             json: None,
             outdated: false,
-            version: 0,
-            snapshot_step: 0,
+            version: start,
+            // Nothing before the new life is replayed: it is as good as a snapshot.
+            snapshot_step: start,
             bytes: std::mem::size_of::<K>(),
             init: journaled.then_some(init),
         })
@@ -187,6 +220,7 @@ impl<K: Process> Cell<K> {
         let (state, json, outdated) = decode_record(&self.key(), decode, record)?;
         Ok(Loaded {
             state,
+            stored: true,
             bytes: json.len(),
             json: Some(Arc::from(json)),
             outdated,
@@ -200,6 +234,8 @@ impl<K: Process> Cell<K> {
 /// A state loaded or created by an activation, with what the cell tracks about it.
 struct Loaded<K> {
     state: K,
+    /// Whether it came from storage (not a new life).
+    stored: bool,
     /// `Snapshot` kinds: the state's JSON, to roll back to.
     json: Option<Arc<str>>,
     /// Whether storage holds it at an older schema version.

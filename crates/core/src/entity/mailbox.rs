@@ -42,6 +42,8 @@ pub(crate) enum Via {
     /// No message: a migration pass writes the state back at the kind's schema version, and
     /// with `snapshot`, snapshots a `Journal` entity whose journal goes beyond its snapshot.
     Rewrite { snapshot: bool },
+    /// No message: an operator deletes the entity (see `entity::delete`).
+    Delete,
 }
 
 /// The longest idempotency key accepted, in bytes.
@@ -76,7 +78,7 @@ impl Via {
 
 /// A message waiting in a mailbox, with where its reply goes.
 pub(super) struct Envelope<K: Process> {
-    /// `None` only for [`Via::Rewrite`].
+    /// `None` only for [`Via::Rewrite`] and [`Via::Delete`].
     pub(super) msg: Option<K::Msg>,
     pub(super) reply: ReplyTo<K>,
     pub(super) via: Via,

@@ -49,6 +49,7 @@ use crate::due::RowId;
 use crate::guard::guard;
 use crate::journal::InitRecord;
 use crate::kind::KindRt;
+use crate::process::ctx::first_row_after;
 use crate::registry::{Key, Passivated, Resident};
 use crate::{CallError, Ctx, Process};
 
@@ -101,9 +102,13 @@ struct Inner<K: Process> {
     keys: Option<Box<Keys>>,
 }
 
-/// An entity's kept replies and pending cancels.
+/// An entity's kept replies and pending cancels, and where its deleted life ended.
 #[derive(Default)]
 struct Keys {
+    /// The step that last deleted the entity ([`Ctx::delete`]), 0 if none did while it was
+    /// in memory: rows to itself numbered below [`first_row_after`] it are from a deleted
+    /// life, and the next life numbers its steps after it.
+    deleted_at: u64,
     /// Replies kept for idempotency keys, known to this activation (a cache of storage).
     replies: HashMap<Box<str>, Arc<str>>,
     /// Timers cancelled by steps not yet durable: `(step, timer)`. Once durable, the
@@ -123,10 +128,18 @@ impl<K: Process> Inner<K> {
         self.keys.as_ref()?.replies.get(key).cloned()
     }
 
+    /// Whether the entity's own row `timer` must not be applied: cancelled, or from a life
+    /// that was deleted since.
     fn is_cancelled(&self, timer: u64) -> bool {
-        self.keys
-            .as_ref()
-            .is_some_and(|k| k.cancelled.iter().any(|(_, t)| *t == timer))
+        self.keys.as_ref().is_some_and(|k| {
+            timer < first_row_after(k.deleted_at) && k.deleted_at > 0
+                || k.cancelled.iter().any(|(_, t)| *t == timer)
+        })
+    }
+
+    /// The step a deletion in this activation ended at (0 if none).
+    fn deleted_at(&self) -> u64 {
+        self.keys.as_ref().map_or(0, |k| k.deleted_at)
     }
 }
 
@@ -190,7 +203,16 @@ pub(crate) async fn rewrite<K: Process>(
     snapshot: bool,
 ) -> Result<bool, CallError<K::Error>> {
     let via = Via::Rewrite { snapshot };
-    ask(kind, id, (None, via), ReplyTo::Rewrite).await
+    ask(kind, id, (None, via), ReplyTo::Done).await
+}
+
+/// Deletes the entity as [`Ctx::delete`] would, through its mailbox (so after the messages
+/// before it, and before those after it). Completes once the deletion is durable.
+pub(crate) async fn delete<K: Process>(
+    kind: &Arc<KindRt<K>>,
+    id: &EntityId,
+) -> Result<bool, CallError<K::Error>> {
+    ask(kind, id, (None, Via::Delete), ReplyTo::Done).await
 }
 
 /// Where the answer to a call of kind `K` goes, as a `T`.
@@ -245,7 +267,25 @@ pub(crate) async fn deliver_row<K: Process>(
         .unwrap_or_else(|_| Delivery::Retry("the runtime stopped".into()))
 }
 
+/// Whether the entity is in memory with messages queued, running, or with steps not yet
+/// durable.
+pub(crate) fn is_busy<K: Process>(kind: &KindRt<K>, id: &EntityId) -> bool {
+    let key = Key {
+        kind: kind.index,
+        id: id.clone(),
+    };
+    kind.engine.registry.is_busy(&key)
+}
+
 impl<K: Process> Cell<K> {
+    /// Whether messages are queued, it runs, or steps are not yet durable.
+    fn busy(inner: &Inner<K>) -> bool {
+        inner.scheduled
+            || !inner.mailbox.is_empty()
+            || !inner.held.is_empty()
+            || inner.seq != inner.durable
+    }
+
     /// Whether this node serves the entity's shard now, and under which epoch compared with
     /// the one the state in memory was loaded under.
     fn serving(&self) -> Serving {
@@ -323,16 +363,16 @@ impl<K: Process> Resident for Cell<K> {
         self.deadline.load(Ordering::Relaxed)
     }
 
+    fn is_busy(&self) -> bool {
+        Self::busy(&self.inner.lock())
+    }
+
     fn try_passivate(&self, now_ms: u64, force: bool) -> Option<Passivated> {
         if !force && self.deadline_ms() > now_ms {
             return None;
         }
         let mut inner = self.inner.lock();
-        let busy = inner.scheduled
-            || !inner.mailbox.is_empty()
-            || !inner.held.is_empty()
-            || inner.seq != inner.durable;
-        if busy {
+        if Self::busy(&inner) {
             return None;
         }
         let state = match std::mem::replace(&mut inner.state, Slot::Unloaded) {

@@ -24,11 +24,12 @@ pub(crate) enum Answer<K: Process> {
     Value(K::Reply),
     /// The JSON of the reply to the first call with the same idempotency key.
     Kept(Arc<str>),
-    /// A rewrite's answer (see `entity::rewrite`): whether it wrote anything.
-    Rewrote(bool),
+    /// The answer to an operator's request that carries no message (`entity::rewrite`,
+    /// `entity::delete`): whether it wrote anything.
+    Done(bool),
 }
 
-type Outcome<K> = Result<Answer<K>, CallError<<K as Process>::Error>>;
+pub(super) type Outcome<K> = Result<Answer<K>, CallError<<K as Process>::Error>>;
 
 /// Where a message's outcome goes.
 pub(crate) enum ReplyTo<K: Process> {
@@ -39,8 +40,9 @@ pub(crate) enum ReplyTo<K: Process> {
     Json(oneshot::Sender<Result<String, CallError<K::Error>>>),
     /// The dispatcher, delivering a timer, a message from another entity or an effect's result.
     Row(oneshot::Sender<Delivery>),
-    /// A migration pass, rewriting the stored state (see `entity::rewrite`).
-    Rewrite(oneshot::Sender<Result<bool, CallError<K::Error>>>),
+    /// An operator's request without a message: a migration pass rewriting the stored state
+    /// (see `entity::rewrite`), a deletion (`entity::delete`).
+    Done(oneshot::Sender<Result<bool, CallError<K::Error>>>),
 }
 
 impl<K: Process> ReplyTo<K> {
@@ -57,7 +59,7 @@ impl<K: Process> ReplyTo<K> {
             Self::Caller(to) => {
                 let reply = outcome.and_then(|answer| match answer {
                     Answer::Value(value) => Ok(value),
-                    Answer::Rewrote(_) => Err(not_a_reply(key())),
+                    Answer::Done(_) => Err(not_a_reply(key())),
                     Answer::Kept(json) => {
                         serde_json::from_str(&json).map_err(|e| CallError::CorruptState {
                             key: key(),
@@ -78,12 +80,12 @@ impl<K: Process> ReplyTo<K> {
                         })
                     }
                     Answer::Kept(json) => Ok(json.to_string()),
-                    Answer::Rewrote(_) => Err(not_a_reply(key())),
+                    Answer::Done(_) => Err(not_a_reply(key())),
                 });
                 let _ = to.send(reply);
             }
-            Self::Rewrite(to) => {
-                let _ = to.send(outcome.map(|answer| !matches!(answer, Answer::Rewrote(false))));
+            Self::Done(to) => {
+                let _ = to.send(outcome.map(|answer| !matches!(answer, Answer::Done(false))));
             }
             Self::Row(to) => {
                 let delivery = match outcome {

@@ -12,7 +12,7 @@ use perennial_types::EntityKey;
 use super::Cell;
 use super::failure::{Failed, digest_of, forget_failure};
 use super::mailbox::{Envelope, Via};
-use super::reply::{Answer, ReplyTo};
+use super::reply::{Answer, Outcome, ReplyTo};
 use crate::clock::now_us;
 use crate::commit::{Extras, JournalStep, Write};
 use crate::due::RowId;
@@ -35,6 +35,9 @@ impl<K: Process> Cell<K> {
         // Off by default; `RUST_LOG=perennial_core=debug` shows one span per step.
         let _span = tracing::debug_span!("step", kind = K::KIND, id = %self.id).entered();
         let Some(msg) = msg else {
+            if matches!(via, Via::Delete) {
+                return self.delete(reply, Ok(Answer::Done(true)), None, incarnation);
+            }
             let snapshot = matches!(via, Via::Rewrite { snapshot: true });
             return self.rewrite(state, reply, snapshot, incarnation);
         };
@@ -71,6 +74,7 @@ impl<K: Process> Cell<K> {
         let mut ctx = Ctx::step(&self.id, at_us, next);
         let result = guard(|| state.handle(msg, &mut ctx));
         let work = ctx.take_work();
+        let deletes = work.delete;
         let seed = ctx.drawn_seed();
         let result = match (result, self.extras(work, &via)) {
             (Ok(Ok(value)), Ok(extras)) => Ok((value, extras)),
@@ -81,6 +85,11 @@ impl<K: Process> Cell<K> {
             perennial_faults::failpoint!("step.row_handled");
         }
         match result {
+            Ok((value, mut extras)) if deletes => {
+                self.keep_reply(&mut extras, &value);
+                self.clear_failures(&message_json);
+                self.delete(reply, Ok(Answer::Value(value)), extras, incarnation)
+            }
             Ok((value, extras)) if matches!(self.kind.mode, Mode::Journal { .. }) => {
                 if read_only && extras.is_none() {
                     self.clear_failures(&message_json);
@@ -115,9 +124,10 @@ impl<K: Process> Cell<K> {
                 let (row, letter) = match via {
                     Via::Row(row) | Via::Idempotent { row: Some(row), .. } => (Some(row), None),
                     Via::Letter(seq) => (None, Some(seq)),
-                    Via::Call | Via::Idempotent { row: None, .. } | Via::Rewrite { .. } => {
-                        (None, None)
-                    }
+                    Via::Call
+                    | Via::Idempotent { row: None, .. }
+                    | Via::Rewrite { .. }
+                    | Via::Delete => (None, None),
                 };
                 let failure = Failed {
                     message: panic,
@@ -134,7 +144,7 @@ impl<K: Process> Cell<K> {
     /// whose reply is kept, `Some(None)` for a timer cancelled since it was sent.
     fn answered_before(&self, via: &Via) -> Option<Option<Arc<str>>> {
         match via {
-            Via::Call | Via::Letter(_) | Via::Rewrite { .. } => None,
+            Via::Call | Via::Letter(_) | Via::Rewrite { .. } | Via::Delete => None,
             Via::Idempotent { key, row, .. } => {
                 if row.as_ref().is_some_and(|row| self.is_cancelled(row)) {
                     return Some(None);
@@ -221,7 +231,7 @@ impl<K: Process> Cell<K> {
                     },
                 ));
             }
-            Via::Call | Via::Rewrite { .. } => {}
+            Via::Call | Via::Rewrite { .. } | Via::Delete => {}
         }
         if !work.cancels.is_empty() {
             let mut inner = self.inner.lock();
@@ -438,7 +448,7 @@ impl<K: Process> Cell<K> {
                 snapshots: Some(codec),
             } => (codec.encode, Some(codec.policy)),
             Mode::Journal { snapshots: None } | Mode::Ephemeral { .. } => {
-                return self.respond_outcome(reply, Ok(Answer::Rewrote(false)), incarnation);
+                return self.respond_outcome(reply, Ok(Answer::Done(false)), incarnation);
             }
         };
         let needed = {
@@ -446,7 +456,7 @@ impl<K: Process> Cell<K> {
             inner.outdated || (snapshots.is_some() && snapshot && inner.seq > inner.snapshot_step)
         };
         if !needed {
-            return self.respond_outcome(reply, Ok(Answer::Rewrote(false)), incarnation);
+            return self.respond_outcome(reply, Ok(Answer::Done(false)), incarnation);
         }
         let json = match encoded(encode, state) {
             Ok(json) => json,
@@ -482,9 +492,49 @@ impl<K: Process> Cell<K> {
                 }))
             }
         };
-        let answer = Ok(Answer::Rewrote(true));
+        let answer = Ok(Answer::Done(true));
         self.hold_and_submit(inner, seq, (reply, answer), (write, None), incarnation);
         true
+    }
+
+    /// Keeps a step that deleted its entity ([`Ctx::delete`], or an operator's request): the
+    /// deletion goes to the commit pipeline with the step's messages to others (its rows to
+    /// itself would die with it), and the reply is held until it is durable. Returns false: the state in hand is
+    /// gone, so the next message activates the entity again once the deletion is durable,
+    /// afresh (or from the state stored before, if the commit failed).
+    fn delete(
+        self: &Arc<Self>,
+        reply: ReplyTo<K>,
+        answer: Outcome<K>,
+        mut extras: Option<Box<Extras>>,
+        incarnation: u32,
+    ) -> bool {
+        if let Some(extras) = &mut extras {
+            extras.rows.retain(|row| !row.is_to_self());
+        }
+        let mut inner = self.inner.lock();
+        if self.incarnation.load(Ordering::SeqCst) != incarnation {
+            drop(inner);
+            return self.respond_lost(reply);
+        }
+        inner.seq += 1;
+        let seq = inner.seq;
+        // Rows this life addressed to itself that are still on their way are stale from now
+        // on, and the next life numbers its rows after them.
+        inner.keys().deleted_at = seq;
+        let write = match self.kind.mode {
+            Mode::Ephemeral { .. } if extras.is_none() && inner.held.is_empty() => {
+                // Nothing to make durable, and no reply to wait behind.
+                inner.durable = seq;
+                drop(inner);
+                reply.send(answer, || self.key());
+                return false;
+            }
+            Mode::Ephemeral { .. } => Write::Nothing,
+            Mode::Snapshot { .. } | Mode::Journal { .. } => Write::Delete,
+        };
+        self.hold_and_submit(inner, seq, (reply, answer), (write, extras), incarnation);
+        false
     }
 
     /// The message ran to completion, so it no longer counts as failing.

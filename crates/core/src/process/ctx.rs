@@ -39,11 +39,13 @@ pub(crate) struct Work {
     pub(crate) cancels: Vec<u64>,
     /// Why the step cannot be kept (an invalid request); it then fails like a panic.
     pub(crate) invalid: Option<String>,
+    /// Whether the step deletes its entity ([`Ctx::delete`]).
+    pub(crate) delete: bool,
 }
 
 impl Work {
     pub(crate) fn is_empty(&self) -> bool {
-        self.rows.is_empty() && self.cancels.is_empty() && self.invalid.is_none()
+        self.rows.is_empty() && self.cancels.is_empty() && self.invalid.is_none() && !self.delete
     }
 }
 
@@ -62,6 +64,16 @@ pub(crate) struct NewRow {
 
 /// How many timers, messages and effects one step may create (they are numbered within it).
 const ROWS_PER_STEP: u64 = 1 << 20;
+
+/// The step that created the pending row numbered `seq`.
+pub(crate) fn step_of_row(seq: u64) -> u64 {
+    seq / ROWS_PER_STEP
+}
+
+/// The lowest number a row created by a step after `step` can have.
+pub(crate) fn first_row_after(step: u64) -> u64 {
+    step.saturating_add(1).saturating_mul(ROWS_PER_STEP)
+}
 
 /// Where a step's random seed comes from.
 #[derive(Debug, Clone, Copy)]
@@ -245,6 +257,58 @@ impl<'a, K: Process> Ctx<'a, K> {
     /// already fired, or an unknown id, is ignored.
     pub fn cancel(&mut self, timer: TimerId) {
         self.work.cancels.push(timer.0);
+    }
+
+    /// Deletes this entity, in this step's commit: its state (for a `Journal` kind, its
+    /// journal and snapshots) and what it addressed to itself (timers, effects not finished,
+    /// messages to itself) are gone once the step is durable, and listings and queries no
+    /// longer find it. The step's reply goes to its caller as usual; messages this step or
+    /// earlier ones sent to other entities are still delivered, and replies kept for
+    /// idempotency keys still answer retries. The next message starts the entity afresh,
+    /// from [`Default`] and [`Process::init`](crate::Process::init).
+    ///
+    /// Whatever else the step changed in the state is discarded with it. A new life numbers
+    /// its timers and effects after those of the life before while the entity stays in
+    /// memory; after it left memory, an [`EffectId`] may be given again, so an effect that
+    /// passes its id to an external API as an idempotency key should add something of its
+    /// own (a job's id) if its entity may be deleted.
+    ///
+    /// ```
+    /// use perennial_core::{Ctx, Process};
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// /// A per-user queue that exists only while it has work.
+    /// #[derive(Default, Serialize, Deserialize)]
+    /// struct Queue {
+    ///     jobs: Vec<String>,
+    /// }
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// enum QueueMsg {
+    ///     Push(String),
+    ///     Done(String),
+    /// }
+    ///
+    /// impl Process for Queue {
+    ///     const KIND: &'static str = "queue";
+    ///     type Msg = QueueMsg;
+    ///     type Reply = usize;
+    ///     type Error = std::convert::Infallible;
+    ///
+    ///     fn handle(&mut self, msg: QueueMsg, ctx: &mut Ctx<'_, Self>) -> Result<usize, Self::Error> {
+    ///         match msg {
+    ///             QueueMsg::Push(job) => self.jobs.push(job),
+    ///             QueueMsg::Done(job) => self.jobs.retain(|j| *j != job),
+    ///         }
+    ///         if self.jobs.is_empty() {
+    ///             ctx.delete();
+    ///         }
+    ///         Ok(self.jobs.len())
+    ///     }
+    /// }
+    /// ```
+    pub fn delete(&mut self) {
+        self.work.delete = true;
     }
 
     /// Sends `msg` to the entity `id` of kind `T`, exactly once: the message is stored in

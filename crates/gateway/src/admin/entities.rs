@@ -109,6 +109,20 @@ pub(crate) async fn pending(
     Ok(json_response(&api::Pending { kind, id, pending }))
 }
 
+/// Delete the entity: its state, journal and rows to itself; its next message starts it afresh
+#[utoipa::path(delete, path = "/v1/admin/entities/{kind}/{id}", tag = "admin",
+    params(EntityPath, api::DeleteQuery),
+    responses((status = 200, description = "Deleted, durably", body = api::Deleted)))]
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    path: Result<Path<EntityPath>, PathRejection>,
+    query: Result<Query<api::DeleteQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Path(EntityPath { kind, id }) = path.map_err(ApiError::from_path)?;
+    let Query(api::DeleteQuery { force }) = query.map_err(ApiError::from_query)?;
+    run_where_served(AdminOp::Delete { kind, id, force }, &state).await
+}
+
 /// Pause the entity durably: calls get 409 paused, timers and messages wait
 #[utoipa::path(post, path = "/v1/admin/entities/{kind}/{id}/pause", tag = "admin",
     params(EntityPath),

@@ -21,6 +21,9 @@
 //! - `GET  /v1/admin/entities/{kind}/{id}/at/{step}`: its state as of a step.
 //! - `GET  /v1/admin/entities/{kind}/{id}/pending`: its timers, messages to other entities
 //!   and effects not applied yet (at most 1,000, by number), with when each is due.
+//! - `DELETE /v1/admin/entities/{kind}/{id}?force=B`: deletes it, durably, as a step calling
+//!   `ctx.delete()` would: its state, journal and rows to itself; its next message starts it
+//!   afresh. Refused with `409 busy` while it has messages in flight, unless `force`.
 //! - `POST /v1/admin/entities/{kind}/{id}/passivate`: passivates it now, if idle.
 //! - `POST /v1/admin/entities/{kind}/{id}/pause`: pauses it, durably: its calls get `409
 //!   paused` (they are refused, not queued: the caller decides when to retry), while its
@@ -77,7 +80,7 @@ pub(crate) fn routes() -> Router<crate::AppState> {
             "/v1/admin/kinds/{kind}/migrate",
             get(crate::migrations::status).post(crate::migrations::start),
         )
-        .route("/v1/admin/entities/{kind}/{id}", get(state))
+        .route("/v1/admin/entities/{kind}/{id}", get(state).delete(delete))
         .route("/v1/admin/entities/{kind}/{id}/history", get(history))
         .route("/v1/admin/entities/{kind}/{id}/pending", get(pending))
         .route("/v1/admin/entities/{kind}/{id}/at/{step}", get(state_at))
