@@ -36,16 +36,24 @@ pub struct KindInfo {
     pub dead_letters: u64,
 }
 
-/// `GET /v1/admin/kinds/{kind}/entities`: a page of a kind's entities.
+/// A page of a kind's entities, in id order: of [`EntityRow`]s for `GET
+/// /v1/admin/kinds/{kind}/entities` ([`Entities`]), of [`StateRow`]s, with their states, for
+/// `GET /v1/admin/kinds/{kind}/query` ([`Matches`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct Entities {
+pub struct Page<T> {
     /// The kind.
     pub kind: String,
     /// The page's entities, in id order.
-    pub entities: Vec<EntityRow>,
+    pub entities: Vec<T>,
     /// The id to ask for the next page after, if there may be one.
     pub next: Option<String>,
 }
+
+/// `GET /v1/admin/kinds/{kind}/entities`: a page of a kind's entities.
+pub type Entities = Page<EntityRow>;
+
+/// `GET /v1/admin/kinds/{kind}/query`: a page of the entities whose state matches.
+pub type Matches = Page<StateRow>;
 
 /// One entity, as a listing shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -64,17 +72,6 @@ pub struct EntityRow {
     pub last_step: u64,
     /// When its last step committed, in milliseconds since the Unix epoch.
     pub updated_at_ms: Option<i64>,
-}
-
-/// `GET /v1/admin/kinds/{kind}/query`: a page of the entities whose state matches.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct Matches {
-    /// The kind.
-    pub kind: String,
-    /// The page's entities, in id order, with their states.
-    pub entities: Vec<StateRow>,
-    /// The id to ask for the next page after, if there may be one.
-    pub next: Option<String>,
 }
 
 /// One entity's committed state.
@@ -473,7 +470,7 @@ pub struct PageQuery {
     pub limit: Option<u64>,
 }
 
-/// The query of `GET /v1/admin/kinds/{kind}/query`: `?filter=F&after=ID&limit=N`.
+/// The filter of `GET /v1/admin/kinds/{kind}/query?filter=F` (its page is a [`PageQuery`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct FilterQuery {
@@ -488,16 +485,6 @@ pub struct FilterQuery {
         example = "players[*].name = 'alice' and pot > 100"
     )]
     pub filter: String,
-    /// Start after this id (the previous page's `next`).
-    pub after: Option<String>,
-    /// The most rows: at most 1000 come back (a larger limit is taken as 1000, and 0 as 1).
-    #[param(
-        minimum = 0,
-        maximum = 18_446_744_073_709_551_615_u64,
-        format = "uint64",
-        default = 100
-    )]
-    pub limit: Option<u64>,
 }
 
 /// The query of `DELETE /v1/admin/entities/{kind}/{id}`: `?force=true` deletes it even with

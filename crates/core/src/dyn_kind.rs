@@ -14,7 +14,7 @@ use crate::entity::Via;
 use crate::journal;
 use crate::kind::{KindRt, KindStats, Mode};
 use crate::process::effect::BoxFuture;
-use crate::{CallError, JsonRejection, Persistence, Process, Rejection};
+use crate::{CallError, JsonRejection, Persistence, Process};
 
 /// A call by kind name, in flight: completes with the reply's JSON.
 pub(crate) type JsonCall<'a> =
@@ -88,12 +88,7 @@ impl<K: Process> DynKind for KindRt<K> {
             })?;
             crate::entity::call_json(&self, &id, msg, via)
                 .await
-                .map_err(|e| {
-                    e.map_rejection(|r| JsonRejection {
-                        code: r.code().to_owned(),
-                        message: r.to_string(),
-                    })
-                })
+                .map_err(CallError::into_json)
         })
     }
 
@@ -134,23 +129,15 @@ impl<K: Process> DynKind for KindRt<K> {
         Box::pin(async move {
             crate::entity::rewrite(&self, &id, snapshot)
                 .await
-                .map_err(|e| {
-                    e.map_rejection(|r| JsonRejection {
-                        code: r.code().to_owned(),
-                        message: r.to_string(),
-                    })
-                })
+                .map_err(CallError::into_json)
         })
     }
 
     fn delete(self: Arc<Self>, id: EntityId) -> BoxFuture<Result<bool, CallError<JsonRejection>>> {
         Box::pin(async move {
-            crate::entity::delete(&self, &id).await.map_err(|e| {
-                e.map_rejection(|r| JsonRejection {
-                    code: r.code().to_owned(),
-                    message: r.to_string(),
-                })
-            })
+            crate::entity::delete(&self, &id)
+                .await
+                .map_err(CallError::into_json)
         })
     }
 

@@ -300,6 +300,16 @@ pub struct JsonRejection {
     pub message: String,
 }
 
+impl<E: Rejection> CallError<E> {
+    /// The same error, with a rejection as its code and message (for callers by kind name).
+    pub(crate) fn into_json(self) -> CallError<JsonRejection> {
+        self.map_rejection(|r| JsonRejection {
+            code: r.code().to_owned(),
+            message: r.to_string(),
+        })
+    }
+}
+
 impl Rejection for JsonRejection {
     fn code(&self) -> &str {
         &self.code
@@ -396,10 +406,7 @@ impl AdminError {
 impl<E: Rejection> From<CallError<E>> for AdminError {
     /// What the two families share keeps its name; the rest is the entity's failure.
     fn from(error: CallError<E>) -> Self {
-        let error = error.map_rejection(|r| JsonRejection {
-            code: r.code().to_owned(),
-            message: r.to_string(),
-        });
+        let error = error.into_json();
         match error {
             CallError::UnknownKind(kind) => Self::UnknownKind(kind),
             CallError::InvalidId(e) => Self::InvalidId(e),

@@ -269,16 +269,18 @@ mod tests {
         );
     }
 
+    /// A runtime with the demo's kinds on `store`.
+    async fn started(store: &MemoryStore) -> Runtime {
+        crate::register(Runtime::builder().store(store.clone()))
+            .start()
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn a_hand_played_through_the_runtime_survives_a_restart() {
         let store = MemoryStore::new();
-        let start = || async {
-            crate::register(Runtime::builder().store(store.clone()))
-                .start()
-                .await
-                .unwrap()
-        };
-        let rt = start().await;
+        let rt = started(&store).await;
         let t = rt.get::<PokerTable>("t1");
         for player in ["alice", "bob"] {
             let msg = TableMsg::Join {
@@ -300,7 +302,7 @@ mod tests {
         assert!(matches!(&refused, Err(CallError::Rejected(e)) if e.code() == "not_your_turn"));
         rt.shutdown().await;
         // After a restart, the same cards, the same turn.
-        let rt = start().await;
+        let rt = started(&store).await;
         let again = rt
             .get::<PokerTable>("t1")
             .call(TableMsg::View)
@@ -313,13 +315,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_turn_timer_folds_a_slow_player_even_across_a_restart() {
         let store = MemoryStore::new();
-        let start = || async {
-            crate::register(Runtime::builder().store(store.clone()))
-                .start()
-                .await
-                .unwrap()
-        };
-        let rt = start().await;
+        let rt = started(&store).await;
         let t = rt.get::<PokerTable>("slow");
         let configure = TableMsg::Configure {
             turn_timeout_ms: 300,
@@ -338,7 +334,7 @@ mod tests {
         // The node stops before the timer fires; the next one folds the slow player.
         rt.shutdown().await;
         drop(rt);
-        let rt = start().await;
+        let rt = started(&store).await;
         let t = rt.get::<PokerTable>("slow");
         let mut view = t.call(TableMsg::View).await.unwrap();
         for _ in 0..300 {

@@ -68,15 +68,7 @@ impl Inspector {
         .map_err(map_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(map_err)?;
-        let version: u32 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(map_err)?;
-        if version > FORMAT_VERSION {
-            return Err(Error::TooNew {
-                found: version,
-                supported: FORMAT_VERSION,
-            });
-        }
+        let version = crate::schema::format_of(&conn)?;
         if version < 2 {
             return Err(Error::Backend(format!(
                 "the data is in format {version}; open it once with `perennial serve` to \

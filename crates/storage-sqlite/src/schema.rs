@@ -276,9 +276,9 @@ pub(crate) fn check_durable(conn: &Connection, journal_mode: &str) -> Result<(),
     Ok(())
 }
 
-/// Creates the schema in an empty file, or upgrades an older one, step by step, each step in
-/// its own transaction; then checks the format.
-pub(crate) fn migrate(conn: &mut Connection) -> Result<(), Error> {
+/// The file's format version (0 for an empty file); a file from a newer version is refused
+/// with [`Error::TooNew`].
+pub(crate) fn format_of(conn: &Connection) -> Result<u32, Error> {
     let version: u32 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(map_err)?;
@@ -288,6 +288,13 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), Error> {
             supported: FORMAT_VERSION,
         });
     }
+    Ok(version)
+}
+
+/// Creates the schema in an empty file, or upgrades an older one, step by step, each step in
+/// its own transaction; then checks the format.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), Error> {
+    let version = format_of(conn)?;
     if version == 0 {
         let tx = conn.transaction().map_err(map_err)?;
         tx.execute_batch(CREATE_V1).map_err(map_err)?;

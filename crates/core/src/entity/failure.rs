@@ -45,11 +45,9 @@ impl<K: Process> Cell<K> {
         let max = self.kind.engine.config.max_attempts;
         let message_json =
             message_json.unwrap_or_else(|e| format!("<the message cannot be encoded: {e}>"));
-        let mut inner = self.inner.lock();
-        if self.incarnation.load(Ordering::SeqCst) != incarnation {
-            drop(inner);
+        let Some(mut inner) = self.lock_current(incarnation) else {
             return self.respond_lost(reply);
-        }
+        };
         let attempts = record_failure(&mut inner.failures, digest_of(&message_json));
         if attempts < max {
             drop(inner);

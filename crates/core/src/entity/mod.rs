@@ -278,6 +278,14 @@ pub(crate) fn is_busy<K: Process>(kind: &KindRt<K>, id: &EntityId) -> bool {
 }
 
 impl<K: Process> Cell<K> {
+    /// The entity's state, locked, if `incarnation` is still current; `None` if a batch
+    /// failed since and took back the state the step was computed from (the step must not
+    /// be kept).
+    fn lock_current(&self, incarnation: u32) -> Option<parking_lot::MutexGuard<'_, Inner<K>>> {
+        let inner = self.inner.lock();
+        (self.incarnation.load(Ordering::SeqCst) == incarnation).then_some(inner)
+    }
+
     /// Whether messages are queued, it runs, or steps are not yet durable.
     fn busy(inner: &Inner<K>) -> bool {
         inner.scheduled

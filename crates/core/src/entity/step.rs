@@ -329,11 +329,9 @@ impl<K: Process> Cell<K> {
             };
             extras.get_or_insert_with(Box::default).watched = watched;
         }
-        let mut inner = self.inner.lock();
-        if self.incarnation.load(Ordering::SeqCst) != incarnation {
-            drop(inner);
+        let Some(mut inner) = self.lock_current(incarnation) else {
             return self.respond_lost(reply);
-        }
+        };
         forget_failure(&mut inner.failures, digest_of(message));
         inner.seq += 1;
         let seq = inner.seq;
@@ -389,11 +387,9 @@ impl<K: Process> Cell<K> {
                 reply.send(Ok(Answer::Value(value)), || self.key());
                 return true;
             }
-            let mut inner = self.inner.lock();
-            if self.incarnation.load(Ordering::SeqCst) != incarnation {
-                drop(inner);
+            let Some(mut inner) = self.lock_current(incarnation) else {
                 return self.respond_lost(reply);
-            }
+            };
             inner.seq += 1;
             let seq = inner.seq;
             let step = (Write::Nothing, extras);
@@ -405,11 +401,9 @@ impl<K: Process> Cell<K> {
             Ok(json) => json,
             Err(detail) => return self.unencodable(state, reply, detail, incarnation),
         };
-        let mut inner = self.inner.lock();
-        if self.incarnation.load(Ordering::SeqCst) != incarnation {
-            drop(inner);
+        let Some(mut inner) = self.lock_current(incarnation) else {
             return self.respond_lost(reply);
-        }
+        };
         if let Ok(message) = message_json {
             forget_failure(&mut inner.failures, digest_of(message));
         }
@@ -462,11 +456,9 @@ impl<K: Process> Cell<K> {
             Ok(json) => json,
             Err(detail) => return self.unencodable(state, reply, detail, incarnation),
         };
-        let mut inner = self.inner.lock();
-        if self.incarnation.load(Ordering::SeqCst) != incarnation {
-            drop(inner);
+        let Some(mut inner) = self.lock_current(incarnation) else {
             return self.respond_lost(reply);
-        }
+        };
         inner.seq += 1;
         let seq = inner.seq;
         self.kind.engine.registry.account(inner.bytes, json.len());
@@ -512,11 +504,9 @@ impl<K: Process> Cell<K> {
         if let Some(extras) = &mut extras {
             extras.rows.retain(|row| !row.is_to_self());
         }
-        let mut inner = self.inner.lock();
-        if self.incarnation.load(Ordering::SeqCst) != incarnation {
-            drop(inner);
+        let Some(mut inner) = self.lock_current(incarnation) else {
             return self.respond_lost(reply);
-        }
+        };
         inner.seq += 1;
         let seq = inner.seq;
         // Rows this life addressed to itself that are still on their way are stale from now

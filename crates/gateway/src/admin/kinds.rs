@@ -47,7 +47,7 @@ pub(crate) async fn kinds(State(rt): State<Runtime>) -> Result<Response, ApiErro
 /// A page of the kind's entities in id order, with residency, pause and last activity
 #[utoipa::path(get, path = "/v1/admin/kinds/{kind}/entities", tag = "admin",
     params(KindPath, api::PageQuery),
-    responses((status = 200, description = "OK", body = api::Entities)))]
+    responses((status = 200, description = "OK", body = api::Page<api::EntityRow>)))]
 pub(crate) async fn entities(
     State(rt): State<Runtime>,
     path: Result<Path<KindPath>, PathRejection>,
@@ -84,21 +84,23 @@ pub(crate) async fn entities(
 
 /// A page of the kind's stored entities whose state matches a filter
 #[utoipa::path(get, path = "/v1/admin/kinds/{kind}/query", tag = "admin",
-    params(KindPath, api::FilterQuery),
-    responses((status = 200, description = "OK", body = api::Matches)))]
+    params(KindPath, api::FilterQuery, api::PageQuery),
+    responses((status = 200, description = "OK", body = api::Page<api::StateRow>)))]
 pub(crate) async fn query(
     State(rt): State<Runtime>,
     path: Result<Path<KindPath>, PathRejection>,
-    params: Result<Query<api::FilterQuery>, QueryRejection>,
+    filter: Result<Query<api::FilterQuery>, QueryRejection>,
+    page: Result<Query<api::PageQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Path(KindPath { kind }) = path.map_err(ApiError::from_path)?;
-    let Query(params) = params.map_err(ApiError::from_query)?;
-    let filter = Filter::parse(&params.filter)
+    let Query(api::FilterQuery { filter }) = filter.map_err(ApiError::from_query)?;
+    let Query(page) = page.map_err(ApiError::from_query)?;
+    let filter = Filter::parse(&filter)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_filter", e.to_string()))?;
-    let limit = page_size(params.limit);
+    let limit = page_size(page.limit);
     let found = rt
         .admin()
-        .query(&kind, &filter, params.after.as_deref(), limit)
+        .query(&kind, &filter, page.after.as_deref(), limit)
         .await?;
     let next = (found.len() == limit)
         .then(|| found.last().map(|e| e.id.clone()))
