@@ -492,7 +492,7 @@ pub struct FilterQuery {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct DeleteQuery {
-    /// Delete it even if messages to it are in flight (queued, running or not yet durable):
+    /// Delete it even if messages to it are in flight (queued, or applied and not yet durable):
     /// the deletion then comes after them. Without it, such an entity is refused with `409
     /// busy`.
     #[serde(default)]

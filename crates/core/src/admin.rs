@@ -501,7 +501,7 @@ impl Admin {
     /// Deletes an entity, as a step calling [`Ctx::delete`](crate::Ctx::delete) would: its
     /// state, journal and rows to itself are gone once this returns, and its next message
     /// starts it afresh. Unless `force`, it is refused with [`AdminError::Busy`] while the
-    /// entity has messages in flight on this node (queued, running, or not yet durable);
+    /// entity has messages in flight on this node (queued, or applied and not yet durable);
     /// forced, the deletion is queued after them. An entity that was never stored is
     /// deleted all the same (there is nothing to remove). Returns once the deletion is durable.
     pub async fn delete(&self, kind: &str, id: &str, force: bool) -> Result<(), AdminError> {

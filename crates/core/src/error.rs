@@ -374,7 +374,7 @@ pub enum AdminError {
         "`{0}` cannot be indexed: an index is by one value per entity, and `[*]` stands for many"
     )]
     NotIndexable(String),
-    /// The entity has messages in flight (queued, running, or not yet durable), so it was
+    /// The entity has messages in flight (queued, or applied and not yet durable), so it was
     /// not deleted; delete it with `force` to delete it after them.
     #[error(
         "{0} has messages in flight; it was not deleted (wait and try again, or force the \

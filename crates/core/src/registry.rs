@@ -45,7 +45,7 @@ pub(crate) trait Resident: Any + Send + Sync {
     /// deadline has passed. Called under the registry's lock; the returned hook runs the
     /// kind's `on_passivate` and must be called after the lock is released.
     fn try_passivate(&self, now_ms: u64, force: bool) -> Option<Passivated>;
-    /// Whether the entity has messages queued, is running, or has steps not yet durable.
+    /// Whether the entity has messages queued or steps not yet durable.
     fn is_busy(&self) -> bool;
 }
 

@@ -267,8 +267,7 @@ pub(crate) async fn deliver_row<K: Process>(
         .unwrap_or_else(|_| Delivery::Retry("the runtime stopped".into()))
 }
 
-/// Whether the entity is in memory with messages queued, running, or with steps not yet
-/// durable.
+/// Whether the entity is in memory with messages queued or steps not yet durable.
 pub(crate) fn is_busy<K: Process>(kind: &KindRt<K>, id: &EntityId) -> bool {
     let key = Key {
         kind: kind.index,
@@ -372,7 +371,10 @@ impl<K: Process> Resident for Cell<K> {
     }
 
     fn is_busy(&self) -> bool {
-        Self::busy(&self.inner.lock())
+        // Not `scheduled`: a run loop about to end a round has nothing in flight, and
+        // whatever it runs comes before what is queued next.
+        let inner = self.inner.lock();
+        !inner.mailbox.is_empty() || !inner.held.is_empty() || inner.seq != inner.durable
     }
 
     fn try_passivate(&self, now_ms: u64, force: bool) -> Option<Passivated> {
