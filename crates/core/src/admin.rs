@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use perennial_storage::{
-    Batch, DeadLetterDone, EntityState, Filter, Path, PauseWrite, StoredDeadLetter,
+    Batch, DeadLetterDone, EntityDelete, EntityState, Filter, Path, PauseWrite, StoredDeadLetter,
 };
 use perennial_types::{EntityId, EntityKey, Epoch, ShardId, shard_of};
 
@@ -502,13 +502,34 @@ impl Admin {
     /// state, journal and rows to itself are gone once this returns, and its next message
     /// starts it afresh. Unless `force`, it is refused with [`AdminError::Busy`] while the
     /// entity has messages in flight on this node (queued, or applied and not yet durable);
-    /// forced, the deletion is queued after them. An entity that was never stored is
+    /// forced, the deletion is queued after them. A quarantined entity (its stored bytes
+    /// cannot be read back) is deleted without being activated, and released. An entity
+    /// that was never stored is
     /// deleted all the same (there is nothing to remove). Returns once the deletion is durable.
     pub async fn delete(&self, kind: &str, id: &str, force: bool) -> Result<(), AdminError> {
         let dynamic = Arc::clone(self.rt.kind(kind)?);
         let id = EntityId::new(id)?;
         let key = EntityKey::new(kind, id.clone());
         self.served(&key)?;
+        let engine = &self.rt.shared.engine;
+        if engine.quarantine.get(kind, &id).is_some() {
+            // Nothing of it is in memory (a quarantined entity runs nothing), and its bytes
+            // cannot be activated to run a deleting step: the deletion is committed here.
+            let (shard, epoch) = self.served(&key)?;
+            let delete = EntityDelete {
+                key: key.clone(),
+                shard,
+                epoch,
+            };
+            let batch = Batch {
+                deletes: vec![delete],
+                ..Batch::default()
+            };
+            self.commit_now(&key, batch).await?;
+            engine.due.forget_to_self(std::slice::from_ref(&key));
+            engine.quarantine.remove(&key);
+            return Ok(());
+        }
         if !force && dynamic.is_busy(&id) {
             return Err(AdminError::Busy(key));
         }

@@ -359,3 +359,19 @@ async fn operators_delete_idle_entities_and_busy_ones_only_by_force() {
     assert_eq!(unknown.code(), "unknown_kind");
     rt.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarantined_entity_is_deleted_without_being_read() {
+    let store = FaultyStore::new(MemoryStore::new());
+    let rt = bins(&store).await;
+    store.inner().put_raw(key("bin", "q1"), "{not json", 3);
+    let b = rt.get::<Bin>("q1");
+    let failed = b.call(BinMsg::Get).await.unwrap_err();
+    assert!(matches!(failed, CallError::CorruptState { .. }), "{failed}");
+    assert_eq!(rt.admin().quarantined().len(), 1);
+    rt.admin().delete("bin", "q1", false).await.unwrap();
+    assert!(rt.admin().quarantined().is_empty(), "released");
+    assert_eq!(stored(&store, "bin", "q1").await, (false, 0, 0));
+    assert_eq!(b.call(put("fresh")).await.unwrap(), ["fresh"]);
+    rt.shutdown().await;
+}

@@ -315,6 +315,40 @@ async fn calls_on_every_node_reach_the_owner() {
         status == 200 && matches!(outcome, Some("passivated" | "busy")),
         "{body}"
     );
+    // A deletion asked of another node is carried out by the owner, and the next call,
+    // through yet another node, starts the counter afresh.
+    let path = format!("/v1/admin/entities/counter/r{p}");
+    let (status, body) = http
+        .send(
+            cluster.addr(others[1]),
+            "DELETE",
+            &path,
+            &[("authorization", &bearer)],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["deleted"], true);
+    let (status, body) = http
+        .send(
+            cluster.addr(others[0]),
+            "GET",
+            &path,
+            &[("authorization", &bearer)],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 404, "deleted on its owner: {body}");
+    let body = crate::node::post_to(
+        &http,
+        cluster.addr(others[1]),
+        &format!("/v1/counter/r{p}"),
+        r#"{"add": 1}"#,
+    )
+    .await;
+    assert_eq!(body["value"], 1, "a new life");
     // A watch asked of another node is sent to the owner's.
     let (c, owner) = (0..30)
         .map(|c| (c, &owners[&shard_of("counter", &format!("r{c}"))]))
