@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use perennial_core::{Handle, Migrate, Progress, Runtime};
+use perennial_core::{EntityRef, Migrate, Progress, Runtime};
 use perennial_demo::Counter;
 use perennial_demo::counter::CounterMsg;
 use perennial_storage::Store;
@@ -49,7 +49,7 @@ async fn live(rt: &Runtime, callers: usize, stop: Arc<AtomicBool>) -> anyhow::Re
     let tasks: Vec<_> = (0..callers)
         .map(|caller| {
             let stop = Arc::clone(&stop);
-            let counters: Vec<Handle<Counter>> = (0..COUNTERS / callers.max(1))
+            let counters: Vec<EntityRef<Counter>> = (0..COUNTERS / callers.max(1))
                 .map(|i| rt.get::<Counter>(format!("live-{caller}-{i}")))
                 .collect();
             tokio::spawn(async move {

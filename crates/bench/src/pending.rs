@@ -71,8 +71,8 @@ pub async fn pending(options: &Options) -> anyhow::Result<Report> {
     let store = small_cache_store(&dir.path)?;
     let rt = Runtime::builder()
         .store(store.clone())
-        .register::<Ticker>()
-        .register::<Counter>()
+        .register_snapshot::<Ticker>()
+        .register_snapshot::<Counter>()
         .start()
         .await?;
     let entities = options.entities.max(1);

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use perennial_core::{Handle, Runtime, Snapshots};
+use perennial_core::{EntityRef, Runtime, Snapshots};
 use perennial_demo::Counter;
 use perennial_demo::cache::{Cache, CacheMsg};
 use perennial_demo::counter::CounterMsg;
@@ -45,14 +45,15 @@ pub(crate) fn scratch(options: &Options, name: &str) -> anyhow::Result<Scratch> 
 }
 
 /// Adds one to a counter, durably.
-async fn add_one(counter: Handle<Counter>) -> anyhow::Result<()> {
+async fn add_one(counter: EntityRef<Counter>) -> anyhow::Result<()> {
     counter
-        .send(CounterMsg::Add(1))
+        .call(CounterMsg::Add(1))
         .await
+        .map(drop)
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-fn handles(rt: &Runtime, n: usize) -> Arc<Vec<Handle<Counter>>> {
+fn handles(rt: &Runtime, n: usize) -> Arc<Vec<EntityRef<Counter>>> {
     Arc::new((0..n).map(|i| rt.get::<Counter>(format!("c{i}"))).collect())
 }
 
@@ -104,7 +105,7 @@ pub(crate) async fn durable_calls(
 ) -> anyhow::Result<DurableRun> {
     let rt = Runtime::builder()
         .store(Arc::clone(&store))
-        .register::<Counter>()
+        .register_snapshot::<Counter>()
         .start()
         .await?;
     let counters = handles(&rt, options.entities);
@@ -229,7 +230,7 @@ pub async fn resident(options: &Options) -> anyhow::Result<Report> {
     let dir = scratch(options, "resident")?;
     let rt = Runtime::builder()
         .store(small_cache_store(&dir.path)?)
-        .register::<Counter>()
+        .register_snapshot::<Counter>()
         .max_resident(options.resident_entities + 1)
         .max_resident_bytes(usize::MAX)
         .start()
@@ -389,7 +390,7 @@ async fn step_cost(
     let builder = if journal {
         builder.register_journal::<Cache>()
     } else {
-        builder.register::<Cache>()
+        builder.register_snapshot::<Cache>()
     };
     let rt = builder.start().await?;
     let cache = rt.get::<Cache>("hot");
@@ -447,7 +448,7 @@ async fn journal_counters(store: &SqliteStore, snapshots: bool) -> anyhow::Resul
 async fn counters(store: &SqliteStore) -> anyhow::Result<Runtime> {
     Ok(Runtime::builder()
         .store(store.clone())
-        .register::<Counter>()
+        .register_snapshot::<Counter>()
         .start()
         .await?)
 }

@@ -197,7 +197,7 @@ impl Admin {
     /// # }
     /// # #[tokio::main]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let rt = Runtime::builder().store(MemoryStore::new()).register::<Counter>().start().await?;
+    /// let rt = Runtime::builder().store(MemoryStore::new()).register_snapshot::<Counter>().start().await?;
     /// for id in ["b", "a", "c"] {
     ///     rt.get::<Counter>(id).call(1).await?;
     /// }
@@ -282,7 +282,7 @@ impl Admin {
     /// # }
     /// # #[tokio::main]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let rt = Runtime::builder().store(MemoryStore::new()).register::<Counter>().start().await?;
+    /// let rt = Runtime::builder().store(MemoryStore::new()).register_snapshot::<Counter>().start().await?;
     /// for (id, n) in [("a", 5), ("b", 500), ("c", 50)] {
     ///     rt.get::<Counter>(id).call(n).await?;
     /// }
@@ -621,10 +621,11 @@ impl Admin {
             return Err(AdminError::UnknownKind(kind.to_owned()));
         };
         let id = EntityId::new(id)?;
+        let key = EntityKey::new(kind, id.clone());
         Arc::clone(dynamic)
             .state_at(id, step)
-            .await
-            .map_err(AdminError::from)
+            .await?
+            .ok_or(AdminError::NoSuchEntity(key))
     }
 
     /// The kind named `kind`, if it keeps its state in storage.

@@ -58,7 +58,7 @@ struct RegisteredKind {
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let rt = Runtime::builder()
 ///     .store(MemoryStore::new())
-///     .register::<Counter>()
+///     .register_snapshot::<Counter>()
 ///     .max_resident(100_000)
 ///     .start()
 ///     .await?;
@@ -128,7 +128,7 @@ impl Builder {
     }
 
     /// Registers a kind whose state is written after each step (`Persistence::Snapshot`).
-    pub fn register<K>(self) -> Self
+    pub fn register_snapshot<K>(self) -> Self
     where
         K: Process + Serialize + DeserializeOwned,
     {
@@ -227,7 +227,7 @@ impl Builder {
     }
 
     /// How long the reply to a call with an idempotency key is kept, so that a retry gets it
-    /// again instead of applying the message twice ([`Handle::call_idempotent`](crate::Handle::call_idempotent)). Older
+    /// again instead of applying the message twice ([`EntityRef::call_idempotent`](crate::EntityRef::call_idempotent)). Older
     /// replies are deleted in the background. Default: 24 hours.
     pub fn idempotency_window(mut self, window: Duration) -> Self {
         self.config.reply_window = window;

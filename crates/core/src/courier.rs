@@ -1,6 +1,6 @@
 //! Messages between entities on different nodes.
 //!
-//! A message an entity sends (`ctx.send`) is a pending row of the sender, delivered by the
+//! A message an entity sends (`ctx.tell`) is a pending row of the sender, delivered by the
 //! dispatcher of the node that serves the sender's shard. When another node serves the
 //! target, the dispatcher hands the row to the [`Courier`] the cluster layer set
 //! ([`Plumbing::set_courier`](crate::Plumbing::set_courier)), which carries it to that node;

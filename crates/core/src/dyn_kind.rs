@@ -71,12 +71,13 @@ pub(crate) trait DynKind: Send + Sync {
     /// kinds with snapshots.
     fn watchable(&self) -> bool;
 
-    /// The entity's state as of `step` (its latest, if `None`), as JSON, from storage.
+    /// The entity's state as of `step` (its latest, if `None`), as JSON, from storage;
+    /// `None` if nothing of it is stored (never written, or deleted).
     fn state_at(
         self: Arc<Self>,
         id: EntityId,
         step: Option<u64>,
-    ) -> Pin<Box<dyn Future<Output = Result<String, CallError>> + Send>>;
+    ) -> Pin<Box<dyn Future<Output = Result<Option<String>, CallError>> + Send>>;
 }
 
 impl<K: Process> DynKind for KindRt<K> {
@@ -189,7 +190,7 @@ impl<K: Process> DynKind for KindRt<K> {
         self: Arc<Self>,
         id: EntityId,
         step: Option<u64>,
-    ) -> Pin<Box<dyn Future<Output = Result<String, CallError>> + Send>> {
+    ) -> Pin<Box<dyn Future<Output = Result<Option<String>, CallError>> + Send>> {
         Box::pin(async move {
             let key = perennial_types::EntityKey::new(self.name.clone(), id.clone());
             let no_history = |detail: String| CallError::NoHistory {
@@ -211,7 +212,13 @@ impl<K: Process> DynKind for KindRt<K> {
                 } => {
                     let rebuilt = journal::rebuild(store, &key, &id, Some(codec), upto).await?;
                     let Some(state) = rebuilt.state else {
-                        return Err(no_history("the entity has no steps".into()));
+                        return match step {
+                            None => Ok(None),
+                            Some(step) => Err(no_history(format!(
+                                "no snapshot covers step {step} and the journal does not \
+                                 reach back to it"
+                            ))),
+                        };
                     };
                     if rebuilt.step < upto && step.is_some() {
                         let later = store
@@ -225,10 +232,12 @@ impl<K: Process> DynKind for KindRt<K> {
                             )));
                         }
                     }
-                    (codec.encode)(&state).map_err(|e| CallError::Unencodable {
-                        key: key.clone(),
-                        detail: e.to_string(),
-                    })
+                    (codec.encode)(&state)
+                        .map(Some)
+                        .map_err(|e| CallError::Unencodable {
+                            key: key.clone(),
+                            detail: e.to_string(),
+                        })
                 }
                 Mode::Journal { snapshots: None } => Err(no_history(format!(
                     "the state of kind {:?} is not serializable, so it cannot be shown as \
@@ -237,7 +246,7 @@ impl<K: Process> DynKind for KindRt<K> {
                 ))),
                 Mode::Snapshot { .. } => match store.load(&key).await.map_err(storage)? {
                     Some(record) if step.is_none_or(|step| step == record.version) => {
-                        Ok(record.state)
+                        Ok(Some(record.state))
                     }
                     Some(record) => Err(no_history(format!(
                         "kind {:?} keeps only its latest state (step {}); register it as a \
@@ -245,7 +254,7 @@ impl<K: Process> DynKind for KindRt<K> {
                         K::KIND,
                         record.version
                     ))),
-                    None => Err(no_history("the entity has no steps".into())),
+                    None => Ok(None),
                 },
                 Mode::Ephemeral { .. } => Err(no_history(format!(
                     "kind {:?} is ephemeral: nothing of it is stored",

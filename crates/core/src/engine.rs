@@ -53,7 +53,7 @@ pub(crate) struct Engine {
     pub(crate) due: Arc<DueRows>,
     /// The registered effects, by kind and effect name.
     pub(crate) effects: HashMap<(&'static str, &'static str), EffectRunner>,
-    /// The registered kinds' names, to check the targets of `ctx.send`.
+    /// The registered kinds' names, to check the targets of `ctx.tell`.
     pub(crate) kind_names: HashSet<&'static str>,
     /// The async runtime the node runs on: entity tasks are spawned here, whatever thread
     /// delivers their message.

@@ -381,6 +381,9 @@ pub enum AdminError {
          deletion: it then comes after them)"
     )]
     Busy(EntityKey),
+    /// Nothing of the entity is stored: it was never written, or it was deleted.
+    #[error("nothing is stored for {0}: it was never written, or it was deleted")]
+    NoSuchEntity(EntityKey),
 }
 
 impl AdminError {
@@ -399,6 +402,7 @@ impl AdminError {
             Self::NotStored(_) => "not_stored",
             Self::NotIndexable(_) => "not_indexable",
             Self::Busy(_) => "busy",
+            Self::NoSuchEntity(_) => "no_such_entity",
         }
     }
 }

@@ -5,8 +5,8 @@
 //!
 //! A kind of entity is a type that implements [`Process`]: its state is the type itself, and
 //! [`Process::handle`] turns one message into a reply. A [`Runtime`] hosts the kinds it was
-//! built with; [`Runtime::get`] gives a cheap [`Handle`] to one entity, and
-//! [`Handle::call`] sends it a message:
+//! built with; [`Runtime::get`] gives a cheap [`EntityRef`] to one entity, and
+//! [`EntityRef::call`] sends it a message:
 //!
 //! ```
 //! use perennial_core::{Ctx, Process, Runtime};
@@ -34,7 +34,7 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let rt = Runtime::builder()
 //!     .store(MemoryStore::new())
-//!     .register::<Counter>()
+//!     .register_snapshot::<Counter>()
 //!     .start()
 //!     .await?;
 //! let c1 = rt.get::<Counter>("c1");
@@ -55,14 +55,14 @@
 //! - **Transactional steps.** A handler that returns `Err` or panics changes nothing; the
 //!   entity goes on from its previous state. A message that panics
 //!   [`max_attempts`](Builder::max_attempts) times in a row becomes a dead letter.
-//! - **Three ways to keep state.** [`Builder::register`] writes the state (JSON) after each
+//! - **Three ways to keep state.** [`Builder::register_snapshot`] writes the state (JSON) after each
 //!   step; [`Builder::register_journal`] journals each step's inputs instead and rebuilds
 //!   the state by replay, so the state needs no serde and a step costs the same however big
 //!   the state is; [`Builder::register_ephemeral`] keeps it in memory only.
 //! - **Timers, messages, effects.** A handler may [`schedule`](Ctx::schedule) a durable
-//!   timer, [`send`](Ctx::send) a message to another entity (exactly once), or start an
+//!   timer, [`tell`](Ctx::tell) a message to another entity (exactly once), or start an
 //!   [`Effect`] (slow work whose result comes back as a message); all are stored with the
-//!   step, and applied once whatever crashes. [`Handle::call_idempotent`] makes a caller's
+//!   step, and applied once whatever crashes. [`EntityRef::call_idempotent`] makes a caller's
 //!   retry return the first reply instead of applying the message twice.
 //! - **Passivation.** Idle entities leave memory after their
 //!   [`idle_timeout`](Process::idle_timeout), and the least recently used ones leave when the
@@ -95,7 +95,7 @@
 //!   and held replies.
 //! - `dyn_kind`: a kind seen without its types, for calls by kind name.
 //! - `dispatch`: fires due timers, delivers messages between entities, runs effects.
-//! - `builder`, `runtime`, `handle`: [`Builder`], [`Runtime`], [`Handle`]: the entry points.
+//! - `builder`, `runtime`, `entity_ref`: [`Builder`], [`Runtime`], [`EntityRef`]: the entry points.
 //! - `admin`, `migration`: what operators do to a running runtime; migration passes.
 
 mod admin;
@@ -108,9 +108,9 @@ mod due;
 mod dyn_kind;
 mod engine;
 mod entity;
+mod entity_ref;
 mod error;
 mod guard;
-mod handle;
 mod histogram;
 mod journal;
 mod kind;
@@ -133,8 +133,8 @@ pub use admin::{Admin, EntityInfo, Passivation};
 pub use builder::Builder;
 pub use commit::CommitStats;
 pub use courier::{Courier, Delivery, Parcel};
+pub use entity_ref::EntityRef;
 pub use error::{AdminError, CallError, JsonRejection, Overload, Rejection, StartError};
-pub use handle::Handle;
 pub use histogram::Histogram;
 pub use journal::{HistoryEntry, Snapshots};
 pub use kind::KindStats;

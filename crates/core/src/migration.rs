@@ -220,7 +220,7 @@ impl Admin {
     /// let key = perennial_core::EntityKey::new("counter", "c1".parse()?);
     /// let old = Record { state: r#"{"value":41}"#.into(), version: 3, schema: 1 };
     /// store.put_record(key.clone(), old);
-    /// let rt = Runtime::builder().store(store.clone()).register::<Counter>().start().await?;
+    /// let rt = Runtime::builder().store(store.clone()).register_snapshot::<Counter>().start().await?;
     /// let report = rt.admin().migrate("counter", Migrate::new(), &Progress::default()).await?;
     /// assert_eq!((report.changed, report.failed), (1, 0));
     /// let stored = store.load(&key).await?.unwrap();

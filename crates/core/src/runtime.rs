@@ -19,7 +19,7 @@ use crate::engine::Engine;
 use crate::entity;
 
 use crate::kind::{KindRt, KindStats};
-use crate::{CallError, Handle, JsonRejection, Process};
+use crate::{CallError, EntityRef, JsonRejection, Process};
 
 pub(crate) struct Shared {
     pub(crate) engine: Arc<Engine>,
@@ -119,7 +119,7 @@ impl Runtime {
 
     /// A handle to the entity `id` of kind `K`. Cheap: nothing is activated until a message
     /// is sent. An invalid id or an unregistered kind is reported by the handle's calls.
-    pub fn get<K: Process>(&self, id: impl AsRef<str>) -> Handle<K> {
+    pub fn get<K: Process>(&self, id: impl AsRef<str>) -> EntityRef<K> {
         let kind = self
             .shared
             .by_type
@@ -130,7 +130,7 @@ impl Runtime {
             (None, _) => Err(CallError::UnknownKind(K::KIND.to_owned())),
             (_, Err(e)) => Err(CallError::InvalidId(e)),
         };
-        Handle::new(target)
+        EntityRef::new(target)
     }
 
     /// Sends a JSON message to the entity `id` of the kind named `kind`; returns the JSON reply.
@@ -146,7 +146,7 @@ impl Runtime {
     }
 
     /// [`call_json`](Self::call_json) with an optional idempotency key (see
-    /// [`Handle::call_idempotent`]): a retry with the same key gets the first reply, byte for
+    /// [`EntityRef::call_idempotent`]): a retry with the same key gets the first reply, byte for
     /// byte.
     pub async fn call_json_idempotent(
         &self,
@@ -218,7 +218,7 @@ impl Runtime {
     }
 
     /// Watches the entity `id` of the kind named `kind`: each change of its state, once
-    /// durable. See [`Handle::watch`](crate::Handle::watch).
+    /// durable. See [`EntityRef::watch`](crate::EntityRef::watch).
     pub fn watch(&self, kind: &str, id: &str) -> Result<crate::Watch, CallError> {
         if !self.kind(kind)?.watchable() {
             return Err(CallError::NotWatchable(kind.to_owned()));

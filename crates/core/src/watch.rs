@@ -1,5 +1,5 @@
 //! Watching an entity: each change of its state, once the step that made it is durable
-//! (never before), for [`Handle::watch`](crate::Handle::watch) and the gateway's `watch`
+//! (never before), for [`EntityRef::watch`](crate::EntityRef::watch) and the gateway's `watch`
 //! stream.
 //!
 //! The committer publishes a watched entity's new state right after the batch holding it
@@ -98,7 +98,7 @@ impl Watchers {
     }
 }
 
-/// A stream of an entity's committed state changes; see [`Handle::watch`](crate::Handle::watch).
+/// A stream of an entity's committed state changes; see [`EntityRef::watch`](crate::EntityRef::watch).
 #[derive(Debug)]
 pub struct Watch {
     rx: broadcast::Receiver<StateChange>,

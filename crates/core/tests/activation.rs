@@ -210,8 +210,8 @@ async fn a_builder_without_a_store_or_with_duplicate_kinds_does_not_start() {
     ));
     let twice = Runtime::builder()
         .store(MemoryStore::new())
-        .register::<Counter>()
-        .register::<Counter>()
+        .register_snapshot::<Counter>()
+        .register_snapshot::<Counter>()
         .start()
         .await;
     assert!(matches!(

@@ -119,7 +119,7 @@ impl Process for Flaky {
 async fn with_dead_letter(switch: usize, n: i64) -> (perennial_core::Runtime, u64) {
     let (builder, _store) = builder();
     let rt = builder
-        .register::<Flaky>()
+        .register_snapshot::<Flaky>()
         .max_attempts(2)
         .start()
         .await
@@ -196,8 +196,8 @@ async fn a_paused_entity_refuses_calls_holds_messages_and_drains_them_in_order_o
     let start = || async {
         perennial_core::Runtime::builder()
             .store(store.clone())
-            .register::<Sender>()
-            .register::<Inbox>()
+            .register_snapshot::<Sender>()
+            .register_snapshot::<Inbox>()
             .start()
             .await
             .unwrap()

@@ -71,7 +71,7 @@ impl Process for Bin {
 
     fn handle(&mut self, msg: BinMsg, ctx: &mut Ctx<'_, Self>) -> Result<Vec<String>, Self::Error> {
         Ok(handle(self, msg, ctx, |ctx, to, msg| {
-            ctx.send::<Bin>(to, msg)
+            ctx.tell::<Bin>(to, msg)
         }))
     }
 }
@@ -88,7 +88,7 @@ impl Process for JournaledBin {
 
     fn handle(&mut self, msg: BinMsg, ctx: &mut Ctx<'_, Self>) -> Result<Vec<String>, Self::Error> {
         Ok(handle(&mut self.0, msg, ctx, |ctx, to, msg| {
-            ctx.send::<JournaledBin>(to, msg);
+            ctx.tell::<JournaledBin>(to, msg);
         }))
     }
 }
@@ -111,7 +111,7 @@ impl Process for EphemeralBin {
 async fn bins(store: &FaultyStore<MemoryStore>) -> Runtime {
     Runtime::builder()
         .store(store.clone())
-        .register::<Bin>()
+        .register_snapshot::<Bin>()
         .register_journal::<JournaledBin>()
         .register_ephemeral::<EphemeralBin>()
         .start()
@@ -143,7 +143,7 @@ async fn stored(store: &FaultyStore<MemoryStore>, kind: &str, id: &str) -> (bool
 }
 
 /// Waits until the bin holds `expected`.
-async fn items_become(bin: &perennial_core::Handle<Bin>, expected: &[&str]) {
+async fn items_become(bin: &perennial_core::EntityRef<Bin>, expected: &[&str]) {
     for _ in 0..500 {
         if bin.call(BinMsg::Get).await.unwrap() == expected {
             return;

@@ -12,11 +12,11 @@ async fn runtime_with_edges() -> (Runtime, FaultyStore<MemoryStore>) {
     let store = FaultyStore::new(MemoryStore::new());
     let rt = Runtime::builder()
         .store(store.clone())
-        .register::<Counter>()
-        .register::<Fragile>()
-        .register::<Awkward>()
-        .register::<Unbuildable>()
-        .register::<ShyCounter>()
+        .register_snapshot::<Counter>()
+        .register_snapshot::<Fragile>()
+        .register_snapshot::<Awkward>()
+        .register_snapshot::<Unbuildable>()
+        .register_snapshot::<ShyCounter>()
         .start()
         .await
         .unwrap();

@@ -88,7 +88,7 @@ impl Process for Job {
 async fn jobs(store: &MemoryStore) -> Runtime {
     Runtime::builder()
         .store(store.clone())
-        .register::<Job>()
+        .register_snapshot::<Job>()
         .register_effect::<Nap>()
         .start()
         .await

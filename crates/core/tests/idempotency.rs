@@ -83,7 +83,7 @@ async fn keys_expire_after_the_window() {
     let store = MemoryStore::new();
     let rt = Runtime::builder()
         .store(store.clone())
-        .register::<Counter>()
+        .register_snapshot::<Counter>()
         .idempotency_window(Duration::from_millis(100))
         .start()
         .await

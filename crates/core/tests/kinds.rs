@@ -137,8 +137,8 @@ pub(crate) fn builder() -> (Builder, FaultyStore<MemoryStore>) {
     let store = FaultyStore::new(MemoryStore::new());
     let builder = Runtime::builder()
         .store(store.clone())
-        .register::<Counter>()
-        .register::<Fleeting>()
+        .register_snapshot::<Counter>()
+        .register_snapshot::<Fleeting>()
         .register_ephemeral::<Scratch>();
     (builder, store)
 }
@@ -147,7 +147,7 @@ pub(crate) fn builder() -> (Builder, FaultyStore<MemoryStore>) {
 pub(crate) async fn counters(store: &MemoryStore) -> Runtime {
     Runtime::builder()
         .store(store.clone())
-        .register::<Counter>()
+        .register_snapshot::<Counter>()
         .start()
         .await
         .unwrap()

@@ -1,4 +1,4 @@
-//! Messages between entities (`ctx.send`): delivered after the sender's commit, applied once,
+//! Messages between entities (`ctx.tell`): delivered after the sender's commit, applied once,
 //! in order, whatever fails; replies come back as messages.
 
 use std::time::Duration;
@@ -35,9 +35,9 @@ impl Process for Sender {
         match msg {
             SenderMsg::Send { to, n } => {
                 let from = ctx.id().to_string();
-                ctx.send::<Inbox>(to, InboxMsg::Add { from, n });
+                ctx.tell::<Inbox>(to, InboxMsg::Add { from, n });
             }
-            SenderMsg::SendToNowhere => ctx.send::<Unregistered>("x", ()),
+            SenderMsg::SendToNowhere => ctx.tell::<Unregistered>("x", ()),
             SenderMsg::Receipt { n } => self.receipts.push(n),
             SenderMsg::Get => {}
         }
@@ -67,7 +67,7 @@ impl Process for Inbox {
     fn handle(&mut self, msg: InboxMsg, ctx: &mut Ctx<'_, Self>) -> Result<Vec<u64>, Refused> {
         if let InboxMsg::Add { from, n } = msg {
             self.got.push(n);
-            ctx.send::<Sender>(from, SenderMsg::Receipt { n });
+            ctx.tell::<Sender>(from, SenderMsg::Receipt { n });
         }
         Ok(self.got.clone())
     }
@@ -91,8 +91,8 @@ impl Process for Unregistered {
 async fn mail(store: &FaultyStore<MemoryStore>) -> Runtime {
     Runtime::builder()
         .store(store.clone())
-        .register::<Sender>()
-        .register::<Inbox>()
+        .register_snapshot::<Sender>()
+        .register_snapshot::<Inbox>()
         .start()
         .await
         .unwrap()

@@ -142,7 +142,7 @@ fn record(state: Value, version: u64, schema: u32) -> Record {
 async fn carts(store: &MemoryStore) -> Runtime {
     Runtime::builder()
         .store(store.clone())
-        .register::<Cart>()
+        .register_snapshot::<Cart>()
         .register_journal_with_snapshots::<JournalCart>(Snapshots::every(1000))
         .register_journal_with_snapshots::<RepricedCart>(Snapshots::every(1000))
         .start()
@@ -555,7 +555,7 @@ async fn an_entity_moving_between_old_and_new_builds_is_never_corrupted() {
     let old = |store: &MemoryStore| {
         Runtime::builder()
             .store(store.clone())
-            .register::<CartV2>()
+            .register_snapshot::<CartV2>()
             .start()
     };
     // Build N writes at version 2.

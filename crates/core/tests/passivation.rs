@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use perennial_core::{Handle, Runtime};
+use perennial_core::{EntityRef, Runtime};
 use perennial_storage_sqlite::SqliteStore;
 
 use crate::kinds::{Fleeting, Op, builder, until};
@@ -49,7 +49,7 @@ async fn race(rt: &Runtime, entities: usize, workers: usize, adds_per_worker: us
             tokio::spawn(async move {
                 for i in 0..adds_per_worker {
                     let id = format!("e{}", (w * 7919 + i * 104_729) % entities);
-                    let h: Handle<Fleeting> = rt.get(id);
+                    let h: EntityRef<Fleeting> = rt.get(id);
                     h.call(Op::Add(1))
                         .await
                         .expect("a call racing passivation failed");
@@ -102,7 +102,7 @@ async fn messages_racing_passivation_are_never_lost_on_sqlite() {
     let store = SqliteStore::open(dir.path()).unwrap();
     let rt = Runtime::builder()
         .store(store.clone())
-        .register::<Fleeting>()
+        .register_snapshot::<Fleeting>()
         .passivation_interval(Duration::from_millis(1))
         .start()
         .await

@@ -24,8 +24,8 @@ fn shard(kind: &str, id: &str) -> ShardId {
 async fn unclaimed(store: &MemoryStore) -> Runtime {
     Runtime::builder()
         .store(store.clone())
-        .register::<Counter>()
-        .register::<Alarm>()
+        .register_snapshot::<Counter>()
+        .register_snapshot::<Alarm>()
         .start_unclaimed()
         .await
         .unwrap()
@@ -178,8 +178,8 @@ async fn messages_to_entities_on_another_node_are_carried_and_applied_once() {
     let start = || async {
         Runtime::builder()
             .store(store.clone())
-            .register::<Sender>()
-            .register::<Inbox>()
+            .register_snapshot::<Sender>()
+            .register_snapshot::<Inbox>()
             .start_unclaimed()
             .await
             .unwrap()
@@ -279,8 +279,8 @@ async fn a_row_delivered_here_is_not_applied_again_when_carried_in() {
     let store = MemoryStore::new();
     let b = Runtime::builder()
         .store(store.clone())
-        .register::<Sender>()
-        .register::<Inbox>()
+        .register_snapshot::<Sender>()
+        .register_snapshot::<Inbox>()
         .start_unclaimed()
         .await
         .unwrap();
@@ -338,7 +338,7 @@ async fn a_node_that_takes_its_shard_back_reads_what_others_wrote_meanwhile() {
     let start = || async {
         Runtime::builder()
             .store(store.clone())
-            .register::<Counter>()
+            .register_snapshot::<Counter>()
             .register_journal::<Ledger>()
             .start_unclaimed()
             .await
@@ -461,7 +461,7 @@ async fn a_read_is_not_released_once_its_node_stopped_serving_the_shard() {
     let store = MemoryStore::new();
     let a = Runtime::builder()
         .store(store.clone())
-        .register::<Stalling>()
+        .register_snapshot::<Stalling>()
         .start_unclaimed()
         .await
         .unwrap();

@@ -2,7 +2,7 @@
 //!
 //! Messages, as JSON: `{"add": 5}`, `"get"`, and `{"transfer": {"to": "c2", "amount": 5}}`,
 //! which takes the amount from this counter and adds it to counter `c2` by a message sent
-//! exactly once (`ctx.send`): whatever crashes, the sum of all counters stays the same. All
+//! exactly once (`ctx.tell`): whatever crashes, the sum of all counters stays the same. All
 //! answer `{"value": N}`.
 
 use perennial_core::{Ctx, Process, Rejection};
@@ -91,7 +91,7 @@ impl Process for Counter {
                     });
                 }
                 self.add(amount.checked_neg().unwrap_or(i64::MAX))?;
-                ctx.send::<Counter>(to, CounterMsg::Add(amount));
+                ctx.tell::<Counter>(to, CounterMsg::Add(amount));
             }
         }
         Ok(CounterReply { value: self.value })

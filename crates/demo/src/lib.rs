@@ -45,15 +45,15 @@ use perennial_core::{Builder, Snapshots};
 /// [`cache::SNAPSHOT_EVERY`] steps, `queue` as `Snapshot` with its effect [`queue::Work`].
 pub fn register(builder: Builder) -> Builder {
     builder
-        .register::<Counter>()
-        .register::<Cart>()
-        .register::<Probe>()
+        .register_snapshot::<Counter>()
+        .register_snapshot::<Cart>()
+        .register_snapshot::<Probe>()
         .register_effect::<probe::Echo<Probe>>()
         .register_journal_with_snapshots::<JournalProbe>(Snapshots::every(
             probe::JOURNAL_SNAPSHOT_EVERY,
         ))
         .register_effect::<probe::Echo<JournalProbe>>()
-        .register::<Queue>()
+        .register_snapshot::<Queue>()
         .register_effect::<queue::Work>()
         .register_journal_with_snapshots::<PokerTable>(
             Snapshots::every(table::SNAPSHOT_EVERY).keep_history(table::HISTORY_STEPS),

@@ -89,7 +89,7 @@ fn handle<P: Process<Msg = ProbeMsg>>(
     match msg {
         ProbeMsg::Append(token) => probe.tokens.push(token),
         ProbeMsg::Forward { token, to } => {
-            ctx.send::<P>(to, ProbeMsg::Append(token.clone()));
+            ctx.tell::<P>(to, ProbeMsg::Append(token.clone()));
             probe.tokens.push(token);
         }
         ProbeMsg::Schedule { token, ms } => {

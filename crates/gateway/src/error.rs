@@ -245,9 +245,9 @@ impl From<AdminError> for ApiError {
         let code = error.code().to_owned();
         let (status, message) = match &error {
             AdminError::Entity(e) => return Self::from(e.clone()),
-            AdminError::UnknownKind(_) | AdminError::NoSuchLetter(_) => {
-                (StatusCode::NOT_FOUND, error.to_string())
-            }
+            AdminError::UnknownKind(_)
+            | AdminError::NoSuchLetter(_)
+            | AdminError::NoSuchEntity(_) => (StatusCode::NOT_FOUND, error.to_string()),
             AdminError::InvalidId(_)
             | AdminError::NotStored(_)
             | AdminError::NotIndexable(_)

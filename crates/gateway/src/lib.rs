@@ -9,7 +9,7 @@
 //!   answer is `200` with the JSON reply, sent only once the step is durable. With an
 //!   `Idempotency-Key` header (1 to 256 bytes), a retry with the same key gets the first
 //!   reply, byte for byte, and the message is not applied again (see
-//!   [`perennial_core::Handle::call_idempotent`]).
+//!   [`perennial_core::EntityRef::call_idempotent`]).
 //! - `GET /healthz`: `200 {"status":"ok"}` while the node serves; it needs no token.
 //! - `GET /console`: the web console (module `console`), a page over the admin API; the page
 //!   itself needs no token, every view it shows needs the admin token.

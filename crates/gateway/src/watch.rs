@@ -72,7 +72,7 @@ async fn stream(
     let changes = rt.watch(kind, id)?;
     let current = match rt.admin().durable_state(kind, id).await {
         Ok(state) => Some(Event::default().event("state").data(state)),
-        Err(AdminError::Entity(CallError::NoHistory { .. })) => None,
+        Err(AdminError::NoSuchEntity(_)) => None,
         Err(e) => return Err(e.into()),
     };
     let first = futures::stream::iter(current.map(Ok));

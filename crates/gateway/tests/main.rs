@@ -64,7 +64,7 @@ async fn gateway() -> (Router, Runtime, FaultyStore<MemoryStore>) {
 async fn gateway_with(mut options: Options) -> (Router, Runtime, FaultyStore<MemoryStore>) {
     let store = FaultyStore::new(MemoryStore::new());
     let rt = perennial_demo::register(Runtime::builder().store(store.clone()))
-        .register::<Fragile>()
+        .register_snapshot::<Fragile>()
         .max_inflight(4)
         .max_attempts(2)
         .start()

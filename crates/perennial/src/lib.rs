@@ -33,7 +33,7 @@
 //! # let dir = tempfile::tempdir()?;
 //! let rt = Runtime::builder()
 //!     .store(SqliteStore::open(dir.path())?)
-//!     .register::<Cart>()
+//!     .register_snapshot::<Cart>()
 //!     .start()
 //!     .await?;
 //! // Durable on disk before `call` returns.
@@ -50,7 +50,7 @@ pub use perennial_core::{
     Snapshots, TimerId, schema_version,
 };
 // Running them: the runtime, its builder, handles to entities, watches.
-pub use perennial_core::{Builder, EntityId, EntityKey, Handle, Runtime, StateChange, Watch};
+pub use perennial_core::{Builder, EntityId, EntityKey, EntityRef, Runtime, StateChange, Watch};
 // What can go wrong, and the counters.
 pub use perennial_core::{
     CallError, CommitStats, Histogram, JsonRejection, KindStats, Overload, StartError, Stats,

@@ -311,9 +311,13 @@ mod tests {
 
     #[test]
     fn root_exports_map_names_to_their_modules() {
-        let exports = root_exports("pub use runtime::{Runtime, Stats};\npub use handle::Handle;");
+        let exports =
+            root_exports("pub use runtime::{Runtime, Stats};\npub use entity_ref::EntityRef;");
         assert_eq!(exports.get("Stats").map(String::as_str), Some("runtime"));
-        assert_eq!(exports.get("Handle").map(String::as_str), Some("handle"));
+        assert_eq!(
+            exports.get("EntityRef").map(String::as_str),
+            Some("entity_ref")
+        );
     }
 
     #[test]

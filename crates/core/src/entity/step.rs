@@ -175,7 +175,7 @@ impl<K: Process> Cell<K> {
         if !work.rows.is_empty() && matches!(self.kind.mode, Mode::Ephemeral { .. }) {
             return Err(format!(
                 "kind {:?} is ephemeral: its timers, messages and effects would outlive its \
-                 state; register it with `register` or `register_journal` to use them",
+                 state; register it with `register_snapshot` or `register_journal` to use them",
                 K::KIND
             ));
         }
@@ -186,7 +186,7 @@ impl<K: Process> Cell<K> {
                 && !engine.kind_names.contains(kind)
             {
                 return Err(format!(
-                    "the step is invalid: ctx.send to kind {kind:?}, which is not registered"
+                    "the step is invalid: ctx.tell to kind {kind:?}, which is not registered"
                 ));
             }
             if let Some(name) = row.effect

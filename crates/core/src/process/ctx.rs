@@ -318,11 +318,11 @@ impl<'a, K: Process> Ctx<'a, K> {
     /// reply is not returned; it answers, if it wants to, by sending a message back.
     ///
     /// An invalid id or a kind not registered with the runtime fails the step, like a panic.
-    pub fn send<T: Process>(&mut self, id: impl AsRef<str>, msg: T::Msg) {
+    pub fn tell<T: Process>(&mut self, id: impl AsRef<str>, msg: T::Msg) {
         let target = match EntityId::new(id.as_ref()) {
             Ok(target) => target,
             Err(e) => {
-                self.invalid(format!("ctx.send to {}: {e}", T::KIND));
+                self.invalid(format!("ctx.tell to {}: {e}", T::KIND));
                 return;
             }
         };

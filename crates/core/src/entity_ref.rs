@@ -1,4 +1,4 @@
-//! [`Handle`]: a cheap, typed address of one entity, and its calls.
+//! [`EntityRef`]: a cheap, typed address of one entity, and its calls.
 
 use std::fmt;
 use std::sync::Arc;
@@ -10,22 +10,22 @@ use crate::entity;
 use crate::kind::KindRt;
 use crate::{CallError, Process};
 
-/// A handle's kind and entity id, borrowed.
+/// The kind and entity id of an [`EntityRef`], borrowed.
 type Target<'a, K> = (&'a Arc<KindRt<K>>, &'a EntityId);
 
 /// A cheap, cloneable address of one entity of kind `K`. See [`Runtime::get`](crate::Runtime::get).
-pub struct Handle<K: Process> {
+pub struct EntityRef<K: Process> {
     target: Result<(Arc<KindRt<K>>, EntityId), CallError>,
 }
 
-impl<K: Process> Handle<K> {
+impl<K: Process> EntityRef<K> {
     /// A handle to `target`, or one whose calls fail with why there is none.
     pub(crate) fn new(target: Result<(Arc<KindRt<K>>, EntityId), CallError>) -> Self {
         Self { target }
     }
 }
 
-impl<K: Process> Clone for Handle<K> {
+impl<K: Process> Clone for EntityRef<K> {
     fn clone(&self) -> Self {
         Self {
             target: self.target.clone(),
@@ -33,9 +33,9 @@ impl<K: Process> Clone for Handle<K> {
     }
 }
 
-impl<K: Process> fmt::Debug for Handle<K> {
+impl<K: Process> fmt::Debug for EntityRef<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut d = f.debug_struct("Handle");
+        let mut d = f.debug_struct("EntityRef");
         d.field("kind", &K::KIND);
         match &self.target {
             Ok((_, id)) => d.field("id", id),
@@ -45,7 +45,7 @@ impl<K: Process> fmt::Debug for Handle<K> {
     }
 }
 
-impl<K: Process> Handle<K> {
+impl<K: Process> EntityRef<K> {
     /// Watches the entity: [`Watch::next`](crate::Watch::next) gives each change of its
     /// state (as JSON, with its version) once the step that made it is durable, never
     /// before. Steps that leave the state as it was give none.
@@ -67,7 +67,7 @@ impl<K: Process> Handle<K> {
     /// # }
     /// # #[tokio::main]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let rt = Runtime::builder().store(MemoryStore::new()).register::<Counter>().start().await?;
+    /// let rt = Runtime::builder().store(MemoryStore::new()).register_snapshot::<Counter>().start().await?;
     /// let counter = rt.get::<Counter>("c1");
     /// let mut changes = counter.watch()?;
     /// counter.call(5).await?;
@@ -123,7 +123,7 @@ impl<K: Process> Handle<K> {
     /// # }
     /// # #[tokio::main]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let rt = Runtime::builder().store(MemoryStore::new()).register::<Counter>().start().await?;
+    /// let rt = Runtime::builder().store(MemoryStore::new()).register_snapshot::<Counter>().start().await?;
     /// let c = rt.get::<Counter>("c1");
     /// assert_eq!(c.call_idempotent("payment-17", 5).await?, 5);
     /// assert_eq!(c.call_idempotent("payment-17", 5).await?, 5, "not applied twice");
@@ -139,11 +139,6 @@ impl<K: Process> Handle<K> {
         let (kind, id) = self.target()?;
         let via = entity::Via::idempotent(key.as_ref()).map_err(CallError::widen)?;
         entity::call(kind, id, msg, via).await
-    }
-
-    /// Sends `msg` and waits until the step it caused is durable, without the reply.
-    pub async fn send(&self, msg: K::Msg) -> Result<(), CallError<K::Error>> {
-        self.call(msg).await.map(drop)
     }
 
     fn target(&self) -> Result<Target<'_, K>, CallError<K::Error>> {
