@@ -305,8 +305,8 @@ pub(crate) async fn rebuild<K: Process>(
             }
             // A life that follows a deletion starts where the deleted one ended, with the
             // `init` entry of its first step.
-            let starts_a_life = rebuilt.state.is_none() && after == 0 && has_init(entry);
-            if entry.step != after + 1 && !starts_a_life {
+            let starts_a_life = || rebuilt.state.is_none() && after == 0 && has_init(entry);
+            if entry.step != after + 1 && !starts_a_life() {
                 // Steps are numbered one by one, and a trim only deletes steps a snapshot
                 // covers: a hole means lost entries, and replaying past it would build a
                 // state the entity never had.
