@@ -361,6 +361,8 @@ pub enum PendingClass {
     Message,
     /// An effect to run after the step.
     Effect,
+    /// An ask of another entity, whose answer comes back to the entity.
+    Ask,
 }
 
 /// The body of `POST /v1/admin/kinds/{kind}/migrate`; every field may be left out.

@@ -99,6 +99,10 @@ pub enum Request {
         id: String,
         /// The message, as JSON.
         body: String,
+        /// Whether the row is an ask: the receiver keeps its reply and answers it
+        /// ([`Delivered::Answered`]) instead of deleting the row.
+        #[serde(default)]
+        ask: bool,
     },
 }
 
@@ -145,8 +149,15 @@ pub enum Delivered {
     Applied,
     /// Nothing to do (a cancelled timer).
     Skipped,
-    /// The target refused it; it is dropped.
-    Refused(String),
+    /// An ask was applied (durably): the target's reply, as JSON.
+    Answered(String),
+    /// The target refused it; it is dropped (an ask's asker is told).
+    Refused {
+        /// The rejection's stable name.
+        code: String,
+        /// The rejection's text.
+        message: String,
+    },
     /// Not applied now; deliver it again later.
     Retry(String),
     /// It can never be applied; it becomes a dead letter.

@@ -23,10 +23,19 @@ use perennial_types::EntityKey;
 pub enum Delivery {
     /// The step that applied the row is durable; it deleted the row.
     Applied,
+    /// The step that applied an ask is durable; its reply, as JSON. The row is still stored:
+    /// it is the asker's step applying the answer that deletes it.
+    Answered(String),
     /// The row was cancelled before it was applied: nothing to do.
     Skipped,
-    /// The handler refused the message. Refusing changes nothing, so the row is deleted.
-    Refused(String),
+    /// The handler refused the message: `code` is its rejection's stable name, `message` its
+    /// text. Refusing changes nothing, so the row is deleted (an ask's asker is told).
+    Refused {
+        /// The rejection's [`code`](crate::Rejection::code).
+        code: String,
+        /// The rejection's text.
+        message: String,
+    },
     /// It did not happen (storage failed, the entity is overloaded, the handler panicked
     /// fewer times than the dead-letter limit): try again later.
     Retry(String),
@@ -50,18 +59,44 @@ pub struct Parcel {
     pub target: EntityKey,
     /// The message, as JSON.
     pub body: Arc<str>,
+    /// Whether the row is an ask: the target keeps its reply under the row's key and answers
+    /// it ([`Delivery::Answered`]) without deleting the row.
+    pub ask: bool,
 }
 
 impl Parcel {
-    /// A parcel of row `seq` of `owner`, for `target`.
+    /// A parcel of message row `seq` of `owner`, for `target`.
     pub fn new(owner: EntityKey, seq: u64, target: EntityKey, body: Arc<str>) -> Self {
         Self {
             owner,
             seq,
             target,
             body,
+            ask: false,
         }
     }
+
+    /// A parcel of ask row `seq` of `owner`, for `target`, with the message for the target.
+    pub fn ask(owner: EntityKey, seq: u64, target: EntityKey, msg: Arc<str>) -> Self {
+        Self {
+            ask: true,
+            ..Self::new(owner, seq, target, msg)
+        }
+    }
+}
+
+/// How a target applies a delivered row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Applying {
+    /// A timer, a message, an effect's result or an answer on this node: the step that
+    /// applies it deletes it.
+    Row,
+    /// A message that another node may deliver too (carried, or in a cluster): applied under
+    /// a key made from the row's id, once however often delivered, and deleted.
+    KeyedRow,
+    /// An ask's message: applied under the row's key, once, its reply kept under that key and
+    /// answered; the row stays (the asker's step deletes it).
+    Ask,
 }
 
 /// Carries message rows to the nodes that serve their targets; a cluster layer implements it.

@@ -22,12 +22,13 @@ use std::time::Duration;
 
 use perennial_faults::failpoint;
 use perennial_storage::{DeadLetter, DeadLetterWrite, Pending, PendingClass, PendingDone};
-use perennial_types::{Epoch, shard_of};
+use perennial_types::{EntityKey, Epoch, shard_of};
 
-use crate::courier::Delivery;
+use crate::courier::{Applying, Delivery, Parcel};
 use crate::due::{LOOKAHEAD, RowId};
 use crate::dyn_kind::DynKind;
 use crate::engine::Engine;
+use crate::process::ask::{AskBody, AskError, answer_message, asked_json};
 use crate::process::effect::{EffectBody, EffectId};
 
 /// How long a failed delivery waits before it is tried again, at first and at most.
@@ -127,62 +128,91 @@ fn millis(d: Duration) -> i64 {
 
 /// Delivers one row, retrying until it is applied, refused or poison, or the runtime closes.
 async fn deliver(engine: Arc<Engine>, kinds: Arc<Kinds>, row: Pending, epoch: Epoch) {
-    let mut backoff = RETRY_FIRST;
     // An effect's work runs once per delivery task; only its result's delivery is retried.
     let mut body = Arc::clone(&row.body);
-    if row.class == PendingClass::Effect {
-        match run_effect(&engine, &row).await {
+    match row.class {
+        PendingClass::Ask => return ask(&engine, &kinds, &row, epoch).await,
+        PendingClass::Effect => match run_effect(&engine, &row).await {
             Ok(msg) => {
                 failpoint!("effect.finished");
                 body = Arc::from(msg);
             }
             Err(outcome) => return settle(&engine, &row, outcome),
-        }
+        },
+        PendingClass::Timer | PendingClass::Message => {}
     }
     failpoint!("dispatch.deliver");
+    // In a cluster, a node that lost the owner's shard may still be delivering the row
+    // while the new owner delivers it too: every delivery then keeps its reply under a
+    // key made from the row's id, so whichever comes second is not applied again.
+    let applying = if engine.shards.shared {
+        Applying::KeyedRow
+    } else {
+        Applying::Row
+    };
+    let to = Target {
+        key: &row.target,
+        body,
+        applying,
+    };
+    let outcome = attempt(&engine, &kinds, &row, epoch, to).await;
+    settle(&engine, &row, outcome);
+}
+
+/// Where a delivery goes: the entity, the message (JSON), and how the entity applies it.
+#[derive(Clone)]
+struct Target<'a> {
+    key: &'a EntityKey,
+    body: Arc<str>,
+    applying: Applying,
+}
+
+/// Delivers a message of `row` to `to` until it is applied, refused or poison, the owner's
+/// shard is no longer served under `epoch` ([`Delivery::Skipped`]), or the runtime closes
+/// ([`Delivery::Retry`]).
+async fn attempt(
+    engine: &Engine,
+    kinds: &Kinds,
+    row: &Pending,
+    epoch: Epoch,
+    to: Target<'_>,
+) -> Delivery {
+    let mut backoff = RETRY_FIRST;
     let owner_shard = shard_of(&row.owner.kind, row.owner.id.as_str());
     loop {
         // A paused or quarantined target gets nothing; the row waits, in memory and in
         // storage.
-        engine
-            .pauses
-            .held(&row.target, || engine.is_closing())
-            .await;
-        engine
-            .quarantine
-            .held(&row.target, || engine.is_closing())
-            .await;
+        engine.pauses.held(to.key, || engine.is_closing()).await;
+        engine.quarantine.held(to.key, || engine.is_closing()).await;
+        let row_id = RowId::of(row);
+        if row.class == PendingClass::Ask && engine.due.is_cancelled(&row_id) {
+            // Its asker was deleted meanwhile, and the ask with it.
+            return Delivery::Skipped;
+        }
         if engine.shards.epoch(owner_shard) != Some(epoch) {
             // Handed off, or the lease lapsed (and perhaps taken again, with a new epoch): the
             // row may have been applied elsewhere meanwhile. Whoever serves the shard now
             // reads it from storage, if it is still there.
-            return settle(&engine, &row, Delivery::Skipped);
+            return Delivery::Skipped;
         }
-        let Some(kind) = kinds.get(&*row.target.kind) else {
-            let detail = format!("kind {:?} is not registered", row.target.kind);
-            return settle(&engine, &row, Delivery::Poison(detail));
+        let Some(kind) = kinds.get(&*to.key.kind) else {
+            return Delivery::Poison(format!("kind {:?} is not registered", to.key.kind));
         };
-        // In a cluster, a node that lost the owner's shard may still be delivering the row
-        // while the new owner delivers it too: every delivery then keeps its reply under a
-        // key made from the row's id, so whichever comes second is not applied again.
         let mut outcome = Arc::clone(kind)
-            .deliver(
-                row.target.id.clone(),
-                Arc::clone(&body),
-                RowId::of(&row),
-                engine.shards.shared,
-            )
+            .deliver(to.key.id.clone(), Arc::clone(&to.body), row_id, to.applying)
             .await;
         if outcome == Delivery::NotServed {
             // Another node serves the target: the cluster's courier carries the row there.
             outcome = match engine.courier.get() {
                 Some(courier) => {
-                    let parcel = crate::courier::Parcel::new(
-                        row.owner.clone(),
-                        row.seq,
-                        row.target.clone(),
-                        Arc::clone(&body),
-                    );
+                    let (owner, target, body) =
+                        (row.owner.clone(), to.key.clone(), Arc::clone(&to.body));
+                    let parcel = match to.applying {
+                        Applying::Ask => Parcel::ask(owner, row.seq, target, body),
+                        Applying::Row | Applying::KeyedRow => {
+                            Parcel::new(owner, row.seq, target, body)
+                        }
+                    };
                     match courier.carry(parcel).await {
                         Delivery::NotServed => Delivery::Retry("the target moved".into()),
                         outcome => outcome,
@@ -194,15 +224,70 @@ async fn deliver(engine: Arc<Engine>, kinds: Arc<Kinds>, row: Pending, epoch: Ep
         match outcome {
             Delivery::Retry(detail) => {
                 if engine.is_closing() {
-                    return settle(&engine, &row, Delivery::Retry(detail));
+                    return Delivery::Retry(detail);
                 }
                 tracing::debug!(owner = %row.owner, seq = row.seq, %detail, "delivery failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(RETRY_MAX);
             }
-            outcome => return settle(&engine, &row, outcome),
+            outcome => return outcome,
         }
     }
+}
+
+/// Delivers an ask (see `process::ask`): its message to the target, until the target
+/// answered or the deadline passed; then the answer, made into the asker's message, to the
+/// asker, whose step deletes the row.
+async fn ask(engine: &Engine, kinds: &Kinds, row: &Pending, epoch: Epoch) {
+    let body: AskBody<'_> = match serde_json::from_str(&row.body) {
+        Ok(body) => body,
+        Err(e) => {
+            let detail = format!("the stored ask does not decode: {e}");
+            return settle(engine, row, Delivery::Poison(detail));
+        }
+    };
+    failpoint!("dispatch.deliver");
+    let to = Target {
+        key: &row.target,
+        body: Arc::from(body.msg.get()),
+        applying: Applying::Ask,
+    };
+    let asked = attempt(engine, kinds, row, epoch, to);
+    // `None`: the deadline passed first.
+    let outcome = match body.deadline_ms {
+        None => Some(asked.await),
+        Some(deadline_ms) => match u64::try_from(deadline_ms - crate::clock::now_ms()) {
+            Ok(left) if left > 0 => tokio::time::timeout(Duration::from_millis(left), asked)
+                .await
+                .ok(),
+            _ => None,
+        },
+    };
+    let result = match outcome {
+        None => Err(AskError::TimedOut),
+        Some(Delivery::Answered(reply)) => Ok(reply),
+        Some(Delivery::Refused { code, message }) => Err(AskError::Refused { code, message }),
+        Some(Delivery::Poison(detail)) => Err(AskError::Failed(detail)),
+        Some(Delivery::Applied) => Err(AskError::Failed("the target did not reply".into())),
+        // The owner's shard was lost, or the runtime closes: the row waits in storage.
+        Some(Delivery::Skipped | Delivery::Retry(_) | Delivery::NotServed) => {
+            return settle(engine, row, Delivery::Skipped);
+        }
+    };
+    failpoint!("dispatch.asked");
+    let answer = asked_json(row.seq, result.as_deref().map_err(Clone::clone))
+        .and_then(|answer| answer_message(&body, answer));
+    let answer = match answer {
+        Ok(answer) => answer,
+        Err(detail) => return settle(engine, row, Delivery::Poison(detail)),
+    };
+    let to = Target {
+        key: &row.owner,
+        body: Arc::from(answer),
+        applying: Applying::Row,
+    };
+    let outcome = attempt(engine, kinds, row, epoch, to.clone()).await;
+    settle_as(engine, row, outcome, &to);
 }
 
 /// Runs an effect's work; returns its result message (JSON). A panicking effect runs again
@@ -247,19 +332,33 @@ fn start_effect(
 
 /// Ends a delivery: the row leaves memory, and a refused or poison row is deleted.
 fn settle(engine: &Engine, row: &Pending, outcome: Delivery) {
+    let to = Target {
+        key: &row.target,
+        body: Arc::clone(&row.body),
+        applying: Applying::Row,
+    };
+    settle_as(engine, row, outcome, &to);
+}
+
+/// [`settle`]s a row whose last delivery went `to`: a poison one becomes a dead letter for
+/// that entity, with that message (an ask's answer, for an ask).
+fn settle_as(engine: &Engine, row: &Pending, outcome: Delivery, to: &Target<'_>) {
     match &outcome {
-        Delivery::Applied => {
+        Delivery::Applied | Delivery::Answered(_) => {
             engine.due.count_fired();
         }
         Delivery::Skipped | Delivery::Retry(_) | Delivery::NotServed => {}
-        Delivery::Refused(detail) | Delivery::Poison(detail) => {
+        Delivery::Refused {
+            message: detail, ..
+        }
+        | Delivery::Poison(detail) => {
             engine.due.count_fired();
             let poison = matches!(outcome, Delivery::Poison(_));
             if poison {
-                tracing::error!(owner = %row.owner, seq = row.seq, target = %row.target, %detail,
+                tracing::error!(owner = %row.owner, seq = row.seq, target = %to.key, %detail,
                     "a timer, message or effect cannot be applied; it is kept as a dead letter");
             } else {
-                tracing::info!(owner = %row.owner, seq = row.seq, target = %row.target, %detail,
+                tracing::info!(owner = %row.owner, seq = row.seq, target = %to.key, %detail,
                     "the target refused a timer or message; it is dropped");
             }
             // Written under the row owner's shard: this node serves it (it delivers the row).
@@ -272,8 +371,8 @@ fn settle(engine: &Engine, row: &Pending, outcome: Delivery) {
                 shard,
                 epoch,
                 letter: DeadLetter {
-                    key: row.target.clone(),
-                    message: row.body.to_string(),
+                    key: to.key.clone(),
+                    message: to.body.to_string(),
                     error: detail.clone(),
                     attempts: 1,
                     at_ms: crate::clock::now_ms(),

@@ -37,6 +37,13 @@ impl RowId {
     }
 }
 
+/// Whether rows of `class` go to another entity as soon as possible, in a lane: messages and
+/// asks (an ask holds its lane until its answer is applied, so what the asker sends the same
+/// target after it is applied after it).
+fn in_lane(class: PendingClass) -> bool {
+    matches!(class, PendingClass::Message | PendingClass::Ask)
+}
+
 /// A messages lane: the rows from one entity to another, applied one at a time, in order.
 type Pair = (EntityKey, EntityKey);
 
@@ -97,7 +104,7 @@ impl DueRows {
         let mut state = self.state.lock();
         let mut wake = false;
         for row in created {
-            let soon = row.class == PendingClass::Message || row.due_ms <= state.horizon_ms;
+            let soon = in_lane(row.class) || row.due_ms <= state.horizon_ms;
             if soon && state.known.len() < MAX_IN_MEMORY {
                 wake |= state.add(row);
             } else if soon {
@@ -142,11 +149,11 @@ impl DueRows {
             .retain(|(owner, _), lane| lane.busy || !lane.rows.is_empty() || !owned(owner));
     }
 
-    /// Drops the rows that deleted entities addressed to themselves (their timers, effects
-    /// and messages to themselves: storage deleted them with the entity). A row of theirs in
-    /// flight is marked deleted, like a cancelled timer, so that no new life applies it; a
-    /// message to another entity in flight is delivered all the same (the mark is only read
-    /// for an entity's own rows).
+    /// Drops the rows that die with deleted entities (their timers, effects, messages to
+    /// themselves and asks: storage deleted them with the entity). A row of theirs in flight
+    /// is marked deleted, like a cancelled timer, so that no new life applies it and an ask
+    /// goes no further; a message to another entity in flight is delivered all the same (the
+    /// mark is only read for an entity's own rows and for asks).
     pub(crate) fn forget_to_self(&self, owners: &[EntityKey]) {
         if owners.is_empty() {
             return;
@@ -154,11 +161,11 @@ impl DueRows {
         let mut state = self.state.lock();
         let to_self = |state: &State, id: &RowId| {
             state.inflight.contains_key(id)
-                || state.rows.get(id).is_some_and(Pending::is_to_self)
-                || state
-                    .lanes
-                    .get(&(id.owner.clone(), id.owner.clone()))
-                    .is_some_and(|lane| lane.rows.contains_key(&id.seq))
+                || state.rows.get(id).is_some_and(Pending::dies_with_owner)
+                || state.lanes.iter().any(|((owner, _), lane)| {
+                    *owner == id.owner
+                        && lane.rows.get(&id.seq).is_some_and(Pending::dies_with_owner)
+                })
         };
         let gone: Vec<RowId> = state
             .known
@@ -260,7 +267,7 @@ impl State {
         if !self.known.insert(id.clone()) {
             return false;
         }
-        if row.class == PendingClass::Message {
+        if in_lane(row.class) {
             let pair = (row.owner.clone(), row.target.clone());
             let lane = self.lanes.entry(pair.clone()).or_default();
             let was_idle = !lane.busy && lane.rows.is_empty();
@@ -343,7 +350,7 @@ impl State {
         if let Some(scan) = &mut self.finished_during_scan {
             scan.insert(id);
         }
-        if row.class == PendingClass::Message {
+        if in_lane(row.class) {
             let pair = (row.owner.clone(), row.target.clone());
             if let Some(lane) = self.lanes.get_mut(&pair) {
                 lane.busy = false;

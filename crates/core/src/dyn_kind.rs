@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 
 use perennial_types::EntityId;
 
-use crate::courier::Delivery;
+use crate::courier::{Applying, Delivery};
 use crate::due::RowId;
 use crate::entity::Via;
 use crate::journal;
@@ -30,14 +30,13 @@ pub(crate) trait DynKind: Send + Sync {
     fn index(&self) -> u16;
 
     /// Delivers a pending row's message (JSON) to the entity; completes once it is applied
-    /// durably, refused, or failed. `keyed`: under an idempotency key made from the row's id
-    /// (in a cluster, where another node may deliver the same row), so it applies once.
+    /// durably, refused, or failed, applied as `applying` says.
     fn deliver(
         self: Arc<Self>,
         id: EntityId,
         msg: Arc<str>,
         row: RowId,
-        keyed: bool,
+        applying: Applying,
     ) -> BoxFuture<Delivery>;
 
     fn stats(&self) -> KindStats;
@@ -98,7 +97,7 @@ impl<K: Process> DynKind for KindRt<K> {
         id: EntityId,
         msg: Arc<str>,
         row: RowId,
-        keyed: bool,
+        applying: Applying,
     ) -> BoxFuture<Delivery> {
         Box::pin(async move {
             let msg: K::Msg = match serde_json::from_str(&msg) {
@@ -110,7 +109,7 @@ impl<K: Process> DynKind for KindRt<K> {
                     ));
                 }
             };
-            crate::entity::deliver_row(&self, &id, msg, row, keyed).await
+            crate::entity::deliver_row(&self, &id, msg, row, applying).await
         })
     }
 

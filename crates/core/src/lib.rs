@@ -140,6 +140,7 @@ pub use journal::{HistoryEntry, Snapshots};
 pub use kind::KindStats;
 pub use migration::{Migrate, MigrationReport, Progress, ReplayReport};
 pub use plumbing::Plumbing;
+pub use process::ask::{AskError, AskId, Asked};
 pub use process::ctx::{Ctx, Rng};
 pub use process::effect::{Effect, EffectId, TimerId};
 pub use process::{Migration, MigrationError, Persistence, Process};

@@ -77,7 +77,9 @@ impl Plumbing {
     }
 
     /// Applies a message row another node carried here ([`Courier`](crate::Courier)): once,
-    /// however often the same row is carried, and deleting the row in the same transaction.
+    /// however often the same row is carried, and deleting the row in the same transaction
+    /// (an ask's row stays: its reply is kept under the row's key and answered, see
+    /// [`Delivery::Answered`](crate::Delivery::Answered)).
     /// [`Delivery::NotServed`](crate::Delivery::NotServed) if this node does not serve the
     /// target's shard.
     pub async fn deliver(&self, parcel: crate::Parcel) -> crate::Delivery {
@@ -86,8 +88,13 @@ impl Plumbing {
             return crate::Delivery::Poison(detail);
         };
         let row = crate::due::RowId::new(parcel.owner, parcel.seq);
+        let applying = if parcel.ask {
+            crate::courier::Applying::Ask
+        } else {
+            crate::courier::Applying::KeyedRow
+        };
         Arc::clone(kind)
-            .deliver(parcel.target.id, parcel.body, row, true)
+            .deliver(parcel.target.id, parcel.body, row, applying)
             .await
     }
 

@@ -2,6 +2,7 @@
 
 mod activation;
 mod admin;
+mod ask;
 mod delete;
 mod durability;
 mod edges;

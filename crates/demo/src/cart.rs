@@ -1,19 +1,35 @@
-//! Kind `cart`: a shopping cart whose state has changed shape twice, to show state versions
-//! (`Snapshot`). Carts stored by older releases are migrated when they are read, and
-//! written back at version 3 by their next step or by `perennial migrate`.
+//! Kind `cart`: a shopping cart whose state has changed shape three times, to show state
+//! versions (`Snapshot`), and whose checkout asks the [`Inventory`] of each line to reserve
+//! it, to show asks between entities. Carts stored by older releases are migrated when they
+//! are read, and written back at version 4 by their next step or by `perennial migrate`.
 //!
 //! - Version 1: `{"items": {"tea": 2.5}}`: quantities of one, prices in dollars by SKU.
 //! - Version 2: `{"lines": [{"sku": "tea", "qty": 1, "price": 2.5}]}`: lines in order.
-//! - Version 3 (now): `{"lines": [{"sku", "qty", "cents"}], "currency": "USD"}`.
+//! - Version 3: `{"lines": [{"sku", "qty", "cents"}], "currency": "USD"}`.
+//! - Version 4 (now): version 3 with `"checkout": null` or the checkout in progress or done.
 //!
 //! Messages, as JSON: `{"add": {"sku": "tea", "qty": 2, "cents": 250}}`,
-//! `{"remove": "tea"}`, `"view"`. All answer the cart and its total in cents.
+//! `{"remove": "tea"}`, `"checkout"`, `"view"`. All answer the cart and its total in cents.
+//!
+//! `"checkout"` asks the inventory of each line (by SKU) to reserve the line's quantity, and
+//! answers at once with the checkout `reserving`; each inventory's answer comes back as a
+//! message of the cart's own (`reserved`), and once every line is answered the checkout is
+//! `reserved`, or `failed` with each refusal, in which case the lines that were reserved are
+//! released. A cart being checked out or reserved refuses changes (`checked_out`).
 
-use perennial_core::{Ctx, Migration, MigrationError, Process, Rejection};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use perennial_core::{AskId, Asked, Ctx, Migration, MigrationError, Process, Rejection};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-/// The state of a cart (schema version 3).
+use crate::inventory::{Inventory, InventoryMsg};
+
+/// How long a checkout waits for an inventory's answer.
+pub const RESERVE_WITHIN: Duration = Duration::from_secs(10);
+
+/// The state of a cart (schema version 4).
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cart {
@@ -21,6 +37,34 @@ pub struct Cart {
     pub lines: Vec<Line>,
     /// The currency of every price (`USD` for carts from before currencies).
     pub currency: String,
+    /// The latest checkout, if any.
+    pub checkout: Option<Checkout>,
+}
+
+/// A checkout: the cart asked the inventory of each line to reserve it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checkout {
+    /// Where it is.
+    pub status: CheckoutStatus,
+    /// The lines whose inventory has not answered yet, with the ask each answer carries.
+    pub waiting: BTreeMap<String, AskId>,
+    /// The lines reserved.
+    pub reserved: Vec<String>,
+    /// The lines that could not be, with why.
+    pub refused: BTreeMap<String, String>,
+}
+
+/// Where a checkout is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckoutStatus {
+    /// Waiting for inventories' answers.
+    Reserving,
+    /// Every line is reserved.
+    Reserved,
+    /// A line could not be reserved; the others were released.
+    Failed,
 }
 
 /// One line of a cart.
@@ -50,6 +94,15 @@ pub enum CartMsg {
     },
     /// Removes a product.
     Remove(String),
+    /// Asks the inventory of each line to reserve it.
+    Checkout,
+    /// An inventory's answer to a checkout (sent by the runtime, not by clients).
+    Reserved {
+        /// The line's product.
+        sku: String,
+        /// The inventory's answer.
+        answer: Asked<Inventory>,
+    },
     /// Reads the cart.
     View,
 }
@@ -72,6 +125,12 @@ pub enum CartError {
     /// The product is not in the cart.
     #[error("{0:?} is not in the cart")]
     NotInCart(String),
+    /// A checkout of an empty cart.
+    #[error("the cart is empty")]
+    Empty,
+    /// The cart is being checked out, or was: it can no longer change.
+    #[error("the cart is checked out")]
+    CheckedOut,
 }
 
 impl Rejection for CartError {
@@ -79,6 +138,8 @@ impl Rejection for CartError {
         match self {
             Self::NoQuantity => "no_quantity",
             Self::NotInCart(_) => "not_in_cart",
+            Self::Empty => "empty",
+            Self::CheckedOut => "checked_out",
         }
     }
 }
@@ -119,6 +180,15 @@ pub fn dollars_to_cents(mut v2: Value) -> Result<Value, MigrationError> {
     Ok(v2)
 }
 
+/// Version 3 to 4: carts get a checkout, none yet.
+pub fn add_checkout(mut v3: Value) -> Result<Value, MigrationError> {
+    let cart = v3
+        .as_object_mut()
+        .ok_or_else(|| MigrationError::new("a version 3 cart is an object"))?;
+    cart.insert("checkout".into(), Value::Null);
+    Ok(v3)
+}
+
 impl Cart {
     fn view(&self) -> CartView {
         let total_cents = self
@@ -135,7 +205,7 @@ impl Cart {
 
 impl Process for Cart {
     const KIND: &'static str = "cart";
-    const MIGRATIONS: &'static [Migration] = &[items_to_lines, dollars_to_cents];
+    const MIGRATIONS: &'static [Migration] = &[items_to_lines, dollars_to_cents, add_checkout];
     type Msg = CartMsg;
     type Reply = CartView;
     type Error = CartError;
@@ -144,8 +214,15 @@ impl Process for Cart {
         self.currency = "USD".into();
     }
 
-    fn handle(&mut self, msg: CartMsg, _ctx: &mut Ctx<'_, Self>) -> Result<CartView, CartError> {
+    fn handle(&mut self, msg: CartMsg, ctx: &mut Ctx<'_, Self>) -> Result<CartView, CartError> {
+        let locked = self
+            .checkout
+            .as_ref()
+            .is_some_and(|c| c.status != CheckoutStatus::Failed);
         match msg {
+            CartMsg::Add { .. } | CartMsg::Remove(_) | CartMsg::Checkout if locked => {
+                return Err(CartError::CheckedOut);
+            }
             CartMsg::Add { sku, qty, cents } => {
                 if qty == 0 {
                     return Err(CartError::NoQuantity);
@@ -165,9 +242,71 @@ impl Process for Cart {
                     return Err(CartError::NotInCart(sku));
                 }
             }
+            CartMsg::Checkout => self.checkout(ctx)?,
+            CartMsg::Reserved { sku, answer } => self.reserved(ctx, &sku, answer),
             CartMsg::View => {}
         }
         Ok(self.view())
+    }
+}
+
+impl Cart {
+    /// Asks each line's inventory to reserve it; the answers come as `Reserved`.
+    fn checkout(&mut self, ctx: &mut Ctx<'_, Self>) -> Result<(), CartError> {
+        if self.lines.is_empty() {
+            return Err(CartError::Empty);
+        }
+        let cart = ctx.id().to_string();
+        let mut waiting = BTreeMap::new();
+        for line in &self.lines {
+            let reserve = InventoryMsg::Reserve {
+                cart: cart.clone(),
+                qty: line.qty,
+            };
+            let sku = line.sku.clone();
+            let ask = ctx.ask_within::<Inventory>(&line.sku, reserve, RESERVE_WITHIN, |answer| {
+                CartMsg::Reserved { sku, answer }
+            });
+            waiting.insert(line.sku.clone(), ask);
+        }
+        self.checkout = Some(Checkout {
+            status: CheckoutStatus::Reserving,
+            waiting,
+            reserved: Vec::new(),
+            refused: BTreeMap::new(),
+        });
+        Ok(())
+    }
+
+    /// Records an inventory's answer; once every line is answered, the checkout is reserved,
+    /// or failed (and what was reserved is released). An answer to no ask of the current
+    /// checkout (a client sending `reserved` itself) changes nothing.
+    fn reserved(&mut self, ctx: &mut Ctx<'_, Self>, sku: &str, answer: Asked<Inventory>) {
+        let Some(checkout) = &mut self.checkout else {
+            return;
+        };
+        if checkout.waiting.get(sku) != Some(&answer.id) {
+            return;
+        }
+        checkout.waiting.remove(sku);
+        match answer.result {
+            Ok(_) => checkout.reserved.push(sku.to_owned()),
+            Err(e) => {
+                checkout.refused.insert(sku.to_owned(), e.to_string());
+            }
+        }
+        if !checkout.waiting.is_empty() {
+            return;
+        }
+        if checkout.refused.is_empty() {
+            checkout.status = CheckoutStatus::Reserved;
+            return;
+        }
+        checkout.status = CheckoutStatus::Failed;
+        let cart = ctx.id().to_string();
+        for sku in checkout.reserved.drain(..) {
+            ctx.tell::<Inventory>(sku, InventoryMsg::Release(cart.clone()));
+        }
     }
 }
 
@@ -179,7 +318,7 @@ mod tests {
     fn every_old_shape_migrates_to_the_current_one() {
         let v1 = json!({"items": {"tea": 2.5, "jam": 4}});
         let v3 = dollars_to_cents(items_to_lines(v1).unwrap()).unwrap();
-        let cart: Cart = serde_json::from_value(v3).unwrap();
+        let cart: Cart = serde_json::from_value(add_checkout(v3).unwrap()).unwrap();
         assert_eq!(cart.currency, "USD");
         let cents: Vec<(String, u64)> = cart.lines.into_iter().map(|l| (l.sku, l.cents)).collect();
         assert_eq!(cents, [("jam".into(), 400), ("tea".into(), 250)]);

@@ -2,8 +2,10 @@
 //!
 //! # Layout
 //! - [`counter`]: kind `counter`, an `i64` that messages add to.
-//! - [`cart`]: kind `cart`, a shopping cart whose state changed shape twice: its migrations
-//!   show state versions (`Snapshot`).
+//! - [`cart`]: kind `cart`, a shopping cart whose state changed shape three times: its
+//!   migrations show state versions (`Snapshot`); its checkout asks each line's inventory.
+//! - [`inventory`]: kind `inventory`, one product's stock, which carts ask to reserve items
+//!   (`Snapshot`).
 //! - [`table`]: kind `table`, a no-limit Texas hold'em table as a persistent process
 //!   (`Journal`, with snapshots: its shuffles replay identically).
 //! - [`cache`]: kind `cache`, a hot cache of megabytes updated by tiny messages (`Journal`:
@@ -22,6 +24,7 @@ pub mod cache;
 pub mod cart;
 pub mod counter;
 pub mod house;
+pub mod inventory;
 pub mod poker;
 pub mod probe;
 pub mod queue;
@@ -31,14 +34,15 @@ pub use cache::Cache;
 pub use cart::Cart;
 pub use counter::Counter;
 pub use house::House;
+pub use inventory::Inventory;
 pub use probe::{JournalProbe, Probe};
 pub use queue::Queue;
 pub use table::PokerTable;
 
 use perennial_core::{Builder, Snapshots};
 
-/// Registers every demo kind, each with the persistence it is meant to show: `counter` and
-/// `cart` as `Snapshot`, `table` as `Journal` with a snapshot every [`table::SNAPSHOT_EVERY`] steps,
+/// Registers every demo kind, each with the persistence it is meant to show: `counter`,
+/// `cart` and `inventory` as `Snapshot`, `table` as `Journal` with a snapshot every [`table::SNAPSHOT_EVERY`] steps,
 /// `probe` as `Snapshot` and `jprobe` as `Journal` with a snapshot every
 /// [`probe::JOURNAL_SNAPSHOT_EVERY`] steps (each with its effect [`probe::Echo`]), `house` as
 /// `Journal` without snapshots, `cache` as `Journal` with a snapshot every
@@ -47,6 +51,7 @@ pub fn register(builder: Builder) -> Builder {
     builder
         .register_snapshot::<Counter>()
         .register_snapshot::<Cart>()
+        .register_snapshot::<Inventory>()
         .register_snapshot::<Probe>()
         .register_effect::<probe::Echo<Probe>>()
         .register_journal_with_snapshots::<JournalProbe>(Snapshots::every(

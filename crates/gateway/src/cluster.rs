@@ -296,13 +296,18 @@ async fn run_here(rt: &Runtime, call: Request) -> Answer {
             kind,
             id,
             body,
+            ask,
         } => {
             let key =
                 |kind: String, id: String| EntityId::new(&id).map(|id| EntityKey::new(kind, id));
             let (Ok(owner), Ok(target)) = (key(owner_kind, owner_id), key(kind, id)) else {
                 return Answer::Delivered(Delivered::Poison("an invalid entity id".into()));
             };
-            let parcel = Parcel::new(owner, seq, target, Arc::from(body));
+            let parcel = if ask {
+                Parcel::ask(owner, seq, target, Arc::from(body))
+            } else {
+                Parcel::new(owner, seq, target, Arc::from(body))
+            };
             match Plumbing::of(rt).deliver(parcel).await {
                 Delivery::NotServed => Answer::NotServed,
                 delivery => Answer::Delivered(delivered(delivery)),
@@ -315,8 +320,9 @@ async fn run_here(rt: &Runtime, call: Request) -> Answer {
 fn delivered(delivery: Delivery) -> Delivered {
     match delivery {
         Delivery::Applied => Delivered::Applied,
+        Delivery::Answered(reply) => Delivered::Answered(reply),
         Delivery::Skipped => Delivered::Skipped,
-        Delivery::Refused(detail) => Delivered::Refused(detail),
+        Delivery::Refused { code, message } => Delivered::Refused { code, message },
         Delivery::Poison(detail) => Delivered::Poison(detail),
         other => Delivered::Retry(format!("{other:?}")),
     }
@@ -326,8 +332,9 @@ fn delivered(delivery: Delivery) -> Delivered {
 fn delivery(delivered: Delivered) -> Delivery {
     match delivered {
         Delivered::Applied => Delivery::Applied,
+        Delivered::Answered(reply) => Delivery::Answered(reply),
         Delivered::Skipped => Delivery::Skipped,
-        Delivered::Refused(detail) => Delivery::Refused(detail),
+        Delivered::Refused { code, message } => Delivery::Refused { code, message },
         Delivered::Retry(detail) => Delivery::Retry(detail),
         Delivered::Poison(detail) => Delivery::Poison(detail),
     }
@@ -357,6 +364,7 @@ impl Courier for ClusterCourier {
                         kind: parcel.target.kind.to_string(),
                         id: parcel.target.id.to_string(),
                         body: parcel.body.to_string(),
+                        ask: parcel.ask,
                     };
                     // Carrying a row again is safe: the receiver applies it once.
                     match router.forwarder.call(&address, call).await {

@@ -443,6 +443,78 @@ async fn messages_between_entities_on_different_nodes_arrive_once() {
     assert!(left.is_empty(), "rows left: {left:?}");
 }
 
+/// Carts check out against inventories spread over three nodes, and one node is killed
+/// (kill -9) while the asks are on their way: its shards move, every ask is applied once by
+/// its inventory and answered once to its cart, and no row is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asks_across_nodes_are_answered_once_across_a_kill_9() {
+    let lease = Duration::from_secs(2);
+    let Some(mut cluster) = LocalCluster::start(3, lease).await else {
+        return;
+    };
+    let http = Http::new();
+    cluster.settled(&http).await;
+    let (carts, skus) = (24_usize, 6_usize);
+    for s in 0..skus {
+        let addr = cluster.addr(s % 3);
+        let path = format!("/v1/inventory/s{s}");
+        crate::node::post_to(&http, addr, &path, r#"{"restock": 100}"#).await;
+    }
+    for c in 0..carts {
+        let addr = cluster.addr(c % 3);
+        for s in [c % skus, (c + 1) % skus] {
+            let line = format!(r#"{{"add": {{"sku": "s{s}", "qty": 1, "cents": 100}}}}"#);
+            crate::node::post_to(&http, addr, &format!("/v1/cart/c{c}"), &line).await;
+        }
+    }
+    let owners = cluster.owners().await;
+    assert!(
+        (0..carts).any(|c| owners[&shard_of("cart", &format!("c{c}"))]
+            != owners[&shard_of("inventory", &format!("s{}", c % skus))]),
+        "some ask crosses nodes"
+    );
+    for c in 0..carts {
+        let addr = cluster.addr(c % 3);
+        crate::node::post_to(&http, addr, &format!("/v1/cart/c{c}"), r#""checkout""#).await;
+    }
+    cluster.kill9(1);
+    let deadline = Instant::now() + lease + Duration::from_secs(30);
+    let addr = cluster.addr(0);
+    for c in 0..carts {
+        loop {
+            let (status, cart) = http
+                .post(addr, &format!("/v1/cart/c{c}"), r#""view""#)
+                .await
+                .unwrap();
+            if status == 200 && cart["cart"]["checkout"]["status"] == "reserved" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "c{c}: {status} {cart}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for s in 0..skus {
+        let stock =
+            crate::node::post_to(&http, addr, &format!("/v1/inventory/s{s}"), r#""view""#).await;
+        let reserved = stock["reserved"].as_object().unwrap();
+        assert_eq!(reserved.len(), carts * 2 / skus, "s{s}: {stock}");
+        assert!(
+            reserved.values().all(|n| n == 1),
+            "s{s}: reserved once per cart: {stock}"
+        );
+        assert_eq!(stock["available"], 100 - carts * 2 / skus, "s{s}: {stock}");
+    }
+    let mut options = perennial_storage_postgres::Options::default();
+    options.schema = cluster.schema.name().to_owned();
+    let store = perennial_storage_postgres::PostgresStore::connect_with(&cluster.url, options)
+        .await
+        .unwrap();
+    let left = perennial_storage::Store::due(&store, i64::MAX, 100)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "rows left: {left:?}");
+}
+
 /// kill -9 of a node under load: its leases expire, the others take its shards, the clients'
 /// calls (sent again with their idempotency keys) all succeed, and the checker finds nothing
 /// lost, doubled, reordered or split. Prints how long the killed node's probes were

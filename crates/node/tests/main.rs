@@ -4,6 +4,7 @@
 //! a data directory, fsyncs counted at the system call level, the operator's client
 //! subcommands, the configuration, and clusters of nodes on PostgreSQL.
 
+mod ask;
 mod browser;
 mod cli;
 mod cluster;

@@ -104,7 +104,7 @@ async fn perennial_migrate_rewrites_dormant_carts_and_resumes_after_sigkill() {
     let said = text(&dry);
     assert!(!dry.status.success(), "{said}");
     assert!(
-        said.contains("3000 of 3001 entities would migrate to schema version 3"),
+        said.contains("3000 of 3001 entities would migrate to schema version 4"),
         "{said}"
     );
     assert!(
@@ -124,7 +124,7 @@ async fn perennial_migrate_rewrites_dormant_carts_and_resumes_after_sigkill() {
     let midway = schemas(&data);
     let done = midway
         .iter()
-        .find(|(v, _)| *v == 3)
+        .find(|(v, _)| *v == 4)
         .map_or(0, |(_, n)| *n as u64);
     assert!(done > 0 && done < 3000, "{midway:?}");
 
@@ -146,7 +146,7 @@ async fn perennial_migrate_rewrites_dormant_carts_and_resumes_after_sigkill() {
         "migrated {} carts in {elapsed:?} (after {done} before the kill)",
         3000 - done
     );
-    assert_eq!(schemas(&data), [(2, 1), (3, 3000)]);
+    assert_eq!(schemas(&data), [(2, 1), (4, 3000)]);
     assert_eq!(
         stored(&data, "z-bad"),
         bad_before,
@@ -155,6 +155,7 @@ async fn perennial_migrate_rewrites_dormant_carts_and_resumes_after_sigkill() {
     let (state, _) = stored(&data, "c00042");
     let cart: Value = serde_json::from_str(&state).unwrap();
     assert_eq!(cart["currency"], "USD");
+    assert_eq!(cart["checkout"], Value::Null);
     let mut cents: Vec<(String, u64)> = cart["lines"]
         .as_array()
         .unwrap()
@@ -174,8 +175,8 @@ async fn perennial_migrate_rewrites_dormant_carts_and_resumes_after_sigkill() {
 async fn a_running_node_migrates_in_the_background_and_refuses_newer_state() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let future = r#"{"lines": [], "currency": "EUR", "vat": 20}"#;
-    old_carts(&data, 1000, &[("future", future, 4)]).await;
+    let future = r#"{"lines": [], "currency": "EUR", "checkout": null, "vat": 20}"#;
+    old_carts(&data, 1000, &[("future", future, 5)]).await;
     let node = start_with_admin(&data);
     let http = Http::new();
     let bearer = format!("Bearer {ADMIN}");
@@ -237,7 +238,7 @@ async fn a_running_node_migrates_in_the_background_and_refuses_newer_state() {
         "{reply}"
     );
     stop(node);
-    assert_eq!(schemas(&data), [(3, 1000), (4, 1)]);
+    assert_eq!(schemas(&data), [(4, 1000), (5, 1)]);
     assert_eq!(stored(&data, "future").0, future, "its bytes are untouched");
 
     // verify-replay names it, and writes nothing.

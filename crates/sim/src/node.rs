@@ -168,16 +168,20 @@ async fn serve(stream: TcpStream, rt: Runtime, cluster: Cluster) {
             kind,
             id,
             body,
+            ask,
         }) => {
             let keys = EntityId::new(&owner_id).and_then(|o| Ok((o, EntityId::new(&id)?)));
             let delivery = match keys {
                 Ok((owner, target)) => {
-                    let parcel = Parcel::new(
+                    let (owner, target) = (
                         EntityKey::new(owner_kind, owner),
-                        seq,
                         EntityKey::new(kind, target),
-                        body.into(),
                     );
+                    let parcel = if ask {
+                        Parcel::ask(owner, seq, target, body.into())
+                    } else {
+                        Parcel::new(owner, seq, target, body.into())
+                    };
                     Plumbing::of(&rt).deliver(parcel).await
                 }
                 Err(_) => Delivery::Poison("an invalid id".into()),
@@ -186,8 +190,11 @@ async fn serve(stream: TcpStream, rt: Runtime, cluster: Cluster) {
                 Delivery::NotServed => internal::Answer::NotServed,
                 Delivery::Applied => internal::Answer::Delivered(Delivered::Applied),
                 Delivery::Skipped => internal::Answer::Delivered(Delivered::Skipped),
-                Delivery::Refused(detail) => {
-                    internal::Answer::Delivered(Delivered::Refused(detail))
+                Delivery::Answered(reply) => {
+                    internal::Answer::Delivered(Delivered::Answered(reply))
+                }
+                Delivery::Refused { code, message } => {
+                    internal::Answer::Delivered(Delivered::Refused { code, message })
                 }
                 Delivery::Poison(detail) => internal::Answer::Delivered(Delivered::Poison(detail)),
                 other => internal::Answer::Delivered(Delivered::Retry(format!("{other:?}"))),
@@ -228,13 +235,15 @@ impl Courier for SimCourier {
                 kind: parcel.target.kind.to_string(),
                 id: parcel.target.id.to_string(),
                 body: parcel.body.to_string(),
+                ask: parcel.ask,
             });
             match ask(&address, &request, Duration::from_secs(2)).await {
                 Some(Response::Node(internal::Answer::NotServed)) => Delivery::NotServed,
                 Some(Response::Node(internal::Answer::Delivered(delivered))) => match delivered {
                     Delivered::Applied => Delivery::Applied,
                     Delivered::Skipped => Delivery::Skipped,
-                    Delivered::Refused(detail) => Delivery::Refused(detail),
+                    Delivered::Answered(reply) => Delivery::Answered(reply),
+                    Delivered::Refused { code, message } => Delivery::Refused { code, message },
                     Delivered::Retry(detail) => Delivery::Retry(detail),
                     Delivered::Poison(detail) => Delivery::Poison(detail),
                 },

@@ -74,7 +74,8 @@ DELETE FROM journal AS j USING unnest($1::text[], $2::text[]) AS t(k, i)
  WHERE j.kind = t.k AND j.id = t.i";
 const DELETE_OWNED: &str = "
 DELETE FROM pending AS p USING unnest($1::text[], $2::text[]) AS t(k, i)
- WHERE p.kind = t.k AND p.id = t.i AND p.target_kind = t.k AND p.target_id = t.i";
+ WHERE p.kind = t.k AND p.id = t.i
+   AND (p.class = 3 OR (p.target_kind = t.k AND p.target_id = t.i))";
 
 const LOCK_EPOCHS: &str =
     "SELECT shard, epoch FROM shards WHERE shard = ANY($1) ORDER BY shard FOR SHARE";

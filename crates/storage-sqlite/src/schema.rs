@@ -53,7 +53,7 @@
 //!     id          TEXT    NOT NULL,
 //!     seq         INTEGER NOT NULL,  -- unique per owner: (step << 20) + n
 //!     due         INTEGER NOT NULL,  -- milliseconds since the Unix epoch
-//!     class       INTEGER NOT NULL,  -- 0 timer, 1 message, 2 effect
+//!     class       INTEGER NOT NULL,  -- 0 timer, 1 message, 2 effect, 3 ask
 //!     target_kind TEXT    NOT NULL,  -- who gets the message (the owner, for timers, effects)
 //!     target_id   TEXT    NOT NULL,
 //!     body        TEXT    NOT NULL,  -- the message (JSON), or the effect {"effect", "input"}

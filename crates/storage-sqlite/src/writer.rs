@@ -606,7 +606,8 @@ fn delete_entities(tx: &Transaction<'_>, keys: &[EntityKey]) -> Result<(), Error
     for sql in [
         "DELETE FROM entities WHERE kind = ?1 AND id = ?2",
         "DELETE FROM journal WHERE kind = ?1 AND id = ?2",
-        "DELETE FROM pending WHERE kind = ?1 AND id = ?2 AND target_kind = ?1 AND target_id = ?2",
+        "DELETE FROM pending WHERE kind = ?1 AND id = ?2 \
+         AND (class = 3 OR (target_kind = ?1 AND target_id = ?2))",
     ] {
         let mut delete = tx.prepare_cached(sql).map_err(map_err)?;
         for key in keys {

@@ -1202,6 +1202,7 @@ pub async fn a_deleted_entity_is_gone_and_can_start_again(store: &dyn Store) {
             pending_write(to_self(pending(&a, 2, 20, PendingClass::Effect)), epoch),
             pending_write(pending(&a, 3, 30, PendingClass::Message), epoch),
             pending_write(to_self(pending(&a, 4, 40, PendingClass::Message)), epoch),
+            pending_write(pending(&a, 5, 50, PendingClass::Ask), epoch),
             pending_write(to_self(pending(&b, 1, 10, PendingClass::Timer)), epoch),
         ],
         replies: vec![reply_write(&a, epoch, "k1", "7", 100)],
@@ -1221,6 +1222,7 @@ pub async fn a_deleted_entity_is_gone_and_can_start_again(store: &dyn Store) {
             PendingClass::Effect,
             PendingClass::Message,
             PendingClass::Message,
+            PendingClass::Ask,
         ],
     );
     let (state, journal, rows, listed, found) = traces(store, &a).await;
@@ -1236,7 +1238,7 @@ pub async fn a_deleted_entity_is_gone_and_can_start_again(store: &dyn Store) {
     assert_eq!(
         traces(store, &a).await,
         (false, 0, vec![PendingClass::Message], false, false),
-        "state, journal and rows to itself gone; its message to another stays"
+        "state, journal, rows to itself and asks gone; its message to another stays"
     );
     assert_eq!(store.last_row(&a).await.unwrap(), Some(3));
     assert_eq!(store.last_row(&b).await.unwrap(), Some(1));

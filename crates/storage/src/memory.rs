@@ -141,7 +141,7 @@ impl Inner {
         let owned: Vec<u64> = self
             .pending
             .range((key.clone(), 0)..=(key.clone(), u64::MAX))
-            .filter(|(_, row)| row.is_to_self())
+            .filter(|(_, row)| row.dies_with_owner())
             .map(|((_, seq), _)| *seq)
             .collect();
         for seq in owned {

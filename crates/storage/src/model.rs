@@ -227,6 +227,9 @@ pub enum PendingClass {
     /// An effect: the body describes work to run outside the owner's handler; its result
     /// comes back to the owner as a message.
     Effect,
+    /// An ask: the body holds a message for the target and the owner's message to make from
+    /// the target's answer, which comes back to the owner.
+    Ask,
 }
 
 impl PendingClass {
@@ -236,6 +239,7 @@ impl PendingClass {
             Self::Timer => 0,
             Self::Message => 1,
             Self::Effect => 2,
+            Self::Ask => 3,
         }
     }
 
@@ -245,6 +249,7 @@ impl PendingClass {
             0 => Some(Self::Timer),
             1 => Some(Self::Message),
             2 => Some(Self::Effect),
+            3 => Some(Self::Ask),
             _ => None,
         }
     }
@@ -270,10 +275,11 @@ pub struct Pending {
 }
 
 impl Pending {
-    /// Whether the row is addressed to its owner (a timer, an effect, a message to itself):
-    /// such rows die with it (see [`EntityDelete`]).
-    pub fn is_to_self(&self) -> bool {
-        self.target == self.owner
+    /// Whether the row dies with its owner (see [`EntityDelete`]): it is addressed to the
+    /// owner (a timer, an effect, a message to itself), or it is an ask, whose answer would
+    /// come back to the owner.
+    pub fn dies_with_owner(&self) -> bool {
+        self.class == PendingClass::Ask || self.target == self.owner
     }
 }
 

@@ -65,6 +65,17 @@ impl Via {
         })
     }
 
+    /// An ask's message, applied under a key made from its row's id: once, however often it
+    /// is delivered, with its reply kept under that key. The row is not deleted: the asker's
+    /// step that applies the answer does that.
+    pub(crate) fn ask(row: &RowId) -> Self {
+        Self::Idempotent {
+            key: Box::from(crate::courier::row_key(&row.owner, row.seq)),
+            checked: false,
+            row: None,
+        }
+    }
+
     /// A pending row applied under a key made from its id: carried from another node (see
     /// `courier`), or delivered in a cluster, where another node may deliver it too.
     pub(crate) fn keyed_row(row: RowId) -> Self {

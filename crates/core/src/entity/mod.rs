@@ -44,7 +44,7 @@ use perennial_types::{EntityId, EntityKey, Epoch, ShardId};
 use tokio::sync::oneshot;
 
 use crate::commit::Failure;
-use crate::courier::Delivery;
+use crate::courier::{Applying, Delivery};
 use crate::due::RowId;
 use crate::guard::guard;
 use crate::journal::InitRecord;
@@ -240,21 +240,21 @@ pub(crate) async fn deliver_row<K: Process>(
     id: &EntityId,
     msg: K::Msg,
     row: RowId,
-    keyed: bool,
+    applying: Applying,
 ) -> Delivery {
     let _permit = match kind.engine.admit::<K::Error>() {
         Ok(permit) => permit,
         Err(e) => return Delivery::Retry(e.to_string()),
     };
     let (reply, answer) = oneshot::channel();
-    let via = if keyed {
-        Via::keyed_row(row)
-    } else {
-        Via::Row(Box::new(row))
+    let (via, reply) = match applying {
+        Applying::Row => (Via::Row(Box::new(row)), ReplyTo::Row(reply)),
+        Applying::KeyedRow => (Via::keyed_row(row), ReplyTo::Row(reply)),
+        Applying::Ask => (Via::ask(&row), ReplyTo::Ask(reply)),
     };
     let envelope = Envelope {
         msg: Some(msg),
-        reply: ReplyTo::Row(reply),
+        reply,
         via,
     };
     match deliver(kind, id, envelope) {

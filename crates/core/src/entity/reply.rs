@@ -38,8 +38,11 @@ pub(crate) enum ReplyTo<K: Process> {
     /// A caller by kind name: the reply as JSON (for a retried idempotent call, the kept
     /// bytes themselves).
     Json(oneshot::Sender<Result<String, CallError<K::Error>>>),
-    /// The dispatcher, delivering a timer, a message from another entity or an effect's result.
+    /// The dispatcher, delivering a timer, a message from another entity, an effect's result
+    /// or an answer.
     Row(oneshot::Sender<Delivery>),
+    /// The dispatcher, delivering an ask's message: the reply goes back with the delivery.
+    Ask(oneshot::Sender<Delivery>),
     /// An operator's request without a message: a migration pass rewriting the stored state
     /// (see `entity::rewrite`), a deletion (`entity::delete`).
     Done(oneshot::Sender<Result<bool, CallError<K::Error>>>),
@@ -48,7 +51,7 @@ pub(crate) enum ReplyTo<K: Process> {
 impl<K: Process> ReplyTo<K> {
     /// Tells the dispatcher its row needs nothing more (a cancelled timer).
     pub(super) fn send_skipped(self) {
-        if let Self::Row(to) = self {
+        if let Self::Row(to) | Self::Ask(to) = self {
             let _ = to.send(Delivery::Skipped);
         }
     }
@@ -90,16 +93,42 @@ impl<K: Process> ReplyTo<K> {
             Self::Row(to) => {
                 let delivery = match outcome {
                     Ok(_) | Err(CallError::DeadLettered { .. }) => Delivery::Applied,
-                    Err(CallError::Rejected(e)) => {
-                        Delivery::Refused(format!("{}: {e}", crate::Rejection::code(&e)))
-                    }
-                    // Not applied here (activation found the shard gone): another node will.
-                    Err(CallError::NotOwner { .. }) => Delivery::NotServed,
-                    Err(e) => Delivery::Retry(e.to_string()),
+                    Err(e) => not_applied(e),
+                };
+                let _ = to.send(delivery);
+            }
+            Self::Ask(to) => {
+                let delivery = match outcome {
+                    Ok(Answer::Value(value)) => match serde_json::to_string(&value) {
+                        Ok(json) => Delivery::Answered(json),
+                        Err(e) => Delivery::Poison(format!("the reply cannot be encoded: {e}")),
+                    },
+                    Ok(Answer::Kept(json)) => Delivery::Answered(json.to_string()),
+                    Ok(Answer::Done(_)) => Delivery::Poison("an ask got no reply".into()),
+                    Err(CallError::DeadLettered {
+                        attempts, message, ..
+                    }) => Delivery::Poison(format!(
+                        "the message was set aside as a dead letter after {attempts} attempts: \
+                         {message}"
+                    )),
+                    Err(e) => not_applied(e),
                 };
                 let _ = to.send(delivery);
             }
         }
+    }
+}
+
+/// What the dispatcher is told of a row whose step failed.
+fn not_applied<E: crate::Rejection>(error: CallError<E>) -> Delivery {
+    match error {
+        CallError::Rejected(e) => Delivery::Refused {
+            code: crate::Rejection::code(&e).to_owned(),
+            message: e.to_string(),
+        },
+        // Not applied here (activation found the shard gone): another node will.
+        CallError::NotOwner { .. } => Delivery::NotServed,
+        e => Delivery::Retry(e.to_string()),
     }
 }
 

@@ -186,7 +186,7 @@ impl<K: Process> Cell<K> {
                 && !engine.kind_names.contains(kind)
             {
                 return Err(format!(
-                    "the step is invalid: ctx.tell to kind {kind:?}, which is not registered"
+                    "the step is invalid: ctx.tell or ctx.ask to kind {kind:?}, which is not registered"
                 ));
             }
             if let Some(name) = row.effect
@@ -502,7 +502,7 @@ impl<K: Process> Cell<K> {
         incarnation: u32,
     ) -> bool {
         if let Some(extras) = &mut extras {
-            extras.rows.retain(|row| !row.is_to_self());
+            extras.rows.retain(|row| !row.dies_with_owner());
         }
         let Some(mut inner) = self.lock_current(incarnation) else {
             return self.respond_lost(reply);

@@ -11,6 +11,7 @@ use rand_core::{SeedableRng, TryRng};
 
 use crate::Process;
 use crate::clock::{now_us, time_of};
+use crate::process::ask::{AskBody, AskId, Asked, path_of};
 use crate::process::effect::{Effect, EffectId, TimerId};
 
 /// The context of one step: the entity's id, the time the step started, randomness and ids.
@@ -337,6 +338,177 @@ impl<'a, K: Process> Ctx<'a, K> {
         );
     }
 
+    /// Asks the entity `id` of kind `T` to handle `msg`, and gets the outcome back as a
+    /// message of this entity's own, made by `answer` from an [`Asked`]: the target's reply,
+    /// or why there is none (it refused the message, or can never apply it). Returns the
+    /// ask's id, which the [`Asked`] carries.
+    ///
+    /// Like [`tell`](Self::tell), the ask is stored in this step's commit (and not at all if
+    /// the step fails), and the target applies its message once, whatever crashes; the answer
+    /// is then applied by this entity once, in a step of its own. The handler never waits:
+    /// two entities that ask each other simply get each other's answers later, and an answer
+    /// waits in storage while this entity is passivated. Asks that never get an answer (a
+    /// target that is paused for good, say) are bounded with [`ask_within`](Self::ask_within).
+    ///
+    /// `answer` is called once, now, with a placeholder in place of the answer: it must put
+    /// the [`Asked`] it is handed into the message as it is (a field or a variant's value;
+    /// not flattened, not inspected), and the runtime puts the real answer there when it
+    /// comes. A message that does not hold it, or an invalid id, or a kind not registered
+    /// with the runtime, fails the step like a panic.
+    ///
+    /// ```
+    /// use perennial_core::{AskError, Asked, Ctx, Process, Rejection};
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// /// One product's stock.
+    /// #[derive(Default, Serialize, Deserialize)]
+    /// struct Stock {
+    ///     left: u32,
+    /// }
+    ///
+    /// #[derive(Debug, thiserror::Error)]
+    /// #[error("sold out")]
+    /// struct SoldOut;
+    ///
+    /// impl Rejection for SoldOut {
+    ///     fn code(&self) -> &str {
+    ///         "sold_out"
+    ///     }
+    /// }
+    ///
+    /// impl Process for Stock {
+    ///     const KIND: &'static str = "stock";
+    ///     type Msg = u32;
+    ///     type Reply = u32;
+    ///     type Error = SoldOut;
+    ///
+    ///     fn handle(&mut self, take: u32, _ctx: &mut Ctx<'_, Self>) -> Result<u32, SoldOut> {
+    ///         self.left = self.left.checked_sub(take).ok_or(SoldOut)?;
+    ///         Ok(self.left)
+    ///     }
+    /// }
+    ///
+    /// #[derive(Default, Serialize, Deserialize)]
+    /// struct Order {
+    ///     status: String,
+    /// }
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// enum OrderMsg {
+    ///     Place { sku: String },
+    ///     Reserved { sku: String, answer: Asked<Stock> },
+    /// }
+    ///
+    /// impl Process for Order {
+    ///     const KIND: &'static str = "order";
+    ///     type Msg = OrderMsg;
+    ///     type Reply = String;
+    ///     type Error = std::convert::Infallible;
+    ///
+    ///     fn handle(&mut self, msg: OrderMsg, ctx: &mut Ctx<'_, Self>) -> Result<String, Self::Error> {
+    ///         match msg {
+    ///             OrderMsg::Place { sku } => {
+    ///                 // The handler does not wait: the answer comes as `Reserved`.
+    ///                 ctx.ask::<Stock>(sku.clone(), 1, |answer| OrderMsg::Reserved { sku, answer });
+    ///                 self.status = "reserving".into();
+    ///             }
+    ///             OrderMsg::Reserved { sku, answer } => {
+    ///                 self.status = match answer.result {
+    ///                     Ok(left) => format!("{sku} reserved, {left} left"),
+    ///                     Err(AskError::Refused { code, .. }) => format!("{sku}: {code}"),
+    ///                     Err(e) => format!("{sku}: {e}"),
+    ///                 };
+    ///             }
+    ///         }
+    ///         Ok(self.status.clone())
+    ///     }
+    /// }
+    /// ```
+    pub fn ask<T: Process>(
+        &mut self,
+        id: impl AsRef<str>,
+        msg: T::Msg,
+        answer: impl FnOnce(Asked<T>) -> K::Msg,
+    ) -> AskId {
+        self.ask_row::<T>(id.as_ref(), msg, None, answer)
+    }
+
+    /// [`ask`](Self::ask)s with a deadline: if no answer came `within` that time, the
+    /// answer is [`AskError::TimedOut`](crate::AskError::TimedOut) and a reply that comes
+    /// later is dropped. The deadline is stored with the ask, so it holds across restarts;
+    /// whichever of the answer and the deadline comes first is applied, once.
+    pub fn ask_within<T: Process>(
+        &mut self,
+        id: impl AsRef<str>,
+        msg: T::Msg,
+        within: Duration,
+        answer: impl FnOnce(Asked<T>) -> K::Msg,
+    ) -> AskId {
+        let at = self.now.checked_add(within).unwrap_or(self.now);
+        let deadline_ms = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        self.ask_row::<T>(id.as_ref(), msg, Some(deadline_ms), answer)
+    }
+
+    fn ask_row<T: Process>(
+        &mut self,
+        id: &str,
+        msg: T::Msg,
+        deadline_ms: Option<i64>,
+        answer: impl FnOnce(Asked<T>) -> K::Msg,
+    ) -> AskId {
+        let ask = AskId(self.next_row());
+        let target = match EntityId::new(id) {
+            Ok(target) => target,
+            Err(e) => {
+                self.invalid(format!("ctx.ask to {}: {e}", T::KIND));
+                return ask;
+            }
+        };
+        let placeholder = Asked::<T>::placeholder(ask);
+        let marker = serde_json::to_value(&placeholder);
+        let template = serde_json::to_value(answer(placeholder));
+        let body = match (marker, template) {
+            (Ok(marker), Ok(template)) => match path_of(&template, &marker) {
+                Some(at) => serde_json::value::to_raw_value(&msg).map(|msg| {
+                    serde_json::to_string(&AskBody {
+                        msg: &msg,
+                        answer: template,
+                        at,
+                        deadline_ms,
+                    })
+                }),
+                None => {
+                    self.invalid(format!(
+                        "ctx.ask to {}: the message made from the answer must hold the \
+                         `Asked` value it was handed, once, as it is (not flattened)",
+                        T::KIND
+                    ));
+                    return ask;
+                }
+            },
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        };
+        let body = match body.and_then(|body| body) {
+            Ok(body) => body,
+            Err(e) => {
+                self.invalid(format!("an ask cannot be encoded as JSON: {e}"));
+                return ask;
+            }
+        };
+        let due_ms = self.now_ms();
+        let seq = self.push(
+            due_ms,
+            PendingClass::Ask,
+            Some((T::KIND, target)),
+            None,
+            body,
+        );
+        debug_assert_eq!(seq, ask.0);
+        ask
+    }
+
     /// Starts `effect` once this step is durable: slow or external work (an HTTP call, a
     /// sleep) that runs outside the handler, whose result comes back to this entity as a
     /// message. Returns the effect's id, which stays the same if the effect runs again.
@@ -375,6 +547,12 @@ impl<'a, K: Process> Ctx<'a, K> {
 
     fn invalid(&mut self, detail: String) {
         self.work.invalid.get_or_insert(detail);
+    }
+
+    /// The number the next row of this step gets.
+    fn next_row(&self) -> u64 {
+        let n = self.work.rows.len() as u64;
+        self.step.saturating_mul(ROWS_PER_STEP).saturating_add(n)
     }
 
     /// Adds a row, numbered after this step's earlier ones; returns its number.

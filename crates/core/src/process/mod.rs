@@ -1,8 +1,9 @@
 //! What a kind of entity is written against: the [`Process`] trait, with its [`Persistence`]
 //! and its state [`Migration`]s; the context a step runs in (`ctx`: [`Ctx`],
-//! [`Rng`](crate::Rng)); and effects (`effect`: [`Effect`](crate::Effect)). These name one
+//! [`Rng`](crate::Rng)); effects (`effect`: [`Effect`](crate::Effect)); and asks (`ask`: [`Asked`](crate::Asked)). These name one
 //! another in their signatures, so they live together, below the runtime that runs them.
 
+pub(crate) mod ask;
 pub(crate) mod ctx;
 pub(crate) mod effect;
 

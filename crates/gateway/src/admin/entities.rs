@@ -97,6 +97,7 @@ pub(crate) async fn pending(
                 PendingClass::Timer => api::PendingClass::Timer,
                 PendingClass::Message => api::PendingClass::Message,
                 PendingClass::Effect => api::PendingClass::Effect,
+                PendingClass::Ask => api::PendingClass::Ask,
             },
             due_ms: p.due_ms,
             target: api::EntityRef {
