@@ -11,6 +11,8 @@
 //! - [`pending`]: durable timers scheduled and fired per second, memory with a million
 //!   timers pending, and exactly-once messages between entities per second against plain
 //!   durable calls.
+//! - [`asks`]: asks between entities and one-way messages per second, against plain durable
+//!   calls, in alternating rounds of one run.
 //! - [`postgres`]: the durable workload on the PostgreSQL store, against one PostgreSQL
 //!   transaction per call on the same server.
 //! - [`cluster`]: durable calls over HTTP through 1 and 3 nodes (processes) sharing
@@ -22,6 +24,7 @@
 //! Each workload returns a [`Report`]; [`Report::to_json`] gives one JSON object per line so
 //! scripts can compare runs.
 
+mod asks;
 mod cluster;
 mod load;
 mod migrate;
@@ -35,6 +38,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use asks::asks;
 pub use cluster::{ClusterRun, cluster};
 pub use migrate::migrate;
 pub use pending::pending;
@@ -157,6 +161,22 @@ pub enum Report {
         messages_per_sec: f64,
         /// Plain durable calls per second, in the same run.
         baseline_calls_per_sec: f64,
+    },
+    /// Asks and messages between entities per second, against plain durable calls (medians
+    /// of alternating rounds).
+    Asks {
+        /// Concurrent callers.
+        callers: usize,
+        /// Plain durable calls per second.
+        calls_per_sec: f64,
+        /// One-way messages applied per second (the sender's step and the receiver's).
+        messages_per_sec: f64,
+        /// Asks answered per second (the asker's step, the target's and the answer's).
+        asks_per_sec: f64,
+        /// `messages_per_sec / calls_per_sec`.
+        messages_ratio: f64,
+        /// `asks_per_sec / calls_per_sec`.
+        asks_ratio: f64,
     },
     /// Entities found by state among a million stored.
     Query {
@@ -346,6 +366,16 @@ impl Report {
                  messages    {messages_per_sec:>10.0} applied/s exactly once  (plain durable calls: {baseline_calls_per_sec:.0}/s)",
                 rss_before >> 20,
                 rss_pending >> 20
+            ),
+            Self::Asks {
+                callers,
+                calls_per_sec,
+                messages_per_sec,
+                asks_per_sec,
+                messages_ratio,
+                asks_ratio,
+            } => format!(
+                "asks        {asks_per_sec:>10.0} answered/s ({asks_ratio:.2}× plain calls)  messages {messages_per_sec:.0} applied/s ({messages_ratio:.2}×)  plain durable calls {calls_per_sec:.0}/s  ({callers} callers)"
             ),
             Self::Query {
                 entities,

@@ -207,16 +207,33 @@ pub fn check(history: &[Event], finals: &BTreeMap<String, Vec<String>>) -> Repor
                     });
                 }
             }
+            Op::Ask => {
+                let answer = format!("{token}!");
+                let answers = counts.get(&(entity, answer.as_str())).copied().unwrap_or(0);
+                if t.acked.is_some() && answers != 1 {
+                    report.found("not_exactly_once", || {
+                        format!(
+                            "the answer to ask {token} is in the final list of {entity} \
+                             {answers} times"
+                        )
+                    });
+                }
+            }
             Op::Read => {}
         }
-        if call.f == Op::Forward
+        if matches!(call.f, Op::Forward | Op::Ask)
             && t.acked.is_some()
             && let Some(to) = call.to.as_deref()
         {
             let there = counts.get(&(to, *token)).copied().unwrap_or(0);
             if there != 1 {
+                let what = if call.f == Op::Ask {
+                    "asked"
+                } else {
+                    "forwarded"
+                };
                 report.found("not_exactly_once", || {
-                    format!("forwarded token {token} is in the final list of {to} {there} times")
+                    format!("{what} token {token} is in the final list of {to} {there} times")
                 });
             }
         }

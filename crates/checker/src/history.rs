@@ -28,6 +28,8 @@ pub enum Op {
     Append,
     /// Appends `token` and sends it to `to`.
     Forward,
+    /// Asks `to` to append `token`; appends `token` followed by `!` when the answer comes.
+    Ask,
     /// Appends `token` when a timer fires, `ms` after the call.
     Schedule,
     /// Appends `token` when an effect that returns it has run.
@@ -55,7 +57,7 @@ pub struct Event {
     /// The token it appends (none for reads).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
-    /// Where a forward sends its token.
+    /// Where a forward sends its token, or whom an ask asks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
     /// A timer's delay, in milliseconds.
@@ -83,7 +85,7 @@ pub struct Invocation {
     pub entity: String,
     /// The token (none for reads).
     pub token: Option<String>,
-    /// The forward's target.
+    /// The forward's or the ask's target.
     pub to: Option<String>,
     /// A timer's delay, in milliseconds.
     pub ms: Option<u64>,

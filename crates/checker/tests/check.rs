@@ -21,15 +21,17 @@ struct Step {
 }
 
 fn step() -> impl Strategy<Value = Step> {
-    (0u64..4, 0u8..11, 0usize..3, 1usize..3, 0u8..5).prop_map(
+    (0u64..4, 0u8..12, 0usize..3, 1usize..3, 0u8..5).prop_map(
         |(client, op, entity, other, outcome)| {
-            // A forward goes to another probe: to itself, its token would be there twice.
+            // A forward or an ask goes to another probe: to itself, its token would be there
+            // twice.
             let target = (entity + other) % 3;
             let op = match op {
                 0..=5 => Op::Append,
                 6 | 7 => Op::Forward,
                 8 => Op::Schedule,
                 9 => Op::Effect,
+                10 => Op::Ask,
                 _ => Op::Read,
             };
             Step {
@@ -59,23 +61,31 @@ fn run(steps: &[Step]) -> (Vec<Event>, BTreeMap<String, Vec<String>>) {
             f: s.op,
             entity: probe(s.entity),
             token: token.clone(),
-            to: (s.op == Op::Forward).then(|| probe(s.target)),
+            to: matches!(s.op, Op::Forward | Op::Ask).then(|| probe(s.target)),
             ms: (s.op == Op::Schedule).then_some(0),
             key: token.clone(),
         };
         let apply = |lists: &mut Vec<Vec<String>>| -> Vec<String> {
-            if let Some(t) = &token {
-                lists[s.entity].push(t.clone());
-                if s.op == Op::Forward {
+            match (&token, s.op) {
+                // The target appends the token, then the asker its answer.
+                (Some(t), Op::Ask) => {
                     lists[s.target].push(t.clone());
+                    lists[s.entity].push(format!("{t}!"));
                 }
+                (Some(t), _) => {
+                    lists[s.entity].push(t.clone());
+                    if s.op == Op::Forward {
+                        lists[s.target].push(t.clone());
+                    }
+                }
+                (None, _) => {}
             }
             lists[s.entity].clone()
         };
         let first = history.invoke(call());
         match (s.outcome, s.op) {
-            // A timer's or effect's token arrives later: its reply is the list before it.
-            (0, Op::Schedule | Op::Effect) => {
+            // A timer's, effect's or ask's token arrives later: its reply is the list before it.
+            (0, Op::Schedule | Op::Effect | Op::Ask) => {
                 let before = lists[s.entity].clone();
                 apply(&mut lists);
                 history.complete(first, Type::Ok, Some(before));
@@ -96,7 +106,7 @@ fn run(steps: &[Step]) -> (Vec<Event>, BTreeMap<String, Vec<String>>) {
                 let list = apply(&mut lists);
                 history.complete(first, Type::Info, None);
                 let again = history.invoke(call());
-                let later = matches!(op, Op::Schedule | Op::Effect);
+                let later = matches!(op, Op::Schedule | Op::Effect | Op::Ask);
                 let reply = if later { before } else { list };
                 history.complete(again, Type::Ok, Some(reply));
             }
@@ -232,6 +242,25 @@ fn finals(entries: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
         .iter()
         .map(|(e, l)| ((*e).to_owned(), list(l)))
         .collect()
+}
+
+#[test]
+fn an_ask_applied_or_answered_other_than_once_is_found() {
+    let h = Recorder::new();
+    let mut ask = invocation(1, Op::Ask, "p", "a");
+    ask.to = Some("q".into());
+    let a = h.invoke(ask);
+    h.complete(a, Type::Ok, Some(list(&[])));
+    let events = h.events();
+    assert!(check(&events, &finals(&[("p", &["a!"]), ("q", &["a"])])).is_valid());
+    for (p, q) in [
+        (&[][..], &["a"][..]),
+        (&["a!", "a!"][..], &["a"][..]),
+        (&["a!"][..], &[][..]),
+    ] {
+        let report = check(&events, &finals(&[("p", p), ("q", q)]));
+        assert!(report.not_exactly_once >= 1, "{p:?} {q:?}: {report}");
+    }
 }
 
 #[test]

@@ -95,8 +95,10 @@ pub(crate) enum Applying {
     /// a key made from the row's id, once however often delivered, and deleted.
     KeyedRow,
     /// An ask's message: applied under the row's key, once, its reply kept under that key and
-    /// answered; the row stays (the asker's step deletes it).
-    Ask,
+    /// answered; the row stays (the asker's step deletes it). `fresh`: its first delivery
+    /// since it was committed, with no other node delivering it, so no kept reply can exist
+    /// and the target need not look for one in storage.
+    Ask { fresh: bool },
 }
 
 /// Carries message rows to the nodes that serve their targets; a cluster layer implements it.

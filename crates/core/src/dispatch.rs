@@ -175,7 +175,7 @@ async fn attempt(
     kinds: &Kinds,
     row: &Pending,
     epoch: Epoch,
-    to: Target<'_>,
+    mut to: Target<'_>,
 ) -> Delivery {
     let mut backoff = RETRY_FIRST;
     let owner_shard = shard_of(&row.owner.kind, row.owner.id.as_str());
@@ -208,7 +208,7 @@ async fn attempt(
                     let (owner, target, body) =
                         (row.owner.clone(), to.key.clone(), Arc::clone(&to.body));
                     let parcel = match to.applying {
-                        Applying::Ask => Parcel::ask(owner, row.seq, target, body),
+                        Applying::Ask { .. } => Parcel::ask(owner, row.seq, target, body),
                         Applying::Row | Applying::KeyedRow => {
                             Parcel::new(owner, row.seq, target, body)
                         }
@@ -225,6 +225,11 @@ async fn attempt(
             Delivery::Retry(detail) => {
                 if engine.is_closing() {
                     return Delivery::Retry(detail);
+                }
+                // The attempt may have been applied (its outcome is unknown): the next one
+                // asks storage for a kept reply.
+                if let Applying::Ask { fresh } = &mut to.applying {
+                    *fresh = false;
                 }
                 tracing::debug!(owner = %row.owner, seq = row.seq, %detail, "delivery failed; retrying");
                 tokio::time::sleep(backoff).await;
@@ -247,10 +252,11 @@ async fn ask(engine: &Engine, kinds: &Kinds, row: &Pending, epoch: Epoch) {
         }
     };
     failpoint!("dispatch.deliver");
+    let fresh = !engine.shards.shared && engine.due.take_fresh(&RowId::of(row));
     let to = Target {
         key: &row.target,
         body: Arc::from(body.msg.get()),
-        applying: Applying::Ask,
+        applying: Applying::Ask { fresh },
     };
     let asked = attempt(engine, kinds, row, epoch, to);
     // `None`: the deadline passed first.

@@ -66,6 +66,8 @@ struct State {
     inflight: HashMap<RowId, bool>,
     /// Every row in `waiting`, `lanes` or `inflight`.
     known: HashSet<RowId>,
+    /// Asks added by committed batches and not delivered yet (see [`DueRows::take_fresh`]).
+    fresh: HashSet<RowId>,
     /// Rows due at or before this are all in memory (unless `partial`).
     horizon_ms: i64,
     /// The last scan stopped at its limit, or a committed row was left in storage.
@@ -106,7 +108,12 @@ impl DueRows {
         for row in created {
             let soon = in_lane(row.class) || row.due_ms <= state.horizon_ms;
             if soon && state.known.len() < MAX_IN_MEMORY {
-                wake |= state.add(row);
+                let ask = (row.class == PendingClass::Ask).then(|| RowId::of(&row));
+                let added = state.add(row);
+                if let Some(id) = ask.filter(|_| added) {
+                    state.fresh.insert(id);
+                }
+                wake |= added;
             } else if soon {
                 state.partial = true;
             }
@@ -118,6 +125,14 @@ impl DueRows {
         if wake {
             self.wake.notify_one();
         }
+    }
+
+    /// Whether `row` is an ask that came from a batch this process committed and was never
+    /// delivered since (not one read back from storage, whose earlier deliveries this process
+    /// cannot know): its first delivery on a single node can skip looking for a kept reply.
+    /// Asked once per row: later calls answer `false`.
+    pub(crate) fn take_fresh(&self, row: &RowId) -> bool {
+        self.state.lock().fresh.remove(row)
     }
 
     /// Whether `row` was deleted while its delivery was in flight (a cancelled timer).
@@ -284,6 +299,7 @@ impl State {
 
     /// A row was deleted from storage: drop it, or mark its delivery cancelled.
     fn forget(&mut self, id: &RowId) {
+        self.fresh.remove(id);
         if let Some(scan) = &mut self.finished_during_scan {
             scan.insert(id.clone());
         }
@@ -347,6 +363,7 @@ impl State {
         let id = RowId::of(row);
         self.inflight.remove(&id);
         self.known.remove(&id);
+        self.fresh.remove(&id);
         if let Some(scan) = &mut self.finished_during_scan {
             scan.insert(id);
         }

@@ -89,7 +89,7 @@ impl Plumbing {
         };
         let row = crate::due::RowId::new(parcel.owner, parcel.seq);
         let applying = if parcel.ask {
-            crate::courier::Applying::Ask
+            crate::courier::Applying::Ask { fresh: false }
         } else {
             crate::courier::Applying::KeyedRow
         };

@@ -9,13 +9,13 @@
 //! trims and replay.
 //!
 //! Messages, as JSON: `{"append": "c1-7"}`, `{"forward": {"token": "c1-8", "to": "p2"}}`,
-//! `{"schedule": {"token": "c1-9", "ms": 50}}`, `{"effect": "c1-10"}`, `"read"`. All answer
-//! the list.
+//! `{"ask": {"token": "c1-11", "to": "p2"}}`, `{"schedule": {"token": "c1-9", "ms": 50}}`,
+//! `{"effect": "c1-10"}`, `"read"`. All answer the list.
 
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use perennial_core::{Ctx, Effect, EffectId, Process};
+use perennial_core::{Asked, Ctx, Effect, EffectId, Process};
 use serde::{Deserialize, Serialize};
 
 /// How often a `jprobe` snapshots its list (and trims the journal the snapshot covers).
@@ -47,6 +47,22 @@ pub enum ProbeMsg {
         token: String,
         /// The probe that receives it too.
         to: String,
+    },
+    /// Asks the probe `to` of the same kind to append a token (an ask between entities:
+    /// applied there exactly once), and appends [`answered`]`(token)` here when the answer
+    /// comes (exactly once), or [`unanswered`]`(token)` if the ask failed.
+    Ask {
+        /// The token.
+        token: String,
+        /// The probe asked.
+        to: String,
+    },
+    /// The answer to an [`Ask`](ProbeMsg::Ask) (sent by the runtime).
+    Answer {
+        /// The token asked for.
+        token: String,
+        /// The answer.
+        answer: Asked<Probe>,
     },
     /// Appends a token when a durable timer fires, `ms` from now.
     Schedule {
@@ -80,8 +96,18 @@ impl<P: Process<Msg = ProbeMsg>> Effect for Echo<P> {
     }
 }
 
+/// The token a probe appends when the answer to its ask of `token` comes.
+pub fn answered(token: &str) -> String {
+    format!("{token}!")
+}
+
+/// The token a probe appends when its ask of `token` fails.
+pub fn unanswered(token: &str) -> String {
+    format!("{token}?")
+}
+
 /// What both kinds do with a message.
-fn handle<P: Process<Msg = ProbeMsg>>(
+fn handle<P: Process<Msg = ProbeMsg, Reply = Vec<String>>>(
     probe: &mut Probe,
     msg: ProbeMsg,
     ctx: &mut Ctx<'_, P>,
@@ -92,6 +118,21 @@ fn handle<P: Process<Msg = ProbeMsg>>(
             ctx.tell::<P>(to, ProbeMsg::Append(token.clone()));
             probe.tokens.push(token);
         }
+        ProbeMsg::Ask { token, to } => {
+            let append = ProbeMsg::Append(token.clone());
+            // Both kinds answer a list: the answer reads as a `Probe`'s.
+            ctx.ask::<P>(to, append, |answer| ProbeMsg::Answer {
+                token,
+                answer: Asked {
+                    id: answer.id,
+                    result: answer.result,
+                },
+            });
+        }
+        ProbeMsg::Answer { token, answer } => probe.tokens.push(match answer.result {
+            Ok(_) => answered(&token),
+            Err(_) => unanswered(&token),
+        }),
         ProbeMsg::Schedule { token, ms } => {
             ctx.schedule(Duration::from_millis(ms), ProbeMsg::Append(token));
         }

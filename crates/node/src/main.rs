@@ -112,7 +112,7 @@ enum Command {
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "resident,activation,durable,ephemeral,journal,pending,query"
+            default_value = "resident,activation,durable,ephemeral,journal,pending,asks,query"
         )]
         only: Vec<Workload>,
         /// Where to keep the benchmark's data (default: a temporary directory).
@@ -176,6 +176,7 @@ enum Workload {
     Resident,
     Activation,
     Pending,
+    Asks,
     Query,
     Postgres,
     Cluster,
@@ -546,6 +547,7 @@ async fn bench(
             Workload::Activation => perennial_bench::activation(options).await,
             Workload::Journal => perennial_bench::journal(options).await,
             Workload::Pending => perennial_bench::pending(options).await,
+            Workload::Asks => perennial_bench::asks(options).await,
             Workload::Query => perennial_bench::query(options).await,
             Workload::Postgres => perennial_bench::postgres(options).await,
             Workload::Cluster => perennial_bench::cluster(options).await,

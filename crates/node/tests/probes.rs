@@ -313,6 +313,10 @@ impl Client {
                     format!(r#"{{"schedule": {{"token": "{token}", "ms": {TIMER_MS}}}}}"#),
                 ),
                 17 => (Op::Effect, format!(r#"{{"effect": "{token}"}}"#)),
+                11 => (
+                    Op::Ask,
+                    format!(r#"{{"ask": {{"token": "{token}", "to": "{next_id}"}}}}"#),
+                ),
                 _ => (Op::Append, format!(r#"{{"append": "{token}"}}"#)),
             };
             let give_up = Instant::now() + Duration::from_secs(60);
@@ -327,7 +331,7 @@ impl Client {
                     f,
                     entity: probe.clone(),
                     token: Some(token.clone()),
-                    to: (f == Op::Forward).then(|| next.clone()),
+                    to: matches!(f, Op::Forward | Op::Ask).then(|| next.clone()),
                     ms: (f == Op::Schedule).then_some(TIMER_MS),
                     key: Some(token.clone()),
                 });

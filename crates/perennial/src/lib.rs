@@ -69,3 +69,8 @@ pub mod storage {
     pub use perennial_storage::*;
     pub use perennial_storage_sqlite::Options as SqliteOptions;
 }
+
+/// The Rust examples of `docs/async-work.md`, compiled and run with the doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/async-work.md")]
+pub struct AsyncWorkGuide;

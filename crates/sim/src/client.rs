@@ -56,6 +56,10 @@ impl Client {
                     format!(r#"{{"schedule": {{"token": "{token}", "ms": {TIMER_MS}}}}}"#),
                 ),
                 8 => (Op::Effect, format!(r#"{{"effect": "{token}"}}"#)),
+                5 => (
+                    Op::Ask,
+                    format!(r#"{{"ask": {{"token": "{token}", "to": "{next_id}"}}}}"#),
+                ),
                 _ => (Op::Append, format!(r#"{{"append": "{token}"}}"#)),
             };
             let request = call(kind, id, Some(&token), &body);
@@ -69,7 +73,7 @@ impl Client {
                     f,
                     entity: probe.clone(),
                     token: Some(token.clone()),
-                    to: (f == Op::Forward).then(|| next.clone()),
+                    to: matches!(f, Op::Forward | Op::Ask).then(|| next.clone()),
                     ms: (f == Op::Schedule).then_some(TIMER_MS),
                     key: Some(token.clone()),
                 });

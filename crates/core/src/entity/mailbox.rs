@@ -67,11 +67,12 @@ impl Via {
 
     /// An ask's message, applied under a key made from its row's id: once, however often it
     /// is delivered, with its reply kept under that key. The row is not deleted: the asker's
-    /// step that applies the answer does that.
-    pub(crate) fn ask(row: &RowId) -> Self {
+    /// step that applies the answer does that. `fresh`: no kept reply can exist yet (see
+    /// `Applying::Ask`), so storage is not asked for one.
+    pub(crate) fn ask(row: &RowId, fresh: bool) -> Self {
         Self::Idempotent {
             key: Box::from(crate::courier::row_key(&row.owner, row.seq)),
-            checked: false,
+            checked: fresh,
             row: None,
         }
     }
