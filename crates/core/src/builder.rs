@@ -19,7 +19,7 @@ use crate::dyn_kind::DynKind;
 use crate::engine::{Config, Engine, Parts};
 use crate::journal::{SnapshotCodec, Snapshots};
 use crate::kind::{Counters, KindRt, Mode};
-use crate::process::effect::{Effect, EffectRunner};
+use crate::process::effect::{Effect, EffectVtable, Resources};
 use crate::registry::Limits;
 use crate::runtime::Tasks;
 use crate::shards::Shards;
@@ -71,7 +71,8 @@ struct RegisteredKind {
 pub struct Builder {
     store: Option<Arc<dyn Store>>,
     registrations: Vec<Registration>,
-    effects: HashMap<(&'static str, &'static str), EffectRunner>,
+    effects: HashMap<(&'static str, &'static str), EffectVtable>,
+    resources: Resources,
     config: Config,
     limits: Limits,
     node: String,
@@ -83,6 +84,7 @@ impl fmt::Debug for Builder {
             .field("store", &self.store)
             .field("kinds", &self.registrations.len())
             .field("effects", &self.effects.len())
+            .field("resources", &self.resources.len())
             .field("config", &self.config)
             .field("limits", &self.limits)
             .field("node", &self.node)
@@ -96,6 +98,7 @@ impl Default for Builder {
             store: None,
             registrations: Vec::new(),
             effects: HashMap::new(),
+            resources: Resources::default(),
             config: Config {
                 mailbox_capacity: 1024,
                 max_inflight: 100_000,
@@ -217,12 +220,41 @@ impl Builder {
 
     /// Registers an effect type (see [`Effect`]), so that the entities of its kind can start
     /// it with [`Ctx::effect`](crate::Ctx::effect), and so that one a crash interrupted runs
-    /// again after the restart. A step that starts an unregistered effect fails like a panic.
+    /// again after the restart. A step that starts an unregistered effect fails like a panic;
+    /// an effect whose kind is not registered fails [`start`](Self::start).
     pub fn register_effect<E: Effect>(mut self) -> Self {
-        self.effects.insert(
-            (E::Kind::KIND, E::NAME),
-            crate::process::effect::runner::<E>,
-        );
+        self.effects
+            .insert((E::Kind::KIND, E::NAME), EffectVtable::of::<E>());
+        self
+    }
+
+    /// Gives effects a resource: an HTTP client, a connection pool, a configuration. An
+    /// effect's attempt gets it with [`EffectCtx::resource::<T>()`](crate::EffectCtx::resource),
+    /// by its type (one value per type; a later one replaces an earlier one). Effects hold no
+    /// state of their own, so this is where what they share lives, instead of a `static`.
+    ///
+    /// ```
+    /// use perennial_core::Runtime;
+    /// use perennial_storage::MemoryStore;
+    ///
+    /// /// The payment provider's address, for the effects that charge cards.
+    /// struct Payments {
+    ///     url: String,
+    /// }
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rt = Runtime::builder()
+    ///     .store(MemoryStore::new())
+    ///     .resource(Payments { url: "https://pay.example".into() })
+    ///     .start()
+    ///     .await?;
+    /// # rt.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn resource<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.resources.insert(value);
         self
     }
 
@@ -344,13 +376,22 @@ impl Builder {
     ) -> Result<Runtime, StartError> {
         let writes = shards.is_some();
         let mut names = std::collections::HashSet::new();
-        let kind_names = self.registrations.iter().map(|(name, _)| *name).collect();
+        let kind_names: std::collections::HashSet<&'static str> =
+            self.registrations.iter().map(|(name, _)| *name).collect();
+        if let Some((kind, effect)) = self
+            .effects
+            .keys()
+            .find(|(kind, _)| !kind_names.contains(kind))
+        {
+            return Err(StartError::EffectWithoutKind { kind, effect });
+        }
         let engine = Arc::new(Engine::new(Parts {
             store: Arc::clone(&store),
             shards: shards.unwrap_or_else(Shards::none),
             config: self.config,
             limits: self.limits,
             effects: self.effects,
+            resources: self.resources,
             kind_names,
             paused,
         }));

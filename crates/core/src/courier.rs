@@ -94,6 +94,10 @@ pub(crate) enum Applying {
     /// A message that another node may deliver too (carried, or in a cluster): applied under
     /// a key made from the row's id, once however often delivered, and deleted.
     KeyedRow,
+    /// An ask's answer, to the asker, in a cluster: applied under a key made from the row's
+    /// id (another than the target's, which may be the asker itself), once however often
+    /// delivered (a commit whose outcome was unknown, say), and the row deleted.
+    KeyedAnswer,
     /// An ask's message: applied under the row's key, once, its reply kept under that key and
     /// answered; the row stays (the asker's step deletes it). `fresh`: its first delivery
     /// since it was committed, with no other node delivering it, so no kept reply can exist
@@ -109,6 +113,13 @@ pub(crate) enum Applying {
 pub trait Courier: Send + Sync + 'static {
     /// Carries `parcel` to the node that serves its target and applies it there.
     fn carry(&self, parcel: Parcel) -> Pin<Box<dyn Future<Output = Delivery> + Send>>;
+}
+
+/// The idempotency key the asker applies an ask's answer under (see [`row_key`]).
+pub(crate) fn answer_key(owner: &EntityKey, seq: u64) -> String {
+    let mut key = row_key(owner, seq);
+    key.push_str(":answer");
+    key
 }
 
 /// The idempotency key a carried row is applied under: fixed length whatever the owner's id.

@@ -18,6 +18,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use perennial_faults::failpoint;
@@ -29,7 +30,9 @@ use crate::due::{LOOKAHEAD, RowId};
 use crate::dyn_kind::DynKind;
 use crate::engine::Engine;
 use crate::process::ask::{AskBody, AskError, answer_message, asked_json};
-use crate::process::effect::{EffectBody, EffectId};
+use crate::process::effect::{
+    Attempt, EffectBody, EffectCtx, EffectError, EffectFailure, EffectId,
+};
 
 /// How long a failed delivery waits before it is tried again, at first and at most.
 const RETRY_FIRST: Duration = Duration::from_millis(50);
@@ -201,6 +204,11 @@ async fn attempt(
         let mut outcome = Arc::clone(kind)
             .deliver(to.key.id.clone(), Arc::clone(&to.body), row_id, to.applying)
             .await;
+        if outcome == Delivery::NotServed && to.applying == Applying::KeyedAnswer {
+            // The asker's shard moved since the epoch check: its new owner reads the row
+            // from storage and delivers the ask again (answered from the kept reply).
+            return Delivery::Skipped;
+        }
         if outcome == Delivery::NotServed {
             // Another node serves the target: the cluster's courier carries the row there.
             outcome = match engine.courier.get() {
@@ -209,7 +217,7 @@ async fn attempt(
                         (row.owner.clone(), to.key.clone(), Arc::clone(&to.body));
                     let parcel = match to.applying {
                         Applying::Ask { .. } => Parcel::ask(owner, row.seq, target, body),
-                        Applying::Row | Applying::KeyedRow => {
+                        Applying::Row | Applying::KeyedRow | Applying::KeyedAnswer => {
                             Parcel::new(owner, row.seq, target, body)
                         }
                     };
@@ -287,54 +295,122 @@ async fn ask(engine: &Engine, kinds: &Kinds, row: &Pending, epoch: Epoch) {
         Ok(answer) => answer,
         Err(detail) => return settle(engine, row, Delivery::Poison(detail)),
     };
+    // In a cluster, a commit's outcome may be unknown (the connection dropped during it):
+    // the answer is then delivered again, and must not be applied twice.
+    let applying = if engine.shards.shared {
+        Applying::KeyedAnswer
+    } else {
+        Applying::Row
+    };
     let to = Target {
         key: &row.owner,
         body: Arc::from(answer),
-        applying: Applying::Row,
+        applying,
     };
     let outcome = attempt(engine, kinds, row, epoch, to.clone()).await;
     settle_as(engine, row, outcome, &to);
 }
 
-/// Runs an effect's work; returns its result message (JSON). A panicking effect runs again
-/// after a pause (effects run at least once anyway).
+/// Runs an effect's attempts (see [`crate::Effect`]); returns the message for its entity
+/// (JSON): the result of the first attempt that succeeds, or the failure's message once no
+/// attempt is left. `Err`: nothing to deliver (the effect cannot run, was cancelled, or the
+/// runtime closes).
 async fn run_effect(engine: &Engine, row: &Pending) -> Result<String, Delivery> {
-    let mut backoff = RETRY_FIRST;
-    loop {
-        let work = start_effect(engine, row).map_err(Delivery::Poison)?;
-        match tokio::spawn(work).await {
-            Ok(result) => return result.map_err(Delivery::Poison),
-            Err(e) if engine.is_closing() => return Err(Delivery::Retry(e.to_string())),
-            Err(e) => {
-                tracing::error!(owner = %row.owner, seq = row.seq, error = %e,
-                    "an effect panicked; running it again");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(RETRY_MAX);
-            }
-        }
-    }
-}
-
-/// Decodes a stored effect and starts its work (not yet polled).
-fn start_effect(
-    engine: &Engine,
-    row: &Pending,
-) -> Result<crate::process::effect::BoxFuture<Result<String, String>>, String> {
     let parsed: EffectBody<'_> = serde_json::from_str(&row.body)
-        .map_err(|e| format!("the stored effect does not decode: {e}"))?;
+        .map_err(|e| Delivery::Poison(format!("the stored effect does not decode: {e}")))?;
     let name: &str = &parsed.effect;
-    let Some(runner) = engine.effects.get(&(&*row.owner.kind, name)) else {
-        return Err(format!(
+    let Some(effect) = engine.effects.get(&(&*row.owner.kind, name)).copied() else {
+        return Err(Delivery::Poison(format!(
             "effect {name:?} of kind {:?} is not registered; add \
              .register_effect::<…>() to the runtime's builder",
             row.owner.kind
-        ));
+        )));
     };
-    runner(
-        parsed.input.get(),
-        EffectId::new(row.owner.clone(), row.seq),
-    )
+    let input = parsed.input.get();
+    let retry = (effect.retry)();
+    let id = EffectId::new(row.owner.clone(), row.seq);
+    let row_id = RowId::of(row);
+    let mut attempt = 1;
+    loop {
+        let cx = EffectCtx::new(id.clone(), attempt, Arc::clone(&engine.resources));
+        let work = (effect.run)(input, cx).map_err(Delivery::Poison)?;
+        let error = match attempt_effect(engine, &row_id, work, retry.timeout).await? {
+            Ok(msg) => return Ok(msg),
+            Err(error) => error,
+        };
+        engine
+            .effect_counters
+            .failed_attempts
+            .fetch_add(1, Ordering::Relaxed);
+        if error.is_permanent() || attempt >= retry.attempts {
+            tracing::warn!(effect = %id, attempt, %error, "an effect failed for good");
+            engine
+                .effect_counters
+                .failed
+                .fetch_add(1, Ordering::Relaxed);
+            let failure = EffectFailure {
+                attempts: attempt,
+                error: error.to_string(),
+            };
+            return (effect.failed)(input, failure).map_err(Delivery::Poison);
+        }
+        let wait = retry.wait_after(attempt, &id);
+        tracing::info!(effect = %id, attempt, %error, ?wait, "an effect's attempt failed; retrying");
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = engine.closed() => return Err(Delivery::Retry("the runtime closes".into())),
+        }
+        if engine.due.is_cancelled(&row_id) {
+            return Err(Delivery::Skipped);
+        }
+        attempt += 1;
+    }
 }
+
+/// Runs one attempt of an effect on a task of its own (a panic is a failed attempt), for at
+/// most `timeout`. `Err`: the effect was cancelled meanwhile, or the runtime closes.
+async fn attempt_effect(
+    engine: &Engine,
+    row: &RowId,
+    work: Attempt,
+    timeout: Duration,
+) -> Result<Result<String, EffectError>, Delivery> {
+    let mut task = tokio::spawn(work);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let outcome = loop {
+        tokio::select! {
+            joined = &mut task => break joined,
+            () = tokio::time::sleep_until(deadline) => {
+                task.abort();
+                return Ok(Err(EffectError::new(format!(
+                    "the attempt took longer than its timeout of {timeout:?}"
+                ))));
+            }
+            // A step may cancel the effect while it runs: it is stopped.
+            () = tokio::time::sleep(CANCEL_CHECK) => {
+                if engine.due.is_cancelled(row) {
+                    task.abort();
+                    return Err(Delivery::Skipped);
+                }
+            }
+            () = engine.closed() => {
+                task.abort();
+                return Err(Delivery::Retry("the runtime closes".into()));
+            }
+        }
+    };
+    Ok(match outcome {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => Err(EffectError::new(format!(
+            "the attempt panicked: {}",
+            crate::guard::panic_message(e.into_panic())
+        ))),
+        Err(e) => Err(EffectError::new(e.to_string())),
+    })
+}
+
+/// How often a running effect checks whether a step cancelled it.
+const CANCEL_CHECK: Duration = Duration::from_millis(50);
 
 /// Ends a delivery: the row leaves memory, and a refused or poison row is deleted.
 fn settle(engine: &Engine, row: &Pending, outcome: Delivery) {

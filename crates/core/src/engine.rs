@@ -19,7 +19,7 @@ use crate::commit::Committer;
 use crate::courier::Courier;
 use crate::due::DueRows;
 use crate::pause::Pauses;
-use crate::process::effect::EffectRunner;
+use crate::process::effect::{EffectVtable, Resources};
 use crate::quarantine::Quarantine;
 use crate::registry::{Limits, Registry};
 use crate::shards::Shards;
@@ -52,7 +52,11 @@ pub(crate) struct Engine {
     /// Pending timers, messages and effects due soon.
     pub(crate) due: Arc<DueRows>,
     /// The registered effects, by kind and effect name.
-    pub(crate) effects: HashMap<(&'static str, &'static str), EffectRunner>,
+    pub(crate) effects: HashMap<(&'static str, &'static str), EffectVtable>,
+    /// What effects are handed ([`crate::EffectCtx::resource`]).
+    pub(crate) resources: Arc<Resources>,
+    /// Effects' failed attempts and failures for good, since the start.
+    pub(crate) effect_counters: EffectCounters,
     /// The registered kinds' names, to check the targets of `ctx.tell`.
     pub(crate) kind_names: HashSet<&'static str>,
     /// The async runtime the node runs on: entity tasks are spawned here, whatever thread
@@ -79,13 +83,23 @@ pub(crate) struct Engine {
     pub(crate) courier: OnceLock<Arc<dyn Courier>>,
 }
 
+/// How effects fared since the start.
+#[derive(Debug, Default)]
+pub(crate) struct EffectCounters {
+    /// Attempts that failed (returned `Err`, panicked or timed out).
+    pub(crate) failed_attempts: std::sync::atomic::AtomicU64,
+    /// Effects that failed for good: their entity got [`crate::Effect::failed`]'s message.
+    pub(crate) failed: std::sync::atomic::AtomicU64,
+}
+
 /// What an [`Engine`] is made of, besides what it makes itself.
 pub(crate) struct Parts {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) shards: Shards,
     pub(crate) config: Config,
     pub(crate) limits: Limits,
-    pub(crate) effects: HashMap<(&'static str, &'static str), EffectRunner>,
+    pub(crate) effects: HashMap<(&'static str, &'static str), EffectVtable>,
+    pub(crate) resources: Resources,
     pub(crate) kind_names: HashSet<&'static str>,
     /// Entities paused by an operator, as stored.
     pub(crate) paused: Vec<EntityKey>,
@@ -112,6 +126,8 @@ impl Engine {
             committer,
             due,
             effects: parts.effects,
+            resources: Arc::new(parts.resources),
+            effect_counters: EffectCounters::default(),
             kind_names: parts.kind_names,
             runtime: tokio::runtime::Handle::current(),
             inflight,

@@ -440,6 +440,16 @@ pub enum StartError {
     /// Two kinds were registered with the same name.
     #[error("two kinds are named {0:?}; kind names must be unique")]
     DuplicateKind(&'static str),
+    /// An effect was registered whose kind is not.
+    #[error(
+        "effect {effect:?} is registered for kind {kind:?}, which is not: register the kind too"
+    )]
+    EffectWithoutKind {
+        /// The effect's kind.
+        kind: &'static str,
+        /// The effect's name.
+        effect: &'static str,
+    },
     /// The store could not be claimed.
     #[error("cannot claim the store: {0}")]
     Storage(#[from] perennial_storage::Error),

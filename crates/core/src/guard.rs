@@ -5,13 +5,16 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 /// Runs user code, turning a panic into its message.
 pub(crate) fn guard<T>(f: impl FnOnce() -> T) -> Result<T, String> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
-        if let Some(s) = payload.downcast_ref::<&str>() {
-            (*s).to_owned()
-        } else if let Some(s) = payload.downcast_ref::<String>() {
-            s.clone()
-        } else {
-            "a panic without a message".to_owned()
-        }
-    })
+    catch_unwind(AssertUnwindSafe(f)).map_err(panic_message)
+}
+
+/// A panic's message, from its payload.
+pub(crate) fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_owned()
+    }
 }

@@ -142,7 +142,9 @@ pub use migration::{Migrate, MigrationReport, Progress, ReplayReport};
 pub use plumbing::Plumbing;
 pub use process::ask::{AskError, AskId, Asked};
 pub use process::ctx::{Ctx, Rng};
-pub use process::effect::{Effect, EffectId, TimerId};
+pub use process::effect::{
+    Effect, EffectCtx, EffectError, EffectFailure, EffectId, Retry, TimerId,
+};
 pub use process::{Migration, MigrationError, Persistence, Process};
 pub use quarantine::Quarantined;
 pub use runtime::{Runtime, Stats};

@@ -98,6 +98,11 @@ pub struct Stats {
     pub pending_fired: u64,
     /// Entities quarantined now (see [`Admin::quarantined`](crate::Admin::quarantined)).
     pub quarantined: usize,
+    /// Effects' attempts that failed (returned `Err`, panicked or timed out) since the start.
+    pub effect_attempts_failed: u64,
+    /// Effects that failed for good since the start: their entity got
+    /// [`Effect::failed`](crate::Effect::failed)'s message.
+    pub effects_failed: u64,
 }
 
 impl Runtime {
@@ -188,6 +193,14 @@ impl Runtime {
             pending_in_memory,
             quarantined: engine.quarantine.len(),
             pending_fired,
+            effect_attempts_failed: engine
+                .effect_counters
+                .failed_attempts
+                .load(std::sync::atomic::Ordering::Relaxed),
+            effects_failed: engine
+                .effect_counters
+                .failed
+                .load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 

@@ -1,10 +1,15 @@
 //! Effects: work outside the handler whose result comes back as a message; run again after a
-//! restart if a crash interrupted them.
+//! restart if a crash interrupted them; failed attempts (errors, panics, timeouts) retried by
+//! their policy, then the failure comes back as a message; resources from the builder;
+//! cancellation by a step.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
-use perennial_core::{CallError, Ctx, Effect, EffectId, Process, Runtime};
+use perennial_core::{
+    CallError, Ctx, Effect, EffectCtx, EffectError, EffectFailure, EffectId, Process, Retry,
+    Runtime, StartError,
+};
 use perennial_storage::{MemoryStore, Store};
 use serde::{Deserialize, Serialize};
 
@@ -12,15 +17,39 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Job {
     pub(crate) results: Vec<String>,
+    last: Option<EffectId>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum JobMsg {
-    Start { ms: u64 },
+    Start {
+        ms: u64,
+    },
     StartUnregistered,
-    Finished { result: String },
+    /// Starts a `Flaky` effect.
+    Flaky {
+        fail: u32,
+        how: How,
+    },
+    /// Cancels the effect started last.
+    CancelLast,
+    Finished {
+        result: String,
+    },
     Get,
+}
+
+/// How a `Flaky` effect's failing attempts fail.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum How {
+    Err,
+    Panic,
+    Hang,
+    Permanent,
+    /// Succeeds, with the `Greeting` resource in its result.
+    Resource,
 }
 
 /// Every run of `Nap`: its effect id.
@@ -40,11 +69,66 @@ impl Effect for Nap {
     type Kind = Job;
     const NAME: &'static str = "nap";
 
-    async fn run(self, id: EffectId) -> JobMsg {
-        RUNS.lock().unwrap().push(id.to_string());
+    async fn run(self, cx: EffectCtx) -> Result<JobMsg, EffectError> {
+        let id = cx.id().to_string();
+        RUNS.lock().unwrap().push(id.clone());
         tokio::time::sleep(Duration::from_millis(self.ms)).await;
+        Ok(JobMsg::Finished { result: id })
+    }
+
+    fn failed(self, failure: EffectFailure) -> JobMsg {
         JobMsg::Finished {
-            result: id.to_string(),
+            result: format!("failed: {}", failure.error),
+        }
+    }
+}
+
+/// A resource given to the builder.
+struct Greeting(&'static str);
+
+/// Fails its first `fail` attempts as `how` says, then succeeds with its attempt's number.
+#[derive(Debug, Serialize, Deserialize)]
+struct Flaky {
+    fail: u32,
+    how: How,
+}
+
+impl Effect for Flaky {
+    type Kind = Job;
+    const NAME: &'static str = "flaky";
+
+    fn retry() -> Retry {
+        Retry::DEFAULT
+            .attempts(3)
+            .backoff(Duration::from_millis(10), Duration::from_millis(40))
+            .timeout(Duration::from_millis(300))
+    }
+
+    async fn run(self, cx: EffectCtx) -> Result<JobMsg, EffectError> {
+        RUNS.lock().unwrap().push(cx.id().to_string());
+        if let How::Resource = self.how {
+            let greeting = cx.resource::<Greeting>()?;
+            return Ok(JobMsg::Finished {
+                result: greeting.0.to_owned(),
+            });
+        }
+        if cx.attempt() <= self.fail {
+            match self.how {
+                How::Err => return Err(EffectError::new("not yet")),
+                How::Panic => panic!("the effect panics on purpose"),
+                How::Hang => tokio::time::sleep(Duration::from_secs(3600)).await,
+                How::Permanent => return Err(EffectError::permanent("never")),
+                How::Resource => {}
+            }
+        }
+        Ok(JobMsg::Finished {
+            result: format!("attempt {}", cx.attempt()),
+        })
+    }
+
+    fn failed(self, failure: EffectFailure) -> JobMsg {
+        JobMsg::Finished {
+            result: format!("failed after {}: {}", failure.attempts, failure.error),
         }
     }
 }
@@ -57,7 +141,11 @@ impl Effect for Stray {
     type Kind = Job;
     const NAME: &'static str = "stray";
 
-    async fn run(self, _id: EffectId) -> JobMsg {
+    async fn run(self, _cx: EffectCtx) -> Result<JobMsg, EffectError> {
+        Ok(JobMsg::Get)
+    }
+
+    fn failed(self, _failure: EffectFailure) -> JobMsg {
         JobMsg::Get
     }
 }
@@ -73,15 +161,25 @@ impl Process for Job {
 
     fn handle(&mut self, msg: JobMsg, ctx: &mut Ctx<'_, Self>) -> Result<JobReply, Self::Error> {
         let started = match msg {
-            JobMsg::Start { ms } => Some(ctx.effect(Nap { ms }).to_string()),
-            JobMsg::StartUnregistered => Some(ctx.effect(Stray).to_string()),
+            JobMsg::Start { ms } => Some(ctx.effect(Nap { ms })),
+            JobMsg::StartUnregistered => Some(ctx.effect(Stray)),
+            JobMsg::Flaky { fail, how } => Some(ctx.effect(Flaky { fail, how })),
+            JobMsg::CancelLast => {
+                if let Some(last) = self.last.take() {
+                    ctx.cancel_effect(&last);
+                }
+                None
+            }
             JobMsg::Finished { result } => {
                 self.results.push(result);
                 None
             }
             JobMsg::Get => None,
         };
-        Ok((self.results.clone(), started))
+        if let Some(id) = &started {
+            self.last = Some(id.clone());
+        }
+        Ok((self.results.clone(), started.map(|id| id.to_string())))
     }
 }
 
@@ -90,6 +188,8 @@ async fn jobs(store: &MemoryStore) -> Runtime {
         .store(store.clone())
         .register_snapshot::<Job>()
         .register_effect::<Nap>()
+        .register_effect::<Flaky>()
+        .resource(Greeting("hello"))
         .start()
         .await
         .unwrap()
@@ -161,4 +261,113 @@ async fn an_unregistered_effect_fails_its_step() {
         other => panic!("{other:?}"),
     }
     assert!(store.due(i64::MAX, 10).await.unwrap().is_empty());
+}
+
+/// Starts a `Flaky` effect on job `id`; returns its result once applied.
+async fn flaky(rt: &Runtime, id: &str, fail: u32, how: How) -> String {
+    let (_, effect) = rt
+        .get::<Job>(id)
+        .call(JobMsg::Flaky { fail, how })
+        .await
+        .unwrap();
+    let first = results(rt, id, 1).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(results(rt, id, 1).await.len(), 1, "one message per effect");
+    assert!(effect.is_some());
+    first[0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_attempts_are_retried_and_the_failure_comes_back_as_a_message() {
+    let store = MemoryStore::new();
+    let rt = jobs(&store).await;
+    let before = rt.stats();
+    // An error, a panic and a timeout are each a failed attempt, retried after a backoff.
+    assert_eq!(flaky(&rt, "f1", 2, How::Err).await, "attempt 3");
+    assert_eq!(flaky(&rt, "f2", 1, How::Panic).await, "attempt 2");
+    assert_eq!(flaky(&rt, "f3", 1, How::Hang).await, "attempt 2");
+    // When no attempt is left, the failure comes back.
+    assert_eq!(
+        flaky(&rt, "f4", 3, How::Err).await,
+        "failed after 3: not yet"
+    );
+    let panicked = flaky(&rt, "f5", 5, How::Panic).await;
+    assert!(
+        panicked.starts_with("failed after 3: the attempt panicked: the effect panics"),
+        "{panicked}"
+    );
+    // A permanent error ends it at once.
+    assert_eq!(
+        flaky(&rt, "f6", 1, How::Permanent).await,
+        "failed after 1: never"
+    );
+    let after = rt.stats();
+    assert_eq!(
+        after.effect_attempts_failed - before.effect_attempts_failed,
+        2 + 1 + 1 + 3 + 3 + 1
+    );
+    assert_eq!(after.effects_failed - before.effects_failed, 3);
+    assert!(store.due(i64::MAX, 10).await.unwrap().is_empty());
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_effect_gets_the_builders_resources() {
+    let store = MemoryStore::new();
+    let rt = jobs(&store).await;
+    assert_eq!(flaky(&rt, "r1", 0, How::Resource).await, "hello");
+    rt.shutdown().await;
+    // Without it: a permanent failure that says what to add.
+    let rt = Runtime::builder()
+        .store(store.clone())
+        .register_snapshot::<Job>()
+        .register_effect::<Flaky>()
+        .start()
+        .await
+        .unwrap();
+    let missing = flaky(&rt, "r2", 0, How::Resource).await;
+    assert!(
+        missing.starts_with("failed after 1: no resource of type")
+            && missing.contains(".resource("),
+        "{missing}"
+    );
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_effect_is_stopped_and_never_answers() {
+    let store = MemoryStore::new();
+    let rt = jobs(&store).await;
+    let job = rt.get::<Job>("c1");
+    let (_, id) = job.call(JobMsg::Start { ms: 10_000 }).await.unwrap();
+    let id = id.unwrap();
+    for _ in 0..100 {
+        if runs_of(&id) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(runs_of(&id), 1, "running");
+    job.call(JobMsg::CancelLast).await.unwrap();
+    // Stopped within the check interval; its row is gone, and nothing comes back.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(store.due(i64::MAX, 10).await.unwrap().is_empty());
+    assert!(results(&rt, "c1", 0).await.is_empty());
+    assert_eq!(rt.stats().pending_in_memory, 0, "its delivery ended");
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_effect_of_a_kind_not_registered_fails_start() {
+    let started = Runtime::builder()
+        .store(MemoryStore::new())
+        .register_effect::<Nap>()
+        .start()
+        .await;
+    match started {
+        Err(e @ StartError::EffectWithoutKind { .. }) => {
+            assert!(e.to_string().contains("register the kind"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
 }

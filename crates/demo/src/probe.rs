@@ -15,7 +15,7 @@
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use perennial_core::{Asked, Ctx, Effect, EffectId, Process};
+use perennial_core::{Asked, Ctx, Effect, EffectCtx, EffectError, EffectFailure, Process};
 use serde::{Deserialize, Serialize};
 
 /// How often a `jprobe` snapshots its list (and trims the journal the snapshot covers).
@@ -91,7 +91,12 @@ impl<P: Process<Msg = ProbeMsg>> Effect for Echo<P> {
     type Kind = P;
     const NAME: &'static str = "echo";
 
-    async fn run(self, _id: EffectId) -> ProbeMsg {
+    async fn run(self, _cx: EffectCtx) -> Result<ProbeMsg, EffectError> {
+        Ok(ProbeMsg::Append(self.token))
+    }
+
+    /// Never called: an echo does not fail.
+    fn failed(self, _failure: EffectFailure) -> ProbeMsg {
         ProbeMsg::Append(self.token)
     }
 }

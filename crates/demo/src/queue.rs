@@ -18,7 +18,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
 
-use perennial_core::{Ctx, Effect, EffectId, Process, Rejection};
+use perennial_core::{Ctx, Effect, EffectCtx, EffectError, EffectFailure, Process, Rejection};
 use serde::{Deserialize, Serialize};
 
 /// The most jobs one queue may run at once.
@@ -74,6 +74,9 @@ pub struct Finished {
     pub started_ms: i64,
     /// When its work finished.
     pub finished_ms: i64,
+    /// Why it failed, if it did (every attempt of its work failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A message to a queue.
@@ -150,13 +153,24 @@ impl Effect for Work {
     type Kind = Queue;
     const NAME: &'static str = "work";
 
-    async fn run(self, _id: EffectId) -> QueueMsg {
+    async fn run(self, _cx: EffectCtx) -> Result<QueueMsg, EffectError> {
         let started_ms = unix_ms();
         tokio::time::sleep(Duration::from_millis(self.work_ms)).await;
-        QueueMsg::Finished(Finished {
+        Ok(QueueMsg::Finished(Finished {
             job: self.job,
             started_ms,
             finished_ms: unix_ms(),
+            error: None,
+        }))
+    }
+
+    fn failed(self, failure: EffectFailure) -> QueueMsg {
+        let now = unix_ms();
+        QueueMsg::Finished(Finished {
+            job: self.job,
+            started_ms: now,
+            finished_ms: now,
+            error: Some(failure.error),
         })
     }
 }
@@ -338,6 +352,7 @@ mod tests {
     #[test]
     fn peak_counts_overlaps() {
         let f = |s, e| Finished {
+            error: None,
             job: String::new(),
             started_ms: s,
             finished_ms: e,

@@ -192,7 +192,7 @@ impl Collector for RuntimeCollector {
                 MetricType::Gauge,
             )?)?;
         }
-        let counters: [(&str, &str, u64); 4] = [
+        let counters: [(&str, &str, u64); 6] = [
             (
                 "commits",
                 "Batches committed (one fsync each)",
@@ -208,6 +208,16 @@ impl Collector for RuntimeCollector {
                 "pending_fired",
                 "Timers, messages and effects applied, refused or dead-lettered",
                 stats.pending_fired,
+            ),
+            (
+                "effect_attempts_failed",
+                "Effects' attempts that failed (an error, a panic or a timeout), retried or not",
+                stats.effect_attempts_failed,
+            ),
+            (
+                "effects_failed",
+                "Effects that failed for good: their entity was sent the failure",
+                stats.effects_failed,
             ),
         ];
         for (name, help, value) in counters {

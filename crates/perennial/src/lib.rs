@@ -46,8 +46,9 @@
 // Writing kinds: the process traits, the context of a step, effects, journal snapshots and
 // state migrations.
 pub use perennial_core::{
-    AskError, AskId, Asked, Ctx, Effect, EffectId, Migration, MigrationError, Persistence, Process,
-    Rejection, Rng, Snapshots, TimerId, schema_version,
+    AskError, AskId, Asked, Ctx, Effect, EffectCtx, EffectError, EffectFailure, EffectId,
+    Migration, MigrationError, Persistence, Process, Rejection, Retry, Rng, Snapshots, TimerId,
+    schema_version,
 };
 // Running them: the runtime, its builder, handles to entities, watches.
 pub use perennial_core::{Builder, EntityId, EntityKey, EntityRef, Runtime, StateChange, Watch};

@@ -77,6 +77,16 @@ impl Via {
         }
     }
 
+    /// An ask's answer applied under a key made from its row's id (not the target's key: the
+    /// asker may have asked itself), and the row deleted.
+    pub(crate) fn keyed_answer(row: RowId) -> Self {
+        Self::Idempotent {
+            key: Box::from(crate::courier::answer_key(&row.owner, row.seq)),
+            checked: false,
+            row: Some(Box::new(row)),
+        }
+    }
+
     /// A pending row applied under a key made from its id: carried from another node (see
     /// `courier`), or delivered in a cluster, where another node may deliver it too.
     pub(crate) fn keyed_row(row: RowId) -> Self {

@@ -250,6 +250,7 @@ pub(crate) async fn deliver_row<K: Process>(
     let (via, reply) = match applying {
         Applying::Row => (Via::Row(Box::new(row)), ReplyTo::Row(reply)),
         Applying::KeyedRow => (Via::keyed_row(row), ReplyTo::Row(reply)),
+        Applying::KeyedAnswer => (Via::keyed_answer(row), ReplyTo::Row(reply)),
         Applying::Ask { fresh } => (Via::ask(&row, fresh), ReplyTo::Ask(reply)),
     };
     let envelope = Envelope {

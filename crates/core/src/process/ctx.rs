@@ -260,6 +260,17 @@ impl<'a, K: Process> Ctx<'a, K> {
         self.work.cancels.push(timer.0);
     }
 
+    /// Cancels one of this entity's effects, in the same commit as this step: an attempt that
+    /// is running is stopped (within 50 ms), none is started again, and its result or failure
+    /// is never applied. An effect that finished already (its message applied, or on its way),
+    /// or an id of another entity's effect, is ignored. Effects run at least once: an attempt
+    /// may have done its work before it was stopped.
+    pub fn cancel_effect(&mut self, effect: &EffectId) {
+        if effect.entity().kind.as_ref() == K::KIND && effect.entity().id == *self.id {
+            self.work.cancels.push(effect.number());
+        }
+    }
+
     /// Deletes this entity, in this step's commit: its state (for a `Journal` kind, its
     /// journal and snapshots) and what it addressed to itself (timers, effects not finished,
     /// messages to itself) are gone once the step is durable, and listings and queries no
@@ -516,7 +527,9 @@ impl<'a, K: Process> Ctx<'a, K> {
     /// Effects run **at least once**: the effect is stored with this step, and one that a
     /// crash interrupted is started again after the restart. Pass
     /// [`EffectId`]'s text to an external API as its idempotency key to make the whole
-    /// exactly-once. The effect's type must be registered with
+    /// exactly-once. A failed attempt is retried as [`Effect::retry`] says; when none is
+    /// left, [`Effect::failed`]'s message comes back instead of a result. Stop it with
+    /// [`cancel_effect`](Self::cancel_effect). The effect's type must be registered with
     /// [`Builder::register_effect`](crate::Builder::register_effect).
     pub fn effect<E: Effect<Kind = K>>(&mut self, effect: E) -> EffectId {
         let input = self.encode(&effect, "an effect");
