@@ -349,6 +349,12 @@ pub struct PendingRow {
     pub target: EntityRef,
     /// The message.
     pub body: Value,
+    /// For an effect this node is running whose last attempt failed: how many failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_attempts: Option<u32>,
+    /// And the last one's error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// What a pending row is.

@@ -49,6 +49,16 @@ pub enum Passivation {
     NotResident,
 }
 
+/// An effect whose last attempt failed, waiting for its next one (see [`Admin::retrying`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Retrying {
+    /// Attempts that failed so far (on this node, since it started the effect).
+    pub failed_attempts: u32,
+    /// The last one's error.
+    pub last_error: String,
+}
+
 /// What operators do to a running runtime, apart from what its application does: list and
 /// query a kind's entities, index a kind, read an entity's stored state and history, pause,
 /// resume, passivate and release entities, handle dead letters, and run migration passes.
@@ -409,6 +419,22 @@ impl Admin {
             .map_err(AdminError::Store)
     }
 
+    /// The effects of `kind`/`id` that this node is running and whose last attempt failed
+    /// (they wait for their next attempt, or run it), by the number of their pending row
+    /// ([`pending_of`](Self::pending_of)). Empty for an entity another node serves.
+    pub fn retrying(&self, kind: &str, id: &str) -> Result<Vec<(u64, Retrying)>, AdminError> {
+        self.stored_kind(kind)?;
+        let key = EntityKey::new(kind, EntityId::new(id)?);
+        let retrying = self.rt.shared.engine.effect_counters.retrying.lock();
+        let mut found: Vec<(u64, Retrying)> = retrying
+            .iter()
+            .filter(|(row, _)| row.owner == key)
+            .map(|(row, r)| (row.seq, r.clone()))
+            .collect();
+        found.sort_by_key(|(seq, _)| *seq);
+        Ok(found)
+    }
+
     /// The paused entities, in key order.
     pub fn paused(&self) -> Vec<EntityKey> {
         self.rt.shared.engine.pauses.list()
@@ -575,7 +601,7 @@ impl Admin {
     /// [`AdminError::NoSuchLetter`] if no letter has that number (it was retried or discarded),
     /// or the call's own error.
     pub async fn retry_dead_letter(&self, seq: u64) -> Result<String, AdminError> {
-        let _retrying = Retrying::claim(&self.rt, seq)?;
+        let _retrying = LetterInHand::claim(&self.rt, seq)?;
         let letter = self
             .dead_letter(seq)
             .await
@@ -595,7 +621,7 @@ impl Admin {
 
     /// Deletes dead letter `seq` without applying it. Returns whether it was stored.
     pub async fn discard_dead_letter(&self, seq: u64) -> Result<bool, AdminError> {
-        let _retrying = Retrying::claim(&self.rt, seq)?;
+        let _retrying = LetterInHand::claim(&self.rt, seq)?;
         let storage = AdminError::Store;
         let Some(letter) = self.dead_letter(seq).await.map_err(storage)? else {
             return Ok(false);
@@ -639,12 +665,12 @@ impl Admin {
 }
 
 /// A dead letter being retried or discarded: two at once would apply it twice.
-struct Retrying<'a> {
+struct LetterInHand<'a> {
     rt: &'a Runtime,
     seq: u64,
 }
 
-impl<'a> Retrying<'a> {
+impl<'a> LetterInHand<'a> {
     fn claim(rt: &'a Runtime, seq: u64) -> Result<Self, AdminError> {
         if rt.shared.engine.letters_in_hand.lock().insert(seq) {
             Ok(Self { rt, seq })
@@ -654,7 +680,7 @@ impl<'a> Retrying<'a> {
     }
 }
 
-impl Drop for Retrying<'_> {
+impl Drop for LetterInHand<'_> {
     fn drop(&mut self) {
         self.rt
             .shared

@@ -25,13 +25,14 @@ use perennial_faults::failpoint;
 use perennial_storage::{DeadLetter, DeadLetterWrite, Pending, PendingClass, PendingDone};
 use perennial_types::{EntityKey, Epoch, shard_of};
 
+use crate::Retrying;
 use crate::courier::{Applying, Delivery, Parcel};
 use crate::due::{LOOKAHEAD, RowId};
 use crate::dyn_kind::DynKind;
 use crate::engine::Engine;
 use crate::process::ask::{AskBody, AskError, answer_message, asked_json};
 use crate::process::effect::{
-    Attempt, EffectBody, EffectCtx, EffectError, EffectFailure, EffectId,
+    Attempt, EffectBody, EffectCtx, EffectError, EffectFailure, EffectId, EffectVtable,
 };
 
 /// How long a failed delivery waits before it is tried again, at first and at most.
@@ -327,14 +328,26 @@ async fn run_effect(engine: &Engine, row: &Pending) -> Result<String, Delivery> 
         )));
     };
     let input = parsed.input.get();
-    let retry = (effect.retry)();
     let id = EffectId::new(row.owner.clone(), row.seq);
     let row_id = RowId::of(row);
+    let outcome = attempts(engine, (input, effect), &id, &row_id).await;
+    engine.effect_counters.retrying.lock().remove(&row_id);
+    outcome
+}
+
+/// [`run_effect`]'s attempts, each failure recorded for operators.
+async fn attempts(
+    engine: &Engine,
+    (input, effect): (&str, EffectVtable),
+    id: &EffectId,
+    row_id: &RowId,
+) -> Result<String, Delivery> {
+    let retry = (effect.retry)();
     let mut attempt = 1;
     loop {
         let cx = EffectCtx::new(id.clone(), attempt, Arc::clone(&engine.resources));
         let work = (effect.run)(input, cx).map_err(Delivery::Poison)?;
-        let error = match attempt_effect(engine, &row_id, work, retry.timeout).await? {
+        let error = match attempt_effect(engine, row_id, work, retry.timeout).await? {
             Ok(msg) => return Ok(msg),
             Err(error) => error,
         };
@@ -342,6 +355,15 @@ async fn run_effect(engine: &Engine, row: &Pending) -> Result<String, Delivery> 
             .effect_counters
             .failed_attempts
             .fetch_add(1, Ordering::Relaxed);
+        let status = Retrying {
+            failed_attempts: attempt,
+            last_error: error.to_string(),
+        };
+        engine
+            .effect_counters
+            .retrying
+            .lock()
+            .insert(row_id.clone(), status);
         if error.is_permanent() || attempt >= retry.attempts {
             tracing::warn!(effect = %id, attempt, %error, "an effect failed for good");
             engine
@@ -354,13 +376,13 @@ async fn run_effect(engine: &Engine, row: &Pending) -> Result<String, Delivery> 
             };
             return (effect.failed)(input, failure).map_err(Delivery::Poison);
         }
-        let wait = retry.wait_after(attempt, &id);
+        let wait = retry.wait_after(attempt, id);
         tracing::info!(effect = %id, attempt, %error, ?wait, "an effect's attempt failed; retrying");
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = engine.closed() => return Err(Delivery::Retry("the runtime closes".into())),
         }
-        if engine.due.is_cancelled(&row_id) {
+        if engine.due.is_cancelled(row_id) {
             return Err(Delivery::Skipped);
         }
         attempt += 1;

@@ -83,13 +83,15 @@ pub(crate) struct Engine {
     pub(crate) courier: OnceLock<Arc<dyn Courier>>,
 }
 
-/// How effects fared since the start.
+/// How effects fared since the start, and the ones retrying now.
 #[derive(Debug, Default)]
 pub(crate) struct EffectCounters {
     /// Attempts that failed (returned `Err`, panicked or timed out).
     pub(crate) failed_attempts: std::sync::atomic::AtomicU64,
     /// Effects that failed for good: their entity got [`crate::Effect::failed`]'s message.
     pub(crate) failed: std::sync::atomic::AtomicU64,
+    /// The effects running on this node whose last attempt failed, by row.
+    pub(crate) retrying: Mutex<HashMap<crate::due::RowId, crate::Retrying>>,
 }
 
 /// What an [`Engine`] is made of, besides what it makes itself.

@@ -129,7 +129,7 @@ mod sim;
 mod upgrade;
 mod watch;
 
-pub use admin::{Admin, EntityInfo, Passivation};
+pub use admin::{Admin, EntityInfo, Passivation, Retrying};
 pub use builder::Builder;
 pub use commit::CommitStats;
 pub use courier::{Courier, Delivery, Parcel};

@@ -312,6 +312,36 @@ async fn failed_attempts_are_retried_and_the_failure_comes_back_as_a_message() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_see_an_effect_that_is_retrying() {
+    let store = MemoryStore::new();
+    let rt = jobs(&store).await;
+    rt.get::<Job>("f7")
+        .call(JobMsg::Flaky {
+            fail: 3,
+            how: How::Hang,
+        })
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let seen = loop {
+        let retrying = rt.admin().retrying("job", "f7").unwrap();
+        if let Some((_, r)) = retrying.first() {
+            break r.clone();
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "never seen");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert!(seen.failed_attempts >= 1);
+    assert!(seen.last_error.contains("timeout"), "{}", seen.last_error);
+    let pending = rt.admin().pending_of("job", "f7", 10).await.unwrap();
+    assert_eq!(pending.len(), 1, "its row waits in storage");
+    let result = results(&rt, "f7", 1).await;
+    assert!(result[0].starts_with("failed after 3"), "{result:?}");
+    assert!(rt.admin().retrying("job", "f7").unwrap().is_empty());
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_effect_gets_the_builders_resources() {
     let store = MemoryStore::new();
     let rt = jobs(&store).await;

@@ -89,9 +89,13 @@ pub(crate) async fn pending(
 ) -> Result<Response, ApiError> {
     let Path(EntityPath { kind, id }) = path.map_err(ApiError::from_path)?;
     let rows = rt.admin().pending_of(&kind, &id, MAX_PENDING).await?;
+    let retrying: std::collections::HashMap<u64, perennial_core::Retrying> =
+        rt.admin().retrying(&kind, &id)?.into_iter().collect();
     let pending = rows
         .iter()
         .map(|p| api::PendingRow {
+            failed_attempts: retrying.get(&p.seq).map(|r| r.failed_attempts),
+            last_error: retrying.get(&p.seq).map(|r| r.last_error.clone()),
             seq: p.seq,
             class: match p.class {
                 PendingClass::Timer => api::PendingClass::Timer,

@@ -190,13 +190,14 @@ async function entityView(kind, id) {
       el("h2", {}, "Pending timers, messages and effects"),
       pending.length
         ? table(
-            ["seq", "class", "due", "to", "body"],
+            ["seq", "class", "due", "to", "body", "failed attempts"],
             pending.map((p) => [
               p.seq,
               p.class,
               new Date(p.due_ms).toISOString(),
               p.target.kind + "/" + p.target.id,
               JSON.stringify(p.body),
+              p.failed_attempts ? p.failed_attempts + ": " + p.last_error : "",
             ]),
           )
         : el("p", { class: "muted", id: "no-pending" }, "None."),
