@@ -182,7 +182,7 @@ pub struct Indexes {
     pub indexes: Vec<String>,
 }
 
-/// The body of `POST /v1/admin/kinds/{kind}/indexes`, and the query of its `DELETE`.
+/// The body of `POST /v1/admin/kinds/{kind}/indexes`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct IndexPath {
@@ -209,7 +209,7 @@ pub struct IndexCreated {
     pub path: String,
 }
 
-/// `DELETE /v1/admin/kinds/{kind}/indexes?path=P`.
+/// `DELETE /v1/admin/kinds/{kind}/indexes/{path}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct IndexDropped {
     /// The kind.

@@ -23,6 +23,22 @@ pub struct KindPath {
     pub kind: String,
 }
 
+/// `/…/{kind}/indexes/{path}`: one index of a kind, by its path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct IndexPathParams {
+    /// A registered kind's name.
+    #[param(example = "counter")]
+    pub kind: String,
+    /// The indexed path, such as `owner` or `seats[0].player` (percent-encoded).
+    #[param(
+        min_length = 1,
+        pattern = r"^(?!(?:[Aa][Nn][Dd]|[Oo][Rr]|[Nn][Oo][Tt]|[Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee]|[Nn][Uu][Ll][Ll])\b)[A-Za-z_][A-Za-z0-9_]{0,15}(?:\.[A-Za-z_][A-Za-z0-9_]{0,15}|\[(?:0|[1-9][0-9]{0,5})\]){0,3}$",
+        example = "owner"
+    )]
+    pub path: String,
+}
+
 /// `/…/{kind}/{id}`: an entity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]

@@ -49,16 +49,6 @@ pub enum Passivation {
     NotResident,
 }
 
-/// An effect whose last attempt failed, waiting for its next one (see [`Admin::retrying`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Retrying {
-    /// Attempts that failed so far (on this node, since it started the effect).
-    pub failed_attempts: u32,
-    /// The last one's error.
-    pub last_error: String,
-}
-
 /// What operators do to a running runtime, apart from what its application does: list and
 /// query a kind's entities, index a kind, read an entity's stored state and history, pause,
 /// resume, passivate and release entities, handle dead letters, and run migration passes.
@@ -422,11 +412,15 @@ impl Admin {
     /// The effects of `kind`/`id` that this node is running and whose last attempt failed
     /// (they wait for their next attempt, or run it), by the number of their pending row
     /// ([`pending_of`](Self::pending_of)). Empty for an entity another node serves.
-    pub fn retrying(&self, kind: &str, id: &str) -> Result<Vec<(u64, Retrying)>, AdminError> {
+    pub fn retrying(
+        &self,
+        kind: &str,
+        id: &str,
+    ) -> Result<Vec<(u64, crate::Retrying)>, AdminError> {
         self.stored_kind(kind)?;
         let key = EntityKey::new(kind, EntityId::new(id)?);
         let retrying = self.rt.shared.engine.effect_counters.retrying.lock();
-        let mut found: Vec<(u64, Retrying)> = retrying
+        let mut found: Vec<(u64, crate::Retrying)> = retrying
             .iter()
             .filter(|(row, _)| row.owner == key)
             .map(|(row, r)| (row.seq, r.clone()))

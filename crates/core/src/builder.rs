@@ -19,6 +19,7 @@ use crate::dyn_kind::DynKind;
 use crate::engine::{Config, Engine, Parts};
 use crate::journal::{SnapshotCodec, Snapshots};
 use crate::kind::{Counters, KindRt, Mode};
+use crate::listen::{self, Change};
 use crate::process::effect::{Effect, EffectVtable, Resources};
 use crate::registry::Limits;
 use crate::runtime::Tasks;
@@ -27,7 +28,7 @@ use crate::{Process, Runtime, StartError};
 
 type Registration = (
     &'static str,
-    Box<dyn FnOnce(&Arc<Engine>, u16) -> RegisteredKind + Send>,
+    Box<dyn FnOnce(&Arc<Engine>, u16, &mut listen::ByKind) -> RegisteredKind + Send>,
 );
 
 struct RegisteredKind {
@@ -73,6 +74,7 @@ pub struct Builder {
     registrations: Vec<Registration>,
     effects: HashMap<(&'static str, &'static str), EffectVtable>,
     resources: Resources,
+    listeners: listen::ByKind,
     config: Config,
     limits: Limits,
     node: String,
@@ -85,6 +87,7 @@ impl fmt::Debug for Builder {
             .field("kinds", &self.registrations.len())
             .field("effects", &self.effects.len())
             .field("resources", &self.resources.len())
+            .field("listeners", &self.listeners.len())
             .field("config", &self.config)
             .field("limits", &self.limits)
             .field("node", &self.node)
@@ -99,6 +102,7 @@ impl Default for Builder {
             registrations: Vec::new(),
             effects: HashMap::new(),
             resources: Resources::default(),
+            listeners: listen::ByKind::new(),
             config: Config {
                 mailbox_capacity: 1024,
                 max_inflight: 100_000,
@@ -228,6 +232,78 @@ impl Builder {
         self
     }
 
+    /// Calls `listener` for every committed step of every entity of kind `K`, in step order
+    /// per entity, with the message and the state before and after it (a [`Change`]): never
+    /// for a step that was rolled back, or whose commit failed or was fenced, and once the
+    /// step is durable. A deletion comes with `after: None`.
+    ///
+    /// Each listener runs on a task of its own, from a queue of 4,096 changes: a listener
+    /// slower than the kind's steps loses changes, which the kind's
+    /// [`KindStats::listener_dropped`](crate::KindStats::listener_dropped) counts (and
+    /// `/metrics`), rather than slowing commits. Keep it quick: hand slow work to a channel of
+    /// your own. A listener that panics is logged and gets the next change. Listening costs
+    /// two copies of the state and one of the message per step, so `K` and its message must
+    /// be `Clone`; a kind without listeners pays nothing. Steps of `Ephemeral` kinds are never
+    /// committed, so they are not heard. A listener of a kind that is not registered fails
+    /// [`start`](Self::start).
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use perennial_core::{Change, Ctx, Process, Runtime};
+    /// use perennial_storage::MemoryStore;
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Debug, Default, Clone, Serialize, Deserialize)]
+    /// struct Counter(i64);
+    ///
+    /// impl Process for Counter {
+    ///     const KIND: &'static str = "counter";
+    ///     type Msg = i64;
+    ///     type Reply = i64;
+    ///     type Error = std::convert::Infallible;
+    ///
+    ///     fn handle(&mut self, n: i64, _ctx: &mut Ctx<'_, Self>) -> Result<i64, Self::Error> {
+    ///         self.0 += n;
+    ///         Ok(self.0)
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let log = Arc::clone(&seen);
+    /// let rt = Runtime::builder()
+    ///     .store(MemoryStore::new())
+    ///     .register_snapshot::<Counter>()
+    ///     .listen(move |change: &Change<Counter>| {
+    ///         let after = change.after.as_ref().map_or(0, |c| c.0);
+    ///         log.lock().unwrap().push((change.before.0, change.msg, after));
+    ///     })
+    ///     .start()
+    ///     .await?;
+    /// rt.get::<Counter>("c1").call(5).await?;
+    /// rt.get::<Counter>("c1").call(2).await?;
+    /// # while seen.lock().unwrap().len() < 2 { tokio::task::yield_now().await; }
+    /// assert_eq!(*seen.lock().unwrap(), [(0, Some(5), 5), (5, Some(2), 7)]);
+    /// # rt.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn listen<K>(mut self, listener: impl FnMut(&Change<K>) + Send + 'static) -> Self
+    where
+        K: Process + Clone,
+        K::Msg: Clone,
+    {
+        let pending = self
+            .listeners
+            .entry(K::KIND)
+            .or_insert_with(|| Box::new(listen::Pending::<K>::new(K::clone, K::Msg::clone)));
+        if let Some(pending) = pending.downcast_mut::<listen::Pending<K>>() {
+            pending.push(Box::new(listener));
+        }
+        self
+    }
+
     /// Gives effects a resource: an HTTP client, a connection pool, a configuration. An
     /// effect's attempt gets it with [`EffectCtx::resource::<T>()`](crate::EffectCtx::resource),
     /// by its type (one value per type; a later one replaces an earlier one). Effects hold no
@@ -271,21 +347,28 @@ impl Builder {
     fn add<K: Process>(mut self, mode: Mode<K>) -> Self {
         self.registrations.push((
             K::KIND,
-            Box::new(move |engine: &Arc<Engine>, index: u16| {
-                let kind = Arc::new(KindRt::<K> {
-                    name: Arc::from(K::KIND),
-                    index,
-                    mode,
-                    counters: Counters::default(),
-                    engine: Arc::clone(engine),
-                });
-                RegisteredKind {
-                    name: K::KIND,
-                    type_id: TypeId::of::<K>(),
-                    typed: Arc::clone(&kind) as Arc<dyn Any + Send + Sync>,
-                    dynamic: kind,
-                }
-            }),
+            Box::new(
+                move |engine: &Arc<Engine>, index: u16, listeners: &mut listen::ByKind| {
+                    let listeners = listeners
+                        .remove(K::KIND)
+                        .and_then(|pending| pending.downcast::<listen::Pending<K>>().ok())
+                        .map(|pending| pending.start());
+                    let kind = Arc::new(KindRt::<K> {
+                        name: Arc::from(K::KIND),
+                        index,
+                        mode,
+                        counters: Counters::default(),
+                        engine: Arc::clone(engine),
+                        listeners,
+                    });
+                    RegisteredKind {
+                        name: K::KIND,
+                        type_id: TypeId::of::<K>(),
+                        typed: Arc::clone(&kind) as Arc<dyn Any + Send + Sync>,
+                        dynamic: kind,
+                    }
+                },
+            ),
         ));
         self
     }
@@ -385,6 +468,13 @@ impl Builder {
         {
             return Err(StartError::EffectWithoutKind { kind, effect });
         }
+        if let Some(kind) = self
+            .listeners
+            .keys()
+            .find(|kind| !kind_names.contains(*kind))
+        {
+            return Err(StartError::ListenerWithoutKind(kind));
+        }
         let engine = Arc::new(Engine::new(Parts {
             store: Arc::clone(&store),
             shards: shards.unwrap_or_else(Shards::none),
@@ -398,9 +488,10 @@ impl Builder {
         let committer = Arc::clone(&engine.committer);
         let mut by_name = HashMap::new();
         let mut by_type = HashMap::new();
+        let mut listeners = self.listeners;
         for (index, (_, register)) in self.registrations.into_iter().enumerate() {
             let index = u16::try_from(index).unwrap_or(u16::MAX);
-            let kind = register(&engine, index);
+            let kind = register(&engine, index, &mut listeners);
             if !names.insert(kind.name) {
                 return Err(StartError::DuplicateKind(kind.name));
             }

@@ -25,14 +25,13 @@ use perennial_faults::failpoint;
 use perennial_storage::{DeadLetter, DeadLetterWrite, Pending, PendingClass, PendingDone};
 use perennial_types::{EntityKey, Epoch, shard_of};
 
-use crate::Retrying;
 use crate::courier::{Applying, Delivery, Parcel};
 use crate::due::{LOOKAHEAD, RowId};
 use crate::dyn_kind::DynKind;
 use crate::engine::Engine;
 use crate::process::ask::{AskBody, AskError, answer_message, asked_json};
 use crate::process::effect::{
-    Attempt, EffectBody, EffectCtx, EffectError, EffectFailure, EffectId, EffectVtable,
+    Attempt, EffectBody, EffectCtx, EffectError, EffectFailure, EffectId, EffectVtable, Retrying,
 };
 
 /// How long a failed delivery waits before it is tried again, at first and at most.

@@ -273,6 +273,8 @@ impl<K: Process> DynKind for KindRt<K> {
             restarts: c.restarts.load(Ordering::Relaxed),
             dead_letters: c.dead_letters.load(Ordering::Relaxed),
             resident: c.resident.load(Ordering::Relaxed),
+            listener_dropped: self.listeners.as_ref().map_or(0, |l| l.dropped()),
+            listener_queued: self.listeners.as_ref().map_or(0, |l| l.queued()),
         }
     }
 }

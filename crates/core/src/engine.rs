@@ -91,7 +91,7 @@ pub(crate) struct EffectCounters {
     /// Effects that failed for good: their entity got [`crate::Effect::failed`]'s message.
     pub(crate) failed: std::sync::atomic::AtomicU64,
     /// The effects running on this node whose last attempt failed, by row.
-    pub(crate) retrying: Mutex<HashMap<crate::due::RowId, crate::Retrying>>,
+    pub(crate) retrying: Mutex<HashMap<crate::due::RowId, crate::process::effect::Retrying>>,
 }
 
 /// What an [`Engine`] is made of, besides what it makes itself.

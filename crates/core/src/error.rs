@@ -450,6 +450,9 @@ pub enum StartError {
         /// The effect's name.
         effect: &'static str,
     },
+    /// A listener was given for a kind that is not registered.
+    #[error("a listener is given for kind {0:?}, which is not registered: register the kind too")]
+    ListenerWithoutKind(&'static str),
     /// The store could not be claimed.
     #[error("cannot claim the store: {0}")]
     Storage(#[from] perennial_storage::Error),

@@ -30,6 +30,8 @@ pub(crate) struct KindRt<K: Process> {
     pub(crate) mode: Mode<K>,
     pub(crate) counters: Counters,
     pub(crate) engine: Arc<Engine>,
+    /// Its listeners ([`Builder::listen`](crate::Builder::listen)), if it has any.
+    pub(crate) listeners: Option<crate::listen::Listeners<K>>,
 }
 
 impl<K: Process> std::fmt::Debug for KindRt<K> {
@@ -83,4 +85,8 @@ pub struct KindStats {
     pub dead_letters: u64,
     /// Entities resident now.
     pub resident: u64,
+    /// Changes its listeners lost because their queues were full, since the start.
+    pub listener_dropped: u64,
+    /// Changes waiting in its listeners' queues now (their lag).
+    pub listener_queued: u64,
 }

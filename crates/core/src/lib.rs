@@ -114,6 +114,7 @@ mod guard;
 mod histogram;
 mod journal;
 mod kind;
+mod listen;
 mod migration;
 mod pause;
 mod plumbing;
@@ -129,7 +130,7 @@ mod sim;
 mod upgrade;
 mod watch;
 
-pub use admin::{Admin, EntityInfo, Passivation, Retrying};
+pub use admin::{Admin, EntityInfo, Passivation};
 pub use builder::Builder;
 pub use commit::CommitStats;
 pub use courier::{Courier, Delivery, Parcel};
@@ -138,12 +139,13 @@ pub use error::{AdminError, CallError, JsonRejection, Overload, Rejection, Start
 pub use histogram::Histogram;
 pub use journal::{HistoryEntry, Snapshots};
 pub use kind::KindStats;
+pub use listen::Change;
 pub use migration::{Migrate, MigrationReport, Progress, ReplayReport};
 pub use plumbing::Plumbing;
 pub use process::ask::{AskError, AskId, Asked};
 pub use process::ctx::{Ctx, Rng};
 pub use process::effect::{
-    Effect, EffectCtx, EffectError, EffectFailure, EffectId, Retry, TimerId,
+    Effect, EffectCtx, EffectError, EffectFailure, EffectId, Retry, Retrying, TimerId,
 };
 pub use process::{Migration, MigrationError, Persistence, Process};
 pub use quarantine::Quarantined;

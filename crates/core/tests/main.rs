@@ -11,6 +11,7 @@ mod idempotency;
 mod journal;
 mod kinds;
 mod limits;
+mod listen;
 mod messages;
 mod migrations;
 mod passivation;

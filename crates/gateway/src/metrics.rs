@@ -115,7 +115,7 @@ struct KindLabel {
 impl Collector for RuntimeCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let stats = self.rt.stats();
-        let per_kind: [(&str, &str, KindCounter); 4] = [
+        let per_kind: [(&str, &str, KindCounter); 5] = [
             (
                 "activations",
                 "Entities activated (loaded or created)",
@@ -130,6 +130,11 @@ impl Collector for RuntimeCollector {
             ("dead_letters", "Messages set aside as dead letters", |k| {
                 k.dead_letters
             }),
+            (
+                "listener_dropped",
+                "Committed changes a listener lost because its queue was full",
+                |k| k.listener_dropped,
+            ),
         ];
         for (name, help, value) in per_kind {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
@@ -151,6 +156,19 @@ impl Collector for RuntimeCollector {
                 kind: k.kind.clone(),
             };
             ConstGauge::new(k.resident as i64).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "listener_queued",
+            "Committed changes waiting in listeners' queues now (their lag), by kind",
+            None,
+            MetricType::Gauge,
+        )?;
+        for k in &stats.kinds {
+            let labels = KindLabel {
+                kind: k.kind.clone(),
+            };
+            let queued = i64::try_from(k.listener_queued).unwrap_or(i64::MAX);
+            ConstGauge::new(queued).encode(family.encode_family(&labels)?)?;
         }
         let gauges: [(&str, &str, i64); 6] = [
             (

@@ -36,6 +36,7 @@ use crate::admin as routes;
         routes::query,
         routes::indexes,
         routes::create_index,
+        routes::index,
         routes::drop_index,
         routes::passivate_kind,
         crate::migrations::start,

@@ -253,13 +253,25 @@ async fn entities_are_queried_by_state_with_and_without_an_index() {
     assert_eq!(list["indexes"], json!(["value"]));
     let (_, page) = get(&app, "/v1/admin/kinds/counter/query?filter=value%20=%20150").await;
     assert_eq!(ids(&page), ["c", "d"]);
-    let uri = "/v1/admin/kinds/counter/indexes?path=value";
+    let uri = "/v1/admin/kinds/counter/indexes/value";
+    let (status, body) = get(&app, uri).await;
+    assert_eq!((status, &body["path"]), (StatusCode::OK, &json!("value")));
     let (status, _) = send(&app, Method::DELETE, uri, Body::empty()).await;
     assert_eq!(status, StatusCode::OK);
-    let (status, body) = send(&app, Method::DELETE, uri, Body::empty()).await;
+    for method in [Method::DELETE, Method::GET] {
+        let (status, body) = send(&app, method, uri, Body::empty()).await;
+        assert_eq!(
+            (status, code(&body)),
+            (StatusCode::NOT_FOUND, "no_such_index")
+        );
+    }
+    // A path with brackets, percent-encoded in the URL.
+    let nested = "/v1/admin/kinds/counter/indexes/seats%5B0%5D.player";
+    let (status, body) = send(&app, Method::DELETE, nested, Body::empty()).await;
     assert_eq!(
         (status, code(&body)),
-        (StatusCode::NOT_FOUND, "no_such_index")
+        (StatusCode::NOT_FOUND, "no_such_index"),
+        "{body}"
     );
 
     for (uri, status_code, error) in [
@@ -270,7 +282,7 @@ async fn entities_are_queried_by_state_with_and_without_an_index() {
         ),
         ("/v1/admin/kinds/counter/query", 400, "bad_query"),
         ("/v1/admin/kinds/nope/query?filter=a=1", 404, "unknown_kind"),
-        ("/v1/admin/kinds/counter/indexes?path=a[", 400, "bad_path"),
+        ("/v1/admin/kinds/counter/indexes/a%5B", 400, "bad_path"),
     ] {
         let method = if uri.contains("indexes") {
             Method::DELETE

@@ -311,7 +311,7 @@ pub(crate) fn index(args: IndexArgs) -> anyhow::Result<()> {
         (Some(path), false) => {
             client.post(&indexes, &serde_json::json!({ "path": path }).to_string())?
         }
-        (Some(path), true) => client.delete(&format!("{indexes}?path={}", encode(path)))?,
+        (Some(path), true) => client.delete(&format!("{indexes}/{}", encode(path)))?,
     };
     if args.node.json {
         output::json(&answer);

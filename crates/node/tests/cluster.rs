@@ -182,14 +182,26 @@ impl LocalCluster {
         probes
     }
 
-    /// Who holds each leased shard, from the database.
-    pub(crate) async fn owners(&self) -> HashMap<ShardId, String> {
+    /// The cluster's store, as a node sees it.
+    async fn store(&self) -> perennial_storage_postgres::PostgresStore {
         let mut options = perennial_storage_postgres::Options::default();
         options.schema = self.schema.name().to_owned();
-        let store = perennial_storage_postgres::PostgresStore::connect_with(&self.url, options)
+        perennial_storage_postgres::PostgresStore::connect_with(&self.url, options)
             .await
-            .expect("the store connects");
-        perennial_storage::Directory::owners(&store)
+            .expect("the store connects")
+    }
+
+    /// Asserts that no timer, message, ask or effect is left in storage.
+    async fn assert_no_row_left(&self) {
+        let left = perennial_storage::Store::due(&self.store().await, i64::MAX, 100)
+            .await
+            .expect("the rows are read");
+        assert!(left.is_empty(), "rows left: {left:?}");
+    }
+
+    /// Who holds each leased shard, from the database.
+    pub(crate) async fn owners(&self) -> HashMap<ShardId, String> {
+        perennial_storage::Directory::owners(&self.store().await)
             .await
             .expect("owners")
             .into_iter()
@@ -432,15 +444,7 @@ async fn messages_between_entities_on_different_nodes_arrive_once() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    let mut options = perennial_storage_postgres::Options::default();
-    options.schema = cluster.schema.name().to_owned();
-    let store = perennial_storage_postgres::PostgresStore::connect_with(&cluster.url, options)
-        .await
-        .unwrap();
-    let left = perennial_storage::Store::due(&store, i64::MAX, 100)
-        .await
-        .unwrap();
-    assert!(left.is_empty(), "rows left: {left:?}");
+    cluster.assert_no_row_left().await;
 }
 
 /// Carts check out against inventories spread over three nodes, and one node is killed
@@ -504,15 +508,7 @@ async fn asks_across_nodes_are_answered_once_across_a_kill_9() {
         );
         assert_eq!(stock["available"], 100 - carts * 2 / skus, "s{s}: {stock}");
     }
-    let mut options = perennial_storage_postgres::Options::default();
-    options.schema = cluster.schema.name().to_owned();
-    let store = perennial_storage_postgres::PostgresStore::connect_with(&cluster.url, options)
-        .await
-        .unwrap();
-    let left = perennial_storage::Store::due(&store, i64::MAX, 100)
-        .await
-        .unwrap();
-    assert!(left.is_empty(), "rows left: {left:?}");
+    cluster.assert_no_row_left().await;
 }
 
 /// kill -9 of a node under load: its leases expire, the others take its shards, the clients'

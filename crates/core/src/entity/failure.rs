@@ -72,6 +72,7 @@ impl<K: Process> Cell<K> {
                 message: message.clone(),
             }),
             read: false,
+            change: None,
         });
         drop(inner);
         tracing::warn!(kind = K::KIND, id = %self.id, attempts, "message set aside as a dead letter");

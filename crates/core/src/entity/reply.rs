@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 use super::{Cell, Inner, Serving, Slot};
 use crate::commit::{Extras, Failure, Owner, Step, Write};
 use crate::courier::Delivery;
+use crate::listen::Change;
 use crate::{CallError, Process};
 
 /// What a call finally gets.
@@ -148,6 +149,8 @@ pub(super) struct Held<K: Process> {
     /// Whether its step wrote nothing (a read): its answer came from the state in memory,
     /// so it leaves only while this node still serves the shard under the cell's epoch.
     pub(super) read: bool,
+    /// What the kind's listeners hear once the step is durable (if it has listeners).
+    pub(super) change: Option<Box<Change<K>>>,
 }
 
 impl<K: Process> Cell<K> {
@@ -181,25 +184,31 @@ impl<K: Process> Cell<K> {
                 reply,
                 result,
                 read: true,
+                change: None,
             });
         }
     }
 
-    /// Holds the reply of step `seq` until it is durable, and sends the step's write to the
-    /// commit pipeline.
+    /// Holds the reply of step `seq` until it is durable (with what the kind's listeners
+    /// hear then), and sends the step's write to the commit pipeline.
     pub(super) fn hold_and_submit(
         self: &Arc<Self>,
         mut inner: parking_lot::MutexGuard<'_, Inner<K>>,
         seq: u64,
         (reply, result): (ReplyTo<K>, Outcome<K>),
         (write, extras): (Write, Option<Box<Extras>>),
-        incarnation: u32,
+        (incarnation, change): (u32, Option<Box<Change<K>>>),
     ) {
+        let change = change.map(|mut change| {
+            change.step = seq;
+            change
+        });
         inner.held.push_back(Held {
             seq,
             reply,
             result,
             read: false,
+            change,
         });
         drop(inner);
         self.kind.engine.committer.submit(Step {
@@ -305,6 +314,9 @@ impl<K: Process> Owner for Cell<K> {
             }
             let outcome = self.released(held.result, held.read);
             held.reply.send(outcome, || self.key());
+            if let (Some(change), Some(listeners)) = (held.change, &self.kind.listeners) {
+                listeners.publish(change);
+            }
         }
         if inner.held.is_empty() {
             // Free the queue's buffer: most entities are idle most of the time, and an empty

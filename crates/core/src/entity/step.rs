@@ -19,6 +19,7 @@ use crate::due::RowId;
 use crate::guard::guard;
 use crate::journal;
 use crate::kind::Mode;
+use crate::listen::Change;
 use crate::process::ctx::Work;
 use crate::{CallError, Ctx, Process};
 
@@ -36,7 +37,9 @@ impl<K: Process> Cell<K> {
         let _span = tracing::debug_span!("step", kind = K::KIND, id = %self.id).entered();
         let Some(msg) = msg else {
             if matches!(via, Via::Delete) {
-                return self.delete(reply, Ok(Answer::Done(true)), None, incarnation);
+                let change = self.listening(state, None);
+                let done = (reply, Ok(Answer::Done(true)));
+                return self.delete(done, None, (incarnation, change));
             }
             let snapshot = matches!(via, Via::Rewrite { snapshot: true });
             return self.rewrite(state, reply, snapshot, incarnation);
@@ -72,7 +75,14 @@ impl<K: Process> Cell<K> {
         let at_us = now_us();
         let next = self.inner.lock().seq + 1;
         let mut ctx = Ctx::step(&self.id, at_us, next);
+        // What the kind's listeners hear: the state before, and the message.
+        let mut change = self.listening(state, Some(&msg));
         let result = guard(|| state.handle(msg, &mut ctx));
+        if let (Some(change), Some(listeners), Ok(Ok(_))) =
+            (&mut change, &self.kind.listeners, &result)
+        {
+            change.after = guard(|| (listeners.clone_state)(state)).ok();
+        }
         let work = ctx.take_work();
         let deletes = work.delete;
         let seed = ctx.drawn_seed();
@@ -88,7 +98,8 @@ impl<K: Process> Cell<K> {
             Ok((value, mut extras)) if deletes => {
                 self.keep_reply(&mut extras, &value);
                 self.clear_failures(&message_json);
-                self.delete(reply, Ok(Answer::Value(value)), extras, incarnation)
+                let answer = (reply, Ok(Answer::Value(value)));
+                self.delete(answer, extras, (incarnation, change))
             }
             Ok((value, extras)) if matches!(self.kind.mode, Mode::Journal { .. }) => {
                 if read_only && extras.is_none() {
@@ -101,12 +112,16 @@ impl<K: Process> Cell<K> {
                     (value, extras),
                     &message_json,
                     (at_us, seed),
-                    incarnation,
+                    (incarnation, change),
                 )
             }
-            Ok((value, extras)) => {
-                self.keep(state, reply, (value, extras), &message_json, incarnation)
-            }
+            Ok((value, extras)) => self.keep(
+                state,
+                reply,
+                (value, extras),
+                &message_json,
+                (incarnation, change),
+            ),
             Err(Ok(rejection)) => {
                 self.clear_failures(&message_json);
                 match self.rollback(state, backup) {
@@ -136,6 +151,32 @@ impl<K: Process> Cell<K> {
                     letter,
                 };
                 self.panicked(state, backup, reply, failure, incarnation)
+            }
+        }
+    }
+
+    /// What the kind's listeners will hear of this step, if it has any: the state before it
+    /// and the message (copied before the handler consumes them); the step fills in the rest.
+    /// `None` if copying panicked (logged): listeners then miss this step.
+    fn listening(&self, state: &K, msg: Option<&K::Msg>) -> Option<Box<Change<K>>> {
+        let listeners = self.kind.listeners.as_ref()?;
+        let copied = guard(|| {
+            let before = (listeners.clone_state)(state);
+            let msg = msg.map(listeners.clone_msg);
+            (before, msg)
+        });
+        match copied {
+            Ok((before, msg)) => Some(Box::new(Change {
+                id: self.id.clone(),
+                step: 0,
+                msg,
+                after: None,
+                before,
+            })),
+            Err(panic) => {
+                tracing::error!(kind = K::KIND, id = %self.id, %panic,
+                    "copying the state for the listeners panicked; they miss this step");
+                None
             }
         }
     }
@@ -276,7 +317,7 @@ impl<K: Process> Cell<K> {
         (value, mut extras): (K::Reply, Option<Box<Extras>>),
         message_json: &Result<String, String>,
         (at_us, seed): (i64, Option<[u8; 32]>),
-        incarnation: u32,
+        (incarnation, change): (u32, Option<Box<Change<K>>>),
     ) -> bool {
         let Mode::Journal { snapshots } = &self.kind.mode else {
             return false;
@@ -365,7 +406,8 @@ impl<K: Process> Cell<K> {
             trim,
         }));
         let answer = Ok(Answer::Value(value));
-        self.hold_and_submit(inner, seq, (reply, answer), (write, extras), incarnation);
+        let step = (write, extras);
+        self.hold_and_submit(inner, seq, (reply, answer), step, (incarnation, change));
         true
     }
 
@@ -376,7 +418,7 @@ impl<K: Process> Cell<K> {
         reply: ReplyTo<K>,
         (value, mut extras): (K::Reply, Option<Box<Extras>>),
         message_json: &Result<String, String>,
-        incarnation: u32,
+        (incarnation, change): (u32, Option<Box<Change<K>>>),
     ) -> bool {
         self.keep_reply(&mut extras, &value);
         let Mode::Snapshot { encode, .. } = &self.kind.mode else {
@@ -394,7 +436,7 @@ impl<K: Process> Cell<K> {
             let seq = inner.seq;
             let step = (Write::Nothing, extras);
             let answer = Ok(Answer::Value(value));
-            self.hold_and_submit(inner, seq, (reply, answer), step, incarnation);
+            self.hold_and_submit(inner, seq, (reply, answer), step, (incarnation, None));
             return true;
         };
         let json = match encoded(*encode, state) {
@@ -421,7 +463,7 @@ impl<K: Process> Cell<K> {
         inner.outdated = false;
         let step = (Write::State(json), extras);
         let answer = Ok(Answer::Value(value));
-        self.hold_and_submit(inner, seq, (reply, answer), step, incarnation);
+        self.hold_and_submit(inner, seq, (reply, answer), step, (incarnation, change));
         true
     }
 
@@ -485,7 +527,8 @@ impl<K: Process> Cell<K> {
             }
         };
         let answer = Ok(Answer::Done(true));
-        self.hold_and_submit(inner, seq, (reply, answer), (write, None), incarnation);
+        let step = (write, None);
+        self.hold_and_submit(inner, seq, (reply, answer), step, (incarnation, None));
         true
     }
 
@@ -496,10 +539,9 @@ impl<K: Process> Cell<K> {
     /// afresh (or from the state stored before, if the commit failed).
     fn delete(
         self: &Arc<Self>,
-        reply: ReplyTo<K>,
-        answer: Outcome<K>,
+        (reply, answer): (ReplyTo<K>, Outcome<K>),
         mut extras: Option<Box<Extras>>,
-        incarnation: u32,
+        (incarnation, change): (u32, Option<Box<Change<K>>>),
     ) -> bool {
         if let Some(extras) = &mut extras {
             extras.rows.retain(|row| !row.dies_with_owner());
@@ -523,7 +565,12 @@ impl<K: Process> Cell<K> {
             Mode::Ephemeral { .. } => Write::Nothing,
             Mode::Snapshot { .. } | Mode::Journal { .. } => Write::Delete,
         };
-        self.hold_and_submit(inner, seq, (reply, answer), (write, extras), incarnation);
+        let change = change.map(|mut change| {
+            change.after = None;
+            change
+        });
+        let step = (write, extras);
+        self.hold_and_submit(inner, seq, (reply, answer), step, (incarnation, change));
         false
     }
 

@@ -380,6 +380,16 @@ pub struct EffectFailure {
     pub error: String,
 }
 
+/// An effect whose last attempt failed, waiting for its next one (see [`Admin::retrying`](crate::Admin::retrying)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Retrying {
+    /// Attempts that failed so far (on this node, since it started the effect).
+    pub failed_attempts: u32,
+    /// The last one's error.
+    pub last_error: String,
+}
+
 /// A boxed future, as effects run type-erased.
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 

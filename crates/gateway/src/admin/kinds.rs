@@ -6,7 +6,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use perennial_api::admin as api;
-use perennial_api::params::{KindPath, page_size};
+use perennial_api::params::{IndexPathParams, KindPath, page_size};
 use perennial_core::Runtime;
 use perennial_storage::{EntityState, Filter, Path as StatePath};
 
@@ -176,30 +176,53 @@ pub(crate) async fn create_index(
     Ok((StatusCode::CREATED, axum::Json(created)).into_response())
 }
 
+/// One index of the kind, by its path: 404 `no_such_index` if there is none
+#[utoipa::path(get, path = "/v1/admin/kinds/{kind}/indexes/{path}", tag = "admin",
+    params(IndexPathParams),
+    responses((status = 200, description = "The index exists", body = api::IndexCreated)))]
+pub(crate) async fn index(
+    State(rt): State<Runtime>,
+    path: Result<Path<IndexPathParams>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(IndexPathParams { kind, path }) = path.map_err(ApiError::from_path)?;
+    let path = parse_path(&path)?;
+    let indexes = rt.admin().indexes(&kind).await?;
+    if indexes.contains(&path) {
+        Ok(json_response(&api::IndexCreated {
+            kind,
+            path: path.to_string(),
+        }))
+    } else {
+        Err(no_such_index(&kind, &path))
+    }
+}
+
 /// Drop an index
-#[utoipa::path(delete, path = "/v1/admin/kinds/{kind}/indexes", tag = "admin",
-    params(KindPath, api::IndexPath),
+#[utoipa::path(delete, path = "/v1/admin/kinds/{kind}/indexes/{path}", tag = "admin",
+    params(IndexPathParams),
     responses((status = 200, description = "OK", body = api::IndexDropped)))]
 pub(crate) async fn drop_index(
     State(rt): State<Runtime>,
-    path: Result<Path<KindPath>, PathRejection>,
-    params: Result<Query<api::IndexPath>, QueryRejection>,
+    path: Result<Path<IndexPathParams>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let Path(KindPath { kind }) = path.map_err(ApiError::from_path)?;
-    let Query(params) = params.map_err(ApiError::from_query)?;
-    let path = parse_path(&params.path)?;
+    let Path(IndexPathParams { kind, path }) = path.map_err(ApiError::from_path)?;
+    let path = parse_path(&path)?;
     if rt.admin().drop_index(&kind, &path).await? {
         Ok(json_response(&api::IndexDropped {
             kind,
             dropped: path.to_string(),
         }))
     } else {
-        Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "no_such_index",
-            format!("{kind} has no index by `{path}`; list them with GET …/indexes"),
-        ))
+        Err(no_such_index(&kind, &path))
     }
+}
+
+fn no_such_index(kind: &str, path: &perennial_storage::Path) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_such_index",
+        format!("{kind} has no index by `{path}`; list them with GET …/indexes"),
+    )
 }
 
 /// Passivate every idle entity of the kind now

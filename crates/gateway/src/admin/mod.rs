@@ -73,7 +73,11 @@ pub(crate) fn routes() -> Router<crate::AppState> {
         .route("/v1/admin/kinds/{kind}/query", get(query))
         .route(
             "/v1/admin/kinds/{kind}/indexes",
-            get(indexes).post(create_index).delete(drop_index),
+            get(indexes).post(create_index),
+        )
+        .route(
+            "/v1/admin/kinds/{kind}/indexes/{path}",
+            get(index).delete(drop_index),
         )
         .route("/v1/admin/kinds/{kind}/passivate", post(passivate_kind))
         .route(
