@@ -68,6 +68,15 @@ try {
   await page.locator("#no-pending").waitFor();
   await page.click("#resume");
   await page.locator("#status").getByText(/^resume: .*"paused":false/).waitFor();
+  // Deleted, once the operator confirms: the kind no longer lists it.
+  page.once("dialog", (dialog) => dialog.accept());
+  await page.click("#delete");
+  await page.locator("#status").getByText("deleted counter/c-big").waitFor();
+  await page.goto(base + "/console#/kind/counter");
+  await page.getByRole("link", { name: "c-small" }).waitFor();
+  if ((await page.getByRole("link", { name: "c-big", exact: true }).count()) !== 0) {
+    await fail(page, "c-big is still listed after its deletion");
+  }
 
   // A journal's history, scrubbed with the slider: the state after each step.
   await page.goto(base + "/console#/entity/jprobe/j1");

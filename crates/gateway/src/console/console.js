@@ -176,7 +176,36 @@ async function entityView(kind, id) {
       },
       what,
     );
-  const actions = el("div", { class: "row" }, act("pause"), act("resume"), act("passivate"));
+  // Deleting asks first: it cannot be undone. A busy entity (messages on their way) is
+  // refused with 409 busy; the operator may then force it.
+  const remove = el(
+    "button",
+    {
+      class: "plain",
+      id: "delete",
+      onclick: async () => {
+        if (!confirm("Delete " + kind + "/" + id + "? Its state, journal, timers and asks go for good.")) return;
+        try {
+          await api("DELETE", base);
+        } catch (e) {
+          if (e.code !== "busy" || !confirm(e.message + "\nDelete it anyway?")) {
+            say("delete failed: " + e.message);
+            return;
+          }
+          try {
+            await api("DELETE", base + "?force=true");
+          } catch (again) {
+            say("delete failed: " + again.message);
+            return;
+          }
+        }
+        say("deleted " + kind + "/" + id);
+        route();
+      },
+    },
+    "delete",
+  );
+  const actions = el("div", { class: "row" }, act("pause"), act("resume"), act("passivate"), remove);
   const nodes = [title, actions];
   try {
     const current = await api("GET", base);
