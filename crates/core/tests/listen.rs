@@ -2,6 +2,7 @@
 //! message and the state before and after; never a step that was rolled back; a slow listener
 //! loses changes (counted) and never slows commits.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -105,16 +106,17 @@ async fn a_listener_hears_every_committed_step_in_order_and_nothing_else() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stuck_listener_loses_changes_and_never_slows_commits() {
-    let gate = Arc::new(Mutex::new(()));
-    let held = gate.lock().unwrap();
+    let open = Arc::new(AtomicBool::new(false));
     let heard = Arc::new(Mutex::new(0u64));
-    let (g, h) = (Arc::clone(&gate), Arc::clone(&heard));
+    let (g, h) = (Arc::clone(&open), Arc::clone(&heard));
     let rt = Runtime::builder()
         .store(MemoryStore::new())
         .register_snapshot::<Tally>()
         .listen(move |_: &Change<Tally>| {
-            // Blocks until the test opens the gate.
-            drop(g.lock().unwrap());
+            // Stuck until the test opens the gate.
+            while !g.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
             *h.lock().unwrap() += 1;
         })
         .start()
@@ -130,7 +132,7 @@ async fn a_stuck_listener_loses_changes_and_never_slows_commits() {
     assert!(tally.listener_dropped > 0, "{tally:?}");
     assert!(tally.listener_queued > 0, "{tally:?}");
     let dropped = tally.listener_dropped;
-    drop(held);
+    open.store(true, Ordering::SeqCst);
     until("the queue drains", || {
         *heard.lock().unwrap() + dropped == steps
     })
