@@ -145,30 +145,27 @@ impl Collector for RuntimeCollector {
                 ConstCounter::new(value(k)).encode(family.encode_family(&labels)?)?;
             }
         }
-        let mut family = encoder.encode_descriptor(
-            "resident_entities",
-            "Entities in memory now, by kind",
-            None,
-            MetricType::Gauge,
-        )?;
-        for k in &stats.kinds {
-            let labels = KindLabel {
-                kind: k.kind.clone(),
-            };
-            ConstGauge::new(k.resident as i64).encode(family.encode_family(&labels)?)?;
-        }
-        let mut family = encoder.encode_descriptor(
-            "listener_queued",
-            "Committed changes waiting in listeners' queues now (their lag), by kind",
-            None,
-            MetricType::Gauge,
-        )?;
-        for k in &stats.kinds {
-            let labels = KindLabel {
-                kind: k.kind.clone(),
-            };
-            let queued = i64::try_from(k.listener_queued).unwrap_or(i64::MAX);
-            ConstGauge::new(queued).encode(family.encode_family(&labels)?)?;
+        let per_kind_gauges: [(&str, &str, KindCounter); 2] = [
+            (
+                "resident_entities",
+                "Entities in memory now, by kind",
+                |k| k.resident,
+            ),
+            (
+                "listener_queued",
+                "Committed changes waiting in listeners' queues now (their lag), by kind",
+                |k| k.listener_queued,
+            ),
+        ];
+        for (name, help, value) in per_kind_gauges {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for k in &stats.kinds {
+                let labels = KindLabel {
+                    kind: k.kind.clone(),
+                };
+                let value = i64::try_from(value(k)).unwrap_or(i64::MAX);
+                ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+            }
         }
         let gauges: [(&str, &str, i64); 6] = [
             (
