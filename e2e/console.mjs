@@ -72,6 +72,9 @@ try {
   page.once("dialog", (dialog) => dialog.accept());
   await page.click("#delete");
   await page.locator("#status").getByText("deleted counter/c-big").waitFor();
+  // The page shows the entity gone before the test moves on (a render still in flight
+  // would otherwise land over the next page).
+  await page.getByText(/no_such_entity/).waitFor();
   await page.goto(base + "/console#/kind/counter");
   await page.getByRole("link", { name: "c-small" }).waitFor();
   if ((await page.getByRole("link", { name: "c-big", exact: true }).count()) !== 0) {
