@@ -299,7 +299,9 @@ impl State {
 
     /// A row was deleted from storage: drop it, or mark its delivery cancelled.
     fn forget(&mut self, id: &RowId) {
-        self.fresh.remove(id);
+        if !self.fresh.is_empty() {
+            self.fresh.remove(id);
+        }
         if let Some(scan) = &mut self.finished_during_scan {
             scan.insert(id.clone());
         }
@@ -363,7 +365,9 @@ impl State {
         let id = RowId::of(row);
         self.inflight.remove(&id);
         self.known.remove(&id);
-        self.fresh.remove(&id);
+        if row.class == PendingClass::Ask {
+            self.fresh.remove(&id);
+        }
         if let Some(scan) = &mut self.finished_during_scan {
             scan.insert(id);
         }
