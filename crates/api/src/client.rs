@@ -9,9 +9,9 @@ use utoipa::ToSchema;
 /// `event: deleted` (`data: null`) when a step deleted the entity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct WatchEvent {
-    /// `state`, or `deleted`.
+    /// `state`, `changed` (a kind that keeps its state from watchers), or `deleted`.
     pub event: WatchEventName,
-    /// The state, as JSON (`null` for `deleted`).
+    /// The state, as JSON (`null` for `changed` and `deleted`).
     pub data: String,
     /// The state's version (absent on the first event when it is not known).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -27,6 +27,8 @@ pub enum WatchEventName {
     State,
     /// The entity was deleted; its next message starts it afresh.
     Deleted,
+    /// The state changed, and the kind does not show it to watchers: ask the entity.
+    Changed,
 }
 
 /// `GET /healthz`.

@@ -104,13 +104,27 @@ pub enum Request {
         #[serde(default)]
         ask: bool,
     },
+    /// A client's call to an entity on behalf of the caller the forwarding node
+    /// authenticated (the handler's `ctx.caller()`).
+    CallAs {
+        /// Who is calling: the subject of their verified caller token.
+        caller: String,
+        /// The entity's kind.
+        kind: String,
+        /// The entity's id.
+        id: String,
+        /// The client's `Idempotency-Key`, if it sent one.
+        idempotency_key: Option<String>,
+        /// The message, as the client sent it.
+        body: Vec<u8>,
+    },
 }
 
 impl Request {
     /// The bytes of its message: what counts towards a batch's size.
     pub fn body_len(&self) -> usize {
         match self {
-            Request::Call { body, .. } => body.len(),
+            Request::Call { body, .. } | Request::CallAs { body, .. } => body.len(),
             Request::Deliver { body, .. } => body.len(),
             Request::Admin(_) => 0,
         }

@@ -606,7 +606,7 @@ impl Admin {
         Arc::clone(dynamic)
             .call_json(
                 letter.key.id.clone(),
-                letter.message.as_bytes(),
+                (letter.message.as_bytes(), None),
                 Via::Letter(seq),
             )
             .await

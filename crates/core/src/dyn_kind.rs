@@ -14,7 +14,7 @@ use crate::entity::Via;
 use crate::journal;
 use crate::kind::{KindRt, KindStats, Mode};
 use crate::process::effect::BoxFuture;
-use crate::{CallError, JsonRejection, Persistence, Process};
+use crate::{CallError, Caller, JsonRejection, Persistence, Process};
 
 /// A call by kind name, in flight: completes with the reply's JSON.
 pub(crate) type JsonCall<'a> =
@@ -22,9 +22,14 @@ pub(crate) type JsonCall<'a> =
 
 /// A kind seen without its types: for calls by kind name with JSON messages.
 pub(crate) trait DynKind: Send + Sync {
-    /// Calls the entity with a JSON message, which came `via` a plain call, an idempotency
-    /// key or a retried dead letter.
-    fn call_json<'a>(self: Arc<Self>, id: EntityId, msg: &'a [u8], via: Via) -> JsonCall<'a>;
+    /// Calls the entity with a JSON message from `caller`, which came `via` a plain call, an
+    /// idempotency key or a retried dead letter.
+    fn call_json<'a>(
+        self: Arc<Self>,
+        id: EntityId,
+        message: (&'a [u8], Option<Caller>),
+        via: Via,
+    ) -> JsonCall<'a>;
 
     /// The kind's index in the registry's keys.
     fn index(&self) -> u16;
@@ -70,6 +75,9 @@ pub(crate) trait DynKind: Send + Sync {
     /// kinds with snapshots.
     fn watchable(&self) -> bool;
 
+    /// [`Process::WATCH_SHOWS_STATE`].
+    fn watch_shows_state(&self) -> bool;
+
     /// The entity's state as of `step` (its latest, if `None`), as JSON, from storage;
     /// `None` if nothing of it is stored (never written, or deleted).
     fn state_at(
@@ -80,13 +88,18 @@ pub(crate) trait DynKind: Send + Sync {
 }
 
 impl<K: Process> DynKind for KindRt<K> {
-    fn call_json<'a>(self: Arc<Self>, id: EntityId, msg: &'a [u8], via: Via) -> JsonCall<'a> {
+    fn call_json<'a>(
+        self: Arc<Self>,
+        id: EntityId,
+        (msg, caller): (&'a [u8], Option<Caller>),
+        via: Via,
+    ) -> JsonCall<'a> {
         Box::pin(async move {
             let msg: K::Msg = serde_json::from_slice(msg).map_err(|e| CallError::BadMessage {
                 kind: K::KIND.to_owned(),
                 detail: e.to_string(),
             })?;
-            crate::entity::call_json(&self, &id, msg, via)
+            crate::entity::call_json(&self, &id, (msg, caller), via)
                 .await
                 .map_err(CallError::into_json)
         })
@@ -176,6 +189,10 @@ impl<K: Process> DynKind for KindRt<K> {
 
     fn index(&self) -> u16 {
         self.index
+    }
+
+    fn watch_shows_state(&self) -> bool {
+        K::WATCH_SHOWS_STATE
     }
 
     fn watchable(&self) -> bool {

@@ -8,7 +8,7 @@ use perennial_types::EntityId;
 use crate::dyn_kind::DynKind;
 use crate::entity;
 use crate::kind::KindRt;
-use crate::{CallError, Process};
+use crate::{CallError, Caller, Process};
 
 /// The kind and entity id of an [`EntityRef`], borrowed.
 type Target<'a, K> = (&'a Arc<KindRt<K>>, &'a EntityId);
@@ -16,12 +16,17 @@ type Target<'a, K> = (&'a Arc<KindRt<K>>, &'a EntityId);
 /// A cheap, cloneable address of one entity of kind `K`. See [`Runtime::get`](crate::Runtime::get).
 pub struct EntityRef<K: Process> {
     target: Result<(Arc<KindRt<K>>, EntityId), CallError>,
+    /// Who its calls come from (see [`as_caller`](EntityRef::as_caller)).
+    caller: Option<Caller>,
 }
 
 impl<K: Process> EntityRef<K> {
     /// A handle to `target`, or one whose calls fail with why there is none.
     pub(crate) fn new(target: Result<(Arc<KindRt<K>>, EntityId), CallError>) -> Self {
-        Self { target }
+        Self {
+            target,
+            caller: None,
+        }
     }
 }
 
@@ -29,6 +34,7 @@ impl<K: Process> Clone for EntityRef<K> {
     fn clone(&self) -> Self {
         Self {
             target: self.target.clone(),
+            caller: self.caller.clone(),
         }
     }
 }
@@ -41,6 +47,9 @@ impl<K: Process> fmt::Debug for EntityRef<K> {
             Ok((_, id)) => d.field("id", id),
             Err(e) => d.field("error", e),
         };
+        if let Some(caller) = &self.caller {
+            d.field("caller", caller);
+        }
         d.finish()
     }
 }
@@ -82,7 +91,8 @@ impl<K: Process> EntityRef<K> {
             return Err(CallError::NotWatchable(K::KIND.to_owned()));
         }
         let key = perennial_types::EntityKey::new(K::KIND, id.clone());
-        Ok(crate::Watch::new(kind.engine.watchers.subscribe(key)))
+        let changes = kind.engine.watchers.subscribe(key);
+        Ok(crate::Watch::new(changes, K::WATCH_SHOWS_STATE))
     }
 
     /// The entity's id, if it is valid.
@@ -94,7 +104,54 @@ impl<K: Process> EntityRef<K> {
     /// produced it is durable.
     pub async fn call(&self, msg: K::Msg) -> Result<K::Reply, CallError<K::Error>> {
         let (kind, id) = self.target()?;
-        entity::call(kind, id, msg, entity::Via::Call).await
+        let via = entity::Via::Call;
+        entity::call(kind, id, (msg, self.caller.clone()), via).await
+    }
+
+    /// The same address, whose calls come from `caller`: the entity's handler sees it as
+    /// [`Ctx::caller`](crate::Ctx::caller). For code that authenticates its users itself
+    /// (your own web framework, a queue consumer) and calls entities in process; the HTTP
+    /// gateway does the same for callers whose token it verified. Idempotency keys are per
+    /// caller.
+    ///
+    /// ```
+    /// # use perennial_core::{Caller, Ctx, Process, Runtime};
+    /// # use perennial_storage::MemoryStore;
+    /// #[derive(Default, Clone)]
+    /// struct Greeter;
+    ///
+    /// impl Process for Greeter {
+    ///     const KIND: &'static str = "greeter";
+    ///     type Msg = ();
+    ///     type Reply = String;
+    ///     type Error = std::convert::Infallible;
+    ///
+    ///     fn handle(&mut self, _: (), ctx: &mut Ctx<'_, Self>) -> Result<String, Self::Error> {
+    ///         Ok(match ctx.caller() {
+    ///             Some(caller) => format!("hello, {caller}"),
+    ///             None => "hello, stranger".to_owned(),
+    ///         })
+    ///     }
+    /// }
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rt = Runtime::builder().store(MemoryStore::new()).register_ephemeral::<Greeter>().start().await?;
+    /// let greeter = rt.get::<Greeter>("g1");
+    /// assert_eq!(greeter.call(()).await?, "hello, stranger");
+    /// assert_eq!(greeter.as_caller(Caller::new("alice")).call(()).await?, "hello, alice");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn as_caller(&self, caller: Caller) -> Self {
+        Self {
+            target: self.target.clone(),
+            caller: Some(caller),
+        }
+    }
+
+    /// Who this address's calls come from, if [`as_caller`](Self::as_caller) set anyone.
+    pub fn caller(&self) -> Option<&Caller> {
+        self.caller.as_ref()
     }
 
     /// Sends `msg` with an idempotency key: the first call with `key` is applied and its reply
@@ -137,8 +194,9 @@ impl<K: Process> EntityRef<K> {
         msg: K::Msg,
     ) -> Result<K::Reply, CallError<K::Error>> {
         let (kind, id) = self.target()?;
-        let via = entity::Via::idempotent(key.as_ref()).map_err(CallError::widen)?;
-        entity::call(kind, id, msg, via).await
+        let via = entity::Via::idempotent_for(key.as_ref(), self.caller.as_ref())
+            .map_err(CallError::widen)?;
+        entity::call(kind, id, (msg, self.caller.clone()), via).await
     }
 
     fn target(&self) -> Result<Target<'_, K>, CallError<K::Error>> {

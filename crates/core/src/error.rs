@@ -298,6 +298,8 @@ pub struct JsonRejection {
     pub code: String,
     /// The kind's error message.
     pub message: String,
+    /// What kind of refusal it is.
+    pub refusal: Refusal,
 }
 
 impl<E: Rejection> CallError<E> {
@@ -306,6 +308,7 @@ impl<E: Rejection> CallError<E> {
         self.map_rejection(|r| JsonRejection {
             code: r.code().to_owned(),
             message: r.to_string(),
+            refusal: r.refusal(),
         })
     }
 }
@@ -313,6 +316,10 @@ impl<E: Rejection> CallError<E> {
 impl Rejection for JsonRejection {
     fn code(&self) -> &str {
         &self.code
+    }
+
+    fn refusal(&self) -> Refusal {
+        self.refusal
     }
 }
 
@@ -324,6 +331,27 @@ impl Rejection for JsonRejection {
 pub trait Rejection: std::error::Error + Send + Sync + 'static {
     /// A stable, machine-readable name for this error, such as `"not_your_turn"`.
     fn code(&self) -> &str;
+
+    /// What kind of refusal this is: the message is invalid here (the default), or the
+    /// caller is not known or not allowed (see [`Ctx::caller`](crate::Ctx::caller)). The
+    /// HTTP gateway answers `400`, `401` or `403` by it.
+    fn refusal(&self) -> Refusal {
+        Refusal::Invalid
+    }
+}
+
+/// What kind of refusal a [`Rejection`] is. The HTTP gateway picks the response's status
+/// from it; the entity's state is left as it was in every case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The message cannot be applied to the entity as it is (HTTP `400`).
+    #[default]
+    Invalid,
+    /// The message needs a known caller, and the call had none (HTTP `401`).
+    Unauthenticated,
+    /// The caller may not send this message (HTTP `403`).
+    Forbidden,
 }
 
 impl Rejection for std::convert::Infallible {

@@ -1,7 +1,7 @@
 //! `Journal` persistence: what a step records, and how replay rebuilds a state from it.
 //!
-//! Each kept step of a `Journal` kind is one [`JournalEntry`]: the message, the time and the
-//! random seed its [`Ctx`] handed out, and a digest of its reply, as one JSON object (so a
+//! Each kept step of a `Journal` kind is one [`JournalEntry`]: the message, the time, the
+//! random seed and the caller its [`Ctx`] handed out, and a digest of its reply, as one JSON object (so a
 //! generic tool can read it). The entity's first step also records what `init` was handed.
 //! Activation rebuilds the state by running the entries through the same handler, after the
 //! latest snapshot if the kind takes them, and compares each reply's digest with the
@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::guard::guard;
-use crate::{CallError, Ctx, Process};
+use crate::{CallError, Caller, Ctx, Process};
 
 /// When a `Journal` kind whose state is serializable writes snapshots, and how much journal
 /// it keeps behind them. See
@@ -81,8 +81,9 @@ pub struct HistoryEntry {
     pub at_us: i64,
     /// The message.
     pub message: serde_json::Value,
-    /// The rest of what was recorded: `reply` (a digest of the reply), and `seed` and `init`
-    /// when the step drew randomness or created the entity.
+    /// The rest of what was recorded: `reply` (a digest of the reply), and `seed`, `caller`
+    /// and `init` when the step drew randomness, came from an authenticated caller or
+    /// created the entity.
     pub recorded: serde_json::Value,
 }
 
@@ -115,7 +116,7 @@ pub(crate) struct InitRecord {
 /// schema version (written only above 1).
 pub(crate) fn encode_entry(
     message: &str,
-    seed: Option<[u8; 32]>,
+    (seed, caller): (Option<[u8; 32]>, Option<&Caller>),
     init: Option<InitRecord>,
     reply: u64,
     schema: u32,
@@ -132,6 +133,11 @@ pub(crate) fn encode_entry(
         out.push_str(",\"seed\":\"");
         push_hex(&mut out, &seed);
         out.push('"');
+    }
+    if let Some(caller) = caller {
+        out.push_str(",\"caller\":");
+        // A string always encodes.
+        out.push_str(&serde_json::to_string(caller.subject()).unwrap_or_default());
     }
     if let Some(init) = init {
         let _ = write!(out, ",\"init\":{{\"at_us\":{}", init.at_us);
@@ -168,6 +174,9 @@ struct Entry<'a, M> {
     reply: &'a str,
     #[serde(borrow, default)]
     seed: Option<&'a str>,
+    /// Who sent the message (see [`Ctx::caller`]), if anyone authenticated did.
+    #[serde(default)]
+    caller: Option<Caller>,
     #[serde(borrow, default)]
     init: Option<Init<'a>>,
 }
@@ -427,7 +436,7 @@ fn apply<K: Process>(
             rebuilt.state.insert(state)
         }
     };
-    let mut ctx = Ctx::replay(id, entry.at_us, seed, step);
+    let mut ctx = Ctx::replay(id, entry.at_us, seed, step).with_caller(parsed.caller.as_ref());
     let result = guard(|| state.handle(msg, &mut ctx));
     if ctx.strayed() {
         return Err(diverged(
@@ -469,7 +478,13 @@ mod tests {
             at_us: 5,
             seed: None,
         };
-        let json = encode_entry(r#"{"add":2}"#, Some([0xab; 32]), Some(init), 0x1f, 1);
+        let json = encode_entry(
+            r#"{"add":2}"#,
+            (Some([0xab; 32]), None),
+            Some(init),
+            0x1f,
+            1,
+        );
         let value: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(value["msg"]["add"], 2);
         assert_eq!(value["reply"], "000000000000001f");
@@ -478,9 +493,17 @@ mod tests {
         let parsed: Entry<'_, serde_json::Value> = serde_json::from_str(&json).unwrap();
         assert_eq!(parse_seed(parsed.seed.unwrap()), Some([0xab; 32]));
         assert_eq!(parsed.v, None, "version 1 is not written");
-        let v3 = encode_entry("1", None, None, 0, 3);
+        let v3 = encode_entry("1", (None, None), None, 0, 3);
         let parsed: Entry<'_, serde_json::Value> = serde_json::from_str(&v3).unwrap();
         assert_eq!(parsed.v, Some(3));
+        let quoted = Caller::new("a \"b\"\n");
+        let json = encode_entry("1", (None, Some(&quoted)), None, 0, 1);
+        let parsed: Entry<'_, serde_json::Value> = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            parsed.caller,
+            Some(quoted),
+            "a caller's name is escaped as JSON"
+        );
         let mark = encode_mark(3);
         let mark: Entry<'_, serde_json::Value> = serde_json::from_str(&mark).unwrap();
         assert_eq!((mark.msg, mark.mark), (None, Some("snapshot")));

@@ -135,7 +135,7 @@ pub use builder::Builder;
 pub use commit::CommitStats;
 pub use courier::{Courier, Delivery, Parcel};
 pub use entity_ref::EntityRef;
-pub use error::{AdminError, CallError, JsonRejection, Overload, Rejection, StartError};
+pub use error::{AdminError, CallError, JsonRejection, Overload, Refusal, Rejection, StartError};
 pub use histogram::Histogram;
 pub use journal::{HistoryEntry, Snapshots};
 pub use kind::KindStats;
@@ -143,6 +143,7 @@ pub use listen::Change;
 pub use migration::{Migrate, MigrationReport, Progress, ReplayReport};
 pub use plumbing::Plumbing;
 pub use process::ask::{AskError, AskId, Asked};
+pub use process::caller::Caller;
 pub use process::ctx::{Ctx, Rng};
 pub use process::effect::{
     Effect, EffectCtx, EffectError, EffectFailure, EffectId, Retry, Retrying, TimerId,

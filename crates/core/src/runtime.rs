@@ -19,7 +19,7 @@ use crate::engine::Engine;
 use crate::entity;
 
 use crate::kind::{KindRt, KindStats};
-use crate::{CallError, EntityRef, JsonRejection, Process};
+use crate::{CallError, Caller, EntityRef, JsonRejection, Process};
 
 pub(crate) struct Shared {
     pub(crate) engine: Arc<Engine>,
@@ -160,15 +160,32 @@ impl Runtime {
         idempotency_key: Option<&str>,
         msg: &[u8],
     ) -> Result<String, CallError<JsonRejection>> {
+        self.call_json_as(None, kind, id, idempotency_key, msg)
+            .await
+    }
+
+    /// [`call_json_idempotent`](Self::call_json_idempotent) on behalf of `caller` (see
+    /// [`Ctx::caller`](crate::Ctx::caller)), as the HTTP gateway calls once it has verified
+    /// who is calling. Idempotency keys are per caller.
+    pub async fn call_json_as(
+        &self,
+        caller: Option<&Caller>,
+        kind: &str,
+        id: &str,
+        idempotency_key: Option<&str>,
+        msg: &[u8],
+    ) -> Result<String, CallError<JsonRejection>> {
         let Some(dynamic) = self.shared.by_name.get(kind) else {
             return Err(CallError::UnknownKind(kind.to_owned()));
         };
         let id = EntityId::new(id)?;
         let via = match idempotency_key {
-            Some(key) => entity::Via::idempotent(key).map_err(CallError::widen)?,
+            Some(key) => entity::Via::idempotent_for(key, caller).map_err(CallError::widen)?,
             None => entity::Via::Call,
         };
-        Arc::clone(dynamic).call_json(id, msg, via).await
+        Arc::clone(dynamic)
+            .call_json(id, (msg, caller.cloned()), via)
+            .await
     }
 
     /// The names of the registered kinds, sorted.
@@ -233,18 +250,19 @@ impl Runtime {
     /// Watches the entity `id` of the kind named `kind`: each change of its state, once
     /// durable. See [`EntityRef::watch`](crate::EntityRef::watch).
     pub fn watch(&self, kind: &str, id: &str) -> Result<crate::Watch, CallError> {
-        if !self.kind(kind)?.watchable() {
+        let dynamic = self.kind(kind)?;
+        if !dynamic.watchable() {
             return Err(CallError::NotWatchable(kind.to_owned()));
         }
+        let shows_state = dynamic.watch_shows_state();
         let key = EntityKey::new(kind, EntityId::new(id)?);
         let shard = shard_of(kind, id);
         if self.shared.engine.shards.epoch(shard).is_none() {
             // Another node commits its changes.
             return Err(CallError::NotOwner { shard });
         }
-        Ok(crate::Watch::new(
-            self.shared.engine.watchers.subscribe(key),
-        ))
+        let changes = self.shared.engine.watchers.subscribe(key);
+        Ok(crate::Watch::new(changes, shows_state))
     }
 
     pub(crate) fn kind(&self, kind: &str) -> Result<&Arc<dyn crate::dyn_kind::DynKind>, CallError> {

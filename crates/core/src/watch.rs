@@ -102,11 +102,19 @@ impl Watchers {
 #[derive(Debug)]
 pub struct Watch {
     rx: broadcast::Receiver<StateChange>,
+    shows_state: bool,
 }
 
 impl Watch {
-    pub(crate) fn new(rx: broadcast::Receiver<StateChange>) -> Self {
-        Self { rx }
+    pub(crate) fn new(rx: broadcast::Receiver<StateChange>, shows_state: bool) -> Self {
+        Self { rx, shows_state }
+    }
+
+    /// Whether the kind lets clients see its state in a watch stream
+    /// ([`Process::WATCH_SHOWS_STATE`](crate::Process::WATCH_SHOWS_STATE)); the changes carry
+    /// it either way.
+    pub fn shows_state(&self) -> bool {
+        self.shows_state
     }
 
     /// The next committed change, or `None` once the runtime is gone. A watcher that falls

@@ -3,6 +3,7 @@
 mod activation;
 mod admin;
 mod ask;
+mod callers;
 mod delete;
 mod durability;
 mod edges;

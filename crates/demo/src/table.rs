@@ -10,14 +10,21 @@
 //! - `"start_hand"`
 //! - `{"act": {"player": "alice", "action": "fold" | "check" | "call" | {"raise": 40}}}`
 //!   (a raise names the total bet for the street: "raise to")
-//! - `"view"`
+//! - `"view"`, `{"view_for": {"player": "alice"}}`
 //! - `{"configure": {"turn_timeout_ms": 30000}}`: how long the player to act has (default
 //!   30 s). When it runs out, a durable timer checks for them if checking is free, else
 //!   folds them, even if the node restarted in between. The view's `turn_deadline_ms` says
 //!   when. (`{"turn_timeout": {"turn": N}}` is the timer's own message.)
 //!
-//! Every message answers with the table's [`TableView`]; an illegal action answers with a
-//! [`TableError`] (code such as `not_your_turn`) and changes nothing.
+//! Every message answers with the table's [`TableView`] as the caller sees it; an illegal
+//! action answers with a [`TableError`] (code such as `not_your_turn`) and changes nothing.
+//!
+//! **Who is playing.** When the node verifies callers (`perennial serve --caller-key`), each
+//! call comes from a player ([`Ctx::caller`]): a message that names another player (`join`,
+//! `leave`, `act`, `view_for`) is refused with `not_you` (HTTP `403`), and every reply shows
+//! only the caller's own hole cards. Without a caller key the table is in *open mode*, for
+//! trying it out: calls are anonymous, anyone may act for any player by name, replies show
+//! no hole cards, and `view_for` shows a player's cards to whoever asks.
 //!
 //! The table is a `Journal` kind: each action is journaled, with the seed of the shuffle it
 //! drew, and a restart replays them (from the latest snapshot) to the same cards. The journal
@@ -25,7 +32,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use perennial_core::{Ctx, Process, Rejection, TimerId};
+use perennial_core::{Ctx, Process, Refusal, Rejection, TimerId};
 use serde::{Deserialize, Serialize};
 
 use crate::poker::{Action, Table, TableError, TableView};
@@ -98,10 +105,12 @@ pub enum TableMsg {
         /// What they do.
         action: Action,
     },
-    /// Reads the table, with every player's hole cards.
+    /// Reads the table as the caller sees it: their own hole cards only (none for an
+    /// anonymous caller).
     View,
     /// Reads the table as `player` sees it: other players' hole cards hidden (until a
-    /// showdown reveals them in the hand's result).
+    /// showdown reveals them in the hand's result). A signed-in caller may read only as
+    /// themselves; an anonymous one as anyone (the open mode's honour system).
     ViewFor {
         /// Whose view.
         player: String,
@@ -122,15 +131,33 @@ impl Rejection for TableError {
     fn code(&self) -> &str {
         TableError::code(self)
     }
+
+    fn refusal(&self) -> Refusal {
+        match self {
+            TableError::NotYou { .. } => Refusal::Forbidden,
+            _ => Refusal::Invalid,
+        }
+    }
 }
 
 impl Process for PokerTable {
     const KIND: &'static str = "table";
+    // The deck and every player's hole cards: watchers learn only that the table changed.
+    const WATCH_SHOWS_STATE: bool = false;
     type Msg = TableMsg;
     type Reply = TableView;
     type Error = TableError;
 
     fn handle(&mut self, msg: TableMsg, ctx: &mut Ctx<'_, Self>) -> Result<TableView, TableError> {
+        let caller = ctx.caller().map(|c| c.subject().to_owned());
+        if let (Some(caller), Some(player)) = (&caller, msg.player())
+            && caller != player
+        {
+            return Err(TableError::NotYou {
+                player: player.to_owned(),
+                caller: caller.clone(),
+            });
+        }
         let before = self.turn_owner();
         let table = &mut self.table;
         // Whether the turn passed on (even back to the same player, on a new street).
@@ -165,7 +192,7 @@ impl Process for PokerTable {
         if moved || self.turn_owner() != before {
             self.rearm(ctx);
         }
-        Ok(self.view())
+        Ok(self.view_as(caller.as_deref()))
     }
 
     fn is_read_only(msg: &TableMsg) -> bool {
@@ -173,8 +200,36 @@ impl Process for PokerTable {
     }
 }
 
+impl TableMsg {
+    /// The player the message acts for or reads as, if it names one.
+    fn player(&self) -> Option<&str> {
+        match self {
+            TableMsg::Join { player, .. }
+            | TableMsg::Leave { player }
+            | TableMsg::Act { player, .. }
+            | TableMsg::ViewFor { player } => Some(player),
+            _ => None,
+        }
+    }
+}
+
 impl PokerTable {
-    /// The table's view, with the turn's deadline.
+    /// The table as `caller` sees it: their own hole cards only, or none for an anonymous
+    /// caller (cards shown at a showdown stay in the hand's result).
+    pub fn view_as(&self, caller: Option<&str>) -> TableView {
+        let mut view = self.view();
+        match caller {
+            Some(caller) => view = self.view_for(caller),
+            None => view
+                .seats
+                .iter_mut()
+                .for_each(|seat| seat.hole_cards.clear()),
+        }
+        view
+    }
+
+    /// The table's view with every player's hole cards, with the turn's deadline: for the
+    /// table's own code and tests, never a reply.
     pub fn view(&self) -> TableView {
         let mut view = self.table.view();
         view.turn_deadline_ms = self.clock.deadline_ms;

@@ -19,7 +19,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use perennial_cluster::{Cluster, Route};
 use perennial_core::{
-    CallError, Courier, Delivery, EntityId, EntityKey, Parcel, Plumbing, Runtime,
+    CallError, Caller, Courier, Delivery, EntityId, EntityKey, Parcel, Plumbing, Runtime,
 };
 use perennial_types::{ShardId, shard_of};
 
@@ -83,8 +83,8 @@ impl Router {
     pub(crate) async fn call(
         &self,
         rt: &Runtime,
-        kind: &str,
-        id: &str,
+        caller: Option<&Caller>,
+        (kind, id): (&str, &str),
         idempotency_key: Option<&str>,
         body: &Bytes,
     ) -> Result<Response, ApiError> {
@@ -97,18 +97,27 @@ impl Router {
         EntityId::new(id).map_err(CallError::<perennial_core::JsonRejection>::from)?;
         let here = || async move {
             match rt
-                .call_json_idempotent(kind, id, idempotency_key, body)
+                .call_json_as(caller, kind, id, idempotency_key, body)
                 .await
             {
                 Err(CallError::NotOwner { .. } | CallError::Fenced { .. }) => Here::NotServed,
                 result => Here::Answer(result.map(json_response).map_err(ApiError::from)),
             }
         };
-        let there = || Request::Call {
-            kind: kind.to_owned(),
-            id: id.to_owned(),
-            idempotency_key: idempotency_key.map(str::to_owned),
-            body: body.to_vec(),
+        let there = || match caller {
+            None => Request::Call {
+                kind: kind.to_owned(),
+                id: id.to_owned(),
+                idempotency_key: idempotency_key.map(str::to_owned),
+                body: body.to_vec(),
+            },
+            Some(caller) => Request::CallAs {
+                caller: caller.subject().to_owned(),
+                kind: kind.to_owned(),
+                id: id.to_owned(),
+                idempotency_key: idempotency_key.map(str::to_owned),
+                body: body.to_vec(),
+            },
         };
         self.route(shard_of(kind, id), idempotency_key.is_some(), here, there)
             .await
@@ -247,6 +256,33 @@ pub(crate) async fn internal(
     }
 }
 
+/// Runs one client call a peer forwarded, on this node only.
+async fn answer_call(
+    rt: &Runtime,
+    caller: Option<&Caller>,
+    (kind, id): (&str, &str),
+    idempotency_key: Option<&str>,
+    body: &[u8],
+) -> Answer {
+    match rt
+        .call_json_as(caller, kind, id, idempotency_key, body)
+        .await
+    {
+        Ok(reply) => Answer::Response {
+            status: 200,
+            body: reply.into_bytes(),
+        },
+        Err(CallError::NotOwner { .. } | CallError::Fenced { .. }) => Answer::NotServed,
+        Err(error) => {
+            let error = ApiError::from(error);
+            Answer::Response {
+                status: error.status().as_u16(),
+                body: error.body(),
+            }
+        }
+    }
+}
+
 /// Runs one call a peer forwarded, on this node only.
 async fn run_here(rt: &Runtime, call: Request) -> Answer {
     match call {
@@ -255,24 +291,18 @@ async fn run_here(rt: &Runtime, call: Request) -> Answer {
             id,
             idempotency_key,
             body,
+        } => answer_call(rt, None, (&kind, &id), idempotency_key.as_deref(), &body).await,
+        Request::CallAs {
+            caller,
+            kind,
+            id,
+            idempotency_key,
+            body,
         } => {
-            let result = rt
-                .call_json_idempotent(&kind, &id, idempotency_key.as_deref(), &body)
-                .await;
-            match result {
-                Ok(reply) => Answer::Response {
-                    status: 200,
-                    body: reply.into_bytes(),
-                },
-                Err(CallError::NotOwner { .. } | CallError::Fenced { .. }) => Answer::NotServed,
-                Err(error) => {
-                    let error = ApiError::from(error);
-                    Answer::Response {
-                        status: error.status().as_u16(),
-                        body: error.body(),
-                    }
-                }
-            }
+            // The forwarding node verified the caller; the cluster secret vouches for it.
+            let caller = Caller::new(caller);
+            let key = idempotency_key.as_deref();
+            answer_call(rt, Some(&caller), (&kind, &id), key, &body).await
         }
         Request::Admin(op) => match crate::ops::run_here(&op, rt).await {
             Here::NotServed => Answer::NotServed,

@@ -9,7 +9,7 @@ use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use perennial_api::error::{ErrorBody, ErrorDetail};
-use perennial_core::{AdminError, CallError, JsonRejection};
+use perennial_core::{AdminError, CallError, JsonRejection, Refusal};
 
 /// An error on its way to becoming a response.
 #[derive(Debug)]
@@ -82,7 +82,14 @@ impl From<CallError<JsonRejection>> for ApiError {
     fn from(error: CallError<JsonRejection>) -> Self {
         let code = error.code().to_owned();
         let (status, message) = match &error {
-            CallError::Rejected(r) => (StatusCode::BAD_REQUEST, r.message.clone()),
+            CallError::Rejected(r) => {
+                let status = match r.refusal {
+                    Refusal::Unauthenticated => StatusCode::UNAUTHORIZED,
+                    Refusal::Forbidden => StatusCode::FORBIDDEN,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                (status, r.message.clone())
+            }
             CallError::BadMessage { .. }
             | CallError::InvalidId(_)
             | CallError::InvalidIdempotencyKey(_) => (StatusCode::BAD_REQUEST, error.to_string()),

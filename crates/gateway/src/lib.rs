@@ -46,6 +46,7 @@
 //! ```
 
 mod admin;
+mod callers;
 mod cluster;
 mod console;
 pub mod error;
@@ -65,14 +66,17 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, FromRef, Path, State};
+use axum::extract::{DefaultBodyLimit, Extension, FromRef, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use perennial_api::params::EntityPath;
-use perennial_core::{Plumbing, Runtime};
+use perennial_core::{Caller, Plumbing, Runtime};
 
+use crate::callers::Authenticated;
+
+pub use crate::callers::{CallerClaims, CallerKey, CallerKeyError, sign_caller_token};
 pub use crate::cluster::Clustering;
 use crate::error::ApiError;
 #[doc(hidden)]
@@ -83,8 +87,14 @@ pub use crate::guard::Access;
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Options {
-    /// Who may call entities (`/v1/{kind}/{id}`). Default: [`Access::Open`].
+    /// Who may call entities (`/v1/{kind}/{id}`). Default: [`Access::Open`]. With
+    /// [`callers`](Self::callers), a client token lets in services (calls with no caller).
     pub client: Access,
+    /// The key that signs caller tokens. With one, every call needs a valid caller token
+    /// (`Authorization: Bearer <jwt>`; its `sub` is the handler's
+    /// [`Ctx::caller`](perennial_core::Ctx::caller)) or the client token. Default: `None`:
+    /// calls are anonymous.
+    pub callers: Option<CallerKey>,
     /// Who may use the admin API (`/v1/admin/…`). Default: [`Access::Closed`].
     pub admin: Access,
     /// Who may read `/metrics`. Default: [`Access::Open`].
@@ -108,6 +118,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             client: Access::Open,
+            callers: None,
             admin: Access::Closed,
             metrics: Access::Open,
             max_body_bytes: 1 << 20,
@@ -184,8 +195,11 @@ pub fn app(rt: Runtime, options: &Options) -> Router {
             get(watch::watch).fallback(method_not_allowed),
         )
         .route_layer(from_fn_with_state(
-            Arc::new(options.client.clone()),
-            guard::authorize,
+            Arc::new(callers::Gate {
+                access: options.client.clone(),
+                callers: options.callers.clone(),
+            }),
+            callers::admit,
         ));
     let admin = admin::routes().route_layer(from_fn_with_state(
         Arc::new(options.admin.clone()),
@@ -243,6 +257,7 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
     responses((status = 200, description = "The reply, as the kind's handler returned it", body = serde_json::Value)))]
 async fn call(
     State(state): State<AppState>,
+    Extension(Authenticated(caller)): Extension<Authenticated>,
     path: Result<Path<EntityPath>, PathRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -250,9 +265,8 @@ async fn call(
     let Path(EntityPath { kind, id }) = path.map_err(ApiError::from_path)?;
     let started = std::time::Instant::now();
     let span = tracing::debug_span!("call", %kind, %id);
-    let result =
-        tracing::Instrument::instrument(call_entity(&state, &kind, &id, &headers, body), span)
-            .await;
+    let call = call_entity(&state, caller.as_ref(), (&kind, &id), &headers, body);
+    let result = tracing::Instrument::instrument(call, span).await;
     // Only registered kinds name a series: unknown names from clients would grow it forever.
     let label = if state.rt.persistence(&kind).is_some() {
         kind.as_str()
@@ -266,8 +280,8 @@ async fn call(
 
 async fn call_entity(
     state: &AppState,
-    kind: &str,
-    id: &str,
+    caller: Option<&Caller>,
+    (kind, id): (&str, &str),
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -283,9 +297,9 @@ async fn call_entity(
         })?),
     };
     if let Some(router) = &state.router {
-        return router.call(&state.rt, kind, id, key, &body).await;
+        return router.call(&state.rt, caller, (kind, id), key, &body).await;
     }
-    let reply = state.rt.call_json_idempotent(kind, id, key, &body).await?;
+    let reply = state.rt.call_json_as(caller, kind, id, key, &body).await?;
     Ok((
         [(header::CONTENT_TYPE, "application/json")],
         reply.to_string(),

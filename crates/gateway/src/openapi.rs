@@ -91,6 +91,16 @@ struct Shared;
 impl Modify for Shared {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
         let components = doc.components.get_or_insert_with(Default::default);
+        let mut caller = Http::new(HttpAuthScheme::Bearer);
+        caller.bearer_format = Some("JWT".to_owned());
+        caller.description = Some(
+            "A caller token (a JWT with `sub` and `exp`), when the node has a caller key; its \
+             `sub` is who is calling. A GET may carry it as `?access_token=` instead"
+                .to_owned(),
+        );
+        components
+            .security_schemes
+            .insert("caller".to_owned(), SecurityScheme::Http(caller));
         for (name, description) in [
             ("client", "The client token, when the node has one"),
             ("admin", "The admin token"),
@@ -120,8 +130,9 @@ impl Modify for Shared {
             let (security, fails) = if path.starts_with("/v1/admin/") {
                 (vec![needs("admin")], true)
             } else if path.starts_with("/v1/") {
-                // Open unless the node has a client token.
-                (vec![needs("client"), SecurityRequirement::default()], true)
+                // Open unless the node has a client token or a caller key.
+                let open = SecurityRequirement::default();
+                (vec![needs("caller"), needs("client"), open], true)
             } else if path == "/metrics" {
                 (
                     vec![needs("metrics"), SecurityRequirement::default()],

@@ -1,6 +1,7 @@
 //! The gateway, driven in memory with `oneshot`: every status code the API documents.
 
 mod admin;
+mod callers;
 mod guard;
 mod metrics;
 mod openapi;

@@ -67,6 +67,18 @@ pub(crate) struct Settings {
         value_name = "TOKEN"
     )]
     admin_token: Option<Secret>,
+    /// A file with the key that signs caller tokens (JWTs): a PEM public key (RSA, EC or
+    /// Ed25519), or an HMAC secret of at least 32 bytes. With it, every call needs a valid
+    /// caller token, whose `sub` handlers see as `ctx.caller()`, or the client token (a
+    /// service, calling as nobody) [default: none; calls are anonymous]
+    #[arg(long, env = "PERENNIAL_CALLER_KEY", value_name = "FILE")]
+    caller_key: Option<PathBuf>,
+    /// The issuer (`iss`) caller tokens must name [default: any]
+    #[arg(long, env = "PERENNIAL_CALLER_ISSUER", value_name = "ISS")]
+    caller_issuer: Option<String>,
+    /// The audience (`aud`) caller tokens must name [default: any]
+    #[arg(long, env = "PERENNIAL_CALLER_AUDIENCE", value_name = "AUD")]
+    caller_audience: Option<String>,
     /// Listen on a non-loopback address without a client token: anyone who reaches the
     /// port can call every entity [default: false]
     #[arg(
@@ -137,6 +149,12 @@ pub(crate) struct Config {
     pub(crate) client_token: Option<Secret>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) admin_token: Option<Secret>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) caller_key: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) caller_issuer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) caller_audience: Option<String>,
     pub(crate) insecure: bool,
     pub(crate) max_resident: usize,
     pub(crate) max_resident_bytes: usize,
@@ -178,6 +196,9 @@ impl Config {
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
             client_token: flags.client_token.clone().or(from_file.client_token),
             admin_token: flags.admin_token.clone().or(from_file.admin_token),
+            caller_key: flags.caller_key.clone().or(from_file.caller_key),
+            caller_issuer: flags.caller_issuer.clone().or(from_file.caller_issuer),
+            caller_audience: flags.caller_audience.clone().or(from_file.caller_audience),
             insecure: (flags.insecure.or(from_file.insecure)).unwrap_or(false),
             max_resident: (flags.max_resident.or(from_file.max_resident)).unwrap_or(1_000_000),
             max_resident_bytes: (flags.max_resident_bytes.or(from_file.max_resident_bytes))
@@ -216,10 +237,12 @@ fn read(path: &Path) -> anyhow::Result<Settings> {
             describe(&text, e.message(), e.span())
         )
     })?;
-    if let (Some(data), Some(dir)) = (&mut settings.data, path.parent())
-        && data.is_relative()
-    {
-        *data = dir.join(&*data);
+    for path_in_file in [&mut settings.data, &mut settings.caller_key] {
+        if let (Some(relative), Some(dir)) = (path_in_file, path.parent())
+            && relative.is_relative()
+        {
+            *relative = dir.join(&*relative);
+        }
     }
     Ok(settings)
 }

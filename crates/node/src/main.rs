@@ -48,7 +48,7 @@ enum Command {
     ///
     /// The state is kept in a data directory. Each setting comes from the first of: a flag,
     /// its PERENNIAL_* variable, the configuration file (perennial.toml), the default.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Call an entity on a running node: `perennial call counter/c1 '{"add": 1}'`.
     ///
     /// Prints the reply. The node is --node (or PERENNIAL_NODE); its client token, if it
@@ -87,6 +87,10 @@ enum Command {
     Passivate(remote::PassivateArgs),
     /// Show a cluster's live nodes and how many shards each holds (admin API).
     Cluster(remote::ClusterArgs),
+    /// Make a caller token for a node started with an HMAC `--caller-key`: `perennial
+    /// caller-token --key caller.key --subject alice`. For trying callers out and for tests;
+    /// in production, your identity provider issues the tokens.
+    CallerToken(CallerTokenArgs),
     /// Measure durable calls against the database approach, memory and activations.
     ///
     /// Durable calls per second against the database approach, memory per entity and
@@ -281,6 +285,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::DeadLetters(args) => remote::dead_letters(args),
         Command::Passivate(args) => remote::passivate(args),
         Command::Cluster(args) => remote::cluster(args),
+        Command::CallerToken(args) => caller_token(&args),
         Command::Migrate(args) => block_on(upgrade::migrate(args, upgrade::Pass::Migrate)),
         Command::SnapshotAll(args) => block_on(upgrade::migrate(args, upgrade::Pass::SnapshotAll)),
         Command::VerifyReplay(target) => block_on(upgrade::verify_replay(target)),
@@ -374,9 +379,13 @@ fn gateway_options(args: &Config) -> anyhow::Result<perennial_gateway::Options> 
         }
     };
     let mut options = perennial_gateway::Options::default();
+    options.callers = caller_key(args)?;
     options.client = match token("client token", &args.client_token)? {
         Some(t) => Access::Token(t),
-        None if args.listen.ip().is_loopback() || args.insecure => Access::Open,
+        // With a caller key, every call is authenticated anyway.
+        None if args.listen.ip().is_loopback() || args.insecure || options.callers.is_some() => {
+            Access::Open
+        }
         None => anyhow::bail!(
             "refusing to listen on {} without a client token: anyone who reaches it could \
              call every entity. Set --client-token (or PERENNIAL_CLIENT_TOKEN), or pass \
@@ -384,7 +393,10 @@ fn gateway_options(args: &Config) -> anyhow::Result<perennial_gateway::Options> 
             args.listen
         ),
     };
-    if options.client == Access::Open && !args.listen.ip().is_loopback() {
+    if options.client == Access::Open
+        && options.callers.is_none()
+        && !args.listen.ip().is_loopback()
+    {
         tracing::warn!(listen = %args.listen, "--insecure: calls need no token");
     }
     options.admin = match token("admin token", &args.admin_token)? {
@@ -392,13 +404,80 @@ fn gateway_options(args: &Config) -> anyhow::Result<perennial_gateway::Options> 
         None => Access::Closed,
     };
     // Metrics are for operators: the admin token if there is one; else as open as calls.
-    options.metrics = match &options.admin {
-        Access::Token(t) => Access::Token(t.clone()),
-        _ => options.client.clone(),
+    // With a caller key, callers are not operators: closed unless a token says otherwise.
+    options.metrics = match (&options.admin, &options.client) {
+        (Access::Token(t), _) => Access::Token(t.clone()),
+        (_, Access::Open) if options.callers.is_some() => Access::Closed,
+        (_, client) => client.clone(),
     };
     options.max_body_bytes = args.max_body_bytes;
     options.request_timeout = args.request_timeout;
     Ok(options)
+}
+
+/// `perennial caller-token`'s arguments.
+#[derive(Debug, clap::Args)]
+struct CallerTokenArgs {
+    /// The node's `--caller-key` file (an HMAC secret)
+    #[arg(long, value_name = "FILE")]
+    key: std::path::PathBuf,
+    /// Who the token names (`sub`)
+    #[arg(long, value_name = "NAME")]
+    subject: String,
+    /// How long the token is valid
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1h", value_name = "DURATION")]
+    ttl: Duration,
+    /// The issuer (`iss`), if the node checks one
+    #[arg(long, value_name = "ISS")]
+    issuer: Option<String>,
+    /// The audience (`aud`), if the node checks one
+    #[arg(long, value_name = "AUD")]
+    audience: Option<String>,
+}
+
+/// Prints a caller token signed with the key file's secret.
+fn caller_token(args: &CallerTokenArgs) -> anyhow::Result<()> {
+    let bytes = std::fs::read(&args.key)
+        .with_context(|| format!("cannot read the caller key {}", args.key.display()))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let claims = perennial_gateway::CallerClaims {
+        sub: &args.subject,
+        exp: (now + args.ttl).as_secs(),
+        iss: args.issuer.as_deref(),
+        aud: args.audience.as_deref(),
+    };
+    let token = perennial_gateway::sign_caller_token(&bytes, &claims)
+        .with_context(|| format!("the caller key {}", args.key.display()))?;
+    output::answer(&token);
+    Ok(())
+}
+
+/// The key that signs caller tokens, read from `--caller-key`'s file, with the issuer and
+/// audience tokens must name.
+fn caller_key(args: &Config) -> anyhow::Result<Option<perennial_gateway::CallerKey>> {
+    let Some(path) = &args.caller_key else {
+        if args.caller_issuer.is_some() || args.caller_audience.is_some() {
+            anyhow::bail!(
+                "--caller-issuer and --caller-audience need --caller-key: the key that signs \
+                 caller tokens"
+            );
+        }
+        return Ok(None);
+    };
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read the caller key {}", path.display()))?;
+    let mut key = perennial_gateway::CallerKey::from_file_bytes(&bytes)
+        .with_context(|| format!("the caller key {}", path.display()))?;
+    if let Some(issuer) = &args.caller_issuer {
+        key = key.issuer(issuer);
+    }
+    if let Some(audience) = &args.caller_audience {
+        key = key.audience(audience);
+    }
+    tracing::info!(?key, "calls need a caller token");
+    Ok(Some(key))
 }
 
 async fn serve(args: Config) -> anyhow::Result<()> {

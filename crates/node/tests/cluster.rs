@@ -25,17 +25,32 @@ pub(crate) struct LocalCluster {
     url: String,
     schema: Schema,
     lease: Duration,
+    /// Variables every node is started with, beyond the cluster's own.
+    env: Vec<(String, String)>,
 }
 
 impl LocalCluster {
     /// Starts `n` nodes with leases of `lease`; `None` (after a loud skip) without PostgreSQL.
     pub(crate) async fn start(n: usize, lease: Duration) -> Option<LocalCluster> {
+        Self::start_with(n, lease, &[]).await
+    }
+
+    /// [`start`](Self::start), every node with the variables `env` too.
+    pub(crate) async fn start_with(
+        n: usize,
+        lease: Duration,
+        env: &[(&str, &str)],
+    ) -> Option<LocalCluster> {
         let schema = test_util::schema().await?;
         let mut cluster = LocalCluster {
             url: test_util::url(),
             schema,
             lease,
             nodes: Vec::new(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         for i in 0..n {
             let node = cluster.spawn(i, None);
@@ -56,6 +71,7 @@ impl LocalCluster {
         command.args(["--cluster-secret", SECRET]);
         command.args(["--lease", &format!("{}ms", self.lease.as_millis())]);
         command.env("PERENNIAL_ADMIN_TOKEN", ADMIN);
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
         Node::spawn(command)
     }
 
@@ -391,6 +407,81 @@ async fn calls_on_every_node_reach_the_owner() {
         .await
         .unwrap();
     assert_eq!(status, 401);
+}
+
+/// Who is calling crosses nodes: a call forwarded to the owner carries the caller its first
+/// node verified, so the poker table refuses a player acting as another on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_are_forwarded_to_the_node_that_serves_the_entity() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("caller.key");
+    std::fs::write(&key, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let key = key.to_str().unwrap();
+    let env = [("PERENNIAL_CALLER_KEY", key)];
+    let Some(cluster) = LocalCluster::start_with(2, Duration::from_secs(2), &env).await else {
+        return;
+    };
+    let http = Http::new();
+    cluster.settled(&http).await;
+    let key = key.to_owned();
+    let alice = tokio::task::spawn_blocking(move || {
+        let out = perennial()
+            .args([
+                "caller-token",
+                "--key",
+                &key,
+                "--subject",
+                "alice",
+                "--ttl",
+                "10m",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    })
+    .await
+    .unwrap();
+    let bearer = format!("Bearer {alice}");
+    let as_alice = [("authorization", bearer.as_str())];
+    let join = |player: &str| format!(r#"{{"join": {{"player": "{player}", "chips": 100}}}}"#);
+    for t in 0..8 {
+        let path = format!("/v1/table/t{t}");
+        // Both nodes take each table's calls: one of them forwards them.
+        let (first, second) = (cluster.addr(t % 2), cluster.addr((t + 1) % 2));
+        let (status, body) = http.post(first, &path, &join("alice")).await.unwrap();
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (401, Some("unauthorized"))
+        );
+        for addr in [first, second] {
+            let (status, body) = http
+                .send(addr, "POST", &path, &as_alice, &join("bob"))
+                .await
+                .unwrap();
+            assert_eq!(
+                (status, body["error"]["code"].as_str()),
+                (403, Some("not_you"))
+            );
+        }
+        let (status, body) = http
+            .send(second, "POST", &path, &as_alice, &join("alice"))
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{body}");
+        let (status, view) = http
+            .send(first, "POST", &path, &as_alice, r#""view""#)
+            .await
+            .unwrap();
+        assert_eq!(
+            (status, view["seats"][0]["player"].as_str()),
+            (200, Some("alice"))
+        );
+    }
 }
 
 /// Transfers between counters that live on different nodes: the message row of the sender's

@@ -235,7 +235,24 @@ async fn inspect_shows_kinds_entities_states_history_and_the_past() {
     ] {
         post(&http, &node, "/v1/table/t1", body).await;
     }
-    let live = post(&http, &node, "/v1/table/t1", r#""view""#).await;
+    // The open mode: anyone may read as any player.
+    let views = [
+        post(
+            &http,
+            &node,
+            "/v1/table/t1",
+            r#"{"view_for": {"player": "alice"}}"#,
+        )
+        .await,
+        post(
+            &http,
+            &node,
+            "/v1/table/t1",
+            r#"{"view_for": {"player": "bob"}}"#,
+        )
+        .await,
+    ];
+    let live = &views[0];
     post(&http, &node, "/v1/counter/c1", r#"{"add": 9}"#).await;
     // While the node runs, listing and history work; a replay needs it stopped.
     let kinds = inspect(dir.path(), &[]).unwrap();
@@ -262,10 +279,14 @@ async fn inspect_shows_kinds_entities_states_history_and_the_past() {
     assert_eq!(now["step"], 3);
     assert_eq!(now["state"]["hand_number"], live["hand"]);
     let seats = now["state"]["seats"].to_string();
-    for seat in live["seats"].as_array().unwrap() {
-        for card in seat["hole_cards"].as_array().unwrap() {
-            assert!(seats.contains(&card.to_string()), "{card} not in {seats}");
-        }
+    let shown: Vec<&serde_json::Value> = views
+        .iter()
+        .flat_map(|view| view["seats"].as_array().unwrap())
+        .flat_map(|seat| seat["hole_cards"].as_array().unwrap())
+        .collect();
+    assert_eq!(shown.len(), 4, "each player sees their own two cards");
+    for card in shown {
+        assert!(seats.contains(&card.to_string()), "{card} not in {seats}");
     }
     // The past: after the first join, one player sat with 500 chips.
     let past = inspect(dir.path(), &["table", "t1", "--at", "1"]).unwrap();

@@ -46,12 +46,14 @@
 // Writing kinds: the process traits, the context of a step, effects, journal snapshots and
 // state migrations.
 pub use perennial_core::{
-    AskError, AskId, Asked, Ctx, Effect, EffectCtx, EffectError, EffectFailure, EffectId,
-    Migration, MigrationError, Persistence, Process, Rejection, Retry, Rng, Snapshots, TimerId,
-    schema_version,
+    AskError, AskId, Asked, Caller, Ctx, Effect, EffectCtx, EffectError, EffectFailure, EffectId,
+    Migration, MigrationError, Persistence, Process, Refusal, Rejection, Retry, Rng, Snapshots,
+    TimerId, schema_version,
 };
-// Running them: the runtime, its builder, handles to entities, watches.
-pub use perennial_core::{Builder, EntityId, EntityKey, EntityRef, Runtime, StateChange, Watch};
+// Running them: the runtime, its builder, handles to entities, watches and listeners.
+pub use perennial_core::{
+    Builder, Change, EntityId, EntityKey, EntityRef, Runtime, StateChange, Watch,
+};
 // What can go wrong, and the counters.
 pub use perennial_core::{
     CallError, CommitStats, Histogram, JsonRejection, KindStats, Overload, StartError, Stats,

@@ -16,7 +16,7 @@ use perennial_api::error::{ErrorBody, ErrorDetail};
 use perennial_api::internal::{self, Delivered};
 use perennial_cluster::{Cluster, Options, Route};
 use perennial_core::{
-    CallError, Courier, Delivery, EntityId, EntityKey, Parcel, Plumbing, Runtime,
+    CallError, Caller, Courier, Delivery, EntityId, EntityKey, Parcel, Plumbing, Runtime,
 };
 use perennial_types::shard_of;
 use serde::{Deserialize, Serialize};
@@ -129,6 +129,25 @@ async fn serve(stream: TcpStream, rt: Runtime, cluster: Cluster) {
     let Ok(request) = serde_json::from_str::<Request>(&line) else {
         return;
     };
+    // A call on behalf of a caller is a call with one.
+    let (request, caller) = match request {
+        Request::Node(internal::Request::CallAs {
+            caller,
+            kind,
+            id,
+            idempotency_key,
+            body,
+        }) => {
+            let call = internal::Request::Call {
+                kind,
+                id,
+                idempotency_key,
+                body,
+            };
+            (Request::Node(call), Some(Caller::new(caller)))
+        }
+        request => (request, None),
+    };
     let response = match request {
         Request::Node(internal::Request::Call {
             kind,
@@ -138,8 +157,9 @@ async fn serve(stream: TcpStream, rt: Runtime, cluster: Cluster) {
         }) => Response::Node(if cluster.route(shard_of(&kind, &id)) != Route::Local {
             internal::Answer::NotServed
         } else {
+            let key = idempotency_key.as_deref();
             match rt
-                .call_json_idempotent(&kind, &id, idempotency_key.as_deref(), &body)
+                .call_json_as(caller.as_ref(), &kind, &id, key, &body)
                 .await
             {
                 Ok(reply) => internal::Answer::Response {
@@ -200,8 +220,11 @@ async fn serve(stream: TcpStream, rt: Runtime, cluster: Cluster) {
                 other => internal::Answer::Delivered(Delivered::Retry(format!("{other:?}"))),
             })
         }
-        // Admin requests go to a gateway, which the simulation has none of.
-        Request::Node(internal::Request::Admin(_)) => Response::Count(0),
+        // Admin requests go to a gateway, which the simulation has none of; a call on
+        // behalf of a caller was made a call above.
+        Request::Node(internal::Request::Admin(_) | internal::Request::CallAs { .. }) => {
+            Response::Count(0)
+        }
         Request::Passivate { kind } => {
             Response::Count(rt.admin().passivate_kind(&kind).map_or(0, |(done, _)| done))
         }

@@ -65,6 +65,23 @@ impl Via {
         })
     }
 
+    /// A call from `caller` with idempotency key `key` (1 to 256 bytes): each caller's keys
+    /// are their own, so one caller cannot get another's kept reply by sending their key.
+    pub(crate) fn idempotent_for(
+        key: &str,
+        caller: Option<&crate::Caller>,
+    ) -> Result<Self, CallError> {
+        let via = Self::idempotent(key)?;
+        Ok(match (via, caller) {
+            (Self::Idempotent { checked, row, .. }, Some(caller)) => Self::Idempotent {
+                key: Box::from(format!("caller\u{1f}{}\u{1f}{key}", caller.subject())),
+                checked,
+                row,
+            },
+            (via, _) => via,
+        })
+    }
+
     /// An ask's message, applied under a key made from its row's id: once, however often it
     /// is delivered, with its reply kept under that key. The row is not deleted: the asker's
     /// step that applies the answer does that. `fresh`: no kept reply can exist yet (see
@@ -104,6 +121,8 @@ pub(super) struct Envelope<K: Process> {
     pub(super) msg: Option<K::Msg>,
     pub(super) reply: ReplyTo<K>,
     pub(super) via: Via,
+    /// Who sent it: only calls have a caller (see [`Ctx::caller`](crate::Ctx::caller)).
+    pub(super) caller: Option<crate::Caller>,
 }
 
 /// Pushes a message into the entity's mailbox, activating the entity if it is not resident.

@@ -51,7 +51,7 @@ use crate::journal::InitRecord;
 use crate::kind::KindRt;
 use crate::process::ctx::first_row_after;
 use crate::registry::{Key, Passivated, Resident};
-use crate::{CallError, Ctx, Process};
+use crate::{CallError, Caller, Ctx, Process};
 
 pub(crate) use activation::decode_record;
 use failure::Attempts;
@@ -177,20 +177,20 @@ enum Serving {
 pub(crate) async fn call<K: Process>(
     kind: &Arc<KindRt<K>>,
     id: &EntityId,
-    msg: K::Msg,
+    (msg, caller): (K::Msg, Option<Caller>),
     via: Via,
 ) -> Reply<K> {
-    ask(kind, id, (Some(msg), via), ReplyTo::Caller).await
+    ask(kind, id, (Some(msg), via, caller), ReplyTo::Caller).await
 }
 
 /// Sends a message to an entity and waits for its reply as JSON.
 pub(crate) async fn call_json<K: Process>(
     kind: &Arc<KindRt<K>>,
     id: &EntityId,
-    msg: K::Msg,
+    (msg, caller): (K::Msg, Option<Caller>),
     via: Via,
 ) -> Result<String, CallError<K::Error>> {
-    ask(kind, id, (Some(msg), via), ReplyTo::Json).await
+    ask(kind, id, (Some(msg), via, caller), ReplyTo::Json).await
 }
 
 /// Writes the entity's stored state back at its kind's schema version, through its mailbox
@@ -203,7 +203,7 @@ pub(crate) async fn rewrite<K: Process>(
     snapshot: bool,
 ) -> Result<bool, CallError<K::Error>> {
     let via = Via::Rewrite { snapshot };
-    ask(kind, id, (None, via), ReplyTo::Done).await
+    ask(kind, id, (None, via, None), ReplyTo::Done).await
 }
 
 /// Deletes the entity as [`Ctx::delete`] would, through its mailbox (so after the messages
@@ -212,7 +212,7 @@ pub(crate) async fn delete<K: Process>(
     kind: &Arc<KindRt<K>>,
     id: &EntityId,
 ) -> Result<bool, CallError<K::Error>> {
-    ask(kind, id, (None, Via::Delete), ReplyTo::Done).await
+    ask(kind, id, (None, Via::Delete, None), ReplyTo::Done).await
 }
 
 /// Where the answer to a call of kind `K` goes, as a `T`.
@@ -223,13 +223,19 @@ type Answering<K, T> = oneshot::Sender<Result<T, CallError<<K as Process>::Error
 async fn ask<K: Process, T>(
     kind: &Arc<KindRt<K>>,
     id: &EntityId,
-    (msg, via): (Option<K::Msg>, Via),
+    (msg, via, caller): (Option<K::Msg>, Via, Option<Caller>),
     reply_to: fn(Answering<K, T>) -> ReplyTo<K>,
 ) -> Result<T, CallError<K::Error>> {
     let _permit = kind.engine.admit()?;
     let (reply, answer) = oneshot::channel();
     let reply = reply_to(reply);
-    deliver(kind, id, Envelope { msg, reply, via })?;
+    let envelope = Envelope {
+        msg,
+        reply,
+        via,
+        caller,
+    };
+    deliver(kind, id, envelope)?;
     // The sender is dropped without an answer only if the runtime itself is torn down.
     answer.await.unwrap_or(Err(CallError::ShuttingDown))
 }
@@ -257,6 +263,7 @@ pub(crate) async fn deliver_row<K: Process>(
         msg: Some(msg),
         reply,
         via,
+        caller: None,
     };
     match deliver(kind, id, envelope) {
         Ok(()) => {}

@@ -21,7 +21,7 @@ use crate::journal;
 use crate::kind::Mode;
 use crate::listen::Change;
 use crate::process::ctx::Work;
-use crate::{CallError, Ctx, Process};
+use crate::{CallError, Caller, Ctx, Process};
 
 impl<K: Process> Cell<K> {
     /// Handles one message. Returns false if the state in hand is no longer valid (a batch
@@ -32,7 +32,12 @@ impl<K: Process> Cell<K> {
         envelope: Envelope<K>,
         incarnation: u32,
     ) -> bool {
-        let Envelope { msg, reply, via } = envelope;
+        let Envelope {
+            msg,
+            reply,
+            via,
+            caller,
+        } = envelope;
         // Off by default; `RUST_LOG=perennial_core=debug` shows one span per step.
         let _span = tracing::debug_span!("step", kind = K::KIND, id = %self.id).entered();
         let Some(msg) = msg else {
@@ -74,7 +79,7 @@ impl<K: Process> Cell<K> {
             && guard(|| K::is_read_only(&msg)).unwrap_or(false);
         let at_us = now_us();
         let next = self.inner.lock().seq + 1;
-        let mut ctx = Ctx::step(&self.id, at_us, next);
+        let mut ctx = Ctx::step(&self.id, at_us, next).with_caller(caller.as_ref());
         // What the kind's listeners hear: the state before, and the message.
         let mut change = self.listening(state, Some(&msg));
         let result = guard(|| state.handle(msg, &mut ctx));
@@ -111,7 +116,7 @@ impl<K: Process> Cell<K> {
                     reply,
                     (value, extras),
                     &message_json,
-                    (at_us, seed),
+                    (at_us, seed, caller.as_ref()),
                     (incarnation, change),
                 )
             }
@@ -316,7 +321,7 @@ impl<K: Process> Cell<K> {
         reply: ReplyTo<K>,
         (value, mut extras): (K::Reply, Option<Box<Extras>>),
         message_json: &Result<String, String>,
-        (at_us, seed): (i64, Option<[u8; 32]>),
+        (at_us, seed, caller): (i64, Option<[u8; 32]>, Option<&Caller>),
         (incarnation, change): (u32, Option<Box<Change<K>>>),
     ) -> bool {
         let Mode::Journal { snapshots } = &self.kind.mode else {
@@ -384,7 +389,7 @@ impl<K: Process> Cell<K> {
             at_us,
             entry: Arc::from(journal::encode_entry(
                 message,
-                seed,
+                (seed, caller),
                 init,
                 digest,
                 crate::upgrade::schema_version::<K>(),

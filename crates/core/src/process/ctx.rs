@@ -12,6 +12,7 @@ use rand_core::{SeedableRng, TryRng};
 use crate::Process;
 use crate::clock::{now_us, time_of};
 use crate::process::ask::{AskBody, AskId, Asked, path_of};
+use crate::process::caller::Caller;
 use crate::process::effect::{Effect, EffectId, TimerId};
 
 /// The context of one step: the entity's id, the time the step started, randomness and ids.
@@ -22,6 +23,7 @@ use crate::process::effect::{Effect, EffectId, TimerId};
 /// the same again when it replays the step.
 pub struct Ctx<'a, K: Process> {
     id: &'a EntityId,
+    caller: Option<&'a Caller>,
     now: SystemTime,
     rng: Option<Rng>,
     seed: Seed,
@@ -99,6 +101,7 @@ impl<'a, K: Process> Ctx<'a, K> {
     pub(crate) fn at(id: &'a EntityId, at_us: i64) -> Self {
         Self {
             id,
+            caller: None,
             now: time_of(at_us),
             rng: None,
             seed: Seed::Live(None),
@@ -128,6 +131,11 @@ impl<'a, K: Process> Ctx<'a, K> {
         }
     }
 
+    /// The same context, for a message sent by `caller`.
+    pub(crate) fn with_caller(self, caller: Option<&'a Caller>) -> Self {
+        Self { caller, ..self }
+    }
+
     /// What the step asked for beyond its state change.
     pub(crate) fn take_work(&mut self) -> Work {
         std::mem::take(&mut self.work)
@@ -154,6 +162,57 @@ impl<'a, K: Process> Ctx<'a, K> {
     /// The name of the entity's kind.
     pub fn kind(&self) -> &'static str {
         K::KIND
+    }
+
+    /// Who sent the message, if it came from an authenticated call: through the HTTP
+    /// gateway with a verified caller token, or through
+    /// [`EntityRef::as_caller`](crate::EntityRef::as_caller). `None` for anonymous calls and
+    /// for every message that is not a call (timers, messages and asks from other entities,
+    /// effects' results, retried dead letters), and in `init`.
+    ///
+    /// A `Journal` kind records the caller with the step, so a replayed step sees the same.
+    ///
+    /// ```
+    /// use perennial_core::{Ctx, Process, Rejection};
+    ///
+    /// #[derive(Default)]
+    /// struct Inbox {
+    ///     owner: Option<String>,
+    ///     notes: Vec<String>,
+    /// }
+    ///
+    /// #[derive(Debug, thiserror::Error)]
+    /// #[error("only the inbox's owner may read or write it")]
+    /// struct NotYours;
+    ///
+    /// impl Rejection for NotYours {
+    ///     fn code(&self) -> &str {
+    ///         "not_yours"
+    ///     }
+    ///     fn refusal(&self) -> perennial_core::Refusal {
+    ///         perennial_core::Refusal::Forbidden
+    ///     }
+    /// }
+    ///
+    /// impl Process for Inbox {
+    ///     const KIND: &'static str = "inbox";
+    ///     type Msg = String;
+    ///     type Reply = usize;
+    ///     type Error = NotYours;
+    ///
+    ///     fn handle(&mut self, note: String, ctx: &mut Ctx<'_, Self>) -> Result<usize, NotYours> {
+    ///         // The first caller owns the inbox; anyone else is refused.
+    ///         let caller = ctx.caller().ok_or(NotYours)?.subject().to_owned();
+    ///         if *self.owner.get_or_insert_with(|| caller.clone()) != caller {
+    ///             return Err(NotYours);
+    ///         }
+    ///         self.notes.push(note);
+    ///         Ok(self.notes.len())
+    ///     }
+    /// }
+    /// ```
+    pub fn caller(&self) -> Option<&Caller> {
+        self.caller
     }
 
     /// The wall-clock time at which this step started, to the microsecond. It does not move

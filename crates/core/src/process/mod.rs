@@ -4,6 +4,7 @@
 //! another in their signatures, so they live together, below the runtime that runs them.
 
 pub(crate) mod ask;
+pub(crate) mod caller;
 pub(crate) mod ctx;
 pub(crate) mod effect;
 
@@ -137,6 +138,14 @@ pub trait Process: Default + Send + 'static {
     /// assert_eq!(v3["lines"][0]["cents"], 250);
     /// ```
     const MIGRATIONS: &'static [Migration] = &[];
+
+    /// Whether clients that watch an entity over HTTP (`GET /v1/{kind}/{id}/watch`) see its
+    /// state. `false` for a state that holds what not every caller may see (a poker table's
+    /// deck and hole cards): the stream then only says *that* the state changed (and its
+    /// version), and clients ask the entity, whose handler knows the
+    /// [caller](crate::Ctx::caller), for what they may see. In-process watchers
+    /// ([`EntityRef::watch`](crate::EntityRef::watch)) and operators see the state either way.
+    const WATCH_SHOWS_STATE: bool = true;
 
     /// The messages the kind handles.
     type Msg: Serialize + DeserializeOwned + Send + 'static;

@@ -75,6 +75,14 @@ pub enum TableError {
     /// The turn timeout is outside 1 ms to 24 hours.
     #[error("the turn timeout must be 1 to 86,400,000 milliseconds")]
     InvalidTurnTimeout,
+    /// An authenticated caller named another player: a player acts only as themselves.
+    #[error("you are signed in as {caller:?}, not {player:?}: a player acts only as themselves")]
+    NotYou {
+        /// The player the message named.
+        player: String,
+        /// Who sent it.
+        caller: String,
+    },
 }
 
 impl TableError {
@@ -97,6 +105,7 @@ impl TableError {
             TableError::RaiseNotAllowed => "raise_not_allowed",
             TableError::InsufficientChips { .. } => "insufficient_chips",
             TableError::InvalidTurnTimeout => "invalid_turn_timeout",
+            TableError::NotYou { .. } => "not_you",
         }
     }
 }
@@ -118,6 +127,10 @@ mod tests {
             TableError::NotEnoughPlayers,
             TableError::NoHandInProgress,
             TableError::NotYourTurn { player: "a".into() },
+            TableError::NotYou {
+                player: "a".into(),
+                caller: "b".into(),
+            },
             TableError::CannotCheck { to_call: 5 },
             TableError::NothingToCall,
             TableError::RaiseTooSmall { min_raise_to: 20 },

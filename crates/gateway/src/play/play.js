@@ -1,6 +1,6 @@
 // A playable table of the demo's `table` kind at /play/{table}?as={name}. It joins with a
 // name, shows the table as that player sees it (`{"view_for": …}`), acts with buttons, and
-// follows the table live through its watch stream (Server-Sent Events of durable states):
+// follows the table live through its watch stream (Server-Sent Events of durable changes):
 // each event is only a signal to read the player's view again. The turn timer counts down
 // to the deadline the table keeps. If the node goes away, the stream reconnects by itself
 // and the page reads the table again: the hand is where it was.
@@ -12,10 +12,17 @@ let me = params.get("as");
 let view = null;
 const $ = (id) => document.getElementById(id);
 
+// On a node that verifies callers, the page is opened with the player's token
+// (`?as=NAME&token=JWT`): calls send it as a bearer token, the watch stream (which a browser
+// opens without headers) as `access_token`.
+const token = params.get("token");
+
 async function call(msg) {
+  const headers = { "content-type": "application/json" };
+  if (token) headers.authorization = "Bearer " + token;
   const response = await fetch("/v1/table/" + encodeURIComponent(tableId), {
     method: "POST",
-    headers: { "content-type": "application/json" },
+    headers,
     body: JSON.stringify(msg),
   });
   const value = await response.json().catch(() => null);
@@ -99,7 +106,6 @@ function tick() {
 async function refresh() {
   try {
     view = await call(me ? { view_for: { player: me } } : "view");
-    if (!me) view.seats.forEach((s) => (s.hole_cards = []));
     $("error").textContent = "";
     render();
   } catch (e) {
@@ -142,11 +148,14 @@ $("raise").addEventListener("click", () =>
 );
 
 function follow() {
-  const stream = new EventSource("/v1/table/" + encodeURIComponent(tableId) + "/watch");
+  const query = token ? "?access_token=" + encodeURIComponent(token) : "";
+  const stream = new EventSource("/v1/table/" + encodeURIComponent(tableId) + "/watch" + query);
   stream.addEventListener("open", () => {
     $("live").textContent = "live";
     refresh();
   });
+  // The table keeps its state from watchers: each event only says it changed.
+  stream.addEventListener("changed", refresh);
   stream.addEventListener("state", refresh);
   stream.addEventListener("error", () => {
     $("live").textContent = "reconnecting…";
