@@ -15,12 +15,45 @@ use serde::{Deserialize, Serialize};
 /// not come from a call (timers, messages and asks from other entities, effects' results,
 /// retried dead letters) have no caller.
 ///
-/// ```
-/// use perennial_core::Caller;
+/// An inbox that only its first caller may write to:
 ///
-/// let alice = Caller::new("alice");
-/// assert_eq!(alice.subject(), "alice");
-/// assert_eq!(alice.to_string(), "alice");
+/// ```
+/// use perennial_core::{Ctx, Process, Refusal, Rejection};
+///
+/// #[derive(Default)]
+/// struct Inbox {
+///     owner: Option<String>,
+///     notes: Vec<String>,
+/// }
+///
+/// #[derive(Debug, thiserror::Error)]
+/// #[error("only the inbox's owner may write to it")]
+/// struct NotYours;
+///
+/// impl Rejection for NotYours {
+///     fn code(&self) -> &str {
+///         "not_yours"
+///     }
+///     fn refusal(&self) -> Refusal {
+///         Refusal::Forbidden
+///     }
+/// }
+///
+/// impl Process for Inbox {
+///     const KIND: &'static str = "inbox";
+///     type Msg = String;
+///     type Reply = usize;
+///     type Error = NotYours;
+///
+///     fn handle(&mut self, note: String, ctx: &mut Ctx<'_, Self>) -> Result<usize, NotYours> {
+///         let caller = ctx.caller().ok_or(NotYours)?.subject().to_owned();
+///         if *self.owner.get_or_insert_with(|| caller.clone()) != caller {
+///             return Err(NotYours);
+///         }
+///         self.notes.push(note);
+///         Ok(self.notes.len())
+///     }
+/// }
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]

@@ -171,46 +171,9 @@ impl<'a, K: Process> Ctx<'a, K> {
     /// effects' results, retried dead letters), and in `init`.
     ///
     /// A `Journal` kind records the caller with the step, so a replayed step sees the same.
-    ///
-    /// ```
-    /// use perennial_core::{Ctx, Process, Rejection};
-    ///
-    /// #[derive(Default)]
-    /// struct Inbox {
-    ///     owner: Option<String>,
-    ///     notes: Vec<String>,
-    /// }
-    ///
-    /// #[derive(Debug, thiserror::Error)]
-    /// #[error("only the inbox's owner may read or write it")]
-    /// struct NotYours;
-    ///
-    /// impl Rejection for NotYours {
-    ///     fn code(&self) -> &str {
-    ///         "not_yours"
-    ///     }
-    ///     fn refusal(&self) -> perennial_core::Refusal {
-    ///         perennial_core::Refusal::Forbidden
-    ///     }
-    /// }
-    ///
-    /// impl Process for Inbox {
-    ///     const KIND: &'static str = "inbox";
-    ///     type Msg = String;
-    ///     type Reply = usize;
-    ///     type Error = NotYours;
-    ///
-    ///     fn handle(&mut self, note: String, ctx: &mut Ctx<'_, Self>) -> Result<usize, NotYours> {
-    ///         // The first caller owns the inbox; anyone else is refused.
-    ///         let caller = ctx.caller().ok_or(NotYours)?.subject().to_owned();
-    ///         if *self.owner.get_or_insert_with(|| caller.clone()) != caller {
-    ///             return Err(NotYours);
-    ///         }
-    ///         self.notes.push(note);
-    ///         Ok(self.notes.len())
-    ///     }
-    /// }
-    /// ```
+    /// A handler refuses a caller with a rejection whose
+    /// [`refusal`](crate::Rejection::refusal) says why (HTTP `401` or `403`); see
+    /// [`Caller`] for an example.
     pub fn caller(&self) -> Option<&Caller> {
         self.caller
     }
