@@ -9,6 +9,8 @@
 //! Messages, as JSON:
 //! - `{"configure": {"concurrency": 3}}` → the status (1 to 1,000; default 1).
 //! - `{"submit": {"job": "resize-42", "work_ms": 200}}` → `{"queued": Q}`, the jobs waiting.
+//!   With `"fails": N`, the job's first N attempts fail (a flaky service, for trying the
+//!   retry policy: backoff from 100 ms, 10 attempts, then the job finishes with its error).
 //! - `"status"` → `{"running": R, "queued": Q, "done": D}`.
 //! - `"history"` → the last jobs finished: `[{"job", "started_ms", "finished_ms"}, …]`.
 //!
@@ -62,6 +64,14 @@ pub struct Job {
     pub job: String,
     /// How long its work takes.
     pub work_ms: u64,
+    /// How many attempts of its work fail before one succeeds (a stand-in for a flaky
+    /// service; the effect's retry policy tries again with backoff).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fails: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A job that ran: when its work started and finished (its last run, if it ran again after a
@@ -77,6 +87,9 @@ pub struct Finished {
     /// Why it failed, if it did (every attempt of its work failed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Which attempt of its work succeeded (counted since the node started), if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
 }
 
 /// A message to a queue.
@@ -140,27 +153,39 @@ impl Rejection for QueueError {
     }
 }
 
-/// A job's work: sleeps `work_ms`, then reports to its queue.
+/// A job's work: sleeps `work_ms`, then reports to its queue; its first `fails` attempts
+/// fail after the sleep.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Work {
     /// The job.
     pub job: String,
     /// How long it sleeps.
     pub work_ms: u64,
+    /// How many attempts fail before one succeeds.
+    #[serde(default)]
+    pub fails: u32,
 }
 
 impl Effect for Work {
     type Kind = Queue;
     const NAME: &'static str = "work";
 
-    async fn run(self, _cx: EffectCtx) -> Result<QueueMsg, EffectError> {
+    async fn run(self, cx: EffectCtx) -> Result<QueueMsg, EffectError> {
         let started_ms = unix_ms();
         tokio::time::sleep(Duration::from_millis(self.work_ms)).await;
+        if cx.attempt() <= self.fails {
+            return Err(EffectError::new(format!(
+                "attempt {} of {} fails, as the job asked",
+                cx.attempt(),
+                self.job
+            )));
+        }
         Ok(QueueMsg::Finished(Finished {
             job: self.job,
             started_ms,
             finished_ms: unix_ms(),
             error: None,
+            attempt: Some(cx.attempt()),
         }))
     }
 
@@ -171,6 +196,7 @@ impl Effect for Work {
             started_ms: now,
             finished_ms: now,
             error: Some(failure.error),
+            attempt: None,
         })
     }
 }
@@ -242,6 +268,7 @@ impl Queue {
             ctx.effect(Work {
                 job: job.job.clone(),
                 work_ms: job.work_ms,
+                fails: job.fails,
             });
             self.running.push(job);
         }
@@ -271,7 +298,8 @@ mod tests {
             submit,
             QueueMsg::Submit(Job {
                 job: "a".into(),
-                work_ms: 5
+                work_ms: 5,
+                fails: 0,
             })
         );
         let configure: QueueMsg =
@@ -320,6 +348,7 @@ mod tests {
             let job = Job {
                 job: format!("j{i}"),
                 work_ms: 40,
+                fails: 0,
             };
             q.call(QueueMsg::Submit(job)).await.unwrap();
         }
@@ -353,6 +382,7 @@ mod tests {
     fn peak_counts_overlaps() {
         let f = |s, e| Finished {
             error: None,
+            attempt: None,
             job: String::new(),
             started_ms: s,
             finished_ms: e,

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::node::{Http, Node, post, wait_for};
+use crate::node::{Http, Node, post, stop, wait_for};
 
 /// Transfers between counters are messages sent exactly once: with kill -9 in the middle of
 /// hundreds of them, the sum of all counters after the restart is what it was.
@@ -188,6 +188,63 @@ async fn a_queue_finishes_every_job_after_kill_9() {
     }
     assert!(peak <= 3, "{peak} jobs ran at once: {history:?}");
     eprintln!("{before} before kill -9; all {JOBS} jobs done after, at most {peak} at once");
+}
+
+/// Jobs whose work fails five times before it succeeds, with the node killed while they are
+/// being retried: after the restart, every job finishes exactly once, with its success (the
+/// retries start over: attempts are counted per node run), and no pending row is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn effects_being_retried_at_kill_9_finish_once_after_the_restart() {
+    const JOBS: usize = 6;
+    let dir = tempfile::tempdir().unwrap();
+    let http = Http::new();
+    let node = Node::start(dir.path());
+    post(
+        &http,
+        &node,
+        "/v1/queue/flaky",
+        r#"{"configure": {"concurrency": 6}}"#,
+    )
+    .await;
+    for j in 0..JOBS {
+        let job = format!(r#"{{"submit": {{"job": "j{j}", "work_ms": 20, "fails": 5}}}}"#);
+        post(&http, &node, "/v1/queue/flaky", &job).await;
+    }
+    // Five failures and their backoffs (from 50-100 ms, doubling) take over 1.5 s: killed
+    // at 300 ms, every job is being retried.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = post(&http, &node, "/v1/queue/flaky", r#""status""#).await;
+    assert_eq!(before["done"], 0, "no job can have succeeded yet: {before}");
+    node.kill9();
+
+    let node = Node::start(dir.path());
+    let status = wait_for(&http, &node, "/v1/queue/flaky", r#""status""#, |s| {
+        s["done"] == JOBS
+    })
+    .await;
+    assert_eq!(
+        (status["running"].as_u64(), status["queued"].as_u64()),
+        (Some(0), Some(0))
+    );
+    let history = post(&http, &node, "/v1/queue/flaky", r#""history""#).await;
+    let mut jobs: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            assert_eq!(f["attempt"], 6, "five failures, then success: {f}");
+            assert!(f.get("error").is_none(), "{f}");
+            f["job"].as_str().unwrap()
+        })
+        .collect();
+    jobs.sort_unstable();
+    assert_eq!(jobs, ["j0", "j1", "j2", "j3", "j4", "j5"], "each job once");
+    stop(node);
+    let db = rusqlite::Connection::open(dir.path().join("perennial.db")).unwrap();
+    let rows: i64 = db
+        .query_row("SELECT count(*) FROM pending", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(rows, 0, "no effect's row is left");
 }
 
 /// The table's turn timer folds a player who does not act, even when the node was killed
