@@ -31,6 +31,35 @@ pub enum WatchEventName {
     Changed,
 }
 
+/// The query of `GET /v1/{kind}/changes`: `?after=CURSOR`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FeedParams {
+    /// Send the changes after this cursor (the `id` of the last event received); 0, or
+    /// absent without `Last-Event-ID`: from the oldest change kept.
+    #[param(
+        minimum = 0,
+        maximum = 18_446_744_073_709_551_615_u64,
+        format = "uint64"
+    )]
+    pub after: Option<u64>,
+}
+
+/// One event of a kind's change feed (`event: change`; its `id` is the cursor).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ChangeEvent {
+    /// The entity's id.
+    pub id: String,
+    /// The entity's version after the step.
+    pub version: u64,
+    /// Whether the step deleted the entity.
+    pub deleted: bool,
+    /// The state after the step; absent when deleted, and for a kind that keeps its state
+    /// from clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<serde_json::Value>,
+}
+
 /// `GET /healthz`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Health {

@@ -17,8 +17,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::{Condvar, Mutex};
 use perennial_storage::{
-    Batch, DeadLetter, DeadLetterDone, DeadLetterWrite, EntityDelete, JournalEntry, JournalTrim,
-    JournalWrite, Pending, PendingDone, PendingWrite, ReplyWrite, StateWrite, Store, StoredReply,
+    Batch, ChangeWrite, DeadLetter, DeadLetterDone, DeadLetterWrite, EntityDelete, JournalEntry,
+    JournalTrim, JournalWrite, Pending, PendingDone, PendingWrite, ReplyWrite, StateWrite, Store,
+    StoredReply,
 };
 use perennial_types::{EntityKey, Epoch, ShardId};
 use tokio::sync::Notify;
@@ -63,8 +64,8 @@ pub(crate) struct Extras {
     pub(crate) reply: Option<(String, StoredReply)>,
     /// The dead letter the step applied (a retry), deleted with it.
     pub(crate) letter: Option<u64>,
-    /// The state after the step, for its watchers, when the step writes no state (`Journal`
-    /// kinds).
+    /// The state after the step, for its watchers and its kind's change feed, when the step
+    /// writes no state (`Journal` kinds).
     pub(crate) watched: Option<Arc<str>>,
 }
 
@@ -106,6 +107,8 @@ pub(crate) trait Owner: Send + Sync {
     fn epoch(&self) -> Epoch;
     /// The schema version its states are written at (its kind's).
     fn schema(&self) -> u32;
+    /// Whether its kind keeps a change feed: then each of its steps is written as a change.
+    fn keeps_feed(&self) -> bool;
     /// The entity's current incarnation. It changes when a batch with its steps fails.
     fn incarnation(&self) -> u32;
     /// Steps of `incarnation` up to version `seq` are durable.
@@ -607,15 +610,24 @@ impl Owners {
         let entry = &mut self.entries[index];
         entry.seq = entry.seq.max(step.seq);
         let watched = entry.watching;
+        let feed = step.owner.keeps_feed();
         if let Some(mut extras) = step.extras {
-            if let Some(state) = extras.watched.take().filter(|_| watched) {
-                entry.watch(step.seq, state);
+            if let Some(state) = extras.watched.take() {
+                if feed {
+                    entry.change(batch, step.seq, Some(Arc::clone(&state)));
+                }
+                if watched {
+                    entry.watch(step.seq, state);
+                }
             }
             entry.add_extras(batch, *extras);
         }
         match step.write {
             Write::Nothing => {}
             Write::Delete => {
+                if feed {
+                    entry.change(batch, step.seq, None);
+                }
                 if watched {
                     entry.deleted(step.seq);
                 }
@@ -626,6 +638,9 @@ impl Owners {
                 });
             }
             Write::State(state) => {
+                if feed {
+                    entry.change(batch, step.seq, Some(Arc::clone(&state)));
+                }
                 if watched {
                     entry.watch(step.seq, Arc::clone(&state));
                 }
@@ -697,6 +712,19 @@ impl OwnerEntry {
                 reply,
             });
         }
+    }
+
+    /// Writes a step of the owner as a change of its kind's feed: its version and state after
+    /// (`None`: deleted).
+    fn change(&self, batch: &mut Batch, seq: u64, state: Option<Arc<str>>) {
+        batch.changes.push(ChangeWrite {
+            key: self.owner.key(),
+            shard: self.owner.shard(),
+            epoch: self.owner.epoch(),
+            version: seq,
+            at_ms: crate::clock::now_ms(),
+            state,
+        });
     }
 
     /// Keeps the owner's state at version `seq` for its watchers, unless a later one is kept.

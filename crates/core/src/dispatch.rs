@@ -113,15 +113,26 @@ async fn scan(engine: &Engine) -> Duration {
     }
 }
 
-/// Deletes kept replies older than the idempotency window, a bounded number per batch.
+/// Deletes kept replies older than the idempotency window, a bounded number per batch, and
+/// changes older than their feed keeps them.
 fn expire_replies(engine: &Engine) {
     let window = millis(engine.config.reply_window);
     let before_ms = crate::clock::now_ms().saturating_sub(window);
+    let now_ms = crate::clock::now_ms();
     engine.committer.chore(|batch| {
         batch.expire_replies = Some(perennial_storage::ExpireReplies {
             before_ms,
             limit: 10_000,
         });
+        batch.expire_changes = engine
+            .config
+            .feeds
+            .iter()
+            .map(|(kind, keep)| perennial_storage::ExpireChanges {
+                kind: (*kind).to_owned(),
+                before_ms: now_ms.saturating_sub(millis(*keep)),
+            })
+            .collect();
     });
 }
 

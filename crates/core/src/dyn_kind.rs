@@ -78,6 +78,9 @@ pub(crate) trait DynKind: Send + Sync {
     /// [`Process::WATCH_SHOWS_STATE`].
     fn watch_shows_state(&self) -> bool;
 
+    /// How long its change feed keeps changes, if it keeps one.
+    fn feed(&self) -> Option<std::time::Duration>;
+
     /// The entity's state as of `step` (its latest, if `None`), as JSON, from storage;
     /// `None` if nothing of it is stored (never written, or deleted).
     fn state_at(
@@ -193,6 +196,10 @@ impl<K: Process> DynKind for KindRt<K> {
 
     fn watch_shows_state(&self) -> bool {
         K::WATCH_SHOWS_STATE
+    }
+
+    fn feed(&self) -> Option<std::time::Duration> {
+        self.feed
     }
 
     fn watchable(&self) -> bool {

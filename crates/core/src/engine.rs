@@ -35,8 +35,12 @@ pub(crate) struct Config {
     pub(crate) passivation_interval: Duration,
     /// How long replies to idempotent calls are kept.
     pub(crate) reply_window: Duration,
-    /// How often replies older than `reply_window` are deleted.
+    /// How often replies older than `reply_window` (and changes older than their feed
+    /// keeps) are deleted.
     pub(crate) reply_expiry_interval: Duration,
+    /// The kinds that keep a change feed ([`Builder::change_feed`](crate::Builder::change_feed)),
+    /// and for how long.
+    pub(crate) feeds: HashMap<&'static str, Duration>,
 }
 
 /// What every entity of every kind shares: storage, the shards served, the commit pipeline,

@@ -360,6 +360,32 @@ impl Rejection for std::convert::Infallible {
     }
 }
 
+/// Why a kind's change feed could not be read ([`Runtime::changes`](crate::Runtime::changes)).
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum FeedError {
+    /// No kind of this name is registered.
+    #[error("no kind named {0:?} is registered")]
+    UnknownKind(String),
+    /// The kind keeps no change feed.
+    #[error("kind {0:?} keeps no change feed: register it with Builder::change_feed")]
+    NoFeed(String),
+    /// Storage failed; reading again later may succeed.
+    #[error("storage failed: {0}")]
+    Store(perennial_storage::Error),
+}
+
+impl FeedError {
+    /// A stable, machine-readable name for the error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::UnknownKind(_) => "unknown_kind",
+            Self::NoFeed(_) => "no_change_feed",
+            Self::Store(source) => storage_code(source),
+        }
+    }
+}
+
 /// Why an operator's request ([`Admin`](crate::Admin)) failed.
 ///
 /// A request that reaches an entity (retrying a dead letter, a migration's rewrite, reading
@@ -481,6 +507,17 @@ pub enum StartError {
     /// A listener was given for a kind that is not registered.
     #[error("a listener is given for kind {0:?}, which is not registered: register the kind too")]
     ListenerWithoutKind(&'static str),
+    /// A change feed was asked for a kind that is not registered.
+    #[error(
+        "a change feed is asked for kind {0:?}, which is not registered: register the kind too"
+    )]
+    FeedWithoutKind(&'static str),
+    /// A change feed was asked for a kind that keeps no JSON state to put in it.
+    #[error(
+        "kind {0:?} keeps no JSON state for a change feed (it is ephemeral, or a journal kind \
+         without snapshots): register it with snapshots, or keep no feed"
+    )]
+    FeedWithoutState(&'static str),
     /// The store could not be claimed.
     #[error("cannot claim the store: {0}")]
     Storage(#[from] perennial_storage::Error),

@@ -32,6 +32,9 @@ pub(crate) struct KindRt<K: Process> {
     pub(crate) engine: Arc<Engine>,
     /// Its listeners ([`Builder::listen`](crate::Builder::listen)), if it has any.
     pub(crate) listeners: Option<crate::listen::Listeners<K>>,
+    /// How long its change feed keeps changes, if it keeps one
+    /// ([`Builder::change_feed`](crate::Builder::change_feed)).
+    pub(crate) feed: Option<std::time::Duration>,
 }
 
 impl<K: Process> std::fmt::Debug for KindRt<K> {

@@ -135,7 +135,9 @@ pub use builder::Builder;
 pub use commit::CommitStats;
 pub use courier::{Courier, Delivery, Parcel};
 pub use entity_ref::EntityRef;
-pub use error::{AdminError, CallError, JsonRejection, Overload, Refusal, Rejection, StartError};
+pub use error::{
+    AdminError, CallError, FeedError, JsonRejection, Overload, Refusal, Rejection, StartError,
+};
 pub use histogram::Histogram;
 pub use journal::{HistoryEntry, Snapshots};
 pub use kind::KindStats;

@@ -265,6 +265,43 @@ impl Runtime {
         Ok(crate::Watch::new(changes, shows_state))
     }
 
+    /// Reads up to `limit` changes of the kind named `kind` after the cursor `after` (0: from
+    /// the oldest kept), in commit order: each committed step of each entity, with its
+    /// version and state after it (`None`: it deleted the entity). Go on from the last
+    /// change's [`seq`](perennial_storage::StoredChange::seq); a page whose
+    /// [`expired_through`](perennial_storage::ChangePage::expired_through) is above your
+    /// cursor means changes you had not read expired. See
+    /// [`Builder::change_feed`](crate::Builder::change_feed). In a cluster, every node reads
+    /// the whole feed.
+    pub async fn changes(
+        &self,
+        kind: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<perennial_storage::ChangePage, crate::FeedError> {
+        let Some(dynamic) = self.shared.by_name.get(kind) else {
+            return Err(crate::FeedError::UnknownKind(kind.to_owned()));
+        };
+        if dynamic.feed().is_none() {
+            return Err(crate::FeedError::NoFeed(kind.to_owned()));
+        }
+        self.shared
+            .engine
+            .store
+            .catalog()
+            .changes(kind, after, limit)
+            .await
+            .map_err(crate::FeedError::Store)
+    }
+
+    /// Whether the kind named `kind` keeps a change feed whose states clients may see
+    /// ([`Process::WATCH_SHOWS_STATE`](crate::Process::WATCH_SHOWS_STATE)); `None` if it
+    /// keeps no feed (or is not registered).
+    pub fn feed_shows_state(&self, kind: &str) -> Option<bool> {
+        let dynamic = self.shared.by_name.get(kind)?;
+        dynamic.feed().map(|_| dynamic.watch_shows_state())
+    }
+
     pub(crate) fn kind(&self, kind: &str) -> Result<&Arc<dyn crate::dyn_kind::DynKind>, CallError> {
         self.shared
             .by_name

@@ -8,6 +8,7 @@ mod delete;
 mod durability;
 mod edges;
 mod effects;
+mod feed;
 mod idempotency;
 mod journal;
 mod kinds;

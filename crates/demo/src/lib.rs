@@ -39,7 +39,12 @@ pub use probe::{JournalProbe, Probe};
 pub use queue::Queue;
 pub use table::PokerTable;
 
+use std::time::Duration;
+
 use perennial_core::{Builder, Snapshots};
+
+/// How long the demo's change feeds keep a change: a week.
+pub const FEED_KEEPS: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
 /// Registers every demo kind, each with the persistence it is meant to show: `counter`,
 /// `cart` and `inventory` as `Snapshot`, `table` as `Journal` with a snapshot every [`table::SNAPSHOT_EVERY`] steps,
@@ -47,11 +52,14 @@ use perennial_core::{Builder, Snapshots};
 /// [`probe::JOURNAL_SNAPSHOT_EVERY`] steps (each with its effect [`probe::Echo`]), `house` as
 /// `Journal` without snapshots, `cache` as `Journal` with a snapshot every
 /// [`cache::SNAPSHOT_EVERY`] steps, `queue` as `Snapshot` with its effect [`queue::Work`].
+/// `cart` and `inventory` keep a change feed for [`FEED_KEEPS`].
 pub fn register(builder: Builder) -> Builder {
     builder
         .register_snapshot::<Counter>()
         .register_snapshot::<Cart>()
+        .change_feed::<Cart>(FEED_KEEPS)
         .register_snapshot::<Inventory>()
+        .change_feed::<Inventory>(FEED_KEEPS)
         .register_snapshot::<Probe>()
         .register_effect::<probe::Echo<Probe>>()
         .register_journal_with_snapshots::<JournalProbe>(Snapshots::every(

@@ -9,7 +9,7 @@ use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use perennial_api::error::{ErrorBody, ErrorDetail};
-use perennial_core::{AdminError, CallError, JsonRejection, Refusal};
+use perennial_core::{AdminError, CallError, FeedError, JsonRejection, Refusal};
 
 /// An error on its way to becoming a response.
 #[derive(Debug)]
@@ -244,6 +244,21 @@ impl From<CallError<JsonRejection>> for ApiError {
             code,
             message,
         }
+    }
+}
+
+impl From<FeedError> for ApiError {
+    fn from(error: FeedError) -> Self {
+        let status = match &error {
+            FeedError::UnknownKind(_) => StatusCode::NOT_FOUND,
+            FeedError::NoFeed(_) => StatusCode::NOT_FOUND,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            tracing::warn!(%error, "a change feed read failed");
+            return Self::new(status, error.code(), "storage is unavailable; retry later");
+        }
+        Self::new(status, error.code(), error.to_string())
     }
 }
 

@@ -50,6 +50,7 @@ mod callers;
 mod cluster;
 mod console;
 pub mod error;
+mod feed;
 mod forward;
 mod guard;
 mod metrics;
@@ -190,6 +191,13 @@ pub fn app(rt: Runtime, options: &Options) -> Router {
         ));
     let client = Router::new()
         .route("/v1/{kind}/{id}", post(call).fallback(method_not_allowed))
+        // An entity may be named `changes`: a POST there is a call.
+        .route(
+            "/v1/{kind}/changes",
+            get(feed::changes)
+                .post(call_named_changes)
+                .fallback(method_not_allowed),
+        )
         .route(
             "/v1/{kind}/{id}/watch",
             get(watch::watch).fallback(method_not_allowed),
@@ -276,6 +284,22 @@ async fn call(
     let outcome = result.as_ref().map_or_else(ApiError::code, |_| "ok");
     state.metrics.call(label, outcome, started.elapsed());
     result
+}
+
+/// A call to the entity named `changes`, whose path the change feed's route shares.
+async fn call_named_changes(
+    state: State<AppState>,
+    caller: Extension<Authenticated>,
+    path: Result<Path<perennial_api::params::KindPath>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let Path(perennial_api::params::KindPath { kind }) = path.map_err(ApiError::from_path)?;
+    let path = Ok(Path(EntityPath {
+        kind,
+        id: "changes".to_owned(),
+    }));
+    call(state, caller, path, headers, body).await
 }
 
 async fn call_entity(

@@ -28,6 +28,7 @@ use crate::admin as routes;
     paths(
         crate::call,
         crate::watch::watch,
+        crate::feed::changes,
         crate::healthz,
         crate::metrics::metrics,
         document_route,
@@ -58,7 +59,7 @@ use crate::admin as routes;
         routes::discard,
         routes::cluster,
     ),
-    components(schemas(ErrorBody, admin::PendingClass, client::WatchEvent)),
+    components(schemas(ErrorBody, admin::PendingClass, client::WatchEvent, client::ChangeEvent)),
     modifiers(&Shared),
     tags(
         (name = "entities", description = "Calls to entities and their state changes"),

@@ -2,6 +2,7 @@
 
 mod admin;
 mod callers;
+mod feed;
 mod guard;
 mod metrics;
 mod openapi;

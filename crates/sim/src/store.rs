@@ -18,9 +18,9 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use perennial_storage::{
-    Batch, Catalog, CommitOutcome, Directory, EntityState, EntitySummary, Error, Filter,
-    JournalEntry, Lease, Member, MemoryStore, Path, Pending, Record, Store, StoredDeadLetter,
-    StoredReply,
+    Batch, Catalog, ChangePage, CommitOutcome, Directory, EntityState, EntitySummary, Error,
+    Filter, JournalEntry, Lease, Member, MemoryStore, Path, Pending, Record, Store,
+    StoredDeadLetter, StoredReply,
 };
 use perennial_types::{EntityKey, Epoch, ShardId};
 
@@ -406,6 +406,11 @@ impl Catalog for SimStore {
     async fn indexes(&self, kind: &str) -> Result<Vec<Path>, Error> {
         self.arrive().await?;
         self.db.data.indexes(kind).await
+    }
+
+    async fn changes(&self, kind: &str, after: u64, limit: usize) -> Result<ChangePage, Error> {
+        self.arrive().await?;
+        self.db.data.changes(kind, after, limit).await
     }
 }
 

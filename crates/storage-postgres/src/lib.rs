@@ -40,8 +40,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use perennial_storage::{
-    Batch, Catalog, CommitOutcome, DeadLetter, EntityState, EntitySummary, Error, Filter,
-    JournalEntry, Path, Pending, PendingClass, Record, Store, StoredDeadLetter, StoredReply,
+    Batch, Catalog, ChangePage, CommitOutcome, DeadLetter, EntityState, EntitySummary, Error,
+    Filter, JournalEntry, Path, Pending, PendingClass, Record, Store, StoredChange,
+    StoredDeadLetter, StoredReply,
 };
 use perennial_types::{EntityId, EntityKey, Epoch, ShardId};
 use tokio_postgres::{Client, NoTls};
@@ -492,6 +493,41 @@ impl Catalog for PostgresStore {
 
     async fn indexes(&self, kind: &str) -> Result<Vec<Path>, Error> {
         query::indexes(&*self.reader().await?, kind).await
+    }
+
+    async fn changes(&self, kind: &str, after: u64, limit: usize) -> Result<ChangePage, Error> {
+        // One statement, so one snapshot: an expiry cannot fall between the two reads.
+        const CHANGES: &str = "
+            SELECT e.through, c.seq, c.id, c.version, c.at, c.state
+              FROM (SELECT coalesce((SELECT through FROM changes_expired WHERE kind = $1), 0)
+                        AS through) AS e
+              LEFT JOIN LATERAL (SELECT seq, id, version, at, state FROM changes
+                                  WHERE kind = $1 AND seq > $2 ORDER BY seq LIMIT $3) AS c
+                ON true";
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .reader()
+            .await?
+            .query(CHANGES, &[&kind, &after, &limit])
+            .await
+            .map_err(map_err)?;
+        let mut page = ChangePage::default();
+        for row in rows {
+            let through: i64 = row.get(0);
+            page.expired_through = from_sql(through, "expired change number")?;
+            let Some(seq) = row.get::<_, Option<i64>>(1) else {
+                continue;
+            };
+            page.changes.push(StoredChange {
+                seq: from_sql(seq, "change number")?,
+                id: row.get(2),
+                version: from_sql(row.get(3), "change version")?,
+                at_ms: row.get(4),
+                state: row.get(5),
+            });
+        }
+        Ok(page)
     }
 }
 

@@ -38,6 +38,13 @@
 //! ALTER TABLE entities ADD COLUMN schema integer NOT NULL DEFAULT 1;
 //! CREATE OR REPLACE VIEW entity_state AS
 //!     SELECT kind, id, shard, version, updated_at, state, schema FROM entities;
+//! -- Since format 4: the change feeds, one row per step of a kind that keeps one, numbered
+//! -- in commit order across nodes (state NULL: deleted); per kind, how far expiry went.
+//! CREATE TABLE changes (seq bigint PRIMARY KEY, kind text, id text, version bigint,
+//!                       at bigint, state text);
+//! CREATE INDEX changes_by_kind ON changes (kind, seq);
+//! CREATE SEQUENCE changes_seq;
+//! CREATE TABLE changes_expired (kind text PRIMARY KEY, through bigint NOT NULL);
 //! ```
 //!
 //! Unlike SQLite, PostgreSQL updates rows in place cheaply enough for one upsert statement per
@@ -49,7 +56,7 @@ use perennial_types::SHARDS;
 use crate::errors::map_err;
 
 /// The newest format this build reads and writes (`meta.format`).
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
 /// Format 1, created in one transaction.
 const CREATE_V1: &str = "
@@ -141,6 +148,22 @@ CREATE OR REPLACE VIEW entity_state AS
     SELECT kind, id, shard, version, updated_at, state, schema FROM entities;
 ";
 
+/// From format 3 to 4: the change feeds of the kinds that keep one (see `writer.rs` for how
+/// their numbers follow commit order across nodes).
+const UPGRADE_TO_V4: &str = "
+CREATE TABLE changes (
+    seq     bigint PRIMARY KEY,
+    kind    text   NOT NULL,
+    id      text   NOT NULL,
+    version bigint NOT NULL,
+    at      bigint NOT NULL,
+    state   text
+);
+CREATE INDEX changes_by_kind ON changes (kind, seq);
+CREATE SEQUENCE changes_seq;
+CREATE TABLE changes_expired (kind text PRIMARY KEY, through bigint NOT NULL);
+";
+
 /// The database's clock, in milliseconds since the Unix epoch: leases and heartbeats are
 /// judged by it, never by a node's clock.
 pub(crate) const NOW_MS: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
@@ -224,6 +247,9 @@ pub(crate) async fn migrate(
     }
     if format < 3 {
         tx.batch_execute(UPGRADE_TO_V3).await.map_err(map_err)?;
+    }
+    if format < 4 {
+        tx.batch_execute(UPGRADE_TO_V4).await.map_err(map_err)?;
     }
     if format < FORMAT_VERSION {
         tx.execute(

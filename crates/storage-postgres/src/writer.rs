@@ -77,6 +77,26 @@ DELETE FROM pending AS p USING unnest($1::text[], $2::text[]) AS t(k, i)
  WHERE p.kind = t.k AND p.id = t.i
    AND (p.class = 3 OR (p.target_kind = t.k AND p.target_id = t.i))";
 
+/// Serializes the batches that write changes, until they commit: taken last, so held only
+/// for the changes' insert and the commit. Numbers drawn under it follow commit order.
+const LOCK_CHANGES: &str =
+    "SELECT pg_advisory_xact_lock(hashtext('perennial changes of ' || current_schema()))";
+
+/// Reserves `$1` numbers of the change sequence; returns the last.
+const RESERVE_CHANGES: &str = "SELECT setval('changes_seq', nextval('changes_seq') + $1 - 1)";
+
+const INSERT_CHANGES: &str = "
+INSERT INTO changes (seq, kind, id, version, at, state)
+SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[],
+                     $6::text[])";
+
+const NOTE_EXPIRED_CHANGES: &str = "
+INSERT INTO changes_expired (kind, through)
+SELECT $1, max(seq) FROM changes WHERE kind = $1 AND at < $2 HAVING max(seq) IS NOT NULL
+ON CONFLICT (kind) DO UPDATE SET through = greatest(changes_expired.through, excluded.through)";
+
+const EXPIRE_CHANGES: &str = "DELETE FROM changes WHERE kind = $1 AND at < $2";
+
 const LOCK_EPOCHS: &str =
     "SELECT shard, epoch FROM shards WHERE shard = ANY($1) ORDER BY shard FOR SHARE";
 
@@ -376,11 +396,63 @@ pub(crate) async fn commit(writer: &mut Writer, batch: &Batch) -> Result<CommitO
                 .map_err(map_err)?;
         }
     }
+    write_changes(&tx, cache, batch, &mut fence).await?;
     perennial_faults::failpoint!("pg.written");
     tx.commit().await.map_err(map_err)?;
     Ok(CommitOutcome {
         fenced: fence.fenced.into_iter().collect(),
     })
+}
+
+/// Writes a batch's changes, numbered in commit order: under a lock that every batch with
+/// changes takes and holds until it commits, so a number drawn after another batch's is
+/// drawn after that batch committed. A reader that saw number N thus sees every number below
+/// it that will ever commit. Then their expiry.
+async fn write_changes(
+    tx: &Transaction<'_>,
+    cache: &mut HashMap<&'static str, Statement>,
+    batch: &Batch,
+    fence: &mut Fence,
+) -> Result<(), Error> {
+    let changes: Vec<_> = batch
+        .changes
+        .iter()
+        .filter(|c| fence.allows(c.shard, c.epoch))
+        .collect();
+    if !changes.is_empty() {
+        tx.execute(&prepared(cache, tx, LOCK_CHANGES).await?, &[])
+            .await
+            .map_err(map_err)?;
+        let count = i64::try_from(changes.len()).unwrap_or(i64::MAX);
+        let last: i64 = tx
+            .query_one(&prepared(cache, tx, RESERVE_CHANGES).await?, &[&count])
+            .await
+            .map_err(map_err)?
+            .get(0);
+        let seqs: Vec<i64> = (last - count + 1..=last).collect();
+        let kinds: Vec<&str> = changes.iter().map(|c| &*c.key.kind).collect();
+        let ids: Vec<&str> = changes.iter().map(|c| c.key.id.as_str()).collect();
+        let versions: Vec<i64> = changes.iter().map(|c| to_sql(c.version)).collect();
+        let at: Vec<i64> = changes.iter().map(|c| c.at_ms).collect();
+        let states: Vec<Option<&str>> = changes.iter().map(|c| c.state.as_deref()).collect();
+        tx.execute(
+            &prepared(cache, tx, INSERT_CHANGES).await?,
+            &[&seqs, &kinds, &ids, &versions, &at, &states],
+        )
+        .await
+        .map_err(map_err)?;
+    }
+    for expire in &batch.expire_changes {
+        for sql in [NOTE_EXPIRED_CHANGES, EXPIRE_CHANGES] {
+            tx.execute(
+                &prepared(cache, tx, sql).await?,
+                &[&expire.kind, &expire.before_ms],
+            )
+            .await
+            .map_err(map_err)?;
+        }
+    }
+    Ok(())
 }
 
 /// Locks (`FOR SHARE`) the `shards` rows of every shard `batch` writes to, in shard order, and
@@ -402,7 +474,8 @@ async fn lock_epochs(
         .chain(batch.pending.iter().map(|w| w.shard))
         .chain(batch.done.iter().map(|d| d.shard))
         .chain(batch.replies.iter().map(|r| r.shard))
-        .chain(batch.deletes.iter().map(|d| d.shard));
+        .chain(batch.deletes.iter().map(|d| d.shard))
+        .chain(batch.changes.iter().map(|c| c.shard));
     let shards: BTreeSet<i32> = named.filter(|s| s.0 < SHARDS).map(shard_sql).collect();
     let shards: Vec<i32> = shards.into_iter().collect();
     let rows = tx

@@ -130,7 +130,7 @@ async fn a_lease_is_renewed_by_its_owner_and_taken_with_a_new_epoch_once_expired
     assert_eq!(owner(6), None, "never leased");
 }
 
-/// Tables made by format 1 (before leases, membership and schema versions) are upgraded in place when a node
+/// Tables made by format 1 (before leases, membership, schema versions and change feeds) are upgraded in place when a node
 /// connects, their data kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn format_1_tables_are_upgraded() {
@@ -146,6 +146,7 @@ async fn format_1_tables_are_upgraded() {
     sql.batch_execute(&format!(
         "SET search_path TO \"{}\";
          ALTER TABLE shards DROP COLUMN expires_at; DROP TABLE members;
+         DROP TABLE changes; DROP SEQUENCE changes_seq; DROP TABLE changes_expired;
          DROP VIEW entity_state; ALTER TABLE entities DROP COLUMN schema;
          CREATE VIEW entity_state AS
              SELECT kind, id, shard, version, updated_at, state FROM entities;
@@ -221,4 +222,83 @@ async fn lost_connections_are_replaced() {
     }
     store.commit(write(2)).unwrap();
     assert_eq!(store.load(&key).await.unwrap().unwrap().version, 2);
+}
+
+/// Two nodes commit changes at once, each through its own connection: a reader that goes on
+/// from the last number it read gets every change once, each entity's in order. (Numbers
+/// drawn in commit order: a change numbered after another is never committed before it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_of_two_nodes_are_numbered_in_commit_order() {
+    use std::sync::Arc;
+
+    use perennial_storage::ChangeWrite;
+    const EACH: u64 = 150;
+    let Some((first, schema)) = test_util::store().await else {
+        return;
+    };
+    let mut options = perennial_storage_postgres::Options::default();
+    options.schema = schema.name().to_owned();
+    let second =
+        perennial_storage_postgres::PostgresStore::connect_with(&test_util::url(), options)
+            .await
+            .unwrap();
+    let a = EntityKey::new("feed", EntityId::new("a").unwrap());
+    let b = (0..)
+        .map(|n| EntityKey::new("feed", EntityId::new(&format!("b{n}")).unwrap()))
+        .find(|k| shard_of(&k.kind, k.id.as_str()) != shard_of(&a.kind, a.id.as_str()))
+        .unwrap();
+    let shard = |k: &EntityKey| shard_of(&k.kind, k.id.as_str());
+    let a_epoch = first.claim("n1", &[shard(&a)]).await.unwrap();
+    let b_epoch = second.claim("n2", &[shard(&b)]).await.unwrap();
+    let write = |key: &EntityKey, epoch, version| Batch {
+        changes: vec![ChangeWrite {
+            key: key.clone(),
+            shard: shard(key),
+            epoch,
+            version,
+            at_ms: 1,
+            state: Some(Arc::from("{}")),
+        }],
+        ..Batch::default()
+    };
+    let runtime = tokio::runtime::Handle::current();
+    let seen = tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            let writers = [
+                scope.spawn(|| {
+                    (1..=EACH).for_each(|v| drop(first.commit(write(&a, a_epoch, v)).unwrap()))
+                }),
+                scope.spawn(|| {
+                    (1..=EACH).for_each(|v| drop(second.commit(write(&b, b_epoch, v)).unwrap()))
+                }),
+            ];
+            let (mut cursor, mut seen) = (0, Vec::new());
+            loop {
+                let finished = writers.iter().all(|w| w.is_finished());
+                let page = runtime
+                    .block_on(first.catalog().changes("feed", cursor, 5))
+                    .unwrap();
+                if let Some(last) = page.changes.last() {
+                    cursor = last.seq;
+                }
+                let empty = page.changes.is_empty();
+                seen.extend(page.changes.into_iter().map(|c| (c.id, c.version)));
+                if finished && empty {
+                    return seen;
+                }
+            }
+        })
+    });
+    for key in [&a, &b] {
+        let versions: Vec<u64> = seen
+            .iter()
+            .filter(|(id, _)| id == key.id.as_str())
+            .map(|(_, v)| *v)
+            .collect();
+        assert_eq!(
+            versions,
+            (1..=EACH).collect::<Vec<_>>(),
+            "{key}: each once, in order"
+        );
+    }
 }

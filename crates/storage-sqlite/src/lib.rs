@@ -34,6 +34,7 @@
 
 pub mod schema;
 
+mod changes;
 mod errors;
 mod inspect;
 mod pending;

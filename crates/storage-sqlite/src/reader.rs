@@ -6,7 +6,7 @@ use std::thread;
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 use perennial_storage::{
-    DeadLetter, EntityState, EntitySummary, Error, Filter, JournalEntry, Path,
+    ChangePage, DeadLetter, EntityState, EntitySummary, Error, Filter, JournalEntry, Path,
     Pending as PendingRow, PendingClass, Record, StoredDeadLetter, StoredReply,
 };
 use perennial_types::{EntityId, EntityKey};
@@ -64,6 +64,12 @@ pub(crate) enum ReadCmd {
     Indexes {
         kind: String,
         reply: oneshot::Sender<Result<Vec<Path>, Error>>,
+    },
+    Changes {
+        kind: String,
+        after: u64,
+        limit: usize,
+        reply: oneshot::Sender<Result<ChangePage, Error>>,
     },
     Paused {
         reply: oneshot::Sender<Result<Vec<EntityKey>, Error>>,
@@ -151,6 +157,14 @@ fn serve(conn: &Connection, pending: &Mutex<Pending>, rx: &Receiver<ReadCmd>) {
             }
             ReadCmd::Indexes { kind, reply } => {
                 let _ = reply.send(query::indexes(conn, &kind));
+            }
+            ReadCmd::Changes {
+                kind,
+                after,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(crate::changes::read(conn, &kind, after, limit));
             }
             ReadCmd::Count { kind, reply } => {
                 let _ = reply.send(count(conn, &kind));

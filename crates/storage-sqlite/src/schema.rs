@@ -75,6 +75,13 @@
 //! -- Since format 4: entities paused by an operator (`at`: when, ms since the Unix epoch).
 //! CREATE TABLE paused (kind TEXT NOT NULL, id TEXT NOT NULL, at INTEGER NOT NULL,
 //!                      PRIMARY KEY (kind, id)) WITHOUT ROWID;
+//! -- Since format 7: the change feeds of kinds that keep one, one row per step, numbered in
+//! -- commit order (`state` NULL: the step deleted the entity); and per kind, the highest
+//! -- number expiry deleted.
+//! CREATE TABLE changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL,
+//!     id TEXT NOT NULL, version INTEGER NOT NULL, at INTEGER NOT NULL, state TEXT);
+//! CREATE INDEX changes_by_kind ON changes (kind, seq);
+//! CREATE TABLE changes_expired (kind TEXT PRIMARY KEY, through INTEGER NOT NULL) WITHOUT ROWID;
 //! ```
 //!
 //! Why two tables: a commit that updated each entity's row in place would rewrite one
@@ -100,7 +107,7 @@ use rusqlite::Connection;
 use crate::errors::map_err;
 
 /// The newest on-disk format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 6;
+pub const FORMAT_VERSION: u32 = 7;
 
 const CREATE_V1: &str = "
 CREATE TABLE entities (
@@ -241,6 +248,22 @@ CREATE VIEW entity_state AS
      WHERE (kind, id) NOT IN (SELECT kind, id FROM logged_states);
 ";
 
+/// From format 6 to 7: the change feeds of the kinds that keep one. `AUTOINCREMENT`, so a
+/// number is never given twice, even after expiry deleted the last rows: a reader's cursor
+/// stays valid.
+const UPGRADE_TO_V7: &str = "
+CREATE TABLE changes (
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind    TEXT    NOT NULL,
+    id      TEXT    NOT NULL,
+    version INTEGER NOT NULL,
+    at      INTEGER NOT NULL,
+    state   TEXT
+);
+CREATE INDEX changes_by_kind ON changes (kind, seq);
+CREATE TABLE changes_expired (kind TEXT PRIMARY KEY, through INTEGER NOT NULL) WITHOUT ROWID;
+";
+
 /// Sets the durability pragmas on a connection and checks that SQLite took them.
 ///
 /// WAL with `synchronous=FULL` fsyncs the WAL at every commit. `NORMAL` would fsync only at
@@ -342,6 +365,12 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), Error> {
         let tx = conn.transaction().map_err(map_err)?;
         tx.execute_batch(UPGRADE_TO_V6).map_err(map_err)?;
         tx.pragma_update(None, "user_version", 6).map_err(map_err)?;
+        tx.commit().map_err(map_err)?;
+    }
+    if version < 7 {
+        let tx = conn.transaction().map_err(map_err)?;
+        tx.execute_batch(UPGRADE_TO_V7).map_err(map_err)?;
+        tx.pragma_update(None, "user_version", 7).map_err(map_err)?;
         tx.commit().map_err(map_err)?;
     }
     let shards: String = conn

@@ -452,4 +452,20 @@ impl Catalog for SqliteStore {
         let kind = kind.to_owned();
         self.read(|reply| ReadCmd::Indexes { kind, reply }).await
     }
+
+    async fn changes(
+        &self,
+        kind: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<perennial_storage::ChangePage, Error> {
+        let kind = kind.to_owned();
+        self.read(|reply| ReadCmd::Changes {
+            kind,
+            after,
+            limit,
+            reply,
+        })
+        .await
+    }
 }

@@ -672,7 +672,7 @@ fn write_pending(tx: &Transaction<'_>, batch: &Batch, fence: &mut Fence) -> Resu
             .execute(params![expire.before_ms, limit])
             .map_err(map_err)?;
     }
-    Ok(())
+    crate::changes::write(tx, batch, fence)
 }
 
 /// The columns of `entities` for one state, in their order: kind, id, shard, version,
@@ -732,7 +732,7 @@ impl Epochs {
 }
 
 /// The fence check of one batch, against the epochs of its own transaction.
-struct Fence<'a> {
+pub(crate) struct Fence<'a> {
     epochs: &'a [u64],
     fenced: Vec<ShardId>,
 }
@@ -740,7 +740,7 @@ struct Fence<'a> {
 impl Fence<'_> {
     /// Whether a write naming `epoch` for `shard` may land: only if that is the shard's
     /// current epoch, and the shard has been claimed (epoch 0 never is).
-    fn allows(&mut self, shard: ShardId, epoch: Epoch) -> Result<bool, Error> {
+    pub(crate) fn allows(&mut self, shard: ShardId, epoch: Epoch) -> Result<bool, Error> {
         let Some(&current) = self.epochs.get(shard.0 as usize) else {
             return Err(Error::Backend(format!("{shard} does not exist")));
         };

@@ -142,6 +142,7 @@ async fn format_1_data_is_upgraded() {
     let conn = rusqlite_read(dir.path());
     conn.execute_batch(
         "DROP TABLE journal; DROP TABLE pending; DROP TABLE replies; DROP TABLE state_indexes; DROP TABLE paused;
+         DROP TABLE changes; DROP TABLE changes_expired;
          DROP VIEW entity_state; DROP VIEW logged_states; ALTER TABLE entities DROP COLUMN schema;
          CREATE VIEW logged_states AS
              SELECT l.seq AS seq, CAST(j.key AS INTEGER) AS pos,
@@ -168,7 +169,7 @@ async fn format_1_data_is_upgraded() {
     assert!(store.due(i64::MAX, 10).await.unwrap().is_empty());
     assert!(store.catalog().indexes("counter").await.unwrap().is_empty());
     store.close().await.unwrap();
-    assert!(contents(dir.path()).starts_with("user_version=6\n"));
+    assert!(contents(dir.path()).starts_with("user_version=7\n"));
     let store = SqliteStore::open(dir.path()).unwrap();
     let record = store.load(&counter("c1")).await.unwrap().unwrap();
     assert_eq!(

@@ -13,9 +13,9 @@ use std::sync::Arc;
 use perennial_types::{EntityId, EntityKey, Epoch, SHARDS, ShardId, shard_of};
 
 use crate::{
-    Batch, DeadLetter, DeadLetterDone, DeadLetterWrite, EntityDelete, ExpireReplies, Filter,
-    JournalEntry, JournalTrim, JournalWrite, Path, PauseWrite, Pending, PendingClass, PendingDone,
-    PendingWrite, ReplyWrite, StateWrite, Store, StoredReply,
+    Batch, ChangeWrite, DeadLetter, DeadLetterDone, DeadLetterWrite, EntityDelete, ExpireChanges,
+    ExpireReplies, Filter, JournalEntry, JournalTrim, JournalWrite, Path, PauseWrite, Pending,
+    PendingClass, PendingDone, PendingWrite, ReplyWrite, StateWrite, Store, StoredReply,
 };
 
 /// Expands to one test per conformance case, each on a fresh store from `$make`.
@@ -65,6 +65,10 @@ macro_rules! store_conformance {
             a_deleted_entity_is_gone_and_can_start_again,
             a_delete_applies_after_the_rest_of_its_batch,
             deletes_are_fenced,
+            changes_read_back_in_commit_order_by_kind,
+            changes_expire_and_say_so,
+            changes_are_fenced,
+            concurrent_changes_are_numbered_in_commit_order,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -1326,4 +1330,188 @@ pub async fn deletes_are_fenced(store: &dyn Store) {
     assert_eq!(outcome.fenced, vec![shard_of(&a.kind, a.id.as_str())]);
     assert!(store.load(&a).await.unwrap().is_some());
     assert_eq!(store.journal(&a, 0, 10).await.unwrap().len(), 1);
+}
+
+fn change(
+    key: &EntityKey,
+    epoch: Epoch,
+    version: u64,
+    at_ms: i64,
+    state: Option<&str>,
+) -> ChangeWrite {
+    ChangeWrite {
+        shard: shard_of(&key.kind, key.id.as_str()),
+        key: key.clone(),
+        epoch,
+        version,
+        at_ms,
+        state: state.map(Arc::from),
+    }
+}
+
+fn commit_changes(store: &dyn Store, changes: Vec<ChangeWrite>) {
+    let batch = Batch {
+        changes,
+        ..Batch::default()
+    };
+    store.commit(batch).unwrap();
+}
+
+/// A kind's changes read back in the order they were committed (within a batch, in the
+/// batch's order), each kind on its own, paged by the last number read.
+pub async fn changes_read_back_in_commit_order_by_kind(store: &dyn Store) {
+    let epoch = claim_all(store).await;
+    let (a, b, other) = (key("feed", "a"), key("feed", "b"), key("other", "x"));
+    commit_changes(
+        store,
+        vec![
+            change(&a, epoch, 1, 10, Some(r#"{"n":1}"#)),
+            change(&other, epoch, 1, 10, Some("{}")),
+            change(&a, epoch, 2, 10, Some(r#"{"n":2}"#)),
+        ],
+    );
+    commit_changes(store, vec![change(&b, epoch, 1, 20, Some(r#"{"n":"b"}"#))]);
+    commit_changes(store, vec![change(&a, epoch, 3, 30, None)]);
+    let page = store.catalog().changes("feed", 0, 100).await.unwrap();
+    assert_eq!(page.expired_through, 0);
+    let seen: Vec<(&str, u64, Option<&str>)> = page
+        .changes
+        .iter()
+        .map(|c| (c.id.as_str(), c.version, c.state.as_deref()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("a", 1, Some(r#"{"n":1}"#)),
+            ("a", 2, Some(r#"{"n":2}"#)),
+            ("b", 1, Some(r#"{"n":"b"}"#)),
+            ("a", 3, None),
+        ]
+    );
+    assert!(page.changes.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(page.changes[2].at_ms, 20);
+    // Paged: after the second, the rest.
+    let rest = store
+        .catalog()
+        .changes("feed", page.changes[1].seq, 1)
+        .await
+        .unwrap();
+    assert_eq!(rest.changes, page.changes[2..3]);
+    let last = page.changes[3].seq;
+    assert!(
+        store
+            .catalog()
+            .changes("feed", last, 10)
+            .await
+            .unwrap()
+            .changes
+            .is_empty()
+    );
+    let others = store.catalog().changes("other", 0, 10).await.unwrap();
+    assert_eq!(others.changes.len(), 1);
+}
+
+/// Expiry deletes a kind's changes before a time and says how far it went; numbers are
+/// never given twice, even once the newest changes expired.
+pub async fn changes_expire_and_say_so(store: &dyn Store) {
+    let epoch = claim_all(store).await;
+    let a = key("feed", "a");
+    commit_changes(store, vec![change(&a, epoch, 1, 100, Some("1"))]);
+    commit_changes(store, vec![change(&a, epoch, 2, 200, Some("2"))]);
+    let before = store
+        .catalog()
+        .changes("feed", 0, 10)
+        .await
+        .unwrap()
+        .changes;
+    let expire = |kind: &str, before_ms| Batch {
+        expire_changes: vec![ExpireChanges {
+            kind: kind.to_owned(),
+            before_ms,
+        }],
+        ..Batch::default()
+    };
+    store.commit(expire("other", 1_000)).unwrap();
+    store.commit(expire("feed", 150)).unwrap();
+    let page = store.catalog().changes("feed", 0, 10).await.unwrap();
+    assert_eq!(page.expired_through, before[0].seq);
+    assert_eq!(page.changes, before[1..]);
+    // Everything expires; a new change still gets a new, higher number.
+    store.commit(expire("feed", 1_000)).unwrap();
+    commit_changes(store, vec![change(&a, epoch, 3, 300, Some("3"))]);
+    let page = store.catalog().changes("feed", 0, 10).await.unwrap();
+    assert_eq!(page.expired_through, before[1].seq);
+    assert_eq!(page.changes.len(), 1);
+    assert!(page.changes[0].seq > before[1].seq, "{page:?}");
+    // Expiring nothing moves nothing back.
+    store.commit(expire("feed", 0)).unwrap();
+    let again = store.catalog().changes("feed", 0, 10).await.unwrap();
+    assert_eq!(again.expired_through, before[1].seq);
+}
+
+/// A change written with a stale epoch is not kept.
+pub async fn changes_are_fenced(store: &dyn Store) {
+    let old = claim_all(store).await;
+    let new = claim_all(store).await;
+    let (a, b) = (key("feed", "a"), key("feed", "b"));
+    let outcome = store
+        .commit(Batch {
+            changes: vec![
+                change(&a, old, 1, 1, Some("1")),
+                change(&b, new, 1, 1, Some("2")),
+            ],
+            ..Batch::default()
+        })
+        .unwrap();
+    assert_eq!(outcome.fenced.len(), 1);
+    let page = store.catalog().changes("feed", 0, 10).await.unwrap();
+    let ids: Vec<&str> = page.changes.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, ["b"]);
+}
+
+/// Commits from many threads at once: a reader that follows the feed from the last number
+/// it read, while they commit, ends up with every change exactly once, each entity's in order.
+pub async fn concurrent_changes_are_numbered_in_commit_order(store: &dyn Store) {
+    const WRITERS: u64 = 4;
+    const EACH: u64 = 40;
+    let epoch = claim_all(store).await;
+    let runtime = tokio::runtime::Handle::current();
+    let seen = tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            let writers: Vec<_> = (0..WRITERS)
+                .map(|w| {
+                    let key = key("feed", &format!("w{w}"));
+                    scope.spawn(move || {
+                        for v in 1..=EACH {
+                            commit_changes(store, vec![change(&key, epoch, v, 1, Some("0"))]);
+                        }
+                    })
+                })
+                .collect();
+            let (mut cursor, mut seen) = (0, Vec::new());
+            loop {
+                let finished = writers.iter().all(|w| w.is_finished());
+                let page = runtime
+                    .block_on(store.catalog().changes("feed", cursor, 7))
+                    .unwrap();
+                if let Some(last) = page.changes.last() {
+                    cursor = last.seq;
+                }
+                let empty = page.changes.is_empty();
+                seen.extend(page.changes.into_iter().map(|c| (c.id, c.version)));
+                if finished && empty {
+                    return seen;
+                }
+            }
+        })
+    });
+    assert_eq!(seen.len() as u64, WRITERS * EACH, "each change once");
+    for w in 0..WRITERS {
+        let versions: Vec<u64> = seen
+            .iter()
+            .filter(|(id, _)| *id == format!("w{w}"))
+            .map(|(_, v)| *v)
+            .collect();
+        assert_eq!(versions, (1..=EACH).collect::<Vec<_>>(), "w{w} in order");
+    }
 }

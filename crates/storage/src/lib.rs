@@ -40,9 +40,9 @@ pub use faulty::FaultyStore;
 pub use filter::{Filter, FilterError, Path};
 pub use memory::MemoryStore;
 pub use model::{
-    Batch, CommitOutcome, DeadLetter, DeadLetterDone, DeadLetterWrite, EntityDelete, EntityState,
-    EntitySummary, ExpireReplies, JournalEntry, JournalTrim, JournalWrite, PauseWrite, Pending,
-    PendingClass, PendingDone, PendingWrite, Record, ReplyWrite, StateWrite, StoredDeadLetter,
-    StoredReply,
+    Batch, ChangePage, ChangeWrite, CommitOutcome, DeadLetter, DeadLetterDone, DeadLetterWrite,
+    EntityDelete, EntityState, EntitySummary, ExpireChanges, ExpireReplies, JournalEntry,
+    JournalTrim, JournalWrite, PauseWrite, Pending, PendingClass, PendingDone, PendingWrite,
+    Record, ReplyWrite, StateWrite, StoredChange, StoredDeadLetter, StoredReply,
 };
 pub use store::{Catalog, Store};

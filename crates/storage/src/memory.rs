@@ -8,10 +8,10 @@ use parking_lot::Mutex;
 use perennial_types::{EntityKey, Epoch, SHARDS, ShardId};
 
 use crate::{
-    Batch, Catalog, CommitOutcome, DeadLetterDone, DeadLetterWrite, EntityDelete, EntityState,
-    EntitySummary, Error, Filter, JournalEntry, JournalTrim, JournalWrite, Path, PauseWrite,
-    Pending, PendingDone, PendingWrite, Record, ReplyWrite, StateWrite, Store, StoredDeadLetter,
-    StoredReply,
+    Batch, Catalog, ChangePage, CommitOutcome, DeadLetterDone, DeadLetterWrite, EntityDelete,
+    EntityState, EntitySummary, Error, Filter, JournalEntry, JournalTrim, JournalWrite, Path,
+    PauseWrite, Pending, PendingDone, PendingWrite, Record, ReplyWrite, StateWrite, Store,
+    StoredChange, StoredDeadLetter, StoredReply,
 };
 
 /// A [`Store`] in memory. Nothing survives the process; "durable" means "committed".
@@ -57,6 +57,12 @@ struct Inner {
     indexes: BTreeMap<String, BTreeSet<Path>>,
     /// Entities paused by an operator.
     paused: BTreeSet<EntityKey>,
+    /// The change feeds: each change by its number, with its kind.
+    changes: BTreeMap<u64, (String, StoredChange)>,
+    /// The number of the last change written.
+    last_change: u64,
+    /// Per kind, the highest number expiry deleted.
+    expired_changes: BTreeMap<String, u64>,
     closed: bool,
 }
 
@@ -74,6 +80,9 @@ impl Default for Inner {
             replies: BTreeMap::new(),
             indexes: BTreeMap::new(),
             paused: BTreeSet::new(),
+            changes: BTreeMap::new(),
+            last_change: 0,
+            expired_changes: BTreeMap::new(),
             closed: false,
         }
     }
@@ -339,6 +348,38 @@ impl Store for MemoryStore {
                 inner.delete(&key);
             }
         }
+        for change in batch.changes {
+            if fence(change.shard, change.epoch, &inner) {
+                inner.last_change += 1;
+                let seq = inner.last_change;
+                let stored = StoredChange {
+                    seq,
+                    id: change.key.id.as_str().to_owned(),
+                    version: change.version,
+                    at_ms: change.at_ms,
+                    state: change.state.map(|s| s.to_string()),
+                };
+                inner
+                    .changes
+                    .insert(seq, (change.key.kind.to_string(), stored));
+            }
+        }
+        for expire in batch.expire_changes {
+            let old: Vec<u64> = inner
+                .changes
+                .iter()
+                .filter(|(_, (kind, c))| *kind == expire.kind && c.at_ms < expire.before_ms)
+                .map(|(seq, _)| *seq)
+                .collect();
+            for seq in old {
+                inner.changes.remove(&seq);
+                let through = inner
+                    .expired_changes
+                    .entry(expire.kind.clone())
+                    .or_default();
+                *through = (*through).max(seq);
+            }
+        }
         outcome.fenced.sort();
         Ok(outcome)
     }
@@ -539,5 +580,22 @@ impl Catalog for MemoryStore {
             .get(kind)
             .map(|paths| paths.iter().cloned().collect())
             .unwrap_or_default())
+    }
+
+    async fn changes(&self, kind: &str, after: u64, limit: usize) -> Result<ChangePage, Error> {
+        let inner = self.inner.lock();
+        inner.check_open()?;
+        let changes = inner
+            .changes
+            .range(after.saturating_add(1)..)
+            .filter(|(_, (k, _))| k == kind)
+            .take(limit)
+            .map(|(_, (_, change))| change.clone())
+            .collect();
+        let expired_through = inner.expired_changes.get(kind).copied().unwrap_or(0);
+        Ok(ChangePage {
+            changes,
+            expired_through,
+        })
     }
 }

@@ -342,6 +342,62 @@ pub struct ExpireReplies {
     pub limit: usize,
 }
 
+/// One step of an entity of a kind that keeps a change feed, written by its batch: the
+/// entity's version after the step and its state then (`None`: the step deleted it). The
+/// store numbers changes in commit order (see [`Catalog::changes`](crate::Catalog::changes)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeWrite {
+    /// Which entity.
+    pub key: EntityKey,
+    /// The entity's shard.
+    pub shard: ShardId,
+    /// The epoch the writer holds for `shard`.
+    pub epoch: Epoch,
+    /// The entity's version after the step.
+    pub version: u64,
+    /// When the step committed, in milliseconds since the Unix epoch.
+    pub at_ms: i64,
+    /// The state after the step, as JSON; `None` if the step deleted the entity.
+    pub state: Option<Arc<str>>,
+}
+
+/// Deletes the changes of `kind` committed before `before_ms`, so that a feed costs bounded
+/// storage; a reader whose cursor is older learns that it missed some
+/// ([`ChangePage::expired_through`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpireChanges {
+    /// The kind.
+    pub kind: String,
+    /// Changes committed before this time (milliseconds since the Unix epoch) are deleted.
+    pub before_ms: i64,
+}
+
+/// A change as a kind's feed reads it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredChange {
+    /// Its place in the feed: greater than every change committed before it (numbers may
+    /// skip).
+    pub seq: u64,
+    /// The entity's id.
+    pub id: String,
+    /// The entity's version after the step.
+    pub version: u64,
+    /// When the step committed, in milliseconds since the Unix epoch.
+    pub at_ms: i64,
+    /// The state after the step, as JSON; `None` if the step deleted the entity.
+    pub state: Option<String>,
+}
+
+/// Changes of one kind after a cursor, in feed order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChangePage {
+    /// The changes, in increasing [`seq`](StoredChange::seq).
+    pub changes: Vec<StoredChange>,
+    /// Every change of the kind numbered up to this was deleted by expiry (0 if none was):
+    /// a reader whose cursor is below it missed changes.
+    pub expired_through: u64,
+}
+
 /// Everything one commit writes: states, journal entries and dead letters of many entities.
 ///
 /// A store writes a batch in one transaction with one durable flush.
@@ -369,6 +425,10 @@ pub struct Batch {
     pub pauses: Vec<PauseWrite>,
     /// Entities deleted, after every other write of the batch (see [`EntityDelete`]).
     pub deletes: Vec<EntityDelete>,
+    /// Steps of kinds that keep a change feed, in the order they were taken.
+    pub changes: Vec<ChangeWrite>,
+    /// Old changes to delete.
+    pub expire_changes: Vec<ExpireChanges>,
 }
 
 impl Batch {
@@ -385,6 +445,8 @@ impl Batch {
             && self.expire_replies.is_none()
             && self.pauses.is_empty()
             && self.deletes.is_empty()
+            && self.changes.is_empty()
+            && self.expire_changes.is_empty()
     }
 }
 

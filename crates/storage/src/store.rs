@@ -15,8 +15,8 @@ use std::sync::Arc;
 use perennial_types::{EntityKey, Epoch, ShardId};
 
 use crate::{
-    Batch, CommitOutcome, EntityState, EntitySummary, Error, Filter, JournalEntry, Path, Pending,
-    Record, StoredDeadLetter, StoredReply,
+    Batch, ChangePage, CommitOutcome, EntityState, EntitySummary, Error, Filter, JournalEntry,
+    Path, Pending, Record, StoredDeadLetter, StoredReply,
 };
 
 /// A durable home for entity state and journals: what the runtime needs to run. What
@@ -135,6 +135,13 @@ pub trait Catalog: Send + Sync {
 
     /// The paths `kind` is indexed by, in order.
     async fn indexes(&self, kind: &str) -> Result<Vec<Path>, Error>;
+
+    /// Reads up to `limit` changes of `kind` numbered above `after`, in increasing number
+    /// (see [`ChangeWrite`](crate::ChangeWrite)). Numbers follow commit order: once a change
+    /// is read, no change committed later gets a smaller number, so a reader that goes on
+    /// from the last number it read misses nothing (unless expiry deleted it, which the page
+    /// says).
+    async fn changes(&self, kind: &str, after: u64, limit: usize) -> Result<ChangePage, Error>;
 }
 
 #[async_trait::async_trait]

@@ -285,6 +285,10 @@ impl<K: Process> Owner for Cell<K> {
         crate::upgrade::schema_version::<K>()
     }
 
+    fn keeps_feed(&self) -> bool {
+        self.kind.feed.is_some()
+    }
+
     fn shard(&self) -> ShardId {
         self.shard
     }

@@ -362,9 +362,11 @@ impl<K: Process> Cell<K> {
                 None
             }
         });
-        // A watched entity's watchers get its new state once the step is durable.
+        // A watched entity's watchers get its new state once the step is durable, and a kind's
+        // change feed gets every step's.
         let engine = &self.kind.engine;
-        if engine.watchers.any() && engine.watchers.is_watched(&self.key()) {
+        let feed = self.kind.feed.is_some();
+        if feed || (engine.watchers.any() && engine.watchers.is_watched(&self.key())) {
             let watched = match (&snapshot, snapshots) {
                 (Some((json, _)), _) => Some(Arc::clone(json)),
                 (None, Some(codec)) => guard(|| (codec.encode)(state))
