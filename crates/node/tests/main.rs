@@ -14,6 +14,7 @@ mod corrupt;
 mod crash_points;
 mod delete;
 mod disk;
+mod feed;
 mod fsync;
 mod journal;
 mod migrate;

@@ -235,6 +235,28 @@ impl Http {
         Ok((status, location, bytes))
     }
 
+    /// GETs `path` and returns the response's body to read as it streams (Server-Sent Events),
+    /// or why there is none (the connection failed, or the status was not 200).
+    pub(crate) async fn stream(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+    ) -> Result<hyper::body::Incoming, String> {
+        let request = hyper::Request::builder()
+            .uri(format!("http://{addr}{path}"))
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        if response.status() != 200 {
+            return Err(format!("status {}", response.status()));
+        }
+        Ok(response.into_body())
+    }
+
     /// The value of counter `id`.
     pub(crate) async fn counter(&self, addr: SocketAddr, id: &str) -> i64 {
         let (status, body) = self
