@@ -131,6 +131,7 @@ fn expire_replies(engine: &Engine) {
             .map(|(kind, keep)| perennial_storage::ExpireChanges {
                 kind: (*kind).to_owned(),
                 before_ms: now_ms.saturating_sub(millis(*keep)),
+                limit: 10_000,
             })
             .collect();
     });

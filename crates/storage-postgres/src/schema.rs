@@ -43,6 +43,7 @@
 //! CREATE TABLE changes (seq bigint PRIMARY KEY, kind text, id text, version bigint,
 //!                       at bigint, state text);
 //! CREATE INDEX changes_by_kind ON changes (kind, seq);
+//! CREATE INDEX changes_by_age ON changes (kind, at);
 //! CREATE SEQUENCE changes_seq;
 //! CREATE TABLE changes_expired (kind text PRIMARY KEY, through bigint NOT NULL);
 //! ```
@@ -160,6 +161,7 @@ CREATE TABLE changes (
     state   text
 );
 CREATE INDEX changes_by_kind ON changes (kind, seq);
+CREATE INDEX changes_by_age ON changes (kind, at);
 CREATE SEQUENCE changes_seq;
 CREATE TABLE changes_expired (kind text PRIMARY KEY, through bigint NOT NULL);
 ";

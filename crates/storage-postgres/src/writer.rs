@@ -90,12 +90,18 @@ INSERT INTO changes (seq, kind, id, version, at, state)
 SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[],
                      $6::text[])";
 
+/// Notes the highest number among the changes `EXPIRE_CHANGES` deletes: a kind's oldest
+/// before a time, at most a limit of them.
 const NOTE_EXPIRED_CHANGES: &str = "
 INSERT INTO changes_expired (kind, through)
-SELECT $1, max(seq) FROM changes WHERE kind = $1 AND at < $2 HAVING max(seq) IS NOT NULL
+SELECT $1, max(seq)
+  FROM (SELECT seq FROM changes WHERE kind = $1 AND at < $2 ORDER BY at, seq LIMIT $3) AS old
+HAVING max(seq) IS NOT NULL
 ON CONFLICT (kind) DO UPDATE SET through = greatest(changes_expired.through, excluded.through)";
 
-const EXPIRE_CHANGES: &str = "DELETE FROM changes WHERE kind = $1 AND at < $2";
+const EXPIRE_CHANGES: &str = "
+DELETE FROM changes WHERE seq IN
+    (SELECT seq FROM changes WHERE kind = $1 AND at < $2 ORDER BY at, seq LIMIT $3)";
 
 const LOCK_EPOCHS: &str =
     "SELECT shard, epoch FROM shards WHERE shard = ANY($1) ORDER BY shard FOR SHARE";
@@ -443,10 +449,11 @@ async fn write_changes(
         .map_err(map_err)?;
     }
     for expire in &batch.expire_changes {
+        let limit = i64::try_from(expire.limit).unwrap_or(i64::MAX);
         for sql in [NOTE_EXPIRED_CHANGES, EXPIRE_CHANGES] {
             tx.execute(
                 &prepared(cache, tx, sql).await?,
-                &[&expire.kind, &expire.before_ms],
+                &[&expire.kind, &expire.before_ms, &limit],
             )
             .await
             .map_err(map_err)?;

@@ -11,14 +11,19 @@ use crate::writer::Fence;
 const INSERT_CHANGE: &str =
     "INSERT INTO changes (kind, id, version, at, state) VALUES (?1, ?2, ?3, ?4, ?5)";
 
-/// Notes the highest number of a kind's changes before a time, which `EXPIRE_CHANGES` deletes.
+/// Notes the highest number among the changes `EXPIRE_CHANGES` deletes: a kind's oldest
+/// before a time, at most a limit of them.
 const NOTE_EXPIRED_CHANGES: &str = "
 INSERT INTO changes_expired (kind, through)
-SELECT ?1, max(seq) FROM changes WHERE kind = ?1 AND at < ?2 HAVING max(seq) IS NOT NULL
+SELECT ?1, max(seq)
+  FROM (SELECT seq FROM changes WHERE kind = ?1 AND at < ?2 ORDER BY at, seq LIMIT ?3)
+ WHERE true HAVING max(seq) IS NOT NULL
 ON CONFLICT (kind) DO UPDATE SET through = max(through, excluded.through)";
 
 /// Deletes a kind's changes before a time.
-const EXPIRE_CHANGES: &str = "DELETE FROM changes WHERE kind = ?1 AND at < ?2";
+const EXPIRE_CHANGES: &str = "
+DELETE FROM changes WHERE seq IN
+    (SELECT seq FROM changes WHERE kind = ?1 AND at < ?2 ORDER BY at, seq LIMIT ?3)";
 
 /// Writes a batch's changes (numbered in commit order by the single writer) and their expiry.
 pub(crate) fn write(
@@ -43,10 +48,11 @@ pub(crate) fn write(
         }
     }
     for expire in &batch.expire_changes {
+        let limit = i64::try_from(expire.limit).unwrap_or(i64::MAX);
         for sql in [NOTE_EXPIRED_CHANGES, EXPIRE_CHANGES] {
             tx.prepare_cached(sql)
                 .map_err(map_err)?
-                .execute(params![expire.kind, expire.before_ms])
+                .execute(params![expire.kind, expire.before_ms, limit])
                 .map_err(map_err)?;
         }
     }

@@ -81,6 +81,7 @@
 //! CREATE TABLE changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL,
 //!     id TEXT NOT NULL, version INTEGER NOT NULL, at INTEGER NOT NULL, state TEXT);
 //! CREATE INDEX changes_by_kind ON changes (kind, seq);
+//! CREATE INDEX changes_by_age ON changes (kind, at);
 //! CREATE TABLE changes_expired (kind TEXT PRIMARY KEY, through INTEGER NOT NULL) WITHOUT ROWID;
 //! ```
 //!
@@ -261,6 +262,7 @@ CREATE TABLE changes (
     state   TEXT
 );
 CREATE INDEX changes_by_kind ON changes (kind, seq);
+CREATE INDEX changes_by_age ON changes (kind, at);
 CREATE TABLE changes_expired (kind TEXT PRIMARY KEY, through INTEGER NOT NULL) WITHOUT ROWID;
 ";
 

@@ -1424,29 +1424,38 @@ pub async fn changes_expire_and_say_so(store: &dyn Store) {
         .await
         .unwrap()
         .changes;
-    let expire = |kind: &str, before_ms| Batch {
+    let expire_some = |kind: &str, before_ms, limit| Batch {
         expire_changes: vec![ExpireChanges {
             kind: kind.to_owned(),
             before_ms,
+            limit,
         }],
         ..Batch::default()
     };
+    let expire = |kind: &str, before_ms| expire_some(kind, before_ms, 100);
     store.commit(expire("other", 1_000)).unwrap();
     store.commit(expire("feed", 150)).unwrap();
     let page = store.catalog().changes("feed", 0, 10).await.unwrap();
     assert_eq!(page.expired_through, before[0].seq);
     assert_eq!(page.changes, before[1..]);
-    // Everything expires; a new change still gets a new, higher number.
-    store.commit(expire("feed", 1_000)).unwrap();
-    commit_changes(store, vec![change(&a, epoch, 3, 300, Some("3"))]);
+    // At most the limit goes at once, the oldest first.
+    commit_changes(store, vec![change(&a, epoch, 3, 250, Some("3"))]);
+    store.commit(expire_some("feed", 1_000, 1)).unwrap();
     let page = store.catalog().changes("feed", 0, 10).await.unwrap();
     assert_eq!(page.expired_through, before[1].seq);
+    assert_eq!(page.changes.len(), 1, "{page:?}");
+    // Everything expires; a new change still gets a new, higher number.
+    store.commit(expire("feed", 1_000)).unwrap();
+    let newest = page.changes[0].seq;
+    commit_changes(store, vec![change(&a, epoch, 4, 300, Some("4"))]);
+    let page = store.catalog().changes("feed", 0, 10).await.unwrap();
+    assert_eq!(page.expired_through, newest);
     assert_eq!(page.changes.len(), 1);
-    assert!(page.changes[0].seq > before[1].seq, "{page:?}");
+    assert!(page.changes[0].seq > newest, "{page:?}");
     // Expiring nothing moves nothing back.
     store.commit(expire("feed", 0)).unwrap();
     let again = store.catalog().changes("feed", 0, 10).await.unwrap();
-    assert_eq!(again.expired_through, before[1].seq);
+    assert_eq!(again.expired_through, newest);
 }
 
 /// A change written with a stale epoch is not kept.

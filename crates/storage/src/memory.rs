@@ -365,13 +365,14 @@ impl Store for MemoryStore {
             }
         }
         for expire in batch.expire_changes {
-            let old: Vec<u64> = inner
+            let mut old: Vec<(i64, u64)> = inner
                 .changes
                 .iter()
                 .filter(|(_, (kind, c))| *kind == expire.kind && c.at_ms < expire.before_ms)
-                .map(|(seq, _)| *seq)
+                .map(|(seq, (_, c))| (c.at_ms, *seq))
                 .collect();
-            for seq in old {
+            old.sort_unstable();
+            for (_, seq) in old.into_iter().take(expire.limit) {
                 inner.changes.remove(&seq);
                 let through = inner
                     .expired_changes

@@ -361,15 +361,19 @@ pub struct ChangeWrite {
     pub state: Option<Arc<str>>,
 }
 
-/// Deletes the changes of `kind` committed before `before_ms`, so that a feed costs bounded
+/// Deletes the oldest changes of `kind` committed before `before_ms`, at most `limit` of them
+/// (the rest go with later batches), so that a feed costs bounded
 /// storage; a reader whose cursor is older learns that it missed some
 /// ([`ChangePage::expired_through`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExpireChanges {
     /// The kind.
     pub kind: String,
-    /// Changes committed before this time (milliseconds since the Unix epoch) are deleted.
+    /// Changes committed before this time (milliseconds since the Unix epoch) are deleted,
+    /// the oldest first.
     pub before_ms: i64,
+    /// At most this many are deleted by one batch.
+    pub limit: usize,
 }
 
 /// A change as a kind's feed reads it back.
