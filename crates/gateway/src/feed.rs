@@ -40,7 +40,7 @@ const POLL: Duration = Duration::from_millis(100);
 /// Follow every committed change of a kind, from a cursor (Server-Sent Events: `event: change`, `id` the cursor)
 #[utoipa::path(get, path = "/v1/{kind}/changes", tag = "entities",
     params(KindPath, FeedParams,
-        ("Last-Event-ID" = Option<String>, Header, nullable = false,
+        ("Last-Event-ID" = Option<String>, Header, nullable = false, pattern = "^[0-9]{1,19}$",
             description = "The last cursor received, as an EventSource sends it when it reconnects; `after` wins")),
     responses(
         (status = 200, description = "An event stream of the kind's changes after the cursor",

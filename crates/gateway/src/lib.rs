@@ -286,7 +286,15 @@ async fn call(
     result
 }
 
-/// A call to the entity named `changes`, whose path the change feed's route shares.
+/// Send a message to the entity named `changes` (the path it shares with the kind's change feed)
+#[utoipa::path(post, path = "/v1/{kind}/changes", tag = "entities",
+    params(
+        perennial_api::params::KindPath,
+        ("Idempotency-Key" = Option<String>, Header, max_length = 256, nullable = false,
+            description = "Makes the call idempotent: a retry with the same key gets the first reply"),
+    ),
+    request_body(content = serde_json::Value, description = "The message, as the kind's handler takes it"),
+    responses((status = 200, description = "The reply, as the kind's handler returned it", body = serde_json::Value)))]
 async fn call_named_changes(
     state: State<AppState>,
     caller: Extension<Authenticated>,

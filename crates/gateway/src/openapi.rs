@@ -29,6 +29,7 @@ use crate::admin as routes;
         crate::call,
         crate::watch::watch,
         crate::feed::changes,
+        crate::call_named_changes,
         crate::healthz,
         crate::metrics::metrics,
         document_route,
