@@ -436,7 +436,8 @@ fn apply<K: Process>(
             rebuilt.state.insert(state)
         }
     };
-    let mut ctx = Ctx::replay(id, entry.at_us, seed, step).with_caller(parsed.caller.as_ref());
+    let mut ctx = Ctx::replay(id, entry.at_us, seed, step);
+    ctx.set_caller(parsed.caller.as_ref());
     let result = guard(|| state.handle(msg, &mut ctx));
     if ctx.strayed() {
         return Err(diverged(

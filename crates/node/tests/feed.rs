@@ -77,6 +77,22 @@ async fn follow(
     }
 }
 
+/// Starts a follower on `addrs` (see [`follow`]); returns what it receives, the switch that
+/// stops it, and its task.
+fn start_following(
+    http: &Http,
+    addrs: &Arc<Mutex<Vec<SocketAddr>>>,
+) -> (Received, Arc<Mutex<bool>>, tokio::task::JoinHandle<()>) {
+    let (got, stop): (Received, _) = (Arc::default(), Arc::new(Mutex::new(false)));
+    let task = tokio::spawn(follow(
+        http.clone(),
+        Arc::clone(addrs),
+        Arc::clone(&got),
+        Arc::clone(&stop),
+    ));
+    (got, stop, task)
+}
+
 /// Adds line `sku` to cart `cart` through `addrs` (trying each), with an idempotency key, until
 /// one answers 200 (at most 20 s); whether it was acknowledged.
 async fn add(http: &Http, addrs: &[SocketAddr], cart: &str, sku: &str) -> bool {
@@ -142,13 +158,7 @@ async fn a_follower_misses_no_change_across_kill_9_of_its_node() {
     let http = Http::new();
     let node = Node::start(dir.path());
     let addrs = Arc::new(Mutex::new(vec![node.addr]));
-    let (got, stop): (Received, _) = (Arc::default(), Arc::new(Mutex::new(false)));
-    let follower = tokio::spawn(follow(
-        http.clone(),
-        Arc::clone(&addrs),
-        Arc::clone(&got),
-        Arc::clone(&stop),
-    ));
+    let (got, stop, follower) = start_following(&http, &addrs);
     let mut acked = BTreeMap::new();
     for round in 0..6 {
         for c in 0..4 {
@@ -187,13 +197,7 @@ async fn a_follower_misses_no_change_across_a_node_failover() {
         cluster.addr(0),
         cluster.addr(2),
     ]));
-    let (got, stop): (Received, _) = (Arc::default(), Arc::new(Mutex::new(false)));
-    let follower = tokio::spawn(follow(
-        http.clone(),
-        Arc::clone(&addrs),
-        Arc::clone(&got),
-        Arc::clone(&stop),
-    ));
+    let (got, stop, follower) = start_following(&http, &addrs);
     let writers = [cluster.addr(0), cluster.addr(2)];
     let mut acked: BTreeMap<String, u64> = BTreeMap::new();
     for round in 0..8 {

@@ -205,21 +205,7 @@ impl Http {
         headers: &[(&str, &str)],
         body: &str,
     ) -> Result<(u16, Option<String>, Bytes), String> {
-        let mut request = hyper::Request::builder()
-            .method(method)
-            .uri(format!("http://{addr}{path}"))
-            .header("content-type", "application/json");
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let request = request
-            .body(Full::new(Bytes::from(body.to_owned())))
-            .map_err(|e| e.to_string())?;
-        let response = self
-            .client
-            .request(request)
-            .await
-            .map_err(|e| e.to_string())?;
+        let response = self.response(method, addr, path, headers, body).await?;
         let status = response.status().as_u16();
         let location = response
             .headers()
@@ -242,19 +228,36 @@ impl Http {
         addr: SocketAddr,
         path: &str,
     ) -> Result<hyper::body::Incoming, String> {
-        let request = hyper::Request::builder()
-            .uri(format!("http://{addr}{path}"))
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| e.to_string())?;
-        let response = self
-            .client
-            .request(request)
-            .await
-            .map_err(|e| e.to_string())?;
+        let response = self.response("GET", addr, path, &[], "").await?;
         if response.status() != 200 {
             return Err(format!("status {}", response.status()));
         }
         Ok(response.into_body())
+    }
+
+    /// Sends one request; returns the response, its body still to read.
+    async fn response(
+        &self,
+        method: &str,
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, String> {
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"))
+            .header("content-type", "application/json");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .map_err(|e| e.to_string())?;
+        self.client
+            .request(request)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// The value of counter `id`.

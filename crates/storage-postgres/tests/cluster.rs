@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use perennial_storage::Directory;
-use perennial_storage::{Batch, StateWrite, Store};
+use perennial_storage::{Batch, StateWrite, Store, conformance};
 use perennial_storage_postgres::test_util;
 use perennial_types::{EntityId, EntityKey, ShardId, shard_of};
 
@@ -261,44 +261,10 @@ async fn changes_of_two_nodes_are_numbered_in_commit_order() {
         }],
         ..Batch::default()
     };
-    let runtime = tokio::runtime::Handle::current();
-    let seen = tokio::task::block_in_place(|| {
-        std::thread::scope(|scope| {
-            let writers = [
-                scope.spawn(|| {
-                    (1..=EACH).for_each(|v| drop(first.commit(write(&a, a_epoch, v)).unwrap()))
-                }),
-                scope.spawn(|| {
-                    (1..=EACH).for_each(|v| drop(second.commit(write(&b, b_epoch, v)).unwrap()))
-                }),
-            ];
-            let (mut cursor, mut seen) = (0, Vec::new());
-            loop {
-                let finished = writers.iter().all(|w| w.is_finished());
-                let page = runtime
-                    .block_on(first.catalog().changes("feed", cursor, 5))
-                    .unwrap();
-                if let Some(last) = page.changes.last() {
-                    cursor = last.seq;
-                }
-                let empty = page.changes.is_empty();
-                seen.extend(page.changes.into_iter().map(|c| (c.id, c.version)));
-                if finished && empty {
-                    return seen;
-                }
-            }
-        })
-    });
-    for key in [&a, &b] {
-        let versions: Vec<u64> = seen
-            .iter()
-            .filter(|(id, _)| id == key.id.as_str())
-            .map(|(_, v)| *v)
-            .collect();
-        assert_eq!(
-            versions,
-            (1..=EACH).collect::<Vec<_>>(),
-            "{key}: each once, in order"
-        );
-    }
+    let writers: Vec<Box<dyn FnOnce() + Send + '_>> = vec![
+        Box::new(|| (1..=EACH).for_each(|v| drop(first.commit(write(&a, a_epoch, v)).unwrap()))),
+        Box::new(|| (1..=EACH).for_each(|v| drop(second.commit(write(&b, b_epoch, v)).unwrap()))),
+    ];
+    let seen = conformance::follow_while(&first, "feed", writers);
+    conformance::assert_each_once_in_order(&seen, &[a.clone(), b.clone()], EACH);
 }

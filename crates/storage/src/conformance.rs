@@ -1484,24 +1484,41 @@ pub async fn concurrent_changes_are_numbered_in_commit_order(store: &dyn Store) 
     const WRITERS: u64 = 4;
     const EACH: u64 = 40;
     let epoch = claim_all(store).await;
+    let keys: Vec<EntityKey> = (0..WRITERS)
+        .map(|w| key("feed", &format!("w{w}")))
+        .collect();
+    let writers: Vec<Box<dyn FnOnce() + Send + '_>> = keys
+        .iter()
+        .map(|key| -> Box<dyn FnOnce() + Send + '_> {
+            Box::new(move || {
+                for v in 1..=EACH {
+                    commit_changes(store, vec![change(key, epoch, v, 1, Some("0"))]);
+                }
+            })
+        })
+        .collect();
+    let seen = follow_while(store, "feed", writers);
+    assert_each_once_in_order(&seen, &keys, EACH);
+}
+
+/// Runs each of `writers` on a thread of its own while following the feed of `kind` on
+/// `reader` from its start, page by page from the last number read, until they are done and
+/// the feed has nothing more; returns (id, version) of each change read, in order. Call it
+/// from a multi-threaded runtime.
+pub fn follow_while<'a>(
+    reader: &dyn Store,
+    kind: &str,
+    writers: Vec<Box<dyn FnOnce() + Send + 'a>>,
+) -> Vec<(String, u64)> {
     let runtime = tokio::runtime::Handle::current();
-    let seen = tokio::task::block_in_place(|| {
+    tokio::task::block_in_place(|| {
         std::thread::scope(|scope| {
-            let writers: Vec<_> = (0..WRITERS)
-                .map(|w| {
-                    let key = key("feed", &format!("w{w}"));
-                    scope.spawn(move || {
-                        for v in 1..=EACH {
-                            commit_changes(store, vec![change(&key, epoch, v, 1, Some("0"))]);
-                        }
-                    })
-                })
-                .collect();
+            let writers: Vec<_> = writers.into_iter().map(|w| scope.spawn(w)).collect();
             let (mut cursor, mut seen) = (0, Vec::new());
             loop {
                 let finished = writers.iter().all(|w| w.is_finished());
                 let page = runtime
-                    .block_on(store.catalog().changes("feed", cursor, 7))
+                    .block_on(reader.catalog().changes(kind, cursor, 7))
                     .unwrap();
                 if let Some(last) = page.changes.last() {
                     cursor = last.seq;
@@ -1513,14 +1530,22 @@ pub async fn concurrent_changes_are_numbered_in_commit_order(store: &dyn Store) 
                 }
             }
         })
-    });
-    assert_eq!(seen.len() as u64, WRITERS * EACH, "each change once");
-    for w in 0..WRITERS {
+    })
+}
+
+/// Checks that `seen` holds versions 1 to `each` of every one of `keys`, once each, in order.
+pub fn assert_each_once_in_order(seen: &[(String, u64)], keys: &[EntityKey], each: u64) {
+    assert_eq!(
+        seen.len() as u64,
+        keys.len() as u64 * each,
+        "each change once"
+    );
+    for key in keys {
         let versions: Vec<u64> = seen
             .iter()
-            .filter(|(id, _)| *id == format!("w{w}"))
+            .filter(|(id, _)| id == key.id.as_str())
             .map(|(_, v)| *v)
             .collect();
-        assert_eq!(versions, (1..=EACH).collect::<Vec<_>>(), "w{w} in order");
+        assert_eq!(versions, (1..=each).collect::<Vec<_>>(), "{key} in order");
     }
 }

@@ -79,7 +79,8 @@ impl<K: Process> Cell<K> {
             && guard(|| K::is_read_only(&msg)).unwrap_or(false);
         let at_us = now_us();
         let next = self.inner.lock().seq + 1;
-        let mut ctx = Ctx::step(&self.id, at_us, next).with_caller(caller.as_ref());
+        let mut ctx = Ctx::step(&self.id, at_us, next);
+        ctx.set_caller(caller.as_ref());
         // What the kind's listeners hear: the state before, and the message.
         let mut change = self.listening(state, Some(&msg));
         let result = guard(|| state.handle(msg, &mut ctx));

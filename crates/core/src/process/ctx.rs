@@ -131,9 +131,10 @@ impl<'a, K: Process> Ctx<'a, K> {
         }
     }
 
-    /// The same context, for a message sent by `caller`.
-    pub(crate) fn with_caller(self, caller: Option<&'a Caller>) -> Self {
-        Self { caller, ..self }
+    /// Makes this the context of a message sent by `caller` (in place: a context is large,
+    /// and replay makes one per entry).
+    pub(crate) fn set_caller(&mut self, caller: Option<&'a Caller>) {
+        self.caller = caller;
     }
 
     /// What the step asked for beyond its state change.
