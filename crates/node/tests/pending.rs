@@ -137,6 +137,24 @@ async fn idempotent_retries_after_kill_9_apply_once() {
     eprintln!("{acknowledged} of {CALLS} calls were acknowledged before kill -9");
 }
 
+/// Configures the queue at `path` to run `concurrency` jobs at once and submits `jobs`, each
+/// as (number, work in ms, attempts that fail): job `j{number}`.
+async fn submit(
+    http: &Http,
+    node: &Node,
+    path: &str,
+    concurrency: u32,
+    jobs: impl Iterator<Item = (u64, u64, u32)>,
+) {
+    let configure = format!(r#"{{"configure": {{"concurrency": {concurrency}}}}}"#);
+    post(http, node, path, &configure).await;
+    for (j, work_ms, fails) in jobs {
+        let job =
+            format!(r#"{{"submit": {{"job": "j{j}", "work_ms": {work_ms}, "fails": {fails}}}}}"#);
+        post(http, node, path, &job).await;
+    }
+}
+
 /// A queue killed while its jobs run finishes every job after the restart, never running
 /// more than its concurrency at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,17 +163,14 @@ async fn a_queue_finishes_every_job_after_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let http = Http::new();
     let node = Node::start(dir.path());
-    post(
+    submit(
         &http,
         &node,
         "/v1/queue/u1",
-        r#"{"configure": {"concurrency": 3}}"#,
+        3,
+        (0..JOBS).map(|j| (j, 150, 0)),
     )
     .await;
-    for j in 0..JOBS {
-        let job = format!(r#"{{"submit": {{"job": "j{j}", "work_ms": 150}}}}"#);
-        post(&http, &node, "/v1/queue/u1", &job).await;
-    }
     tokio::time::sleep(Duration::from_millis(400)).await;
     let before = post(&http, &node, "/v1/queue/u1", r#""status""#).await;
     assert!(before["done"].as_u64().unwrap() < JOBS, "{before}");
@@ -199,17 +214,8 @@ async fn effects_being_retried_at_kill_9_finish_once_after_the_restart() {
     let dir = tempfile::tempdir().unwrap();
     let http = Http::new();
     let node = Node::start(dir.path());
-    post(
-        &http,
-        &node,
-        "/v1/queue/flaky",
-        r#"{"configure": {"concurrency": 6}}"#,
-    )
-    .await;
-    for j in 0..JOBS {
-        let job = format!(r#"{{"submit": {{"job": "j{j}", "work_ms": 20, "fails": 5}}}}"#);
-        post(&http, &node, "/v1/queue/flaky", &job).await;
-    }
+    let jobs = (0..JOBS as u64).map(|j| (j, 20, 5));
+    submit(&http, &node, "/v1/queue/flaky", 6, jobs).await;
     // Five failures and their backoffs (from 50-100 ms, doubling) take over 1.5 s: killed
     // at 300 ms, every job is being retried.
     tokio::time::sleep(Duration::from_millis(300)).await;
