@@ -104,10 +104,10 @@ async function kindsView() {
     k.restarts,
     k.dead_letters,
   ]);
-  show(
+  return [
     el("h1", {}, "Kinds"),
     table(["kind", "persistence", "stored", "resident", "activations", "passivations", "restarts", "dead letters"], rows),
-  );
+  ];
 }
 
 async function kindView(kind, filter) {
@@ -152,7 +152,7 @@ async function kindView(kind, filter) {
       ]),
     );
   }
-  show(el("h1", {}, "Kind ", kind), form, body);
+  return [el("h1", {}, "Kind ", kind), form, body];
 }
 
 async function entityView(kind, id) {
@@ -240,7 +240,7 @@ async function entityView(kind, id) {
   } catch (e) {
     if (e.code !== "no_history") nodes.push(failure(e));
   }
-  show(...nodes);
+  return nodes;
 }
 
 /** The journal as a list, with a slider for the state after any of its steps. */
@@ -304,19 +304,19 @@ async function deadLettersView() {
     l.attempts,
     el("span", {}, button(l.seq, "retry"), " ", button(l.seq, "discard")),
   ]);
-  show(
+  return [
     el("h1", {}, "Dead letters"),
     rows.length ? table(["seq", "entity", "message", "error", "attempts", ""], rows) : el("p", { class: "muted" }, "No dead letters."),
-  );
+  ];
 }
 
 async function quarantinedView() {
   const { quarantined } = await api("GET", "/v1/admin/quarantined");
   const rows = quarantined.map((q) => [link(entityHref(q.kind, q.id), q.kind + "/" + q.id), q.code, q.reason]);
-  show(
+  return [
     el("h1", {}, "Quarantined entities"),
     rows.length ? table(["entity", "code", "reason"], rows) : el("p", { class: "muted" }, "None."),
-  );
+  ];
 }
 
 /** Parses the Prometheus text format: [{name, labels, value}]. */
@@ -414,29 +414,37 @@ async function clusterView() {
   if (cluster.members.length) {
     nodes.push(table(["node", "address", "shards"], cluster.members.map((m) => [m.node, m.address, m.shards])));
   }
-  show(...nodes);
+  return nodes;
 }
 
 // ---- routing ----
 
+// Counts navigations: a view that finishes after a later one started is not shown, so a slow
+// page cannot land over the page the operator went to since.
+let navigation = 0;
+
 async function route() {
+  const mine = ++navigation;
   const hash = location.hash || "#/";
   const [path, query] = hash.slice(1).split("?");
   const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
   const params = new URLSearchParams(query || "");
   document.getElementById("who").textContent = token() ? "signed in" : "";
+  let nodes;
   try {
-    if (parts.length === 0) await kindsView();
-    else if (parts[0] === "kind" && parts.length === 2) await kindView(parts[1], params.get("filter"));
-    else if (parts[0] === "entity" && parts.length === 3) await entityView(parts[1], parts[2]);
-    else if (parts[0] === "dead-letters") await deadLettersView();
-    else if (parts[0] === "quarantined") await quarantinedView();
-    else if (parts[0] === "live") await liveView();
-    else if (parts[0] === "cluster") await clusterView();
-    else show(el("p", { class: "error" }, "No such page."));
+    if (parts.length === 0) nodes = await kindsView();
+    else if (parts[0] === "kind" && parts.length === 2) nodes = await kindView(parts[1], params.get("filter"));
+    else if (parts[0] === "entity" && parts.length === 3) nodes = await entityView(parts[1], parts[2]);
+    else if (parts[0] === "dead-letters") nodes = await deadLettersView();
+    else if (parts[0] === "quarantined") nodes = await quarantinedView();
+    else if (parts[0] === "cluster") nodes = await clusterView();
+    // The live view draws at once and keeps drawing while it is shown.
+    else if (parts[0] === "live") return await liveView();
+    else nodes = [el("p", { class: "error" }, "No such page.")];
   } catch (e) {
-    show(failure(e));
+    nodes = [failure(e)];
   }
+  if (mine === navigation) show(...nodes);
 }
 
 document.getElementById("signin").addEventListener("submit", (event) => {
