@@ -56,7 +56,8 @@ pub use perennial_core::{
 };
 // What can go wrong, and the counters.
 pub use perennial_core::{
-    CallError, CommitStats, Histogram, JsonRejection, KindStats, Overload, StartError, Stats,
+    CallError, CommitStats, FeedError, Histogram, JsonRejection, KindStats, Overload, StartError,
+    Stats,
 };
 // Operating them: what `Runtime::admin` returns and answers.
 pub use perennial_core::{
