@@ -246,8 +246,11 @@ pub(crate) async fn admit(
     next: Next,
 ) -> Response {
     let Some(key) = &gate.callers else {
+        if let Some(refused) = crate::guard::refusal(&gate.access, &request) {
+            return refused;
+        }
         request.extensions_mut().insert(Authenticated(None));
-        return crate::guard::authorize(State(Arc::new(gate.access.clone())), request, next).await;
+        return next.run(request).await;
     };
     let token = bearer(&request).or_else(|| query_token(&request));
     let Some(token) = token else {

@@ -40,15 +40,25 @@ pub(crate) async fn authorize(
     request: Request,
     next: Next,
 ) -> Response {
-    match &*access {
-        Access::Open => next.run(request).await,
-        Access::Closed => ApiError::new(
-            StatusCode::FORBIDDEN,
-            "disabled",
-            "these routes are disabled on this node: start it with a token for them \
+    match refusal(&access, &request) {
+        None => next.run(request).await,
+        Some(refused) => refused,
+    }
+}
+
+/// Why [`Access`] does not let `request` in, if it does not.
+pub(crate) fn refusal(access: &Access, request: &Request) -> Option<Response> {
+    match access {
+        Access::Open => None,
+        Access::Closed => Some(
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "disabled",
+                "these routes are disabled on this node: start it with a token for them \
              (--admin-token or PERENNIAL_ADMIN_TOKEN)",
-        )
-        .into_response(),
+            )
+            .into_response(),
+        ),
         Access::Token(token) => {
             let given = request
                 .headers()
@@ -56,7 +66,7 @@ pub(crate) async fn authorize(
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "));
             match given {
-                Some(given) if same(given.as_bytes(), token.as_bytes()) => next.run(request).await,
+                Some(given) if same(given.as_bytes(), token.as_bytes()) => None,
                 _ => {
                     let mut response = ApiError::new(
                         StatusCode::UNAUTHORIZED,
@@ -67,7 +77,7 @@ pub(crate) async fn authorize(
                     response
                         .headers_mut()
                         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                    response
+                    Some(response)
                 }
             }
         }
