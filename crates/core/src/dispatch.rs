@@ -320,7 +320,30 @@ async fn ask(engine: &Engine, kinds: &Kinds, row: &Pending, epoch: Epoch) {
         applying,
     };
     let outcome = attempt(engine, kinds, row, epoch, to.clone()).await;
+    if applying == Applying::Row && outcome == Delivery::Applied {
+        forget_kept_reply(engine, row);
+    }
     settle_as(engine, row, outcome, &to);
+}
+
+/// Deletes the reply the target of the ask `row` kept under the row's key, once the asker
+/// applied the answer and deleted the row: on a single node, nothing can deliver the ask again
+/// (in a cluster a node that lost the asker's shard still may, so there the reply waits for
+/// the replies' window). Kept replies then stay few, and so does the B-tree they are kept in.
+fn forget_kept_reply(engine: &Engine, row: &Pending) {
+    let shard = shard_of(&row.target.kind, row.target.id.as_str());
+    let Some(epoch) = engine.shards.epoch(shard) else {
+        return;
+    };
+    let done = perennial_storage::ReplyDone {
+        key: row.target.clone(),
+        shard,
+        epoch,
+        idempotency_key: crate::courier::row_key(&row.owner, row.seq),
+    };
+    engine
+        .committer
+        .chore(|batch| batch.replies_done.push(done));
 }
 
 /// Runs an effect's attempts (see [`crate::Effect`]); returns the message for its entity

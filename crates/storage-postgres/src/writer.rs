@@ -58,6 +58,11 @@ INSERT INTO replies (kind, id, key, at, reply)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[])
 ON CONFLICT (kind, id, key) DO UPDATE SET at = excluded.at, reply = excluded.reply";
 
+const DELETE_REPLIES: &str = "
+DELETE FROM replies AS r
+ USING unnest($1::text[], $2::text[], $3::text[]) AS t(k, i, key)
+ WHERE r.kind = t.k AND r.id = t.i AND r.key = t.key";
+
 const EXPIRE_REPLIES: &str = "
 DELETE FROM replies WHERE (kind, id, key) IN
     (SELECT kind, id, key FROM replies WHERE at < $1 ORDER BY at LIMIT $2)";
@@ -377,6 +382,25 @@ pub(crate) async fn commit(writer: &mut Writer, batch: &Batch) -> Result<CommitO
         .await
         .map_err(map_err)?;
     }
+    let forgotten: Vec<_> = batch
+        .replies_done
+        .iter()
+        .filter(|r| fence.allows(r.shard, r.epoch))
+        .collect();
+    if !forgotten.is_empty() {
+        let kinds: Vec<&str> = forgotten.iter().map(|r| &*r.key.kind).collect();
+        let ids: Vec<&str> = forgotten.iter().map(|r| r.key.id.as_str()).collect();
+        let keys: Vec<&str> = forgotten
+            .iter()
+            .map(|r| r.idempotency_key.as_str())
+            .collect();
+        tx.execute(
+            &prepared(cache, &tx, DELETE_REPLIES).await?,
+            &[&kinds, &ids, &keys],
+        )
+        .await
+        .map_err(map_err)?;
+    }
     if let Some(expire) = &batch.expire_replies {
         let limit = i64::try_from(expire.limit).unwrap_or(i64::MAX);
         tx.execute(
@@ -481,6 +505,7 @@ async fn lock_epochs(
         .chain(batch.pending.iter().map(|w| w.shard))
         .chain(batch.done.iter().map(|d| d.shard))
         .chain(batch.replies.iter().map(|r| r.shard))
+        .chain(batch.replies_done.iter().map(|r| r.shard))
         .chain(batch.deletes.iter().map(|d| d.shard))
         .chain(batch.changes.iter().map(|c| c.shard));
     let shards: BTreeSet<i32> = named.filter(|s| s.0 < SHARDS).map(shard_sql).collect();

@@ -77,6 +77,8 @@ const DELETE_PENDING: &str = "DELETE FROM pending WHERE kind = ?1 AND id = ?2 AN
 const INSERT_REPLY: &str = "
 INSERT OR REPLACE INTO replies (kind, id, key, at, reply) VALUES (?1, ?2, ?3, ?4, ?5)";
 
+const DELETE_REPLY: &str = "DELETE FROM replies WHERE kind = ?1 AND id = ?2 AND key = ?3";
+
 /// Deletes the oldest replies before a time, at most a limit of them.
 const EXPIRE_REPLIES: &str = "
 DELETE FROM replies WHERE (kind, id, key) IN
@@ -661,6 +663,16 @@ fn write_pending(tx: &Transaction<'_>, batch: &Batch, fence: &mut Fence) -> Resu
                         r.reply.at_ms,
                         r.reply.reply
                     ])
+                    .map_err(map_err)?;
+            }
+        }
+    }
+    if !batch.replies_done.is_empty() {
+        let mut delete = tx.prepare_cached(DELETE_REPLY).map_err(map_err)?;
+        for r in &batch.replies_done {
+            if fence.allows(r.shard, r.epoch)? {
+                delete
+                    .execute(params![&*r.key.kind, r.key.id.as_str(), r.idempotency_key])
                     .map_err(map_err)?;
             }
         }

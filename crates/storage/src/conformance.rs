@@ -15,7 +15,7 @@ use perennial_types::{EntityId, EntityKey, Epoch, SHARDS, ShardId, shard_of};
 use crate::{
     Batch, ChangeWrite, DeadLetter, DeadLetterDone, DeadLetterWrite, EntityDelete, ExpireChanges,
     ExpireReplies, Filter, JournalEntry, JournalTrim, JournalWrite, Path, PauseWrite, Pending,
-    PendingClass, PendingDone, PendingWrite, ReplyWrite, StateWrite, Store, StoredReply,
+    PendingClass, PendingDone, PendingWrite, ReplyDone, ReplyWrite, StateWrite, Store, StoredReply,
 };
 
 /// Expands to one test per conformance case, each on a fresh store from `$make`.
@@ -53,6 +53,7 @@ macro_rules! store_conformance {
             pending_rows_are_fenced,
             replies_read_back_and_expire_oldest_first,
             replies_are_fenced,
+            replies_are_deleted_by_key_and_fenced,
             entities_are_listed_in_id_order_and_paged,
             dead_letters_done_are_deleted_and_fenced,
             queries_agree_with_the_filter_on_every_state,
@@ -604,6 +605,48 @@ pub async fn replies_read_back_and_expire_oldest_first(store: &dyn Store) {
         store.reply(&a, "k2").await.unwrap().is_some(),
         "newer than the cut"
     );
+}
+
+/// A kept reply is deleted by key, after the replies its batch writes, unless the delete is
+/// fenced; deleting a reply that is not kept does nothing.
+pub async fn replies_are_deleted_by_key_and_fenced(store: &dyn Store) {
+    let old = claim_all(store).await;
+    let a = key("counter", "a");
+    let done = |epoch, idem: &str| ReplyDone {
+        key: a.clone(),
+        shard: shard_of(&a.kind, a.id.as_str()),
+        epoch,
+        idempotency_key: idem.to_owned(),
+    };
+    store
+        .commit(Batch {
+            replies: vec![
+                reply_write(&a, old, "k1", "1", 1),
+                reply_write(&a, old, "k2", "2", 2),
+            ],
+            ..Batch::default()
+        })
+        .unwrap();
+    // Written and deleted by one batch: the delete comes after.
+    store
+        .commit(Batch {
+            replies: vec![reply_write(&a, old, "k3", "3", 3)],
+            replies_done: vec![done(old, "k1"), done(old, "k3"), done(old, "none")],
+            ..Batch::default()
+        })
+        .unwrap();
+    assert!(store.reply(&a, "k1").await.unwrap().is_none());
+    assert!(store.reply(&a, "k3").await.unwrap().is_none());
+    assert_eq!(store.reply(&a, "k2").await.unwrap().unwrap().reply, "2");
+    let _new = claim_all(store).await;
+    let outcome = store
+        .commit(Batch {
+            replies_done: vec![done(old, "k2")],
+            ..Batch::default()
+        })
+        .unwrap();
+    assert_eq!(outcome.fenced.len(), 1);
+    assert!(store.reply(&a, "k2").await.unwrap().is_some(), "fenced");
 }
 
 /// A reply written with a stale epoch is not kept.

@@ -43,6 +43,6 @@ pub use model::{
     Batch, ChangePage, ChangeWrite, CommitOutcome, DeadLetter, DeadLetterDone, DeadLetterWrite,
     EntityDelete, EntityState, EntitySummary, ExpireChanges, ExpireReplies, JournalEntry,
     JournalTrim, JournalWrite, PauseWrite, Pending, PendingClass, PendingDone, PendingWrite,
-    Record, ReplyWrite, StateWrite, StoredChange, StoredDeadLetter, StoredReply,
+    Record, ReplyDone, ReplyWrite, StateWrite, StoredChange, StoredDeadLetter, StoredReply,
 };
 pub use store::{Catalog, Store};

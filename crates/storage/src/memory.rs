@@ -10,8 +10,8 @@ use perennial_types::{EntityKey, Epoch, SHARDS, ShardId};
 use crate::{
     Batch, Catalog, ChangePage, CommitOutcome, DeadLetterDone, DeadLetterWrite, EntityDelete,
     EntityState, EntitySummary, Error, Filter, JournalEntry, JournalTrim, JournalWrite, Path,
-    PauseWrite, Pending, PendingDone, PendingWrite, Record, ReplyWrite, StateWrite, Store,
-    StoredChange, StoredDeadLetter, StoredReply,
+    PauseWrite, Pending, PendingDone, PendingWrite, Record, ReplyDone, ReplyWrite, StateWrite,
+    Store, StoredChange, StoredDeadLetter, StoredReply,
 };
 
 /// A [`Store`] in memory. Nothing survives the process; "durable" means "committed".
@@ -130,6 +130,12 @@ impl MemoryStore {
         let mut inner = self.inner.lock();
         inner.entities.remove(key);
         inner.journals.remove(key);
+    }
+
+    /// How many replies it keeps for idempotency keys (and asks), for tests that check none
+    /// is kept longer than needed.
+    pub fn kept_replies(&self) -> usize {
+        self.inner.lock().replies.len()
     }
 }
 
@@ -329,6 +335,17 @@ impl Store for MemoryStore {
         {
             if fence(shard, epoch, &inner) {
                 inner.replies.insert((key, idempotency_key), reply);
+            }
+        }
+        for ReplyDone {
+            key,
+            shard,
+            epoch,
+            idempotency_key,
+        } in batch.replies_done
+        {
+            if fence(shard, epoch, &inner) {
+                inner.replies.remove(&(key, idempotency_key));
             }
         }
         if let Some(expire) = batch.expire_replies {

@@ -332,6 +332,21 @@ pub struct ReplyWrite {
     pub reply: StoredReply,
 }
 
+/// Deletes a kept reply that nothing can ask for any more: an ask's, once the asker applied
+/// the answer and deleted the ask's row (see `ask` in `perennial_core`'s dispatcher). Without
+/// it the reply would only expire with the replies' window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyDone {
+    /// The entity that kept the reply.
+    pub key: EntityKey,
+    /// The entity's shard.
+    pub shard: ShardId,
+    /// The epoch the writer holds for `shard`.
+    pub epoch: Epoch,
+    /// The key the reply was kept under.
+    pub idempotency_key: String,
+}
+
 /// Deletes at most `limit` kept replies applied before `before_ms` (the oldest first), so
 /// that idempotency keys cost bounded storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -423,6 +438,8 @@ pub struct Batch {
     pub done: Vec<PendingDone>,
     /// Replies to keep for idempotency keys.
     pub replies: Vec<ReplyWrite>,
+    /// Kept replies to delete, after this batch's `replies`.
+    pub replies_done: Vec<ReplyDone>,
     /// Old replies to delete.
     pub expire_replies: Option<ExpireReplies>,
     /// Entities paused or resumed.
@@ -446,6 +463,7 @@ impl Batch {
             && self.pending.is_empty()
             && self.done.is_empty()
             && self.replies.is_empty()
+            && self.replies_done.is_empty()
             && self.expire_replies.is_none()
             && self.pauses.is_empty()
             && self.deletes.is_empty()
