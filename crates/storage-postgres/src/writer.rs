@@ -12,8 +12,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use perennial_storage::{Batch, CommitOutcome, Error};
-use perennial_types::{Epoch, SHARDS, ShardId};
+use perennial_storage::{Batch, CommitOutcome, Error, Fenced};
+use perennial_types::{EntityKey, Epoch, SHARDS, ShardId};
 use tokio_postgres::{Client, Statement, Transaction};
 
 use crate::errors::{map_err, to_sql};
@@ -157,6 +157,17 @@ struct Fence {
 }
 
 impl Fence {
+    /// The writes of `writes` that may land, in their order; records the shards of the others.
+    fn keep<'a, W: Fenced>(&mut self, writes: &'a [W]) -> Vec<&'a W> {
+        writes
+            .iter()
+            .filter(|w| {
+                let (shard, epoch) = w.fenced_by();
+                self.allows(shard, epoch)
+            })
+            .collect()
+    }
+
     /// Whether a write naming `epoch` for `shard` may land; records the shard if not.
     fn allows(&mut self, shard: ShardId, epoch: Epoch) -> bool {
         let current = self.epochs.get(&shard.0).copied().unwrap_or(0);
@@ -167,6 +178,11 @@ impl Fence {
         }
         ok
     }
+}
+
+/// The kind and the id column of `keys`, for `unnest`.
+fn key_columns<'a>(keys: impl Iterator<Item = &'a EntityKey>) -> (Vec<&'a str>, Vec<&'a str>) {
+    keys.map(|k| (&*k.kind, k.id.as_str())).unzip()
 }
 
 /// Writes `batch` in one transaction; see the module docs.
@@ -189,16 +205,11 @@ pub(crate) async fn commit(writer: &mut Writer, batch: &Batch) -> Result<CommitO
 
     // States: the latest of each entity, in key order (so concurrent writers lock rows in
     // one order).
-    let mut states: Vec<_> = batch
-        .states
-        .iter()
-        .filter(|w| fence.allows(w.shard, w.epoch))
-        .collect();
+    let mut states = fence.keep(&batch.states);
     states.sort_by(|a, b| a.key.cmp(&b.key).then(b.version.cmp(&a.version)));
     states.dedup_by(|later, earlier| later.key == earlier.key);
     if !states.is_empty() {
-        let kinds: Vec<&str> = states.iter().map(|w| &*w.key.kind).collect();
-        let ids: Vec<&str> = states.iter().map(|w| w.key.id.as_str()).collect();
+        let (kinds, ids) = key_columns(states.iter().map(|w| &w.key));
         let shards: Vec<i32> = states.iter().map(|w| shard_sql(w.shard)).collect();
         let versions: Vec<i64> = states.iter().map(|w| to_sql(w.version)).collect();
         let texts: Vec<&str> = states.iter().map(|w| &*w.state).collect();
@@ -214,15 +225,13 @@ pub(crate) async fn commit(writer: &mut Writer, batch: &Batch) -> Result<CommitO
         .map_err(map_err)?;
     }
 
-    let letters: Vec<_> = batch
-        .dead_letters
-        .iter()
-        .filter(|d| fence.allows(d.shard, d.epoch))
+    let letters: Vec<_> = fence
+        .keep(&batch.dead_letters)
+        .into_iter()
         .map(|d| &d.letter)
         .collect();
     if !letters.is_empty() {
-        let kinds: Vec<&str> = letters.iter().map(|l| &*l.key.kind).collect();
-        let ids: Vec<&str> = letters.iter().map(|l| l.key.id.as_str()).collect();
+        let (kinds, ids) = key_columns(letters.iter().map(|l| &l.key));
         let messages: Vec<&str> = letters.iter().map(|l| l.message.as_str()).collect();
         let errors: Vec<&str> = letters.iter().map(|l| l.error.as_str()).collect();
         let attempts: Vec<i32> = letters
@@ -237,10 +246,9 @@ pub(crate) async fn commit(writer: &mut Writer, batch: &Batch) -> Result<CommitO
         .await
         .map_err(map_err)?;
     }
-    let done_letters: Vec<i64> = batch
-        .letters_done
-        .iter()
-        .filter(|d| fence.allows(d.shard, d.epoch))
+    let done_letters: Vec<i64> = fence
+        .keep(&batch.letters_done)
+        .into_iter()
         .map(|d| to_sql(d.seq))
         .collect();
     if !done_letters.is_empty() {
@@ -262,8 +270,7 @@ pub(crate) async fn commit(writer: &mut Writer, batch: &Batch) -> Result<CommitO
         if keys.is_empty() {
             continue;
         }
-        let kinds: Vec<&str> = keys.iter().map(|k| &*k.kind).collect();
-        let ids: Vec<&str> = keys.iter().map(|k| k.id.as_str()).collect();
+        let (kinds, ids) = key_columns(keys.iter().copied());
         if paused {
             tx.execute(&prepared(cache, &tx, PAUSE).await?, &[&kinds, &ids, &now])
                 .await
@@ -274,14 +281,9 @@ pub(crate) async fn commit(writer: &mut Writer, batch: &Batch) -> Result<CommitO
         .map_err(map_err)?;
     }
 
-    let journal: Vec<_> = batch
-        .journal
-        .iter()
-        .filter(|j| fence.allows(j.shard, j.epoch))
-        .collect();
+    let journal = fence.keep(&batch.journal);
     if !journal.is_empty() {
-        let kinds: Vec<&str> = journal.iter().map(|j| &*j.key.kind).collect();
-        let ids: Vec<&str> = journal.iter().map(|j| j.key.id.as_str()).collect();
+        let (kinds, ids) = key_columns(journal.iter().map(|j| &j.key));
         let steps: Vec<i64> = journal.iter().map(|j| to_sql(j.entry.step)).collect();
         let at: Vec<i64> = journal.iter().map(|j| j.entry.at_us).collect();
         let entries: Vec<&str> = journal.iter().map(|j| &*j.entry.entry).collect();
@@ -292,14 +294,9 @@ pub(crate) async fn commit(writer: &mut Writer, batch: &Batch) -> Result<CommitO
         .await
         .map_err(map_err)?;
     }
-    let trims: Vec<_> = batch
-        .trims
-        .iter()
-        .filter(|t| fence.allows(t.shard, t.epoch))
-        .collect();
+    let trims = fence.keep(&batch.trims);
     if !trims.is_empty() {
-        let kinds: Vec<&str> = trims.iter().map(|t| &*t.key.kind).collect();
-        let ids: Vec<&str> = trims.iter().map(|t| t.key.id.as_str()).collect();
+        let (kinds, ids) = key_columns(trims.iter().map(|t| &t.key));
         let through: Vec<i64> = trims.iter().map(|t| to_sql(t.through)).collect();
         tx.execute(
             &prepared(cache, &tx, TRIM_JOURNAL).await?,
@@ -309,15 +306,13 @@ pub(crate) async fn commit(writer: &mut Writer, batch: &Batch) -> Result<CommitO
         .map_err(map_err)?;
     }
 
-    let pending: Vec<_> = batch
-        .pending
-        .iter()
-        .filter(|w| fence.allows(w.shard, w.epoch))
+    let pending: Vec<_> = fence
+        .keep(&batch.pending)
+        .into_iter()
         .map(|w| &w.pending)
         .collect();
     if !pending.is_empty() {
-        let kinds: Vec<&str> = pending.iter().map(|p| &*p.owner.kind).collect();
-        let ids: Vec<&str> = pending.iter().map(|p| p.owner.id.as_str()).collect();
+        let (kinds, ids) = key_columns(pending.iter().map(|p| &p.owner));
         let seqs: Vec<i64> = pending.iter().map(|p| to_sql(p.seq)).collect();
         let due: Vec<i64> = pending.iter().map(|p| p.due_ms).collect();
         let classes: Vec<i16> = pending
@@ -343,14 +338,9 @@ pub(crate) async fn commit(writer: &mut Writer, batch: &Batch) -> Result<CommitO
         .await
         .map_err(map_err)?;
     }
-    let done: Vec<_> = batch
-        .done
-        .iter()
-        .filter(|d| fence.allows(d.shard, d.epoch))
-        .collect();
+    let done = fence.keep(&batch.done);
     if !done.is_empty() {
-        let kinds: Vec<&str> = done.iter().map(|d| &*d.owner.kind).collect();
-        let ids: Vec<&str> = done.iter().map(|d| d.owner.id.as_str()).collect();
+        let (kinds, ids) = key_columns(done.iter().map(|d| &d.owner));
         let seqs: Vec<i64> = done.iter().map(|d| to_sql(d.seq)).collect();
         tx.execute(
             &prepared(cache, &tx, DELETE_PENDING).await?,
@@ -360,18 +350,13 @@ pub(crate) async fn commit(writer: &mut Writer, batch: &Batch) -> Result<CommitO
         .map_err(map_err)?;
     }
 
-    let mut replies: Vec<_> = batch
-        .replies
-        .iter()
-        .filter(|r| fence.allows(r.shard, r.epoch))
-        .collect();
+    let mut replies = fence.keep(&batch.replies);
     // One row per key (a later write of the same key replaces an earlier one).
     replies.reverse();
     let mut seen = std::collections::HashSet::new();
     replies.retain(|r| seen.insert((&r.key, &r.idempotency_key)));
     if !replies.is_empty() {
-        let kinds: Vec<&str> = replies.iter().map(|r| &*r.key.kind).collect();
-        let ids: Vec<&str> = replies.iter().map(|r| r.key.id.as_str()).collect();
+        let (kinds, ids) = key_columns(replies.iter().map(|r| &r.key));
         let keys: Vec<&str> = replies.iter().map(|r| r.idempotency_key.as_str()).collect();
         let at: Vec<i64> = replies.iter().map(|r| r.reply.at_ms).collect();
         let texts: Vec<&str> = replies.iter().map(|r| r.reply.reply.as_str()).collect();
@@ -382,14 +367,9 @@ pub(crate) async fn commit(writer: &mut Writer, batch: &Batch) -> Result<CommitO
         .await
         .map_err(map_err)?;
     }
-    let forgotten: Vec<_> = batch
-        .replies_done
-        .iter()
-        .filter(|r| fence.allows(r.shard, r.epoch))
-        .collect();
+    let forgotten = fence.keep(&batch.replies_done);
     if !forgotten.is_empty() {
-        let kinds: Vec<&str> = forgotten.iter().map(|r| &*r.key.kind).collect();
-        let ids: Vec<&str> = forgotten.iter().map(|r| r.key.id.as_str()).collect();
+        let (kinds, ids) = key_columns(forgotten.iter().map(|r| &r.key));
         let keys: Vec<&str> = forgotten
             .iter()
             .map(|r| r.idempotency_key.as_str())
@@ -411,15 +391,13 @@ pub(crate) async fn commit(writer: &mut Writer, batch: &Batch) -> Result<CommitO
         .map_err(map_err)?;
     }
     // Deletes last: they take what the batch wrote for the same entities with them.
-    let deleted: Vec<_> = batch
-        .deletes
-        .iter()
-        .filter(|d| fence.allows(d.shard, d.epoch))
+    let deleted: Vec<_> = fence
+        .keep(&batch.deletes)
+        .into_iter()
         .map(|d| &d.key)
         .collect();
     if !deleted.is_empty() {
-        let kinds: Vec<&str> = deleted.iter().map(|k| &*k.kind).collect();
-        let ids: Vec<&str> = deleted.iter().map(|k| k.id.as_str()).collect();
+        let (kinds, ids) = key_columns(deleted.iter().copied());
         for sql in [DELETE_ENTITIES, DELETE_JOURNALS, DELETE_OWNED] {
             tx.execute(&prepared(cache, &tx, sql).await?, &[&kinds, &ids])
                 .await
@@ -444,11 +422,7 @@ async fn write_changes(
     batch: &Batch,
     fence: &mut Fence,
 ) -> Result<(), Error> {
-    let changes: Vec<_> = batch
-        .changes
-        .iter()
-        .filter(|c| fence.allows(c.shard, c.epoch))
-        .collect();
+    let changes = fence.keep(&batch.changes);
     if !changes.is_empty() {
         tx.execute(&prepared(cache, tx, LOCK_CHANGES).await?, &[])
             .await
@@ -460,8 +434,7 @@ async fn write_changes(
             .map_err(map_err)?
             .get(0);
         let seqs: Vec<i64> = (last - count + 1..=last).collect();
-        let kinds: Vec<&str> = changes.iter().map(|c| &*c.key.kind).collect();
-        let ids: Vec<&str> = changes.iter().map(|c| c.key.id.as_str()).collect();
+        let (kinds, ids) = key_columns(changes.iter().map(|c| &c.key));
         let versions: Vec<i64> = changes.iter().map(|c| to_sql(c.version)).collect();
         let at: Vec<i64> = changes.iter().map(|c| c.at_ms).collect();
         let states: Vec<Option<&str>> = changes.iter().map(|c| c.state.as_deref()).collect();

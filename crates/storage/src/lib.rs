@@ -41,7 +41,7 @@ pub use filter::{Filter, FilterError, Path};
 pub use memory::MemoryStore;
 pub use model::{
     Batch, ChangePage, ChangeWrite, CommitOutcome, DeadLetter, DeadLetterDone, DeadLetterWrite,
-    EntityDelete, EntityState, EntitySummary, ExpireChanges, ExpireReplies, JournalEntry,
+    EntityDelete, EntityState, EntitySummary, ExpireChanges, ExpireReplies, Fenced, JournalEntry,
     JournalTrim, JournalWrite, PauseWrite, Pending, PendingClass, PendingDone, PendingWrite,
     Record, ReplyDone, ReplyWrite, StateWrite, StoredChange, StoredDeadLetter, StoredReply,
 };

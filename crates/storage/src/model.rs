@@ -472,6 +472,38 @@ impl Batch {
     }
 }
 
+/// A write of a [`Batch`], fenced by its shard's epoch: it lands only if the writer's epoch
+/// is still the shard's current one.
+pub trait Fenced {
+    /// The shard the write is fenced by, and the epoch its writer holds for it.
+    fn fenced_by(&self) -> (ShardId, Epoch);
+}
+
+macro_rules! fenced {
+    ($($write:ty),* $(,)?) => {
+        $(impl Fenced for $write {
+            fn fenced_by(&self) -> (ShardId, Epoch) {
+                (self.shard, self.epoch)
+            }
+        })*
+    };
+}
+
+fenced!(
+    StateWrite,
+    DeadLetterWrite,
+    DeadLetterDone,
+    PauseWrite,
+    JournalWrite,
+    JournalTrim,
+    EntityDelete,
+    PendingWrite,
+    PendingDone,
+    ReplyWrite,
+    ReplyDone,
+    ChangeWrite,
+);
+
 /// What a successful commit did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CommitOutcome {
