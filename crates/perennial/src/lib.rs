@@ -74,6 +74,16 @@ pub mod storage {
     pub use perennial_storage_sqlite::Options as SqliteOptions;
 }
 
+/// A durable job queue per key: a [`Job`](queue::Job) type and its work, run by one
+/// [`JobQueue`](queue::JobQueue) entity per key, at most N jobs of a key at once. See
+/// [`perennial_queue`].
+pub mod queue {
+    pub use perennial_queue::{
+        FinishedJob, Job, JobQueue, JobResult, JobState, MAX_CONCURRENCY, MAX_QUEUED, Outcome,
+        QueueError, QueueMsg, QueueReply, QueueStatus, Work, each_job,
+    };
+}
+
 /// The Rust examples of `docs/async-work.md`, compiled and run with the doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../../../docs/async-work.md")]

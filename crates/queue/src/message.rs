@@ -1,0 +1,202 @@
+//! What a queue is sent and answers, and its refusals. Over HTTP these are the JSON bodies of
+//! `/v1/{kind}/{key}`: `{"submit": {"job": {…}, "priority": 1}}`, `"status"`,
+//! `{"job": {"number": 3}}`, `{"cancel": {"number": 3}}`, `{"configure": {"concurrency": 3}}`
+//! and `"history"`.
+
+use perennial_core::Rejection;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::Job;
+
+/// The most jobs one queue holds waiting; a submit beyond is refused (`queue_full`).
+pub const MAX_QUEUED: usize = 100_000;
+/// The most jobs of one key that may run at once.
+pub const MAX_CONCURRENCY: u32 = 10_000;
+
+/// A message to a [`JobQueue`](crate::JobQueue).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[serde(bound(serialize = "J: Serialize", deserialize = "J: DeserializeOwned"))]
+pub enum QueueMsg<J: Job> {
+    /// Adds a job. It starts at once if fewer than the concurrency run, else it waits: jobs
+    /// of a higher `priority` start first, and jobs of one priority in the order submitted.
+    /// Answered with [`QueueReply::Submitted`].
+    Submit {
+        /// The job.
+        job: J,
+        /// Higher first; 0 when left out.
+        #[serde(default)]
+        priority: i32,
+    },
+    /// Cancels a job: one waiting never starts; one running is stopped (within 50 ms) and its
+    /// result is never applied, though its work may have been done. Answered with the job's
+    /// [`JobState`] after the cancel (a job that finished already stays finished).
+    Cancel {
+        /// The job's number, from [`QueueReply::Submitted`].
+        number: u64,
+    },
+    /// Sets how many jobs of this key may run at once (1 to [`MAX_CONCURRENCY`]). Raising it
+    /// starts waiting jobs at once; lowering it stops none. Answered with the status.
+    Configure {
+        /// At most this many.
+        concurrency: u32,
+    },
+    /// Reads the queue's counts ([`QueueReply::Status`]).
+    Status,
+    /// Reads where one job is ([`QueueReply::Job`]).
+    Job {
+        /// The job's number.
+        number: u64,
+    },
+    /// Reads the last jobs finished, oldest first ([`QueueReply::History`]).
+    History,
+    /// A job's work is done, or failed for good: sent by the job's effect, not by users (one
+    /// for a job that is not running is ignored).
+    Finished(Outcome<J::Output>),
+}
+
+impl<J: Job> QueueMsg<J> {
+    /// Submits `job` at priority 0.
+    pub fn submit(job: J) -> Self {
+        Self::Submit { job, priority: 0 }
+    }
+}
+
+/// How one run of a job's work ended, as its effect reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outcome<O> {
+    /// The job's number.
+    pub number: u64,
+    /// When the work's last attempt started, in milliseconds since the Unix epoch.
+    pub started_ms: i64,
+    /// When it ended.
+    pub finished_ms: i64,
+    /// Which attempt succeeded (counted since the node started the work); `None` if none did.
+    pub attempt: Option<u32>,
+    /// The work's output, or the last attempt's error.
+    pub result: Result<O, String>,
+}
+
+/// A queue's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+#[serde(bound(serialize = "J: Serialize", deserialize = "J: DeserializeOwned"))]
+pub enum QueueReply<J: Job> {
+    /// To [`QueueMsg::Submit`]: the job's number and how many jobs wait now (0 if it started).
+    Submitted {
+        /// The job's number in this queue: name it to cancel the job or ask where it is.
+        number: u64,
+        /// Jobs waiting, this one included if it did not start.
+        queued: usize,
+    },
+    /// To [`QueueMsg::Status`], [`QueueMsg::Configure`] and a job's end.
+    Status(QueueStatus),
+    /// To [`QueueMsg::Job`] and [`QueueMsg::Cancel`].
+    Job(JobState<J>),
+    /// To [`QueueMsg::History`].
+    History(Vec<FinishedJob<J>>),
+}
+
+/// A queue's counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueStatus {
+    /// At most this many jobs run at once.
+    pub concurrency: u32,
+    /// Jobs running.
+    pub running: usize,
+    /// Jobs waiting.
+    pub queued: usize,
+    /// Jobs whose work succeeded, since the queue was created.
+    pub done: u64,
+    /// Jobs whose every attempt failed.
+    pub failed: u64,
+    /// Jobs cancelled.
+    pub cancelled: u64,
+}
+
+/// Where one job is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+#[serde(bound(serialize = "J: Serialize", deserialize = "J: DeserializeOwned"))]
+pub enum JobState<J: Job> {
+    /// Waiting; `ahead` jobs start before it (as things stand: a job of a higher priority
+    /// submitted later goes ahead of it).
+    Queued {
+        /// The job.
+        job: J,
+        /// Its priority.
+        priority: i32,
+        /// Jobs that start before it.
+        ahead: usize,
+    },
+    /// Its work is running (or waiting for its next attempt).
+    Running {
+        /// The job.
+        job: J,
+        /// When the queue started it, in milliseconds since the Unix epoch.
+        started_ms: i64,
+    },
+    /// It finished and is still in the history.
+    Finished(FinishedJob<J>),
+    /// No such job: never submitted, or finished and no longer in the history.
+    Unknown,
+}
+
+/// A job that finished: its work succeeded or failed for good, or it was cancelled.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(bound(serialize = "J: Serialize", deserialize = "J: DeserializeOwned"))]
+pub struct FinishedJob<J: Job> {
+    /// The job's number.
+    pub number: u64,
+    /// The job.
+    pub job: J,
+    /// When it was submitted, in milliseconds since the Unix epoch.
+    pub submitted_ms: i64,
+    /// When its work's last attempt started; when it was cancelled, for a job cancelled
+    /// before it started.
+    pub started_ms: i64,
+    /// When its work's last attempt ended, or when it was cancelled.
+    pub finished_ms: i64,
+    /// Which attempt succeeded, if one did (see [`Outcome::attempt`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// How it ended.
+    pub result: JobResult<J::Output>,
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobResult<O> {
+    /// Its work succeeded with this output.
+    Ok(O),
+    /// Every attempt failed (or one failed for good); the last error.
+    Failed(String),
+    /// It was cancelled.
+    Cancelled,
+}
+
+/// Why a queue refused a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueueError {
+    /// The concurrency is outside 1 to [`MAX_CONCURRENCY`].
+    #[error("the concurrency must be 1 to {MAX_CONCURRENCY}")]
+    BadConcurrency,
+    /// The job's [`check`](crate::Job::check) refused it.
+    #[error("the job is refused: {0}")]
+    BadJob(String),
+    /// [`MAX_QUEUED`] jobs wait already.
+    #[error("the queue holds {MAX_QUEUED} waiting jobs already; submit again later")]
+    QueueFull,
+}
+
+impl Rejection for QueueError {
+    fn code(&self) -> &str {
+        match self {
+            Self::BadConcurrency => "bad_concurrency",
+            Self::BadJob(_) => "bad_job",
+            Self::QueueFull => "queue_full",
+        }
+    }
+}

@@ -1,0 +1,361 @@
+//! The queue entity: [`JobQueue`], its state and its steps.
+
+use std::collections::VecDeque;
+use std::time::{Duration, UNIX_EPOCH};
+
+use perennial_core::{Builder, Ctx, EffectId, Migration, MigrationError, Process};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::Job;
+use crate::job::Work;
+use crate::message::{
+    FinishedJob, JobResult, JobState, MAX_CONCURRENCY, MAX_QUEUED, Outcome, QueueError, QueueMsg,
+    QueueReply, QueueStatus,
+};
+
+/// The queue of one key for jobs of type `J`: an entity of kind `J::KIND`, started by the
+/// first message to its key. It starts jobs as effects while fewer than its concurrency run,
+/// the next one each time a job ends, highest priority first; it keeps its waiting jobs,
+/// running jobs, counts and the last finished jobs as its state, so all of it survives
+/// restarts (a job whose work a crash interrupted runs again, with the same id).
+///
+/// Talk to it with [`QueueMsg`]s through the runtime, like any entity:
+/// `rt.get::<JobQueue<Mail>>("alice").call(QueueMsg::submit(mail))`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(bound(serialize = "J: Serialize", deserialize = "J: DeserializeOwned"))]
+pub struct JobQueue<J: Job> {
+    /// At most this many jobs run at once.
+    concurrency: u32,
+    /// The number the next job submitted gets.
+    next: u64,
+    /// Jobs waiting, in the order they start: by priority (highest first), then number.
+    queued: VecDeque<Waiting<J>>,
+    /// Jobs whose work runs.
+    running: Vec<Running<J>>,
+    done: u64,
+    failed: u64,
+    cancelled: u64,
+    /// The last `J::HISTORY` jobs finished, oldest first.
+    history: VecDeque<FinishedJob<J>>,
+}
+
+/// A job waiting to start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(bound(serialize = "J: Serialize", deserialize = "J: DeserializeOwned"))]
+struct Waiting<J> {
+    number: u64,
+    job: J,
+    priority: i32,
+    submitted_ms: i64,
+}
+
+/// A job whose work was started, as the effect `effect`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(bound(serialize = "J: Serialize", deserialize = "J: DeserializeOwned"))]
+struct Running<J> {
+    number: u64,
+    job: J,
+    submitted_ms: i64,
+    started_ms: i64,
+    effect: EffectId,
+}
+
+impl<J: Job> Default for JobQueue<J> {
+    fn default() -> Self {
+        Self {
+            concurrency: J::CONCURRENCY.clamp(1, MAX_CONCURRENCY),
+            next: 1,
+            queued: VecDeque::new(),
+            running: Vec::new(),
+            done: 0,
+            failed: 0,
+            cancelled: 0,
+            history: VecDeque::new(),
+        }
+    }
+}
+
+impl<J: Job> JobQueue<J> {
+    /// Registers the queue kind of `J` and the effect that runs its work with `builder`.
+    ///
+    /// ```no_run
+    /// # use perennial_core::{EffectCtx, EffectError, Runtime};
+    /// # use perennial_queue::{Job, JobQueue};
+    /// # #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+    /// # struct Mail;
+    /// # impl Job for Mail {
+    /// #     const KIND: &'static str = "mail";
+    /// #     type Output = ();
+    /// #     async fn run(self, _: EffectCtx) -> Result<(), EffectError> { Ok(()) }
+    /// # }
+    /// # async fn start(store: perennial_storage::MemoryStore) -> Result<(), perennial_core::StartError> {
+    /// let rt = JobQueue::<Mail>::register(Runtime::builder().store(store))
+    ///     .start()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn register(builder: Builder) -> Builder {
+        builder
+            .register_snapshot::<Self>()
+            .register_effect::<Work<J>>()
+    }
+
+    /// The queue's counts.
+    pub fn status(&self) -> QueueStatus {
+        QueueStatus {
+            concurrency: self.concurrency,
+            running: self.running.len(),
+            queued: self.queued.len(),
+            done: self.done,
+            failed: self.failed,
+            cancelled: self.cancelled,
+        }
+    }
+
+    /// Where job `number` is.
+    pub fn job(&self, number: u64) -> JobState<J> {
+        if let Some(ahead) = self.queued.iter().position(|w| w.number == number) {
+            let w = &self.queued[ahead];
+            return JobState::Queued {
+                job: w.job.clone(),
+                priority: w.priority,
+                ahead,
+            };
+        }
+        if let Some(r) = self.running.iter().find(|r| r.number == number) {
+            return JobState::Running {
+                job: r.job.clone(),
+                started_ms: r.started_ms,
+            };
+        }
+        match self.history.iter().rev().find(|f| f.number == number) {
+            Some(finished) => JobState::Finished(finished.clone()),
+            None => JobState::Unknown,
+        }
+    }
+
+    /// Whether nothing waits and nothing runs.
+    pub fn is_drained(&self) -> bool {
+        self.queued.is_empty() && self.running.is_empty()
+    }
+
+    fn submit(&mut self, job: J, priority: i32, now_ms: i64) -> Result<u64, QueueError> {
+        job.check().map_err(QueueError::BadJob)?;
+        if self.queued.len() >= MAX_QUEUED {
+            return Err(QueueError::QueueFull);
+        }
+        let number = self.next;
+        self.next += 1;
+        // After every job of the same or a higher priority: first in, first out within one.
+        let at = self.queued.partition_point(|w| w.priority >= priority);
+        let waiting = Waiting {
+            number,
+            job,
+            priority,
+            submitted_ms: now_ms,
+        };
+        self.queued.insert(at, waiting);
+        Ok(number)
+    }
+
+    /// Starts waiting jobs while fewer than the concurrency run.
+    fn start_jobs(&mut self, ctx: &mut Ctx<'_, Self>) {
+        while self.running.len() < self.concurrency as usize {
+            let Some(w) = self.queued.pop_front() else {
+                break;
+            };
+            let effect = ctx.effect(Work {
+                number: w.number,
+                job: w.job.clone(),
+            });
+            self.running.push(Running {
+                number: w.number,
+                job: w.job,
+                submitted_ms: w.submitted_ms,
+                started_ms: unix_ms(ctx),
+                effect,
+            });
+        }
+    }
+
+    fn cancel(&mut self, number: u64, ctx: &mut Ctx<'_, Self>) {
+        let now = unix_ms(ctx);
+        let (job, submitted_ms, started_ms) =
+            if let Some(i) = self.queued.iter().position(|w| w.number == number) {
+                let Some(w) = self.queued.remove(i) else {
+                    return;
+                };
+                (w.job, w.submitted_ms, now)
+            } else if let Some(i) = self.running.iter().position(|r| r.number == number) {
+                let r = self.running.swap_remove(i);
+                ctx.cancel_effect(&r.effect);
+                (r.job, r.submitted_ms, r.started_ms)
+            } else {
+                return;
+            };
+        self.cancelled += 1;
+        self.keep(FinishedJob {
+            number,
+            job,
+            submitted_ms,
+            started_ms,
+            finished_ms: now,
+            attempt: None,
+            result: JobResult::Cancelled,
+        });
+    }
+
+    fn finish(&mut self, outcome: Outcome<J::Output>) {
+        // Ignored for a job that is not running: cancelled meanwhile, or not a real outcome.
+        let Some(i) = self.running.iter().position(|r| r.number == outcome.number) else {
+            return;
+        };
+        let r = self.running.swap_remove(i);
+        let result = match outcome.result {
+            Ok(output) => {
+                self.done += 1;
+                JobResult::Ok(output)
+            }
+            Err(error) => {
+                self.failed += 1;
+                JobResult::Failed(error)
+            }
+        };
+        self.keep(FinishedJob {
+            number: r.number,
+            job: r.job,
+            submitted_ms: r.submitted_ms,
+            started_ms: outcome.started_ms,
+            finished_ms: outcome.finished_ms,
+            attempt: outcome.attempt,
+            result,
+        });
+    }
+
+    /// Adds a finished job to the history, dropping the oldest beyond `J::HISTORY`.
+    fn keep(&mut self, finished: FinishedJob<J>) {
+        if J::HISTORY == 0 {
+            return;
+        }
+        while self.history.len() >= J::HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(finished);
+    }
+}
+
+/// The step's time, in milliseconds since the Unix epoch.
+fn unix_ms<J: Job>(ctx: &Ctx<'_, JobQueue<J>>) -> i64 {
+    ctx.now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl<J: Job> Process for JobQueue<J> {
+    const KIND: &'static str = J::KIND;
+    const MIGRATIONS: &'static [Migration] = J::MIGRATIONS;
+    type Msg = QueueMsg<J>;
+    type Reply = QueueReply<J>;
+    type Error = QueueError;
+
+    fn handle(
+        &mut self,
+        msg: QueueMsg<J>,
+        ctx: &mut Ctx<'_, Self>,
+    ) -> Result<QueueReply<J>, QueueError> {
+        let reply = match msg {
+            QueueMsg::Submit { job, priority } => {
+                let number = self.submit(job, priority, unix_ms(ctx))?;
+                self.start_jobs(ctx);
+                QueueReply::Submitted {
+                    number,
+                    queued: self.queued.len(),
+                }
+            }
+            QueueMsg::Cancel { number } => {
+                self.cancel(number, ctx);
+                self.start_jobs(ctx);
+                QueueReply::Job(self.job(number))
+            }
+            QueueMsg::Configure { concurrency } => {
+                if !(1..=MAX_CONCURRENCY).contains(&concurrency) {
+                    return Err(QueueError::BadConcurrency);
+                }
+                self.concurrency = concurrency;
+                self.start_jobs(ctx);
+                QueueReply::Status(self.status())
+            }
+            QueueMsg::Status => return Ok(QueueReply::Status(self.status())),
+            QueueMsg::Job { number } => return Ok(QueueReply::Job(self.job(number))),
+            QueueMsg::History => return Ok(QueueReply::History(self.history.clone().into())),
+            QueueMsg::Finished(outcome) => {
+                self.finish(outcome);
+                self.start_jobs(ctx);
+                QueueReply::Status(self.status())
+            }
+        };
+        if J::DELETE_WHEN_DRAINED && self.is_drained() {
+            ctx.delete();
+        }
+        Ok(reply)
+    }
+
+    fn is_read_only(msg: &QueueMsg<J>) -> bool {
+        matches!(
+            msg,
+            QueueMsg::Status | QueueMsg::Job { .. } | QueueMsg::History
+        )
+    }
+
+    fn idle_timeout(&self) -> Duration {
+        if self.is_drained() {
+            // Drained: leave memory soon (the state stays stored).
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(300)
+        }
+    }
+}
+
+/// Applies `change` to the JSON of every job in a stored queue's state (waiting, running and
+/// in the history): the body of a [`Job::MIGRATIONS`] entry when the job type changed.
+///
+/// ```
+/// use perennial_core::MigrationError;
+/// use perennial_queue::each_job;
+/// use serde_json::{Value, json};
+///
+/// /// Version 2 of the job renamed `url` to `source`.
+/// fn url_to_source(queue: Value) -> Result<Value, MigrationError> {
+///     each_job(queue, |job| {
+///         let url = job["url"].take();
+///         job["source"] = url;
+///         Ok(())
+///     })
+/// }
+///
+/// let v1 = json!({"queued": [{"number": 1, "job": {"url": "a"}}], "running": [], "history": []});
+/// let v2 = url_to_source(v1).unwrap();
+/// assert_eq!(v2["queued"][0]["job"], json!({"url": null, "source": "a"}));
+/// ```
+pub fn each_job(
+    mut queue: Value,
+    mut change: impl FnMut(&mut Value) -> Result<(), MigrationError>,
+) -> Result<Value, MigrationError> {
+    for list in ["queued", "running", "history"] {
+        let Some(entries) = queue.get_mut(list).and_then(Value::as_array_mut) else {
+            return Err(MigrationError::new(format!(
+                "the stored queue has no list {list:?}"
+            )));
+        };
+        for entry in entries {
+            let job = entry
+                .get_mut("job")
+                .ok_or_else(|| MigrationError::new(format!("an entry of {list:?} has no job")))?;
+            change(job)?;
+        }
+    }
+    Ok(queue)
+}
