@@ -11,7 +11,7 @@
 //! - [`cache`]: kind `cache`, a hot cache of megabytes updated by tiny messages (`Journal`:
 //!   a step costs the same however big it is).
 //! - [`queue`]: kind `queue`, a per-key job queue that runs at most N jobs at once, each as
-//!   an effect (`Snapshot`).
+//!   an effect: a [`perennial_queue::JobQueue`] of jobs that sleep.
 //! - [`house`]: kind `house`, a betting house whose payout rule is a closure (`Journal`,
 //!   no serde in its state).
 //! - [`probe`]: kinds `probe` (`Snapshot`) and `jprobe` (`Journal`, with snapshots), append-only
@@ -51,10 +51,11 @@ pub const FEED_KEEPS: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 /// `probe` as `Snapshot` and `jprobe` as `Journal` with a snapshot every
 /// [`probe::JOURNAL_SNAPSHOT_EVERY`] steps (each with its effect [`probe::Echo`]), `house` as
 /// `Journal` without snapshots, `cache` as `Journal` with a snapshot every
-/// [`cache::SNAPSHOT_EVERY`] steps, `queue` as `Snapshot` with its effect [`queue::Work`].
+/// [`cache::SNAPSHOT_EVERY`] steps, `queue` as a [`perennial_queue::JobQueue`] (with the effect
+/// of release 1's queue, [`queue::RetiredWork`]).
 /// `cart` and `inventory` keep a change feed for [`FEED_KEEPS`].
 pub fn register(builder: Builder) -> Builder {
-    builder
+    Queue::register(builder)
         .register_snapshot::<Counter>()
         .register_snapshot::<Cart>()
         .change_feed::<Cart>(FEED_KEEPS)
@@ -66,8 +67,7 @@ pub fn register(builder: Builder) -> Builder {
             probe::JOURNAL_SNAPSHOT_EVERY,
         ))
         .register_effect::<probe::Echo<JournalProbe>>()
-        .register_snapshot::<Queue>()
-        .register_effect::<queue::Work>()
+        .register_effect::<queue::RetiredWork>()
         .register_journal_with_snapshots::<PokerTable>(
             Snapshots::every(table::SNAPSHOT_EVERY).keep_history(table::HISTORY_STEPS),
         )

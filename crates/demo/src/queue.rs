@@ -1,71 +1,53 @@
-//! Kind `queue`: a per-key job queue that runs at most N jobs of its key at once.
+//! Kind `queue`: the demo's per-key job queue, a [`JobQueue`] of [`Sleep`] jobs.
 //!
-//! One entity per key (per user, say): it is started on demand by the first `submit`, starts
-//! jobs as [effects](perennial_core::Effect) up to its concurrency, starts the next one each
-//! time a job's result comes back, and is passivated soon after it is drained. Jobs survive
-//! restarts: a queued job is part of the state, a running job is a pending effect that runs
-//! again after a crash (at least once, with the same job id).
+//! One queue per key (per user, say), started on demand by the first `submit`: it runs at most
+//! N of its jobs at once (1 until configured), highest priority first, each as an effect,
+//! and keeps them across restarts (see [`perennial_queue`]). A job's work only sleeps: a
+//! stand-in for real work, such as an HTTP call that takes the job's id as its idempotency
+//! key.
 //!
 //! Messages, as JSON:
-//! - `{"configure": {"concurrency": 3}}` → the status (1 to 1,000; default 1).
-//! - `{"submit": {"job": "resize-42", "work_ms": 200}}` → `{"queued": Q}`, the jobs waiting.
-//!   With `"fails": N`, the job's first N attempts fail (a flaky service, for trying the
-//!   retry policy: backoff from 100 ms, 10 attempts, then the job finishes with its error).
-//! - `"status"` → `{"running": R, "queued": Q, "done": D}`.
-//! - `"history"` → the last jobs finished: `[{"job", "started_ms", "finished_ms"}, …]`.
+//! - `{"configure": {"concurrency": 3}}` → the status (1 to 10,000).
+//! - `{"submit": {"job": {"name": "resize-42", "work_ms": 200}, "priority": 1}}` →
+//!   `{"number": 1, "queued": 0}`: the job's number, and the jobs waiting. The priority is
+//!   optional (0; higher first). With `"fails": N` in the job, its first N attempts fail (a
+//!   flaky service, for trying the retry policy: backoff from 100 ms, 10 attempts, then the
+//!   job fails with its error).
+//! - `"status"` → `{"concurrency", "running", "queued", "done", "failed", "cancelled"}`.
+//! - `{"job": {"number": 1}}` → where it is: `{"state": "queued", "ahead": 0, …}`,
+//!   `"running"`, `"finished"` (with its result) or `"unknown"`.
+//! - `{"cancel": {"number": 1}}` → the job's state after the cancel.
+//! - `"history"` → the last 1,000 jobs finished: `[{"number", "job", "started_ms",
+//!   "finished_ms", "attempt", "result"}, …]`, `result` being `{"ok": null}`,
+//!   `{"failed": "…"}` or `"cancelled"`.
 //!
-//! A job's work is the effect [`Work`]: it sleeps `work_ms` (a stand-in for real work, such
-//! as an HTTP call that takes the effect id as its idempotency key).
+//! Queues stored by release 1 (schema version 1, before [`perennial_queue`]) are migrated
+//! when read (see [`from_release_1`]); the effect release 1 started for a running job,
+//! [`RetiredWork`], is retired: it only wakes the queue, which runs that job again.
 
-use std::collections::VecDeque;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use perennial_core::{Ctx, Effect, EffectCtx, EffectError, EffectFailure, Process, Rejection};
+use perennial_core::{Effect, EffectCtx, EffectError, EffectFailure, MigrationError};
+use perennial_queue::{Job, JobQueue, QueueMsg};
 use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 
-/// The most jobs one queue may run at once.
-pub const MAX_CONCURRENCY: u32 = 1000;
 /// The longest work a job may ask for.
 pub const MAX_WORK_MS: u64 = 3_600_000;
-/// How many finished jobs the history keeps.
+/// How many finished jobs a queue's history keeps.
 pub const HISTORY_JOBS: usize = 1000;
 
-/// The state of a `queue` entity.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Queue {
-    /// At most this many jobs run at once.
-    pub concurrency: u32,
-    /// Jobs waiting to start, oldest first.
-    pub queued: VecDeque<Job>,
-    /// Jobs started and not finished.
-    pub running: Vec<Job>,
-    /// Jobs finished since the queue was created.
-    pub done: u64,
-    /// The last [`HISTORY_JOBS`] jobs finished.
-    pub history: VecDeque<Finished>,
-}
+/// The demo's queue kind.
+pub type Queue = JobQueue<Sleep>;
 
-impl Default for Queue {
-    fn default() -> Self {
-        Self {
-            concurrency: 1,
-            queued: VecDeque::new(),
-            running: Vec::new(),
-            done: 0,
-            history: VecDeque::new(),
-        }
-    }
-}
-
-/// A job, as submitted.
+/// A demo job: sleeps `work_ms`; its first `fails` attempts fail after the sleep.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Job {
-    /// The job's name.
-    pub job: String,
-    /// How long its work takes.
+pub struct Sleep {
+    /// The job's name (1 to 256 bytes).
+    pub name: String,
+    /// How long its work takes, at most [`MAX_WORK_MS`].
     pub work_ms: u64,
-    /// How many attempts of its work fail before one succeeds (a stand-in for a flaky
-    /// service; the effect's retry policy tries again with backoff).
+    /// How many attempts of its work fail before one succeeds.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub fails: u32,
 }
@@ -74,252 +56,137 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
-/// A job that ran: when its work started and finished (its last run, if it ran again after a
-/// crash).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Finished {
-    /// The job's name.
-    pub job: String,
-    /// When its work started, in milliseconds since the Unix epoch.
-    pub started_ms: i64,
-    /// When its work finished.
-    pub finished_ms: i64,
-    /// Why it failed, if it did (every attempt of its work failed).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// Which attempt of its work succeeded (counted since the node started), if one did.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub attempt: Option<u32>,
-}
+impl Job for Sleep {
+    const KIND: &'static str = "queue";
+    const HISTORY: usize = HISTORY_JOBS;
+    const MIGRATIONS: &'static [perennial_core::Migration] = &[from_release_1];
+    type Output = ();
 
-/// A message to a queue.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum QueueMsg {
-    /// Sets how many jobs may run at once.
-    Configure {
-        /// At most this many.
-        concurrency: u32,
-    },
-    /// Adds a job.
-    Submit(Job),
-    /// Reads the counts.
-    Status,
-    /// Reads the last jobs finished.
-    History,
-    /// A job's work is done (sent by its effect).
-    Finished(Finished),
-}
-
-/// A queue's answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum QueueReply {
-    /// To `submit`: the jobs waiting, this one included if it did not start at once.
-    Queued {
-        /// The jobs waiting.
-        queued: usize,
-    },
-    /// To `status`, `configure` and a job's result.
-    Status {
-        /// Jobs running.
-        running: usize,
-        /// Jobs waiting.
-        queued: usize,
-        /// Jobs finished.
-        done: u64,
-    },
-    /// To `history`.
-    History(Vec<Finished>),
-}
-
-/// Why a queue refused a message.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum QueueError {
-    /// The concurrency is outside 1 to [`MAX_CONCURRENCY`].
-    #[error("the concurrency must be 1 to {MAX_CONCURRENCY}")]
-    BadConcurrency,
-    /// The job's name is empty or longer than 256 bytes, or its work is over [`MAX_WORK_MS`].
-    #[error("a job needs a name of 1 to 256 bytes and at most {MAX_WORK_MS} ms of work")]
-    BadJob,
-}
-
-impl Rejection for QueueError {
-    fn code(&self) -> &str {
-        match self {
-            Self::BadConcurrency => "bad_concurrency",
-            Self::BadJob => "bad_job",
+    fn check(&self) -> Result<(), String> {
+        if self.name.is_empty() || self.name.len() > 256 {
+            return Err("a job needs a name of 1 to 256 bytes".into());
         }
+        if self.work_ms > MAX_WORK_MS {
+            return Err(format!("a job may work {MAX_WORK_MS} ms at most"));
+        }
+        Ok(())
     }
-}
 
-/// A job's work: sleeps `work_ms`, then reports to its queue; its first `fails` attempts
-/// fail after the sleep.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Work {
-    /// The job.
-    pub job: String,
-    /// How long it sleeps.
-    pub work_ms: u64,
-    /// How many attempts fail before one succeeds.
-    #[serde(default)]
-    pub fails: u32,
-}
-
-impl Effect for Work {
-    type Kind = Queue;
-    const NAME: &'static str = "work";
-
-    async fn run(self, cx: EffectCtx) -> Result<QueueMsg, EffectError> {
-        let started_ms = unix_ms();
+    async fn run(self, cx: EffectCtx) -> Result<(), EffectError> {
         tokio::time::sleep(Duration::from_millis(self.work_ms)).await;
         if cx.attempt() <= self.fails {
             return Err(EffectError::new(format!(
                 "attempt {} of {} fails, as the job asked",
                 cx.attempt(),
-                self.job
+                self.name
             )));
         }
-        Ok(QueueMsg::Finished(Finished {
-            job: self.job,
-            started_ms,
-            finished_ms: unix_ms(),
-            error: None,
-            attempt: Some(cx.attempt()),
-        }))
-    }
-
-    fn failed(self, failure: EffectFailure) -> QueueMsg {
-        let now = unix_ms();
-        QueueMsg::Finished(Finished {
-            job: self.job,
-            started_ms: now,
-            finished_ms: now,
-            error: Some(failure.error),
-            attempt: None,
-        })
+        Ok(())
     }
 }
 
-fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+/// The effect release 1 started for each running job (`"work"`), retired. A row of it stored
+/// before the upgrade still runs once: it does no work and asks the queue to cancel job 0,
+/// which no job is, so the queue takes a step, deletes the row, and starts its waiting jobs.
+/// Among them is the job this effect ran: [`from_release_1`] put it back at the front.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RetiredWork {
+    /// The job's name.
+    pub job: String,
 }
 
-impl Process for Queue {
-    const KIND: &'static str = "queue";
-    type Msg = QueueMsg;
-    type Reply = QueueReply;
-    type Error = QueueError;
+impl Effect for RetiredWork {
+    type Kind = Queue;
+    const NAME: &'static str = "work";
 
-    fn handle(&mut self, msg: QueueMsg, ctx: &mut Ctx<'_, Self>) -> Result<QueueReply, QueueError> {
-        match msg {
-            QueueMsg::Configure { concurrency } => {
-                if !(1..=MAX_CONCURRENCY).contains(&concurrency) {
-                    return Err(QueueError::BadConcurrency);
-                }
-                self.concurrency = concurrency;
-            }
-            QueueMsg::Submit(job) => {
-                if job.job.is_empty() || job.job.len() > 256 || job.work_ms > MAX_WORK_MS {
-                    return Err(QueueError::BadJob);
-                }
-                self.queued.push_back(job);
-                self.start_jobs(ctx);
-                return Ok(QueueReply::Queued {
-                    queued: self.queued.len(),
-                });
-            }
-            QueueMsg::Status => {}
-            QueueMsg::History => return Ok(QueueReply::History(self.history.clone().into())),
-            QueueMsg::Finished(finished) => {
-                if let Some(i) = self.running.iter().position(|j| j.job == finished.job) {
-                    self.running.swap_remove(i);
-                    self.done += 1;
-                    if self.history.len() >= HISTORY_JOBS {
-                        self.history.pop_front();
-                    }
-                    self.history.push_back(finished);
-                }
-            }
-        }
-        self.start_jobs(ctx);
-        Ok(self.status())
+    async fn run(self, _cx: EffectCtx) -> Result<QueueMsg<Sleep>, EffectError> {
+        Ok(QueueMsg::Cancel { number: 0 })
     }
 
-    fn idle_timeout(&self) -> Duration {
-        if self.running.is_empty() && self.queued.is_empty() {
-            // Drained: leave memory soon (the state stays stored).
-            Duration::from_secs(1)
-        } else {
-            Duration::from_secs(300)
-        }
+    fn failed(self, _failure: EffectFailure) -> QueueMsg<Sleep> {
+        QueueMsg::Cancel { number: 0 }
     }
 }
 
-impl Queue {
-    /// Starts waiting jobs while fewer than `concurrency` run.
-    fn start_jobs(&mut self, ctx: &mut Ctx<'_, Self>) {
-        while self.running.len() < self.concurrency as usize {
-            let Some(job) = self.queued.pop_front() else {
-                break;
-            };
-            ctx.effect(Work {
-                job: job.job.clone(),
-                work_ms: job.work_ms,
-                fails: job.fails,
-            });
-            self.running.push(job);
+/// Schema version 1 (the demo's own queue of release 1) to 2 (a [`JobQueue`]): jobs get
+/// numbers (the history's first, then the running, then the waiting ones); running jobs wait
+/// again, at the front, so each runs again (work runs at least once); finished jobs with an
+/// error count as failed.
+///
+/// Version 1 was `{"concurrency", "queued": [job], "running": [job], "done", "history":
+/// [{"job", "started_ms", "finished_ms", "error"?, "attempt"?}]}`, a job being `{"job":
+/// name, "work_ms", "fails"?}`.
+pub fn from_release_1(v1: Value) -> Result<Value, MigrationError> {
+    let list = |name: &str| {
+        v1.get(name)
+            .and_then(Value::as_array)
+            .ok_or_else(|| MigrationError::new(format!("a release-1 queue has a list {name:?}")))
+    };
+    let (history, running, queued) = (list("history")?, list("running")?, list("queued")?);
+    let mut number = 0u64;
+    let mut next = || {
+        number += 1;
+        number
+    };
+    let mut failed = 0u64;
+    let mut finished = Vec::with_capacity(history.len());
+    for f in history {
+        let result = match f.get("error") {
+            Some(error) if !error.is_null() => {
+                failed += 1;
+                json!({ "failed": error })
+            }
+            _ => json!({ "ok": null }),
+        };
+        let mut job = json!({
+            "number": next(),
+            "job": { "name": f["job"], "work_ms": 0 },
+            "submitted_ms": f["started_ms"],
+            "started_ms": f["started_ms"],
+            "finished_ms": f["finished_ms"],
+            "result": result,
+        });
+        if let Some(attempt) = f.get("attempt").filter(|a| !a.is_null()) {
+            job["attempt"] = attempt.clone();
         }
+        finished.push(job);
     }
-
-    fn status(&self) -> QueueReply {
-        QueueReply::Status {
-            running: self.running.len(),
-            queued: self.queued.len(),
-            done: self.done,
+    let mut waiting = Vec::with_capacity(running.len() + queued.len());
+    for j in running.iter().chain(queued) {
+        let mut job = json!({ "name": j["job"], "work_ms": j["work_ms"] });
+        if let Some(fails) = j.get("fails").filter(|f| f.as_u64().is_some_and(|f| f > 0)) {
+            job["fails"] = fails.clone();
         }
+        waiting.push(json!({ "number": next(), "job": job, "priority": 0, "submitted_ms": 0 }));
     }
+    let done = v1["done"].as_u64().unwrap_or(0);
+    Ok(json!({
+        "concurrency": v1["concurrency"],
+        "next": number + 1,
+        "queued": waiting,
+        "running": [],
+        "done": done.saturating_sub(failed),
+        "failed": failed,
+        "cancelled": 0,
+        "history": finished,
+    }))
 }
 
 #[cfg(test)]
 mod tests {
-    use perennial_core::Runtime;
-    use perennial_storage::MemoryStore;
+    use std::sync::Arc;
+
+    use perennial_core::{EntityId, EntityKey, Runtime};
+    use perennial_queue::{FinishedJob, JobResult, QueueReply, QueueStatus};
+    use perennial_storage::{
+        Batch, MemoryStore, Pending, PendingClass, PendingWrite, Record, Store,
+    };
+    use perennial_types::shard_of;
 
     use super::*;
 
-    #[test]
-    fn messages_have_the_documented_json_shapes() {
-        let submit: QueueMsg =
-            serde_json::from_str(r#"{"submit": {"job": "a", "work_ms": 5}}"#).unwrap();
-        assert_eq!(
-            submit,
-            QueueMsg::Submit(Job {
-                job: "a".into(),
-                work_ms: 5,
-                fails: 0,
-            })
-        );
-        let configure: QueueMsg =
-            serde_json::from_str(r#"{"configure": {"concurrency": 3}}"#).unwrap();
-        assert_eq!(configure, QueueMsg::Configure { concurrency: 3 });
-        let status = serde_json::to_string(&QueueReply::Status {
-            running: 1,
-            queued: 2,
-            done: 3,
-        })
-        .unwrap();
-        assert_eq!(status, r#"{"running":1,"queued":2,"done":3}"#);
-        assert_eq!(
-            serde_json::to_string(&QueueReply::Queued { queued: 4 }).unwrap(),
-            r#"{"queued":4}"#
-        );
-    }
-
     /// The most jobs whose work overlapped in time.
-    fn peak(history: &[Finished]) -> usize {
+    fn peak(history: &[FinishedJob<Sleep>]) -> usize {
         let mut edges: Vec<(i64, i32)> = history
             .iter()
             .flat_map(|f| [(f.started_ms, 1), (f.finished_ms, -1)])
@@ -334,6 +201,25 @@ mod tests {
         usize::try_from(most).unwrap_or(0)
     }
 
+    async fn wait_for(q: &perennial_core::EntityRef<Queue>, done: u64) -> QueueStatus {
+        for _ in 0..1000 {
+            if let Ok(QueueReply::Status(status)) = q.call(QueueMsg::Status).await
+                && status.done + status.failed >= done
+            {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the queue never finished {done} jobs");
+    }
+
+    async fn history(q: &perennial_core::EntityRef<Queue>) -> Vec<FinishedJob<Sleep>> {
+        match q.call(QueueMsg::History).await.unwrap() {
+            QueueReply::History(history) => history,
+            other => panic!("not a history: {other:?}"),
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_queue_never_runs_more_than_its_concurrency() {
         let rt = crate::register(Runtime::builder().store(MemoryStore::new()))
@@ -345,49 +231,129 @@ mod tests {
             .await
             .unwrap();
         for i in 0..12 {
-            let job = Job {
-                job: format!("j{i}"),
+            let job = Sleep {
+                name: format!("j{i}"),
                 work_ms: 40,
                 fails: 0,
             };
-            q.call(QueueMsg::Submit(job)).await.unwrap();
+            q.call(QueueMsg::submit(job)).await.unwrap();
         }
-        let mut status = q.call(QueueMsg::Status).await.unwrap();
-        for _ in 0..500 {
-            if status
-                == (QueueReply::Status {
-                    running: 0,
-                    queued: 0,
-                    done: 12,
-                })
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            status = q.call(QueueMsg::Status).await.unwrap();
-        }
-        let QueueReply::History(history) = q.call(QueueMsg::History).await.unwrap() else {
-            panic!("not a history");
-        };
+        let status = wait_for(&q, 12).await;
+        assert_eq!((status.done, status.running, status.queued), (12, 0, 0));
+        let history = history(&q).await;
         assert_eq!(history.len(), 12, "{status:?}");
-        assert_eq!(peak(&history), 3, "{history:?}");
-        assert_eq!(
-            q.call(QueueMsg::Configure { concurrency: 0 }).await.ok(),
-            None
-        );
+        assert!(peak(&history) <= 3, "{history:?}");
+        let bad = Sleep {
+            name: String::new(),
+            work_ms: 1,
+            fails: 0,
+        };
+        assert!(q.call(QueueMsg::submit(bad)).await.is_err());
         rt.shutdown().await;
     }
 
     #[test]
-    fn peak_counts_overlaps() {
-        let f = |s, e| Finished {
-            error: None,
-            attempt: None,
-            job: String::new(),
-            started_ms: s,
-            finished_ms: e,
+    fn messages_have_the_documented_json_shapes() {
+        let submit: QueueMsg<Sleep> = serde_json::from_str(
+            r#"{"submit": {"job": {"name": "a", "work_ms": 5, "fails": 2}, "priority": 1}}"#,
+        )
+        .unwrap();
+        let QueueMsg::Submit { job, priority: 1 } = submit else {
+            panic!("not a submit");
         };
-        assert_eq!(peak(&[f(0, 10), f(5, 15), f(10, 20)]), 2);
-        assert_eq!(peak(&[f(0, 10), f(10, 20)]), 1);
+        assert_eq!((job.name.as_str(), job.work_ms, job.fails), ("a", 5, 2));
+        assert_eq!(
+            serde_json::to_string(&job).unwrap(),
+            r#"{"name":"a","work_ms":5,"fails":2}"#
+        );
+    }
+
+    /// A queue as release 1 stored it: one job finished, one failed, one running (its effect
+    /// row pending, as release 1 wrote it), one waiting.
+    fn release_1() -> Value {
+        json!({
+            "concurrency": 1,
+            "queued": [{"job": "c", "work_ms": 5}],
+            "running": [{"job": "b", "work_ms": 5, "fails": 1}],
+            "done": 2,
+            "history": [
+                {"job": "a", "started_ms": 10, "finished_ms": 20, "attempt": 1},
+                {"job": "x", "started_ms": 30, "finished_ms": 40, "error": "broken"}
+            ]
+        })
+    }
+
+    #[test]
+    fn a_release_1_queue_migrates_to_a_job_queue() {
+        let v2 = from_release_1(release_1()).unwrap();
+        let queue: Queue = serde_json::from_value(v2).unwrap();
+        let status = queue.status();
+        assert_eq!(
+            (status.done, status.failed, status.running, status.queued),
+            (1, 1, 0, 2)
+        );
+        assert!(matches!(
+            queue.job(2),
+            perennial_queue::JobState::Finished(f) if f.result == JobResult::Failed("broken".into())
+        ));
+        assert!(
+            matches!(queue.job(3), perennial_queue::JobState::Queued { job, ahead: 0, .. } if job.name == "b" && job.fails == 1),
+            "the running job waits again, first"
+        );
+        assert!(from_release_1(json!({"concurrency": 1})).is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_release_1_queue_with_a_running_job_finishes_every_job_after_the_upgrade() {
+        let store = MemoryStore::new();
+        let key = EntityKey::new("queue", EntityId::new("u1").unwrap());
+        store.put_record(
+            key.clone(),
+            Record {
+                state: release_1().to_string(),
+                version: 7,
+                schema: 1,
+            },
+        );
+        // The running job's effect row, as release 1 stored it.
+        let epoch = store
+            .claim("test", &[shard_of("queue", "u1")])
+            .await
+            .unwrap();
+        let row = Pending {
+            owner: key.clone(),
+            seq: 7,
+            due_ms: 0,
+            class: PendingClass::Effect,
+            target: key.clone(),
+            body: Arc::from(r#"{"effect":"work","input":{"job":"b","work_ms":5,"fails":1}}"#),
+        };
+        let batch = Batch {
+            pending: vec![PendingWrite {
+                shard: shard_of("queue", "u1"),
+                epoch,
+                pending: row,
+            }],
+            ..Batch::default()
+        };
+        store.commit(batch).unwrap();
+        let rt = crate::register(Runtime::builder().store(store.clone()))
+            .start()
+            .await
+            .unwrap();
+        let q = rt.get::<Queue>("u1");
+        // The retired effect wakes the queue, which runs b (failing once) and c.
+        let status = wait_for(&q, 4).await;
+        assert_eq!(
+            (status.done, status.failed, status.running, status.queued),
+            (3, 1, 0, 0)
+        );
+        let names: Vec<String> = history(&q).await.into_iter().map(|f| f.job.name).collect();
+        assert_eq!(names, ["a", "x", "b", "c"]);
+        assert!(
+            store.due(i64::MAX, 10).await.unwrap().is_empty(),
+            "no row is left"
+        );
+        rt.shutdown().await;
     }
 }

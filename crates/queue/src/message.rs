@@ -123,6 +123,8 @@ pub enum JobState<J: Job> {
     /// Waiting; `ahead` jobs start before it (as things stand: a job of a higher priority
     /// submitted later goes ahead of it).
     Queued {
+        /// The job's number.
+        number: u64,
         /// The job.
         job: J,
         /// Its priority.
@@ -132,6 +134,8 @@ pub enum JobState<J: Job> {
     },
     /// Its work is running (or waiting for its next attempt).
     Running {
+        /// The job's number.
+        number: u64,
         /// The job.
         job: J,
         /// When the queue started it, in milliseconds since the Unix epoch.

@@ -119,6 +119,7 @@ impl<J: Job> JobQueue<J> {
         if let Some(ahead) = self.queued.iter().position(|w| w.number == number) {
             let w = &self.queued[ahead];
             return JobState::Queued {
+                number,
                 job: w.job.clone(),
                 priority: w.priority,
                 ahead,
@@ -126,6 +127,7 @@ impl<J: Job> JobQueue<J> {
         }
         if let Some(r) = self.running.iter().find(|r| r.number == number) {
             return JobState::Running {
+                number,
                 job: r.job.clone(),
                 started_ms: r.started_ms,
             };

@@ -460,11 +460,13 @@ fn messages_and_replies_have_the_documented_json_shapes() {
             cancelled: 5,
         }),
         QueueReply::Job(JobState::Queued {
+            number: 5,
             job: Task::named("q"),
             priority: 1,
             ahead: 0,
         }),
         QueueReply::Job(JobState::Running {
+            number: 6,
             job: Task::named("r"),
             started_ms: 9,
         }),
