@@ -55,6 +55,14 @@ impl Task {
             gated: false,
         }
     }
+
+    /// A task that waits at the lab's gate.
+    fn gated(name: &str) -> Self {
+        Self {
+            gated: true,
+            ..Self::named(name)
+        }
+    }
 }
 
 impl Job for Task {
@@ -120,6 +128,14 @@ async fn runtime(store: &MemoryStore, lab: &Arc<Lab>) -> Runtime {
 
 type Tasks = EntityRef<JobQueue<Task>>;
 
+/// A runtime on a new memory store, with alice's queue of tasks.
+async fn alice() -> (MemoryStore, Arc<Lab>, Runtime, Tasks) {
+    let (store, lab) = (MemoryStore::new(), Arc::new(Lab::default()));
+    let rt = runtime(&store, &lab).await;
+    let queue = rt.get::<JobQueue<Task>>("alice");
+    (store, lab, rt, queue)
+}
+
 async fn submit(queue: &Tasks, task: Task, priority: i32) -> u64 {
     match queue
         .call(QueueMsg::Submit {
@@ -133,7 +149,7 @@ async fn submit(queue: &Tasks, task: Task, priority: i32) -> u64 {
     }
 }
 
-async fn status(queue: &Tasks) -> QueueStatus {
+async fn status_of(queue: &Tasks) -> QueueStatus {
     match queue.call(QueueMsg::Status).await.unwrap() {
         QueueReply::Status(status) => status,
         other => panic!("not a status: {other:?}"),
@@ -151,7 +167,7 @@ async fn history(queue: &Tasks) -> Vec<FinishedJob<Task>> {
 async fn wait_for(queue: &Tasks, done: impl Fn(&QueueStatus) -> bool) -> QueueStatus {
     let started = Instant::now();
     loop {
-        let status = status(queue).await;
+        let status = status_of(queue).await;
         if done(&status) {
             return status;
         }
@@ -169,9 +185,7 @@ fn names(history: &[FinishedJob<Task>]) -> Vec<&str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_never_runs_more_than_its_concurrency_and_each_job_finishes_once() {
-    let (store, lab) = (MemoryStore::new(), Arc::new(Lab::default()));
-    let rt = runtime(&store, &lab).await;
-    let queue = rt.get::<JobQueue<Task>>("alice");
+    let (_, lab, rt, queue) = alice().await;
     let configured = queue.call(QueueMsg::Configure { concurrency: 3 }).await;
     assert!(matches!(configured, Ok(QueueReply::Status(s)) if s.concurrency == 3));
     for i in 0..20 {
@@ -209,20 +223,11 @@ async fn a_key_never_runs_more_than_its_concurrency_and_each_job_finishes_once()
     rt.shutdown().await;
 }
 
-async fn status_of(queue: &Tasks) -> QueueStatus {
-    status(queue).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn higher_priorities_start_first_and_one_priority_in_order() {
-    let (store, lab) = (MemoryStore::new(), Arc::new(Lab::default()));
-    let rt = runtime(&store, &lab).await;
-    let queue = rt.get::<JobQueue<Task>>("alice");
+    let (_, lab, rt, queue) = alice().await;
     // The first job holds the only slot until the gate opens; the others wait.
-    let blocker = Task {
-        gated: true,
-        ..Task::named("blocker")
-    };
+    let blocker = Task::gated("blocker");
     submit(&queue, blocker, 0).await;
     for (name, priority) in [("low", -1), ("mid-1", 5), ("high", 9), ("mid-2", 5)] {
         submit(&queue, Task::named(name), priority).await;
@@ -249,9 +254,7 @@ async fn job(queue: &Tasks, number: u64) -> JobState<Task> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_attempts_are_retried_then_the_job_fails_with_its_error() {
-    let (store, lab) = (MemoryStore::new(), Arc::new(Lab::default()));
-    let rt = runtime(&store, &lab).await;
-    let queue = rt.get::<JobQueue<Task>>("alice");
+    let (_, _, rt, queue) = alice().await;
     let flaky = Task {
         fails: 2,
         ..Task::named("flaky")
@@ -279,13 +282,8 @@ async fn failed_attempts_are_retried_then_the_job_fails_with_its_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_job_never_starts_or_is_stopped_and_its_result_never_counts() {
-    let (store, lab) = (MemoryStore::new(), Arc::new(Lab::default()));
-    let rt = runtime(&store, &lab).await;
-    let queue = rt.get::<JobQueue<Task>>("alice");
-    let running = Task {
-        gated: true,
-        ..Task::named("running")
-    };
+    let (_, lab, rt, queue) = alice().await;
+    let running = Task::gated("running");
     let running = submit(&queue, running, 0).await;
     let waiting = submit(&queue, Task::named("waiting"), 0).await;
     let last = submit(&queue, Task::named("last"), 0).await;
@@ -330,9 +328,7 @@ async fn a_cancelled_job_never_starts_or_is_stopped_and_its_result_never_counts(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_running_at_a_restart_run_again_and_finish_once() {
-    let (store, lab) = (MemoryStore::new(), Arc::new(Lab::default()));
-    let rt = runtime(&store, &lab).await;
-    let queue = rt.get::<JobQueue<Task>>("alice");
+    let (store, _, rt, queue) = alice().await;
     queue
         .call(QueueMsg::Configure { concurrency: 2 })
         .await
@@ -371,10 +367,7 @@ async fn a_queue_deleted_when_drained_exists_only_while_it_has_work() {
     let rt = runtime(&store, &lab).await;
     let queue = rt.get::<JobQueue<Brief>>("alice");
     let key = EntityKey::new("briefs", EntityId::new("alice").unwrap());
-    let gated = Brief(Task {
-        gated: true,
-        ..Task::named("one")
-    });
+    let gated = Brief(Task::gated("one"));
     queue.call(QueueMsg::submit(gated)).await.unwrap();
     assert!(
         store.load(&key).await.unwrap().is_some(),
@@ -396,9 +389,7 @@ async fn a_queue_deleted_when_drained_exists_only_while_it_has_work() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_settings_are_refused_with_a_code() {
-    let (store, lab) = (MemoryStore::new(), Arc::new(Lab::default()));
-    let rt = runtime(&store, &lab).await;
-    let queue = rt.get::<JobQueue<Task>>("alice");
+    let (_, _, rt, queue) = alice().await;
     for concurrency in [0, 10_001] {
         let refused = queue.call(QueueMsg::Configure { concurrency }).await;
         assert!(
@@ -414,7 +405,7 @@ async fn bad_settings_are_refused_with_a_code() {
         matches!(&refused, Err(CallError::Rejected(QueueError::BadJob(why))) if why == "a task needs a name"),
         "{refused:?}"
     );
-    assert_eq!(status(&queue).await.queued, 0, "nothing was queued");
+    assert_eq!(status_of(&queue).await.queued, 0, "nothing was queued");
     rt.shutdown().await;
 }
 
