@@ -7,13 +7,16 @@
 //! key.
 //!
 //! Messages, as JSON:
-//! - `{"configure": {"concurrency": 3}}` → the status (1 to 10,000).
+//! - `{"configure": {"concurrency": 3, "rate": {"starts": 10, "per_ms": 60000}}}` → the
+//!   status: at most 3 jobs at once (1 to 10,000), at most 10 starts a minute (optional;
+//!   `{"starts": 0}` lifts it).
 //! - `{"submit": {"job": {"name": "resize-42", "work_ms": 200}, "priority": 1}}` →
 //!   `{"number": 1, "queued": 0}`: the job's number, and the jobs waiting. The priority is
 //!   optional (0; higher first). With `"fails": N` in the job, its first N attempts fail (a
 //!   flaky service, for trying the retry policy: backoff from 100 ms, 10 attempts, then the
 //!   job fails with its error).
-//! - `"status"` → `{"concurrency", "running", "queued", "done", "failed", "cancelled"}`.
+//! - `"status"` → `{"concurrency", "running", "queued", "done", "failed", "cancelled",
+//!   "rate"}` (no `rate` without one).
 //! - `{"job": {"number": 1}}` → where it is: `{"state": "queued", "ahead": 0, …}`,
 //!   `"running"`, `"finished"` (with its result) or `"unknown"`.
 //! - `{"cancel": {"number": 1}}` → the job's state after the cancel.
@@ -86,8 +89,8 @@ impl Job for Sleep {
 }
 
 /// The effect release 1 started for each running job (`"work"`), retired. A row of it stored
-/// before the upgrade still runs once: it does no work and asks the queue to cancel job 0,
-/// which no job is, so the queue takes a step, deletes the row, and starts its waiting jobs.
+/// before the upgrade still runs once: it does no work and wakes the queue, which takes a
+/// step (deleting the row) and starts its waiting jobs.
 /// Among them is the job this effect ran: [`from_release_1`] put it back at the front.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RetiredWork {
@@ -100,11 +103,11 @@ impl Effect for RetiredWork {
     const NAME: &'static str = "work";
 
     async fn run(self, _cx: EffectCtx) -> Result<QueueMsg<Sleep>, EffectError> {
-        Ok(QueueMsg::Cancel { number: 0 })
+        Ok(QueueMsg::Wake)
     }
 
     fn failed(self, _failure: EffectFailure) -> QueueMsg<Sleep> {
-        QueueMsg::Cancel { number: 0 }
+        QueueMsg::Wake
     }
 }
 
@@ -227,9 +230,7 @@ mod tests {
             .await
             .unwrap();
         let q = rt.get::<Queue>("user-1");
-        q.call(QueueMsg::Configure { concurrency: 3 })
-            .await
-            .unwrap();
+        q.call(QueueMsg::concurrency(3)).await.unwrap();
         for i in 0..12 {
             let job = Sleep {
                 name: format!("j{i}"),

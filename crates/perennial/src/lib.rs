@@ -79,8 +79,9 @@ pub mod storage {
 /// [`perennial_queue`].
 pub mod queue {
     pub use perennial_queue::{
-        FinishedJob, Job, JobQueue, JobResult, JobState, MAX_CONCURRENCY, MAX_QUEUED, Outcome,
-        QueueError, QueueMsg, QueueReply, QueueStatus, Work, each_job,
+        FinishedJob, Job, JobQueue, JobResult, JobState, MAX_CONCURRENCY, MAX_QUEUED,
+        MAX_RATE_INTERVAL_MS, Outcome, QueueError, QueueMsg, QueueReply, QueueStatus, RateLimit,
+        Work, each_job,
     };
 }
 

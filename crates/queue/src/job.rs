@@ -9,7 +9,7 @@ use perennial_core::{Effect, EffectCtx, EffectError, EffectFailure, Migration, R
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::message::{Outcome, QueueMsg};
+use crate::message::{Outcome, QueueMsg, RateLimit};
 use crate::queue::JobQueue;
 
 /// A job type: the data of one job, stored with the queue until the job finished, and its
@@ -60,6 +60,10 @@ pub trait Job: Serialize + DeserializeOwned + Clone + fmt::Debug + Send + Sync +
     /// How many jobs of one key run at once until the key is configured otherwise
     /// ([`QueueMsg::Configure`]). At least 1.
     const CONCURRENCY: u32 = 1;
+
+    /// The rate limit on each key's starts until the key is configured otherwise
+    /// ([`QueueMsg::Configure`](crate::QueueMsg::Configure)). Default: none.
+    const RATE: Option<RateLimit> = None;
 
     /// How many finished jobs each queue keeps in its history (the oldest go first).
     const HISTORY: usize = 100;

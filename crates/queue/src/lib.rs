@@ -8,6 +8,8 @@
 //!
 //! - **Concurrency per key**: [`Job::CONCURRENCY`] jobs of a key run at once, or what
 //!   [`QueueMsg::Configure`] set for that key.
+//! - **Rate limit per key**: at most N starts per interval ([`Job::RATE`], or configured per
+//!   key); a job held back starts by a durable timer as soon as the limit allows.
 //! - **Priorities**: a waiting job of a higher priority starts first; first in, first out
 //!   within one priority.
 //! - **Retries**: a failed attempt (an error, a panic, a timeout) is retried as
@@ -22,8 +24,7 @@
 //! - **Short-lived queues**: with [`Job::DELETE_WHEN_DRAINED`], a key's queue exists only
 //!   while it has work.
 //!
-//! Not yet: a rate limit per key (at most N starts per interval) and a cap shared by all the
-//! keys of a kind.
+//! Not yet: a cap shared by all the keys of a kind.
 //!
 //! ```
 //! use std::time::Duration;
@@ -83,7 +84,7 @@ mod queue;
 
 pub use job::{Job, Work};
 pub use message::{
-    FinishedJob, JobResult, JobState, MAX_CONCURRENCY, MAX_QUEUED, Outcome, QueueError, QueueMsg,
-    QueueReply, QueueStatus,
+    FinishedJob, JobResult, JobState, MAX_CONCURRENCY, MAX_QUEUED, MAX_RATE_INTERVAL_MS, Outcome,
+    QueueError, QueueMsg, QueueReply, QueueStatus, RateLimit,
 };
 pub use queue::{JobQueue, each_job};

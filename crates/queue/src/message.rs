@@ -1,7 +1,7 @@
 //! What a queue is sent and answers, and its refusals. Over HTTP these are the JSON bodies of
 //! `/v1/{kind}/{key}`: `{"submit": {"job": {…}, "priority": 1}}`, `"status"`,
-//! `{"job": {"number": 3}}`, `{"cancel": {"number": 3}}`, `{"configure": {"concurrency": 3}}`
-//! and `"history"`.
+//! `{"job": {"number": 3}}`, `{"cancel": {"number": 3}}`, `{"configure": {"concurrency": 3,
+//! "rate": {"starts": 10, "per_ms": 60000}}}` and `"history"`.
 
 use perennial_core::Rejection;
 use serde::de::DeserializeOwned;
@@ -36,11 +36,16 @@ pub enum QueueMsg<J: Job> {
         /// The job's number, from [`QueueReply::Submitted`].
         number: u64,
     },
-    /// Sets how many jobs of this key may run at once (1 to [`MAX_CONCURRENCY`]). Raising it
-    /// starts waiting jobs at once; lowering it stops none. Answered with the status.
+    /// Sets how many jobs of this key may run at once (1 to [`MAX_CONCURRENCY`]) and how
+    /// fast they may start; a setting left out stays as it is. Raising a limit starts waiting
+    /// jobs at once; lowering one stops none. Answered with the status.
     Configure {
-        /// At most this many.
-        concurrency: u32,
+        /// At most this many run at once.
+        #[serde(default)]
+        concurrency: Option<u32>,
+        /// At most this many start per interval; `{"starts": 0}` removes the limit.
+        #[serde(default)]
+        rate: Option<RateLimit>,
     },
     /// Reads the queue's counts ([`QueueReply::Status`]).
     Status,
@@ -54,12 +59,62 @@ pub enum QueueMsg<J: Job> {
     /// A job's work is done, or failed for good: sent by the job's effect, not by users (one
     /// for a job that is not running is ignored).
     Finished(Outcome<J::Output>),
+    /// Starts the waiting jobs the limits allow now: sent by the queue's own timer when its
+    /// rate limit lets the next job start. Harmless from anyone else.
+    Wake,
 }
 
 impl<J: Job> QueueMsg<J> {
     /// Submits `job` at priority 0.
     pub fn submit(job: J) -> Self {
         Self::Submit { job, priority: 0 }
+    }
+
+    /// Sets the concurrency only.
+    pub fn concurrency(concurrency: u32) -> Self {
+        Self::Configure {
+            concurrency: Some(concurrency),
+            rate: None,
+        }
+    }
+}
+
+/// The longest interval of a rate limit: a week.
+pub const MAX_RATE_INTERVAL_MS: u64 = 7 * 24 * 60 * 60 * 1000;
+
+/// A rate limit on the jobs a key starts: at most `starts` per `per_ms` milliseconds, over
+/// any window of that length (a job that must wait starts as soon as the oldest of the last
+/// `starts` starts is `per_ms` old, by a durable timer). 0 starts: no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimit {
+    /// At most this many starts…
+    pub starts: u32,
+    /// …per this many milliseconds (1 to [`MAX_RATE_INTERVAL_MS`]).
+    pub per_ms: u64,
+}
+
+impl RateLimit {
+    /// At most `starts` starts per `per`.
+    pub const fn new(starts: u32, per: std::time::Duration) -> Self {
+        let ms = per.as_millis();
+        Self {
+            starts,
+            per_ms: if ms > u64::MAX as u128 {
+                u64::MAX
+            } else {
+                ms as u64
+            },
+        }
+    }
+
+    /// Whether it limits anything.
+    pub fn limits(&self) -> bool {
+        self.starts > 0
+    }
+
+    /// Whether it can be set: no limit, or a limit over 1 ms to [`MAX_RATE_INTERVAL_MS`].
+    pub fn is_valid(&self) -> bool {
+        !self.limits() || (1..=MAX_RATE_INTERVAL_MS).contains(&self.per_ms)
     }
 }
 
@@ -113,6 +168,9 @@ pub struct QueueStatus {
     pub failed: u64,
     /// Jobs cancelled.
     pub cancelled: u64,
+    /// The rate limit on starts, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<RateLimit>,
 }
 
 /// Where one job is.
@@ -187,6 +245,9 @@ pub enum QueueError {
     /// The concurrency is outside 1 to [`MAX_CONCURRENCY`].
     #[error("the concurrency must be 1 to {MAX_CONCURRENCY}")]
     BadConcurrency,
+    /// The rate limit's interval is outside 1 ms to [`MAX_RATE_INTERVAL_MS`].
+    #[error("a rate limit's interval must be 1 to {MAX_RATE_INTERVAL_MS} ms")]
+    BadRate,
     /// The job's [`check`](crate::Job::check) refused it.
     #[error("the job is refused: {0}")]
     BadJob(String),
@@ -199,6 +260,7 @@ impl Rejection for QueueError {
     fn code(&self) -> &str {
         match self {
             Self::BadConcurrency => "bad_concurrency",
+            Self::BadRate => "bad_rate",
             Self::BadJob(_) => "bad_job",
             Self::QueueFull => "queue_full",
         }

@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, UNIX_EPOCH};
 
-use perennial_core::{Builder, Ctx, EffectId, Migration, MigrationError, Process};
+use perennial_core::{Builder, Ctx, EffectId, Migration, MigrationError, Process, TimerId};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -12,7 +12,7 @@ use crate::Job;
 use crate::job::Work;
 use crate::message::{
     FinishedJob, JobResult, JobState, MAX_CONCURRENCY, MAX_QUEUED, Outcome, QueueError, QueueMsg,
-    QueueReply, QueueStatus,
+    QueueReply, QueueStatus, RateLimit,
 };
 
 /// The queue of one key for jobs of type `J`: an entity of kind `J::KIND`, started by the
@@ -39,6 +39,16 @@ pub struct JobQueue<J: Job> {
     cancelled: u64,
     /// The last `J::HISTORY` jobs finished, oldest first.
     history: VecDeque<FinishedJob<J>>,
+    /// At most so many starts per interval, if set.
+    #[serde(default)]
+    rate: Option<RateLimit>,
+    /// When the last jobs started (milliseconds since the Unix epoch), oldest first: as many
+    /// as the rate limit counts, within its interval.
+    #[serde(default)]
+    recent_starts: VecDeque<i64>,
+    /// The timer that wakes the queue once the rate limit lets the next job start.
+    #[serde(default)]
+    wake: Option<TimerId>,
 }
 
 /// A job waiting to start.
@@ -73,6 +83,9 @@ impl<J: Job> Default for JobQueue<J> {
             failed: 0,
             cancelled: 0,
             history: VecDeque::new(),
+            rate: J::RATE.filter(|r| r.limits() && r.is_valid()),
+            recent_starts: VecDeque::new(),
+            wake: None,
         }
     }
 }
@@ -111,6 +124,7 @@ impl<J: Job> JobQueue<J> {
             done: self.done,
             failed: self.failed,
             cancelled: self.cancelled,
+            rate: self.rate,
         }
     }
 
@@ -162,12 +176,21 @@ impl<J: Job> JobQueue<J> {
         Ok(number)
     }
 
-    /// Starts waiting jobs while fewer than the concurrency run.
+    /// Starts waiting jobs while fewer than the concurrency run and the rate limit allows;
+    /// when only the rate limit holds a job back, sets a timer for when it will not.
     fn start_jobs(&mut self, ctx: &mut Ctx<'_, Self>) {
-        while self.running.len() < self.concurrency as usize {
+        let now = unix_ms(ctx);
+        while self.running.len() < self.concurrency as usize && !self.queued.is_empty() {
+            if let Some(next) = self.rate_allows_at(now) {
+                self.wake_at(next, ctx);
+                break;
+            }
             let Some(w) = self.queued.pop_front() else {
                 break;
             };
+            if self.rate.is_some() {
+                self.recent_starts.push_back(now);
+            }
             let effect = ctx.effect(Work {
                 number: w.number,
                 job: w.job.clone(),
@@ -180,6 +203,58 @@ impl<J: Job> JobQueue<J> {
                 effect,
             });
         }
+    }
+
+    /// `None` if the rate limit lets a job start at `now`; else when it will. Forgets the
+    /// starts that left the limit's window.
+    fn rate_allows_at(&mut self, now: i64) -> Option<i64> {
+        let Some(rate) = self.rate else {
+            self.recent_starts.clear();
+            return None;
+        };
+        let per = i64::try_from(rate.per_ms).unwrap_or(i64::MAX);
+        while self
+            .recent_starts
+            .front()
+            .is_some_and(|&at| at.saturating_add(per) <= now)
+        {
+            self.recent_starts.pop_front();
+        }
+        // Extra starts (the limit was lowered) wait their turn to leave the window too.
+        let over = self.recent_starts.len().checked_sub(rate.starts as usize)?;
+        self.recent_starts
+            .get(over)
+            .map(|&at| at.saturating_add(per))
+    }
+
+    /// Has a timer wake the queue at `at` (milliseconds since the Unix epoch), unless one
+    /// will already.
+    fn wake_at(&mut self, at: i64, ctx: &mut Ctx<'_, Self>) {
+        if self.wake.is_some() {
+            return;
+        }
+        let at = UNIX_EPOCH + Duration::from_millis(u64::try_from(at).unwrap_or(0));
+        self.wake = Some(ctx.schedule_at(at, QueueMsg::Wake));
+    }
+
+    fn configure(
+        &mut self,
+        concurrency: Option<u32>,
+        rate: Option<RateLimit>,
+    ) -> Result<(), QueueError> {
+        if concurrency.is_some_and(|c| !(1..=MAX_CONCURRENCY).contains(&c)) {
+            return Err(QueueError::BadConcurrency);
+        }
+        if rate.is_some_and(|r| !r.is_valid()) {
+            return Err(QueueError::BadRate);
+        }
+        if let Some(concurrency) = concurrency {
+            self.concurrency = concurrency;
+        }
+        if let Some(rate) = rate {
+            self.rate = rate.limits().then_some(rate);
+        }
+        Ok(())
     }
 
     fn cancel(&mut self, number: u64, ctx: &mut Ctx<'_, Self>) {
@@ -281,11 +356,13 @@ impl<J: Job> Process for JobQueue<J> {
                 self.start_jobs(ctx);
                 QueueReply::Job(self.job(number))
             }
-            QueueMsg::Configure { concurrency } => {
-                if !(1..=MAX_CONCURRENCY).contains(&concurrency) {
-                    return Err(QueueError::BadConcurrency);
-                }
-                self.concurrency = concurrency;
+            QueueMsg::Configure { concurrency, rate } => {
+                self.configure(concurrency, rate)?;
+                self.start_jobs(ctx);
+                QueueReply::Status(self.status())
+            }
+            QueueMsg::Wake => {
+                self.wake = None;
                 self.start_jobs(ctx);
                 QueueReply::Status(self.status())
             }

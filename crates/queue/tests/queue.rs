@@ -10,6 +10,7 @@ use perennial_core::{
 };
 use perennial_queue::{
     FinishedJob, Job, JobQueue, JobResult, JobState, QueueError, QueueMsg, QueueReply, QueueStatus,
+    RateLimit,
 };
 use perennial_storage::{MemoryStore, Store};
 use serde::{Deserialize, Serialize};
@@ -186,7 +187,7 @@ fn names(history: &[FinishedJob<Task>]) -> Vec<&str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_never_runs_more_than_its_concurrency_and_each_job_finishes_once() {
     let (_, lab, rt, queue) = alice().await;
-    let configured = queue.call(QueueMsg::Configure { concurrency: 3 }).await;
+    let configured = queue.call(QueueMsg::concurrency(3)).await;
     assert!(matches!(configured, Ok(QueueReply::Status(s)) if s.concurrency == 3));
     for i in 0..20 {
         let task = Task {
@@ -250,6 +251,55 @@ async fn job(queue: &Tasks, number: u64) -> JobState<Task> {
         QueueReply::Job(state) => state,
         other => panic!("not a job: {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_spaces_the_starts_and_can_be_lifted() {
+    let (_, _, rt, queue) = alice().await;
+    let rate = RateLimit::new(2, Duration::from_millis(300));
+    let configure = QueueMsg::Configure {
+        concurrency: Some(10),
+        rate: Some(rate),
+    };
+    assert!(matches!(
+        queue.call(configure).await,
+        Ok(QueueReply::Status(s)) if s.rate == Some(rate) && s.concurrency == 10
+    ));
+    let started = Instant::now();
+    for i in 0..6 {
+        submit(&queue, Task::named(&format!("j{i}")), 0).await;
+    }
+    // Only two may start in the first 300 ms; the others wait for the queue's timer.
+    let early = status_of(&queue).await;
+    assert!(early.done + early.running as u64 <= 2, "{early:?}");
+    assert!(early.queued >= 4, "{early:?}");
+    wait_for(&queue, |s| s.done == 6).await;
+    // Starts at 0, 300 and 600 ms (at the earliest), two at a time.
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        started.elapsed()
+    );
+    // `{"starts": 0}` lifts the limit.
+    let lift = QueueMsg::Configure {
+        concurrency: None,
+        rate: Some(RateLimit::new(0, Duration::ZERO)),
+    };
+    let lifted = queue.call(lift).await;
+    assert!(matches!(lifted, Ok(QueueReply::Status(s)) if s.rate.is_none() && s.concurrency == 10));
+    for i in 6..12 {
+        submit(&queue, Task::named(&format!("j{i}")), 0).await;
+    }
+    wait_for(&queue, |s| s.done == 12).await;
+    let bad = QueueMsg::Configure {
+        concurrency: None,
+        rate: Some(RateLimit::new(1, Duration::ZERO)),
+    };
+    assert!(matches!(
+        queue.call(bad).await,
+        Err(CallError::Rejected(QueueError::BadRate))
+    ));
+    rt.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -329,10 +379,7 @@ async fn a_cancelled_job_never_starts_or_is_stopped_and_its_result_never_counts(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_running_at_a_restart_run_again_and_finish_once() {
     let (store, _, rt, queue) = alice().await;
-    queue
-        .call(QueueMsg::Configure { concurrency: 2 })
-        .await
-        .unwrap();
+    queue.call(QueueMsg::concurrency(2)).await.unwrap();
     for i in 0..4 {
         let task = Task {
             gated: true,
@@ -391,7 +438,7 @@ async fn a_queue_deleted_when_drained_exists_only_while_it_has_work() {
 async fn bad_settings_are_refused_with_a_code() {
     let (_, _, rt, queue) = alice().await;
     for concurrency in [0, 10_001] {
-        let refused = queue.call(QueueMsg::Configure { concurrency }).await;
+        let refused = queue.call(QueueMsg::concurrency(concurrency)).await;
         assert!(
             matches!(
                 refused,
@@ -424,6 +471,8 @@ fn messages_and_replies_have_the_documented_json_shapes() {
         r#"{"job": {"number": 3}}"#,
         r#"{"cancel": {"number": 3}}"#,
         r#"{"configure": {"concurrency": 3}}"#,
+        r#"{"configure": {"rate": {"starts": 10, "per_ms": 60000}}}"#,
+        r#""wake""#,
     ] {
         serde_json::from_str::<QueueMsg<Task>>(text).unwrap();
     }
@@ -449,6 +498,7 @@ fn messages_and_replies_have_the_documented_json_shapes() {
             done: 3,
             failed: 4,
             cancelled: 5,
+            rate: None,
         }),
         QueueReply::Job(JobState::Queued {
             number: 5,
