@@ -20,6 +20,9 @@
 //!   take to answer again after it is killed with SIGKILL.
 //! - [`query`]: a million stored entities queried by state, without an index (a scan, the
 //!   baseline) and with an index by the compared path.
+//! - [`queue`]: jobs per key with a cap per key through `perennial_queue` (on SQLite and on
+//!   PostgreSQL), against a jobs table claimed with `FOR UPDATE SKIP LOCKED` on the same
+//!   PostgreSQL.
 //!
 //! Each workload returns a [`Report`]; [`Report::to_json`] gives one JSON object per line so
 //! scripts can compare runs.
@@ -31,6 +34,7 @@ mod migrate;
 mod pending;
 mod postgres;
 mod query;
+mod queue;
 mod workloads;
 
 use std::path::PathBuf;
@@ -44,6 +48,7 @@ pub use migrate::migrate;
 pub use pending::pending;
 pub use postgres::postgres;
 pub use query::query;
+pub use queue::queue;
 pub use workloads::{activation, durable, ephemeral, journal, resident};
 
 /// What to run, and how big.
@@ -177,6 +182,29 @@ pub enum Report {
         messages_ratio: f64,
         /// `asks_per_sec / calls_per_sec`.
         asks_ratio: f64,
+    },
+    /// Jobs per key with a cap per key: the job queue against a jobs table.
+    Queue {
+        /// Keys, each with its own queue.
+        keys: usize,
+        /// Jobs of one key that may run at once.
+        cap: u32,
+        /// Jobs in all.
+        jobs: usize,
+        /// How long each job's work takes, in milliseconds.
+        work_ms: f64,
+        /// Concurrent submitters.
+        callers: usize,
+        /// Through `perennial_queue` on SQLite.
+        sqlite: queue::Outcome,
+        /// Through `perennial_queue` on PostgreSQL.
+        postgres: queue::Outcome,
+        /// A jobs table on the same PostgreSQL, claimed with `FOR UPDATE SKIP LOCKED`.
+        baseline: queue::Outcome,
+        /// `sqlite.jobs_per_sec / baseline.jobs_per_sec`.
+        sqlite_ratio: f64,
+        /// `postgres.jobs_per_sec / baseline.jobs_per_sec`.
+        postgres_ratio: f64,
     },
     /// Entities found by state among a million stored.
     Query {
@@ -377,6 +405,31 @@ impl Report {
             } => format!(
                 "asks        {asks_per_sec:>10.0} answered/s ({asks_ratio:.2}× plain calls)  messages {messages_per_sec:.0} applied/s ({messages_ratio:.2}×)  plain durable calls {calls_per_sec:.0}/s  ({callers} callers)"
             ),
+            Self::Queue {
+                keys,
+                cap,
+                jobs,
+                work_ms,
+                callers,
+                sqlite,
+                postgres,
+                baseline,
+                sqlite_ratio,
+                postgres_ratio,
+            } => {
+                let line = |name: &str, o: &queue::Outcome| {
+                    format!(
+                        "  {name:<28}{:>10.0} jobs/s  submit to start p50 {:.1} ms, p99 {:.1} ms  most of one key at once {}",
+                        o.jobs_per_sec, o.start_p50_ms, o.start_p99_ms, o.max_per_key
+                    )
+                };
+                format!(
+                    "queue       {jobs} jobs over {keys} keys, at most {cap} of a key at once, {work_ms} ms of work each ({callers} submitters)\n{}\n{}\n{}\n  job queue to jobs table: {sqlite_ratio:.1}× (SQLite), {postgres_ratio:.1}× (PostgreSQL)",
+                    line("job queue, SQLite", sqlite),
+                    line("job queue, PostgreSQL", postgres),
+                    line("jobs table, SKIP LOCKED", baseline),
+                )
+            }
             Self::Query {
                 entities,
                 matches,
