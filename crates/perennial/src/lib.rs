@@ -75,8 +75,47 @@ pub mod storage {
 }
 
 /// A durable job queue per key: a [`Job`](queue::Job) type and its work, run by one
-/// [`JobQueue`](queue::JobQueue) entity per key, at most N jobs of a key at once. See
-/// [`perennial_queue`].
+/// [`JobQueue`](queue::JobQueue) entity per key, at most N jobs of a key at once, highest
+/// priority first, with retries, a rate limit, cancellation and history. See
+/// [`perennial_queue`] for the whole story.
+///
+/// ```no_run
+/// use perennial::queue::{Job, JobQueue, QueueMsg, QueueReply};
+/// use perennial::{EffectCtx, EffectError, Runtime, SqliteStore};
+/// use serde::{Deserialize, Serialize};
+///
+/// /// Renders one video for a user.
+/// #[derive(Debug, Clone, Serialize, Deserialize)]
+/// struct Render {
+///     video: String,
+/// }
+///
+/// impl Job for Render {
+///     const KIND: &'static str = "renders";
+///     const CONCURRENCY: u32 = 3; // per user
+///     type Output = String;
+///
+///     async fn run(self, cx: EffectCtx) -> Result<String, EffectError> {
+///         // Call the render farm here, with `cx.id()` as the idempotency key.
+///         Ok(format!("{}.mp4 ({})", self.video, cx.id()))
+///     }
+/// }
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let rt = JobQueue::<Render>::register(Runtime::builder().store(SqliteStore::open("./data")?))
+///     .start()
+///     .await?;
+/// let alice = rt.get::<JobQueue<Render>>("alice");
+/// for video in ["intro", "talk", "outro", "bloopers"] {
+///     let job = Render { video: video.into() };
+///     if let QueueReply::Submitted { number, queued } = alice.call(QueueMsg::submit(job)).await? {
+///         println!("job {number}: {queued} waiting"); // the fourth waits for a slot
+///     }
+/// }
+/// # Ok(())
+/// # }
+/// ```
 pub mod queue {
     pub use perennial_queue::{
         FinishedJob, Job, JobQueue, JobResult, JobState, MAX_CONCURRENCY, MAX_QUEUED,
@@ -85,7 +124,18 @@ pub mod queue {
     };
 }
 
+/// The Rust example of the README, compiled with the doctests: it must build as written in
+/// a new crate.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct Readme;
+
 /// The Rust examples of `docs/async-work.md`, compiled and run with the doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../../../docs/async-work.md")]
 pub struct AsyncWorkGuide;
+
+/// The Rust example of `docs/migrations.md`, compiled and run with the doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/migrations.md")]
+pub struct MigrationsGuide;
