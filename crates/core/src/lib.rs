@@ -127,6 +127,8 @@ mod shards;
 pub mod sim;
 #[cfg(not(feature = "sim"))]
 mod sim;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod upgrade;
 mod watch;
 
@@ -146,10 +148,11 @@ pub use migration::{Migrate, MigrationReport, Progress, ReplayReport};
 pub use plumbing::Plumbing;
 pub use process::ask::{AskError, AskId, Asked};
 pub use process::caller::Caller;
-pub use process::ctx::{Ctx, Rng};
+pub use process::ctx::Ctx;
 pub use process::effect::{
     Effect, EffectCtx, EffectError, EffectFailure, EffectId, Retry, Retrying, TimerId,
 };
+pub use process::rng::Rng;
 pub use process::{Migration, MigrationError, Persistence, Process};
 pub use quarantine::Quarantined;
 pub use runtime::{Runtime, Stats};

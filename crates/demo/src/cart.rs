@@ -312,7 +312,59 @@ impl Cart {
 
 #[cfg(test)]
 mod tests {
+    use perennial_core::AskError;
+    use perennial_core::testing::Handler;
+
     use super::*;
+
+    fn add(sku: &str, qty: u32) -> CartMsg {
+        CartMsg::Add {
+            sku: sku.into(),
+            qty,
+            cents: 100,
+        }
+    }
+
+    /// A checkout asks each line's inventory; one refusal fails it and releases the others.
+    #[test]
+    fn a_refused_line_fails_the_checkout_and_releases_the_reserved_ones() {
+        let (mut cart, mut handler) = (Cart::default(), Handler::<Cart>::new("c1"));
+        handler.handle(&mut cart, add("tea", 2)).reply.unwrap();
+        handler.handle(&mut cart, add("jam", 1)).reply.unwrap();
+        let checkout = handler.handle(&mut cart, CartMsg::Checkout);
+        let asks = checkout.asked::<Inventory>();
+        let asked: Vec<(&str, &InventoryMsg)> =
+            asks.iter().map(|(_, id, msg)| (id.as_str(), msg)).collect();
+        let reserve = |qty| InventoryMsg::Reserve {
+            cart: "c1".into(),
+            qty,
+        };
+        assert_eq!(asked, [("tea", &reserve(2)), ("jam", &reserve(1))]);
+        let (tea, jam) = (asks[0].0, asks[1].0);
+        // Tea is reserved; jam is refused. Each answer is a step of the cart.
+        let stock = Inventory {
+            available: 8,
+            reserved: [("c1".to_owned(), 2)].into(),
+        };
+        let reserved = checkout.answer::<Inventory>(tea, Ok(stock));
+        let step = handler.handle(&mut cart, reserved);
+        assert!(step.told::<Inventory>().is_empty(), "still waiting for jam");
+        let refusal = AskError::Refused {
+            code: "sold_out".into(),
+            message: "only 0 available".into(),
+        };
+        let refused = checkout.answer::<Inventory>(jam, Err(refusal));
+        let step = handler.handle(&mut cart, refused);
+        let released: Vec<(String, InventoryMsg)> = step
+            .told::<Inventory>()
+            .into_iter()
+            .map(|(id, msg)| (id.to_string(), msg))
+            .collect();
+        assert_eq!(
+            released,
+            [("tea".into(), InventoryMsg::Release("c1".into()))]
+        );
+    }
 
     #[test]
     fn every_old_shape_migrates_to_the_current_one() {

@@ -179,6 +179,7 @@ pub fn from_release_1(v1: Value) -> Result<Value, MigrationError> {
 mod tests {
     use std::sync::Arc;
 
+    use perennial_core::testing::Handler;
     use perennial_core::{EntityId, EntityKey, Runtime};
     use perennial_queue::{FinishedJob, JobResult, QueueReply, QueueStatus};
     use perennial_storage::{
@@ -251,6 +252,40 @@ mod tests {
         };
         assert!(q.call(QueueMsg::submit(bad)).await.is_err());
         rt.shutdown().await;
+    }
+
+    /// A submit starts the job as an effect when a slot is free, and a cancel stops it.
+    #[test]
+    fn a_job_starts_as_an_effect_and_a_cancel_stops_it() {
+        let (mut queue, mut handler) = (Queue::default(), Handler::<Queue>::new("u1"));
+        let job = Sleep {
+            name: "resize-1".into(),
+            work_ms: 200,
+            fails: 0,
+        };
+        let submit = handler.handle(&mut queue, QueueMsg::submit(job.clone()));
+        assert!(matches!(
+            submit.reply,
+            Ok(QueueReply::Submitted {
+                number: 1,
+                queued: 0
+            })
+        ));
+        let started = submit.effects::<perennial_queue::Work<Sleep>>();
+        assert_eq!(started.len(), 1, "one job, started at once");
+        let effect = started[0].0.clone();
+        let waiting = handler.handle(&mut queue, QueueMsg::submit(job));
+        assert!(
+            waiting.effects::<perennial_queue::Work<Sleep>>().is_empty(),
+            "one at a time"
+        );
+        let cancel = handler.handle(&mut queue, QueueMsg::Cancel { number: 1 });
+        assert!(cancel.cancels_effect(&effect));
+        assert_eq!(
+            cancel.effects::<perennial_queue::Work<Sleep>>().len(),
+            1,
+            "the waiting job takes the slot"
+        );
     }
 
     #[test]

@@ -124,6 +124,12 @@ pub mod queue {
     };
 }
 
+/// Unit tests of a kind's handler without a runtime (feature `testing`): run `handle` step
+/// by step on a state you hold, at a time and with a random seed you choose, and check the
+/// reply and what the step scheduled, told, asked and started.
+#[cfg(feature = "testing")]
+pub use perennial_core::testing;
+
 /// The Rust example of the README, compiled with the doctests: it must build as written in
 /// a new crate.
 #[cfg(doctest)]

@@ -1,5 +1,5 @@
 //! What a kind of entity is written against: the [`Process`] trait, with its [`Persistence`]
-//! and its state [`Migration`]s; the context a step runs in (`ctx`: [`Ctx`],
+//! and its state [`Migration`]s; the context a step runs in (`ctx`: [`Ctx`]; `rng`:
 //! [`Rng`](crate::Rng)); effects (`effect`: [`Effect`](crate::Effect)); and asks (`ask`: [`Asked`](crate::Asked)). These name one
 //! another in their signatures, so they live together, below the runtime that runs them.
 
@@ -7,6 +7,7 @@ pub(crate) mod ask;
 pub(crate) mod caller;
 pub(crate) mod ctx;
 pub(crate) mod effect;
+pub(crate) mod rng;
 
 use std::time::Duration;
 
