@@ -41,14 +41,14 @@ pub(crate) fn server_url(options: &Options) -> String {
         .unwrap_or_else(|| "host=127.0.0.1 port=5432 user=postgres dbname=test".to_owned())
 }
 
-/// The database approach: one PostgreSQL transaction per call, in `schema` (created).
-pub(crate) async fn database_approach(
+/// `n` connections to the server at `url` whose tables are those of `schema` (created).
+pub(crate) async fn connections_in(
     url: &str,
     schema: &str,
-    options: &Options,
-) -> anyhow::Result<crate::load::Measured> {
-    let mut clients = Vec::with_capacity(BASELINE_CONNECTIONS);
-    for _ in 0..BASELINE_CONNECTIONS {
+    n: usize,
+) -> anyhow::Result<Vec<tokio_postgres::Client>> {
+    let mut clients = Vec::with_capacity(n);
+    for _ in 0..n {
         let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
         tokio::spawn(connection);
         client
@@ -58,6 +58,16 @@ pub(crate) async fn database_approach(
             .await?;
         clients.push(client);
     }
+    Ok(clients)
+}
+
+/// The database approach: one PostgreSQL transaction per call, in `schema` (created).
+pub(crate) async fn database_approach(
+    url: &str,
+    schema: &str,
+    options: &Options,
+) -> anyhow::Result<crate::load::Measured> {
+    let clients = connections_in(url, schema, BASELINE_CONNECTIONS).await?;
     clients[0]
         .batch_execute(
             "CREATE TABLE counters (id text PRIMARY KEY, state jsonb NOT NULL);

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
 use crate::load::each;
-use crate::postgres::server_url;
+use crate::postgres::{connections_in, server_url};
 use crate::workloads::{scratch, small_cache_store};
 use crate::{Options, Report};
 
@@ -254,17 +254,7 @@ UPDATE key_slots SET running = running - 1 WHERE key = (SELECT key FROM f)";
 
 /// The same jobs as rows of a table in `schema` (created), claimed by [`WORKERS`] workers.
 async fn jobs_table(url: &str, schema: &str, options: &Options) -> anyhow::Result<Outcome> {
-    let mut clients = Vec::with_capacity(CONNECTIONS);
-    for _ in 0..CONNECTIONS {
-        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-        tokio::spawn(connection);
-        client
-            .batch_execute(&format!(
-                "CREATE SCHEMA IF NOT EXISTS \"{schema}\"; SET search_path TO \"{schema}\""
-            ))
-            .await?;
-        clients.push(client);
-    }
+    let clients = connections_in(url, schema, CONNECTIONS).await?;
     clients[0]
         .batch_execute(&format!(
             "CREATE TABLE jobs (id bigserial PRIMARY KEY, key int NOT NULL,
