@@ -136,6 +136,11 @@ pub use perennial_core::testing;
 #[doc = include_str!("../../../README.md")]
 pub struct Readme;
 
+/// The Rust examples of `docs/guide.md`, compiled and run with the doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/guide.md")]
+pub struct Guide;
+
 /// The Rust examples of `docs/async-work.md`, compiled and run with the doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../../../docs/async-work.md")]
