@@ -1,0 +1,97 @@
+//! A kind tested with the test kit (`perennial::testing`, feature `testing`): its handler run
+//! step by step without a runtime, checking what each step scheduled and told.
+//!
+//! `cargo run -p perennial --example tested --features testing`; in a crate of your own the
+//! same checks go in `#[test]` functions.
+
+use std::time::Duration;
+
+use perennial::testing::Handler;
+use perennial::{Ctx, Process, TimerId};
+use serde::{Deserialize, Serialize};
+
+/// A bid of an auction, which closes a minute after it opens and tells the winner.
+#[derive(Default, Serialize, Deserialize)]
+struct Auction {
+    best: Option<(String, u64)>,
+    closes: Option<TimerId>,
+    closed: bool,
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+enum AuctionMsg {
+    Open,
+    Bid { bidder: String, cents: u64 },
+    Close,
+}
+
+/// The bidder's inbox.
+#[derive(Default)]
+struct Inbox;
+
+impl Process for Inbox {
+    const KIND: &'static str = "inbox";
+    type Msg = String;
+    type Reply = ();
+    type Error = std::convert::Infallible;
+
+    fn handle(&mut self, _: String, _ctx: &mut Ctx<'_, Self>) -> Result<(), Self::Error> {
+        Ok(())
+    }
+}
+
+impl Process for Auction {
+    const KIND: &'static str = "auction";
+    type Msg = AuctionMsg;
+    type Reply = Option<u64>;
+    type Error = std::convert::Infallible;
+
+    fn handle(
+        &mut self,
+        msg: AuctionMsg,
+        ctx: &mut Ctx<'_, Self>,
+    ) -> Result<Option<u64>, Self::Error> {
+        match msg {
+            AuctionMsg::Open => {
+                self.closes = Some(ctx.schedule(Duration::from_secs(60), AuctionMsg::Close));
+            }
+            AuctionMsg::Bid { bidder, cents } => {
+                if !self.closed && self.best.as_ref().is_none_or(|(_, best)| cents > *best) {
+                    self.best = Some((bidder, cents));
+                }
+            }
+            AuctionMsg::Close => {
+                self.closed = true;
+                if let Some((winner, cents)) = &self.best {
+                    ctx.tell::<Inbox>(winner, format!("you won at {cents} cents"));
+                }
+            }
+        }
+        Ok(self.best.as_ref().map(|(_, cents)| *cents))
+    }
+}
+
+fn main() {
+    let (mut auction, mut handler) = (Auction::default(), Handler::<Auction>::new("lot-9"));
+
+    let opened = handler.handle(&mut auction, AuctionMsg::Open);
+    let close = &opened.timers()[0];
+    assert_eq!(close.at, handler.now() + Duration::from_secs(60));
+    assert_eq!(close.msg, AuctionMsg::Close);
+
+    for (bidder, cents) in [("ann", 500), ("bo", 700), ("cy", 600)] {
+        let bid = AuctionMsg::Bid {
+            bidder: bidder.into(),
+            cents,
+        };
+        handler.handle(&mut auction, bid);
+    }
+    // A minute later the timer's message comes; the winner is told.
+    handler.advance(Duration::from_secs(60));
+    let closed = handler.handle(&mut auction, AuctionMsg::Close);
+    let told = closed.told::<Inbox>();
+    assert_eq!(told.len(), 1);
+    assert_eq!(told[0].0.as_str(), "bo");
+    assert_eq!(told[0].1, "you won at 700 cents");
+    println!("the auction's steps do what they should: bo won, at 700 cents");
+}
