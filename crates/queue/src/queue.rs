@@ -179,7 +179,7 @@ impl<J: Job> JobQueue<J> {
     /// Starts waiting jobs while fewer than the concurrency run and the rate limit allows;
     /// when only the rate limit holds a job back, sets a timer for when it will not.
     fn start_jobs(&mut self, ctx: &mut Ctx<'_, Self>) {
-        let now = unix_ms(ctx);
+        let now = step_ms(ctx);
         while self.running.len() < self.concurrency as usize && !self.queued.is_empty() {
             if let Some(next) = self.rate_allows_at(now) {
                 self.wake_at(next, ctx);
@@ -199,7 +199,7 @@ impl<J: Job> JobQueue<J> {
                 number: w.number,
                 job: w.job,
                 submitted_ms: w.submitted_ms,
-                started_ms: unix_ms(ctx),
+                started_ms: now,
                 effect,
             });
         }
@@ -258,7 +258,7 @@ impl<J: Job> JobQueue<J> {
     }
 
     fn cancel(&mut self, number: u64, ctx: &mut Ctx<'_, Self>) {
-        let now = unix_ms(ctx);
+        let now = step_ms(ctx);
         let (job, submitted_ms, started_ms) =
             if let Some(i) = self.queued.iter().position(|w| w.number == number) {
                 let Some(w) = self.queued.remove(i) else {
@@ -324,7 +324,7 @@ impl<J: Job> JobQueue<J> {
 }
 
 /// The step's time, in milliseconds since the Unix epoch.
-fn unix_ms<J: Job>(ctx: &Ctx<'_, JobQueue<J>>) -> i64 {
+fn step_ms<J: Job>(ctx: &Ctx<'_, JobQueue<J>>) -> i64 {
     ctx.now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -344,7 +344,7 @@ impl<J: Job> Process for JobQueue<J> {
     ) -> Result<QueueReply<J>, QueueError> {
         let reply = match msg {
             QueueMsg::Submit { job, priority } => {
-                let number = self.submit(job, priority, unix_ms(ctx))?;
+                let number = self.submit(job, priority, step_ms(ctx))?;
                 self.start_jobs(ctx);
                 QueueReply::Submitted {
                     number,
