@@ -108,6 +108,7 @@ impl Default for Builder {
                 max_inflight: 100_000,
                 max_attempts: 3,
                 passivation_interval: Duration::from_secs(1),
+                lookahead: crate::due::LOOKAHEAD,
                 reply_window: Duration::from_secs(24 * 60 * 60),
                 reply_expiry_interval: Duration::from_secs(60),
                 feeds: HashMap::new(),
@@ -394,6 +395,14 @@ impl Builder {
         self
     }
 
+    /// How far ahead the dispatcher keeps due rows in memory: a test runtime, whose clock
+    /// jumps, looks further ahead than a node so that it scans its store less often.
+    #[cfg(feature = "testing")]
+    pub(crate) fn lookahead(mut self, lookahead: Duration) -> Self {
+        self.config.lookahead = lookahead;
+        self
+    }
+
     fn add<K: Process>(mut self, mode: Mode<K>) -> Self {
         self.registrations.push((
             K::KIND,
@@ -561,11 +570,11 @@ impl Builder {
             by_type.insert(kind.type_id, kind.typed);
         }
         let committer_thread = spawn_committer(committer, store)?;
-        let sweeper_task = tokio::spawn(sweep(Arc::clone(&engine)));
+        let sweeper_task = crate::task::spawn(sweep(Arc::clone(&engine)));
         // A read-only runtime owns no shard: another node delivers its timers.
         let dispatcher_task = writes.then(|| {
             let kinds: Arc<Kinds> = Arc::new(by_name.clone());
-            tokio::spawn(dispatch::run(Arc::clone(&engine), kinds))
+            crate::task::spawn(dispatch::run(Arc::clone(&engine), kinds))
         });
         tracing::info!(node = %self.node, kinds = by_name.len(), "runtime started");
         let tasks = Tasks {
@@ -587,7 +596,7 @@ fn spawn_committer(
     if committer.is_task() {
         // A simulation runs on one thread, and a thread of the committer's own would run
         // beside it, out of its control.
-        tokio::spawn(async move {
+        crate::task::spawn(async move {
             committer.run_as_task(&*store).await;
             let _ = stopped.send(());
         });
@@ -609,15 +618,45 @@ fn spawn_committer(
     Ok(on_stop)
 }
 
-/// Passivates idle entities every `passivation_interval` until the runtime closes.
+/// Sweeps at most this many passivation intervals apart, even with nothing due: a state
+/// that grew may have taken the node over its limits.
+const SWEEP_GAP: u32 = 30;
+
+/// Passivates idle entities until the runtime closes: when the earliest idle deadline
+/// passes, but at most every `passivation_interval` and at least every `SWEEP_GAP` of them.
+/// A step that brings a deadline sooner wakes it ([`Engine::sweep_by`]), and so does a node
+/// over its limits that an insert could not bring under them.
 async fn sweep(engine: Arc<Engine>) {
-    let mut tick = tokio::time::interval(engine.config.passivation_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    use std::sync::atomic::Ordering::SeqCst;
+    let interval = millis(engine.config.passivation_interval);
+    let gap = millis(engine.config.passivation_interval.saturating_mul(SWEEP_GAP));
+    let mut last = 0;
     loop {
-        tick.tick().await;
-        if engine.is_closing() {
-            return;
+        let now = engine.now_ms();
+        let next = if now >= engine.next_sweep_ms.load(SeqCst) {
+            last = now;
+            let (soonest, latest) = (now.saturating_add(interval), now.saturating_add(gap));
+            engine.registry.sweep(now).clamp(soonest, latest)
+        } else {
+            // Woken by a sooner deadline: not before `interval` after the last sweep.
+            let soonest = last.saturating_add(interval);
+            engine.next_sweep_ms.load(SeqCst).max(soonest)
+        };
+        engine.next_sweep_ms.store(next, SeqCst);
+        let at = engine.instant_at(next);
+        tokio::select! {
+            biased;
+            () = engine.closed() => return,
+            () = engine.sweep_sooner.notified() => {}
+            // Over the limits: sweep as soon as the interval allows.
+            () = engine.registry.pressed.notified() => {
+                engine.next_sweep_ms.fetch_min(last.saturating_add(interval), SeqCst);
+            }
+            () = tokio::time::sleep_until(at) => {}
         }
-        engine.registry.sweep(engine.now_ms());
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

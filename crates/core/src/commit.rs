@@ -137,6 +137,8 @@ pub(crate) struct Committer {
     /// Whether the committer runs as a task, and releases replies itself.
     as_task: bool,
     closed: AtomicBool,
+    /// Set by the test kit's restart: no batch is written any more, as after a kill -9.
+    killed: AtomicBool,
     commits: AtomicU64,
     committed_steps: AtomicU64,
     largest_batch: AtomicU64,
@@ -248,7 +250,7 @@ impl Releases {
         // Made before the task and moved into it, so it counts down even if the task never
         // runs (the runtime shutting down) or its work panics.
         let finished = Finished(Arc::clone(self));
-        runtime.spawn(async move {
+        crate::task::spawn_on(runtime, async move {
             let _finished = finished;
             for (owner, incarnation, seq) in durable {
                 owner.durable(incarnation, seq);
@@ -338,6 +340,7 @@ impl Committer {
             woken: Notify::new(),
             as_task,
             closed: AtomicBool::new(false),
+            killed: AtomicBool::new(false),
             commits: AtomicU64::new(0),
             committed_steps: AtomicU64::new(0),
             largest_batch: AtomicU64::new(0),
@@ -366,6 +369,14 @@ impl Committer {
         let _queue = self.queue.lock();
         self.closed.store(true, Ordering::SeqCst);
         self.notify();
+    }
+
+    /// Writes nothing from now on, as if the process had been killed: every batch fails, so
+    /// the steps not yet durable are lost and their callers told so (the test kit's restart).
+    #[cfg(feature = "testing")]
+    pub(crate) fn kill(&self) {
+        self.killed.store(true, Ordering::SeqCst);
+        self.close();
     }
 
     pub(crate) fn stats(&self) -> CommitStats {
@@ -481,7 +492,11 @@ impl Committer {
         }
         failpoint!("commit.before");
         let started = std::time::Instant::now();
-        let result = store.commit(batch);
+        let result = if self.killed.load(Ordering::SeqCst) {
+            Err(perennial_storage::Error::Io("the node was killed".into()))
+        } else {
+            store.commit(batch)
+        };
         if result.is_ok() {
             self.durable_seconds.record(started.elapsed().as_secs_f64());
             self.batch_steps.record(count as f64);

@@ -2,7 +2,7 @@
 //!
 //! Steps create pending rows (see [`perennial_storage::Pending`]) in their own commit. The
 //! dispatcher keeps in memory only the rows due soon (see `due`), loaded by a scan of the
-//! store every `LOOKAHEAD / 2` (and at start, which is how rows survive restarts), plus the
+//! store every half of the lookahead (`LOOKAHEAD` on a node) (and at start, which is how rows survive restarts), plus the
 //! rows that committed batches create meanwhile, when they fall inside that window. Millions
 //! of pending timers therefore cost storage, not memory.
 //!
@@ -26,7 +26,7 @@ use perennial_storage::{DeadLetter, DeadLetterWrite, Pending, PendingClass, Pend
 use perennial_types::{EntityKey, Epoch, shard_of};
 
 use crate::courier::{Applying, Delivery, Parcel};
-use crate::due::{LOOKAHEAD, RowId};
+use crate::due::RowId;
 use crate::dyn_kind::DynKind;
 use crate::engine::Engine;
 use crate::process::ask::{AskBody, AskError, answer_message, asked_json};
@@ -66,7 +66,12 @@ pub(crate) async fn run(engine: Arc<Engine>, kinds: Arc<Kinds>) {
             let shard = shard_of(&row.owner.kind, row.owner.id.as_str());
             match engine.shards.epoch(shard) {
                 Some(epoch) => {
-                    tokio::spawn(deliver(Arc::clone(&engine), Arc::clone(&kinds), row, epoch));
+                    crate::task::spawn(deliver(
+                        Arc::clone(&engine),
+                        Arc::clone(&kinds),
+                        row,
+                        epoch,
+                    ));
                 }
                 None => due_rows.finish(&row),
             }
@@ -91,7 +96,7 @@ pub(crate) async fn run(engine: Arc<Engine>, kinds: Arc<Kinds>) {
 
 /// Loads the rows due soon; returns when to scan again.
 async fn scan(engine: &Engine) -> Duration {
-    let horizon = crate::clock::now_ms().saturating_add(millis(LOOKAHEAD));
+    let horizon = crate::clock::now_ms().saturating_add(millis(engine.config.lookahead));
     let room = engine.due.scan_started(horizon).max(1);
     let rows = match engine.store.due(horizon, room).await {
         Ok(rows) => rows,
@@ -109,7 +114,7 @@ async fn scan(engine: &Engine) -> Duration {
     if engine.due.scanned(rows, room, horizon, ours) {
         Duration::from_millis(200)
     } else {
-        LOOKAHEAD / 2
+        engine.config.lookahead / 2
     }
 }
 
@@ -431,7 +436,7 @@ async fn attempt_effect(
     work: Attempt,
     timeout: Duration,
 ) -> Result<Result<String, EffectError>, Delivery> {
-    let mut task = tokio::spawn(work);
+    let mut task = crate::task::spawn(work);
     let deadline = tokio::time::Instant::now() + timeout;
     let outcome = loop {
         tokio::select! {

@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -33,6 +33,8 @@ pub(crate) struct Config {
     pub(crate) max_inflight: usize,
     pub(crate) max_attempts: u32,
     pub(crate) passivation_interval: Duration,
+    /// How far ahead the dispatcher keeps due rows in memory (see `due`).
+    pub(crate) lookahead: Duration,
     /// How long replies to idempotent calls are kept.
     pub(crate) reply_window: Duration,
     /// How often replies older than `reply_window` (and changes older than their feed
@@ -73,6 +75,10 @@ pub(crate) struct Engine {
     closing_now: Notify,
     /// Notified when the last in-flight call is answered during shutdown.
     drained: Notify,
+    /// When the sweeper means to look for idle entities next (in [`Engine::now_ms`]'s
+    /// milliseconds), and its wake-up when an entity's deadline comes sooner.
+    pub(crate) next_sweep_ms: AtomicU64,
+    pub(crate) sweep_sooner: Notify,
     /// On tokio's clock, which a simulation pauses and advances.
     started: tokio::time::Instant,
     /// Dead letters being retried or discarded now (see `admin`).
@@ -140,6 +146,8 @@ impl Engine {
             closing: AtomicBool::new(false),
             closing_now: Notify::new(),
             drained: Notify::new(),
+            next_sweep_ms: AtomicU64::new(0),
+            sweep_sooner: Notify::new(),
             started: tokio::time::Instant::now(),
             letters_in_hand: Mutex::default(),
             pauses: Pauses::new(parts.paused),
@@ -235,6 +243,24 @@ impl Engine {
             }
             drained.await;
         }
+    }
+
+    /// Wakes the sweeper if an entity's idle deadline (`deadline_ms`) comes before its next
+    /// sweep. One relaxed load per step otherwise.
+    pub(crate) fn sweep_by(&self, deadline_ms: u64) {
+        if deadline_ms < self.next_sweep_ms.load(Ordering::Relaxed)
+            && self.next_sweep_ms.fetch_min(deadline_ms, Ordering::SeqCst) > deadline_ms
+        {
+            self.sweep_sooner.notify_one();
+        }
+    }
+
+    /// The instant [`Engine::now_ms`] reads `ms` at.
+    /// (At most a year ahead, so that no far deadline overflows the clock.)
+    pub(crate) fn instant_at(&self, ms: u64) -> tokio::time::Instant {
+        const YEAR_MS: u64 = 365 * 24 * 3600 * 1000;
+        let ms = ms.min(self.now_ms().saturating_add(YEAR_MS));
+        self.started + std::time::Duration::from_millis(ms)
     }
 
     /// Milliseconds since the runtime started: the clock of idle deadlines.

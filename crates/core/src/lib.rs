@@ -77,8 +77,8 @@
 //!
 //! From the ground floor up; a module uses only those above it (a test checks that no
 //! modules import each other in a circle).
-//! - `guard`, `clock`, `sim`, `error`: the panic guard, wall time, the simulation's hooks,
-//!   [`CallError`] and [`StartError`].
+//! - `guard`, `clock`, `sim`, `task`, `error`: the panic guard, wall time, the simulation's
+//!   hooks, where tasks are spawned, [`CallError`] and [`StartError`].
 //! - `process/`: what a kind is written against: [`Process`], [`Ctx`], [`Effect`],
 //!   [`Migration`].
 //! - `upgrade`: a stored state of an older schema version brought up to date.
@@ -97,6 +97,8 @@
 //! - `dispatch`: fires due timers, delivers messages between entities, runs effects.
 //! - `builder`, `runtime`, `entity_ref`: [`Builder`], [`Runtime`], [`EntityRef`]: the entry points.
 //! - `admin`, `migration`: what operators do to a running runtime; migration passes.
+//! - `testing/` (feature `testing`): the test kit, a handler without a runtime and a runtime
+//!   whose clock the test moves.
 
 mod admin;
 mod builder;
@@ -127,6 +129,7 @@ mod shards;
 pub mod sim;
 #[cfg(not(feature = "sim"))]
 mod sim;
+mod task;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod upgrade;

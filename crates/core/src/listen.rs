@@ -116,7 +116,7 @@ impl<K: Process> Pending<K> {
         for mut listener in self.listeners {
             let (tx, mut rx) = mpsc::channel::<Box<Change<K>>>(QUEUE);
             queues.push(tx);
-            tokio::spawn(async move {
+            crate::task::spawn(async move {
                 while let Some(change) = rx.recv().await {
                     if let Err(panic) = guard(|| listener(&change)) {
                         tracing::error!(kind = K::KIND, id = %change.id, step = change.step,

@@ -72,6 +72,9 @@ pub(crate) struct Registry {
     limits: Limits,
     /// Where the next round-robin eviction starts.
     cursor: AtomicUsize,
+    /// Notified when the node is over its limits and what an insert could evict did not
+    /// bring it under them: the sweeper then evicts at its next chance.
+    pub(crate) pressed: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Registry {
@@ -111,6 +114,7 @@ impl Registry {
             bytes: AtomicUsize::new(0),
             limits,
             cursor: AtomicUsize::new(0),
+            pressed: tokio::sync::Notify::new(),
         }
     }
 
@@ -160,6 +164,9 @@ impl Registry {
         if created && short > 0 && self.over_limits() {
             // This part had too little to give: take from the others, one lock at a time.
             self.evict_round_robin(short);
+            if self.over_limits() {
+                self.pressed.notify_one();
+            }
         }
         result
     }
@@ -195,7 +202,10 @@ impl Registry {
     /// Adds (or with a negative delta, removes) resident bytes.
     pub(crate) fn account(&self, old: usize, new: usize) {
         if new >= old {
-            self.bytes.fetch_add(new - old, Ordering::Relaxed);
+            let before = self.bytes.fetch_add(new - old, Ordering::Relaxed);
+            if before <= self.limits.max_bytes && before + (new - old) > self.limits.max_bytes {
+                self.pressed.notify_one();
+            }
         } else {
             self.bytes.fetch_sub(old - new, Ordering::Relaxed);
         }
@@ -214,28 +224,35 @@ impl Registry {
     }
 
     /// Passivates every idle entity whose deadline has passed, then evicts least recently
-    /// used idle entities while the node is over its limits. Returns how many it passivated.
-    pub(crate) fn sweep(&self, now_ms: u64) -> usize {
-        let mut passivated = 0;
+    /// used idle entities while the node is over its limits. Returns when the next sweep is
+    /// due: the earliest deadline of the entities left (`u64::MAX` if none is), or `now_ms`
+    /// while the node is still over its limits.
+    pub(crate) fn sweep(&self, now_ms: u64) -> u64 {
+        let mut next_ms = u64::MAX;
         for part in self.parts.iter() {
             let mut hooks = Vec::new();
             {
                 let mut part = part.lock();
-                let due: Vec<u32> = part
-                    .nodes
-                    .iter()
-                    .filter(|(_, n)| n.entry.deadline_ms() <= now_ms)
-                    .map(|(slot, _)| slot as u32)
-                    .collect();
+                let mut due: Vec<u32> = Vec::new();
+                for (slot, n) in part.nodes.iter() {
+                    let deadline = n.entry.deadline_ms();
+                    if deadline <= now_ms {
+                        due.push(slot as u32);
+                    } else {
+                        next_ms = next_ms.min(deadline);
+                    }
+                }
                 for slot in due {
                     if let Some(p) = part.nodes[slot as usize].entry.try_passivate(now_ms, false) {
                         part.remove(slot);
                         self.forget(&p);
                         hooks.push(p);
+                    } else {
+                        // Busy now: its deadline moves when its step ends.
+                        next_ms = now_ms;
                     }
                 }
             }
-            passivated += hooks.len();
             run_hooks(hooks);
         }
         // Round-robin over the parts, least recently used first in each, until under the
@@ -246,17 +263,16 @@ impl Registry {
                 let mut hooks = Vec::new();
                 self.evict_from(&mut part.lock(), 16, &mut hooks);
                 progress |= !hooks.is_empty();
-                passivated += hooks.len();
                 run_hooks(hooks);
                 if !self.over_limits() {
                     break;
                 }
             }
             if !progress {
-                break;
+                return now_ms;
             }
         }
-        passivated
+        next_ms
     }
 
     /// Passivates every idle entity now, whatever its deadline. Returns how many remain.

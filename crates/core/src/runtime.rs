@@ -122,6 +122,18 @@ impl Runtime {
         }
     }
 
+    /// Stops the runtime as a kill -9 would: nothing it computed is written any more, its
+    /// calls in flight fail, its background tasks stop (the test kit's restart).
+    #[cfg(feature = "testing")]
+    pub(crate) fn kill(&self) {
+        let engine = &self.shared.engine;
+        engine.committer.kill();
+        engine.close();
+        if let Some(tasks) = self.shared.tasks.lock().take() {
+            tasks.abort();
+        }
+    }
+
     /// A handle to the entity `id` of kind `K`. Cheap: nothing is activated until a message
     /// is sent. An invalid id or an unregistered kind is reported by the handle's calls.
     pub fn get<K: Process>(&self, id: impl AsRef<str>) -> EntityRef<K> {

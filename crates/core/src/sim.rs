@@ -9,6 +9,8 @@
 //! without them costs one thread-local read per step; a build without the `sim` feature
 //! (every real node) has no hooks at all.
 
+#[cfg(feature = "testing")]
+pub(crate) use hooks::install_clock;
 #[cfg(feature = "sim")]
 pub(crate) use hooks::{active, seed, since_epoch};
 #[cfg(feature = "sim")]
@@ -37,19 +39,25 @@ pub(crate) use none::{active, seed, since_epoch};
 #[cfg(feature = "sim")]
 mod hooks {
     use std::cell::RefCell;
+    use std::rc::Rc;
     use std::time::Duration;
 
     use rand_chacha::ChaCha8Rng;
     use rand_core::{Rng, SeedableRng};
 
     thread_local! {
-        static CLOCK: RefCell<Option<fn() -> Duration>> = const { RefCell::new(None) };
+        static CLOCK: RefCell<Option<Rc<dyn Fn() -> Duration>>> = const { RefCell::new(None) };
         static RANDOM: RefCell<Option<ChaCha8Rng>> = const { RefCell::new(None) };
     }
 
     /// From now on, on this thread, wall time is `clock()` (the duration since the Unix epoch)
     /// and the random seeds handed to steps are drawn from a generator seeded with `seed`.
     pub fn install(clock: fn() -> Duration, seed: u64) {
+        install_clock(Rc::new(clock), seed);
+    }
+
+    /// [`install`] with a clock that may hold state (the test kit's).
+    pub(crate) fn install_clock(clock: Rc<dyn Fn() -> Duration>, seed: u64) {
         CLOCK.with(|c| *c.borrow_mut() = Some(clock));
         RANDOM.with(|r| *r.borrow_mut() = Some(ChaCha8Rng::seed_from_u64(seed)));
     }
@@ -67,7 +75,8 @@ mod hooks {
 
     /// The simulated wall time, if a simulation is installed on this thread.
     pub(crate) fn since_epoch() -> Option<Duration> {
-        CLOCK.with(|c| c.borrow().map(|clock| clock()))
+        let clock = CLOCK.with(|c| c.borrow().clone())?;
+        Some(clock())
     }
 
     /// A seed from the simulation's generator, if one is installed on this thread.

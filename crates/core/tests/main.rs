@@ -19,5 +19,6 @@ mod migrations;
 mod passivation;
 mod shards;
 mod supervision;
+mod testkit;
 mod timers;
 mod watch;

@@ -222,7 +222,7 @@ fn run_here_or_spawn<K: Process>(cell: Arc<Cell<K>>) {
         }
     }
     let runtime = cell.kind.engine.runtime.clone();
-    runtime.spawn(run(cell));
+    crate::task::spawn_on(&runtime, run(cell));
 }
 
 impl<K: Process> Cell<K> {

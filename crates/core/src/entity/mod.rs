@@ -352,6 +352,7 @@ impl<K: Process> Cell<K> {
         let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
         let deadline = self.kind.engine.now_ms().saturating_add(ms);
         self.deadline.store(deadline, Ordering::Relaxed);
+        self.kind.engine.sweep_by(deadline);
     }
 
     fn panicked_error(&self, message: String) -> CallError {

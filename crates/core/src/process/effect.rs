@@ -286,6 +286,12 @@ impl EffectCtx {
         self.attempt
     }
 
+    /// The time now, as the runtime reads it: the operating system's clock on a node, the
+    /// test's clock on a [`TestRuntime`](crate::testing::TestRuntime) (feature `testing`).
+    pub fn now(&self) -> std::time::SystemTime {
+        crate::clock::time_of(crate::clock::now_us())
+    }
+
     /// The resource of type `T` given to the builder with
     /// [`Builder::resource`](crate::Builder::resource); an error (a permanent one: retrying
     /// cannot help) if none was.
