@@ -165,6 +165,14 @@ pub enum CallError<E = Infallible> {
     /// and messages from other entities wait instead).
     #[error("{0} is paused by an operator; calls are refused until it is resumed")]
     Paused(EntityKey),
+    /// The message may only come from inside the runtime (another entity's `tell` or `ask`,
+    /// a timer, an effect's result): [`Process::is_internal`](crate::Process::is_internal)
+    /// says so, and a call cannot send it. Nothing changed.
+    #[error(
+        "this message to {0} may only come from inside the runtime (another entity, a timer, \
+         an effect's result); it cannot be sent by a call"
+    )]
+    Internal(EntityKey),
     /// The entity's stored bytes cannot be read back (an undecodable state, a journal whose
     /// replay diverged), so it is quarantined: its calls are refused and nothing writes to
     /// it until an operator fixes the bytes and releases it.
@@ -251,6 +259,7 @@ impl<E> CallError<E> {
             Self::BadMessage { kind, detail } => CallError::BadMessage { kind, detail },
             Self::InvalidId(e) => CallError::InvalidId(e),
             Self::Paused(key) => CallError::Paused(key),
+            Self::Internal(key) => CallError::Internal(key),
             Self::Quarantined(key) => CallError::Quarantined(key),
             Self::NotWatchable(kind) => CallError::NotWatchable(kind),
         }
@@ -283,6 +292,7 @@ impl<E> CallError<E> {
             Self::BadMessage { .. } => "bad_message",
             Self::InvalidId(_) => "invalid_id",
             Self::Paused(_) => "paused",
+            Self::Internal(_) => "internal_message",
             Self::Quarantined(_) => "quarantined",
             Self::NotWatchable(_) => "not_watchable",
         }

@@ -1,8 +1,10 @@
 //! Messages between entities (`ctx.tell`): delivered after the sender's commit, applied once,
-//! in order, whatever fails; replies come back as messages.
+//! in order, whatever fails; replies come back as messages. Internal messages
+//! (`Process::is_internal`) come only from inside the runtime, never from a call.
 
 use std::time::Duration;
 
+use perennial_core::testing::TestRuntime;
 use perennial_core::{CallError, Ctx, Process, Runtime};
 use perennial_storage::{FaultyStore, MemoryStore, Store};
 use perennial_types::{EntityId, EntityKey};
@@ -212,4 +214,78 @@ async fn sending_to_an_unregistered_kind_fails_the_step() {
     }
     assert_eq!(s.call(SenderMsg::Get).await.unwrap(), [7], "rolled back");
     assert!(store.due(i64::MAX, 10).await.unwrap().is_empty());
+}
+
+/// Grants credit to itself by a timer and to others by `tell`: both internal messages.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Wallet {
+    credit: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum WalletMsg {
+    /// Grants `credit` to itself in a minute.
+    Later(u64),
+    /// Grants `credit` to the wallet `to` now.
+    Give { to: String, credit: u64 },
+    /// Internal: only a timer or another wallet sends it.
+    Grant(u64),
+}
+
+impl Process for Wallet {
+    const KIND: &'static str = "wallet";
+    type Msg = WalletMsg;
+    type Reply = u64;
+    type Error = std::convert::Infallible;
+
+    fn handle(&mut self, msg: WalletMsg, ctx: &mut Ctx<'_, Self>) -> Result<u64, Self::Error> {
+        match msg {
+            WalletMsg::Later(credit) => {
+                ctx.schedule(Duration::from_secs(60), WalletMsg::Grant(credit));
+            }
+            WalletMsg::Give { to, credit } => ctx.tell::<Wallet>(to, WalletMsg::Grant(credit)),
+            WalletMsg::Grant(credit) => self.credit += credit,
+        }
+        Ok(self.credit)
+    }
+
+    fn is_internal(msg: &WalletMsg) -> bool {
+        matches!(msg, WalletMsg::Grant(_))
+    }
+}
+
+#[tokio::test]
+async fn an_internal_message_is_refused_from_a_call_and_applied_from_a_timer_or_a_tell() {
+    let rt = TestRuntime::start(|b| b.register_snapshot::<Wallet>())
+        .await
+        .unwrap();
+    let w = rt.get::<Wallet>("w");
+    let forged = w.call(WalletMsg::Grant(1_000)).await;
+    assert!(matches!(forged, Err(CallError::Internal(_))), "{forged:?}");
+    let json = rt.call_json("wallet", "w", br#"{"grant": 1000}"#).await;
+    match json {
+        Err(e @ CallError::Internal(_)) => assert_eq!(e.code(), "internal_message"),
+        other => panic!("{other:?}"),
+    }
+    let keyed = w.call_idempotent("k1", WalletMsg::Grant(1_000)).await;
+    assert!(matches!(keyed, Err(CallError::Internal(_))), "{keyed:?}");
+    assert_eq!(
+        w.call(WalletMsg::Later(5)).await.unwrap(),
+        0,
+        "nothing forged"
+    );
+    rt.advance(Duration::from_secs(60)).await;
+    let other = rt.get::<Wallet>("other");
+    let give = WalletMsg::Give {
+        to: "w".into(),
+        credit: 2,
+    };
+    other.call(give).await.unwrap();
+    rt.settle().await;
+    assert_eq!(
+        w.call(WalletMsg::Later(0)).await.unwrap(),
+        7,
+        "5 by the timer, 2 told"
+    );
 }

@@ -211,6 +211,7 @@ impl From<CallError<JsonRejection>> for ApiError {
             }
             CallError::NoHistory { .. } => (StatusCode::NOT_FOUND, error.to_string()),
             CallError::Paused(_) => (StatusCode::CONFLICT, error.to_string()),
+            CallError::Internal(_) => (StatusCode::FORBIDDEN, error.to_string()),
             CallError::Quarantined(key) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!(

@@ -118,15 +118,18 @@ pub mod storage {
 /// ```
 pub mod queue {
     pub use perennial_queue::{
-        FinishedJob, Job, JobQueue, JobResult, JobState, MAX_CONCURRENCY, MAX_QUEUED,
-        MAX_RATE_INTERVAL_MS, Outcome, QueueError, QueueMsg, QueueReply, QueueStatus, RateLimit,
-        Work, each_job,
+        FinishedJob, GlobalCap, Job, JobQueue, JobResult, JobState, MAX_CONCURRENCY,
+        MAX_GLOBAL_CONCURRENCY, MAX_QUEUED, MAX_RATE_INTERVAL_MS, Outcome, POOL, PermitMsg,
+        PermitStatus, Permits, QueueError, QueueMsg, QueueReply, QueueStatus, RateLimit, Work,
+        each_job,
     };
 }
 
-/// Unit tests of a kind's handler without a runtime (feature `testing`): run `handle` step
-/// by step on a state you hold, at a time and with a random seed you choose, and check the
-/// reply and what the step scheduled, told, asked and started.
+/// The test kit (feature `testing`): [`testing::Handler`] runs `handle` step by step on a
+/// state you hold, without a runtime, and shows what each step scheduled, told, asked and
+/// started; [`testing::TestRuntime`] runs whole flows on a runtime whose clock the test moves
+/// (timers, idle timeouts, effects' backoff and asks' deadlines fire when it does) and can
+/// restart it as a kill -9 would.
 #[cfg(feature = "testing")]
 pub use perennial_core::testing;
 

@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::message::{Outcome, QueueMsg, RateLimit};
+use crate::permits::GlobalCap;
 use crate::queue::JobQueue;
 
 /// A job type: the data of one job, stored with the queue until the job finished, and its
@@ -60,6 +61,34 @@ pub trait Job: Serialize + DeserializeOwned + Clone + fmt::Debug + Send + Sync +
     /// How many jobs of one key run at once until the key is configured otherwise
     /// ([`QueueMsg::Configure`]). At least 1.
     const CONCURRENCY: u32 = 1;
+
+    /// A cap on the jobs running at once across all keys, on top of each key's own: a
+    /// tenant's quota, say, when each key is one of its users. Kept by a permit pool entity
+    /// of kind [`GlobalCap::kind`] (id [`POOL`](crate::POOL)), which operators can read and
+    /// configure like any entity. A queue asks the pool for a permit per job it could start
+    /// and gives it back when the job ends, so the keys waiting take turns. Default: none.
+    ///
+    /// ```
+    /// # use perennial_core::{EffectCtx, EffectError};
+    /// # use perennial_queue::{GlobalCap, Job};
+    /// # #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+    /// # struct Render;
+    /// impl Job for Render {
+    ///     const KIND: &'static str = "render";
+    ///     /// Each user renders 2 at a time; all users together, 40.
+    ///     const CONCURRENCY: u32 = 2;
+    ///     const GLOBAL: Option<GlobalCap> = Some(GlobalCap {
+    ///         kind: "render-permits",
+    ///         concurrency: 40,
+    ///     });
+    ///     type Output = ();
+    ///
+    ///     async fn run(self, _cx: EffectCtx) -> Result<(), EffectError> {
+    ///         Ok(())
+    ///     }
+    /// }
+    /// ```
+    const GLOBAL: Option<GlobalCap> = None;
 
     /// The rate limit on each key's starts until the key is configured otherwise
     /// ([`QueueMsg::Configure`](crate::QueueMsg::Configure)). Default: none.
@@ -121,23 +150,25 @@ impl<J: Job> Effect for Work<J> {
     }
 
     async fn run(self, cx: EffectCtx) -> Result<QueueMsg<J>, EffectError> {
-        let (started_ms, attempt) = (unix_ms(), cx.attempt());
+        let (started_ms, attempt) = (unix_ms(&cx), cx.attempt());
+        let clock = cx.clone();
         let output = self.job.run(cx).await?;
         Ok(QueueMsg::Finished(Outcome {
             number: self.number,
             started_ms,
-            finished_ms: unix_ms(),
+            finished_ms: unix_ms(&clock),
             attempt: Some(attempt),
             result: Ok(output),
         }))
     }
 
     fn failed(self, failure: EffectFailure) -> QueueMsg<J> {
-        let now = unix_ms();
+        // No attempt's times to give: the queue's step puts in when it started the job and
+        // its own time.
         QueueMsg::Finished(Outcome {
             number: self.number,
-            started_ms: now,
-            finished_ms: now,
+            started_ms: 0,
+            finished_ms: 0,
             attempt: None,
             result: Err(failure.error),
         })
@@ -146,8 +177,8 @@ impl<J: Job> Effect for Work<J> {
 
 /// Wall time in milliseconds since the Unix epoch: when an attempt's work ran (outside any
 /// step, so not the step's clock).
-fn unix_ms() -> i64 {
-    SystemTime::now()
+fn unix_ms(cx: &EffectCtx) -> i64 {
+    cx.now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

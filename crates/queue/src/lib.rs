@@ -24,7 +24,9 @@
 //! - **Short-lived queues**: with [`Job::DELETE_WHEN_DRAINED`], a key's queue exists only
 //!   while it has work.
 //!
-//! Not yet: a cap shared by all the keys of a kind.
+//! - **A cap across keys**: with [`Job::GLOBAL`], at most N jobs of all keys run at once
+//!   (a tenant's quota over its users' queues); a permit pool entity hands permits out to
+//!   the waiting keys in turns.
 //!
 //! ```
 //! use std::time::Duration;
@@ -80,6 +82,7 @@
 
 mod job;
 mod message;
+mod permits;
 mod queue;
 
 pub use job::{Job, Work};
@@ -87,4 +90,5 @@ pub use message::{
     FinishedJob, JobResult, JobState, MAX_CONCURRENCY, MAX_QUEUED, MAX_RATE_INTERVAL_MS, Outcome,
     QueueError, QueueMsg, QueueReply, QueueStatus, RateLimit,
 };
+pub use permits::{GlobalCap, MAX_GLOBAL_CONCURRENCY, POOL, PermitMsg, PermitStatus, Permits};
 pub use queue::{JobQueue, each_job};

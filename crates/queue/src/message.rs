@@ -62,6 +62,9 @@ pub enum QueueMsg<J: Job> {
     /// Starts the waiting jobs the limits allow now: sent by the queue's own timer when its
     /// rate limit lets the next job start. Harmless from anyone else.
     Wake,
+    /// Permits to start jobs, from the pool of a kind with a global cap ([`Job::GLOBAL`]).
+    /// Sent by the pool only: a call that sends it is refused.
+    Permits(u32),
 }
 
 impl<J: Job> QueueMsg<J> {
@@ -245,6 +248,9 @@ pub enum QueueError {
     /// The concurrency is outside 1 to [`MAX_CONCURRENCY`].
     #[error("the concurrency must be 1 to {MAX_CONCURRENCY}")]
     BadConcurrency,
+    /// A global cap outside 1 to [`MAX_GLOBAL_CONCURRENCY`](crate::MAX_GLOBAL_CONCURRENCY).
+    #[error("a global cap must be 1 to {}", crate::MAX_GLOBAL_CONCURRENCY)]
+    BadGlobalConcurrency,
     /// The rate limit's interval is outside 1 ms to [`MAX_RATE_INTERVAL_MS`].
     #[error("a rate limit's interval must be 1 to {MAX_RATE_INTERVAL_MS} ms")]
     BadRate,
@@ -260,6 +266,7 @@ impl Rejection for QueueError {
     fn code(&self) -> &str {
         match self {
             Self::BadConcurrency => "bad_concurrency",
+            Self::BadGlobalConcurrency => "bad_global_concurrency",
             Self::BadRate => "bad_rate",
             Self::BadJob(_) => "bad_job",
             Self::QueueFull => "queue_full",

@@ -14,6 +14,7 @@ use crate::message::{
     FinishedJob, JobResult, JobState, MAX_CONCURRENCY, MAX_QUEUED, Outcome, QueueError, QueueMsg,
     QueueReply, QueueStatus, RateLimit,
 };
+use crate::permits::{POOL, PermitMsg, Permits};
 
 /// The queue of one key for jobs of type `J`: an entity of kind `J::KIND`, started by the
 /// first message to its key. It starts jobs as effects while fewer than its concurrency run,
@@ -49,6 +50,12 @@ pub struct JobQueue<J: Job> {
     /// The timer that wakes the queue once the rate limit lets the next job start.
     #[serde(default)]
     wake: Option<TimerId>,
+    /// With a global cap: the permits from the pool this queue holds (one per running job
+    /// once a step ends), and those it asked for and has not got yet.
+    #[serde(default)]
+    permits: u32,
+    #[serde(default)]
+    asked: u32,
 }
 
 /// A job waiting to start.
@@ -86,6 +93,8 @@ impl<J: Job> Default for JobQueue<J> {
             rate: J::RATE.filter(|r| r.limits() && r.is_valid()),
             recent_starts: VecDeque::new(),
             wake: None,
+            permits: 0,
+            asked: 0,
         }
     }
 }
@@ -110,9 +119,13 @@ impl<J: Job> JobQueue<J> {
     /// # Ok(()) }
     /// ```
     pub fn register(builder: Builder) -> Builder {
-        builder
+        let builder = builder
             .register_snapshot::<Self>()
-            .register_effect::<Work<J>>()
+            .register_effect::<Work<J>>();
+        match J::GLOBAL {
+            Some(_) => builder.register_snapshot::<Permits<J>>(),
+            None => builder,
+        }
     }
 
     /// The queue's counts.
@@ -176,11 +189,16 @@ impl<J: Job> JobQueue<J> {
         Ok(number)
     }
 
-    /// Starts waiting jobs while fewer than the concurrency run and the rate limit allows;
-    /// when only the rate limit holds a job back, sets a timer for when it will not.
+    /// Starts waiting jobs while fewer than the concurrency run, the rate limit allows, and
+    /// with a global cap, a permit is free; when only the rate limit holds a job back, sets a
+    /// timer for when it will not.
     fn start_jobs(&mut self, ctx: &mut Ctx<'_, Self>) {
         let now = step_ms(ctx);
-        while self.running.len() < self.concurrency as usize && !self.queued.is_empty() {
+        let permitted = |q: &Self| J::GLOBAL.is_none() || q.running.len() < q.permits as usize;
+        while self.running.len() < self.concurrency as usize
+            && !self.queued.is_empty()
+            && permitted(self)
+        {
             if let Some(next) = self.rate_allows_at(now) {
                 self.wake_at(next, ctx);
                 break;
@@ -237,6 +255,37 @@ impl<J: Job> JobQueue<J> {
         self.wake = Some(ctx.schedule_at(at, QueueMsg::Wake));
     }
 
+    /// With a global cap: gives back the permits no running job uses, and asks the pool for
+    /// one per job that could start now (beyond those asked for already), in one message.
+    fn balance_permits(&mut self, ctx: &mut Ctx<'_, Self>) {
+        if J::GLOBAL.is_none() {
+            return;
+        }
+        let running = u32::try_from(self.running.len()).unwrap_or(u32::MAX);
+        let release = self.permits.saturating_sub(running);
+        self.permits -= release;
+        // Held back by the rate limit: nothing to ask for until its timer.
+        let could_start = if self.wake.is_some() {
+            0
+        } else {
+            let queued = u32::try_from(self.queued.len()).unwrap_or(u32::MAX);
+            self.concurrency.saturating_sub(running).min(queued)
+        };
+        let want = could_start.saturating_sub(self.asked);
+        self.asked += want;
+        if release > 0 || want > 0 {
+            let queue = ctx.id().to_string();
+            ctx.tell::<Permits<J>>(
+                POOL,
+                PermitMsg::Update {
+                    queue,
+                    release,
+                    want,
+                },
+            );
+        }
+    }
+
     fn configure(
         &mut self,
         concurrency: Option<u32>,
@@ -284,7 +333,9 @@ impl<J: Job> JobQueue<J> {
         });
     }
 
-    fn finish(&mut self, outcome: Outcome<J::Output>) {
+    /// Applies a job's outcome; `now_ms` is the step's time, the end of a job that failed for
+    /// good (whose outcome has no attempt's times).
+    fn finish(&mut self, outcome: Outcome<J::Output>, now_ms: i64) {
         // Ignored for a job that is not running: cancelled meanwhile, or not a real outcome.
         let Some(i) = self.running.iter().position(|r| r.number == outcome.number) else {
             return;
@@ -300,12 +351,16 @@ impl<J: Job> JobQueue<J> {
                 JobResult::Failed(error)
             }
         };
+        let (started_ms, finished_ms) = match outcome.attempt {
+            Some(_) => (outcome.started_ms, outcome.finished_ms),
+            None => (r.started_ms, now_ms),
+        };
         self.keep(FinishedJob {
             number: r.number,
             job: r.job,
             submitted_ms: r.submitted_ms,
-            started_ms: outcome.started_ms,
-            finished_ms: outcome.finished_ms,
+            started_ms,
+            finished_ms,
             attempt: outcome.attempt,
             result,
         });
@@ -353,6 +408,9 @@ impl<J: Job> Process for JobQueue<J> {
             }
             QueueMsg::Cancel { number } => {
                 self.cancel(number, ctx);
+                // The permit of a stopped job goes back to the pool before the next job of
+                // this key may take one: the keys waiting have their turn first.
+                self.balance_permits(ctx);
                 self.start_jobs(ctx);
                 QueueReply::Job(self.job(number))
             }
@@ -370,15 +428,28 @@ impl<J: Job> Process for JobQueue<J> {
             QueueMsg::Job { number } => return Ok(QueueReply::Job(self.job(number))),
             QueueMsg::History => return Ok(QueueReply::History(self.history.clone().into())),
             QueueMsg::Finished(outcome) => {
-                self.finish(outcome);
+                self.finish(outcome, step_ms(ctx));
+                self.balance_permits(ctx);
+                self.start_jobs(ctx);
+                QueueReply::Status(self.status())
+            }
+            QueueMsg::Permits(permits) => {
+                self.asked = self.asked.saturating_sub(permits);
+                self.permits = self.permits.saturating_add(permits);
                 self.start_jobs(ctx);
                 QueueReply::Status(self.status())
             }
         };
-        if J::DELETE_WHEN_DRAINED && self.is_drained() {
+        self.balance_permits(ctx);
+        // Not while permits are out or asked for: a queue deleted then would lose them.
+        if J::DELETE_WHEN_DRAINED && self.is_drained() && self.permits == 0 && self.asked == 0 {
             ctx.delete();
         }
         Ok(reply)
+    }
+
+    fn is_internal(msg: &QueueMsg<J>) -> bool {
+        matches!(msg, QueueMsg::Finished(_) | QueueMsg::Permits(_))
     }
 
     fn is_read_only(msg: &QueueMsg<J>) -> bool {

@@ -227,6 +227,12 @@ async fn ask<K: Process, T>(
     reply_to: fn(Answering<K, T>) -> ReplyTo<K>,
 ) -> Result<T, CallError<K::Error>> {
     let _permit = kind.engine.admit()?;
+    if let Some(msg) = &msg
+        && matches!(via, Via::Call | Via::Idempotent { row: None, .. })
+        && guard(|| K::is_internal(msg)).unwrap_or(true)
+    {
+        return Err(CallError::Internal(EntityKey::new(K::KIND, id.clone())));
+    }
     let (reply, answer) = oneshot::channel();
     let reply = reply_to(reply);
     let envelope = Envelope {

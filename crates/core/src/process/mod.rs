@@ -175,6 +175,16 @@ pub trait Process: Default + Send + 'static {
         false
     }
 
+    /// Whether `msg` may only come from inside the runtime: another entity's `tell` or `ask`
+    /// (or an ask's answer), a timer, an effect's result, a dead letter an operator retries.
+    /// A call that sends such a message, over HTTP or in process, is refused with
+    /// [`CallError::Internal`](crate::CallError::Internal) before the handler sees it, so a
+    /// client cannot forge, say, the result of an effect. Default: none is.
+    fn is_internal(msg: &Self::Msg) -> bool {
+        let _ = msg;
+        false
+    }
+
     /// Runs once, when the entity is created: after [`Default`], before its first message.
     /// What it does to `self` becomes durable with that first message's step.
     fn init(&mut self, ctx: &mut Ctx<'_, Self>) {
