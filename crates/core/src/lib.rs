@@ -100,6 +100,8 @@
 //! - `testing/` (feature `testing`): the test kit, a handler without a runtime and a runtime
 //!   whose clock the test moves.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod admin;
 mod builder;
 mod clock;

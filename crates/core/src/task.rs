@@ -1,7 +1,7 @@
 //! The runtime's tasks are spawned here, so that the test kit (feature `testing`) can tell
 //! when every one of them waits: it counts their polls on the thread that runs them, and a
-//! [`TestRuntime`](crate::testing::TestRuntime) has settled once a round of the scheduler
-//! polled none. Without the feature this is `tokio::spawn`, nothing more.
+//! `testing::TestRuntime` has settled once a round of the scheduler polled none. Without the
+//! feature this is `tokio::spawn`, nothing more.
 
 use std::future::Future;
 

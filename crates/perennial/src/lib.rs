@@ -43,6 +43,8 @@
 //! # }
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 // Writing kinds: the process traits, the context of a step, effects, journal snapshots and
 // state migrations.
 pub use perennial_core::{

@@ -52,10 +52,16 @@ pub struct JobQueue<J: Job> {
     wake: Option<TimerId>,
     /// With a global cap: the permits from the pool this queue holds (one per running job
     /// once a step ends), and those it asked for and has not got yet.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     permits: u32,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     asked: u32,
+}
+
+/// For serde: a count left out of the stored state while it is 0.
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A job waiting to start.

@@ -21,6 +21,8 @@
 //! - `conformance`, `FaultyStore` (feature `test-util`): the shared test suite and a store
 //!   wrapper that injects failures and delays.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod directory;
 mod error;
 pub mod filter;

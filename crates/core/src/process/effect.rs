@@ -287,7 +287,7 @@ impl EffectCtx {
     }
 
     /// The time now, as the runtime reads it: the operating system's clock on a node, the
-    /// test's clock on a [`TestRuntime`](crate::testing::TestRuntime) (feature `testing`).
+    /// test's clock on a `testing::TestRuntime` (feature `testing`).
     pub fn now(&self) -> std::time::SystemTime {
         crate::clock::time_of(crate::clock::now_us())
     }
