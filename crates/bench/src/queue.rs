@@ -9,6 +9,10 @@
 //! jobs per second from the first submit until every job's work ended, the time from a job's
 //! submit until its work starts (p50, p99), and the most jobs of one key whose work ran at
 //! once, counted around the work itself (it must never exceed [`CAP`]).
+//!
+//! A fourth run puts the job queue on SQLite under a cap across keys as well
+//! ([`Job::GLOBAL`], [`GLOBAL_CAP`]): its figures say what the permit pool costs, and the
+//! most jobs of all keys running at once must never exceed that cap.
 
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use hdrhistogram::Histogram;
 use perennial_core::{EffectCtx, EffectError, Runtime};
-use perennial_queue::{Job, JobQueue, QueueMsg, QueueReply};
+use perennial_queue::{GlobalCap, Job, JobQueue, QueueMsg, QueueReply};
 use perennial_storage::Store;
 use perennial_storage_postgres::PostgresStore;
 use serde::{Deserialize, Serialize};
@@ -31,6 +35,8 @@ use crate::{Options, Report};
 pub(crate) const KEYS: usize = 1_000;
 /// Jobs of one key that may run at once.
 pub(crate) const CAP: u32 = 3;
+/// Jobs of all keys that may run at once, in the run with a cap across keys.
+pub(crate) const GLOBAL_CAP: u32 = 64;
 /// Jobs in all.
 pub(crate) const JOBS: usize = 30_000;
 /// How long each job's work takes.
@@ -53,6 +59,9 @@ struct Gauges {
     running: Vec<AtomicU32>,
     /// The most of one key ever running at once.
     peak: AtomicU32,
+    /// Jobs of all keys whose work runs now, and the most ever.
+    running_all: AtomicU32,
+    peak_all: AtomicU32,
     /// Submit to start of the work, in microseconds.
     start: Mutex<Histogram<u64>>,
     /// Jobs whose work ended.
@@ -64,6 +73,8 @@ impl Gauges {
         Ok(Arc::new(Self {
             running: (0..KEYS).map(|_| AtomicU32::new(0)).collect(),
             peak: AtomicU32::new(0),
+            running_all: AtomicU32::new(0),
+            peak_all: AtomicU32::new(0),
             // Up to ten minutes, in microseconds.
             start: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3)?),
             finished: AtomicUsize::new(0),
@@ -80,7 +91,10 @@ impl Gauges {
             .saturating_record(waited);
         let now = self.running[key].fetch_add(1, Ordering::SeqCst) + 1;
         self.peak.fetch_max(now, Ordering::SeqCst);
+        let all = self.running_all.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak_all.fetch_max(all, Ordering::SeqCst);
         tokio::time::sleep(WORK).await;
+        self.running_all.fetch_sub(1, Ordering::SeqCst);
         self.running[key].fetch_sub(1, Ordering::SeqCst);
         self.finished.fetch_add(1, Ordering::SeqCst);
     }
@@ -109,6 +123,7 @@ impl Gauges {
             start_p50_ms: start.value_at_quantile(0.50) as f64 / 1000.0,
             start_p99_ms: start.value_at_quantile(0.99) as f64 / 1000.0,
             max_per_key: self.peak.load(Ordering::SeqCst),
+            max_all: self.peak_all.load(Ordering::SeqCst),
         }
     }
 }
@@ -130,6 +145,8 @@ pub struct Outcome {
     pub start_p99_ms: f64,
     /// The most jobs of one key whose work ran at once.
     pub max_per_key: u32,
+    /// The most jobs of all keys whose work ran at once.
+    pub max_all: u32,
 }
 
 /// A job of the benchmark: its key and when it was submitted.
@@ -151,16 +168,59 @@ impl Job for Sleep {
     }
 }
 
+/// The same job, under a cap across keys too.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CappedSleep(Sleep);
+
+impl Job for CappedSleep {
+    const KIND: &'static str = "bench_capped_queue";
+    const CONCURRENCY: u32 = CAP;
+    const GLOBAL: Option<GlobalCap> = Some(GlobalCap {
+        kind: "bench_queue_permits",
+        concurrency: GLOBAL_CAP,
+    });
+    type Output = ();
+
+    async fn run(self, cx: EffectCtx) -> Result<(), EffectError> {
+        self.0.run(cx).await
+    }
+}
+
+/// A job type of the benchmark, made from its key and submit time.
+trait BenchJob: Job {
+    fn new(key: usize, submitted_us: i64) -> Self;
+}
+
+impl BenchJob for Sleep {
+    fn new(key: usize, submitted_us: i64) -> Self {
+        Self { key, submitted_us }
+    }
+}
+
+impl BenchJob for CappedSleep {
+    fn new(key: usize, submitted_us: i64) -> Self {
+        Self(Sleep { key, submitted_us })
+    }
+}
+
 /// The job queue on SQLite and on PostgreSQL, then the jobs table on PostgreSQL.
 pub async fn queue(options: &Options) -> anyhow::Result<Report> {
     let dir = scratch(options, "queue")?;
-    let sqlite = through_job_queues(small_cache_store(&dir.path)?, options).await?;
+    let sqlite = through_job_queues::<Sleep>(small_cache_store(&dir.path)?, options).await?;
+    let global_dir = scratch(options, "queue-global")?;
+    let sqlite_global =
+        through_job_queues::<CappedSleep>(small_cache_store(&global_dir.path)?, options).await?;
+    anyhow::ensure!(
+        sqlite_global.max_all <= GLOBAL_CAP,
+        "{} jobs ran at once across keys, over the cap of {GLOBAL_CAP}",
+        sqlite_global.max_all
+    );
     let url = server_url(options);
     let schema = format!("perennial_bench_queue_{}", std::process::id());
     let mut store_options = perennial_storage_postgres::Options::default();
     store_options.schema = schema.clone();
     let store = PostgresStore::connect_with(&url, store_options).await?;
-    let postgres = through_job_queues(store, options).await;
+    let postgres = through_job_queues::<Sleep>(store, options).await;
     let baseline = jobs_table(&url, &format!("{schema}_table"), options).await;
     let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
@@ -179,6 +239,8 @@ pub async fn queue(options: &Options) -> anyhow::Result<Report> {
         sqlite,
         postgres,
         baseline,
+        global_cap: GLOBAL_CAP,
+        sqlite_global,
         sqlite_ratio: sqlite.jobs_per_sec / baseline.jobs_per_sec,
         postgres_ratio: postgres.jobs_per_sec / baseline.jobs_per_sec,
     })
@@ -186,9 +248,12 @@ pub async fn queue(options: &Options) -> anyhow::Result<Report> {
 
 /// Every job submitted to its key's [`JobQueue`] on `store`; checks that every queue
 /// counted each of its jobs once.
-async fn through_job_queues(store: impl Store, options: &Options) -> anyhow::Result<Outcome> {
+async fn through_job_queues<J: BenchJob>(
+    store: impl Store,
+    options: &Options,
+) -> anyhow::Result<Outcome> {
     let gauges = Gauges::new()?;
-    let rt = JobQueue::<Sleep>::register(Runtime::builder().store(store))
+    let rt = JobQueue::<J>::register(Runtime::builder().store(store))
         .resource(Arc::clone(&gauges))
         .start()
         .await?;
@@ -198,11 +263,8 @@ async fn through_job_queues(store: impl Store, options: &Options) -> anyhow::Res
         let rt = submitter.clone();
         async move {
             let key = key_of(i);
-            let job = Sleep {
-                key,
-                submitted_us: now_us(),
-            };
-            rt.get::<JobQueue<Sleep>>(format!("k{key}"))
+            let job = J::new(key, now_us());
+            rt.get::<JobQueue<J>>(format!("k{key}"))
                 .call(QueueMsg::submit(job))
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -215,7 +277,7 @@ async fn through_job_queues(store: impl Store, options: &Options) -> anyhow::Res
     // Exactly-once accounting: every queue counts each of its jobs once.
     let mut done = 0;
     for key in 0..KEYS {
-        let queue = rt.get::<JobQueue<Sleep>>(format!("k{key}"));
+        let queue = rt.get::<JobQueue<J>>(format!("k{key}"));
         loop {
             match queue.call(QueueMsg::Status).await? {
                 QueueReply::Status(s) if s.running == 0 && s.queued == 0 => {

@@ -624,35 +624,31 @@ const SWEEP_GAP: u32 = 30;
 
 /// Passivates idle entities until the runtime closes: when the earliest idle deadline
 /// passes, but at most every `passivation_interval` and at least every `SWEEP_GAP` of them.
-/// A step that brings a deadline sooner wakes it ([`Engine::sweep_by`]), and so does a node
-/// over its limits that an insert could not bring under them.
+/// A step that sets a deadline before the next sweep wakes it ([`Engine::sweep_by`]) to sleep
+/// less, and so does a node over its limits that an insert could not bring under them.
 async fn sweep(engine: Arc<Engine>) {
     use std::sync::atomic::Ordering::SeqCst;
     let interval = millis(engine.config.passivation_interval);
     let gap = millis(engine.config.passivation_interval.saturating_mul(SWEEP_GAP));
-    let mut last = 0;
     loop {
-        let now = engine.now_ms();
-        let next = if now >= engine.next_sweep_ms.load(SeqCst) {
-            last = now;
-            let (soonest, latest) = (now.saturating_add(interval), now.saturating_add(gap));
-            engine.registry.sweep(now).clamp(soonest, latest)
-        } else {
-            // Woken by a sooner deadline: not before `interval` after the last sweep.
-            let soonest = last.saturating_add(interval);
-            engine.next_sweep_ms.load(SeqCst).max(soonest)
-        };
-        engine.next_sweep_ms.store(next, SeqCst);
-        let at = engine.instant_at(next);
-        tokio::select! {
-            biased;
-            () = engine.closed() => return,
-            () = engine.sweep_sooner.notified() => {}
-            // Over the limits: sweep as soon as the interval allows.
-            () = engine.registry.pressed.notified() => {
-                engine.next_sweep_ms.fetch_min(last.saturating_add(interval), SeqCst);
+        let last = engine.now_ms();
+        // Deadlines that steps set from here on, during the sweep too, are noted anew.
+        engine.idle_soonest_ms.store(u64::MAX, SeqCst);
+        let mut remaining = engine.registry.sweep(last);
+        let (soonest, latest) = (last.saturating_add(interval), last.saturating_add(gap));
+        loop {
+            let next = remaining
+                .min(engine.idle_soonest_ms.load(SeqCst))
+                .clamp(soonest, latest);
+            engine.next_sweep_ms.store(next, SeqCst);
+            tokio::select! {
+                biased;
+                () = engine.closed() => return,
+                () = engine.sweep_sooner.notified() => {}
+                // Over the limits: sweep as soon as the interval allows.
+                () = engine.registry.pressed.notified() => remaining = soonest,
+                () = tokio::time::sleep_until(engine.instant_at(next)) => break,
             }
-            () = tokio::time::sleep_until(at) => {}
         }
     }
 }

@@ -75,8 +75,10 @@ pub(crate) struct Engine {
     closing_now: Notify,
     /// Notified when the last in-flight call is answered during shutdown.
     drained: Notify,
-    /// When the sweeper means to look for idle entities next (in [`Engine::now_ms`]'s
-    /// milliseconds), and its wake-up when an entity's deadline comes sooner.
+    /// The earliest idle deadline that steps set since the sweeper last looked (in
+    /// [`Engine::now_ms`]'s milliseconds), when the sweeper means to look next, and its
+    /// wake-up when a step sets a deadline before then.
+    pub(crate) idle_soonest_ms: AtomicU64,
     pub(crate) next_sweep_ms: AtomicU64,
     pub(crate) sweep_sooner: Notify,
     /// On tokio's clock, which a simulation pauses and advances.
@@ -146,6 +148,7 @@ impl Engine {
             closing: AtomicBool::new(false),
             closing_now: Notify::new(),
             drained: Notify::new(),
+            idle_soonest_ms: AtomicU64::new(u64::MAX),
             next_sweep_ms: AtomicU64::new(0),
             sweep_sooner: Notify::new(),
             started: tokio::time::Instant::now(),
@@ -245,13 +248,16 @@ impl Engine {
         }
     }
 
-    /// Wakes the sweeper if an entity's idle deadline (`deadline_ms`) comes before its next
-    /// sweep. One relaxed load per step otherwise.
+    /// Notes an entity's idle deadline (`deadline_ms`) for the sweeper, and wakes it if the
+    /// deadline comes before its next sweep. One relaxed load per step when it is not the
+    /// earliest deadline noted since the last sweep.
     pub(crate) fn sweep_by(&self, deadline_ms: u64) {
-        if deadline_ms < self.next_sweep_ms.load(Ordering::Relaxed)
-            && self.next_sweep_ms.fetch_min(deadline_ms, Ordering::SeqCst) > deadline_ms
-        {
-            self.sweep_sooner.notify_one();
+        if deadline_ms < self.idle_soonest_ms.load(Ordering::Relaxed) {
+            self.idle_soonest_ms
+                .fetch_min(deadline_ms, Ordering::SeqCst);
+            if deadline_ms < self.next_sweep_ms.load(Ordering::SeqCst) {
+                self.sweep_sooner.notify_one();
+            }
         }
     }
 

@@ -126,9 +126,10 @@ impl RateLimit {
 pub struct Outcome<O> {
     /// The job's number.
     pub number: u64,
-    /// When the work's last attempt started, in milliseconds since the Unix epoch.
+    /// When the work's last attempt started, in milliseconds since the Unix epoch; 0 when
+    /// no attempt succeeded (the queue then puts in its own times, see [`FinishedJob`]).
     pub started_ms: i64,
-    /// When it ended.
+    /// When it ended; 0 when no attempt succeeded.
     pub finished_ms: i64,
     /// Which attempt succeeded (counted since the node started the work); `None` if none did.
     pub attempt: Option<u32>,
@@ -218,10 +219,11 @@ pub struct FinishedJob<J: Job> {
     pub job: J,
     /// When it was submitted, in milliseconds since the Unix epoch.
     pub submitted_ms: i64,
-    /// When its work's last attempt started; when it was cancelled, for a job cancelled
-    /// before it started.
+    /// When its work's successful attempt started; for a job that failed, when the queue
+    /// started it; for a job cancelled before it started, when it was cancelled.
     pub started_ms: i64,
-    /// When its work's last attempt ended, or when it was cancelled.
+    /// When its work's successful attempt ended; for a job that failed, when the queue
+    /// learned it; for a cancelled job, when it was cancelled.
     pub finished_ms: i64,
     /// Which attempt succeeded, if one did (see [`Outcome::attempt`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]

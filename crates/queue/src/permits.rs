@@ -6,7 +6,13 @@
 //! in turns, one at a time, to the queues that wait (first come, first served), and a busy
 //! key cannot keep the others waiting. Messages between entities are exactly once and in
 //! order, and both sides keep their counts in their durable state, so no permit is lost or
-//! made up across crashes: the cap holds.
+//! made up across crashes: the cap holds, with two exceptions. A cancelled job's permit goes
+//! back at once while its work takes up to 50 ms to stop; and jobs that a queue stored before
+//! its kind had a cap run without permits until they end.
+//!
+//! Both sides count only what the other told them, so deleting a queue that holds permits
+//! (an operator's `DELETE`) loses those permits for good, and deleting the pool makes the
+//! queues waiting on it wait forever: stop the queues' work first.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::marker::PhantomData;

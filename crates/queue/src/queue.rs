@@ -270,8 +270,8 @@ impl<J: Job> JobQueue<J> {
         let running = u32::try_from(self.running.len()).unwrap_or(u32::MAX);
         let release = self.permits.saturating_sub(running);
         self.permits -= release;
-        // Held back by the rate limit: nothing to ask for until its timer.
-        let could_start = if self.wake.is_some() {
+        // Held back by the rate limit: nothing to ask for until it lets a job start.
+        let could_start = if self.rate_allows_at(step_ms(ctx)).is_some() {
             0
         } else {
             let queued = u32::try_from(self.queued.len()).unwrap_or(u32::MAX);

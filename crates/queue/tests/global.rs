@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use perennial_core::testing::TestRuntime;
 use perennial_core::{CallError, EffectCtx, EffectError, Runtime};
-use perennial_queue::{GlobalCap, Job, JobQueue, POOL, PermitMsg, Permits, QueueError, QueueMsg};
+use perennial_queue::{
+    GlobalCap, Job, JobQueue, POOL, PermitMsg, Permits, QueueError, QueueMsg, RateLimit,
+};
 use serde::{Deserialize, Serialize};
 
 /// Renders for `ms` milliseconds. Each user renders 3 at a time; all users together, 4.
@@ -225,4 +227,35 @@ async fn permits_and_results_cannot_be_sent_by_a_call_and_the_cap_is_configurabl
     submit_all(&rt).await;
     rt.settle().await;
     assert_eq!(pool(&rt).await.in_use, 6, "six at once now");
+}
+
+#[tokio::test]
+async fn lifting_a_keys_rate_limit_starts_its_jobs_at_once_under_a_global_cap() {
+    let record = Record::default();
+    let rt = start(&record).await;
+    let q = rt.get::<Queue>("slow");
+    let long = || QueueMsg::submit(Render { ms: 100_000 });
+    // Configured while it has work: a drained queue deletes itself, settings and all.
+    q.call(long()).await.unwrap();
+    rt.settle().await;
+    let one_a_minute = QueueMsg::Configure {
+        concurrency: None,
+        rate: Some(RateLimit::new(1, Duration::from_secs(60))),
+    };
+    q.call(one_a_minute).await.unwrap();
+    q.call(long()).await.unwrap();
+    q.call(long()).await.unwrap();
+    rt.settle().await;
+    assert_eq!(
+        pool(&rt).await.in_use,
+        2,
+        "the third waits a minute for the rate"
+    );
+    let lifted = QueueMsg::Configure {
+        concurrency: None,
+        rate: Some(RateLimit::new(0, Duration::from_secs(60))),
+    };
+    q.call(lifted).await.unwrap();
+    rt.settle().await;
+    assert_eq!(pool(&rt).await.in_use, 3, "not a minute later: now");
 }

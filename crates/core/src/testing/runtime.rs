@@ -9,6 +9,7 @@
 //! to the next, in order, each at its own time.
 
 use std::cell::RefCell;
+use std::marker::PhantomData;
 use std::ops::Deref;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -21,6 +22,8 @@ use super::START;
 
 /// Rounds of the scheduler without a poll of the runtime's tasks after which it has settled.
 const QUIET_ROUNDS: u32 = 3;
+/// Rounds after which a runtime that still has not settled is taken to never settle.
+const MAX_ROUNDS: u64 = 10_000_000;
 use crate::{Builder, Runtime, StartError};
 
 /// A runtime for tests: on a memory store, with a clock that moves only when the test moves
@@ -32,7 +35,9 @@ use crate::{Builder, Runtime, StartError};
 /// Its wall clock starts at 2026-01-01T00:00:00Z ([`START`]) and the steps' randomness
 /// ([`Ctx::rng`](crate::Ctx::rng), [`Ctx::new_id`](crate::Ctx::new_id)) comes from a generator
 /// seeded with 0 (or the seed given to [`start_with_seed`](Self::start_with_seed)), so a test
-/// runs the same every time.
+/// runs the same every time. Test runtimes alive at once on one thread share one clock and
+/// one generator, the first one's; a test runtime stays on the thread it started on (it is
+/// not `Send`).
 ///
 /// It needs a current-thread tokio runtime, the kind `#[tokio::test]` makes by default, and
 /// pauses its time (tokio's `test-util`, which this feature turns on). While it lives,
@@ -108,6 +113,8 @@ pub struct TestRuntime {
     store: MemoryStore,
     kinds: Box<dyn Fn(Builder) -> Builder + Send + Sync>,
     clock: Arc<VirtualClock>,
+    /// Not `Send`: its clock is installed on the thread it started on.
+    _thread: PhantomData<Rc<()>>,
 }
 
 impl TestRuntime {
@@ -142,12 +149,19 @@ impl TestRuntime {
     ) -> Result<Self, StartError> {
         let clock = VirtualClock::install(seed).await;
         let store = MemoryStore::new();
-        let runtime = build(&kinds, &store).start().await?;
+        let runtime = match build(&kinds, &store).start().await {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                VirtualClock::uninstall();
+                return Err(error);
+            }
+        };
         Ok(Self {
             runtime,
             store,
             kinds: Box::new(kinds),
             clock,
+            _thread: PhantomData,
         })
     }
 
@@ -156,10 +170,10 @@ impl TestRuntime {
         SystemTime::UNIX_EPOCH + self.clock.since_epoch()
     }
 
-    /// Moves the clock forward by `by`. What falls due on the way runs at its own time, in
-    /// order: durable timers and asks' deadlines fire, idle entities are passivated,
-    /// effects' attempts are retried or timed out. Returns once what that started is done
-    /// (see [`settle`](Self::settle)).
+    /// Moves the clock forward by `by` (to the millisecond: a part of one counts as a whole).
+    /// What falls due on the way runs at its own time, in order: durable timers and asks'
+    /// deadlines fire, idle entities are passivated, effects' attempts are retried or timed
+    /// out. Returns once what that started is done (see [`settle`](Self::settle)).
     pub async fn advance(&self, by: Duration) {
         tokio::time::sleep(by).await;
         self.settle().await;
@@ -168,27 +182,41 @@ impl TestRuntime {
     /// Waits, without moving the clock, until nothing runs: every step already started is
     /// committed and its reply sent, every message sent is handled, every effect whose work
     /// needs no more time has its result applied. What waits on the clock stays waiting.
+    ///
+    /// It watches the runtime's own tasks: a task an effect spawns itself is not waited for
+    /// (await its work inside the effect instead).
+    ///
+    /// # Panics
+    /// If the runtime never settles: its tasks keep running without the clock moving, as
+    /// with an entity that sends itself messages forever.
     pub async fn settle(&self) {
         // Each yield lets every task that is ready run first. Once a few rounds in a row
         // polled none of the runtime's tasks, each of them waits: on the clock, which does
         // not move meanwhile, or on the world outside.
         let mut polls = crate::task::polls();
         let mut quiet = 0;
+        let mut rounds = 0u64;
         while quiet < QUIET_ROUNDS {
             tokio::task::yield_now().await;
             let now = crate::task::polls();
             quiet = if now == polls { quiet + 1 } else { 0 };
             polls = now;
+            rounds += 1;
+            assert!(
+                rounds < MAX_ROUNDS,
+                "the test runtime never settled: after {MAX_ROUNDS} rounds its tasks still run \
+                 without the clock moving (an entity that sends itself messages, or sets timers \
+                 that are due at once, forever?)"
+            );
         }
     }
 
     /// Stops the runtime as a kill -9 would and starts a new one on the same store, built
     /// again by the `kinds` given to [`start`](Self::start). Whatever was only in memory is
     /// gone: calls in flight fail, states not yet durable are lost, ephemeral entities start
-    /// afresh. What was acknowledged comes back from storage: states, pending timers and
-    /// messages, and effects that had not finished, which run again with the same ids (work
-    /// already running outside goes on to its end, as it would after a real kill, but its
-    /// result is never applied).
+    /// afresh; effects' work in progress is stopped at its next `.await`. What was
+    /// acknowledged comes back from storage: states, pending timers and messages, and effects
+    /// that had not finished, which run again with the same ids.
     ///
     /// Handles ([`EntityRef`](crate::EntityRef)s, clones of the runtime) taken before refer
     /// to the stopped runtime: take them again.
@@ -254,6 +282,8 @@ struct VirtualClock {
 thread_local! {
     /// The clock of this thread's test runtimes, and how many of them live.
     static INSTALLED: RefCell<Option<(usize, Arc<VirtualClock>)>> = const { RefCell::new(None) };
+    /// Whether the first of them is aligning tokio's clock (it awaits meanwhile).
+    static ALIGNING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 impl VirtualClock {
@@ -278,10 +308,15 @@ impl VirtualClock {
         if let Some(clock) = shared {
             return clock;
         }
+        assert!(
+            !ALIGNING.replace(true),
+            "two TestRuntimes are starting at once on this thread: start them one after the other"
+        );
         if !time_is_paused() {
             tokio::time::pause();
         }
         align_to_tick().await;
+        ALIGNING.set(false);
         let clock = Arc::new(Self {
             origin: Instant::now(),
         });
