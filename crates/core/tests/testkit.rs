@@ -152,19 +152,19 @@ impl Process for Mute {
     }
 }
 
-/// Counts in memory only: a restart forgets it.
+/// Remembers in memory only what it was told: a restart forgets it.
 #[derive(Debug, Default, Clone)]
-struct Tally(u64);
+struct Scratch(Vec<u64>);
 
-impl Process for Tally {
-    const KIND: &'static str = "tally";
-    type Msg = ();
-    type Reply = u64;
+impl Process for Scratch {
+    const KIND: &'static str = "scratch";
+    type Msg = u64;
+    type Reply = Vec<u64>;
     type Error = std::convert::Infallible;
 
-    fn handle(&mut self, (): (), _ctx: &mut Ctx<'_, Self>) -> Result<u64, Self::Error> {
-        self.0 += 1;
-        Ok(self.0)
+    fn handle(&mut self, n: u64, _ctx: &mut Ctx<'_, Self>) -> Result<Vec<u64>, Self::Error> {
+        self.0.push(n);
+        Ok(self.0.clone())
     }
 }
 
@@ -193,7 +193,7 @@ async fn start() -> TestRuntime {
         b.register_snapshot::<Diary>()
             .register_effect::<Flaky>()
             .register_snapshot::<Mute>()
-            .register_ephemeral::<Tally>()
+            .register_ephemeral::<Scratch>()
             .register_snapshot::<Count>()
     })
     .await
@@ -290,18 +290,15 @@ async fn an_asks_deadline_fires_on_the_moved_clock() {
 #[tokio::test]
 async fn a_restart_loses_what_only_memory_held_and_keeps_what_was_acknowledged() {
     let mut rt = start().await;
-    assert_eq!(rt.get::<Tally>("t").call(()).await.unwrap(), 1);
+    assert_eq!(rt.get::<Scratch>("s").call(1).await.unwrap(), [1]);
     assert_eq!(rt.get::<Count>("c").call(()).await.unwrap(), 1);
     rt.get::<Diary>("d")
         .call(DiaryMsg::Plan(vec![60]))
         .await
         .unwrap();
     rt.restart().await.unwrap();
-    assert_eq!(
-        rt.get::<Tally>("t").call(()).await.unwrap(),
-        1,
-        "ephemeral: gone"
-    );
+    let scratch = rt.get::<Scratch>("s").call(2).await.unwrap();
+    assert_eq!(scratch, [2], "ephemeral: gone");
     assert_eq!(
         rt.get::<Count>("c").call(()).await.unwrap(),
         2,

@@ -13,7 +13,8 @@
 //! - **Priorities**: a waiting job of a higher priority starts first; first in, first out
 //!   within one priority.
 //! - **Retries**: a failed attempt (an error, a panic, a timeout) is retried as
-//!   [`Job::retry`] says; when none is left the job is finished as failed, with its error.
+//!   [`Job::retry`] says; when none is left the job is finished as failed, with its error,
+//!   and [`QueueMsg::Retry`] submits it again.
 //! - **Cancellation**: [`QueueMsg::Cancel`] drops a waiting job, or stops a running one.
 //! - **Status and history**: [`QueueMsg::Status`], [`QueueMsg::Job`] and
 //!   [`QueueMsg::History`] (the last [`Job::HISTORY`] jobs finished, with their outputs).

@@ -1,7 +1,8 @@
 //! What a queue is sent and answers, and its refusals. Over HTTP these are the JSON bodies of
 //! `/v1/{kind}/{key}`: `{"submit": {"job": {…}, "priority": 1}}`, `"status"`,
-//! `{"job": {"number": 3}}`, `{"cancel": {"number": 3}}`, `{"configure": {"concurrency": 3,
-//! "rate": {"starts": 10, "per_ms": 60000}}}` and `"history"`.
+//! `{"job": {"number": 3}}`, `{"cancel": {"number": 3}}`, `{"retry": {"number": 3}}`,
+//! `{"configure": {"concurrency": 3, "rate": {"starts": 10, "per_ms": 60000}}}` and
+//! `"history"`.
 
 use perennial_core::Rejection;
 use serde::de::DeserializeOwned;
@@ -34,6 +35,14 @@ pub enum QueueMsg<J: Job> {
     /// [`JobState`] after the cancel (a job that finished already stays finished).
     Cancel {
         /// The job's number, from [`QueueReply::Submitted`].
+        number: u64,
+    },
+    /// Submits a failed job again: one in the history that failed for good (every attempt
+    /// failed) waits again as a new job, with a new number, at priority 0. Answered with
+    /// [`QueueReply::Submitted`]; a job that did not fail, or is no longer in the history, is
+    /// refused (`not_failed`).
+    Retry {
+        /// The failed job's number.
         number: u64,
     },
     /// Sets how many jobs of this key may run at once (1 to [`MAX_CONCURRENCY`]) and how
@@ -259,6 +268,9 @@ pub enum QueueError {
     /// The job's [`check`](crate::Job::check) refused it.
     #[error("the job is refused: {0}")]
     BadJob(String),
+    /// The job to retry is not a failed job in the history.
+    #[error("job {0} is not a failed job in the history; only those can be retried")]
+    NotFailed(u64),
     /// [`MAX_QUEUED`] jobs wait already.
     #[error("the queue holds {MAX_QUEUED} waiting jobs already; submit again later")]
     QueueFull,
@@ -272,6 +284,7 @@ impl Rejection for QueueError {
             Self::BadRate => "bad_rate",
             Self::BadJob(_) => "bad_job",
             Self::QueueFull => "queue_full",
+            Self::NotFailed(_) => "not_failed",
         }
     }
 }

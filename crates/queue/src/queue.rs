@@ -420,6 +420,23 @@ impl<J: Job> Process for JobQueue<J> {
                 self.start_jobs(ctx);
                 QueueReply::Job(self.job(number))
             }
+            QueueMsg::Retry { number } => {
+                let failed = self.history.iter().rev().find(|f| f.number == number);
+                let Some(FinishedJob {
+                    job,
+                    result: JobResult::Failed(_),
+                    ..
+                }) = failed
+                else {
+                    return Err(QueueError::NotFailed(number));
+                };
+                let number = self.submit(job.clone(), 0, step_ms(ctx))?;
+                self.start_jobs(ctx);
+                QueueReply::Submitted {
+                    number,
+                    queued: self.queued.len(),
+                }
+            }
             QueueMsg::Configure { concurrency, rate } => {
                 self.configure(concurrency, rate)?;
                 self.start_jobs(ctx);

@@ -327,6 +327,29 @@ async fn failed_attempts_are_retried_then_the_job_fails_with_its_error() {
     };
     assert_eq!(broken.attempt, None);
     assert_eq!(broken.result, JobResult::Failed("attempt 4 fails".into()));
+    // A failed job can be submitted again (here it fails again: its work always does); a job
+    // that did not fail cannot.
+    let again = match queue
+        .call(QueueMsg::Retry {
+            number: broken.number,
+        })
+        .await
+    {
+        Ok(QueueReply::Submitted { number, .. }) => number,
+        other => panic!("{other:?}"),
+    };
+    assert!(again > broken.number, "a new job");
+    let refused = queue
+        .call(QueueMsg::Retry {
+            number: flaky.number,
+        })
+        .await;
+    assert!(
+        matches!(refused, Err(CallError::Rejected(QueueError::NotFailed(n))) if n == flaky.number),
+        "{refused:?}"
+    );
+    let status = wait_for(&queue, |s| s.done + s.failed == 3).await;
+    assert_eq!((status.done, status.failed), (1, 2));
     rt.shutdown().await;
 }
 
@@ -470,6 +493,7 @@ fn messages_and_replies_have_the_documented_json_shapes() {
         r#""history""#,
         r#"{"job": {"number": 3}}"#,
         r#"{"cancel": {"number": 3}}"#,
+        r#"{"retry": {"number": 3}}"#,
         r#"{"configure": {"concurrency": 3}}"#,
         r#"{"configure": {"rate": {"starts": 10, "per_ms": 60000}}}"#,
         r#""wake""#,
