@@ -138,6 +138,7 @@ pub(crate) struct Committer {
     as_task: bool,
     closed: AtomicBool,
     /// Set by the test kit's restart: no batch is written any more, as after a kill -9.
+    #[cfg(feature = "testing")]
     killed: AtomicBool,
     commits: AtomicU64,
     committed_steps: AtomicU64,
@@ -340,6 +341,7 @@ impl Committer {
             woken: Notify::new(),
             as_task,
             closed: AtomicBool::new(false),
+            #[cfg(feature = "testing")]
             killed: AtomicBool::new(false),
             commits: AtomicU64::new(0),
             committed_steps: AtomicU64::new(0),
@@ -376,7 +378,6 @@ impl Committer {
     #[cfg(feature = "testing")]
     pub(crate) fn kill(&self) {
         self.killed.store(true, Ordering::SeqCst);
-        self.close();
     }
 
     pub(crate) fn stats(&self) -> CommitStats {
@@ -492,11 +493,14 @@ impl Committer {
         }
         failpoint!("commit.before");
         let started = std::time::Instant::now();
+        #[cfg(feature = "testing")]
         let result = if self.killed.load(Ordering::SeqCst) {
             Err(perennial_storage::Error::Io("the node was killed".into()))
         } else {
             store.commit(batch)
         };
+        #[cfg(not(feature = "testing"))]
+        let result = store.commit(batch);
         if result.is_ok() {
             self.durable_seconds.record(started.elapsed().as_secs_f64());
             self.batch_steps.record(count as f64);

@@ -66,14 +66,22 @@ impl fmt::Debug for Runtime {
     }
 }
 
-impl Drop for Shared {
-    fn drop(&mut self) {
-        // Without a shutdown, nothing else would ever stop the committer thread.
+impl Shared {
+    /// Refuses new calls, lets the committer stop once the calls in flight are answered, and
+    /// stops the background tasks.
+    fn stop(&self) {
         self.engine.close();
         self.engine.committer.close();
         if let Some(tasks) = self.tasks.lock().take() {
             tasks.abort();
         }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Without a shutdown, nothing else would ever stop the committer thread.
+        self.stop();
     }
 }
 
@@ -126,12 +134,8 @@ impl Runtime {
     /// calls in flight fail, its background tasks stop (the test kit's restart).
     #[cfg(feature = "testing")]
     pub(crate) fn kill(&self) {
-        let engine = &self.shared.engine;
-        engine.committer.kill();
-        engine.close();
-        if let Some(tasks) = self.shared.tasks.lock().take() {
-            tasks.abort();
-        }
+        self.shared.engine.committer.kill();
+        self.shared.stop();
     }
 
     /// A handle to the entity `id` of kind `K`. Cheap: nothing is activated until a message
