@@ -38,6 +38,42 @@ pub enum Op {
     Read,
 }
 
+impl Op {
+    /// What a client's `n`-th write does, in a mix of `every` calls (at least 10): one
+    /// forward, one ask, one timer and one effect, appends otherwise.
+    pub fn nth_write(n: u64, every: u64) -> Op {
+        match n % every.max(10) {
+            3 => Op::Forward,
+            5 => Op::Ask,
+            6 => Op::Schedule,
+            8 => Op::Effect,
+            _ => Op::Append,
+        }
+    }
+
+    /// The JSON body of a call to a probe that does this: `token` is what it appends, `to`
+    /// the probe a forward sends to or an ask asks, `ms` a timer's delay. A read's body
+    /// names none of them.
+    ///
+    /// ```
+    /// use perennial_checker::Op;
+    ///
+    /// assert_eq!(Op::Append.body("t1", "p2", 30), r#"{"append":"t1"}"#);
+    /// assert_eq!(Op::Schedule.body("t1", "p2", 30), r#"{"schedule":{"token":"t1","ms":30}}"#);
+    /// ```
+    pub fn body(self, token: &str, to: &str, ms: u64) -> String {
+        let body = match self {
+            Op::Append => serde_json::json!({ "append": token }),
+            Op::Forward => serde_json::json!({ "forward": { "token": token, "to": to } }),
+            Op::Ask => serde_json::json!({ "ask": { "token": token, "to": to } }),
+            Op::Schedule => serde_json::json!({ "schedule": { "token": token, "ms": ms } }),
+            Op::Effect => serde_json::json!({ "effect": token }),
+            Op::Read => serde_json::json!("read"),
+        };
+        body.to_string()
+    }
+}
+
 /// One event of a history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
@@ -91,6 +127,23 @@ pub struct Invocation {
     pub ms: Option<u64>,
     /// The idempotency key.
     pub key: Option<String>,
+}
+
+impl Invocation {
+    /// A write `f` by client `process` to probe `entity`, keyed by its token (so that a retry
+    /// is the same call): `to` is where a forward or an ask goes, `ms` a timer's delay; each
+    /// is recorded only for the operations that use it.
+    pub fn write(process: u64, f: Op, entity: &str, token: &str, to: &str, ms: u64) -> Self {
+        Invocation {
+            process,
+            f,
+            entity: entity.to_owned(),
+            token: Some(token.to_owned()),
+            to: matches!(f, Op::Forward | Op::Ask).then(|| to.to_owned()),
+            ms: (f == Op::Schedule).then_some(ms),
+            key: Some(token.to_owned()),
+        }
+    }
 }
 
 /// Records a history from many clients at once.

@@ -300,25 +300,11 @@ impl Client {
             .expect("the probe itself");
         let next_id = next.split_once('/').map_or("", |(_, id)| id);
         let path = format!("/v1/{probe}");
-        let mut n = 0u64;
+        let (me, mut n) = (self.c as u64, 0u64);
         while !self.stop.load(Ordering::Relaxed) {
             let token = format!("c{}-{n}", self.c);
-            let (f, body) = match n % 20 {
-                7 => (
-                    Op::Forward,
-                    format!(r#"{{"forward": {{"token": "{token}", "to": "{next_id}"}}}}"#),
-                ),
-                13 => (
-                    Op::Schedule,
-                    format!(r#"{{"schedule": {{"token": "{token}", "ms": {TIMER_MS}}}}}"#),
-                ),
-                17 => (Op::Effect, format!(r#"{{"effect": "{token}"}}"#)),
-                11 => (
-                    Op::Ask,
-                    format!(r#"{{"ask": {{"token": "{token}", "to": "{next_id}"}}}}"#),
-                ),
-                _ => (Op::Append, format!(r#"{{"append": "{token}"}}"#)),
-            };
+            let f = Op::nth_write(n, 20);
+            let body = f.body(&token, next_id, TIMER_MS);
             let give_up = Instant::now() + Duration::from_secs(60);
             let mut attempt = self.c;
             loop {
@@ -326,15 +312,9 @@ impl Client {
                     let live = self.live.read();
                     live[attempt % live.len()]
                 };
-                let call = self.history.invoke(Invocation {
-                    process: self.c as u64,
-                    f,
-                    entity: probe.clone(),
-                    token: Some(token.clone()),
-                    to: matches!(f, Op::Forward | Op::Ask).then(|| next.clone()),
-                    ms: (f == Op::Schedule).then_some(TIMER_MS),
-                    key: Some(token.clone()),
-                });
+                let call = self
+                    .history
+                    .invoke(Invocation::write(me, f, probe, &token, next, TIMER_MS));
                 let sent = self.http.post_with_key(addr, &path, Some(&token), &body);
                 let outcome = tokio::time::timeout(self.timeout, sent).await;
                 match outcome {

@@ -43,40 +43,21 @@ impl Client {
             .expect("the probe itself");
         let next_id = next.split_once('/').map_or("", |(_, id)| id);
         let mut retries = 0;
+        let me = self.c as u64;
         for n in 0..self.calls {
             tokio::time::sleep(self.pace).await;
             let token = format!("c{}-{n}", self.c);
-            let (f, body) = match n % 10 {
-                3 => (
-                    Op::Forward,
-                    format!(r#"{{"forward": {{"token": "{token}", "to": "{next_id}"}}}}"#),
-                ),
-                6 => (
-                    Op::Schedule,
-                    format!(r#"{{"schedule": {{"token": "{token}", "ms": {TIMER_MS}}}}}"#),
-                ),
-                8 => (Op::Effect, format!(r#"{{"effect": "{token}"}}"#)),
-                5 => (
-                    Op::Ask,
-                    format!(r#"{{"ask": {{"token": "{token}", "to": "{next_id}"}}}}"#),
-                ),
-                _ => (Op::Append, format!(r#"{{"append": "{token}"}}"#)),
-            };
+            let f = Op::nth_write(n as u64, 10);
+            let body = f.body(&token, next_id, TIMER_MS);
             let request = call(kind, id, Some(&token), &body);
             // Each call starts at another node, so that two nodes that both believe they own
             // a probe (split brain) both get its calls, and the checker sees two timelines.
             let mut attempt = self.c + n;
             loop {
                 let node = &self.nodes[attempt % self.nodes.len()];
-                let call = self.history.invoke(Invocation {
-                    process: self.c as u64,
-                    f,
-                    entity: probe.clone(),
-                    token: Some(token.clone()),
-                    to: matches!(f, Op::Forward | Op::Ask).then(|| next.clone()),
-                    ms: (f == Op::Schedule).then_some(TIMER_MS),
-                    key: Some(token.clone()),
-                });
+                let call = self
+                    .history
+                    .invoke(Invocation::write(me, f, probe, &token, next, TIMER_MS));
                 match reply(ask(node, &request, Duration::from_secs(2)).await) {
                     Ok(body) => {
                         let list: Vec<String> =
