@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use perennial_storage::{Batch, Filter, Path, StateWrite, Store};
+use perennial_storage::{Batch, Filter, Page, Path, StateWrite, Store};
 use perennial_types::{EntityId, EntityKey, SHARDS, ShardId, shard_of};
 
 use crate::workloads::scratch;
@@ -115,7 +115,10 @@ async fn timed(
     expected: usize,
 ) -> anyhow::Result<u64> {
     let started = Instant::now();
-    let found = store.catalog().query("cart", filter, None, 1000).await?;
+    let found = store
+        .catalog()
+        .query("cart", filter, Page::first(1000))
+        .await?;
     let took = started.elapsed();
     anyhow::ensure!(
         found.len() == expected,

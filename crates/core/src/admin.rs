@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use perennial_storage::{
-    Batch, DeadLetterDone, EntityDelete, EntityState, Filter, Path, PauseWrite, StoredDeadLetter,
+    Batch, DeadLetterDone, EntityDelete, EntityState, Filter, Page, Path, PauseWrite,
+    StoredDeadLetter,
 };
 use perennial_types::{EntityId, EntityKey, Epoch, ShardId, shard_of};
 
@@ -243,7 +244,7 @@ impl Admin {
         let stored = engine
             .store
             .catalog()
-            .entities(kind, after, limit)
+            .entities(kind, Page::after(after, limit))
             .await
             .map_err(AdminError::Store)?;
         Ok(stored
@@ -304,7 +305,7 @@ impl Admin {
         let store = &self.rt.shared.engine.store;
         store
             .catalog()
-            .query(kind, filter, after, limit)
+            .query(kind, filter, Page::after(after, limit))
             .await
             .map_err(AdminError::Store)
     }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use perennial_storage::EntitySummary;
+use perennial_storage::{EntitySummary, Page};
 use perennial_types::{EntityId, EntityKey};
 use serde::Serialize;
 
@@ -427,7 +427,7 @@ impl<'a> Pages<'a> {
         let page = self
             .store
             .catalog()
-            .entities(self.kind, self.after.as_deref(), self.limit)
+            .entities(self.kind, Page::after(self.after.as_deref(), self.limit))
             .await
             .map_err(AdminError::Store)?;
         let Some(last) = page.last() else {

@@ -19,7 +19,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use perennial_storage::{
     Batch, Catalog, ChangePage, CommitOutcome, Directory, EntityState, EntitySummary, Error,
-    Filter, JournalEntry, Lease, Member, MemoryStore, Path, Pending, Record, Store,
+    Filter, JournalEntry, Lease, Member, MemoryStore, Page, Path, Pending, Record, Result, Store,
     StoredDeadLetter, StoredReply,
 };
 use perennial_types::{EntityKey, Epoch, ShardId};
@@ -249,7 +249,7 @@ impl SimStore {
     }
 
     /// Waits while the node is stopped, then fails if it is cut off from the database.
-    async fn arrive(&self) -> Result<(), Error> {
+    async fn arrive(&self) -> Result<()> {
         while let Some(until) = self.stopped() {
             tokio::time::sleep(until.saturating_sub(self.db.now())).await;
         }
@@ -257,7 +257,7 @@ impl SimStore {
     }
 
     /// Fails if the node is cut off from the database.
-    fn reach(&self) -> Result<(), Error> {
+    fn reach(&self) -> Result<()> {
         let mut state = self.db.state.lock();
         let cut = state.faults.get(&*self.node).is_some_and(|f| f.cut);
         if cut {
@@ -273,27 +273,22 @@ impl SimStore {
 
 #[async_trait::async_trait]
 impl Store for SimStore {
-    async fn claim(&self, owner: &str, shards: &[ShardId]) -> Result<Epoch, Error> {
+    async fn claim(&self, owner: &str, shards: &[ShardId]) -> Result<Epoch> {
         self.arrive().await?;
         self.db.data.claim(owner, shards).await
     }
 
-    async fn load(&self, key: &EntityKey) -> Result<Option<Record>, Error> {
+    async fn load(&self, key: &EntityKey) -> Result<Option<Record>> {
         self.arrive().await?;
         self.db.data.load(key).await
     }
 
-    async fn journal(
-        &self,
-        key: &EntityKey,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<JournalEntry>, Error> {
+    async fn journal(&self, key: &EntityKey, after: u64, max: usize) -> Result<Vec<JournalEntry>> {
         self.arrive().await?;
-        self.db.data.journal(key, after, limit).await
+        self.db.data.journal(key, after, max).await
     }
 
-    fn commit(&self, batch: Batch) -> Result<CommitOutcome, Error> {
+    fn commit(&self, batch: Batch) -> Result<CommitOutcome> {
         self.reach()?;
         if self.stopped().is_some() {
             self.db.state.lock().counts.failed += 1;
@@ -326,26 +321,22 @@ impl Store for SimStore {
         Ok(outcome)
     }
 
-    async fn due(&self, before_ms: i64, limit: usize) -> Result<Vec<Pending>, Error> {
+    async fn due(&self, before_ms: i64, limit: usize) -> Result<Vec<Pending>> {
         self.arrive().await?;
         self.db.data.due(before_ms, limit).await
     }
 
-    async fn reply(
-        &self,
-        key: &EntityKey,
-        idempotency_key: &str,
-    ) -> Result<Option<StoredReply>, Error> {
+    async fn reply(&self, key: &EntityKey, idempotency_key: &str) -> Result<Option<StoredReply>> {
         self.arrive().await?;
         self.db.data.reply(key, idempotency_key).await
     }
 
-    async fn paused(&self) -> Result<Vec<EntityKey>, Error> {
+    async fn paused(&self) -> Result<Vec<EntityKey>> {
         self.arrive().await?;
         self.db.data.paused().await
     }
 
-    async fn last_row(&self, key: &EntityKey) -> Result<Option<u64>, Error> {
+    async fn last_row(&self, key: &EntityKey) -> Result<Option<u64>> {
         self.arrive().await?;
         self.db.data.last_row(key).await
     }
@@ -357,58 +348,47 @@ impl Store for SimStore {
 
 #[async_trait::async_trait]
 impl Catalog for SimStore {
-    async fn dead_letters(&self, kind: Option<&str>) -> Result<Vec<StoredDeadLetter>, Error> {
+    async fn dead_letters(&self, kind: Option<&str>) -> Result<Vec<StoredDeadLetter>> {
         self.arrive().await?;
         self.db.data.dead_letters(kind).await
     }
 
-    async fn entities(
-        &self,
-        kind: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<EntitySummary>, Error> {
+    async fn entities(&self, kind: &str, page: Page<'_>) -> Result<Vec<EntitySummary>> {
         self.arrive().await?;
-        self.db.data.entities(kind, after, limit).await
+        self.db.data.entities(kind, page).await
     }
 
-    async fn pending_of(&self, owner: &EntityKey, limit: usize) -> Result<Vec<Pending>, Error> {
+    async fn pending_of(&self, owner: &EntityKey, limit: usize) -> Result<Vec<Pending>> {
         self.arrive().await?;
         self.db.data.pending_of(owner, limit).await
     }
 
-    async fn count(&self, kind: &str) -> Result<u64, Error> {
+    async fn count(&self, kind: &str) -> Result<u64> {
         self.arrive().await?;
         self.db.data.count(kind).await
     }
 
-    async fn query(
-        &self,
-        kind: &str,
-        filter: &Filter,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<EntityState>, Error> {
+    async fn query(&self, kind: &str, filter: &Filter, page: Page<'_>) -> Result<Vec<EntityState>> {
         self.arrive().await?;
-        self.db.data.query(kind, filter, after, limit).await
+        self.db.data.query(kind, filter, page).await
     }
 
-    async fn create_index(&self, kind: &str, path: &Path) -> Result<(), Error> {
+    async fn create_index(&self, kind: &str, path: &Path) -> Result<()> {
         self.arrive().await?;
         self.db.data.create_index(kind, path).await
     }
 
-    async fn drop_index(&self, kind: &str, path: &Path) -> Result<bool, Error> {
+    async fn drop_index(&self, kind: &str, path: &Path) -> Result<bool> {
         self.arrive().await?;
         self.db.data.drop_index(kind, path).await
     }
 
-    async fn indexes(&self, kind: &str) -> Result<Vec<Path>, Error> {
+    async fn indexes(&self, kind: &str) -> Result<Vec<Path>> {
         self.arrive().await?;
         self.db.data.indexes(kind).await
     }
 
-    async fn changes(&self, kind: &str, after: u64, limit: usize) -> Result<ChangePage, Error> {
+    async fn changes(&self, kind: &str, after: u64, limit: usize) -> Result<ChangePage> {
         self.arrive().await?;
         self.db.data.changes(kind, after, limit).await
     }
@@ -417,7 +397,7 @@ impl Catalog for SimStore {
 impl SimStore {
     /// Waits while the node is stopped, then fails if its membership and lease requests
     /// cannot reach the database.
-    async fn reach_directory(&self) -> Result<(), Error> {
+    async fn reach_directory(&self) -> Result<()> {
         self.arrive().await?;
         let now = self.db.now();
         let state = self.db.state.lock();
@@ -437,7 +417,7 @@ impl SimStore {
 
 #[async_trait::async_trait]
 impl Directory for SimStore {
-    async fn heartbeat(&self, node: &str, address: &str) -> Result<(), Error> {
+    async fn heartbeat(&self, node: &str, address: &str) -> Result<()> {
         self.reach_directory().await?;
         let now = self.db.now();
         let mut state = self.db.state.lock();
@@ -447,7 +427,7 @@ impl Directory for SimStore {
         Ok(())
     }
 
-    async fn members(&self, ttl: Duration) -> Result<Vec<Member>, Error> {
+    async fn members(&self, ttl: Duration) -> Result<Vec<Member>> {
         self.reach_directory().await?;
         let now = self.db.now();
         let state = self.db.state.lock();
@@ -462,7 +442,7 @@ impl Directory for SimStore {
             .collect())
     }
 
-    async fn leave(&self, node: &str) -> Result<(), Error> {
+    async fn leave(&self, node: &str) -> Result<()> {
         self.reach_directory().await?;
         let mut state = self.db.state.lock();
         state.members.remove(node);
@@ -470,12 +450,7 @@ impl Directory for SimStore {
         Ok(())
     }
 
-    async fn acquire(
-        &self,
-        node: &str,
-        shards: &[ShardId],
-        lease: Duration,
-    ) -> Result<Vec<Lease>, Error> {
+    async fn acquire(&self, node: &str, shards: &[ShardId], lease: Duration) -> Result<Vec<Lease>> {
         self.reach_directory().await?;
         let now = self.db.now();
         let (renewed, taken) = {
@@ -523,7 +498,7 @@ impl Directory for SimStore {
         Ok(leases)
     }
 
-    async fn owners(&self) -> Result<Vec<(ShardId, String)>, Error> {
+    async fn owners(&self) -> Result<Vec<(ShardId, String)>> {
         self.reach_directory().await?;
         let now = self.db.now();
         let state = self.db.state.lock();
@@ -535,7 +510,7 @@ impl Directory for SimStore {
             .collect())
     }
 
-    async fn release(&self, node: &str, shards: &[ShardId]) -> Result<(), Error> {
+    async fn release(&self, node: &str, shards: &[ShardId]) -> Result<()> {
         self.reach_directory().await?;
         let mut state = self.db.state.lock();
         for shard in shards {

@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use perennial_storage::{
     Batch, Catalog, ChangePage, CommitOutcome, DeadLetter, EntityState, EntitySummary, Error,
-    Filter, JournalEntry, Path, Pending, PendingClass, Record, Store, StoredChange,
+    Filter, JournalEntry, Page, Path, Pending, PendingClass, Record, Result, Store, StoredChange,
     StoredDeadLetter, StoredReply,
 };
 use perennial_types::{EntityId, EntityKey, Epoch, ShardId};
@@ -99,12 +99,12 @@ impl PostgresStore {
     /// [`Error::TooNew`] if a newer Perennial made the tables, and with [`Error::Io`] if the
     /// server cannot be reached. Must be called inside a Tokio runtime, which then runs the
     /// connections.
-    pub async fn connect(url: &str) -> Result<Self, Error> {
+    pub async fn connect(url: &str) -> Result<Self> {
         Self::connect_with(url, Options::default()).await
     }
 
     /// Connects with the given options.
-    pub async fn connect_with(url: &str, options: Options) -> Result<Self, Error> {
+    pub async fn connect_with(url: &str, options: Options) -> Result<Self> {
         let config: tokio_postgres::Config = url.parse().map_err(|e| {
             Error::Backend(format!("cannot read the PostgreSQL address {url:?}: {e}"))
         })?;
@@ -137,7 +137,7 @@ impl PostgresStore {
 
     /// A read connection, in turn; one found closed (the server restarted, or ended the
     /// session) is replaced by a new one.
-    async fn reader(&self) -> Result<Arc<Client>, Error> {
+    async fn reader(&self) -> Result<Arc<Client>> {
         self.check_open()?;
         let readers = &self.shared.readers;
         let n = self.shared.next_reader.fetch_add(1, Ordering::Relaxed);
@@ -154,7 +154,7 @@ impl PostgresStore {
 
     /// The write connection, locked; connected again first if it was lost. The statements
     /// it had prepared are prepared again on the new connection.
-    async fn writer(&self) -> Result<tokio::sync::MutexGuard<'_, writer::Writer>, Error> {
+    async fn writer(&self) -> Result<tokio::sync::MutexGuard<'_, writer::Writer>> {
         self.check_open()?;
         let mut writer = self.shared.writer.lock().await;
         if writer.client.is_closed() {
@@ -165,7 +165,7 @@ impl PostgresStore {
         Ok(writer)
     }
 
-    fn check_open(&self) -> Result<(), Error> {
+    fn check_open(&self) -> Result<()> {
         if self.shared.closed.load(Ordering::Acquire) {
             Err(Error::Closed)
         } else {
@@ -175,7 +175,7 @@ impl PostgresStore {
 }
 
 /// Opens one connection, runs it on the current runtime, and points it at `schema`.
-async fn open(config: &tokio_postgres::Config, schema: &str) -> Result<Client, Error> {
+async fn open(config: &tokio_postgres::Config, schema: &str) -> Result<Client> {
     let (client, connection) = config.connect(NoTls).await.map_err(|e| {
         Error::Io(format!(
             "cannot connect to PostgreSQL: {}",
@@ -208,7 +208,7 @@ pub(crate) fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-fn entity_key(kind: String, id: &str, what: &str) -> Result<EntityKey, Error> {
+fn entity_key(kind: String, id: &str, what: &str) -> Result<EntityKey> {
     let id =
         EntityId::new(id).map_err(|e| Error::Corrupt(format!("{what} has an invalid id: {e}")))?;
     Ok(EntityKey::new(kind, id))
@@ -216,13 +216,13 @@ fn entity_key(kind: String, id: &str, what: &str) -> Result<EntityKey, Error> {
 
 #[async_trait::async_trait]
 impl Store for PostgresStore {
-    async fn claim(&self, owner: &str, shards: &[ShardId]) -> Result<Epoch, Error> {
+    async fn claim(&self, owner: &str, shards: &[ShardId]) -> Result<Epoch> {
         self.check_open()?;
         let mut writer = self.writer().await?;
         writer::claim(&mut writer.client, owner, shards).await
     }
 
-    async fn load(&self, key: &EntityKey) -> Result<Option<Record>, Error> {
+    async fn load(&self, key: &EntityKey) -> Result<Option<Record>> {
         let row = self
             .reader()
             .await?
@@ -242,13 +242,8 @@ impl Store for PostgresStore {
         .transpose()
     }
 
-    async fn journal(
-        &self,
-        key: &EntityKey,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<JournalEntry>, Error> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    async fn journal(&self, key: &EntityKey, after: u64, max: usize) -> Result<Vec<JournalEntry>> {
+        let limit = i64::try_from(max).unwrap_or(i64::MAX);
         let rows = self
             .reader()
             .await?
@@ -270,7 +265,7 @@ impl Store for PostgresStore {
             .collect()
     }
 
-    fn commit(&self, batch: Batch) -> Result<CommitOutcome, Error> {
+    fn commit(&self, batch: Batch) -> Result<CommitOutcome> {
         self.check_open()?;
         let run = || {
             self.shared.runtime.block_on(async {
@@ -291,7 +286,7 @@ impl Store for PostgresStore {
         }
     }
 
-    async fn due(&self, before_ms: i64, limit: usize) -> Result<Vec<Pending>, Error> {
+    async fn due(&self, before_ms: i64, limit: usize) -> Result<Vec<Pending>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self
             .reader()
@@ -306,11 +301,7 @@ impl Store for PostgresStore {
         pending_rows(&rows)
     }
 
-    async fn reply(
-        &self,
-        key: &EntityKey,
-        idempotency_key: &str,
-    ) -> Result<Option<StoredReply>, Error> {
+    async fn reply(&self, key: &EntityKey, idempotency_key: &str) -> Result<Option<StoredReply>> {
         let row = self
             .reader()
             .await?
@@ -326,7 +317,7 @@ impl Store for PostgresStore {
         }))
     }
 
-    async fn last_row(&self, key: &EntityKey) -> Result<Option<u64>, Error> {
+    async fn last_row(&self, key: &EntityKey) -> Result<Option<u64>> {
         let row = self
             .reader()
             .await?
@@ -341,7 +332,7 @@ impl Store for PostgresStore {
             .transpose()
     }
 
-    async fn paused(&self) -> Result<Vec<EntityKey>, Error> {
+    async fn paused(&self) -> Result<Vec<EntityKey>> {
         let rows = self
             .reader()
             .await?
@@ -353,7 +344,7 @@ impl Store for PostgresStore {
             .collect()
     }
 
-    async fn close(&self) -> Result<(), Error> {
+    async fn close(&self) -> Result<()> {
         // Waits for a commit in progress; later calls fail.
         let _writer = self.writer().await?;
         self.shared.closed.store(true, Ordering::Release);
@@ -367,7 +358,7 @@ impl Store for PostgresStore {
 
 #[async_trait::async_trait]
 impl Catalog for PostgresStore {
-    async fn count(&self, kind: &str) -> Result<u64, Error> {
+    async fn count(&self, kind: &str) -> Result<u64> {
         let row = self
             .reader()
             .await?
@@ -381,7 +372,7 @@ impl Catalog for PostgresStore {
         from_sql(row.get(0), "entity count")
     }
 
-    async fn pending_of(&self, owner: &EntityKey, limit: usize) -> Result<Vec<Pending>, Error> {
+    async fn pending_of(&self, owner: &EntityKey, limit: usize) -> Result<Vec<Pending>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self
             .reader()
@@ -396,7 +387,7 @@ impl Catalog for PostgresStore {
         pending_rows(&rows)
     }
 
-    async fn dead_letters(&self, kind: Option<&str>) -> Result<Vec<StoredDeadLetter>, Error> {
+    async fn dead_letters(&self, kind: Option<&str>) -> Result<Vec<StoredDeadLetter>> {
         let rows = self
             .reader()
             .await?
@@ -425,12 +416,8 @@ impl Catalog for PostgresStore {
             .collect()
     }
 
-    async fn entities(
-        &self,
-        kind: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<EntitySummary>, Error> {
+    async fn entities(&self, kind: &str, page: Page<'_>) -> Result<Vec<EntitySummary>> {
+        let Page { after, limit } = page;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self
             .reader()
@@ -469,33 +456,27 @@ impl Catalog for PostgresStore {
             .collect()
     }
 
-    async fn query(
-        &self,
-        kind: &str,
-        filter: &Filter,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<EntityState>, Error> {
-        query::query(&*self.reader().await?, kind, filter, after, limit).await
+    async fn query(&self, kind: &str, filter: &Filter, page: Page<'_>) -> Result<Vec<EntityState>> {
+        query::query(&*self.reader().await?, kind, filter, page.after, page.limit).await
     }
 
-    async fn create_index(&self, kind: &str, path: &Path) -> Result<(), Error> {
+    async fn create_index(&self, kind: &str, path: &Path) -> Result<()> {
         self.check_open()?;
         let mut writer = self.writer().await?;
         query::create_index(&mut writer.client, kind, path).await
     }
 
-    async fn drop_index(&self, kind: &str, path: &Path) -> Result<bool, Error> {
+    async fn drop_index(&self, kind: &str, path: &Path) -> Result<bool> {
         self.check_open()?;
         let mut writer = self.writer().await?;
         query::drop_index(&mut writer.client, kind, path).await
     }
 
-    async fn indexes(&self, kind: &str) -> Result<Vec<Path>, Error> {
+    async fn indexes(&self, kind: &str) -> Result<Vec<Path>> {
         query::indexes(&*self.reader().await?, kind).await
     }
 
-    async fn changes(&self, kind: &str, after: u64, limit: usize) -> Result<ChangePage, Error> {
+    async fn changes(&self, kind: &str, after: u64, limit: usize) -> Result<ChangePage> {
         // One statement, so one snapshot: an expiry cannot fall between the two reads.
         const CHANGES: &str = "
             SELECT e.through, c.seq, c.id, c.version, c.at, c.state
@@ -532,13 +513,13 @@ impl Catalog for PostgresStore {
 }
 
 /// A stored schema version, which is never negative.
-fn schema_from_sql(schema: i32, entity: &dyn std::fmt::Display) -> Result<u32, Error> {
+fn schema_from_sql(schema: i32, entity: &dyn std::fmt::Display) -> Result<u32> {
     u32::try_from(schema)
         .map_err(|_| Error::Corrupt(format!("{entity} has schema version {schema}")))
 }
 
 /// Pending rows selected as `kind, id, seq, due, class, target_kind, target_id, body`.
-fn pending_rows(rows: &[tokio_postgres::Row]) -> Result<Vec<Pending>, Error> {
+fn pending_rows(rows: &[tokio_postgres::Row]) -> Result<Vec<Pending>> {
     rows.iter()
         .map(|r| {
             let owner = entity_key(r.get(0), r.get(1), "a pending row")?;

@@ -9,8 +9,8 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 use perennial_storage::{
-    Batch, Catalog, CommitOutcome, EntityState, EntitySummary, Error, Filter, JournalEntry,
-    Pending as PendingRow, Record, Store, StoredDeadLetter, StoredReply,
+    Batch, Catalog, CommitOutcome, EntityState, EntitySummary, Error, Filter, JournalEntry, Page,
+    Pending as PendingRow, Record, Result, Store, StoredDeadLetter, StoredReply,
 };
 use perennial_types::{EntityId, EntityKey, Epoch, ShardId};
 use rusqlite::{Connection, OpenFlags};
@@ -105,12 +105,12 @@ impl SqliteStore {
     /// Fails with [`Error::Locked`] if another process has the directory open, with
     /// [`Error::NotDurable`] if SQLite will not commit durably, and with [`Error::TooNew`] if a
     /// newer Perennial wrote the data.
-    pub fn open(dir: impl AsRef<Path>) -> Result<Self, Error> {
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
         Self::open_with(dir, Options::default())
     }
 
     /// Opens (or creates) the store in `dir` with the given options.
-    pub fn open_with(dir: impl AsRef<Path>, options: Options) -> Result<Self, Error> {
+    pub fn open_with(dir: impl AsRef<Path>, options: Options) -> Result<Self> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(|e| {
             Error::Io(format!(
@@ -170,15 +170,15 @@ impl SqliteStore {
     /// The writer connection's `(journal_mode, synchronous)` settings, as SQLite reports them.
     ///
     /// For tests and diagnostics: a durable store reports `("wal", 2)`.
-    pub async fn durability_settings(&self) -> Result<(String, i64), Error> {
+    pub async fn durability_settings(&self) -> Result<(String, i64)> {
         self.with_writer(|w| w.settings()).await
     }
 
     /// Runs `f` on the writer on a thread that may block, off the async runtime.
     async fn with_writer<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Writer) -> Result<T, Error> + Send + 'static,
-    ) -> Result<T, Error> {
+        f: impl FnOnce(&mut Writer) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         self.check_open()?;
         let writer = Arc::clone(&self.shared.writer);
         tokio::task::spawn_blocking(move || f(&mut writer.lock()))
@@ -189,7 +189,7 @@ impl SqliteStore {
     async fn read<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, Error>>) -> ReadCmd,
-    ) -> Result<T, Error> {
+    ) -> Result<T> {
         self.check_open()?;
         let (tx, rx) = oneshot::channel();
         self.shared
@@ -199,7 +199,7 @@ impl SqliteStore {
         rx.await.map_err(|_| Error::Closed)?
     }
 
-    fn check_open(&self) -> Result<(), Error> {
+    fn check_open(&self) -> Result<()> {
         if self.shared.closed.load(Ordering::Acquire) {
             Err(Error::Closed)
         } else {
@@ -209,7 +209,7 @@ impl SqliteStore {
 }
 
 /// Takes the exclusive lock on the data directory, or says who holds it.
-fn lock_dir(dir: &Path) -> Result<File, Error> {
+fn lock_dir(dir: &Path) -> Result<File> {
     let lock_path = dir.join(LOCK_FILE);
     let file = File::options()
         .create(true)
@@ -230,7 +230,7 @@ fn lock_dir(dir: &Path) -> Result<File, Error> {
 }
 
 /// The states of `state_log` row `seq`, whose `states` column is `text`.
-fn decode_log_row(seq: i64, text: &str) -> Result<Vec<(EntityKey, LoggedState<String>)>, Error> {
+fn decode_log_row(seq: i64, text: &str) -> Result<Vec<(EntityKey, LoggedState<String>)>> {
     let states: Vec<LoggedState<String>> = serde_json::from_str(text)
         .map_err(|e| Error::Corrupt(format!("state_log row {seq} does not decode: {e}")))?;
     states
@@ -247,13 +247,13 @@ fn decode_log_row(seq: i64, text: &str) -> Result<Vec<(EntityKey, LoggedState<St
 /// Decodes a `state_log` row's `states` as a store opening the file does: how many states it
 /// holds, or the error that would refuse the file. For the fuzz targets (`perennial-fuzz`).
 #[doc(hidden)]
-pub fn decode_log_row_for_fuzzing(text: &str) -> Result<usize, Error> {
+pub fn decode_log_row_for_fuzzing(text: &str) -> Result<usize> {
     decode_log_row(0, text).map(|states| states.len())
 }
 
 /// Reads the states the log holds beyond `entities` (after a crash, or any stop without
 /// [`Store::close`]), so they are served and folded like any other pending state.
-fn load_log(conn: &Connection) -> Result<Pending, Error> {
+fn load_log(conn: &Connection) -> Result<Pending> {
     let mut pending = Pending::default();
     let mut stmt = conn
         .prepare("SELECT seq, at, states FROM state_log ORDER BY seq")
@@ -284,7 +284,7 @@ fn load_log(conn: &Connection) -> Result<Pending, Error> {
 }
 
 /// Sets the per-connection tuning: page cache, memory map, busy timeout.
-fn tune(conn: &Connection, options: &Options) -> Result<(), Error> {
+fn tune(conn: &Connection, options: &Options) -> Result<()> {
     let cache_kib = i64::from(options.cache_mib) * 1024;
     conn.pragma_update(None, "cache_size", -cache_kib)
         .map_err(map_err)?;
@@ -296,39 +296,34 @@ fn tune(conn: &Connection, options: &Options) -> Result<(), Error> {
 
 #[async_trait::async_trait]
 impl Store for SqliteStore {
-    async fn claim(&self, owner: &str, shards: &[ShardId]) -> Result<Epoch, Error> {
+    async fn claim(&self, owner: &str, shards: &[ShardId]) -> Result<Epoch> {
         let owner = owner.to_owned();
         let shards = shards.to_vec();
         self.with_writer(move |w| w.claim(&owner, &shards)).await
     }
 
-    async fn load(&self, key: &EntityKey) -> Result<Option<Record>, Error> {
+    async fn load(&self, key: &EntityKey) -> Result<Option<Record>> {
         let key = key.clone();
         self.read(|reply| ReadCmd::Load { key, reply }).await
     }
 
-    async fn journal(
-        &self,
-        key: &EntityKey,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<JournalEntry>, Error> {
+    async fn journal(&self, key: &EntityKey, after: u64, max: usize) -> Result<Vec<JournalEntry>> {
         let key = key.clone();
         self.read(|reply| ReadCmd::Journal {
             key,
             after,
-            limit,
+            limit: max,
             reply,
         })
         .await
     }
 
-    fn commit(&self, batch: Batch) -> Result<CommitOutcome, Error> {
+    fn commit(&self, batch: Batch) -> Result<CommitOutcome> {
         self.check_open()?;
         self.shared.writer.lock().commit(&batch)
     }
 
-    async fn due(&self, before_ms: i64, limit: usize) -> Result<Vec<PendingRow>, Error> {
+    async fn due(&self, before_ms: i64, limit: usize) -> Result<Vec<PendingRow>> {
         self.read(|reply| ReadCmd::Due {
             before_ms,
             limit,
@@ -337,11 +332,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn reply(
-        &self,
-        key: &EntityKey,
-        idempotency_key: &str,
-    ) -> Result<Option<StoredReply>, Error> {
+    async fn reply(&self, key: &EntityKey, idempotency_key: &str) -> Result<Option<StoredReply>> {
         let key = key.clone();
         let idempotency_key = idempotency_key.to_owned();
         self.read(|reply| ReadCmd::Reply {
@@ -352,17 +343,17 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn paused(&self) -> Result<Vec<EntityKey>, Error> {
+    async fn paused(&self) -> Result<Vec<EntityKey>> {
         self.read(|reply| ReadCmd::Paused { reply }).await
     }
 
-    async fn last_row(&self, key: &EntityKey) -> Result<Option<u64>, Error> {
+    async fn last_row(&self, key: &EntityKey) -> Result<Option<u64>> {
         let key = key.clone();
         self.read(|reply| ReadCmd::LastRow { key, reply }).await
     }
 
     /// Folds the log, truncates the WAL, stops the threads and releases the data directory.
-    async fn close(&self) -> Result<(), Error> {
+    async fn close(&self) -> Result<()> {
         let result = self.with_writer(Writer::close).await;
         self.shared.closed.store(true, Ordering::Release);
         let shared = Arc::clone(&self.shared);
@@ -381,12 +372,12 @@ impl Store for SqliteStore {
 
 #[async_trait::async_trait]
 impl Catalog for SqliteStore {
-    async fn count(&self, kind: &str) -> Result<u64, Error> {
+    async fn count(&self, kind: &str) -> Result<u64> {
         let kind = kind.to_owned();
         self.read(|reply| ReadCmd::Count { kind, reply }).await
     }
 
-    async fn pending_of(&self, owner: &EntityKey, limit: usize) -> Result<Vec<PendingRow>, Error> {
+    async fn pending_of(&self, owner: &EntityKey, limit: usize) -> Result<Vec<PendingRow>> {
         let owner = owner.clone();
         self.read(|reply| ReadCmd::PendingOf {
             owner,
@@ -396,18 +387,14 @@ impl Catalog for SqliteStore {
         .await
     }
 
-    async fn dead_letters(&self, kind: Option<&str>) -> Result<Vec<StoredDeadLetter>, Error> {
+    async fn dead_letters(&self, kind: Option<&str>) -> Result<Vec<StoredDeadLetter>> {
         let kind = kind.map(str::to_owned);
         self.read(|reply| ReadCmd::DeadLetters { kind, reply })
             .await
     }
 
-    async fn entities(
-        &self,
-        kind: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<EntitySummary>, Error> {
+    async fn entities(&self, kind: &str, page: Page<'_>) -> Result<Vec<EntitySummary>> {
+        let Page { after, limit } = page;
         let (kind, after) = (kind.to_owned(), after.map(str::to_owned));
         self.read(|reply| ReadCmd::Entities {
             kind,
@@ -418,13 +405,8 @@ impl Catalog for SqliteStore {
         .await
     }
 
-    async fn query(
-        &self,
-        kind: &str,
-        filter: &Filter,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<EntityState>, Error> {
+    async fn query(&self, kind: &str, filter: &Filter, page: Page<'_>) -> Result<Vec<EntityState>> {
+        let Page { after, limit } = page;
         let (kind, filter, after) = (kind.to_owned(), filter.clone(), after.map(str::to_owned));
         self.read(|reply| ReadCmd::Query {
             kind,
@@ -436,19 +418,19 @@ impl Catalog for SqliteStore {
         .await
     }
 
-    async fn create_index(&self, kind: &str, path: &perennial_storage::Path) -> Result<(), Error> {
+    async fn create_index(&self, kind: &str, path: &perennial_storage::Path) -> Result<()> {
         let (kind, path) = (kind.to_owned(), path.clone());
         self.with_writer(move |w| query::create_index(w.conn_mut(), &kind, &path))
             .await
     }
 
-    async fn drop_index(&self, kind: &str, path: &perennial_storage::Path) -> Result<bool, Error> {
+    async fn drop_index(&self, kind: &str, path: &perennial_storage::Path) -> Result<bool> {
         let (kind, path) = (kind.to_owned(), path.clone());
         self.with_writer(move |w| query::drop_index(w.conn_mut(), &kind, &path))
             .await
     }
 
-    async fn indexes(&self, kind: &str) -> Result<Vec<perennial_storage::Path>, Error> {
+    async fn indexes(&self, kind: &str) -> Result<Vec<perennial_storage::Path>> {
         let kind = kind.to_owned();
         self.read(|reply| ReadCmd::Indexes { kind, reply }).await
     }
@@ -458,7 +440,7 @@ impl Catalog for SqliteStore {
         kind: &str,
         after: u64,
         limit: usize,
-    ) -> Result<perennial_storage::ChangePage, Error> {
+    ) -> Result<perennial_storage::ChangePage> {
         let kind = kind.to_owned();
         self.read(|reply| ReadCmd::Changes {
             kind,

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use perennial_storage::{Batch, Filter, StateWrite, Store};
+use perennial_storage::{Batch, Filter, Page, StateWrite, Store};
 use perennial_storage_sqlite::SqliteStore;
 use perennial_types::{EntityId, EntityKey, shard_of};
 use proptest::prelude::*;
@@ -94,7 +94,7 @@ async fn check(store: &SqliteStore, states: &[Value], filters: &[String]) -> Res
             .collect();
         let found = store
             .catalog()
-            .query("t", &filter, None, 1000)
+            .query("t", &filter, Page::first(1000))
             .await
             .map_err(|e| format!("{text}: {e}"))?;
         let ids: Vec<String> = found.into_iter().map(|e| e.id).collect();

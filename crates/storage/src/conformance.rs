@@ -14,8 +14,9 @@ use perennial_types::{EntityId, EntityKey, Epoch, SHARDS, ShardId, shard_of};
 
 use crate::{
     Batch, ChangeWrite, DeadLetter, DeadLetterDone, DeadLetterWrite, EntityDelete, ExpireChanges,
-    ExpireReplies, Filter, JournalEntry, JournalTrim, JournalWrite, Path, PauseWrite, Pending,
-    PendingClass, PendingDone, PendingWrite, ReplyDone, ReplyWrite, StateWrite, Store, StoredReply,
+    ExpireReplies, Filter, JournalEntry, JournalTrim, JournalWrite, Page, Path, PauseWrite,
+    Pending, PendingClass, PendingDone, PendingWrite, ReplyDone, ReplyWrite, StateWrite, Store,
+    StoredReply,
 };
 
 /// Expands to one test per conformance case, each on a fresh store from `$make`.
@@ -671,7 +672,7 @@ pub async fn entities_are_listed_in_id_order_and_paged(store: &dyn Store) {
     assert!(
         store
             .catalog()
-            .entities("counter", None, 10)
+            .entities("counter", Page::first(10))
             .await
             .unwrap()
             .is_empty()
@@ -697,7 +698,11 @@ pub async fn entities_are_listed_in_id_order_and_paged(store: &dyn Store) {
     );
     commit_journal(store, vec![entry(&key("counter", "b"), epoch, 4)], vec![]);
 
-    let all = store.catalog().entities("counter", None, 10).await.unwrap();
+    let all = store
+        .catalog()
+        .entities("counter", Page::first(10))
+        .await
+        .unwrap();
     let ids: Vec<&str> = all.iter().map(|e| e.id.as_str()).collect();
     assert_eq!(ids, ["a", "b", "c", "j"]);
     assert_eq!((all[0].state_version, all[0].last_step), (3, 0));
@@ -712,7 +717,7 @@ pub async fn entities_are_listed_in_id_order_and_paged(store: &dyn Store) {
     assert!(all[3].updated_at_ms > 0, "{all:?}");
     let page = store
         .catalog()
-        .entities("counter", Some("a"), 2)
+        .entities("counter", Page::after(Some("a"), 2))
         .await
         .unwrap();
     let ids: Vec<&str> = page.iter().map(|e| e.id.as_str()).collect();
@@ -720,7 +725,7 @@ pub async fn entities_are_listed_in_id_order_and_paged(store: &dyn Store) {
     assert!(
         store
             .catalog()
-            .entities("counter", Some("j"), 10)
+            .entities("counter", Page::after(Some("j"), 10))
             .await
             .unwrap()
             .is_empty()
@@ -728,7 +733,7 @@ pub async fn entities_are_listed_in_id_order_and_paged(store: &dyn Store) {
     assert_eq!(
         store
             .catalog()
-            .entities("table", None, 10)
+            .entities("table", Page::first(10))
             .await
             .unwrap()
             .len(),
@@ -893,7 +898,7 @@ pub async fn queries_agree_with_the_filter_on_every_state(store: &dyn Store) {
                 .collect();
             let found = store
                 .catalog()
-                .query("table", &filter, None, 100)
+                .query("table", &filter, Page::first(100))
                 .await
                 .unwrap();
             let ids: Vec<&str> = found.iter().map(|e| e.id.as_str()).collect();
@@ -906,8 +911,7 @@ pub async fn queries_agree_with_the_filter_on_every_state(store: &dyn Store) {
         .query(
             "table",
             &Filter::parse("owner = 'user-7'").unwrap(),
-            None,
-            10,
+            Page::first(10),
         )
         .await
         .unwrap();
@@ -944,7 +948,7 @@ pub async fn queries_see_the_latest_state_and_page_by_id(store: &dyn Store) {
     loop {
         let page = store
             .catalog()
-            .query("t", &even, after.as_deref(), 7)
+            .query("t", &even, Page::after(after.as_deref(), 7))
             .await
             .unwrap();
         assert!(page.len() <= 7);
@@ -968,7 +972,7 @@ pub async fn queries_see_the_latest_state_and_page_by_id(store: &dyn Store) {
     let old = Filter::parse("n < 100").unwrap();
     let ids: Vec<String> = store
         .catalog()
-        .query("t", &old, None, 100)
+        .query("t", &old, Page::first(100))
         .await
         .unwrap()
         .into_iter()
@@ -978,7 +982,7 @@ pub async fn queries_see_the_latest_state_and_page_by_id(store: &dyn Store) {
     assert!(
         store
             .catalog()
-            .query("t", &even, None, 0)
+            .query("t", &even, Page::first(0))
             .await
             .unwrap()
             .is_empty()
@@ -1063,7 +1067,11 @@ pub async fn schema_versions_are_kept_with_each_state(store: &dyn Store) {
         let record = store.load(&key("cart", &format!("c{n:02}"))).await.unwrap();
         assert_eq!(record.map(|r| r.schema), Some(n % 3 + 1), "c{n:02}");
     }
-    let listed = store.catalog().entities("cart", None, 100).await.unwrap();
+    let listed = store
+        .catalog()
+        .entities("cart", Page::first(100))
+        .await
+        .unwrap();
     let schemas: Vec<u32> = listed.iter().map(|e| e.schema).collect();
     assert_eq!(schemas, (0..40u32).map(|n| n % 3 + 1).collect::<Vec<_>>());
     // A later write at a newer version replaces it; one at version 1 says 1 again.
@@ -1082,7 +1090,11 @@ pub async fn schema_versions_are_kept_with_each_state(store: &dyn Store) {
     assert_eq!((c00.version, c00.schema), (2, 7));
     let c05 = store.load(&key("cart", "c05")).await.unwrap().unwrap();
     assert_eq!(c05.schema, 3);
-    let listed = store.catalog().entities("cart", None, 1).await.unwrap();
+    let listed = store
+        .catalog()
+        .entities("cart", Page::first(1))
+        .await
+        .unwrap();
     assert_eq!(listed[0].schema, 7);
 }
 
@@ -1204,14 +1216,14 @@ async fn traces(store: &dyn Store, k: &EntityKey) -> (bool, usize, Vec<PendingCl
         .collect();
     let catalog = store.catalog();
     let listed = catalog
-        .entities(&k.kind, None, 1_000)
+        .entities(&k.kind, Page::first(1_000))
         .await
         .unwrap()
         .iter()
         .any(|e| e.id == k.id.as_str());
     let everything = Filter::parse("$ != null").unwrap();
     let found = catalog
-        .query(&k.kind, &everything, None, 1_000)
+        .query(&k.kind, &everything, Page::first(1_000))
         .await
         .unwrap()
         .iter()

@@ -2,6 +2,10 @@
 
 use std::path::PathBuf;
 
+/// A store's result: [`std::result::Result`] with [`Error`] as the error, as `std::io::Result`
+/// is for I/O.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
 /// What went wrong in a store.
 ///
 /// Errors carry text rather than the backend's own error types so that one failure can be

@@ -7,7 +7,7 @@ use parking_lot::{Condvar, Mutex};
 use perennial_types::{EntityKey, Epoch, ShardId};
 
 use crate::{
-    Batch, Catalog, CommitOutcome, Error, JournalEntry, Pending, Record, Store, StoredReply,
+    Batch, Catalog, CommitOutcome, Error, JournalEntry, Pending, Record, Result, Store, StoredReply,
 };
 
 /// Wraps a [`Store`] and lets a test fail or hold its commits, and count what reached it.
@@ -115,11 +115,11 @@ fn take_one(counter: &AtomicUsize) -> bool {
 
 #[async_trait::async_trait]
 impl<S: Store> Store for FaultyStore<S> {
-    async fn claim(&self, owner: &str, shards: &[ShardId]) -> Result<Epoch, Error> {
+    async fn claim(&self, owner: &str, shards: &[ShardId]) -> Result<Epoch> {
         self.inner.claim(owner, shards).await
     }
 
-    async fn load(&self, key: &EntityKey) -> Result<Option<Record>, Error> {
+    async fn load(&self, key: &EntityKey) -> Result<Option<Record>> {
         if take_one(&self.controls.fail_loads) {
             return Err(Error::Io("injected load failure".into()));
         }
@@ -127,19 +127,14 @@ impl<S: Store> Store for FaultyStore<S> {
         self.inner.load(key).await
     }
 
-    async fn journal(
-        &self,
-        key: &EntityKey,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<JournalEntry>, Error> {
+    async fn journal(&self, key: &EntityKey, after: u64, max: usize) -> Result<Vec<JournalEntry>> {
         if take_one(&self.controls.fail_loads) {
             return Err(Error::Io("injected journal read failure".into()));
         }
-        self.inner.journal(key, after, limit).await
+        self.inner.journal(key, after, max).await
     }
 
-    fn commit(&self, batch: Batch) -> Result<CommitOutcome, Error> {
+    fn commit(&self, batch: Batch) -> Result<CommitOutcome> {
         {
             let mut held = self.controls.hold.lock();
             if *held {
@@ -167,30 +162,26 @@ impl<S: Store> Store for FaultyStore<S> {
         Ok(outcome)
     }
 
-    async fn due(&self, before_ms: i64, limit: usize) -> Result<Vec<Pending>, Error> {
+    async fn due(&self, before_ms: i64, limit: usize) -> Result<Vec<Pending>> {
         self.inner.due(before_ms, limit).await
     }
 
-    async fn paused(&self) -> Result<Vec<EntityKey>, Error> {
+    async fn paused(&self) -> Result<Vec<EntityKey>> {
         self.inner.paused().await
     }
 
-    async fn last_row(&self, key: &EntityKey) -> Result<Option<u64>, Error> {
+    async fn last_row(&self, key: &EntityKey) -> Result<Option<u64>> {
         self.inner.last_row(key).await
     }
 
-    async fn reply(
-        &self,
-        key: &EntityKey,
-        idempotency_key: &str,
-    ) -> Result<Option<StoredReply>, Error> {
+    async fn reply(&self, key: &EntityKey, idempotency_key: &str) -> Result<Option<StoredReply>> {
         if take_one(&self.controls.fail_loads) {
             return Err(Error::Io("injected reply read failure".into()));
         }
         self.inner.reply(key, idempotency_key).await
     }
 
-    async fn close(&self) -> Result<(), Error> {
+    async fn close(&self) -> Result<()> {
         self.inner.close().await
     }
 

@@ -36,7 +36,7 @@ pub mod conformance;
 mod faulty;
 
 pub use directory::{Directory, Lease, Member};
-pub use error::Error;
+pub use error::{Error, Result};
 #[cfg(feature = "test-util")]
 pub use faulty::FaultyStore;
 pub use filter::{Filter, FilterError, Path};
@@ -47,4 +47,4 @@ pub use model::{
     JournalTrim, JournalWrite, PauseWrite, Pending, PendingClass, PendingDone, PendingWrite,
     Record, ReplyDone, ReplyWrite, StateWrite, StoredChange, StoredDeadLetter, StoredReply,
 };
-pub use store::{Catalog, Store};
+pub use store::{Catalog, Page, Store};

@@ -9,9 +9,9 @@ use perennial_types::{EntityKey, Epoch, SHARDS, ShardId};
 
 use crate::{
     Batch, Catalog, ChangePage, CommitOutcome, DeadLetterDone, DeadLetterWrite, EntityDelete,
-    EntityState, EntitySummary, Error, Filter, JournalEntry, JournalTrim, JournalWrite, Path,
-    PauseWrite, Pending, PendingDone, PendingWrite, Record, ReplyDone, ReplyWrite, StateWrite,
-    Store, StoredChange, StoredDeadLetter, StoredReply,
+    EntityState, EntitySummary, Error, Filter, JournalEntry, JournalTrim, JournalWrite, Page, Path,
+    PauseWrite, Pending, PendingDone, PendingWrite, Record, ReplyDone, ReplyWrite, Result,
+    StateWrite, Store, StoredChange, StoredDeadLetter, StoredReply,
 };
 
 /// A [`Store`] in memory. Nothing survives the process; "durable" means "committed".
@@ -140,7 +140,7 @@ impl MemoryStore {
 }
 
 impl Inner {
-    fn check_open(&self) -> Result<(), Error> {
+    fn check_open(&self) -> Result<()> {
         if self.closed {
             Err(Error::Closed)
         } else {
@@ -175,7 +175,7 @@ impl Inner {
 
 #[async_trait::async_trait]
 impl Store for MemoryStore {
-    async fn claim(&self, _owner: &str, shards: &[ShardId]) -> Result<Epoch, Error> {
+    async fn claim(&self, _owner: &str, shards: &[ShardId]) -> Result<Epoch> {
         let mut inner = self.inner.lock();
         inner.check_open()?;
         if let Some(bad) = shards.iter().find(|s| s.0 >= SHARDS) {
@@ -193,13 +193,13 @@ impl Store for MemoryStore {
         Ok(Epoch(next))
     }
 
-    async fn load(&self, key: &EntityKey) -> Result<Option<Record>, Error> {
+    async fn load(&self, key: &EntityKey) -> Result<Option<Record>> {
         let inner = self.inner.lock();
         inner.check_open()?;
         Ok(inner.entities.get(key).cloned())
     }
 
-    fn commit(&self, batch: Batch) -> Result<CommitOutcome, Error> {
+    fn commit(&self, batch: Batch) -> Result<CommitOutcome> {
         let mut inner = self.inner.lock();
         inner.check_open()?;
         let mut outcome = CommitOutcome::default();
@@ -402,7 +402,7 @@ impl Store for MemoryStore {
         Ok(outcome)
     }
 
-    async fn due(&self, before_ms: i64, limit: usize) -> Result<Vec<Pending>, Error> {
+    async fn due(&self, before_ms: i64, limit: usize) -> Result<Vec<Pending>> {
         let inner = self.inner.lock();
         inner.check_open()?;
         Ok(inner
@@ -414,11 +414,7 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    async fn reply(
-        &self,
-        key: &EntityKey,
-        idempotency_key: &str,
-    ) -> Result<Option<StoredReply>, Error> {
+    async fn reply(&self, key: &EntityKey, idempotency_key: &str) -> Result<Option<StoredReply>> {
         let inner = self.inner.lock();
         inner.check_open()?;
         Ok(inner
@@ -427,12 +423,7 @@ impl Store for MemoryStore {
             .cloned())
     }
 
-    async fn journal(
-        &self,
-        key: &EntityKey,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<JournalEntry>, Error> {
+    async fn journal(&self, key: &EntityKey, after: u64, max: usize) -> Result<Vec<JournalEntry>> {
         let inner = self.inner.lock();
         inner.check_open()?;
         let Some(journal) = inner.journals.get(key) else {
@@ -440,18 +431,18 @@ impl Store for MemoryStore {
         };
         Ok(journal
             .range(after.saturating_add(1)..)
-            .take(limit)
+            .take(max)
             .map(|(_, e)| e.clone())
             .collect())
     }
 
-    async fn paused(&self) -> Result<Vec<EntityKey>, Error> {
+    async fn paused(&self) -> Result<Vec<EntityKey>> {
         let inner = self.inner.lock();
         inner.check_open()?;
         Ok(inner.paused.iter().cloned().collect())
     }
 
-    async fn last_row(&self, key: &EntityKey) -> Result<Option<u64>, Error> {
+    async fn last_row(&self, key: &EntityKey) -> Result<Option<u64>> {
         let inner = self.inner.lock();
         inner.check_open()?;
         Ok(inner
@@ -461,7 +452,7 @@ impl Store for MemoryStore {
             .map(|((_, seq), _)| *seq))
     }
 
-    async fn close(&self) -> Result<(), Error> {
+    async fn close(&self) -> Result<()> {
         self.inner.lock().closed = true;
         Ok(())
     }
@@ -473,7 +464,7 @@ impl Store for MemoryStore {
 
 #[async_trait::async_trait]
 impl Catalog for MemoryStore {
-    async fn dead_letters(&self, kind: Option<&str>) -> Result<Vec<StoredDeadLetter>, Error> {
+    async fn dead_letters(&self, kind: Option<&str>) -> Result<Vec<StoredDeadLetter>> {
         let inner = self.inner.lock();
         inner.check_open()?;
         Ok(inner
@@ -484,12 +475,8 @@ impl Catalog for MemoryStore {
             .collect())
     }
 
-    async fn entities(
-        &self,
-        kind: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<EntitySummary>, Error> {
+    async fn entities(&self, kind: &str, page: Page<'_>) -> Result<Vec<EntitySummary>> {
+        let Page { after, limit } = page;
         let inner = self.inner.lock();
         inner.check_open()?;
         // Every entity with a state or a journal, in id order.
@@ -515,7 +502,7 @@ impl Catalog for MemoryStore {
             .collect())
     }
 
-    async fn count(&self, kind: &str) -> Result<u64, Error> {
+    async fn count(&self, kind: &str) -> Result<u64> {
         let inner = self.inner.lock();
         inner.check_open()?;
         let of_kind = |key: &&EntityKey| &*key.kind == kind;
@@ -524,7 +511,7 @@ impl Catalog for MemoryStore {
         Ok(ids.len() as u64)
     }
 
-    async fn pending_of(&self, owner: &EntityKey, limit: usize) -> Result<Vec<Pending>, Error> {
+    async fn pending_of(&self, owner: &EntityKey, limit: usize) -> Result<Vec<Pending>> {
         let inner = self.inner.lock();
         inner.check_open()?;
         let rows = inner
@@ -533,13 +520,8 @@ impl Catalog for MemoryStore {
         Ok(rows.take(limit).map(|(_, row)| row.clone()).collect())
     }
 
-    async fn query(
-        &self,
-        kind: &str,
-        filter: &Filter,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<EntityState>, Error> {
+    async fn query(&self, kind: &str, filter: &Filter, page: Page<'_>) -> Result<Vec<EntityState>> {
+        let Page { after, limit } = page;
         let inner = self.inner.lock();
         inner.check_open()?;
         let mut found = Vec::new();
@@ -565,7 +547,7 @@ impl Catalog for MemoryStore {
         Ok(found)
     }
 
-    async fn create_index(&self, kind: &str, path: &Path) -> Result<(), Error> {
+    async fn create_index(&self, kind: &str, path: &Path) -> Result<()> {
         let mut inner = self.inner.lock();
         inner.check_open()?;
         if !path.is_single() {
@@ -581,7 +563,7 @@ impl Catalog for MemoryStore {
         Ok(())
     }
 
-    async fn drop_index(&self, kind: &str, path: &Path) -> Result<bool, Error> {
+    async fn drop_index(&self, kind: &str, path: &Path) -> Result<bool> {
         let mut inner = self.inner.lock();
         inner.check_open()?;
         Ok(inner
@@ -590,7 +572,7 @@ impl Catalog for MemoryStore {
             .is_some_and(|paths| paths.remove(path)))
     }
 
-    async fn indexes(&self, kind: &str) -> Result<Vec<Path>, Error> {
+    async fn indexes(&self, kind: &str) -> Result<Vec<Path>> {
         let inner = self.inner.lock();
         inner.check_open()?;
         Ok(inner
@@ -600,7 +582,7 @@ impl Catalog for MemoryStore {
             .unwrap_or_default())
     }
 
-    async fn changes(&self, kind: &str, after: u64, limit: usize) -> Result<ChangePage, Error> {
+    async fn changes(&self, kind: &str, after: u64, limit: usize) -> Result<ChangePage> {
         let inner = self.inner.lock();
         inner.check_open()?;
         let changes = inner
