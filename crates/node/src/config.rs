@@ -135,6 +135,23 @@ pub(crate) struct Settings {
     )]
     #[serde(default, deserialize_with = "duration")]
     lease: Option<Duration>,
+    /// Back the data directory up into this directory periodically, while serving (the
+    /// embedded store only; a PostgreSQL store is backed up by PostgreSQL's own tools)
+    /// [default: none]
+    #[arg(long, env = "PERENNIAL_BACKUP_DIR", value_name = "DIR")]
+    backup_dir: Option<PathBuf>,
+    /// How often to back up into --backup-dir [default: 1h]
+    #[arg(
+        long,
+        env = "PERENNIAL_BACKUP_EVERY",
+        value_parser = humantime::parse_duration,
+        value_name = "DURATION"
+    )]
+    #[serde(default, deserialize_with = "duration")]
+    backup_every: Option<Duration>,
+    /// How many backups --backup-dir keeps, the newest [default: 24]
+    #[arg(long, env = "PERENNIAL_BACKUP_KEEP", value_name = "N")]
+    backup_keep: Option<usize>,
 }
 
 /// The configuration `perennial serve` runs with.
@@ -169,6 +186,11 @@ pub(crate) struct Config {
     pub(crate) cluster_secret: Option<Secret>,
     #[serde(serialize_with = "write_duration")]
     pub(crate) lease: Duration,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) backup_dir: Option<PathBuf>,
+    #[serde(serialize_with = "write_duration")]
+    pub(crate) backup_every: Duration,
+    pub(crate) backup_keep: usize,
 }
 
 impl Config {
@@ -210,6 +232,10 @@ impl Config {
             advertise: flags.advertise.clone().or(from_file.advertise),
             cluster_secret: flags.cluster_secret.clone().or(from_file.cluster_secret),
             lease: (flags.lease.or(from_file.lease)).unwrap_or(Duration::from_secs(5)),
+            backup_dir: flags.backup_dir.clone().or(from_file.backup_dir),
+            backup_every: (flags.backup_every.or(from_file.backup_every))
+                .unwrap_or(Duration::from_secs(3600)),
+            backup_keep: (flags.backup_keep.or(from_file.backup_keep)).unwrap_or(24),
         };
         Ok((config, file))
     }
@@ -237,7 +263,11 @@ fn read(path: &Path) -> anyhow::Result<Settings> {
             describe(&text, e.message(), e.span())
         )
     })?;
-    for path_in_file in [&mut settings.data, &mut settings.caller_key] {
+    for path_in_file in [
+        &mut settings.data,
+        &mut settings.caller_key,
+        &mut settings.backup_dir,
+    ] {
         if let (Some(relative), Some(dir)) = (path_in_file, path.parent())
             && relative.is_relative()
         {

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod backup;
 mod client;
 mod config;
 mod inspect;
@@ -141,6 +142,12 @@ enum Command {
     /// diverge; run it with a new build before deploying it.
     #[command(name = "verify-replay")]
     VerifyReplay(upgrade::Target),
+    /// Back up a data directory while a node serves it (`--to FILE`), consistent to one
+    /// commit and holding every call acknowledged before it began; or check a backup
+    /// (`--verify FILE`): every page, then every state decoded with this build's kinds.
+    Backup(backup::BackupArgs),
+    /// Make a new data directory of a backup: `perennial restore --from FILE --data DIR`.
+    Restore(backup::RestoreArgs),
     /// Show what a data directory holds, without a node: kinds, entities, states, histories.
     ///
     /// Its kinds, a kind's entities, an entity's state, its history, or its state at a past
@@ -290,6 +297,8 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Migrate(args) => block_on(upgrade::migrate(args, upgrade::Pass::Migrate)),
         Command::SnapshotAll(args) => block_on(upgrade::migrate(args, upgrade::Pass::SnapshotAll)),
         Command::VerifyReplay(target) => block_on(upgrade::verify_replay(target)),
+        Command::Backup(args) => backup::run_backup(args),
+        Command::Restore(args) => backup::run_restore(args),
         Command::Bench {
             json,
             seconds,
@@ -358,7 +367,7 @@ fn bad_variable(error: &clap::Error) -> Option<String> {
 }
 
 /// Runs `work` on a multi-threaded async runtime, with the crash points of a test build.
-fn block_on(work: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+pub(crate) fn block_on(work: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
     perennial_faults::setup().map_err(anyhow::Error::msg)?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -494,6 +503,9 @@ async fn serve(args: Config) -> anyhow::Result<()> {
         advertise,
         cluster_secret,
         lease,
+        backup_dir,
+        backup_every,
+        backup_keep,
         ..
     } = args;
     let mut gateway = gateway;
@@ -508,6 +520,15 @@ async fn serve(args: Config) -> anyhow::Result<()> {
         ),
         (Some(node), Some(_), Some(secret)) => Some((node.clone(), secret.clone())),
     };
+    anyhow::ensure!(
+        backup_dir.is_none() || store.is_none(),
+        "--backup-dir backs up the embedded store; back a PostgreSQL store up with \
+         PostgreSQL's own tools (pg_basebackup and WAL archiving, see docs/operations.md)"
+    );
+    anyhow::ensure!(
+        !backup_every.is_zero() && backup_keep >= 1,
+        "--backup-every must be longer than zero and --backup-keep at least 1"
+    );
     let mut postgres = None;
     let (store, place): (Arc<dyn Store>, String) = match &store {
         None => {
@@ -558,6 +579,10 @@ async fn serve(args: Config) -> anyhow::Result<()> {
         Some(cluster) => format!("{place}, cluster node {}", cluster.node()),
         None => place,
     };
+    let backups = backup_dir.map(|dir| {
+        tracing::info!(dir = %dir.display(), every = %humantime::format_duration(backup_every), keep = backup_keep, "backing up periodically");
+        tokio::spawn(backup::periodic(data.clone(), dir, backup_every, backup_keep))
+    });
     // Scripts and tests wait for this line.
     println!("perennial listening on http://{addr} ({place})");
     tracing::info!(%addr, kinds = ?rt.kinds(), "serving");
@@ -574,6 +599,9 @@ async fn serve(args: Config) -> anyhow::Result<()> {
     };
     perennial_gateway::serve(listener, rt.clone(), gateway, shutdown).await?;
     tracing::info!("draining in-flight calls");
+    if let Some(backups) = backups {
+        backups.abort();
+    }
     rt.shutdown().await;
     store.close().await?;
     tracing::info!("stopped cleanly");

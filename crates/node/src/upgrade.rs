@@ -41,6 +41,19 @@ pub(crate) struct Target {
     json: bool,
 }
 
+impl Target {
+    /// Every kind of this build in the data directory `data`.
+    pub(crate) fn data_dir(data: PathBuf, json: bool) -> Self {
+        Target {
+            data,
+            store: None,
+            store_schema: "perennial".to_owned(),
+            kind: None,
+            json,
+        }
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub(crate) struct MigrateArgs {
     #[command(flatten)]

@@ -5,6 +5,7 @@
 //! subcommands, the configuration, and clusters of nodes on PostgreSQL.
 
 mod ask;
+mod backup;
 mod browser;
 mod cli;
 mod cluster;

@@ -15,6 +15,9 @@
 //!   never wait for the writer), or from memory for states not folded yet.
 //! - A **maintenance** thread folds and checkpoints when no commit has come for a while.
 //!
+//! [`backup`] copies a data directory's store beside a running node, consistent to one
+//! commit, and [`restore`] makes a new data directory of a copy.
+//!
 //! [`Inspector`] reads a data directory without writing (for `perennial inspect`), beside a
 //! running node or on a stopped one.
 //!
@@ -34,6 +37,7 @@
 
 pub mod schema;
 
+mod backup;
 mod changes;
 mod errors;
 mod inspect;
@@ -44,6 +48,7 @@ mod rows;
 mod store;
 mod writer;
 
+pub use backup::{BackupReport, BackupSummary, backup, check_backup, restore};
 pub use inspect::{Inspector, KindSummary, StoredState};
 pub use perennial_storage::EntitySummary;
 #[doc(hidden)]

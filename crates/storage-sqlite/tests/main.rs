@@ -4,6 +4,7 @@ use perennial_storage::{Batch, EntityDelete, Error, StateWrite, Store};
 use perennial_storage_sqlite::SqliteStore;
 use perennial_types::{EntityId, EntityKey, SHARDS, ShardId, shard_of};
 
+mod backup;
 mod query;
 
 perennial_storage::store_conformance!(async {
