@@ -1,6 +1,6 @@
 //! The client API: `POST /v1/{kind}/{id}` (a call, whose body and reply are the kind's own
 //! JSON) and `GET /v1/{kind}/{id}/watch` (its committed states as Server-Sent Events), and
-//! the node's `GET /healthz`.
+//! the node's `GET /healthz` and `GET /readyz`.
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -66,4 +66,19 @@ pub struct Health {
     /// `ok` while the node serves.
     #[schema(example = "ok")]
     pub status: String,
+}
+
+/// `GET /readyz`: whether the node can serve calls now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Ready {
+    /// `ready`, or `not_ready` (with the reason).
+    #[schema(example = "ready")]
+    pub status: String,
+    /// How many shards the node serves now.
+    #[schema(minimum = 0, maximum = 1024)]
+    pub shards: u32,
+    /// Why the node is not ready: shutting down, no shard served yet, or the store not
+    /// answering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }

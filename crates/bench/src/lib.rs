@@ -23,11 +23,14 @@
 //! - [`queue`]: jobs per key with a cap per key through `perennial_queue` (on SQLite and on
 //!   PostgreSQL), against a jobs table claimed with `FOR UPDATE SKIP LOCKED` on the same
 //!   PostgreSQL.
+//! - [`backup`]: an online backup of a million stored entities beside live callers, against
+//!   the same callers alone; and the restore of that backup.
 //!
 //! Each workload returns a [`Report`]; [`Report::to_json`] gives one JSON object per line so
 //! scripts can compare runs.
 
 mod asks;
+mod backup;
 mod cluster;
 mod load;
 mod migrate;
@@ -43,6 +46,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use asks::asks;
+pub use backup::backup;
 pub use cluster::{ClusterRun, cluster};
 pub use migrate::migrate;
 pub use pending::pending;
@@ -249,6 +253,33 @@ pub enum Report {
         live_during_calls_per_sec: f64,
         /// Their 99th percentile latency, in microseconds.
         live_during_p99_us: u64,
+    },
+    /// An online backup beside live callers, and its restore.
+    Backup {
+        /// Entities in the backup.
+        entities: u64,
+        /// The backup file's size, in bytes.
+        bytes: u64,
+        /// Seconds the backup took, flush and rename included.
+        backup_secs: f64,
+        /// Milliseconds the backup held its snapshot (its read transaction).
+        snapshot_ms: f64,
+        /// Seconds the restore took: the backup checked page by page, copied and flushed.
+        restore_secs: f64,
+        /// Live callers.
+        callers: usize,
+        /// Live calls per second with no backup running (the baseline).
+        live_alone_calls_per_sec: f64,
+        /// Their 99th percentile latency, in microseconds.
+        live_alone_p99_us: u64,
+        /// Their slowest call, in microseconds.
+        live_alone_max_us: u64,
+        /// Live calls per second while the backup ran.
+        live_during_calls_per_sec: f64,
+        /// Their 99th percentile latency, in microseconds.
+        live_during_p99_us: u64,
+        /// Their slowest call, in microseconds: how long the backup held a call up at most.
+        live_during_max_us: u64,
     },
     /// Durable calls through clusters of nodes sharing PostgreSQL, and failover.
     Cluster {
@@ -462,6 +493,24 @@ impl Report {
             } => format!(
                 "migrate     {with_live_per_sec:>10.0} entities/s migrated beside live calls ({pass_secs:.1} s for {entities}; alone: {alone_per_sec:.0}/s)
                  live calls  {live_during_calls_per_sec:>10.0}/s p99 {live_during_p99_us} µs during the pass  (without it: {live_alone_calls_per_sec:.0}/s p99 {live_alone_p99_us} µs; {callers} callers)"
+            ),
+            Self::Backup {
+                entities,
+                bytes,
+                backup_secs,
+                snapshot_ms,
+                restore_secs,
+                callers,
+                live_alone_calls_per_sec,
+                live_alone_p99_us,
+                live_alone_max_us,
+                live_during_calls_per_sec,
+                live_during_p99_us,
+                live_during_max_us,
+            } => format!(
+                "backup      {entities} entities, {:.0} MiB: backed up in {backup_secs:.2} s (snapshot held {snapshot_ms:.0} ms), restored in {restore_secs:.2} s
+                 live calls  {live_during_calls_per_sec:>10.0}/s p99 {live_during_p99_us} µs, slowest {live_during_max_us} µs during the backup  (without it: {live_alone_calls_per_sec:.0}/s p99 {live_alone_p99_us} µs, slowest {live_alone_max_us} µs; {callers} callers)",
+                *bytes as f64 / (1 << 20) as f64
             ),
             Self::Activation {
                 entities,

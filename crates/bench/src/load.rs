@@ -2,10 +2,13 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use perennial_core::{EntityRef, Runtime};
+use perennial_demo::Counter;
+use perennial_demo::counter::CounterMsg;
 
 /// What a timed run measured.
 pub(crate) struct Measured {
@@ -120,4 +123,72 @@ where
     }
     measured.elapsed = started.elapsed();
     Ok(measured)
+}
+
+/// Counters the live callers of [`live`] spread over.
+const LIVE_COUNTERS: usize = 1_000;
+
+/// What live callers saw while something else ran beside them.
+pub(crate) struct Live {
+    pub(crate) per_sec: f64,
+    pub(crate) p99_us: u64,
+    pub(crate) max_us: u64,
+}
+
+/// Live callers adding to counters until `stop` is set: calls per second and latency.
+pub(crate) async fn live(
+    rt: &Runtime,
+    callers: usize,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<Live> {
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..callers)
+        .map(|caller| {
+            let stop = Arc::clone(&stop);
+            let counters: Vec<EntityRef<Counter>> = (0..LIVE_COUNTERS / callers.max(1))
+                .map(|i| rt.get::<Counter>(format!("live-{caller}-{i}")))
+                .collect();
+            tokio::spawn(async move {
+                let mut latency = histogram()?;
+                let mut n = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let call = Instant::now();
+                    counters[n % counters.len()]
+                        .call(CounterMsg::Add(1))
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    latency.saturating_record(
+                        u64::try_from(call.elapsed().as_micros()).unwrap_or(u64::MAX),
+                    );
+                    n += 1;
+                }
+                anyhow::Ok(latency)
+            })
+        })
+        .collect();
+    let mut all = histogram()?;
+    for task in tasks {
+        all.add(task.await??)?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    Ok(Live {
+        per_sec: all.len() as f64 / secs,
+        p99_us: all.value_at_quantile(0.99),
+        max_us: all.max(),
+    })
+}
+
+/// Live traffic for `duration`.
+pub(crate) async fn live_for(
+    rt: &Runtime,
+    callers: usize,
+    duration: Duration,
+) -> anyhow::Result<Live> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let timer = Arc::clone(&stop);
+    tokio::spawn(async move {
+        tokio::time::sleep(duration).await;
+        timer.store(true, Ordering::Relaxed);
+    });
+    live(rt, callers, stop).await
 }

@@ -6,14 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
-
-use perennial_core::{EntityRef, Migrate, Progress, Runtime};
-use perennial_demo::Counter;
-use perennial_demo::counter::CounterMsg;
+use perennial_core::{Migrate, Progress, Runtime};
 use perennial_storage::Store;
 use perennial_storage_sqlite::SqliteStore;
 
+use crate::load::{Live, live, live_for};
 use crate::query::store_carts;
 use crate::workloads::{Scratch, scratch};
 use crate::{Options, Report};
@@ -22,8 +19,6 @@ use crate::{Options, Report};
 const CARTS: usize = 100_000;
 /// Entities a pass rewrites at once.
 const PASS_BATCH: usize = 64;
-/// Counters the live callers spread over.
-const COUNTERS: usize = 1_000;
 
 /// Stores [`CARTS`] version 1 carts (`{"items": {…}}`) in a fresh directory and starts the
 /// demo kinds on it. The directory lives as long as the returned scratch.
@@ -41,51 +36,6 @@ async fn old_carts(options: &Options, name: &str) -> anyhow::Result<(Runtime, Sc
         .start()
         .await?;
     Ok((rt, dir))
-}
-
-/// Live callers adding to counters until `stop` is set: calls per second and p99 latency.
-async fn live(rt: &Runtime, callers: usize, stop: Arc<AtomicBool>) -> anyhow::Result<(f64, u64)> {
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..callers)
-        .map(|caller| {
-            let stop = Arc::clone(&stop);
-            let counters: Vec<EntityRef<Counter>> = (0..COUNTERS / callers.max(1))
-                .map(|i| rt.get::<Counter>(format!("live-{caller}-{i}")))
-                .collect();
-            tokio::spawn(async move {
-                let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-                let mut n = 0usize;
-                while !stop.load(Ordering::Relaxed) {
-                    let call = Instant::now();
-                    counters[n % counters.len()]
-                        .call(CounterMsg::Add(1))
-                        .await
-                        .map_err(|e| anyhow::anyhow!("{e}"))?;
-                    latency
-                        .record(u64::try_from(call.elapsed().as_micros()).unwrap_or(u64::MAX))?;
-                    n += 1;
-                }
-                anyhow::Ok(latency)
-            })
-        })
-        .collect();
-    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    for task in tasks {
-        all.add(task.await??)?;
-    }
-    let secs = started.elapsed().as_secs_f64();
-    Ok((all.len() as f64 / secs, all.value_at_quantile(0.99)))
-}
-
-/// Live traffic for `duration`.
-async fn live_for(rt: &Runtime, callers: usize, duration: Duration) -> anyhow::Result<(f64, u64)> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let timer = Arc::clone(&stop);
-    tokio::spawn(async move {
-        tokio::time::sleep(duration).await;
-        timer.store(true, Ordering::Relaxed);
-    });
-    live(rt, callers, stop).await
 }
 
 /// One pass over the carts: migrated entities per second, and its seconds.
@@ -112,7 +62,7 @@ pub async fn migrate(options: &Options) -> anyhow::Result<Report> {
     let callers = options.callers.clamp(1, 64);
     let (rt, _alone) = old_carts(options, "migrate-alone").await?;
     let (alone_per_sec, _) = pass(&rt).await?;
-    let (live_alone, live_alone_p99) = live_for(&rt, callers, Duration::from_secs(3)).await?;
+    let alone: Live = live_for(&rt, callers, Duration::from_secs(3)).await?;
     rt.shutdown().await;
 
     let (rt, _live) = old_carts(options, "migrate-live").await?;
@@ -123,7 +73,7 @@ pub async fn migrate(options: &Options) -> anyhow::Result<Report> {
     };
     let passed = pass(&rt).await;
     stop.store(true, Ordering::Relaxed);
-    let (live_during, live_during_p99) = traffic.await??;
+    let during: Live = traffic.await??;
     let (with_live_per_sec, pass_secs) = passed?;
     rt.shutdown().await;
     Ok(Report::Migrate {
@@ -132,9 +82,9 @@ pub async fn migrate(options: &Options) -> anyhow::Result<Report> {
         alone_per_sec,
         with_live_per_sec,
         pass_secs,
-        live_alone_calls_per_sec: live_alone,
-        live_alone_p99_us: live_alone_p99,
-        live_during_calls_per_sec: live_during,
-        live_during_p99_us: live_during_p99,
+        live_alone_calls_per_sec: alone.per_sec,
+        live_alone_p99_us: alone.p99_us,
+        live_during_calls_per_sec: during.per_sec,
+        live_during_p99_us: during.p99_us,
     })
 }

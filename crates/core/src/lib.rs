@@ -124,6 +124,7 @@ mod pause;
 mod plumbing;
 mod process;
 mod quarantine;
+mod readiness;
 mod registry;
 mod runtime;
 mod shards;
@@ -160,6 +161,7 @@ pub use process::effect::{
 pub use process::rng::Rng;
 pub use process::{Migration, MigrationError, Persistence, Process};
 pub use quarantine::Quarantined;
+pub use readiness::Readiness;
 pub use runtime::{Runtime, Stats};
 pub use upgrade::schema_version;
 pub use watch::{StateChange, Watch};

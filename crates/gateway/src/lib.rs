@@ -11,6 +11,9 @@
 //!   reply, byte for byte, and the message is not applied again (see
 //!   [`perennial_core::EntityRef::call_idempotent`]).
 //! - `GET /healthz`: `200 {"status":"ok"}` while the node serves; it needs no token.
+//! - `GET /readyz`: `200 {"status":"ready","shards":N}` when the node can serve calls (not
+//!   shutting down, serving shards, its store answering a read within 2 s), else `503` with
+//!   `"status":"not_ready"` and the reason; it needs no token.
 //! - `GET /console`: the web console (module `console`), a page over the admin API; the page
 //!   itself needs no token, every view it shows needs the admin token.
 //! - `GET /play/{table}`: a playable poker table of the demo's `table` kind (module `play`),
@@ -227,6 +230,7 @@ pub fn app(rt: Runtime, options: &Options) -> Router {
         .merge(console::routes())
         .merge(play::routes())
         .route("/healthz", get(healthz).fallback(method_not_allowed))
+        .route("/readyz", get(readyz).fallback(method_not_allowed))
         .route(
             "/openapi.json",
             get(openapi::document_route).fallback(method_not_allowed),
@@ -347,6 +351,35 @@ async fn healthz() -> impl IntoResponse {
         [(header::CONTENT_TYPE, "application/json")],
         r#"{"status":"ok"}"#,
     )
+}
+
+/// How long `/readyz` waits for the store to answer a read.
+const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Readiness
+#[utoipa::path(get, path = "/readyz", tag = "node",
+    responses(
+        (status = 200, description = "The node can serve calls: it serves shards and its store answers a read", body = perennial_api::client::Ready),
+        (status = 503, description = "The node is alive but should be sent no calls now: shutting down, no shard leased yet, or its store not answering", body = perennial_api::client::Ready),
+    ))]
+async fn readyz(axum::extract::State(rt): axum::extract::State<Runtime>) -> Response {
+    let readiness = rt.admin().readiness(READY_WITHIN).await;
+    let status = if readiness.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = perennial_api::client::Ready {
+        status: if readiness.ready {
+            "ready"
+        } else {
+            "not_ready"
+        }
+        .to_owned(),
+        shards: u32::try_from(readiness.shards).unwrap_or(u32::MAX),
+        reason: readiness.reason,
+    };
+    (status, axum::Json(body)).into_response()
 }
 
 async fn not_found() -> ApiError {

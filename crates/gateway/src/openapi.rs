@@ -31,6 +31,7 @@ use crate::admin as routes;
         crate::feed::changes,
         crate::call_named_changes,
         crate::healthz,
+        crate::readyz,
         crate::metrics::metrics,
         document_route,
         routes::kinds,

@@ -312,6 +312,55 @@ async fn healthz_answers() {
     rt.shutdown().await;
 }
 
+/// Ready while it serves shards and its store answers; not ready (but alive) before it
+/// serves any, when its store cannot be read, and once it shuts down.
+#[tokio::test]
+async fn readyz_says_whether_the_node_can_serve_calls() {
+    let (app, rt, store) = gateway().await;
+    assert_eq!(
+        send(&app, Method::GET, "/readyz", Body::empty()).await,
+        (StatusCode::OK, json!({"status": "ready", "shards": 1024}))
+    );
+    perennial_storage::Store::close(store.inner()).await.unwrap();
+    let (status, body) = send(&app, Method::GET, "/readyz", Body::empty()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["status"], "not_ready");
+    assert!(
+        body["reason"]
+            .as_str()
+            .unwrap()
+            .contains("store cannot be read"),
+        "{body}"
+    );
+    assert_eq!(
+        send(&app, Method::GET, "/healthz", Body::empty()).await.0,
+        StatusCode::OK,
+        "alive all the same"
+    );
+    rt.shutdown().await;
+    let (status, body) = send(&app, Method::GET, "/readyz", Body::empty()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body["reason"].as_str().unwrap().contains("shutting down"),
+        "{body}"
+    );
+
+    // A cluster node that has not leased a shard yet.
+    let rt = perennial_demo::register(Runtime::builder().store(MemoryStore::new()))
+        .start_unclaimed()
+        .await
+        .unwrap();
+    let app = perennial_gateway::app(rt.clone(), &Options::default());
+    let (status, body) = send(&app, Method::GET, "/readyz", Body::empty()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["shards"], 0);
+    assert!(
+        body["reason"].as_str().unwrap().contains("no shard"),
+        "{body}"
+    );
+    rt.shutdown().await;
+}
+
 #[tokio::test]
 async fn an_idempotency_key_makes_a_retry_return_the_first_reply() {
     let (app, rt, _) = gateway().await;

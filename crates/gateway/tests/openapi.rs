@@ -52,6 +52,7 @@ async fn the_document_and_the_routes_agree() {
         "/v1/{kind}/{id}",
         "/v1/{kind}/{id}/watch",
         "/healthz",
+        "/readyz",
         "/metrics",
     ] {
         assert!(paths.contains_key(route), "{route} is not documented");

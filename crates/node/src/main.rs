@@ -193,6 +193,7 @@ enum Workload {
     Postgres,
     Cluster,
     Migrate,
+    Backup,
 }
 
 fn main() -> ExitCode {
@@ -661,6 +662,7 @@ async fn bench(
             Workload::Postgres => perennial_bench::postgres(options).await,
             Workload::Cluster => perennial_bench::cluster(options).await,
             Workload::Migrate => perennial_bench::migrate(options).await,
+            Workload::Backup => perennial_bench::backup(options).await,
         };
         bar.finish_and_clear();
         let report = report?;

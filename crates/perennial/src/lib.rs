@@ -64,16 +64,20 @@ pub use perennial_core::{
 // Operating them: what `Runtime::admin` returns and answers.
 pub use perennial_core::{
     Admin, EntityInfo, HistoryEntry, Migrate, MigrationReport, Passivation, Progress, Quarantined,
-    ReplayReport,
+    Readiness, ReplayReport,
 };
 
 pub use perennial_storage::{MemoryStore, Store};
 pub use perennial_storage_sqlite::SqliteStore;
 
-/// The storage layer: the [`Store`] trait, its errors and records.
+/// The storage layer: the [`Store`] trait, its errors and records; and online backups of the
+/// embedded store's data directory.
 pub mod storage {
     pub use perennial_storage::*;
     pub use perennial_storage_sqlite::Options as SqliteOptions;
+    pub use perennial_storage_sqlite::{
+        BackupReport, BackupSummary, backup, check_backup, restore,
+    };
 }
 
 /// A durable job queue per key: a [`Job`](queue::Job) type and its work, run by one
