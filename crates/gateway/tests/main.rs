@@ -321,7 +321,9 @@ async fn readyz_says_whether_the_node_can_serve_calls() {
         send(&app, Method::GET, "/readyz", Body::empty()).await,
         (StatusCode::OK, json!({"status": "ready", "shards": 1024}))
     );
-    perennial_storage::Store::close(store.inner()).await.unwrap();
+    perennial_storage::Store::close(store.inner())
+        .await
+        .unwrap();
     let (status, body) = send(&app, Method::GET, "/readyz", Body::empty()).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["status"], "not_ready");

@@ -15,6 +15,15 @@
 //!
 //! The [`cluster`] module keeps membership and shard leases in the same database.
 //!
+//! # TLS
+//! The address asks for it as libpq's does: `sslmode=verify-full` with `sslrootcert=FILE`
+//! (the authorities to trust, PEM; `system` for the operating system's) checks the server's
+//! certificate and host name; `verify-ca` the certificate only; `require` encrypts without
+//! checking; `prefer` (the default) encrypts when the server offers TLS; `disable` never does.
+//! `sslcert` and `sslkey` give a client certificate. Files are read at each connection, so a
+//! renewed certificate is used from the next connection on. Several hosts
+//! (`host=a,b target_session_attrs=read-write`) are tried in turn.
+//!
 //! [`Store::commit`] blocks its thread while the transaction runs on the async runtime the
 //! store was connected on; the runtime's committer thread is where it is meant to run.
 //!
@@ -33,7 +42,10 @@ pub mod schema;
 mod errors;
 mod query;
 #[cfg(feature = "test-util")]
+pub mod test_server;
+#[cfg(feature = "test-util")]
 pub mod test_util;
+mod tls;
 mod writer;
 
 use std::sync::Arc;
@@ -82,6 +94,8 @@ struct Shared {
     schema: String,
     /// Where to connect again when a connection is lost.
     config: tokio_postgres::Config,
+    /// How, as to TLS (its files are read again at each connection).
+    tls: tls::Tls,
     writer: tokio::sync::Mutex<writer::Writer>,
     /// Replaced by a new connection when one is found closed.
     readers: Vec<parking_lot::Mutex<Arc<Client>>>,
@@ -105,21 +119,20 @@ impl PostgresStore {
 
     /// Connects with the given options.
     pub async fn connect_with(url: &str, options: Options) -> Result<Self> {
-        let config: tokio_postgres::Config = url.parse().map_err(|e| {
-            Error::Backend(format!("cannot read the PostgreSQL address {url:?}: {e}"))
-        })?;
-        let mut writer = open(&config, &options.schema).await?;
+        let (config, tls) = tls::parse(url)?;
+        let mut writer = open(&config, &tls, &options.schema).await?;
         schema::check_durable(&writer).await?;
         schema::migrate(&mut writer, &options.schema).await?;
         let mut readers = Vec::with_capacity(options.readers.max(1));
         for _ in 0..options.readers.max(1) {
             readers.push(parking_lot::Mutex::new(Arc::new(
-                open(&config, &options.schema).await?,
+                open(&config, &tls, &options.schema).await?,
             )));
         }
         Ok(Self {
             shared: Arc::new(Shared {
                 config,
+                tls,
                 schema: options.schema,
                 writer: tokio::sync::Mutex::new(writer::Writer::new(writer)),
                 readers,
@@ -146,7 +159,8 @@ impl PostgresStore {
         if !client.is_closed() {
             return Ok(client);
         }
-        let fresh = Arc::new(open(&self.shared.config, &self.shared.schema).await?);
+        let fresh =
+            Arc::new(open(&self.shared.config, &self.shared.tls, &self.shared.schema).await?);
         tracing::warn!("a PostgreSQL read connection was lost; connected again");
         *slot.lock() = Arc::clone(&fresh);
         Ok(fresh)
@@ -158,7 +172,7 @@ impl PostgresStore {
         self.check_open()?;
         let mut writer = self.shared.writer.lock().await;
         if writer.client.is_closed() {
-            let client = open(&self.shared.config, &self.shared.schema).await?;
+            let client = open(&self.shared.config, &self.shared.tls, &self.shared.schema).await?;
             tracing::warn!("the PostgreSQL write connection was lost; connected again");
             *writer = writer::Writer::new(client);
         }
@@ -174,19 +188,26 @@ impl PostgresStore {
     }
 }
 
-/// Opens one connection, runs it on the current runtime, and points it at `schema`.
-async fn open(config: &tokio_postgres::Config, schema: &str) -> Result<Client> {
-    let (client, connection) = config.connect(NoTls).await.map_err(|e| {
+/// Opens one connection (with TLS as the address asks), runs it on the current runtime, and
+/// points it at `schema`.
+async fn open(config: &tokio_postgres::Config, tls: &tls::Tls, schema: &str) -> Result<Client> {
+    let failed = |e: tokio_postgres::Error| {
         Error::Io(format!(
-            "cannot connect to PostgreSQL: {}",
-            errors::with_detail(&e)
+            "cannot connect to PostgreSQL: {}{}",
+            errors::with_detail(&e),
+            tls.hint()
         ))
-    })?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::error!(error = %e, "a PostgreSQL connection failed");
-        }
-    });
+    };
+    let client = if tls.mode == tls::SslMode::Disable {
+        let (client, connection) = config.connect(NoTls).await.map_err(failed)?;
+        tokio::spawn(run(connection));
+        client
+    } else {
+        let connector = tokio_postgres_rustls::MakeRustlsConnect::new(tls.client_config()?);
+        let (client, connection) = config.connect(connector).await.map_err(failed)?;
+        tokio::spawn(run(connection));
+        client
+    };
     client
         .batch_execute(&format!(
             // A transaction left open by a stalled node (SIGSTOP) would hold its shard
@@ -199,6 +220,17 @@ async fn open(config: &tokio_postgres::Config, schema: &str) -> Result<Client> {
         .await
         .map_err(map_err)?;
     Ok(client)
+}
+
+/// Drives a connection until it ends.
+async fn run<S, T>(connection: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if let Err(e) = connection.await {
+        tracing::error!(error = %e, "a PostgreSQL connection failed");
+    }
 }
 
 /// Milliseconds since the Unix epoch.

@@ -4,6 +4,7 @@
 //! unless `PERENNIAL_REQUIRE_POSTGRES=1` (CI sets it), which makes them fail instead.
 
 mod cluster;
+mod tls;
 
 use perennial_storage_postgres::test_util;
 
