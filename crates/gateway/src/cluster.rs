@@ -37,15 +37,27 @@ pub struct Clustering {
     /// The secret every node of the cluster shares; the internal route refuses requests
     /// without it.
     pub secret: String,
+    /// What the node trusts when it calls the others over HTTPS; `None`: they serve plain
+    /// HTTP.
+    pub tls: Option<crate::PeerTls>,
 }
 
 impl Clustering {
-    /// A gateway in `cluster`, talking to the other nodes with `secret`.
+    /// A gateway in `cluster`, talking to the other nodes with `secret` over plain HTTP.
     pub fn new(cluster: Cluster, secret: impl Into<String>) -> Self {
         Self {
             cluster,
             secret: secret.into(),
+            tls: None,
         }
+    }
+
+    /// Talks to the other nodes over HTTPS, trusting `tls` (every node of the cluster then
+    /// serves HTTPS on the address it advertises).
+    #[must_use]
+    pub fn with_tls(mut self, tls: crate::PeerTls) -> Self {
+        self.tls = Some(tls);
+        self
     }
 }
 
@@ -61,7 +73,7 @@ impl Router {
     pub(crate) fn new(clustering: &Clustering) -> Self {
         Self {
             cluster: clustering.cluster.clone(),
-            forwarder: Forwarder::new(&clustering.secret),
+            forwarder: Forwarder::new(&clustering.secret, clustering.tls.as_ref()),
             secret: Arc::from(clustering.secret.as_str()),
         }
     }

@@ -1,9 +1,10 @@
 //! Calls between nodes: a call for a shard another node serves goes to that node's internal
 //! route, batched with the other calls bound there.
 //!
-//! - **Transport.** HTTP/2 without TLS (prior knowledge), one connection per peer that
-//!   multiplexes requests. Nodes talk over the cluster's private network; the cluster secret
-//!   authenticates them.
+//! - **Transport.** HTTP/2, one connection per peer that multiplexes requests: over TLS
+//!   (ALPN `h2`) when the cluster's nodes serve HTTPS, each peer's certificate checked
+//!   against what [`PeerTls`](crate::PeerTls) trusts; else without TLS (prior knowledge), on
+//!   a private network. The cluster secret authenticates the nodes either way.
 //! - **Encoding.** A request is a [`Batch`] of calls and its answer a list of [`Answer`]s in
 //!   the same order, both in postcard (a compact binary serde format); the message and the
 //!   reply stay the JSON bytes the client sent and the owner produced. The content type names
@@ -18,6 +19,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -73,20 +75,39 @@ type Queues = HashMap<Arc<str>, mpsc::UnboundedSender<(Request, Waiter)>>;
 /// The forwarding side of every peer of this node.
 #[derive(Debug, Clone)]
 pub(crate) struct Forwarder {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// `https` when the peers serve HTTPS, else `http`.
+    scheme: &'static str,
     secret: Arc<str>,
     peers: Arc<Mutex<Queues>>,
 }
 
 impl Forwarder {
-    pub(crate) fn new(secret: &str) -> Self {
+    /// Calls the peers with `secret`, over TLS trusting `tls` if given.
+    pub(crate) fn new(secret: &str, tls: Option<&crate::PeerTls>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
+        connector.enforce_http(false);
+        let trusted = tls.map_or_else(
+            || {
+                // Plain HTTP only: the TLS side of the connector is never used.
+                crate::tls::PeerTls::trusting(rustls::RootCertStore::empty())
+                    .map(|t| t.0)
+                    .unwrap_or_else(|_| unreachable!("a provider with safe defaults"))
+            },
+            |t| Arc::clone(&t.0),
+        );
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*trusted).clone())
+            .https_or_http()
+            .enable_http2()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .build(connector);
         Self {
             client,
+            scheme: if tls.is_some() { "https" } else { "http" },
             secret: Arc::from(secret),
             peers: Arc::default(),
         }
@@ -99,7 +120,11 @@ impl Forwarder {
             let mut peers = self.peers.lock();
             let queue = peers.entry(Arc::clone(address)).or_insert_with(|| {
                 let (queue, calls) = mpsc::unbounded_channel();
-                tokio::spawn(pump(self.clone(), format!("http://{address}{PATH}"), calls));
+                tokio::spawn(pump(
+                    self.clone(),
+                    format!("{}://{address}{PATH}", self.scheme),
+                    calls,
+                ));
                 queue
             });
             queue.clone()

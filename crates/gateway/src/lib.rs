@@ -24,7 +24,8 @@
 //!   letters. The kind name `admin` is therefore reserved.
 //!
 //! # Security
-//! Calls need [`Options::client`], the admin API [`Options::admin`]: each is open, a bearer
+//! [`serve_tls`] serves the same routes over HTTPS (HTTP/2 or HTTP/1.1, by ALPN) with a
+//! [`ServerTls`]; [`serve`] over plain HTTP. Calls need [`Options::client`], the admin API [`Options::admin`]: each is open, a bearer
 //! token (`Authorization: Bearer <token>`, compared in constant time), or closed. The admin
 //! API is closed unless given a token. A path and query over [`Options::max_uri_bytes`] get
 //! `414`, too many or too large headers `431`, a request not done within
@@ -61,6 +62,7 @@ mod migrations;
 pub mod openapi;
 mod ops;
 mod play;
+mod tls;
 mod watch;
 
 use std::future::Future;
@@ -86,6 +88,7 @@ use crate::error::ApiError;
 #[doc(hidden)]
 pub use crate::forward::decode_for_fuzzing as decode_wire_for_fuzzing;
 pub use crate::guard::Access;
+pub use crate::tls::{PeerTls, ServerTls, TlsError, serve_tls};
 
 /// What the gateway lets in, and its limits.
 #[derive(Debug, Clone)]

@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::io::ErrorKind;
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -49,20 +50,19 @@ pub(crate) struct Client {
 }
 
 impl Client {
-    /// A client for the node at `node` (`http://host:port`; `host:port` is taken as HTTP).
-    pub(crate) fn new(node: &str, token: Option<String>, role: Role) -> Result<Client, Error> {
+    /// A client for the node at `node` (`http://host:port` or `https://host:port`;
+    /// `host:port` is taken as HTTP). Over HTTPS, the node's certificate must be signed by an
+    /// authority of `ca` (a PEM file), or by a public one without it.
+    pub(crate) fn new(
+        node: &str,
+        token: Option<String>,
+        role: Role,
+        ca: Option<&Path>,
+    ) -> Result<Client, Error> {
         let node = node.trim().trim_end_matches('/');
         let node = match node.split_once("://") {
             None => format!("http://{node}"),
-            Some(("http", _)) => node.to_owned(),
-            Some(("https", _)) => {
-                return Err(Error::BadNode {
-                    node: node.to_owned(),
-                    reason: "this client speaks plain HTTP only; reach the node through \
-                             a local address or a tunnel"
-                        .to_owned(),
-                });
-            }
+            Some(("http" | "https", _)) => node.to_owned(),
             Some((scheme, _)) => {
                 return Err(Error::BadNode {
                     node: node.to_owned(),
@@ -70,10 +70,31 @@ impl Client {
                 });
             }
         };
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if let Some(ca) = ca {
+            let unreadable = |reason: String| Error::BadCa {
+                path: ca.display().to_string(),
+                reason,
+            };
+            let pem = std::fs::read(ca).map_err(|e| unreadable(e.to_string()))?;
+            let certs = ureq::tls::parse_pem(&pem)
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(cert)) => Some(Ok(cert)),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e)),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| unreadable(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(unreadable("it holds no PEM certificate".to_owned()));
+            }
+            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
+        }
         let agent = ureq::Agent::config_builder()
             // Error answers carry the gateway's code and message: read them.
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(10)))
+            .tls_config(tls.build())
             .build()
             .new_agent();
         Ok(Client {
@@ -221,6 +242,17 @@ impl Client {
                 reason: e.to_string(),
             },
             ureq::Error::BadUri(reason) => Error::BadNode { node, reason },
+            ureq::Error::Rustls(e) => Error::Tls {
+                node,
+                detail: e.to_string(),
+            },
+            // A failed handshake comes as an I/O error carrying rustls's.
+            ureq::Error::Io(e) if e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) => {
+                Error::Tls {
+                    node,
+                    detail: e.to_string(),
+                }
+            }
             // The paths are encoded: a URI the http crate refuses comes from --node.
             ureq::Error::Http(e) => Error::BadNode {
                 node,
@@ -275,6 +307,10 @@ pub(crate) enum Error {
     },
     /// The exchange broke after the connection was made.
     Transport { node: String, detail: String },
+    /// The TLS handshake failed: most often, the node's certificate is not trusted.
+    Tls { node: String, detail: String },
+    /// `--ca` could not be read as PEM certificates.
+    BadCa { path: String, reason: String },
 }
 
 impl Error {
@@ -319,6 +355,13 @@ impl Error {
             Self::Transport { .. } => "the node may have stopped; check it, then retry (a call \
                                        retried with the same --idempotency-key is applied once)"
                 .to_owned(),
+            Self::Tls { .. } => "if the node's certificate is signed by your own authority, \
+                                 give its certificate with --ca FILE (or PERENNIAL_CA); the \
+                                 certificate must also name the host in --node"
+                .to_owned(),
+            Self::BadCa { .. } => "--ca (or PERENNIAL_CA) takes a PEM file of the authority \
+                                   that signed the node's certificate"
+                .to_owned(),
         })
     }
 }
@@ -359,6 +402,8 @@ impl fmt::Display for Error {
             Self::Transport { node, detail } => {
                 write!(f, "the exchange with {node} failed: {detail}")
             }
+            Self::Tls { node, detail } => write!(f, "cannot talk TLS with {node}: {detail}"),
+            Self::BadCa { path, reason } => write!(f, "cannot read --ca {path}: {reason}"),
         }
     }
 }

@@ -135,6 +135,19 @@ pub(crate) struct Settings {
     )]
     #[serde(default, deserialize_with = "duration")]
     lease: Option<Duration>,
+    /// The certificate chain to serve HTTPS with (PEM, the node's certificate first); with
+    /// --tls-key. Required to listen on an address other than loopback, unless --insecure
+    /// [default: plain HTTP]
+    #[arg(long, env = "PERENNIAL_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM)
+    #[arg(long, env = "PERENNIAL_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// The certificate authorities (PEM) that signed the cluster's nodes' certificates:
+    /// with --tls-cert, a node calls the others over HTTPS and trusts these [default: the
+    /// system's authorities]
+    #[arg(long, env = "PERENNIAL_CLUSTER_CA", value_name = "FILE")]
+    cluster_ca: Option<PathBuf>,
     /// Back the data directory up into this directory periodically, while serving (the
     /// embedded store only; a PostgreSQL store is backed up by PostgreSQL's own tools)
     /// [default: none]
@@ -187,6 +200,12 @@ pub(crate) struct Config {
     #[serde(serialize_with = "write_duration")]
     pub(crate) lease: Duration,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) tls_key: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cluster_ca: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) backup_dir: Option<PathBuf>,
     #[serde(serialize_with = "write_duration")]
     pub(crate) backup_every: Duration,
@@ -232,6 +251,9 @@ impl Config {
             advertise: flags.advertise.clone().or(from_file.advertise),
             cluster_secret: flags.cluster_secret.clone().or(from_file.cluster_secret),
             lease: (flags.lease.or(from_file.lease)).unwrap_or(Duration::from_secs(5)),
+            tls_cert: flags.tls_cert.clone().or(from_file.tls_cert),
+            tls_key: flags.tls_key.clone().or(from_file.tls_key),
+            cluster_ca: flags.cluster_ca.clone().or(from_file.cluster_ca),
             backup_dir: flags.backup_dir.clone().or(from_file.backup_dir),
             backup_every: (flags.backup_every.or(from_file.backup_every))
                 .unwrap_or(Duration::from_secs(3600)),
@@ -267,6 +289,9 @@ fn read(path: &Path) -> anyhow::Result<Settings> {
         &mut settings.data,
         &mut settings.caller_key,
         &mut settings.backup_dir,
+        &mut settings.tls_cert,
+        &mut settings.tls_key,
+        &mut settings.cluster_ca,
     ] {
         if let (Some(relative), Some(dir)) = (path_in_file, path.parent())
             && relative.is_relative()

@@ -507,8 +507,26 @@ async fn serve(args: Config) -> anyhow::Result<()> {
         backup_dir,
         backup_every,
         backup_keep,
+        tls_cert,
+        tls_key,
+        cluster_ca,
+        insecure,
         ..
     } = args;
+    let tls = match (&tls_cert, &tls_key) {
+        (Some(cert), Some(key)) => Some(
+            perennial_gateway::ServerTls::from_pem_files(cert, key)
+                .context("cannot serve HTTPS")?,
+        ),
+        (None, None) => None,
+        _ => anyhow::bail!("--tls-cert and --tls-key go together: give both, or neither"),
+    };
+    anyhow::ensure!(
+        tls.is_some() || insecure || listen.ip().is_loopback(),
+        "refusing to listen on {listen} without TLS: tokens and data would cross the network \
+         in the clear. Give --tls-cert and --tls-key, or pass --insecure if something else \
+         encrypts the traffic (a service mesh, a VPN)"
+    );
     let mut gateway = gateway;
     let cluster = match (&node_id, &store, &cluster_secret) {
         (None, ..) => None,
@@ -568,10 +586,17 @@ async fn serve(args: Config) -> anyhow::Result<()> {
             let cluster = perennial_cluster::Cluster::join(Arc::new(postgres), rt.clone(), options)
                 .await
                 .with_context(|| format!("node {node} cannot join the cluster"))?;
-            gateway.cluster = Some(perennial_gateway::Clustering::new(
-                cluster.clone(),
-                secret.expose(),
-            ));
+            let mut clustering =
+                perennial_gateway::Clustering::new(cluster.clone(), secret.expose());
+            if tls.is_some() {
+                let peers = match &cluster_ca {
+                    Some(ca) => perennial_gateway::PeerTls::from_ca_file(ca),
+                    None => perennial_gateway::PeerTls::system(),
+                };
+                clustering =
+                    clustering.with_tls(peers.context("cannot call the other nodes over HTTPS")?);
+            }
+            gateway.cluster = Some(clustering);
             (rt, Some(cluster))
         }
         _ => (builder.start().await?, None),
@@ -584,13 +609,15 @@ async fn serve(args: Config) -> anyhow::Result<()> {
         tracing::info!(dir = %dir.display(), every = %humantime::format_duration(backup_every), keep = backup_keep, "backing up periodically");
         tokio::spawn(backup::periodic(data.clone(), dir, backup_every, backup_keep))
     });
+    let stopped = stop_signal()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     // Scripts and tests wait for this line.
-    println!("perennial listening on http://{addr} ({place})");
+    println!("perennial listening on {scheme}://{addr} ({place})");
     tracing::info!(%addr, kinds = ?rt.kinds(), "serving");
     // A cluster node hands its shards off while it still answers, so calls forwarded to it
     // meanwhile learn at once that it no longer serves them.
     let shutdown = async move {
-        stop_signal().await;
+        stopped.await;
         if let Some(cluster) = cluster {
             tracing::info!("handing shards off to the other nodes");
             if let Err(error) = cluster.leave().await {
@@ -598,7 +625,12 @@ async fn serve(args: Config) -> anyhow::Result<()> {
             }
         }
     };
-    perennial_gateway::serve(listener, rt.clone(), gateway, shutdown).await?;
+    match tls {
+        Some(tls) => {
+            perennial_gateway::serve_tls(listener, rt.clone(), gateway, tls, shutdown).await?;
+        }
+        None => perennial_gateway::serve(listener, rt.clone(), gateway, shutdown).await?,
+    }
     tracing::info!("draining in-flight calls");
     if let Some(backups) = backups {
         backups.abort();
@@ -609,29 +641,19 @@ async fn serve(args: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Completes on SIGTERM or Ctrl-C.
-async fn stop_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
+/// Listens for SIGTERM and Ctrl-C (SIGINT) from now on; the future completes on either.
+/// Registered before the node says it listens, so that a signal sent as soon as it does
+/// stops it cleanly rather than killing it.
+fn stop_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for Ctrl-C")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
         }
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
+    })
 }
 
 async fn bench(

@@ -35,6 +35,10 @@ pub(crate) struct Admin {
         global = true
     )]
     token: Option<String>,
+    /// The authority that signed the node's certificate (PEM), for a node serving HTTPS
+    /// with a certificate of your own [default: the public authorities]
+    #[arg(long, env = "PERENNIAL_CA", value_name = "FILE", global = true)]
+    ca: Option<std::path::PathBuf>,
     /// Print the node's answer as JSON on one line, and nothing else, on stdout.
     #[arg(long, global = true)]
     json: bool,
@@ -42,7 +46,12 @@ pub(crate) struct Admin {
 
 impl Admin {
     fn client(&self) -> Result<Client, crate::client::Error> {
-        Client::new(&self.node, self.token.clone(), Role::Admin)
+        Client::new(
+            &self.node,
+            self.token.clone(),
+            Role::Admin,
+            self.ca.as_deref(),
+        )
     }
 }
 
@@ -65,6 +74,10 @@ pub(crate) struct Caller {
         value_name = "TOKEN"
     )]
     token: Option<String>,
+    /// The authority that signed the node's certificate (PEM), for a node serving HTTPS
+    /// with a certificate of your own [default: the public authorities]
+    #[arg(long, env = "PERENNIAL_CA", value_name = "FILE")]
+    ca: Option<std::path::PathBuf>,
     /// Print the reply as the node sent it (one line of JSON), and nothing else, on stdout.
     #[arg(long)]
     json: bool,
@@ -136,7 +149,12 @@ pub(crate) fn call(args: CallArgs) -> anyhow::Result<()> {
             args.entity
         );
     }
-    let client = Client::new(&args.node.node, args.node.token, Role::Client)?;
+    let client = Client::new(
+        &args.node.node,
+        args.node.token,
+        Role::Client,
+        args.node.ca.as_deref(),
+    )?;
     let headers: Vec<(&str, &str)> = args
         .idempotency_key
         .iter()

@@ -26,3 +26,4 @@ mod pending;
 mod probes;
 mod serve;
 mod soak;
+mod tls;

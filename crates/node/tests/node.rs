@@ -57,7 +57,10 @@ impl Node {
                 .next()
                 .expect("the node exited before listening")
                 .expect("stdout is readable");
-            if let Some(rest) = line.strip_prefix("perennial listening on http://") {
+            let listening = line
+                .strip_prefix("perennial listening on http://")
+                .or_else(|| line.strip_prefix("perennial listening on https://"));
+            if let Some(rest) = listening {
                 let addr = rest.split_whitespace().next().unwrap_or_default();
                 break addr.parse().expect("a socket address");
             }

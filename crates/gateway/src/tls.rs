@@ -1,0 +1,190 @@
+//! HTTPS: the gateway served over TLS, HTTP/1.1 or HTTP/2 as the client's ALPN chooses
+//! ([`serve_tls`] with a [`ServerTls`]), and what a node trusts when it calls another node of
+//! its cluster ([`PeerTls`]). rustls, with ring.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use perennial_core::Runtime;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::Options;
+
+/// How long a client may take over its TLS handshake.
+const HANDSHAKE_WITHIN: Duration = Duration::from_secs(10);
+/// How long requests under way may take to finish once the gateway stops.
+const DRAIN_WITHIN: Duration = Duration::from_secs(30);
+
+/// Why a certificate, a key or an authority could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read as what it should hold.
+    #[error("cannot read {what} from {path}: {reason}")]
+    File {
+        /// What the file should hold.
+        what: &'static str,
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The certificate and the key do not make a usable configuration.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// rustls with ring: it builds with a C compiler alone (aws-lc-rs, which adds post-quantum
+/// key exchange and is why rustls marks ring's provider deprecated, also needs CMake).
+#[allow(deprecated)]
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certificates(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let file_error = |reason: String| TlsError::File {
+        what,
+        path: path.display().to_string(),
+        reason,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| file_error(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(file_error("it holds no PEM certificate".into()));
+    }
+    Ok(certs)
+}
+
+/// The gateway's certificate chain and key: what [`serve_tls`] presents.
+#[derive(Debug, Clone)]
+pub struct ServerTls(Arc<rustls::ServerConfig>);
+
+impl ServerTls {
+    /// Reads a certificate chain (PEM, the node's certificate first) and its private key
+    /// (PEM: PKCS#8, PKCS#1 or SEC1). The gateway then offers HTTP/2 and HTTP/1.1.
+    pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        let chain = certificates(cert, "a certificate chain (PEM)")?;
+        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::File {
+            what: "a private key (PEM)",
+            path: key.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Invalid(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| {
+                TlsError::Invalid(format!("the certificate and the key do not match: {e}"))
+            })?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Self(Arc::new(config)))
+    }
+}
+
+/// What a node trusts when it calls the other nodes of its cluster over HTTPS.
+#[derive(Debug, Clone)]
+pub struct PeerTls(pub(crate) Arc<rustls::ClientConfig>);
+
+impl PeerTls {
+    /// Trusts the authorities of a PEM file (the cluster's own authority, which signed every
+    /// node's certificate); each peer's certificate must name the address it advertises.
+    pub fn from_ca_file(path: &Path) -> Result<Self, TlsError> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in certificates(path, "certificate authorities (PEM)")? {
+            roots
+                .add(cert)
+                .map_err(|e| TlsError::Invalid(format!("{}: {e}", path.display())))?;
+        }
+        Self::trusting(roots)
+    }
+
+    /// Trusts the operating system's authorities.
+    pub fn system() -> Result<Self, TlsError> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        if roots.is_empty() {
+            return Err(TlsError::Invalid(
+                "the system has no trusted certificate authorities; name the cluster's".into(),
+            ));
+        }
+        Self::trusting(roots)
+    }
+
+    pub(crate) fn trusting(roots: rustls::RootCertStore) -> Result<Self, TlsError> {
+        let config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Invalid(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Self(Arc::new(config)))
+    }
+}
+
+/// Serves the gateway over HTTPS on `listener` until `shutdown` completes, then lets the
+/// requests under way finish (at most 30 s). Each connection speaks HTTP/2 or HTTP/1.1, as
+/// the client's ALPN asks; a client that fails its handshake is dropped, and the others go
+/// on.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    rt: Runtime,
+    options: Options,
+    tls: ServerTls,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = crate::app(rt, &options);
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.0);
+    let graceful = GracefulShutdown::new();
+    let http = auto::Builder::new(TokioExecutor::new());
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors, say: wait a little rather than spin.
+                    tracing::warn!(%error, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let (acceptor, app, http) = (acceptor.clone(), app.clone(), http.clone());
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(HANDSHAKE_WITHIN, acceptor.accept(stream)).await
+            {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    tracing::debug!(%peer, %error, "a TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let connection = http.serve_connection_with_upgrades(
+                TokioIo::new(stream),
+                TowerToHyperService::new(app),
+            );
+            if let Err(error) = watcher.watch(connection.into_owned()).await {
+                tracing::debug!(%peer, %error, "a connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_WITHIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still under way after 30 s were cut off");
+    }
+    Ok(())
+}
