@@ -23,7 +23,9 @@ pub(crate) struct LocalCluster {
     /// the nodes are killed before the schema is dropped.
     nodes: Vec<Option<Node>>,
     url: String,
-    schema: Schema,
+    /// The schema on the machine's server (dropped with the cluster); `None` on a server of
+    /// the test's own, where the store's default schema is used.
+    schema: Option<Schema>,
     lease: Duration,
     /// Variables every node is started with, beyond the cluster's own.
     env: Vec<(String, String)>,
@@ -42,8 +44,26 @@ impl LocalCluster {
         env: &[(&str, &str)],
     ) -> Option<LocalCluster> {
         let schema = test_util::schema().await?;
+        Some(Self::start_on(
+            test_util::url(),
+            Some(schema),
+            n,
+            lease,
+            env,
+        ))
+    }
+
+    /// `n` nodes on the store at `url` (in `schema`, or the store's default one), every node
+    /// with the variables `env` too.
+    pub(crate) fn start_on(
+        url: String,
+        schema: Option<Schema>,
+        n: usize,
+        lease: Duration,
+        env: &[(&str, &str)],
+    ) -> LocalCluster {
         let mut cluster = LocalCluster {
-            url: test_util::url(),
+            url,
             schema,
             lease,
             nodes: Vec::new(),
@@ -56,7 +76,12 @@ impl LocalCluster {
             let node = cluster.spawn(i, None);
             cluster.nodes.push(Some(node));
         }
-        Some(cluster)
+        cluster
+    }
+
+    /// The schema the nodes keep their tables in.
+    fn schema_name(&self) -> &str {
+        self.schema.as_ref().map_or("perennial", Schema::name)
     }
 
     /// Starts node `i`, its crash points armed with `failpoints`.
@@ -66,7 +91,7 @@ impl LocalCluster {
             command.env("FAILPOINTS", failpoints);
         }
         command.args(["serve", "--listen", "127.0.0.1:0", "--store", &self.url]);
-        command.args(["--store-schema", self.schema.name()]);
+        command.args(["--store-schema", self.schema_name()]);
         command.args(["--node-id", &format!("n{}", i + 1)]);
         command.args(["--cluster-secret", SECRET]);
         command.args(["--lease", &format!("{}ms", self.lease.as_millis())]);
@@ -201,7 +226,7 @@ impl LocalCluster {
     /// The cluster's store, as a node sees it.
     async fn store(&self) -> perennial_storage_postgres::PostgresStore {
         let mut options = perennial_storage_postgres::Options::default();
-        options.schema = self.schema.name().to_owned();
+        options.schema = self.schema_name().to_owned();
         perennial_storage_postgres::PostgresStore::connect_with(&self.url, options)
             .await
             .expect("the store connects")

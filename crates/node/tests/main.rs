@@ -15,6 +15,7 @@ mod corrupt;
 mod crash_points;
 mod delete;
 mod disk;
+mod failover;
 mod feed;
 mod fsync;
 mod journal;

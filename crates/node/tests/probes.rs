@@ -122,6 +122,14 @@ impl Load {
         *self.live.write() = live;
     }
 
+    /// How many appends the clients had acknowledged so far, in all.
+    pub(crate) fn acked(&self) -> u64 {
+        self.tallies
+            .iter()
+            .map(|t| t.acked.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// How many error answers the clients got so far.
     pub(crate) fn error_count(&self) -> u64 {
         self.errors.lock().values().sum()

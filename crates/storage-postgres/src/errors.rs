@@ -3,6 +3,9 @@
 use perennial_storage::Error;
 use tokio_postgres::error::SqlState;
 
+/// How an error from a read-only server (a standby) begins.
+pub(crate) const READ_ONLY: &str = "the PostgreSQL server is read-only (a standby)";
+
 /// Turns a client error into the storage error a caller can act on.
 pub(crate) fn map_err(err: tokio_postgres::Error) -> Error {
     match err.code() {
@@ -10,6 +13,11 @@ pub(crate) fn map_err(err: tokio_postgres::Error) -> Error {
             Error::Full(err.to_string())
         }
         Some(code) if *code == SqlState::IO_ERROR => Error::Io(err.to_string()),
+        // The server became a standby (or is one): nothing was written. The write connection
+        // is opened again before the next batch, which finds the primary.
+        Some(code) if *code == SqlState::READ_ONLY_SQL_TRANSACTION => {
+            Error::Io(format!("{READ_ONLY}: {}", with_detail(&err)))
+        }
         Some(code) if *code == SqlState::DATA_CORRUPTED || *code == SqlState::INDEX_CORRUPTED => {
             Error::Corrupt(err.to_string())
         }

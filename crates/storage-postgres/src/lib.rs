@@ -120,7 +120,7 @@ impl PostgresStore {
     /// Connects with the given options.
     pub async fn connect_with(url: &str, options: Options) -> Result<Self> {
         let (config, tls) = tls::parse(url)?;
-        let mut writer = open(&config, &tls, &options.schema).await?;
+        let mut writer = open_primary(&config, &tls, &options.schema).await?;
         schema::check_durable(&writer).await?;
         schema::migrate(&mut writer, &options.schema).await?;
         let mut readers = Vec::with_capacity(options.readers.max(1));
@@ -171,9 +171,13 @@ impl PostgresStore {
     async fn writer(&self) -> Result<tokio::sync::MutexGuard<'_, writer::Writer>> {
         self.check_open()?;
         let mut writer = self.shared.writer.lock().await;
-        if writer.client.is_closed() {
+        if writer.client.is_closed() || writer.stale {
             let client = open(&self.shared.config, &self.shared.tls, &self.shared.schema).await?;
-            tracing::warn!("the PostgreSQL write connection was lost; connected again");
+            tracing::warn!(
+                read_only = writer.stale,
+                "the PostgreSQL write connection was lost, or its server is read-only; \
+                 connected again"
+            );
             *writer = writer::Writer::new(client);
         }
         Ok(writer)
@@ -220,6 +224,46 @@ async fn open(config: &tokio_postgres::Config, tls: &tls::Tls, schema: &str) -> 
         .await
         .map_err(map_err)?;
     Ok(client)
+}
+
+/// Opens the write connection on a primary: on a standby (read-only, in recovery), says so
+/// and waits, connecting again every second, until the server is promoted or the address
+/// leads to a primary (`target_session_attrs=read-write` with several hosts).
+async fn open_primary(
+    config: &tokio_postgres::Config,
+    tls: &tls::Tls,
+    schema: &str,
+) -> Result<Client> {
+    let mut waited = 0u64;
+    loop {
+        let client = open(config, tls, schema).await?;
+        if !in_recovery(&client).await? {
+            if waited > 0 {
+                tracing::info!(waited_s = waited, "the PostgreSQL server is a primary now");
+            }
+            return Ok(client);
+        }
+        if waited.is_multiple_of(10) {
+            tracing::warn!(
+                waited_s = waited,
+                "the PostgreSQL server is a standby (read-only, in recovery): waiting until it \
+                 is promoted; an address with several hosts and \
+                 target_session_attrs=read-write finds the primary by itself"
+            );
+        }
+        drop(client);
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        waited += 1;
+    }
+}
+
+/// Whether the server is a standby.
+async fn in_recovery(client: &Client) -> Result<bool> {
+    let row = client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .map_err(map_err)?;
+    Ok(row.get(0))
 }
 
 /// Drives a connection until it ends.
@@ -302,7 +346,11 @@ impl Store for PostgresStore {
         let run = || {
             self.shared.runtime.block_on(async {
                 let mut writer = self.writer().await?;
-                writer::commit(&mut writer, &batch).await
+                let result = writer::commit(&mut writer, &batch).await;
+                if matches!(&result, Err(Error::Io(m)) if m.starts_with(errors::READ_ONLY)) {
+                    writer.stale = true;
+                }
+                result
             })
         };
         // On a worker thread of a multi-threaded runtime (a test calling `commit` from a

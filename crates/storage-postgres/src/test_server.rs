@@ -4,8 +4,8 @@
 //! `postgres` user when the test runs as root (PostgreSQL refuses to run as root); stopped
 //! and deleted when dropped.
 //!
-//! Without PostgreSQL's binaries, [`TestServer::start`] returns `None` after saying so on
-//! stderr, unless `PERENNIAL_REQUIRE_POSTGRES=1` (CI sets it), which makes it panic instead.
+//! Without PostgreSQL's binaries, [`TestServer::start`] (and [`TestServer::standby_of`])
+//! return `None` after saying so on stderr, unless `PERENNIAL_REQUIRE_POSTGRES=1` (CI sets it), which makes it panic instead.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -27,21 +27,9 @@ impl TestServer {
     /// the settings `settings` (`-c name=value`). `None`, said loudly, where PostgreSQL is
     /// not installed and not required.
     pub fn start(files: &[(&str, &[u8])], settings: &[(&str, &str)]) -> Option<TestServer> {
-        let Some(bin) = binaries() else {
-            let why = "PostgreSQL's server binaries (initdb, postgres) are not installed";
-            assert!(
-                std::env::var("PERENNIAL_REQUIRE_POSTGRES").as_deref() != Ok("1"),
-                "{why}, and PERENNIAL_REQUIRE_POSTGRES=1 requires them"
-            );
-            eprintln!("SKIPPED: {why}; this test needs a server of its own");
-            return None;
-        };
-        let dir = tempfile::Builder::new()
-            .prefix("perennial-pg-")
-            .tempdir()
-            .expect("a temporary directory");
+        let bin = installed()?;
+        let dir = scratch();
         let data = dir.path().join("data");
-        give_to_server(dir.path());
         let status = as_server(&bin.join("initdb"))
             .args([
                 "--auth=trust",
@@ -61,29 +49,82 @@ impl TestServer {
             set_mode(&path, 0o600);
             give_to_server(&path);
         }
-        let port = free_port();
-        let mut command = as_server(&bin.join("postgres"));
-        command
-            .arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
-            .arg("-c")
-            .arg(format!("unix_socket_directories={}", dir.path().display()));
-        for (name, value) in settings {
-            command.arg("-c").arg(format!("{name}={value}"));
-        }
-        let child = command
+        Some(launch(&bin, dir, settings))
+    }
+
+    /// A streaming standby of `primary`: a base backup of it (`pg_basebackup -R`), started
+    /// with `settings`. With `synchronous_standby_names = '*'` on the primary, it is the
+    /// primary's synchronous standby once [`TestServer::wait_for_sync_standby`] returns.
+    pub fn standby_of(primary: &TestServer, settings: &[(&str, &str)]) -> Option<TestServer> {
+        let bin = installed()?;
+        let dir = scratch();
+        let status = as_server(&bin.join("pg_basebackup"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync", "-D"])
+            .arg(dir.path().join("data"))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("postgres starts");
-        let server = TestServer {
-            dir,
-            port,
-            child: Some(child),
-        };
-        server.wait_until_accepting();
-        Some(server)
+            .status()
+            .expect("pg_basebackup runs");
+        assert!(status.success(), "pg_basebackup failed: {status}");
+        Some(launch(&bin, dir, settings))
+    }
+
+    /// Waits (at most 30 s) until a standby streams from this server synchronously.
+    pub async fn wait_for_sync_standby(&self) {
+        let started = Instant::now();
+        loop {
+            let synced = async {
+                let (client, connection) =
+                    tokio_postgres::connect(&self.url(""), tokio_postgres::NoTls)
+                        .await
+                        .ok()?;
+                tokio::spawn(connection);
+                let row = client
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'",
+                        &[],
+                    )
+                    .await
+                    .ok()?;
+                Some(row.get::<_, i64>(0) > 0)
+            };
+            if synced.await == Some(true) {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no synchronous standby after 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Kills the server with SIGKILL (the postmaster, by its PID; its backends end when
+    /// they find it gone), as a machine that dies would.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Promotes a standby to a primary (`pg_ctl promote`, waiting until it is).
+    pub fn promote(&self) {
+        let bin = installed().expect("the binaries that started it");
+        let status = as_server(&bin.join("pg_ctl"))
+            .args(["promote", "-w", "-t", "30", "-D"])
+            .arg(self.data())
+            .stdout(Stdio::null())
+            .status()
+            .expect("pg_ctl runs");
+        assert!(status.success(), "pg_ctl promote failed: {status}");
     }
 
     /// The server's port on 127.0.0.1.
@@ -105,12 +146,21 @@ impl TestServer {
         )
     }
 
-    fn wait_until_accepting(&self) {
+    /// Waits until the server accepts connections (`pg_isready`: a standby too, once it can
+    /// be read).
+    fn wait_until_accepting(&self, bin: &Path) {
         let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        loop {
+            let ready = Command::new(bin.join("pg_isready"))
+                .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+            if ready {
+                return;
+            }
             assert!(
                 started.elapsed() < Duration::from_secs(30),
-                "the test's PostgreSQL did not start listening on {}",
+                "the test's PostgreSQL did not accept connections on {}",
                 self.port
             );
             std::thread::sleep(Duration::from_millis(50));
@@ -135,7 +185,59 @@ impl Drop for TestServer {
     }
 }
 
-/// The directory of `initdb` and `postgres`: on the `PATH`, or Debian's.
+/// The binaries' directory, or `None` (said loudly) where they are missing and not required.
+fn installed() -> Option<PathBuf> {
+    let found = binaries();
+    if found.is_none() {
+        let why = "PostgreSQL's server binaries (initdb, postgres, pg_ctl, pg_basebackup) are \
+                   not installed";
+        assert!(
+            std::env::var("PERENNIAL_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+            "{why}, and PERENNIAL_REQUIRE_POSTGRES=1 requires them"
+        );
+        eprintln!("SKIPPED: {why}; this test needs a server of its own");
+    }
+    found
+}
+
+/// A temporary directory the server's user may enter.
+fn scratch() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("perennial-pg-")
+        .tempdir()
+        .expect("a temporary directory");
+    give_to_server(dir.path());
+    dir
+}
+
+/// Starts the server of `dir/data` on a free loopback port, and waits until it listens.
+fn launch(bin: &Path, dir: tempfile::TempDir, settings: &[(&str, &str)]) -> TestServer {
+    let port = free_port();
+    let mut command = as_server(&bin.join("postgres"));
+    command
+        .arg("-D")
+        .arg(dir.path().join("data"))
+        .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+        .arg("-c")
+        .arg(format!("unix_socket_directories={}", dir.path().display()));
+    for (name, value) in settings {
+        command.arg("-c").arg(format!("{name}={value}"));
+    }
+    let child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("postgres starts");
+    let server = TestServer {
+        dir,
+        port,
+        child: Some(child),
+    };
+    server.wait_until_accepting(bin);
+    server
+}
+
+/// The directory of PostgreSQL's server programs: on the `PATH`, or Debian's.
 fn binaries() -> Option<PathBuf> {
     let on_path = std::env::var_os("PATH")
         .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
@@ -150,10 +252,11 @@ fn binaries() -> Option<PathBuf> {
             found
         })
         .unwrap_or_default();
-    on_path
-        .into_iter()
-        .chain(debian)
-        .find(|dir| dir.join("initdb").is_file() && dir.join("postgres").is_file())
+    on_path.into_iter().chain(debian).find(|dir| {
+        ["initdb", "postgres", "pg_ctl", "pg_basebackup"]
+            .iter()
+            .all(|program| dir.join(program).is_file())
+    })
 }
 
 fn is_root() -> bool {

@@ -125,6 +125,9 @@ DELETE FROM paused AS p USING unnest($1::text[], $2::text[]) AS t(k, i)
 pub(crate) struct Writer {
     pub(crate) client: Client,
     prepared: HashMap<&'static str, Statement>,
+    /// The server turned out read-only (a standby): open the connection again before the
+    /// next batch, so that an address with several hosts finds the primary.
+    pub(crate) stale: bool,
 }
 
 impl Writer {
@@ -132,6 +135,7 @@ impl Writer {
         Self {
             client,
             prepared: HashMap::new(),
+            stale: false,
         }
     }
 }
@@ -194,6 +198,7 @@ pub(crate) async fn commit(writer: &mut Writer, batch: &Batch) -> Result<CommitO
     let Writer {
         client,
         prepared: cache,
+        ..
     } = writer;
     let tx = client.transaction().await.map_err(map_err)?;
     let mut fence = Fence {
