@@ -56,19 +56,33 @@ impl TestServer {
     /// with `settings`. With `synchronous_standby_names = '*'` on the primary, it is the
     /// primary's synchronous standby once [`TestServer::wait_for_sync_standby`] returns.
     pub fn standby_of(primary: &TestServer, settings: &[(&str, &str)]) -> Option<TestServer> {
+        Self::base_backup(primary, true, settings)
+    }
+
+    /// A new server of its own restored from a base backup of `primary` (`pg_basebackup`,
+    /// with the WAL it needs): it holds every commit made before the backup ended, and
+    /// takes writes.
+    pub fn restored_from(primary: &TestServer, settings: &[(&str, &str)]) -> Option<TestServer> {
+        Self::base_backup(primary, false, settings)
+    }
+
+    fn base_backup(
+        primary: &TestServer,
+        standby: bool,
+        settings: &[(&str, &str)],
+    ) -> Option<TestServer> {
         let bin = installed()?;
         let dir = scratch();
-        let status = as_server(&bin.join("pg_basebackup"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &primary.port.to_string(),
-                "-U",
-                "postgres",
-            ])
-            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync", "-D"])
-            .arg(dir.path().join("data"))
+        let port = primary.port.to_string();
+        let mut command = as_server(&bin.join("pg_basebackup"));
+        command
+            .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres"])
+            .args(["-X", "stream", "-c", "fast", "--no-sync", "-D"])
+            .arg(dir.path().join("data"));
+        if standby {
+            command.arg("-R");
+        }
+        let status = command
             .stdout(Stdio::null())
             .status()
             .expect("pg_basebackup runs");

@@ -3,6 +3,7 @@
 //! database `test`). Without a reachable server the cases pass after saying so on stderr,
 //! unless `PERENNIAL_REQUIRE_POSTGRES=1` (CI sets it), which makes them fail instead.
 
+mod base_backup;
 mod cluster;
 mod tls;
 
