@@ -223,20 +223,22 @@ impl Tls {
         let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
             .map_err(|e| Error::Backend(format!("cannot set up TLS: {e}")))?;
-        let verifier: Arc<dyn ServerCertVerifier> = match (&self.roots, self.mode) {
-            (None, _) => Arc::new(Unchecked(provider)),
-            (Some(roots), mode) => {
-                let roots = Arc::new(load_roots(roots)?);
-                let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider)
-                    .build()
-                    .map_err(|e| Error::Backend(format!("cannot set up TLS: {e}")))?;
-                if mode == SslMode::VerifyFull {
-                    webpki
-                } else {
-                    Arc::new(AnyName(webpki))
-                }
-            }
+        let chain = match &self.roots {
+            None => None,
+            Some(roots) => Some(
+                WebPkiServerVerifier::builder_with_provider(
+                    Arc::new(load_roots(roots)?),
+                    Arc::clone(&provider),
+                )
+                .build()
+                .map_err(|e| Error::Backend(format!("cannot set up TLS: {e}")))?,
+            ),
         };
+        let verifier = Arc::new(Verifier {
+            chain,
+            check_name: self.mode == SslMode::VerifyFull,
+            provider,
+        });
         let builder = builder
             .dangerous()
             .with_custom_certificate_verifier(verifier);
@@ -310,61 +312,18 @@ fn file_error(path: &Path, what: &str, e: &dyn std::fmt::Display) -> Error {
     Error::Invalid(format!("cannot read {what} from {}: {e}", path.display()))
 }
 
-/// `prefer` and `require` without `sslrootcert`: encrypted, the certificate not checked (as
-/// libpq does), but the handshake's signatures still are.
+/// What a mode checks of the server's certificate: its chain against the trusted
+/// authorities (none without `sslrootcert`: `prefer` and `require` encrypt without checking,
+/// as libpq does), and its host name (`verify-full` only). The handshake's signatures are
+/// always checked.
 #[derive(Debug)]
-struct Unchecked(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for Unchecked {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+struct Verifier {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    check_name: bool,
+    provider: Arc<CryptoProvider>,
 }
 
-/// `verify-ca`: the chain checked, the host name not.
-#[derive(Debug)]
-struct AnyName(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for AnyName {
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -373,13 +332,13 @@ impl ServerCertVerifier for AnyName {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
+            )) if !self.check_name => Ok(ServerCertVerified::assertion()),
             other => other,
         }
     }
@@ -390,7 +349,8 @@ impl ServerCertVerifier for AnyName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        verify_tls12_signature(message, cert, dss, algorithms)
     }
 
     fn verify_tls13_signature(
@@ -399,11 +359,14 @@ impl ServerCertVerifier for AnyName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        verify_tls13_signature(message, cert, dss, algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -411,36 +374,45 @@ impl ServerCertVerifier for AnyName {
 mod tests {
     use super::*;
 
-    fn params(url: &str) -> (String, Vec<(String, String)>) {
-        split(url)
+    /// What is left of `url`, and the mode and authority taken out of it.
+    fn split_two(url: &str) -> (String, [(String, String); 2]) {
+        let (rest, ours) = split(url);
+        let ours: [(String, String); 2] = ours.try_into().expect("two parameters");
+        (rest, ours)
+    }
+
+    fn pair(name: &str, value: &str) -> (String, String) {
+        (name.to_owned(), value.to_owned())
     }
 
     #[test]
     fn tls_parameters_are_taken_out_of_both_forms() {
-        let (rest, ours) = params(
-            "postgres://u@db.example:5432/app?sslmode=verify-full&connect_timeout=3&sslrootcert=%2Fetc%2Fca.pem",
-        );
-        assert_eq!(rest, "postgres://u@db.example:5432/app?connect_timeout=3");
+        let url = "postgres://u@db.example:5432/app?sslmode=verify-full&connect_timeout=3&\
+                   sslrootcert=%2Fetc%2Fca.pem";
         assert_eq!(
-            ours,
-            [
-                ("sslmode".to_owned(), "verify-full".to_owned()),
-                ("sslrootcert".to_owned(), "/etc/ca.pem".to_owned())
-            ]
+            split_two(url),
+            (
+                "postgres://u@db.example:5432/app?connect_timeout=3".to_owned(),
+                [
+                    pair("sslmode", "verify-full"),
+                    pair("sslrootcert", "/etc/ca.pem")
+                ]
+            )
         );
-        let (rest, ours) = params(
-            "host=a,b user=app sslmode = verify-ca sslrootcert='/my ca.pem' password='x\\'y'",
-        );
-        assert_eq!(rest, "host=a,b user=app password='x\\'y'");
+        let pairs =
+            "host=a,b user=app sslmode = verify-ca sslrootcert='/my ca.pem' password='x\\'y'";
         assert_eq!(
-            ours,
-            [
-                ("sslmode".to_owned(), "verify-ca".to_owned()),
-                ("sslrootcert".to_owned(), "/my ca.pem".to_owned())
-            ]
+            split_two(pairs),
+            (
+                "host=a,b user=app password='x\\'y'".to_owned(),
+                [
+                    pair("sslmode", "verify-ca"),
+                    pair("sslrootcert", "/my ca.pem")
+                ]
+            )
         );
-        assert_eq!(params("host=a user=b").0, "host=a user=b");
-        assert_eq!(params("postgres://a/b").0, "postgres://a/b");
+        assert_eq!(split("host=a user=b").0, "host=a user=b");
+        assert_eq!(split("postgres://a/b").0, "postgres://a/b");
     }
 
     #[test]

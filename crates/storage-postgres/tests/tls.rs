@@ -116,21 +116,28 @@ async fn round_trip(store: &PostgresStore) {
     assert_eq!(value(&loaded.state), 7);
 }
 
+/// A store on `server` with `sslmode=verify-full`, trusting `ca` written into `dir`, after
+/// a write and a read: the authority's file, and the store.
+async fn verified_store(
+    server: &TestServer,
+    ca: &Authority,
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, PostgresStore) {
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let url = format!("sslmode=verify-full sslrootcert={}", ca_file.display());
+    let store = connect(&server.url(&url)).await.unwrap();
+    round_trip(&store).await;
+    (ca_file, store)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_full_connects_to_the_named_host_and_encrypts() {
     let Some((server, ca)) = tls_server() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, &ca.pem).unwrap();
-    let store = connect(&server.url(&format!(
-        "sslmode=verify-full sslrootcert={}",
-        ca_file.display()
-    )))
-    .await
-    .unwrap();
-    round_trip(&store).await;
+    let (ca_file, store) = verified_store(&server, &ca, dir.path()).await;
     let (all, connections) = encrypted(&server).await;
     assert!(
         all && connections >= 3,
@@ -222,15 +229,7 @@ async fn the_authority_file_is_read_again_when_a_connection_is_opened_again() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, &ca.pem).unwrap();
-    let store = connect(&server.url(&format!(
-        "sslmode=verify-full sslrootcert={}",
-        ca_file.display()
-    )))
-    .await
-    .unwrap();
-    round_trip(&store).await;
+    let (ca_file, store) = verified_store(&server, &ca, dir.path()).await;
     // The file now trusts another authority only, and the server ends every connection.
     std::fs::write(&ca_file, authority("another CA").pem).unwrap();
     let terminate = |server: &TestServer| {
