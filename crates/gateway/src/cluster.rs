@@ -40,6 +40,10 @@ pub struct Clustering {
     /// What the node trusts when it calls the others over HTTPS; `None`: they serve plain
     /// HTTP.
     pub tls: Option<crate::PeerTls>,
+    /// Whether the internal route refuses a node that presented no verified certificate
+    /// (mutual TLS; the gateway must be served by [`serve_tls`](crate::serve_tls) with
+    /// [`ServerTls::verifying_clients`](crate::ServerTls::verifying_clients)).
+    pub require_peer_certificates: bool,
 }
 
 impl Clustering {
@@ -49,7 +53,16 @@ impl Clustering {
             cluster,
             secret: secret.into(),
             tls: None,
+            require_peer_certificates: false,
         }
+    }
+
+    /// Refuses calls from nodes that present no verified certificate on the internal route
+    /// (mutual TLS); give the node its own with [`PeerTls::with_identity`](crate::PeerTls::with_identity).
+    #[must_use]
+    pub fn require_peer_certificates(mut self) -> Self {
+        self.require_peer_certificates = true;
+        self
     }
 
     /// Talks to the other nodes over HTTPS, trusting `tls` (every node of the cluster then
@@ -67,6 +80,7 @@ pub(crate) struct Router {
     cluster: Cluster,
     forwarder: Forwarder,
     secret: Arc<str>,
+    require_peer_certificates: bool,
 }
 
 impl Router {
@@ -75,6 +89,7 @@ impl Router {
             cluster: clustering.cluster.clone(),
             forwarder: Forwarder::new(&clustering.secret, clustering.tls.as_ref()),
             secret: Arc::from(clustering.secret.as_str()),
+            require_peer_certificates: clustering.require_peer_certificates,
         }
     }
 
@@ -214,11 +229,23 @@ fn answered(status: u16, body: Vec<u8>) -> Response {
 pub(crate) async fn internal(
     State(state): State<AppState>,
     headers: HeaderMap,
+    extensions: axum::http::Extensions,
     body: Bytes,
 ) -> Response {
     let Some(router) = &state.router else {
         return ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route").into_response();
     };
+    let certified = extensions
+        .get::<crate::tls::PeerCertified>()
+        .is_some_and(|c| c.0);
+    if router.require_peer_certificates && !certified {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "certificate_required",
+            "this cluster requires each node's certificate (mutual TLS)",
+        )
+        .into_response();
+    }
     let given = headers
         .get(forward::SECRET_HEADER)
         .map(HeaderValue::as_bytes)

@@ -92,10 +92,10 @@ impl Forwarder {
             || {
                 // Plain HTTP only: the TLS side of the connector is never used.
                 crate::tls::PeerTls::trusting(rustls::RootCertStore::empty())
-                    .map(|t| t.0)
+                    .map(|t| t.config)
                     .unwrap_or_else(|_| unreachable!("a provider with safe defaults"))
             },
-            |t| Arc::clone(&t.0),
+            |t| Arc::clone(&t.config),
         );
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config((*trusted).clone())

@@ -10,7 +10,6 @@ use std::time::Duration;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use perennial_core::Runtime;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -62,6 +61,12 @@ fn certificates(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'s
     Ok(certs)
 }
 
+/// Whether the client of a request's connection presented a certificate the gateway's
+/// client authority verified (mutual TLS); in every request's extensions under
+/// [`serve_tls`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PeerCertified(pub(crate) bool);
+
 /// The gateway's certificate chain and key: what [`serve_tls`] presents.
 #[derive(Debug, Clone)]
 pub struct ServerTls(Arc<rustls::ServerConfig>);
@@ -70,40 +75,100 @@ impl ServerTls {
     /// Reads a certificate chain (PEM, the node's certificate first) and its private key
     /// (PEM: PKCS#8, PKCS#1 or SEC1). The gateway then offers HTTP/2 and HTTP/1.1.
     pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        Self::build(cert, key, None)
+    }
+
+    /// Like [`from_pem_files`](Self::from_pem_files), and asks each client for a certificate
+    /// signed by an authority of `client_ca` (PEM): mutual TLS. A client that presents one is
+    /// verified (a wrong one fails the handshake); one that presents none gets in, since the
+    /// public routes serve clients without certificates, and the routes between nodes refuse
+    /// it when the cluster requires certificates ([`Clustering::require_peer_certificates`](crate::Clustering::require_peer_certificates)).
+    pub fn verifying_clients(cert: &Path, key: &Path, client_ca: &Path) -> Result<Self, TlsError> {
+        Self::build(cert, key, Some(roots_of(client_ca)?))
+    }
+
+    fn build(
+        cert: &Path,
+        key: &Path,
+        clients: Option<rustls::RootCertStore>,
+    ) -> Result<Self, TlsError> {
         let chain = certificates(cert, "a certificate chain (PEM)")?;
         let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::File {
             what: "a private key (PEM)",
             path: key.display().to_string(),
             reason: e.to_string(),
         })?;
-        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::Invalid(e.to_string()))?
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .map_err(|e| {
-                TlsError::Invalid(format!("the certificate and the key do not match: {e}"))
-            })?;
+            .map_err(|e| TlsError::Invalid(e.to_string()))?;
+        let builder = match clients {
+            None => builder.with_no_client_auth(),
+            Some(roots) => {
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider(),
+                )
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| TlsError::Invalid(format!("the client authority: {e}")))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder.with_single_cert(chain, key).map_err(|e| {
+            TlsError::Invalid(format!("the certificate and the key do not match: {e}"))
+        })?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Self(Arc::new(config)))
     }
 }
 
-/// What a node trusts when it calls the other nodes of its cluster over HTTPS.
+/// The authorities of a PEM file.
+fn roots_of(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certificates(path, "certificate authorities (PEM)")? {
+        roots
+            .add(cert)
+            .map_err(|e| TlsError::Invalid(format!("{}: {e}", path.display())))?;
+    }
+    Ok(roots)
+}
+
+/// What a node trusts when it calls the other nodes of its cluster over HTTPS, and the
+/// certificate it presents to them, if any.
 #[derive(Debug, Clone)]
-pub struct PeerTls(pub(crate) Arc<rustls::ClientConfig>);
+pub struct PeerTls {
+    pub(crate) config: Arc<rustls::ClientConfig>,
+    roots: Arc<rustls::RootCertStore>,
+}
 
 impl PeerTls {
     /// Trusts the authorities of a PEM file (the cluster's own authority, which signed every
     /// node's certificate); each peer's certificate must name the address it advertises.
     pub fn from_ca_file(path: &Path) -> Result<Self, TlsError> {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in certificates(path, "certificate authorities (PEM)")? {
-            roots
-                .add(cert)
-                .map_err(|e| TlsError::Invalid(format!("{}: {e}", path.display())))?;
-        }
-        Self::trusting(roots)
+        Self::trusting(roots_of(path)?)
+    }
+
+    /// Presents the node's own certificate chain and key (PEM) to the peers too, for a
+    /// cluster whose nodes require one another's certificates (mutual TLS).
+    pub fn with_identity(self, cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        let chain = certificates(cert, "a certificate chain (PEM)")?;
+        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::File {
+            what: "a private key (PEM)",
+            path: key.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Invalid(e.to_string()))?
+            .with_root_certificates(Arc::clone(&self.roots))
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| {
+                TlsError::Invalid(format!("the certificate and the key do not match: {e}"))
+            })?;
+        Ok(Self {
+            config: Arc::new(config),
+            roots: self.roots,
+        })
     }
 
     /// Trusts the operating system's authorities.
@@ -119,12 +184,16 @@ impl PeerTls {
     }
 
     pub(crate) fn trusting(roots: rustls::RootCertStore) -> Result<Self, TlsError> {
+        let roots = Arc::new(roots);
         let config = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Invalid(e.to_string()))?
-            .with_root_certificates(roots)
+            .with_root_certificates(Arc::clone(&roots))
             .with_no_client_auth();
-        Ok(Self(Arc::new(config)))
+        Ok(Self {
+            config: Arc::new(config),
+            roots,
+        })
     }
 }
 
@@ -170,10 +239,13 @@ pub async fn serve_tls(
                 }
                 Err(_) => return,
             };
-            let connection = http.serve_connection_with_upgrades(
-                TokioIo::new(stream),
-                TowerToHyperService::new(app),
-            );
+            // rustls accepts a client certificate only once verified.
+            let certified = PeerCertified(stream.get_ref().1.peer_certificates().is_some());
+            let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+                request.extensions_mut().insert(certified);
+                tower::ServiceExt::oneshot(app.clone(), request)
+            });
+            let connection = http.serve_connection_with_upgrades(TokioIo::new(stream), service);
             if let Err(error) = watcher.watch(connection.into_owned()).await {
                 tracing::debug!(%peer, %error, "a connection ended with an error");
             }

@@ -148,6 +148,18 @@ pub(crate) struct Settings {
     /// system's authorities]
     #[arg(long, env = "PERENNIAL_CLUSTER_CA", value_name = "FILE")]
     cluster_ca: Option<PathBuf>,
+    /// Mutual TLS between the cluster's nodes: each presents its --tls-cert to the others,
+    /// which refuse a node whose certificate --cluster-ca did not sign [default: false]
+    #[arg(
+        long,
+        env = "PERENNIAL_CLUSTER_MTLS",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        value_name = "BOOL"
+    )]
+    cluster_mtls: Option<bool>,
     /// Back the data directory up into this directory periodically, while serving (the
     /// embedded store only; a PostgreSQL store is backed up by PostgreSQL's own tools)
     /// [default: none]
@@ -205,6 +217,7 @@ pub(crate) struct Config {
     pub(crate) tls_key: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) cluster_ca: Option<PathBuf>,
+    pub(crate) cluster_mtls: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) backup_dir: Option<PathBuf>,
     #[serde(serialize_with = "write_duration")]
@@ -254,6 +267,7 @@ impl Config {
             tls_cert: flags.tls_cert.clone().or(from_file.tls_cert),
             tls_key: flags.tls_key.clone().or(from_file.tls_key),
             cluster_ca: flags.cluster_ca.clone().or(from_file.cluster_ca),
+            cluster_mtls: (flags.cluster_mtls.or(from_file.cluster_mtls)).unwrap_or(false),
             backup_dir: flags.backup_dir.clone().or(from_file.backup_dir),
             backup_every: (flags.backup_every.or(from_file.backup_every))
                 .unwrap_or(Duration::from_secs(3600)),

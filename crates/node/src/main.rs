@@ -510,15 +510,30 @@ async fn serve(args: Config) -> anyhow::Result<()> {
         tls_cert,
         tls_key,
         cluster_ca,
+        cluster_mtls,
         insecure,
         ..
     } = args;
-    let tls = match (&tls_cert, &tls_key) {
-        (Some(cert), Some(key)) => Some(
+    let tls = match (&tls_cert, &tls_key, cluster_mtls.then_some(&cluster_ca)) {
+        (Some(cert), Some(key), None) => Some(
             perennial_gateway::ServerTls::from_pem_files(cert, key)
                 .context("cannot serve HTTPS")?,
         ),
-        (None, None) => None,
+        (Some(cert), Some(key), Some(Some(ca))) => Some(
+            perennial_gateway::ServerTls::verifying_clients(cert, key, ca)
+                .context("cannot serve HTTPS")?,
+        ),
+        (None, None, None) => None,
+        (Some(_), Some(_), Some(None)) => {
+            anyhow::bail!(
+                "--cluster-mtls needs --cluster-ca: the authority that signed the nodes' certificates"
+            )
+        }
+        (None, None, Some(_)) => {
+            anyhow::bail!(
+                "--cluster-mtls needs --tls-cert and --tls-key: the node's own certificate"
+            )
+        }
         _ => anyhow::bail!("--tls-cert and --tls-key go together: give both, or neither"),
     };
     anyhow::ensure!(
@@ -589,12 +604,18 @@ async fn serve(args: Config) -> anyhow::Result<()> {
             let mut clustering =
                 perennial_gateway::Clustering::new(cluster.clone(), secret.expose());
             if tls.is_some() {
-                let peers = match &cluster_ca {
+                let mut peers = match &cluster_ca {
                     Some(ca) => perennial_gateway::PeerTls::from_ca_file(ca),
                     None => perennial_gateway::PeerTls::system(),
-                };
-                clustering =
-                    clustering.with_tls(peers.context("cannot call the other nodes over HTTPS")?);
+                }
+                .context("cannot call the other nodes over HTTPS")?;
+                if let (true, Some(cert), Some(key)) = (cluster_mtls, &tls_cert, &tls_key) {
+                    peers = peers
+                        .with_identity(cert, key)
+                        .context("cannot present this node's certificate to the others")?;
+                    clustering = clustering.require_peer_certificates();
+                }
+                clustering = clustering.with_tls(peers);
             }
             gateway.cluster = Some(clustering);
             (rt, Some(cluster))

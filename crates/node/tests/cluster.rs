@@ -15,7 +15,7 @@ use perennial_types::{SHARDS, ShardId, shard_of};
 use crate::node::{Http, Node, perennial};
 use crate::probes::{ADMIN, CALL_TIMEOUT, Load};
 
-const SECRET: &str = "test-cluster-secret";
+pub(crate) const SECRET: &str = "test-cluster-secret";
 
 /// N nodes named `n1`, `n2`, … on one schema of the machine's PostgreSQL.
 pub(crate) struct LocalCluster {

@@ -79,6 +79,7 @@ fn print_config_shows_the_defaults() {
         max_body_bytes = 1048576
         request_timeout = "30s"
         lease = "5s"
+        cluster_mtls = false
         backup_every = "1h"
         backup_keep = 24
     "#

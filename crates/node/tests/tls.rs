@@ -60,6 +60,18 @@ fn tls_node(data: &Path, cert: &Path, key: &Path) -> Node {
 /// GETs `path` over HTTPS from the node at `port`, trusting `ca`, speaking HTTP/2 only or
 /// HTTP/1.1 only: (status, HTTP version, body).
 async fn get(ca: &Path, port: u16, path: &str, http2: bool) -> (u16, hyper::Version, String) {
+    let request = hyper::Request::get(format!("https://127.0.0.1:{port}{path}"))
+        .body(Full::default())
+        .unwrap();
+    send(ca, request, http2).await
+}
+
+/// Sends `request` over HTTPS, trusting `ca`, without a client certificate.
+async fn send(
+    ca: &Path,
+    request: hyper::Request<Full<Bytes>>,
+    http2: bool,
+) -> (u16, hyper::Version, String) {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
         roots.add(cert.unwrap()).unwrap();
@@ -82,8 +94,7 @@ async fn get(ca: &Path, port: u16, path: &str, http2: bool) -> (u16, hyper::Vers
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .http2_only(http2)
         .build(connector);
-    let uri = format!("https://127.0.0.1:{port}{path}");
-    let response = client.get(uri.parse().unwrap()).await.unwrap();
+    let response = client.request(request).await.unwrap();
     let (status, version) = (response.status().as_u16(), response.version());
     let body = response.into_body().collect().await.unwrap().to_bytes();
     (status, version, String::from_utf8_lossy(&body).into_owned())
@@ -190,12 +201,27 @@ fn a_public_address_without_tls_is_refused_unless_insecure() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clusters_nodes_call_each_other_over_https() {
+    cluster_over_https(false).await;
+}
+
+/// With mutual TLS, the nodes present their certificates to one another, and the internal
+/// route refuses a caller without one, even with the cluster's secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_mutual_tls_a_node_without_a_certificate_is_refused() {
+    cluster_over_https(true).await;
+}
+
+async fn cluster_over_https(mutual: bool) {
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = certificates(dir.path());
     let env = [
         ("PERENNIAL_TLS_CERT", cert.to_str().unwrap()),
         ("PERENNIAL_TLS_KEY", key.to_str().unwrap()),
         ("PERENNIAL_CLUSTER_CA", ca.to_str().unwrap()),
+        (
+            "PERENNIAL_CLUSTER_MTLS",
+            if mutual { "true" } else { "false" },
+        ),
     ];
     let Some(cluster) = LocalCluster::start_with(2, Duration::from_secs(2), &env).await else {
         return;
@@ -237,4 +263,29 @@ async fn a_clusters_nodes_call_each_other_over_https() {
         );
         assert!(String::from_utf8_lossy(&out.stdout).contains('2'));
     }
+    let (status, body) = internal_without_certificate(&ca, ports[0]).await;
+    if mutual {
+        assert_eq!(status, 403, "{body}");
+        assert!(body.contains("certificate_required"), "{body}");
+    } else {
+        assert_ne!(status, 403, "{body}");
+    }
+}
+
+/// Posts an empty batch to node `port`'s internal route with the cluster's secret, over
+/// HTTPS without a client certificate: the status and body.
+async fn internal_without_certificate(ca: &Path, port: u16) -> (u16, String) {
+    let request = hyper::Request::post(format!(
+        "https://127.0.0.1:{port}{}",
+        perennial_api::internal::PATH
+    ))
+    .header(
+        perennial_api::internal::SECRET_HEADER,
+        crate::cluster::SECRET,
+    )
+    .header("content-type", perennial_api::internal::CONTENT_TYPE)
+    .body(Full::default())
+    .unwrap();
+    let (status, _, body) = send(ca, request, true).await;
+    (status, body)
 }
