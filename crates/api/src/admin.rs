@@ -171,6 +171,10 @@ pub struct Member {
     pub address: String,
     /// How many shards it holds.
     pub shards: usize,
+    /// The build it runs (such as `0.1.0+d342571`); empty if it does not say (an older
+    /// build).
+    #[serde(default)]
+    pub build: String,
 }
 
 /// `GET /v1/admin/kinds/{kind}/indexes`.

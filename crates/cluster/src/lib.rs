@@ -51,6 +51,9 @@ pub struct Options {
     /// How long before its lease's expiry (by this node's clock, counted from before it asked)
     /// the node stops serving a shard it could not renew. Default: a fifth of the lease.
     pub margin: Duration,
+    /// The build this node runs, as its heartbeats tell the others (and operators). Default:
+    /// empty.
+    pub build: String,
 }
 
 impl Options {
@@ -62,6 +65,7 @@ impl Options {
             lease: Duration::from_secs(5),
             tick: Duration::from_secs(1),
             margin: Duration::from_secs(1),
+            build: String::new(),
         }
         .lease(Duration::from_secs(5))
     }
@@ -71,6 +75,13 @@ impl Options {
         self.lease = lease.max(Duration::from_millis(100));
         self.tick = (self.lease / 5).min(Duration::from_secs(1));
         self.margin = self.lease / 5;
+        self
+    }
+
+    /// The build this node runs, shown to the other nodes and to operators.
+    #[must_use]
+    pub fn build(mut self, build: impl Into<String>) -> Self {
+        self.build = build.into();
         self
     }
 }
@@ -102,6 +113,8 @@ pub struct Member {
     pub address: String,
     /// How many shards it holds.
     pub shards: usize,
+    /// The build it runs; empty if it did not say (an older build).
+    pub build: String,
 }
 
 /// This node's membership of the cluster. See the [crate documentation](crate).
@@ -134,6 +147,7 @@ struct Inner {
 struct Table {
     owners: HashMap<ShardId, Arc<str>>,
     addresses: HashMap<Arc<str>, Arc<str>>,
+    builds: HashMap<Arc<str>, Arc<str>>,
 }
 
 impl Cluster {
@@ -213,6 +227,10 @@ impl Cluster {
                 node: node.to_string(),
                 address: address.to_string(),
                 shards: table.owners.values().filter(|o| *o == node).count(),
+                build: table
+                    .builds
+                    .get(node)
+                    .map_or_else(String::new, |b| b.to_string()),
             })
             .collect();
         members.sort_by(|a, b| a.node.cmp(&b.node));
@@ -271,7 +289,9 @@ impl Inner {
         // Counted from before the database sets the expiry, so this node's end comes first.
         // On tokio's clock, which the runtime's deadlines use (and a simulation advances).
         let asked = tokio::time::Instant::now();
-        self.store.heartbeat(node, &self.options.advertise).await?;
+        self.store
+            .heartbeat(node, &self.options.advertise, &self.options.build)
+            .await?;
         let members = self.store.members(self.options.lease).await?;
         let mut names: Vec<&str> = members.iter().map(|m| m.node.as_str()).collect();
         if !names.contains(&node) {
@@ -323,10 +343,13 @@ impl Inner {
         let owners = self.store.owners().await?;
         let mut table = Table::default();
         for member in &members {
-            table.addresses.insert(
-                Arc::from(member.node.as_str()),
-                Arc::from(member.address.as_str()),
-            );
+            let name: Arc<str> = Arc::from(member.node.as_str());
+            table
+                .builds
+                .insert(Arc::clone(&name), Arc::from(member.build.as_str()));
+            table
+                .addresses
+                .insert(name, Arc::from(member.address.as_str()));
         }
         let mut names: HashMap<String, Arc<str>> = HashMap::new();
         for (shard, owner) in owners {

@@ -367,6 +367,10 @@ fn bad_variable(error: &clap::Error) -> Option<String> {
     (!given && std::env::var_os(&variable).is_some()).then_some(variable)
 }
 
+/// This build: the package's version and, when it was built from a git checkout, the commit
+/// (`build.rs`), as the cluster's members show it.
+const BUILD: &str = env!("PERENNIAL_BUILD");
+
 /// Runs `work` on a multi-threaded async runtime, with the crash points of a test build.
 pub(crate) fn block_on(work: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
     perennial_faults::setup().map_err(anyhow::Error::msg)?;
@@ -597,7 +601,9 @@ async fn serve(args: Config) -> anyhow::Result<()> {
         (Some((node, secret)), Some(postgres)) => {
             let rt = builder.node_name(node.clone()).start_unclaimed().await?;
             let advertise = advertise.unwrap_or_else(|| addr.to_string());
-            let options = perennial_cluster::Options::new(node.clone(), advertise).lease(lease);
+            let options = perennial_cluster::Options::new(node.clone(), advertise)
+                .lease(lease)
+                .build(BUILD);
             let cluster = perennial_cluster::Cluster::join(Arc::new(postgres), rt.clone(), options)
                 .await
                 .with_context(|| format!("node {node} cannot join the cluster"))?;

@@ -762,9 +762,17 @@ pub(crate) fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
                 format!("{}{marker}", m.node),
                 output::cell(&Value::from(m.address), 40),
                 m.shards.to_string(),
+                if m.build.is_empty() {
+                    "(older)".to_owned()
+                } else {
+                    m.build
+                },
             ]
         })
         .collect();
-    output::answer(&output::table(&["node", "address", "shards"], rows));
+    output::answer(&output::table(
+        &["node", "address", "shards", "build"],
+        rows,
+    ));
     Ok(())
 }

@@ -12,7 +12,7 @@ use perennial_checker::{Invocation, Op, Recorder, Type, check};
 use perennial_storage_postgres::test_util::{self, Schema};
 use perennial_types::{SHARDS, ShardId, shard_of};
 
-use crate::node::{Http, Node, perennial};
+use crate::node::{Http, Node, perennial, perennial_at};
 use crate::probes::{ADMIN, CALL_TIMEOUT, Load};
 
 pub(crate) const SECRET: &str = "test-cluster-secret";
@@ -29,6 +29,8 @@ pub(crate) struct LocalCluster {
     lease: Duration,
     /// Variables every node is started with, beyond the cluster's own.
     env: Vec<(String, String)>,
+    /// The binary of node `i`, where it is not this build's (see [`LocalCluster::set_binary`]).
+    binaries: HashMap<usize, std::path::PathBuf>,
 }
 
 impl LocalCluster {
@@ -71,6 +73,7 @@ impl LocalCluster {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
+            binaries: HashMap::new(),
         };
         for i in 0..n {
             let node = cluster.spawn(i, None);
@@ -86,7 +89,10 @@ impl LocalCluster {
 
     /// Starts node `i`, its crash points armed with `failpoints`.
     fn spawn(&self, i: usize, failpoints: Option<&str>) -> Node {
-        let mut command = perennial();
+        let mut command = match self.binaries.get(&i) {
+            Some(binary) => perennial_at(binary),
+            None => perennial(),
+        };
         if let Some(failpoints) = failpoints {
             command.env("FAILPOINTS", failpoints);
         }
@@ -98,6 +104,14 @@ impl LocalCluster {
         command.env("PERENNIAL_ADMIN_TOKEN", ADMIN);
         command.envs(self.env.iter().map(|(k, v)| (k, v)));
         Node::spawn(command)
+    }
+
+    /// Runs node `i` from `binary` when it next starts (`None`: this build).
+    pub(crate) fn set_binary(&mut self, i: usize, binary: Option<std::path::PathBuf>) {
+        match binary {
+            Some(binary) => self.binaries.insert(i, binary),
+            None => self.binaries.remove(&i),
+        };
     }
 
     /// Starts node `i` again (or for the first time, past the last one).

@@ -25,6 +25,7 @@ mod node;
 mod otel;
 mod pending;
 mod probes;
+mod rolling;
 mod serve;
 mod soak;
 mod tls;

@@ -108,7 +108,12 @@ pub(crate) fn stop(mut node: Node) {
 /// the tests run in, so that only what a test sets counts; but for `PERENNIAL_SABOTAGE`,
 /// which CI sets to prove that the tests fail without the mechanism it switches off.
 pub(crate) fn perennial() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_perennial"));
+    perennial_at(Path::new(env!("CARGO_BIN_EXE_perennial")))
+}
+
+/// [`perennial`], but the binary at `binary` (another build, such as the previous release's).
+pub(crate) fn perennial_at(binary: &Path) -> Command {
+    let mut command = Command::new(binary);
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy();
         if name.starts_with("PERENNIAL_") && name != "PERENNIAL_SABOTAGE" {

@@ -417,7 +417,8 @@ impl SimStore {
 
 #[async_trait::async_trait]
 impl Directory for SimStore {
-    async fn heartbeat(&self, node: &str, address: &str) -> Result<()> {
+    /// The simulation keeps no builds: every member's is empty.
+    async fn heartbeat(&self, node: &str, address: &str, _build: &str) -> Result<()> {
         self.reach_directory().await?;
         let now = self.db.now();
         let mut state = self.db.state.lock();

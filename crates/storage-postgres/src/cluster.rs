@@ -24,16 +24,17 @@ use crate::schema::NOW_MS;
 #[async_trait::async_trait]
 impl Directory for PostgresStore {
     /// Records that `node`, reachable at `address`, is alive now.
-    async fn heartbeat(&self, node: &str, address: &str) -> Result<(), Error> {
+    async fn heartbeat(&self, node: &str, address: &str, build: &str) -> Result<(), Error> {
         let sql = format!(
-            "INSERT INTO members (node, address, joined_at, heartbeat_at)
-             VALUES ($1, $2, {NOW_MS}, {NOW_MS})
+            "INSERT INTO members (node, address, joined_at, heartbeat_at, build)
+             VALUES ($1, $2, {NOW_MS}, {NOW_MS}, $3)
              ON CONFLICT (node) DO UPDATE SET address = excluded.address,
-                                              heartbeat_at = excluded.heartbeat_at"
+                                              heartbeat_at = excluded.heartbeat_at,
+                                              build = excluded.build"
         );
         self.reader()
             .await?
-            .execute(&sql, &[&node, &address])
+            .execute(&sql, &[&node, &address, &build])
             .await
             .map_err(map_err)?;
         Ok(())
@@ -42,7 +43,7 @@ impl Directory for PostgresStore {
     /// The members whose last heartbeat is at most `ttl` old, by name.
     async fn members(&self, ttl: Duration) -> Result<Vec<Member>, Error> {
         let sql = format!(
-            "SELECT node, address, {NOW_MS} - heartbeat_at FROM members
+            "SELECT node, address, {NOW_MS} - heartbeat_at, build FROM members
               WHERE heartbeat_at >= {NOW_MS} - $1 ORDER BY node"
         );
         let rows = self
@@ -53,7 +54,7 @@ impl Directory for PostgresStore {
             .map_err(map_err)?;
         Ok(rows
             .iter()
-            .map(|r| Member::new(r.get(0), r.get(1), r.get(2)))
+            .map(|r| Member::new(r.get(0), r.get(1), r.get(2)).with_build(r.get(3)))
             .collect())
     }
 

@@ -46,6 +46,8 @@
 //! CREATE INDEX changes_by_age ON changes (kind, at);
 //! CREATE SEQUENCE changes_seq;
 //! CREATE TABLE changes_expired (kind text PRIMARY KEY, through bigint NOT NULL);
+//! -- Added in any format, which older builds ignore (so a rolling upgrade can run both):
+//! ALTER TABLE members ADD COLUMN IF NOT EXISTS build text NOT NULL DEFAULT '';
 //! ```
 //!
 //! Unlike SQLite, PostgreSQL updates rows in place cheaply enough for one upsert statement per
@@ -130,6 +132,11 @@ CREATE TABLE state_indexes (
 );
 CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL);
 ";
+
+/// Columns added without a new format (older builds neither read nor write them): each
+/// member's build (its heartbeats say it; an older build leaves it empty).
+const ADDITIVE: &str =
+    "ALTER TABLE members ADD COLUMN IF NOT EXISTS build text NOT NULL DEFAULT ''";
 
 /// From format 1 to 2: shard leases and membership (see the module docs).
 const UPGRADE_TO_V2: &str = "
@@ -261,6 +268,9 @@ pub(crate) async fn migrate(
         .await
         .map_err(map_err)?;
     }
+    // Additions older builds ignore, so made without a new format: a build that does not
+    // know them still opens the tables, as in a rolling upgrade, where both run at once.
+    tx.batch_execute(ADDITIVE).await.map_err(map_err)?;
     let shards = meta(&tx, "shards").await?;
     if shards != SHARDS.to_string() {
         return Err(Error::Corrupt(format!(

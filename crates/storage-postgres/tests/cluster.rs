@@ -16,8 +16,11 @@ async fn members_heartbeat_and_go_stale() {
     let Some((store, schema)) = test_util::store().await else {
         return;
     };
-    store.heartbeat("a", "127.0.0.1:7001").await.unwrap();
-    store.heartbeat("b", "127.0.0.1:7002").await.unwrap();
+    store
+        .heartbeat("a", "127.0.0.1:7001", "0.1.0+a")
+        .await
+        .unwrap();
+    store.heartbeat("b", "127.0.0.1:7002", "").await.unwrap();
     let live = store.members(Duration::from_secs(10)).await.unwrap();
     let names: Vec<&str> = live.iter().map(|m| m.node.as_str()).collect();
     assert_eq!(names, ["a", "b"]);

@@ -23,6 +23,9 @@ pub struct Member {
     pub address: String,
     /// How long ago its last heartbeat was, by the directory's clock, in milliseconds.
     pub heartbeat_age_ms: i64,
+    /// The build it runs (such as `0.1.0+d342571`), as its last heartbeat said; empty if it
+    /// did not say (a build older than this field).
+    pub build: String,
 }
 
 impl Member {
@@ -32,7 +35,15 @@ impl Member {
             node,
             address,
             heartbeat_age_ms,
+            build: String::new(),
         }
+    }
+
+    /// The same member, running `build`.
+    #[must_use]
+    pub fn with_build(mut self, build: String) -> Self {
+        self.build = build;
+        self
     }
 }
 
@@ -62,8 +73,8 @@ impl Lease {
 /// Membership and shard leases, as a cluster's lease manager uses them.
 #[async_trait::async_trait]
 pub trait Directory: Send + Sync + Debug + 'static {
-    /// Records that `node`, reachable at `address`, is alive now.
-    async fn heartbeat(&self, node: &str, address: &str) -> Result<(), Error>;
+    /// Records that `node`, reachable at `address` and running `build`, is alive now.
+    async fn heartbeat(&self, node: &str, address: &str, build: &str) -> Result<(), Error>;
 
     /// The members whose last heartbeat is younger than `ttl`, in name order.
     async fn members(&self, ttl: Duration) -> Result<Vec<Member>, Error>;

@@ -121,6 +121,7 @@ pub(crate) async fn cluster(State(state): State<crate::AppState>) -> Response {
             node: m.node,
             address: m.address,
             shards: m.shards,
+            build: m.build,
         })
         .collect();
     json_response(&api::ClusterInfo {
