@@ -2,12 +2,14 @@
 //! playwright-core (`e2e/`, installed with `npm ci --prefix e2e`) against the real binary.
 //! Skipped, loudly, where either is missing, unless `PERENNIAL_REQUIRE_BROWSER` is set (as
 //! `.ci/run` sets it, after installing both). With `PERENNIAL_SCREENSHOTS=DIR`, the script
-//! saves a screenshot of each page there (`docs/screenshots/` holds the committed ones).
+//! saves a screenshot of each page there (`docs/screenshots/` holds the committed ones). The
+//! console is driven over HTTPS (a certificate the test's own authority signed), so it is
+//! known to work there; the poker page over plain HTTP.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::node::{Http, Node, perennial, post, start_with_admin};
+use crate::node::{Node, perennial};
 use crate::probes::ADMIN;
 
 fn e2e() -> PathBuf {
@@ -55,30 +57,56 @@ async fn the_console_finds_pauses_scrubs_and_retries_in_chromium() {
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     crate::cli::seed_dead_letters(&data).await;
-    let node = start_with_admin(&data);
-    let http = Http::new();
-    post(&http, &node, "/v1/counter/c-small", r#"{"add": 3}"#).await;
-    post(&http, &node, "/v1/counter/c-big", r#"{"add": 500}"#).await;
-    let timer = r#"{"schedule": {"token": "later", "ms": 3600000}}"#;
-    post(&http, &node, "/v1/probe/p1", timer).await;
+    // Over HTTPS, with a certificate the test's own authority signed.
+    let (ca, cert, key) = crate::tls::certificates(dir.path());
+    let mut command = perennial();
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .env("PERENNIAL_ADMIN_TOKEN", ADMIN);
+    let node = Node::spawn(command);
+    let url = format!("https://{}", node.addr);
+    let call = |entity: &str, message: &str| {
+        let out = perennial()
+            .args(["call", entity, message, "--node", &url, "--ca"])
+            .arg(&ca)
+            .output()
+            .expect("the binary runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    call("counter/c-small", r#"{"add": 3}"#);
+    call("counter/c-big", r#"{"add": 500}"#);
+    call(
+        "probe/p1",
+        r#"{"schedule": {"token": "later", "ms": 3600000}}"#,
+    );
     for n in 0..20 {
-        let body = format!(r#"{{"append": "t{n}"}}"#);
-        post(&http, &node, "/v1/jprobe/j1", &body).await;
+        call("jprobe/j1", &format!(r#"{{"append": "t{n}"}}"#));
     }
-    let url = node.url();
     let mut args = vec![url.as_ref(), ADMIN.as_ref()];
     let shots = std::env::var_os("PERENNIAL_SCREENSHOTS");
     if let Some(shots) = &shots {
         args.push(shots.as_os_str());
     }
-    script("console.mjs", &args);
+    script("console.mjs", &args, Some(&ca));
 }
 
-/// Runs the script `e2e/{name}` with `args`; panics with what it said unless every check
-/// passed.
-fn script(name: &str, args: &[&std::ffi::OsStr]) {
+/// Runs the script `e2e/{name}` with `args`, its own HTTPS requests trusting the authority
+/// `ca` if given; panics with what it said unless every check passed.
+fn script(name: &str, args: &[&std::ffi::OsStr], ca: Option<&Path>) {
     let mut script = Command::new("node");
     script.arg(e2e().join(name)).args(args);
+    if let Some(ca) = ca {
+        script.env("NODE_EXTRA_CA_CERTS", ca);
+    }
     let out = script.output().expect("node runs");
     let said = format!(
         "{}{}",
@@ -112,7 +140,7 @@ async fn two_players_play_a_hand_in_chromium_and_it_survives_kill_9() {
     if let Some(shots) = &shots {
         before.push(shots);
     }
-    script("play.mjs", &before);
+    script("play.mjs", &before, None);
     // Mid-hand (the flop is dealt, a player is to act): kill -9, and start again.
     let addr = node.addr.to_string();
     node.kill9();
@@ -121,5 +149,6 @@ async fn two_players_play_a_hand_in_chromium_and_it_survives_kill_9() {
     script(
         "play.mjs",
         &[url.as_ref(), "after".as_ref(), state.as_os_str()],
+        None,
     );
 }

@@ -21,7 +21,7 @@ use crate::node::{Node, perennial, stop};
 
 /// An authority, and a node certificate (for `127.0.0.1` and `localhost`) it signed, written
 /// as PEM files into `dir`: (ca, cert, key).
-fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+pub(crate) fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
