@@ -67,6 +67,20 @@ fn certificates(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'s
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct PeerCertified(pub(crate) bool);
 
+/// A certificate chain and its private key, from PEM files.
+fn identity(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let chain = certificates(cert, "a certificate chain (PEM)")?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::File {
+        what: "a private key (PEM)",
+        path: key.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok((chain, key))
+}
+
 /// The gateway's certificate chain and key: what [`serve_tls`] presents.
 #[derive(Debug, Clone)]
 pub struct ServerTls(Arc<rustls::ServerConfig>);
@@ -92,12 +106,7 @@ impl ServerTls {
         key: &Path,
         clients: Option<rustls::RootCertStore>,
     ) -> Result<Self, TlsError> {
-        let chain = certificates(cert, "a certificate chain (PEM)")?;
-        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::File {
-            what: "a private key (PEM)",
-            path: key.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let (chain, key) = identity(cert, key)?;
         let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Invalid(e.to_string()))?;
@@ -151,12 +160,7 @@ impl PeerTls {
     /// Presents the node's own certificate chain and key (PEM) to the peers too, for a
     /// cluster whose nodes require one another's certificates (mutual TLS).
     pub fn with_identity(self, cert: &Path, key: &Path) -> Result<Self, TlsError> {
-        let chain = certificates(cert, "a certificate chain (PEM)")?;
-        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::File {
-            what: "a private key (PEM)",
-            path: key.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let (chain, key) = identity(cert, key)?;
         let config = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Invalid(e.to_string()))?
