@@ -59,7 +59,9 @@ impl Op {
     /// use perennial_checker::Op;
     ///
     /// assert_eq!(Op::Append.body("t1", "p2", 30), r#"{"append":"t1"}"#);
-    /// assert_eq!(Op::Schedule.body("t1", "p2", 30), r#"{"schedule":{"token":"t1","ms":30}}"#);
+    /// let timer: serde_json::Value = serde_json::from_str(&Op::Schedule.body("t1", "p2", 30))?;
+    /// assert_eq!(timer, serde_json::json!({"schedule": {"token": "t1", "ms": 30}}));
+    /// # Ok::<(), serde_json::Error>(())
     /// ```
     pub fn body(self, token: &str, to: &str, ms: u64) -> String {
         let body = match self {
