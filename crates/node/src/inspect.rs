@@ -3,7 +3,7 @@
 //! `Journal` entity to its latest or a past step uses the demo kinds' code, on a read-only
 //! runtime, and needs the node stopped.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -16,19 +16,35 @@ use serde_json::{Value, json};
 use crate::output::{self, table, time_ms, time_us};
 use crate::progress::Delayed;
 
-/// What to show.
-#[derive(Debug)]
+/// What to show, and of which data directory: `perennial inspect`'s arguments.
+#[derive(Debug, clap::Args)]
 pub(crate) struct Query {
+    /// The data directory.
+    #[arg(long, default_value = "./perennial-data")]
+    pub(crate) data: PathBuf,
+    /// A kind: list its entities.
     pub(crate) kind: Option<String>,
+    /// An entity of that kind: show its state.
     pub(crate) id: Option<String>,
+    /// Show the entity's history (its journal) instead of its state.
+    #[arg(long, requires = "id", conflicts_with = "at")]
     pub(crate) history: bool,
+    /// Show the entity's state as of this step, by replay.
+    #[arg(long, requires = "id")]
     pub(crate) at: Option<u64>,
+    /// With `--history`: start after this step.
+    #[arg(long, default_value_t = 0)]
     pub(crate) after: u64,
+    /// The most rows shown.
+    #[arg(long, default_value_t = 100)]
     pub(crate) limit: usize,
+    /// Print JSON instead of tables.
+    #[arg(long)]
     pub(crate) json: bool,
 }
 
-pub(crate) async fn run(data: &Path, q: Query) -> anyhow::Result<()> {
+pub(crate) async fn run(q: Query) -> anyhow::Result<()> {
+    let data = q.data.as_path();
     // Counting or listing a large kind, or a long replay, can take a while: say so if it does.
     let spinner = Delayed::new(
         format!("reading {}", data.display()),

@@ -153,30 +153,7 @@ enum Command {
     /// Its kinds, a kind's entities, an entity's state, its history, or its state at a past
     /// step. Works beside a running node, except for replays (`--at`, or a `Journal`
     /// entity's latest state), which need it stopped.
-    Inspect {
-        /// The data directory.
-        #[arg(long, default_value = "./perennial-data")]
-        data: PathBuf,
-        /// A kind: list its entities.
-        kind: Option<String>,
-        /// An entity of that kind: show its state.
-        id: Option<String>,
-        /// Show the entity's history (its journal) instead of its state.
-        #[arg(long, requires = "id", conflicts_with = "at")]
-        history: bool,
-        /// Show the entity's state as of this step, by replay.
-        #[arg(long, requires = "id")]
-        at: Option<u64>,
-        /// With `--history`: start after this step.
-        #[arg(long, default_value_t = 0)]
-        after: u64,
-        /// The most rows shown.
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
-        /// Print JSON instead of tables.
-        #[arg(long)]
-        json: bool,
-    },
+    Inspect(inspect::Query),
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -320,27 +297,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             };
             block_on(async move { bench(&options, &only, json).await })
         }
-        Command::Inspect {
-            data,
-            kind,
-            id,
-            history,
-            at,
-            after,
-            limit,
-            json,
-        } => {
-            let query = inspect::Query {
-                kind,
-                id,
-                history,
-                at,
-                after,
-                limit,
-                json,
-            };
-            block_on(async move { inspect::run(&data, query).await })
-        }
+        Command::Inspect(query) => block_on(async move { inspect::run(query).await }),
     }
 }
 
