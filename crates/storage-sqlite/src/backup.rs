@@ -11,7 +11,6 @@
 //! crash never leaves a partial file under that name. It is a single file in rollback-journal
 //! mode: nothing beside it is needed to read it.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -23,7 +22,6 @@ use rusqlite::{Connection, OpenFlags};
 use crate::errors::map_err;
 use crate::schema::format_of;
 use crate::store::DB_FILE;
-use crate::writer::LoggedState;
 
 /// How long a backup waits, in all, for a lock it cannot take (another process rewriting the
 /// file's header, such as a checkpoint resetting the WAL) before it gives up.
@@ -153,7 +151,8 @@ pub fn check_backup(file: impl AsRef<Path>) -> Result<BackupSummary> {
     };
     Ok(BackupSummary {
         format,
-        entities: entities(&conn)?,
+        // The view merges the log not folded yet with the table, deletions included.
+        entities: count("SELECT count(*) FROM entity_state")?,
         journal_entries: count("SELECT count(*) FROM journal")?,
         pending: count("SELECT count(*) FROM pending")?,
     })
@@ -175,42 +174,6 @@ pub fn restore(from: impl AsRef<Path>, dir: impl AsRef<Path>) -> Result<BackupSu
     flush(&partial)?;
     rename_durably(&partial, &target)?;
     Ok(summary)
-}
-
-/// How many entities have a state: those of `entities`, as the state log not folded yet
-/// changes them (its last word on an entity is a state, or a deletion).
-fn entities(conn: &Connection) -> Result<u64> {
-    let folded: i64 = conn
-        .query_row("SELECT count(*) FROM entities", [], |r| r.get(0))
-        .map_err(map_err)?;
-    let mut last: HashMap<(String, String), bool> = HashMap::new();
-    let mut rows = conn
-        .prepare("SELECT states FROM state_log ORDER BY seq")
-        .map_err(map_err)?;
-    let mut rows = rows.query([]).map_err(map_err)?;
-    while let Some(row) = rows.next().map_err(map_err)? {
-        let text: String = row.get(0).map_err(map_err)?;
-        let logged: Vec<LoggedState<String>> = serde_json::from_str(&text)
-            .map_err(|e| Error::Corrupt(format!("a state log row is not readable: {e}")))?;
-        for state in logged {
-            last.insert((state.kind, state.id), state.state.is_some());
-        }
-    }
-    let mut is_folded = conn
-        .prepare("SELECT count(*) FROM entities WHERE kind = ?1 AND id = ?2")
-        .map_err(map_err)?;
-    let mut count = folded;
-    for ((kind, id), has_state) in last {
-        let folded: i64 = is_folded
-            .query_row([&kind, &id], |r| r.get(0))
-            .map_err(map_err)?;
-        count += match (has_state, folded > 0) {
-            (true, false) => 1,
-            (false, true) => -1,
-            _ => 0,
-        };
-    }
-    Ok(u64::try_from(count).unwrap_or(0))
 }
 
 /// Copies every page of `from` into `to` in one step, so under one read transaction: one
