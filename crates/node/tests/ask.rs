@@ -10,7 +10,7 @@ use crate::node::{Http, Node, perennial, post, stop, wait_for};
 /// How many pending rows the data directory holds (the node is stopped).
 fn pending_rows(data: &Path) -> i64 {
     let db = rusqlite::Connection::open(data.join("perennial.db")).unwrap();
-    db.query_row("SELECT count(*) FROM pending", [], |row| row.get(0))
+    db.query_row("SELECT count(*) FROM all_pending", [], |row| row.get(0))
         .unwrap()
 }
 

@@ -191,7 +191,7 @@ async fn corrupt_entities_are_quarantined_untouched_and_released_once_fixed() {
     );
     let held: i64 = conn
         .query_row(
-            "SELECT count(*) FROM pending WHERE target_kind = 'counter' AND target_id = 'typed'",
+            "SELECT count(*) FROM all_pending WHERE target_kind = 'counter' AND target_id = 'typed'",
             [],
             |r| r.get(0),
         )

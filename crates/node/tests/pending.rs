@@ -249,7 +249,7 @@ async fn effects_being_retried_at_kill_9_finish_once_after_the_restart() {
     stop(node);
     let db = rusqlite::Connection::open(dir.path().join("perennial.db")).unwrap();
     let rows: i64 = db
-        .query_row("SELECT count(*) FROM pending", [], |row| row.get(0))
+        .query_row("SELECT count(*) FROM all_pending", [], |row| row.get(0))
         .unwrap();
     assert_eq!(rows, 0, "no effect's row is left");
 }

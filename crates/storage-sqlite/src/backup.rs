@@ -154,7 +154,7 @@ pub fn check_backup(file: impl AsRef<Path>) -> Result<BackupSummary> {
         // The view merges the log not folded yet with the table, deletions included.
         entities: count("SELECT count(*) FROM entity_state")?,
         journal_entries: count("SELECT count(*) FROM journal")?,
-        pending: count("SELECT count(*) FROM pending")?,
+        pending: count("SELECT count(*) FROM all_pending")?,
     })
 }
 

@@ -44,6 +44,7 @@ mod inspect;
 mod pending;
 mod query;
 mod reader;
+mod recent;
 mod rows;
 mod store;
 mod writer;

@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 use crate::errors::{from_sql, map_err};
 use crate::pending::Pending;
 use crate::query;
+use crate::recent::Recent;
 
 /// A request to any reader thread.
 #[derive(Debug)]
@@ -89,27 +90,34 @@ pub(crate) enum ReadCmd {
 pub(crate) fn spawn(
     conns: Vec<Connection>,
     pending: Arc<Mutex<Pending>>,
+    recent: Arc<Mutex<Recent>>,
 ) -> Result<Sender<ReadCmd>, Error> {
     let (tx, rx) = crossbeam_channel::unbounded();
     for (i, conn) in conns.into_iter().enumerate() {
         let rx = rx.clone();
         let pending = Arc::clone(&pending);
+        let recent = Arc::clone(&recent);
         thread::Builder::new()
             .name(format!("perennial-sqlite-reader-{i}"))
-            .spawn(move || serve(&conn, &pending, &rx))
+            .spawn(move || serve(&conn, &pending, &recent, &rx))
             .map_err(|e| Error::Io(format!("cannot start a reader thread: {e}")))?;
     }
     Ok(tx)
 }
 
-fn serve(conn: &Connection, pending: &Mutex<Pending>, rx: &Receiver<ReadCmd>) {
+fn serve(
+    conn: &Connection,
+    pending: &Mutex<Pending>,
+    recent: &Mutex<Recent>,
+    rx: &Receiver<ReadCmd>,
+) {
     while let Ok(cmd) = rx.recv() {
         match cmd {
             ReadCmd::Load { key, reply } => {
                 let _ = reply.send(load(conn, pending, &key));
             }
             ReadCmd::LastRow { key, reply } => {
-                let _ = reply.send(last_row(conn, &key));
+                let _ = reply.send(last_row(conn, recent, &key));
             }
             ReadCmd::DeadLetters { kind, reply } => {
                 let _ = reply.send(dead_letters(conn, kind.as_deref()));
@@ -134,7 +142,7 @@ fn serve(conn: &Connection, pending: &Mutex<Pending>, rx: &Receiver<ReadCmd>) {
                 idempotency_key,
                 reply,
             } => {
-                let _ = reply.send(stored_reply(conn, &key, &idempotency_key));
+                let _ = reply.send(stored_reply(conn, recent, &key, &idempotency_key));
             }
             ReadCmd::Entities {
                 kind,
@@ -223,15 +231,23 @@ fn load(
     }))
 }
 
-/// The highest number among the pending rows `key` owns.
-fn last_row(conn: &Connection, key: &EntityKey) -> Result<Option<u64>, Error> {
+/// The highest number among the pending rows `key` owns: the recent ones first (see
+/// [`crate::recent`]), then `pending`.
+fn last_row(
+    conn: &Connection,
+    recent: &Mutex<Recent>,
+    key: &EntityKey,
+) -> Result<Option<u64>, Error> {
+    let newest = recent.lock().rows_of(key).map(|(seq, _)| seq).max();
     let seq: Option<i64> = conn
         .prepare_cached("SELECT max(seq) FROM pending WHERE kind = ?1 AND id = ?2")
         .map_err(map_err)?
         .query_row((&*key.kind, key.id.as_str()), |r| r.get(0))
         .map_err(map_err)?;
-    seq.map(|s| from_sql(s, "a pending row's number"))
-        .transpose()
+    let older = seq
+        .map(|s| from_sql(s, "a pending row's number"))
+        .transpose()?;
+    Ok(newest.max(older))
 }
 
 /// The paused entities, in key order.
@@ -335,7 +351,7 @@ fn journal(
 fn due(conn: &Connection, before_ms: i64, limit: usize) -> Result<Vec<PendingRow>, Error> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT kind, id, seq, due, class, target_kind, target_id, body FROM pending
+            "SELECT kind, id, seq, due, class, target_kind, target_id, body FROM all_pending
              WHERE due <= ?1 ORDER BY due LIMIT ?2",
         )
         .map_err(map_err)?;
@@ -367,7 +383,7 @@ fn pending_of(
 ) -> Result<Vec<PendingRow>, Error> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT kind, id, seq, due, class, target_kind, target_id, body FROM pending
+            "SELECT kind, id, seq, due, class, target_kind, target_id, body FROM all_pending
              WHERE kind = ?1 AND id = ?2 ORDER BY seq LIMIT ?3",
         )
         .map_err(map_err)?;
@@ -410,12 +426,31 @@ fn pending_rows(mut rows: rusqlite::Rows<'_>) -> Result<Vec<PendingRow>, Error> 
     Ok(due)
 }
 
-/// The reply kept for an idempotency key, if any.
+/// The reply kept for an idempotency key, if any: among the recent ones if it is one (see
+/// [`crate::recent`]), else in `replies`, where it may also have moved meanwhile.
 fn stored_reply(
     conn: &Connection,
+    recent: &Mutex<Recent>,
     key: &EntityKey,
     idempotency_key: &str,
 ) -> Result<Option<StoredReply>, Error> {
+    let rowid = recent.lock().reply(key, idempotency_key);
+    if let Some(rowid) = rowid {
+        let found = conn
+            .prepare_cached("SELECT reply, at FROM recent_replies WHERE rowid = ?1")
+            .map_err(map_err)?
+            .query_row([rowid], |row| {
+                Ok(StoredReply {
+                    reply: row.get(0)?,
+                    at_ms: row.get(1)?,
+                })
+            })
+            .optional()
+            .map_err(map_err)?;
+        if found.is_some() {
+            return Ok(found);
+        }
+    }
     let mut stmt = conn
         .prepare_cached("SELECT reply, at FROM replies WHERE kind = ?1 AND id = ?2 AND key = ?3")
         .map_err(map_err)?;

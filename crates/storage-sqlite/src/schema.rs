@@ -83,6 +83,13 @@
 //! CREATE INDEX changes_by_kind ON changes (kind, seq);
 //! CREATE INDEX changes_by_age ON changes (kind, at);
 //! CREATE TABLE changes_expired (kind TEXT PRIMARY KEY, through INTEGER NOT NULL) WITHOUT ROWID;
+//! -- Since format 8: pending rows and kept replies in their first commits, in rowid order,
+//! -- same columns as `pending` and `replies`; most are deleted here, the rest moved there
+//! -- after a few commits (see the writer). `all_pending` shows every pending row.
+//! CREATE TABLE recent_pending (...);  -- kind, id, seq, due, class, target_kind, target_id,
+//!                                     -- body
+//! CREATE TABLE recent_replies (...);  -- kind, id, key, at, reply
+//! CREATE VIEW all_pending AS ...;     -- pending UNION ALL recent_pending
 //! ```
 //!
 //! Why two tables: a commit that updated each entity's row in place would rewrite one
@@ -108,7 +115,7 @@ use rusqlite::Connection;
 use crate::errors::map_err;
 
 /// The newest on-disk format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 7;
+pub const FORMAT_VERSION: u32 = 8;
 
 const CREATE_V1: &str = "
 CREATE TABLE entities (
@@ -266,6 +273,43 @@ CREATE INDEX changes_by_age ON changes (kind, at);
 CREATE TABLE changes_expired (kind TEXT PRIMARY KEY, through INTEGER NOT NULL) WITHOUT ROWID;
 ";
 
+/// From format 7 to 8: pending rows and kept replies in their first commits (see
+/// [`crate::recent`]), in rowid tables without an index, and every pending row in one view.
+const UPGRADE_TO_V8: &str = "
+CREATE TABLE recent_pending (
+    kind        TEXT    NOT NULL,
+    id          TEXT    NOT NULL,
+    seq         INTEGER NOT NULL,
+    due         INTEGER NOT NULL,
+    class       INTEGER NOT NULL,
+    target_kind TEXT    NOT NULL,
+    target_id   TEXT    NOT NULL,
+    body        TEXT    NOT NULL
+);
+CREATE TABLE recent_replies (
+    kind  TEXT    NOT NULL,
+    id    TEXT    NOT NULL,
+    key   TEXT    NOT NULL,
+    at    INTEGER NOT NULL,
+    reply TEXT    NOT NULL
+);
+CREATE VIEW all_pending AS
+    SELECT kind, id, seq, due, class, target_kind, target_id, body FROM pending
+    UNION ALL
+    SELECT kind, id, seq, due, class, target_kind, target_id, body FROM recent_pending;
+";
+
+/// The upgrades from format 1, in order: the first makes format 2.
+const UPGRADES: [&str; 7] = [
+    UPGRADE_TO_V2,
+    UPGRADE_TO_V3,
+    UPGRADE_TO_V4,
+    UPGRADE_TO_V5,
+    UPGRADE_TO_V6,
+    UPGRADE_TO_V7,
+    UPGRADE_TO_V8,
+];
+
 /// Sets the durability pragmas on a connection and checks that SQLite took them.
 ///
 /// WAL with `synchronous=FULL` fsyncs the WAL at every commit. `NORMAL` would fsync only at
@@ -339,41 +383,14 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), Error> {
         tx.pragma_update(None, "user_version", 1).map_err(map_err)?;
         tx.commit().map_err(map_err)?;
     }
-    if version < 2 {
-        let tx = conn.transaction().map_err(map_err)?;
-        tx.execute_batch(UPGRADE_TO_V2).map_err(map_err)?;
-        tx.pragma_update(None, "user_version", 2).map_err(map_err)?;
-        tx.commit().map_err(map_err)?;
-    }
-    if version < 3 {
-        let tx = conn.transaction().map_err(map_err)?;
-        tx.execute_batch(UPGRADE_TO_V3).map_err(map_err)?;
-        tx.pragma_update(None, "user_version", 3).map_err(map_err)?;
-        tx.commit().map_err(map_err)?;
-    }
-    if version < 4 {
-        let tx = conn.transaction().map_err(map_err)?;
-        tx.execute_batch(UPGRADE_TO_V4).map_err(map_err)?;
-        tx.pragma_update(None, "user_version", 4).map_err(map_err)?;
-        tx.commit().map_err(map_err)?;
-    }
-    if version < 5 {
-        let tx = conn.transaction().map_err(map_err)?;
-        tx.execute_batch(UPGRADE_TO_V5).map_err(map_err)?;
-        tx.pragma_update(None, "user_version", 5).map_err(map_err)?;
-        tx.commit().map_err(map_err)?;
-    }
-    if version < 6 {
-        let tx = conn.transaction().map_err(map_err)?;
-        tx.execute_batch(UPGRADE_TO_V6).map_err(map_err)?;
-        tx.pragma_update(None, "user_version", 6).map_err(map_err)?;
-        tx.commit().map_err(map_err)?;
-    }
-    if version < 7 {
-        let tx = conn.transaction().map_err(map_err)?;
-        tx.execute_batch(UPGRADE_TO_V7).map_err(map_err)?;
-        tx.pragma_update(None, "user_version", 7).map_err(map_err)?;
-        tx.commit().map_err(map_err)?;
+    for (to, upgrade) in (2..).zip(UPGRADES) {
+        if version < to {
+            let tx = conn.transaction().map_err(map_err)?;
+            tx.execute_batch(upgrade).map_err(map_err)?;
+            tx.pragma_update(None, "user_version", to)
+                .map_err(map_err)?;
+            tx.commit().map_err(map_err)?;
+        }
     }
     let shards: String = conn
         .query_row("SELECT value FROM meta WHERE key = 'shards'", [], |r| {

@@ -20,6 +20,7 @@ use crate::errors::map_err;
 use crate::pending::{Pending, PendingState};
 use crate::query;
 use crate::reader::{self, ReadCmd};
+use crate::recent::Recent;
 use crate::schema;
 use crate::writer::{self, LoggedState, Writer};
 
@@ -144,12 +145,17 @@ impl SqliteStore {
         }
 
         let pending = Arc::new(Mutex::new(load_log(&conn)?));
-        let writer = Arc::new(Mutex::new(Writer::new(conn, Arc::clone(&pending))?));
+        let recent = Arc::new(Mutex::new(Recent::load(&conn)?));
+        let writer = Arc::new(Mutex::new(Writer::new(
+            conn,
+            Arc::clone(&pending),
+            Arc::clone(&recent),
+        )?));
         let checkpointer = Connection::open(&path).map_err(map_err)?;
         tune(&checkpointer, &options)?;
         schema::set_durable(&checkpointer)?;
         let maintenance = writer::spawn_maintenance(Arc::clone(&writer), checkpointer)?;
-        let readers = reader::spawn(read_conns, pending)?;
+        let readers = reader::spawn(read_conns, pending, recent)?;
         Ok(Self {
             shared: Arc::new(Shared {
                 path,

@@ -3,13 +3,15 @@
 //! A commit appends each state to `state_log`, then, in the same transaction, folds a slice of
 //! older pending states into `entities` (in key order, so the slice touches few pages) and
 //! deletes the log rows no entity needs any more (a contiguous range at the log's start).
-//! See [`crate::pending`] and [`crate::schema`].
+//! Pending rows and kept replies go to the recent tables first, and move to the keyed ones
+//! only if they outlive a few commits. See [`crate::pending`], [`crate::recent`] and
+//! [`crate::schema`].
 //!
 //! The writer has no thread of its own: it sits behind a mutex and commits on the caller's
 //! thread (the runtime's committer), so nothing hands a batch from thread to thread. A small
 //! maintenance thread folds and checkpoints when no commit has come for a while.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, LazyLock};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -23,6 +25,7 @@ use rusqlite::{Connection, Transaction, TransactionBehavior, params};
 
 use crate::errors::{from_sql, map_err, to_sql};
 use crate::pending::{Pending, PendingState};
+use crate::recent::{self, RECENT_COMMITS, Recent, RecentChanges};
 use crate::rows::{Rows, int, text};
 
 /// How many commits may pass between checkpoints.
@@ -62,27 +65,6 @@ static JOURNAL: LazyLock<Rows> =
     LazyLock::new(|| Rows::new("INSERT INTO journal (kind, id, step, at, entry)", 5, ""));
 
 const TRIM_JOURNAL: &str = "DELETE FROM journal WHERE kind = ?1 AND id = ?2 AND step <= ?3";
-
-/// Inserts pending rows (a row written again replaces itself).
-static PENDING: LazyLock<Rows> = LazyLock::new(|| {
-    Rows::new(
-        "INSERT OR REPLACE INTO pending (kind, id, seq, due, class, target_kind, target_id, body)",
-        8,
-        "",
-    )
-});
-
-const DELETE_PENDING: &str = "DELETE FROM pending WHERE kind = ?1 AND id = ?2 AND seq = ?3";
-
-const INSERT_REPLY: &str = "
-INSERT OR REPLACE INTO replies (kind, id, key, at, reply) VALUES (?1, ?2, ?3, ?4, ?5)";
-
-const DELETE_REPLY: &str = "DELETE FROM replies WHERE kind = ?1 AND id = ?2 AND key = ?3";
-
-/// Deletes the oldest replies before a time, at most a limit of them.
-const EXPIRE_REPLIES: &str = "
-DELETE FROM replies WHERE (kind, id, key) IN
-    (SELECT kind, id, key FROM replies WHERE at < ?1 ORDER BY at LIMIT ?2)";
 
 const DELETE_DEAD_LETTER: &str = "DELETE FROM dead_letters WHERE seq = ?1";
 
@@ -135,6 +117,10 @@ pub(crate) struct Writer {
     conn: Connection,
     /// States in the log but not yet in `entities`; shared with the readers.
     pending: Arc<Mutex<Pending>>,
+    /// Where the recent pending rows and kept replies are; shared with the readers.
+    recent: Arc<Mutex<Recent>>,
+    /// The next recent rowid as each of the last [`RECENT_COMMITS`] commits began.
+    marks: VecDeque<i64>,
     /// Commits since the last checkpoint.
     commits_since_checkpoint: u32,
     last_checkpoint: Instant,
@@ -187,8 +173,12 @@ struct Changes {
 }
 
 impl Writer {
-    /// A writer on `conn`, whose unfolded states are `pending`.
-    pub(crate) fn new(conn: Connection, pending: Arc<Mutex<Pending>>) -> Result<Self, Error> {
+    /// A writer on `conn`, whose unfolded states are `pending` and recent rows `recent`.
+    pub(crate) fn new(
+        conn: Connection,
+        pending: Arc<Mutex<Pending>>,
+        recent: Arc<Mutex<Recent>>,
+    ) -> Result<Self, Error> {
         let next_seq: i64 = conn
             .query_row("SELECT coalesce(max(seq), 0) + 1 FROM state_log", [], |r| {
                 r.get(0)
@@ -197,6 +187,8 @@ impl Writer {
         Ok(Self {
             conn,
             pending,
+            recent,
+            marks: VecDeque::with_capacity(RECENT_COMMITS + 1),
             commits_since_checkpoint: 0,
             last_checkpoint: Instant::now(),
             deleted_below: 0,
@@ -221,7 +213,7 @@ impl Writer {
         if self.closed || self.last_commit.elapsed() < IDLE_FOLD_AFTER {
             return;
         }
-        if self.pending.lock().len() > 0 {
+        if self.pending.lock().len() > 0 || self.recent.lock().len() > 0 {
             let folded = self.fold_only(IDLE_FOLD_SLICE);
             if folded.is_ok() {
                 self.commits_since_checkpoint += 1;
@@ -265,6 +257,7 @@ impl Writer {
 
     fn write_batch(&mut self, batch: &Batch) -> Result<CommitOutcome, Error> {
         let now = now_ms();
+        let marked = self.mark_commit();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -392,15 +385,19 @@ impl Writer {
                 }
             }
         }
-        write_pending(&tx, batch, &mut fence)?;
+        let mut recent = recent::write(&tx, batch, &mut fence, &self.recent)?;
+        let below = self.recent.lock().move_below(marked);
+        recent::move_older(&tx, below, &mut recent)?;
         let budget = fold_budget(changes.appended.len(), self.pending.lock().len());
         fold_into(&tx, &self.pending, self.deleted_below, budget, &mut changes)?;
-        // After the fold, which may have just written an older state of a deleted entity.
-        delete_entities(&tx, &changes.deleted)?;
+        // After the fold and the move, which may have just written an older state of a
+        // deleted entity, or moved its rows.
+        delete_entities(&tx, &changes.deleted, &self.recent, &mut recent)?;
         perennial_faults::failpoint!("sqlite.written");
         tx.commit().map_err(map_err)?;
         let mut fenced = fence.fenced;
         self.publish(changes);
+        self.recent.lock().publish(recent);
         fenced.sort();
         Ok(CommitOutcome { fenced })
     }
@@ -425,7 +422,20 @@ impl Writer {
         }
     }
 
-    /// Folds up to `budget` pending states in a transaction of their own.
+    /// Notes the next recent rowid as a commit begins; returns the one noted
+    /// [`RECENT_COMMITS`] commits ago: rows and replies below it are old enough to move.
+    fn mark_commit(&mut self) -> Option<i64> {
+        self.marks.push_back(self.recent.lock().next_id());
+        if self.marks.len() > RECENT_COMMITS {
+            self.marks.pop_front();
+        }
+        (self.marks.len() == RECENT_COMMITS)
+            .then(|| self.marks.front().copied())
+            .flatten()
+    }
+
+    /// Folds up to `budget` pending states and moves every recent row and reply, in a
+    /// transaction of their own.
     fn fold_only(&mut self, budget: usize) -> Result<(), Error> {
         let tx = self
             .conn
@@ -433,8 +443,12 @@ impl Writer {
             .map_err(map_err)?;
         let mut changes = Changes::default();
         fold_into(&tx, &self.pending, self.deleted_below, budget, &mut changes)?;
+        let mut recent = RecentChanges::default();
+        let below = self.recent.lock().move_below(Some(i64::MAX));
+        recent::move_older(&tx, below, &mut recent)?;
         tx.commit().map_err(map_err)?;
         self.publish(changes);
+        self.recent.lock().publish(recent);
         Ok(())
     }
 
@@ -600,11 +614,17 @@ fn is_schema_one(schema: &u32) -> bool {
 
 /// Deletes what `keys` had stored: state, journal, and the rows each addressed to itself
 /// (timers, effects, messages to itself; the messages to others are theirs now).
-fn delete_entities(tx: &Transaction<'_>, keys: &[EntityKey]) -> Result<(), Error> {
+fn delete_entities(
+    tx: &Transaction<'_>,
+    keys: &[EntityKey],
+    recent: &Mutex<Recent>,
+    changes: &mut RecentChanges,
+) -> Result<(), Error> {
     if keys.is_empty() {
         return Ok(());
     }
     perennial_faults::failpoint!("sqlite.delete");
+    recent::delete_owned(tx, keys, recent, changes)?;
     for sql in [
         "DELETE FROM entities WHERE kind = ?1 AND id = ?2",
         "DELETE FROM journal WHERE kind = ?1 AND id = ?2",
@@ -619,72 +639,6 @@ fn delete_entities(tx: &Transaction<'_>, keys: &[EntityKey]) -> Result<(), Error
         }
     }
     Ok(())
-}
-
-/// Writes a batch's pending rows, their deletions, its kept replies and their expiry.
-fn write_pending(tx: &Transaction<'_>, batch: &Batch, fence: &mut Fence) -> Result<(), Error> {
-    let mut rows = Vec::with_capacity(batch.pending.len() * 8);
-    for w in &batch.pending {
-        if fence.allows(w.shard, w.epoch)? {
-            let p = &w.pending;
-            rows.extend([
-                text(&p.owner.kind),
-                text(p.owner.id.as_str()),
-                int(to_sql(p.seq)),
-                int(p.due_ms),
-                int(p.class.code()),
-                text(&p.target.kind),
-                text(p.target.id.as_str()),
-                text(&p.body),
-            ]);
-        }
-    }
-    PENDING.run(tx, &rows)?;
-    drop(rows);
-    if !batch.done.is_empty() {
-        let mut delete = tx.prepare_cached(DELETE_PENDING).map_err(map_err)?;
-        for d in &batch.done {
-            if fence.allows(d.shard, d.epoch)? {
-                delete
-                    .execute(params![&*d.owner.kind, d.owner.id.as_str(), to_sql(d.seq)])
-                    .map_err(map_err)?;
-            }
-        }
-    }
-    if !batch.replies.is_empty() {
-        let mut insert = tx.prepare_cached(INSERT_REPLY).map_err(map_err)?;
-        for r in &batch.replies {
-            if fence.allows(r.shard, r.epoch)? {
-                insert
-                    .execute(params![
-                        &*r.key.kind,
-                        r.key.id.as_str(),
-                        r.idempotency_key,
-                        r.reply.at_ms,
-                        r.reply.reply
-                    ])
-                    .map_err(map_err)?;
-            }
-        }
-    }
-    if !batch.replies_done.is_empty() {
-        let mut delete = tx.prepare_cached(DELETE_REPLY).map_err(map_err)?;
-        for r in &batch.replies_done {
-            if fence.allows(r.shard, r.epoch)? {
-                delete
-                    .execute(params![&*r.key.kind, r.key.id.as_str(), r.idempotency_key])
-                    .map_err(map_err)?;
-            }
-        }
-    }
-    if let Some(expire) = batch.expire_replies {
-        let limit = i64::try_from(expire.limit).unwrap_or(i64::MAX);
-        tx.prepare_cached(EXPIRE_REPLIES)
-            .map_err(map_err)?
-            .execute(params![expire.before_ms, limit])
-            .map_err(map_err)?;
-    }
-    crate::changes::write(tx, batch, fence)
 }
 
 /// The columns of `entities` for one state, in their order: kind, id, shard, version,

@@ -2,10 +2,12 @@
 
 use perennial_storage::{Batch, EntityDelete, Error, StateWrite, Store};
 use perennial_storage_sqlite::SqliteStore;
+use perennial_storage_sqlite::schema::FORMAT_VERSION;
 use perennial_types::{EntityId, EntityKey, SHARDS, ShardId, shard_of};
 
 mod backup;
 mod query;
+mod recent;
 
 perennial_storage::store_conformance!(async {
     let dir = tempfile::tempdir().unwrap();
@@ -142,7 +144,8 @@ async fn format_1_data_is_upgraded() {
     // Make it a format 1 file again: no journal table.
     let conn = rusqlite_read(dir.path());
     conn.execute_batch(
-        "DROP TABLE journal; DROP TABLE pending; DROP TABLE replies; DROP TABLE state_indexes; DROP TABLE paused;
+        "DROP VIEW all_pending; DROP TABLE recent_pending; DROP TABLE recent_replies;
+         DROP TABLE journal; DROP TABLE pending; DROP TABLE replies; DROP TABLE state_indexes; DROP TABLE paused;
          DROP TABLE changes; DROP TABLE changes_expired;
          DROP VIEW entity_state; DROP VIEW logged_states; ALTER TABLE entities DROP COLUMN schema;
          CREATE VIEW logged_states AS
@@ -170,7 +173,7 @@ async fn format_1_data_is_upgraded() {
     assert!(store.due(i64::MAX, 10).await.unwrap().is_empty());
     assert!(store.catalog().indexes("counter").await.unwrap().is_empty());
     store.close().await.unwrap();
-    assert!(contents(dir.path()).starts_with("user_version=7\n"));
+    assert!(contents(dir.path()).starts_with(&format!("user_version={FORMAT_VERSION}\n")));
     let store = SqliteStore::open(dir.path()).unwrap();
     let record = store.load(&counter("c1")).await.unwrap().unwrap();
     assert_eq!(
