@@ -23,6 +23,9 @@
 //! - [`queue`]: jobs per key with a cap per key through `perennial_queue` (on SQLite and on
 //!   PostgreSQL), against a jobs table claimed with `FOR UPDATE SKIP LOCKED` on the same
 //!   PostgreSQL.
+//! - [`latency`]: durable calls offered at a fixed rate (open loop) at half of the highest
+//!   rate the same setup sustains, in process and over HTTP: p50, p99 and p999 from when each
+//!   call was due.
 //! - [`backup`]: an online backup of a million stored entities beside live callers, against
 //!   the same callers alone; and the restore of that backup.
 //!
@@ -32,6 +35,7 @@
 mod asks;
 mod backup;
 mod cluster;
+mod latency;
 mod load;
 mod migrate;
 mod pending;
@@ -48,6 +52,7 @@ use serde::Serialize;
 pub use asks::asks;
 pub use backup::backup;
 pub use cluster::{ClusterRun, cluster};
+pub use latency::{LatencyRun, latency};
 pub use migrate::migrate;
 pub use pending::pending;
 pub use postgres::postgres;
@@ -304,6 +309,15 @@ pub enum Report {
         /// again through another node, in milliseconds.
         failover_ms: Vec<u64>,
     },
+    /// Durable calls offered open loop at half of the sustained maximum.
+    Latency {
+        /// Distinct entities called.
+        entities: usize,
+        /// Concurrent callers of the closed-loop run that finds the maximum.
+        callers: usize,
+        /// One run per API: in process, then over HTTP.
+        runs: Vec<LatencyRun>,
+    },
     /// Entities activated from storage.
     Activation {
         /// Entities activated.
@@ -520,6 +534,20 @@ impl Report {
             } => format!(
                 "activation  {activations_per_sec:>10.0} activations/s  p50 {p50_us} µs  p99 {p99_us} µs  ({entities} entities from SQLite)"
             ),
+            Self::Latency {
+                entities,
+                callers,
+                runs,
+            } => runs
+                .iter()
+                .map(|r| {
+                    format!(
+                        "latency     {:>10.0} calls/s offered  p50 {} µs  p99 {} µs  p999 {} µs  max {} µs  ({}, open loop at half of {:.0} calls/s with {callers} callers; {entities} entities)",
+                        r.rate, r.p50_us, r.p99_us, r.p999_us, r.max_us, r.api, r.max_calls_per_sec
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
             Self::Cluster {
                 entities,
                 callers,

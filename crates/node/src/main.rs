@@ -171,6 +171,7 @@ enum Workload {
     Cluster,
     Migrate,
     Backup,
+    Latency,
 }
 
 fn main() -> ExitCode {
@@ -669,6 +670,7 @@ async fn bench(
             Workload::Cluster => perennial_bench::cluster(options).await,
             Workload::Migrate => perennial_bench::migrate(options).await,
             Workload::Backup => perennial_bench::backup(options).await,
+            Workload::Latency => perennial_bench::latency(options).await,
         };
         bar.finish_and_clear();
         let report = report?;
