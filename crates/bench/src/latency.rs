@@ -10,6 +10,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -18,6 +19,7 @@ use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use parking_lot::Mutex;
 use perennial_core::{EntityRef, Runtime};
 use perennial_demo::Counter;
 use perennial_demo::counter::CounterMsg;
@@ -28,6 +30,10 @@ use serde::Serialize;
 use crate::load::{each, timed};
 use crate::workloads::scratch;
 use crate::{Options, Report};
+
+/// The shortest time the pacer sleeps between two batches of calls. A call due meanwhile
+/// goes at the next wake-up, and the wait counts in its latency (at most this much more).
+const PACER_QUANTUM: Duration = Duration::from_micros(100);
 
 /// One open-loop run: what was offered, and how long calls took from when each was due.
 #[derive(Debug, Clone, Serialize)]
@@ -48,6 +54,11 @@ pub struct LatencyRun {
     pub p999_us: u64,
     /// The slowest call, in microseconds.
     pub max_us: u64,
+    /// Batches committed during the open-loop run.
+    pub commits: u64,
+    /// Of those, how many took more than 5 ms to be durable (the store's transaction, its
+    /// fsync and the writer's chores): a call waiting behind one of them waits that long.
+    pub commits_over_5_ms: u64,
 }
 
 type Http = Client<HttpConnector, Full<Bytes>>;
@@ -69,7 +80,7 @@ pub async fn latency(options: &Options) -> anyhow::Result<Report> {
     each(n, options.callers, move |i| add_one(warm[i].clone())).await?;
 
     let calls = Arc::clone(&counters);
-    let in_process = run("in_process", options, move |i| {
+    let in_process = run("in_process", &rt, options, move |i| {
         add_one(calls[i % n].clone())
     })
     .await?;
@@ -93,7 +104,7 @@ pub async fn latency(options: &Options) -> anyhow::Result<Report> {
     // As many connections as the closed loop had callers: a call waits for one (that wait
     // counts in its latency), instead of opening connections without bound during a stall.
     let connections = Arc::new(tokio::sync::Semaphore::new(options.callers.max(1)));
-    let over_http = run("http", options, move |i| {
+    let over_http = run("http", &rt, options, move |i| {
         let (http, connections) = (http.clone(), Arc::clone(&connections));
         async move {
             let _connection = connections.acquire_owned().await?;
@@ -114,7 +125,12 @@ pub async fn latency(options: &Options) -> anyhow::Result<Report> {
 
 /// Finds the closed-loop maximum of `call` with every caller busy (for half the workload's
 /// time), then offers half of it open loop for the whole time.
-async fn run<F, Fut>(api: &'static str, options: &Options, call: F) -> anyhow::Result<LatencyRun>
+async fn run<F, Fut>(
+    api: &'static str,
+    rt: &Runtime,
+    options: &Options,
+    call: F,
+) -> anyhow::Result<LatencyRun>
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
@@ -127,7 +143,9 @@ where
     .await?
     .per_sec();
     let rate = max / 2.0;
+    let before = rt.stats().commit;
     let latency = open_loop(rate, options.duration, move |i| call(i)).await?;
+    let after = rt.stats().commit;
     Ok(LatencyRun {
         api,
         max_calls_per_sec: max,
@@ -137,7 +155,16 @@ where
         p99_us: latency.value_at_quantile(0.99),
         p999_us: latency.value_at_quantile(0.999),
         max_us: latency.max(),
+        commits: after.commits - before.commits,
+        commits_over_5_ms: slower_than(&after.durable_seconds, 0.005)
+            - slower_than(&before.durable_seconds, 0.005),
     })
+}
+
+/// How many values of `histogram` fell in buckets above `bound` (one of its bounds).
+fn slower_than(histogram: &perennial_core::Histogram, bound: f64) -> u64 {
+    let above = histogram.bounds.iter().take_while(|&&b| b <= bound).count();
+    histogram.counts.iter().skip(above).sum()
 }
 
 /// Offers `call(i)` at `rate` per second for `duration`, call `i` due at `start + i / rate`,
@@ -146,8 +173,9 @@ where
 ///
 /// The runtime's timers round every wake-up to a millisecond, far coarser than the gaps
 /// between calls, so a thread of its own paces the calls: it sleeps until the next call is
-/// due (the kernel wakes it a few tens of microseconds late; the calls that fell due meanwhile
-/// go at once) and spawns each call onto the runtime.
+/// due, or for [`PACER_QUANTUM`] if that is sooner (the kernel wakes it a few tens of
+/// microseconds late), and hands the runtime every call due by then in one task. Each call
+/// records its own latency as it ends.
 pub(crate) async fn open_loop<F, Fut>(
     rate: f64,
     duration: Duration,
@@ -162,41 +190,92 @@ where
         "cannot offer {rate} calls/s"
     );
     let total = (rate * duration.as_secs_f64()).ceil() as usize;
+    anyhow::ensure!(total > 0, "no call to offer in {duration:?}");
     let gap = Duration::from_secs_f64(1.0 / rate);
-    let (done, mut finished) = tokio::sync::mpsc::unbounded_channel::<anyhow::Result<u64>>();
+    let outcome = Arc::new(Outcome {
+        latency: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
+        failed: Mutex::new(None),
+        remaining: AtomicUsize::new(total),
+        finished: tokio::sync::Notify::new(),
+    });
+    let all_done = outcome.finished.notified();
+    let call = Arc::new(call);
     let runtime = tokio::runtime::Handle::current();
     let start = Instant::now() + Duration::from_millis(10);
+    let recorder = Arc::clone(&outcome);
     let pacer = std::thread::Builder::new()
         .name("perennial-bench-pacer".into())
         .spawn(move || {
-            for i in 0..total {
-                let due = start + gap.mul_f64(i as f64);
+            let mut next = 0;
+            let mut woke = Instant::now();
+            while next < total {
+                // At most one wake-up per `PACER_QUANTUM`: waking for every call would take
+                // the pacer a fifth of a core from the runtime it measures.
+                let due = (start + gap.mul_f64(next as f64)).max(woke + PACER_QUANTUM);
                 let now = Instant::now();
                 if due > now {
                     std::thread::sleep(due - now);
                 }
-                let (call, done) = (call(i), done.clone());
+                woke = Instant::now();
+                // Every call due by now, in one task: one wake-up of the runtime per batch,
+                // not per call. Each call is then a task of its own, spawned from inside.
+                let now = Instant::now();
+                let mut batch = Vec::new();
+                while next < total {
+                    let due = start + gap.mul_f64(next as f64);
+                    if due > now {
+                        break;
+                    }
+                    batch.push((next, due));
+                    next += 1;
+                }
+                let (call, recorder) = (Arc::clone(&call), Arc::clone(&recorder));
                 runtime.spawn(async move {
-                    let outcome = call.await;
-                    let us = u64::try_from(due.elapsed().as_micros()).unwrap_or(u64::MAX);
-                    let _ = done.send(outcome.map(|()| us.max(1)));
+                    for (i, due) in batch {
+                        let (call, recorder) = (call(i), Arc::clone(&recorder));
+                        tokio::spawn(async move {
+                            let result = call.await;
+                            recorder.record(due, result);
+                        });
+                    }
                 });
             }
         })?;
-    let mut latency = Histogram::new_with_bounds(1, 60_000_000, 3)?;
-    let mut failed = None;
-    while let Some(outcome) = finished.recv().await {
-        match outcome {
-            Ok(us) => latency.saturating_record(us),
-            Err(e) => failed = failed.or(Some(e)),
-        }
-    }
+    all_done.await;
     pacer
         .join()
         .map_err(|_| anyhow::anyhow!("the pacer thread panicked"))?;
+    let failed = outcome.failed.lock().take();
     match failed {
         Some(e) => Err(e.context("a call offered open loop failed")),
-        None => Ok(latency),
+        None => Ok(outcome.latency.lock().clone()),
+    }
+}
+
+/// What the calls of one open-loop run recorded as each ended.
+struct Outcome {
+    latency: Mutex<Histogram<u64>>,
+    failed: Mutex<Option<anyhow::Error>>,
+    /// Calls not ended yet.
+    remaining: AtomicUsize,
+    /// Notified when the last call ends.
+    finished: tokio::sync::Notify,
+}
+
+impl Outcome {
+    fn record(&self, due: Instant, result: anyhow::Result<()>) {
+        match result {
+            Ok(()) => {
+                let us = u64::try_from(due.elapsed().as_micros()).unwrap_or(u64::MAX);
+                self.latency.lock().saturating_record(us.max(1));
+            }
+            Err(e) => {
+                self.failed.lock().get_or_insert(e);
+            }
+        }
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.finished.notify_one();
+        }
     }
 }
 

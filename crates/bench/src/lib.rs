@@ -542,8 +542,16 @@ impl Report {
                 .iter()
                 .map(|r| {
                     format!(
-                        "latency     {:>10.0} calls/s offered  p50 {} µs  p99 {} µs  p999 {} µs  max {} µs  ({}, open loop at half of {:.0} calls/s with {callers} callers; {entities} entities)",
-                        r.rate, r.p50_us, r.p99_us, r.p999_us, r.max_us, r.api, r.max_calls_per_sec
+                        "latency     {:>10.0} calls/s offered  p50 {} µs  p99 {} µs  p999 {} µs  max {} µs  ({}, open loop at half of {:.0} calls/s with {callers} callers; {entities} entities; {} of {} commits over 5 ms)",
+                        r.rate,
+                        r.p50_us,
+                        r.p99_us,
+                        r.p999_us,
+                        r.max_us,
+                        r.api,
+                        r.max_calls_per_sec,
+                        r.commits_over_5_ms,
+                        r.commits
                     )
                 })
                 .collect::<Vec<_>>()
