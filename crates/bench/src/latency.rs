@@ -20,15 +20,14 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use parking_lot::Mutex;
-use perennial_core::{EntityRef, Runtime};
+use perennial_core::Runtime;
 use perennial_demo::Counter;
-use perennial_demo::counter::CounterMsg;
 use perennial_storage::Store;
 use perennial_storage_sqlite::SqliteStore;
 use serde::Serialize;
 
 use crate::load::{each, timed};
-use crate::workloads::scratch;
+use crate::workloads::{add_one, handles, scratch};
 use crate::{Options, Report};
 
 /// The shortest time the pacer sleeps between two batches of calls. A call due meanwhile
@@ -74,8 +73,7 @@ pub async fn latency(options: &Options) -> anyhow::Result<Report> {
         .start()
         .await?;
     let n = options.entities.max(1);
-    let counters: Arc<Vec<EntityRef<Counter>>> =
-        Arc::new((0..n).map(|i| rt.get::<Counter>(format!("c{i}"))).collect());
+    let counters = handles(&rt, n);
     let warm = Arc::clone(&counters);
     each(n, options.callers, move |i| add_one(warm[i].clone())).await?;
 
@@ -277,15 +275,6 @@ impl Outcome {
             self.finished.notify_one();
         }
     }
-}
-
-/// Adds one to a counter, durably, through the Rust API.
-async fn add_one(counter: EntityRef<Counter>) -> anyhow::Result<()> {
-    counter
-        .call(CounterMsg::Add(1))
-        .await
-        .map(drop)
-        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Adds one to counter `id` through the gateway at `addr`.

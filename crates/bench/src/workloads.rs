@@ -45,7 +45,7 @@ pub(crate) fn scratch(options: &Options, name: &str) -> anyhow::Result<Scratch> 
 }
 
 /// Adds one to a counter, durably.
-async fn add_one(counter: EntityRef<Counter>) -> anyhow::Result<()> {
+pub(crate) async fn add_one(counter: EntityRef<Counter>) -> anyhow::Result<()> {
     counter
         .call(CounterMsg::Add(1))
         .await
@@ -53,7 +53,8 @@ async fn add_one(counter: EntityRef<Counter>) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-fn handles(rt: &Runtime, n: usize) -> Arc<Vec<EntityRef<Counter>>> {
+/// Handles to counters `c0` … `c{n-1}`.
+pub(crate) fn handles(rt: &Runtime, n: usize) -> Arc<Vec<EntityRef<Counter>>> {
     Arc::new((0..n).map(|i| rt.get::<Counter>(format!("c{i}"))).collect())
 }
 
