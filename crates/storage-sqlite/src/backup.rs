@@ -154,7 +154,12 @@ pub fn check_backup(file: impl AsRef<Path>) -> Result<BackupSummary> {
         // The view merges the log not folded yet with the table, deletions included.
         entities: count("SELECT count(*) FROM entity_state")?,
         journal_entries: count("SELECT count(*) FROM journal")?,
-        pending: count("SELECT count(*) FROM all_pending")?,
+        // Before format 8 every pending row was in `pending`; `all_pending` came with 8.
+        pending: count(if format >= 8 {
+            "SELECT count(*) FROM all_pending"
+        } else {
+            "SELECT count(*) FROM pending"
+        })?,
     })
 }
 

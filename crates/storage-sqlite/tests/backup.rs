@@ -183,3 +183,45 @@ async fn a_file_that_is_not_a_whole_backup_is_refused() {
         Err(Error::Io(_))
     ));
 }
+
+/// A backup taken by the previous format (7, before the recent tables) checks, restores, and
+/// opens as this format, its pending rows counted and kept.
+#[tokio::test]
+async fn a_backup_of_the_previous_format_restores_and_upgrades() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let store = SqliteStore::open(&data).unwrap();
+    let epoch = store.claim("n1", &all_shards()).await.unwrap();
+    for key in 0..20 {
+        store.commit(add(key, 3, epoch)).unwrap();
+    }
+    store.close().await.unwrap();
+    let file = dir.path().join("backup.db");
+    backup(&data, &file).unwrap();
+    // Make it a format 7 file, with a pending row where format 7 kept them.
+    let conn = rusqlite::Connection::open(&file).unwrap();
+    conn.execute_batch(
+        "DROP VIEW all_pending; DROP TABLE recent_pending; DROP TABLE recent_replies;
+         INSERT INTO pending (kind, id, seq, due, class, target_kind, target_id, body)
+             VALUES ('counter', 'c1', 1048576, 0, 0, 'counter', 'c1', '{\"add\":1}');
+         PRAGMA user_version = 7;",
+    )
+    .unwrap();
+    drop(conn);
+    let summary = check_backup(&file).unwrap();
+    assert_eq!(
+        (summary.format, summary.entities, summary.pending),
+        (7, 20, 1)
+    );
+    let restored = dir.path().join("restored");
+    restore(&file, &restored).unwrap();
+    let store = SqliteStore::open(&restored).unwrap();
+    assert_eq!(value_of(&store, 5).await, 3);
+    assert_eq!(store.due(i64::MAX, 10).await.unwrap().len(), 1);
+    store.close().await.unwrap();
+    let summary = check_backup(restored.join("perennial.db")).unwrap();
+    assert_eq!(
+        (summary.format, summary.pending),
+        (perennial_storage_sqlite::schema::FORMAT_VERSION, 1)
+    );
+}
