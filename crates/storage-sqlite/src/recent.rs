@@ -68,8 +68,6 @@ pub(crate) struct RecentChanges {
     pub(crate) replies_gone: Vec<i64>,
     /// Every row and reply below this rowid was moved to the older tables.
     pub(crate) moved_below: Option<i64>,
-    /// The next rowid, once this transaction committed.
-    pub(crate) next_id: Option<i64>,
 }
 
 impl Recent {
@@ -190,9 +188,6 @@ impl Recent {
             for (key, idem) in std::mem::replace(&mut self.reply_ids, kept).into_values() {
                 self.replies.remove(&key, &idem);
             }
-        }
-        if let Some(next) = changes.next_id {
-            self.next_id = self.next_id.max(next);
         }
     }
 
@@ -380,7 +375,6 @@ pub(crate) fn write(
                 }
             }
         }
-        changes.next_id = Some(next_id);
     }
     let mut values = Vec::with_capacity(rows.len() * 9);
     for &(rowid, p) in rows.iter().flatten() {
@@ -579,7 +573,6 @@ mod tests {
         recent.publish(RecentChanges {
             rows_added: vec![((owner("a"), 1), row(1)), ((owner("a"), 2), row(2))],
             replies_added: vec![((owner("b"), "key".into()), 3)],
-            next_id: Some(4),
             ..RecentChanges::default()
         });
         assert_eq!(recent.row(&owner("a"), 2), Some(row(2)));

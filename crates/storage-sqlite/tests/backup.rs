@@ -147,18 +147,24 @@ async fn backups_and_restores_never_overwrite() {
     );
 }
 
+/// A backup, `dir/backup.db`, of `dir/data` holding counters `c0` … `c{n-1}` at `value`.
+async fn backup_of_counters(dir: &std::path::Path, n: usize, value: u64) -> std::path::PathBuf {
+    let data = dir.join("data");
+    let store = SqliteStore::open(&data).unwrap();
+    let epoch = store.claim("n1", &all_shards()).await.unwrap();
+    for key in 0..n {
+        store.commit(add(key, value, epoch)).unwrap();
+    }
+    store.close().await.unwrap();
+    let file = dir.join("backup.db");
+    backup(&data, &file).unwrap();
+    file
+}
+
 #[tokio::test]
 async fn a_file_that_is_not_a_whole_backup_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let store = SqliteStore::open(&data).unwrap();
-    let epoch = store.claim("n1", &all_shards()).await.unwrap();
-    for key in 0..200 {
-        store.commit(add(key, 7, epoch)).unwrap();
-    }
-    let file = dir.path().join("backup.db");
-    backup(&data, &file).unwrap();
-    store.close().await.unwrap();
+    let file = backup_of_counters(dir.path(), 200, 7).await;
     let mut cases: HashMap<&str, Vec<u8>> = HashMap::new();
     cases.insert("text", b"not a database at all".to_vec());
     let whole = std::fs::read(&file).unwrap();
@@ -189,15 +195,7 @@ async fn a_file_that_is_not_a_whole_backup_is_refused() {
 #[tokio::test]
 async fn a_backup_of_the_previous_format_restores_and_upgrades() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let store = SqliteStore::open(&data).unwrap();
-    let epoch = store.claim("n1", &all_shards()).await.unwrap();
-    for key in 0..20 {
-        store.commit(add(key, 3, epoch)).unwrap();
-    }
-    store.close().await.unwrap();
-    let file = dir.path().join("backup.db");
-    backup(&data, &file).unwrap();
+    let file = backup_of_counters(dir.path(), 20, 3).await;
     // Make it a format 7 file, with a pending row where format 7 kept them.
     let conn = rusqlite::Connection::open(&file).unwrap();
     conn.execute_batch(
