@@ -167,21 +167,23 @@ async fn periodic_backups_keep_the_newest() {
         names.sort();
         names
     };
-    // Two backups, then a third one that replaces the oldest.
+    // A backup is named by the time it began; only one that began after the add was
+    // acknowledged must hold it.
+    let acknowledged = format!(
+        "perennial-{}",
+        humantime::format_rfc3339_millis(std::time::SystemTime::now())
+    );
+    // Wait for a third backup that began after the add, with the oldest ones deleted. A new
+    // one is renamed into place before the oldest is deleted, so three may stand for a moment.
     let started = Instant::now();
-    let first = loop {
-        assert!(started.elapsed() < Duration::from_secs(30), "{:?}", names());
-        let names = names();
-        if names.len() == 2 {
-            break names;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let mut seen = std::collections::BTreeSet::new();
     loop {
         assert!(started.elapsed() < Duration::from_secs(30), "{:?}", names());
         let now = names();
-        assert!(now.len() <= 2, "{now:?}");
-        if now.len() == 2 && now[0] != first[0] {
+        assert!(now.len() <= 3, "{now:?}");
+        seen.extend(now.iter().cloned());
+        let newest_after = now.last().is_some_and(|n| *n > acknowledged);
+        if seen.len() >= 3 && now.len() == 2 && newest_after {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
