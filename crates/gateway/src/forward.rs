@@ -175,8 +175,10 @@ impl Forwarder {
         let response = self.client.request(request).await.map_err(|e| {
             if e.is_connect() {
                 Failure::Unsent(format!("cannot connect: {e}"))
+            } else if refused_unprocessed(&e) {
+                Failure::Unsent(format!("the peer did not process it: {}", chain(&e)))
             } else {
-                Failure::Unknown(format!("the request failed: {e}"))
+                Failure::Unknown(format!("the request failed: {}", chain(&e)))
             }
         })?;
         let status = response.status();
@@ -227,5 +229,68 @@ async fn pump(
             let _slot = slot;
             forwarder.send(&uri, batch).await;
         });
+    }
+}
+
+/// Whether the peer said it did not process the request, so that sending it again cannot
+/// apply it twice (RFC 9113, section 8.7): its stream was refused (`REFUSED_STREAM`), or
+/// numbered past the last one the peer's GOAWAY said it would process, which is how a node
+/// closing gracefully turns away requests that cross its goodbye. h2 fails only those
+/// streams with the GOAWAY it received; streams cut by a closed connection fail otherwise.
+fn refused_unprocessed(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return (h2.is_go_away() && h2.is_remote())
+                || h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// An error and its sources, as one line.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error that carries `source` as its cause, as hyper's errors carry h2's.
+    #[derive(Debug)]
+    struct Wrapped(Box<dyn std::error::Error + Send + Sync>);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("client error (SendRequest)")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&*self.0)
+        }
+    }
+
+    #[test]
+    fn a_refused_stream_was_not_processed_and_a_broken_connection_may_have_been() {
+        let refused = Wrapped(Box::new(h2::Error::from(h2::Reason::REFUSED_STREAM)));
+        assert!(refused_unprocessed(&refused));
+        let reset = Wrapped(Box::new(h2::Error::from(h2::Reason::INTERNAL_ERROR)));
+        assert!(!refused_unprocessed(&reset));
+        let broken = Wrapped(Box::new(std::io::Error::from(
+            std::io::ErrorKind::BrokenPipe,
+        )));
+        assert!(!refused_unprocessed(&broken));
+        assert_eq!(chain(&broken), "client error (SendRequest): broken pipe");
     }
 }
