@@ -26,6 +26,9 @@
 //! - [`latency`]: durable calls offered at a fixed rate (open loop) at half of the highest
 //!   rate the same setup sustains, in process and over HTTP: p50, p99 and p999 from when each
 //!   call was due.
+//! - [`large`]: ten million stored entities of 1 KiB, read from the disk: restart to the
+//!   first served call, the first call to an entity not yet active, and durable calls per
+//!   second over all of them.
 //! - [`backup`]: an online backup of a million stored entities beside live callers, against
 //!   the same callers alone; and the restore of that backup.
 //!
@@ -35,6 +38,7 @@
 mod asks;
 mod backup;
 mod cluster;
+mod large;
 mod latency;
 mod load;
 mod migrate;
@@ -52,6 +56,7 @@ use serde::Serialize;
 pub use asks::asks;
 pub use backup::backup;
 pub use cluster::{ClusterRun, cluster};
+pub use large::large;
 pub use latency::{LatencyRun, latency};
 pub use migrate::migrate;
 pub use pending::pending;
@@ -71,6 +76,8 @@ pub struct Options {
     pub callers: usize,
     /// How many entities the memory workload makes resident.
     pub resident_entities: usize,
+    /// How many entities of 1 KiB the large workload stores.
+    pub large_entities: usize,
     /// Where the workloads keep their data; a fresh temporary directory if `None`.
     pub dir: Option<PathBuf>,
     /// The PostgreSQL server of the `postgres` workload (default: 127.0.0.1:5432, user
@@ -85,6 +92,7 @@ impl Default for Options {
             entities: 10_000,
             callers: 256,
             resident_entities: 1_000_000,
+            large_entities: 10_000_000,
             dir: None,
             postgres: None,
         }
@@ -318,6 +326,37 @@ pub enum Report {
         /// One run per API: in process, then over HTTP.
         runs: Vec<LatencyRun>,
     },
+    /// Entities of 1 KiB in a store far larger than SQLite's page cache, read from the disk.
+    Large {
+        /// Entities stored.
+        entities: usize,
+        /// The store's size on disk, in bytes.
+        store_bytes: u64,
+        /// Seconds spent storing them in this run; `None` when an earlier run had.
+        fill_secs: Option<f64>,
+        /// Median time from opening the store to the first call's answer, in milliseconds.
+        restart_to_first_call_ms: f64,
+        /// The slowest of those restarts, in milliseconds.
+        restart_max_ms: f64,
+        /// First calls to entities not yet active, one at a time.
+        cold_calls: u64,
+        /// Their median latency, in microseconds.
+        cold_p50_us: u64,
+        /// Their 99th percentile latency, in microseconds.
+        cold_p99_us: u64,
+        /// The slowest of them, in microseconds.
+        cold_max_us: u64,
+        /// Concurrent callers of the throughput run.
+        callers: usize,
+        /// Durable calls per second, each to an entity picked at random among all of them.
+        calls_per_sec: f64,
+        /// Median latency of those calls, in microseconds.
+        p50_us: u64,
+        /// 99th percentile latency of those calls, in microseconds.
+        p99_us: u64,
+        /// Activations during the whole workload.
+        activations: u64,
+    },
     /// Entities activated from storage.
     Activation {
         /// Entities activated.
@@ -533,6 +572,26 @@ impl Report {
                 p99_us,
             } => format!(
                 "activation  {activations_per_sec:>10.0} activations/s  p50 {p50_us} µs  p99 {p99_us} µs  ({entities} entities from SQLite)"
+            ),
+            Self::Large {
+                entities,
+                store_bytes,
+                fill_secs,
+                restart_to_first_call_ms,
+                restart_max_ms,
+                cold_calls,
+                cold_p50_us,
+                cold_p99_us,
+                cold_max_us,
+                callers,
+                calls_per_sec,
+                p50_us,
+                p99_us,
+                activations,
+            } => format!(
+                "large       {calls_per_sec:>10.0} calls/s  p50 {p50_us} µs  p99 {p99_us} µs  ({entities} entities of 1 KiB, {:.1} GB on disk{}, {callers} callers, {activations} activations)\n            restart to first call {restart_to_first_call_ms:.1} ms (slowest {restart_max_ms:.1} ms); first call to an inactive entity p50 {cold_p50_us} µs  p99 {cold_p99_us} µs  max {cold_max_us} µs ({cold_calls} calls)",
+                *store_bytes as f64 / 1e9,
+                fill_secs.map_or(String::new(), |s| format!(", stored in {s:.0} s")),
             ),
             Self::Latency {
                 entities,

@@ -79,16 +79,28 @@ pub(crate) async fn store_carts(
     n: usize,
     state_of: impl Fn(usize) -> String,
 ) -> anyhow::Result<()> {
+    store_states(store, "cart", 0..n, |n| format!("cart-{n:07}"), state_of).await
+}
+
+/// Commits the entities `numbers` of `kind`, named by `id_of`, with the states `state_of`
+/// makes and schema version 1, in batches of 10,000, on a store that claims every shard.
+pub(crate) async fn store_states(
+    store: &perennial_storage_sqlite::SqliteStore,
+    kind: &'static str,
+    numbers: std::ops::Range<usize>,
+    id_of: impl Fn(usize) -> String,
+    state_of: impl Fn(usize) -> String,
+) -> anyhow::Result<()> {
     let shards: Vec<ShardId> = (0..SHARDS).map(ShardId).collect();
     let epoch = store.claim("bench", &shards).await?;
-    for chunk in (0..n).collect::<Vec<_>>().chunks(BATCH) {
+    for chunk in numbers.collect::<Vec<_>>().chunks(BATCH) {
         let states = chunk
             .iter()
             .map(|&n| {
-                let id = format!("cart-{n:07}");
+                let id = id_of(n);
                 Ok(StateWrite {
-                    shard: shard_of("cart", &id),
-                    key: EntityKey::new("cart", EntityId::new(&id)?),
+                    shard: shard_of(kind, &id),
+                    key: EntityKey::new(kind, EntityId::new(&id)?),
                     epoch,
                     state: Arc::from(state_of(n)),
                     version: 1,

@@ -112,6 +112,9 @@ enum Command {
         /// Entities made resident by the memory workload.
         #[arg(long, default_value_t = 1_000_000)]
         resident_entities: usize,
+        /// Entities of 1 KiB the `large` workload stores (once per `--data` directory).
+        #[arg(long, default_value_t = 10_000_000)]
+        large_entities: usize,
         /// The workloads to run, comma-separated. The memory workload runs first by default, so
         /// memory freed by the others cannot make its figure look smaller.
         #[arg(
@@ -172,6 +175,7 @@ enum Workload {
     Migrate,
     Backup,
     Latency,
+    Large,
 }
 
 fn main() -> ExitCode {
@@ -284,6 +288,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             entities,
             callers,
             resident_entities,
+            large_entities,
             only,
             data,
             postgres,
@@ -293,6 +298,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 entities,
                 callers,
                 resident_entities,
+                large_entities,
                 dir: data,
                 postgres,
             };
@@ -671,6 +677,7 @@ async fn bench(
             Workload::Migrate => perennial_bench::migrate(options).await,
             Workload::Backup => perennial_bench::backup(options).await,
             Workload::Latency => perennial_bench::latency(options).await,
+            Workload::Large => perennial_bench::large(options).await,
         };
         bar.finish_and_clear();
         let report = report?;

@@ -1,0 +1,285 @@
+//! The `large` workload: a store of ten million entities of 1 KiB, far larger than SQLite's
+//! page cache, made once and reused: how long a restart takes to serve its first call, what
+//! the first call to an entity not yet active costs, and durable calls per second spread over
+//! all of them.
+//!
+//! Before each restart the store's files are dropped from the operating system's page cache
+//! (`posix_fadvise(DONTNEED)` on its own files, nothing else), so the figures are those of a
+//! node whose store is read from the disk, not from memory.
+
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use perennial_core::{Ctx, Process, Runtime};
+use perennial_storage::Store;
+use perennial_storage_sqlite::SqliteStore;
+use serde::{Deserialize, Serialize};
+
+use crate::load::{Pick, timed};
+use crate::query::store_states;
+use crate::{Options, Report};
+
+/// Bytes of text in each stored profile, so that its JSON is about 1 KiB.
+const BIO_BYTES: usize = 1_000;
+/// Entities stored per progress mark while the store is made.
+const FILL_STEP: usize = 200_000;
+/// Restarts timed (the median and the slowest are reported).
+const RESTARTS: usize = 5;
+/// First calls to entities not active, one at a time.
+const COLD_CALLS: usize = 2_000;
+/// The file in the workload's directory that says how many entities are stored so far.
+const FILLED: &str = "filled";
+
+/// An entity of about 1 KiB: a visit count and a text.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Profile {
+    visits: u64,
+    bio: String,
+}
+
+/// The only message: one more visit.
+#[derive(Debug, Serialize, Deserialize)]
+struct Visit;
+
+impl Process for Profile {
+    const KIND: &'static str = "profile";
+    type Msg = Visit;
+    type Reply = u64;
+    type Error = std::convert::Infallible;
+
+    fn handle(&mut self, _: Visit, _: &mut Ctx<'_, Self>) -> Result<u64, Self::Error> {
+        self.visits += 1;
+        Ok(self.visits)
+    }
+}
+
+fn id_of(n: usize) -> String {
+    format!("p-{n:08}")
+}
+
+/// The stored JSON of profile `n`: no two alike, about 1 KiB.
+fn state_of(n: usize) -> String {
+    let line = format!("profile {n:08} ");
+    let bio: String = line.chars().cycle().take(BIO_BYTES).collect();
+    format!(r#"{{"visits":0,"bio":"{bio}"}}"#)
+}
+
+/// Makes the store (or finishes making it) in `options.dir/large`, then restarts a node on
+/// it [`RESTARTS`] times, calls [`COLD_CALLS`] entities one at a time, and runs
+/// `options.callers` callers over all the entities for `options.duration`.
+pub async fn large(options: &Options) -> anyhow::Result<Report> {
+    let entities = options.large_entities;
+    anyhow::ensure!(entities > 0, "the large workload needs at least one entity");
+    let (path, _temp) = match &options.dir {
+        Some(dir) => (dir.join("large"), None),
+        None => {
+            let temp = tempfile::Builder::new()
+                .prefix("perennial-bench-large-")
+                .tempdir()?;
+            (temp.path().to_path_buf(), Some(temp))
+        }
+    };
+    let fill_secs = fill(&path, entities).await?;
+    let store_bytes = files(&path)?
+        .iter()
+        .map(|f| f.metadata().map(|m| m.len()).unwrap_or(0))
+        .sum();
+
+    // Entities are picked at random; none is called twice, so every call finds it inactive.
+    let mut pick = Pick::new(0x1a29e);
+    let mut called = std::collections::HashSet::new();
+    let mut fresh = move || loop {
+        let n = pick.below(entities);
+        if called.insert(n) || called.len() >= entities {
+            return n;
+        }
+    };
+
+    let mut restarts = Vec::with_capacity(RESTARTS);
+    for _ in 0..RESTARTS {
+        evict(&path)?;
+        let started = Instant::now();
+        let (store, rt) = open(&path).await?;
+        let n = fresh();
+        let visits = rt
+            .get::<Profile>(id_of(n))
+            .call(Visit)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        restarts.push(started.elapsed().as_secs_f64() * 1000.0);
+        anyhow::ensure!(visits >= 1, "{} came back with {visits} visits", id_of(n));
+        rt.shutdown().await;
+        store.close().await?;
+    }
+
+    evict(&path)?;
+    let (store, rt) = open(&path).await?;
+    let mut cold = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for _ in 0..COLD_CALLS.min(entities) {
+        let started = Instant::now();
+        rt.get::<Profile>(id_of(fresh()))
+            .call(Visit)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        cold.saturating_record(micros(started.elapsed()));
+    }
+
+    let caller = rt.clone();
+    let measured = timed(options.callers, options.duration, move |_, pick| {
+        let profile = caller.get::<Profile>(id_of(pick.below(entities)));
+        async move {
+            profile
+                .call(Visit)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok(())
+        }
+    })
+    .await?;
+    let stats = rt.stats();
+    let activations = stats.kinds.iter().map(|k| k.activations).sum::<u64>();
+    rt.shutdown().await;
+    store.close().await?;
+
+    restarts.sort_by(f64::total_cmp);
+    Ok(Report::Large {
+        entities,
+        store_bytes,
+        fill_secs,
+        restart_to_first_call_ms: restarts[restarts.len() / 2],
+        restart_max_ms: restarts.last().copied().unwrap_or(0.0),
+        cold_calls: cold.len(),
+        cold_p50_us: cold.value_at_quantile(0.50),
+        cold_p99_us: cold.value_at_quantile(0.99),
+        cold_max_us: cold.max(),
+        callers: options.callers,
+        calls_per_sec: measured.per_sec(),
+        p50_us: measured.p50_us(),
+        p99_us: measured.p99_us(),
+        activations,
+    })
+}
+
+/// A node on the store at `path`, as `perennial serve` opens it (SQLite's default cache).
+async fn open(path: &Path) -> anyhow::Result<(SqliteStore, Runtime)> {
+    let store = SqliteStore::open(path)?;
+    let rt = Runtime::builder()
+        .store(store.clone())
+        .register_snapshot::<Profile>()
+        .start()
+        .await?;
+    Ok((store, rt))
+}
+
+/// Stores the profiles that `path` does not hold yet, resuming where an interrupted run
+/// stopped; returns how long that took, or `None` when the store was already whole.
+async fn fill(path: &Path, entities: usize) -> anyhow::Result<Option<f64>> {
+    let mark = path.join(FILLED);
+    let done: usize = match std::fs::read_to_string(&mark) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .with_context(|| format!("{} is not a count", mark.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", mark.display())),
+    };
+    if done >= entities {
+        return Ok(None);
+    }
+    let started = Instant::now();
+    let store = SqliteStore::open(path)?;
+    for from in (done..entities).step_by(FILL_STEP) {
+        let to = (from + FILL_STEP).min(entities);
+        store_states(&store, Profile::KIND, from..to, id_of, state_of).await?;
+        // Written after the states are durable: a run stopped between the two stores a
+        // step again, which writes the same states.
+        std::fs::write(&mark, to.to_string())
+            .with_context(|| format!("cannot write {}", mark.display()))?;
+    }
+    // A clean close folds every state into the table, as on a node that ran a while.
+    store.close().await?;
+    Ok(Some(started.elapsed().as_secs_f64()))
+}
+
+/// The store's files in `path`.
+fn files(path: &Path) -> anyhow::Result<Vec<std::fs::File>> {
+    let mut files = Vec::new();
+    for entry in
+        std::fs::read_dir(path).with_context(|| format!("cannot read {}", path.display()))?
+    {
+        let entry: PathBuf = entry?.path();
+        if entry.is_file() && entry.file_name().is_some_and(|n| n != FILLED) {
+            files.push(std::fs::File::open(&entry)?);
+        }
+    }
+    Ok(files)
+}
+
+/// Drops the store's files from the page cache (they were closed cleanly, so every page is
+/// on disk): the next reads come from the disk.
+fn evict(path: &Path) -> anyhow::Result<()> {
+    for file in files(path)? {
+        nix::fcntl::posix_fadvise(
+            file.as_fd(),
+            0,
+            0,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        )
+        .context("cannot drop the store from the page cache")?;
+    }
+    Ok(())
+}
+
+fn micros(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// The workload runs small: it makes the store, reuses it on a second run, and every
+    /// call it times was answered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn makes_the_store_once_and_times_every_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = Options {
+            duration: Duration::from_millis(300),
+            callers: 8,
+            large_entities: 3_000,
+            dir: Some(dir.path().to_path_buf()),
+            ..Options::default()
+        };
+        let Report::Large {
+            fill_secs,
+            cold_calls,
+            calls_per_sec,
+            store_bytes,
+            ..
+        } = large(&options).await.unwrap()
+        else {
+            panic!("not the large report")
+        };
+        assert!(fill_secs.is_some());
+        assert_eq!(cold_calls, COLD_CALLS as u64);
+        assert!(calls_per_sec > 0.0);
+        assert!(store_bytes > 3_000 * BIO_BYTES as u64, "{store_bytes}");
+        let Report::Large { fill_secs, .. } = large(&options).await.unwrap() else {
+            panic!("not the large report")
+        };
+        assert_eq!(fill_secs, None, "the second run reuses the store");
+    }
+
+    #[test]
+    fn a_profile_is_about_a_kibibyte() {
+        let state = state_of(12);
+        assert!((1_000..1_100).contains(&state.len()), "{}", state.len());
+        let profile: Profile = serde_json::from_str(&state).unwrap();
+        assert_eq!(profile.visits, 0);
+    }
+}
