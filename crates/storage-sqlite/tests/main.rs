@@ -6,6 +6,7 @@ use perennial_storage_sqlite::schema::FORMAT_VERSION;
 use perennial_types::{EntityId, EntityKey, SHARDS, ShardId, shard_of};
 
 mod backup;
+mod layout;
 mod query;
 mod recent;
 
