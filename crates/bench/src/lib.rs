@@ -56,7 +56,7 @@ use serde::Serialize;
 pub use asks::asks;
 pub use backup::backup;
 pub use cluster::{ClusterRun, cluster};
-pub use large::large;
+pub use large::{LargePass, large};
 pub use latency::{LatencyRun, latency};
 pub use migrate::migrate;
 pub use pending::pending;
@@ -338,24 +338,14 @@ pub enum Report {
         restart_to_first_call_ms: f64,
         /// The slowest of those restarts, in milliseconds.
         restart_max_ms: f64,
-        /// First calls to entities not yet active, one at a time.
-        cold_calls: u64,
-        /// Their median latency, in microseconds.
-        cold_p50_us: u64,
-        /// Their 99th percentile latency, in microseconds.
-        cold_p99_us: u64,
-        /// The slowest of them, in microseconds.
-        cold_max_us: u64,
-        /// Concurrent callers of the throughput run.
+        /// First calls to entities not yet active, one at a time, in each pass.
+        cold_calls: usize,
+        /// Concurrent callers of the throughput runs.
         callers: usize,
-        /// Durable calls per second, each to an entity picked at random among all of them.
-        calls_per_sec: f64,
-        /// Median latency of those calls, in microseconds.
-        p50_us: u64,
-        /// 99th percentile latency of those calls, in microseconds.
-        p99_us: u64,
-        /// Activations during the whole workload.
-        activations: u64,
+        /// Just after the store's files were dropped from the page cache.
+        from_disk: LargePass,
+        /// Once the store's files were read into the page cache.
+        from_page_cache: LargePass,
     },
     /// Entities activated from storage.
     Activation {
@@ -580,19 +570,24 @@ impl Report {
                 restart_to_first_call_ms,
                 restart_max_ms,
                 cold_calls,
-                cold_p50_us,
-                cold_p99_us,
-                cold_max_us,
                 callers,
-                calls_per_sec,
-                p50_us,
-                p99_us,
-                activations,
-            } => format!(
-                "large       {calls_per_sec:>10.0} calls/s  p50 {p50_us} µs  p99 {p99_us} µs  ({entities} entities of 1 KiB, {:.1} GB on disk{}, {callers} callers, {activations} activations)\n            restart to first call {restart_to_first_call_ms:.1} ms (slowest {restart_max_ms:.1} ms); first call to an inactive entity p50 {cold_p50_us} µs  p99 {cold_p99_us} µs  max {cold_max_us} µs ({cold_calls} calls)",
-                *store_bytes as f64 / 1e9,
-                fill_secs.map_or(String::new(), |s| format!(", stored in {s:.0} s")),
-            ),
+                from_disk,
+                from_page_cache,
+            } => {
+                let pass = |name: &str, p: &LargePass| {
+                    format!(
+                        "\n            {name}: {:.0} calls/s  p50 {} µs  p99 {} µs ({callers} callers); first call to an inactive entity p50 {} µs  p99 {} µs  max {} µs ({cold_calls} calls)",
+                        p.calls_per_sec, p.p50_us, p.p99_us, p.cold_p50_us, p.cold_p99_us, p.cold_max_us
+                    )
+                };
+                format!(
+                    "large       {entities} entities of 1 KiB, {:.1} GB on disk{}; restart to first call {restart_to_first_call_ms:.1} ms (slowest {restart_max_ms:.1} ms){}{}",
+                    *store_bytes as f64 / 1e9,
+                    fill_secs.map_or(String::new(), |s| format!(", stored in {s:.0} s")),
+                    pass("from the disk", from_disk),
+                    pass("from the page cache", from_page_cache),
+                )
+            }
             Self::Latency {
                 entities,
                 callers,
