@@ -74,8 +74,8 @@ fn state_of(n: usize) -> String {
 }
 
 /// Makes the store (or finishes making it) in `options.dir/large`, then restarts a node on
-/// it [`RESTARTS`] times; then, from the disk and again from the page cache, calls
-/// [`COLD_CALLS`] entities one at a time and runs `options.callers` callers over all the
+/// it five times; then, from the disk and again from the page cache, calls 2,000 entities
+/// (at most a tenth of them) one at a time and runs `options.callers` callers over all the
 /// entities for `options.duration`.
 pub async fn large(options: &Options) -> anyhow::Result<Report> {
     let entities = options.large_entities;
@@ -161,7 +161,7 @@ pub struct LargePass {
     pub activations: u64,
 }
 
-/// Opens a node on the store (nothing resident), makes [`COLD_CALLS`] first calls one at a
+/// Opens a node on the store (nothing resident), makes its first calls one at a
 /// time, then runs `options.callers` callers over all the entities for `options.duration`.
 async fn pass(
     path: &Path,
