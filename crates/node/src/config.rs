@@ -177,6 +177,11 @@ pub(crate) struct Settings {
     /// How many backups --backup-dir keeps, the newest [default: 24]
     #[arg(long, env = "PERENNIAL_BACKUP_KEEP", value_name = "N")]
     backup_keep: Option<usize>,
+    /// How many threads read states from the embedded store, each with its own connection:
+    /// more than the cores when the store is much larger than memory and read from the disk
+    /// [default: 2]
+    #[arg(long, env = "PERENNIAL_SQLITE_READERS", value_name = "N")]
+    sqlite_readers: Option<usize>,
 }
 
 /// The configuration `perennial serve` runs with.
@@ -223,6 +228,7 @@ pub(crate) struct Config {
     #[serde(serialize_with = "write_duration")]
     pub(crate) backup_every: Duration,
     pub(crate) backup_keep: usize,
+    pub(crate) sqlite_readers: usize,
 }
 
 impl Config {
@@ -272,6 +278,7 @@ impl Config {
             backup_every: (flags.backup_every.or(from_file.backup_every))
                 .unwrap_or(Duration::from_secs(3600)),
             backup_keep: (flags.backup_keep.or(from_file.backup_keep)).unwrap_or(24),
+            sqlite_readers: (flags.sqlite_readers.or(from_file.sqlite_readers)).unwrap_or(2),
         };
         Ok((config, file))
     }

@@ -475,6 +475,7 @@ async fn serve(args: Config) -> anyhow::Result<()> {
         backup_dir,
         backup_every,
         backup_keep,
+        sqlite_readers,
         tls_cert,
         tls_key,
         cluster_ca,
@@ -531,10 +532,16 @@ async fn serve(args: Config) -> anyhow::Result<()> {
         !backup_every.is_zero() && backup_keep >= 1,
         "--backup-every must be longer than zero and --backup-keep at least 1"
     );
+    anyhow::ensure!(
+        (1..=64).contains(&sqlite_readers),
+        "--sqlite-readers must be from 1 to 64"
+    );
     let mut postgres = None;
     let (store, place): (Arc<dyn Store>, String) = match &store {
         None => {
-            let store = SqliteStore::open(&data)
+            let mut options = perennial_storage_sqlite::Options::default();
+            options.readers = sqlite_readers;
+            let store = SqliteStore::open_with(&data, options)
                 .with_context(|| format!("cannot open the data directory {}", data.display()))?;
             (Arc::new(store), format!("data: {}", data.display()))
         }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::node::{Node, perennial};
+use crate::node::{Node, perennial, stop};
 
 /// `perennial serve --print-config` with `args` and `env`, run in `cwd`; its output parsed
 /// as TOML.
@@ -82,6 +82,7 @@ fn print_config_shows_the_defaults() {
         cluster_mtls = false
         backup_every = "1h"
         backup_keep = 24
+        sqlite_readers = 2
     "#
     .parse()
     .unwrap();
@@ -268,6 +269,39 @@ fn a_node_serves_as_its_file_says() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `--sqlite-readers` sets how many threads read the embedded store; a count out of range is
+/// refused.
+#[test]
+fn sqlite_readers_sets_the_store_s_reading_threads() {
+    let readers = |node: &Node| {
+        std::fs::read_dir(format!("/proc/{}/task", node.child.id()))
+            .unwrap()
+            .filter(|task| {
+                let comm = std::fs::read_to_string(task.as_ref().unwrap().path().join("comm"));
+                // Thread names are cut to 15 bytes: "perennial-sqlite-reader-N".
+                comm.is_ok_and(|c| c.trim_end() == "perennial-sqlit")
+            })
+            .count()
+    };
+    let count = |extra: &[&str]| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut command = perennial();
+        command
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .arg("--data")
+            .arg(dir.path());
+        let node = Node::spawn(command);
+        let n = readers(&node);
+        stop(node);
+        n
+    };
+    assert_eq!(count(&["--sqlite-readers", "5"]) - count(&[]), 3);
+    let cwd = tempfile::tempdir().unwrap();
+    let stderr = refused(cwd.path(), &["--sqlite-readers", "0"]);
+    assert!(stderr.contains("--sqlite-readers"), "{stderr}");
 }
 
 /// A PostgreSQL store's password never shows, in a URL or in key=value form.
