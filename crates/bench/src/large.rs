@@ -228,7 +228,13 @@ async fn fill(path: &Path, entities: usize) -> anyhow::Result<Option<f64>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", mark.display())),
     };
-    if done >= entities {
+    anyhow::ensure!(
+        done <= entities,
+        "{} holds {done} profiles, more than the {entities} asked for: give \
+         --large-entities {done}, or another --data directory",
+        path.display()
+    );
+    if done == entities {
         return Ok(None);
     }
     let started = Instant::now();
@@ -330,6 +336,12 @@ mod tests {
             panic!("not the large report")
         };
         assert_eq!(fill_secs, None, "the second run reuses the store");
+        let fewer = Options {
+            large_entities: 3_000,
+            ..options
+        };
+        let refused = large(&fewer).await.unwrap_err().to_string();
+        assert!(refused.contains("--large-entities 4000"), "{refused}");
     }
 
     #[test]
