@@ -14,14 +14,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
-use hdrhistogram::Histogram;
 use perennial_core::{Ctx, Process, Runtime};
 use perennial_storage::Store;
 use perennial_storage_sqlite::SqliteStore;
 use serde::{Deserialize, Serialize};
 
-use crate::load::{Pick, timed};
-use crate::query::store_states;
+use crate::load::{Pick, histogram, timed};
+use crate::query::{micros, store_states};
 use crate::{Options, Report};
 
 /// Bytes of text in each stored profile, so that its JSON is about 1 KiB.
@@ -111,11 +110,7 @@ pub async fn large(options: &Options) -> anyhow::Result<Report> {
         let started = Instant::now();
         let (store, rt) = open(&path).await?;
         let n = fresh();
-        let visits = rt
-            .get::<Profile>(id_of(n))
-            .call(Visit)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let visits = visit(&rt, n).await?;
         restarts.push(started.elapsed().as_secs_f64() * 1000.0);
         anyhow::ensure!(visits >= 1, "{} came back with {visits} visits", id_of(n));
         rt.shutdown().await;
@@ -170,25 +165,16 @@ async fn pass(
     fresh: &mut impl FnMut() -> usize,
 ) -> anyhow::Result<LargePass> {
     let (store, rt) = open(path).await?;
-    let mut cold = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut cold = histogram()?;
     for _ in 0..cold_calls(entities) {
         let started = Instant::now();
-        rt.get::<Profile>(id_of(fresh()))
-            .call(Visit)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        cold.saturating_record(micros(started.elapsed()));
+        visit(&rt, fresh()).await?;
+        cold.saturating_record(micros(started.elapsed()).max(1));
     }
     let caller = rt.clone();
     let measured = timed(options.callers, options.duration, move |_, pick| {
-        let profile = caller.get::<Profile>(id_of(pick.below(entities)));
-        async move {
-            profile
-                .call(Visit)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            Ok(())
-        }
+        let (rt, n) = (caller.clone(), pick.below(entities));
+        async move { visit(&rt, n).await.map(drop) }
     })
     .await?;
     let activations = rt.stats().kinds.iter().map(|k| k.activations).sum::<u64>();
@@ -203,6 +189,14 @@ async fn pass(
         p99_us: measured.p99_us(),
         activations,
     })
+}
+
+/// One durable visit to profile `n`; its visits so far.
+async fn visit(rt: &Runtime, n: usize) -> anyhow::Result<u64> {
+    rt.get::<Profile>(id_of(n))
+        .call(Visit)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// A node on the store at `path`, as `perennial serve` opens it (SQLite's default cache).
@@ -290,10 +284,6 @@ fn evict(path: &Path) -> anyhow::Result<()> {
         .context("cannot drop the store from the page cache")?;
     }
     Ok(())
-}
-
-fn micros(d: std::time::Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
 }
 
 #[cfg(test)]

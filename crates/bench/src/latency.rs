@@ -191,7 +191,7 @@ where
     anyhow::ensure!(total > 0, "no call to offer in {duration:?}");
     let gap = Duration::from_secs_f64(1.0 / rate);
     let outcome = Arc::new(Outcome {
-        latency: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
+        latency: Mutex::new(crate::load::histogram()?),
         failed: Mutex::new(None),
         remaining: AtomicUsize::new(total),
         finished: tokio::sync::Notify::new(),

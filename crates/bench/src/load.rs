@@ -32,7 +32,7 @@ impl Measured {
 }
 
 /// A histogram of 1 µs to 60 s, with three significant digits.
-fn histogram() -> anyhow::Result<Histogram<u64>> {
+pub(crate) fn histogram() -> anyhow::Result<Histogram<u64>> {
     Ok(Histogram::new_with_bounds(1, 60_000_000, 3)?)
 }
 
