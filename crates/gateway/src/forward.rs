@@ -176,7 +176,7 @@ impl Forwarder {
             if e.is_connect() {
                 Failure::Unsent(format!("cannot connect: {e}"))
             } else if refused_unprocessed(&e) {
-                Failure::Unsent(format!("the peer did not process it: {}", chain(&e)))
+                Failure::Unsent(format!("it was not processed: {}", chain(&e)))
             } else {
                 Failure::Unknown(format!("the request failed: {}", chain(&e)))
             }
@@ -232,14 +232,20 @@ async fn pump(
     }
 }
 
-/// Whether the peer said it did not process the request, so that sending it again cannot
-/// apply it twice (RFC 9113, section 8.7): its stream was refused (`REFUSED_STREAM`), or
-/// numbered past the last one the peer's GOAWAY said it would process, which is how a node
-/// closing gracefully turns away requests that cross its goodbye. h2 fails only those
+/// Whether the request was not processed, so that sending it again cannot apply it twice:
+/// hyper never sent it (its connection closed first: a canceled request), or the peer said
+/// it did not process it (RFC 9113, section 8.7): its stream was refused (`REFUSED_STREAM`),
+/// or numbered past the last one the peer's GOAWAY said it would process, which is how a
+/// node closing gracefully turns away requests that cross its goodbye. h2 fails only those
 /// streams with the GOAWAY it received; streams cut by a closed connection fail otherwise.
-fn refused_unprocessed(error: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn refused_unprocessed(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut source = Some(error);
     while let Some(e) = source {
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_canceled)
+        {
+            return true;
+        }
         if let Some(h2) = e.downcast_ref::<h2::Error>() {
             return (h2.is_go_away() && h2.is_remote())
                 || h2.reason() == Some(h2::Reason::REFUSED_STREAM);

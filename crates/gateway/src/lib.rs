@@ -62,6 +62,7 @@ mod migrations;
 pub mod openapi;
 mod ops;
 mod play;
+mod server;
 mod tls;
 mod watch;
 
@@ -245,21 +246,20 @@ pub fn app(rt: Runtime, options: &Options) -> Router {
         .with_state(state)
 }
 
-/// Serves the gateway on `listener` until `shutdown` completes, then lets in-flight
-/// requests finish.
+/// Serves the gateway on `listener` until `shutdown` completes, then lets the requests under
+/// way finish (at most 30 s). A request that races the stop is answered or, over HTTP/2,
+/// turned away with a GOAWAY that tells its client it was not processed; the listener is
+/// closed first, so that a client connecting afterwards is refused rather than cut.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     rt: Runtime,
     options: Options,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // Replies are small and wanted at once: no waiting to coalesce them (Nagle).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app(rt, &options))
-        .with_graceful_shutdown(shutdown)
-        .await
+    server::run(listener, app(rt, &options), shutdown, |tcp| async move {
+        Some((tcp, None::<()>))
+    })
+    .await
 }
 
 /// The header that makes a call idempotent.

@@ -7,9 +7,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use perennial_core::Runtime;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -18,8 +15,6 @@ use crate::Options;
 
 /// How long a client may take over its TLS handshake.
 const HANDSHAKE_WITHIN: Duration = Duration::from_secs(10);
-/// How long requests under way may take to finish once the gateway stops.
-const DRAIN_WITHIN: Duration = Duration::from_secs(30);
 
 /// Why a certificate, a key or an authority could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -201,10 +196,9 @@ impl PeerTls {
     }
 }
 
-/// Serves the gateway over HTTPS on `listener` until `shutdown` completes, then lets the
-/// requests under way finish (at most 30 s). Each connection speaks HTTP/2 or HTTP/1.1, as
-/// the client's ALPN asks; a client that fails its handshake is dropped, and the others go
-/// on.
+/// Serves the gateway over HTTPS on `listener` until `shutdown` completes, then stops as
+/// [`serve`](crate::serve) does. Each connection speaks HTTP/2 or HTTP/1.1, as the client's
+/// ALPN asks; a client that fails its handshake is dropped, and the others go on.
 pub async fn serve_tls(
     listener: tokio::net::TcpListener,
     rt: Runtime,
@@ -212,55 +206,24 @@ pub async fn serve_tls(
     tls: ServerTls,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = crate::app(rt, &options);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.0);
-    let graceful = GracefulShutdown::new();
-    let http = auto::Builder::new(TokioExecutor::new());
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of file descriptors, say: wait a little rather than spin.
-                    tracing::warn!(%error, "cannot accept a connection");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+    let handshake = move |tcp: tokio::net::TcpStream| {
+        let acceptor = acceptor.clone();
+        async move {
+            let peer = tcp.peer_addr().ok();
+            match tokio::time::timeout(HANDSHAKE_WITHIN, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => {
+                    // rustls accepts a client certificate only once verified.
+                    let certified = PeerCertified(stream.get_ref().1.peer_certificates().is_some());
+                    Some((stream, Some(certified)))
                 }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let (acceptor, app, http) = (acceptor.clone(), app.clone(), http.clone());
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let stream = match tokio::time::timeout(HANDSHAKE_WITHIN, acceptor.accept(stream)).await
-            {
-                Ok(Ok(stream)) => stream,
                 Ok(Err(error)) => {
-                    tracing::debug!(%peer, %error, "a TLS handshake failed");
-                    return;
+                    tracing::debug!(?peer, %error, "a TLS handshake failed");
+                    None
                 }
-                Err(_) => return,
-            };
-            // rustls accepts a client certificate only once verified.
-            let certified = PeerCertified(stream.get_ref().1.peer_certificates().is_some());
-            let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
-                request.extensions_mut().insert(certified);
-                tower::ServiceExt::oneshot(app.clone(), request)
-            });
-            let connection = http.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            if let Err(error) = watcher.watch(connection.into_owned()).await {
-                tracing::debug!(%peer, %error, "a connection ended with an error");
+                Err(_) => None,
             }
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(DRAIN_WITHIN, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("requests still under way after 30 s were cut off");
-    }
-    Ok(())
+        }
+    };
+    crate::server::run(listener, crate::app(rt, &options), shutdown, handshake).await
 }
