@@ -360,12 +360,18 @@ impl Store for SqliteStore {
 
     /// Folds the log, truncates the WAL, stops the threads and releases the data directory.
     async fn close(&self) -> Result<()> {
-        let result = self.with_writer(Writer::close).await;
-        self.shared.closed.store(true, Ordering::Release);
+        if self.shared.closed.swap(true, Ordering::AcqRel) {
+            return Err(Error::Closed);
+        }
+        // Reads are refused and the maintenance thread stopped first, so that the last
+        // checkpoint has the WAL to itself.
         let shared = Arc::clone(&self.shared);
-        tokio::task::spawn_blocking(move || shared.stop_maintenance())
-            .await
-            .map_err(|e| Error::Backend(format!("stopping the maintenance thread failed: {e}")))?;
+        let result = tokio::task::spawn_blocking(move || {
+            shared.stop_maintenance();
+            shared.writer.lock().close()
+        })
+        .await
+        .map_err(|e| Error::Backend(format!("closing the store failed: {e}")))?;
         // Dropping the file releases the lock: another store may open the directory now.
         self.shared.lock.lock().take();
         result

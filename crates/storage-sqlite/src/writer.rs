@@ -42,6 +42,9 @@ const IDLE_FOLD_SLICE: usize = 8192;
 const MIN_FOLD_SLICE: usize = 16;
 /// Beyond this many pending states, commits fold faster than they append.
 const MAX_PENDING: usize = 100_000;
+/// How long a clean close waits for reads under way to let go of the WAL before it leaves the
+/// WAL for the next open to read back.
+const CLOSE_CHECKPOINT_WITHIN: Duration = Duration::from_secs(2);
 
 /// Appends one commit's states to the log, as one row.
 const APPEND: &str = "INSERT INTO state_log (seq, at, states) VALUES (?1, ?2, ?3)";
@@ -461,9 +464,25 @@ impl Writer {
             self.fold_only(IDLE_FOLD_SLICE)?;
         }
         self.fold_only(0)?;
-        self.conn
-            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
-            .map_err(map_err)
+        // A read that began before the close may still hold the WAL: the checkpoint then
+        // says it was busy and leaves the log whole, for the next open to read back.
+        let deadline = Instant::now() + CLOSE_CHECKPOINT_WITHIN;
+        loop {
+            let busy: i64 = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+                .map_err(map_err)?;
+            if busy == 0 {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    "the WAL could not be emptied on close, reads held it: the next open reads it back"
+                );
+                return Ok(());
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Gives `shards` one new epoch above all of theirs.

@@ -229,6 +229,63 @@ async fn a_closed_store_refuses_calls_and_releases_the_directory() {
     assert_eq!(again.load(&counter("c")).await.unwrap(), None);
 }
 
+/// A clean close leaves the WAL empty even with reads under way until the end, so that the
+/// next open has no log to read back (a 10 M entity store's first restart took 60 – 220 ms
+/// longer when it did).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_close_empties_the_wal_while_reads_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(SqliteStore::open(dir.path()).unwrap());
+    let epoch = store.claim("n1", &all_shards()).await.unwrap();
+    let state = format!(r#"{{"text":"{}"}}"#, "x".repeat(1_000));
+    for round in 0..20 {
+        let states = (0..500)
+            .map(|n| {
+                let id = format!("c{round}-{n}");
+                StateWrite {
+                    shard: shard_of("counter", &id),
+                    key: counter(&id),
+                    epoch,
+                    state: state.clone().into(),
+                    version: 1,
+                    schema: 1,
+                }
+            })
+            .collect();
+        store
+            .commit(Batch {
+                states,
+                ..Batch::default()
+            })
+            .unwrap();
+    }
+    let reading = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let readers: Vec<_> = (0..4)
+        .map(|r| {
+            let (store, reading) = (
+                std::sync::Arc::clone(&store),
+                std::sync::Arc::clone(&reading),
+            );
+            tokio::spawn(async move {
+                let mut n = 0;
+                while reading.load(std::sync::atomic::Ordering::Relaxed) {
+                    // Refused once the store is closed.
+                    let _ = store.load(&counter(&format!("c{r}-{n}"))).await;
+                    n = (n + 1) % 500;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    store.close().await.unwrap();
+    let wal = std::fs::metadata(dir.path().join("perennial.db-wal")).map_or(0, |m| m.len());
+    reading.store(false, std::sync::atomic::Ordering::Relaxed);
+    for reader in readers {
+        reader.await.unwrap();
+    }
+    assert_eq!(wal, 0, "bytes left in the WAL after a clean close");
+}
+
 /// A seeded generator for the model test.
 struct Pick(u64);
 
