@@ -7,9 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
-use perennial_storage::{Batch, Error, StateWrite, Store};
+use perennial_storage::{Batch, Error, Store};
 use perennial_storage_sqlite::{SqliteStore, backup, check_backup, restore};
-use perennial_types::shard_of;
 
 use crate::{all_shards, counter};
 
@@ -19,14 +18,13 @@ const KEYS: usize = 40;
 fn add(key: usize, value: u64, epoch: perennial_types::Epoch) -> Batch {
     let id = format!("c{key}");
     Batch {
-        states: vec![StateWrite {
-            key: counter(&id),
-            shard: shard_of("counter", &id),
+        states: vec![crate::write(
+            "counter",
+            &id,
+            &format!(r#"{{"value":{value}}}"#),
+            value,
             epoch,
-            state: format!(r#"{{"value":{value}}}"#).into(),
-            version: value,
-            schema: 1,
-        }],
+        )],
         ..Batch::default()
     }
 }

@@ -1,9 +1,9 @@
 //! Where `entities` keeps its rows: states of a few KiB stay in their row's page, and a store
 //! made by an earlier build, whose `entities` is a `WITHOUT ROWID` table, still serves.
 
-use perennial_storage::{Batch, StateWrite, Store};
+use perennial_storage::{Batch, Store};
 use perennial_storage_sqlite::SqliteStore;
-use perennial_types::{EntityId, EntityKey, SHARDS, ShardId, shard_of};
+use perennial_types::{SHARDS, ShardId};
 
 /// A store whose `entities` table has the layout earlier builds made: `WITHOUT ROWID`.
 fn store_of_the_earlier_layout(dir: &std::path::Path) -> SqliteStore {
@@ -65,15 +65,8 @@ async fn states_of_a_few_kib_stay_in_their_page() {
     let text = "x".repeat(1_500);
     let states = (0..N)
         .map(|n| {
-            let id = format!("e{n:05}");
-            StateWrite {
-                shard: shard_of("blob", &id),
-                key: EntityKey::new("blob", EntityId::new(&id).unwrap()),
-                epoch,
-                state: format!(r#"{{"n":{n},"text":"{text}"}}"#).into(),
-                version: 1,
-                schema: 1,
-            }
+            let state = format!(r#"{{"n":{n},"text":"{text}"}}"#);
+            crate::write("blob", &format!("e{n:05}"), &state, 1, epoch)
         })
         .collect();
     store

@@ -3,7 +3,7 @@
 use perennial_storage::{Batch, EntityDelete, Error, StateWrite, Store};
 use perennial_storage_sqlite::SqliteStore;
 use perennial_storage_sqlite::schema::FORMAT_VERSION;
-use perennial_types::{EntityId, EntityKey, SHARDS, ShardId, shard_of};
+use perennial_types::{EntityId, EntityKey, Epoch, SHARDS, ShardId, shard_of};
 
 mod backup;
 mod layout;
@@ -24,6 +24,18 @@ fn counter(id: &str) -> EntityKey {
     EntityKey::new("counter", EntityId::new(id).unwrap())
 }
 
+/// The write of `state` as version `version` of entity `id` of `kind`, in schema 1.
+fn write(kind: &str, id: &str, state: &str, version: u64, epoch: Epoch) -> StateWrite {
+    StateWrite {
+        shard: shard_of(kind, id),
+        key: EntityKey::new(kind, EntityId::new(id).unwrap()),
+        epoch,
+        state: state.into(),
+        version,
+        schema: 1,
+    }
+}
+
 #[tokio::test]
 async fn durability_settings_are_wal_and_full() {
     let dir = tempfile::tempdir().unwrap();
@@ -41,14 +53,7 @@ async fn state_survives_reopen_and_is_plain_json_in_sqlite() {
         let store = SqliteStore::open(dir.path()).unwrap();
         let epoch = store.claim("n1", &all_shards()).await.unwrap();
         let batch = Batch {
-            states: vec![StateWrite {
-                key: key.clone(),
-                shard: shard_of("counter", "c1"),
-                epoch,
-                state: r#"{"value":41}"#.into(),
-                version: 3,
-                schema: 1,
-            }],
+            states: vec![write("counter", "c1", r#"{"value":41}"#, 3, epoch)],
             ..Batch::default()
         };
         store.commit(batch).unwrap();
@@ -122,14 +127,7 @@ async fn store_counter_and_close(dir: &std::path::Path, state: &str) {
     let store = SqliteStore::open(dir).unwrap();
     let epoch = store.claim("n1", &all_shards()).await.unwrap();
     let batch = Batch {
-        states: vec![StateWrite {
-            key: counter("c1"),
-            shard: shard_of("counter", "c1"),
-            epoch,
-            state: state.into(),
-            version: 1,
-            schema: 1,
-        }],
+        states: vec![write("counter", "c1", state, 1, epoch)],
         ..Batch::default()
     };
     store.commit(batch).unwrap();
@@ -240,17 +238,7 @@ async fn a_clean_close_empties_the_wal_while_reads_go_on() {
     let state = format!(r#"{{"text":"{}"}}"#, "x".repeat(1_000));
     for round in 0..20 {
         let states = (0..500)
-            .map(|n| {
-                let id = format!("c{round}-{n}");
-                StateWrite {
-                    shard: shard_of("counter", &id),
-                    key: counter(&id),
-                    epoch,
-                    state: state.clone().into(),
-                    version: 1,
-                    schema: 1,
-                }
-            })
+            .map(|n| write("counter", &format!("c{round}-{n}"), &state, 1, epoch))
             .collect();
         store
             .commit(Batch {
@@ -329,14 +317,7 @@ async fn the_log_and_its_fold_match_a_model_across_crashes() {
                 gone.remove(&id);
                 let state = format!(r#"{{"round":{round},"n":{}}}"#, pick.below(1_000_000));
                 model.insert(id.clone(), (state.clone(), version));
-                states.push(StateWrite {
-                    shard: shard_of("counter", &id),
-                    key: counter(&id),
-                    epoch,
-                    state: state.as_str().into(),
-                    version,
-                    schema: 1,
-                });
+                states.push(write("counter", &id, &state, version, epoch));
             }
             // Deletes apply after the batch's states, some of them to entities just written.
             let mut deletes = Vec::new();
@@ -419,14 +400,7 @@ async fn an_epoch_changed_by_another_connection_fences_the_next_commit() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path()).unwrap();
     let epoch = store.claim("n1", &all_shards()).await.unwrap();
-    let write = |id: &str| StateWrite {
-        key: counter(id),
-        shard: shard_of("counter", id),
-        epoch,
-        state: r#"{"value":1}"#.into(),
-        version: 1,
-        schema: 1,
-    };
+    let write = |id: &str| write("counter", id, r#"{"value":1}"#, 1, epoch);
     let commit = |w: StateWrite| {
         store
             .commit(Batch {
