@@ -6,24 +6,22 @@
 //! that kill -9 is real. Everything shares the machine: the nodes, PostgreSQL and the load
 //! generator compete for the same cores.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use perennial_storage::Store;
 use perennial_storage_postgres::PostgresStore;
 use perennial_types::{SHARDS, shard_of};
 use serde::Serialize;
 
 use crate::load::timed;
+use crate::node::{self, Http, add};
 use crate::postgres::{database_approach, server_url};
 use crate::{Options, Report};
 
@@ -48,10 +46,9 @@ pub struct ClusterRun {
     pub ratio: f64,
 }
 
-type Http = Client<HttpConnector, Full<Bytes>>;
-
 /// Nodes of one cluster, killed when dropped.
 struct Nodes {
+    binary: PathBuf,
     children: Vec<Option<Child>>,
     addrs: Vec<SocketAddr>,
     url: String,
@@ -59,8 +56,9 @@ struct Nodes {
 }
 
 impl Nodes {
-    fn start(url: &str, schema: &str, n: usize) -> anyhow::Result<Nodes> {
+    fn start(binary: &Path, url: &str, schema: &str, n: usize) -> anyhow::Result<Nodes> {
         let mut nodes = Nodes {
+            binary: binary.to_path_buf(),
             children: Vec::new(),
             addrs: Vec::new(),
             url: url.to_owned(),
@@ -75,29 +73,21 @@ impl Nodes {
     }
 
     fn spawn(&self, i: usize) -> anyhow::Result<(Child, SocketAddr)> {
-        let binary = std::env::current_exe().context("cannot find the perennial binary")?;
-        let mut child = Command::new(binary)
-            .args(["serve", "--listen", "127.0.0.1:0", "--store", &self.url])
-            .args(["--store-schema", &self.schema])
-            .args(["--node-id", &format!("n{}", i + 1)])
-            .args(["--cluster-secret", "bench-cluster-secret"])
-            .args(["--lease", &format!("{}ms", LEASE.as_millis())])
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot start a node")?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        loop {
-            let line = lines
-                .next()
-                .context("the node exited before it listened")??;
-            if let Some(rest) = line.strip_prefix("perennial listening on http://") {
-                let addr = rest.split_whitespace().next().unwrap_or_default().parse()?;
-                return Ok((child, addr));
-            }
-        }
+        node::serve(
+            &self.binary,
+            &[
+                "--store",
+                &self.url,
+                "--store-schema",
+                &self.schema,
+                "--node-id",
+                &format!("n{}", i + 1),
+                "--cluster-secret",
+                "bench-cluster-secret",
+                "--lease",
+                &format!("{}ms", LEASE.as_millis()),
+            ],
+        )
     }
 
     fn kill9(&mut self, i: usize) -> anyhow::Result<()> {
@@ -162,23 +152,14 @@ async fn served_shards(http: &Http, addr: SocketAddr) -> anyhow::Result<u64> {
         .unwrap_or(0))
 }
 
-/// Adds 1 to counter `id` through `addr`; `Ok(false)` if it did not answer `200`.
-async fn add(http: &Http, addr: SocketAddr, id: &str) -> anyhow::Result<bool> {
-    let request = hyper::Request::post(format!("http://{addr}/v1/counter/{id}"))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(br#"{"add": 1}"#)))?;
-    let response = http.request(request).await?;
-    let ok = response.status().is_success();
-    response.into_body().collect().await?;
-    Ok(ok)
-}
-
 /// Durable calls through 1 and 3 nodes, the database approach, and failover times.
 pub async fn cluster(options: &Options) -> anyhow::Result<Report> {
+    let binary = options
+        .node_binary
+        .as_deref()
+        .context("the cluster workload runs nodes: it needs the perennial binary")?;
     let url = server_url(options);
-    let http: Http = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(options.callers)
-        .build_http();
+    let http = node::http(options.callers);
     let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
     let mut runs = Vec::new();
@@ -200,7 +181,7 @@ pub async fn cluster(options: &Options) -> anyhow::Result<Report> {
     for n in [1, 3] {
         let schema = format!("perennial_bench_cluster_{}_{n}", std::process::id());
         let result = async {
-            let mut nodes = Nodes::start(&url, &schema, n)?;
+            let mut nodes = Nodes::start(binary, &url, &schema, n)?;
             nodes.settled(&http).await?;
             let measured = calls(&http, &nodes.live(), options).await?;
             runs.push(ClusterRun {

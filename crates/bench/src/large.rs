@@ -11,7 +11,9 @@
 
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use perennial_core::{Ctx, Process, Runtime};
@@ -20,6 +22,7 @@ use perennial_storage_sqlite::SqliteStore;
 use serde::{Deserialize, Serialize};
 
 use crate::load::{Pick, histogram, timed};
+use crate::node;
 use crate::query::{micros, store_states};
 use crate::{Options, Report};
 
@@ -33,6 +36,12 @@ const RESTARTS: usize = 5;
 const COLD_CALLS: usize = 2_000;
 /// The file in the workload's directory that says how many entities are stored so far.
 const FILLED: &str = "filled";
+/// kill -9 trials of a node serving the store (the median and the slowest are reported).
+const CRASHES: usize = 3;
+/// How long callers call a node before it is killed.
+const CALLS_BEFORE_KILL: Duration = Duration::from_secs(2);
+/// Counters the callers of a node about to be killed add to.
+const COUNTERS: usize = 10_000;
 
 /// An entity of about 1 KiB: a visit count and a text.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -121,6 +130,10 @@ pub async fn large(options: &Options) -> anyhow::Result<Report> {
     let from_disk = pass(&path, entities, options, &mut fresh).await?;
     warm(&path)?;
     let from_page_cache = pass(&path, entities, options, &mut fresh).await?;
+    let after_kill_9 = match &options.node_binary {
+        Some(binary) => Some(crashes(binary, &path, options).await?),
+        None => None,
+    };
 
     restarts.sort_by(f64::total_cmp);
     Ok(Report::Large {
@@ -133,6 +146,7 @@ pub async fn large(options: &Options) -> anyhow::Result<Report> {
         callers: options.callers,
         from_disk,
         from_page_cache,
+        after_kill_9,
     })
 }
 
@@ -154,6 +168,84 @@ pub struct LargePass {
     pub p99_us: u64,
     /// Activations during the pass.
     pub activations: u64,
+}
+
+/// What restarting a node killed with SIGKILL under load measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct LargeCrash {
+    /// Median time from starting a node's process to the answer of its first call, in
+    /// milliseconds.
+    pub restart_to_first_call_ms: f64,
+    /// The slowest of those restarts, in milliseconds.
+    pub restart_max_ms: f64,
+    /// The fewest calls a node answered in the moments before it was killed.
+    pub min_calls_before_kill: u64,
+}
+
+/// Runs `binary` as `perennial serve` on the store, kills it with SIGKILL while `options.callers`
+/// callers add to counters over HTTP, and times a new node from the start of its process to
+/// its first answered call; [`CRASHES`] times. The page cache is kept, as when only the
+/// process died. The last node is stopped cleanly, so that the store is folded for later
+/// runs.
+async fn crashes(binary: &Path, path: &Path, options: &Options) -> anyhow::Result<LargeCrash> {
+    let data = path
+        .to_str()
+        .context("the data directory's path is not UTF-8")?;
+    let http = node::http(options.callers);
+    let (mut child, mut addr) = node::serve(binary, &["--data", data])?;
+    let mut restarts = Vec::with_capacity(CRASHES);
+    let mut min_calls_before_kill = u64::MAX;
+    for _ in 0..CRASHES {
+        let answered = Arc::new(AtomicU64::new(0));
+        let killed = Arc::new(AtomicBool::new(false));
+        let callers: Vec<_> = (0..options.callers)
+            .map(|c| {
+                let (http, answered, killed) =
+                    (http.clone(), Arc::clone(&answered), Arc::clone(&killed));
+                tokio::spawn(async move {
+                    let mut pick = Pick::new(c as u64 + 1);
+                    while !killed.load(Ordering::Relaxed) {
+                        let id = format!("c{}", pick.below(COUNTERS));
+                        // Calls under way when the node dies fail; that is the point.
+                        if let Ok(true) = node::add(&http, addr, &id).await {
+                            answered.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        tokio::time::sleep(CALLS_BEFORE_KILL).await;
+        child.kill()?;
+        child.wait()?;
+        killed.store(true, Ordering::Relaxed);
+        for caller in callers {
+            caller.await?;
+        }
+        min_calls_before_kill = min_calls_before_kill.min(answered.load(Ordering::Relaxed));
+        let started = Instant::now();
+        (child, addr) = node::serve(binary, &["--data", data])?;
+        anyhow::ensure!(
+            node::add(&http, addr, "first").await?,
+            "the first call after a restart failed"
+        );
+        restarts.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+    anyhow::ensure!(
+        child.wait()?.success(),
+        "the last node did not stop cleanly"
+    );
+    anyhow::ensure!(
+        min_calls_before_kill > 0,
+        "no call was answered before a kill"
+    );
+    restarts.sort_by(f64::total_cmp);
+    Ok(LargeCrash {
+        restart_to_first_call_ms: restarts[restarts.len() / 2],
+        restart_max_ms: restarts.last().copied().unwrap_or(0.0),
+        min_calls_before_kill,
+    })
 }
 
 /// Opens a node on the store (nothing resident), makes its first calls one at a

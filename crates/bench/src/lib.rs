@@ -42,6 +42,7 @@ mod large;
 mod latency;
 mod load;
 mod migrate;
+mod node;
 mod pending;
 mod postgres;
 mod query;
@@ -56,7 +57,7 @@ use serde::Serialize;
 pub use asks::asks;
 pub use backup::backup;
 pub use cluster::{ClusterRun, cluster};
-pub use large::{LargePass, large};
+pub use large::{LargeCrash, LargePass, large};
 pub use latency::{LatencyRun, latency};
 pub use migrate::migrate;
 pub use pending::pending;
@@ -83,6 +84,9 @@ pub struct Options {
     /// The PostgreSQL server of the `postgres` workload (default: 127.0.0.1:5432, user
     /// `postgres`, database `test`).
     pub postgres: Option<String>,
+    /// The `perennial` binary, which the workloads that kill a node with SIGKILL run as
+    /// `perennial serve`. Without it, `cluster` fails and `large` skips its kill -9 trials.
+    pub node_binary: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -95,6 +99,7 @@ impl Default for Options {
             large_entities: 10_000_000,
             dir: None,
             postgres: None,
+            node_binary: None,
         }
     }
 }
@@ -346,6 +351,9 @@ pub enum Report {
         from_disk: LargePass,
         /// Once the store's files were read into the page cache.
         from_page_cache: LargePass,
+        /// Restarts of a node (a process of its own) killed with SIGKILL under load; `None`
+        /// without [`Options::node_binary`].
+        after_kill_9: Option<LargeCrash>,
     },
     /// Entities activated from storage.
     Activation {
@@ -573,6 +581,7 @@ impl Report {
                 callers,
                 from_disk,
                 from_page_cache,
+                after_kill_9,
             } => {
                 let pass = |name: &str, p: &LargePass| {
                     format!(
@@ -581,11 +590,15 @@ impl Report {
                     )
                 };
                 format!(
-                    "large       {entities} entities of 1 KiB, {:.1} GB on disk{}; restart to first call {restart_to_first_call_ms:.1} ms (slowest {restart_max_ms:.1} ms){}{}",
+                    "large       {entities} entities of 1 KiB, {:.1} GB on disk{}; restart to first call {restart_to_first_call_ms:.1} ms (slowest {restart_max_ms:.1} ms){}{}{}",
                     *store_bytes as f64 / 1e9,
                     fill_secs.map_or(String::new(), |s| format!(", stored in {s:.0} s")),
                     pass("from the disk", from_disk),
                     pass("from the page cache", from_page_cache),
+                    after_kill_9.as_ref().map_or(String::new(), |k| format!(
+                        "\n            after kill -9 under load: process start to first call {:.1} ms (slowest {:.1} ms)",
+                        k.restart_to_first_call_ms, k.restart_max_ms
+                    )),
                 )
             }
             Self::Latency {

@@ -301,6 +301,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 large_entities,
                 dir: data,
                 postgres,
+                node_binary: std::env::current_exe().ok(),
             };
             block_on(async move { bench(&options, &only, json).await })
         }

@@ -6,6 +6,7 @@
 
 mod ask;
 mod backup;
+mod bench;
 mod browser;
 mod cli;
 mod cluster;
