@@ -247,9 +247,11 @@ pub fn app(rt: Runtime, options: &Options) -> Router {
 }
 
 /// Serves the gateway on `listener` until `shutdown` completes, then lets the requests under
-/// way finish (at most 30 s). A request that races the stop is answered or, over HTTP/2,
-/// turned away with a GOAWAY that tells its client it was not processed; the listener is
-/// closed first, so that a client connecting afterwards is refused rather than cut.
+/// way finish (at most 30 s) and ends event streams (watches, change feeds) at once. The
+/// listener is closed first, so that a client connecting afterwards is refused rather than
+/// cut; an HTTP/2 request that races the stop is answered or turned away with a GOAWAY that
+/// tells its client it was not processed. (HTTP/1.1 has no such answer: a request sent on
+/// an idle keep-alive connection as it closes may fail with its outcome unknown.)
 pub async fn serve(
     listener: tokio::net::TcpListener,
     rt: Runtime,

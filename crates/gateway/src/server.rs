@@ -1,10 +1,14 @@
 //! The accept loop of [`serve`](crate::serve) and [`serve_tls`](crate::serve_tls): each
 //! connection served by hyper, HTTP/1.1 or HTTP/2 as the client speaks, and a stop that
-//! leaves no request with its outcome unknown.
+//! leaves no HTTP/2 request with its outcome unknown.
 //!
-//! A request that races the stop is answered, or turned away in a way that tells the client
-//! it was not processed, so that it can be sent elsewhere (a cluster node that leaves relies
-//! on it: its peers resend what it turned away to the shard's new owner). Stopping:
+//! An HTTP/2 request that races the stop is answered, or turned away in a way that tells
+//! the client it was not processed, so that it can be sent elsewhere (a cluster node that
+//! leaves relies on it: its peers resend what it turned away to the shard's new owner).
+//! HTTP/1.1 has no such answer: a request sent on an idle keep-alive connection just as the
+//! stop closes it meets a closed connection, as with any HTTP/1.1 server; its client cannot
+//! tell whether it was processed, and retries it with an `Idempotency-Key` to be sure.
+//! Stopping:
 //! 1. takes in the connections the kernel has already set up but nobody accepted yet, and
 //!    closes the listener: a connection still queued there would be reset with its request
 //!    unread, while one attempted after the close is refused, which says clearly that
@@ -14,8 +18,11 @@
 //!    and then the connection. A connection that has not yet shown which HTTP it speaks is
 //!    given a moment to ([`SAY_VERSION_WITHIN`]), since hyper would drop it with its first
 //!    request unread;
-//! 3. waits for the requests under way, at most [`DRAIN_WITHIN`].
+//! 3. waits for the requests under way, at most [`DRAIN_WITHIN`], then cuts what is left;
+//!    event streams (a watch, a change feed), which would go on for as long as their
+//!    clients stay, end at once.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -25,11 +32,16 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
+use axum::http::header;
+use axum::response::Response;
+use futures::StreamExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
 
 /// How long requests under way may take to finish once the gateway stops.
 const DRAIN_WITHIN: Duration = Duration::from_secs(30);
@@ -39,6 +51,8 @@ const SAY_VERSION_WITHIN: Duration = Duration::from_millis(500);
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Serves `app` on `listener` until `shutdown` completes, then stops as the module says.
+/// Dropped before then (its task aborted, say), it stops serving at once: its connections are
+/// cut, not drained.
 /// `handshake` turns each accepted TCP stream into the stream HTTP is spoken on (TLS, say)
 /// and a marker that each of its requests carries as an extension (whether a TLS client
 /// showed a certificate, say), or gives `None` to drop the connection.
@@ -55,9 +69,9 @@ where
     F: Future<Output = Option<(S, Option<M>)>> + Send + 'static,
 {
     let http = auto::Builder::new(TokioExecutor::new());
-    // Every connection holds a receiver: the sender learns when the last one has ended.
     let (stop, stopping) = watch::channel(false);
-    let accept = |tcp: TcpStream| {
+    let mut connections = JoinSet::new();
+    let mut accept = |tcp: TcpStream| {
         // Replies are small and wanted at once: no waiting to coalesce them (Nagle).
         let _ = tcp.set_nodelay(true);
         let (handshake, app, http, stopping) = (
@@ -66,17 +80,21 @@ where
             http.clone(),
             stopping.clone(),
         );
-        tokio::spawn(async move {
+        connections.spawn(async move {
             if let Some((stream, marker)) = handshake(tcp).await {
                 connection(stream, marker, app, http, stopping).await;
             }
         });
+        // Forget the connections that have ended.
+        while connections.try_join_next().is_some() {}
     };
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, _)) => accept(tcp),
+                // A client gave up before it was accepted: nothing to do.
+                Err(error) if gone(&error) => {}
                 Err(error) => {
                     // Out of file descriptors, say: wait a little rather than spin.
                     tracing::warn!(%error, "cannot accept a connection");
@@ -98,23 +116,37 @@ where
                 Ok(tcp) => accept(tcp),
                 Err(error) => tracing::warn!(%error, "cannot take in a queued connection"),
             },
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => break,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted || gone(&error) => {}
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+            Err(error) => {
+                tracing::warn!(%error, "cannot take in the queued connections; the rest are reset");
+                break;
+            }
         }
     }
     drop(listener);
-    drop(stopping);
     let _ = stop.send(true);
-    if tokio::time::timeout(DRAIN_WITHIN, stop.closed())
-        .await
-        .is_err()
-    {
+    let drained = tokio::time::timeout(DRAIN_WITHIN, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
         tracing::warn!(
-            "requests still under way after {} s were cut off",
+            connections = connections.len(),
+            "requests still under way after {} s are cut off",
             DRAIN_WITHIN.as_secs()
         );
+        connections.shutdown().await;
     }
     Ok(())
+}
+
+/// Whether `error`, from accepting a connection, says only that its client left first.
+fn gone(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+    )
 }
 
 /// Serves one connection until it ends, or until the gateway stops and it has finished.
@@ -129,11 +161,14 @@ async fn connection<S, M>(
     M: Clone + Send + Sync + 'static,
 {
     let (stream, version) = Sniffed::new(stream);
+    let ends = stopping.clone();
     let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
         if let Some(marker) = &marker {
             request.extensions_mut().insert(marker.clone());
         }
-        tower::ServiceExt::oneshot(app.clone(), request)
+        let response = tower::ServiceExt::oneshot(app.clone(), request);
+        let ends = ends.clone();
+        async move { Ok::<_, Infallible>(until_stopped(response.await?, ends)) }
     });
     let connection = http.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(connection);
@@ -147,6 +182,26 @@ async fn connection<S, M>(
     }
     connection.as_mut().graceful_shutdown();
     log(connection.await);
+}
+
+/// An event stream (Server-Sent Events: a watch, a change feed) does not end by itself: it
+/// ends when the gateway stops, so that the stop need not wait for its client to leave. The
+/// client connects again (an `EventSource` does so by itself), and a change feed resumes
+/// from its cursor.
+fn until_stopped(response: Response, mut stopping: watch::Receiver<bool>) -> Response {
+    let events = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"text/event-stream"));
+    if !events {
+        return response;
+    }
+    response.map(|body| {
+        let stopped = async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        };
+        Body::from_stream(body.into_data_stream().take_until(stopped))
+    })
 }
 
 fn log(ended: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
@@ -417,6 +472,42 @@ mod tests {
         println!("{answered} answered, {turned_away} turned away unprocessed, {cut} cut");
         assert!(answered > 0, "no request was answered");
         assert_eq!(cut, 0, "requests were cut with their outcome unknown");
+    }
+
+    /// A watch's event stream ends when the gateway stops, instead of holding the stop for
+    /// as long as its client stays (30 s at most, then cut).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stop_ends_event_streams_at_once() {
+        let rt = runtime().await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(crate::serve(
+            listener,
+            rt.clone(),
+            crate::Options::default(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .build_http::<Full<Bytes>>();
+        let watch = hyper::Request::get(format!("http://{addr}/v1/counter/w/watch"))
+            .body(Full::default())
+            .unwrap();
+        let response = client.request(watch).await.unwrap();
+        assert_eq!(response.status(), 200);
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("the stop waited for the event stream")
+            .unwrap()
+            .unwrap();
+        let events = tokio::time::timeout(Duration::from_secs(5), response.into_body().collect())
+            .await
+            .expect("the event stream ended");
+        assert!(events.is_ok(), "the event stream ended cleanly: {events:?}");
+        rt.shutdown().await;
     }
 
     fn sniff(reads: &[&[u8]]) -> bool {
