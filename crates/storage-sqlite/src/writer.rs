@@ -464,25 +464,22 @@ impl Writer {
             self.fold_only(IDLE_FOLD_SLICE)?;
         }
         self.fold_only(0)?;
-        // A read that began before the close may still hold the WAL: the checkpoint then
-        // says it was busy and leaves the log whole, for the next open to read back.
-        let deadline = Instant::now() + CLOSE_CHECKPOINT_WITHIN;
-        loop {
-            let busy: i64 = self
-                .conn
-                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
-                .map_err(map_err)?;
-            if busy == 0 {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                tracing::warn!(
-                    "the WAL could not be emptied on close, reads held it: the next open reads it back"
-                );
-                return Ok(());
-            }
-            thread::sleep(Duration::from_millis(5));
+        // A read that began before the close may still hold the WAL: the checkpoint waits
+        // for it (SQLite's busy handler), then says whether it was still busy and left the
+        // log whole, for the next open to read back.
+        self.conn
+            .busy_timeout(CLOSE_CHECKPOINT_WITHIN)
+            .map_err(map_err)?;
+        let busy: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+            .map_err(map_err)?;
+        if busy != 0 {
+            tracing::warn!(
+                "the WAL could not be emptied on close, reads held it: the next open reads it back"
+            );
         }
+        Ok(())
     }
 
     /// Gives `shards` one new epoch above all of theirs.
