@@ -8,7 +8,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +20,7 @@ use perennial_types::{SHARDS, shard_of};
 use serde::Serialize;
 
 use crate::load::timed;
-use crate::node::{self, Http, add};
+use crate::node::{self, Http, Node, add};
 use crate::postgres::{database_approach, server_url};
 use crate::{Options, Report};
 
@@ -49,7 +48,7 @@ pub struct ClusterRun {
 /// Nodes of one cluster, killed when dropped.
 struct Nodes {
     binary: PathBuf,
-    children: Vec<Option<Child>>,
+    children: Vec<Option<Node>>,
     addrs: Vec<SocketAddr>,
     url: String,
     schema: String,
@@ -65,15 +64,15 @@ impl Nodes {
             schema: schema.to_owned(),
         };
         for i in 0..n {
-            let (child, addr) = nodes.spawn(i)?;
-            nodes.children.push(Some(child));
-            nodes.addrs.push(addr);
+            let node = nodes.spawn(i)?;
+            nodes.addrs.push(node.addr);
+            nodes.children.push(Some(node));
         }
         Ok(nodes)
     }
 
-    fn spawn(&self, i: usize) -> anyhow::Result<(Child, SocketAddr)> {
-        node::serve(
+    fn spawn(&self, i: usize) -> anyhow::Result<Node> {
+        Node::start(
             &self.binary,
             &[
                 "--store",
@@ -91,17 +90,16 @@ impl Nodes {
     }
 
     fn kill9(&mut self, i: usize) -> anyhow::Result<()> {
-        if let Some(mut child) = self.children[i].take() {
-            child.kill()?;
-            child.wait()?;
+        match self.children[i].take() {
+            Some(node) => node.kill9(),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn restart(&mut self, i: usize) -> anyhow::Result<()> {
-        let (child, addr) = self.spawn(i)?;
-        self.children[i] = Some(child);
-        self.addrs[i] = addr;
+        let node = self.spawn(i)?;
+        self.addrs[i] = node.addr;
+        self.children[i] = Some(node);
         Ok(())
     }
 
@@ -127,15 +125,6 @@ impl Nodes {
             }
             anyhow::ensure!(Instant::now() < deadline, "shards served: {served:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Nodes {
-    fn drop(&mut self) {
-        for child in self.children.iter_mut().flatten() {
-            let _ = child.kill();
-            let _ = child.wait();
         }
     }
 }

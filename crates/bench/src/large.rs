@@ -22,7 +22,7 @@ use perennial_storage_sqlite::SqliteStore;
 use serde::{Deserialize, Serialize};
 
 use crate::load::{Pick, histogram, timed};
-use crate::node;
+use crate::node::{self, Node};
 use crate::query::{micros, store_states};
 use crate::{Options, Report};
 
@@ -192,12 +192,13 @@ async fn crashes(binary: &Path, path: &Path, options: &Options) -> anyhow::Resul
         .to_str()
         .context("the data directory's path is not UTF-8")?;
     let http = node::http(options.callers);
-    let (mut child, mut addr) = node::serve(binary, &["--data", data])?;
+    let mut node = Node::start(binary, &["--data", data])?;
     let mut restarts = Vec::with_capacity(CRASHES);
     let mut min_calls_before_kill = u64::MAX;
     for _ in 0..CRASHES {
         let answered = Arc::new(AtomicU64::new(0));
         let killed = Arc::new(AtomicBool::new(false));
+        let addr = node.addr;
         let callers: Vec<_> = (0..options.callers)
             .map(|c| {
                 let (http, answered, killed) =
@@ -215,27 +216,21 @@ async fn crashes(binary: &Path, path: &Path, options: &Options) -> anyhow::Resul
             })
             .collect();
         tokio::time::sleep(CALLS_BEFORE_KILL).await;
-        child.kill()?;
-        child.wait()?;
+        node.kill9()?;
         killed.store(true, Ordering::Relaxed);
         for caller in callers {
             caller.await?;
         }
         min_calls_before_kill = min_calls_before_kill.min(answered.load(Ordering::Relaxed));
         let started = Instant::now();
-        (child, addr) = node::serve(binary, &["--data", data])?;
+        node = Node::start(binary, &["--data", data])?;
         anyhow::ensure!(
-            node::add(&http, addr, "first").await?,
+            node::add(&http, node.addr, "first").await?,
             "the first call after a restart failed"
         );
         restarts.push(started.elapsed().as_secs_f64() * 1000.0);
     }
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
-    anyhow::ensure!(
-        child.wait()?.success(),
-        "the last node did not stop cleanly"
-    );
+    node.stop()?;
     anyhow::ensure!(
         min_calls_before_kill > 0,
         "no call was answered before a kill"
