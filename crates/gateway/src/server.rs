@@ -327,12 +327,47 @@ mod tests {
     use super::*;
     use crate::forward::refused_unprocessed;
 
-    async fn runtime() -> Runtime {
-        let store = perennial_storage::MemoryStore::new();
-        perennial_demo::register(Runtime::builder().store(store))
-            .start()
-            .await
-            .unwrap()
+    /// A gateway over the demo kinds (in memory) on a loopback port, until stopped.
+    struct Served {
+        rt: Runtime,
+        addr: std::net::SocketAddr,
+        stop: tokio::sync::oneshot::Sender<()>,
+        server: tokio::task::JoinHandle<io::Result<()>>,
+    }
+
+    impl Served {
+        async fn start() -> Served {
+            let store = perennial_storage::MemoryStore::new();
+            let rt = perennial_demo::register(Runtime::builder().store(store))
+                .start()
+                .await
+                .unwrap();
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (stop, stopped) = tokio::sync::oneshot::channel();
+            let shutdown = async move {
+                let _ = stopped.await;
+            };
+            let options = crate::Options::default();
+            let server = tokio::spawn(crate::serve(listener, rt.clone(), options, shutdown));
+            Served {
+                rt,
+                addr,
+                stop,
+                server,
+            }
+        }
+
+        /// Stops the gateway and the runtime; fails unless the gateway stops `within`.
+        async fn stop(self, within: Duration) {
+            self.stop.send(()).unwrap();
+            tokio::time::timeout(within, self.server)
+                .await
+                .expect("the gateway stopped in time")
+                .unwrap()
+                .unwrap();
+            self.rt.shutdown().await;
+        }
     }
 
     /// How each request that raced the stop ended.
@@ -427,18 +462,8 @@ mod tests {
         const CALLERS: usize = 8;
         let tally = Arc::new(Tally::default());
         for round in 0..ROUNDS {
-            let rt = runtime().await;
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let server = tokio::spawn(crate::serve(
-                listener,
-                rt.clone(),
-                crate::Options::default(),
-                async move {
-                    let _ = stopped.await;
-                },
-            ));
+            let served = Served::start().await;
+            let addr = served.addr;
             let done = Arc::new(AtomicBool::new(false));
             let callers: Vec<_> = (0..CALLERS)
                 .map(|i| {
@@ -452,17 +477,11 @@ mod tests {
                 .collect();
             // Stop at a different moment of the callers' work each round.
             tokio::time::sleep(Duration::from_millis(20 + 7 * round as u64)).await;
-            stop.send(()).unwrap();
-            tokio::time::timeout(Duration::from_secs(30), server)
-                .await
-                .expect("the gateway stops")
-                .unwrap()
-                .unwrap();
+            served.stop(Duration::from_secs(30)).await;
             done.store(true, Ordering::Relaxed);
             for caller in callers {
                 caller.await.unwrap();
             }
-            rt.shutdown().await;
         }
         let (answered, turned_away, cut) = (
             tally.answered.load(Ordering::Relaxed),
@@ -478,18 +497,8 @@ mod tests {
     /// as long as its client stays (30 s at most, then cut).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_stop_ends_event_streams_at_once() {
-        let rt = runtime().await;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(crate::serve(
-            listener,
-            rt.clone(),
-            crate::Options::default(),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        let served = Served::start().await;
+        let addr = served.addr;
         let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .build_http::<Full<Bytes>>();
         let watch = hyper::Request::get(format!("http://{addr}/v1/counter/w/watch"))
@@ -497,17 +506,12 @@ mod tests {
             .unwrap();
         let response = client.request(watch).await.unwrap();
         assert_eq!(response.status(), 200);
-        stop.send(()).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), server)
-            .await
-            .expect("the stop waited for the event stream")
-            .unwrap()
-            .unwrap();
+        // Far less than the 30 s the stop would wait for a request under way.
+        served.stop(Duration::from_secs(5)).await;
         let events = tokio::time::timeout(Duration::from_secs(5), response.into_body().collect())
             .await
             .expect("the event stream ended");
         assert!(events.is_ok(), "the event stream ended cleanly: {events:?}");
-        rt.shutdown().await;
     }
 
     fn sniff(reads: &[&[u8]]) -> bool {
