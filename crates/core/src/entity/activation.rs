@@ -62,14 +62,14 @@ impl<K: Process> Cell<K> {
                 inner.last_json = loaded.json;
                 inner.snapshot_step = loaded.snapshot_step;
                 inner.outdated = loaded.outdated;
-                if loaded.stored
-                    && let Some(keys) = inner.keys.as_mut()
-                {
-                    // A deletion that failed: the life it would have ended goes on.
-                    keys.deleted_at = 0;
+                if let Some(rare) = inner.rare.as_mut() {
+                    if loaded.stored {
+                        // A deletion that failed: the life it would have ended goes on.
+                        rare.keys.deleted_at = 0;
+                    }
+                    rare.lost = None;
                 }
-                inner.init = loaded.init.map(Box::new);
-                inner.lost = None;
+                inner.set_init(loaded.init);
                 self.kind
                     .counters
                     .activations

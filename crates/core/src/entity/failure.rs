@@ -48,7 +48,8 @@ impl<K: Process> Cell<K> {
         let Some(mut inner) = self.lock_current(incarnation) else {
             return self.respond_lost(reply);
         };
-        let attempts = record_failure(&mut inner.failures, digest_of(&message_json));
+        let digest = digest_of(&message_json);
+        let attempts = record_failure(&mut inner.rare().failures, digest);
         if attempts < max {
             drop(inner);
             let error = CallError::Panicked {
@@ -57,7 +58,7 @@ impl<K: Process> Cell<K> {
             };
             return self.respond_gated(reply, Err(error), incarnation) && intact;
         }
-        forget_failure(&mut inner.failures, digest_of(&message_json));
+        forget_failure(&mut inner.rare().failures, digest);
         // The dead letter is a write of its own, with a version of its own: its reply waits
         // for exactly the batch that holds it, and the entity cannot be passivated before.
         inner.seq += 1;

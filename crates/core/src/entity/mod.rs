@@ -88,18 +88,24 @@ struct Inner<K: Process> {
     /// Whether storage holds the state (or snapshot) at an older schema version: the next
     /// step writes it back (a `Journal` kind, as a snapshot), even if it changed nothing.
     outdated: bool,
-    /// `Journal` kinds: what `init` was handed, until the first step records it.
-    init: Option<Box<InitRecord>>,
-    /// Why the steps of the previous incarnation were lost, for replies computed from them.
-    /// Boxed: it is almost always empty, and every resident entity carries the field.
-    lost: Option<Box<Failure>>,
-    /// Consecutive failures of messages, to dead-letter one that keeps failing.
-    failures: Vec<Attempts>,
     /// The bytes this entity is accounted for in the registry.
     bytes: usize,
-    /// What only entities that use idempotency keys or cancel timers need; boxed, since
-    /// every resident entity carries the field.
-    keys: Option<Box<Keys>>,
+    /// What only some entities need; boxed, since every resident entity carries the field.
+    rare: Option<Box<Rare>>,
+}
+
+/// What only some resident entities need: those that use idempotency keys or cancel timers,
+/// whose messages failed, whose steps were lost, or a new `Journal` entity before its first
+/// step.
+#[derive(Default)]
+struct Rare {
+    keys: Keys,
+    /// Consecutive failures of messages, to dead-letter one that keeps failing.
+    failures: Vec<Attempts>,
+    /// `Journal` kinds: what `init` was handed, until the first step records it.
+    init: Option<InitRecord>,
+    /// Why the steps of the previous incarnation were lost, for replies computed from them.
+    lost: Option<Failure>,
 }
 
 /// An entity's kept replies and pending cancels, and where its deleted life ended.
@@ -117,21 +123,26 @@ struct Keys {
 }
 
 impl<K: Process> Inner<K> {
+    fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
     fn keys(&mut self) -> &mut Keys {
-        self.keys.get_or_insert_with(Box::default)
+        &mut self.rare().keys
     }
 
     fn kept_reply(&self, key: &str) -> Option<Arc<str>> {
         if perennial_faults::sabotaged(perennial_faults::Sabotage::NoDedup) {
             return None;
         }
-        self.keys.as_ref()?.replies.get(key).cloned()
+        self.rare.as_ref()?.keys.replies.get(key).cloned()
     }
 
     /// Whether the entity's own row `timer` must not be applied: cancelled, or from a life
     /// that was deleted since.
     fn is_cancelled(&self, timer: u64) -> bool {
-        self.keys.as_ref().is_some_and(|k| {
+        self.rare.as_ref().is_some_and(|r| {
+            let k = &r.keys;
             timer < first_row_after(k.deleted_at) && k.deleted_at > 0
                 || k.cancelled.iter().any(|(_, t)| *t == timer)
         })
@@ -139,7 +150,30 @@ impl<K: Process> Inner<K> {
 
     /// The step a deletion in this activation ended at (0 if none).
     fn deleted_at(&self) -> u64 {
-        self.keys.as_ref().map_or(0, |k| k.deleted_at)
+        self.rare.as_ref().map_or(0, |r| r.keys.deleted_at)
+    }
+
+    /// Sets what `init` was handed, for a new `Journal` entity's first step to record.
+    fn set_init(&mut self, init: Option<InitRecord>) {
+        match (init, &mut self.rare) {
+            (Some(init), _) => self.rare().init = Some(init),
+            (None, Some(rare)) => rare.init = None,
+            (None, None) => {}
+        }
+    }
+
+    /// Why the steps of the previous incarnation were lost, if they were.
+    fn lost(&self) -> Option<Failure> {
+        self.rare.as_ref()?.lost.clone()
+    }
+
+    /// `message` ran to completion, so it no longer counts as failing.
+    fn forget_failure(&mut self, message: &str) {
+        if let Some(rare) = &mut self.rare
+            && !rare.failures.is_empty()
+        {
+            failure::forget_failure(&mut rare.failures, failure::digest_of(message));
+        }
     }
 }
 
@@ -338,11 +372,8 @@ impl<K: Process> Cell<K> {
                 last_json: None,
                 snapshot_step: 0,
                 outdated: false,
-                init: None,
-                lost: None,
-                failures: Vec::new(),
                 bytes: 0,
-                keys: None,
+                rare: None,
             }),
         };
         cell.set_deadline(None);

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use perennial_types::{EntityKey, Epoch, ShardId};
 use tokio::sync::oneshot;
 
-use super::{Cell, Inner, Serving, Slot};
+use super::{Cell, Inner, Keys, Serving, Slot};
 use crate::commit::{Extras, Failure, Owner, Step, Write};
 use crate::courier::Delivery;
 use crate::listen::Change;
@@ -254,7 +254,7 @@ impl<K: Process> Cell<K> {
 
     /// Fails a reply whose step was computed from state a failed batch took back.
     pub(super) fn respond_lost(&self, reply: ReplyTo<K>) -> bool {
-        let lost = self.inner.lock().lost.as_deref().cloned();
+        let lost = self.inner.lock().lost();
         let failure = lost.unwrap_or(Failure::Storage(perennial_storage::Error::Backend(
             "the entity's pending steps were lost".into(),
         )));
@@ -308,8 +308,8 @@ impl<K: Process> Owner for Cell<K> {
         }
         inner.durable = inner.durable.max(seq);
         let durable = inner.durable;
-        if let Some(keys) = &mut inner.keys {
-            keys.cancelled.retain(|(step, _)| *step > durable);
+        if let Some(rare) = &mut inner.rare {
+            rare.keys.cancelled.retain(|(step, _)| *step > durable);
         }
         while let Some(held) = inner.held.pop_front() {
             if held.seq > inner.durable {
@@ -343,10 +343,11 @@ impl<K: Process> Owner for Cell<K> {
             }
             inner.seq = inner.durable;
             inner.last_json = None;
-            inner.init = None;
-            inner.lost = Some(Box::new(failure));
+            let rare = inner.rare();
+            rare.init = None;
+            rare.lost = Some(failure);
             // Replies kept by lost steps were never stored; cancels may not have happened.
-            inner.keys = None;
+            rare.keys = Keys::default();
         }
         for held in inner.held.drain(..) {
             held.reply.send(Err(error.clone().widen()), || self.key());

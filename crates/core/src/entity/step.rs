@@ -10,7 +10,7 @@ use perennial_storage::{JournalEntry, Pending, StoredReply};
 use perennial_types::EntityKey;
 
 use super::Cell;
-use super::failure::{Failed, digest_of, forget_failure};
+use super::failure::Failed;
 use super::mailbox::{Envelope, Via};
 use super::reply::{Answer, Outcome, ReplyTo};
 use crate::clock::now_us;
@@ -381,12 +381,12 @@ impl<K: Process> Cell<K> {
         let Some(mut inner) = self.lock_current(incarnation) else {
             return self.respond_lost(reply);
         };
-        forget_failure(&mut inner.failures, digest_of(message));
+        inner.forget_failure(message);
         inner.seq += 1;
         let seq = inner.seq;
         // A new entity's first journaled step records what `init` was handed (its number may
         // be above 1 if a dead letter took a number before it).
-        let init = inner.init.take().map(|init| *init);
+        let init = inner.rare.as_mut().and_then(|rare| rare.init.take());
         let entry = JournalEntry {
             step: seq,
             at_us,
@@ -455,7 +455,7 @@ impl<K: Process> Cell<K> {
             return self.respond_lost(reply);
         };
         if let Ok(message) = message_json {
-            forget_failure(&mut inner.failures, digest_of(message));
+            inner.forget_failure(message);
         }
         if extras.is_none() && !inner.outdated && inner.last_json.as_deref() == Some(&*json) {
             // The step changed nothing, so nothing is written; but its reply must not overtake
@@ -585,7 +585,7 @@ impl<K: Process> Cell<K> {
     /// The message ran to completion, so it no longer counts as failing.
     fn clear_failures(&self, message_json: &Result<String, String>) {
         if let Ok(message) = message_json {
-            forget_failure(&mut self.inner.lock().failures, digest_of(message));
+            self.inner.lock().forget_failure(message);
         }
     }
 
